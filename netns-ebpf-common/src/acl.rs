@@ -1,0 +1,232 @@
+//! ACL evaluation for a new flow: EVE's semantics (ordered ACEs, first match wins, the
+//! matches of one ACE are ANDed, implicit rules before the user's, default drop).
+
+use crate::{
+    mark::{self, implicit},
+    packet::Flow,
+    IfaceInfo, Ipv4, PROTO_TCP, PROTO_UDP,
+};
+
+/// ACEs per app interface. The table is one map value, walked by a bounded loop.
+pub const MAX_ACES: usize = 64;
+
+pub const ACTION_ACCEPT: u8 = 0;
+pub const ACTION_DROP: u8 = 1;
+
+/// `Ace::matches` bits: which fields of the ACE take part in the match.
+pub const MATCH_IP: u16 = 1 << 0;
+pub const MATCH_PROTO: u16 = 1 << 1;
+pub const MATCH_FPORT: u16 = 1 << 2;
+
+pub const METADATA_IP: Ipv4 = [169, 254, 169, 254];
+const BROADCAST: Ipv4 = [255, 255, 255, 255];
+
+/// One access-control entry as the programs see it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ace {
+    /// The user's ACE id (22 bits used in the mark).
+    pub id: u32,
+    /// `MATCH_*` bits.
+    pub matches: u16,
+    pub action: u8,
+    pub proto: u8,
+    /// Remote prefix (network bytes) and its length.
+    pub prefix: Ipv4,
+    pub prefix_len: u8,
+    pub _pad: u8,
+    /// Remote port.
+    pub fport: u16,
+}
+
+/// An interface's whole ACL, in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AclTable {
+    pub count: u32,
+    pub _pad: u32,
+    pub aces: [Ace; MAX_ACES],
+}
+
+impl Default for AclTable {
+    fn default() -> Self {
+        AclTable { count: 0, _pad: 0, aces: [Ace::default(); MAX_ACES] }
+    }
+}
+
+/// The outcome of judging a flow: its connection mark, and whether it passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub mark: u32,
+    pub drop: bool,
+}
+
+impl Verdict {
+    const fn implicit_allow(app_num: u32, id: u32) -> Self {
+        Verdict { mark: mark::compose(app_num, id, false, false), drop: false }
+    }
+    const fn default_drop(app_num: u32) -> Self {
+        Verdict { mark: mark::compose(app_num, mark::DEFAULT_DROP_ACE_ID, false, true), drop: true }
+    }
+}
+
+#[inline(always)]
+pub fn prefix_contains(prefix: Ipv4, len: u8, addr: Ipv4) -> bool {
+    if len == 0 {
+        return true;
+    }
+    let len = if len > 32 { 32 } else { len };
+    let mask = u32::MAX << (32 - len as u32);
+    (u32::from_be_bytes(prefix) & mask) == (u32::from_be_bytes(addr) & mask)
+}
+
+/// Does `ace` match a flow whose far end is `remote:remote_port`?
+#[inline(always)]
+pub fn ace_matches(ace: &Ace, proto: u8, remote: Ipv4, remote_port: u16) -> bool {
+    (ace.matches & MATCH_IP == 0 || prefix_contains(ace.prefix, ace.prefix_len, remote))
+        && (ace.matches & MATCH_PROTO == 0 || ace.proto == proto)
+        && (ace.matches & MATCH_FPORT == 0 || ace.fport == remote_port)
+}
+
+/// Judges a flow that the app starts (its packet came from the app), also toward another
+/// app of the same NI: implicit rules, then the app's ACEs, then default drop.
+#[inline(always)]
+pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow) -> Verdict {
+    let app = iface.app_num;
+    let to_gateway = flow.dst == iface.gateway;
+    if flow.proto == PROTO_UDP && flow.dport == 67 && (to_gateway || flow.dst == BROADCAST) {
+        return Verdict::implicit_allow(app, implicit::APP_DHCP);
+    }
+    if to_gateway && flow.dport == 53 && (flow.proto == PROTO_UDP || flow.proto == PROTO_TCP) {
+        return Verdict::implicit_allow(app, implicit::APP_DNS);
+    }
+    if flow.proto == PROTO_TCP && flow.dport == 80 && (flow.dst == METADATA_IP || to_gateway) {
+        return Verdict::implicit_allow(app, implicit::APP_METADATA_HTTP);
+    }
+    let Some(table) = table else {
+        return Verdict::default_drop(app);
+    };
+    let count = table.count as usize;
+    for i in 0..MAX_ACES {
+        if i >= count {
+            break;
+        }
+        let ace = &table.aces[i];
+        if ace_matches(ace, flow.proto, flow.dst, flow.dport) {
+            let drop = ace.action == ACTION_DROP;
+            return Verdict { mark: mark::compose(app, ace.id, true, drop), drop };
+        }
+    }
+    Verdict::default_drop(app)
+}
+
+/// Judges a flow that enters the NI toward the app (its first packet was seen going to the
+/// app). On a local NI only the agent's own netns and the NI gateway may start one (NAT
+/// hides the apps; port maps come with the NAT work).
+#[inline(always)]
+pub fn judge_toward_app(iface: &IfaceInfo, flow: &Flow) -> Verdict {
+    if flow.src == iface.eve_ip || flow.src == iface.gateway {
+        return Verdict::implicit_allow(iface.app_num, implicit::EVE_INITIATED);
+    }
+    Verdict::default_drop(iface.app_num)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PROTO_ICMP;
+
+    const APP: Ipv4 = [10, 10, 1, 2];
+    fn iface() -> IfaceInfo {
+        IfaceInfo {
+            app_num: 1,
+            policy_gen: 1,
+            app_ip: APP,
+            gateway: [10, 10, 1, 1],
+            eve_ip: [169, 254, 100, 1],
+            _pad: 0,
+        }
+    }
+    fn flow(proto: u8, dst: Ipv4, dport: u16) -> Flow {
+        Flow { proto, src: APP, dst, sport: 40000, dport, ..Flow::default() }
+    }
+    fn table(aces: &[Ace]) -> AclTable {
+        let mut t = AclTable::default();
+        t.aces[..aces.len()].copy_from_slice(aces);
+        t.count = aces.len() as u32;
+        t
+    }
+    fn ip_ace(id: u32, prefix: Ipv4, len: u8) -> Ace {
+        Ace { id, matches: MATCH_IP, prefix, prefix_len: len, ..Ace::default() }
+    }
+
+    #[test]
+    fn prefixes() {
+        assert!(prefix_contains([10, 10, 1, 0], 24, [10, 10, 1, 77]));
+        assert!(!prefix_contains([10, 10, 1, 0], 24, [10, 10, 2, 1]));
+        assert!(prefix_contains([0, 0, 0, 0], 0, [1, 2, 3, 4]));
+        assert!(prefix_contains([10, 10, 1, 3], 32, [10, 10, 1, 3]));
+        assert!(!prefix_contains([10, 10, 1, 3], 32, [10, 10, 1, 4]));
+        assert!(prefix_contains([192, 168, 0, 0], 16, [192, 168, 255, 1]));
+    }
+
+    #[test]
+    fn first_match_wins_and_matches_are_anded() {
+        let allow_web = Ace {
+            id: 1,
+            matches: MATCH_IP | MATCH_PROTO | MATCH_FPORT,
+            prefix: [10, 10, 1, 3],
+            prefix_len: 32,
+            proto: PROTO_TCP,
+            fport: 80,
+            ..Ace::default()
+        };
+        let drop_udp = Ace { id: 2, matches: MATCH_IP | MATCH_PROTO, proto: PROTO_UDP, action: ACTION_DROP, ..Ace::default() };
+        let allow_all = ip_ace(3, [0, 0, 0, 0], 0);
+        let t = table(&[allow_web, drop_udp, allow_all]);
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80));
+        assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false });
+        // Same host, other port: falls through ACE 1 to ACE 3.
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22));
+        assert_eq!(v, Verdict { mark: 0x0140_0003, drop: false });
+        // UDP anywhere hits the drop ACE before the allow-all.
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 123));
+        assert_eq!(v, Verdict { mark: 0x01c0_0002, drop: true });
+    }
+
+    #[test]
+    fn default_drop_and_empty_acl() {
+        let t = table(&[ip_ace(1, [192, 168, 0, 0], 16)]);
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 99, 0, 1], 80));
+        assert_eq!(v, Verdict { mark: 0x01bf_ffff, drop: true });
+        let v = judge_from_app(None, &iface(), &flow(PROTO_ICMP, [192, 168, 0, 1], 0));
+        assert!(v.drop);
+    }
+
+    #[test]
+    fn implicit_rules_precede_user_aces() {
+        let deny_all = Ace { id: 9, matches: 0, action: ACTION_DROP, ..Ace::default() };
+        let t = table(&[deny_all]);
+        let gw = iface().gateway;
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, gw, 53));
+        assert_eq!(v, Verdict { mark: 0x0100_0007, drop: false });
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, gw, 53));
+        assert_eq!(v.mark, 0x0100_0007);
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [255, 255, 255, 255], 67));
+        assert_eq!(v, Verdict { mark: 0x0100_0006, drop: false });
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, METADATA_IP, 80));
+        assert_eq!(v, Verdict { mark: 0x0100_000b, drop: false });
+        // DNS to anyone but the gateway is the user's business.
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53));
+        assert_eq!(v, Verdict { mark: 0x01c0_0009, drop: true });
+    }
+
+    #[test]
+    fn flows_toward_the_app() {
+        let i = iface();
+        let from = |src| Flow { proto: PROTO_TCP, src, dst: APP, sport: 5555, dport: 80, ..Flow::default() };
+        assert_eq!(judge_toward_app(&i, &from(i.eve_ip)), Verdict { mark: 0x0100_000a, drop: false });
+        assert!(!judge_toward_app(&i, &from(i.gateway)).drop);
+        assert_eq!(judge_toward_app(&i, &from([10, 10, 1, 9])), Verdict { mark: 0x01bf_ffff, drop: true });
+    }
+}

@@ -1,0 +1,233 @@
+//! Our conntrack: one LRU hash per agent, keyed by the NI zone and the flow's endpoints in
+//! canonical order, so both directions of a flow find the same entry with one lookup.
+
+use crate::{
+    packet::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    Ipv4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
+
+/// Entries in the shared conntrack map (LRU: the oldest flows go first when full).
+pub const CT_MAX_ENTRIES: u32 = 65536;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub zone: u32,
+    /// The lower (address, port) endpoint.
+    pub addr_a: Ipv4,
+    pub addr_b: Ipv4,
+    pub port_a: u16,
+    pub port_b: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The canonical key of `flow` in `zone`, and whether the packet travels a -> b.
+    #[inline(always)]
+    pub fn new(zone: u32, flow: &Flow) -> (CtKey, bool) {
+        let src = (u32::from_be_bytes(flow.src), flow.sport);
+        let dst = (u32::from_be_bytes(flow.dst), flow.dport);
+        let a_to_b = src <= dst;
+        let (a, pa, b, pb) = if a_to_b {
+            (flow.src, flow.sport, flow.dst, flow.dport)
+        } else {
+            (flow.dst, flow.dport, flow.src, flow.sport)
+        };
+        let key = CtKey { zone, addr_a: a, addr_b: b, port_a: pa, port_b: pb, proto: flow.proto, _pad: [0; 3] };
+        (key, a_to_b)
+    }
+}
+
+pub const DIR_ORIG: usize = 0;
+pub const DIR_REPLY: usize = 1;
+
+pub const VERDICT_ALLOW: u8 = 0;
+pub const VERDICT_DROP: u8 = 1;
+
+/// TCP states, coarse on purpose: they only choose the entry's idle timeout.
+pub const TCP_NONE: u8 = 0;
+pub const TCP_SYN_SENT: u8 = 1;
+pub const TCP_SYN_RECV: u8 = 2;
+pub const TCP_ESTABLISHED: u8 = 3;
+pub const TCP_FIN_WAIT: u8 = 4;
+pub const TCP_TIME_WAIT: u8 = 5;
+pub const TCP_CLOSE: u8 = 6;
+
+pub const FLAG_SEEN_REPLY: u8 = 1 << 0;
+pub const FLAG_FIN_ORIG: u8 = 1 << 1;
+pub const FLAG_FIN_REPLY: u8 = 1 << 2;
+
+/// Room for the NAT work: the translated tuple of the flow (zero while untranslated).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtNat {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub addr: Ipv4,
+    pub port: u16,
+    pub _pad2: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the first and the latest packet.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// [original direction, reply direction].
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// EVE-layout connection mark.
+    pub mark: u32,
+    /// The app port whose ACL judged the flow, and that ACL's generation at the time.
+    pub judge_ifindex: u32,
+    pub policy_gen: u32,
+    pub verdict: u8,
+    pub tcp_state: u8,
+    /// 1 when endpoint a of the key started the flow.
+    pub orig_is_a: u8,
+    pub flags: u8,
+    pub nat: CtNat,
+}
+
+impl CtValue {
+    /// Which direction a packet travelling a -> b (or not) is in for this entry.
+    #[inline(always)]
+    pub fn direction(&self, a_to_b: bool) -> usize {
+        if a_to_b == (self.orig_is_a != 0) {
+            DIR_ORIG
+        } else {
+            DIR_REPLY
+        }
+    }
+}
+
+/// Next TCP state after a packet with `flags` in direction `dir`.
+#[inline(always)]
+pub fn tcp_next(state: u8, conn_flags: u8, tcp_flags: u8, dir: usize) -> (u8, u8) {
+    let mut cf = conn_flags;
+    if tcp_flags & TCP_RST != 0 {
+        return (TCP_CLOSE, cf);
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        cf |= if dir == DIR_ORIG { FLAG_FIN_ORIG } else { FLAG_FIN_REPLY };
+        let both = cf & (FLAG_FIN_ORIG | FLAG_FIN_REPLY) == FLAG_FIN_ORIG | FLAG_FIN_REPLY;
+        return (if both { TCP_TIME_WAIT } else { TCP_FIN_WAIT }, cf);
+    }
+    let syn = tcp_flags & TCP_SYN != 0;
+    let ack = tcp_flags & TCP_ACK != 0;
+    let next = match state {
+        TCP_NONE | TCP_CLOSE if syn && !ack && dir == DIR_ORIG => TCP_SYN_SENT,
+        TCP_SYN_SENT if syn && ack && dir == DIR_REPLY => TCP_SYN_RECV,
+        TCP_SYN_RECV if ack && !syn && dir == DIR_ORIG => TCP_ESTABLISHED,
+        // Picked up mid-stream (e.g. after the entry was evicted): data both ways means
+        // established, like conntrack's loose pickup.
+        TCP_NONE if dir == DIR_REPLY => TCP_ESTABLISHED,
+        s => s,
+    };
+    (next, cf)
+}
+
+const SEC: u64 = 1_000_000_000;
+
+/// How long an idle entry stays valid, as the kernel conntrack's defaults.
+#[inline(always)]
+pub fn idle_timeout_ns(proto: u8, tcp_state: u8, flags: u8) -> u64 {
+    match proto {
+        PROTO_TCP => match tcp_state {
+            TCP_SYN_SENT => 120 * SEC,
+            TCP_SYN_RECV => 60 * SEC,
+            TCP_ESTABLISHED => 5 * 24 * 3600 * SEC,
+            TCP_FIN_WAIT | TCP_TIME_WAIT => 120 * SEC,
+            TCP_CLOSE => 10 * SEC,
+            _ => 300 * SEC,
+        },
+        PROTO_UDP if flags & FLAG_SEEN_REPLY != 0 => 120 * SEC,
+        PROTO_UDP => 30 * SEC,
+        PROTO_ICMP => 30 * SEC,
+        _ => 600 * SEC,
+    }
+}
+
+#[inline(always)]
+pub fn is_expired(v: &CtValue, proto: u8, now_ns: u64) -> bool {
+    now_ns.saturating_sub(v.last_seen_ns) > idle_timeout_ns(proto, v.tcp_state, v.flags)
+}
+
+pub fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        TCP_SYN_SENT => "SYN_SENT",
+        TCP_SYN_RECV => "SYN_RECV",
+        TCP_ESTABLISHED => "ESTABLISHED",
+        TCP_FIN_WAIT => "FIN_WAIT",
+        TCP_TIME_WAIT => "TIME_WAIT",
+        TCP_CLOSE => "CLOSE",
+        _ => "-",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(src: Ipv4, sport: u16, dst: Ipv4, dport: u16) -> Flow {
+        Flow { proto: PROTO_TCP, src, dst, sport, dport, ..Flow::default() }
+    }
+
+    #[test]
+    fn both_directions_share_one_key() {
+        let (k1, d1) = CtKey::new(3, &f([10, 10, 1, 5], 40000, [10, 10, 1, 3], 80));
+        let (k2, d2) = CtKey::new(3, &f([10, 10, 1, 3], 80, [10, 10, 1, 5], 40000));
+        assert_eq!(k1, k2);
+        assert_ne!(d1, d2);
+        assert_eq!(k1.addr_a, [10, 10, 1, 3]);
+        // Zones keep identical tuples of two NIs apart.
+        let (k3, _) = CtKey::new(4, &f([10, 10, 1, 5], 40000, [10, 10, 1, 3], 80));
+        assert_ne!(k1, k3);
+        // Same address both ends (loopback-ish): the port breaks the tie.
+        let (k4, d4) = CtKey::new(1, &f([1, 1, 1, 1], 9, [1, 1, 1, 1], 5));
+        assert_eq!((k4.port_a, k4.port_b, d4), (5, 9, false));
+    }
+
+    #[test]
+    fn directions() {
+        let v = CtValue { orig_is_a: 1, ..CtValue::default() };
+        assert_eq!(v.direction(true), DIR_ORIG);
+        assert_eq!(v.direction(false), DIR_REPLY);
+        let v = CtValue { orig_is_a: 0, ..CtValue::default() };
+        assert_eq!(v.direction(true), DIR_REPLY);
+    }
+
+    #[test]
+    fn tcp_handshake_and_teardown() {
+        let (s, cf) = tcp_next(TCP_NONE, 0, TCP_SYN, DIR_ORIG);
+        assert_eq!(s, TCP_SYN_SENT);
+        let (s, cf) = tcp_next(s, cf, TCP_SYN | TCP_ACK, DIR_REPLY);
+        assert_eq!(s, TCP_SYN_RECV);
+        let (s, cf) = tcp_next(s, cf, TCP_ACK, DIR_ORIG);
+        assert_eq!(s, TCP_ESTABLISHED);
+        let (s, cf) = tcp_next(s, cf, TCP_FIN | TCP_ACK, DIR_ORIG);
+        assert_eq!(s, TCP_FIN_WAIT);
+        let (s, cf) = tcp_next(s, cf, TCP_ACK, DIR_REPLY);
+        assert_eq!(s, TCP_FIN_WAIT);
+        let (s, _) = tcp_next(s, cf, TCP_FIN | TCP_ACK, DIR_REPLY);
+        assert_eq!(s, TCP_TIME_WAIT);
+        assert_eq!(tcp_next(TCP_ESTABLISHED, 0, TCP_RST, DIR_REPLY).0, TCP_CLOSE);
+        // A reused port after close starts over.
+        assert_eq!(tcp_next(TCP_CLOSE, 0, TCP_SYN, DIR_ORIG).0, TCP_SYN_SENT);
+    }
+
+    #[test]
+    fn timeouts() {
+        let v = CtValue { last_seen_ns: 10 * SEC, tcp_state: TCP_SYN_SENT, ..CtValue::default() };
+        assert!(!is_expired(&v, PROTO_TCP, 100 * SEC));
+        assert!(is_expired(&v, PROTO_TCP, 200 * SEC));
+        let u = CtValue { last_seen_ns: 0, ..CtValue::default() };
+        assert!(is_expired(&u, PROTO_UDP, 31 * SEC));
+        let u = CtValue { flags: FLAG_SEEN_REPLY, ..u };
+        assert!(!is_expired(&u, PROTO_UDP, 31 * SEC));
+        // A clock that looks backwards never expires an entry.
+        assert!(!is_expired(&v, PROTO_TCP, 0));
+    }
+}

@@ -1,0 +1,131 @@
+//! Types shared by the eBPF programs and the agent, and the pure logic both sides use.
+//!
+//! Everything here is `no_std`, allocation-free and free of kernel calls, so the host can
+//! unit-test exactly the code that runs in the kernel. Map key/value types are `#[repr(C)]`
+//! with explicit padding fields: the kernel hashes whole keys, and the verifier rejects
+//! keys with uninitialised padding bytes.
+#![no_std]
+
+pub mod acl;
+pub mod ct;
+pub mod mark;
+pub mod packet;
+
+/// An IPv4 address as its four network-order bytes. Kept as bytes (not a `u32`) so that
+/// `bpftool map dump` shows `[10,10,1,2]` instead of a byte-swapped integer.
+pub type Ipv4 = [u8; 4];
+
+/// Upper bound on app ports per agent (all NIs): the size of the per-interface maps.
+pub const MAX_APP_PORTS: u32 = 1024;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Versioned names of the pinned maps. aya reuses an existing pin without checking its
+/// layout, so any layout change must bump the suffix.
+pub mod map_names {
+    pub const CONNTRACK: &str = "CT_V1";
+    pub const IFACES: &str = "IFACE_V1";
+    pub const ACLS: &str = "ACL_V1";
+    pub const STATS: &str = "STATS_V1";
+}
+
+/// Program names in the eBPF object.
+pub mod prog_names {
+    /// TC ingress on an app's bridge port: packets coming from the app.
+    pub const APP_PORT_FROM_APP: &str = "app_port_from_app";
+    /// TC egress on an app's bridge port: packets going to the app.
+    pub const APP_PORT_TO_APP: &str = "app_port_to_app";
+}
+
+/// Key of the per-interface maps: the NI zone plus the ifindex inside the NI's netns
+/// (ifindexes repeat across namespaces, so the zone disambiguates).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfaceKey {
+    pub zone: u32,
+    pub ifindex: u32,
+}
+
+/// What the programs need to know about an app's bridge port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// EVE's app number (the top byte of the connection mark).
+    pub app_num: u32,
+    /// Bumped by the agent whenever this interface's ACL changes; CT entries judged under
+    /// an older generation are re-judged on their next packet.
+    pub policy_gen: u32,
+    /// The app's own address on this NI.
+    pub app_ip: Ipv4,
+    /// The NI's gateway (bridge) address: DHCP/DNS/metadata live here.
+    pub gateway: Ipv4,
+    /// The agent-side address of the NI's veth: the source of EVE-initiated flows.
+    pub eve_ip: Ipv4,
+    pub _pad: u32,
+}
+
+/// Counters of the programs' decisions, one slot each in a per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    PassArp = 0,
+    DropNonIpv4 = 1,
+    DropMalformed = 2,
+    DropFragment = 3,
+    CtNew = 4,
+    CtInsertFailed = 5,
+    DropAcl = 6,
+    PassCt = 7,
+    DropCt = 8,
+    NoIfaceConfig = 9,
+    Rejudged = 10,
+    DropUnsolicited = 11,
+}
+
+impl Stat {
+    pub const COUNT: u32 = 12;
+    pub const ALL: [Stat; Self::COUNT as usize] = [
+        Stat::PassArp,
+        Stat::DropNonIpv4,
+        Stat::DropMalformed,
+        Stat::DropFragment,
+        Stat::CtNew,
+        Stat::CtInsertFailed,
+        Stat::DropAcl,
+        Stat::PassCt,
+        Stat::DropCt,
+        Stat::NoIfaceConfig,
+        Stat::Rejudged,
+        Stat::DropUnsolicited,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stat::PassArp => "pass_arp",
+            Stat::DropNonIpv4 => "drop_non_ipv4",
+            Stat::DropMalformed => "drop_malformed",
+            Stat::DropFragment => "drop_fragment",
+            Stat::CtNew => "ct_new",
+            Stat::CtInsertFailed => "ct_insert_failed",
+            Stat::DropAcl => "drop_acl",
+            Stat::PassCt => "pass_ct",
+            Stat::DropCt => "drop_ct",
+            Stat::NoIfaceConfig => "no_iface_config",
+            Stat::Rejudged => "rejudged",
+            Stat::DropUnsolicited => "drop_unsolicited",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain data with explicit padding and no
+    // invalid bit patterns.
+    unsafe impl aya::Pod for super::IfaceKey {}
+    unsafe impl aya::Pod for super::IfaceInfo {}
+    unsafe impl aya::Pod for super::ct::CtKey {}
+    unsafe impl aya::Pod for super::ct::CtValue {}
+    unsafe impl aya::Pod for super::acl::AclTable {}
+}

@@ -1,0 +1,274 @@
+//! Header parsing, written once against a tiny reader trait: the eBPF programs read
+//! through `bpf_skb_load_bytes`, the host tests read from a byte slice.
+
+use crate::{Ipv4, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAM_PROBLEM: u8 = 12;
+
+/// Reads fixed-size chunks of a packet; `None` when the packet is too short.
+pub trait PacketReader {
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl PacketReader for [u8] {
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let bytes = self.get(offset..offset.checked_add(N)?)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Some(out)
+    }
+}
+
+/// The 5-tuple of an IPv4 packet plus what the conntrack needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub proto: u8,
+    pub src: Ipv4,
+    pub dst: Ipv4,
+    /// Ports for TCP/UDP; the echo identifier (both sides) for ICMP echo; 0 otherwise.
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// IPv4 total length: what the flow byte counters count (as conntrack does).
+    pub ip_len: u16,
+    /// An ICMP error about another flow: the tuple above is the inner (quoted) packet's.
+    pub related: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Arp,
+    Ipv4(Flow),
+    /// Anything else (IPv6, VLAN tags, LLDP, ...), with its EtherType.
+    Other(u16),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Shorter than its headers claim.
+    Truncated,
+    /// Version not 4, header length below 20, or total length below the header.
+    BadIpHeader,
+    /// A non-first fragment: it carries no L4 header to match on.
+    Fragment,
+}
+
+/// Parses an Ethernet frame far enough to classify it.
+#[inline(always)]
+pub fn parse<R: PacketReader + ?Sized>(pkt: &R) -> Result<Parsed, ParseError> {
+    let eth: [u8; ETH_HLEN] = pkt.read(0).ok_or(ParseError::Truncated)?;
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    match ethertype {
+        ETH_P_ARP => Ok(Parsed::Arp),
+        ETH_P_IP => parse_ipv4(pkt, ETH_HLEN).map(Parsed::Ipv4),
+        other => Ok(Parsed::Other(other)),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, ParseError> {
+    let ip: [u8; 20] = pkt.read(off).ok_or(ParseError::Truncated)?;
+    let (ihl, proto, src, dst, total_len, frag) = ipv4_fields(&ip)?;
+    if frag & 0x1fff != 0 {
+        return Err(ParseError::Fragment);
+    }
+    let l4 = off + ihl;
+    let mut flow = Flow { proto, src, dst, ip_len: total_len, ..Flow::default() };
+    match proto {
+        PROTO_TCP => {
+            let tcp: [u8; 14] = pkt.read(l4).ok_or(ParseError::Truncated)?;
+            flow.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+            flow.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+            flow.tcp_flags = tcp[13];
+        }
+        PROTO_UDP => {
+            let udp: [u8; 4] = pkt.read(l4).ok_or(ParseError::Truncated)?;
+            flow.sport = u16::from_be_bytes([udp[0], udp[1]]);
+            flow.dport = u16::from_be_bytes([udp[2], udp[3]]);
+        }
+        PROTO_ICMP => {
+            let icmp: [u8; 8] = pkt.read(l4).ok_or(ParseError::Truncated)?;
+            match icmp[0] {
+                ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => {
+                    let id = u16::from_be_bytes([icmp[4], icmp[5]]);
+                    flow.sport = id;
+                    flow.dport = id;
+                }
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
+                    return parse_icmp_error_inner(pkt, l4 + 8, total_len);
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(flow)
+}
+
+/// The packet quoted in an ICMP error: its IPv4 header and the first 8 bytes of L4.
+#[inline(always)]
+fn parse_icmp_error_inner<R: PacketReader + ?Sized>(
+    pkt: &R,
+    off: usize,
+    outer_len: u16,
+) -> Result<Flow, ParseError> {
+    let ip: [u8; 20] = pkt.read(off).ok_or(ParseError::Truncated)?;
+    let (ihl, proto, src, dst, _, _) = ipv4_fields(&ip)?;
+    let l4: [u8; 8] = pkt.read(off + ihl).ok_or(ParseError::Truncated)?;
+    let (sport, dport) = match proto {
+        PROTO_TCP | PROTO_UDP => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        PROTO_ICMP => {
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    Ok(Flow { proto, src, dst, sport, dport, tcp_flags: 0, ip_len: outer_len, related: true })
+}
+
+type Ipv4Fields = (usize, u8, Ipv4, Ipv4, u16, u16);
+
+#[inline(always)]
+fn ipv4_fields(ip: &[u8; 20]) -> Result<Ipv4Fields, ParseError> {
+    if ip[0] >> 4 != 4 {
+        return Err(ParseError::BadIpHeader);
+    }
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]);
+    if ihl < 20 || (total_len as usize) < ihl {
+        return Err(ParseError::BadIpHeader);
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    Ok((
+        ihl,
+        ip[9],
+        [ip[12], ip[13], ip[14], ip[15]],
+        [ip[16], ip[17], ip[18], ip[19]],
+        total_len,
+        frag,
+    ))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds Ethernet+IPv4+L4 frames for tests (checksums are not looked at).
+    pub fn frame(proto: u8, src: Ipv4, dst: Ipv4, l4: &[u8]) -> [u8; 128] {
+        let mut f = [0u8; 128];
+        f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        ip[9] = proto;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        f[34..34 + l4.len()].copy_from_slice(l4);
+        f
+    }
+
+    pub fn tcp(sport: u16, dport: u16, flags: u8) -> [u8; 20] {
+        let mut t = [0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = flags;
+        t
+    }
+
+    const A: Ipv4 = [10, 10, 1, 2];
+    const B: Ipv4 = [10, 10, 1, 3];
+
+    #[test]
+    fn tcp_syn() {
+        let f = frame(PROTO_TCP, A, B, &tcp(40000, 80, TCP_SYN));
+        let Parsed::Ipv4(flow) = parse(&f[..54]).unwrap() else { panic!() };
+        assert_eq!((flow.src, flow.dst, flow.sport, flow.dport), (A, B, 40000, 80));
+        assert_eq!(flow.tcp_flags, TCP_SYN);
+        assert_eq!(flow.ip_len, 40);
+        assert!(!flow.related);
+    }
+
+    #[test]
+    fn udp_and_icmp_echo() {
+        let f = frame(PROTO_UDP, A, B, &[0x30, 0x39, 0, 53, 0, 8, 0, 0]);
+        let Parsed::Ipv4(flow) = parse(&f[..42]).unwrap() else { panic!() };
+        assert_eq!((flow.sport, flow.dport), (12345, 53));
+        let f = frame(PROTO_ICMP, A, B, &[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
+        let Parsed::Ipv4(flow) = parse(&f[..42]).unwrap() else { panic!() };
+        assert_eq!((flow.sport, flow.dport), (0x1234, 0x1234));
+    }
+
+    #[test]
+    fn icmp_error_yields_inner_tuple() {
+        // Port unreachable from B quoting A's UDP packet to B:9999.
+        let inner = frame(PROTO_UDP, A, B, &[0x30, 0x39, 0x27, 0x0f, 0, 8, 0, 0]);
+        let mut l4 = [0u8; 36];
+        l4[0] = 3;
+        l4[1] = 3;
+        l4[8..36].copy_from_slice(&inner[14..42]);
+        let f = frame(PROTO_ICMP, B, A, &l4);
+        let Parsed::Ipv4(flow) = parse(&f[..70]).unwrap() else { panic!() };
+        assert!(flow.related);
+        assert_eq!((flow.proto, flow.src, flow.dst, flow.sport, flow.dport), (PROTO_UDP, A, B, 12345, 9999));
+    }
+
+    #[test]
+    fn arp_and_others() {
+        let mut f = [0u8; 42];
+        f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+        assert_eq!(parse(&f[..]), Ok(Parsed::Arp));
+        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        assert_eq!(parse(&f[..]), Ok(Parsed::Other(0x86dd)));
+    }
+
+    #[test]
+    fn malformed_inputs_are_errors_not_panics() {
+        let f = frame(PROTO_TCP, A, B, &tcp(1, 2, TCP_SYN));
+        // Every truncation of a valid frame parses or errors, never panics.
+        for len in 0..54 {
+            let r = parse(&f[..len]);
+            assert!(len < 14 || r.is_err() || matches!(r, Ok(Parsed::Ipv4(_))), "len {len}: {r:?}");
+        }
+        assert_eq!(parse(&f[..40]), Err(ParseError::Truncated));
+        let mut bad = f;
+        bad[14] = 0x65; // IPv6 version nibble in an IPv4 frame
+        assert_eq!(parse(&bad[..]), Err(ParseError::BadIpHeader));
+        bad[14] = 0x44; // IHL 16 bytes
+        assert_eq!(parse(&bad[..]), Err(ParseError::BadIpHeader));
+        let mut frag = f;
+        frag[20] = 0x00;
+        frag[21] = 0x10; // offset 16*8
+        assert_eq!(parse(&frag[..]), Err(ParseError::Fragment));
+        // A first fragment (MF set, offset 0) still has its L4 header.
+        frag[20] = 0x20;
+        frag[21] = 0;
+        assert!(matches!(parse(&frag[..]), Ok(Parsed::Ipv4(_))));
+    }
+
+    #[test]
+    fn ip_options_move_the_l4_header() {
+        let mut l4 = [0u8; 24];
+        l4[4..24].copy_from_slice(&tcp(7, 8, TCP_ACK));
+        let mut f = frame(PROTO_TCP, A, B, &l4);
+        f[14] = 0x46; // IHL 24: 4 bytes of options before TCP
+        let Parsed::Ipv4(flow) = parse(&f[..]).unwrap() else { panic!() };
+        assert_eq!((flow.sport, flow.dport, flow.tcp_flags), (7, 8, TCP_ACK));
+    }
+}
