@@ -1,1 +1,152 @@
-fn main(){}
+//! netns-agent: builds network instances in their own namespaces and enforces their ACLs
+//! with eBPF. See ARCHITECTURE.md for how a config becomes kernel state.
+
+mod config;
+mod datapath;
+mod flows;
+mod netlink;
+mod netns;
+mod plan;
+mod reconcile;
+mod state;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "netns-agent", version, about = "eBPF data plane for per-namespace network instances")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the config and stay in the foreground; SIGINT/SIGTERM stop the agent and leave
+    /// the data path enforcing (`down` removes it).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check the config and print what it would create; changes nothing.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove everything the config created: namespaces, links, pins, map entries.
+    Down {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the flow table from the pinned conntrack map (works without a running agent).
+    Flows {
+        /// Take pin and state directories from this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = config::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// One JSON document for machines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(dispatch(cli.command)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Validate { config } => {
+            let cfg = config::Config::load(&config)?;
+            let plan = plan::build(&cfg);
+            for ni in &plan.nis {
+                println!(
+                    "network {} (zone {}): {} gateway {}, {} {} <-> {} {}",
+                    ni.name, ni.zone(), ni.subnet, ni.gateway, ni.agent_veth, ni.agent_ip, ni.ni_veth, ni.ni_ip
+                );
+                for p in &ni.ports {
+                    println!("  {} -> app {} #{} ({}) {} {}, {} ACEs", p.bridge_port, p.app, p.app_num, p.app_netns, p.app_ifname, p.ip, p.acl.count);
+                }
+            }
+            println!("config is valid");
+            Ok(())
+        }
+        Command::Run { config } => run(&config).await,
+        Command::Down { config } => {
+            let plan = plan::build(&config::Config::load_for_removal(&config)?);
+            reconcile::down(&plan).await?;
+            info!("down: done");
+            Ok(())
+        }
+        Command::Flows { config, mut pin_dir, mut state_dir, json } => {
+            if let Some(path) = config {
+                let cfg = config::Config::load_for_removal(&path)?;
+                pin_dir = cfg.agent.pin_dir;
+                state_dir = cfg.agent.state_dir;
+            }
+            let maps = datapath::Maps::open(&pin_dir)?;
+            let records = flows::records(&maps.flows(), &state::AppliedState::read(&state_dir), datapath::monotonic_ns());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+                    "flows": records,
+                    "counters": maps.stats().iter().map(|(s, n)| (s.name(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+                }))?);
+            } else {
+                flows::print_table(&records);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How often expired conntrack entries are swept (LRU eviction bounds the map anyway).
+const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+async fn run(config_path: &std::path::Path) -> Result<()> {
+    let cfg = config::Config::load(config_path)?;
+    let plan = plan::build(&cfg);
+    reconcile::apply(&plan).await?;
+    let mut maps = datapath::Maps::open(&plan.pin_dir)?;
+    info!("running; SIGINT/SIGTERM stops the agent (the data path stays until `down`)");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let mut sweep = tokio::time::interval(CT_SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sweep.tick() => {
+                let n = maps.expire_flows(datapath::monotonic_ns());
+                if n > 0 {
+                    info!("conntrack: expired {n} idle entries");
+                }
+            }
+        }
+    }
+    if let Err(e) = state::AppliedState::from_plan(&plan).write(&plan.state_dir) {
+        warn!("recording state: {e:#}");
+    }
+    Ok(())
+}

@@ -1,1 +1,191 @@
-fn main(){}
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | demo`.
+
+mod demo;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what builds and tests need (idempotent; fast when all is present).
+    Setup,
+    /// Build the eBPF object (release, with BTF).
+    BuildEbpf,
+    /// Setup, build, then run every unit and integration test.
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the demo scenario: namespaces, the agent, allowed and blocked connections,
+    /// the flow table; cleans up unless --keep.
+    Demo {
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+/// Debian packages the build, tests and demo use.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2", "bpftool", "curl", "python3", "util-linux", "iptables", "nftables", "tcpdump",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup(),
+        Task::BuildEbpf => build_ebpf(),
+        Task::Test { args } => test(&args),
+        Task::Demo { keep } => {
+            setup()?;
+            build_ebpf()?;
+            build_agent()?;
+            demo::run(&workspace_root().join("target/debug/netns-agent"), keep)
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> Result<()> {
+    step("setup: Debian packages");
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .map(|s| !s.contains("install ok installed"))
+                .unwrap_or(true)
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!("    all present");
+    } else {
+        eprintln!("    installing {}", missing.join(" "));
+        run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600", "update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    step("setup: nightly rust-src (eBPF builds core from source)");
+    let installed = output(Command::new("rustup").args(["+nightly", "component", "list", "--installed"]))
+        .context("no nightly toolchain: the eBPF build needs the machine's preinstalled nightly")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("    present");
+    } else {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+
+    step(&format!("setup: bpf-linker {BPF_LINKER_VERSION} against nightly's libLLVM"));
+    let have = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if have.contains(BPF_LINKER_VERSION) {
+        eprintln!("    present ({})", have.trim());
+    } else {
+        install_bpf_linker()?;
+    }
+    Ok(())
+}
+
+/// bpf-linker needs an LLVM 22 to link against; nightly ships one as a shared library.
+/// Give the build a prefix with an (empty) llvm-config and the library under lib/.
+/// The prefix stays on disk: the installed binary's runpath points into it.
+fn install_bpf_linker() -> Result<()> {
+    let home = std::env::var("HOME").context("HOME not set")?;
+    let prefix = PathBuf::from(home).join(".local/share/bpf-linker-llvm");
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot")?;
+    let sysroot_lib = PathBuf::from(sysroot.trim()).join("lib");
+    std::fs::create_dir_all(prefix.join("bin"))?;
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let llvm_config = prefix.join("bin/llvm-config");
+    std::fs::write(&llvm_config, "")?;
+    run(Command::new("chmod").arg("+x").arg(&llvm_config))?;
+    let mut versioned = None;
+    for entry in std::fs::read_dir(&sysroot_lib)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("libLLVM") {
+            let link = prefix.join("lib").join(&name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(entry.path(), &link)?;
+            if name.starts_with("libLLVM.so.") {
+                versioned = Some(entry.path());
+            }
+        }
+    }
+    let versioned = versioned.context("no libLLVM.so.* in the nightly sysroot")?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(versioned, &link)?;
+    eprintln!("    building bpf-linker (about a minute)");
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn build_ebpf() -> Result<()> {
+    step("build-ebpf: netns-ebpf (bpfel-unknown-none, release, BTF)");
+    let dir = workspace_root().join("netns-ebpf");
+    // The eBPF crate's own .cargo/config.toml and rust-toolchain.toml pick nightly,
+    // the target, build-std and the linker flags.
+    run(Command::new("cargo")
+        .current_dir(&dir)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .args(["build", "--release"]))?;
+    let object = dir.join("target/bpfel-unknown-none/release/netns-ebpf");
+    let size = std::fs::metadata(&object).with_context(|| format!("{} not built", object.display()))?.len();
+    eprintln!("    {} ({} bytes)", object.display(), size);
+    Ok(())
+}
+
+fn build_agent() -> Result<()> {
+    step("build: netns-agent");
+    run(Command::new("cargo").current_dir(workspace_root()).args(["build", "-p", "netns-agent"]))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    build_agent()?;
+    step("test: unit and integration tests (integration tests need root, one at a time)");
+    let agent = workspace_root().join("target/debug/netns-agent");
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .env("NETNS_AGENT_BIN", &agent)
+        .args(["test", "--workspace", "--", "--test-threads=1"])
+        .args(args))
+}

@@ -1,0 +1,449 @@
+//! The agent's TOML config: parsing and whole-config validation.
+//!
+//! Every error names the key and the line. Nothing here touches the system except reading
+//! whether an app's netns exists.
+
+use std::{collections::HashMap, fmt, net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use toml::Spanned;
+
+use netns_ebpf_common::{acl::MAX_ACES, mark::ACE_ID_MASK};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netns-agent";
+pub const DEFAULT_STATE_DIR: &str = "/run/netns-agent";
+/// NI index N gets 169.254.100.(4N-3)/30 on the agent side: N = 63 is the last /30 of
+/// the /24.
+pub const MAX_NI_INDEX: u32 = 63;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default, rename = "network")]
+    pub networks: Vec<Network>,
+    #[serde(default, rename = "app")]
+    pub apps: Vec<App>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// bpffs directory for the pinned maps and links.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Where the agent records what it created (for `down` and `flows`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection { pin_dir: default_pin_dir(), state_dir: default_state_dir() }
+    }
+}
+
+fn default_pin_dir() -> PathBuf {
+    DEFAULT_PIN_DIR.into()
+}
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkKind {
+    Local,
+    Switch,
+    Vpn,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub name: Spanned<String>,
+    pub kind: Spanned<NetworkKind>,
+    pub index: Option<Spanned<u32>>,
+    pub subnet: Spanned<Ipv4Net>,
+    pub gateway: Spanned<Ipv4Addr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub name: Spanned<String>,
+    pub num: Option<Spanned<u32>>,
+    /// An existing netns: a name under /run/netns or a path.
+    pub netns: Spanned<String>,
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<Interface>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub network: Spanned<String>,
+    pub ip: Spanned<Ipv4Addr>,
+    #[serde(default)]
+    pub acl: Vec<Ace>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ace {
+    pub id: Spanned<u32>,
+    #[serde(rename = "match", default)]
+    pub matches: Match,
+    #[serde(default)]
+    pub action: Action,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    pub ip: Option<Ipv4Net>,
+    pub protocol: Option<Spanned<Protocol>>,
+    pub fport: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Accept,
+    Drop,
+}
+
+/// `protocol`: "tcp", "udp", "icmp" or an IP protocol number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocol(pub u8);
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Number(u8),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Protocol(n)),
+            Raw::Name(s) => match s.to_ascii_lowercase().as_str() {
+                "tcp" => Ok(Protocol(6)),
+                "udp" => Ok(Protocol(17)),
+                "icmp" => Ok(Protocol(1)),
+                other => other.parse().map(Protocol).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "unknown protocol {s:?}: use tcp, udp, icmp or a number 0-255"
+                    ))
+                }),
+            },
+        }
+    }
+}
+
+/// A config error with the line it points at.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All errors found in one config, so a user fixes them in one go.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config ({} error{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Something that tells whether an app netns exists; the real check reads /run/netns,
+/// the unit tests pass a fixed list.
+pub trait NetnsLookup {
+    fn netns_exists(&self, name_or_path: &str) -> bool;
+}
+
+pub struct SystemNetns;
+
+impl NetnsLookup for SystemNetns {
+    fn netns_exists(&self, name_or_path: &str) -> bool {
+        crate::netns::resolve(name_or_path).exists()
+    }
+}
+
+/// Parses and validates `text` (from `file`).
+pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, ConfigErrors> {
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let config: Config = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            line: e.span().map(|s| line_of(s.start)),
+            message: e.message().to_string(),
+        }])
+    })?;
+    let mut errors = Vec::new();
+    let mut err = |span: std::ops::Range<usize>, message: String| {
+        errors.push(ConfigError { file: file.to_string(), line: Some(line_of(span.start)), message })
+    };
+
+    let mut networks: HashMap<&str, &Network> = HashMap::new();
+    let mut indexes: HashMap<u32, &str> = HashMap::new();
+    for (pos, n) in config.networks.iter().enumerate() {
+        let name = n.name.get_ref().as_str();
+        if !valid_ifname_like(name) {
+            err(n.name.span(), format!("network.name {name:?}: use 1-15 characters of [A-Za-z0-9_-]"));
+        }
+        if networks.insert(name, n).is_some() {
+            err(n.name.span(), format!("network.name {name:?} is used twice"));
+        }
+        if *n.kind.get_ref() != NetworkKind::Local {
+            err(n.kind.span(), format!("network.kind {:?} is not supported yet (only \"local\")", n.kind.get_ref()));
+        }
+        let index = n.index.as_ref().map(|i| *i.get_ref()).unwrap_or(pos as u32 + 1);
+        let index_span = n.index.as_ref().map(|i| i.span()).unwrap_or(n.name.span());
+        if !(1..=MAX_NI_INDEX).contains(&index) {
+            err(index_span.clone(), format!("network.index {index} of {name:?} is out of range 1-{MAX_NI_INDEX}"));
+        }
+        if let Some(other) = indexes.insert(index, name) {
+            err(index_span, format!("network.index {index} of {name:?} is already used by {other:?}"));
+        }
+        let subnet = n.subnet.get_ref();
+        if subnet.prefix_len() > 30 {
+            err(n.subnet.span(), format!("network.subnet {subnet} is too small for a gateway and an app"));
+        }
+        let gw = *n.gateway.get_ref();
+        if !subnet.contains(&gw) || gw == subnet.network() || gw == subnet.broadcast() {
+            err(n.gateway.span(), format!("network.gateway {gw} is not a host address of subnet {subnet}"));
+        }
+    }
+
+    let mut app_names: HashMap<&str, ()> = HashMap::new();
+    let mut app_nums: HashMap<u32, &str> = HashMap::new();
+    let mut addresses: HashMap<(&str, Ipv4Addr), &str> = HashMap::new();
+    for (pos, a) in config.apps.iter().enumerate() {
+        let name = a.name.get_ref().as_str();
+        if app_names.insert(name, ()).is_some() {
+            err(a.name.span(), format!("app.name {name:?} is used twice"));
+        }
+        let num = a.num.as_ref().map(|n| *n.get_ref()).unwrap_or(pos as u32 + 1);
+        let num_span = a.num.as_ref().map(|n| n.span()).unwrap_or(a.name.span());
+        if !(1..=255).contains(&num) {
+            err(num_span.clone(), format!("app.num {num} of {name:?} is out of range 1-255 (it is the top byte of the connection mark)"));
+        }
+        if let Some(other) = app_nums.insert(num, name) {
+            err(num_span, format!("app.num {num} of {name:?} is already used by {other:?}"));
+        }
+        if !netns.netns_exists(a.netns.get_ref()) {
+            err(a.netns.span(), format!("app.netns {:?} of {name:?} does not exist (the app's netns must exist before the agent attaches it)", a.netns.get_ref()));
+        }
+        if a.interfaces.len() > 99 {
+            err(a.name.span(), format!("app {name:?} has more than 99 interfaces"));
+        }
+        for i in &a.interfaces {
+            let net_name = i.network.get_ref().as_str();
+            let ip = *i.ip.get_ref();
+            match networks.get(net_name) {
+                None => err(i.network.span(), format!("app.interface.network {net_name:?} of {name:?} names no [[network]]")),
+                Some(n) => {
+                    let subnet = n.subnet.get_ref();
+                    if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() || ip == *n.gateway.get_ref() {
+                        err(i.ip.span(), format!("app.interface.ip {ip} of {name:?} is not a free host address of {net_name:?} ({subnet}, gateway {})", n.gateway.get_ref()));
+                    }
+                    if let Some(other) = addresses.insert((net_name, ip), name) {
+                        err(i.ip.span(), format!("app.interface.ip {ip} on {net_name:?} is already used by {other:?}"));
+                    }
+                }
+            }
+            validate_acl(&i.acl, name, &mut err);
+        }
+    }
+    drop(err);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn validate_acl(acl: &[Ace], app: &str, err: &mut impl FnMut(std::ops::Range<usize>, String)) {
+    if acl.len() > MAX_ACES {
+        if let Some(ace) = acl.get(MAX_ACES) {
+            err(ace.id.span(), format!("app {app:?}: an interface holds at most {MAX_ACES} ACEs"));
+        }
+    }
+    let mut ids = HashMap::new();
+    for ace in acl {
+        let id = *ace.id.get_ref();
+        // ACE_ID_MASK itself is the implicit default-drop rule.
+        if id == 0 || id >= ACE_ID_MASK {
+            err(ace.id.span(), format!("acl id {id} of {app:?} is out of range 1-{}", ACE_ID_MASK - 1));
+        }
+        if ids.insert(id, ()).is_some() {
+            err(ace.id.span(), format!("acl id {id} is used twice on one interface of {app:?}"));
+        }
+        if let Some(fport) = &ace.matches.fport {
+            let proto = ace.matches.protocol.as_ref().map(|p| p.get_ref().0);
+            if !matches!(proto, Some(6) | Some(17)) {
+                err(fport.span(), format!("acl id {id} of {app:?}: match.fport needs match.protocol \"tcp\" or \"udp\""));
+            }
+        }
+    }
+}
+
+fn valid_ifname_like(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 15 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Ok(parse(&path.display().to_string(), &text, &SystemNetns)?)
+    }
+
+    /// For removing what a config created: the app netns may be gone already, which must
+    /// not stop `down` from cleaning up.
+    pub fn load_for_removal(path: &std::path::Path) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Ok(parse(&path.display().to_string(), &text, &AnyNetns)?)
+    }
+}
+
+struct AnyNetns;
+
+impl NetnsLookup for AnyNetns {
+    fn netns_exists(&self, _: &str) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Known(&'static [&'static str]);
+    impl NetnsLookup for Known {
+        fn netns_exists(&self, n: &str) -> bool {
+            self.0.contains(&n)
+        }
+    }
+
+    const GOOD: &str = r#"
+[[network]]
+name = "ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+
+[[network]]
+name = "ni2"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+
+[[app]]
+name = "app1"
+netns = "app1"
+[[app.interface]]
+network = "ni1"
+ip = "10.10.1.2"
+acl = [
+  { id = 1, match = { ip = "10.10.1.3/32", protocol = "tcp", fport = 80 } },
+  { id = 2, match = { ip = "0.0.0.0/0", protocol = "udp" }, action = "drop" },
+]
+
+[[app]]
+name = "app2"
+netns = "app2"
+[[app.interface]]
+network = "ni2"
+ip = "10.10.1.2"
+"#;
+
+    fn parse_ok(text: &str) -> Config {
+        parse("t.toml", text, &Known(&["app1", "app2"])).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse("t.toml", text, &Known(&["app1", "app2"])).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_the_documented_shape() {
+        let c = parse_ok(GOOD);
+        assert_eq!(c.networks.len(), 2);
+        assert_eq!(c.apps[0].interfaces[0].acl.len(), 2);
+        assert_eq!(c.apps[0].interfaces[0].acl[1].action, Action::Drop);
+        assert_eq!(c.apps[0].interfaces[0].acl[0].matches.protocol.as_ref().unwrap().get_ref().0, 6);
+        assert_eq!(c.agent.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("kind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\n\n[[network]]\nname = \"ni2\"", "kind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\nbogus = 1\n\n[[network]]\nname = \"ni2\"");
+        let e = parse_err(&text);
+        assert!(e.contains("t.toml:7:") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_prefix_names_line() {
+        let e = parse_err(&GOOD.replace("10.10.1.3/32", "10.10.1.3/33"));
+        assert!(e.contains("t.toml:23:"), "{e}");
+    }
+
+    #[test]
+    fn duplicates_and_missing_references() {
+        let e = parse_err(&GOOD.replace("name = \"ni2\"", "name = \"ni1\""));
+        assert!(e.contains("network.name \"ni1\" is used twice") && e.contains("t.toml:9:"), "{e}");
+        let e = parse_err(&GOOD.replace("fport = 80 } },", "fport = 80 } },\n  { id = 1 },"));
+        assert!(e.contains("acl id 1 is used twice"), "{e}");
+        let e = parse_err(&GOOD.replace("network = \"ni2\"", "network = \"ni9\""));
+        assert!(e.contains("\"ni9\" names no [[network]]") && e.contains("t.toml:31:"), "{e}");
+        let e = parse_err(&GOOD.replace("netns = \"app2\"", "netns = \"nope\""));
+        assert!(e.contains("app.netns \"nope\" of \"app2\" does not exist"), "{e}");
+        let e = parse_err(&GOOD.replace("name = \"app2\"", "name = \"app1\""));
+        assert!(e.contains("app.name \"app1\" is used twice"), "{e}");
+    }
+
+    #[test]
+    fn semantic_checks() {
+        let e = parse_err(&GOOD.replace("ip = \"10.10.1.2\"\nacl", "ip = \"10.10.2.2\"\nacl"));
+        assert!(e.contains("not a free host address"), "{e}");
+        let e = parse_err(&GOOD.replace("ip = \"10.10.1.3/32\", protocol = \"tcp\", ", "ip = \"10.10.1.3/32\", "));
+        assert!(e.contains("fport needs match.protocol"), "{e}");
+        let e = parse_err(&GOOD.replace("protocol = \"udp\"", "protocol = \"sctpx\""));
+        assert!(e.contains("unknown protocol"), "{e}");
+        let e = parse_err(&GOOD.replace("action = \"drop\"", "action = \"reject\""));
+        assert!(e.contains("reject"), "{e}");
+        let e = parse_err(&GOOD.replace("kind = \"local\"", "kind = \"switch\""));
+        assert!(e.contains("not supported yet"), "{e}");
+        let e = parse_err(&GOOD.replace("{ id = 2,", "{ id = 4194303,"));
+        assert!(e.contains("out of range"), "{e}");
+        // Several errors are reported together.
+        let e = parse_err(&GOOD.replace("name = \"app2\"", "name = \"app1\"").replace("network = \"ni2\"", "network = \"ni9\""));
+        assert!(e.starts_with("invalid config (2 errors)"), "{e}");
+    }
+}

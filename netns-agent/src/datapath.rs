@@ -1,0 +1,217 @@
+//! The eBPF side from userspace: loading the object per NI, pinning maps and links,
+//! attaching to app ports, and reading/writing the maps.
+//!
+//! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
+//!   CT_V1, IFACE_V1, ACL_V1, STATS_V1   maps shared by every NI
+//!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links: the programs stay attached
+//!                                         while the agent is not running
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{links::FdLink, ProgramError, SchedClassifier, TcAttachType},
+    Ebpf, EbpfLoader,
+};
+use netns_ebpf_common::{
+    acl::AclTable,
+    ct::{CtKey, CtValue},
+    map_names, prog_names, IfaceInfo, IfaceKey, Stat,
+};
+use tracing::{debug, info};
+
+use crate::netns::{self, Netns};
+
+/// The object built by `cargo xtask build-ebpf`, embedded at compile time (see build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf.o"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const ALL_MAPS: [&str; 4] = [map_names::CONNTRACK, map_names::IFACES, map_names::ACLS, map_names::STATS];
+
+/// Makes sure `pin_dir` exists on a bpffs, mounting bpffs at /sys/fs/bpf when the
+/// machine has none (minimal systems and containers often don't).
+pub fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
+    let bpffs_root = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(bpffs_root) && !is_bpffs(bpffs_root) {
+        info!("mounting bpffs at /sys/fs/bpf");
+        std::fs::create_dir_all(bpffs_root).ok();
+        nix::mount::mount(Some("bpffs"), bpffs_root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .context("mounting bpffs at /sys/fs/bpf")?;
+    }
+    std::fs::create_dir_all(pin_dir).with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+    if !is_bpffs(pin_dir) {
+        bail!("pin directory {} is not on a bpf filesystem", pin_dir.display());
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
+}
+
+/// The programs loaded for one NI (its zone baked in), ready to attach to its ports.
+pub struct NiPrograms {
+    ebpf: Ebpf,
+    link_dir: PathBuf,
+}
+
+impl NiPrograms {
+    /// Loads the object for `zone`; the maps are the shared pinned ones (created on first
+    /// use). A verifier rejection comes back with the verifier's log.
+    pub fn load(pin_dir: &Path, ni: &str, zone: u32) -> Result<NiPrograms> {
+        let mut loader = EbpfLoader::new();
+        loader.override_global("ZONE", &zone, true);
+        for name in ALL_MAPS {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
+        for name in [prog_names::APP_PORT_FROM_APP, prog_names::APP_PORT_TO_APP] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().map_err(|e| verifier_error(name, e))?;
+        }
+        let link_dir = pin_dir.join(ni);
+        std::fs::create_dir_all(&link_dir).with_context(|| format!("creating {}", link_dir.display()))?;
+        debug!(ni, zone, "programs loaded");
+        Ok(NiPrograms { ebpf, link_dir })
+    }
+
+    /// Attaches both programs to bridge port `port` inside `ns` (TCX, resolved in that
+    /// netns) and pins the links so they outlive the agent process.
+    pub fn attach_port(&mut self, ns: &Netns, port: &str) -> Result<()> {
+        for (name, attach, suffix) in [
+            (prog_names::APP_PORT_FROM_APP, TcAttachType::Ingress, "from-app"),
+            (prog_names::APP_PORT_TO_APP, TcAttachType::Egress, "to-app"),
+        ] {
+            let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
+            let pin = self.link_dir.join(format!("{port}-{suffix}"));
+            netns::run_in(ns, || {
+                let id = prog.attach(port, attach).with_context(|| format!("attaching {name} to {port}"))?;
+                let link: FdLink = prog.take_link(id)?.try_into().context("TCX link as fd link")?;
+                link.pin(&pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+                Ok(())
+            })?;
+            debug!(port, program = name, pin = %pin.display(), "attached");
+        }
+        Ok(())
+    }
+}
+
+fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            anyhow::anyhow!("the kernel rejected program {program}: {io_error}\nverifier log:\n{verifier_log}")
+        }
+        other => anyhow::Error::new(other).context(format!("loading program {program}")),
+    }
+}
+
+/// Removes the pinned links of NI `ni` (which detaches its programs) and its directory.
+pub fn remove_ni_pins(pin_dir: &Path, ni: &str) -> Result<()> {
+    let dir = pin_dir.join(ni);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes the shared map pins and the pin directory once no NI uses them.
+pub fn remove_shared_pins_if_unused(pin_dir: &Path) -> Result<bool> {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else { return Ok(false) };
+    let in_use = entries.flatten().any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false));
+    if in_use {
+        return Ok(false);
+    }
+    for name in ALL_MAPS {
+        let p = pin_dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    Ok(true)
+}
+
+/// The pinned maps, opened by path: works with or without a running agent.
+pub struct Maps {
+    pub ct: HashMap<MapData, CtKey, CtValue>,
+    ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
+    acls: HashMap<MapData, IfaceKey, AclTable>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    pub fn open(pin_dir: &Path) -> Result<Maps> {
+        fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {} (is the agent's config applied?)", path.display()))?;
+            Ok(aya::maps::Map::from_map_data(data)?)
+        }
+        Ok(Maps {
+            ct: open_map(pin_dir, map_names::CONNTRACK)?.try_into()?,
+            ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
+            acls: open_map(pin_dir, map_names::ACLS)?.try_into()?,
+            stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
+        })
+    }
+
+    /// Publishes an app port's config. The ACL goes in before the port info, so the port
+    /// never judges a flow against a missing ACL.
+    pub fn set_port(&mut self, key: IfaceKey, info: IfaceInfo, acl: &AclTable) -> Result<()> {
+        self.acls.insert(key, acl, 0).context("writing ACL map")?;
+        self.ifaces.insert(key, info, 0).context("writing interface map")?;
+        Ok(())
+    }
+
+    /// Forgets everything of zone `zone`: port configs and conntrack entries.
+    pub fn remove_zone(&mut self, zone: u32) -> Result<usize> {
+        let ports: Vec<IfaceKey> = self.ifaces.keys().flatten().filter(|k| k.zone == zone).collect();
+        for k in &ports {
+            self.ifaces.remove(k).ok();
+            self.acls.remove(k).ok();
+        }
+        let flows: Vec<CtKey> = self.ct.keys().flatten().filter(|k| k.zone == zone).collect();
+        for k in &flows {
+            self.ct.remove(k).ok();
+        }
+        Ok(flows.len())
+    }
+
+    pub fn flows(&self) -> Vec<(CtKey, CtValue)> {
+        self.ct.iter().flatten().collect()
+    }
+
+    /// Drops conntrack entries idle past their timeout; returns how many.
+    pub fn expire_flows(&mut self, now_ns: u64) -> usize {
+        let expired: Vec<CtKey> = self
+            .ct
+            .iter()
+            .flatten()
+            .filter(|(k, v)| netns_ebpf_common::ct::is_expired(v, k.proto, now_ns))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            self.ct.remove(k).ok();
+        }
+        expired.len()
+    }
+
+    /// Program counters summed over CPUs.
+    pub fn stats(&self) -> Vec<(Stat, u64)> {
+        Stat::ALL
+            .iter()
+            .map(|s| (*s, self.stats.get(&(*s as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
+            .collect()
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+

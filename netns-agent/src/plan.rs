@@ -1,0 +1,201 @@
+//! Turns a validated config into the concrete kernel objects to create: names, addresses,
+//! map entries. Pure: computing a plan touches nothing, so a bad config changes nothing.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+use netns_ebpf_common::acl::{self, AclTable};
+
+use crate::config::{Action, Config};
+
+/// The /24 that the agent<->NI veth /30s are carved from.
+pub const VETH_NET: Ipv4Addr = Ipv4Addr::new(169, 254, 100, 0);
+/// Name of the bridge inside every NI netns.
+pub const BRIDGE: &str = "br";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub nis: Vec<NiPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NiPlan {
+    pub name: String,
+    /// N: names the veths and addresses, and is the conntrack zone.
+    pub index: u32,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// `vethN` in the agent's netns, with `agent_ip`.
+    pub agent_veth: String,
+    pub agent_ip: Ipv4Addr,
+    /// `vethN.1` in the NI netns, with `ni_ip`.
+    pub ni_veth: String,
+    pub ni_ip: Ipv4Addr,
+    pub ports: Vec<PortPlan>,
+}
+
+/// One app interface: a veth whose bridge side is in the NI and whose other side is in
+/// the app's netns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPlan {
+    pub app: String,
+    pub app_num: u32,
+    pub app_netns: String,
+    /// `nbu<k>x<app_num>`: the bridge port, where the programs attach.
+    pub bridge_port: String,
+    /// `nbu<k>x<app_num>.1`: the app's end.
+    pub app_ifname: String,
+    pub ip: Ipv4Addr,
+    pub acl: AclTable,
+}
+
+impl NiPlan {
+    pub fn zone(&self) -> u32 {
+        self.index
+    }
+}
+
+/// The agent-side and NI-side addresses of NI `n`'s veth: 169.254.100.(4N-3) and (4N-2).
+pub fn veth_addresses(n: u32) -> (Ipv4Addr, Ipv4Addr) {
+    let base = u32::from(VETH_NET);
+    (Ipv4Addr::from(base + 4 * n - 3), Ipv4Addr::from(base + 4 * n - 2))
+}
+
+pub fn build(config: &Config) -> Plan {
+    let mut nis: Vec<NiPlan> = config
+        .networks
+        .iter()
+        .enumerate()
+        .map(|(pos, n)| {
+            let index = n.index.as_ref().map(|i| *i.get_ref()).unwrap_or(pos as u32 + 1);
+            let (agent_ip, ni_ip) = veth_addresses(index);
+            NiPlan {
+                name: n.name.get_ref().clone(),
+                index,
+                subnet: *n.subnet.get_ref(),
+                gateway: *n.gateway.get_ref(),
+                agent_veth: format!("veth{index}"),
+                agent_ip,
+                ni_veth: format!("veth{index}.1"),
+                ni_ip,
+                ports: Vec::new(),
+            }
+        })
+        .collect();
+    for (pos, app) in config.apps.iter().enumerate() {
+        let app_num = app.num.as_ref().map(|n| *n.get_ref()).unwrap_or(pos as u32 + 1);
+        for (k, iface) in app.interfaces.iter().enumerate() {
+            let ni = nis
+                .iter_mut()
+                .find(|n| n.name == *iface.network.get_ref())
+                .expect("validated: interface names an existing network");
+            let bridge_port = format!("nbu{}x{}", k + 1, app_num);
+            ni.ports.push(PortPlan {
+                app: app.name.get_ref().clone(),
+                app_num,
+                app_netns: app.netns.get_ref().clone(),
+                app_ifname: format!("{bridge_port}.1"),
+                bridge_port,
+                ip: *iface.ip.get_ref(),
+                acl: acl_table(&iface.acl),
+            });
+        }
+    }
+    Plan { pin_dir: config.agent.pin_dir.clone(), state_dir: config.agent.state_dir.clone(), nis }
+}
+
+/// The ACL as the programs read it, in config order.
+pub fn acl_table(aces: &[crate::config::Ace]) -> AclTable {
+    let mut table = AclTable::default();
+    for (slot, ace) in table.aces.iter_mut().zip(aces) {
+        let m = &ace.matches;
+        let mut matches = 0;
+        if let Some(ip) = m.ip {
+            matches |= acl::MATCH_IP;
+            slot.prefix = ip.network().octets();
+            slot.prefix_len = ip.prefix_len();
+        }
+        if let Some(p) = &m.protocol {
+            matches |= acl::MATCH_PROTO;
+            slot.proto = p.get_ref().0;
+        }
+        if let Some(port) = &m.fport {
+            matches |= acl::MATCH_FPORT;
+            slot.fport = *port.get_ref();
+        }
+        slot.id = *ace.id.get_ref();
+        slot.matches = matches;
+        slot.action = match ace.action {
+            Action::Accept => acl::ACTION_ACCEPT,
+            Action::Drop => acl::ACTION_DROP,
+        };
+    }
+    table.count = aces.len().min(acl::MAX_ACES) as u32;
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_addressing_follows_the_seed() {
+        assert_eq!(veth_addresses(1), (Ipv4Addr::new(169, 254, 100, 1), Ipv4Addr::new(169, 254, 100, 2)));
+        assert_eq!(veth_addresses(2), (Ipv4Addr::new(169, 254, 100, 5), Ipv4Addr::new(169, 254, 100, 6)));
+        assert_eq!(veth_addresses(63), (Ipv4Addr::new(169, 254, 100, 249), Ipv4Addr::new(169, 254, 100, 250)));
+    }
+
+    #[test]
+    fn names_and_acl_tables() {
+        struct All;
+        impl crate::config::NetnsLookup for All {
+            fn netns_exists(&self, _: &str) -> bool {
+                true
+            }
+        }
+        let text = r#"
+[[network]]
+name = "ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+[[network]]
+name = "ni2"
+kind = "local"
+index = 5
+subnet = "192.168.1.0/24"
+gateway = "192.168.1.1"
+[[app]]
+name = "app1"
+netns = "a1"
+[[app.interface]]
+network = "ni1"
+ip = "10.10.1.2"
+acl = [{ id = 3, match = { ip = "10.10.1.0/24", protocol = "tcp", fport = 80 } }, { id = 4, action = "drop" }]
+[[app.interface]]
+network = "ni2"
+ip = "192.168.1.2"
+[[app]]
+name = "app2"
+num = 7
+netns = "a2"
+[[app.interface]]
+network = "ni2"
+ip = "192.168.1.3"
+"#;
+        let config = crate::config::parse("t", text, &All).unwrap();
+        let plan = build(&config);
+        let ni2 = &plan.nis[1];
+        assert_eq!((ni2.index, ni2.agent_veth.as_str(), ni2.ni_veth.as_str()), (5, "veth5", "veth5.1"));
+        assert_eq!(ni2.agent_ip, Ipv4Addr::new(169, 254, 100, 17));
+        let ports: Vec<_> = ni2.ports.iter().map(|p| (p.bridge_port.as_str(), p.app_ifname.as_str())).collect();
+        assert_eq!(ports, [("nbu2x1", "nbu2x1.1"), ("nbu1x7", "nbu1x7.1")]);
+        let t = &plan.nis[0].ports[0].acl;
+        assert_eq!(t.count, 2);
+        assert_eq!(t.aces[0].matches, acl::MATCH_IP | acl::MATCH_PROTO | acl::MATCH_FPORT);
+        assert_eq!((t.aces[0].prefix, t.aces[0].prefix_len, t.aces[0].fport), ([10, 10, 1, 0], 24, 80));
+        assert_eq!((t.aces[1].id, t.aces[1].matches, t.aces[1].action), (4, 0, acl::ACTION_DROP));
+    }
+}
