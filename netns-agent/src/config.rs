@@ -197,11 +197,10 @@ impl NetnsLookup for SystemNetns {
 pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, ConfigErrors> {
     let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
     let config: Config = toml::from_str(text).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.to_string(),
-            line: e.span().map(|s| line_of(s.start)),
-            message: e.message().to_string(),
-        }])
+        let line = e.span().map(|s| line_of(s.start));
+        // toml's message does not name the key; quoting the line does.
+        let quoted = line.and_then(|l| text.lines().nth(l - 1)).map(|l| format!(" in `{}`", l.trim())).unwrap_or_default();
+        ConfigErrors(vec![ConfigError { file: file.to_string(), line, message: format!("{}{quoted}", e.message().trim_end()) }])
     })?;
     let mut errors = Vec::new();
     let mut err = |span: std::ops::Range<usize>, message: String| {
@@ -411,7 +410,7 @@ ip = "10.10.1.2"
     #[test]
     fn bad_prefix_names_line() {
         let e = parse_err(&GOOD.replace("10.10.1.3/32", "10.10.1.3/33"));
-        assert!(e.contains("t.toml:23:"), "{e}");
+        assert!(e.contains("t.toml:21:") && e.contains("10.10.1.3/33"), "{e}");
     }
 
     #[test]
@@ -421,7 +420,7 @@ ip = "10.10.1.2"
         let e = parse_err(&GOOD.replace("fport = 80 } },", "fport = 80 } },\n  { id = 1 },"));
         assert!(e.contains("acl id 1 is used twice"), "{e}");
         let e = parse_err(&GOOD.replace("network = \"ni2\"", "network = \"ni9\""));
-        assert!(e.contains("\"ni9\" names no [[network]]") && e.contains("t.toml:31:"), "{e}");
+        assert!(e.contains("network \"ni9\" of \"app2\" names no [[network]]") && e.contains("t.toml:29:"), "{e}");
         let e = parse_err(&GOOD.replace("netns = \"app2\"", "netns = \"nope\""));
         assert!(e.contains("app.netns \"nope\" of \"app2\" does not exist"), "{e}");
         let e = parse_err(&GOOD.replace("name = \"app2\"", "name = \"app1\""));
