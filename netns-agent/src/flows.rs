@@ -83,6 +83,7 @@ fn proto_name(p: u8) -> String {
         PROTO_TCP => "tcp".into(),
         PROTO_UDP => "udp".into(),
         PROTO_ICMP => "icmp".into(),
+        2 => "igmp".into(),
         n => n.to_string(),
     }
 }

@@ -64,6 +64,17 @@ acl = [
 ]
 "#;
 
+/// A static-file HTTP server. Not `python3 -m http.server`: that one looks up its own
+/// name in DNS at start, which sends a query toward the host's resolver.
+pub const HTTP_SERVER: &str = r#"
+import functools, http.server, socketserver, sys
+ip, port, root = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
+socketserver.TCPServer.allow_reuse_address = True
+with socketserver.ThreadingTCPServer((ip, port), handler) as server:
+    server.serve_forever()
+"#;
+
 struct Demo {
     agent_bin: PathBuf,
     config: PathBuf,
@@ -128,7 +139,7 @@ impl Demo {
             std::fs::create_dir_all(&root)?;
             std::fs::write(root.join("index.html"), format!("{app}-data\n"))?;
             let child = Command::new("ip")
-                .args(["netns", "exec", app, "python3", "-m", "http.server", "80", "--bind", ip, "--directory"])
+                .args(["netns", "exec", app, "python3", "-c", HTTP_SERVER, ip, "80"])
                 .arg(&root)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -42,8 +42,15 @@ const DEBIAN_PACKAGES: &[&str] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() {
+    if let Err(e) = dispatch(Cli::parse().command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(task: Task) -> Result<()> {
+    match task {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf(),
         Task::Test { args } => test(&args),
