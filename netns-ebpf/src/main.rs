@@ -132,8 +132,12 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &Flow) -> i32 {
                 entry.policy_gen = iface.policy_gen;
                 count(Stat::Rejudged);
             }
-            account(entry, entry.direction(a_to_b), flow, now);
-            return verdict_action(entry.verdict == VERDICT_DROP, Stat::PassCt, Stat::DropCt);
+            if counts_here(ctx, side) {
+                account(entry, entry.direction(a_to_b), flow, now);
+            }
+            let drop = entry.verdict == VERDICT_DROP;
+            stamp_mark(ctx, side, drop, entry.mark);
+            return verdict_action(drop, Stat::PassCt, Stat::DropCt);
         }
     }
     if flow.related {
@@ -159,7 +163,25 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &Flow) -> i32 {
     } else {
         count(Stat::CtNew);
     }
+    stamp_mark(ctx, side, v.drop, v.mark);
     verdict_action(v.drop, Stat::PassCt, Stat::DropAcl)
+}
+
+/// A packet from one app to another app of the NI crosses two app ports; the conntrack
+/// counts it once, at the port it entered by. The from-app side leaves the connection
+/// mark on the skb (as EVE's CONNMARK --restore-mark does); a packet that reaches the
+/// to-app side still carrying one came from an app port of this bridge. Marks never
+/// cross namespaces (veth scrubs them), so traffic from outside the NI is counted here.
+#[inline(always)]
+fn counts_here(ctx: &TcContext, side: Side) -> bool {
+    side == Side::FromApp || unsafe { (*ctx.skb.skb).mark } == 0
+}
+
+#[inline(always)]
+fn stamp_mark(ctx: &TcContext, side: Side, drop: bool, mark: u32) {
+    if side == Side::FromApp && !drop {
+        ctx.set_mark(mark);
+    }
 }
 
 #[inline(always)]

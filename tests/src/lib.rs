@@ -1,1 +1,344 @@
+//! Harness for integration tests in real namespaces.
+//!
+//! Each `Scenario` gets its own names (a per-process, per-scenario id), its own "zedbox"
+//! netns in which the agent runs (so the host's own netns is never touched), its own pin
+//! and state directories, and cleans everything up in `Drop`, also when the test panics.
+//! Traffic only ever goes between namespaces the scenario made.
 
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("NETNS_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netns-agent")
+    })
+}
+
+fn require_root() {
+    assert!(
+        effective_uid() == 0,
+        "integration tests create namespaces and load eBPF programs: run them as root (cargo xtask test)"
+    );
+    assert!(agent_bin().exists(), "{} is missing: run `cargo xtask test`", agent_bin().display());
+}
+
+/// /proc/self belongs to the process's effective uid.
+fn effective_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+}
+
+pub struct Scenario {
+    pub id: String,
+    pub zedbox: String,
+    nis: Vec<(String, String)>,
+    apps: Vec<(String, String)>,
+    pub config_path: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    agent: Option<Child>,
+    children: Vec<Child>,
+}
+
+impl Scenario {
+    /// `template` is a config in which `@niN` / `@appN` stand for this scenario's unique
+    /// names; `nis` and `apps` list the placeholders used. The apps' netns are created here
+    /// (they exist before the agent attaches them, as on a device).
+    pub fn new(nis: &[&str], apps: &[&str], template: &str) -> Scenario {
+        require_root();
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{}", std::process::id() % 100_000, n);
+        let nis: Vec<(String, String)> = nis.iter().map(|p| (p.to_string(), format!("tn{id}{}", &p[2..]))).collect();
+        let apps: Vec<(String, String)> = apps.iter().map(|p| (p.to_string(), format!("ta{id}x{}", &p[3..]))).collect();
+        let s = Scenario {
+            zedbox: format!("tz{id}"),
+            config_path: std::env::temp_dir().join(format!("netns-agent-test-{id}.toml")),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/netns-agent-test-{id}")),
+            state_dir: PathBuf::from(format!("/run/netns-agent-test-{id}")),
+            id,
+            nis,
+            apps,
+            agent: None,
+            children: Vec::new(),
+        };
+        for ns in std::iter::once(s.zedbox.clone()).chain(s.apps.iter().map(|a| a.1.clone())) {
+            run_ok(Command::new("ip").args(["netns", "add", &ns]));
+            run_ok(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]));
+        }
+        let config = format!(
+            "[agent]\npin_dir = \"{}\"\nstate_dir = \"{}\"\n\n{}",
+            s.pin_dir.display(),
+            s.state_dir.display(),
+            s.expand(template)
+        );
+        std::fs::write(&s.config_path, config).expect("writing config");
+        s
+    }
+
+    /// Replaces placeholders with this scenario's names (longest first: @ni10 before @ni1).
+    pub fn expand(&self, text: &str) -> String {
+        let mut pairs: Vec<&(String, String)> = self.nis.iter().chain(self.apps.iter()).collect();
+        pairs.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let mut out = text.to_string();
+        for (placeholder, name) in pairs {
+            out = out.replace(&format!("@{placeholder}"), name);
+        }
+        out
+    }
+
+    pub fn ni(&self, placeholder: &str) -> &str {
+        &self.nis.iter().find(|(p, _)| p == placeholder).expect("unknown NI placeholder").1
+    }
+
+    pub fn app(&self, placeholder: &str) -> &str {
+        &self.apps.iter().find(|(p, _)| p == placeholder).expect("unknown app placeholder").1
+    }
+
+    /// `netns-agent ARGS` inside the zedbox netns.
+    pub fn agent_cmd(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.zedbox))
+            .arg(agent_bin())
+            .args(args)
+            .output()
+            .expect("running netns-agent")
+    }
+
+    /// Starts `netns-agent run` in zedbox and waits until it has applied the config.
+    pub fn start_agent(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("agent log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.zedbox))
+            .arg(agent_bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the agent");
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.state_dir.join("state.json").exists() {
+            if let Some(status) = self.agent.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited ({status}) before applying:\n{}", self.agent_log());
+            }
+            assert!(Instant::now() < deadline, "agent did not apply within 30 s:\n{}", self.agent_log());
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent with SIGTERM; returns its exit status.
+    pub fn stop_agent(&mut self) -> Option<std::process::ExitStatus> {
+        let mut agent = self.agent.take()?;
+        let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+        agent.wait().ok()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("netns-agent-test-{}.log", self.id))
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs a command inside `ns` (a real name, not a placeholder).
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("ip netns exec")
+    }
+
+    pub fn python(&self, ns: &str, code: &str, args: &[&str]) -> Output {
+        let mut full = vec!["python3", "-c", code];
+        full.extend_from_slice(args);
+        self.exec(ns, &full)
+    }
+
+    /// Starts a long-running helper in `ns`; killed and reaped at the end of the test.
+    pub fn spawn(&mut self, ns: &str, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning helper");
+        self.children.push(child);
+    }
+
+    /// Starts the echo server of `ECHO_SERVER` on ip:port in `ns` and waits until it listens.
+    pub fn echo_server(&mut self, ns: &str, ip: &str, port: u16) {
+        self.spawn(ns, &["python3", "-c", ECHO_SERVER, ip, &port.to_string()]);
+        wait_until(Duration::from_secs(10), || {
+            let out = self.exec(ns, &["ss", "-Hltn", &format!("src {ip}:{port}")]);
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        })
+        .unwrap_or_else(|| panic!("echo server on {ip}:{port} in {ns} did not start"));
+    }
+
+    /// Connects from `ns` to ip:port, sends `bytes` bytes and reads them back.
+    /// `bind_dev` binds the socket to an interface (for zedbox -> NI via vethN).
+    pub fn echo(&self, ns: &str, ip: &str, port: u16, bytes: usize, bind_dev: Option<&str>) -> EchoResult {
+        let out = self.python(ns, ECHO_CLIENT, &[ip, &port.to_string(), &bytes.to_string(), bind_dev.unwrap_or("")]);
+        match out.status.code() {
+            Some(0) => EchoResult::Echoed(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()),
+            Some(2) => EchoResult::TimedOut,
+            Some(3) => EchoResult::Refused,
+            _ => EchoResult::Failed(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    }
+
+    /// `netns-agent flows --json`, parsed.
+    pub fn flows_json(&self) -> Value {
+        let out = self.agent_cmd(&["flows", "--json", "--config", self.config_path.to_str().unwrap()]);
+        assert!(out.status.success(), "flows failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("flows --json is JSON")
+    }
+
+    pub fn flows(&self) -> Vec<Value> {
+        self.flows_json()["flows"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.flows_json()["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// `netns-agent down` for this scenario's config.
+    pub fn down(&self) -> Output {
+        self.agent_cmd(&["down", "--config", self.config_path.to_str().unwrap()])
+    }
+
+    /// Every trace this scenario's agent may leave: netns, links, pins, state.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for (_, ni) in &self.nis {
+            if Path::new("/run/netns").join(ni).exists() {
+                left.push(format!("netns {ni}"));
+            }
+        }
+        let links = |ns: &str| String::from_utf8_lossy(&self.exec(ns, &["ip", "-o", "link"]).stdout).into_owned();
+        for l in links(&self.zedbox).lines().filter(|l| l.contains(": veth")) {
+            left.push(format!("zedbox link {l}"));
+        }
+        for (_, app) in &self.apps {
+            for l in links(app).lines().filter(|l| l.contains(": nbu")) {
+                left.push(format!("{app} link {l}"));
+            }
+        }
+        if self.pin_dir.exists() {
+            left.push(format!("pins {}", self.pin_dir.display()));
+        }
+        if self.state_dir.join("state.json").exists() {
+            left.push("state.json".into());
+        }
+        left
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        for mut c in self.children.drain(..) {
+            c.kill().ok();
+            c.wait().ok();
+        }
+        self.stop_agent();
+        let down = self.down();
+        if !down.status.success() {
+            eprintln!("cleanup: down failed: {}", String::from_utf8_lossy(&down.stderr));
+        }
+        // Belt and braces for a failed `down`: nothing of this scenario may outlive it.
+        for (_, ni) in &self.nis {
+            let _ = Command::new("ip").args(["netns", "del", ni]).stderr(Stdio::null()).status();
+        }
+        for ns in std::iter::once(&self.zedbox).chain(self.apps.iter().map(|a| &a.1)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        let _ = std::fs::remove_file(&self.config_path);
+        let _ = std::fs::remove_file(self.log_path());
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum EchoResult {
+    /// The number of bytes that came back identical.
+    Echoed(usize),
+    TimedOut,
+    Refused,
+    Failed(String),
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return Some(());
+        }
+        sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// Echo server: for each connection, sends back everything it receives until EOF.
+pub const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+ip, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((ip, port)); srv.listen(64)
+def serve(c):
+    with c:
+        while True:
+            data = c.recv(65536)
+            if not data:
+                break
+            c.sendall(data)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Echo client: exit 0 and prints the byte count when the data came back identical,
+/// 2 on connect timeout, 3 when refused, 1 otherwise.
+pub const ECHO_CLIENT: &str = r#"
+import os, socket, sys
+ip, port, n, dev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+payload = os.urandom(n)
+s = socket.socket()
+if dev:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+s.settimeout(3)
+try:
+    s.connect((ip, port))
+except socket.timeout:
+    sys.exit(2)
+except ConnectionRefusedError:
+    sys.exit(3)
+s.settimeout(10)
+s.sendall(payload)
+s.shutdown(socket.SHUT_WR)
+got = bytearray()
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += d
+if bytes(got) != payload:
+    print(f"echo mismatch: sent {n} got {len(got)}", file=sys.stderr)
+    sys.exit(1)
+print(len(got))
+"#;

@@ -1,0 +1,67 @@
+//! Bad configs: a clear error naming key and line, and nothing changes on the system.
+
+use netns_tests::Scenario;
+
+const GOOD: &str = r#"
+[[network]]
+name = "@ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+
+[[app]]
+name = "app1"
+netns = "@app1"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.2"
+acl = [{ id = 1, match = { ip = "10.10.1.0/24" } }]
+"#;
+
+/// Line numbers in `expect` count the 4-line [agent] header the harness puts first.
+fn run_bad(template: &str, expect: &[&str]) {
+    let s = Scenario::new(&["ni1"], &["app1"], template);
+    for cmd in ["validate", "run"] {
+        let out = s.agent_cmd(&[cmd, "--config", s.config_path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd} must reject the config");
+        for e in expect {
+            assert!(err.contains(&s.expand(e)), "{cmd}: expected {e:?} in:\n{err}");
+        }
+    }
+    assert_eq!(s.leftovers(), Vec::<String>::new(), "a bad config changes nothing");
+}
+
+#[test]
+fn unknown_key() {
+    run_bad(&GOOD.replace("kind = \"local\"", "kind = \"local\"\nmtu = 9000"), &["netns-agent-test-", ":9:", "mtu"]);
+}
+
+#[test]
+fn bad_prefix() {
+    run_bad(&GOOD.replace("10.10.1.0/24\" } }", "10.10.1.0/40\" } }"), &[":18:", "10.10.1.0/40"]);
+}
+
+#[test]
+fn interface_names_a_missing_network() {
+    run_bad(&GOOD.replace("network = \"@ni1\"", "network = \"nowhere\""), &[":16:", "\"nowhere\"", "names no [[network]]"]);
+}
+
+#[test]
+fn app_netns_does_not_exist() {
+    run_bad(&GOOD.replace("netns = \"@app1\"", "netns = \"no-such-netns-x\""), &[":14:", "does not exist"]);
+}
+
+#[test]
+fn duplicate_ace_ids() {
+    run_bad(&GOOD.replace("acl = [{ id = 1,", "acl = [{ id = 1 }, { id = 1,"), &[":18:", "acl id 1 is used twice"]);
+}
+
+#[test]
+fn good_config_validates() {
+    let s = Scenario::new(&["ni1"], &["app1"], GOOD);
+    let out = s.agent_cmd(&["validate", "--config", s.config_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config is valid"));
+    assert_eq!(s.leftovers(), Vec::<String>::new(), "validate changes nothing");
+}
