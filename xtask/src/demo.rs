@@ -106,8 +106,9 @@ pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
         println!("  {} flows", agent_bin.display());
         println!("  bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V1");
         println!("Remove it with:");
+        let pids: Vec<String> = demo.agent.iter().chain(demo.servers.iter()).map(|c| c.id().to_string()).collect();
         println!("  kill {}; nsenter --net=/run/netns/{ZEDBOX} {} down --config {}; ip netns del app1; ip netns del app2; ip netns del app3; ip netns del {ZEDBOX}",
-            demo.agent.as_ref().map(|c| c.id()).unwrap_or(0), agent_bin.display(), demo.config.display());
+            pids.join(" "), agent_bin.display(), demo.config.display());
         // The agent and the web servers keep running; this process must not reap them.
         std::mem::forget(demo);
     }
