@@ -22,6 +22,8 @@ pub const MAX_NI_INDEX: u32 = 63;
 pub struct Config {
     #[serde(default)]
     pub agent: AgentSection,
+    #[serde(default, rename = "uplink")]
+    pub uplinks: Vec<Uplink>,
     #[serde(default, rename = "network")]
     pub networks: Vec<Network>,
     #[serde(default, rename = "app")]
@@ -37,12 +39,23 @@ pub struct AgentSection {
     /// Where the agent records what it created (for `down` and `flows`).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Source ports that source NAT hands out, inclusive.
+    #[serde(default = "default_nat_port_range")]
+    pub nat_port_range: Spanned<[u16; 2]>,
 }
 
 impl Default for AgentSection {
     fn default() -> Self {
-        AgentSection { pin_dir: default_pin_dir(), state_dir: default_state_dir() }
+        AgentSection {
+            pin_dir: default_pin_dir(),
+            state_dir: default_state_dir(),
+            nat_port_range: default_nat_port_range(),
+        }
     }
+}
+
+fn default_nat_port_range() -> Spanned<[u16; 2]> {
+    Spanned::new(0..0, [1024, 65535])
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -60,6 +73,14 @@ pub enum NetworkKind {
     Vpn,
 }
 
+/// An interface of the agent's netns that NIs reach the outside through; its address,
+/// prefix and gateway are read from the kernel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    pub name: Spanned<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
@@ -68,6 +89,8 @@ pub struct Network {
     pub index: Option<Spanned<u32>>,
     pub subnet: Spanned<Ipv4Net>,
     pub gateway: Spanned<Ipv4Addr>,
+    /// The [[uplink]] this NI reaches the outside through; none: isolated.
+    pub uplink: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,14 +129,43 @@ pub struct Match {
     pub ip: Option<Ipv4Net>,
     pub protocol: Option<Spanned<Protocol>>,
     pub fport: Option<Spanned<u16>>,
+    /// Local port: the external port of a port map.
+    pub lport: Option<Spanned<u16>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Action {
     #[default]
     Accept,
     Drop,
+    /// Expose the app's port `.0` on the NI uplink's address at the ACE's `lport`.
+    Portmap(u16),
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Portmap {
+            portmap: u16,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Portmap(Portmap),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("action must be \"accept\", \"drop\" or { portmap = <app port> }")
+        })? {
+            Raw::Name(n) if n == "accept" => Ok(Action::Accept),
+            Raw::Name(n) if n == "drop" => Ok(Action::Drop),
+            Raw::Name(n) => Err(serde::de::Error::custom(format!(
+                "unknown action {n:?}: use \"accept\", \"drop\" or {{ portmap = <app port> }}"
+            ))),
+            Raw::Portmap(p) => Ok(Action::Portmap(p.portmap)),
+        }
+    }
 }
 
 /// `protocol`: "tcp", "udp", "icmp" or an IP protocol number.
@@ -207,6 +259,21 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         errors.push(ConfigError { file: file.to_string(), line: Some(line_of(span.start)), message })
     };
 
+    let mut uplinks: HashMap<&str, ()> = HashMap::new();
+    for u in &config.uplinks {
+        let name = u.name.get_ref().as_str();
+        if !valid_ifname_like(name) {
+            err(u.name.span(), format!("uplink.name {name:?}: not an interface name"));
+        }
+        if uplinks.insert(name, ()).is_some() {
+            err(u.name.span(), format!("uplink.name {name:?} is used twice"));
+        }
+    }
+    let [port_min, port_max] = *config.agent.nat_port_range.get_ref();
+    if port_min == 0 || port_min > port_max {
+        err(config.agent.nat_port_range.span(), format!("agent.nat_port_range [{port_min}, {port_max}] must be [low, high] with 1 <= low <= high"));
+    }
+
     let mut networks: HashMap<&str, &Network> = HashMap::new();
     let mut indexes: HashMap<u32, &str> = HashMap::new();
     for (pos, n) in config.networks.iter().enumerate() {
@@ -236,11 +303,18 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         if !subnet.contains(&gw) || gw == subnet.network() || gw == subnet.broadcast() {
             err(n.gateway.span(), format!("network.gateway {gw} is not a host address of subnet {subnet}"));
         }
+        if let Some(u) = &n.uplink {
+            if !uplinks.contains_key(u.get_ref().as_str()) {
+                err(u.span(), format!("network.uplink {:?} of {name:?} names no [[uplink]]", u.get_ref()));
+            }
+        }
     }
 
     let mut app_names: HashMap<&str, ()> = HashMap::new();
     let mut app_nums: HashMap<u32, &str> = HashMap::new();
     let mut addresses: HashMap<(&str, Ipv4Addr), &str> = HashMap::new();
+    // (uplink, protocol, lport) -> app: a port can be exposed once per uplink.
+    let mut portmaps: HashMap<(String, u8, u16), &str> = HashMap::new();
     for (pos, a) in config.apps.iter().enumerate() {
         let name = a.name.get_ref().as_str();
         if app_names.insert(name, ()).is_some() {
@@ -276,6 +350,20 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
                 }
             }
             validate_acl(&i.acl, name, &mut err);
+            let uplink = networks.get(net_name).and_then(|n| n.uplink.as_ref()).map(|u| u.get_ref().clone());
+            for ace in &i.acl {
+                if let (Action::Portmap(_), Some(lport)) = (ace.action, &ace.matches.lport) {
+                    let proto = ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0);
+                    match &uplink {
+                        None => err(ace.id.span(), format!("acl id {} of {name:?}: a port map needs network {net_name:?} to have an uplink", ace.id.get_ref())),
+                        Some(u) => {
+                            if let Some(other) = portmaps.insert((u.clone(), proto, *lport.get_ref()), name) {
+                                err(lport.span(), format!("acl id {} of {name:?}: port {} ({}) on uplink {u:?} is already mapped by {other:?}", ace.id.get_ref(), lport.get_ref(), proto_name(proto)));
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
     drop(err);
@@ -302,12 +390,34 @@ fn validate_acl(acl: &[Ace], app: &str, err: &mut impl FnMut(std::ops::Range<usi
         if ids.insert(id, ()).is_some() {
             err(ace.id.span(), format!("acl id {id} is used twice on one interface of {app:?}"));
         }
-        if let Some(fport) = &ace.matches.fport {
-            let proto = ace.matches.protocol.as_ref().map(|p| p.get_ref().0);
-            if !matches!(proto, Some(6) | Some(17)) {
-                err(fport.span(), format!("acl id {id} of {app:?}: match.fport needs match.protocol \"tcp\" or \"udp\""));
+        let proto = ace.matches.protocol.as_ref().map(|p| p.get_ref().0);
+        for (key, port) in [("fport", &ace.matches.fport), ("lport", &ace.matches.lport)] {
+            if let Some(port) = port {
+                if !matches!(proto, Some(6) | Some(17)) {
+                    err(port.span(), format!("acl id {id} of {app:?}: match.{key} needs match.protocol \"tcp\" or \"udp\""));
+                }
             }
         }
+        match (ace.action, &ace.matches.lport) {
+            (Action::Portmap(target), Some(_)) if target == 0 => {
+                err(ace.id.span(), format!("acl id {id} of {app:?}: portmap target port 0"));
+            }
+            (Action::Portmap(_), None) => {
+                err(ace.id.span(), format!("acl id {id} of {app:?}: action portmap needs match.lport (the external port)"));
+            }
+            (Action::Accept | Action::Drop, Some(lport)) => {
+                err(lport.span(), format!("acl id {id} of {app:?}: match.lport is only meaningful with action {{ portmap = <app port> }}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "tcp",
+        17 => "udp",
+        _ => "other",
     }
 }
 
@@ -425,6 +535,32 @@ ip = "10.10.1.2"
         assert!(e.contains("app.netns \"nope\" of \"app2\" does not exist"), "{e}");
         let e = parse_err(&GOOD.replace("name = \"app2\"", "name = \"app1\""));
         assert!(e.contains("app.name \"app1\" is used twice"), "{e}");
+    }
+
+    #[test]
+    fn uplinks_and_port_maps() {
+        let base = GOOD.replace("[[network]]\nname = \"ni1\"\nkind = \"local\"", "[[uplink]]\nname = \"eth0\"\n\n[[network]]\nname = \"ni1\"\nkind = \"local\"\nuplink = \"eth0\"");
+        let with_map = base.replace("  { id = 2,", "  { id = 3, match = { protocol = \"tcp\", lport = 8080 }, action = { portmap = 80 } },\n  { id = 2,");
+        let c = parse_ok(&with_map);
+        assert_eq!(c.apps[0].interfaces[0].acl[1].action, Action::Portmap(80));
+        assert_eq!(c.networks[0].uplink.as_ref().unwrap().get_ref(), "eth0");
+        let e = parse_err(&with_map.replace("uplink = \"eth0\"", "uplink = \"eth9\""));
+        assert!(e.contains("network.uplink \"eth9\" of \"ni1\" names no [[uplink]]"), "{e}");
+        let e = parse_err(&with_map.replace("action = { portmap = 80 }", "action = { portmap = 80, x = 1 }"));
+        assert!(e.contains("action must be"), "{e}");
+        let e = parse_err(&with_map.replace("lport = 8080 }, action", "fport = 8080 }, action"));
+        assert!(e.contains("action portmap needs match.lport"), "{e}");
+        let e = parse_err(&with_map.replace("action = { portmap = 80 }", "action = \"accept\""));
+        assert!(e.contains("only meaningful with action"), "{e}");
+        // The same port twice on one uplink.
+        let twice = with_map.replace("  { id = 2,", "  { id = 4, match = { protocol = \"tcp\", lport = 8080 }, action = { portmap = 81 } },\n  { id = 2,");
+        let e = parse_err(&twice);
+        assert!(e.contains("port 8080 (tcp) on uplink \"eth0\" is already mapped by \"app1\""), "{e}");
+        // A port map on an NI without uplink.
+        let e = parse_err(&with_map.replace("uplink = \"eth0\"\n", ""));
+        assert!(e.contains("needs network \"ni1\" to have an uplink"), "{e}");
+        let e = parse_err(&format!("[agent]\nnat_port_range = [5000, 4000]\n{with_map}"));
+        assert!(e.contains("agent.nat_port_range [5000, 4000]") && e.contains("t.toml:2:"), "{e}");
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! attaching to app ports, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
-//!   CT_V1, IFACE_V1, ACL_V1, STATS_V1   maps shared by every NI
-//!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links: the programs stay attached
-//!                                         while the agent is not running
+//!   CT_V1, IFACE_V1, ACL_V1, STATS_V1,  maps shared by every NI and the agent's netns
+//!   NAT_V1, NATIF_V1, PORTMAP_V1
+//!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
+//!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running
+//!   agent.netns/<ifname>-nat-in, ...     the agent netns' NAT links (uplinks, NI veths)
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,9 @@ use aya::{
 use netns_ebpf_common::{
     acl::AclTable,
     ct::{CtKey, CtValue},
-    map_names, prog_names, IfaceInfo, IfaceKey, Stat,
+    map_names,
+    nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget},
+    prog_names, IfaceInfo, IfaceKey, Stat,
 };
 use tracing::{debug, info};
 
@@ -27,7 +31,19 @@ use crate::netns::{self, Netns};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-const ALL_MAPS: [&str; 4] = [map_names::CONNTRACK, map_names::IFACES, map_names::ACLS, map_names::STATS];
+const ALL_MAPS: [&str; 7] = [
+    map_names::CONNTRACK,
+    map_names::IFACES,
+    map_names::ACLS,
+    map_names::STATS,
+    map_names::NAT,
+    map_names::NAT_IFACES,
+    map_names::PORTMAPS,
+];
+const ALL_PROGRAMS: [&str; 4] =
+    [prog_names::APP_PORT_FROM_APP, prog_names::APP_PORT_TO_APP, prog_names::NAT_INGRESS, prog_names::NAT_EGRESS];
+/// Pin subdirectory of the agent netns' own programs ('.' cannot occur in an NI name).
+pub const AGENT_PIN_SUBDIR: &str = "agent.netns";
 
 /// Makes sure `pin_dir` exists on a bpffs, mounting bpffs at /sys/fs/bpf when the
 /// machine has none (minimal systems and containers often don't).
@@ -66,7 +82,7 @@ impl NiPrograms {
             loader.map_pin_path(name, pin_dir.join(name));
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
-        for name in [prog_names::APP_PORT_FROM_APP, prog_names::APP_PORT_TO_APP] {
+        for name in ALL_PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -79,25 +95,63 @@ impl NiPrograms {
         Ok(NiPrograms { ebpf, link_dir })
     }
 
-    /// Attaches both programs to bridge port `port` inside `ns` (TCX, resolved in that
-    /// netns) and pins the links so they outlive the agent process.
+    /// Loads the agent netns' own copy (domain 0): NAT on uplinks and agent-side veths.
+    pub fn load_agent(pin_dir: &Path) -> Result<NiPrograms> {
+        NiPrograms::load(pin_dir, AGENT_PIN_SUBDIR, netns_ebpf_common::nat::DOMAIN_AGENT)
+    }
+
+    /// Attaches the app-port programs to bridge port `port` inside `ns`.
     pub fn attach_port(&mut self, ns: &Netns, port: &str) -> Result<()> {
-        for (name, attach, suffix) in [
+        self.attach(ns, port, [
             (prog_names::APP_PORT_FROM_APP, TcAttachType::Ingress, "from-app"),
             (prog_names::APP_PORT_TO_APP, TcAttachType::Egress, "to-app"),
-        ] {
+        ])
+    }
+
+    /// Attaches the NAT programs to interface `ifname` inside `ns`.
+    pub fn attach_nat(&mut self, ns: &Netns, ifname: &str) -> Result<()> {
+        self.attach(ns, ifname, [
+            (prog_names::NAT_INGRESS, TcAttachType::Ingress, "nat-in"),
+            (prog_names::NAT_EGRESS, TcAttachType::Egress, "nat-out"),
+        ])
+    }
+
+    /// Attaches programs in `ns` (TCX, the interface resolved in that netns) and pins the
+    /// links so they outlive the agent process.
+    fn attach(&mut self, ns: &Netns, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
+        for (name, attach, suffix) in which {
             let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
-            let pin = self.link_dir.join(format!("{port}-{suffix}"));
+            let pin = self.link_dir.join(format!("{ifname}-{suffix}"));
             netns::run_in(ns, || {
-                let id = prog.attach(port, attach).with_context(|| format!("attaching {name} to {port}"))?;
+                let id = prog.attach(ifname, attach).with_context(|| format!("attaching {name} to {ifname}"))?;
                 let link: FdLink = prog.take_link(id)?.try_into().context("TCX link as fd link")?;
                 link.pin(&pin).with_context(|| format!("pinning link at {}", pin.display()))?;
                 Ok(())
             })?;
-            debug!(port, program = name, pin = %pin.display(), "attached");
+            debug!(ifname, program = name, pin = %pin.display(), "attached");
         }
         Ok(())
     }
+}
+
+/// Unpins (detaches) the agent netns' NAT links of interface `ifname`.
+pub fn remove_agent_links(pin_dir: &Path, ifname: &str) -> Result<()> {
+    for suffix in ["nat-in", "nat-out"] {
+        let p = pin_dir.join(AGENT_PIN_SUBDIR).join(format!("{ifname}-{suffix}"));
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether any NI still has pins (the agent's own subdirectory does not count).
+pub fn any_ni_pinned(pin_dir: &Path) -> bool {
+    std::fs::read_dir(pin_dir)
+        .map(|entries| {
+            entries.flatten().any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.file_name() != AGENT_PIN_SUBDIR)
+        })
+        .unwrap_or(false)
 }
 
 fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
@@ -141,6 +195,9 @@ pub struct Maps {
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
     acls: HashMap<MapData, IfaceKey, AclTable>,
     stats: PerCpuArray<MapData, u64>,
+    nat: HashMap<MapData, NatKey, NatValue>,
+    nat_ifaces: HashMap<MapData, IfaceKey, NatIface>,
+    portmaps: HashMap<MapData, PortmapKey, PortmapTarget>,
 }
 
 impl Maps {
@@ -156,7 +213,59 @@ impl Maps {
             ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
             acls: open_map(pin_dir, map_names::ACLS)?.try_into()?,
             stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
+            nat: open_map(pin_dir, map_names::NAT)?.try_into()?,
+            nat_ifaces: open_map(pin_dir, map_names::NAT_IFACES)?.try_into()?,
+            portmaps: open_map(pin_dir, map_names::PORTMAPS)?.try_into()?,
         })
+    }
+
+    pub fn set_nat_iface(&mut self, key: IfaceKey, nif: NatIface) -> Result<()> {
+        self.nat_ifaces.insert(key, nif, 0).context("writing NAT interface map")
+    }
+
+    pub fn remove_nat_iface(&mut self, key: IfaceKey) {
+        self.nat_ifaces.remove(&key).ok();
+    }
+
+    pub fn nat_iface(&self, key: IfaceKey) -> Option<NatIface> {
+        self.nat_ifaces.get(&key, 0).ok()
+    }
+
+    pub fn set_portmap(&mut self, key: PortmapKey, target: PortmapTarget) -> Result<()> {
+        self.portmaps.insert(key, target, 0).context("writing port map")
+    }
+
+    /// Removes the port maps that `pred` selects; returns how many.
+    pub fn remove_portmaps(&mut self, pred: impl Fn(&PortmapKey, &PortmapTarget) -> bool) -> usize {
+        let doomed: Vec<PortmapKey> = self.portmaps.iter().flatten().filter(|(k, t)| pred(k, t)).map(|(k, _)| k).collect();
+        for k in &doomed {
+            self.portmaps.remove(k).ok();
+        }
+        doomed.len()
+    }
+
+    /// Removes the NAT entries that `pred` selects; returns how many.
+    pub fn remove_nat_entries(&mut self, pred: impl Fn(&NatKey, &NatValue) -> bool) -> usize {
+        let doomed: Vec<NatKey> = self.nat.iter().flatten().filter(|(k, v)| pred(k, v)).map(|(k, _)| k).collect();
+        for k in &doomed {
+            self.nat.remove(k).ok();
+        }
+        doomed.len()
+    }
+
+    pub fn nat_entries(&self) -> Vec<(NatKey, NatValue)> {
+        self.nat.iter().flatten().collect()
+    }
+
+    /// Removes everything of the agent's own domain (uplink NAT state).
+    pub fn remove_agent_domain(&mut self) {
+        let domain = netns_ebpf_common::nat::DOMAIN_AGENT;
+        let nifs: Vec<IfaceKey> = self.nat_ifaces.keys().flatten().filter(|k| k.zone == domain).collect();
+        for k in &nifs {
+            self.nat_ifaces.remove(k).ok();
+        }
+        self.remove_portmaps(|k, _| k.domain == domain);
+        self.remove_nat_entries(|k, _| k.domain == domain);
     }
 
     /// Publishes an app port's config. The ACL goes in before the port info, so the port
@@ -178,6 +287,12 @@ impl Maps {
         for k in &flows {
             self.ct.remove(k).ok();
         }
+        let nifs: Vec<IfaceKey> = self.nat_ifaces.keys().flatten().filter(|k| k.zone == zone).collect();
+        for k in &nifs {
+            self.nat_ifaces.remove(k).ok();
+        }
+        self.remove_portmaps(|k, _| k.domain == zone);
+        self.remove_nat_entries(|k, _| k.domain == zone);
         Ok(flows.len())
     }
 
@@ -185,7 +300,7 @@ impl Maps {
         self.ct.iter().flatten().collect()
     }
 
-    /// Drops conntrack entries idle past their timeout; returns how many.
+    /// Drops conntrack and NAT entries idle past their timeout; returns how many.
     pub fn expire_flows(&mut self, now_ns: u64) -> usize {
         let expired: Vec<CtKey> = self
             .ct
@@ -197,7 +312,10 @@ impl Maps {
         for k in &expired {
             self.ct.remove(k).ok();
         }
-        expired.len()
+        let nat = self.remove_nat_entries(|k, v| {
+            now_ns.saturating_sub(v.last_seen_ns) > netns_ebpf_common::nat::idle_timeout_ns(k.proto, v.flags)
+        });
+        expired.len() + nat
     }
 
     /// Program counters summed over CPUs.

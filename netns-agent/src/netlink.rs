@@ -13,13 +13,54 @@ use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
-        route::{RouteAttribute, RouteMessage},
+        address::AddressAttribute,
+        route::{RouteAttribute, RouteMessage, RouteScope, RouteType},
+        rule::{RuleAction, RuleAttribute, RuleMessage},
+        AddressFamily,
     },
-    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, IpVersion, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 use tracing::debug;
 
 use crate::netns::{self, Netns};
+
+/// An uplink as the kernel has it configured right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkAddr {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The next hop of the main table's default route through this interface.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// A route in a given table (what `ip route add ... table T` says).
+#[derive(Debug, Clone, Copy)]
+pub struct TableRoute {
+    pub table: u32,
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub oif: u32,
+    pub gateway: Option<Ipv4Addr>,
+    pub pref_src: Option<Ipv4Addr>,
+    /// A `local` route: deliver to this host.
+    pub local: bool,
+}
+
+/// A policy rule (what `ip rule add pref P [iif I] [oif O] [from S] lookup T` says).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub priority: u32,
+    pub table: u32,
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+    pub from: Option<Ipv4Addr>,
+}
+
+const RT_TABLE_LOCAL: u32 = 255;
+/// Where the `local` rule moves to, so NI traffic toward another uplink's address is
+/// routed out of the box first (the seed PoC's layout).
+pub const LOCAL_RULE_MOVED_PRIORITY: u32 = 10000;
 
 pub struct Netlink {
     handle: Handle,
@@ -136,21 +177,6 @@ impl Netlink {
             .with_context(|| self.ctx(format!("adding default route via {gateway}")))
     }
 
-    /// Adds `dst/prefix_len via gateway` with `metric` to the main table.
-    pub async fn add_route(&self, dst: Ipv4Addr, prefix_len: u8, gateway: Ipv4Addr, metric: u32) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, prefix_len)
-            .gateway(gateway)
-            .priority(metric)
-            .build();
-        self.handle
-            .route()
-            .add(route)
-            .execute()
-            .await
-            .with_context(|| self.ctx(format!("adding route {dst}/{prefix_len} via {gateway} metric {metric}")))
-    }
-
     pub async fn default_route_exists(&self) -> Result<bool> {
         let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         while let Some(route) = routes.try_next().await.with_context(|| self.ctx("listing routes"))? {
@@ -176,13 +202,171 @@ impl Netlink {
 
 }
 
-fn is_main_default(route: &RouteMessage) -> bool {
-    const RT_TABLE_MAIN: u32 = 254;
-    let table = route
+impl Netlink {
+    /// Address, prefix and gateway of `name`; None if the interface does not exist.
+    pub async fn uplink_addr(&self, name: &str) -> Result<Option<UplinkAddr>> {
+        let Some(ifindex) = self.link_index(name).await? else { return Ok(None) };
+        let mut addrs = self.handle.address().get().set_link_index_filter(ifindex).execute();
+        let mut found = None;
+        while let Some(msg) = addrs.try_next().await.with_context(|| self.ctx(format!("listing addresses of {name}")))? {
+            if msg.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                found = Some((ip, msg.header.prefix_len));
+                break;
+            }
+        }
+        let Some((ip, prefix_len)) = found else {
+            return Err(anyhow!(self.ctx(format!("uplink {name} has no IPv4 address"))));
+        };
+        let mut gateway = None;
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(route) = routes.try_next().await.with_context(|| self.ctx("listing routes"))? {
+            let oif = route.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None });
+            if is_main_default(&route) && oif == Some(ifindex) {
+                gateway = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(rtnetlink::packet_route::route::RouteAddress::Inet(gw)) => Some(*gw),
+                    _ => None,
+                });
+            }
+        }
+        Ok(Some(UplinkAddr { ifindex, ip, prefix_len, gateway }))
+    }
+
+    pub async fn add_table_route(&self, r: &TableRoute) -> Result<()> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(r.dst, r.prefix_len)
+            .output_interface(r.oif)
+            .table_id(r.table);
+        if let Some(gw) = r.gateway {
+            b = b.gateway(gw);
+        }
+        if let Some(src) = r.pref_src {
+            b = b.pref_source(src);
+        }
+        if r.local {
+            b = b.kind(RouteType::Local).scope(RouteScope::Host);
+        } else if r.gateway.is_none() {
+            b = b.scope(RouteScope::Link);
+        }
+        self.handle
+            .route()
+            .add(b.build())
+            .replace()
+            .execute()
+            .await
+            .with_context(|| self.ctx(format!("adding route {r:?}")))
+    }
+
+    /// Removes every route of `table`.
+    pub async fn flush_table(&self, table: u32) -> Result<usize> {
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut doomed = Vec::new();
+        while let Some(route) = routes.try_next().await.with_context(|| self.ctx("listing routes"))? {
+            if route_table(&route) == table {
+                doomed.push(route);
+            }
+        }
+        let n = doomed.len();
+        for route in doomed {
+            self.handle.route().del(route).execute().await.with_context(|| self.ctx(format!("flushing table {table}")))?;
+        }
+        Ok(n)
+    }
+
+    pub async fn add_rule(&self, rule: &Rule) -> Result<()> {
+        let mut req = self.handle.rule().add().v4().priority(rule.priority).table_id(rule.table).action(RuleAction::ToTable);
+        if let Some(iif) = &rule.iif {
+            req = req.input_interface(iif.clone());
+        }
+        if let Some(oif) = &rule.oif {
+            req = req.output_interface(oif.clone());
+        }
+        if let Some(from) = rule.from {
+            req = req.source_prefix(from, 32);
+        }
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(nix::errno::Errno::EEXIST as i32) => Ok(()),
+            Err(e) => Err(e).with_context(|| self.ctx(format!("adding rule {rule:?}"))),
+        }
+    }
+
+    async fn rules(&self) -> Result<Vec<RuleMessage>> {
+        let mut rules = self.handle.rule().get(IpVersion::V4).execute();
+        let mut out = Vec::new();
+        while let Some(r) = rules.try_next().await.with_context(|| self.ctx("listing rules"))? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Deletes the rules that look up `table` (only those matching input interface `iif`,
+    /// when given); returns how many.
+    pub async fn delete_rules(&self, table: u32, iif: Option<&str>) -> Result<usize> {
+        let doomed: Vec<RuleMessage> = self
+            .rules()
+            .await?
+            .into_iter()
+            .filter(|r| rule_table(r) == table)
+            .filter(|r| iif.is_none_or(|name| r.attributes.iter().any(|a| matches!(a, RuleAttribute::Iifname(n) if n == name))))
+            .collect();
+        let n = doomed.len();
+        for r in doomed {
+            self.handle.rule().del(r).execute().await.with_context(|| self.ctx(format!("deleting a rule to table {table}")))?;
+        }
+        Ok(n)
+    }
+
+    /// Moves `lookup local` from priority 0 to `LOCAL_RULE_MOVED_PRIORITY`; true if it moved.
+    pub async fn move_local_rule(&self) -> Result<bool> {
+        self.reprioritize_local_rule(0, LOCAL_RULE_MOVED_PRIORITY).await
+    }
+
+    /// Puts `lookup local` back at priority 0; true if it moved.
+    pub async fn restore_local_rule(&self) -> Result<bool> {
+        self.reprioritize_local_rule(LOCAL_RULE_MOVED_PRIORITY, 0).await
+    }
+
+    async fn reprioritize_local_rule(&self, from: u32, to: u32) -> Result<bool> {
+        let rules = self.rules().await?;
+        let at = |p: u32| rules.iter().find(|r| rule_table(r) == RT_TABLE_LOCAL && rule_priority(r) == p).cloned();
+        let Some(old) = at(from) else { return Ok(false) };
+        if at(to).is_none() {
+            self.add_rule(&Rule { priority: to, table: RT_TABLE_LOCAL, iif: None, oif: None, from: None }).await?;
+        }
+        self.handle.rule().del(old).execute().await.with_context(|| self.ctx(format!("removing the local rule at priority {from}")))?;
+        debug!(ns = %self.ns.display(), from, to, "local rule moved");
+        Ok(true)
+    }
+}
+
+fn route_table(route: &RouteMessage) -> u32 {
+    route
         .attributes
         .iter()
         .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
-        .unwrap_or(route.header.table as u32);
-    route.header.destination_prefix_length == 0 && table == RT_TABLE_MAIN
+        .unwrap_or(route.header.table as u32)
+}
+
+fn rule_table(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None })
+        .unwrap_or(rule.header.table as u32)
+}
+
+fn rule_priority(rule: &RuleMessage) -> u32 {
+    rule.attributes.iter().find_map(|a| if let RuleAttribute::Priority(p) = a { Some(*p) } else { None }).unwrap_or(0)
+}
+
+fn is_main_default(route: &RouteMessage) -> bool {
+    const RT_TABLE_MAIN: u32 = 254;
+    route.header.destination_prefix_length == 0 && route_table(route) == RT_TABLE_MAIN
 }
 

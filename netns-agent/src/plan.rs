@@ -4,7 +4,10 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
-use netns_ebpf_common::acl::{self, AclTable};
+use netns_ebpf_common::{
+    acl::{self, AclTable},
+    mark,
+};
 
 use crate::config::{Action, Config};
 
@@ -17,8 +20,32 @@ pub const BRIDGE: &str = "br";
 pub struct Plan {
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
+    pub nat_ports: (u16, u16),
+    pub uplinks: Vec<UplinkPlan>,
     pub nis: Vec<NiPlan>,
 }
+
+/// An uplink and the routing table the local NIs on it share (as the seed's PoC: 500+u).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkPlan {
+    pub name: String,
+    pub table: u32,
+}
+
+/// A port map: `lport` on the NI uplink's address (and on the NI veth address inside the
+/// NI) leads to app_ip:target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortmapPlan {
+    pub proto: u8,
+    pub lport: u16,
+    pub app_ip: Ipv4Addr,
+    pub target: u16,
+    /// The exposing ACE's mark: app number, user ACE, ACE id.
+    pub mark: u32,
+}
+
+pub const UPLINK_TABLE_BASE: u32 = 500;
+pub const EVE_TABLE_BASE: u32 = 600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NiPlan {
@@ -33,7 +60,9 @@ pub struct NiPlan {
     /// `vethN.1` in the NI netns, with `ni_ip`.
     pub ni_veth: String,
     pub ni_ip: Ipv4Addr,
+    pub uplink: Option<String>,
     pub ports: Vec<PortPlan>,
+    pub portmaps: Vec<PortmapPlan>,
 }
 
 /// One app interface: a veth whose bridge side is in the NI and whose other side is in
@@ -54,6 +83,22 @@ pub struct PortPlan {
 impl NiPlan {
     pub fn zone(&self) -> u32 {
         self.index
+    }
+
+    /// The /30 of the NI's veth pair.
+    pub fn veth_net(&self) -> Ipv4Net {
+        Ipv4Net::new(self.agent_ip, 30).expect("30 is a valid prefix").trunc()
+    }
+
+    /// The table through which the agent's netns reaches this NI's apps (600+N).
+    pub fn eve_table(&self) -> u32 {
+        EVE_TABLE_BASE + self.index
+    }
+}
+
+impl Plan {
+    pub fn uplink(&self, name: &str) -> &UplinkPlan {
+        self.uplinks.iter().find(|u| u.name == name).expect("validated: NI names an existing uplink")
     }
 }
 
@@ -80,7 +125,9 @@ pub fn build(config: &Config) -> Plan {
                 agent_ip,
                 ni_veth: format!("veth{index}.1"),
                 ni_ip,
+                uplink: n.uplink.as_ref().map(|u| u.get_ref().clone()),
                 ports: Vec::new(),
+                portmaps: Vec::new(),
             }
         })
         .collect();
@@ -92,6 +139,17 @@ pub fn build(config: &Config) -> Plan {
                 .find(|n| n.name == *iface.network.get_ref())
                 .expect("validated: interface names an existing network");
             let bridge_port = format!("nbu{}x{}", k + 1, app_num);
+            for ace in &iface.acl {
+                if let (Action::Portmap(target), Some(lport)) = (ace.action, &ace.matches.lport) {
+                    ni.portmaps.push(PortmapPlan {
+                        proto: ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0),
+                        lport: *lport.get_ref(),
+                        app_ip: *iface.ip.get_ref(),
+                        target,
+                        mark: mark::compose(app_num, *ace.id.get_ref(), true, false),
+                    });
+                }
+            }
             ni.ports.push(PortPlan {
                 app: app.name.get_ref().clone(),
                 app_num,
@@ -103,7 +161,20 @@ pub fn build(config: &Config) -> Plan {
             });
         }
     }
-    Plan { pin_dir: config.agent.pin_dir.clone(), state_dir: config.agent.state_dir.clone(), nis }
+    let [port_min, port_max] = *config.agent.nat_port_range.get_ref();
+    let uplinks = config
+        .uplinks
+        .iter()
+        .enumerate()
+        .map(|(i, u)| UplinkPlan { name: u.name.get_ref().clone(), table: UPLINK_TABLE_BASE + i as u32 })
+        .collect();
+    Plan {
+        pin_dir: config.agent.pin_dir.clone(),
+        state_dir: config.agent.state_dir.clone(),
+        nat_ports: (port_min, port_max),
+        uplinks,
+        nis,
+    }
 }
 
 /// The ACL as the programs read it, in config order.
@@ -130,6 +201,7 @@ pub fn acl_table(aces: &[crate::config::Ace]) -> AclTable {
         slot.action = match ace.action {
             Action::Accept => acl::ACTION_ACCEPT,
             Action::Drop => acl::ACTION_DROP,
+            Action::Portmap(_) => acl::ACTION_PORTMAP,
         };
     }
     table.count = aces.len().min(acl::MAX_ACES) as u32;

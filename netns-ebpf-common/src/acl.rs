@@ -12,6 +12,8 @@ pub const MAX_ACES: usize = 64;
 
 pub const ACTION_ACCEPT: u8 = 0;
 pub const ACTION_DROP: u8 = 1;
+/// A port map: it admits flows from outside (through the NAT's mark), never an app's own.
+pub const ACTION_PORTMAP: u8 = 2;
 
 /// `Ace::matches` bits: which fields of the ACE take part in the match.
 pub const MATCH_IP: u16 = 1 << 0;
@@ -112,7 +114,7 @@ pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow) 
             break;
         }
         let ace = &table.aces[i];
-        if ace_matches(ace, flow.proto, flow.dst, flow.dport) {
+        if ace.action != ACTION_PORTMAP && ace_matches(ace, flow.proto, flow.dst, flow.dport) {
             let drop = ace.action == ACTION_DROP;
             return Verdict { mark: mark::compose(app, ace.id, true, drop), drop };
         }
@@ -121,10 +123,15 @@ pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow) 
 }
 
 /// Judges a flow that enters the NI toward the app (its first packet was seen going to the
-/// app). On a local NI only the agent's own netns and the NI gateway may start one (NAT
-/// hides the apps; port maps come with the NAT work).
+/// app). On a local NI only the agent's own netns and the NI gateway may start one, and
+/// port-mapped flows: the port map's translation stamps its ACE's mark (`stamped_mark`)
+/// on the packet, and a mark naming this app's user ACE lets the flow in.
 #[inline(always)]
-pub fn judge_toward_app(iface: &IfaceInfo, flow: &Flow) -> Verdict {
+pub fn judge_toward_app(iface: &IfaceInfo, flow: &Flow, stamped_mark: u32) -> Verdict {
+    let m = mark::decode(stamped_mark);
+    if stamped_mark != 0 && m.app_num == iface.app_num & 0xff && m.user_ace && !m.drop {
+        return Verdict { mark: stamped_mark, drop: false };
+    }
     if flow.src == iface.eve_ip || flow.src == iface.gateway {
         return Verdict::implicit_allow(iface.app_num, implicit::EVE_INITIATED);
     }
@@ -183,7 +190,8 @@ mod tests {
         };
         let drop_udp = Ace { id: 2, matches: MATCH_IP | MATCH_PROTO, proto: PROTO_UDP, action: ACTION_DROP, ..Ace::default() };
         let allow_all = ip_ace(3, [0, 0, 0, 0], 0);
-        let t = table(&[allow_web, drop_udp, allow_all]);
+        let portmap = Ace { id: 7, matches: MATCH_PROTO, proto: PROTO_TCP, action: ACTION_PORTMAP, ..Ace::default() };
+        let t = table(&[portmap, allow_web, drop_udp, allow_all]);
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80));
         assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false });
         // Same host, other port: falls through ACE 1 to ACE 3.
@@ -225,8 +233,12 @@ mod tests {
     fn flows_toward_the_app() {
         let i = iface();
         let from = |src| Flow { proto: PROTO_TCP, src, dst: APP, sport: 5555, dport: 80, ..Flow::default() };
-        assert_eq!(judge_toward_app(&i, &from(i.eve_ip)), Verdict { mark: 0x0100_000a, drop: false });
-        assert!(!judge_toward_app(&i, &from(i.gateway)).drop);
-        assert_eq!(judge_toward_app(&i, &from([10, 10, 1, 9])), Verdict { mark: 0x01bf_ffff, drop: true });
+        assert_eq!(judge_toward_app(&i, &from(i.eve_ip), 0), Verdict { mark: 0x0100_000a, drop: false });
+        assert!(!judge_toward_app(&i, &from(i.gateway), 0).drop);
+        assert_eq!(judge_toward_app(&i, &from([10, 10, 1, 9]), 0), Verdict { mark: 0x01bf_ffff, drop: true });
+        // A port map of this app (user ACE 2) lets the outside in; another app's does not.
+        assert_eq!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0140_0002), Verdict { mark: 0x0140_0002, drop: false });
+        assert!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0240_0002).drop);
+        assert!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0100_0002).drop);
     }
 }

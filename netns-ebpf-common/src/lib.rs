@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod ct;
 pub mod mark;
+pub mod nat;
 pub mod packet;
 
 /// An IPv4 address as its four network-order bytes. Kept as bytes (not a `u32`) so that
@@ -29,6 +30,9 @@ pub mod map_names {
     pub const IFACES: &str = "IFACE_V1";
     pub const ACLS: &str = "ACL_V1";
     pub const STATS: &str = "STATS_V1";
+    pub const NAT: &str = "NAT_V1";
+    pub const NAT_IFACES: &str = "NATIF_V1";
+    pub const PORTMAPS: &str = "PORTMAP_V1";
 }
 
 /// Program names in the eBPF object.
@@ -37,6 +41,9 @@ pub mod prog_names {
     pub const APP_PORT_FROM_APP: &str = "app_port_from_app";
     /// TC egress on an app's bridge port: packets going to the app.
     pub const APP_PORT_TO_APP: &str = "app_port_to_app";
+    /// TC ingress/egress of a translating interface (NI veth, agent-side veth, uplink).
+    pub const NAT_INGRESS: &str = "nat_ingress";
+    pub const NAT_EGRESS: &str = "nat_egress";
 }
 
 /// Key of the per-interface maps: the NI zone plus the ifindex inside the NI's netns
@@ -82,10 +89,15 @@ pub enum Stat {
     NoIfaceConfig = 9,
     Rejudged = 10,
     DropUnsolicited = 11,
+    NatNew = 12,
+    NatNoPort = 13,
+    NatRewrite = 14,
+    PortmapNew = 15,
+    NatMalformed = 16,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassArp,
         Stat::DropNonIpv4,
@@ -99,6 +111,11 @@ impl Stat {
         Stat::NoIfaceConfig,
         Stat::Rejudged,
         Stat::DropUnsolicited,
+        Stat::NatNew,
+        Stat::NatNoPort,
+        Stat::NatRewrite,
+        Stat::PortmapNew,
+        Stat::NatMalformed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +132,11 @@ impl Stat {
             Stat::NoIfaceConfig => "no_iface_config",
             Stat::Rejudged => "rejudged",
             Stat::DropUnsolicited => "drop_unsolicited",
+            Stat::NatNew => "nat_new",
+            Stat::NatNoPort => "nat_no_port",
+            Stat::NatRewrite => "nat_rewrite",
+            Stat::PortmapNew => "portmap_new",
+            Stat::NatMalformed => "nat_malformed",
         }
     }
 }
@@ -128,4 +150,9 @@ mod pod {
     unsafe impl aya::Pod for super::ct::CtKey {}
     unsafe impl aya::Pod for super::ct::CtValue {}
     unsafe impl aya::Pod for super::acl::AclTable {}
+    unsafe impl aya::Pod for super::nat::NatKey {}
+    unsafe impl aya::Pod for super::nat::NatValue {}
+    unsafe impl aya::Pod for super::nat::NatIface {}
+    unsafe impl aya::Pod for super::nat::PortmapKey {}
+    unsafe impl aya::Pod for super::nat::PortmapTarget {}
 }

@@ -46,6 +46,10 @@ pub struct Flow {
     pub ip_len: u16,
     /// An ICMP error about another flow: the tuple above is the inner (quoted) packet's.
     pub related: bool,
+    /// ICMP echo: the "ports" are the identifier.
+    pub icmp_echo: bool,
+    /// Offset of the L4 header in the frame.
+    pub l4_off: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +90,7 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
         return Err(ParseError::Fragment);
     }
     let l4 = off + ihl;
-    let mut flow = Flow { proto, src, dst, ip_len: total_len, ..Flow::default() };
+    let mut flow = Flow { proto, src, dst, ip_len: total_len, l4_off: l4 as u16, ..Flow::default() };
     match proto {
         PROTO_TCP => {
             let tcp: [u8; 14] = pkt.read(l4).ok_or(ParseError::Truncated)?;
@@ -106,6 +110,7 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
                     let id = u16::from_be_bytes([icmp[4], icmp[5]]);
                     flow.sport = id;
                     flow.dport = id;
+                    flow.icmp_echo = true;
                 }
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
                     return parse_icmp_error_inner(pkt, l4 + 8, total_len);
@@ -139,7 +144,7 @@ fn parse_icmp_error_inner<R: PacketReader + ?Sized>(
         }
         _ => (0, 0),
     };
-    Ok(Flow { proto, src, dst, sport, dport, tcp_flags: 0, ip_len: outer_len, related: true })
+    Ok(Flow { proto, src, dst, sport, dport, ip_len: outer_len, related: true, ..Flow::default() })
 }
 
 type Ipv4Fields = (usize, u8, Ipv4, Ipv4, u16, u16);
@@ -202,6 +207,7 @@ pub(crate) mod tests {
         assert_eq!((flow.src, flow.dst, flow.sport, flow.dport), (A, B, 40000, 80));
         assert_eq!(flow.tcp_flags, TCP_SYN);
         assert_eq!(flow.ip_len, 40);
+        assert_eq!(flow.l4_off, 34);
         assert!(!flow.related);
     }
 
@@ -270,5 +276,6 @@ pub(crate) mod tests {
         f[14] = 0x46; // IHL 24: 4 bytes of options before TCP
         let Parsed::Ipv4(flow) = parse(&f[..]).unwrap() else { panic!() };
         assert_eq!((flow.sport, flow.dport, flow.tcp_flags), (7, 8, TCP_ACK));
+        assert_eq!(flow.l4_off, 38);
     }
 }

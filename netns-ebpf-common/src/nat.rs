@@ -1,0 +1,172 @@
+//! NAT state: one LRU map for every translation domain (an NI's netns = its zone, the
+//! agent's netns = domain 0). A translated connection has two entries, one per direction,
+//! each keyed by the tuple as it arrives and saying what to rewrite; every NAT program of
+//! the domain consults the same map, so a reply is translated whichever interface it takes.
+
+use crate::{packet::Flow, Ipv4};
+
+/// The agent's own netns.
+pub const DOMAIN_AGENT: u32 = 0;
+pub const NAT_MAX_ENTRIES: u32 = 131072;
+
+pub const REWRITE_SRC: u8 = 1;
+pub const REWRITE_DST: u8 = 2;
+
+/// A directional tuple as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub domain: u32,
+    pub src: Ipv4,
+    pub dst: Ipv4,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl NatKey {
+    #[inline(always)]
+    pub fn of(domain: u32, f: &Flow) -> NatKey {
+        NatKey { domain, src: f.src, dst: f.dst, sport: f.sport, dport: f.dport, proto: f.proto, _pad: [0; 3] }
+    }
+
+    /// The key of the same tuple after `rewrite` was applied to it.
+    #[inline(always)]
+    pub fn rewritten(&self, v: &NatValue) -> NatKey {
+        let mut k = *self;
+        if v.rewrite == REWRITE_SRC {
+            k.src = v.addr;
+            k.sport = v.port;
+        } else {
+            k.dst = v.addr;
+            k.dport = v.port;
+        }
+        if self.proto == crate::PROTO_ICMP {
+            // ICMP echo: the identifier is both "ports".
+            k.sport = v.port;
+            k.dport = v.port;
+        }
+        k
+    }
+
+    /// The key the reply to this (already rewritten) tuple arrives with.
+    #[inline(always)]
+    pub fn reversed(&self) -> NatKey {
+        NatKey { domain: self.domain, src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto, _pad: [0; 3] }
+    }
+}
+
+pub const NAT_FLAG_CLOSING: u8 = 1 << 0;
+/// The entry of the direction that created the translation (the other is its reply).
+pub const NAT_FLAG_ORIG: u8 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatValue {
+    pub last_seen_ns: u64,
+    /// Connection mark to stamp on the packet (port maps: the ACE that exposes the app).
+    pub mark: u32,
+    pub addr: Ipv4,
+    pub port: u16,
+    pub rewrite: u8,
+    pub flags: u8,
+}
+
+/// What a NAT program does on one interface; keyed by (domain, ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatIface {
+    /// New flows leaving here from `snat_from/snat_from_len` get their source rewritten
+    /// to `snat_ip` with a port from `port_min..=port_max` (`snat` = 1).
+    pub snat_ip: Ipv4,
+    pub snat_from: Ipv4,
+    /// Port maps apply only when their `uplink_ifindex` equals this (the uplink itself,
+    /// or the uplink of the NI behind an agent-side veth: hairpin stays on one uplink).
+    pub uplink_ifindex: u32,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub snat_from_len: u8,
+    pub snat: u8,
+    /// 1: new flows arriving here are looked up in the port maps.
+    pub portmaps: u8,
+    pub _pad: u8,
+}
+
+/// Key of a port map: the address and port it listens on in its domain.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortmapKey {
+    pub domain: u32,
+    pub addr: Ipv4,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortmapTarget {
+    pub addr: Ipv4,
+    pub port: u16,
+    pub _pad: u16,
+    /// Mark of the exposing ACE (app number, user bit, ACE id), stamped on the packets so
+    /// the app port lets the flow in; 0 in the agent's domain.
+    pub mark: u32,
+    pub uplink_ifindex: u32,
+}
+
+/// Candidate `attempt` (0-based) for a new source port: a random start, then linear.
+/// Linear probing covers the whole range when `attempts >= range size`.
+#[inline(always)]
+pub fn candidate_port(random: u32, attempt: u32, min: u16, max: u16) -> u16 {
+    let size = (max as u32).saturating_sub(min as u32) + 1;
+    (min as u32 + (random.wrapping_add(attempt)) % size) as u16
+}
+
+/// Idle time after which a NAT entry goes: long for TCP until it closes, like conntrack.
+#[inline(always)]
+pub fn idle_timeout_ns(proto: u8, flags: u8) -> u64 {
+    const SEC: u64 = 1_000_000_000;
+    match proto {
+        crate::PROTO_TCP if flags & NAT_FLAG_CLOSING != 0 => 120 * SEC,
+        crate::PROTO_TCP => 5 * 24 * 3600 * SEC,
+        crate::PROTO_UDP => 180 * SEC,
+        _ => 30 * SEC,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PROTO_TCP;
+
+    #[test]
+    fn snat_entries_pair_up() {
+        let f = Flow { proto: PROTO_TCP, src: [10, 10, 1, 2], dst: [8, 8, 8, 8], sport: 40000, dport: 80, ..Flow::default() };
+        let fwd_key = NatKey::of(3, &f);
+        let fwd = NatValue { addr: [169, 254, 100, 10], port: 1025, rewrite: REWRITE_SRC, ..NatValue::default() };
+        let on_wire = fwd_key.rewritten(&fwd);
+        assert_eq!((on_wire.src, on_wire.sport, on_wire.dst, on_wire.dport), ([169, 254, 100, 10], 1025, [8, 8, 8, 8], 80));
+        // The reply arrives with the translated tuple reversed and must go back to the app.
+        let reply = on_wire.reversed();
+        assert_eq!((reply.src, reply.sport, reply.dst, reply.dport), ([8, 8, 8, 8], 80, [169, 254, 100, 10], 1025));
+        let rev = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, ..NatValue::default() };
+        let back = reply.rewritten(&rev);
+        assert_eq!(back, NatKey::of(3, &f).reversed());
+    }
+
+    #[test]
+    fn port_candidates_stay_in_range_and_cover_it() {
+        let mut seen = [false; 100];
+        for attempt in 0..100 {
+            let p = candidate_port(0xdead_beef, attempt, 40000, 40099);
+            assert!((40000..=40099).contains(&p));
+            seen[(p - 40000) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(candidate_port(5, 0, 7, 7), 7);
+        // The random start wraps instead of overflowing.
+        assert_eq!(candidate_port(u32::MAX, 3, 1024, 65535), 1026);
+    }
+}

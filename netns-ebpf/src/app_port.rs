@@ -1,0 +1,243 @@
+//! TC programs on an app's bridge port: ingress = packets from the app, egress = packets
+//! to the app. Conntrack, ACL verdicts and flow accounting; the metadata address
+//! translation (169.254.169.254:80 -> the NI gateway:80).
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    macros::classifier,
+    programs::TcContext,
+};
+use netns_ebpf_common::{
+    acl::{self, Verdict, METADATA_IP},
+    ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_SEEN_REPLY, VERDICT_DROP},
+    nat::{NatKey, NatValue, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    packet::{self, Flow, ParseError, Parsed},
+    IfaceInfo, IfaceKey, Stat, PROTO_TCP,
+};
+
+use crate::{count, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, IFACES, NAT};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// TC ingress of the bridge port: the packet comes from the app.
+    FromApp,
+    /// TC egress of the bridge port: the packet goes to the app.
+    ToApp,
+}
+
+#[classifier]
+pub fn app_port_from_app(ctx: TcContext) -> i32 {
+    handle(&ctx, Side::FromApp)
+}
+
+#[classifier]
+pub fn app_port_to_app(ctx: TcContext) -> i32 {
+    handle(&ctx, Side::ToApp)
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, side: Side) -> i32 {
+    match packet::parse(&Skb(ctx)) {
+        Ok(Parsed::Ipv4(mut flow)) => handle_ipv4(ctx, side, &mut flow),
+        Ok(Parsed::Arp) => {
+            count(Stat::PassArp);
+            TC_ACT_OK
+        }
+        // We configure no IPv6 on NIs: letting it through would bypass the ACL.
+        Ok(Parsed::Other(_)) => {
+            count(Stat::DropNonIpv4);
+            TC_ACT_SHOT
+        }
+        Err(ParseError::Fragment) => {
+            count(Stat::DropFragment);
+            TC_ACT_SHOT
+        }
+        Err(_) => {
+            count(Stat::DropMalformed);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
+    let zone = zone();
+    let ifindex = ifindex(ctx);
+    let ikey = IfaceKey { zone, ifindex };
+    // Fail closed: a port we have no config for passes nothing but ARP.
+    let Some(iface) = (unsafe { IFACES.get(&ikey) }) else {
+        count(Stat::NoIfaceConfig);
+        return TC_ACT_SHOT;
+    };
+    if side == Side::ToApp && is_metadata_reply(iface, flow) && undo_metadata_nat(ctx, zone, flow).is_err() {
+        count(Stat::NatMalformed);
+        return TC_ACT_SHOT;
+    }
+    let (key, a_to_b) = CtKey::new(zone, flow);
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let verdict = match CT.get_ptr_mut(&key) {
+        Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) => {
+            let entry = unsafe { &mut *entry };
+            if flow.related {
+                // An ICMP error about a known flow follows that flow's verdict; it does not
+                // change its state or counters.
+                return verdict_action(entry.verdict == VERDICT_DROP, Stat::PassCt, Stat::DropCt);
+            }
+            if entry.judge_ifindex == ifindex && entry.policy_gen != iface.policy_gen {
+                // The ACL changed since this flow was judged: judge it again, live.
+                let v = judge(ctx, side, &ikey, iface, flow);
+                entry.mark = v.mark;
+                entry.verdict = v.drop as u8;
+                entry.policy_gen = iface.policy_gen;
+                count(Stat::Rejudged);
+            }
+            if counts_here(ctx, side) {
+                account(entry, entry.direction(a_to_b), flow, now);
+            }
+            Verdict { mark: entry.mark, drop: entry.verdict == VERDICT_DROP }
+        }
+        _ => {
+            if flow.related {
+                // An ICMP error for no flow we know: nothing asked for it.
+                count(Stat::DropUnsolicited);
+                return TC_ACT_SHOT;
+            }
+            let v = judge(ctx, side, &ikey, iface, flow);
+            let mut entry = CtValue {
+                first_seen_ns: now,
+                mark: v.mark,
+                judge_ifindex: ifindex,
+                policy_gen: iface.policy_gen,
+                verdict: v.drop as u8,
+                orig_is_a: a_to_b as u8,
+                ..CtValue::default()
+            };
+            account(&mut entry, DIR_ORIG, flow, now);
+            // A dropped flow gets its entry too: the flow log must show what was blocked.
+            if CT.insert(&key, &entry, 0).is_err() {
+                count(Stat::CtInsertFailed);
+            } else {
+                count(Stat::CtNew);
+            }
+            if v.drop {
+                count(Stat::DropAcl);
+                return TC_ACT_SHOT;
+            }
+            v
+        }
+    };
+    if verdict.drop {
+        count(Stat::DropCt);
+        return TC_ACT_SHOT;
+    }
+    if side == Side::FromApp {
+        // EVE's CONNMARK --restore-mark: the packet carries its connection's mark.
+        ctx.set_mark(verdict.mark);
+        if flow.dst == METADATA_IP && flow.dport == 80 && flow.proto == PROTO_TCP && metadata_nat(ctx, zone, iface, flow, now).is_err() {
+            count(Stat::NatMalformed);
+            return TC_ACT_SHOT;
+        }
+    }
+    count(Stat::PassCt);
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn judge(ctx: &TcContext, side: Side, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) -> Verdict {
+    match side {
+        Side::FromApp => acl::judge_from_app(unsafe { ACLS.get(ikey) }, iface, flow),
+        Side::ToApp => acl::judge_toward_app(iface, flow, skb_mark(ctx)),
+    }
+}
+
+/// A packet from one app to another app of the NI crosses two app ports; the conntrack
+/// counts it once, at the port it entered by. The from-app side leaves the connection
+/// mark on the skb; a packet that reaches the to-app side still carrying one came from an
+/// app port of this bridge. Marks never cross namespaces (veth scrubs them), so traffic
+/// from outside the NI is counted here (a port map's mark is set in this netns, but such
+/// a packet is not counted elsewhere either: the NAT programs do not count).
+#[inline(always)]
+fn counts_here(ctx: &TcContext, side: Side) -> bool {
+    side == Side::FromApp || skb_mark(ctx) == 0 || !came_from_app_port(ctx)
+}
+
+/// App ports stamp marks without the drop bit of app-initiated flows; port maps stamp
+/// their ACE's mark too, but those packets arrive from the NI veth, not an app port. The
+/// ingress interface tells them apart.
+#[inline(always)]
+fn came_from_app_port(ctx: &TcContext) -> bool {
+    let in_if = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    unsafe { IFACES.get(IfaceKey { zone: zone(), ifindex: in_if }) }.is_some()
+}
+
+#[inline(always)]
+fn account(entry: &mut CtValue, dir: usize, flow: &Flow, now: u64) {
+    let dir = if dir == DIR_ORIG { DIR_ORIG } else { DIR_REPLY };
+    // Several CPUs may count the same flow at once.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut entry.packets[dir], 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut entry.bytes[dir], flow.ip_len as u64);
+    }
+    entry.last_seen_ns = now;
+    if dir == DIR_REPLY {
+        entry.flags |= FLAG_SEEN_REPLY;
+    }
+    if flow.proto == PROTO_TCP {
+        let (state, flags) = ct::tcp_next(entry.tcp_state, entry.flags, flow.tcp_flags, dir);
+        entry.tcp_state = state;
+        entry.flags = flags;
+    }
+}
+
+#[inline(always)]
+fn verdict_action(drop: bool, pass: Stat, dropped: Stat) -> i32 {
+    if drop {
+        count(dropped);
+        TC_ACT_SHOT
+    } else {
+        count(pass);
+        TC_ACT_OK
+    }
+}
+
+/// The app's request to 169.254.169.254:80 goes to the gateway's port 80 instead (the
+/// metadata server of the NI). Both directions are recorded in the NI's NAT domain.
+#[inline(always)]
+fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, now: u64) -> Result<(), ()> {
+    let key = NatKey::of(zone, flow);
+    let fwd = match NAT.get_ptr_mut(&key) {
+        Some(v) => unsafe {
+            (*v).last_seen_ns = now;
+            *v
+        },
+        None => {
+            let fwd = NatValue { last_seen_ns: now, mark: 0, addr: iface.gateway, port: 80, rewrite: REWRITE_DST, flags: NAT_FLAG_ORIG };
+            let rev = NatValue { last_seen_ns: now, mark: 0, addr: METADATA_IP, port: 80, rewrite: REWRITE_SRC, flags: 0 };
+            NAT.insert(&key.rewritten(&fwd).reversed(), &rev, BPF_ANY as u64).map_err(|_| ())?;
+            NAT.insert(&key, &fwd, BPF_ANY as u64).map_err(|_| ())?;
+            fwd
+        }
+    };
+    rewrite::apply(ctx, flow, &fwd)
+}
+
+#[inline(always)]
+fn is_metadata_reply(iface: &IfaceInfo, flow: &Flow) -> bool {
+    flow.src == iface.gateway && flow.sport == 80 && flow.proto == PROTO_TCP && !flow.related
+}
+
+/// The gateway's answer goes back to the app as from 169.254.169.254:80.
+#[inline(always)]
+fn undo_metadata_nat(ctx: &TcContext, zone: u32, flow: &mut Flow) -> Result<(), ()> {
+    match NAT.get_ptr(&NatKey::of(zone, flow)) {
+        Some(v) => {
+            let v = unsafe { *v };
+            rewrite::apply(ctx, flow, &v)
+        }
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,123 @@
+//! NAT programs on translating interfaces (TC ingress and egress): the NI side of each NI
+//! veth (NI subnet -> NI veth address), the agent side of each NI veth (port-mapped flows
+//! entering an NI get the agent-side address as source), and the uplinks (NI veth
+//! addresses -> uplink address). Existing translations are applied in both directions;
+//! egress creates source translations, ingress creates port-map destination translations.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::classifier,
+    programs::TcContext,
+};
+use netns_ebpf_common::{
+    acl::prefix_contains,
+    nat::{candidate_port, NatIface, NatKey, NatValue, PortmapKey, NAT_FLAG_CLOSING, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    packet::{self, Flow, Parsed, TCP_FIN, TCP_RST},
+    IfaceKey, Stat, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{count, ifindex, rewrite, zone, Skb, NAT, NAT_IFACES, PORTMAPS};
+
+/// Linear probes per new source translation: a whole small range, or enough to find a
+/// free port in a large one.
+const PORT_ATTEMPTS: u32 = 128;
+
+#[classifier]
+pub fn nat_ingress(ctx: TcContext) -> i32 {
+    handle(&ctx, false)
+}
+
+#[classifier]
+pub fn nat_egress(ctx: TcContext) -> i32 {
+    handle(&ctx, true)
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, egress: bool) -> i32 {
+    let mut flow = match packet::parse(&Skb(ctx)) {
+        Ok(Parsed::Ipv4(f)) if !f.related => f,
+        // ARP, IPv6, ICMP errors and what does not parse are not ours to translate here;
+        // the stack (or the app ports) deal with them.
+        Ok(_) => return TC_ACT_OK,
+        Err(_) => {
+            count(Stat::NatMalformed);
+            return TC_ACT_OK;
+        }
+    };
+    let zone = zone();
+    let Some(nif) = (unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: ifindex(ctx) }) }) else {
+        return TC_ACT_OK;
+    };
+    let key = NatKey::of(zone, &flow);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(v) = NAT.get_ptr_mut(&key) {
+        let v = unsafe { &mut *v };
+        v.last_seen_ns = now;
+        if flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            v.flags |= NAT_FLAG_CLOSING;
+        }
+        let v = *v;
+        return finish(ctx, &mut flow, &v, Stat::NatRewrite);
+    }
+    if egress {
+        if nif.snat == 1 && flow.src != nif.snat_ip && prefix_contains(nif.snat_from, nif.snat_from_len, flow.src) {
+            return new_snat(ctx, &mut flow, &key, nif, now);
+        }
+    } else if nif.portmaps == 1 {
+        let pk = PortmapKey { domain: zone, addr: flow.dst, port: flow.dport, proto: flow.proto, _pad: 0 };
+        if let Some(t) = unsafe { PORTMAPS.get(pk) } {
+            if t.uplink_ifindex == nif.uplink_ifindex {
+                let fwd = NatValue { last_seen_ns: now, mark: t.mark, addr: t.addr, port: t.port, rewrite: REWRITE_DST, flags: NAT_FLAG_ORIG };
+                let rev_key = key.rewritten(&fwd).reversed();
+                let rev = NatValue { last_seen_ns: now, mark: 0, addr: flow.dst, port: flow.dport, rewrite: REWRITE_SRC, flags: 0 };
+                if NAT.insert(&rev_key, &rev, BPF_ANY as u64).is_err() || NAT.insert(&key, &fwd, BPF_ANY as u64).is_err() {
+                    count(Stat::NatNoPort);
+                    return TC_ACT_SHOT;
+                }
+                return finish(ctx, &mut flow, &fwd, Stat::PortmapNew);
+            }
+        }
+    }
+    TC_ACT_OK
+}
+
+/// A new source translation: find a free (address, port) for this remote, record both
+/// directions, rewrite. No free port: the flow is dropped and counted.
+#[inline(always)]
+fn new_snat(ctx: &TcContext, flow: &mut Flow, key: &NatKey, nif: &NatIface, now: u64) -> i32 {
+    let has_ports = flow.proto == PROTO_TCP || flow.proto == PROTO_UDP || (flow.proto == PROTO_ICMP && flow.icmp_echo);
+    let random = unsafe { bpf_get_prandom_u32() };
+    let rev_value = NatValue { last_seen_ns: now, mark: 0, addr: flow.src, port: flow.sport, rewrite: REWRITE_DST, flags: 0 };
+    for attempt in 0..PORT_ATTEMPTS {
+        let port = if has_ports { candidate_port(random, attempt, nif.port_min, nif.port_max) } else { flow.sport };
+        let fwd = NatValue { last_seen_ns: now, mark: 0, addr: nif.snat_ip, port, rewrite: REWRITE_SRC, flags: NAT_FLAG_ORIG };
+        let rev_key = key.rewritten(&fwd).reversed();
+        // The reply tuple is what must be unique: claim it first.
+        if NAT.insert(&rev_key, &rev_value, BPF_NOEXIST as u64).is_ok() {
+            if NAT.insert(key, &fwd, BPF_ANY as u64).is_err() {
+                let _ = NAT.remove(&rev_key);
+                break;
+            }
+            return finish(ctx, flow, &fwd, Stat::NatNew);
+        }
+        if !has_ports {
+            break;
+        }
+    }
+    count(Stat::NatNoPort);
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn finish(ctx: &TcContext, flow: &mut Flow, v: &NatValue, stat: Stat) -> i32 {
+    if rewrite::apply(ctx, flow, v).is_err() {
+        count(Stat::NatMalformed);
+        return TC_ACT_SHOT;
+    }
+    if v.mark != 0 {
+        ctx.set_mark(v.mark);
+    }
+    count(stat);
+    TC_ACT_OK
+}
