@@ -6,7 +6,7 @@
 //!   NAT_V1, NATIF_V1, PORTMAP_V1
 //!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
 //!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running
-//!   agent.netns/<ifname>-nat-in, ...     the agent netns' NAT links (uplinks, NI veths)
+//!   @agent/<ifname>-nat-in, ...          the agent netns' NAT links (uplinks, NI veths)
 
 use std::path::{Path, PathBuf};
 
@@ -42,8 +42,9 @@ const ALL_MAPS: [&str; 7] = [
 ];
 const ALL_PROGRAMS: [&str; 4] =
     [prog_names::APP_PORT_FROM_APP, prog_names::APP_PORT_TO_APP, prog_names::NAT_INGRESS, prog_names::NAT_EGRESS];
-/// Pin subdirectory of the agent netns' own programs ('.' cannot occur in an NI name).
-pub const AGENT_PIN_SUBDIR: &str = "agent.netns";
+/// Pin subdirectory of the agent netns' own programs ('@' cannot occur in an NI name;
+/// bpffs refuses '.' in names).
+pub const AGENT_PIN_SUBDIR: &str = "@agent";
 
 /// Makes sure `pin_dir` exists on a bpffs, mounting bpffs at /sys/fs/bpf when the
 /// machine has none (minimal systems and containers often don't).
@@ -121,7 +122,7 @@ impl NiPrograms {
     fn attach(&mut self, ns: &Netns, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
         for (name, attach, suffix) in which {
             let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
-            let pin = self.link_dir.join(format!("{ifname}-{suffix}"));
+            let pin = self.link_dir.join(link_pin_name(ifname, suffix));
             netns::run_in(ns, || {
                 let id = prog.attach(ifname, attach).with_context(|| format!("attaching {name} to {ifname}"))?;
                 let link: FdLink = prog.take_link(id)?.try_into().context("TCX link as fd link")?;
@@ -134,10 +135,15 @@ impl NiPrograms {
     }
 }
 
+/// bpffs refuses '.' in names (vethN.1): it becomes '_'.
+fn link_pin_name(ifname: &str, suffix: &str) -> String {
+    format!("{}-{suffix}", ifname.replace('.', "_"))
+}
+
 /// Unpins (detaches) the agent netns' NAT links of interface `ifname`.
 pub fn remove_agent_links(pin_dir: &Path, ifname: &str) -> Result<()> {
     for suffix in ["nat-in", "nat-out"] {
-        let p = pin_dir.join(AGENT_PIN_SUBDIR).join(format!("{ifname}-{suffix}"));
+        let p = pin_dir.join(AGENT_PIN_SUBDIR).join(link_pin_name(ifname, suffix));
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }

@@ -1,10 +1,12 @@
 //! Flow records read back from the pinned conntrack map, for `netns-agent flows`.
 
-use std::net::Ipv4Addr;
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use netns_ebpf_common::{
     ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, VERDICT_DROP},
-    mark, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    mark,
+    nat::{NatKey, NatValue, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_SRC},
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use serde::Serialize;
 
@@ -33,9 +35,63 @@ pub struct FlowRecord {
     pub bytes_reply: u64,
     pub age_secs: f64,
     pub idle_secs: f64,
+    /// The source as translated on the way out: NI veth address, then uplink address.
+    pub translated: Vec<String>,
 }
 
-pub fn records(entries: &[(CtKey, CtValue)], state: &AppliedState, now_ns: u64) -> Vec<FlowRecord> {
+/// One NAT entry, for `flows --json`.
+#[derive(Debug, Serialize)]
+pub struct NatRecord {
+    pub domain: u32,
+    pub proto: String,
+    pub src: String,
+    pub sport: u16,
+    pub dst: String,
+    pub dport: u16,
+    /// "src" or "dst", and what it becomes.
+    pub rewrite: &'static str,
+    pub to: String,
+    pub original_direction: bool,
+    pub idle_secs: f64,
+}
+
+pub fn nat_records(nat: &[(NatKey, NatValue)], now_ns: u64) -> Vec<NatRecord> {
+    nat.iter()
+        .map(|(k, v)| NatRecord {
+            domain: k.domain,
+            proto: proto_name(k.proto),
+            src: Ipv4Addr::from(k.src).to_string(),
+            sport: k.sport,
+            dst: Ipv4Addr::from(k.dst).to_string(),
+            dport: k.dport,
+            rewrite: if v.rewrite == REWRITE_SRC { "src" } else { "dst" },
+            to: format!("{}:{}", Ipv4Addr::from(v.addr), v.port),
+            original_direction: v.flags & NAT_FLAG_ORIG != 0,
+            idle_secs: secs(now_ns.saturating_sub(v.last_seen_ns)),
+        })
+        .collect()
+}
+
+/// Follows an app-initiated flow's source translations: in its NI, then in the agent's
+/// netns.
+fn translations(nat: &HashMap<NatKey, NatValue>, zone: u32, proto: u8, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut key = NatKey { domain: zone, src: src.0, dst: dst.0, sport: src.1, dport: dst.1, proto, _pad: [0; 3] };
+    for domain in [zone, DOMAIN_AGENT] {
+        key.domain = domain;
+        match nat.get(&key) {
+            Some(v) if v.rewrite == REWRITE_SRC => {
+                out.push(format!("{}:{}", Ipv4Addr::from(v.addr), v.port));
+                key = key.rewritten(v);
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+pub fn records(entries: &[(CtKey, CtValue)], nat: &[(NatKey, NatValue)], state: &AppliedState, now_ns: u64) -> Vec<FlowRecord> {
+    let nat: HashMap<NatKey, NatValue> = nat.iter().copied().collect();
     let mut out: Vec<FlowRecord> = entries
         .iter()
         .map(|(k, v)| {
@@ -66,6 +122,7 @@ pub fn records(entries: &[(CtKey, CtValue)], state: &AppliedState, now_ns: u64) 
                 bytes_reply: v.bytes[DIR_REPLY],
                 age_secs: secs(now_ns.saturating_sub(v.first_seen_ns)),
                 idle_secs: secs(now_ns.saturating_sub(v.last_seen_ns)),
+                translated: translations(&nat, k.zone, k.proto, (src, sport), (dst, dport)),
             }
         })
         .collect();
@@ -108,6 +165,9 @@ pub fn print_table(records: &[FlowRecord]) {
             format!("{}/{}", r.bytes_orig, r.bytes_reply),
             r.age_secs
         );
+        if !r.translated.is_empty() {
+            println!("{:<23}source translated to {}", "", r.translated.join(" -> "));
+        }
     }
     println!("{} flows", records.len());
 }
@@ -133,10 +193,24 @@ mod tests {
         let mut state = AppliedState::default();
         state.zones.insert(2, "ni2".into());
         state.apps.insert(1, "app1".into());
-        let r = &records(&[(key, val)], &state, 3_500_000_000)[0];
+        let r = &records(&[(key, val)], &[], &state, 3_500_000_000)[0];
         assert_eq!((r.ni.as_str(), r.app.as_str()), ("ni2", "app1"));
         assert_eq!((r.src.as_str(), r.sport, r.dst.as_str(), r.dport), ("10.0.0.9", 40000, "10.0.0.3", 80));
         assert_eq!((r.mark.as_str(), r.ace_id, r.verdict), ("0x01bfffff", 0x3fffff, "drop"));
         assert_eq!((r.age_secs, r.idle_secs), (2.5, 1.5));
+        assert!(r.translated.is_empty());
+    }
+
+    #[test]
+    fn translations_follow_both_source_nats() {
+        let app = ([10, 10, 1, 2], 40000u16);
+        let remote = ([10, 99, 0, 10], 80u16);
+        let k1 = NatKey { domain: 1, src: app.0, dst: remote.0, sport: app.1, dport: remote.1, proto: PROTO_TCP, _pad: [0; 3] };
+        let v1 = NatValue { addr: [169, 254, 100, 2], port: 1111, rewrite: REWRITE_SRC, flags: NAT_FLAG_ORIG, ..NatValue::default() };
+        let k2 = NatKey { domain: 0, src: [169, 254, 100, 2], sport: 1111, ..k1 };
+        let v2 = NatValue { addr: [192, 168, 0, 2], port: 2222, ..v1 };
+        let nat: HashMap<_, _> = [(k1, v1), (k2, v2)].into_iter().collect();
+        assert_eq!(translations(&nat, 1, PROTO_TCP, app, remote), ["169.254.100.2:1111", "192.168.0.2:2222"]);
+        assert!(translations(&nat, 2, PROTO_TCP, app, remote).is_empty());
     }
 }

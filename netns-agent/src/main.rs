@@ -108,10 +108,13 @@ async fn dispatch(command: Command) -> Result<()> {
                 state_dir = cfg.agent.state_dir;
             }
             let maps = datapath::Maps::open(&pin_dir)?;
-            let records = flows::records(&maps.flows(), &state::AppliedState::read(&state_dir), datapath::monotonic_ns());
+            let now = datapath::monotonic_ns();
+            let nat = maps.nat_entries();
+            let records = flows::records(&maps.flows(), &nat, &state::AppliedState::read(&state_dir), now);
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({
                     "flows": records,
+                    "nat": flows::nat_records(&nat, now),
                     "counters": maps.stats().iter().map(|(s, n)| (s.name(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                 }))?);
             } else {

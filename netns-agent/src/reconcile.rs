@@ -114,6 +114,8 @@ async fn apply_agent_level(plan: &Plan, uplinks: &Uplinks, agent_ns: &Netns, age
     if !plan.nis.iter().any(|n| n.uplink.is_some()) {
         return Ok(None);
     }
+    // NI traffic is routed through the agent's netns to the uplinks.
+    netns::write_sysctl(agent_ns, "net/ipv4/ip_forward", "1")?;
     let mut programs = NiPrograms::load_agent(&plan.pin_dir)?;
     let mut maps = Maps::open(&plan.pin_dir)?;
     for u in &plan.uplinks {
@@ -144,6 +146,7 @@ fn uplink_nat(plan: &Plan, addr: &UplinkAddr) -> NatIface {
     NatIface {
         snat_ip: addr.ip.octets(),
         snat_from: VETH_NET.octets(),
+        snat_except_dst: [0; 4],
         uplink_ifindex: addr.ifindex,
         port_min: plan.nat_ports.0,
         port_max: plan.nat_ports.1,
@@ -307,6 +310,7 @@ fn ni_side_nat(plan: &Plan, ni: &NiPlan) -> NatIface {
     NatIface {
         snat_ip: ni.ni_ip.octets(),
         snat_from: ni.subnet.network().octets(),
+        snat_except_dst: ni.agent_ip.octets(),
         uplink_ifindex: 0,
         port_min: plan.nat_ports.0,
         port_max: plan.nat_ports.1,
@@ -321,6 +325,7 @@ fn agent_side_nat(plan: &Plan, ni: &NiPlan, uplink: &UplinkAddr) -> NatIface {
     NatIface {
         snat_ip: ni.agent_ip.octets(),
         snat_from: [0; 4],
+        snat_except_dst: [0; 4],
         uplink_ifindex: uplink.ifindex,
         port_min: plan.nat_ports.0,
         port_max: plan.nat_ports.1,

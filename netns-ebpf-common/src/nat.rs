@@ -81,6 +81,9 @@ pub struct NatIface {
     /// to `snat_ip` with a port from `port_min..=port_max` (`snat` = 1).
     pub snat_ip: Ipv4,
     pub snat_from: Ipv4,
+    /// Traffic to this address is never translated: on an NI veth, the agent-side
+    /// address (replies to connections the agent's netns started toward an app).
+    pub snat_except_dst: Ipv4,
     /// Port maps apply only when their `uplink_ifindex` equals this (the uplink itself,
     /// or the uplink of the NI behind an agent-side veth: hairpin stays on one uplink).
     pub uplink_ifindex: u32,

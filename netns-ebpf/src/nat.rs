@@ -51,7 +51,11 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     };
     let key = NatKey::of(zone, &flow);
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(v) = NAT.get_ptr_mut(&key) {
+    // As the kernel's NAT hooks: source rewrites on the way out (POSTROUTING),
+    // destination rewrites on the way in (PREROUTING). A flow's entries are visible on
+    // every interface of the domain, and applying one at the wrong side would, e.g., give
+    // a packet entering from an NI the uplink's own (local) address as source.
+    if let Some(v) = NAT.get_ptr_mut(&key).filter(|v| (unsafe { (**v).rewrite } == REWRITE_SRC) == egress) {
         let v = unsafe { &mut *v };
         v.last_seen_ns = now;
         if flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -61,7 +65,12 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         return finish(ctx, &mut flow, &v, Stat::NatRewrite);
     }
     if egress {
-        if nif.snat == 1 && flow.src != nif.snat_ip && prefix_contains(nif.snat_from, nif.snat_from_len, flow.src) {
+        if nif.snat == 1
+            && flow.src != nif.snat_ip
+            && flow.dst != nif.snat_except_dst
+            && prefix_contains(nif.snat_from, nif.snat_from_len, flow.src)
+            && !is_reply(&key)
+        {
             return new_snat(ctx, &mut flow, &key, nif, now);
         }
     } else if nif.portmaps == 1 {
@@ -80,6 +89,17 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         }
     }
     TC_ACT_OK
+}
+
+/// A packet whose reverse is the original direction of a translation made in this
+/// domain is that flow's reply (already translated back where it came in): it must not
+/// be translated anew on its way out.
+#[inline(always)]
+fn is_reply(key: &NatKey) -> bool {
+    match unsafe { NAT.get(key.reversed()) } {
+        Some(v) => v.flags & NAT_FLAG_ORIG != 0,
+        None => false,
+    }
 }
 
 /// A new source translation: find a free (address, port) for this remote, record both

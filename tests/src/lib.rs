@@ -40,6 +40,10 @@ fn effective_uid() -> u32 {
 pub struct Scenario {
     pub id: String,
     pub zedbox: String,
+    /// The router behind the uplinks and the "internet" host behind it (with uplinks).
+    pub gw: String,
+    pub inet: String,
+    uplinks: usize,
     nis: Vec<(String, String)>,
     apps: Vec<(String, String)>,
     pub config_path: PathBuf,
@@ -54,6 +58,14 @@ impl Scenario {
     /// names; `nis` and `apps` list the placeholders used. The apps' netns are created here
     /// (they exist before the agent attaches them, as on a device).
     pub fn new(nis: &[&str], apps: &[&str], template: &str) -> Scenario {
+        Scenario::with_uplinks(nis, apps, 0, template)
+    }
+
+    /// Also builds the world outside the box, as the seed does: in zedbox, uplinks
+    /// `eth0..` are bridges holding a veth `kethI` to the router `gw` (192.168.I.1, the
+    /// uplink 192.168.I.2/24 with a default route via it); behind gw, the internet host
+    /// `inet` at INET_IP.
+    pub fn with_uplinks(nis: &[&str], apps: &[&str], uplinks: usize, template: &str) -> Scenario {
         require_root();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}{}", std::process::id() % 100_000, n);
@@ -61,6 +73,9 @@ impl Scenario {
         let apps: Vec<(String, String)> = apps.iter().map(|p| (p.to_string(), format!("ta{id}x{}", &p[3..]))).collect();
         let s = Scenario {
             zedbox: format!("tz{id}"),
+            gw: format!("tg{id}"),
+            inet: format!("ti{id}"),
+            uplinks,
             config_path: std::env::temp_dir().join(format!("netns-agent-test-{id}.toml")),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/netns-agent-test-{id}")),
             state_dir: PathBuf::from(format!("/run/netns-agent-test-{id}")),
@@ -74,6 +89,9 @@ impl Scenario {
             run_ok(Command::new("ip").args(["netns", "add", &ns]));
             run_ok(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]));
         }
+        if uplinks > 0 {
+            s.build_world();
+        }
         let config = format!(
             "[agent]\npin_dir = \"{}\"\nstate_dir = \"{}\"\n\n{}",
             s.pin_dir.display(),
@@ -82,6 +100,53 @@ impl Scenario {
         );
         std::fs::write(&s.config_path, config).expect("writing config");
         s
+    }
+
+    fn build_world(&self) {
+        let (z, gw, inet) = (self.zedbox.as_str(), self.gw.as_str(), self.inet.as_str());
+        let ip = |args: &[&str]| {
+            run_ok(Command::new("ip").args(args));
+        };
+        for ns in [gw, inet] {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        run_ok(Command::new("ip").args(["netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+        for i in 0..self.uplinks {
+            let (eth, keth, up) = (format!("eth{i}"), format!("keth{i}"), format!("up{i}"));
+            ip(&["-n", z, "link", "add", &eth, "type", "bridge"]);
+            ip(&["-n", z, "link", "add", &keth, "type", "veth", "peer", "name", &up, "netns", gw]);
+            ip(&["-n", z, "link", "set", &keth, "master", &eth, "up"]);
+            ip(&["-n", z, "addr", "add", &format!("192.168.{i}.2/24"), "dev", &eth]);
+            ip(&["-n", z, "link", "set", &eth, "up"]);
+            ip(&["-n", gw, "addr", "add", &format!("192.168.{i}.1/24"), "dev", &up]);
+            ip(&["-n", gw, "link", "set", &up, "up"]);
+            let metric = (100 + i).to_string();
+            ip(&["-n", z, "route", "add", "default", "via", &format!("192.168.{i}.1"), "dev", &eth, "metric", &metric]);
+        }
+        ip(&["-n", gw, "link", "add", "inet0", "type", "veth", "peer", "name", "wan0", "netns", inet]);
+        ip(&["-n", gw, "addr", "add", "10.99.0.1/24", "dev", "inet0"]);
+        ip(&["-n", gw, "link", "set", "inet0", "up"]);
+        ip(&["-n", inet, "addr", "add", &format!("{INET_IP}/24"), "dev", "wan0"]);
+        ip(&["-n", inet, "link", "set", "wan0", "up"]);
+        ip(&["-n", inet, "route", "add", "default", "via", "10.99.0.1"]);
+    }
+
+    /// Starts a server that answers each TCP connection with the peer's "ip:port".
+    pub fn whoami_server(&mut self, ns: &str, ip: &str, port: u16) {
+        self.spawn(ns, &["python3", "-c", WHOAMI_SERVER, ip, &port.to_string()]);
+        wait_until(Duration::from_secs(10), || {
+            let out = self.exec(ns, &["ss", "-Hltn", &format!("src {ip}:{port}")]);
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        })
+        .unwrap_or_else(|| panic!("whoami server on {ip}:{port} in {ns} did not start"));
+    }
+
+    /// What a whoami server at ip:port says the connection came from; None if no answer.
+    pub fn whoami(&self, ns: &str, ip: &str, port: u16) -> Option<String> {
+        let code = "import socket,sys\ns=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\ns.settimeout(5)\nprint(s.recv(100).decode().strip())";
+        let out = self.python(ns, code, &[ip, &port.to_string()]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// Replaces placeholders with this scenario's names (longest first: @ni10 before @ni1).
@@ -139,7 +204,7 @@ impl Scenario {
     /// Stops the agent with SIGTERM; returns its exit status.
     pub fn stop_agent(&mut self) -> Option<std::process::ExitStatus> {
         let mut agent = self.agent.take()?;
-        let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).stderr(Stdio::null()).status();
         agent.wait().ok()
     }
 
@@ -239,6 +304,10 @@ impl Scenario {
         if self.state_dir.join("state.json").exists() {
             left.push("state.json".into());
         }
+        let rules = String::from_utf8_lossy(&self.exec(&self.zedbox, &["ip", "rule"]).stdout).into_owned();
+        for r in rules.lines().filter(|r| !r.starts_with("0:") && !r.starts_with("32766:") && !r.starts_with("32767:")) {
+            left.push(format!("zedbox rule {r}"));
+        }
         left
     }
 }
@@ -255,6 +324,11 @@ impl Drop for Scenario {
             eprintln!("cleanup: down failed: {}", String::from_utf8_lossy(&down.stderr));
         }
         // Belt and braces for a failed `down`: nothing of this scenario may outlive it.
+        if self.uplinks > 0 {
+            for ns in [&self.gw, &self.inet] {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
         for (_, ni) in &self.nis {
             let _ = Command::new("ip").args(["netns", "del", ni]).stderr(Stdio::null()).status();
         }
@@ -267,6 +341,31 @@ impl Drop for Scenario {
         let _ = std::fs::remove_file(self.log_path());
     }
 }
+
+/// The "internet" host of a scenario with uplinks.
+pub const INET_IP: &str = "10.99.0.10";
+
+/// Answers each connection with the peer's "ip:port" and closes it.
+pub const WHOAMI_SERVER: &str = r#"
+import socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((ip, port)); srv.listen(64)
+while True:
+    c, peer = srv.accept()
+    with c:
+        c.sendall(f"{peer[0]}:{peer[1]}\n".encode())
+"#;
+
+/// Answers each UDP datagram with the sender's "ip:port".
+pub const UDP_WHOAMI_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    _, peer = s.recvfrom(100)
+    s.sendto(f"{peer[0]}:{peer[1]}".encode(), peer)
+"#;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum EchoResult {

@@ -1,0 +1,248 @@
+//! Uplinks, source NAT in two stages, port maps and hairpinning, the metadata address,
+//! overlapping subnets, port allocation: all in eBPF, with no netfilter rule anywhere.
+//!
+//! The world is the seed's: zedbox's uplinks eth0 (192.168.0.2) and eth1 (192.168.1.2)
+//! lead to the router gw, behind which the internet host sits at 10.99.0.10.
+
+use netns_tests::{EchoResult, Scenario, INET_IP, UDP_WHOAMI_SERVER};
+use serde_json::Value;
+
+/// ni1 and ni2 on eth0, ni3 on eth1. ni3 reuses ni1's subnet; ni2's subnet equals eth1's.
+/// app2 exposes its port 80 as 8080 on eth0.
+const SEED: &str = r#"
+[[uplink]]
+name = "eth0"
+[[uplink]]
+name = "eth1"
+
+[[network]]
+name = "@ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+uplink = "eth0"
+
+[[network]]
+name = "@ni2"
+kind = "local"
+subnet = "192.168.1.0/24"
+gateway = "192.168.1.1"
+uplink = "eth0"
+
+[[network]]
+name = "@ni3"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+uplink = "eth1"
+
+[[app]]
+name = "app1"
+netns = "@app1"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.2"
+acl = [
+  { id = 1, match = { ip = "10.99.0.0/16" } },
+  { id = 2, match = { ip = "192.168.0.0/16" } },
+]
+
+[[app]]
+name = "app2"
+netns = "@app2"
+[[app.interface]]
+network = "@ni2"
+ip = "192.168.1.10"
+acl = [
+  { id = 1, match = { ip = "10.99.0.0/16" } },
+  { id = 2, match = { protocol = "tcp", lport = 8080 }, action = { portmap = 80 } },
+]
+
+[[app]]
+name = "app3"
+netns = "@app3"
+[[app.interface]]
+network = "@ni3"
+ip = "10.10.1.2"
+acl = [{ id = 1, match = { ip = "0.0.0.0/0" } }]
+"#;
+
+fn seed() -> Scenario {
+    let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3"], 2, SEED);
+    s.start_agent();
+    s
+}
+
+fn nat_entries(s: &Scenario) -> Vec<Value> {
+    s.flows_json()["nat"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn apps_reach_the_internet_through_both_source_nats() {
+    let mut s = seed();
+    let inet = s.inet.clone();
+    s.whoami_server(&inet, INET_IP, 80);
+    s.echo_server(&inet, INET_IP, 7);
+    // The server sees the uplink's address, whatever the app's.
+    let seen = s.whoami(s.app("app1"), INET_IP, 80).expect("app1 reaches the internet");
+    assert!(seen.starts_with("192.168.0.2:"), "app1 via eth0: {seen}");
+    let seen = s.whoami(s.app("app3"), INET_IP, 80).expect("app3 reaches the internet");
+    assert!(seen.starts_with("192.168.1.2:"), "app3 (same address as app1) via eth1: {seen}");
+    // Data both ways through every rewrite (checksums must hold for 300 kB).
+    assert_eq!(s.echo(s.app("app1"), INET_IP, 7, 300_000, None), EchoResult::Echoed(300_000));
+
+    let flows = s.flows();
+    let f = flows
+        .iter()
+        .find(|f| f["ni"] == s.ni("ni1") && f["dst"] == INET_IP && f["dport"] == 7)
+        .expect("the app1 -> internet flow is recorded");
+    assert_eq!(f["mark"], "0x01400001");
+    let t = f["translated"].as_array().unwrap();
+    assert_eq!(t.len(), 2, "both translations shown: {f}");
+    assert!(t[0].as_str().unwrap().starts_with("169.254.100.2:"), "{f}");
+    assert!(t[1].as_str().unwrap().starts_with("192.168.0.2:"), "{f}");
+    assert!(f["bytes_orig"].as_u64().unwrap() >= 300_000 && f["bytes_reply"].as_u64().unwrap() >= 300_000);
+}
+
+#[test]
+fn port_map_from_outside_and_hairpin_on_the_same_uplink() {
+    let mut s = seed();
+    let app2 = s.app("app2").to_string();
+    s.whoami_server(&app2, "192.168.1.10", 80);
+    let gw = s.gw.clone();
+    // From outside: gw -> eth0's address:8080 -> app2:80. The NI sees the agent-side
+    // address of its veth (no collision with ni2's subnet, which is eth1's too).
+    let seen = s.whoami(&gw, "192.168.0.2", 8080).expect("port map reachable from outside");
+    assert!(seen.starts_with("169.254.100.5:"), "{seen}");
+    // Hairpin inside the box: app1 (ni1, eth0) -> 192.168.0.2:8080 -> app2.
+    let seen = s.whoami(s.app("app1"), "192.168.0.2", 8080).expect("hairpin reaches app2");
+    assert!(seen.starts_with("169.254.100.5:"), "{seen}");
+    let nat = nat_entries(&s);
+    // The hairpin was translated at ni1's agent-side veth, straight from ni1's veth address.
+    assert!(
+        nat.iter().any(|e| e["domain"] == 0 && e["src"] == "169.254.100.2" && e["dst"] == "192.168.0.2" && e["dport"] == 8080 && e["rewrite"] == "dst"),
+        "hairpin DNAT in the agent netns: {nat:#?}"
+    );
+    // The flow at app2's port carries the port map ACE's mark (app 2, user ACE 2).
+    let flows = s.flows();
+    assert!(flows.iter().any(|f| f["ni"] == s.ni("ni2") && f["dport"] == 80 && f["mark"] == "0x02400002"), "{flows:#?}");
+    // Nothing else of app2 is reachable from outside.
+    assert!(s.whoami(&gw, "192.168.0.2", 8081).is_none());
+}
+
+#[test]
+fn port_map_from_an_ni_on_another_uplink_goes_through_the_router() {
+    let mut s = seed();
+    let app2 = s.app("app2").to_string();
+    s.whoami_server(&app2, "192.168.1.10", 80);
+    // app3's NI uses eth1: no hairpin inside the box; out eth1 (as 192.168.1.2), through gw,
+    // back in on eth0.
+    let seen = s.whoami(s.app("app3"), "192.168.0.2", 8080).expect("app3 reaches app2's port map");
+    assert!(seen.starts_with("169.254.100.5:"), "{seen}");
+    let nat = nat_entries(&s);
+    assert!(
+        nat.iter().any(|e| e["domain"] == 0 && e["src"] == "192.168.1.2" && e["dst"] == "192.168.0.2" && e["dport"] == 8080 && e["rewrite"] == "dst"),
+        "the port map saw the flow arrive from the router with eth1's address: {nat:#?}"
+    );
+}
+
+#[test]
+fn metadata_address_reaches_the_gateway_and_the_agent_reaches_apps() {
+    let mut s = seed();
+    let ni1 = s.ni("ni1").to_string();
+    // A plain listener on ni1's gateway:80 stands in for the metadata server.
+    s.whoami_server(&ni1, "10.10.1.1", 80);
+    let seen = s.whoami(s.app("app1"), "169.254.169.254", 80).expect("metadata address answers");
+    assert!(seen.starts_with("10.10.1.2:"), "the server sees the app itself: {seen}");
+    let flows = s.flows();
+    assert!(flows.iter().any(|f| f["dst"] == "169.254.169.254" && f["mark"] == "0x0100000b"), "{flows:#?}");
+    // The agent's netns starts a connection to app1 (EVE-initiated, ACE id 0xa).
+    let app1 = s.app("app1").to_string();
+    s.echo_server(&app1, "10.10.1.2", 22);
+    let zedbox = s.zedbox.clone();
+    assert_eq!(s.echo(&zedbox, "10.10.1.2", 22, 1000, Some("veth1")), EchoResult::Echoed(1000));
+    assert!(s.flows().iter().any(|f| f["dport"] == 22 && f["mark"] == "0x0100000a"));
+}
+
+#[test]
+fn no_netfilter_rules_anywhere() {
+    let mut s = seed();
+    let inet = s.inet.clone();
+    s.whoami_server(&inet, INET_IP, 80);
+    assert!(s.whoami(s.app("app1"), INET_IP, 80).is_some());
+    let mut namespaces = vec![s.zedbox.clone()];
+    for p in ["ni1", "ni2", "ni3"] {
+        namespaces.push(s.ni(p).to_string());
+    }
+    for ns in namespaces {
+        let ipt = s.exec(&ns, &["iptables-save"]);
+        assert!(ipt.status.success(), "iptables-save: {}", String::from_utf8_lossy(&ipt.stderr));
+        let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout).lines().filter(|l| l.starts_with("-A")).map(String::from).collect();
+        assert!(rules.is_empty(), "iptables rules in {ns}: {rules:?}");
+        let nft = s.exec(&ns, &["nft", "list", "ruleset"]);
+        assert!(nft.status.success(), "nft: {}", String::from_utf8_lossy(&nft.stderr));
+        let text = String::from_utf8_lossy(&nft.stdout);
+        assert!(!text.contains("chain"), "nft ruleset in {ns}: {text}");
+    }
+}
+
+/// Sends one datagram from each of `n` sockets and prints the distinct translated
+/// sources the server reported, and how many got no answer.
+const UDP_FLOWS: &str = r#"
+import json, select, socket, sys, time
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+poller, socks = select.poll(), {}
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    s.sendto(b"x", (ip, port))
+    socks[s.fileno()] = s
+    poller.register(s, select.POLLIN)
+seen, deadline = [], time.time() + 5
+while socks and time.time() < deadline:
+    for fd, _ in poller.poll(200):
+        s = socks.pop(fd)
+        poller.unregister(fd)
+        seen.append(s.recv(100).decode())
+print(json.dumps({"answers": len(seen), "distinct": len(set(seen)), "silent": len(socks)}))
+"#;
+
+#[test]
+fn two_thousand_udp_flows_get_distinct_translations() {
+    let mut s = seed();
+    let inet = s.inet.clone();
+    s.spawn(&inet, &["python3", "-c", UDP_WHOAMI_SERVER, INET_IP, "5000"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = s.python(s.app("app1"), UDP_FLOWS, &[INET_IP, "5000", "2000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["answers"], 2000, "{r}");
+    assert_eq!(r["distinct"], 2000, "every flow has its own translated source: {r}");
+    assert_eq!(s.counter("nat_no_port"), 0);
+}
+
+#[test]
+fn exhausted_port_space_drops_new_flows_and_keeps_working() {
+    // 100 source ports only.
+    let template = format!("[agent]\nnat_port_range = [40000, 40099]\n{SEED}");
+    let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3"], 2, &template);
+    // The harness prepends its own [agent] table: merge by moving ours into it.
+    let config = std::fs::read_to_string(&s.config_path).unwrap();
+    let config = config.replacen("\n\n[agent]\nnat_port_range", "\nnat_port_range", 1);
+    std::fs::write(&s.config_path, config).unwrap();
+    s.start_agent();
+    let inet = s.inet.clone();
+    s.spawn(&inet, &["python3", "-c", UDP_WHOAMI_SERVER, INET_IP, "5000"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = s.python(s.app("app1"), UDP_FLOWS, &[INET_IP, "5000", "150"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["answers"], r["distinct"], "no two flows share a translation: {r}");
+    assert!(r["answers"].as_u64().unwrap() <= 100, "{r}");
+    assert!(r["answers"].as_u64().unwrap() >= 90, "the range is used, not wasted: {r}");
+    assert!(s.counter("nat_no_port") >= 50, "refused flows are counted");
+    // The agent still answers and app3 (other NI, other uplink, own port space at ni3)
+    // still gets out.
+    s.whoami_server(&inet, INET_IP, 80);
+    assert!(s.whoami(s.app("app3"), INET_IP, 80).is_some());
+}
