@@ -127,19 +127,28 @@ async fn dispatch(command: Command) -> Result<()> {
 
 /// How often expired conntrack entries are swept (LRU eviction bounds the map anyway).
 const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often uplink addresses and gateways are compared with what was applied.
+const UPLINK_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 async fn run(config_path: &std::path::Path) -> Result<()> {
     let cfg = config::Config::load(config_path)?;
     let plan = plan::build(&cfg);
-    reconcile::apply(&plan).await?;
+    let mut uplinks = reconcile::apply(&plan).await?;
+    let agent_nl = netlink::Netlink::open(&netns::Netns::current()?)?;
     let mut maps = datapath::Maps::open(&plan.pin_dir)?;
     info!("running; SIGINT/SIGTERM stops the agent (the data path stays until `down`)");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
     let mut sweep = tokio::time::interval(CT_SWEEP_INTERVAL);
+    let mut uplink_poll = tokio::time::interval(UPLINK_POLL_INTERVAL);
     loop {
         tokio::select! {
+            _ = uplink_poll.tick() => {
+                if let Err(e) = reconcile::refresh_uplinks(&plan, &mut uplinks, &agent_nl).await {
+                    warn!("following uplink changes: {e:#}");
+                }
+            }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sweep.tick() => {

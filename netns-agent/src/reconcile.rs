@@ -72,7 +72,8 @@ pub async fn preflight(plan: &Plan, agent: &Netlink) -> Result<Uplinks> {
     Ok(uplinks)
 }
 
-pub async fn apply(plan: &Plan) -> Result<()> {
+/// Applies `plan`; returns the uplinks as they were read, for `refresh_uplinks`.
+pub async fn apply(plan: &Plan) -> Result<Uplinks> {
     let agent_ns = Netns::current()?;
     let agent = Netlink::open(&agent_ns)?;
     let uplinks = preflight(plan, &agent).await?;
@@ -92,7 +93,78 @@ pub async fn apply(plan: &Plan) -> Result<()> {
     }
     AppliedState::from_plan(plan).write(&plan.state_dir)?;
     info!("applied {} network instances", plan.nis.len());
+    Ok(uplinks)
+}
+
+/// Follows uplink changes: an uplink whose address or gateway changed gets its NAT
+/// config, its port maps and its routing table rewritten. Flows translated to the old
+/// address end, as with the kernel's masquerade.
+pub async fn refresh_uplinks(plan: &Plan, known: &mut Uplinks, agent: &Netlink) -> Result<()> {
+    for (name, old) in known.iter_mut() {
+        let new = match agent.uplink_addr(name).await {
+            Ok(Some(new)) => new,
+            Ok(None) => {
+                warn!("uplink {name} is gone; keeping its last configuration");
+                continue;
+            }
+            Err(e) => {
+                warn!("uplink {name}: {e:#}; keeping its last configuration");
+                continue;
+            }
+        };
+        if new == *old {
+            continue;
+        }
+        info!(
+            "uplink {name} changed: {}/{} gateway {:?} -> {}/{} gateway {:?}",
+            old.ip, old.prefix_len, old.gateway, new.ip, new.prefix_len, new.gateway
+        );
+        let mut maps = Maps::open(&plan.pin_dir)?;
+        maps.remove_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: old.ifindex });
+        maps.set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: new.ifindex }, uplink_nat(plan, &new))?;
+        let old_ip = old.ip.octets();
+        maps.remove_portmaps(|k, _| k.domain == DOMAIN_AGENT && k.addr == old_ip);
+        let table = plan.uplink(name).table;
+        agent.flush_table(table).await?;
+        apply_uplink_table(agent, table, &new).await?;
+        for ni in plan.nis.iter().filter(|n| n.uplink.as_deref() == Some(name.as_str())) {
+            let veth = agent.link_index(&ni.agent_veth).await?.with_context(|| format!("{} is missing", ni.agent_veth))?;
+            add_ni_uplink_routes(agent, table, ni, veth).await?;
+            if let Some(mut nif) = maps.nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: veth }) {
+                nif.uplink_ifindex = new.ifindex;
+                maps.set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: veth }, nif)?;
+            }
+            set_uplink_portmaps(&mut maps, ni, &new)?;
+        }
+        *old = new;
+    }
     Ok(())
+}
+
+/// The agent-netns port maps of `ni`: uplink address:lport -> NI veth address:lport.
+fn set_uplink_portmaps(maps: &mut Maps, ni: &NiPlan, uplink: &UplinkAddr) -> Result<()> {
+    for pm in &ni.portmaps {
+        maps.set_portmap(
+            PortmapKey { domain: DOMAIN_AGENT, addr: uplink.ip.octets(), port: pm.lport, proto: pm.proto, _pad: 0 },
+            PortmapTarget { addr: ni.ni_ip.octets(), port: pm.lport, _pad: 0, mark: 0, uplink_ifindex: uplink.ifindex },
+        )?;
+    }
+    Ok(())
+}
+
+/// The NI's routes in its uplink's table: the agent-side address and the veth /30.
+async fn add_ni_uplink_routes(agent: &Netlink, table: u32, ni: &NiPlan, agent_veth_index: u32) -> Result<()> {
+    let route = |dst: Ipv4Addr, prefix_len, local| TableRoute {
+        table,
+        dst,
+        prefix_len,
+        oif: agent_veth_index,
+        gateway: None,
+        pref_src: if local { None } else { Some(ni.agent_ip) },
+        local,
+    };
+    agent.add_table_route(&route(ni.agent_ip, 32, true)).await?;
+    agent.add_table_route(&route(ni.veth_net().network(), 30, false)).await
 }
 
 async fn apply_all(plan: &Plan, uplinks: &Uplinks, agent_ns: &Netns, agent: &Netlink) -> Result<()> {
@@ -220,11 +292,8 @@ async fn apply_ni(
         // source (no collision with the NI subnet); hairpin port maps of the same uplink.
         maps.set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: agent_veth_index }, agent_side_nat(plan, ni, &addr))?;
         agent_programs.attach_nat(agent_ns, &ni.agent_veth)?;
+        set_uplink_portmaps(&mut maps, ni, &addr)?;
         for pm in &ni.portmaps {
-            maps.set_portmap(
-                PortmapKey { domain: DOMAIN_AGENT, addr: addr.ip.octets(), port: pm.lport, proto: pm.proto, _pad: 0 },
-                PortmapTarget { addr: ni.ni_ip.octets(), port: pm.lport, _pad: 0, mark: 0, uplink_ifindex: addr.ifindex },
-            )?;
             maps.set_portmap(
                 PortmapKey { domain: ni.zone(), addr: ni.ni_ip.octets(), port: pm.lport, proto: pm.proto, _pad: 0 },
                 PortmapTarget { addr: pm.app_ip.octets(), port: pm.target, _pad: 0, mark: pm.mark, uplink_ifindex: 0 },
@@ -232,17 +301,7 @@ async fn apply_ni(
             info!("  port map {}:{} -> {}:{} ({})", addr.ip, pm.lport, pm.app_ip, pm.target, proto_name(pm.proto));
         }
         // The NI's traffic is routed by its uplink's table.
-        let route = |dst: Ipv4Addr, prefix_len, local| TableRoute {
-            table: uplink.table,
-            dst,
-            prefix_len,
-            oif: agent_veth_index,
-            gateway: None,
-            pref_src: if local { None } else { Some(ni.agent_ip) },
-            local,
-        };
-        agent.add_table_route(&route(ni.agent_ip, 32, true)).await?;
-        agent.add_table_route(&route(ni.veth_net().network(), 30, false)).await?;
+        add_ni_uplink_routes(agent, uplink.table, ni, agent_veth_index).await?;
         agent
             .add_rule(&Rule { priority: UPLINK_RULE_PRIORITY, table: uplink.table, iif: Some(ni.agent_veth.clone()), oif: None, from: None })
             .await?;

@@ -246,3 +246,31 @@ fn exhausted_port_space_drops_new_flows_and_keeps_working() {
     s.whoami_server(&inet, INET_IP, 80);
     assert!(s.whoami(s.app("app3"), INET_IP, 80).is_some());
 }
+
+#[test]
+fn uplink_address_change_is_followed() {
+    let mut s = seed();
+    let (inet, app2) = (s.inet.clone(), s.app("app2").to_string());
+    s.whoami_server(&inet, INET_IP, 80);
+    s.whoami_server(&app2, "192.168.1.10", 80);
+    assert!(s.whoami(s.app("app1"), INET_IP, 80).unwrap().starts_with("192.168.0.2:"));
+    // The uplink gets a new address (and its default route back), as DHCP would do.
+    let z = s.zedbox.clone();
+    for args in [
+        ["ip", "addr", "del", "192.168.0.2/24", "dev", "eth0"].as_slice(),
+        &["ip", "addr", "add", "192.168.0.3/24", "dev", "eth0"],
+        &["ip", "route", "add", "default", "via", "192.168.0.1", "dev", "eth0", "metric", "100"],
+    ] {
+        let out = s.exec(&z, args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let followed = netns_tests::wait_until(std::time::Duration::from_secs(15), || {
+        s.whoami(s.app("app1"), INET_IP, 80).is_some_and(|seen| seen.starts_with("192.168.0.3:"))
+    });
+    assert!(followed.is_some(), "source NAT follows the new address:\n{}", s.agent_log());
+    assert!(s.agent_log().contains("uplink eth0 changed"), "{}", s.agent_log());
+    // The port map moved with it.
+    let gw = s.gw.clone();
+    assert!(s.whoami(&gw, "192.168.0.3", 8080).is_some(), "port map on the new address");
+    assert!(s.whoami(&gw, "192.168.0.2", 8080).is_none(), "nothing on the old one");
+}
