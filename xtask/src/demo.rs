@@ -18,12 +18,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-const ZEDBOX: &str = "zedbox";
-const GW: &str = "gw";
-const INTERNET: &str = "internet";
-const APPS: [&str; 3] = ["app1", "app2", "app3"];
+pub(crate) const ZEDBOX: &str = "zedbox";
+pub(crate) const GW: &str = "gw";
+pub(crate) const INTERNET: &str = "internet";
+pub(crate) const APPS: [&str; 3] = ["app1", "app2", "app3"];
 const NIS: [&str; 3] = ["ni1", "ni2", "ni3"];
-const STATE_DIR: &str = "/run/netns-agent";
+pub(crate) const STATE_DIR: &str = "/run/netns-agent";
 const UPLINKS: usize = 3;
 
 /// app1's addresses (NI1, NI2), app2's, app3's.
@@ -31,7 +31,7 @@ const APP1_NI1: &str = "10.10.1.2";
 const APP1_NI2: &str = "192.168.1.20";
 const APP2: &str = "192.168.1.10";
 const APP3: &str = "10.10.1.2";
-const ALLOWED_SITE: &str = "10.99.0.10";
+pub(crate) const ALLOWED_SITE: &str = "10.99.0.10";
 const BLOCKED_SITE: &str = "10.98.0.10";
 
 const CONFIG: &str = r#"# The seed scenario (cargo xtask demo), NI1-NI3 and app1-app3.
@@ -310,7 +310,7 @@ impl Drop for Demo {
 }
 
 /// The seed's world outside the agent's control: namespaces, uplinks, router, internet.
-fn build_world() -> Result<()> {
+pub(crate) fn build_world() -> Result<()> {
     for ns in [ZEDBOX, GW, INTERNET].iter().chain(APPS.iter()) {
         sh(&["ip", "netns", "add", ns])?;
         sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
@@ -361,15 +361,15 @@ fn flow_has(flows_json: &str, dst: &str, fields: &[(&str, &str)]) -> bool {
     })
 }
 
-fn step(msg: &str) {
+pub(crate) fn step(msg: &str) {
     println!("\n=== {msg}");
 }
 
-fn sh(args: &[&str]) -> Result<()> {
+pub(crate) fn sh(args: &[&str]) -> Result<()> {
     crate::run(Command::new(args[0]).args(&args[1..]))
 }
 
-fn output(args: &[&str]) -> String {
+pub(crate) fn output(args: &[&str]) -> String {
     Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -377,7 +377,7 @@ fn output(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn wait_listening(ns: &str, ip: &str, port: u16) -> Result<()> {
+pub(crate) fn wait_listening(ns: &str, ip: &str, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-Hltn", &format!("src {ip}:{port}")]).output()?;
@@ -389,7 +389,7 @@ fn wait_listening(ns: &str, ip: &str, port: u16) -> Result<()> {
     bail!("server in {ns} on {ip}:{port} did not start")
 }
 
-fn curl(ns: &str, extra: &[&str], target: &str) -> Option<String> {
+pub(crate) fn curl(ns: &str, extra: &[&str], target: &str) -> Option<String> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "curl", "-s", "--max-time", "3"])
         .args(extra)

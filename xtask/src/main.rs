@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | build-ebpf | test | demo`.
 
+mod bench;
 mod demo;
 
 use std::{
@@ -34,11 +35,13 @@ enum Task {
         #[arg(long)]
         keep: bool,
     },
+    /// Throughput through the eBPF path vs the same path without programs, side by side.
+    Bench,
 }
 
 /// Debian packages the build, tests and demo use.
 const DEBIAN_PACKAGES: &[&str] = &[
-    "iproute2", "bpftool", "curl", "python3", "util-linux", "iptables", "nftables", "tcpdump",
+    "iproute2", "bpftool", "curl", "python3", "util-linux", "iptables", "nftables", "tcpdump", "iperf3",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -59,6 +62,12 @@ fn dispatch(task: Task) -> Result<()> {
             build_ebpf()?;
             build_agent()?;
             demo::run(&workspace_root().join("target/debug/netns-agent"), keep)
+        }
+        Task::Bench => {
+            setup()?;
+            build_ebpf()?;
+            build_agent()?;
+            bench::run(&workspace_root().join("target/debug/netns-agent"))
         }
     }
 }
