@@ -48,8 +48,11 @@ pub struct Flow {
     pub related: bool,
     /// ICMP echo: the "ports" are the identifier.
     pub icmp_echo: bool,
-    /// Offset of the L4 header in the frame.
+    /// Offset of the L4 header in the frame (for an ICMP error: of the outer ICMP header).
     pub l4_off: u16,
+    /// ICMP errors: offsets of the quoted IPv4 header and of its L4 header.
+    pub inner_l3_off: u16,
+    pub inner_l4_off: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +116,9 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
                     flow.icmp_echo = true;
                 }
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
-                    return parse_icmp_error_inner(pkt, l4 + 8, total_len);
+                    let mut inner = parse_icmp_error_inner(pkt, l4 + 8, total_len)?;
+                    inner.l4_off = l4 as u16;
+                    return Ok(inner);
                 }
                 _ => {}
             }
@@ -133,18 +138,32 @@ fn parse_icmp_error_inner<R: PacketReader + ?Sized>(
     let ip: [u8; 20] = pkt.read(off).ok_or(ParseError::Truncated)?;
     let (ihl, proto, src, dst, _, _) = ipv4_fields(&ip)?;
     let l4: [u8; 8] = pkt.read(off + ihl).ok_or(ParseError::Truncated)?;
+    let mut icmp_echo = false;
     let (sport, dport) = match proto {
         PROTO_TCP | PROTO_UDP => (
             u16::from_be_bytes([l4[0], l4[1]]),
             u16::from_be_bytes([l4[2], l4[3]]),
         ),
         PROTO_ICMP => {
+            icmp_echo = true;
             let id = u16::from_be_bytes([l4[4], l4[5]]);
             (id, id)
         }
         _ => (0, 0),
     };
-    Ok(Flow { proto, src, dst, sport, dport, ip_len: outer_len, related: true, ..Flow::default() })
+    Ok(Flow {
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+        ip_len: outer_len,
+        related: true,
+        icmp_echo,
+        inner_l3_off: off as u16,
+        inner_l4_off: (off + ihl) as u16,
+        ..Flow::default()
+    })
 }
 
 type Ipv4Fields = (usize, u8, Ipv4, Ipv4, u16, u16);
@@ -233,6 +252,7 @@ pub(crate) mod tests {
         let Parsed::Ipv4(flow) = parse(&f[..70]).unwrap() else { panic!() };
         assert!(flow.related);
         assert_eq!((flow.proto, flow.src, flow.dst, flow.sport, flow.dport), (PROTO_UDP, A, B, 12345, 9999));
+        assert_eq!((flow.l4_off, flow.inner_l3_off, flow.inner_l4_off), (34, 42, 62));
     }
 
     #[test]

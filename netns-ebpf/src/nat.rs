@@ -36,9 +36,10 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn handle(ctx: &TcContext, egress: bool) -> i32 {
     let mut flow = match packet::parse(&Skb(ctx)) {
-        Ok(Parsed::Ipv4(f)) if !f.related => f,
-        // ARP, IPv6, ICMP errors and what does not parse are not ours to translate here;
-        // the stack (or the app ports) deal with them.
+        Ok(Parsed::Ipv4(f)) if f.related => return icmp_error(ctx, egress, &f),
+        Ok(Parsed::Ipv4(f)) => f,
+        // ARP, IPv6 and what does not parse are not ours to translate; the stack (or the
+        // app ports) deal with them.
         Ok(_) => return TC_ACT_OK,
         Err(_) => {
             count(Stat::NatMalformed);
@@ -88,6 +89,26 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             }
         }
     }
+    TC_ACT_OK
+}
+
+/// An ICMP error quoting a packet of a translated flow goes back the way that flow came.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, egress: bool, quoted: &Flow) -> i32 {
+    let zone = zone();
+    if unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: ifindex(ctx) }) }.is_none() {
+        return TC_ACT_OK;
+    }
+    let key = NatKey::of(zone, quoted).reversed();
+    let Some(v) = (unsafe { NAT.get(&key) }) else { return TC_ACT_OK };
+    if (v.rewrite == REWRITE_SRC) != egress {
+        return TC_ACT_OK;
+    }
+    if rewrite::apply_icmp_error(ctx, quoted, v).is_err() {
+        count(Stat::NatMalformed);
+        return TC_ACT_SHOT;
+    }
+    count(Stat::NatRewrite);
     TC_ACT_OK
 }
 

@@ -62,3 +62,43 @@ pub fn apply(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Result<(), ()> {
     }
     Ok(())
 }
+
+/// Translates an ICMP error about a translated flow, as Linux NAT does: the outer address
+/// that named the translated endpoint and the quoted packet's matching address and port.
+/// `v` is the entry for the quoted tuple's reverse: a destination rewrite (on ingress)
+/// restores the quoted source and the outer destination; a source rewrite (on egress)
+/// the quoted destination and the outer source.
+#[inline(always)]
+pub fn apply_icmp_error(ctx: &TcContext, quoted: &Flow, v: &NatValue) -> Result<(), ()> {
+    let quoted_src = v.rewrite != REWRITE_SRC;
+    let (outer_off, quoted_ip_off) = if quoted_src {
+        (IP_DST, quoted.inner_l3_off as usize + 12)
+    } else {
+        (IP_SRC, quoted.inner_l3_off as usize + 16)
+    };
+    let old_outer: [u8; 4] = ctx.load(outer_off).map_err(|_| ())?;
+    let old_quoted = if quoted_src { quoted.src } else { quoted.dst };
+    let old_port = if quoted_src { quoted.sport } else { quoted.dport };
+    let new_ip_raw = u32::from_ne_bytes(v.addr) as u64;
+
+    ctx.l3_csum_replace(IP_CSUM, u32::from_ne_bytes(old_outer) as u64, new_ip_raw, 4).map_err(|_| ())?;
+    ctx.store(outer_off, &v.addr, 0).map_err(|_| ())?;
+    // The quoted header's address and checksum change by opposite amounts, so the ICMP
+    // checksum over them stays right; only the quoted port needs it fixed.
+    ctx.l3_csum_replace(quoted.inner_l3_off as usize + 10, u32::from_ne_bytes(old_quoted) as u64, new_ip_raw, 4)
+        .map_err(|_| ())?;
+    ctx.store(quoted_ip_off, &v.addr, 0).map_err(|_| ())?;
+    if old_port != v.port {
+        let port_off = match quoted.proto {
+            PROTO_TCP | PROTO_UDP if quoted_src => quoted.inner_l4_off as usize,
+            PROTO_TCP | PROTO_UDP => quoted.inner_l4_off as usize + 2,
+            PROTO_ICMP => quoted.inner_l4_off as usize + 4,
+            _ => return Ok(()),
+        };
+        let old_raw = u16::from_ne_bytes(old_port.to_be_bytes()) as u64;
+        let new_raw = u16::from_ne_bytes(v.port.to_be_bytes()) as u64;
+        ctx.l4_csum_replace(quoted.l4_off as usize + 2, old_raw, new_raw, 2).map_err(|_| ())?;
+        ctx.store(port_off, &v.port.to_be_bytes(), 0).map_err(|_| ())?;
+    }
+    Ok(())
+}

@@ -274,3 +274,48 @@ fn uplink_address_change_is_followed() {
     assert!(s.whoami(&gw, "192.168.0.3", 8080).is_some(), "port map on the new address");
     assert!(s.whoami(&gw, "192.168.0.2", 8080).is_none(), "nothing on the old one");
 }
+
+#[test]
+fn icmp_echo_and_errors_cross_both_translations() {
+    let s = seed();
+    // Echo: the identifier is translated like a port, both ways.
+    let ping = s.exec(s.app("app1"), &["ping", "-c", "2", "-W", "2", INET_IP]);
+    assert!(ping.status.success(), "ping through two NATs: {}", String::from_utf8_lossy(&ping.stdout));
+    // An error about a translated flow finds its way back: UDP to a closed port of the
+    // internet host -> port unreachable -> the app's socket sees the refusal.
+    let probe = "import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.connect((sys.argv[1], 9)); s.send(b'x')\ntry:\n  s.recv(10)\nexcept ConnectionRefusedError:\n  sys.exit(0)\nexcept socket.timeout:\n  sys.exit(2)\nsys.exit(1)";
+    let out = s.python(s.app("app1"), probe, &[INET_IP]);
+    assert_eq!(out.status.code(), Some(0), "the port unreachable reached the app (2 = timed out)");
+    let out = s.python(s.app("app3"), probe, &[INET_IP]);
+    assert_eq!(out.status.code(), Some(0), "also for app3 through eth1");
+}
+
+#[test]
+fn malformed_packets_and_fragments_from_an_app_are_dropped_and_counted() {
+    let mut s = seed();
+    let inet = s.inet.clone();
+    s.whoami_server(&inet, INET_IP, 80);
+    // Debian's scapy (it lives with /usr/bin/python3).
+    let script = r#"
+import sys
+from scapy.all import IP, TCP, UDP, Ether, Raw, conf, fragment, getmacbyip, send, sendp
+conf.verb = 0
+dst = sys.argv[1]
+gw = getmacbyip("10.10.1.1")
+# A TCP header cut short (10 of 20 bytes).
+send(IP(dst=dst, proto=6) / Raw(b"\x00" * 10))
+# An IPv4 header length below 20 bytes, sent as a raw frame.
+sendp(Ether(dst=gw) / IP(dst=dst, ihl=3) / Raw(b"\x00" * 20), iface="nbu1x1.1")
+# A 3000-byte UDP datagram in three fragments: the first carries the ports.
+send(fragment(IP(dst=dst) / UDP(sport=5555, dport=5555) / Raw(b"x" * 3000), fragsize=1000))
+"#;
+    let before = (s.counter("drop_malformed"), s.counter("drop_fragment"));
+    let out = s.exec(s.app("app1"), &["/usr/bin/python3", "-c", script, INET_IP]);
+    assert!(out.status.success(), "scapy: {}", String::from_utf8_lossy(&out.stderr));
+    let after = (s.counter("drop_malformed"), s.counter("drop_fragment"));
+    assert!(after.0 >= before.0 + 2, "truncated TCP and bad IHL dropped and counted: {before:?} -> {after:?}");
+    assert!(after.1 >= before.1 + 2, "non-first fragments dropped and counted: {before:?} -> {after:?}");
+    // The data path keeps working for the app and for everyone else.
+    assert!(s.whoami(s.app("app1"), INET_IP, 80).is_some());
+    assert!(s.whoami(s.app("app3"), INET_IP, 80).is_some());
+}
