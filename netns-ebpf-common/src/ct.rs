@@ -58,17 +58,6 @@ pub const FLAG_SEEN_REPLY: u8 = 1 << 0;
 pub const FLAG_FIN_ORIG: u8 = 1 << 1;
 pub const FLAG_FIN_REPLY: u8 = 1 << 2;
 
-/// Room for the NAT work: the translated tuple of the flow (zero while untranslated).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtNat {
-    pub kind: u8,
-    pub _pad: [u8; 3],
-    pub addr: Ipv4,
-    pub port: u16,
-    pub _pad2: u16,
-}
-
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
@@ -88,7 +77,6 @@ pub struct CtValue {
     /// 1 when endpoint a of the key started the flow.
     pub orig_is_a: u8,
     pub flags: u8,
-    pub nat: CtNat,
 }
 
 impl CtValue {

@@ -88,6 +88,9 @@ fn apps_reach_the_internet_through_both_source_nats() {
     assert!(seen.starts_with("192.168.0.2:"), "app1 via eth0: {seen}");
     let seen = s.whoami(s.app("app3"), INET_IP, 80).expect("app3 reaches the internet");
     assert!(seen.starts_with("192.168.1.2:"), "app3 (same address as app1) via eth1: {seen}");
+    // ni2's subnet is eth1's own; its app still gets out (via eth0).
+    let seen = s.whoami(s.app("app2"), INET_IP, 80).expect("app2 reaches the internet");
+    assert!(seen.starts_with("192.168.0.2:"), "app2 via eth0: {seen}");
     // Data both ways through every rewrite (checksums must hold for 300 kB).
     assert_eq!(s.echo(s.app("app1"), INET_IP, 7, 300_000, None), EchoResult::Echoed(300_000));
 
@@ -136,9 +139,16 @@ fn port_map_from_an_ni_on_another_uplink_goes_through_the_router() {
     let app2 = s.app("app2").to_string();
     s.whoami_server(&app2, "192.168.1.10", 80);
     // app3's NI uses eth1: no hairpin inside the box; out eth1 (as 192.168.1.2), through gw,
-    // back in on eth0.
+    // back in on eth0. The router's interface toward eth1 sees the packets.
+    let gw = s.gw.clone();
+    let rx = |s: &Scenario| -> u64 {
+        let out = s.exec(&gw, &["cat", "/sys/class/net/up1/statistics/rx_packets"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let before = rx(&s);
     let seen = s.whoami(s.app("app3"), "192.168.0.2", 8080).expect("app3 reaches app2's port map");
     assert!(seen.starts_with("169.254.100.5:"), "{seen}");
+    assert!(rx(&s) >= before + 3, "the connection went through the router: {before} -> {}", rx(&s));
     let nat = nat_entries(&s);
     assert!(
         nat.iter().any(|e| e["domain"] == 0 && e["src"] == "192.168.1.2" && e["dst"] == "192.168.0.2" && e["dport"] == 8080 && e["rewrite"] == "dst"),
