@@ -42,6 +42,13 @@ pub struct AgentSection {
     /// Source ports that source NAT hands out, inclusive.
     #[serde(default = "default_nat_port_range")]
     pub nat_port_range: Spanned<[u16; 2]>,
+    /// Seconds a DNS answer's addresses stay in a host set past the record's TTL.
+    #[serde(default = "default_dns_host_grace")]
+    pub dns_host_grace_secs: u64,
+}
+
+fn default_dns_host_grace() -> u64 {
+    60
 }
 
 impl Default for AgentSection {
@@ -50,6 +57,7 @@ impl Default for AgentSection {
             pin_dir: default_pin_dir(),
             state_dir: default_state_dir(),
             nat_port_range: default_nat_port_range(),
+            dns_host_grace_secs: default_dns_host_grace(),
         }
     }
 }
@@ -79,6 +87,10 @@ pub enum NetworkKind {
 #[serde(deny_unknown_fields)]
 pub struct Uplink {
     pub name: Spanned<String>,
+    /// DNS servers the NIs on this uplink forward to; default: the agent netns'
+    /// /etc/resolv.conf.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +143,11 @@ pub struct Match {
     pub fport: Option<Spanned<u16>>,
     /// Local port: the external port of a port map.
     pub lport: Option<Spanned<u16>>,
+    /// The remote is another app of the same network.
+    #[serde(default)]
+    pub eidset: bool,
+    /// The remote is an address that DNS gave the app for this domain or a subdomain.
+    pub host: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -390,6 +407,11 @@ fn validate_acl(acl: &[Ace], app: &str, err: &mut impl FnMut(std::ops::Range<usi
         if ids.insert(id, ()).is_some() {
             err(ace.id.span(), format!("acl id {id} is used twice on one interface of {app:?}"));
         }
+        if let Some(host) = &ace.matches.host {
+            if !valid_domain(host.get_ref()) {
+                err(host.span(), format!("acl id {id} of {app:?}: match.host {:?} is not a domain name", host.get_ref()));
+            }
+        }
         let proto = ace.matches.protocol.as_ref().map(|p| p.get_ref().0);
         for (key, port) in [("fport", &ace.matches.fport), ("lport", &ace.matches.lport)] {
             if let Some(port) = port {
@@ -419,6 +441,13 @@ fn proto_name(p: u8) -> &'static str {
         17 => "udp",
         _ => "other",
     }
+}
+
+fn valid_domain(s: &str) -> bool {
+    let s = s.trim_end_matches('.');
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 fn valid_ifname_like(s: &str) -> bool {
@@ -561,6 +590,17 @@ ip = "10.10.1.2"
         assert!(e.contains("needs network \"ni1\" to have an uplink"), "{e}");
         let e = parse_err(&format!("[agent]\nnat_port_range = [5000, 4000]\n{with_map}"));
         assert!(e.contains("agent.nat_port_range [5000, 4000]") && e.contains("t.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn host_and_eidset_matches() {
+        let text = GOOD.replace("  { id = 2,", "  { id = 3, match = { host = \"github.com\" } },\n  { id = 4, match = { eidset = true, protocol = \"tcp\", fport = 80 } },\n  { id = 2,");
+        let c = parse_ok(&text);
+        let acl = &c.apps[0].interfaces[0].acl;
+        assert_eq!(acl[1].matches.host.as_ref().unwrap().get_ref(), "github.com");
+        assert!(acl[2].matches.eidset);
+        let e = parse_err(&text.replace("github.com", "git hub"));
+        assert!(e.contains("is not a domain name"), "{e}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use netns_ebpf_common::{
     ct::{CtKey, CtValue},
     map_names,
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget},
-    prog_names, IfaceInfo, IfaceKey, Stat,
+    prog_names, EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat,
 };
 use tracing::{debug, info};
 
@@ -31,7 +31,9 @@ use crate::netns::{self, Netns};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-const ALL_MAPS: [&str; 7] = [
+const ALL_MAPS: [&str; 9] = [
+    map_names::EIDSET,
+    map_names::HOSTSET,
     map_names::CONNTRACK,
     map_names::IFACES,
     map_names::ACLS,
@@ -204,16 +206,54 @@ pub struct Maps {
     nat: HashMap<MapData, NatKey, NatValue>,
     nat_ifaces: HashMap<MapData, IfaceKey, NatIface>,
     portmaps: HashMap<MapData, PortmapKey, PortmapTarget>,
+    eidset: HashMap<MapData, EidKey, u32>,
+    pub hosts: HostSets,
+}
+
+/// The host sets (addresses DNS gave each app port, per host ACE), on their own handle so
+/// the DNS proxies can write them.
+pub struct HostSets(HashMap<MapData, HostKey, HostEntry>);
+
+impl HostSets {
+    pub fn open(pin_dir: &Path) -> Result<HostSets> {
+        Ok(HostSets(open_map(pin_dir, map_names::HOSTSET)?.try_into()?))
+    }
+
+    /// Adds `ace_mask` for `key` valid until `expires_ns`, keeping what was there.
+    pub fn add(&mut self, key: HostKey, ace_mask: u64, expires_ns: u64) -> Result<()> {
+        let entry = match self.0.get(&key, 0) {
+            Ok(old) => HostEntry { ace_mask: old.ace_mask | ace_mask, expires_ns: old.expires_ns.max(expires_ns) },
+            Err(_) => HostEntry { ace_mask, expires_ns },
+        };
+        self.0.insert(key, entry, 0).context("writing host set")
+    }
+
+    /// Drops expired entries (the programs ignore them already); returns how many.
+    pub fn expire(&mut self, now_ns: u64) -> usize {
+        let doomed: Vec<HostKey> = self.0.iter().flatten().filter(|(_, e)| e.expires_ns <= now_ns).map(|(k, _)| k).collect();
+        for k in &doomed {
+            self.0.remove(k).ok();
+        }
+        doomed.len()
+    }
+
+    pub fn remove_zone(&mut self, zone: u32) {
+        let doomed: Vec<HostKey> = self.0.keys().flatten().filter(|k| k.zone == zone).collect();
+        for k in &doomed {
+            self.0.remove(k).ok();
+        }
+    }
+}
+
+fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {} (is the agent's config applied?)", path.display()))?;
+    Ok(aya::maps::Map::from_map_data(data)?)
 }
 
 impl Maps {
     pub fn open(pin_dir: &Path) -> Result<Maps> {
-        fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
-            let path = pin_dir.join(name);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {} (is the agent's config applied?)", path.display()))?;
-            Ok(aya::maps::Map::from_map_data(data)?)
-        }
         Ok(Maps {
             ct: open_map(pin_dir, map_names::CONNTRACK)?.try_into()?,
             ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
@@ -222,7 +262,14 @@ impl Maps {
             nat: open_map(pin_dir, map_names::NAT)?.try_into()?,
             nat_ifaces: open_map(pin_dir, map_names::NAT_IFACES)?.try_into()?,
             portmaps: open_map(pin_dir, map_names::PORTMAPS)?.try_into()?,
+            eidset: open_map(pin_dir, map_names::EIDSET)?.try_into()?,
+            hosts: HostSets::open(pin_dir)?,
         })
+    }
+
+    /// Puts an app address into its NI's eidset.
+    pub fn set_eid(&mut self, zone: u32, addr: [u8; 4], app_num: u32) -> Result<()> {
+        self.eidset.insert(EidKey { zone, addr }, app_num, 0).context("writing eidset")
     }
 
     pub fn set_nat_iface(&mut self, key: IfaceKey, nif: NatIface) -> Result<()> {
@@ -299,6 +346,11 @@ impl Maps {
         }
         self.remove_portmaps(|k, _| k.domain == zone);
         self.remove_nat_entries(|k, _| k.domain == zone);
+        let eids: Vec<EidKey> = self.eidset.keys().flatten().filter(|k| k.zone == zone).collect();
+        for k in &eids {
+            self.eidset.remove(k).ok();
+        }
+        self.hosts.remove_zone(zone);
         Ok(flows.len())
     }
 
@@ -321,7 +373,7 @@ impl Maps {
         let nat = self.remove_nat_entries(|k, v| {
             now_ns.saturating_sub(v.last_seen_ns) > netns_ebpf_common::nat::idle_timeout_ns(k.proto, v.flags)
         });
-        expired.len() + nat
+        expired.len() + nat + self.hosts.expire(now_ns)
     }
 
     /// Program counters summed over CPUs.

@@ -8,6 +8,7 @@ mod netlink;
 mod netns;
 mod plan;
 mod reconcile;
+mod services;
 mod state;
 
 use std::{path::PathBuf, time::Duration};
@@ -40,6 +41,15 @@ enum Command {
     Down {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Print the DNS request log of the NIs' DNS proxies.
+    DnsLog {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the flow table from the pinned conntrack map (works without a running agent).
     Flows {
@@ -101,6 +111,24 @@ async fn dispatch(command: Command) -> Result<()> {
             info!("down: done");
             Ok(())
         }
+        Command::DnsLog { config, mut state_dir, json } => {
+            if let Some(path) = config {
+                state_dir = config::Config::load_for_removal(&path)?.agent.state_dir;
+            }
+            let path = services::dns_log_path(&state_dir);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let entries: Vec<services::dns::DnsLogEntry> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                println!("{:<14} {:<8} {:<10} {:<32} {:<5} {:<9} {:<9} ANSWERS", "TIME", "NI", "APP", "NAME", "TYPE", "RCODE", "SOURCE");
+                for e in &entries {
+                    println!("{:<14.3} {:<8} {:<10} {:<32} {:<5} {:<9} {:<9} {}", e.time, e.ni, e.app, e.name, e.qtype, e.rcode, e.source, e.answers.join(","));
+                }
+                println!("{} requests", entries.len());
+            }
+            Ok(())
+        }
         Command::Flows { config, mut pin_dir, mut state_dir, json } => {
             if let Some(path) = config {
                 let cfg = config::Config::load_for_removal(&path)?;
@@ -135,6 +163,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
     let plan = plan::build(&cfg);
     let mut uplinks = reconcile::apply(&plan).await?;
     let agent_nl = netlink::Netlink::open(&netns::Netns::current()?)?;
+    services::start(&plan).await.context("starting the NI services")?;
     let mut maps = datapath::Maps::open(&plan.pin_dir)?;
     info!("running; SIGINT/SIGTERM stops the agent (the data path stays until `down`)");
 

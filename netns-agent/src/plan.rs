@@ -21,6 +21,7 @@ pub struct Plan {
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub nat_ports: (u16, u16),
+    pub dns_host_grace: std::time::Duration,
     pub uplinks: Vec<UplinkPlan>,
     pub nis: Vec<NiPlan>,
 }
@@ -30,6 +31,8 @@ pub struct Plan {
 pub struct UplinkPlan {
     pub name: String,
     pub table: u32,
+    /// Upstream DNS servers for its NIs; empty: the agent netns' resolv.conf.
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// A port map: `lport` on the NI uplink's address (and on the NI veth address inside the
@@ -78,6 +81,8 @@ pub struct PortPlan {
     pub app_ifname: String,
     pub ip: Ipv4Addr,
     pub acl: AclTable,
+    /// Host ACEs: (index in the ACL, domain suffix, lower case, no trailing dot).
+    pub hosts: Vec<(usize, String)>,
 }
 
 impl NiPlan {
@@ -158,6 +163,12 @@ pub fn build(config: &Config) -> Plan {
                 bridge_port,
                 ip: *iface.ip.get_ref(),
                 acl: acl_table(&iface.acl),
+                hosts: iface
+                    .acl
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, ace)| ace.matches.host.as_ref().map(|h| (i, h.get_ref().trim_end_matches('.').to_ascii_lowercase())))
+                    .collect(),
             });
         }
     }
@@ -166,12 +177,13 @@ pub fn build(config: &Config) -> Plan {
         .uplinks
         .iter()
         .enumerate()
-        .map(|(i, u)| UplinkPlan { name: u.name.get_ref().clone(), table: UPLINK_TABLE_BASE + i as u32 })
+        .map(|(i, u)| UplinkPlan { name: u.name.get_ref().clone(), table: UPLINK_TABLE_BASE + i as u32, dns: u.dns.clone() })
         .collect();
     Plan {
         pin_dir: config.agent.pin_dir.clone(),
         state_dir: config.agent.state_dir.clone(),
         nat_ports: (port_min, port_max),
+        dns_host_grace: std::time::Duration::from_secs(config.agent.dns_host_grace_secs),
         uplinks,
         nis,
     }
@@ -195,6 +207,12 @@ pub fn acl_table(aces: &[crate::config::Ace]) -> AclTable {
         if let Some(port) = &m.fport {
             matches |= acl::MATCH_FPORT;
             slot.fport = *port.get_ref();
+        }
+        if m.eidset {
+            matches |= acl::MATCH_EIDSET;
+        }
+        if m.host.is_some() {
+            matches |= acl::MATCH_HOST;
         }
         slot.id = *ace.id.get_ref();
         slot.matches = matches;

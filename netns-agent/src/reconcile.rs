@@ -329,6 +329,7 @@ async fn apply_ni(
         // Config first, programs second, link up last: no packet ever crosses the port
         // unjudged.
         maps.set_port(IfaceKey { zone: ni.zone(), ifindex }, info, &port.acl)?;
+        maps.set_eid(ni.zone(), port.ip.octets(), port.app_num)?;
         programs.attach_port(&ns, &port.bridge_port)?;
         nl.set_up(&port.bridge_port).await?;
 

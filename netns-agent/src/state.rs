@@ -44,9 +44,11 @@ impl AppliedState {
     }
 
     pub fn remove(state_dir: &Path) -> Result<()> {
-        let path = state_dir.join("state.json");
-        if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        for name in ["state.json", "dns.log"] {
+            let path = state_dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
         }
         // Only our own file lived there; leave the directory if someone else uses it.
         std::fs::remove_dir(state_dir).ok();

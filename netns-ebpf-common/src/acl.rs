@@ -19,6 +19,10 @@ pub const ACTION_PORTMAP: u8 = 2;
 pub const MATCH_IP: u16 = 1 << 0;
 pub const MATCH_PROTO: u16 = 1 << 1;
 pub const MATCH_FPORT: u16 = 1 << 2;
+/// The remote is another app of the same NI.
+pub const MATCH_EIDSET: u16 = 1 << 3;
+/// The remote is an address that a DNS answer for the ACE's host suffix gave this app.
+pub const MATCH_HOST: u16 = 1 << 4;
 
 pub const METADATA_IP: Ipv4 = [169, 254, 169, 254];
 const BROADCAST: Ipv4 = [255, 255, 255, 255];
@@ -82,18 +86,29 @@ pub fn prefix_contains(prefix: Ipv4, len: u8, addr: Ipv4) -> bool {
     (u32::from_be_bytes(prefix) & mask) == (u32::from_be_bytes(addr) & mask)
 }
 
-/// Does `ace` match a flow whose far end is `remote:remote_port`?
+/// What the program looked up about a new flow's remote end (map lookups, done once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteFacts {
+    /// The remote is another app of this NI.
+    pub in_eidset: bool,
+    /// Bit i: ACE i's host suffix resolved (for this app) to the remote address.
+    pub host_mask: u64,
+}
+
+/// Does ACE number `index` match a flow whose far end is `remote:remote_port`?
 #[inline(always)]
-pub fn ace_matches(ace: &Ace, proto: u8, remote: Ipv4, remote_port: u16) -> bool {
+pub fn ace_matches(ace: &Ace, index: usize, proto: u8, remote: Ipv4, remote_port: u16, facts: &RemoteFacts) -> bool {
     (ace.matches & MATCH_IP == 0 || prefix_contains(ace.prefix, ace.prefix_len, remote))
         && (ace.matches & MATCH_PROTO == 0 || ace.proto == proto)
         && (ace.matches & MATCH_FPORT == 0 || ace.fport == remote_port)
+        && (ace.matches & MATCH_EIDSET == 0 || facts.in_eidset)
+        && (ace.matches & MATCH_HOST == 0 || facts.host_mask & (1u64 << (index & 63)) != 0)
 }
 
 /// Judges a flow that the app starts (its packet came from the app), also toward another
 /// app of the same NI: implicit rules, then the app's ACEs, then default drop.
 #[inline(always)]
-pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow) -> Verdict {
+pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
     let app = iface.app_num;
     let to_gateway = flow.dst == iface.gateway;
     if flow.proto == PROTO_UDP && flow.dport == 67 && (to_gateway || flow.dst == BROADCAST) {
@@ -114,7 +129,7 @@ pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow) 
             break;
         }
         let ace = &table.aces[i];
-        if ace.action != ACTION_PORTMAP && ace_matches(ace, flow.proto, flow.dst, flow.dport) {
+        if ace.action != ACTION_PORTMAP && ace_matches(ace, i, flow.proto, flow.dst, flow.dport, facts) {
             let drop = ace.action == ACTION_DROP;
             return Verdict { mark: mark::compose(app, ace.id, true, drop), drop };
         }
@@ -144,6 +159,7 @@ mod tests {
     use crate::PROTO_ICMP;
 
     const APP: Ipv4 = [10, 10, 1, 2];
+    const NONE: RemoteFacts = RemoteFacts { in_eidset: false, host_mask: 0 };
     fn iface() -> IfaceInfo {
         IfaceInfo {
             app_num: 1,
@@ -192,22 +208,22 @@ mod tests {
         let allow_all = ip_ace(3, [0, 0, 0, 0], 0);
         let portmap = Ace { id: 7, matches: MATCH_PROTO, proto: PROTO_TCP, action: ACTION_PORTMAP, ..Ace::default() };
         let t = table(&[portmap, allow_web, drop_udp, allow_all]);
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80));
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80), &NONE);
         assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false });
         // Same host, other port: falls through ACE 1 to ACE 3.
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22));
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &NONE);
         assert_eq!(v, Verdict { mark: 0x0140_0003, drop: false });
         // UDP anywhere hits the drop ACE before the allow-all.
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 123));
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 123), &NONE);
         assert_eq!(v, Verdict { mark: 0x01c0_0002, drop: true });
     }
 
     #[test]
     fn default_drop_and_empty_acl() {
         let t = table(&[ip_ace(1, [192, 168, 0, 0], 16)]);
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 99, 0, 1], 80));
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 99, 0, 1], 80), &NONE);
         assert_eq!(v, Verdict { mark: 0x01bf_ffff, drop: true });
-        let v = judge_from_app(None, &iface(), &flow(PROTO_ICMP, [192, 168, 0, 1], 0));
+        let v = judge_from_app(None, &iface(), &flow(PROTO_ICMP, [192, 168, 0, 1], 0), &NONE);
         assert!(v.drop);
     }
 
@@ -216,17 +232,36 @@ mod tests {
         let deny_all = Ace { id: 9, matches: 0, action: ACTION_DROP, ..Ace::default() };
         let t = table(&[deny_all]);
         let gw = iface().gateway;
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, gw, 53));
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, gw, 53), &NONE);
         assert_eq!(v, Verdict { mark: 0x0100_0007, drop: false });
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, gw, 53));
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, gw, 53), &NONE);
         assert_eq!(v.mark, 0x0100_0007);
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [255, 255, 255, 255], 67));
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [255, 255, 255, 255], 67), &NONE);
         assert_eq!(v, Verdict { mark: 0x0100_0006, drop: false });
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, METADATA_IP, 80));
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, METADATA_IP, 80), &NONE);
         assert_eq!(v, Verdict { mark: 0x0100_000b, drop: false });
         // DNS to anyone but the gateway is the user's business.
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53));
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53), &NONE);
         assert_eq!(v, Verdict { mark: 0x01c0_0009, drop: true });
+    }
+
+    #[test]
+    fn eidset_and_host_matches_use_the_looked_up_facts() {
+        // The seed's app1 on NI2: eidset + tcp/80; and a host ACE (github.com) at index 1.
+        let eid_web = Ace { id: 1, matches: MATCH_EIDSET | MATCH_PROTO | MATCH_FPORT, proto: PROTO_TCP, fport: 80, ..Ace::default() };
+        let github = Ace { id: 2, matches: MATCH_HOST, ..Ace::default() };
+        let t = table(&[eid_web, github]);
+        let peer = flow(PROTO_TCP, [10, 10, 1, 3], 80);
+        let eid = RemoteFacts { in_eidset: true, host_mask: 0 };
+        assert_eq!(judge_from_app(Some(&t), &iface(), &peer, &eid).mark, 0x0140_0001);
+        assert!(judge_from_app(Some(&t), &iface(), &peer, &NONE).drop, "not another app: no match");
+        assert!(judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &eid).drop);
+        let site = flow(PROTO_TCP, [140, 82, 121, 3], 443);
+        let resolved = RemoteFacts { in_eidset: false, host_mask: 1 << 1 };
+        assert_eq!(judge_from_app(Some(&t), &iface(), &site, &resolved).mark, 0x0140_0002);
+        // Resolved for another ACE's host only: no match for this one.
+        let other = RemoteFacts { in_eidset: false, host_mask: 1 << 0 };
+        assert!(judge_from_app(Some(&t), &iface(), &site, &other).drop);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub mod map_names {
     pub const NAT: &str = "NAT_V1";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
+    pub const EIDSET: &str = "EIDSET_V1";
+    pub const HOSTSET: &str = "HOSTSET_V1";
 }
 
 /// Program names in the eBPF object.
@@ -71,6 +73,32 @@ pub struct IfaceInfo {
     /// The agent-side address of the NI's veth: the source of EVE-initiated flows.
     pub eve_ip: Ipv4,
     pub _pad: u32,
+}
+
+/// An app address on an NI: the eidset of the NI's other apps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EidKey {
+    pub zone: u32,
+    pub addr: Ipv4,
+}
+
+/// An address that a DNS answer gave the app on port `ifindex`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostKey {
+    pub zone: u32,
+    pub ifindex: u32,
+    pub addr: Ipv4,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostEntry {
+    /// Bit i: the answer's name matched the host suffix of the port's ACE i.
+    pub ace_mask: u64,
+    /// CLOCK_MONOTONIC after which the entry no longer matches (TTL + grace).
+    pub expires_ns: u64,
 }
 
 /// Counters of the programs' decisions, one slot each in a per-CPU array.
@@ -155,4 +183,7 @@ mod pod {
     unsafe impl aya::Pod for super::nat::NatIface {}
     unsafe impl aya::Pod for super::nat::PortmapKey {}
     unsafe impl aya::Pod for super::nat::PortmapTarget {}
+    unsafe impl aya::Pod for super::EidKey {}
+    unsafe impl aya::Pod for super::HostKey {}
+    unsafe impl aya::Pod for super::HostEntry {}
 }

@@ -11,14 +11,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netns_ebpf_common::{
-    acl::{self, Verdict, METADATA_IP},
+    acl::{self, RemoteFacts, Verdict, METADATA_IP},
     ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_SEEN_REPLY, VERDICT_DROP},
     nat::{NatKey, NatValue, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, ParseError, Parsed},
-    IfaceInfo, IfaceKey, Stat, PROTO_TCP,
+    EidKey, HostKey, IfaceInfo, IfaceKey, Stat, PROTO_TCP,
 };
 
-use crate::{count, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, IFACES, NAT};
+use crate::{count, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, EIDSET, HOSTSET, IFACES, NAT};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -149,9 +149,21 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
 #[inline(always)]
 fn judge(ctx: &TcContext, side: Side, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) -> Verdict {
     match side {
-        Side::FromApp => acl::judge_from_app(unsafe { ACLS.get(ikey) }, iface, flow),
+        Side::FromApp => acl::judge_from_app(unsafe { ACLS.get(ikey) }, iface, flow, &remote_facts(ikey, iface, flow)),
         Side::ToApp => acl::judge_toward_app(iface, flow, skb_mark(ctx)),
     }
+}
+
+/// The eidset and host-set lookups for a new flow's remote end.
+#[inline(always)]
+fn remote_facts(ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) -> RemoteFacts {
+    let in_eidset = flow.dst != iface.app_ip && unsafe { EIDSET.get(EidKey { zone: ikey.zone, addr: flow.dst }) }.is_some();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let host_mask = match unsafe { HOSTSET.get(HostKey { zone: ikey.zone, ifindex: ikey.ifindex, addr: flow.dst }) } {
+        Some(e) if e.expires_ns > now => e.ace_mask,
+        _ => 0,
+    };
+    RemoteFacts { in_eidset, host_mask }
 }
 
 /// A packet from one app to another app of the NI crosses two app ports; the conntrack

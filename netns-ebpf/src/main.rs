@@ -24,7 +24,7 @@ use netns_ebpf_common::{
     ct::{CtKey, CtValue, CT_MAX_ENTRIES},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
     packet::PacketReader,
-    IfaceInfo, IfaceKey, Stat, MAX_APP_PORTS,
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat, MAX_APP_PORTS,
 };
 
 /// The translation domain / conntrack zone this copy serves; set by the loader.
@@ -60,6 +60,15 @@ static NAT_IFACES: HashMap<IfaceKey, NatIface, 256> = HashMap::new();
 
 #[btf_map(name = "PORTMAP_V1")]
 static PORTMAPS: HashMap<PortmapKey, PortmapTarget, 4096> = HashMap::new();
+
+/// Every app address of every NI -> its app number: `eidset` ACEs.
+#[btf_map(name = "EIDSET_V1")]
+static EIDSET: HashMap<EidKey, u32, { MAX_APP_PORTS as usize }> = HashMap::new();
+
+/// Addresses that DNS answers gave an app port, per host ACE: `host` ACEs. Filled by the
+/// agent's DNS proxy before it relays the answer.
+#[btf_map(name = "HOSTSET_V1")]
+static HOSTSET: LruHashMap<HostKey, HostEntry, 65536> = LruHashMap::new();
 
 struct Skb<'a>(&'a TcContext);
 

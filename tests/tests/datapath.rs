@@ -146,15 +146,63 @@ fn two_nis_with_the_same_subnet_work_at_once() {
 }
 
 #[test]
-fn implicit_dns_to_the_gateway_passes_default_drop_elsewhere() {
+fn the_gateway_answers_app_names_through_the_implicit_dns_rule() {
     let s = scenario();
-    let app2 = s.app("app2");
-    // Nothing listens on the gateway yet: an ICMP port unreachable back proves the
-    // datagram crossed the app port, and that the related ICMP error passed back.
-    let probe = "import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.connect((sys.argv[1], 53)); s.send(b'x')\ntry:\n  s.recv(10)\nexcept ConnectionRefusedError:\n  sys.exit(0)\nsys.exit(1)";
-    assert!(s.python(app2, probe, &["10.10.1.1"]).status.success(), "DNS to the gateway passes");
+    // app2's ACL allows nothing toward the gateway: DNS passes by the implicit rule, and
+    // the NI's DNS proxy answers the names of the NI's apps itself.
+    assert_eq!(s.dns_a(s.app("app2"), "10.10.1.1", "app1").as_deref(), Some(&["10.10.1.2".to_string()][..]));
+    assert_eq!(s.dns_a(s.app("app3"), "10.10.1.1", "app3").as_deref(), Some(&["10.10.1.2".to_string()][..]));
+    // ni2 knows nothing of ni1's apps, and has no upstream: no address.
+    assert_eq!(s.dns_a(s.app("app3"), "10.10.1.1", "app2").as_deref(), Some(&[][..]));
     let flows = s.flows();
-    assert_eq!(flow(&flows, "10.10.1.3", "10.10.1.1", 53).unwrap()["mark"], "0x02000007");
+    assert_eq!(flows.iter().find(|f| f["src"] == "10.10.1.3" && f["dport"] == 53).unwrap()["mark"], "0x02000007");
+    let log = s.agent_cmd(&["dns-log", "--json", "--config", s.config_path.to_str().unwrap()]);
+    let log: Value = serde_json::from_slice(&log.stdout).unwrap();
+    assert!(log.as_array().unwrap().iter().any(|e| e["app"] == "app2" && e["name"] == "app1" && e["answers"][0] == "10.10.1.2"), "{log:#}");
+}
+
+/// app1 and app2 of the seed's NI2: tcp/80 toward the other apps of the NI only.
+const EIDSET: &str = r#"
+[[network]]
+name = "@ni1"
+kind = "local"
+subnet = "192.168.1.0/24"
+gateway = "192.168.1.1"
+
+[[app]]
+name = "app1"
+netns = "@app1"
+[[app.interface]]
+network = "@ni1"
+ip = "192.168.1.20"
+acl = [{ id = 1, match = { eidset = true, protocol = "tcp", fport = 80 } }]
+
+[[app]]
+name = "app2"
+netns = "@app2"
+[[app.interface]]
+network = "@ni1"
+ip = "192.168.1.10"
+acl = [{ id = 1, match = { eidset = true, protocol = "tcp", fport = 80 } }]
+"#;
+
+#[test]
+fn eidset_allows_the_other_apps_of_the_ni_on_the_listed_port_only() {
+    let mut s = Scenario::new(&["ni1"], &["app1", "app2"], EIDSET);
+    s.start_agent();
+    let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
+    s.echo_server(&app2, "192.168.1.10", 80);
+    s.echo_server(&app2, "192.168.1.10", 22);
+    s.echo_server(&app1, "192.168.1.20", 80);
+    assert_eq!(s.echo(&app1, "192.168.1.10", 80, 1000, None), EchoResult::Echoed(1000));
+    assert_eq!(s.echo(&app1, "192.168.1.10", 22, 10, None), EchoResult::TimedOut);
+    assert_eq!(s.echo(&app2, "192.168.1.20", 80, 1000, None), EchoResult::Echoed(1000));
+    // The gateway is no app: not in the eidset.
+    let ni = s.ni("ni1").to_string();
+    s.echo_server(&ni, "192.168.1.1", 80);
+    assert_eq!(s.echo(&app1, "192.168.1.1", 81, 10, None), EchoResult::TimedOut);
+    let flows = s.flows();
+    assert!(flows.iter().any(|f| f["dst"] == "192.168.1.10" && f["dport"] == 80 && f["mark"] == "0x01400001"));
 }
 
 #[test]

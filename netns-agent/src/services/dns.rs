@@ -1,0 +1,432 @@
+//! The DNS proxy of an NI, on its gateway:53 (UDP and TCP).
+//!
+//! It answers the names of the NI's apps itself and forwards everything else upstream.
+//! Before it relays an answer, it puts every IPv4 address of it whose name matches one of
+//! the querying app's `host` ACEs into that app port's host set (TTL + grace): the app's
+//! first connection right after the answer is already allowed, with no race. Every request
+//! is logged (`netns-agent dns-log`).
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, ResponseCode},
+    rr::{rdata::A, RData, Record, RecordType},
+};
+use netns_ebpf_common::HostKey;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, UdpSocket},
+    sync::Semaphore,
+};
+use tracing::{debug, info, warn};
+
+use crate::{datapath::HostSets, netns::Netns};
+
+const LOCAL_TTL: u32 = 60;
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upstream queries in flight per NI, and per app: a flood from one app is shed instead
+/// of starving the others.
+const MAX_IN_FLIGHT: usize = 128;
+const MAX_IN_FLIGHT_PER_APP: usize = 32;
+const MAX_TCP_CONNECTIONS: usize = 64;
+
+/// What the proxy knows about one app port of its NI.
+#[derive(Debug, Clone)]
+pub struct AppView {
+    pub app: String,
+    pub ifindex: u32,
+    /// (ACE index, domain suffix) of the port's host ACEs.
+    pub hosts: Vec<(usize, String)>,
+}
+
+/// Everything an NI's proxy needs, computed from the plan.
+#[derive(Debug, Clone)]
+pub struct NiDnsConfig {
+    pub ni: String,
+    pub zone: u32,
+    pub gateway: Ipv4Addr,
+    /// App address on this NI -> the app.
+    pub apps: HashMap<Ipv4Addr, AppView>,
+    /// Lower-case app name -> its address on this NI.
+    pub names: HashMap<String, Ipv4Addr>,
+    /// Empty: the NI has no way out; only app names resolve.
+    pub upstreams: Vec<SocketAddrV4>,
+    pub log_path: PathBuf,
+    /// Host-set entries outlive the record's TTL by this much: an app may connect a
+    /// little after its cache says the answer expired.
+    pub host_grace: Duration,
+}
+
+/// One line of the DNS request log.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DnsLogEntry {
+    /// Unix time, seconds.
+    pub time: f64,
+    pub ni: String,
+    pub app: String,
+    pub name: String,
+    pub qtype: String,
+    pub answers: Vec<String>,
+    pub rcode: String,
+    /// "local", "upstream", or why there is no answer.
+    pub source: String,
+}
+
+/// `name` is `suffix` or a subdomain of it (github.com covers api.github.com).
+pub fn matches_suffix(name: &str, suffix: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case(suffix)
+        || (name.len() > suffix.len()
+            && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+            && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
+}
+
+/// The host-ACE mask for an answer to `qname` whose record is named `rname`.
+pub fn host_mask(app: &AppView, qname: &str, rname: &str) -> u64 {
+    app.hosts
+        .iter()
+        .filter(|(_, suffix)| matches_suffix(qname, suffix) || matches_suffix(rname, suffix))
+        .fold(0, |m, (i, _)| m | (1u64 << (*i as u32 & 63)))
+}
+
+/// The (address, mask, TTL) triples an answer gives `app`.
+pub fn host_updates(app: &AppView, answer: &Message) -> Vec<(Ipv4Addr, u64, u32)> {
+    let qname = answer.queries.first().map(|q| q.name.to_ascii()).unwrap_or_default();
+    answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(A(ip)) => Some((*ip, host_mask(app, &qname, &r.name.to_ascii()), r.ttl)),
+            _ => None,
+        })
+        .filter(|(_, mask, _)| *mask != 0)
+        .collect()
+}
+
+/// The answer for an app name of this NI, if the query asks for one.
+pub fn local_answer(cfg: &NiDnsConfig, query: &Message) -> Option<Message> {
+    let q = query.queries.first()?;
+    let name = q.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    let ip = *cfg.names.get(&name)?;
+    let mut reply = Message::response(query.metadata.id, OpCode::Query);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.metadata.authoritative = true;
+    reply.add_query(q.clone());
+    if q.query_type == RecordType::A {
+        reply.add_answer(Record::from_rdata(q.name.clone(), LOCAL_TTL, RData::A(A(ip))));
+    }
+    Some(reply)
+}
+
+/// A FORMERR for a request whose header at least has an id; nothing otherwise.
+fn format_error(request: &[u8]) -> Option<Vec<u8>> {
+    if request.len() < 12 {
+        return None;
+    }
+    let id = u16::from_be_bytes([request[0], request[1]]);
+    Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok()
+}
+
+pub struct DnsProxy {
+    cfg: NiDnsConfig,
+    hosts: Mutex<HostSets>,
+    log: Mutex<Option<std::fs::File>>,
+    in_flight: Semaphore,
+    per_app: Mutex<HashMap<Ipv4Addr, usize>>,
+}
+
+impl DnsProxy {
+    /// Binds gateway:53 inside `ns` and serves until the runtime ends.
+    pub fn spawn(cfg: NiDnsConfig, ns: &Netns, pin_dir: &std::path::Path) -> Result<()> {
+        let addr = SocketAddr::from((cfg.gateway, 53));
+        let (udp, tcp) = crate::netns::run_in(ns, || {
+            let udp = std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
+            udp.set_nonblocking(true)?;
+            let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("binding TCP {addr}"))?;
+            tcp.set_nonblocking(true)?;
+            Ok((udp, tcp))
+        })?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&cfg.log_path).ok();
+        let proxy = Arc::new(DnsProxy {
+            hosts: Mutex::new(HostSets::open(pin_dir)?),
+            log: Mutex::new(log),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            per_app: Mutex::new(HashMap::new()),
+            cfg,
+        });
+        info!("{}: DNS proxy on {addr} (upstream {:?})", proxy.cfg.ni, proxy.cfg.upstreams);
+        let udp = Arc::new(UdpSocket::from_std(udp)?);
+        tokio::spawn(proxy.clone().serve_udp(udp));
+        tokio::spawn(proxy.serve_tcp(TcpListener::from_std(tcp)?));
+        Ok(())
+    }
+
+    async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, peer) = match socket.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("{}: DNS UDP receive: {e}", self.cfg.ni);
+                    continue;
+                }
+            };
+            let SocketAddr::V4(peer) = peer else { continue };
+            let Some(_slot) = self.admit(*peer.ip()) else {
+                debug!("{}: shedding a query from {peer}", self.cfg.ni);
+                continue;
+            };
+            let request = buf[..n].to_vec();
+            let (proxy, socket) = (self.clone(), socket.clone());
+            tokio::spawn(async move {
+                let _slot = _slot;
+                if let Some(reply) = proxy.handle(&request, *peer.ip()).await {
+                    let _ = socket.send_to(&reply, peer).await;
+                }
+            });
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+        loop {
+            let Ok((mut stream, SocketAddr::V4(peer))) = listener.accept().await else { continue };
+            let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                // Length-prefixed messages until the client closes or idles.
+                loop {
+                    let mut len = [0u8; 2];
+                    if tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len)).await.is_err() {
+                        break;
+                    }
+                    let mut request = vec![0u8; u16::from_be_bytes(len) as usize];
+                    if stream.read_exact(&mut request).await.is_err() {
+                        break;
+                    }
+                    let Some(reply) = proxy.handle(&request, *peer.ip()).await else { break };
+                    let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&reply);
+                    if stream.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    /// A slot for one more query from `app_ip`, or None when the app has too many open.
+    fn admit(self: &Arc<Self>, app_ip: Ipv4Addr) -> Option<AppSlot> {
+        let mut per_app = self.per_app.lock().unwrap();
+        let n = per_app.entry(app_ip).or_insert(0);
+        if *n >= MAX_IN_FLIGHT_PER_APP {
+            return None;
+        }
+        *n += 1;
+        Some(AppSlot { proxy: self.clone(), ip: app_ip })
+    }
+
+    async fn handle(&self, request: &[u8], src: Ipv4Addr) -> Option<Vec<u8>> {
+        let Ok(query) = Message::from_vec(request) else {
+            self.log_entry(src, "?", "?", &[], "FORMERR", "malformed request");
+            return format_error(request);
+        };
+        if query.metadata.message_type != MessageType::Query || query.queries.len() != 1 {
+            return Message::error_msg(query.metadata.id, query.metadata.op_code, ResponseCode::FormErr).to_vec().ok();
+        }
+        let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
+        let Some(app) = self.cfg.apps.get(&src) else {
+            self.log_entry(src, &qname, &qtype, &[], "REFUSED", "not an app of this network");
+            return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused).to_vec().ok();
+        };
+        if let Some(reply) = local_answer(&self.cfg, &query) {
+            self.log_entry(src, &qname, &qtype, &answers_of(&reply), "NOERROR", "local");
+            return reply.to_vec().ok();
+        }
+        let Some(answer) = self.forward(request).await else {
+            self.log_entry(src, &qname, &qtype, &[], "SERVFAIL", "no upstream answered");
+            let mut fail = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail);
+            fail.add_query(query.queries[0].clone());
+            return fail.to_vec().ok();
+        };
+        let Ok(parsed) = Message::from_vec(&answer) else {
+            self.log_entry(src, &qname, &qtype, &[], "SERVFAIL", "malformed upstream answer");
+            return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
+        };
+        if parsed.metadata.id != query.metadata.id || parsed.metadata.message_type != MessageType::Response {
+            self.log_entry(src, &qname, &qtype, &[], "SERVFAIL", "upstream answer does not match the query");
+            return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
+        }
+        // Host sets first, answer second: no connection can beat its own allow entry.
+        self.update_hosts(app, &parsed);
+        self.log_entry(src, &qname, &qtype, &answers_of(&parsed), &parsed.metadata.response_code.to_string(), "upstream");
+        Some(answer)
+    }
+
+    async fn forward(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let _permit = self.in_flight.acquire().await.ok()?;
+        for upstream in &self.cfg.upstreams {
+            let Ok(socket) = UdpSocket::bind("0.0.0.0:0").await else { continue };
+            if socket.send_to(request, upstream).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            match tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv_from(&mut buf)).await {
+                Ok(Ok((n, from))) if from == SocketAddr::V4(*upstream) => return Some(buf[..n].to_vec()),
+                _ => debug!("{}: upstream {upstream} did not answer", self.cfg.ni),
+            }
+        }
+        None
+    }
+
+    fn update_hosts(&self, app: &AppView, answer: &Message) {
+        let updates = host_updates(app, answer);
+        if updates.is_empty() {
+            return;
+        }
+        let now = crate::datapath::monotonic_ns();
+        let mut hosts = self.hosts.lock().unwrap();
+        for (ip, mask, ttl) in updates {
+            let expires = now + Duration::from_secs(ttl as u64).as_nanos() as u64 + self.cfg.host_grace.as_nanos() as u64;
+            let key = HostKey { zone: self.cfg.zone, ifindex: app.ifindex, addr: ip.octets() };
+            if let Err(e) = hosts.add(key, mask, expires) {
+                warn!("{}: host set for {}: {e:#}", self.cfg.ni, app.app);
+            }
+        }
+    }
+
+    fn log_entry(&self, src: Ipv4Addr, name: &str, qtype: &str, answers: &[String], rcode: &str, source: &str) {
+        let app = self.cfg.apps.get(&src).map(|a| a.app.clone()).unwrap_or_else(|| src.to_string());
+        let entry = DnsLogEntry {
+            time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            ni: self.cfg.ni.clone(),
+            app,
+            name: name.trim_end_matches('.').to_string(),
+            qtype: qtype.to_string(),
+            answers: answers.to_vec(),
+            rcode: rcode.to_string(),
+            source: source.to_string(),
+        };
+        debug!(?entry, "dns");
+        if let Some(file) = self.log.lock().unwrap().as_mut() {
+            if let Ok(mut line) = serde_json::to_vec(&entry) {
+                line.push(b'\n');
+                let _ = file.write_all(&line);
+            }
+        }
+    }
+}
+
+fn answers_of(m: &Message) -> Vec<String> {
+    m.answers.iter().filter_map(|r| match &r.data {
+        RData::A(A(ip)) => Some(ip.to_string()),
+        RData::CNAME(c) => Some(c.0.to_ascii()),
+        _ => None,
+    }).collect()
+}
+
+/// Releases the app's in-flight slot when its query is done.
+struct AppSlot {
+    proxy: Arc<DnsProxy>,
+    ip: Ipv4Addr,
+}
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        if let Some(n) = self.proxy.per_app.lock().unwrap().get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// The nameservers of the agent netns' /etc/resolv.conf.
+pub fn system_resolvers() -> Vec<SocketAddrV4> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<Ipv4Addr>().ok())
+        .map(|ip| SocketAddrV4::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr as _;
+
+    use hickory_proto::{op::Query, rr::Name};
+
+    use super::*;
+
+    fn app() -> AppView {
+        AppView { app: "app1".into(), ifindex: 7, hosts: vec![(0, "github.com".into()), (3, "example.org".into())] }
+    }
+
+    #[test]
+    fn suffixes() {
+        assert!(matches_suffix("github.com", "github.com"));
+        assert!(matches_suffix("api.github.com.", "github.com"));
+        assert!(matches_suffix("API.GitHub.com", "github.com"));
+        assert!(!matches_suffix("notgithub.com", "github.com"));
+        assert!(!matches_suffix("github.com.evil.net", "github.com"));
+        assert!(!matches_suffix("com", "github.com"));
+    }
+
+    fn answer(qname: &str, records: &[(&str, Ipv4Addr, u32)]) -> Message {
+        let mut m = Message::response(1, OpCode::Query);
+        m.add_query(Query::query(Name::from_str(qname).unwrap(), RecordType::A));
+        for (name, ip, ttl) in records {
+            m.add_answer(Record::from_rdata(Name::from_str(name).unwrap(), *ttl, RData::A(A(*ip))));
+        }
+        m
+    }
+
+    #[test]
+    fn answers_feed_the_matching_aces_only() {
+        let a = answer("api.github.com.", &[("api.github.com.", Ipv4Addr::new(1, 2, 3, 4), 30)]);
+        assert_eq!(host_updates(&app(), &a), [(Ipv4Addr::new(1, 2, 3, 4), 1, 30)]);
+        let b = answer("www.example.org.", &[("cdn.provider.net.", Ipv4Addr::new(5, 6, 7, 8), 10)]);
+        assert_eq!(host_updates(&app(), &b), [(Ipv4Addr::new(5, 6, 7, 8), 1 << 3, 10)], "the question's name counts (CNAME chains)");
+        let c = answer("google.com.", &[("google.com.", Ipv4Addr::new(9, 9, 9, 9), 10)]);
+        assert!(host_updates(&app(), &c).is_empty());
+    }
+
+    #[test]
+    fn app_names_answer_locally_and_garbage_gets_formerr_or_nothing() {
+        let cfg = NiDnsConfig {
+            ni: "ni1".into(),
+            zone: 1,
+            gateway: Ipv4Addr::new(10, 10, 1, 1),
+            apps: HashMap::new(),
+            names: [("app2".to_string(), Ipv4Addr::new(10, 10, 1, 3))].into_iter().collect(),
+            upstreams: vec![],
+            log_path: PathBuf::from("/dev/null"),
+            host_grace: Duration::from_secs(60),
+        };
+        let mut q = Message::query();
+        q.add_query(Query::query(Name::from_str("APP2.").unwrap(), RecordType::A));
+        let r = local_answer(&cfg, &q).unwrap();
+        assert_eq!(answers_of(&r), ["10.10.1.3"]);
+        let mut other = Message::query();
+        other.add_query(Query::query(Name::from_str("github.com.").unwrap(), RecordType::A));
+        assert!(local_answer(&cfg, &other).is_none());
+        assert!(format_error(b"short").is_none());
+        let e = Message::from_vec(&format_error(&[0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff]).unwrap()).unwrap();
+        assert_eq!((e.metadata.id, e.metadata.response_code), (0xabcd, ResponseCode::FormErr));
+        // A compression loop: hickory's decoder must refuse it, not spin.
+        let mut looped = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        assert!(Message::from_vec(&looped).is_err());
+    }
+}

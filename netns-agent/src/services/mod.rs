@@ -1,0 +1,59 @@
+//! Per-NI services run by the agent: the DNS proxy (more to come: metadata, DHCP).
+//!
+//! Their listening sockets are created on a thread inside the NI's netns and then driven
+//! from the agent's runtime; upstream sockets live in the agent's own netns.
+
+pub mod dns;
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+
+use crate::{
+    netlink::Netlink,
+    netns::{self, Netns},
+    plan::Plan,
+};
+
+/// Where the DNS proxies append their request log (JSON lines).
+pub fn dns_log_path(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("dns.log")
+}
+
+/// Starts every NI's services on the current runtime.
+pub async fn start(plan: &Plan) -> Result<()> {
+    for ni in &plan.nis {
+        let ns = Netns::open(&netns::resolve(&ni.name))?;
+        let nl = Netlink::open(&ns)?;
+        let mut apps = HashMap::new();
+        let mut names = HashMap::new();
+        for port in &ni.ports {
+            let ifindex = nl.link_index(&port.bridge_port).await?.with_context(|| format!("{} is missing", port.bridge_port))?;
+            apps.insert(port.ip, dns::AppView { app: port.app.clone(), ifindex, hosts: port.hosts.clone() });
+            names.insert(port.app.to_ascii_lowercase(), port.ip);
+        }
+        let upstreams = match &ni.uplink {
+            None => Vec::new(),
+            Some(u) => {
+                let configured = &plan.uplink(u).dns;
+                if configured.is_empty() {
+                    dns::system_resolvers()
+                } else {
+                    configured.iter().map(|ip| std::net::SocketAddrV4::new(*ip, 53)).collect()
+                }
+            }
+        };
+        let cfg = dns::NiDnsConfig {
+            ni: ni.name.clone(),
+            zone: ni.zone(),
+            gateway: ni.gateway,
+            apps,
+            names,
+            upstreams,
+            log_path: dns_log_path(&plan.state_dir),
+            host_grace: plan.dns_host_grace,
+        };
+        dns::DnsProxy::spawn(cfg, &ns, &plan.pin_dir).with_context(|| format!("starting the DNS proxy of {}", ni.name))?;
+    }
+    Ok(())
+}
