@@ -155,6 +155,12 @@ impl Scenario {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect())
     }
 
+    /// Adds a key to the config's [agent] table (before the agent starts).
+    pub fn set_agent_key(&self, line: &str) {
+        let config = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, config.replacen("[agent]\n", &format!("[agent]\n{line}\n"), 1)).unwrap();
+    }
+
     /// Replaces placeholders with this scenario's names (longest first: @ni10 before @ni1).
     pub fn expand(&self, text: &str) -> String {
         let mut pairs: Vec<&(String, String)> = self.nis.iter().chain(self.apps.iter()).collect();

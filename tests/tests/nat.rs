@@ -233,13 +233,9 @@ fn two_thousand_udp_flows_get_distinct_translations() {
 
 #[test]
 fn exhausted_port_space_drops_new_flows_and_keeps_working() {
+    let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3"], 2, SEED);
     // 100 source ports only.
-    let template = format!("[agent]\nnat_port_range = [40000, 40099]\n{SEED}");
-    let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3"], 2, &template);
-    // The harness prepends its own [agent] table: merge by moving ours into it.
-    let config = std::fs::read_to_string(&s.config_path).unwrap();
-    let config = config.replacen("\n\n[agent]\nnat_port_range", "\nnat_port_range", 1);
-    std::fs::write(&s.config_path, config).unwrap();
+    s.set_agent_key("nat_port_range = [40000, 40099]");
     s.start_agent();
     let inet = s.inet.clone();
     s.spawn(&inet, &["python3", "-c", UDP_WHOAMI_SERVER, INET_IP, "5000"]);

@@ -1,0 +1,214 @@
+//! The NI services: the DNS proxy feeding host ACLs (no race, TTL expiry), its log, and its
+//! robustness against bad DNS.
+
+use netns_tests::{EchoResult, Scenario, INET_IP};
+use serde_json::Value;
+
+/// app1 may reach github.com and its subdomains, nothing else. Upstream DNS: the mock in
+/// the internet host.
+const HOSTS: &str = r#"
+[[uplink]]
+name = "eth0"
+dns = ["10.99.0.53"]
+
+[[network]]
+name = "@ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+uplink = "eth0"
+
+[[app]]
+name = "app1"
+netns = "@app1"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.2"
+acl = [{ id = 1, match = { host = "github.com" } }]
+
+[[app]]
+name = "app2"
+netns = "@app2"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.3"
+acl = [{ id = 1, match = { host = "example.org" } }]
+"#;
+
+/// A mock upstream: github.com 10.99.0.10, api.github.com 10.99.0.11, ttl1.github.com
+/// 10.99.0.12 (TTL 1), google.com 10.98.0.10, and every *.race.github.com a fresh address in
+/// 10.99.2.0/23; anything else NXDOMAIN.
+const MOCK_DNS: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.99.0.53", 53))
+fixed = {"github.com": ("10.99.0.10", 300), "api.github.com": ("10.99.0.11", 300),
+         "ttl1.github.com": ("10.99.0.12", 1), "google.com": ("10.98.0.10", 300)}
+fresh = 0
+while True:
+    q, peer = s.recvfrom(512)
+    qid, = struct.unpack("!H", q[:2])
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i+1:i+1+q[i]].decode()); i += q[i] + 1
+    question = q[12:i+5]
+    name = ".".join(labels).lower()
+    if name.endswith(".race.github.com"):
+        fresh += 1
+        ans = ("10.99.%d.%d" % (2 + fresh // 250, 1 + fresh % 250), 300)
+    else:
+        ans = fixed.get(name)
+    if ans is None:
+        s.sendto(struct.pack("!HHHHHH", qid, 0x8183, 1, 0, 0, 0) + question, peer)
+        continue
+    rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, ans[1], 4) + socket.inet_aton(ans[0])
+    s.sendto(struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + rr, peer)
+"#;
+
+fn scenario(agent_keys: &[&str]) -> Scenario {
+    let mut s = Scenario::with_uplinks(&["ni1"], &["app1", "app2"], 1, HOSTS);
+    for k in agent_keys {
+        s.set_agent_key(k);
+    }
+    let (inet, gw) = (s.inet.clone(), s.gw.clone());
+    for args in [
+        ["ip", "addr", "add", "10.99.0.11/24", "dev", "wan0"].as_slice(),
+        &["ip", "addr", "add", "10.99.0.12/24", "dev", "wan0"],
+        &["ip", "addr", "add", "10.99.0.53/24", "dev", "wan0"],
+        &["ip", "addr", "add", "10.98.0.10/24", "dev", "wan0"],
+        // Every address of 10.99.2.0/23 is the internet host's (the race test's fresh ones).
+        &["ip", "route", "add", "local", "10.99.2.0/23", "dev", "lo"],
+    ] {
+        assert!(s.exec(&inet, args).status.success(), "{args:?}");
+    }
+    for args in [["ip", "addr", "add", "10.98.0.1/24", "dev", "inet0"].as_slice(), &["ip", "route", "add", "10.99.2.0/23", "via", INET_IP]] {
+        assert!(s.exec(&gw, args).status.success(), "{args:?}");
+    }
+    s.spawn(&inet, &["python3", "-c", MOCK_DNS]);
+    s.whoami_server(&inet, "0.0.0.0", 80);
+    s.start_agent();
+    s
+}
+
+#[test]
+fn host_acl_allows_the_domain_and_its_subdomains_only() {
+    let s = scenario(&[]);
+    let app1 = s.app("app1");
+    // Before any lookup, github.com's address is not allowed.
+    assert!(s.whoami(app1, "10.99.0.10", 80).is_none());
+    assert_eq!(s.dns_a(app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
+    assert!(s.whoami(app1, "10.99.0.10", 80).is_some(), "allowed after the answer");
+    assert_eq!(s.dns_a(app1, "10.10.1.1", "api.github.com").unwrap(), ["10.99.0.11"]);
+    assert!(s.whoami(app1, "10.99.0.11", 80).is_some(), "subdomain allowed");
+    assert_eq!(s.dns_a(app1, "10.10.1.1", "google.com").unwrap(), ["10.98.0.10"]);
+    assert!(s.whoami(app1, "10.98.0.10", 80).is_none(), "an unlisted name stays blocked");
+    // The host set is per app port: app2 (example.org) gets nothing from app1's lookups.
+    assert!(s.whoami(s.app("app2"), "10.99.0.10", 80).is_none());
+    let flows = s.flows();
+    assert!(flows.iter().any(|f| f["dst"] == "10.99.0.11" && f["mark"] == "0x01400001"), "{flows:#?}");
+    assert!(flows.iter().any(|f| f["dst"] == "10.98.0.10" && f["mark"] == "0x01bfffff"));
+    // The request log, as EVE keeps it.
+    let log = s.agent_cmd(&["dns-log", "--json", "--config", s.config_path.to_str().unwrap()]);
+    let log: Value = serde_json::from_slice(&log.stdout).unwrap();
+    let e = log.as_array().unwrap().iter().find(|e| e["name"] == "api.github.com").expect("logged");
+    assert_eq!((e["app"].as_str(), e["answers"][0].as_str(), e["source"].as_str()), (Some("app1"), Some("10.99.0.11"), Some("upstream")));
+}
+
+/// 200 rounds of: resolve a fresh name, connect at once. Prints the failures.
+const RACE: &str = r#"
+import random, socket, struct, sys
+gw, failures = sys.argv[1], 0
+for n in range(200):
+    name = "r%d.race.github.com" % n
+    qid = random.randrange(65536)
+    q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\x00" + struct.pack("!HH", 1, 1)
+    d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); d.settimeout(3)
+    d.sendto(q, (gw, 53))
+    r = d.recv(512)
+    ip = socket.inet_ntoa(r[-4:])
+    try:
+        c = socket.create_connection((ip, 80), timeout=2)
+        c.recv(100)
+        c.close()
+    except OSError:
+        failures += 1
+print(failures)
+"#;
+
+#[test]
+fn no_race_between_the_answer_and_the_first_connection() {
+    let s = scenario(&[]);
+    let out = s.python(s.app("app1"), RACE, &["10.10.1.1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "every first connection after its answer succeeds");
+}
+
+/// Opens a connection, waits past TTL + grace, then tries a new one and uses the old one.
+const EXPIRY: &str = r#"
+import json, socket, sys, time
+ip = sys.argv[1]
+old = socket.create_connection((ip, 7), timeout=2)
+old.sendall(b"before"); first = old.recv(100).decode()
+time.sleep(3.5)
+try:
+    socket.create_connection((ip, 7), timeout=2); new = "connected"
+except OSError:
+    new = "blocked"
+old.settimeout(3)
+old.sendall(b"after"); later = old.recv(100).decode()
+print(json.dumps({"first": first, "new": new, "later": later}))
+"#;
+
+#[test]
+fn expired_answers_leave_the_host_set_but_established_flows_live_on() {
+    let mut s = scenario(&["dns_host_grace_secs = 1"]);
+    let inet = s.inet.clone();
+    s.echo_server(&inet, "10.99.0.12", 7);
+    let app1 = s.app("app1").to_string();
+    assert_eq!(s.dns_a(&app1, "10.10.1.1", "ttl1.github.com").unwrap(), ["10.99.0.12"]);
+    let out = s.python(&app1, EXPIRY, &["10.99.0.12"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["first"], "before");
+    assert_eq!(r["new"], "blocked", "TTL 1 s + grace 1 s later, a new connection is blocked: {r}");
+    assert_eq!(r["later"], "after", "the established connection keeps its conntrack entry: {r}");
+}
+
+#[test]
+fn malformed_dns_and_floods_do_not_break_the_proxy() {
+    let s = scenario(&[]);
+    let app1 = s.app("app1");
+    // Garbage, a truncated header, a header claiming 65535 questions, a compression loop.
+    let garbage = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+for p in [b"\xff" * 7, b"\x12\x34\x01\x00\x00\x01", b"\x12\x34\x01\x00\xff\xff\x00\x00\x00\x00\x00\x00",
+          b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01"]:
+    s.sendto(p, ("10.10.1.1", 53))
+answers = 0
+for _ in range(4):
+    try:
+        r = s.recv(512); answers += 1
+        assert r[3] & 0x0f == 1, "FORMERR"
+    except socket.timeout:
+        pass
+print(answers)
+"#;
+    let out = s.python(app1, garbage, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A flood of 10,000 queries from app1 is answered or shed...
+    let flood = r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
+q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x06github\x03com\x00" + struct.pack("!HH", 1, 1)
+for i in range(10000):
+    try: s.sendto(q, ("10.10.1.1", 53))
+    except BlockingIOError: pass
+"#;
+    assert!(s.python(app1, flood, &[]).status.success());
+    // ...while app2 still gets its answers at once.
+    assert_eq!(s.dns_a(s.app("app2"), "10.10.1.1", "app1").unwrap(), ["10.10.1.2"]);
+    assert_eq!(s.dns_a(app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
+    assert_eq!(s.echo(app1, "10.10.1.1", 9, 1, None), EchoResult::TimedOut, "nothing else on the gateway");
+}
