@@ -112,6 +112,8 @@ pub struct App {
     pub num: Option<Spanned<u32>>,
     /// An existing netns: a name under /run/netns or a path.
     pub netns: Spanned<String>,
+    /// cloud-init user-data served to the app by its NIs' metadata servers.
+    pub user_data: Option<String>,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<Interface>,
 }

@@ -163,7 +163,8 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
     let plan = plan::build(&cfg);
     let mut uplinks = reconcile::apply(&plan).await?;
     let agent_nl = netlink::Netlink::open(&netns::Netns::current()?)?;
-    services::start(&plan).await.context("starting the NI services")?;
+    let shared_uplinks = std::sync::Arc::new(std::sync::RwLock::new(uplinks.clone()));
+    services::start(&plan, shared_uplinks.clone()).await.context("starting the NI services")?;
     let mut maps = datapath::Maps::open(&plan.pin_dir)?;
     info!("running; SIGINT/SIGTERM stops the agent (the data path stays until `down`)");
 
@@ -177,6 +178,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
                 if let Err(e) = reconcile::refresh_uplinks(&plan, &mut uplinks, &agent_nl).await {
                     warn!("following uplink changes: {e:#}");
                 }
+                *shared_uplinks.write().unwrap() = uplinks.clone();
             }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }

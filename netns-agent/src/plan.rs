@@ -83,6 +83,7 @@ pub struct PortPlan {
     pub acl: AclTable,
     /// Host ACEs: (index in the ACL, domain suffix, lower case, no trailing dot).
     pub hosts: Vec<(usize, String)>,
+    pub user_data: Option<String>,
 }
 
 impl NiPlan {
@@ -169,6 +170,7 @@ pub fn build(config: &Config) -> Plan {
                     .enumerate()
                     .filter_map(|(i, ace)| ace.matches.host.as_ref().map(|h| (i, h.get_ref().trim_end_matches('.').to_ascii_lowercase())))
                     .collect(),
+                user_data: app.user_data.clone(),
             });
         }
     }

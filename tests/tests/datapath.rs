@@ -6,7 +6,7 @@ use serde_json::Value;
 
 /// Two apps on one NI (app1 may reach app2's tcp/80 only, and drops UDP outright), and
 /// a second NI with the same subnet holding app3 at app1's address.
-const TWO_NIS: &str = r#"
+const TWO_NIS: &str = r##"
 [[network]]
 name = "@ni1"
 kind = "local"
@@ -22,6 +22,7 @@ gateway = "10.10.1.1"
 [[app]]
 name = "app1"
 netns = "@app1"
+user_data = "#cloud-config\nhostname: app-one\n"
 [[app.interface]]
 network = "@ni1"
 ip = "10.10.1.2"
@@ -45,7 +46,7 @@ netns = "@app3"
 network = "@ni2"
 ip = "10.10.1.2"
 acl = [{ id = 1, match = { ip = "0.0.0.0/0" } }]
-"#;
+"##;
 
 fn scenario() -> Scenario {
     let mut s = Scenario::new(&["ni1", "ni2"], &["app1", "app2", "app3"], TWO_NIS);
@@ -236,6 +237,28 @@ s.send(eth + b"\x86\xdd" + b"\x60" + b"\x00" * 39)                # IPv6
     // The programs keep working.
     s.echo_server(&app2, "10.10.1.3", 80);
     assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1000, None), EchoResult::Echoed(1000));
+}
+
+#[test]
+fn metadata_from_overlapping_nis_returns_each_app_its_own() {
+    let s = scenario();
+    let get = |ns: &str, path: &str| {
+        let out = s.exec(ns, &["curl", "-s", "-o", "/dev/stdout", "-w", " %{http_code}", "--max-time", "3", &format!("http://169.254.169.254{path}")]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // app1 (ni1) and app3 (ni2) share 10.10.1.2: each NI's server knows its own app.
+    assert_eq!(get(s.app("app1"), "/eve/v1/hostname"), "app1 200");
+    assert_eq!(get(s.app("app3"), "/eve/v1/hostname"), "app3 200");
+    assert_eq!(get(s.app("app1"), "/user-data"), "#cloud-config\nhostname: app-one\n 200");
+    assert_eq!(get(s.app("app3"), "/user-data"), " 404", "app3 has no user-data");
+    assert!(get(s.app("app3"), "/meta-data").starts_with("instance-id: app3\n"));
+    assert_eq!(get(s.app("app1"), "/eve/v1/no-such-thing"), " 404");
+    assert_eq!(get(s.app("app1"), "/admin"), " 404");
+    // No uplink: no external address.
+    assert!(get(s.app("app1"), "/eve/v1/network.json").contains("\"external-ipv4\":\"\""));
+    // The NI's own netns is no app: nothing for it.
+    let out = s.exec(s.ni("ni1"), &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "http://10.10.1.1/eve/v1/hostname"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
 
 #[test]

@@ -157,17 +157,19 @@ fn port_map_from_an_ni_on_another_uplink_goes_through_the_router() {
 }
 
 #[test]
-fn metadata_address_reaches_the_gateway_and_the_agent_reaches_apps() {
+fn metadata_server_answers_at_the_metadata_address_and_the_agent_reaches_apps() {
     let mut s = seed();
-    let ni1 = s.ni("ni1").to_string();
-    // A plain listener on ni1's gateway:80 stands in for the metadata server.
-    s.whoami_server(&ni1, "10.10.1.1", 80);
-    let seen = s.whoami(s.app("app1"), "169.254.169.254", 80).expect("metadata address answers");
-    assert!(seen.starts_with("10.10.1.2:"), "the server sees the app itself: {seen}");
+    let app1 = s.app("app1").to_string();
+    let net = s.exec(&app1, &["curl", "-s", "--max-time", "3", "http://169.254.169.254/eve/v1/network.json"]);
+    let net: Value = serde_json::from_slice(&net.stdout).expect("network.json is JSON");
+    assert!(net["caller-ip"].as_str().unwrap().starts_with("10.10.1.2:"), "{net}");
+    assert_eq!(net["external-ipv4"], "192.168.0.2", "{net}");
+    assert_eq!(net["hostname"], "app1");
+    let ext = s.exec(&app1, &["curl", "-s", "--max-time", "3", "http://169.254.169.254/eve/v1/external_ipv4"]);
+    assert_eq!(String::from_utf8_lossy(&ext.stdout), "192.168.0.2");
     let flows = s.flows();
     assert!(flows.iter().any(|f| f["dst"] == "169.254.169.254" && f["mark"] == "0x0100000b"), "{flows:#?}");
     // The agent's netns starts a connection to app1 (EVE-initiated, ACE id 0xa).
-    let app1 = s.app("app1").to_string();
     s.echo_server(&app1, "10.10.1.2", 22);
     let zedbox = s.zedbox.clone();
     assert_eq!(s.echo(&zedbox, "10.10.1.2", 22, 1000, Some("veth1")), EchoResult::Echoed(1000));

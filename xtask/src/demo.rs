@@ -6,8 +6,10 @@
 //! `internet` host has 10.99.0.10 (stands for github.com / zededa.com) and 10.98.0.10
 //! (stands for google.com). NI1 (10.10.1.0/24) and NI2 (192.168.1.0/24, eth1's very
 //! subnet) use eth0; NI3 (10.10.1.0/24 again) uses eth1. app1 sits on NI1 and NI2, app2 on
-//! NI2 (port map 8080 -> 80), app3 on NI3. Names and DNS come with the services work;
-//! the checks use addresses. Every check prints PASS or FAIL; any FAIL fails the demo.
+//! NI2 (port map 8080 -> 80), app3 on NI3. A mock DNS server in the internet host
+//! (10.99.0.53) knows github.com and zededa.com (10.99.0.10) and google.com (10.98.0.10);
+//! each app's resolv.conf names its first NI's gateway, where the agent's DNS proxy
+//! answers. Every check prints PASS or FAIL; any FAIL fails the demo.
 
 use std::{
     path::{Path, PathBuf},
@@ -37,10 +39,13 @@ const BLOCKED_SITE: &str = "10.98.0.10";
 const CONFIG: &str = r#"# The seed scenario (cargo xtask demo), NI1-NI3 and app1-app3.
 [[uplink]]
 name = "eth0"
+dns = ["10.99.0.53"]
 [[uplink]]
 name = "eth1"
+dns = ["10.99.0.53"]
 [[uplink]]
 name = "eth2"
+dns = ["10.99.0.53"]
 
 [[network]]
 name = "ni1"
@@ -70,14 +75,14 @@ netns = "app1"
 network = "ni1"
 ip = "10.10.1.2"
 acl = [
-  { id = 1, match = { ip = "10.99.0.0/16" } },      # stands for host github.com
+  { id = 1, match = { host = "github.com" } },
   { id = 2, match = { ip = "192.168.0.0/16" } },
 ]
 [[app.interface]]              # nbu2x1
 network = "ni2"
 ip = "192.168.1.20"
 acl = [
-  { id = 1, match = { ip = "192.168.1.0/24", protocol = "tcp", fport = 80 } },  # stands for eidset
+  { id = 1, match = { eidset = true, protocol = "tcp", fport = 80 } },
 ]
 
 [[app]]
@@ -87,7 +92,7 @@ netns = "app2"
 network = "ni2"
 ip = "192.168.1.10"
 acl = [
-  { id = 1, match = { ip = "192.168.1.0/24", protocol = "tcp", fport = 80 } },
+  { id = 1, match = { eidset = true, protocol = "tcp", fport = 80 } },
   { id = 2, match = { protocol = "tcp", lport = 8080 }, action = { portmap = 80 } },
 ]
 
@@ -98,6 +103,30 @@ netns = "app3"
 network = "ni3"
 ip = "10.10.1.2"
 acl = [{ id = 1, match = { ip = "0.0.0.0/0" } }]
+"#;
+
+/// The internet's DNS: github.com and zededa.com -> 10.99.0.10, google.com -> 10.98.0.10.
+const MOCK_DNS: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.99.0.53", 53))
+known = {"github.com": "10.99.0.10", "api.github.com": "10.99.0.10", "zededa.com": "10.99.0.10", "google.com": "10.98.0.10"}
+while True:
+    q, peer = s.recvfrom(512)
+    qid, = struct.unpack("!H", q[:2])
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i+1:i+1+q[i]].decode()); i += q[i] + 1
+    qtype, = struct.unpack("!H", q[i+1:i+3])
+    question = q[12:i+5]
+    ip = known.get(".".join(labels).lower())
+    if ip is None:
+        s.sendto(struct.pack("!HHHHHH", qid, 0x8183, 1, 0, 0, 0) + question, peer)
+    elif qtype != 1:
+        s.sendto(struct.pack("!HHHHHH", qid, 0x8180, 1, 0, 0, 0) + question, peer)
+    else:
+        rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 300, 4) + socket.inet_aton(ip)
+        s.sendto(struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + rr, peer)
 "#;
 
 /// A static-file HTTP server. Not `python3 -m http.server`: that one looks up its own
@@ -183,7 +212,7 @@ impl Demo {
         self.agent = Some(agent);
         self.wait_for_agent()?;
 
-        step("web servers: each app, the internet sites, and NI1's gateway (stands for the metadata server)");
+        step("web servers in each app and on the internet sites; the internet's DNS server");
         for (ns, ip, page) in [
             ("app1", APP1_NI1, "app1-data"),
             ("app1", APP1_NI2, "app1-data"),
@@ -191,26 +220,32 @@ impl Demo {
             ("app3", APP3, "app3-data"),
             (INTERNET, ALLOWED_SITE, "internet-data"),
             (INTERNET, BLOCKED_SITE, "blocked-site-data"),
-            ("ni1", "10.10.1.1", "metadata-of-ni1"),
         ] {
             self.http_server(ns, ip, page)?;
         }
+        let dns = Command::new("ip")
+            .args(["netns", "exec", INTERNET, "python3", "-c", MOCK_DNS])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.servers.push(dns);
+        wait_until_udp(INTERNET, "10.99.0.53", 53)?;
 
         step("checks (seed walkthrough)");
         let addrs = output(&["ip", "netns", "exec", "app1", "ip", "-4", "-o", "addr"]);
         self.check("app1 has addresses in both networks (nbu1x1.1 in NI1, nbu2x1.1 in NI2)",
             addrs.contains(&format!("nbu1x1.1    inet {APP1_NI1}")) && addrs.contains(&format!("nbu2x1.1    inet {APP1_NI2}")));
-        self.check("app1 -> the allowed site (stands for github.com): ALLOWED",
-            curl("app1", &["--interface", "nbu1x1.1"], ALLOWED_SITE).as_deref() == Some("internet-data"));
-        self.check("app1 -> the blocked site (stands for google.com): BLOCKED (times out)",
-            curl("app1", &["--interface", "nbu1x1.1"], BLOCKED_SITE).is_none());
+        self.check("app1: curl github.com: ALLOWED (host ACE; the DNS proxy put its address in app1's host set)",
+            curl("app1", &[], "github.com").as_deref() == Some("internet-data"));
+        self.check("app1: curl --interface nbu1x1.1 google.com: BLOCKED (times out)",
+            curl("app1", &["--interface", "nbu1x1.1"], "google.com").is_none());
         let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
         self.check("the allowed flow: mark 0x01400001, source translated to NI1's veth 169.254.100.2 and eth0 192.168.0.2",
             flow_has(&flows, ALLOWED_SITE, &[("mark", "0x01400001"), ("translated", "169.254.100.2:")])
                 && flow_has(&flows, ALLOWED_SITE, &[("translated", "192.168.0.2:")]));
         self.check("the dropped flow is recorded too: mark 0x01bfffff (app 1, drop, default-drop ACE)",
             flow_has(&flows, BLOCKED_SITE, &[("mark", "0x01bfffff"), ("verdict", "drop")]));
-        self.check("app1 -> app2 in the shared NI2 (curl --interface nbu2x1.1 app2): ALLOWED",
+        self.check("app1 -> app2 in the shared NI2 (curl --interface nbu2x1.1, by address: app1 resolves via NI1): ALLOWED by eidset",
             curl("app1", &["--interface", "nbu2x1.1"], APP2).as_deref() == Some("app2-data"));
         self.check("hairpin app1 -> 192.168.0.2:8080 -> app2 inside the box (same uplink eth0)",
             curl("app1", &["--interface", "nbu1x1.1"], "192.168.0.2:8080").as_deref() == Some("app2-data"));
@@ -219,12 +254,12 @@ impl Demo {
             nat.contains("\"src\": \"169.254.100.2\"") && nat.contains("\"to\": \"169.254.100.6:8080\""));
         self.check("app1 via NI2 -> 192.168.0.2:8080: BLOCKED (no ACE of app1 in NI2 allows it; the seed's TODO)",
             curl_via_ni2_default_route().is_none());
-        self.check("app1 -> 169.254.169.254 (metadata address) reaches NI1's gateway:80",
-            curl("app1", &["--interface", "nbu1x1.1"], "169.254.169.254").as_deref() == Some("metadata-of-ni1"));
-        self.check("app2 -> app1 (curl app1): ALLOWED", curl("app2", &[], APP1_NI2).as_deref() == Some("app1-data"));
-        self.check("app2 -> the allowed site: BLOCKED (not in app2's ACL)", curl("app2", &[], ALLOWED_SITE).is_none());
-        self.check("app3 -> any website (stands for zededa.com): ALLOWED",
-            curl("app3", &[], ALLOWED_SITE).as_deref() == Some("internet-data"));
+        self.check("app1: curl 169.254.169.254/eve/v1/hostname: the metadata server of NI1 knows app1",
+            curl("app1", &["--interface", "nbu1x1.1"], "169.254.169.254/eve/v1/hostname").as_deref() == Some("app1"));
+        self.check("app2: curl app1: ALLOWED (NI2's DNS proxy names app1; eidset)", curl("app2", &[], "app1").as_deref() == Some("app1-data"));
+        self.check("app2: curl github.com: BLOCKED (not in app2's ACL)", curl("app2", &[], "github.com").is_none());
+        self.check("app3: curl zededa.com: ALLOWED",
+            curl("app3", &[], "zededa.com").as_deref() == Some("internet-data"));
         self.check("app3 -> 192.168.0.2:8080 -> app2, hairpinned outside the box (NI3 uses eth1)",
             curl("app3", &[], "192.168.0.2:8080").as_deref() == Some("app2-data"));
         let nat = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
@@ -243,7 +278,9 @@ impl Demo {
         crate::run(Command::new(&self.agent_bin).arg("flows"))?;
         step("maps are readable with bpftool (BTF): the first entries of CT_V1");
         crate::run(Command::new("sh").args(["-c", "bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V1 | head -30"]))?;
-        step("not yet in the demo: DNS names and host ACLs, eidsets, DHCP, VPN NIs (NI4/NI5), the switch NI (NI6)");
+        step("DNS requests seen by the NIs' proxies: netns-agent dns-log");
+        crate::run(Command::new(&self.agent_bin).arg("dns-log"))?;
+        step("not yet in the demo: DHCP, VPN NIs (NI4/NI5), the switch NI (NI6)");
         if self.failed > 0 {
             bail!("{} demo checks failed", self.failed);
         }
@@ -306,6 +343,9 @@ impl Drop for Demo {
         for ns in all_namespaces().iter().filter(|n| !NIS.contains(n)) {
             let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
         }
+        for app in APPS {
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(app));
+        }
     }
 }
 
@@ -336,6 +376,14 @@ pub(crate) fn build_world() -> Result<()> {
     sh(&["ip", "-n", INTERNET, "addr", "add", &format!("{BLOCKED_SITE}/24"), "dev", "wan0"])?;
     sh(&["ip", "-n", INTERNET, "link", "set", "wan0", "up"])?;
     sh(&["ip", "-n", INTERNET, "route", "add", "default", "via", "10.99.0.1"])?;
+    sh(&["ip", "-n", INTERNET, "addr", "add", "10.99.0.53/24", "dev", "wan0"])?;
+    // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf: each app asks its first
+    // NI's gateway (the agent's DNS proxy).
+    for (app, gw) in [("app1", "10.10.1.1"), ("app2", "192.168.1.1"), ("app3", "10.10.1.1")] {
+        let dir = Path::new("/etc/netns").join(app);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {gw}\n"))?;
+    }
     Ok(())
 }
 
@@ -389,11 +437,23 @@ pub(crate) fn wait_listening(ns: &str, ip: &str, port: u16) -> Result<()> {
     bail!("server in {ns} on {ip}:{port} did not start")
 }
 
+fn wait_until_udp(ns: &str, ip: &str, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-Hlun", &format!("src {ip}:{port}")]).output()?;
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return Ok(());
+        }
+        sleep(Duration::from_millis(100));
+    }
+    bail!("UDP server in {ns} on {ip}:{port} did not start")
+}
+
 pub(crate) fn curl(ns: &str, extra: &[&str], target: &str) -> Option<String> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "curl", "-s", "--max-time", "3"])
         .args(extra)
-        .arg(format!("http://{target}/"))
+        .arg(if target.contains('/') { format!("http://{target}") } else { format!("http://{target}/") })
         .output()
         .ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())

@@ -239,7 +239,7 @@ impl DnsProxy {
 
     async fn handle(&self, request: &[u8], src: Ipv4Addr) -> Option<Vec<u8>> {
         let Ok(query) = Message::from_vec(request) else {
-            self.log_entry(src, "?", "?", &[], "FORMERR", "malformed request");
+            self.log_entry(src, "?", "?", &[], &rcode(ResponseCode::FormErr), "malformed request");
             return format_error(request);
         };
         if query.metadata.message_type != MessageType::Query || query.queries.len() != 1 {
@@ -247,30 +247,30 @@ impl DnsProxy {
         }
         let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
         let Some(app) = self.cfg.apps.get(&src) else {
-            self.log_entry(src, &qname, &qtype, &[], "REFUSED", "not an app of this network");
+            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::Refused), "not an app of this network");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused).to_vec().ok();
         };
         if let Some(reply) = local_answer(&self.cfg, &query) {
-            self.log_entry(src, &qname, &qtype, &answers_of(&reply), "NOERROR", "local");
+            self.log_entry(src, &qname, &qtype, &answers_of(&reply), &rcode(ResponseCode::NoError), "local");
             return reply.to_vec().ok();
         }
         let Some(answer) = self.forward(request).await else {
-            self.log_entry(src, &qname, &qtype, &[], "SERVFAIL", "no upstream answered");
+            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "no upstream answered");
             let mut fail = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail);
             fail.add_query(query.queries[0].clone());
             return fail.to_vec().ok();
         };
         let Ok(parsed) = Message::from_vec(&answer) else {
-            self.log_entry(src, &qname, &qtype, &[], "SERVFAIL", "malformed upstream answer");
+            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "malformed upstream answer");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         };
         if parsed.metadata.id != query.metadata.id || parsed.metadata.message_type != MessageType::Response {
-            self.log_entry(src, &qname, &qtype, &[], "SERVFAIL", "upstream answer does not match the query");
+            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "upstream answer does not match the query");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         }
         // Host sets first, answer second: no connection can beat its own allow entry.
         self.update_hosts(app, &parsed);
-        self.log_entry(src, &qname, &qtype, &answers_of(&parsed), &parsed.metadata.response_code.to_string(), "upstream");
+        self.log_entry(src, &qname, &qtype, &answers_of(&parsed), &rcode(parsed.metadata.response_code), "upstream");
         Some(answer)
     }
 
@@ -326,6 +326,11 @@ impl DnsProxy {
             }
         }
     }
+}
+
+/// "NoError", "NXDomain", "ServFail", ...: one spelling for local and upstream answers.
+fn rcode(code: ResponseCode) -> String {
+    format!("{code:?}")
 }
 
 fn answers_of(m: &Message) -> Vec<String> {

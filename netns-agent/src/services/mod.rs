@@ -1,11 +1,15 @@
-//! Per-NI services run by the agent: the DNS proxy (more to come: metadata, DHCP).
+//! Per-NI services run by the agent: the DNS proxy and the metadata server.
 //!
 //! Their listening sockets are created on a thread inside the NI's netns and then driven
 //! from the agent's runtime; upstream sockets live in the agent's own netns.
 
 pub mod dns;
+pub mod metadata;
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
 use anyhow::{Context, Result};
 
@@ -13,6 +17,7 @@ use crate::{
     netlink::Netlink,
     netns::{self, Netns},
     plan::Plan,
+    reconcile::Uplinks,
 };
 
 /// Where the DNS proxies append their request log (JSON lines).
@@ -20,8 +25,9 @@ pub fn dns_log_path(state_dir: &std::path::Path) -> std::path::PathBuf {
     state_dir.join("dns.log")
 }
 
-/// Starts every NI's services on the current runtime.
-pub async fn start(plan: &Plan) -> Result<()> {
+/// Starts every NI's services on the current runtime. `uplinks` is kept current by the
+/// agent (the metadata server reports the uplink address).
+pub async fn start(plan: &Plan, uplinks: Arc<RwLock<Uplinks>>) -> Result<()> {
     for ni in &plan.nis {
         let ns = Netns::open(&netns::resolve(&ni.name))?;
         let nl = Netlink::open(&ns)?;
@@ -54,6 +60,18 @@ pub async fn start(plan: &Plan) -> Result<()> {
             host_grace: plan.dns_host_grace,
         };
         dns::DnsProxy::spawn(cfg, &ns, &plan.pin_dir).with_context(|| format!("starting the DNS proxy of {}", ni.name))?;
+        let meta = metadata::NiMetaConfig {
+            ni: ni.name.clone(),
+            gateway: ni.gateway,
+            apps: ni
+                .ports
+                .iter()
+                .map(|p| (p.ip, metadata::AppMeta { app: p.app.clone(), user_data: p.user_data.clone() }))
+                .collect(),
+            uplink: ni.uplink.clone(),
+            uplinks: uplinks.clone(),
+        };
+        metadata::spawn(meta, &ns).with_context(|| format!("starting the metadata server of {}", ni.name))?;
     }
     Ok(())
 }
