@@ -103,6 +103,8 @@ pub struct Network {
     pub gateway: Spanned<Ipv4Addr>,
     /// The [[uplink]] this NI reaches the outside through; none: isolated.
     pub uplink: Option<Spanned<String>>,
+    /// DHCP's dynamic pool [first, last]; without it, only the apps' static leases.
+    pub dhcp_range: Option<Spanned<[Ipv4Addr; 2]>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,7 +124,14 @@ pub struct App {
 #[serde(deny_unknown_fields)]
 pub struct Interface {
     pub network: Spanned<String>,
-    pub ip: Spanned<Ipv4Addr>,
+    /// The app's address; default: allocated by the agent (from dhcp_range if set).
+    pub ip: Option<Spanned<Ipv4Addr>>,
+    /// The app side's MAC (the DHCP lease's key); default: 02:16:3e:<N>:<app>:<k>.
+    pub mac: Option<Spanned<String>>,
+    /// true: the app takes its address from the NI's DHCP server; false: the agent sets
+    /// it (and the default route) in the app's netns.
+    #[serde(default)]
+    pub dhcp: bool,
     #[serde(default)]
     pub acl: Vec<Ace>,
 }
@@ -322,6 +331,12 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         if !subnet.contains(&gw) || gw == subnet.network() || gw == subnet.broadcast() {
             err(n.gateway.span(), format!("network.gateway {gw} is not a host address of subnet {subnet}"));
         }
+        if let Some(range) = &n.dhcp_range {
+            let [first, last] = *range.get_ref();
+            if !subnet.contains(&first) || !subnet.contains(&last) || first > last || first == subnet.network() || last == subnet.broadcast() {
+                err(range.span(), format!("network.dhcp_range [{first}, {last}] of {name:?} must be host addresses of {subnet}, first <= last"));
+            }
+        }
         if let Some(u) = &n.uplink {
             if !uplinks.contains_key(u.get_ref().as_str()) {
                 err(u.span(), format!("network.uplink {:?} of {name:?} names no [[uplink]]", u.get_ref()));
@@ -355,16 +370,22 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         }
         for i in &a.interfaces {
             let net_name = i.network.get_ref().as_str();
-            let ip = *i.ip.get_ref();
-            match networks.get(net_name) {
-                None => err(i.network.span(), format!("app.interface.network {net_name:?} of {name:?} names no [[network]]")),
-                Some(n) => {
+            if let Some(mac) = &i.mac {
+                if parse_mac(mac.get_ref()).is_none() {
+                    err(mac.span(), format!("app.interface.mac {:?} of {name:?}: use six hex bytes like 02:16:3e:00:00:01", mac.get_ref()));
+                }
+            }
+            match (networks.get(net_name), &i.ip) {
+                (None, _) => err(i.network.span(), format!("app.interface.network {net_name:?} of {name:?} names no [[network]]")),
+                (Some(_), None) => {}
+                (Some(n), Some(ip_spanned)) => {
+                    let ip = *ip_spanned.get_ref();
                     let subnet = n.subnet.get_ref();
                     if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() || ip == *n.gateway.get_ref() {
-                        err(i.ip.span(), format!("app.interface.ip {ip} of {name:?} is not a free host address of {net_name:?} ({subnet}, gateway {})", n.gateway.get_ref()));
+                        err(ip_spanned.span(), format!("app.interface.ip {ip} of {name:?} is not a free host address of {net_name:?} ({subnet}, gateway {})", n.gateway.get_ref()));
                     }
                     if let Some(other) = addresses.insert((net_name, ip), name) {
-                        err(i.ip.span(), format!("app.interface.ip {ip} on {net_name:?} is already used by {other:?}"));
+                        err(ip_spanned.span(), format!("app.interface.ip {ip} on {net_name:?} is already used by {other:?}"));
                     }
                 }
             }
@@ -383,6 +404,19 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
                     }
                 }
             }
+        }
+    }
+    // Every interface without an address needs one from its network's pool.
+    for n in &config.networks {
+        let name = n.name.get_ref();
+        let range = n.dhcp_range.as_ref().map(|r| (r.get_ref()[0], r.get_ref()[1]));
+        let wanted = config.apps.iter().flat_map(|a| &a.interfaces).filter(|i| i.network.get_ref() == name && i.ip.is_none()).count();
+        let free = crate::plan::pool(*n.subnet.get_ref(), *n.gateway.get_ref(), range)
+            .filter(|ip| !addresses.contains_key(&(name.as_str(), *ip)))
+            .take(wanted)
+            .count();
+        if free < wanted {
+            err(n.name.span(), format!("network {name:?}: {wanted} interfaces need an address but only {free} are free in its pool"));
         }
     }
     drop(err);
@@ -435,6 +469,12 @@ fn validate_acl(acl: &[Ace], app: &str, err: &mut impl FnMut(std::ops::Range<usi
             _ => {}
         }
     }
+}
+
+/// "02:16:3e:00:00:01" -> bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2)).collect::<Option<_>>()?;
+    parts.try_into().ok()
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -536,6 +576,9 @@ ip = "10.10.1.2"
         let c = parse_ok(GOOD);
         assert_eq!(c.networks.len(), 2);
         assert_eq!(c.apps[0].interfaces[0].acl.len(), 2);
+        assert_eq!(parse_mac("02:16:3e:0a:ff:01"), Some([2, 0x16, 0x3e, 10, 255, 1]));
+        assert_eq!(parse_mac("02:16:3e:0a:ff"), None);
+        assert_eq!(parse_mac("2:16:3e:0a:ff:01"), None);
         assert_eq!(c.apps[0].interfaces[0].acl[1].action, Action::Drop);
         assert_eq!(c.apps[0].interfaces[0].acl[0].matches.protocol.as_ref().unwrap().get_ref().0, 6);
         assert_eq!(c.agent.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));

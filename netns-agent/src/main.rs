@@ -164,7 +164,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
     let mut uplinks = reconcile::apply(&plan).await?;
     let agent_nl = netlink::Netlink::open(&netns::Netns::current()?)?;
     let shared_uplinks = std::sync::Arc::new(std::sync::RwLock::new(uplinks.clone()));
-    services::start(&plan, shared_uplinks.clone()).await.context("starting the NI services")?;
+    let services = services::start(&plan, shared_uplinks.clone()).await.context("starting the NI services")?;
     let mut maps = datapath::Maps::open(&plan.pin_dir)?;
     info!("running; SIGINT/SIGTERM stops the agent (the data path stays until `down`)");
 
@@ -190,6 +190,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
             }
         }
     }
+    services.stop().await;
     if let Err(e) = state::AppliedState::from_plan(&plan).write(&plan.state_dir) {
         warn!("recording state: {e:#}");
     }

@@ -144,6 +144,16 @@ impl Netlink {
             .with_context(|| self.ctx(format!("setting {name} up")))
     }
 
+    pub async fn set_mac(&self, name: &str, mac: [u8; 6]) -> Result<()> {
+        let index = self.index_of(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).address(mac.to_vec()).build())
+            .execute()
+            .await
+            .with_context(|| self.ctx(format!("setting the MAC of {name}")))
+    }
+
     pub async fn set_master(&self, name: &str, bridge: &str) -> Result<()> {
         let index = self.index_of(name).await?;
         let master = self.index_of(bridge).await?;

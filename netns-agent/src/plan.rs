@@ -64,6 +64,7 @@ pub struct NiPlan {
     pub ni_veth: String,
     pub ni_ip: Ipv4Addr,
     pub uplink: Option<String>,
+    pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
     pub ports: Vec<PortPlan>,
     pub portmaps: Vec<PortmapPlan>,
 }
@@ -80,6 +81,10 @@ pub struct PortPlan {
     /// `nbu<k>x<app_num>.1`: the app's end.
     pub app_ifname: String,
     pub ip: Ipv4Addr,
+    /// The app side's MAC: the key of its static DHCP lease.
+    pub mac: [u8; 6],
+    /// The app configures its address itself, by DHCP.
+    pub dhcp: bool,
     pub acl: AclTable,
     /// Host ACEs: (index in the ACL, domain suffix, lower case, no trailing dot).
     pub hosts: Vec<(usize, String)>,
@@ -132,10 +137,18 @@ pub fn build(config: &Config) -> Plan {
                 ni_veth: format!("veth{index}.1"),
                 ni_ip,
                 uplink: n.uplink.as_ref().map(|u| u.get_ref().clone()),
+                dhcp_range: n.dhcp_range.as_ref().map(|r| (r.get_ref()[0], r.get_ref()[1])),
                 ports: Vec::new(),
                 portmaps: Vec::new(),
             }
         })
+        .collect();
+    // Configured addresses first, so that allocated ones never collide with them.
+    let mut taken: std::collections::HashSet<(String, Ipv4Addr)> = config
+        .apps
+        .iter()
+        .flat_map(|a| a.interfaces.iter())
+        .filter_map(|i| i.ip.as_ref().map(|ip| (i.network.get_ref().clone(), *ip.get_ref())))
         .collect();
     for (pos, app) in config.apps.iter().enumerate() {
         let app_num = app.num.as_ref().map(|n| *n.get_ref()).unwrap_or(pos as u32 + 1);
@@ -144,13 +157,28 @@ pub fn build(config: &Config) -> Plan {
                 .iter_mut()
                 .find(|n| n.name == *iface.network.get_ref())
                 .expect("validated: interface names an existing network");
+            let ip = match &iface.ip {
+                Some(ip) => *ip.get_ref(),
+                None => {
+                    let ip = pool(ni.subnet, ni.gateway, ni.dhcp_range)
+                        .find(|ip| !taken.contains(&(ni.name.clone(), *ip)))
+                        .expect("validated: the pool has room");
+                    taken.insert((ni.name.clone(), ip));
+                    ip
+                }
+            };
+            let mac = iface
+                .mac
+                .as_ref()
+                .and_then(|m| crate::config::parse_mac(m.get_ref()))
+                .unwrap_or([0x02, 0x16, 0x3e, ni.index as u8, app_num as u8, k as u8 + 1]);
             let bridge_port = format!("nbu{}x{}", k + 1, app_num);
             for ace in &iface.acl {
                 if let (Action::Portmap(target), Some(lport)) = (ace.action, &ace.matches.lport) {
                     ni.portmaps.push(PortmapPlan {
                         proto: ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0),
                         lport: *lport.get_ref(),
-                        app_ip: *iface.ip.get_ref(),
+                        app_ip: ip,
                         target,
                         mark: mark::compose(app_num, *ace.id.get_ref(), true, false),
                     });
@@ -162,7 +190,9 @@ pub fn build(config: &Config) -> Plan {
                 app_netns: app.netns.get_ref().clone(),
                 app_ifname: format!("{bridge_port}.1"),
                 bridge_port,
-                ip: *iface.ip.get_ref(),
+                ip,
+                mac,
+                dhcp: iface.dhcp,
                 acl: acl_table(&iface.acl),
                 hosts: iface
                     .acl
@@ -189,6 +219,16 @@ pub fn build(config: &Config) -> Plan {
         uplinks,
         nis,
     }
+}
+
+/// Addresses the agent may hand an app on a network: the DHCP range, or else every host
+/// address of the subnet but the gateway.
+pub fn pool(subnet: Ipv4Net, gateway: Ipv4Addr, range: Option<(Ipv4Addr, Ipv4Addr)>) -> impl Iterator<Item = Ipv4Addr> {
+    let (first, last) = range.unwrap_or((
+        Ipv4Addr::from(u32::from(subnet.network()) + 1),
+        Ipv4Addr::from(u32::from(subnet.broadcast()) - 1),
+    ));
+    (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from).filter(move |ip| *ip != gateway)
 }
 
 /// The ACL as the programs read it, in config order.

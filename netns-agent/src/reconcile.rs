@@ -334,10 +334,14 @@ async fn apply_ni(
         nl.set_up(&port.bridge_port).await?;
 
         app.set_up("lo").await?;
-        app.add_address(&port.app_ifname, port.ip, ni.subnet.prefix_len()).await?;
+        app.set_mac(&port.app_ifname, port.mac).await?;
+        // A DHCP app takes address and routes from the NI's DHCP server itself.
+        if !port.dhcp {
+            app.add_address(&port.app_ifname, port.ip, ni.subnet.prefix_len()).await?;
+        }
         app.set_up(&port.app_ifname).await?;
         // An app with several interfaces gets its default route via the first one only.
-        if apps_with_default_route.insert(port.app_netns.clone()) && !app.default_route_exists().await? {
+        if !port.dhcp && apps_with_default_route.insert(port.app_netns.clone()) && !app.default_route_exists().await? {
             app.add_default_route(ni.gateway).await?;
         }
         info!("  {} -> app {} ({} {}), {} ACEs", port.bridge_port, port.app, port.app_ifname, port.ip, port.acl.count);

@@ -44,10 +44,11 @@ impl AppliedState {
     }
 
     pub fn remove(state_dir: &Path) -> Result<()> {
-        for name in ["state.json", "dns.log"] {
-            let path = state_dir.join(name);
-            if path.exists() {
-                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        // Our files: the record, the DNS log, dnsmasq's configs and lease files.
+        for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "state.json" || name == "dns.log" || name.starts_with("dnsmasq-") {
+                std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
             }
         }
         // Only our own file lived there; leave the directory if someone else uses it.

@@ -212,3 +212,68 @@ for i in range(10000):
     assert_eq!(s.dns_a(app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
     assert_eq!(s.echo(app1, "10.10.1.1", 9, 1, None), EchoResult::TimedOut, "nothing else on the gateway");
 }
+
+/// app1 gets an allocated address from the pool, app2 a fixed one with its own MAC; both
+/// ask for it with a real DHCP client.
+const DHCP: &str = r#"
+[[network]]
+name = "@ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+dhcp_range = ["10.10.1.50", "10.10.1.150"]
+
+[[app]]
+name = "app1"
+netns = "@app1"
+[[app.interface]]
+network = "@ni1"
+dhcp = true
+acl = [{ id = 1, match = { ip = "10.10.1.0/24" } }]
+
+[[app]]
+name = "app2"
+netns = "@app2"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.77"
+mac = "02:aa:bb:cc:dd:ee"
+dhcp = true
+acl = [{ id = 1, match = { ip = "10.10.1.0/24" } }]
+"#;
+
+/// Runs busybox udhcpc once on `ifname` in `ns`; returns the leased address.
+fn dhcp_lease(s: &Scenario, ns: &str, ifname: &str) -> Option<String> {
+    let out = s.exec(ns, &["busybox", "udhcpc", "-i", ifname, "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", "/bin/true"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    text.lines().find_map(|l| l.split("lease of ").nth(1)).and_then(|rest| rest.split_whitespace().next()).map(String::from)
+}
+
+#[test]
+fn dhcp_leases_match_the_agents_allocation() {
+    let mut s = Scenario::new(&["ni1"], &["app1", "app2"], DHCP);
+    s.start_agent();
+    assert_eq!(dhcp_lease(&s, s.app("app1"), "nbu1x1.1").as_deref(), Some("10.10.1.50"), "first address of the pool:\n{}", s.agent_log());
+    assert_eq!(dhcp_lease(&s, s.app("app2"), "nbu1x2.1").as_deref(), Some("10.10.1.77"), "the configured address");
+    let mac = s.exec(s.app("app2"), &["cat", "/sys/class/net/nbu1x2.1/address"]);
+    assert_eq!(String::from_utf8_lossy(&mac.stdout).trim(), "02:aa:bb:cc:dd:ee");
+    // The DHCP exchange passes by the implicit rule and is recorded (ACE id 6).
+    assert!(s.flows().iter().any(|f| f["dport"] == 67 && f["mark"] == "0x01000006"));
+    // dnsmasq is supervised: killed, it comes back.
+    let pid = |s: &Scenario| {
+        let out = std::process::Command::new("pgrep").args(["-f", &format!("dnsmasq-{}.conf", s.ni("ni1"))]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let first = pid(&s);
+    assert!(!first.is_empty(), "dnsmasq runs");
+    std::process::Command::new("kill").arg(&first).status().unwrap();
+    let back = netns_tests::wait_until(std::time::Duration::from_secs(10), || {
+        let p = pid(&s);
+        !p.is_empty() && p != first
+    });
+    assert!(back.is_some(), "dnsmasq restarted:\n{}", s.agent_log());
+    assert_eq!(dhcp_lease(&s, s.app("app1"), "nbu1x1.1").as_deref(), Some("10.10.1.50"));
+    // Stopping the agent stops its dnsmasq.
+    s.stop_agent();
+    assert!(pid(&s).is_empty(), "dnsmasq stopped with the agent");
+}

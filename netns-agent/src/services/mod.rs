@@ -1,8 +1,10 @@
-//! Per-NI services run by the agent: the DNS proxy and the metadata server.
+//! Per-NI services run by the agent: DHCP (a supervised dnsmasq), the DNS proxy and the
+//! metadata server.
 //!
 //! Their listening sockets are created on a thread inside the NI's netns and then driven
 //! from the agent's runtime; upstream sockets live in the agent's own netns.
 
+pub mod dhcp;
 pub mod dns;
 pub mod metadata;
 
@@ -25,10 +27,39 @@ pub fn dns_log_path(state_dir: &std::path::Path) -> std::path::PathBuf {
     state_dir.join("dns.log")
 }
 
+/// The running services that need stopping (the others end with the runtime).
+pub struct Services {
+    dhcp: Vec<dhcp::Dnsmasq>,
+}
+
+impl Services {
+    /// Stops the child processes and waits until they are reaped.
+    pub async fn stop(self) {
+        for d in self.dhcp {
+            d.stop().await;
+        }
+    }
+}
+
 /// Starts every NI's services on the current runtime. `uplinks` is kept current by the
 /// agent (the metadata server reports the uplink address).
-pub async fn start(plan: &Plan, uplinks: Arc<RwLock<Uplinks>>) -> Result<()> {
+pub async fn start(plan: &Plan, uplinks: Arc<RwLock<Uplinks>>) -> Result<Services> {
+    let mut services = Services { dhcp: Vec::new() };
     for ni in &plan.nis {
+        let leases = ni
+            .ports
+            .iter()
+            .map(|p| dhcp::Lease { mac: p.mac, ip: p.ip, name: p.app.clone() })
+            .collect();
+        let dhcp_cfg = dhcp::NiDhcpConfig {
+            ni: ni.name.clone(),
+            subnet: ni.subnet,
+            gateway: ni.gateway,
+            range: ni.dhcp_range,
+            leases,
+            state_dir: plan.state_dir.clone(),
+        };
+        services.dhcp.push(dhcp::Dnsmasq::spawn(dhcp_cfg, Netns::open(&netns::resolve(&ni.name))?)?);
         let ns = Netns::open(&netns::resolve(&ni.name))?;
         let nl = Netlink::open(&ns)?;
         let mut apps = HashMap::new();
@@ -73,5 +104,5 @@ pub async fn start(plan: &Plan, uplinks: Arc<RwLock<Uplinks>>) -> Result<()> {
         };
         metadata::spawn(meta, &ns).with_context(|| format!("starting the metadata server of {}", ni.name))?;
     }
-    Ok(())
+    Ok(services)
 }
