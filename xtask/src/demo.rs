@@ -245,8 +245,8 @@ impl Demo {
                 && flow_has(&flows, ALLOWED_SITE, &[("translated", "192.168.0.2:")]));
         self.check("the dropped flow is recorded too: mark 0x01bfffff (app 1, drop, default-drop ACE)",
             flow_has(&flows, BLOCKED_SITE, &[("mark", "0x01bfffff"), ("verdict", "drop")]));
-        self.check("app1 -> app2 in the shared NI2 (curl --interface nbu2x1.1, by address: app1 resolves via NI1): ALLOWED by eidset",
-            curl("app1", &["--interface", "nbu2x1.1"], APP2).as_deref() == Some("app2-data"));
+        self.check("app1: curl --interface nbu2x1.1 app2: ALLOWED (NI2's DNS proxy names app2; eidset + fport 80)",
+            curl("app1", &["--interface", "nbu2x1.1"], "app2").as_deref() == Some("app2-data"));
         self.check("hairpin app1 -> 192.168.0.2:8080 -> app2 inside the box (same uplink eth0)",
             curl("app1", &["--interface", "nbu1x1.1"], "192.168.0.2:8080").as_deref() == Some("app2-data"));
         let nat = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
@@ -254,8 +254,10 @@ impl Demo {
             nat.contains("\"src\": \"169.254.100.2\"") && nat.contains("\"to\": \"169.254.100.6:8080\""));
         self.check("app1 via NI2 -> 192.168.0.2:8080: BLOCKED (no ACE of app1 in NI2 allows it; the seed's TODO)",
             curl_via_ni2_default_route().is_none());
-        self.check("app1: curl 169.254.169.254/eve/v1/hostname: the metadata server of NI1 knows app1",
-            curl("app1", &["--interface", "nbu1x1.1"], "169.254.169.254/eve/v1/hostname").as_deref() == Some("app1"));
+        for app in APPS {
+            self.check(&format!("{app}: curl 169.254.169.254/eve/v1/hostname: its NI's metadata server knows it"),
+                curl(app, &[], "169.254.169.254/eve/v1/hostname").as_deref() == Some(app));
+        }
         self.check("app2: curl app1: ALLOWED (NI2's DNS proxy names app1; eidset)", curl("app2", &[], "app1").as_deref() == Some("app1-data"));
         self.check("app2: curl github.com: BLOCKED (not in app2's ACL)", curl("app2", &[], "github.com").is_none());
         self.check("app3: curl zededa.com: ALLOWED",
@@ -379,10 +381,11 @@ pub(crate) fn build_world() -> Result<()> {
     sh(&["ip", "-n", INTERNET, "addr", "add", "10.99.0.53/24", "dev", "wan0"])?;
     // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf: each app asks its first
     // NI's gateway (the agent's DNS proxy).
-    for (app, gw) in [("app1", "10.10.1.1"), ("app2", "192.168.1.1"), ("app3", "10.10.1.1")] {
+    for (app, servers) in [("app1", ["10.10.1.1", "192.168.1.1"].as_slice()), ("app2", &["192.168.1.1"]), ("app3", &["10.10.1.1"])] {
         let dir = Path::new("/etc/netns").join(app);
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("resolv.conf"), format!("nameserver {gw}\n"))?;
+        let conf: String = servers.iter().map(|s| format!("nameserver {s}\n")).collect();
+        std::fs::write(dir.join("resolv.conf"), conf)?;
     }
     Ok(())
 }

@@ -254,6 +254,14 @@ impl DnsProxy {
             self.log_entry(src, &qname, &qtype, &answers_of(&reply), &rcode(ResponseCode::NoError), "local");
             return reply.to_vec().ok();
         }
+        // A bare name that is no app of this NI never leaves the box (dnsmasq's
+        // domain-needed); REFUSED lets the app's resolver ask its next NI's gateway.
+        if !qname.trim_end_matches('.').contains('.') {
+            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::Refused), "single-label name, not forwarded");
+            let mut refused = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused);
+            refused.add_query(query.queries[0].clone());
+            return refused.to_vec().ok();
+        }
         let Some(answer) = self.forward(request).await else {
             self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "no upstream answered");
             let mut fail = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail);
