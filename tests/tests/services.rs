@@ -53,6 +53,16 @@ while True:
         labels.append(q[i+1:i+1+q[i]].decode()); i += q[i] + 1
     question = q[12:i+5]
     name = ".".join(labels).lower()
+    if name in ("trunc.github.com", "loop.github.com", "counts.github.com"):
+        # Broken upstream answers: cut short; an answer whose name points at itself
+        # (10.99.0.66 in its data); a header claiming 65535 answers that are not there.
+        good = struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question
+        rr_loop = struct.pack("!H", 0xc000 | len(good)) + struct.pack("!HHIH", 1, 1, 300, 4) + socket.inet_aton("10.99.0.66")
+        bad = {"trunc.github.com": good[:len(good) - 3],
+               "loop.github.com": good + rr_loop,
+               "counts.github.com": struct.pack("!HHHHHH", qid, 0x8180, 1, 65535, 0, 0) + question}[name]
+        s.sendto(bad, peer)
+        continue
     if name.endswith(".race.github.com"):
         fresh += 1
         ans = ("10.99.%d.%d" % (2 + fresh // 250, 1 + fresh % 250), 300)
@@ -75,6 +85,7 @@ fn scenario(agent_keys: &[&str]) -> Scenario {
         ["ip", "addr", "add", "10.99.0.11/24", "dev", "wan0"].as_slice(),
         &["ip", "addr", "add", "10.99.0.12/24", "dev", "wan0"],
         &["ip", "addr", "add", "10.99.0.53/24", "dev", "wan0"],
+        &["ip", "addr", "add", "10.99.0.66/24", "dev", "wan0"],
         &["ip", "addr", "add", "10.98.0.10/24", "dev", "wan0"],
         // Every address of 10.99.2.0/23 is the internet host's (the race test's fresh ones).
         &["ip", "route", "add", "local", "10.99.2.0/23", "dev", "lo"],
@@ -276,4 +287,32 @@ fn dhcp_leases_match_the_agents_allocation() {
     // Stopping the agent stops its dnsmasq.
     s.stop_agent();
     assert!(pid(&s).is_empty(), "dnsmasq stopped with the agent");
+}
+
+#[test]
+fn malformed_upstream_answers_get_servfail_and_insert_nothing() {
+    let s = scenario(&[]);
+    let app1 = s.app("app1");
+    for name in ["trunc.github.com", "loop.github.com", "counts.github.com"] {
+        // SERVFAIL: an answer without addresses.
+        assert_eq!(s.dns_a(app1, "10.10.1.1", name).as_deref(), Some(&[][..]), "{name}");
+    }
+    assert!(s.whoami(app1, "10.99.0.66", 80).is_none(), "nothing of the broken answers entered the host set");
+    // The proxy goes on serving, over UDP and TCP.
+    assert_eq!(s.dns_a(app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
+    let tcp = r#"
+import socket, struct, sys
+q = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + b"\x04app2\x00" + struct.pack("!HH", 1, 1)
+c = socket.create_connection(("10.10.1.1", 53), timeout=3)
+c.sendall(struct.pack("!H", len(q)) + q)
+n, = struct.unpack("!H", c.recv(2))
+r = b""
+while len(r) < n: r += c.recv(n - len(r))
+print(socket.inet_ntoa(r[-4:]))
+"#;
+    let out = s.python(app1, tcp, &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.10.1.3", "DNS over TCP: {}", String::from_utf8_lossy(&out.stderr));
+    let log = s.agent_cmd(&["dns-log", "--json", "--config", s.config_path.to_str().unwrap()]);
+    let log: Value = serde_json::from_slice(&log.stdout).unwrap();
+    assert!(log.as_array().unwrap().iter().any(|e| e["name"] == "loop.github.com" && e["rcode"] == "ServFail"), "{log:#}");
 }
