@@ -132,14 +132,19 @@ impl Scenario {
         ip(&["-n", inet, "route", "add", "default", "via", "10.99.0.1"]);
     }
 
-    /// Starts a server that answers each TCP connection with the peer's "ip:port".
-    pub fn whoami_server(&mut self, ns: &str, ip: &str, port: u16) {
-        self.spawn(ns, &["python3", "-c", WHOAMI_SERVER, ip, &port.to_string()]);
+    /// Waits until a TCP server listens on ip:port in `ns`.
+    fn wait_listening(&self, ns: &str, ip: &str, port: u16) {
         wait_until(Duration::from_secs(10), || {
             let out = self.exec(ns, &["ss", "-Hltn", &format!("src {ip}:{port}")]);
             !String::from_utf8_lossy(&out.stdout).trim().is_empty()
         })
-        .unwrap_or_else(|| panic!("whoami server on {ip}:{port} in {ns} did not start"));
+        .unwrap_or_else(|| panic!("no server on {ip}:{port} in {ns}"));
+    }
+
+    /// Starts a server that answers each TCP connection with the peer's "ip:port".
+    pub fn whoami_server(&mut self, ns: &str, ip: &str, port: u16) {
+        self.spawn(ns, &["python3", "-c", WHOAMI_SERVER, ip, &port.to_string()]);
+        self.wait_listening(ns, ip, port);
     }
 
     /// What a whoami server at ip:port says the connection came from; None if no answer.
@@ -254,11 +259,7 @@ impl Scenario {
     /// Starts the echo server of `ECHO_SERVER` on ip:port in `ns` and waits until it listens.
     pub fn echo_server(&mut self, ns: &str, ip: &str, port: u16) {
         self.spawn(ns, &["python3", "-c", ECHO_SERVER, ip, &port.to_string()]);
-        wait_until(Duration::from_secs(10), || {
-            let out = self.exec(ns, &["ss", "-Hltn", &format!("src {ip}:{port}")]);
-            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-        })
-        .unwrap_or_else(|| panic!("echo server on {ip}:{port} in {ns} did not start"));
+        self.wait_listening(ns, ip, port);
     }
 
     /// Connects from `ns` to ip:port, sends `bytes` bytes and reads them back.

@@ -229,7 +229,7 @@ impl Demo {
             .stderr(Stdio::null())
             .spawn()?;
         self.servers.push(dns);
-        wait_until_udp(INTERNET, "10.99.0.53", 53)?;
+        wait_listening_on(INTERNET, "10.99.0.53", 53, "-Hlun")?;
 
         step("checks (seed walkthrough)");
         let addrs = output(&["ip", "netns", "exec", "app1", "ip", "-4", "-o", "addr"]);
@@ -429,27 +429,20 @@ pub(crate) fn output(args: &[&str]) -> String {
 }
 
 pub(crate) fn wait_listening(ns: &str, ip: &str, port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-Hltn", &format!("src {ip}:{port}")]).output()?;
-        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-            return Ok(());
-        }
-        sleep(Duration::from_millis(100));
-    }
-    bail!("server in {ns} on {ip}:{port} did not start")
+    wait_listening_on(ns, ip, port, "-Hltn")
 }
 
-fn wait_until_udp(ns: &str, ip: &str, port: u16) -> Result<()> {
+/// Waits until `ss <flags>` in `ns` shows a socket on ip:port ("-Hltn" TCP, "-Hlun" UDP).
+fn wait_listening_on(ns: &str, ip: &str, port: u16, flags: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-Hlun", &format!("src {ip}:{port}")]).output()?;
+        let out = Command::new("ip").args(["netns", "exec", ns, "ss", flags, &format!("src {ip}:{port}")]).output()?;
         if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
             return Ok(());
         }
         sleep(Duration::from_millis(100));
     }
-    bail!("UDP server in {ns} on {ip}:{port} did not start")
+    bail!("no server in {ns} on {ip}:{port} (ss {flags})")
 }
 
 pub(crate) fn curl(ns: &str, extra: &[&str], target: &str) -> Option<String> {
