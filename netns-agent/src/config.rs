@@ -168,6 +168,8 @@ pub enum Action {
     Drop,
     /// Expose the app's port `.0` on the NI uplink's address at the ACE's `lport`.
     Portmap(u16),
+    /// Accept at most `rate` packets per `unit` (bursts of `burst`), one bucket per ACE.
+    Limit { rate: u64, unit_ns: u64, burst: u64 },
 }
 
 impl<'de> Deserialize<'de> for Action {
@@ -178,13 +180,28 @@ impl<'de> Deserialize<'de> for Action {
             portmap: u16,
         }
         #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct LimitSpec {
+            rate: u64,
+            unit: String,
+            burst: u64,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Limit {
+            limit: LimitSpec,
+        }
+        #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
             Name(String),
             Portmap(Portmap),
+            Limit(Limit),
         }
         match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("action must be \"accept\", \"drop\" or { portmap = <app port> }")
+            serde::de::Error::custom(
+                "action must be \"accept\", \"drop\", { portmap = <app port> } or { limit = { rate = N, unit = \"s\"|\"m\"|\"h\", burst = N } }",
+            )
         })? {
             Raw::Name(n) if n == "accept" => Ok(Action::Accept),
             Raw::Name(n) if n == "drop" => Ok(Action::Drop),
@@ -192,6 +209,19 @@ impl<'de> Deserialize<'de> for Action {
                 "unknown action {n:?}: use \"accept\", \"drop\" or {{ portmap = <app port> }}"
             ))),
             Raw::Portmap(p) => Ok(Action::Portmap(p.portmap)),
+            Raw::Limit(Limit { limit: l }) => {
+                use netns_ebpf_common::limit::*;
+                let unit_ns = match l.unit.as_str() {
+                    "s" => UNIT_SECOND_NS,
+                    "m" => UNIT_MINUTE_NS,
+                    "h" => UNIT_HOUR_NS,
+                    u => return Err(serde::de::Error::custom(format!("limit unit {u:?}: use \"s\", \"m\" or \"h\""))),
+                };
+                if !(1..=MAX_RATE).contains(&l.rate) || !(1..=MAX_BURST).contains(&l.burst) {
+                    return Err(serde::de::Error::custom(format!("limit rate and burst must be 1-{MAX_RATE}")));
+                }
+                Ok(Action::Limit { rate: l.rate, unit_ns, burst: l.burst })
+            }
         }
     }
 }
@@ -463,7 +493,7 @@ fn validate_acl(acl: &[Ace], app: &str, err: &mut impl FnMut(std::ops::Range<usi
             (Action::Portmap(_), None) => {
                 err(ace.id.span(), format!("acl id {id} of {app:?}: action portmap needs match.lport (the external port)"));
             }
-            (Action::Accept | Action::Drop, Some(lport)) => {
+            (Action::Accept | Action::Drop | Action::Limit { .. }, Some(lport)) => {
                 err(lport.span(), format!("acl id {id} of {app:?}: match.lport is only meaningful with action {{ portmap = <app port> }}"));
             }
             _ => {}
@@ -635,6 +665,17 @@ ip = "10.10.1.2"
         assert!(e.contains("needs network \"ni1\" to have an uplink"), "{e}");
         let e = parse_err(&format!("[agent]\nnat_port_range = [5000, 4000]\n{with_map}"));
         assert!(e.contains("agent.nat_port_range [5000, 4000]") && e.contains("t.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn limit_action() {
+        let text = GOOD.replace("  { id = 2,", "  { id = 5, match = { ip = \"192.168.0.0/16\" }, action = { limit = { rate = 5, unit = \"s\", burst = 15 } } },\n  { id = 2,");
+        let c = parse_ok(&text);
+        assert_eq!(c.apps[0].interfaces[0].acl[1].action, Action::Limit { rate: 5, unit_ns: 1_000_000_000, burst: 15 });
+        let e = parse_err(&text.replace("unit = \"s\"", "unit = \"d\""));
+        assert!(e.contains("t.toml:22: limit unit \"d\""), "{e}");
+        let e = parse_err(&text.replace("rate = 5", "rate = 0"));
+        assert!(e.contains("limit rate and burst must be 1-1000000"), "{e}");
     }
 
     #[test]

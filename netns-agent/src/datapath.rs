@@ -21,6 +21,7 @@ use netns_ebpf_common::{
     ct::{CtKey, CtValue},
     map_names,
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget},
+    limit::{Bucket, LimitKey},
     prog_names, EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat,
 };
 use tracing::{debug, info};
@@ -31,7 +32,8 @@ use crate::netns::{self, Netns};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-const ALL_MAPS: [&str; 9] = [
+const ALL_MAPS: [&str; 10] = [
+    map_names::LIMITS,
     map_names::EIDSET,
     map_names::HOSTSET,
     map_names::CONNTRACK,
@@ -207,6 +209,7 @@ pub struct Maps {
     nat_ifaces: HashMap<MapData, IfaceKey, NatIface>,
     portmaps: HashMap<MapData, PortmapKey, PortmapTarget>,
     eidset: HashMap<MapData, EidKey, u32>,
+    limits: HashMap<MapData, LimitKey, Bucket>,
     pub hosts: HostSets,
 }
 
@@ -263,8 +266,17 @@ impl Maps {
             nat_ifaces: open_map(pin_dir, map_names::NAT_IFACES)?.try_into()?,
             portmaps: open_map(pin_dir, map_names::PORTMAPS)?.try_into()?,
             eidset: open_map(pin_dir, map_names::EIDSET)?.try_into()?,
+            limits: open_map(pin_dir, map_names::LIMITS)?.try_into()?,
             hosts: HostSets::open(pin_dir)?,
         })
+    }
+
+    pub fn set_limit(&mut self, key: LimitKey, bucket: Bucket) -> Result<()> {
+        self.limits.insert(key, bucket, 0).context("writing rate limit")
+    }
+
+    pub fn limits(&self) -> Vec<(LimitKey, Bucket)> {
+        self.limits.iter().flatten().collect()
     }
 
     /// Puts an app address into its NI's eidset.
@@ -351,6 +363,10 @@ impl Maps {
             self.eidset.remove(k).ok();
         }
         self.hosts.remove_zone(zone);
+        let limits: Vec<LimitKey> = self.limits.keys().flatten().filter(|k| k.zone == zone).collect();
+        for k in &limits {
+            self.limits.remove(k).ok();
+        }
         Ok(flows.len())
     }
 

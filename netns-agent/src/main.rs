@@ -143,6 +143,11 @@ async fn dispatch(command: Command) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({
                     "flows": records,
                     "nat": flows::nat_records(&nat, now),
+                    "limits": maps.limits().iter().map(|(k, b)| serde_json::json!({
+                        "zone": k.zone, "ifindex": k.ifindex, "ace_index": k.ace_index,
+                        "rate": b.rate, "burst": b.burst, "unit_ns": b.unit_ns,
+                        "passed": b.passed, "dropped": b.dropped,
+                    })).collect::<Vec<_>>(),
                     "counters": maps.stats().iter().map(|(s, n)| (s.name(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                 }))?);
             } else {

@@ -89,6 +89,8 @@ pub struct PortPlan {
     /// Host ACEs: (index in the ACL, domain suffix, lower case, no trailing dot).
     pub hosts: Vec<(usize, String)>,
     pub user_data: Option<String>,
+    /// `limit` ACEs: (index in the ACL, their bucket).
+    pub limits: Vec<(usize, netns_ebpf_common::limit::Bucket)>,
 }
 
 impl NiPlan {
@@ -201,6 +203,15 @@ pub fn build(config: &Config) -> Plan {
                     .filter_map(|(i, ace)| ace.matches.host.as_ref().map(|h| (i, h.get_ref().trim_end_matches('.').to_ascii_lowercase())))
                     .collect(),
                 user_data: app.user_data.clone(),
+                limits: iface
+                    .acl
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, ace)| match ace.action {
+                        Action::Limit { rate, unit_ns, burst } => Some((i, netns_ebpf_common::limit::Bucket::new(rate, burst, unit_ns))),
+                        _ => None,
+                    })
+                    .collect(),
             });
         }
     }
@@ -262,6 +273,7 @@ pub fn acl_table(aces: &[crate::config::Ace]) -> AclTable {
             Action::Accept => acl::ACTION_ACCEPT,
             Action::Drop => acl::ACTION_DROP,
             Action::Portmap(_) => acl::ACTION_PORTMAP,
+            Action::Limit { .. } => acl::ACTION_LIMIT,
         };
     }
     table.count = aces.len().min(acl::MAX_ACES) as u32;

@@ -330,6 +330,9 @@ async fn apply_ni(
         // unjudged.
         maps.set_port(IfaceKey { zone: ni.zone(), ifindex }, info, &port.acl)?;
         maps.set_eid(ni.zone(), port.ip.octets(), port.app_num)?;
+        for (index, bucket) in &port.limits {
+            maps.set_limit(netns_ebpf_common::limit::LimitKey { zone: ni.zone(), ifindex, ace_index: *index as u32 }, *bucket)?;
+        }
         programs.attach_port(&ns, &port.bridge_port)?;
         nl.set_up(&port.bridge_port).await?;
 

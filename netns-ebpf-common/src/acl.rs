@@ -14,6 +14,8 @@ pub const ACTION_ACCEPT: u8 = 0;
 pub const ACTION_DROP: u8 = 1;
 /// A port map: it admits flows from outside (through the NAT's mark), never an app's own.
 pub const ACTION_PORTMAP: u8 = 2;
+/// Accept, but every packet of the flows it matches is charged to the ACE's token bucket.
+pub const ACTION_LIMIT: u8 = 3;
 
 /// `Ace::matches` bits: which fields of the ACE take part in the match.
 pub const MATCH_IP: u16 = 1 << 0;
@@ -65,14 +67,16 @@ impl Default for AclTable {
 pub struct Verdict {
     pub mark: u32,
     pub drop: bool,
+    /// A `limit` ACE matched: its index + 1 (0: no rate limit).
+    pub limit: u8,
 }
 
 impl Verdict {
     const fn implicit_allow(app_num: u32, id: u32) -> Self {
-        Verdict { mark: mark::compose(app_num, id, false, false), drop: false }
+        Verdict { mark: mark::compose(app_num, id, false, false), drop: false, limit: 0 }
     }
     const fn default_drop(app_num: u32) -> Self {
-        Verdict { mark: mark::compose(app_num, mark::DEFAULT_DROP_ACE_ID, false, true), drop: true }
+        Verdict { mark: mark::compose(app_num, mark::DEFAULT_DROP_ACE_ID, false, true), drop: true, limit: 0 }
     }
 }
 
@@ -131,7 +135,8 @@ pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, 
         let ace = &table.aces[i];
         if ace.action != ACTION_PORTMAP && ace_matches(ace, i, flow.proto, flow.dst, flow.dport, facts) {
             let drop = ace.action == ACTION_DROP;
-            return Verdict { mark: mark::compose(app, ace.id, true, drop), drop };
+            let limit = if ace.action == ACTION_LIMIT { i as u8 + 1 } else { 0 };
+            return Verdict { mark: mark::compose(app, ace.id, true, drop), drop, limit };
         }
     }
     Verdict::default_drop(app)
@@ -145,7 +150,7 @@ pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, 
 pub fn judge_toward_app(iface: &IfaceInfo, flow: &Flow, stamped_mark: u32) -> Verdict {
     let m = mark::decode(stamped_mark);
     if stamped_mark != 0 && m.app_num == iface.app_num & 0xff && m.user_ace && !m.drop {
-        return Verdict { mark: stamped_mark, drop: false };
+        return Verdict { mark: stamped_mark, drop: false, limit: 0 };
     }
     if flow.src == iface.eve_ip || flow.src == iface.gateway {
         return Verdict::implicit_allow(iface.app_num, implicit::EVE_INITIATED);
@@ -209,20 +214,20 @@ mod tests {
         let portmap = Ace { id: 7, matches: MATCH_PROTO, proto: PROTO_TCP, action: ACTION_PORTMAP, ..Ace::default() };
         let t = table(&[portmap, allow_web, drop_udp, allow_all]);
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false });
+        assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 0 });
         // Same host, other port: falls through ACE 1 to ACE 3.
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0140_0003, drop: false });
+        assert_eq!(v, Verdict { mark: 0x0140_0003, drop: false, limit: 0 });
         // UDP anywhere hits the drop ACE before the allow-all.
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 123), &NONE);
-        assert_eq!(v, Verdict { mark: 0x01c0_0002, drop: true });
+        assert_eq!(v, Verdict { mark: 0x01c0_0002, drop: true, limit: 0 });
     }
 
     #[test]
     fn default_drop_and_empty_acl() {
         let t = table(&[ip_ace(1, [192, 168, 0, 0], 16)]);
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 99, 0, 1], 80), &NONE);
-        assert_eq!(v, Verdict { mark: 0x01bf_ffff, drop: true });
+        assert_eq!(v, Verdict { mark: 0x01bf_ffff, drop: true, limit: 0 });
         let v = judge_from_app(None, &iface(), &flow(PROTO_ICMP, [192, 168, 0, 1], 0), &NONE);
         assert!(v.drop);
     }
@@ -233,16 +238,24 @@ mod tests {
         let t = table(&[deny_all]);
         let gw = iface().gateway;
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, gw, 53), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0100_0007, drop: false });
+        assert_eq!(v, Verdict { mark: 0x0100_0007, drop: false, limit: 0 });
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, gw, 53), &NONE);
         assert_eq!(v.mark, 0x0100_0007);
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [255, 255, 255, 255], 67), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0100_0006, drop: false });
+        assert_eq!(v, Verdict { mark: 0x0100_0006, drop: false, limit: 0 });
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, METADATA_IP, 80), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0100_000b, drop: false });
+        assert_eq!(v, Verdict { mark: 0x0100_000b, drop: false, limit: 0 });
         // DNS to anyone but the gateway is the user's business.
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53), &NONE);
-        assert_eq!(v, Verdict { mark: 0x01c0_0009, drop: true });
+        assert_eq!(v, Verdict { mark: 0x01c0_0009, drop: true, limit: 0 });
+    }
+
+    #[test]
+    fn limit_aces_accept_and_name_their_bucket() {
+        let limited = Ace { id: 1, matches: MATCH_IP, prefix: [192, 168, 0, 0], prefix_len: 16, action: ACTION_LIMIT, ..Ace::default() };
+        let t = table(&[ip_ace(9, [10, 0, 0, 0], 8), limited]);
+        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [192, 168, 0, 2], 8080), &NONE);
+        assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 2 });
     }
 
     #[test]
@@ -268,11 +281,11 @@ mod tests {
     fn flows_toward_the_app() {
         let i = iface();
         let from = |src| Flow { proto: PROTO_TCP, src, dst: APP, sport: 5555, dport: 80, ..Flow::default() };
-        assert_eq!(judge_toward_app(&i, &from(i.eve_ip), 0), Verdict { mark: 0x0100_000a, drop: false });
+        assert_eq!(judge_toward_app(&i, &from(i.eve_ip), 0), Verdict { mark: 0x0100_000a, drop: false, limit: 0 });
         assert!(!judge_toward_app(&i, &from(i.gateway), 0).drop);
-        assert_eq!(judge_toward_app(&i, &from([10, 10, 1, 9]), 0), Verdict { mark: 0x01bf_ffff, drop: true });
+        assert_eq!(judge_toward_app(&i, &from([10, 10, 1, 9]), 0), Verdict { mark: 0x01bf_ffff, drop: true, limit: 0 });
         // A port map of this app (user ACE 2) lets the outside in; another app's does not.
-        assert_eq!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0140_0002), Verdict { mark: 0x0140_0002, drop: false });
+        assert_eq!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0140_0002), Verdict { mark: 0x0140_0002, drop: false, limit: 0 });
         assert!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0240_0002).drop);
         assert!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0100_0002).drop);
     }

@@ -77,6 +77,9 @@ pub struct CtValue {
     /// 1 when endpoint a of the key started the flow.
     pub orig_is_a: u8,
     pub flags: u8,
+    /// The judging port's `limit` ACE (index + 1) whose bucket every packet is charged to.
+    pub limit: u8,
+    pub _pad: [u8; 7],
 }
 
 impl CtValue {

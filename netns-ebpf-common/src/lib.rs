@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod ct;
+pub mod limit;
 pub mod mark;
 pub mod nat;
 pub mod packet;
@@ -35,6 +36,7 @@ pub mod map_names {
     pub const PORTMAPS: &str = "PORTMAP_V1";
     pub const EIDSET: &str = "EIDSET_V1";
     pub const HOSTSET: &str = "HOSTSET_V1";
+    pub const LIMITS: &str = "LIMIT_V1";
 }
 
 /// Program names in the eBPF object.
@@ -122,10 +124,11 @@ pub enum Stat {
     NatRewrite = 14,
     PortmapNew = 15,
     NatMalformed = 16,
+    DropLimit = 17,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassArp,
         Stat::DropNonIpv4,
@@ -144,6 +147,7 @@ impl Stat {
         Stat::NatRewrite,
         Stat::PortmapNew,
         Stat::NatMalformed,
+        Stat::DropLimit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -165,6 +169,7 @@ impl Stat {
             Stat::NatRewrite => "nat_rewrite",
             Stat::PortmapNew => "portmap_new",
             Stat::NatMalformed => "nat_malformed",
+            Stat::DropLimit => "drop_limit",
         }
     }
 }
@@ -186,4 +191,6 @@ mod pod {
     unsafe impl aya::Pod for super::EidKey {}
     unsafe impl aya::Pod for super::HostKey {}
     unsafe impl aya::Pod for super::HostEntry {}
+    unsafe impl aya::Pod for super::limit::LimitKey {}
+    unsafe impl aya::Pod for super::limit::Bucket {}
 }

@@ -13,12 +13,13 @@ use aya_ebpf::{
 use netns_ebpf_common::{
     acl::{self, RemoteFacts, Verdict, METADATA_IP},
     ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_SEEN_REPLY, VERDICT_DROP},
+    limit::{self, LimitKey},
     nat::{NatKey, NatValue, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, ParseError, Parsed},
     EidKey, HostKey, IfaceInfo, IfaceKey, Stat, PROTO_TCP,
 };
 
-use crate::{count, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, EIDSET, HOSTSET, IFACES, NAT};
+use crate::{count, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, EIDSET, HOSTSET, IFACES, LIMITS, NAT};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -92,13 +93,19 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 let v = judge(ctx, side, &ikey, iface, flow);
                 entry.mark = v.mark;
                 entry.verdict = v.drop as u8;
+                entry.limit = v.limit;
                 entry.policy_gen = iface.policy_gen;
                 count(Stat::Rejudged);
             }
+            let drop = entry.verdict == VERDICT_DROP;
             if counts_here(ctx, side) {
                 account(entry, entry.direction(a_to_b), flow, now);
+                if !drop && over_limit(zone, entry, now) {
+                    count(Stat::DropLimit);
+                    return TC_ACT_SHOT;
+                }
             }
-            Verdict { mark: entry.mark, drop: entry.verdict == VERDICT_DROP }
+            Verdict { mark: entry.mark, drop, limit: entry.limit }
         }
         _ => {
             if flow.related {
@@ -114,9 +121,11 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 policy_gen: iface.policy_gen,
                 verdict: v.drop as u8,
                 orig_is_a: a_to_b as u8,
+                limit: v.limit,
                 ..CtValue::default()
             };
             account(&mut entry, DIR_ORIG, flow, now);
+            let limited = !v.drop && over_limit(zone, &entry, now);
             // A dropped flow gets its entry too: the flow log must show what was blocked.
             if CT.insert(&key, &entry, 0).is_err() {
                 count(Stat::CtInsertFailed);
@@ -125,6 +134,10 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
             }
             if v.drop {
                 count(Stat::DropAcl);
+                return TC_ACT_SHOT;
+            }
+            if limited {
+                count(Stat::DropLimit);
                 return TC_ACT_SHOT;
             }
             v
@@ -202,6 +215,21 @@ fn account(entry: &mut CtValue, dir: usize, flow: &Flow, now: u64) {
         let (state, flags) = ct::tcp_next(entry.tcp_state, entry.flags, flow.tcp_flags, dir);
         entry.tcp_state = state;
         entry.flags = flags;
+    }
+}
+
+/// Charges a packet of a rate-limited flow to its ACE's bucket; true: over the limit.
+/// (Two CPUs may update one bucket at once; the limit is then a little loose, never
+/// tighter.)
+#[inline(always)]
+fn over_limit(zone: u32, entry: &CtValue, now: u64) -> bool {
+    if entry.limit == 0 {
+        return false;
+    }
+    let key = LimitKey { zone, ifindex: entry.judge_ifindex, ace_index: entry.limit as u32 - 1 };
+    match LIMITS.get_ptr_mut(&key) {
+        Some(b) => !limit::take(unsafe { &mut *b }, now),
+        None => false,
     }
 }
 

@@ -22,6 +22,7 @@ use aya_ebpf::{
 use netns_ebpf_common::{
     acl::AclTable,
     ct::{CtKey, CtValue, CT_MAX_ENTRIES},
+    limit::{Bucket, LimitKey},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
     packet::PacketReader,
     EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat, MAX_APP_PORTS,
@@ -69,6 +70,10 @@ static EIDSET: HashMap<EidKey, u32, { MAX_APP_PORTS as usize }> = HashMap::new()
 /// agent's DNS proxy before it relays the answer.
 #[btf_map(name = "HOSTSET_V1")]
 static HOSTSET: LruHashMap<HostKey, HostEntry, 65536> = LruHashMap::new();
+
+/// Token buckets of `limit` ACEs.
+#[btf_map(name = "LIMIT_V1")]
+static LIMITS: HashMap<LimitKey, Bucket, 4096> = HashMap::new();
 
 struct Skb<'a>(&'a TcContext);
 

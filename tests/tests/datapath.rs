@@ -295,3 +295,67 @@ fn cleanup_holds_when_a_test_fails_midway() {
     }
     assert!(!std::path::Path::new("/run/netns").join(leftovers_check).exists(), "zedbox removed");
 }
+
+/// app1 may send to app2 at 5 packets/s with bursts of 15 (the seed's app6 limit).
+const LIMITED: &str = r#"
+[[network]]
+name = "@ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+
+[[app]]
+name = "app1"
+netns = "@app1"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.2"
+acl = [{ id = 1, match = { ip = "10.10.1.3/32" }, action = { limit = { rate = 5, unit = "s", burst = 15 } } }]
+
+[[app]]
+name = "app2"
+netns = "@app2"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.3"
+"#;
+
+/// Receives datagrams for `secs` seconds; prints how many.
+const COUNT_UDP: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 5000)); s.settimeout(0.2)
+n, end = 0, time.time() + float(sys.argv[2])
+while time.time() < end:
+    try:
+        s.recv(100); n += 1
+    except socket.timeout:
+        pass
+print(n)
+"#;
+
+#[test]
+fn limit_action_passes_the_burst_then_the_rate() {
+    let mut s = Scenario::new(&["ni1"], &["app1", "app2"], LIMITED);
+    s.start_agent();
+    let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
+    let receiver = std::process::Command::new("ip")
+        .args(["netns", "exec", &app2, "python3", "-c", COUNT_UDP, "10.10.1.3", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // A burst of 40 within a few ms, then 2 s later 10 more (10 tokens accrued by then).
+    let burst = "import socket,sys,time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nt=time.time()\nfor i in range(40): s.sendto(b'x', ('10.10.1.3', 5000))\nburst=time.time()-t\ntime.sleep(2)\nfor i in range(10): s.sendto(b'x', ('10.10.1.3', 5000))\nprint(burst)";
+    let out = s.python(&app1, burst, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let took: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let got: u64 = String::from_utf8_lossy(&receiver.wait_with_output().unwrap().stdout).trim().parse().unwrap();
+    // 15 from the bucket + 5/s during the burst itself, then the 10 tokens of 2 s.
+    let expected = 15 + (5.0 * took).floor() as u64 + 10;
+    assert!(got >= 25 && got <= expected + 1, "received {got}, expected about {expected} (burst took {took:.3} s)");
+    let limits = s.flows_json()["limits"].clone();
+    let l = &limits[0];
+    assert_eq!(l["passed"].as_u64().unwrap() + l["dropped"].as_u64().unwrap(), 50, "every packet charged once: {limits}");
+    assert!(l["dropped"].as_u64().unwrap() >= 24, "{limits}");
+    assert!(s.counter("drop_limit") >= 24);
+}
