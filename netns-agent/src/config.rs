@@ -112,8 +112,9 @@ pub struct Network {
 pub struct App {
     pub name: Spanned<String>,
     pub num: Option<Spanned<u32>>,
-    /// An existing netns: a name under /run/netns or a path.
-    pub netns: Spanned<String>,
+    /// An existing netns: a name under /run/netns or a path (not needed when every
+    /// interface is a tap: a VM).
+    pub netns: Option<Spanned<String>>,
     /// cloud-init user-data served to the app by its NIs' metadata servers.
     pub user_data: Option<String>,
     #[serde(default, rename = "interface")]
@@ -132,6 +133,9 @@ pub struct Interface {
     /// it (and the default route) in the app's netns.
     #[serde(default)]
     pub dhcp: bool,
+    /// A VM's interface: an existing tap in the agent's netns (made by the hypervisor),
+    /// moved into the NI and bridged instead of a veth pair.
+    pub tap: Option<Spanned<String>>,
     #[serde(default)]
     pub acl: Vec<Ace>,
 }
@@ -375,6 +379,7 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
     }
 
     let mut app_names: HashMap<&str, ()> = HashMap::new();
+    let mut taps: HashMap<String, ()> = HashMap::new();
     let mut app_nums: HashMap<u32, &str> = HashMap::new();
     let mut addresses: HashMap<(&str, Ipv4Addr), &str> = HashMap::new();
     // (uplink, protocol, lport) -> app: a port can be exposed once per uplink.
@@ -392,8 +397,24 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         if let Some(other) = app_nums.insert(num, name) {
             err(num_span, format!("app.num {num} of {name:?} is already used by {other:?}"));
         }
-        if !netns.netns_exists(a.netns.get_ref()) {
-            err(a.netns.span(), format!("app.netns {:?} of {name:?} does not exist (the app's netns must exist before the agent attaches it)", a.netns.get_ref()));
+        match &a.netns {
+            Some(ns) if !netns.netns_exists(ns.get_ref()) => {
+                err(ns.span(), format!("app.netns {:?} of {name:?} does not exist (the app's netns must exist before the agent attaches it)", ns.get_ref()));
+            }
+            None if a.interfaces.iter().any(|i| i.tap.is_none()) => {
+                err(a.name.span(), format!("app {name:?} needs app.netns (only apps whose interfaces are all taps can do without)"));
+            }
+            _ => {}
+        }
+        for i in &a.interfaces {
+            if let Some(tap) = &i.tap {
+                if !valid_ifname_like(tap.get_ref()) {
+                    err(tap.span(), format!("app.interface.tap {:?} of {name:?} is not an interface name", tap.get_ref()));
+                }
+                if taps.insert(tap.get_ref().clone(), ()).is_some() {
+                    err(tap.span(), format!("app.interface.tap {:?} is used twice", tap.get_ref()));
+                }
+            }
         }
         if a.interfaces.len() > 99 {
             err(a.name.span(), format!("app {name:?} has more than 99 interfaces"));

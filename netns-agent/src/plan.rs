@@ -75,7 +75,10 @@ pub struct NiPlan {
 pub struct PortPlan {
     pub app: String,
     pub app_num: u32,
+    /// The app's netns ("" for a tap: the VM's side is the hypervisor's business).
     pub app_netns: String,
+    /// A VM's tap, taken from the agent's netns; it is the bridge port.
+    pub tap: Option<String>,
     /// `nbu<k>x<app_num>`: the bridge port, where the programs attach.
     pub bridge_port: String,
     /// `nbu<k>x<app_num>.1`: the app's end.
@@ -174,7 +177,8 @@ pub fn build(config: &Config) -> Plan {
                 .as_ref()
                 .and_then(|m| crate::config::parse_mac(m.get_ref()))
                 .unwrap_or([0x02, 0x16, 0x3e, ni.index as u8, app_num as u8, k as u8 + 1]);
-            let bridge_port = format!("nbu{}x{}", k + 1, app_num);
+            let tap = iface.tap.as_ref().map(|t| t.get_ref().clone());
+            let bridge_port = tap.clone().unwrap_or_else(|| format!("nbu{}x{}", k + 1, app_num));
             for ace in &iface.acl {
                 if let (Action::Portmap(target), Some(lport)) = (ace.action, &ace.matches.lport) {
                     ni.portmaps.push(PortmapPlan {
@@ -189,7 +193,8 @@ pub fn build(config: &Config) -> Plan {
             ni.ports.push(PortPlan {
                 app: app.name.get_ref().clone(),
                 app_num,
-                app_netns: app.netns.get_ref().clone(),
+                app_netns: app.netns.as_ref().map(|n| n.get_ref().clone()).unwrap_or_default(),
+                tap,
                 app_ifname: format!("{bridge_port}.1"),
                 bridge_port,
                 ip,

@@ -58,6 +58,12 @@ pub async fn preflight(plan: &Plan, agent: &Netlink) -> Result<Uplinks> {
             problems.push(format!("pins of {:?} already exist under {}", ni.name, plan.pin_dir.display()));
         }
         for port in &ni.ports {
+            if let Some(tap) = &port.tap {
+                if agent.link_index(tap).await?.is_none() {
+                    problems.push(format!("tap {tap} of app {:?} does not exist in the agent's netns", port.app));
+                }
+                continue;
+            }
             let path = netns::resolve(&port.app_netns);
             let app_ns = Netns::open(&path).with_context(|| format!("app {:?}: opening netns {}", port.app, path.display()))?;
             let app_nl = Netlink::open(&app_ns)?;
@@ -309,10 +315,19 @@ async fn apply_ni(
 
     let mut apps_with_default_route = std::collections::HashSet::new();
     for port in &ni.ports {
-        let app_ns = Netns::open(&netns::resolve(&port.app_netns))?;
-        let app = Netlink::open(&app_ns)?;
-        nl.create_veth(&port.bridge_port, &port.app_ifname).await?;
-        nl.move_to_netns(&port.app_ifname, &app_ns).await?;
+        let app = match &port.tap {
+            Some(tap) => {
+                agent.move_to_netns(tap, &ns).await?;
+                None
+            }
+            None => {
+                let app_ns = Netns::open(&netns::resolve(&port.app_netns))?;
+                let app = Netlink::open(&app_ns)?;
+                nl.create_veth(&port.bridge_port, &port.app_ifname).await?;
+                nl.move_to_netns(&port.app_ifname, &app_ns).await?;
+                Some(app)
+            }
+        };
         nl.set_master(&port.bridge_port, BRIDGE).await?;
         let ifindex = nl
             .link_index(&port.bridge_port)
@@ -336,6 +351,11 @@ async fn apply_ni(
         programs.attach_port(&ns, &port.bridge_port)?;
         nl.set_up(&port.bridge_port).await?;
 
+        // A VM configures its own side.
+        let Some(app) = app else {
+            info!("  {} -> app {} (tap of a VM), {} ACEs", port.bridge_port, port.app, port.acl.count);
+            continue;
+        };
         app.set_up("lo").await?;
         app.set_mac(&port.app_ifname, port.mac).await?;
         // A DHCP app takes address and routes from the NI's DHCP server itself.
@@ -440,7 +460,14 @@ pub async fn remove_ni(plan: &Plan, ni: &NiPlan, agent: &Netlink) -> Result<()> 
         // Deleting a veth end takes its peer (in the app's or agent's netns) with it,
         // right now rather than when the kernel gets round to tearing the netns down.
         for port in &ni.ports {
-            nl.delete_link(&port.bridge_port).await?;
+            match &port.tap {
+                // The hypervisor's tap goes back where it came from.
+                Some(tap) if nl.link_index(tap).await?.is_some() => nl.move_to_netns(tap, &Netns::current()?).await?,
+                Some(_) => {}
+                None => {
+                    nl.delete_link(&port.bridge_port).await?;
+                }
+            }
         }
         nl.delete_link(&ni.ni_veth).await?;
         netns::delete_named(&ni.name)?;

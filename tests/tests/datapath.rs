@@ -359,3 +359,97 @@ fn limit_action_passes_the_burst_then_the_rate() {
     assert!(l["dropped"].as_u64().unwrap() >= 24, "{limits}");
     assert!(s.counter("drop_limit") >= 24);
 }
+
+/// app3 is a VM: its interface is a tap that the "hypervisor" (the test) made in zedbox.
+const VM: &str = r#"
+[[network]]
+name = "@ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+
+[[app]]
+name = "app1"
+netns = "@app1"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.2"
+
+[[app]]
+name = "vm3"
+num = 3
+[[app.interface]]
+network = "@ni1"
+tap = "vmtap3"
+ip = "10.10.1.5"
+mac = "02:00:00:00:00:05"
+acl = [{ id = 1, match = { ip = "10.10.1.1/32", protocol = "icmp" } }]
+"#;
+
+/// The hypervisor's side of the tap: create it, wait until the agent took it into the NI,
+/// then ARP for the gateway, ping it (allowed), and send a SYN to app1:80 (not allowed).
+const VM_SIDE: &str = r#"
+import fcntl, json, os, select, struct, time
+from scapy.all import ARP, ICMP, IP, TCP, Ether
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"vmtap3", 0x0002 | 0x1000))  # TUNSETIFF: TAP, NO_PI
+print("ready", flush=True)
+deadline = time.time() + 30
+while os.path.exists("/sys/class/net/vmtap3") and time.time() < deadline:
+    time.sleep(0.1)
+mac, ip = "02:00:00:00:00:05", "10.10.1.5"
+def exchange(frame, want, timeout=3):
+    os.write(fd, bytes(frame))
+    end = time.time() + timeout
+    while time.time() < end:
+        if select.select([fd], [], [], 0.2)[0]:
+            pkt = Ether(os.read(fd, 2048))
+            if want(pkt):
+                return pkt
+    return None
+time.sleep(0.5)
+arp = exchange(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc=ip, pdst="10.10.1.1"),
+               lambda p: p.haslayer(ARP) and p[ARP].op == 2 and p[ARP].psrc == "10.10.1.1")
+gw = arp[ARP].hwsrc if arp else "ff:ff:ff:ff:ff:ff"
+echo = exchange(Ether(src=mac, dst=gw) / IP(src=ip, dst="10.10.1.1") / ICMP(id=7, seq=1),
+                lambda p: p.haslayer(ICMP) and p[ICMP].type == 0 and p[ICMP].id == 7)
+app1 = exchange(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc=ip, pdst="10.10.1.2"),
+                lambda p: p.haslayer(ARP) and p[ARP].op == 2 and p[ARP].psrc == "10.10.1.2")
+synack = exchange(Ether(src=mac, dst=app1[ARP].hwsrc if app1 else gw) / IP(src=ip, dst="10.10.1.2") / TCP(sport=40000, dport=80, flags="S"),
+                  lambda p: p.haslayer(TCP) and p[TCP].flags & 0x12 == 0x12, timeout=2)
+print(json.dumps({"arp": arp is not None, "echo": echo is not None, "synack": synack is not None}), flush=True)
+os.close(fd)
+"#;
+
+#[test]
+fn a_vm_tap_is_bridged_under_its_acl() {
+    let mut s = Scenario::new(&["ni1"], &["app1"], VM);
+    let app1 = s.app("app1").to_string();
+    let mut vm = std::process::Command::new("ip")
+        .args(["netns", "exec", &s.zedbox, "/usr/bin/python3", "-c", VM_SIDE])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(vm.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "tap created");
+    s.start_agent();
+    s.echo_server(&app1, "10.10.1.2", 80);
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let status = vm.wait().unwrap();
+    assert!(status.success(), "VM side failed: {}", {
+        let mut e = String::new();
+        std::io::Read::read_to_string(&mut vm.stderr.take().unwrap(), &mut e).unwrap();
+        e
+    });
+    let r: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(r["arp"], true, "ARP passes: {r}");
+    assert_eq!(r["echo"], true, "ICMP to the gateway is allowed by the VM's ACE 1: {r}");
+    assert_eq!(r["synack"], false, "TCP to app1 is not in the VM's ACL: {r}");
+    let flows = s.flows();
+    assert!(flows.iter().any(|f| f["src"] == "10.10.1.5" && f["dst"] == "10.10.1.2" && f["mark"] == "0x03bfffff"), "{flows:#?}");
+    assert!(flows.iter().any(|f| f["src"] == "10.10.1.5" && f["proto"] == "icmp" && f["mark"] == "0x03400001"));
+}
