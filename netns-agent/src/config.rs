@@ -346,8 +346,20 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         if networks.insert(name, n).is_some() {
             err(n.name.span(), format!("network.name {name:?} is used twice"));
         }
-        if *n.kind.get_ref() != NetworkKind::Local {
-            err(n.kind.span(), format!("network.kind {:?} is not supported yet (only \"local\")", n.kind.get_ref()));
+        match *n.kind.get_ref() {
+            NetworkKind::Local => {}
+            NetworkKind::Switch => match &n.uplink {
+                None => err(n.kind.span(), format!("network {name:?}: a switch NI needs an uplink to bridge")),
+                Some(u) => {
+                    let shared = config.networks.iter().filter(|o| o.uplink.as_ref().map(|x| x.get_ref()) == Some(u.get_ref())).count();
+                    if shared > 1 {
+                        err(u.span(), format!("network {name:?}: uplink {:?} moves into this switch NI, so no other network can use it", u.get_ref()));
+                    }
+                }
+            },
+            NetworkKind::Vpn => {
+                err(n.kind.span(), format!("network.kind {:?} is not supported yet (\"local\" and \"switch\" are)", n.kind.get_ref()));
+            }
         }
         let index = n.index.as_ref().map(|i| *i.get_ref()).unwrap_or(pos as u32 + 1);
         let index_span = n.index.as_ref().map(|i| i.span()).unwrap_or(n.name.span());
@@ -442,10 +454,16 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             }
             validate_acl(&i.acl, name, &mut err);
             let uplink = networks.get(net_name).and_then(|n| n.uplink.as_ref()).map(|u| u.get_ref().clone());
+            let switch = networks.get(net_name).map(|n| *n.kind.get_ref() == NetworkKind::Switch).unwrap_or(false);
             for ace in &i.acl {
+                if let (true, Some(host)) = (switch, &ace.matches.host) {
+                    // Host sets are filled by the NI's own DNS server, which a switch has not.
+                    err(host.span(), format!("acl id {} of {name:?}: match.host needs the NI's DNS server; {net_name:?} is a switch", ace.id.get_ref()));
+                }
                 if let (Action::Portmap(_), Some(lport)) = (ace.action, &ace.matches.lport) {
                     let proto = ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0);
                     match &uplink {
+                        _ if switch => err(ace.id.span(), format!("acl id {} of {name:?}: port maps are for local networks; {net_name:?} is a switch", ace.id.get_ref())),
                         None => err(ace.id.span(), format!("acl id {} of {name:?}: a port map needs network {net_name:?} to have an uplink", ace.id.get_ref())),
                         Some(u) => {
                             if let Some(other) = portmaps.insert((u.clone(), proto, *lport.get_ref()), name) {
@@ -720,8 +738,13 @@ ip = "10.10.1.2"
         assert!(e.contains("unknown protocol"), "{e}");
         let e = parse_err(&GOOD.replace("action = \"drop\"", "action = \"reject\""));
         assert!(e.contains("reject"), "{e}");
-        let e = parse_err(&GOOD.replace("kind = \"local\"", "kind = \"switch\""));
+        let e = parse_err(&GOOD.replace("kind = \"local\"", "kind = \"vpn\""));
         assert!(e.contains("not supported yet"), "{e}");
+        let e = parse_err(&GOOD.replace("kind = \"local\"", "kind = \"switch\""));
+        assert!(e.contains("a switch NI needs an uplink"), "{e}");
+        let switch = GOOD.replace("kind = \"local\"", "kind = \"switch\"\nuplink = \"eth0\"");
+        let e = parse_err(&switch.replace("  { id = 2,", "  { id = 3, match = { host = \"github.com\" } },\n  { id = 2,"));
+        assert!(e.contains("match.host needs the NI's DNS server"), "{e}");
         let e = parse_err(&GOOD.replace("{ id = 2,", "{ id = 4194303,"));
         assert!(e.contains("out of range"), "{e}");
         // Several errors are reported together.

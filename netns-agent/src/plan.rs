@@ -9,7 +9,7 @@ use netns_ebpf_common::{
     mark,
 };
 
-use crate::config::{Action, Config};
+use crate::config::{Action, Config, NetworkKind};
 
 /// The /24 that the agent<->NI veth /30s are carved from.
 pub const VETH_NET: Ipv4Addr = Ipv4Addr::new(169, 254, 100, 0);
@@ -53,6 +53,7 @@ pub const EVE_TABLE_BASE: u32 = 600;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NiPlan {
     pub name: String,
+    pub kind: NetworkKind,
     /// N: names the veths and addresses, and is the conntrack zone.
     pub index: u32,
     pub subnet: Ipv4Net,
@@ -106,6 +107,20 @@ impl NiPlan {
         Ipv4Net::new(self.agent_ip, 30).expect("30 is a valid prefix").trunc()
     }
 
+    pub fn is_switch(&self) -> bool {
+        self.kind == NetworkKind::Switch
+    }
+
+    /// A local NI reaching out through an uplink (with NAT), as opposed to a switch NI
+    /// that bridges its uplink.
+    pub fn routed_uplink(&self) -> Option<&str> {
+        if self.is_switch() {
+            None
+        } else {
+            self.uplink.as_deref()
+        }
+    }
+
     /// The table through which the agent's netns reaches this NI's apps (600+N).
     pub fn eve_table(&self) -> u32 {
         EVE_TABLE_BASE + self.index
@@ -134,6 +149,7 @@ pub fn build(config: &Config) -> Plan {
             let (agent_ip, ni_ip) = veth_addresses(index);
             NiPlan {
                 name: n.name.get_ref().clone(),
+                kind: *n.kind.get_ref(),
                 index,
                 subnet: *n.subnet.get_ref(),
                 gateway: *n.gateway.get_ref(),
@@ -199,7 +215,9 @@ pub fn build(config: &Config) -> Plan {
                 bridge_port,
                 ip,
                 mac,
-                dhcp: iface.dhcp,
+                // A switch NI's apps take their address from the DHCP server behind the
+                // uplink; `ip` then names the lease expected from it (for eidsets).
+                dhcp: iface.dhcp || ni.is_switch(),
                 acl: acl_table(&iface.acl),
                 hosts: iface
                     .acl

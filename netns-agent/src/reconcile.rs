@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use netns_ebpf_common::{
     nat::{NatIface, PortmapKey, PortmapTarget, DOMAIN_AGENT},
-    IfaceInfo, IfaceKey,
+    IfaceInfo, IfaceKey, IFACE_FLAG_SWITCH,
 };
 use tracing::{info, warn};
 
@@ -36,6 +36,13 @@ pub async fn preflight(plan: &Plan, agent: &Netlink) -> Result<Uplinks> {
     let mut problems = Vec::new();
     let mut uplinks = Uplinks::new();
     for u in &plan.uplinks {
+        // A switch NI bridges its uplink as it is: it only has to exist.
+        if plan.nis.iter().any(|n| n.is_switch() && n.uplink.as_deref() == Some(u.name.as_str())) {
+            if agent.link_index(&u.name).await?.is_none() {
+                problems.push(format!("uplink {} does not exist in the agent's netns", u.name));
+            }
+            continue;
+        }
         match agent.uplink_addr(&u.name).await {
             Ok(Some(addr)) => {
                 uplinks.insert(u.name.clone(), addr);
@@ -51,7 +58,7 @@ pub async fn preflight(plan: &Plan, agent: &Netlink) -> Result<Uplinks> {
                 ni.name
             ));
         }
-        if agent.link_index(&ni.agent_veth).await?.is_some() {
+        if !ni.is_switch() && agent.link_index(&ni.agent_veth).await?.is_some() {
             problems.push(format!("interface {} already exists in the agent's netns", ni.agent_veth));
         }
         if plan.pin_dir.join(&ni.name).exists() {
@@ -189,7 +196,7 @@ async fn apply_all(plan: &Plan, uplinks: &Uplinks, agent_ns: &Netns, agent: &Net
 /// routing tables, and the `local` rule moved behind the NI rules. Nothing when no NI
 /// uses an uplink.
 async fn apply_agent_level(plan: &Plan, uplinks: &Uplinks, agent_ns: &Netns, agent: &Netlink) -> Result<Option<NiPrograms>> {
-    if !plan.nis.iter().any(|n| n.uplink.is_some()) {
+    if !plan.nis.iter().any(|n| n.routed_uplink().is_some()) {
         return Ok(None);
     }
     // NI traffic is routed through the agent's netns to the uplinks.
@@ -197,7 +204,7 @@ async fn apply_agent_level(plan: &Plan, uplinks: &Uplinks, agent_ns: &Netns, age
     let mut programs = NiPrograms::load_agent(&plan.pin_dir)?;
     let mut maps = Maps::open(&plan.pin_dir)?;
     for u in &plan.uplinks {
-        if !plan.nis.iter().any(|n| n.uplink.as_deref() == Some(u.name.as_str())) {
+        if !plan.nis.iter().any(|n| n.routed_uplink() == Some(u.name.as_str())) {
             continue;
         }
         let addr = uplinks[&u.name];
@@ -266,9 +273,18 @@ async fn apply_ni(
     let ns = netns::create_named(&ni.name)?;
     let nl = Netlink::open(&ns)?;
     nl.set_up("lo").await?;
-    netns::write_sysctl(&ns, "net/ipv4/ip_forward", "1")?;
-
     nl.create_bridge(BRIDGE).await?;
+    if let (true, Some(uplink)) = (ni.is_switch(), &ni.uplink) {
+        // A switch NI: the uplink joins the bridge; no address, no routing, no NAT here.
+        agent.move_to_netns(uplink, &ns).await?;
+        nl.set_master(uplink, BRIDGE).await?;
+        nl.set_up(uplink).await?;
+        nl.set_up(BRIDGE).await?;
+        info!("  uplink {uplink} bridged into {}", ni.name);
+        let programs = NiPrograms::load(&plan.pin_dir, &ni.name, ni.zone())?;
+        return apply_ports(plan, ni, &ns, &nl, agent, programs).await;
+    }
+    netns::write_sysctl(&ns, "net/ipv4/ip_forward", "1")?;
     nl.add_address(BRIDGE, ni.gateway, ni.subnet.prefix_len()).await?;
     nl.set_up(BRIDGE).await?;
 
@@ -312,7 +328,13 @@ async fn apply_ni(
             .add_rule(&Rule { priority: UPLINK_RULE_PRIORITY, table: uplink.table, iif: Some(ni.agent_veth.clone()), oif: None, from: None })
             .await?;
     }
+    apply_ports(plan, ni, &ns, &nl, agent, programs).await
+}
 
+/// The NI's app ports: veths into the apps' netns (or the VMs' taps) on the bridge, each
+/// with its config in the maps and its programs attached before it comes up.
+async fn apply_ports(plan: &Plan, ni: &NiPlan, ns: &Netns, nl: &Netlink, agent: &Netlink, mut programs: NiPrograms) -> Result<()> {
+    let mut maps = Maps::open(&plan.pin_dir)?;
     let mut apps_with_default_route = std::collections::HashSet::new();
     for port in &ni.ports {
         let app = match &port.tap {
@@ -338,8 +360,9 @@ async fn apply_ni(
             policy_gen: FIRST_POLICY_GEN,
             app_ip: port.ip.octets(),
             gateway: ni.gateway.octets(),
-            eve_ip: ni.agent_ip.octets(),
-            _pad: 0,
+            // A switch NI has no EVE side: nothing in it is the agent's own traffic.
+            eve_ip: if ni.is_switch() { [0; 4] } else { ni.agent_ip.octets() },
+            flags: if ni.is_switch() { IFACE_FLAG_SWITCH } else { 0 },
         };
         // Config first, programs second, link up last: no packet ever crosses the port
         // unjudged.
@@ -451,7 +474,7 @@ pub async fn remove_ni(plan: &Plan, ni: &NiPlan, agent: &Netlink) -> Result<()> 
     }
     agent.delete_rules(ni.eve_table(), None).await?;
     agent.flush_table(ni.eve_table()).await?;
-    if let Some(uplink) = &ni.uplink {
+    if let Some(uplink) = ni.routed_uplink() {
         agent.delete_rules(plan.uplink(uplink).table, Some(&ni.agent_veth)).await?;
     }
     if netns::exists(&ni.name) {
@@ -467,6 +490,14 @@ pub async fn remove_ni(plan: &Plan, ni: &NiPlan, agent: &Netlink) -> Result<()> 
                 None => {
                     nl.delete_link(&port.bridge_port).await?;
                 }
+            }
+        }
+        if let (true, Some(uplink)) = (ni.is_switch(), &ni.uplink) {
+            // The uplink goes back to the agent's netns (its addresses did not survive
+            // the move; the uplink's owner configures it again).
+            if nl.link_index(uplink).await?.is_some() {
+                nl.move_to_netns(uplink, &Netns::current()?).await?;
+                agent.set_up(uplink).await?;
             }
         }
         nl.delete_link(&ni.ni_veth).await?;

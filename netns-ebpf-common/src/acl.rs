@@ -4,7 +4,7 @@
 use crate::{
     mark::{self, implicit},
     packet::Flow,
-    IfaceInfo, Ipv4, PROTO_TCP, PROTO_UDP,
+    IfaceInfo, Ipv4, IFACE_FLAG_SWITCH, PROTO_TCP, PROTO_UDP,
 };
 
 /// ACEs per app interface. The table is one map value, walked by a bounded loop.
@@ -114,16 +114,25 @@ pub fn ace_matches(ace: &Ace, index: usize, proto: u8, remote: Ipv4, remote_port
 #[inline(always)]
 pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
     let app = iface.app_num;
-    let to_gateway = flow.dst == iface.gateway;
-    if flow.proto == PROTO_UDP && flow.dport == 67 && (to_gateway || flow.dst == BROADCAST) {
+    let switch = iface.flags & IFACE_FLAG_SWITCH != 0;
+    // On a switch NI the DHCP and DNS servers are outside, wherever they are.
+    let to_server = flow.dst == iface.gateway || switch;
+    if flow.proto == PROTO_UDP && flow.dport == 67 && (to_server || flow.dst == BROADCAST) {
         return Verdict::implicit_allow(app, implicit::APP_DHCP);
     }
-    if to_gateway && flow.dport == 53 && (flow.proto == PROTO_UDP || flow.proto == PROTO_TCP) {
+    if to_server && flow.dport == 53 && (flow.proto == PROTO_UDP || flow.proto == PROTO_TCP) {
         return Verdict::implicit_allow(app, implicit::APP_DNS);
     }
-    if flow.proto == PROTO_TCP && flow.dport == 80 && (flow.dst == METADATA_IP || to_gateway) {
+    // No metadata server on a switch NI.
+    if !switch && flow.proto == PROTO_TCP && flow.dport == 80 && (flow.dst == METADATA_IP || flow.dst == iface.gateway) {
         return Verdict::implicit_allow(app, implicit::APP_METADATA_HTTP);
     }
+    first_match(table, app, flow.proto, flow.dst, flow.dport, facts)
+}
+
+/// The user ACEs in order; default drop.
+#[inline(always)]
+fn first_match(table: Option<&AclTable>, app: u32, proto: u8, remote: Ipv4, remote_port: u16, facts: &RemoteFacts) -> Verdict {
     let Some(table) = table else {
         return Verdict::default_drop(app);
     };
@@ -133,13 +142,23 @@ pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, 
             break;
         }
         let ace = &table.aces[i];
-        if ace.action != ACTION_PORTMAP && ace_matches(ace, i, flow.proto, flow.dst, flow.dport, facts) {
+        if ace.action != ACTION_PORTMAP && ace_matches(ace, i, proto, remote, remote_port, facts) {
             let drop = ace.action == ACTION_DROP;
             let limit = if ace.action == ACTION_LIMIT { i as u8 + 1 } else { 0 };
             return Verdict { mark: mark::compose(app, ace.id, true, drop), drop, limit };
         }
     }
     Verdict::default_drop(app)
+}
+
+/// Judges a flow that reaches an app of a switch NI from outside: the app's ACEs with
+/// the remote as source (EVE's semantics), after EVE's implicit in-DHCP.
+#[inline(always)]
+pub fn judge_from_outside(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
+    if flow.proto == PROTO_UDP && flow.sport == 67 && flow.dport == 68 {
+        return Verdict::implicit_allow(iface.app_num, implicit::IN_DHCP);
+    }
+    first_match(table, iface.app_num, flow.proto, flow.src, flow.sport, facts)
 }
 
 /// Judges a flow that enters the NI toward the app (its first packet was seen going to the
@@ -172,7 +191,7 @@ mod tests {
             app_ip: APP,
             gateway: [10, 10, 1, 1],
             eve_ip: [169, 254, 100, 1],
-            _pad: 0,
+            flags: 0,
         }
     }
     fn flow(proto: u8, dst: Ipv4, dport: u16) -> Flow {
@@ -248,6 +267,24 @@ mod tests {
         // DNS to anyone but the gateway is the user's business.
         let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53), &NONE);
         assert_eq!(v, Verdict { mark: 0x01c0_0009, drop: true, limit: 0 });
+    }
+
+    #[test]
+    fn switch_ports_judge_outside_flows_by_the_apps_aces() {
+        let sw = IfaceInfo { flags: IFACE_FLAG_SWITCH, ..iface() };
+        let t = table(&[ip_ace(1, [192, 168, 0, 0], 16)]);
+        let inbound = |src| Flow { proto: PROTO_TCP, src, dst: APP, sport: 8080, dport: 33000, ..Flow::default() };
+        assert_eq!(judge_from_outside(Some(&t), &sw, &inbound([192, 168, 0, 2]), &NONE).mark, 0x0140_0001);
+        assert!(judge_from_outside(Some(&t), &sw, &inbound([8, 8, 8, 8]), &NONE).drop);
+        let offer = Flow { proto: PROTO_UDP, src: [192, 168, 3, 1], dst: [255, 255, 255, 255], sport: 67, dport: 68, ..Flow::default() };
+        assert_eq!(judge_from_outside(None, &sw, &offer, &NONE), Verdict { mark: 0x0100_000a, drop: false, limit: 0 });
+        // DHCP and DNS to the outside's servers are implicit on a switch NI.
+        assert_eq!(judge_from_app(None, &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 67), &NONE).mark, 0x0100_0006);
+        assert_eq!(judge_from_app(None, &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).mark, 0x0100_0007);
+        assert!(judge_from_app(None, &iface(), &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).drop, "not on a local NI");
+        // ... but no metadata (there is no server of ours): web to anywhere is the ACL's.
+        assert!(judge_from_app(None, &sw, &flow(PROTO_TCP, [10, 99, 0, 10], 80), &NONE).drop);
+        assert!(judge_from_app(None, &sw, &flow(PROTO_TCP, METADATA_IP, 80), &NONE).drop);
     }
 
     #[test]

@@ -74,8 +74,13 @@ pub struct IfaceInfo {
     pub gateway: Ipv4,
     /// The agent-side address of the NI's veth: the source of EVE-initiated flows.
     pub eve_ip: Ipv4,
-    pub _pad: u32,
+    /// `IFACE_FLAG_*`.
+    pub flags: u32,
 }
+
+/// The port is on a switch NI: no gateway of ours, DHCP and DNS are the outside's, and
+/// flows from outside are judged by the app's ACEs with the remote as source.
+pub const IFACE_FLAG_SWITCH: u32 = 1;
 
 /// An app address on an NI: the eidset of the NI's other apps.
 #[repr(C)]

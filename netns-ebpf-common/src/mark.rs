@@ -12,8 +12,11 @@ pub const DEFAULT_DROP_ACE_ID: u32 = ACE_ID_MASK;
 pub mod implicit {
     pub const APP_DHCP: u32 = 6;
     pub const APP_DNS: u32 = 7;
-    /// A flow that the agent's own netns (or the NI gateway) starts toward an app.
+    /// A flow that the agent's own netns (or the NI gateway) starts toward an app. (EVE
+    /// uses 10 for "in_dhcp"; the seed's PoC marks EVE-initiated flows 0xa.)
     pub const EVE_INITIATED: u32 = 10;
+    /// DHCP from an outside server toward an app of a switch NI.
+    pub const IN_DHCP: u32 = 10;
     pub const APP_METADATA_HTTP: u32 = 11;
 }
 

@@ -16,7 +16,7 @@ use netns_ebpf_common::{
     limit::{self, LimitKey},
     nat::{NatKey, NatValue, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, ParseError, Parsed},
-    EidKey, HostKey, IfaceInfo, IfaceKey, Stat, PROTO_TCP,
+    EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_SWITCH, PROTO_TCP,
 };
 
 use crate::{count, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, EIDSET, HOSTSET, IFACES, LIMITS, NAT};
@@ -162,17 +162,20 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
 #[inline(always)]
 fn judge(ctx: &TcContext, side: Side, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) -> Verdict {
     match side {
-        Side::FromApp => acl::judge_from_app(unsafe { ACLS.get(ikey) }, iface, flow, &remote_facts(ikey, iface, flow)),
+        Side::FromApp => acl::judge_from_app(unsafe { ACLS.get(ikey) }, iface, flow, &remote_facts(ikey, iface, flow.dst)),
+        Side::ToApp if iface.flags & IFACE_FLAG_SWITCH != 0 => {
+            acl::judge_from_outside(unsafe { ACLS.get(ikey) }, iface, flow, &remote_facts(ikey, iface, flow.src))
+        }
         Side::ToApp => acl::judge_toward_app(iface, flow, skb_mark(ctx)),
     }
 }
 
 /// The eidset and host-set lookups for a new flow's remote end.
 #[inline(always)]
-fn remote_facts(ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) -> RemoteFacts {
-    let in_eidset = flow.dst != iface.app_ip && unsafe { EIDSET.get(EidKey { zone: ikey.zone, addr: flow.dst }) }.is_some();
+fn remote_facts(ikey: &IfaceKey, iface: &IfaceInfo, remote: netns_ebpf_common::Ipv4) -> RemoteFacts {
+    let in_eidset = remote != iface.app_ip && unsafe { EIDSET.get(EidKey { zone: ikey.zone, addr: remote }) }.is_some();
     let now = unsafe { bpf_ktime_get_ns() };
-    let host_mask = match unsafe { HOSTSET.get(HostKey { zone: ikey.zone, ifindex: ikey.ifindex, addr: flow.dst }) } {
+    let host_mask = match unsafe { HOSTSET.get(HostKey { zone: ikey.zone, ifindex: ikey.ifindex, addr: remote }) } {
         Some(e) if e.expires_ns > now => e.ace_mask,
         _ => 0,
     };

@@ -64,7 +64,8 @@ impl Scenario {
     /// Also builds the world outside the box, as the seed does: in zedbox, uplinks
     /// `eth0..` are bridges holding a veth `kethI` to the router `gw` (192.168.I.1, the
     /// uplink 192.168.I.2/24 with a default route via it); behind gw, the internet host
-    /// `inet` at INET_IP.
+    /// `inet` at INET_IP. `eth3` (SWITCH_UPLINK) is a plain veth without an address to
+    /// gw's `up3`, for a switch NI to bridge.
     pub fn with_uplinks(nis: &[&str], apps: &[&str], uplinks: usize, template: &str) -> Scenario {
         require_root();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -114,6 +115,13 @@ impl Scenario {
         run_ok(Command::new("ip").args(["netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"]));
         for i in 0..self.uplinks {
             let (eth, keth, up) = (format!("eth{i}"), format!("keth{i}"), format!("up{i}"));
+            if i == SWITCH_UPLINK {
+                // The switch NI's uplink moves into the NI's netns, which a bridge cannot.
+                ip(&["-n", z, "link", "add", &eth, "type", "veth", "peer", "name", &up, "netns", gw]);
+                ip(&["-n", gw, "addr", "add", &format!("192.168.{i}.1/24"), "dev", &up]);
+                ip(&["-n", gw, "link", "set", &up, "up"]);
+                continue;
+            }
             ip(&["-n", z, "link", "add", &eth, "type", "bridge"]);
             ip(&["-n", z, "link", "add", &keth, "type", "veth", "peer", "name", &up, "netns", gw]);
             ip(&["-n", z, "link", "set", &keth, "master", &eth, "up"]);
@@ -356,6 +364,9 @@ impl Drop for Scenario {
 }
 
 /// The "internet" host of a scenario with uplinks.
+/// The uplink that the world builds for a switch NI.
+pub const SWITCH_UPLINK: usize = 3;
+
 pub const INET_IP: &str = "10.99.0.10";
 
 /// Answers each connection with the peer's "ip:port" and closes it.

@@ -45,7 +45,8 @@ impl Services {
 /// agent (the metadata server reports the uplink address).
 pub async fn start(plan: &Plan, uplinks: Arc<RwLock<Uplinks>>) -> Result<Services> {
     let mut services = Services { dhcp: Vec::new() };
-    for ni in &plan.nis {
+    // A switch NI's apps use the servers behind its uplink.
+    for ni in plan.nis.iter().filter(|n| !n.is_switch()) {
         let leases = ni
             .ports
             .iter()
