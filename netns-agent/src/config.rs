@@ -105,6 +105,48 @@ pub struct Network {
     pub uplink: Option<Spanned<String>>,
     /// DHCP's dynamic pool [first, last]; without it, only the apps' static leases.
     pub dhcp_range: Option<Spanned<[Ipv4Addr; 2]>>,
+    /// The IPsec tunnel of a `kind = "vpn"` network.
+    pub vpn: Option<Spanned<VpnSection>>,
+}
+
+/// `[network.vpn]`: one IKEv2 tunnel with a pre-shared key, initiated by the NI.
+/// The required keys are options here so that all missing ones are reported at once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VpnSection {
+    /// The peer's address; IKE and ESP-in-UDP reach it through the NI's uplink.
+    pub remote: Option<Spanned<Ipv4Addr>>,
+    /// The pre-shared key (any bytes; written hex-encoded for strongSwan).
+    pub psk: Option<Spanned<String>>,
+    /// IKE identities; default: the NI's veth address and the peer's address.
+    pub local_id: Option<Spanned<String>>,
+    pub remote_id: Option<Spanned<String>>,
+    /// Traffic selectors; local default: the NI's subnet.
+    pub local_ts: Option<Spanned<Vec<Ipv4Net>>>,
+    pub remote_ts: Option<Spanned<Vec<Ipv4Net>>>,
+    #[serde(default = "default_ike_proposals")]
+    pub ike_proposals: Spanned<String>,
+    #[serde(default = "default_esp_proposals")]
+    pub esp_proposals: Spanned<String>,
+    #[serde(default)]
+    pub backend: VpnBackend,
+}
+
+fn default_ike_proposals() -> Spanned<String> {
+    Spanned::new(0..0, "default".into())
+}
+fn default_esp_proposals() -> Spanned<String> {
+    Spanned::new(0..0, "default".into())
+}
+
+/// Where ESP happens: the kernel's xfrm (what devices use), or strongSwan's userspace
+/// kernel-libipsec over a TUN device (for kernels without ESP).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VpnBackend {
+    #[default]
+    Kernel,
+    Libipsec,
 }
 
 #[derive(Debug, Deserialize)]
@@ -357,9 +399,18 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
                     }
                 }
             },
-            NetworkKind::Vpn => {
-                err(n.kind.span(), format!("network.kind {:?} is not supported yet (\"local\" and \"switch\" are)", n.kind.get_ref()));
-            }
+            NetworkKind::Vpn => match &n.vpn {
+                None => err(n.kind.span(), format!("network {name:?}: a vpn NI needs a [network.vpn] section (remote, psk, remote_ts)")),
+                Some(vpn) => {
+                    if n.uplink.is_none() {
+                        err(n.kind.span(), format!("network {name:?}: a vpn NI needs an uplink for IKE and ESP"));
+                    }
+                    validate_vpn(name, vpn, n.subnet.get_ref(), &mut err);
+                }
+            },
+        }
+        if let (Some(vpn), false) = (&n.vpn, *n.kind.get_ref() == NetworkKind::Vpn) {
+            err(vpn.span(), format!("network {name:?}: [network.vpn] is only for kind = \"vpn\""));
         }
         let index = n.index.as_ref().map(|i| *i.get_ref()).unwrap_or(pos as u32 + 1);
         let index_span = n.index.as_ref().map(|i| i.span()).unwrap_or(n.name.span());
@@ -493,6 +544,51 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+fn validate_vpn(ni: &str, vpn: &Spanned<VpnSection>, subnet: &Ipv4Net, err: &mut impl FnMut(std::ops::Range<usize>, String)) {
+    let v = vpn.get_ref();
+    let mut missing = Vec::new();
+    if v.remote.is_none() {
+        missing.push("remote");
+    }
+    match &v.psk {
+        None => missing.push("psk"),
+        Some(psk) if psk.get_ref().is_empty() => err(psk.span(), format!("network {ni:?}: vpn.psk is empty")),
+        Some(_) => {}
+    }
+    match &v.remote_ts {
+        None => missing.push("remote_ts"),
+        Some(ts) if ts.get_ref().is_empty() => err(ts.span(), format!("network {ni:?}: vpn.remote_ts is empty")),
+        Some(ts) => {
+            for t in ts.get_ref() {
+                // The tunnel's route would cover the NI's own apps.
+                if t.contains(subnet) || subnet.contains(t) {
+                    err(ts.span(), format!("network {ni:?}: vpn.remote_ts {t} overlaps the NI's subnet {subnet}"));
+                }
+            }
+        }
+    }
+    if !missing.is_empty() {
+        err(vpn.span(), format!("network {ni:?}: [network.vpn] lacks {}", missing.join(", ")));
+    }
+    if let Some(ts) = &v.local_ts {
+        if ts.get_ref().is_empty() {
+            err(ts.span(), format!("network {ni:?}: vpn.local_ts is empty (leave it out for the NI's subnet)"));
+        }
+    }
+    for id in [&v.local_id, &v.remote_id].into_iter().flatten() {
+        let ok = !id.get_ref().is_empty() && id.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || ".@_:-".contains(c));
+        if !ok {
+            err(id.span(), format!("network {ni:?}: vpn identity {:?}: use letters, digits and . @ _ : -", id.get_ref()));
+        }
+    }
+    for (key, p) in [("ike_proposals", &v.ike_proposals), ("esp_proposals", &v.esp_proposals)] {
+        let ok = !p.get_ref().is_empty() && p.get_ref().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-,".contains(c));
+        if !ok {
+            err(p.span(), format!("network {ni:?}: vpn.{key} {:?}: strongSwan proposals like \"aes256-sha256-modp2048\", comma-separated", p.get_ref()));
+        }
     }
 }
 
@@ -739,7 +835,7 @@ ip = "10.10.1.2"
         let e = parse_err(&GOOD.replace("action = \"drop\"", "action = \"reject\""));
         assert!(e.contains("reject"), "{e}");
         let e = parse_err(&GOOD.replace("kind = \"local\"", "kind = \"vpn\""));
-        assert!(e.contains("not supported yet"), "{e}");
+        assert!(e.contains("a vpn NI needs a [network.vpn] section"), "{e}");
         let e = parse_err(&GOOD.replace("kind = \"local\"", "kind = \"switch\""));
         assert!(e.contains("a switch NI needs an uplink"), "{e}");
         let switch = GOOD.replace("kind = \"local\"", "kind = \"switch\"\nuplink = \"eth0\"");
@@ -750,5 +846,30 @@ ip = "10.10.1.2"
         // Several errors are reported together.
         let e = parse_err(&GOOD.replace("name = \"app2\"", "name = \"app1\"").replace("network = \"ni2\"", "network = \"ni9\""));
         assert!(e.starts_with("invalid config (2 errors)"), "{e}");
+    }
+
+    #[test]
+    fn vpn_section() {
+        let vpn = GOOD.replacen(
+            "[[network]]\nname = \"ni1\"\nkind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\n",
+            "[[uplink]]\nname = \"eth1\"\n\n[[network]]\nname = \"ni1\"\nkind = \"vpn\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\nuplink = \"eth1\"\n[network.vpn]\nremote = \"192.168.111.1\"\npsk = \"s3cret\"\nremote_ts = [\"192.168.0.0/24\"]\nbackend = \"libipsec\"\n",
+            1,
+        );
+        let c = parse_ok(&vpn);
+        let v = c.networks[0].vpn.as_ref().unwrap().get_ref();
+        assert_eq!((v.backend, v.ike_proposals.get_ref().as_str()), (VpnBackend::Libipsec, "default"));
+        // All missing keys in one message, at the section's line.
+        let e = parse_err(&vpn.replace("remote = \"192.168.111.1\"\npsk = \"s3cret\"\n", ""));
+        assert!(e.contains("[network.vpn] lacks remote, psk") && e.contains("t.toml:11:"), "{e}");
+        let e = parse_err(&vpn.replace("uplink = \"eth1\"\n[network", "[network"));
+        assert!(e.contains("a vpn NI needs an uplink"), "{e}");
+        let e = parse_err(&vpn.replace("192.168.0.0/24", "10.10.0.0/16"));
+        assert!(e.contains("overlaps the NI's subnet"), "{e}");
+        let e = parse_err(&vpn.replace("backend = \"libipsec\"", "backend = \"libipsec\"\nesp_proposals = \"aes128}\""));
+        assert!(e.contains("vpn.esp_proposals"), "{e}");
+        let e = parse_err(&vpn.replace("backend = \"libipsec\"", "backend = \"xfrm\""));
+        assert!(e.contains("xfrm"), "{e}");
+        let e = parse_err(&vpn.replace("kind = \"vpn\"", "kind = \"local\""));
+        assert!(e.contains("[network.vpn] is only for kind = \"vpn\""), "{e}");
     }
 }

@@ -51,6 +51,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print each network's state: VPN tunnels (SAs, bytes, supervision) and the counters
+    /// of `limit` ACEs (works without a running agent).
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the flow table from the pinned conntrack map (works without a running agent).
     Flows {
         /// Take pin and state directories from this config.
@@ -129,6 +137,7 @@ async fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Status { config, json } => status(&config, json).await,
         Command::Flows { config, mut pin_dir, mut state_dir, json } => {
             if let Some(path) = config {
                 let cfg = config::Config::load_for_removal(&path)?;
@@ -156,6 +165,101 @@ async fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// One `limit` ACE's bucket, named.
+#[derive(serde::Serialize)]
+struct LimitStatus {
+    network: String,
+    app: String,
+    port: String,
+    ace_id: u32,
+    rate: u64,
+    unit: &'static str,
+    burst: u64,
+    passed: u64,
+    dropped: u64,
+}
+
+async fn status(config_path: &std::path::Path, json: bool) -> Result<()> {
+    let plan = plan::build(&config::Config::load_for_removal(config_path)?);
+    let buckets = datapath::Maps::open(&plan.pin_dir).map(|m| m.limits()).unwrap_or_default();
+    let mut networks = Vec::new();
+    let mut limits = Vec::new();
+    for ni in &plan.nis {
+        let present = netns::exists(&ni.name);
+        let tunnel = match &ni.vpn {
+            Some(_) => Some(services::vpn::tunnel_status(&plan.state_dir, &ni.name).await),
+            None => None,
+        };
+        if present {
+            let nl = netlink::Netlink::open(&netns::Netns::open(&netns::resolve(&ni.name))?)?;
+            for port in ni.ports.iter().filter(|p| !p.limits.is_empty()) {
+                let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
+                for (index, _) in &port.limits {
+                    let key = |k: &netns_ebpf_common::limit::LimitKey| k.zone == ni.zone() && k.ifindex == ifindex && k.ace_index == *index as u32;
+                    if let Some((_, b)) = buckets.iter().find(|(k, _)| key(k)) {
+                        limits.push(LimitStatus {
+                            network: ni.name.clone(),
+                            app: port.app.clone(),
+                            port: port.bridge_port.clone(),
+                            ace_id: port.acl.aces[*index].id,
+                            rate: b.rate,
+                            unit: match b.unit_ns {
+                                netns_ebpf_common::limit::UNIT_SECOND_NS => "s",
+                                netns_ebpf_common::limit::UNIT_MINUTE_NS => "m",
+                                _ => "h",
+                            },
+                            burst: b.burst,
+                            passed: b.passed,
+                            dropped: b.dropped,
+                        });
+                    }
+                }
+            }
+        }
+        networks.push(serde_json::json!({
+            "name": ni.name,
+            "kind": format!("{:?}", ni.kind).to_lowercase(),
+            "present": present,
+            "tunnel": tunnel,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "networks": networks, "limits": limits }))?);
+        return Ok(());
+    }
+    println!("{:<16} {:<7} {:<11} DETAILS", "NETWORK", "KIND", "STATE");
+    for (n, ni) in networks.iter().zip(&plan.nis) {
+        let state = if !n["present"].as_bool().unwrap_or(false) { "absent" } else { "applied" };
+        let Some(t) = n["tunnel"].as_object() else {
+            println!("{:<16} {:<7} {:<11}", ni.name, n["kind"].as_str().unwrap_or(""), state);
+            continue;
+        };
+        let vpn = ni.vpn.as_ref().expect("a tunnel status belongs to a VPN NI");
+        let s = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+        let sup = &t["supervision"];
+        let mut details = format!("peer {} ({:?})", vpn.remote, vpn.backend).to_lowercase();
+        if t["ike_state"].is_string() {
+            details += &format!(", IKE {} {} -> {}, child {} {}", s("ike_state"), s("local"), s("remote"), s("child_state"), s("encap"));
+            details += &format!(", in {} B/{} pkts, out {} B/{} pkts", t["bytes_in"], t["packets_in"], t["bytes_out"], t["packets_out"]);
+        }
+        if let Some(pid) = sup["pid"].as_u64() {
+            details += &format!(", charon pid {pid}");
+        }
+        details += &format!(", {} restarts", sup["restarts"].as_u64().unwrap_or(0));
+        if let (false, Some(e)) = (t["state"] == "up", sup["last_error"].as_str()) {
+            details += &format!("; last error: {e}");
+        }
+        println!("{:<16} {:<7} {:<11} {details}", ni.name, "vpn", s("state"));
+    }
+    if !limits.is_empty() {
+        println!("\n{:<16} {:<10} {:<10} {:>6} {:>10} {:>7} {:>10} {:>10}", "NETWORK", "APP", "PORT", "ACE", "RATE", "BURST", "PASSED", "DROPPED");
+        for l in &limits {
+            println!("{:<16} {:<10} {:<10} {:>6} {:>10} {:>7} {:>10} {:>10}", l.network, l.app, l.port, l.ace_id, format!("{}/{}", l.rate, l.unit), l.burst, l.passed, l.dropped);
+        }
+    }
+    Ok(())
 }
 
 /// How often expired conntrack entries are swept (LRU eviction bounds the map anyway).

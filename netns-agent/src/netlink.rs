@@ -274,6 +274,23 @@ impl Netlink {
     }
 
     /// Removes every route of `table`.
+    /// An `unreachable` route in the main table: packets to `dst` are refused (ICMP
+    /// unreachable) unless a more specific route or an earlier rule takes them.
+    pub async fn add_unreachable_route(&self, dst: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix_len)
+            .kind(RouteType::Unreachable)
+            .scope(RouteScope::Universe)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| self.ctx(format!("adding unreachable route {dst}/{prefix_len}")))
+    }
+
     pub async fn flush_table(&self, table: u32) -> Result<usize> {
         let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         let mut doomed = Vec::new();

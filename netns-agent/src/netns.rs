@@ -139,3 +139,14 @@ pub fn write_sysctl(ns: &Netns, key: &str, value: &str) -> Result<()> {
         std::fs::write(&path, value).with_context(|| format!("writing {} in netns {}", path.display(), ns.path.display()))
     })
 }
+
+/// Makes `cmd` run inside `ns`: the child enters it between fork and exec.
+pub fn exec_in(cmd: &mut tokio::process::Command, ns: &Netns) {
+    use std::os::fd::AsRawFd as _;
+    let fd = ns.as_fd().as_raw_fd();
+    // SAFETY: only setns(2), async-signal-safe, between fork and exec; the caller keeps
+    // `ns` (and so the fd) open until the child is spawned.
+    unsafe {
+        cmd.pre_exec(move || setns(BorrowedFd::borrow_raw(fd), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
+    }
+}

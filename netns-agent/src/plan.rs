@@ -9,7 +9,7 @@ use netns_ebpf_common::{
     mark,
 };
 
-use crate::config::{Action, Config, NetworkKind};
+use crate::config::{Action, Config, NetworkKind, VpnBackend};
 
 /// The /24 that the agent<->NI veth /30s are carved from.
 pub const VETH_NET: Ipv4Addr = Ipv4Addr::new(169, 254, 100, 0);
@@ -68,6 +68,23 @@ pub struct NiPlan {
     pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
     pub ports: Vec<PortPlan>,
     pub portmaps: Vec<PortmapPlan>,
+    pub vpn: Option<VpnPlan>,
+}
+
+/// The IPsec tunnel of a VPN NI, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpnPlan {
+    /// IKE and ESP leave from the NI veth's address (SNATed again at the uplink).
+    pub local_addr: Ipv4Addr,
+    pub remote: Ipv4Addr,
+    pub local_id: String,
+    pub remote_id: String,
+    pub psk: String,
+    pub local_ts: Vec<Ipv4Net>,
+    pub remote_ts: Vec<Ipv4Net>,
+    pub ike_proposals: String,
+    pub esp_proposals: String,
+    pub backend: VpnBackend,
 }
 
 /// One app interface: a veth whose bridge side is in the NI and whose other side is in
@@ -161,6 +178,22 @@ pub fn build(config: &Config) -> Plan {
                 dhcp_range: n.dhcp_range.as_ref().map(|r| (r.get_ref()[0], r.get_ref()[1])),
                 ports: Vec::new(),
                 portmaps: Vec::new(),
+                vpn: n.vpn.as_ref().map(|v| {
+                    let v = v.get_ref();
+                    let remote = *v.remote.as_ref().expect("validated: vpn.remote").get_ref();
+                    VpnPlan {
+                        local_addr: ni_ip,
+                        remote,
+                        local_id: v.local_id.as_ref().map(|i| i.get_ref().clone()).unwrap_or_else(|| ni_ip.to_string()),
+                        remote_id: v.remote_id.as_ref().map(|i| i.get_ref().clone()).unwrap_or_else(|| remote.to_string()),
+                        psk: v.psk.as_ref().expect("validated: vpn.psk").get_ref().clone(),
+                        local_ts: v.local_ts.as_ref().map(|t| t.get_ref().clone()).unwrap_or_else(|| vec![n.subnet.get_ref().trunc()]),
+                        remote_ts: v.remote_ts.as_ref().expect("validated: vpn.remote_ts").get_ref().clone(),
+                        ike_proposals: v.ike_proposals.get_ref().clone(),
+                        esp_proposals: v.esp_proposals.get_ref().clone(),
+                        backend: v.backend,
+                    }
+                }),
             }
         })
         .collect();

@@ -328,6 +328,14 @@ async fn apply_ni(
             .add_rule(&Rule { priority: UPLINK_RULE_PRIORITY, table: uplink.table, iif: Some(ni.agent_veth.clone()), oif: None, from: None })
             .await?;
     }
+    if let Some(vpn) = &ni.vpn {
+        // charon routes the remote selectors into the tunnel (table 220, ahead of main)
+        // while its CHILD_SA is up; without it they must not leave in the clear, SNATed.
+        for ts in &vpn.remote_ts {
+            nl.add_unreachable_route(ts.network(), ts.prefix_len()).await?;
+        }
+        info!("  vpn to {} ({:?}): {:?} unreachable unless the tunnel is up", vpn.remote, vpn.backend, vpn.remote_ts);
+    }
     apply_ports(plan, ni, &ns, &nl, agent, programs).await
 }
 
@@ -536,6 +544,9 @@ pub async fn down(plan: &Plan) -> Result<()> {
     let agent = Netlink::open(&Netns::current()?)?;
     for ni in &plan.nis {
         info!("removing network instance {}", ni.name);
+        if ni.vpn.is_some() {
+            crate::services::vpn::kill_leftover(&plan.state_dir, &ni.name);
+        }
         remove_ni(plan, ni, &agent).await.with_context(|| format!("removing {}", ni.name))?;
     }
     remove_agent_level(plan, &agent).await?;

@@ -44,11 +44,14 @@ impl AppliedState {
     }
 
     pub fn remove(state_dir: &Path) -> Result<()> {
-        // Our files: the record, the DNS log, dnsmasq's configs and lease files.
+        // Our files: the record, the DNS log, dnsmasq's configs and lease files, the VPN
+        // instances' directories.
         for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name == "state.json" || name == "dns.log" || name.starts_with("dnsmasq-") {
                 std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            } else if name.starts_with("vpn-") && entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
             }
         }
         // Only our own file lived there; leave the directory if someone else uses it.

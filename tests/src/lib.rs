@@ -51,6 +51,9 @@ pub struct Scenario {
     pub state_dir: PathBuf,
     agent: Option<Child>,
     children: Vec<Child>,
+    /// Namespaces and directories added after creation (clouds, responders).
+    extra_ns: Vec<String>,
+    extra_dirs: Vec<PathBuf>,
 }
 
 impl Scenario {
@@ -85,6 +88,8 @@ impl Scenario {
             apps,
             agent: None,
             children: Vec::new(),
+            extra_ns: Vec::new(),
+            extra_dirs: Vec::new(),
         };
         for ns in std::iter::once(s.zedbox.clone()).chain(s.apps.iter().map(|a| a.1.clone())) {
             run_ok(Command::new("ip").args(["netns", "add", &ns]));
@@ -138,6 +143,86 @@ impl Scenario {
         ip(&["-n", inet, "addr", "add", &format!("{INET_IP}/24"), "dev", "wan0"]);
         ip(&["-n", inet, "link", "set", "wan0", "up"]);
         ip(&["-n", inet, "route", "add", "default", "via", "10.99.0.1"]);
+    }
+
+    /// A "cloud" behind gw (as the seed's cloud1/cloud2): netns `tc<id>x<k>` at `wan_ip`/24
+    /// (gw at .254 of it), with CLOUD_LAN_IP on its lo, where its HTTP server (serving
+    /// `files`, name -> content) and whatever the test starts listen. Returns the netns.
+    pub fn add_cloud(&mut self, k: u32, wan_ip: &str, files: &[(&str, &[u8])]) -> String {
+        let (gw, ns) = (self.gw.clone(), format!("tc{}x{k}", self.id));
+        let gw_ip = format!("{}.254", wan_ip.rsplit_once('.').expect("an IPv4 address").0);
+        let ip = |args: &[&str]| {
+            run_ok(Command::new("ip").args(args));
+        };
+        ip(&["netns", "add", &ns]);
+        self.extra_ns.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "addr", "add", &format!("{CLOUD_LAN_IP}/32"), "dev", "lo"]);
+        let gw_if = format!("cl{k}");
+        ip(&["-n", &gw, "link", "add", &gw_if, "type", "veth", "peer", "name", "wan0", "netns", &ns]);
+        ip(&["-n", &gw, "addr", "add", &format!("{gw_ip}/24"), "dev", &gw_if]);
+        ip(&["-n", &gw, "link", "set", &gw_if, "up"]);
+        ip(&["-n", &ns, "addr", "add", &format!("{wan_ip}/24"), "dev", "wan0"]);
+        ip(&["-n", &ns, "link", "set", "wan0", "up"]);
+        ip(&["-n", &ns, "route", "add", "default", "via", &gw_ip]);
+        let www = std::env::temp_dir().join(format!("netns-agent-test-{}-www{k}", self.id));
+        std::fs::create_dir_all(&www).unwrap();
+        self.extra_dirs.push(www.clone());
+        for (name, content) in files {
+            std::fs::write(www.join(name), content).unwrap();
+        }
+        self.spawn(&ns, &["python3", "-m", "http.server", "80", "--bind", CLOUD_LAN_IP, "--directory", www.to_str().unwrap()]);
+        self.wait_listening(&ns, CLOUD_LAN_IP, 80);
+        ns
+    }
+
+    /// A strongSwan responder in `ns` (a cloud): IKEv2 with PSK `psk` from anyone, tunnel
+    /// `local_ts` === `remote_ts`, on the backend the test runs with (VPN_BACKEND). Runs
+    /// in its own /run (bind-mounted in the private mount namespace of `ip netns exec`).
+    pub fn strongswan_responder(&mut self, ns: &str, local_addr: &str, psk: &str, local_ts: &str, remote_ts: &str) {
+        let dir = std::env::temp_dir().join(format!("netns-agent-test-{}-swan-{ns}", self.id));
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        self.extra_dirs.push(dir.clone());
+        let libipsec = if vpn_backend() == "libipsec" { "kernel-libipsec " } else { "" };
+        let vici = dir.join("charon.vici");
+        std::fs::write(
+            dir.join("strongswan.conf"),
+            format!(
+                "charon {{\n load = random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 pubkey {libipsec}kernel-netlink socket-default vici updown\n                  plugins {{ vici {{ socket = unix://{} }} }}\n filelog {{ main {{ path = {}\n flush_line = yes\n default = 1 }} }}\n}}\n",
+                vici.display(),
+                dir.join("charon.log").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("swanctl.conf"),
+            format!(
+                "connections {{ gw {{ version = 2\n local_addrs = {local_addr}\n remote_addrs = %any\n proposals = aes256-sha1-modp2048\n                  local {{ auth = psk\n id = {local_addr} }}\n remote {{ auth = psk }}\n                  children {{ gw {{ local_ts = {local_ts}\n remote_ts = {remote_ts}\n esp_proposals = aes128-sha1 }} }} }} }}\n                 secrets {{ ike-any {{ secret = \"{psk}\" }} }}\n"
+            ),
+        )
+        .unwrap();
+        let charon = format!(
+            "mount --bind {} /run && STRONGSWAN_CONF={} exec /usr/lib/ipsec/charon",
+            dir.join("run").display(),
+            dir.join("strongswan.conf").display()
+        );
+        self.spawn(ns, &["sh", "-c", &charon]);
+        let uri = format!("unix://{}", vici.display());
+        wait_until(Duration::from_secs(20), || vici.exists()).unwrap_or_else(|| panic!("responder in {ns}: no vici socket"));
+        let load = Command::new("swanctl").args(["--load-all", "--noprompt", "--file"]).arg(dir.join("swanctl.conf")).args(["--uri", &uri]).output().unwrap();
+        assert!(load.status.success(), "loading the responder of {ns}: {}", String::from_utf8_lossy(&load.stdout));
+    }
+
+    /// `netns-agent status --json`, parsed.
+    pub fn status_json(&self) -> Value {
+        let out = self.agent_cmd(&["status", "--json", "--config", self.config_path.to_str().unwrap()]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// The status of network `ni` (a real name).
+    pub fn network_status(&self, ni: &str) -> Value {
+        self.status_json()["networks"].as_array().unwrap().iter().find(|n| n["name"] == ni).cloned().unwrap_or(Value::Null)
     }
 
     /// Waits until a TCP server listens on ip:port in `ns`.
@@ -356,6 +441,12 @@ impl Drop for Scenario {
         for ns in std::iter::once(&self.zedbox).chain(self.apps.iter().map(|a| &a.1)) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        for ns in &self.extra_ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for dir in &self.extra_dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.state_dir);
         let _ = std::fs::remove_file(&self.config_path);
@@ -363,11 +454,20 @@ impl Drop for Scenario {
     }
 }
 
-/// The "internet" host of a scenario with uplinks.
 /// The uplink that the world builds for a switch NI.
 pub const SWITCH_UPLINK: usize = 3;
 
+/// The "internet" host of a scenario with uplinks.
 pub const INET_IP: &str = "10.99.0.10";
+
+/// The address every cloud serves on (the seed's 192.168.0.1, behind each VPN).
+pub const CLOUD_LAN_IP: &str = "192.168.0.1";
+
+/// The IPsec backend of VPN tests: libipsec (this kernel has no ESP) unless
+/// NETNS_TEST_VPN_BACKEND says "kernel" (the VM run under Debian's kernel).
+pub fn vpn_backend() -> String {
+    std::env::var("NETNS_TEST_VPN_BACKEND").unwrap_or_else(|_| "libipsec".into())
+}
 
 /// Answers each connection with the peer's "ip:port" and closes it.
 pub const WHOAMI_SERVER: &str = r#"

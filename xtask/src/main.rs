@@ -42,7 +42,8 @@ enum Task {
 /// Debian packages the build, tests and demo use.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2", "bpftool", "curl", "python3", "util-linux", "iptables", "nftables", "tcpdump", "iperf3",
-    "iputils-ping", "python3-scapy", "dnsmasq-base", "busybox",
+    "iputils-ping", "python3-scapy", "dnsmasq-base", "busybox", "strongswan-charon", "strongswan-swanctl",
+    "libcharon-extra-plugins", "libstrongswan-extra-plugins",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -113,7 +114,9 @@ fn setup() -> Result<()> {
         run(Command::new("apt-get")
             .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            // dpkg unpacks under TMPDIR; a small or cleaned /tmp broke installs here.
+            .env("TMPDIR", "/var/tmp"))?;
     }
 
     step("setup: nightly rust-src (eBPF builds core from source)");

@@ -4,7 +4,6 @@
 
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -126,7 +125,6 @@ async fn supervise(ni: String, conf: PathBuf, ns: Netns, mut stopped: watch::Rec
 }
 
 fn start(conf: &Path, ns: &Netns) -> Result<tokio::process::Child> {
-    let fd = ns.as_fd().as_raw_fd();
     let mut cmd = Command::new("dnsmasq");
     cmd.arg("--keep-in-foreground")
         .arg("--log-facility=-")
@@ -136,13 +134,7 @@ fn start(conf: &Path, ns: &Netns) -> Result<tokio::process::Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: only setns(2), async-signal-safe, between fork and exec; the netns fd stays
-    // open in the agent for as long as the supervisor lives.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sched::setns(BorrowedFd::borrow_raw(fd), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
-    }
+    crate::netns::exec_in(&mut cmd, ns);
     cmd.spawn().context("spawning dnsmasq (is dnsmasq-base installed?)")
 }
 

@@ -1,5 +1,5 @@
-//! Per-NI services run by the agent: DHCP (a supervised dnsmasq), the DNS proxy and the
-//! metadata server.
+//! Per-NI services run by the agent: DHCP (a supervised dnsmasq), the DNS proxy, the
+//! metadata server and, for VPN NIs, the IPsec tunnel (a supervised charon).
 //!
 //! Their listening sockets are created on a thread inside the NI's netns and then driven
 //! from the agent's runtime; upstream sockets live in the agent's own netns.
@@ -7,6 +7,7 @@
 pub mod dhcp;
 pub mod dns;
 pub mod metadata;
+pub mod vpn;
 
 use std::{
     collections::HashMap,
@@ -30,6 +31,7 @@ pub fn dns_log_path(state_dir: &std::path::Path) -> std::path::PathBuf {
 /// The running services that need stopping (the others end with the runtime).
 pub struct Services {
     dhcp: Vec<dhcp::Dnsmasq>,
+    vpn: Vec<vpn::Charon>,
 }
 
 impl Services {
@@ -38,13 +40,16 @@ impl Services {
         for d in self.dhcp {
             d.stop().await;
         }
+        for c in self.vpn {
+            c.stop().await;
+        }
     }
 }
 
 /// Starts every NI's services on the current runtime. `uplinks` is kept current by the
 /// agent (the metadata server reports the uplink address).
 pub async fn start(plan: &Plan, uplinks: Arc<RwLock<Uplinks>>) -> Result<Services> {
-    let mut services = Services { dhcp: Vec::new() };
+    let mut services = Services { dhcp: Vec::new(), vpn: Vec::new() };
     // A switch NI's apps use the servers behind its uplink.
     for ni in plan.nis.iter().filter(|n| !n.is_switch()) {
         let leases = ni
@@ -104,6 +109,9 @@ pub async fn start(plan: &Plan, uplinks: Arc<RwLock<Uplinks>>) -> Result<Service
             uplinks: uplinks.clone(),
         };
         metadata::spawn(meta, &ns).with_context(|| format!("starting the metadata server of {}", ni.name))?;
+        if let Some(v) = &ni.vpn {
+            services.vpn.push(vpn::Charon::spawn(&ni.name, v, &plan.state_dir, Netns::open(&netns::resolve(&ni.name))?)?);
+        }
     }
     Ok(services)
 }

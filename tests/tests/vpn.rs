@@ -1,0 +1,223 @@
+//! VPN NIs (the seed's NI4 and NI5): one charon per NI in its netns, two tunnels with
+//! identical selectors to two clouds at once, real strongSwan responders, supervision,
+//! and what a user sees when a peer rejects or ignores us.
+
+use std::{process::Command, time::Duration};
+
+use netns_tests::{vpn_backend, wait_until, Scenario, CLOUD_LAN_IP, INET_IP};
+use serde_json::Value;
+
+/// NI4 and NI5 as in the seed: the same subnet, each through its own uplink to its cloud.
+fn two_vpns(backend: &str) -> String {
+    let mut config = String::from("[[uplink]]\nname = \"eth1\"\n\n[[uplink]]\nname = \"eth2\"\n");
+    for (ni, index, uplink, remote, psk) in
+        [("@ni4", 4, "eth1", "192.168.111.1", "cloud1-psk"), ("@ni5", 5, "eth2", "192.168.222.1", "cloud2-psk")]
+    {
+        config += &format!(
+            r#"
+[[network]]
+name = "{ni}"
+kind = "vpn"
+index = {index}
+subnet = "10.10.10.0/24"
+gateway = "10.10.10.1"
+uplink = "{uplink}"
+[network.vpn]
+remote = "{remote}"
+psk = "{psk}"
+remote_ts = ["192.168.0.0/24"]
+ike_proposals = "aes256-sha1-modp2048"
+esp_proposals = "aes128-sha1"
+backend = "{backend}"
+"#
+        );
+    }
+    for (app, ni, ip) in [("@app4", "@ni4", "10.10.10.4"), ("@app5", "@ni5", "10.10.10.5")] {
+        config += &format!(
+            r#"
+[[app]]
+name = "{app}"
+netns = "{app}"
+[[app.interface]]
+network = "{ni}"
+ip = "{ip}"
+acl = [{{ id = 1, match = {{ ip = "192.168.0.0/24", protocol = "tcp" }} }}]
+"#
+        );
+    }
+    config
+}
+
+/// Deterministic, distinct content per cloud.
+fn blob(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[(i % 4) as usize] ^ seed).collect()
+}
+
+fn tunnel(s: &Scenario, ni: &str) -> Value {
+    s.network_status(ni)["tunnel"].clone()
+}
+
+fn wait_up(s: &Scenario, ni: &str, secs: u64) {
+    wait_until(Duration::from_secs(secs), || tunnel(s, ni)["state"] == "up")
+        .unwrap_or_else(|| panic!("tunnel of {ni} not up: {:#}\n{}", tunnel(s, ni), s.agent_log()));
+}
+
+/// Starts `curl` for http://CLOUD_LAN_IP/<file> in each app at once; returns the bodies.
+fn fetch_all(s: &Scenario, requests: &[(&str, &str)]) -> Vec<Vec<u8>> {
+    let children: Vec<_> = requests
+        .iter()
+        .map(|(ns, file)| {
+            Command::new("ip")
+                .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "30", &format!("http://{CLOUD_LAN_IP}/{file}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "curl failed: {}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+            out.stdout
+        })
+        .collect()
+}
+
+#[test]
+fn two_tunnels_with_identical_selectors_carry_each_apps_traffic() {
+    let backend = vpn_backend();
+    let mut s = Scenario::with_uplinks(&["ni4", "ni5"], &["app4", "app5"], 3, &two_vpns(&backend));
+    let (one, two) = (blob(1, 300_000), blob(2, 300_000));
+    assert_ne!(one, two);
+    let cloud1 = s.add_cloud(1, "192.168.111.1", &[("data", &one)]);
+    let cloud2 = s.add_cloud(2, "192.168.222.1", &[("data", &two)]);
+    s.strongswan_responder(&cloud1, "192.168.111.1", "cloud1-psk", "192.168.0.0/24", "10.10.10.0/24");
+    s.strongswan_responder(&cloud2, "192.168.222.1", "cloud2-psk", "192.168.0.0/24", "10.10.10.0/24");
+    // Tells each connection's source address: the app's own, not a translation.
+    s.whoami_server(&cloud1, CLOUD_LAN_IP, 8081);
+    s.start_agent();
+    let (ni4, ni5, app4, app5) = (s.ni("ni4").to_string(), s.ni("ni5").to_string(), s.app("app4").to_string(), s.app("app5").to_string());
+    wait_up(&s, &ni4, 30);
+    wait_up(&s, &ni5, 30);
+    let t4 = tunnel(&s, &ni4);
+    assert_eq!(t4["local_ts"][0], "10.10.10.0/24", "{t4:#}");
+    assert_eq!(t4["remote_ts"][0], "192.168.0.0/24", "{t4:#}");
+    assert_eq!(t4["encap"], "TUNNEL-in-UDP", "NAT-T through the uplink's NAT: {t4:#}");
+    assert!(t4["remote"].as_str().unwrap().contains("192.168.111.1"), "{t4:#}");
+    assert!(tunnel(&s, &ni5)["remote"].as_str().unwrap().contains("192.168.222.1"));
+
+    // Both apps at the same time, same destination address, each its own cloud's data.
+    let bodies = fetch_all(&s, &[(&app4, "data"), (&app5, "data")]);
+    assert!(bodies[0] == one, "app4 got {} bytes, not cloud1's data", bodies[0].len());
+    assert!(bodies[1] == two, "app5 got {} bytes, not cloud2's data", bodies[1].len());
+    // Encrypted end to end: the cloud sees the app's address, never the NI's SNAT.
+    let seen = s.whoami(&app4, CLOUD_LAN_IP, 8081).expect("whoami through the tunnel");
+    assert!(seen.starts_with("10.10.10.4:"), "cloud1 saw {seen}");
+    let t4 = tunnel(&s, &ni4);
+    assert!(t4["bytes_in"].as_u64().unwrap() > one.len() as u64, "ESP bytes in: {t4:#}");
+    assert!(t4["packets_out"].as_u64().unwrap() > 0, "{t4:#}");
+
+    // The flows show the apps' traffic (in their NIs' zones, by app).
+    let flows = s.flows();
+    for (app, len) in [(&app4, one.len()), (&app5, two.len())] {
+        let f = flows
+            .iter()
+            .find(|f| f["app"] == app.as_str() && f["dst"] == CLOUD_LAN_IP && f["dport"] == 80)
+            .unwrap_or_else(|| panic!("no flow of {app} to the cloud: {flows:#?}"));
+        assert!(f["bytes_reply"].as_u64().unwrap() > len as u64, "{f:#}");
+        assert!(f["translated"].as_array().unwrap().is_empty(), "tunnelled flows are not translated: {f:#}");
+    }
+
+    // charon of NI4 dies: the agent notices, starts it again, the tunnel comes back.
+    let old_pid = tunnel(&s, &ni4)["supervision"]["pid"].as_u64().expect("charon pid");
+    assert!(Command::new("kill").args(["-KILL", &old_pid.to_string()]).status().unwrap().success());
+    wait_until(Duration::from_secs(20), || {
+        let t = tunnel(&s, &ni4);
+        t["supervision"]["restarts"] == 1 && t["supervision"]["pid"].as_u64().is_some_and(|p| p != old_pid)
+    })
+    .unwrap_or_else(|| panic!("charon not restarted: {:#}\n{}", tunnel(&s, &ni4), s.agent_log()));
+    wait_up(&s, &ni4, 30);
+    assert!(s.agent_log().contains("charon exited"), "{}", s.agent_log());
+    let bodies = fetch_all(&s, &[(&app4, "data")]);
+    assert!(bodies[0] == one, "after the restart app4 got {} bytes", bodies[0].len());
+    // NI5 was not disturbed.
+    assert_eq!(tunnel(&s, &ni5)["supervision"]["restarts"], 0);
+
+    // The agent stops (charon with it): the selectors are unreachable, never sent in the
+    // clear through the NI's source NAT.
+    s.stop_agent();
+    let code = "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], 80), timeout=5)\nexcept OSError as e:\n print(e.errno)";
+    let out = s.python(&app4, code, &[CLOUD_LAN_IP]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "113", "EHOSTUNREACH without the tunnel");
+
+    assert!(s.down().status.success());
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+    assert!(!s.state_dir.join(format!("vpn-{ni4}")).exists());
+}
+
+#[test]
+fn rejected_and_unreachable_peers_show_in_status_and_leave_other_nis_alone() {
+    let backend = vpn_backend();
+    let config = two_vpns(&backend)
+        // NI4's key is not cloud1's; NI5's peer is gw's own address, where no IKE runs.
+        .replace("psk = \"cloud1-psk\"", "psk = \"not-the-key\"")
+        .replace("remote = \"192.168.222.1\"", "remote = \"192.168.2.1\"")
+        + r#"
+[[uplink]]
+name = "eth0"
+
+[[network]]
+name = "@ni1"
+kind = "local"
+index = 1
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+uplink = "eth0"
+
+[[app]]
+name = "@app1"
+netns = "@app1"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.2"
+acl = [{ id = 1, match = { protocol = "tcp", fport = 8080 } }]
+"#;
+    let mut s = Scenario::with_uplinks(&["ni1", "ni4", "ni5"], &["app1", "app4", "app5"], 3, &config);
+    let cloud1 = s.add_cloud(1, "192.168.111.1", &[("data", b"cloud1")]);
+    s.strongswan_responder(&cloud1, "192.168.111.1", "cloud1-psk", "192.168.0.0/24", "10.10.10.0/24");
+    let inet = s.inet.clone();
+    s.whoami_server(&inet, INET_IP, 8080);
+
+    // First a config with a VPN key missing: a clear error, nothing created.
+    let good = std::fs::read_to_string(&s.config_path).unwrap();
+    std::fs::write(&s.config_path, good.replacen("psk = \"not-the-key\"\n", "", 1)).unwrap();
+    let out = s.agent_cmd(&["run", "--config", s.config_path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("[network.vpn] lacks psk"), "{err}");
+    assert_eq!(s.leftovers(), Vec::<String>::new(), "a bad config created something");
+    std::fs::write(&s.config_path, good).unwrap();
+
+    s.start_agent();
+    let (ni4, ni5, app1) = (s.ni("ni4").to_string(), s.ni("ni5").to_string(), s.app("app1").to_string());
+    let error = |ni: &str| tunnel(&s, ni)["supervision"]["last_error"].as_str().unwrap_or("").to_string();
+    wait_until(Duration::from_secs(30), || error(&ni4).contains("rejected the authentication"))
+        .unwrap_or_else(|| panic!("NI4 status: {:#}\n{}", tunnel(&s, &ni4), s.agent_log()));
+    wait_until(Duration::from_secs(30), || error(&ni5).contains("no answer from 192.168.2.1"))
+        .unwrap_or_else(|| panic!("NI5 status: {:#}\n{}", tunnel(&s, &ni5), s.agent_log()));
+    for ni in [&ni4, &ni5] {
+        assert_ne!(tunnel(&s, ni)["state"], "up");
+    }
+    // The text output says it too.
+    let out = s.agent_cmd(&["status", "--config", s.config_path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("last error: the peer rejected the authentication"), "{text}");
+
+    // The local NI works all along; the agent is still running.
+    let seen = s.whoami(&app1, INET_IP, 8080).expect("app1 reaches inet");
+    assert!(seen.starts_with("192.168.0.2:"), "{seen}");
+    assert!(s.stop_agent().is_some_and(|st| st.success()), "{}", s.agent_log());
+    assert!(s.down().status.success());
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}
