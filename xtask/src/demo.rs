@@ -1,15 +1,22 @@
-//! `cargo xtask demo`: the seed walkthrough (../shared/seeds/000_*.txt) as far as the agent
-//! goes today, with `docker exec X` read as `ip netns exec X`.
+//! `cargo xtask demo`: the seed walkthrough (../shared/seeds/000_*.txt), with
+//! `docker exec X` read as `ip netns exec X`.
 //!
 //! World (the seed's): `zedbox` runs the agent; its uplinks eth0..eth2 are bridges with a
-//! veth `kethN` to the router `gw` (192.168.N.1; zedbox has 192.168.N.2); behind gw the
+//! veth `kethN` to the router `gw` (192.168.N.1; zedbox has 192.168.N.2); eth3 is a plain
+//! veth to gw (192.168.3.1, with a DHCP server) for the switch NI6. Behind gw the
 //! `internet` host has 10.99.0.10 (stands for github.com / zededa.com) and 10.98.0.10
-//! (stands for google.com). NI1 (10.10.1.0/24) and NI2 (192.168.1.0/24, eth1's very
-//! subnet) use eth0; NI3 (10.10.1.0/24 again) uses eth1. app1 sits on NI1 and NI2, app2 on
-//! NI2 (port map 8080 -> 80), app3 on NI3. A mock DNS server in the internet host
+//! (stands for google.com); `cloud1` (192.168.111.1) and `cloud2` (192.168.222.1) run
+//! strongSwan responders and serve HTTP on 192.168.0.1 behind their tunnels.
+//! NI1 (10.10.1.0/24) and NI2 (192.168.1.0/24, eth1's very subnet) use eth0; NI3
+//! (10.10.1.0/24 again) uses eth1; NI4 and NI5 (both 10.10.10.0/24) are VPNs over eth1 and
+//! eth2 to cloud1 and cloud2 with identical selectors; NI6 is a switch bridging eth3.
+//! app1 sits on NI1 and NI2, app2 on NI2 (port map 8080 -> 80), app3 is a VM on NI3 (a
+//! tap, whose guest side is the netns `app3`, relayed as a hypervisor would), app4 on NI4,
+//! app5 on NI5, app6 on NI6 (rate-limited). A mock DNS server in the internet host
 //! (10.99.0.53) knows github.com and zededa.com (10.99.0.10) and google.com (10.98.0.10);
 //! each app's resolv.conf names its first NI's gateway, where the agent's DNS proxy
-//! answers. Every check prints PASS or FAIL; any FAIL fails the demo.
+//! answers (app6's names the internet's). Every check prints PASS or FAIL; any FAIL fails
+//! the demo.
 
 use std::{
     path::{Path, PathBuf},
@@ -24,7 +31,10 @@ pub(crate) const ZEDBOX: &str = "zedbox";
 pub(crate) const GW: &str = "gw";
 pub(crate) const INTERNET: &str = "internet";
 pub(crate) const APPS: [&str; 3] = ["app1", "app2", "app3"];
-const NIS: [&str; 3] = ["ni1", "ni2", "ni3"];
+/// The apps only the demo builds (the bench needs the first three).
+const MORE_APPS: [&str; 3] = ["app4", "app5", "app6"];
+const CLOUDS: [&str; 2] = ["cloud1", "cloud2"];
+const NIS: [&str; 6] = ["ni1", "ni2", "ni3", "ni4", "ni5", "ni6"];
 pub(crate) const STATE_DIR: &str = "/run/netns-agent";
 const UPLINKS: usize = 3;
 
@@ -33,10 +43,13 @@ const APP1_NI1: &str = "10.10.1.2";
 const APP1_NI2: &str = "192.168.1.20";
 const APP2: &str = "192.168.1.10";
 const APP3: &str = "10.10.1.2";
+const APP6: &str = "192.168.3.6";
+/// Where app4 and app5 reach their clouds, through the tunnels.
+const CLOUD_LAN_IP: &str = "192.168.0.1";
 pub(crate) const ALLOWED_SITE: &str = "10.99.0.10";
 const BLOCKED_SITE: &str = "10.98.0.10";
 
-const CONFIG: &str = r#"# The seed scenario (cargo xtask demo), NI1-NI3 and app1-app3.
+const CONFIG: &str = r#"# The seed scenario (cargo xtask demo): NI1-NI6, app1-app6.
 [[uplink]]
 name = "eth0"
 dns = ["10.99.0.53"]
@@ -46,6 +59,8 @@ dns = ["10.99.0.53"]
 [[uplink]]
 name = "eth2"
 dns = ["10.99.0.53"]
+[[uplink]]
+name = "eth3"                  # bridged by the switch NI6
 
 [[network]]
 name = "ni1"
@@ -67,6 +82,41 @@ kind = "local"
 subnet = "10.10.1.0/24"        # the same as NI1's
 gateway = "10.10.1.1"
 uplink = "eth1"
+
+[[network]]
+name = "ni4"
+kind = "vpn"
+subnet = "10.10.10.0/24"
+gateway = "10.10.10.1"
+uplink = "eth1"
+[network.vpn]
+remote = "192.168.111.1"
+psk = "cloud1-secret"
+remote_ts = ["192.168.0.0/24"]
+ike_proposals = "aes256-sha1-modp2048"
+esp_proposals = "aes128-sha1"
+backend = "libipsec"           # this kernel has no ESP; devices use the default, "kernel"
+
+[[network]]
+name = "ni5"
+kind = "vpn"
+subnet = "10.10.10.0/24"       # the same as NI4's, with the same selectors
+gateway = "10.10.10.1"
+uplink = "eth2"
+[network.vpn]
+remote = "192.168.222.1"
+psk = "cloud2-secret"
+remote_ts = ["192.168.0.0/24"]
+ike_proposals = "aes256-sha1-modp2048"
+esp_proposals = "aes128-sha1"
+backend = "libipsec"
+
+[[network]]
+name = "ni6"
+kind = "switch"
+subnet = "192.168.3.0/24"      # eth3's, served by gw's DHCP server
+gateway = "192.168.3.1"
+uplink = "eth3"
 
 [[app]]
 name = "app1"
@@ -97,12 +147,38 @@ acl = [
 ]
 
 [[app]]
-name = "app3"
-netns = "app3"
-[[app.interface]]              # nbu1x3
+name = "app3"                  # a VM: no netns of its own, a tap made by the hypervisor
+[[app.interface]]
 network = "ni3"
+tap = "nbu1x3"
 ip = "10.10.1.2"
+mac = "02:16:3e:03:03:01"      # the guest NIC's, for its DHCP lease
 acl = [{ id = 1, match = { ip = "0.0.0.0/0" } }]
+
+[[app]]
+name = "app4"
+netns = "app4"
+[[app.interface]]
+network = "ni4"
+ip = "10.10.10.4"
+acl = [{ id = 1, match = { ip = "192.168.0.0/24" } }]
+
+[[app]]
+name = "app5"
+netns = "app5"
+[[app.interface]]
+network = "ni5"
+ip = "10.10.10.5"
+acl = [{ id = 1, match = { ip = "192.168.0.0/24" } }]
+
+[[app]]
+name = "app6"
+netns = "app6"
+[[app.interface]]
+network = "ni6"
+ip = "192.168.3.6"             # gw's DHCP reservation
+mac = "02:16:3e:06:06:01"
+acl = [{ id = 1, match = { ip = "192.168.0.0/16" }, action = { limit = { rate = 5, unit = "s", burst = 15 } } }]
 "#;
 
 /// The internet's DNS: github.com and zededa.com -> 10.99.0.10, google.com -> 10.98.0.10.
@@ -139,6 +215,36 @@ socketserver.TCPServer.allow_reuse_address = True
 with socketserver.ThreadingTCPServer((ip, port), handler) as server:
     server.serve_forever()
 "#;
+
+/// The hypervisor of the VM app3: creates the tap nbu1x3 in zedbox (the agent bridges it
+/// into NI3) and the guest's NIC eth0 (a tap in netns app3), and relays frames between
+/// them as qemu's tap backend and virtual NIC would.
+const VM_RELAY: &str = r#"
+import ctypes, fcntl, os, select, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def enter(ns):
+    fd = os.open("/run/netns/" + ns, os.O_RDONLY)
+    if libc.setns(fd, 0x40000000) != 0:
+        raise OSError(ctypes.get_errno(), "setns " + ns)
+    os.close(fd)
+def tap(name):
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", name.encode(), 0x0002 | 0x1000))  # TUNSETIFF: TAP, NO_PI
+    return fd
+enter("zedbox"); host = tap("nbu1x3")
+enter("app3"); guest = tap("eth0")
+print("ready", flush=True)
+peer = {host: guest, guest: host}
+while True:
+    for fd in select.select([host, guest], [], [])[0]:
+        try:
+            os.write(peer[fd], os.read(fd, 65536))
+        except OSError:
+            pass  # a side that is down (or moving between namespaces) drops the frame
+"#;
+
+/// Applies a DHCP lease as a client daemon would (busybox udhcpc's script interface).
+const UDHCPC_SCRIPT: &str = "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/$mask\" dev \"$interface\"\nip route replace default via \"$router\" dev \"$interface\"\n";
 
 struct Demo {
     agent_bin: PathBuf,
@@ -192,14 +298,18 @@ pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
 fn all_namespaces() -> Vec<&'static str> {
     let mut v = vec![ZEDBOX, GW, INTERNET];
     v.extend(APPS);
+    v.extend(MORE_APPS);
+    v.extend(CLOUDS);
     v.extend(NIS);
     v
 }
 
 impl Demo {
     fn scenario(&mut self) -> Result<()> {
-        step("the world: zedbox with uplinks eth0..eth2 to the router gw, the internet behind it");
+        step("the world: zedbox with uplinks eth0..eth3 to the router gw; the internet, cloud1 and cloud2 behind it");
         build_world()?;
+        build_seed_world()?;
+        self.outside_services()?;
 
         step("agent: netns-agent run (inside zedbox)");
         let agent = Command::new("nsenter")
@@ -213,15 +323,30 @@ impl Demo {
         self.wait_for_agent()?;
 
         step("web servers in each app and on the internet sites; the internet's DNS server");
+        step("DHCP: the VM app3's guest NIC asks NI3's server; app6 asks gw's, behind the switch NI6");
+        let script = self.web_root.join("udhcpc.sh");
+        std::fs::write(&script, UDHCPC_SCRIPT)?;
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        sh(&["ip", "-n", "app3", "link", "set", "eth0", "address", "02:16:3e:03:03:01", "up"])?;
+        for (ns, ifname) in [("app3", "eth0"), ("app6", "nbu1x6.1")] {
+            let _ = crate::run(Command::new("ip").args(["netns", "exec", ns, "busybox", "udhcpc", "-i", ifname, "-n", "-q", "-t", "5", "-s"]).arg(&script));
+        }
+        let leased = |ns: &str, ifname: &str, ip: &str| output(&["ip", "-n", ns, "-4", "-o", "addr", "show", ifname]).contains(&format!("inet {ip}/24"));
+        let (app3_leased, app6_leased) = (leased("app3", "eth0", APP3), leased("app6", "nbu1x6.1", APP6));
+
         for (ns, ip, page) in [
             ("app1", APP1_NI1, "app1-data"),
             ("app1", APP1_NI2, "app1-data"),
             ("app2", APP2, "app2-data"),
-            ("app3", APP3, "app3-data"),
             (INTERNET, ALLOWED_SITE, "internet-data"),
             (INTERNET, BLOCKED_SITE, "blocked-site-data"),
+            (CLOUDS[0], CLOUD_LAN_IP, "cloud1-data"),
+            (CLOUDS[1], CLOUD_LAN_IP, "cloud2-data"),
         ] {
             self.http_server(ns, ip, page)?;
+        }
+        if app3_leased {
+            self.http_server("app3", APP3, "app3-data")?;
         }
         let dns = Command::new("ip")
             .args(["netns", "exec", INTERNET, "python3", "-c", MOCK_DNS])
@@ -273,7 +398,45 @@ impl Demo {
             curl(ZEDBOX, &["--interface", "veth3"], APP3).as_deref() == Some("app3-data"));
         self.check("gw -> 192.168.0.2:8080 (port map from outside): app2-data",
             curl(GW, &[], "192.168.0.2:8080").as_deref() == Some("app2-data"));
-        let rules = ["zedbox", "ni1", "ni2", "ni3"].iter().map(|ns| output(&["ip", "netns", "exec", ns, "iptables-save"])).collect::<String>();
+        self.check("app3 is a VM: tap nbu1x3 is in NI3's bridge, its guest took 10.10.1.2 from NI3's DHCP server",
+            app3_leased && output(&["ip", "-n", "ni3", "-o", "link", "show", "nbu1x3"]).contains("master br"));
+
+        step("VPN NIs: charon in ni4 and ni5 (netns-agent status; swanctl over their vici sockets)");
+        let config = self.config.to_str().unwrap().to_string();
+        let status = |ni: &str| {
+            let doc: serde_json::Value = serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config])).unwrap_or_default();
+            doc["networks"].as_array().and_then(|n| n.iter().find(|n| n["name"] == ni).cloned()).unwrap_or_default()
+        };
+        let up = |ni: &str| wait_for(Duration::from_secs(30), || status(ni)["tunnel"]["state"] == "up");
+        let (up4, up5) = (up("ni4"), up("ni5"));
+        for ni in ["ni4", "ni5"] {
+            println!("--- {ni}: swanctl --list-sas");
+            let vici = format!("unix://{STATE_DIR}/vpn-{ni}/run/charon.vici");
+            crate::run(Command::new("swanctl").args(["--list-sas", "--uri", &vici]))?;
+        }
+        self.check("ni4: CHILD_SA gw up to cloud1 (192.168.111.1), 10.10.10.0/24 === 192.168.0.0/24, ESP in UDP through eth1's NAT",
+            up4 && status("ni4")["tunnel"]["encap"] == "TUNNEL-in-UDP" && status("ni4")["tunnel"]["remote"].as_str().is_some_and(|r| r.contains("192.168.111.1")));
+        self.check("ni5: CHILD_SA gw up to cloud2 (192.168.222.1), the very same selectors", up5);
+        self.check("app4: curl 192.168.0.1: cloud1-data (through NI4's tunnel)", curl("app4", &[], CLOUD_LAN_IP).as_deref() == Some("cloud1-data"));
+        self.check("app5: curl 192.168.0.1: cloud2-data (through NI5's tunnel)", curl("app5", &[], CLOUD_LAN_IP).as_deref() == Some("cloud2-data"));
+        let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
+        self.check("  ... flows of app4 and app5 to 192.168.0.1:80, not translated (encrypted in the NI instead)",
+            flow_has(&flows, CLOUD_LAN_IP, &[("app", "app4")]) && flow_has(&flows, CLOUD_LAN_IP, &[("app", "app5")])
+                && !flow_has(&flows, CLOUD_LAN_IP, &[("translated", "169.254.100.")]));
+
+        step("the switch NI6: eth3 bridged with app6's port; app6 rate-limited to 192.168.0.0/16");
+        self.check("app6 took 192.168.3.6 from gw's DHCP server through the bridged eth3", app6_leased);
+        self.check("app6: curl 192.168.0.2:8080: app2-data (hairpin outside the box, under the limit ACE)",
+            curl("app6", &[], "192.168.0.2:8080").as_deref() == Some("app2-data"));
+        self.check("app6: curl google.com: BLOCKED", curl("app6", &[], "google.com").is_none());
+        let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
+        self.check("  ... and recorded: mark 0x06bfffff (EVE keeps no conntrack for it; we do)",
+            flow_has(&flows, BLOCKED_SITE, &[("app", "app6"), ("mark", "0x06bfffff"), ("verdict", "drop")]));
+        let limits: serde_json::Value = serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config])).unwrap_or_default();
+        self.check("app6's limit ACE (5/s, burst 15) counted the packets it passed",
+            limits["limits"].as_array().is_some_and(|l| l.iter().any(|l| l["app"] == "app6" && l["passed"].as_u64() > Some(0))));
+
+        let rules = ["zedbox", "ni1", "ni2", "ni3", "ni4", "ni5", "ni6"].iter().map(|ns| output(&["ip", "netns", "exec", ns, "iptables-save"])).collect::<String>();
         self.check("no iptables rules in zedbox or any NI (all of it is eBPF)", !rules.lines().any(|l| l.starts_with("-A")));
 
         step("flow table: netns-agent flows");
@@ -282,11 +445,75 @@ impl Demo {
         crate::run(Command::new("sh").args(["-c", "bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V1 | head -30"]))?;
         step("DNS requests seen by the NIs' proxies: netns-agent dns-log");
         crate::run(Command::new(&self.agent_bin).arg("dns-log"))?;
-        step("not yet in the demo: DHCP, VPN NIs (NI4/NI5), the switch NI (NI6)");
+        step("netns-agent status");
+        crate::run(Command::new(&self.agent_bin).args(["status", "--config", &config]))?;
         if self.failed > 0 {
             bail!("{} demo checks failed", self.failed);
         }
         println!("\nall demo checks passed");
+        Ok(())
+    }
+
+    /// What runs outside the box: gw's DHCP server on eth3, the clouds' IKE responders,
+    /// the hypervisor of the VM app3.
+    fn outside_services(&mut self) -> Result<()> {
+        let leases = self.web_root.join("gw.leases");
+        self.spawn_server(GW, &[
+            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--interface=up3", "--bind-interfaces",
+            "--dhcp-range=192.168.3.100,192.168.3.150,255.255.255.0,1h", &format!("--dhcp-host=02:16:3e:06:06:01,{APP6}"),
+            "--dhcp-option=option:router,192.168.3.1", "--dhcp-option=option:dns-server,10.99.0.53",
+            &format!("--dhcp-leasefile={}", leases.display()), "--pid-file",
+        ])?;
+        for (cloud, addr, psk) in [(CLOUDS[0], "192.168.111.1", "cloud1-secret"), (CLOUDS[1], "192.168.222.1", "cloud2-secret")] {
+            self.strongswan_responder(cloud, addr, psk)?;
+        }
+        let mut relay = Command::new("python3")
+            .args(["-c", VM_RELAY])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the VM's frame relay")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(relay.stdout.take().unwrap()), &mut line)?;
+        self.servers.push(relay);
+        if line.trim() != "ready" {
+            bail!("the VM's frame relay did not create its taps");
+        }
+        Ok(())
+    }
+
+    /// An IKEv2 responder for 192.168.0.0/24 === 10.10.10.0/24 with `psk`, in its own
+    /// /run (bind-mounted in the private mount namespace of `ip netns exec`).
+    fn strongswan_responder(&mut self, ns: &str, addr: &str, psk: &str) -> Result<()> {
+        let dir = self.web_root.join(format!("swan-{ns}"));
+        std::fs::create_dir_all(dir.join("run"))?;
+        let vici = dir.join("charon.vici");
+        let _ = std::fs::remove_file(&vici);
+        std::fs::write(dir.join("strongswan.conf"), format!(
+            "charon {{\n  load = random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 pubkey kernel-libipsec kernel-netlink socket-default vici updown\n  \
+             plugins {{ vici {{ socket = unix://{} }} }}\n  filelog {{ main {{ path = {}\n    default = 1\n    flush_line = yes }} }}\n}}\n",
+            vici.display(), dir.join("charon.log").display()))?;
+        std::fs::write(dir.join("swanctl.conf"), format!(
+            "connections {{ gw {{ version = 2\n  local_addrs = {addr}\n  remote_addrs = %any\n  proposals = aes256-sha1-modp2048\n  \
+             local {{ auth = psk\n    id = {addr} }}\n  remote {{ auth = psk }}\n  \
+             children {{ gw {{ local_ts = 192.168.0.0/24\n    remote_ts = 10.10.10.0/24\n    esp_proposals = aes128-sha1 }} }} }} }}\n\
+             secrets {{ ike-gw {{ secret = \"{psk}\" }} }}\n"))?;
+        let charon = format!("mount --bind {}/run /run && STRONGSWAN_CONF={}/strongswan.conf exec /usr/lib/ipsec/charon", dir.display(), dir.display());
+        self.spawn_server(ns, &["sh", "-c", &charon])?;
+        if !wait_for(Duration::from_secs(20), || vici.exists()) {
+            bail!("the IKE responder in {ns} did not start (see {}/charon.log)", dir.display());
+        }
+        crate::run(Command::new("swanctl").args(["--load-all", "--noprompt", "--file"]).arg(dir.join("swanctl.conf")).arg("--uri").arg(format!("unix://{}", vici.display())))
+    }
+
+    fn spawn_server(&mut self, ns: &str, args: &[&str]) -> Result<()> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} in {ns}", args[0]))?;
+        self.servers.push(child);
         Ok(())
     }
 
@@ -345,10 +572,50 @@ impl Drop for Demo {
         for ns in all_namespaces().iter().filter(|n| !NIS.contains(n)) {
             let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
         }
-        for app in APPS {
+        for app in APPS.iter().chain(MORE_APPS.iter()) {
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(app));
         }
     }
+}
+
+/// What the seed adds to the bench's world: eth3 (a plain veth, as a switch NI moves it),
+/// the clouds behind gw with 192.168.0.1 on their lo, app4-app6 and their resolvers.
+fn build_seed_world() -> Result<()> {
+    for ns in MORE_APPS.iter().chain(CLOUDS.iter()) {
+        sh(&["ip", "netns", "add", ns])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    }
+    sh(&["ip", "-n", ZEDBOX, "link", "add", "eth3", "type", "veth", "peer", "name", "up3", "netns", GW])?;
+    sh(&["ip", "-n", GW, "addr", "add", "192.168.3.1/24", "dev", "up3"])?;
+    sh(&["ip", "-n", GW, "link", "set", "up3", "up"])?;
+    for (k, (cloud, net)) in CLOUDS.iter().zip(["192.168.111", "192.168.222"]).enumerate() {
+        let gw_if = format!("cloud{}", k + 1);
+        sh(&["ip", "-n", GW, "link", "add", &gw_if, "type", "veth", "peer", "name", "wan0", "netns", cloud])?;
+        sh(&["ip", "-n", GW, "addr", "add", &format!("{net}.254/24"), "dev", &gw_if])?;
+        sh(&["ip", "-n", GW, "link", "set", &gw_if, "up"])?;
+        sh(&["ip", "-n", cloud, "addr", "add", &format!("{net}.1/24"), "dev", "wan0"])?;
+        sh(&["ip", "-n", cloud, "link", "set", "wan0", "up"])?;
+        sh(&["ip", "-n", cloud, "route", "add", "default", "via", &format!("{net}.254")])?;
+        sh(&["ip", "-n", cloud, "addr", "add", &format!("{CLOUD_LAN_IP}/32"), "dev", "lo"])?;
+    }
+    for (app, server) in [("app4", "10.10.10.1"), ("app5", "10.10.10.1"), ("app6", "10.99.0.53")] {
+        let dir = Path::new("/etc/netns").join(app);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {server}\n"))?;
+    }
+    Ok(())
+}
+
+/// Polls `f` every 200 ms until it holds or `timeout` passes.
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        sleep(Duration::from_millis(200));
+    }
+    false
 }
 
 /// The seed's world outside the agent's control: namespaces, uplinks, router, internet.
