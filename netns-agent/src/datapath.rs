@@ -121,21 +121,55 @@ impl NiPrograms {
         ])
     }
 
-    /// Attaches programs in `ns` (TCX, the interface resolved in that netns) and pins the
-    /// links so they outlive the agent process.
+    /// Attaches programs in `ns` (the interface resolved in that netns) so that they
+    /// outlive the agent process: TCX links, pinned; on kernels without TCX (< 6.6), tc
+    /// filters on a clsact qdisc, which live on their own (`detach_legacy_tc` removes them).
     fn attach(&mut self, ns: &Netns, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
+        let tcx = has_tcx();
         for (name, attach, suffix) in which {
             let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
             let pin = self.link_dir.join(link_pin_name(ifname, suffix));
             netns::run_in(ns, || {
+                if !tcx {
+                    match aya::programs::tc::qdisc_add_clsact(ifname) {
+                        Err(aya::programs::tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
+                        other => other.with_context(|| format!("adding the clsact qdisc to {ifname}"))?,
+                    }
+                }
                 let id = prog.attach(ifname, attach).with_context(|| format!("attaching {name} to {ifname}"))?;
-                let link: FdLink = prog.take_link(id)?.try_into().context("TCX link as fd link")?;
+                let link = prog.take_link(id)?;
+                if !tcx {
+                    // Dropping the link would detach the filter; it must stay.
+                    std::mem::forget(link);
+                    return Ok(());
+                }
+                let link: FdLink = link.try_into().context("TCX link as fd link")?;
                 link.pin(&pin).with_context(|| format!("pinning link at {}", pin.display()))?;
                 Ok(())
             })?;
-            debug!(ifname, program = name, pin = %pin.display(), "attached");
+            debug!(ifname, program = name, tcx, "attached");
         }
         Ok(())
+    }
+}
+
+/// TCX (multi-program tc with bpf links) arrived in Linux 6.6; Debian 12's 6.1 lacks it.
+pub fn has_tcx() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(true)
+}
+
+/// Removes our NAT filters from an interface of the current netns on a kernel without
+/// TCX (with TCX, unpinning the links did it). Missing filters are fine.
+pub fn detach_legacy_tc(ifname: &str) {
+    if has_tcx() {
+        return;
+    }
+    for (name, attach) in [(prog_names::NAT_INGRESS, TcAttachType::Ingress), (prog_names::NAT_EGRESS, TcAttachType::Egress)] {
+        match aya::programs::tc::qdisc_detach_program(ifname, attach, name) {
+            Ok(()) => debug!(ifname, program = name, "detached tc filter"),
+            Err(e) => debug!(ifname, program = name, "no tc filter to detach: {e}"),
+        }
     }
 }
 

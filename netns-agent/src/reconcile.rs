@@ -530,6 +530,7 @@ async fn remove_agent_level(plan: &Plan, agent: &Netlink) -> Result<()> {
     for u in &plan.uplinks {
         agent.delete_rules(u.table, None).await?;
         agent.flush_table(u.table).await?;
+        datapath::detach_legacy_tc(&u.name);
     }
     if agent.restore_local_rule().await? {
         info!("restored the `local` rule to priority 0");

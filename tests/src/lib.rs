@@ -208,7 +208,7 @@ impl Scenario {
         );
         self.spawn(ns, &["sh", "-c", &charon]);
         let uri = format!("unix://{}", vici.display());
-        wait_until(Duration::from_secs(20), || vici.exists()).unwrap_or_else(|| panic!("responder in {ns}: no vici socket"));
+        wait_until(scaled(Duration::from_secs(20)), || vici.exists()).unwrap_or_else(|| panic!("responder in {ns}: no vici socket"));
         let load = Command::new("swanctl").args(["--load-all", "--noprompt", "--file"]).arg(dir.join("swanctl.conf")).args(["--uri", &uri]).output().unwrap();
         assert!(load.status.success(), "loading the responder of {ns}: {}", String::from_utf8_lossy(&load.stdout));
     }
@@ -227,7 +227,7 @@ impl Scenario {
 
     /// Waits until a TCP server listens on ip:port in `ns`.
     fn wait_listening(&self, ns: &str, ip: &str, port: u16) {
-        wait_until(Duration::from_secs(10), || {
+        wait_until(scaled(Duration::from_secs(10)), || {
             let out = self.exec(ns, &["ss", "-Hltn", &format!("src {ip}:{port}")]);
             !String::from_utf8_lossy(&out.stdout).trim().is_empty()
         })
@@ -301,12 +301,13 @@ impl Scenario {
             .spawn()
             .expect("starting the agent");
         self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let limit = scaled(Duration::from_secs(30));
+        let deadline = Instant::now() + limit;
         while !self.state_dir.join("state.json").exists() {
             if let Some(status) = self.agent.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent exited ({status}) before applying:\n{}", self.agent_log());
             }
-            assert!(Instant::now() < deadline, "agent did not apply within 30 s:\n{}", self.agent_log());
+            assert!(Instant::now() < deadline, "agent did not apply within {limit:?}:\n{}", self.agent_log());
             sleep(Duration::from_millis(50));
         }
     }
@@ -462,6 +463,13 @@ pub const INET_IP: &str = "10.99.0.10";
 
 /// The address every cloud serves on (the seed's 192.168.0.1, behind each VPN).
 pub const CLOUD_LAN_IP: &str = "192.168.0.1";
+
+/// `d` stretched by NETNS_TEST_TIME_SCALE (default 1): the VM run emulates every
+/// instruction (TCG), so its waits need to be longer; never a shortcut for a flaky wait.
+pub fn scaled(d: Duration) -> Duration {
+    let scale: u32 = std::env::var("NETNS_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    d * scale.max(1)
+}
 
 /// The IPsec backend of VPN tests: libipsec (this kernel has no ESP) unless
 /// NETNS_TEST_VPN_BACKEND says "kernel" (the VM run under Debian's kernel).

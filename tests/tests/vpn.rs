@@ -4,7 +4,7 @@
 
 use std::{process::Command, time::Duration};
 
-use netns_tests::{vpn_backend, wait_until, Scenario, CLOUD_LAN_IP, INET_IP};
+use netns_tests::{scaled, vpn_backend, wait_until, Scenario, CLOUD_LAN_IP, INET_IP};
 use serde_json::Value;
 
 /// NI4 and NI5 as in the seed: the same subnet, each through its own uplink to its cloud.
@@ -58,7 +58,7 @@ fn tunnel(s: &Scenario, ni: &str) -> Value {
 }
 
 fn wait_up(s: &Scenario, ni: &str, secs: u64) {
-    wait_until(Duration::from_secs(secs), || tunnel(s, ni)["state"] == "up")
+    wait_until(scaled(Duration::from_secs(secs)), || tunnel(s, ni)["state"] == "up")
         .unwrap_or_else(|| panic!("tunnel of {ni} not up: {:#}\n{}", tunnel(s, ni), s.agent_log()));
 }
 
@@ -68,7 +68,8 @@ fn fetch_all(s: &Scenario, requests: &[(&str, &str)]) -> Vec<Vec<u8>> {
         .iter()
         .map(|(ns, file)| {
             Command::new("ip")
-                .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "30", &format!("http://{CLOUD_LAN_IP}/{file}")])
+                .args(["netns", "exec", ns, "curl", "-sS", "--max-time", &scaled(Duration::from_secs(30)).as_secs().to_string()])
+                .arg(format!("http://{CLOUD_LAN_IP}/{file}"))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -133,7 +134,7 @@ fn two_tunnels_with_identical_selectors_carry_each_apps_traffic() {
     // charon of NI4 dies: the agent notices, starts it again, the tunnel comes back.
     let old_pid = tunnel(&s, &ni4)["supervision"]["pid"].as_u64().expect("charon pid");
     assert!(Command::new("kill").args(["-KILL", &old_pid.to_string()]).status().unwrap().success());
-    wait_until(Duration::from_secs(20), || {
+    wait_until(scaled(Duration::from_secs(20)), || {
         let t = tunnel(&s, &ni4);
         t["supervision"]["restarts"] == 1 && t["supervision"]["pid"].as_u64().is_some_and(|p| p != old_pid)
     })
@@ -202,9 +203,9 @@ acl = [{ id = 1, match = { protocol = "tcp", fport = 8080 } }]
     s.start_agent();
     let (ni4, ni5, app1) = (s.ni("ni4").to_string(), s.ni("ni5").to_string(), s.app("app1").to_string());
     let error = |ni: &str| tunnel(&s, ni)["supervision"]["last_error"].as_str().unwrap_or("").to_string();
-    wait_until(Duration::from_secs(30), || error(&ni4).contains("rejected the authentication"))
+    wait_until(scaled(Duration::from_secs(30)), || error(&ni4).contains("rejected the authentication"))
         .unwrap_or_else(|| panic!("NI4 status: {:#}\n{}", tunnel(&s, &ni4), s.agent_log()));
-    wait_until(Duration::from_secs(30), || error(&ni5).contains("no answer from 192.168.2.1"))
+    wait_until(scaled(Duration::from_secs(30)), || error(&ni5).contains("no answer from 192.168.2.1"))
         .unwrap_or_else(|| panic!("NI5 status: {:#}\n{}", tunnel(&s, &ni5), s.agent_log()));
     for ni in [&ni4, &ni5] {
         assert_ne!(tunnel(&s, ni)["state"], "up");

@@ -42,7 +42,7 @@ enum Task {
 /// Debian packages the build, tests and demo use.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2", "bpftool", "curl", "python3", "util-linux", "iptables", "nftables", "tcpdump", "iperf3",
-    "iputils-ping", "python3-scapy", "dnsmasq-base", "busybox", "strongswan-charon", "strongswan-swanctl",
+    "iputils-ping", "python3-scapy", "dnsmasq-base", "busybox-static", "strongswan-charon", "strongswan-swanctl",
     "libcharon-extra-plugins", "libstrongswan-extra-plugins",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -34,8 +34,9 @@ use crate::{config::VpnBackend, netns::Netns, plan::VpnPlan};
 pub const CHARON: &str = "/usr/lib/ipsec/charon";
 /// Name of the connection and of its child, as in the seed (`swanctl --initiate --child gw`).
 pub const CONN: &str = "gw";
-/// How long charon gets to open its vici socket.
-const VICI_WAIT: Duration = Duration::from_secs(10);
+/// How long charon gets to open its vici socket (it is watched meanwhile: an exit ends
+/// the wait; a slow start, e.g. on a cold disk, is not an error).
+const VICI_WAIT: Duration = Duration::from_secs(60);
 /// How often the supervisor looks at the SAs.
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// A tunnel with no IKE_SA at all is initiated again after this long.
