@@ -93,6 +93,10 @@ impl NiPrograms {
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load().map_err(|e| verifier_error(name, e))?;
+            // How hard the verifier worked (its limit is 1M): the figure to watch when
+            // a change makes a program more complex.
+            let verified_insns = prog.info().ok().and_then(|i| i.verified_instruction_count());
+            debug!(program = name, zone, ?verified_insns, "program verified");
         }
         let link_dir = pin_dir.join(ni);
         std::fs::create_dir_all(&link_dir).with_context(|| format!("creating {}", link_dir.display()))?;

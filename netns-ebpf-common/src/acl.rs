@@ -99,20 +99,58 @@ pub struct RemoteFacts {
     pub host_mask: u64,
 }
 
-/// Does ACE number `index` match a flow whose far end is `remote:remote_port`?
+/// A new flow as the ACEs see it: its protocol and its far end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AceQuery {
+    pub proto: u8,
+    pub remote: Ipv4,
+    pub remote_port: u16,
+    pub facts: RemoteFacts,
+}
+
+/// Does ACE number `index` match the flow?
 #[inline(always)]
-pub fn ace_matches(ace: &Ace, index: usize, proto: u8, remote: Ipv4, remote_port: u16, facts: &RemoteFacts) -> bool {
-    (ace.matches & MATCH_IP == 0 || prefix_contains(ace.prefix, ace.prefix_len, remote))
-        && (ace.matches & MATCH_PROTO == 0 || ace.proto == proto)
-        && (ace.matches & MATCH_FPORT == 0 || ace.fport == remote_port)
-        && (ace.matches & MATCH_EIDSET == 0 || facts.in_eidset)
-        && (ace.matches & MATCH_HOST == 0 || facts.host_mask & (1u64 << (index & 63)) != 0)
+pub fn ace_matches(ace: &Ace, index: usize, q: &AceQuery) -> bool {
+    (ace.matches & MATCH_IP == 0 || prefix_contains(ace.prefix, ace.prefix_len, q.remote))
+        && (ace.matches & MATCH_PROTO == 0 || ace.proto == q.proto)
+        && (ace.matches & MATCH_FPORT == 0 || ace.fport == q.remote_port)
+        && (ace.matches & MATCH_EIDSET == 0 || q.facts.in_eidset)
+        && (ace.matches & MATCH_HOST == 0 || q.facts.host_mask & (1u64 << (index & 63)) != 0)
+}
+
+/// Does ACE number `index` of `table` decide the flow? One step of the first-match walk
+/// (port maps never decide an app's own flows; out-of-range indexes decide nothing).
+#[inline(always)]
+pub fn ace_decides(table: &AclTable, index: usize, q: &AceQuery) -> bool {
+    if index >= MAX_ACES || index >= table.count as usize {
+        return false;
+    }
+    let ace = &table.aces[index];
+    ace.action != ACTION_PORTMAP && ace_matches(ace, index, q)
+}
+
+/// How a program finds the first ACE that decides a flow. The judges below are generic
+/// over it: the host walks with a plain loop ([`LoopWalk`]); the BPF programs hand
+/// [`ace_decides`] to the `bpf_loop` helper, which the verifier checks once instead of
+/// once per iteration and per path.
+pub trait AceWalk {
+    /// The index of the first ACE for which [`ace_decides`] holds.
+    fn first(&self, table: &AclTable, q: &AceQuery) -> Option<usize>;
+}
+
+/// The reference walk: ACEs in order.
+pub struct LoopWalk;
+
+impl AceWalk for LoopWalk {
+    fn first(&self, table: &AclTable, q: &AceQuery) -> Option<usize> {
+        (0..MAX_ACES).find(|&i| ace_decides(table, i, q))
+    }
 }
 
 /// Judges a flow that the app starts (its packet came from the app), also toward another
 /// app of the same NI: implicit rules, then the app's ACEs, then default drop.
 #[inline(always)]
-pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
+pub fn judge_from_app(walk: &impl AceWalk, table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
     let app = iface.app_num;
     let switch = iface.flags & IFACE_FLAG_SWITCH != 0;
     // On a switch NI the DHCP and DNS servers are outside, wherever they are.
@@ -127,38 +165,36 @@ pub fn judge_from_app(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, 
     if !switch && flow.proto == PROTO_TCP && flow.dport == 80 && (flow.dst == METADATA_IP || flow.dst == iface.gateway) {
         return Verdict::implicit_allow(app, implicit::APP_METADATA_HTTP);
     }
-    first_match(table, app, flow.proto, flow.dst, flow.dport, facts)
+    let q = AceQuery { proto: flow.proto, remote: flow.dst, remote_port: flow.dport, facts: *facts };
+    first_match(walk, table, app, &q)
 }
 
 /// The user ACEs in order; default drop.
 #[inline(always)]
-fn first_match(table: Option<&AclTable>, app: u32, proto: u8, remote: Ipv4, remote_port: u16, facts: &RemoteFacts) -> Verdict {
+fn first_match(walk: &impl AceWalk, table: Option<&AclTable>, app: u32, q: &AceQuery) -> Verdict {
     let Some(table) = table else {
         return Verdict::default_drop(app);
     };
-    let count = table.count as usize;
-    for i in 0..MAX_ACES {
-        if i >= count {
-            break;
-        }
-        let ace = &table.aces[i];
-        if ace.action != ACTION_PORTMAP && ace_matches(ace, i, proto, remote, remote_port, facts) {
+    match walk.first(table, q) {
+        Some(i) if i < MAX_ACES => {
+            let ace = &table.aces[i];
             let drop = ace.action == ACTION_DROP;
             let limit = if ace.action == ACTION_LIMIT { i as u8 + 1 } else { 0 };
-            return Verdict { mark: mark::compose(app, ace.id, true, drop), drop, limit };
+            Verdict { mark: mark::compose(app, ace.id, true, drop), drop, limit }
         }
+        _ => Verdict::default_drop(app),
     }
-    Verdict::default_drop(app)
 }
 
 /// Judges a flow that reaches an app of a switch NI from outside: the app's ACEs with
 /// the remote as source (EVE's semantics), after EVE's implicit in-DHCP.
 #[inline(always)]
-pub fn judge_from_outside(table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
+pub fn judge_from_outside(walk: &impl AceWalk, table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
     if flow.proto == PROTO_UDP && flow.sport == 67 && flow.dport == 68 {
         return Verdict::implicit_allow(iface.app_num, implicit::IN_DHCP);
     }
-    first_match(table, iface.app_num, flow.proto, flow.src, flow.sport, facts)
+    let q = AceQuery { proto: flow.proto, remote: flow.src, remote_port: flow.sport, facts: *facts };
+    first_match(walk, table, iface.app_num, &q)
 }
 
 /// Judges a flow that enters the NI toward the app (its first packet was seen going to the
@@ -232,22 +268,33 @@ mod tests {
         let allow_all = ip_ace(3, [0, 0, 0, 0], 0);
         let portmap = Ace { id: 7, matches: MATCH_PROTO, proto: PROTO_TCP, action: ACTION_PORTMAP, ..Ace::default() };
         let t = table(&[portmap, allow_web, drop_udp, allow_all]);
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80), &NONE);
         assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 0 });
         // Same host, other port: falls through ACE 1 to ACE 3.
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &NONE);
         assert_eq!(v, Verdict { mark: 0x0140_0003, drop: false, limit: 0 });
         // UDP anywhere hits the drop ACE before the allow-all.
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 123), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 123), &NONE);
         assert_eq!(v, Verdict { mark: 0x01c0_0002, drop: true, limit: 0 });
+    }
+
+    #[test]
+    fn the_walk_stops_at_the_tables_count() {
+        let mut t = table(&[ip_ace(1, [10, 0, 0, 0], 8)]);
+        t.aces[1] = ip_ace(2, [0, 0, 0, 0], 0); // stale, beyond count
+        let q = AceQuery { proto: PROTO_TCP, remote: [8, 8, 8, 8], ..AceQuery::default() };
+        assert_eq!(LoopWalk.first(&t, &q), None);
+        assert!(!ace_decides(&t, MAX_ACES, &q));
+        t.count = 2;
+        assert_eq!(LoopWalk.first(&t, &q), Some(1));
     }
 
     #[test]
     fn default_drop_and_empty_acl() {
         let t = table(&[ip_ace(1, [192, 168, 0, 0], 16)]);
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 99, 0, 1], 80), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [10, 99, 0, 1], 80), &NONE);
         assert_eq!(v, Verdict { mark: 0x01bf_ffff, drop: true, limit: 0 });
-        let v = judge_from_app(None, &iface(), &flow(PROTO_ICMP, [192, 168, 0, 1], 0), &NONE);
+        let v = judge_from_app(&LoopWalk, None, &iface(), &flow(PROTO_ICMP, [192, 168, 0, 1], 0), &NONE);
         assert!(v.drop);
     }
 
@@ -256,16 +303,16 @@ mod tests {
         let deny_all = Ace { id: 9, matches: 0, action: ACTION_DROP, ..Ace::default() };
         let t = table(&[deny_all]);
         let gw = iface().gateway;
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, gw, 53), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_UDP, gw, 53), &NONE);
         assert_eq!(v, Verdict { mark: 0x0100_0007, drop: false, limit: 0 });
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, gw, 53), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, gw, 53), &NONE);
         assert_eq!(v.mark, 0x0100_0007);
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [255, 255, 255, 255], 67), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_UDP, [255, 255, 255, 255], 67), &NONE);
         assert_eq!(v, Verdict { mark: 0x0100_0006, drop: false, limit: 0 });
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, METADATA_IP, 80), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, METADATA_IP, 80), &NONE);
         assert_eq!(v, Verdict { mark: 0x0100_000b, drop: false, limit: 0 });
         // DNS to anyone but the gateway is the user's business.
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53), &NONE);
         assert_eq!(v, Verdict { mark: 0x01c0_0009, drop: true, limit: 0 });
     }
 
@@ -274,24 +321,24 @@ mod tests {
         let sw = IfaceInfo { flags: IFACE_FLAG_SWITCH, ..iface() };
         let t = table(&[ip_ace(1, [192, 168, 0, 0], 16)]);
         let inbound = |src| Flow { proto: PROTO_TCP, src, dst: APP, sport: 8080, dport: 33000, ..Flow::default() };
-        assert_eq!(judge_from_outside(Some(&t), &sw, &inbound([192, 168, 0, 2]), &NONE).mark, 0x0140_0001);
-        assert!(judge_from_outside(Some(&t), &sw, &inbound([8, 8, 8, 8]), &NONE).drop);
+        assert_eq!(judge_from_outside(&LoopWalk, Some(&t), &sw, &inbound([192, 168, 0, 2]), &NONE).mark, 0x0140_0001);
+        assert!(judge_from_outside(&LoopWalk, Some(&t), &sw, &inbound([8, 8, 8, 8]), &NONE).drop);
         let offer = Flow { proto: PROTO_UDP, src: [192, 168, 3, 1], dst: [255, 255, 255, 255], sport: 67, dport: 68, ..Flow::default() };
-        assert_eq!(judge_from_outside(None, &sw, &offer, &NONE), Verdict { mark: 0x0100_000a, drop: false, limit: 0 });
+        assert_eq!(judge_from_outside(&LoopWalk, None, &sw, &offer, &NONE), Verdict { mark: 0x0100_000a, drop: false, limit: 0 });
         // DHCP and DNS to the outside's servers are implicit on a switch NI.
-        assert_eq!(judge_from_app(None, &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 67), &NONE).mark, 0x0100_0006);
-        assert_eq!(judge_from_app(None, &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).mark, 0x0100_0007);
-        assert!(judge_from_app(None, &iface(), &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).drop, "not on a local NI");
+        assert_eq!(judge_from_app(&LoopWalk, None, &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 67), &NONE).mark, 0x0100_0006);
+        assert_eq!(judge_from_app(&LoopWalk, None, &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).mark, 0x0100_0007);
+        assert!(judge_from_app(&LoopWalk, None, &iface(), &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).drop, "not on a local NI");
         // ... but no metadata (there is no server of ours): web to anywhere is the ACL's.
-        assert!(judge_from_app(None, &sw, &flow(PROTO_TCP, [10, 99, 0, 10], 80), &NONE).drop);
-        assert!(judge_from_app(None, &sw, &flow(PROTO_TCP, METADATA_IP, 80), &NONE).drop);
+        assert!(judge_from_app(&LoopWalk, None, &sw, &flow(PROTO_TCP, [10, 99, 0, 10], 80), &NONE).drop);
+        assert!(judge_from_app(&LoopWalk, None, &sw, &flow(PROTO_TCP, METADATA_IP, 80), &NONE).drop);
     }
 
     #[test]
     fn limit_aces_accept_and_name_their_bucket() {
         let limited = Ace { id: 1, matches: MATCH_IP, prefix: [192, 168, 0, 0], prefix_len: 16, action: ACTION_LIMIT, ..Ace::default() };
         let t = table(&[ip_ace(9, [10, 0, 0, 0], 8), limited]);
-        let v = judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [192, 168, 0, 2], 8080), &NONE);
+        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [192, 168, 0, 2], 8080), &NONE);
         assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 2 });
     }
 
@@ -303,15 +350,15 @@ mod tests {
         let t = table(&[eid_web, github]);
         let peer = flow(PROTO_TCP, [10, 10, 1, 3], 80);
         let eid = RemoteFacts { in_eidset: true, host_mask: 0 };
-        assert_eq!(judge_from_app(Some(&t), &iface(), &peer, &eid).mark, 0x0140_0001);
-        assert!(judge_from_app(Some(&t), &iface(), &peer, &NONE).drop, "not another app: no match");
-        assert!(judge_from_app(Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &eid).drop);
+        assert_eq!(judge_from_app(&LoopWalk, Some(&t), &iface(), &peer, &eid).mark, 0x0140_0001);
+        assert!(judge_from_app(&LoopWalk, Some(&t), &iface(), &peer, &NONE).drop, "not another app: no match");
+        assert!(judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &eid).drop);
         let site = flow(PROTO_TCP, [140, 82, 121, 3], 443);
         let resolved = RemoteFacts { in_eidset: false, host_mask: 1 << 1 };
-        assert_eq!(judge_from_app(Some(&t), &iface(), &site, &resolved).mark, 0x0140_0002);
+        assert_eq!(judge_from_app(&LoopWalk, Some(&t), &iface(), &site, &resolved).mark, 0x0140_0002);
         // Resolved for another ACE's host only: no match for this one.
         let other = RemoteFacts { in_eidset: false, host_mask: 1 << 0 };
-        assert!(judge_from_app(Some(&t), &iface(), &site, &other).drop);
+        assert!(judge_from_app(&LoopWalk, Some(&t), &iface(), &site, &other).drop);
     }
 
     #[test]
