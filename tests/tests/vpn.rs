@@ -116,6 +116,15 @@ fn two_tunnels_with_identical_selectors_carry_each_apps_traffic() {
     // Encrypted end to end: the cloud sees the app's address, never the NI's SNAT.
     let seen = s.whoami(&app4, CLOUD_LAN_IP, 8081).expect("whoami through the tunnel");
     assert!(seen.starts_with("10.10.10.4:"), "cloud1 saw {seen}");
+    // Which IPsec carried it: the kernel's xfrm states in the NI's netns, or (libipsec)
+    // none there, charon's userspace ESP instead.
+    let xfrm = Command::new("ip").args(["-n", &ni4, "xfrm", "state"]).output().unwrap();
+    let xfrm = String::from_utf8_lossy(&xfrm.stdout);
+    if backend == "kernel" {
+        assert!(xfrm.matches("proto esp").count() >= 2, "kernel backend: ESP SAs in xfrm expected:\n{xfrm}");
+    } else {
+        assert!(!xfrm.contains("proto esp"), "libipsec backend: no kernel SAs expected:\n{xfrm}");
+    }
     let t4 = tunnel(&s, &ni4);
     assert!(t4["bytes_in"].as_u64().unwrap() > one.len() as u64, "ESP bytes in: {t4:#}");
     assert!(t4["packets_out"].as_u64().unwrap() > 0, "{t4:#}");

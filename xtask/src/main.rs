@@ -1,7 +1,8 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | demo`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | test [--vm] | demo | bench`.
 
 mod bench;
 mod demo;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -25,6 +26,10 @@ enum Task {
     BuildEbpf,
     /// Setup, build, then run every unit and integration test.
     Test {
+        /// Then also boot Debian's stock kernel (6.1: real ESP, no TCX) in QEMU and run the
+        /// integration tests listed in `VM_TESTS` there, VPNs on kernel xfrm.
+        #[arg(long)]
+        vm: bool,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -58,7 +63,7 @@ fn dispatch(task: Task) -> Result<()> {
     match task {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf(),
-        Task::Test { args } => test(&args),
+        Task::Test { vm, args } => test(vm, &args),
         Task::Demo { keep } => {
             setup()?;
             build_ebpf()?;
@@ -97,27 +102,7 @@ fn output(cmd: &mut Command) -> Option<String> {
 
 fn setup() -> Result<()> {
     step("setup: Debian packages");
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .map(|s| !s.contains("install ok installed"))
-                .unwrap_or(true)
-        })
-        .collect();
-    if missing.is_empty() {
-        eprintln!("    all present");
-    } else {
-        eprintln!("    installing {}", missing.join(" "));
-        run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600", "update", "-q"]))?;
-        run(Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            // dpkg unpacks under TMPDIR; a small or cleaned /tmp broke installs here.
-            .env("TMPDIR", "/var/tmp"))?;
-    }
+    apt_install(DEBIAN_PACKAGES)?;
 
     step("setup: nightly rust-src (eBPF builds core from source)");
     let installed = output(Command::new("rustup").args(["+nightly", "component", "list", "--installed"]))
@@ -136,6 +121,31 @@ fn setup() -> Result<()> {
         install_bpf_linker()?;
     }
     Ok(())
+}
+
+/// Installs the Debian packages of `packages` that are missing.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .map(|s| !s.contains("install ok installed"))
+                .unwrap_or(true)
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!("    all present");
+        return Ok(());
+    }
+    eprintln!("    installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600", "update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        // dpkg unpacks under TMPDIR; a small or cleaned /tmp broke installs here.
+        .env("TMPDIR", "/var/tmp"))
 }
 
 /// bpf-linker needs an LLVM 22 to link against; nightly ships one as a shared library.
@@ -197,8 +207,12 @@ fn build_agent() -> Result<()> {
     run(Command::new("cargo").current_dir(workspace_root()).args(["build", "-p", "netns-agent"]))
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(vm: bool, args: &[String]) -> Result<()> {
     setup()?;
+    if vm {
+        step("setup: QEMU and Debian's stock kernel for --vm");
+        apt_install(vm::VM_PACKAGES)?;
+    }
     build_ebpf()?;
     build_agent()?;
     step("test: unit and integration tests (integration tests need root, one at a time)");
@@ -207,5 +221,9 @@ fn test(args: &[String]) -> Result<()> {
         .current_dir(workspace_root())
         .env("NETNS_AGENT_BIN", &agent)
         .args(["test", "--workspace", "--", "--test-threads=1"])
-        .args(args))
+        .args(args))?;
+    if vm {
+        vm::run_tests(&agent, args)?;
+    }
+    Ok(())
 }

@@ -1,0 +1,91 @@
+//! `cargo xtask test --vm`: integration tests under Debian 12's stock kernel (6.1) in a
+//! throw-away QEMU VM. This machine's kernel has TCX and no ESP; Debian's 6.1 has ESP and
+//! no TCX. In the VM the VPN NIs run on kernel xfrm (what devices use), the programs are
+//! attached as tc filters on clsact, and the older verifier checks them.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{step, workspace_root};
+
+/// What the VM script needs on the host (it boots the host's / over 9p).
+pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio", "kmod"];
+
+/// Integration test binaries (of `netns-tests`) run in the VM.
+const VM_TESTS: &[&str] = &["vpn"];
+
+/// Guest time limit; the VM is emulated (TCG), about ten times slower than the host.
+const VM_TIMEOUT_SECS: u32 = 1800;
+
+pub fn run_tests(agent: &Path, args: &[String]) -> Result<()> {
+    step("test --vm: building the integration test binaries");
+    let binaries = test_binaries()?;
+    let dir = workspace_root().join("target/vm");
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    let mut script = String::from("set -u\necho \"vm: kernel $(uname -r)\"\nrc=0\n");
+    // Ten times the host's waits: TCG emulates every instruction.
+    script += "export NETNS_TEST_VPN_BACKEND=kernel NETNS_TEST_TIME_SCALE=10 RUST_BACKTRACE=1\n";
+    script += &format!("export NETNS_AGENT_BIN={}\n", shell_quote(&agent.to_string_lossy()));
+    for name in VM_TESTS {
+        let bin = binaries.iter().find(|(n, _)| n == name).map(|(_, p)| p).with_context(|| format!("no test binary {name}"))?;
+        let extra: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+        script += &format!(
+            "echo \"vm: === {name}\"\n{} --test-threads=1 {} || rc=1\n",
+            shell_quote(&bin.to_string_lossy()),
+            extra.join(" ")
+        );
+    }
+    script += "exit $rc\n";
+    let script_path = out.join("run-tests.sh");
+    std::fs::write(&script_path, script)?;
+
+    step(&format!("test --vm: {} in Debian's stock kernel under QEMU (a few minutes)", VM_TESTS.join(", ")));
+    let tests_dir = workspace_root().join("tests");
+    let status = Command::new("bash")
+        .current_dir(&tests_dir)
+        .env("QEMU_VM_CACHE", dir.join("cache"))
+        .arg(tests_dir.join("vm/qemu-kernel-vm.sh"))
+        .args(["-o".as_ref(), out.as_os_str(), "-t".as_ref(), VM_TIMEOUT_SECS.to_string().as_ref(), "--".as_ref()])
+        .arg("bash")
+        .arg(&script_path)
+        .status()
+        .context("starting tests/vm/qemu-kernel-vm.sh")?;
+    if !status.success() {
+        bail!("tests in the VM failed ({status}); the guest console is in {}", out.join("console.log").display());
+    }
+    Ok(())
+}
+
+/// (name, executable) of each integration test binary of `netns-tests`, built.
+fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let out = Command::new("cargo")
+        .current_dir(workspace_root())
+        .args(["test", "-p", "netns-tests", "--tests", "--no-run", "--message-format=json"])
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut binaries = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] != "compiler-artifact" || msg["target"]["kind"][0] != "test" {
+            continue;
+        }
+        if let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) {
+            binaries.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    Ok(binaries)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
