@@ -104,6 +104,37 @@ fn blocked_port_times_out_and_leaves_a_drop_flow() {
     assert_eq!(flow(&flows, "10.10.1.3", "10.10.1.2", 22).unwrap()["mark"], "0x02400005");
 }
 
+/// 64 ACEs, the most an interface holds: 63 drop ACEs for single ports, then an accept
+/// for the rest of TCP to app2. The programs walk ACEs with `bpf_loop`; this proves the walk
+/// reaches the last one and stops at the first match anywhere in between.
+#[test]
+fn a_full_acl_is_walked_to_its_last_ace() {
+    let mut aces: Vec<String> = (1..=63)
+        .map(|i| format!("  {{ id = {i}, match = {{ ip = \"10.10.1.3/32\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},", 1000 + i))
+        .collect();
+    aces.push("  { id = 64, match = { ip = \"10.10.1.3/32\", protocol = \"tcp\" } },".into());
+    let config = format!(
+        "[[network]]\nname = \"@ni1\"\nkind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\n\n\
+         [[app]]\nname = \"app1\"\nnetns = \"@app1\"\n[[app.interface]]\nnetwork = \"@ni1\"\nip = \"10.10.1.2\"\nacl = [\n{}\n]\n\n\
+         [[app]]\nname = \"app2\"\nnetns = \"@app2\"\n[[app.interface]]\nnetwork = \"@ni1\"\nip = \"10.10.1.3\"\n",
+        aces.join("\n")
+    );
+    let mut s = Scenario::new(&["ni1"], &["app1", "app2"], &config);
+    s.start_agent();
+    let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
+    for port in [80, 1001, 1063] {
+        s.echo_server(&app2, "10.10.1.3", port);
+    }
+    assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1000, None), EchoResult::Echoed(1000));
+    assert_eq!(s.echo(&app1, "10.10.1.3", 1063, 10, None), EchoResult::TimedOut);
+    let flows = s.flows();
+    assert_eq!(flow(&flows, "10.10.1.2", "10.10.1.3", 80).unwrap()["mark"], "0x01400040", "ACE 64 (index 63) accepted it");
+    assert_eq!(flow(&flows, "10.10.1.2", "10.10.1.3", 1063).unwrap()["mark"], "0x01c0003f", "ACE 63 dropped it");
+    // The first ACE decides too (the walk stops there, not at a later match).
+    assert_eq!(s.echo(&app1, "10.10.1.3", 1001, 10, None), EchoResult::TimedOut);
+    assert_eq!(flow(&s.flows(), "10.10.1.2", "10.10.1.3", 1001).unwrap()["mark"], "0x01c00001");
+}
+
 #[test]
 fn drop_ace_marks_the_flow_with_user_ace_and_drop_bits() {
     let s = scenario();
@@ -243,7 +274,7 @@ s.send(eth + b"\x86\xdd" + b"\x60" + b"\x00" * 39)                # IPv6
 fn metadata_from_overlapping_nis_returns_each_app_its_own() {
     let s = scenario();
     let get = |ns: &str, path: &str| {
-        let out = s.exec(ns, &["curl", "-s", "-o", "/dev/stdout", "-w", " %{http_code}", "--max-time", "3", &format!("http://169.254.169.254{path}")]);
+        let out = s.exec(ns, &["curl", "-s", "-w", " %{http_code}", "--max-time", "3", &format!("http://169.254.169.254{path}")]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // app1 (ni1) and app3 (ni2) share 10.10.1.2: each NI's server knows its own app.

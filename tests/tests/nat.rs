@@ -4,7 +4,7 @@
 //! The world is the seed's: zedbox's uplinks eth0 (192.168.0.2) and eth1 (192.168.1.2)
 //! lead to the router gw, behind which the internet host sits at 10.99.0.10.
 
-use netns_tests::{EchoResult, Scenario, INET_IP, UDP_WHOAMI_SERVER};
+use netns_tests::{scaled, EchoResult, Scenario, INET_IP, UDP_WHOAMI_SERVER};
 use serde_json::Value;
 
 /// ni1 and ni2 on eth0, ni3 on eth1. ni3 reuses ni1's subnet; ni2's subnet equals eth1's.
@@ -201,8 +201,12 @@ fn no_netfilter_rules_anywhere() {
 /// Sends one datagram from each of `n` sockets and prints the distinct translated
 /// sources the server reported, and how many got no answer.
 const UDP_FLOWS: &str = r#"
-import json, select, socket, sys, time
-ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import json, resource, select, socket, sys, time
+ip, port, n, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+# n sockets at once: more than the usual soft limit of 1024 descriptors.
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft < n + 64:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, max(hard, n + 64)))  # root may raise hard
 poller, socks = select.poll(), {}
 for i in range(n):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -210,7 +214,7 @@ for i in range(n):
     s.sendto(b"x", (ip, port))
     socks[s.fileno()] = s
     poller.register(s, select.POLLIN)
-seen, deadline = [], time.time() + 5
+seen, deadline = [], time.time() + wait
 while socks and time.time() < deadline:
     for fd, _ in poller.poll(200):
         s = socks.pop(fd)
@@ -225,7 +229,8 @@ fn two_thousand_udp_flows_get_distinct_translations() {
     let inet = s.inet.clone();
     s.spawn(&inet, &["python3", "-c", UDP_WHOAMI_SERVER, INET_IP, "5000"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = s.python(s.app("app1"), UDP_FLOWS, &[INET_IP, "5000", "2000"]);
+    let wait = scaled(std::time::Duration::from_secs(5)).as_secs().to_string();
+    let out = s.python(s.app("app1"), UDP_FLOWS, &[INET_IP, "5000", "2000", &wait]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["answers"], 2000, "{r}");
@@ -242,7 +247,8 @@ fn exhausted_port_space_drops_new_flows_and_keeps_working() {
     let inet = s.inet.clone();
     s.spawn(&inet, &["python3", "-c", UDP_WHOAMI_SERVER, INET_IP, "5000"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = s.python(s.app("app1"), UDP_FLOWS, &[INET_IP, "5000", "150"]);
+    let wait = scaled(std::time::Duration::from_secs(5)).as_secs().to_string();
+    let out = s.python(s.app("app1"), UDP_FLOWS, &[INET_IP, "5000", "150", &wait]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["answers"], r["distinct"], "no two flows share a translation: {r}");
