@@ -1,7 +1,8 @@
 #!/bin/bash
 # From the team's verified recipe (shared notes); `cargo xtask test --vm` runs the
 # kernel-xfrm tests through it. Local change: the initramfs cache dir is
-# $QEMU_VM_CACHE when set (xtask keeps it under target/).
+# $QEMU_VM_CACHE when set (xtask keeps it under target/); the host's /tmp stays visible
+# when the command's files are under it (a checkout in /tmp).
 #
 # qemu-kernel-vm.sh - run one command as root inside a throw-away QEMU VM that
 # boots Debian's stock kernel (linux-image-amd64: full module set, so esp4,
@@ -85,7 +86,8 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 echo "vm: init at $(cut -d' ' -f1 /proc/uptime)s uptime"
 for m in $(cat /mods/order); do insmod /mods/$m; done
 OUT=/
-for w in $(cat /proc/cmdline); do case "$w" in vmout=*) OUT=${w#vmout=} ;; esac; done
+KEEPTMP=0
+for w in $(cat /proc/cmdline); do case "$w" in vmout=*) OUT=${w#vmout=} ;; vmkeeptmp=1) KEEPTMP=1 ;; esac; done
 fail() { echo "vm: $*"; echo 125 > /newroot$OUT/rc 2>/dev/null; sync; poweroff -f; }
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /lower || fail "9p root mount failed"
 mount -t tmpfs -o mode=755 upper /upper && mkdir /upper/u /upper/w
@@ -95,7 +97,10 @@ R=/newroot
 mount -t proc proc $R/proc; mount -t sysfs sys $R/sys; mount -t devtmpfs dev $R/dev
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts; mount -t tmpfs shm $R/dev/shm
-for d in /run /tmp; do mount -t tmpfs tmpfs $R$d; done
+mount -t tmpfs tmpfs $R/run
+# a fresh /tmp, unless the command's files live under the host's /tmp (a CI checkout):
+# then the overlay's /tmp, writable too
+[ "$KEEPTMP" = 1 ] || mount -t tmpfs tmpfs $R/tmp
 mkdir -p $R/run/netns $R$OUT
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 vmout $R$OUT || fail "9p out mount failed"
 # stage 2 runs as PID 1 inside the new root (switch_root, not chroot, so that
@@ -132,6 +137,10 @@ fi
 # arch-capabilities: QEMU aborts ("failed to set MSR 0x10a") under kvm_pvm without this
 CPU=host,-arch-capabilities; [ "$ACCEL" = tcg ] && CPU=max
 
+KEEPTMP=0
+case "$PWD/" in /tmp/*) KEEPTMP=1 ;; esac
+case "$OUT/" in /tmp/*) KEEPTMP=1 ;; esac
+
 start=$(date +%s%N)
 set +e
 timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 \
@@ -139,7 +148,7 @@ timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 \
   -nodefaults -no-user-config -nographic -no-reboot \
   -serial stdio -monitor none -nic none \
   -kernel "$KERNEL" -initrd "$INITRD" \
-  -append "console=ttyS0 panic=-1 quiet loglevel=3 vmout=$OUT" \
+  -append "console=ttyS0 panic=-1 quiet loglevel=3 vmout=$OUT vmkeeptmp=$KEEPTMP" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$OUT",mount_tag=vmout,security_model=none,multidevs=remap \
   < /dev/null 2>&1 | tee "$OUT/console.log"
