@@ -26,8 +26,8 @@ enum Task {
     BuildEbpf,
     /// Setup, build, then run every unit and integration test.
     Test {
-        /// Then also boot Debian's stock kernel (6.1: real ESP, no TCX) in QEMU and run the
-        /// integration tests listed in `VM_TESTS` there, VPNs on kernel xfrm.
+        /// Then also boot Debian's stock kernel (6.1: real ESP, no TCX) in QEMU and run
+        /// every integration test there, VPNs on kernel xfrm.
         #[arg(long)]
         vm: bool,
         /// Extra arguments for the test binaries (e.g. a test name filter).

@@ -15,7 +15,6 @@ use crate::{step, workspace_root};
 /// What the VM script needs on the host (it boots the host's / over 9p).
 pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio", "kmod"];
 
-
 /// Guest time limit; the VM is emulated (TCG), about ten times slower than the host.
 const VM_TIMEOUT_SECS: u32 = 1800;
 
