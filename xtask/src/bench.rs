@@ -1,9 +1,13 @@
-//! `cargo xtask bench`: TCP throughput app -> internet host through the eBPF data path
-//! (ACL + conntrack at the app port, source NAT at the NI veth and at the uplink), and
-//! through the very same namespaces and veths with the programs detached and plain
-//! routes instead of NAT: both measured in this run, printed side by side.
+//! `cargo xtask bench`: app1 -> internet host through the eBPF data path (ACL, conntrack
+//! at the app port, source NAT at the NI veth and at the uplink), then through the very
+//! same namespaces and veths with the programs detached: once with plain routes and no
+//! rules at all, once with what EVE does today (iptables: the same ACL as FORWARD rules,
+//! conntrack, MASQUERADE twice). Each path gets TCP throughput (iperf3) and the rate of
+//! new TCP connections (the ACL is walked once per connection); all measured in this run,
+//! printed side by side.
 
 use std::{
+    io::Write,
     path::Path,
     process::{Command, Stdio},
     thread::sleep,
@@ -12,28 +16,41 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::demo::{build_world, output, sh, step, ALLOWED_SITE, APPS, GW, INTERNET, STATE_DIR, ZEDBOX};
+use crate::demo::{build_world, output, sh, step, wait_listening, ALLOWED_SITE, APPS, GW, INTERNET, STATE_DIR, ZEDBOX};
 
-const CONFIG: &str = r#"# cargo xtask bench: one NI on eth0, app1 may go anywhere.
-[[uplink]]
-name = "eth0"
+/// One NI on eth0; app1's ACL is full (64 ACEs) and only its last ACE allows the bench's
+/// traffic: the ACL's worst case, on both paths that have one.
+fn bench_config() -> String {
+    let mut aces: Vec<String> = (1..=FILLER_ACES)
+        .map(|i| format!("  {{ id = {i}, match = {{ ip = \"{ALLOWED_SITE}/32\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},", FILLER_PORT + i))
+        .collect();
+    aces.push(format!("  {{ id = {}, match = {{ ip = \"0.0.0.0/0\" }} }},", FILLER_ACES + 1));
+    format!(
+        "# cargo xtask bench: one NI on eth0, app1 may go anywhere (after {FILLER_ACES} drop ACEs).\n\
+         [[uplink]]\nname = \"eth0\"\n\n\
+         [[network]]\nname = \"ni1\"\nkind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\nuplink = \"eth0\"\n\n\
+         [[app]]\nname = \"app1\"\nnetns = \"app1\"\n[[app.interface]]\nnetwork = \"ni1\"\nip = \"10.10.1.2\"\nacl = [\n{}\n]\n",
+        aces.join("\n")
+    )
+}
 
-[[network]]
-name = "ni1"
-kind = "local"
-subnet = "10.10.1.0/24"
-gateway = "10.10.1.1"
-uplink = "eth0"
+/// The same ACL and translations the iptables way, as EVE sets them up: rules in the NI's
+/// FORWARD chain after the established-flow shortcut, MASQUERADE in the NI and on the uplink.
+fn iptables_rules() -> (String, String) {
+    let mut ni = String::from("*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+    for i in 1..=FILLER_ACES {
+        ni += &format!("-A FORWARD -s 10.10.1.2 -d {ALLOWED_SITE}/32 -p tcp --dport {} -j DROP\n", FILLER_PORT + i);
+    }
+    ni += "-A FORWARD -s 10.10.1.2 -j ACCEPT\nCOMMIT\n*nat\n-A POSTROUTING -s 10.10.1.0/24 ! -d 10.10.1.0/24 -j MASQUERADE\nCOMMIT\n";
+    let zedbox = "*nat\n-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n".to_string();
+    (ni, zedbox)
+}
 
-[[app]]
-name = "app1"
-netns = "app1"
-[[app.interface]]
-network = "ni1"
-ip = "10.10.1.2"
-acl = [{ id = 1, match = { ip = "0.0.0.0/0" } }]
-"#;
-
+/// Drop ACEs before the one that allows; ports nobody uses.
+const FILLER_ACES: u32 = 63;
+const FILLER_PORT: u32 = 1000;
+/// The connection-rate server's port.
+const CONN_PORT: u16 = 5001;
 const SECONDS: u32 = 5;
 const ROUNDS: usize = 3;
 const PIN_DIR: &str = "/sys/fs/bpf/netns-agent";
@@ -42,7 +59,7 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     let dir = std::env::temp_dir().join("netns-agent-bench");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("bench.toml");
-    std::fs::write(&config, CONFIG)?;
+    std::fs::write(&config, bench_config())?;
     let _cleanup = Cleanup { agent_bin: agent_bin.to_path_buf(), config: config.clone() };
     for ns in [ZEDBOX, GW, INTERNET].iter().chain(APPS.iter()).chain(["ni1"].iter()) {
         if Path::new("/run/netns").join(ns).exists() {
@@ -81,11 +98,8 @@ pub fn run(agent_bin: &Path) -> Result<()> {
         println!("  {name:<20} {insns:>5} instructions (xlated), {jited:>6} bytes jited");
     }
 
-    step(&format!("iperf3 TCP app1 -> {ALLOWED_SITE}, {ROUNDS} x {SECONDS} s each way of forwarding"));
-    let mut ebpf = Vec::new();
-    for _ in 0..ROUNDS {
-        ebpf.push(iperf()?);
-    }
+    let (ebpf_gbit, ebpf_conn) = measure("eBPF path")?;
+
     // Stop the agent (the pinned programs stay), then detach every program by unpinning
     // its links, and route the same path without translation.
     let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
@@ -96,18 +110,127 @@ pub fn run(agent_bin: &Path) -> Result<()> {
             std::fs::remove_dir_all(&dir)?;
         }
     }
-    sh(&["ip", "-n", ZEDBOX, "route", "add", "10.10.1.0/24", "via", "169.254.100.2", "dev", "veth1"])?;
-    sh(&["ip", "-n", GW, "route", "add", "10.10.1.0/24", "via", "192.168.0.2"])?;
-    let mut bare = Vec::new();
-    for _ in 0..ROUNDS {
-        bare.push(iperf()?);
+    let bare_routes: [&[&str]; 2] = [
+        &["ip", "-n", ZEDBOX, "route", "add", "10.10.1.0/24", "via", "169.254.100.2", "dev", "veth1"],
+        &["ip", "-n", GW, "route", "add", "10.10.1.0/24", "via", "192.168.0.2"],
+    ];
+    for route in bare_routes {
+        sh(route)?;
     }
-    let (e, b) = (median(&mut ebpf), median(&mut bare));
-    step("result (median of the rounds)");
-    let rounds = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
-    println!("  {:<52} {:>8.2} Gbit/s  (rounds: {})", "eBPF path (ACL, conntrack, 2x SNAT):", e, rounds(&ebpf));
-    println!("  {:<52} {:>8.2} Gbit/s  (rounds: {})", "same namespaces and veths, no programs, no NAT:", b, rounds(&bare));
-    println!("  {:<52} {:>8.2}", "ratio eBPF / no programs:", e / b);
+    let (bare_gbit, bare_conn) = measure("no programs, no NAT")?;
+
+    // iptables: the routes go again, so that only working MASQUERADE gets the answers back.
+    for route in bare_routes {
+        let mut del = route.to_vec();
+        del[4] = "del";
+        sh(&del)?;
+    }
+    let (ni_rules, zedbox_rules) = iptables_rules();
+    iptables_restore("ni1", &ni_rules)?;
+    iptables_restore(ZEDBOX, &zedbox_rules)?;
+    let (ipt_gbit, ipt_conn) = measure("iptables")?;
+    let counted = output(&["ip", "netns", "exec", "ni1", "iptables", "-t", "nat", "-L", "POSTROUTING", "-v", "-n", "-x"]);
+    if !counted.lines().any(|l| l.contains("MASQUERADE") && l.split_whitespace().next().is_some_and(|p| p != "0")) {
+        bail!("the iptables run did not go through MASQUERADE:\n{counted}");
+    }
+
+    step("result (median of the rounds; ratio to the path with no programs)");
+    println!("  {:<58} {:>14} {:>21}", "", "TCP Gbit/s", "new TCP conn/s");
+    let rows = [
+        (format!("eBPF: {} ACEs, last allows; conntrack; 2x SNAT", FILLER_ACES + 1), &ebpf_gbit, &ebpf_conn),
+        (format!("iptables: {} FORWARD rules, last allows; 2x MASQUERADE", FILLER_ACES + 1), &ipt_gbit, &ipt_conn),
+        ("same namespaces and veths, no programs, no NAT".to_string(), &bare_gbit, &bare_conn),
+    ];
+    let (bg, bc) = (median(bare_gbit.clone()), median(bare_conn.clone()));
+    for (label, gbit, conn) in rows {
+        let (g, c) = (median(gbit.clone()), median(conn.clone()));
+        println!("  {label:<58} {g:>6.2} ({:>4.2}) {c:>13.0} ({:>4.2})", g / bg, c / bc);
+    }
+    Ok(())
+}
+
+/// ROUNDS of iperf3 and of the connection rate; (Gbit/s, connections/s) per round.
+fn measure(path: &str) -> Result<(Vec<f64>, Vec<f64>)> {
+    step(&format!("{path}: iperf3 TCP app1 -> {ALLOWED_SITE}, {ROUNDS} x {SECONDS} s; new TCP connections, {ROUNDS} x {SECONDS} s"));
+    let mut gbit = Vec::new();
+    for _ in 0..ROUNDS {
+        gbit.push(iperf()?);
+    }
+    let mut conn = Vec::new();
+    for _ in 0..ROUNDS {
+        conn.push(connection_rate()?);
+    }
+    let show = |v: &[f64], d: usize| v.iter().map(|x| format!("{x:.d$}")).collect::<Vec<_>>().join(" ");
+    println!("  Gbit/s: {}   connections/s: {}", show(&gbit, 2), show(&conn, 0));
+    Ok((gbit, conn))
+}
+
+/// Accepts, answers one byte, waits for the client's reset; one connection at a time.
+const CONN_SERVER: &str = r#"
+import socket, sys
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(1024)
+while True:
+    c, _ = l.accept()
+    try:
+        c.recv(1); c.sendall(b"y"); c.recv(1)
+    except OSError:
+        pass
+    c.close()
+"#;
+
+/// Opens connections one after the other for the given seconds: connect, one byte each
+/// way, reset (no TIME_WAIT to run out of ports); prints connections per second.
+const CONN_CLIENT: &str = r#"
+import socket, struct, sys, time
+ip, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+linger, n = struct.pack("ii", 1, 0), 0
+start = time.time()
+while time.time() < start + secs:
+    s = socket.create_connection((ip, port), timeout=3)
+    s.sendall(b"x")
+    if s.recv(1) != b"y":
+        sys.exit("no answer")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    s.close()
+    n += 1
+print(n / (time.time() - start))
+"#;
+
+/// One connection-rate run; new TCP connections per second.
+fn connection_rate() -> Result<f64> {
+    let port = CONN_PORT.to_string();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", INTERNET, "python3", "-c", CONN_SERVER, ALLOWED_SITE, &port])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let result = wait_listening(INTERNET, ALLOWED_SITE, CONN_PORT).and_then(|()| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", "app1", "python3", "-c", CONN_CLIENT, ALLOWED_SITE, &port, &SECONDS.to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("connection-rate client failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().context("connection-rate client output")
+    });
+    let _ = server.kill();
+    server.wait().ok();
+    result
+}
+
+fn iptables_restore(ns: &str, rules: &str) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-restore"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("starting iptables-restore")?;
+    child.stdin.take().expect("piped").write_all(rules.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("iptables-restore in {ns} failed ({status})");
+    }
     Ok(())
 }
 
@@ -128,7 +251,7 @@ fn iperf() -> Result<f64> {
     Ok(bps / 1e9)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
