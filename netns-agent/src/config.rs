@@ -539,7 +539,6 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             err(n.name.span(), format!("network {name:?}: {wanted} interfaces need an address but only {free} are free in its pool"));
         }
     }
-    drop(err);
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -622,7 +621,7 @@ fn validate_acl(acl: &[Ace], app: &str, err: &mut impl FnMut(std::ops::Range<usi
             }
         }
         match (ace.action, &ace.matches.lport) {
-            (Action::Portmap(target), Some(_)) if target == 0 => {
+            (Action::Portmap(0), Some(_)) => {
                 err(ace.id.span(), format!("acl id {id} of {app:?}: portmap target port 0"));
             }
             (Action::Portmap(_), None) => {

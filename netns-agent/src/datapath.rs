@@ -68,6 +68,8 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
+    // The field's type differs between architectures (i64 here).
+    #[allow(clippy::unnecessary_cast)]
     nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
 }
 

@@ -347,7 +347,7 @@ async fn apply_ports(plan: &Plan, ni: &NiPlan, ns: &Netns, nl: &Netlink, agent: 
     for port in &ni.ports {
         let app = match &port.tap {
             Some(tap) => {
-                agent.move_to_netns(tap, &ns).await?;
+                agent.move_to_netns(tap, ns).await?;
                 None
             }
             None => {
@@ -379,7 +379,7 @@ async fn apply_ports(plan: &Plan, ni: &NiPlan, ns: &Netns, nl: &Netlink, agent: 
         for (index, bucket) in &port.limits {
             maps.set_limit(netns_ebpf_common::limit::LimitKey { zone: ni.zone(), ifindex, ace_index: *index as u32 }, *bucket)?;
         }
-        programs.attach_port(&ns, &port.bridge_port)?;
+        programs.attach_port(ns, &port.bridge_port)?;
         nl.set_up(&port.bridge_port).await?;
 
         // A VM configures its own side.

@@ -46,7 +46,7 @@ pub fn take(b: &mut Bucket, now_ns: u64) -> bool {
         let elapsed = now_ns - b.last_ns;
         // Cap the elapsed time at what fills the bucket: then elapsed * rate <= cap + rate,
         // which the bounds on rate and burst keep far from overflowing.
-        let fill_time = if b.rate == 0 { 0 } else { cap / b.rate + 1 };
+        let fill_time = cap.checked_div(b.rate).map_or(0, |t| t + 1);
         let elapsed = if elapsed > fill_time { fill_time } else { elapsed };
         let refill = elapsed.wrapping_mul(b.rate);
         b.tokens = b.tokens.saturating_add(refill).min(cap);

@@ -263,8 +263,8 @@ s.send(eth + b"\x86\xdd" + b"\x60" + b"\x00" * 39)                # IPv6
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let after = (s.counter("drop_malformed"), s.counter("drop_fragment"), s.counter("drop_non_ipv4"));
     assert!(after.0 >= before.0 + 2, "malformed {before:?} -> {after:?}");
-    assert!(after.1 >= before.1 + 1, "fragments {before:?} -> {after:?}");
-    assert!(after.2 >= before.2 + 1, "non-IPv4 {before:?} -> {after:?}");
+    assert!(after.1 > before.1, "fragments {before:?} -> {after:?}");
+    assert!(after.2 > before.2, "non-IPv4 {before:?} -> {after:?}");
     // The programs keep working.
     s.echo_server(&app2, "10.10.1.3", 80);
     assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1000, None), EchoResult::Echoed(1000));

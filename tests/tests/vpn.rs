@@ -50,7 +50,7 @@ acl = [{{ id = 1, match = {{ ip = "192.168.0.0/24", protocol = "tcp" }} }}]
 
 /// Deterministic, distinct content per cloud.
 fn blob(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[(i % 4) as usize] ^ seed).collect()
+    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4] ^ seed).collect()
 }
 
 fn tunnel(s: &Scenario, ni: &str) -> Value {
