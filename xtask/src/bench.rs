@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: app1 -> internet host through the eBPF data path (ACL, conntrack
 //! at the app port, source NAT at the NI veth and at the uplink), then through the very
 //! same namespaces and veths with the programs detached: once with plain routes and no
-//! rules at all, once with what EVE does today (iptables: the same ACL as FORWARD rules,
+//! rules at all, once the way EVE does it today (iptables: the same ACL as FORWARD rules,
 //! conntrack, MASQUERADE twice). Each path gets TCP throughput (iperf3) and the rate of
 //! new TCP connections (the ACL is walked once per connection); all measured in this run,
 //! printed side by side.
@@ -34,8 +34,9 @@ fn bench_config() -> String {
     )
 }
 
-/// The same ACL and translations the iptables way, as EVE sets them up: rules in the NI's
-/// FORWARD chain after the established-flow shortcut, MASQUERADE in the NI and on the uplink.
+/// The same ACL and translations the iptables way (EVE's chains also mark and log; these
+/// are the minimum): rules in the NI's FORWARD chain after the established-flow shortcut,
+/// MASQUERADE in the NI and on the uplink.
 fn iptables_rules() -> (String, String) {
     let mut ni = String::from("*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
     for i in 1..=FILLER_ACES {
