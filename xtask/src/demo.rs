@@ -95,7 +95,8 @@ psk = "cloud1-secret"
 remote_ts = ["192.168.0.0/24"]
 ike_proposals = "aes256-sha1-modp2048"
 esp_proposals = "aes128-sha1"
-backend = "libipsec"           # this kernel has no ESP; devices use the default, "kernel"
+backend = "@backend"           # "kernel" (xfrm) where the kernel has ESP, as on devices;
+                               # "libipsec" (userspace ESP) where it has none
 
 [[network]]
 name = "ni5"
@@ -109,7 +110,7 @@ psk = "cloud2-secret"
 remote_ts = ["192.168.0.0/24"]
 ike_proposals = "aes256-sha1-modp2048"
 esp_proposals = "aes128-sha1"
-backend = "libipsec"
+backend = "@backend"
 
 [[network]]
 name = "ni6"
@@ -253,6 +254,8 @@ struct Demo {
     agent: Option<Child>,
     servers: Vec<Child>,
     failed: u32,
+    /// The VPN NIs' and the clouds' IPsec backend: "kernel" or "libipsec".
+    ipsec_backend: &'static str,
 }
 
 pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
@@ -263,6 +266,7 @@ pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
     }
     let dir = std::env::temp_dir().join("netns-agent-demo");
     std::fs::create_dir_all(&dir)?;
+    let ipsec_backend = if kernel_has_esp()? { "kernel" } else { "libipsec" };
     let mut demo = Demo {
         agent_bin: agent_bin.to_path_buf(),
         config: dir.join("demo.toml"),
@@ -270,8 +274,9 @@ pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
         agent: None,
         servers: Vec::new(),
         failed: 0,
+        ipsec_backend,
     };
-    std::fs::write(&demo.config, CONFIG)?;
+    std::fs::write(&demo.config, CONFIG.replace("@backend", ipsec_backend))?;
     let result = demo.scenario();
     if keep && result.is_ok() {
         println!("\n--keep: everything stays up. Explore with e.g.");
@@ -293,6 +298,27 @@ pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
         std::mem::forget(demo);
     }
     result
+}
+
+/// Can this kernel do ESP (xfrm with esp4)? Asked by adding an ESP state in a throwaway
+/// netns; the kernel loads the module if it has one.
+fn kernel_has_esp() -> Result<bool> {
+    let probe = format!("netns-demo-esp-probe-{}", std::process::id());
+    sh(&["ip", "netns", "add", &probe])?;
+    let added = Command::new("ip")
+        .args(["-n", &probe, "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x100"])
+        .args(["mode", "tunnel", "enc", "cbc(aes)", "0x000102030405060708090a0b0c0d0e0f"])
+        .args(["auth", "hmac(sha1)", "0x000102030405060708090a0b0c0d0e0f10111213"])
+        .stderr(Stdio::null())
+        .status();
+    sh(&["ip", "netns", "del", &probe])?;
+    let has = added.context("running ip xfrm")?.success();
+    step(if has {
+        "IPsec: this kernel has ESP: the VPN NIs and the clouds use backend = \"kernel\" (xfrm)"
+    } else {
+        "IPsec: this kernel has no ESP: the VPN NIs and the clouds use backend = \"libipsec\" (strongSwan's userspace ESP)"
+    });
+    Ok(has)
 }
 
 fn all_namespaces() -> Vec<&'static str> {
@@ -417,6 +443,14 @@ impl Demo {
         self.check("ni4: CHILD_SA gw up to cloud1 (192.168.111.1), 10.10.10.0/24 === 192.168.0.0/24, ESP in UDP through eth1's NAT",
             up4 && status("ni4")["tunnel"]["encap"] == "TUNNEL-in-UDP" && status("ni4")["tunnel"]["remote"].as_str().is_some_and(|r| r.contains("192.168.111.1")));
         self.check("ni5: CHILD_SA gw up to cloud2 (192.168.222.1), the very same selectors", up5);
+        let esp_sas = |ni: &str| output(&["ip", "-n", ni, "xfrm", "state"]).matches("proto esp").count();
+        if self.ipsec_backend == "kernel" {
+            self.check("  ... the kernel holds each tunnel's ESP SAs, in the NI's own netns (ip -n ni4/ni5 xfrm state)",
+                esp_sas("ni4") >= 2 && esp_sas("ni5") >= 2);
+        } else {
+            self.check("  ... charon does ESP itself (libipsec): no ESP SAs in the kernel (ip -n ni4/ni5 xfrm state)",
+                esp_sas("ni4") == 0 && esp_sas("ni5") == 0);
+        }
         self.check("app4: curl 192.168.0.1: cloud1-data (through NI4's tunnel)", curl("app4", &[], CLOUD_LAN_IP).as_deref() == Some("cloud1-data"));
         self.check("app5: curl 192.168.0.1: cloud2-data (through NI5's tunnel)", curl("app5", &[], CLOUD_LAN_IP).as_deref() == Some("cloud2-data"));
         let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
@@ -488,8 +522,9 @@ impl Demo {
         std::fs::create_dir_all(dir.join("run"))?;
         let vici = dir.join("charon.vici");
         let _ = std::fs::remove_file(&vici);
+        let libipsec = if self.ipsec_backend == "libipsec" { "kernel-libipsec " } else { "" };
         std::fs::write(dir.join("strongswan.conf"), format!(
-            "charon {{\n  load = random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 pubkey kernel-libipsec kernel-netlink socket-default vici updown\n  \
+            "charon {{\n  load = random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 pubkey {libipsec}kernel-netlink socket-default vici updown\n  \
              plugins {{ vici {{ socket = unix://{} }} }}\n  filelog {{ main {{ path = {}\n    default = 1\n    flush_line = yes }} }}\n}}\n",
             vici.display(), dir.join("charon.log").display()))?;
         std::fs::write(dir.join("swanctl.conf"), format!(

@@ -27,7 +27,7 @@ enum Task {
     /// Setup, build, then run every unit and integration test.
     Test {
         /// Then also boot Debian's stock kernel (6.1: real ESP, no TCX) in QEMU and run
-        /// every integration test there, VPNs on kernel xfrm.
+        /// every integration test there, VPNs on kernel xfrm, then (no filter) the demo.
         #[arg(long)]
         vm: bool,
         /// Extra arguments for the test binaries (e.g. a test name filter).
