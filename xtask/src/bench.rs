@@ -50,8 +50,9 @@ fn iptables_rules() -> (String, String) {
 /// Drop ACEs before the one that allows; ports nobody uses.
 const FILLER_ACES: u32 = 63;
 const FILLER_PORT: u32 = 1000;
-/// The connection-rate server's port.
+/// The connection-rate server's port, and iperf3's default.
 const CONN_PORT: u16 = 5001;
+const IPERF_PORT: u16 = 5201;
 const SECONDS: u32 = 5;
 const ROUNDS: usize = 3;
 const PIN_DIR: &str = "/sys/fs/bpf/netns-agent";
@@ -111,20 +112,16 @@ pub fn run(agent_bin: &Path) -> Result<()> {
             std::fs::remove_dir_all(&dir)?;
         }
     }
-    let bare_routes: [&[&str]; 2] = [
-        &["ip", "-n", ZEDBOX, "route", "add", "10.10.1.0/24", "via", "169.254.100.2", "dev", "veth1"],
-        &["ip", "-n", GW, "route", "add", "10.10.1.0/24", "via", "192.168.0.2"],
-    ];
-    for route in bare_routes {
-        sh(route)?;
+    let bare_routes: [(&str, &[&str]); 2] =
+        [(ZEDBOX, &["10.10.1.0/24", "via", "169.254.100.2", "dev", "veth1"]), (GW, &["10.10.1.0/24", "via", "192.168.0.2"])];
+    for (ns, route) in bare_routes {
+        sh(&[&["ip", "-n", ns, "route", "add"], route].concat())?;
     }
     let (bare_gbit, bare_conn) = measure("no programs, no NAT")?;
 
     // iptables: the routes go again, so that only working MASQUERADE gets the answers back.
-    for route in bare_routes {
-        let mut del = route.to_vec();
-        del[4] = "del";
-        sh(&del)?;
+    for (ns, route) in bare_routes {
+        sh(&[&["ip", "-n", ns, "route", "del"], route].concat())?;
     }
     let (ni_rules, zedbox_rules) = iptables_rules();
     iptables_restore("ni1", &ni_rules)?;
@@ -142,9 +139,9 @@ pub fn run(agent_bin: &Path) -> Result<()> {
         (format!("iptables: {} FORWARD rules, last allows; 2x MASQUERADE", FILLER_ACES + 1), &ipt_gbit, &ipt_conn),
         ("same namespaces and veths, no programs, no NAT".to_string(), &bare_gbit, &bare_conn),
     ];
-    let (bg, bc) = (median(bare_gbit.clone()), median(bare_conn.clone()));
+    let (bg, bc) = (median(&bare_gbit), median(&bare_conn));
     for (label, gbit, conn) in rows {
-        let (g, c) = (median(gbit.clone()), median(conn.clone()));
+        let (g, c) = (median(gbit), median(conn));
         println!("  {label:<58} {g:>6.2} ({:>4.2}) {c:>13.0} ({:>4.2})", g / bg, c / bc);
     }
     Ok(())
@@ -242,17 +239,24 @@ fn iperf() -> Result<f64> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    sleep(Duration::from_millis(300));
-    let out = Command::new("ip")
-        .args(["netns", "exec", "app1", "iperf3", "-J", "-t", &SECONDS.to_string(), "-c", ALLOWED_SITE])
-        .output()?;
+    let out = wait_listening(INTERNET, ALLOWED_SITE, IPERF_PORT).and_then(|()| {
+        Ok(Command::new("ip")
+            .args(["netns", "exec", "app1", "iperf3", "-J", "-t", &SECONDS.to_string(), "-c", ALLOWED_SITE])
+            .output()?)
+    });
+    // The server serves one client (-1) and exits; kill it only if no client came.
+    if out.is_err() {
+        let _ = server.kill();
+    }
     server.wait().ok();
+    let out = out?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("iperf3 failed: {}", v["error"]))?;
     Ok(bps / 1e9)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

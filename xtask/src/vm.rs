@@ -49,6 +49,7 @@ pub fn run_tests(agent: &Path, args: &[String]) -> Result<()> {
     // kernel xfrm (it finds ESP there). It builds nothing new: setup and build are no-ops.
     if args.is_empty() {
         let xtask = std::env::current_exe().context("the xtask binary's path")?;
+        // The guest's init passes no HOME and a bare PATH; rustup and cargo need ours.
         let env: Vec<String> = ["HOME", "PATH"]
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", shell_quote(&v))))
