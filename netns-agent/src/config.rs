@@ -73,7 +73,7 @@ fn default_state_dir() -> PathBuf {
     DEFAULT_STATE_DIR.into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkKind {
     Local,
@@ -141,7 +141,7 @@ fn default_esp_proposals() -> Spanned<String> {
 
 /// Where ESP happens: the kernel's xfrm (what devices use), or strongSwan's userspace
 /// kernel-libipsec over a TUN device (for kernels without ESP).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VpnBackend {
     #[default]
@@ -666,22 +666,19 @@ impl Config {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         Ok(parse(&path.display().to_string(), &text, &SystemNetns)?)
     }
-
-    /// For removing what a config created: the app netns may be gone already, which must
-    /// not stop `down` from cleaning up.
-    pub fn load_for_removal(path: &std::path::Path) -> anyhow::Result<Config> {
-        use anyhow::Context;
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        Ok(parse(&path.display().to_string(), &text, &AnyNetns)?)
-    }
 }
 
-struct AnyNetns;
-
-impl NetnsLookup for AnyNetns {
-    fn netns_exists(&self, _: &str) -> bool {
-        true
-    }
+/// The `[agent]` directories a config names, read leniently: the commands that only
+/// need to find the agent's record (`down`, `apply`, `status`, `flows`) work even when
+/// the rest of the file is broken (the running agent reports its errors).
+pub fn agent_dirs(path: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let value: toml::Value = text.parse().unwrap_or(toml::Value::Table(Default::default()));
+    let dir = |key: &str, default: &str| {
+        value.get("agent").and_then(|a| a.get(key)).and_then(|v| v.as_str()).map(PathBuf::from).unwrap_or_else(|| default.into())
+    };
+    Ok((dir("pin_dir", DEFAULT_PIN_DIR), dir("state_dir", DEFAULT_STATE_DIR)))
 }
 
 #[cfg(test)]

@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{links::FdLink, ProgramError, SchedClassifier, TcAttachType},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        ProgramError, SchedClassifier, TcAttachType,
+    },
     Ebpf, EbpfLoader,
 };
 use netns_ebpf_common::{
@@ -111,17 +115,18 @@ impl NiPrograms {
         NiPrograms::load(pin_dir, AGENT_PIN_SUBDIR, netns_ebpf_common::nat::DOMAIN_AGENT)
     }
 
-    /// Attaches the app-port programs to bridge port `port` inside `ns`.
-    pub fn attach_port(&mut self, ns: &Netns, port: &str) -> Result<()> {
-        self.attach(ns, port, [
+    /// Attaches the app-port programs to bridge port `port` inside `ns`. `fresh`: the
+    /// interface was just created (a pin of that name belongs to an earlier interface).
+    pub fn attach_port(&mut self, ns: &Netns, port: &str, fresh: bool) -> Result<()> {
+        self.attach(ns, port, fresh, [
             (prog_names::APP_PORT_FROM_APP, TcAttachType::Ingress, "from-app"),
             (prog_names::APP_PORT_TO_APP, TcAttachType::Egress, "to-app"),
         ])
     }
 
     /// Attaches the NAT programs to interface `ifname` inside `ns`.
-    pub fn attach_nat(&mut self, ns: &Netns, ifname: &str) -> Result<()> {
-        self.attach(ns, ifname, [
+    pub fn attach_nat(&mut self, ns: &Netns, ifname: &str, fresh: bool) -> Result<()> {
+        self.attach(ns, ifname, fresh, [
             (prog_names::NAT_INGRESS, TcAttachType::Ingress, "nat-in"),
             (prog_names::NAT_EGRESS, TcAttachType::Egress, "nat-out"),
         ])
@@ -130,11 +135,36 @@ impl NiPrograms {
     /// Attaches programs in `ns` (the interface resolved in that netns) so that they
     /// outlive the agent process: TCX links, pinned; on kernels without TCX (< 6.6), tc
     /// filters on a clsact qdisc, which live on their own (`detach_legacy_tc` removes them).
-    fn attach(&mut self, ns: &Netns, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
+    ///
+    /// Where a pinned link of this interface exists (an earlier agent attached it), the
+    /// link is kept and only its program replaced (BPF_LINK_UPDATE): one atomic switch,
+    /// no packet sees the port without a program. A defunct link (its interface is gone)
+    /// is unpinned and the program attached anew. On tc filters, an existing interface
+    /// keeps the filters it has (there is no atomic replace).
+    fn attach(&mut self, ns: &Netns, ifname: &str, fresh: bool, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
         let tcx = has_tcx();
+        if !tcx && !fresh {
+            debug!(ifname, "tc filters kept as attached");
+            return Ok(());
+        }
         for (name, attach, suffix) in which {
             let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
             let pin = self.link_dir.join(link_pin_name(ifname, suffix));
+            if tcx && fresh && pin.exists() {
+                std::fs::remove_file(&pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
+            }
+            if tcx && pin.exists() {
+                match replace_pinned_program(prog, &pin) {
+                    Ok(()) => {
+                        debug!(ifname, program = name, "program replaced in its pinned link");
+                        continue;
+                    }
+                    Err(e) => {
+                        debug!(ifname, program = name, "pinned link unusable ({e:#}); attaching anew");
+                        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+                    }
+                }
+            }
             netns::run_in(ns, || {
                 if !tcx {
                     match aya::programs::tc::qdisc_add_clsact(ifname) {
@@ -157,6 +187,16 @@ impl NiPrograms {
         }
         Ok(())
     }
+}
+
+/// Puts `prog` into the TCX link pinned at `pin` (atomically replacing its program).
+fn replace_pinned_program(prog: &mut SchedClassifier, pin: &Path) -> Result<()> {
+    let pinned = PinnedLink::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
+    let link: SchedClassifierLink = FdLink::from(pinned).try_into().context("pinned link is not a TCX link")?;
+    let id = prog.attach_to_link(link).context("BPF_LINK_UPDATE")?;
+    // The pin holds the link; our descriptor can go.
+    drop(prog.take_link(id)?);
+    Ok(())
 }
 
 /// TCX (multi-program tc with bpf links) arrived in Linux 6.6; Debian 12's 6.1 lacks it.
@@ -186,22 +226,22 @@ fn link_pin_name(ifname: &str, suffix: &str) -> String {
 
 /// Unpins (detaches) the agent netns' NAT links of interface `ifname`.
 pub fn remove_agent_links(pin_dir: &Path, ifname: &str) -> Result<()> {
-    for suffix in ["nat-in", "nat-out"] {
-        let p = pin_dir.join(AGENT_PIN_SUBDIR).join(link_pin_name(ifname, suffix));
+    remove_links(&pin_dir.join(AGENT_PIN_SUBDIR), ifname, ["nat-in", "nat-out"])
+}
+
+/// Unpins (detaches) the programs of app port `port` of NI `ni`.
+pub fn remove_port_links(pin_dir: &Path, ni: &str, port: &str) -> Result<()> {
+    remove_links(&pin_dir.join(ni), port, ["from-app", "to-app"])
+}
+
+fn remove_links(dir: &Path, ifname: &str, suffixes: [&str; 2]) -> Result<()> {
+    for suffix in suffixes {
+        let p = dir.join(link_pin_name(ifname, suffix));
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
     Ok(())
-}
-
-/// Whether any NI still has pins (the agent's own subdirectory does not count).
-pub fn any_ni_pinned(pin_dir: &Path) -> bool {
-    std::fs::read_dir(pin_dir)
-        .map(|entries| {
-            entries.flatten().any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.file_name() != AGENT_PIN_SUBDIR)
-        })
-        .unwrap_or(false)
 }
 
 fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
@@ -273,19 +313,43 @@ impl HostSets {
 
     /// Drops expired entries (the programs ignore them already); returns how many.
     pub fn expire(&mut self, now_ns: u64) -> usize {
-        let doomed: Vec<HostKey> = self.0.iter().flatten().filter(|(_, e)| e.expires_ns <= now_ns).map(|(k, _)| k).collect();
-        for k in &doomed {
-            self.0.remove(k).ok();
-        }
-        doomed.len()
+        remove_where(&mut self.0, |_, e| e.expires_ns <= now_ns)
     }
 
     pub fn remove_zone(&mut self, zone: u32) {
-        let doomed: Vec<HostKey> = self.0.keys().flatten().filter(|k| k.zone == zone).collect();
-        for k in &doomed {
-            self.0.remove(k).ok();
+        remove_where(&mut self.0, |k, _| k.zone == zone);
+    }
+
+    pub fn remove_port(&mut self, key: IfaceKey) {
+        remove_where(&mut self.0, |k, _| k.zone == key.zone && k.ifindex == key.ifindex);
+    }
+
+    /// Rewrites the ACE masks of a port's entries (its host ACEs moved in the ACL);
+    /// entries left with no ACE go.
+    pub fn remap_port(&mut self, key: IfaceKey, remap: impl Fn(u64) -> u64) {
+        let entries: Vec<(HostKey, HostEntry)> =
+            self.0.iter().flatten().filter(|(k, _)| k.zone == key.zone && k.ifindex == key.ifindex).collect();
+        for (k, e) in entries {
+            let mask = remap(e.ace_mask);
+            if mask == e.ace_mask {
+                continue;
+            }
+            if mask == 0 {
+                self.0.remove(&k).ok();
+            } else {
+                self.0.insert(k, HostEntry { ace_mask: mask, ..e }, 0).ok();
+            }
         }
     }
+}
+
+/// Removes the entries of `map` that `pred` selects; returns how many.
+fn remove_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, pred: impl Fn(&K, &V) -> bool) -> usize {
+    let doomed: Vec<K> = map.iter().flatten().filter(|(k, v)| pred(k, v)).map(|(k, _)| k).collect();
+    for k in &doomed {
+        map.remove(k).ok();
+    }
+    doomed.len()
 }
 
 fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
@@ -342,20 +406,52 @@ impl Maps {
 
     /// Removes the port maps that `pred` selects; returns how many.
     pub fn remove_portmaps(&mut self, pred: impl Fn(&PortmapKey, &PortmapTarget) -> bool) -> usize {
-        let doomed: Vec<PortmapKey> = self.portmaps.iter().flatten().filter(|(k, t)| pred(k, t)).map(|(k, _)| k).collect();
-        for k in &doomed {
-            self.portmaps.remove(k).ok();
-        }
-        doomed.len()
+        remove_where(&mut self.portmaps, pred)
     }
 
     /// Removes the NAT entries that `pred` selects; returns how many.
     pub fn remove_nat_entries(&mut self, pred: impl Fn(&NatKey, &NatValue) -> bool) -> usize {
-        let doomed: Vec<NatKey> = self.nat.iter().flatten().filter(|(k, v)| pred(k, v)).map(|(k, _)| k).collect();
-        for k in &doomed {
-            self.nat.remove(k).ok();
-        }
-        doomed.len()
+        remove_where(&mut self.nat, pred)
+    }
+
+    /// Removes the conntrack entries that `pred` selects; returns how many.
+    pub fn remove_flows(&mut self, pred: impl Fn(&CtKey, &CtValue) -> bool) -> usize {
+        remove_where(&mut self.ct, pred)
+    }
+
+    /// An app port's published config: its info and its ACL.
+    pub fn port(&self, key: IfaceKey) -> Option<(IfaceInfo, AclTable)> {
+        Some((self.ifaces.get(&key, 0).ok()?, self.acls.get(&key, 0).ok()?))
+    }
+
+    /// Removes what `zone` holds for interfaces other than `ports` (configs, ACLs,
+    /// buckets, host sets) and eidset entries for addresses other than `ips`; returns
+    /// how many entries went.
+    pub fn remove_zone_strays(&mut self, zone: u32, ports: &std::collections::HashSet<u32>, ips: &std::collections::HashSet<[u8; 4]>) -> usize {
+        let stray = |k: &IfaceKey| k.zone == zone && !ports.contains(&k.ifindex);
+        remove_where(&mut self.ifaces, |k, _| stray(k))
+            + remove_where(&mut self.acls, |k, _| stray(k))
+            + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
+            + remove_where(&mut self.hosts.0, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
+            + remove_where(&mut self.eidset, |k, _| k.zone == zone && !ips.contains(&k.addr))
+    }
+
+    /// Forgets an app port: its config, host set, buckets; its NI's eidset entry `ip`.
+    pub fn remove_port(&mut self, key: IfaceKey, ip: [u8; 4]) {
+        self.ifaces.remove(&key).ok();
+        self.acls.remove(&key).ok();
+        self.eidset.remove(&EidKey { zone: key.zone, addr: ip }).ok();
+        remove_where(&mut self.limits, |k, _| k.zone == key.zone && k.ifindex == key.ifindex);
+        self.hosts.remove_port(key);
+    }
+
+    pub fn limit(&self, key: LimitKey) -> Option<Bucket> {
+        self.limits.get(&key, 0).ok()
+    }
+
+    /// Removes the buckets of a port that `keep` does not keep.
+    pub fn remove_limits(&mut self, port: IfaceKey, keep: impl Fn(u32) -> bool) {
+        remove_where(&mut self.limits, |k, _| k.zone == port.zone && k.ifindex == port.ifindex && !keep(k.ace_index));
     }
 
     pub fn nat_entries(&self) -> Vec<(NatKey, NatValue)> {
@@ -365,10 +461,7 @@ impl Maps {
     /// Removes everything of the agent's own domain (uplink NAT state).
     pub fn remove_agent_domain(&mut self) {
         let domain = netns_ebpf_common::nat::DOMAIN_AGENT;
-        let nifs: Vec<IfaceKey> = self.nat_ifaces.keys().flatten().filter(|k| k.zone == domain).collect();
-        for k in &nifs {
-            self.nat_ifaces.remove(k).ok();
-        }
+        remove_where(&mut self.nat_ifaces, |k, _| k.zone == domain);
         self.remove_portmaps(|k, _| k.domain == domain);
         self.remove_nat_entries(|k, _| k.domain == domain);
     }
@@ -382,32 +475,17 @@ impl Maps {
     }
 
     /// Forgets everything of zone `zone`: port configs and conntrack entries.
-    pub fn remove_zone(&mut self, zone: u32) -> Result<usize> {
-        let ports: Vec<IfaceKey> = self.ifaces.keys().flatten().filter(|k| k.zone == zone).collect();
-        for k in &ports {
-            self.ifaces.remove(k).ok();
-            self.acls.remove(k).ok();
-        }
-        let flows: Vec<CtKey> = self.ct.keys().flatten().filter(|k| k.zone == zone).collect();
-        for k in &flows {
-            self.ct.remove(k).ok();
-        }
-        let nifs: Vec<IfaceKey> = self.nat_ifaces.keys().flatten().filter(|k| k.zone == zone).collect();
-        for k in &nifs {
-            self.nat_ifaces.remove(k).ok();
-        }
+    pub fn remove_zone(&mut self, zone: u32) -> usize {
+        remove_where(&mut self.ifaces, |k, _| k.zone == zone);
+        remove_where(&mut self.acls, |k, _| k.zone == zone);
+        let flows = remove_where(&mut self.ct, |k, _| k.zone == zone);
+        remove_where(&mut self.nat_ifaces, |k, _| k.zone == zone);
         self.remove_portmaps(|k, _| k.domain == zone);
         self.remove_nat_entries(|k, _| k.domain == zone);
-        let eids: Vec<EidKey> = self.eidset.keys().flatten().filter(|k| k.zone == zone).collect();
-        for k in &eids {
-            self.eidset.remove(k).ok();
-        }
+        remove_where(&mut self.eidset, |k, _| k.zone == zone);
         self.hosts.remove_zone(zone);
-        let limits: Vec<LimitKey> = self.limits.keys().flatten().filter(|k| k.zone == zone).collect();
-        for k in &limits {
-            self.limits.remove(k).ok();
-        }
-        Ok(flows.len())
+        remove_where(&mut self.limits, |k, _| k.zone == zone);
+        flows
     }
 
     pub fn flows(&self) -> Vec<(CtKey, CtValue)> {
@@ -416,20 +494,11 @@ impl Maps {
 
     /// Drops conntrack and NAT entries idle past their timeout; returns how many.
     pub fn expire_flows(&mut self, now_ns: u64) -> usize {
-        let expired: Vec<CtKey> = self
-            .ct
-            .iter()
-            .flatten()
-            .filter(|(k, v)| netns_ebpf_common::ct::is_expired(v, k.proto, now_ns))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            self.ct.remove(k).ok();
-        }
+        let expired = remove_where(&mut self.ct, |k, v| netns_ebpf_common::ct::is_expired(v, k.proto, now_ns));
         let nat = self.remove_nat_entries(|k, v| {
             now_ns.saturating_sub(v.last_seen_ns) > netns_ebpf_common::nat::idle_timeout_ns(k.proto, v.flags)
         });
-        expired.len() + nat + self.hosts.expire(now_ns)
+        expired + nat + self.hosts.expire(now_ns)
     }
 
     /// Program counters summed over CPUs.

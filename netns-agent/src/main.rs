@@ -2,6 +2,7 @@
 //! with eBPF. See ARCHITECTURE.md for how a config becomes kernel state.
 
 mod config;
+mod control;
 mod datapath;
 mod flows;
 mod netlink;
@@ -10,6 +11,7 @@ mod plan;
 mod reconcile;
 mod services;
 mod state;
+mod status;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -37,10 +39,20 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Remove everything the config created: namespaces, links, pins, map entries.
-    Down {
+    /// Hand a changed config to the running agent; exits 0 once it is applied, 1 with
+    /// every error when it is refused (nothing changed) or an NI failed.
+    Apply {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Remove everything the agent's record names (namespaces, links, pins, map entries,
+    /// leftover service processes), with or without the config.
+    Down {
+        /// Take the state directory from this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Print the DNS request log of the NIs' DNS proxies.
     DnsLog {
@@ -51,11 +63,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print each network's state: VPN tunnels (SAs, bytes, supervision) and the counters
-    /// of `limit` ACEs (works without a running agent).
+    /// Print each network's and app port's state (applied, pending, failed, with the
+    /// error), the last apply, VPN tunnels and `limit` counters (no running agent needed).
     Status {
+        /// Take the state directory from this config.
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -113,15 +128,30 @@ async fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Run { config } => run(&config).await,
-        Command::Down { config } => {
-            let plan = plan::build(&config::Config::load_for_removal(&config)?);
-            reconcile::down(&plan).await?;
-            info!("down: done");
-            Ok(())
+        Command::Apply { config } => {
+            let (_, state_dir) = config::agent_dirs(&config)?;
+            let reply = control::request_apply(&state_dir, &config).await?;
+            if let Some(r) = &reply.report {
+                for c in &r.changes {
+                    println!("{c}");
+                }
+                println!("applied in {:.1} ms", r.duration_ms);
+            }
+            if reply.ok {
+                return Ok(());
+            }
+            let what = if reply.refused { "refused (nothing changed)" } else { "applied with errors" };
+            anyhow::bail!("{what}:\n  {}", reply.errors.join("\n  "))
+        }
+        Command::Down { config, mut state_dir } => {
+            if let Some(path) = config {
+                state_dir = config::agent_dirs(&path)?.1;
+            }
+            down(&state_dir).await
         }
         Command::DnsLog { config, mut state_dir, json } => {
             if let Some(path) = config {
-                state_dir = config::Config::load_for_removal(&path)?.agent.state_dir;
+                state_dir = config::agent_dirs(&path)?.1;
             }
             let path = services::dns_log_path(&state_dir);
             let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -137,12 +167,21 @@ async fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Status { config, json } => status(&config, json).await,
+        Command::Status { config, mut state_dir, json } => {
+            if let Some(path) = config {
+                state_dir = config::agent_dirs(&path)?.1;
+            }
+            let report = status::build(&state_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                status::print_table(&report);
+            }
+            Ok(())
+        }
         Command::Flows { config, mut pin_dir, mut state_dir, json } => {
             if let Some(path) = config {
-                let cfg = config::Config::load_for_removal(&path)?;
-                pin_dir = cfg.agent.pin_dir;
-                state_dir = cfg.agent.state_dir;
+                (pin_dir, state_dir) = config::agent_dirs(&path)?;
             }
             let maps = datapath::Maps::open(&pin_dir)?;
             let now = datapath::monotonic_ns();
@@ -167,132 +206,87 @@ async fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-/// One `limit` ACE's bucket, named.
-#[derive(serde::Serialize)]
-struct LimitStatus {
-    network: String,
-    app: String,
-    port: String,
-    ace_id: u32,
-    rate: u64,
-    unit: &'static str,
-    burst: u64,
-    passed: u64,
-    dropped: u64,
-}
-
-async fn status(config_path: &std::path::Path, json: bool) -> Result<()> {
-    let plan = plan::build(&config::Config::load_for_removal(config_path)?);
-    let buckets = datapath::Maps::open(&plan.pin_dir).map(|m| m.limits()).unwrap_or_default();
-    let mut networks = Vec::new();
-    let mut limits = Vec::new();
-    for ni in &plan.nis {
-        let present = netns::exists(&ni.name);
-        let tunnel = match &ni.vpn {
-            Some(_) => Some(services::vpn::tunnel_status(&plan.state_dir, &ni.name).await),
-            None => None,
-        };
-        if present {
-            let nl = netlink::Netlink::open(&netns::Netns::open(&netns::resolve(&ni.name))?)?;
-            for port in ni.ports.iter().filter(|p| !p.limits.is_empty()) {
-                let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
-                for (index, _) in &port.limits {
-                    let key = |k: &netns_ebpf_common::limit::LimitKey| k.zone == ni.zone() && k.ifindex == ifindex && k.ace_index == *index as u32;
-                    if let Some((_, b)) = buckets.iter().find(|(k, _)| key(k)) {
-                        limits.push(LimitStatus {
-                            network: ni.name.clone(),
-                            app: port.app.clone(),
-                            port: port.bridge_port.clone(),
-                            ace_id: port.acl.aces[*index].id,
-                            rate: b.rate,
-                            unit: match b.unit_ns {
-                                netns_ebpf_common::limit::UNIT_SECOND_NS => "s",
-                                netns_ebpf_common::limit::UNIT_MINUTE_NS => "m",
-                                _ => "h",
-                            },
-                            burst: b.burst,
-                            passed: b.passed,
-                            dropped: b.dropped,
-                        });
-                    }
-                }
-            }
-        }
-        networks.push(serde_json::json!({
-            "name": ni.name,
-            "kind": format!("{:?}", ni.kind).to_lowercase(),
-            "present": present,
-            "tunnel": tunnel,
-        }));
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "networks": networks, "limits": limits }))?);
-        return Ok(());
-    }
-    println!("{:<16} {:<7} {:<11} DETAILS", "NETWORK", "KIND", "STATE");
-    for (n, ni) in networks.iter().zip(&plan.nis) {
-        let state = if !n["present"].as_bool().unwrap_or(false) { "absent" } else { "applied" };
-        let Some(t) = n["tunnel"].as_object() else {
-            println!("{:<16} {:<7} {:<11}", ni.name, n["kind"].as_str().unwrap_or(""), state);
-            continue;
-        };
-        let vpn = ni.vpn.as_ref().expect("a tunnel status belongs to a VPN NI");
-        let s = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
-        let sup = &t["supervision"];
-        let mut details = format!("peer {} ({:?})", vpn.remote, vpn.backend).to_lowercase();
-        if t["ike_state"].is_string() {
-            details += &format!(", IKE {} {} -> {}, child {} {}", s("ike_state"), s("local"), s("remote"), s("child_state"), s("encap"));
-            details += &format!(", in {} B/{} pkts, out {} B/{} pkts", t["bytes_in"], t["packets_in"], t["bytes_out"], t["packets_out"]);
-        }
-        if let Some(pid) = sup["pid"].as_u64() {
-            details += &format!(", charon pid {pid}");
-        }
-        details += &format!(", {} restarts", sup["restarts"].as_u64().unwrap_or(0));
-        if let (false, Some(e)) = (t["state"] == "up", sup["last_error"].as_str()) {
-            details += &format!("; last error: {e}");
-        }
-        println!("{:<16} {:<7} {:<11} {details}", ni.name, "vpn", s("state"));
-    }
-    if !limits.is_empty() {
-        println!("\n{:<16} {:<10} {:<10} {:>6} {:>10} {:>7} {:>10} {:>10}", "NETWORK", "APP", "PORT", "ACE", "RATE", "BURST", "PASSED", "DROPPED");
-        for l in &limits {
-            println!("{:<16} {:<10} {:<10} {:>6} {:>10} {:>7} {:>10} {:>10}", l.network, l.app, l.port, l.ace_id, format!("{}/{}", l.rate, l.unit), l.burst, l.passed, l.dropped);
-        }
-    }
-    Ok(())
-}
-
 /// How often expired conntrack entries are swept (LRU eviction bounds the map anyway).
 const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often uplink addresses and gateways are compared with what was applied.
 const UPLINK_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
+/// `down`: removes what the record names. Refused while an agent runs over the record.
+async fn down(state_dir: &std::path::Path) -> Result<()> {
+    let Some(record) = state::AppliedState::try_read(state_dir)? else {
+        info!("down: nothing on record in {}", state_dir.display());
+        return Ok(());
+    };
+    if status::agent_alive(record.agent_pid) {
+        anyhow::bail!("an agent (pid {}) runs over {}: stop it first", record.agent_pid, state_dir.display());
+    }
+    let vpn_nis: Vec<String> = record.nis.values().filter(|n| n.plan.vpn.is_some()).map(|n| n.plan.name.clone()).collect();
+    services::reap_leftovers(state_dir, &vpn_nis);
+    let mut applier = reconcile::Applier::open(std::path::Path::new(&record.pin_dir), state_dir)?;
+    reconcile::all_or_nothing(applier.down().await)?;
+    info!("down: done");
+    Ok(())
+}
+
+/// The running agent: applies the config, then follows SIGHUP and `apply` requests
+/// (each a new apply of a whole config), uplink changes and conntrack expiry.
 async fn run(config_path: &std::path::Path) -> Result<()> {
     let cfg = config::Config::load(config_path)?;
-    let plan = plan::build(&cfg);
-    let mut uplinks = reconcile::apply(&plan).await?;
-    let agent_nl = netlink::Netlink::open(&netns::Netns::current()?)?;
-    let shared_uplinks = std::sync::Arc::new(std::sync::RwLock::new(uplinks.clone()));
-    let services = services::start(&plan, shared_uplinks.clone()).await.context("starting the NI services")?;
-    let mut maps = datapath::Maps::open(&plan.pin_dir)?;
-    info!("running; SIGINT/SIGTERM stops the agent (the data path stays until `down`)");
+    let mut plan = plan::build(&cfg);
+    let mut applier = reconcile::Applier::open(&plan.pin_dir, &plan.state_dir)?;
+    let record = applier.record();
+    if status::agent_alive(record.agent_pid) && record.agent_pid != std::process::id() {
+        anyhow::bail!("an agent (pid {}) already runs over {}", record.agent_pid, plan.state_dir.display());
+    }
+    // Services an earlier agent left running (killed: it could not stop them).
+    let vpn_nis: Vec<String> = record.nis.values().filter(|n| n.plan.vpn.is_some()).map(|n| n.plan.name.clone()).collect();
+    services::reap_leftovers(&plan.state_dir, &vpn_nis);
+    let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
+    applier.set_agent(std::process::id(), Some(config_path.clone()))?;
+    let outcome = applier.apply(&plan, "start").await?;
+    let shared_uplinks = std::sync::Arc::new(std::sync::RwLock::new(applier.uplinks().clone()));
+    let mut services = services::Services::new(shared_uplinks.clone());
+    for e in services.reconcile(&plan, &outcome.rebuilt).await {
+        warn!("{e:#}");
+    }
+    let mut control = control::listen(&plan.state_dir)?;
+    let mut maps = datapath::Maps::open(&plan.pin_dir).ok();
+    info!("running; SIGHUP or `netns-agent apply` applies a changed config, SIGINT/SIGTERM stop the agent (the data path stays until `down`)");
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing SIGTERM handler")?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut sweep = tokio::time::interval(CT_SWEEP_INTERVAL);
     let mut uplink_poll = tokio::time::interval(UPLINK_POLL_INTERVAL);
     loop {
         tokio::select! {
             _ = uplink_poll.tick() => {
-                if let Err(e) = reconcile::refresh_uplinks(&plan, &mut uplinks, &agent_nl).await {
+                if let Err(e) = applier.refresh_uplinks(&plan).await {
                     warn!("following uplink changes: {e:#}");
                 }
-                *shared_uplinks.write().unwrap() = uplinks.clone();
+                *shared_uplinks.write().unwrap() = applier.uplinks().clone();
+            }
+            _ = sighup.recv() => {
+                info!("SIGHUP: applying {}", config_path.display());
+                let reply = reload(&mut applier, &mut services, &mut plan, &config_path, "sighup").await;
+                *shared_uplinks.write().unwrap() = applier.uplinks().clone();
+                for e in &reply.errors {
+                    warn!("{e}");
+                }
+            }
+            Some(request) = control.recv() => {
+                info!("apply request: {}", request.apply.config.display());
+                let reply = reload(&mut applier, &mut services, &mut plan, &request.apply.config, "apply").await;
+                *shared_uplinks.write().unwrap() = applier.uplinks().clone();
+                let _ = request.reply.send(reply);
             }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sweep.tick() => {
-                let n = maps.expire_flows(datapath::monotonic_ns());
+                if maps.is_none() {
+                    maps = datapath::Maps::open(&plan.pin_dir).ok();
+                }
+                let n = maps.as_mut().map(|m| m.expire_flows(datapath::monotonic_ns())).unwrap_or(0);
                 if n > 0 {
                     info!("conntrack: expired {n} idle entries");
                 }
@@ -300,8 +294,41 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
         }
     }
     services.stop().await;
-    if let Err(e) = state::AppliedState::from_plan(&plan).write(&plan.state_dir) {
+    let _ = std::fs::remove_file(state::StateDir::control_socket(&plan.state_dir));
+    if let Err(e) = applier.set_agent(0, Some(config_path)) {
         warn!("recording state: {e:#}");
     }
     Ok(())
+}
+
+/// Applies the config at `path` on the running agent: validated first (a bad config is
+/// refused with every error and changes nothing), then applied as a diff, then the
+/// services follow. `plan` becomes the new plan once it is applied.
+async fn reload(
+    applier: &mut reconcile::Applier,
+    services: &mut services::Services,
+    plan: &mut plan::Plan,
+    path: &std::path::Path,
+    trigger: &str,
+) -> control::ApplyReply {
+    let refused = |e: anyhow::Error| control::ApplyReply { refused: true, errors: vec![format!("{e:#}")], ..Default::default() };
+    let cfg = match config::Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            warn!("config refused, nothing changed: {e:#}");
+            return refused(e);
+        }
+    };
+    let new_plan = plan::build(&cfg);
+    let outcome = match applier.apply(&new_plan, trigger).await {
+        Ok(o) => o,
+        Err(e) => {
+            warn!("config refused: {e:#}");
+            return refused(e);
+        }
+    };
+    let mut errors = outcome.report.errors.clone();
+    errors.extend(services.reconcile(&new_plan, &outcome.rebuilt).await.iter().map(|e| format!("{e:#}")));
+    *plan = new_plan;
+    control::ApplyReply { ok: errors.is_empty(), refused: false, report: Some(outcome.report), errors }
 }

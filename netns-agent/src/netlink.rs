@@ -34,6 +34,17 @@ pub struct UplinkAddr {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// A link as `links` lists it.
+#[derive(Debug, Clone, Default)]
+pub struct LinkState {
+    pub index: u32,
+    pub name: String,
+    pub is_veth: bool,
+}
+
+/// The kernel's view of each uplink the plan uses, by name.
+pub type Uplinks = std::collections::HashMap<String, UplinkAddr>;
+
 /// A route in a given table (what `ip route add ... table T` says).
 #[derive(Debug, Clone, Copy)]
 pub struct TableRoute {
@@ -165,16 +176,34 @@ impl Netlink {
             .with_context(|| self.ctx(format!("adding {name} to bridge {bridge}")))
     }
 
+    /// Adds an address to `name`; one that is there already is fine.
     pub async fn add_address(&self, name: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
         let index = self.index_of(name).await?;
-        self.handle
-            .address()
-            .add(index, addr.into(), prefix_len)
-            .execute()
-            .await
-            .with_context(|| self.ctx(format!("adding {addr}/{prefix_len} to {name}")))?;
-        debug!(ns = %self.ns.display(), name, %addr, prefix_len, "address added");
+        match self.handle.address().add(index, addr.into(), prefix_len).execute().await {
+            Ok(()) => debug!(ns = %self.ns.display(), name, %addr, prefix_len, "address added"),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(nix::errno::Errno::EEXIST as i32) => {}
+            Err(e) => return Err(e).with_context(|| self.ctx(format!("adding {addr}/{prefix_len} to {name}"))),
+        }
         Ok(())
+    }
+
+    /// Every link of this netns.
+    pub async fn links(&self) -> Result<Vec<LinkState>> {
+        use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
+        let mut links = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = links.try_next().await.with_context(|| self.ctx("listing links"))? {
+            let mut state = LinkState { index: msg.header.index, ..Default::default() };
+            for a in &msg.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => state.name = n.clone(),
+                    LinkAttribute::LinkInfo(info) => state.is_veth = info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+                    _ => {}
+                }
+            }
+            out.push(state);
+        }
+        Ok(out)
     }
 
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
@@ -182,6 +211,7 @@ impl Netlink {
         self.handle
             .route()
             .add(route)
+            .replace()
             .execute()
             .await
             .with_context(|| self.ctx(format!("adding default route via {gateway}")))

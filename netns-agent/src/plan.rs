@@ -9,10 +9,14 @@ use netns_ebpf_common::{
     mark,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::{Action, Config, NetworkKind, VpnBackend};
 
 /// The /24 that the agent<->NI veth /30s are carved from.
 pub const VETH_NET: Ipv4Addr = Ipv4Addr::new(169, 254, 100, 0);
+/// The prefix of each NI's veth pair (a /30 of VETH_NET).
+pub const VETH_PREFIX: u8 = 30;
 /// Name of the bridge inside every NI netns.
 pub const BRIDGE: &str = "br";
 
@@ -27,7 +31,7 @@ pub struct Plan {
 }
 
 /// An uplink and the routing table the local NIs on it share (as the seed's PoC: 500+u).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UplinkPlan {
     pub name: String,
     pub table: u32,
@@ -37,7 +41,7 @@ pub struct UplinkPlan {
 
 /// A port map: `lport` on the NI uplink's address (and on the NI veth address inside the
 /// NI) leads to app_ip:target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortmapPlan {
     pub proto: u8,
     pub lport: u16,
@@ -50,7 +54,7 @@ pub struct PortmapPlan {
 pub const UPLINK_TABLE_BASE: u32 = 500;
 pub const EVE_TABLE_BASE: u32 = 600;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NiPlan {
     pub name: String,
     pub kind: NetworkKind,
@@ -72,7 +76,7 @@ pub struct NiPlan {
 }
 
 /// The IPsec tunnel of a VPN NI, with defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VpnPlan {
     /// IKE and ESP leave from the NI veth's address (SNATed again at the uplink).
     pub local_addr: Ipv4Addr,
@@ -89,7 +93,7 @@ pub struct VpnPlan {
 
 /// One app interface: a veth whose bridge side is in the NI and whose other side is in
 /// the app's netns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortPlan {
     pub app: String,
     pub app_num: u32,
@@ -106,11 +110,17 @@ pub struct PortPlan {
     pub mac: [u8; 6],
     /// The app configures its address itself, by DHCP.
     pub dhcp: bool,
+    /// The app's first interface, configured by the agent: the app's default route goes
+    /// through it.
+    #[serde(default)]
+    pub default_route: bool,
+    #[serde(with = "pod_hex")]
     pub acl: AclTable,
     /// Host ACEs: (index in the ACL, domain suffix, lower case, no trailing dot).
     pub hosts: Vec<(usize, String)>,
     pub user_data: Option<String>,
     /// `limit` ACEs: (index in the ACL, their bucket).
+    #[serde(with = "pod_hex::pairs")]
     pub limits: Vec<(usize, netns_ebpf_common::limit::Bucket)>,
 }
 
@@ -121,7 +131,7 @@ impl NiPlan {
 
     /// The /30 of the NI's veth pair.
     pub fn veth_net(&self) -> Ipv4Net {
-        Ipv4Net::new(self.agent_ip, 30).expect("30 is a valid prefix").trunc()
+        Ipv4Net::new(self.agent_ip, VETH_PREFIX).expect("a valid prefix").trunc()
     }
 
     pub fn is_switch(&self) -> bool {
@@ -141,6 +151,31 @@ impl NiPlan {
     /// The table through which the agent's netns reaches this NI's apps (600+N).
     pub fn eve_table(&self) -> u32 {
         EVE_TABLE_BASE + self.index
+    }
+}
+
+impl NiPlan {
+    /// Whether `other` is the same NI as far as its netns, bridge, veths, addresses and
+    /// routing go: what only a rebuild can change. Ports, port maps and the VPN's
+    /// parameters are compared on their own, so that their changes touch less.
+    pub fn same_shape(&self, other: &NiPlan) -> bool {
+        let strip = |n: &NiPlan| NiPlan { ports: Vec::new(), portmaps: Vec::new(), vpn: None, ..n.clone() };
+        let selectors = |n: &NiPlan| n.vpn.as_ref().map(|v| v.remote_ts.clone());
+        strip(self) == strip(other) && selectors(self) == selectors(other)
+    }
+
+    pub fn port(&self, bridge_port: &str) -> Option<&PortPlan> {
+        self.ports.iter().find(|p| p.bridge_port == bridge_port)
+    }
+}
+
+impl PortPlan {
+    /// Whether `other` is the same link with the same app end (netns, name, address,
+    /// MAC): what only re-creating the port can change. The ACL, host ACEs, limits and
+    /// user data are rewritten in place.
+    pub fn same_link(&self, other: &PortPlan) -> bool {
+        let link = |p: &PortPlan| PortPlan { acl: AclTable::default(), hosts: Vec::new(), user_data: None, limits: Vec::new(), ..p.clone() };
+        link(self) == link(other)
     }
 }
 
@@ -251,6 +286,7 @@ pub fn build(config: &Config) -> Plan {
                 // A switch NI's apps take their address from the DHCP server behind the
                 // uplink; `ip` then names the lease expected from it (for eidsets).
                 dhcp: iface.dhcp || ni.is_switch(),
+                default_route: k == 0 && !(iface.dhcp || ni.is_switch()) && iface.tap.is_none(),
                 acl: acl_table(&iface.acl),
                 hosts: iface
                     .acl
@@ -336,9 +372,83 @@ pub fn acl_table(aces: &[crate::config::Ace]) -> AclTable {
     table
 }
 
+/// Map value types (`aya::Pod`: plain bytes, no padding holes) in the state record as
+/// hex, so that an applied plan can be read back and compared field for field.
+mod pod_hex {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn to_hex<T: aya::Pod>(v: &T) -> String {
+        // SAFETY: Pod types are plain old data of exactly size_of::<T>() bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) };
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex<T: aya::Pod>(s: &str) -> Option<T> {
+        if s.len() != 2 * std::mem::size_of::<T>() {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();
+        // SAFETY: the length matches and every bit pattern is a valid Pod value.
+        bytes.map(|b| unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) })
+    }
+
+    pub fn serialize<T: aya::Pod, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&to_hex(v))
+    }
+
+    pub fn deserialize<'de, T: aya::Pod, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        from_hex(&String::deserialize(d)?).ok_or_else(|| D::Error::custom("bad hex or wrong size for a map value"))
+    }
+
+    pub mod pairs {
+        use super::*;
+
+        pub fn serialize<T: aya::Pod, S: Serializer>(v: &[(usize, T)], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|(i, t)| (*i, to_hex(t))))
+        }
+
+        pub fn deserialize<'de, T: aya::Pod, D: Deserializer<'de>>(d: D) -> Result<Vec<(usize, T)>, D::Error> {
+            Vec::<(usize, String)>::deserialize(d)?
+                .into_iter()
+                .map(|(i, h)| from_hex(&h).map(|t| (i, t)).ok_or_else(|| D::Error::custom("bad hex for a map value")))
+                .collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ni_plans_survive_the_state_record() {
+        struct All;
+        impl crate::config::NetnsLookup for All {
+            fn netns_exists(&self, _: &str) -> bool {
+                true
+            }
+        }
+        let text = r#"
+[[network]]
+name = "ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+[[app]]
+name = "app1"
+netns = "a1"
+[[app.interface]]
+network = "ni1"
+acl = [{ id = 3, match = { ip = "10.10.0.0/16", protocol = "tcp", fport = 80 } },
+       { id = 4, match = { host = "github.com" }, action = { limit = { rate = 5, unit = "s", burst = 15 } } }]
+"#;
+        let plan = build(&crate::config::parse("t", text, &All).unwrap());
+        let json = serde_json::to_string(&plan.nis[0]).unwrap();
+        let back: NiPlan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, plan.nis[0]);
+        assert!(back.same_shape(&plan.nis[0]));
+        assert!(back.ports[0].same_link(&plan.nis[0].ports[0]));
+    }
 
     #[test]
     fn veth_addressing_follows_the_seed() {

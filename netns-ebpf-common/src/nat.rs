@@ -96,6 +96,26 @@ pub struct NatIface {
     pub _pad: u8,
 }
 
+impl NatIface {
+    /// An interface that source-NATs `snat_from` (prefix, length) to `snat_ip` with ports
+    /// from `ports` (except toward `snat_except_dst`) and applies the port maps of
+    /// `uplink_ifindex`.
+    pub fn new(snat_ip: Ipv4, snat_from: (Ipv4, u8), snat_except_dst: Ipv4, uplink_ifindex: u32, ports: (u16, u16)) -> NatIface {
+        NatIface {
+            snat_ip,
+            snat_from: snat_from.0,
+            snat_except_dst,
+            uplink_ifindex,
+            port_min: ports.0,
+            port_max: ports.1,
+            snat_from_len: snat_from.1,
+            snat: 1,
+            portmaps: 1,
+            _pad: 0,
+        }
+    }
+}
+
 /// Key of a port map: the address and port it listens on in its domain.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -55,6 +55,15 @@ pub struct Flow {
     pub inner_l4_off: u16,
 }
 
+impl Flow {
+    /// The same flow as a packet in the other direction has it (addresses and ports
+    /// swapped): a reply's flow turned into the one its first packet had.
+    #[inline(always)]
+    pub fn reversed(&self) -> Flow {
+        Flow { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..*self }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
     Arp,

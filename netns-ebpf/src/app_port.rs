@@ -32,6 +32,16 @@ enum Side {
     ToApp,
 }
 
+impl Side {
+    #[inline(always)]
+    fn other(self) -> Side {
+        match self {
+            Side::FromApp => Side::ToApp,
+            Side::ToApp => Side::FromApp,
+        }
+    }
+}
+
 #[classifier]
 pub fn app_port_from_app(ctx: TcContext) -> i32 {
     handle(&ctx, Side::FromApp)
@@ -92,11 +102,22 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 return verdict_action(entry.verdict == VERDICT_DROP, Stat::PassCt, Stat::DropCt);
             }
             if entry.judge_ifindex == ifindex && entry.policy_gen != iface.policy_gen {
-                // The ACL changed since this flow was judged: judge it again, live.
-                let v = judge(ctx, side, &ikey, iface, flow);
-                entry.mark = v.mark;
-                entry.verdict = v.drop as u8;
-                entry.limit = v.limit;
+                // The ACL changed since this flow was judged: judge it again, live, as its
+                // first packet was judged: that packet's tuple, from that packet's side
+                // (a reply travels the other way, so it is turned around first).
+                let (first, first_side) = match entry.direction(a_to_b) == DIR_ORIG {
+                    true => (*flow, side),
+                    false => (flow.reversed(), side.other()),
+                };
+                if first_side == Side::FromApp || iface.flags & IFACE_FLAG_SWITCH != 0 {
+                    let v = judge(ctx, first_side, &ikey, iface, &first);
+                    entry.mark = v.mark;
+                    entry.verdict = v.drop as u8;
+                    entry.limit = v.limit;
+                }
+                // Else a flow let into a local NI by a port map or from the agent's netns:
+                // no ACE judged it (the agent flushes the flows of a changed port map),
+                // its verdict stands.
                 entry.policy_gen = iface.policy_gen;
                 count(Stat::Rejudged);
             }

@@ -98,13 +98,7 @@ impl Scenario {
         if uplinks > 0 {
             s.build_world();
         }
-        let config = format!(
-            "[agent]\npin_dir = \"{}\"\nstate_dir = \"{}\"\n\n{}",
-            s.pin_dir.display(),
-            s.state_dir.display(),
-            s.expand(template)
-        );
-        std::fs::write(&s.config_path, config).expect("writing config");
+        s.write_config(template);
         s
     }
 
@@ -300,10 +294,16 @@ impl Scenario {
             .stderr(log)
             .spawn()
             .expect("starting the agent");
+        let pid = child.id();
         self.agent = Some(child);
         let limit = scaled(Duration::from_secs(30));
         let deadline = Instant::now() + limit;
-        while !self.state_dir.join("state.json").exists() {
+        // Applied: the record names this agent and counts its first apply.
+        let applied = || {
+            let record: Option<Value> = std::fs::read(self.state_dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            record.is_some_and(|r| r["agent_pid"] == pid && r["applies"].as_u64() >= Some(1))
+        };
+        while !applied() {
             if let Some(status) = self.agent.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent exited ({status}) before applying:\n{}", self.agent_log());
             }
@@ -317,6 +317,46 @@ impl Scenario {
         let mut agent = self.agent.take()?;
         let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).stderr(Stdio::null()).status();
         agent.wait().ok()
+    }
+
+    /// The NIs' (placeholder, netns name) pairs.
+    pub fn ni_names(&self) -> &[(String, String)] {
+        &self.nis
+    }
+
+    /// The apps' (placeholder, netns name) pairs.
+    pub fn app_names(&self) -> &[(String, String)] {
+        &self.apps
+    }
+
+    /// Kills the agent with SIGKILL (no cleanup of any kind); returns its exit status.
+    pub fn kill_agent(&mut self) -> Option<std::process::ExitStatus> {
+        let mut agent = self.agent.take()?;
+        agent.kill().ok();
+        agent.wait().ok()
+    }
+
+    /// The running agent's pid.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|a| a.id())
+    }
+
+    /// Writes `template` (placeholders expanded, the [agent] header kept) as the config
+    /// and hands it to the running agent with `netns-agent apply`.
+    pub fn apply(&self, template: &str) -> Output {
+        self.write_config(template);
+        self.agent_cmd(&["apply", "--config", self.config_path.to_str().unwrap()])
+    }
+
+    /// Replaces the config file (placeholders expanded, the [agent] header kept).
+    pub fn write_config(&self, template: &str) {
+        let config = format!(
+            "[agent]\npin_dir = \"{}\"\nstate_dir = \"{}\"\n\n{}",
+            self.pin_dir.display(),
+            self.state_dir.display(),
+            self.expand(template)
+        );
+        std::fs::write(&self.config_path, config).expect("writing config");
     }
 
     fn log_path(&self) -> PathBuf {
@@ -348,6 +388,19 @@ impl Scenario {
             .spawn()
             .expect("spawning helper");
         self.children.push(child);
+    }
+
+    /// Starts a command in `ns` whose output the test reads when it ends (`finish`); it is
+    /// killed and reaped if the test ends first.
+    pub fn background(&self, ns: &str, args: &[&str]) -> Background {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning a background command");
+        Background(Some(child))
     }
 
     /// Starts the echo server of `ECHO_SERVER` on ip:port in `ns` and waits until it listens.
@@ -452,6 +505,25 @@ impl Drop for Scenario {
         let _ = std::fs::remove_dir_all(&self.state_dir);
         let _ = std::fs::remove_file(&self.config_path);
         let _ = std::fs::remove_file(self.log_path());
+    }
+}
+
+/// A command running beside the test (see `Scenario::background`).
+pub struct Background(Option<Child>);
+
+impl Background {
+    /// Waits for the command to end; its output.
+    pub fn finish(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().expect("waiting for a background command")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
     }
 }
 

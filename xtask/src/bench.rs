@@ -10,8 +10,7 @@ use std::{
     io::Write,
     path::Path,
     process::{Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -78,13 +77,7 @@ pub fn run(agent_bin: &Path) -> Result<()> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting the agent")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !Path::new(STATE_DIR).join("state.json").exists() {
-        if agent.try_wait()?.is_some() || Instant::now() > deadline {
-            bail!("the agent did not apply the bench config");
-        }
-        sleep(Duration::from_millis(100));
-    }
+    crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(60)).context("the bench config")?;
 
     step("program sizes (bpftool prog show)");
     let progs = output(&["bpftool", "prog", "show", "--json"]);

@@ -572,18 +572,7 @@ impl Demo {
     }
 
     fn wait_for_agent(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let state = Path::new(STATE_DIR).join("state.json");
-        while Instant::now() < deadline {
-            if state.exists() {
-                return Ok(());
-            }
-            if let Some(status) = self.agent.as_mut().unwrap().try_wait()? {
-                bail!("the agent exited before applying the config: {status}");
-            }
-            sleep(Duration::from_millis(100));
-        }
-        bail!("the agent did not apply the config within 60 s")
+        crate::wait_applied(Path::new(STATE_DIR), self.agent.as_mut().unwrap(), Duration::from_secs(60))
     }
 }
 

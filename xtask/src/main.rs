@@ -95,6 +95,27 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the agent `child` has applied its config: its record names it and counts
+/// its first apply (the record itself is written before the first NI is touched).
+pub fn wait_applied(state_dir: &Path, child: &mut std::process::Child, limit: std::time::Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    let pid = child.id();
+    loop {
+        let record: Option<serde_json::Value> =
+            std::fs::read(state_dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if record.is_some_and(|r| r["agent_pid"] == pid && r["applies"].as_u64() >= Some(1)) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the agent exited before applying the config: {status}");
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the agent did not apply the config within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())

@@ -137,8 +137,29 @@ fn format_error(request: &[u8]) -> Option<Vec<u8>> {
     Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok()
 }
 
+/// A running DNS proxy: its config can be swapped, and it can be stopped.
+pub struct DnsHandle {
+    proxy: Arc<DnsProxy>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DnsHandle {
+    /// The NI's apps, names or upstreams changed: the next query sees the new config.
+    pub fn update(&self, cfg: NiDnsConfig) {
+        *self.proxy.cfg.write().unwrap() = Arc::new(cfg);
+    }
+
+    /// Stops serving (the sockets close once in-flight queries end).
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
 pub struct DnsProxy {
-    cfg: NiDnsConfig,
+    /// Swapped whole when the NI's apps change (`DnsHandle::update`).
+    cfg: std::sync::RwLock<Arc<NiDnsConfig>>,
     hosts: Mutex<HostSets>,
     log: Mutex<Option<std::fs::File>>,
     in_flight: Semaphore,
@@ -146,8 +167,8 @@ pub struct DnsProxy {
 }
 
 impl DnsProxy {
-    /// Binds gateway:53 inside `ns` and serves until the runtime ends.
-    pub fn spawn(cfg: NiDnsConfig, ns: &Netns, pin_dir: &std::path::Path) -> Result<()> {
+    /// Binds gateway:53 inside `ns` and serves until the handle stops it.
+    pub fn spawn(cfg: NiDnsConfig, ns: &Netns, pin_dir: &std::path::Path) -> Result<DnsHandle> {
         let addr = SocketAddr::from((cfg.gateway, 53));
         let (udp, tcp) = crate::netns::run_in(ns, || {
             let udp = std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
@@ -157,18 +178,24 @@ impl DnsProxy {
             Ok((udp, tcp))
         })?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&cfg.log_path).ok();
+        info!("{}: DNS proxy on {addr} (upstream {:?})", cfg.ni, cfg.upstreams);
         let proxy = Arc::new(DnsProxy {
             hosts: Mutex::new(HostSets::open(pin_dir)?),
             log: Mutex::new(log),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             per_app: Mutex::new(HashMap::new()),
-            cfg,
+            cfg: std::sync::RwLock::new(Arc::new(cfg)),
         });
-        info!("{}: DNS proxy on {addr} (upstream {:?})", proxy.cfg.ni, proxy.cfg.upstreams);
         let udp = Arc::new(UdpSocket::from_std(udp)?);
-        tokio::spawn(proxy.clone().serve_udp(udp));
-        tokio::spawn(proxy.serve_tcp(TcpListener::from_std(tcp)?));
-        Ok(())
+        let tasks = vec![
+            tokio::spawn(proxy.clone().serve_udp(udp)),
+            tokio::spawn(proxy.clone().serve_tcp(TcpListener::from_std(tcp)?)),
+        ];
+        Ok(DnsHandle { proxy, tasks })
+    }
+
+    fn cfg(&self) -> Arc<NiDnsConfig> {
+        self.cfg.read().unwrap().clone()
     }
 
     async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>) {
@@ -177,13 +204,13 @@ impl DnsProxy {
             let (n, peer) = match socket.recv_from(&mut buf).await {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!("{}: DNS UDP receive: {e}", self.cfg.ni);
+                    warn!("{}: DNS UDP receive: {e}", self.cfg().ni);
                     continue;
                 }
             };
             let SocketAddr::V4(peer) = peer else { continue };
             let Some(_slot) = self.admit(*peer.ip()) else {
-                debug!("{}: shedding a query from {peer}", self.cfg.ni);
+                debug!("{}: shedding a query from {peer}", self.cfg().ni);
                 continue;
             };
             let request = buf[..n].to_vec();
@@ -238,6 +265,7 @@ impl DnsProxy {
     }
 
     async fn handle(&self, request: &[u8], src: Ipv4Addr) -> Option<Vec<u8>> {
+        let cfg = self.cfg();
         let Ok(query) = Message::from_vec(request) else {
             self.log_entry(src, "?", "?", &[], &rcode(ResponseCode::FormErr), "malformed request");
             return format_error(request);
@@ -246,11 +274,11 @@ impl DnsProxy {
             return Message::error_msg(query.metadata.id, query.metadata.op_code, ResponseCode::FormErr).to_vec().ok();
         }
         let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
-        let Some(app) = self.cfg.apps.get(&src) else {
+        let Some(app) = cfg.apps.get(&src) else {
             self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::Refused), "not an app of this network");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused).to_vec().ok();
         };
-        if let Some(reply) = local_answer(&self.cfg, &query) {
+        if let Some(reply) = local_answer(&cfg, &query) {
             self.log_entry(src, &qname, &qtype, &answers_of(&reply), &rcode(ResponseCode::NoError), "local");
             return reply.to_vec().ok();
         }
@@ -284,7 +312,8 @@ impl DnsProxy {
 
     async fn forward(&self, request: &[u8]) -> Option<Vec<u8>> {
         let _permit = self.in_flight.acquire().await.ok()?;
-        for upstream in &self.cfg.upstreams {
+        let cfg = self.cfg();
+        for upstream in &cfg.upstreams {
             let Ok(socket) = UdpSocket::bind("0.0.0.0:0").await else { continue };
             if socket.send_to(request, upstream).await.is_err() {
                 continue;
@@ -292,7 +321,7 @@ impl DnsProxy {
             let mut buf = vec![0u8; 4096];
             match tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv_from(&mut buf)).await {
                 Ok(Ok((n, from))) if from == SocketAddr::V4(*upstream) => return Some(buf[..n].to_vec()),
-                _ => debug!("{}: upstream {upstream} did not answer", self.cfg.ni),
+                _ => debug!("{}: upstream {upstream} did not answer", cfg.ni),
             }
         }
         None
@@ -306,19 +335,19 @@ impl DnsProxy {
         let now = crate::datapath::monotonic_ns();
         let mut hosts = self.hosts.lock().unwrap();
         for (ip, mask, ttl) in updates {
-            let expires = now + Duration::from_secs(ttl as u64).as_nanos() as u64 + self.cfg.host_grace.as_nanos() as u64;
-            let key = HostKey { zone: self.cfg.zone, ifindex: app.ifindex, addr: ip.octets() };
+            let expires = now + Duration::from_secs(ttl as u64).as_nanos() as u64 + self.cfg().host_grace.as_nanos() as u64;
+            let key = HostKey { zone: self.cfg().zone, ifindex: app.ifindex, addr: ip.octets() };
             if let Err(e) = hosts.add(key, mask, expires) {
-                warn!("{}: host set for {}: {e:#}", self.cfg.ni, app.app);
+                warn!("{}: host set for {}: {e:#}", self.cfg().ni, app.app);
             }
         }
     }
 
     fn log_entry(&self, src: Ipv4Addr, name: &str, qtype: &str, answers: &[String], rcode: &str, source: &str) {
-        let app = self.cfg.apps.get(&src).map(|a| a.app.clone()).unwrap_or_else(|| src.to_string());
+        let app = self.cfg().apps.get(&src).map(|a| a.app.clone()).unwrap_or_else(|| src.to_string());
         let entry = DnsLogEntry {
             time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-            ni: self.cfg.ni.clone(),
+            ni: self.cfg().ni.clone(),
             app,
             name: name.trim_end_matches('.').to_string(),
             qtype: qtype.to_string(),

@@ -19,7 +19,7 @@ use axum::{
 };
 use tracing::info;
 
-use crate::{netns::Netns, reconcile::Uplinks};
+use crate::{netlink::Uplinks, netns::Netns};
 
 #[derive(Debug, Clone)]
 pub struct AppMeta {
@@ -37,7 +37,26 @@ pub struct NiMetaConfig {
     pub uplinks: Arc<RwLock<Uplinks>>,
 }
 
-pub fn spawn(cfg: NiMetaConfig, ns: &Netns) -> Result<()> {
+/// A running metadata server: its config can be swapped, and it can be stopped.
+pub struct MetaHandle {
+    cfg: Arc<RwLock<Arc<NiMetaConfig>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetaHandle {
+    /// The NI's apps changed: the next request sees the new config.
+    pub fn update(&self, cfg: NiMetaConfig) {
+        *self.cfg.write().unwrap() = Arc::new(cfg);
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+type Shared = Arc<RwLock<Arc<NiMetaConfig>>>;
+
+pub fn spawn(cfg: NiMetaConfig, ns: &Netns) -> Result<MetaHandle> {
     let addr = SocketAddr::from((cfg.gateway, 80));
     let listener = crate::netns::run_in(ns, || {
         let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
@@ -46,15 +65,16 @@ pub fn spawn(cfg: NiMetaConfig, ns: &Netns) -> Result<()> {
     })?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     info!("{}: metadata server on {addr}", cfg.ni);
+    let shared: Shared = Arc::new(RwLock::new(Arc::new(cfg)));
     let router = Router::new()
         .route("/eve/v1/{item}", get(eve))
         .route("/{item}", get(nocloud))
         .fallback(|| async { StatusCode::NOT_FOUND })
-        .with_state(Arc::new(cfg));
-    tokio::spawn(async move {
+        .with_state(shared.clone());
+    let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
     });
-    Ok(())
+    Ok(MetaHandle { cfg: shared, task })
 }
 
 type Caller = ConnectInfo<SocketAddr>;
@@ -71,7 +91,8 @@ fn external_ipv4(cfg: &NiMetaConfig) -> String {
     cfg.uplink.as_ref().and_then(|u| uplinks.get(u)).map(|u| u.ip.to_string()).unwrap_or_default()
 }
 
-async fn eve(State(cfg): State<Arc<NiMetaConfig>>, ConnectInfo(caller): Caller, Path(item): Path<String>) -> Response {
+async fn eve(State(shared): State<Shared>, ConnectInfo(caller): Caller, Path(item): Path<String>) -> Response {
+    let cfg = shared.read().unwrap().clone();
     let Some(app) = app_of(&cfg, &caller) else { return StatusCode::NOT_FOUND.into_response() };
     match item.as_str() {
         "network.json" => Json(serde_json::json!({
@@ -88,7 +109,8 @@ async fn eve(State(cfg): State<Arc<NiMetaConfig>>, ConnectInfo(caller): Caller, 
 }
 
 /// cloud-init's NoCloud (seedfrom http://169.254.169.254/) files.
-async fn nocloud(State(cfg): State<Arc<NiMetaConfig>>, ConnectInfo(caller): Caller, Path(item): Path<String>) -> Response {
+async fn nocloud(State(shared): State<Shared>, ConnectInfo(caller): Caller, Path(item): Path<String>) -> Response {
+    let cfg = shared.read().unwrap().clone();
     let Some(app) = app_of(&cfg, &caller) else { return StatusCode::NOT_FOUND.into_response() };
     match item.as_str() {
         "user-data" => match app.user_data {

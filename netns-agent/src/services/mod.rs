@@ -10,93 +10,105 @@ pub mod metadata;
 pub mod vpn;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::Path,
     sync::{Arc, RwLock},
 };
 
 use anyhow::{Context, Result};
+use tracing::info;
 
 use crate::{
-    netlink::Netlink,
+    netlink::{Netlink, Uplinks},
     netns::{self, Netns},
-    plan::Plan,
-    reconcile::Uplinks,
+    plan::{NiPlan, Plan, VpnPlan},
 };
 
 /// Where the DNS proxies append their request log (JSON lines).
 pub fn dns_log_path(state_dir: &std::path::Path) -> std::path::PathBuf {
-    state_dir.join("dns.log")
+    crate::state::StateDir::dns_log(state_dir)
 }
 
-/// The running services that need stopping (the others end with the runtime).
-pub struct Services {
-    dhcp: Vec<dhcp::Dnsmasq>,
-    vpn: Vec<vpn::Charon>,
+/// The services of one NI, each with what it was started from (to tell a change).
+#[derive(Default)]
+struct NiServices {
+    dhcp: Option<(dhcp::Dnsmasq, String)>,
+    dns: Option<dns::DnsHandle>,
+    metadata: Option<metadata::MetaHandle>,
+    vpn: Option<(vpn::Charon, VpnPlan)>,
 }
 
-impl Services {
-    /// Stops the child processes and waits until they are reaped.
-    pub async fn stop(self) {
-        for d in self.dhcp {
+impl NiServices {
+    async fn stop(self) {
+        if let Some((d, _)) = self.dhcp {
             d.stop().await;
         }
-        for c in self.vpn {
+        if let Some(h) = self.dns {
+            h.stop();
+        }
+        if let Some(h) = self.metadata {
+            h.stop();
+        }
+        if let Some((c, _)) = self.vpn {
             c.stop().await;
         }
     }
 }
 
-/// Starts every NI's services on the current runtime. `uplinks` is kept current by the
-/// agent (the metadata server reports the uplink address).
-pub async fn start(plan: &Plan, uplinks: Arc<RwLock<Uplinks>>) -> Result<Services> {
-    let mut services = Services { dhcp: Vec::new(), vpn: Vec::new() };
-    // A switch NI's apps use the servers behind its uplink.
-    for ni in plan.nis.iter().filter(|n| !n.is_switch()) {
-        let leases = ni
-            .ports
-            .iter()
-            .map(|p| dhcp::Lease { mac: p.mac, ip: p.ip, name: p.app.clone() })
-            .collect();
-        let dhcp_cfg = dhcp::NiDhcpConfig {
-            ni: ni.name.clone(),
-            subnet: ni.subnet,
-            gateway: ni.gateway,
-            range: ni.dhcp_range,
-            leases,
-            state_dir: plan.state_dir.clone(),
-        };
-        services.dhcp.push(dhcp::Dnsmasq::spawn(dhcp_cfg, Netns::open(&netns::resolve(&ni.name))?)?);
-        let ns = Netns::open(&netns::resolve(&ni.name))?;
-        let nl = Netlink::open(&ns)?;
-        let mut apps = HashMap::new();
-        let mut names = HashMap::new();
-        for port in &ni.ports {
-            let ifindex = nl.link_index(&port.bridge_port).await?.with_context(|| format!("{} is missing", port.bridge_port))?;
-            apps.insert(port.ip, dns::AppView { app: port.app.clone(), ifindex, hosts: port.hosts.clone() });
-            names.insert(port.app.to_ascii_lowercase(), port.ip);
-        }
-        let upstreams = match &ni.uplink {
-            None => Vec::new(),
-            Some(u) => {
-                let configured = &plan.uplink(u).dns;
-                if configured.is_empty() {
-                    dns::system_resolvers()
-                } else {
-                    configured.iter().map(|ip| std::net::SocketAddrV4::new(*ip, 53)).collect()
-                }
+/// Every NI's services, brought in line with each applied plan.
+pub struct Services {
+    nis: BTreeMap<String, NiServices>,
+    uplinks: Arc<RwLock<Uplinks>>,
+}
+
+impl Services {
+    /// `uplinks` is kept current by the agent (the metadata server reports the uplink
+    /// address).
+    pub fn new(uplinks: Arc<RwLock<Uplinks>>) -> Services {
+        Services { nis: BTreeMap::new(), uplinks }
+    }
+
+    /// Starts, updates and stops services to match `plan`. NIs in `rebuilt` have a new
+    /// netns: theirs start anew. Elsewhere the DNS proxy and the metadata server take the
+    /// new app list in place, dnsmasq restarts only when its config changed (its lease
+    /// file stays), charon only when the tunnel's parameters changed. Returns the errors
+    /// (an NI whose services failed keeps its data path).
+    pub async fn reconcile(&mut self, plan: &Plan, rebuilt: &BTreeSet<String>) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+        let wanted: BTreeSet<&str> = plan.nis.iter().filter(|n| !n.is_switch()).map(|n| n.name.as_str()).collect();
+        let leaving: Vec<String> =
+            self.nis.keys().filter(|n| !wanted.contains(n.as_str()) || rebuilt.contains(*n)).cloned().collect();
+        for name in leaving {
+            if let Some(s) = self.nis.remove(&name) {
+                s.stop().await;
             }
-        };
-        let cfg = dns::NiDnsConfig {
-            ni: ni.name.clone(),
-            zone: ni.zone(),
-            gateway: ni.gateway,
-            apps,
-            names,
-            upstreams,
-            log_path: dns_log_path(&plan.state_dir),
-            host_grace: plan.dns_host_grace,
-        };
-        dns::DnsProxy::spawn(cfg, &ns, &plan.pin_dir).with_context(|| format!("starting the DNS proxy of {}", ni.name))?;
+        }
+        for ni in plan.nis.iter().filter(|n| !n.is_switch()) {
+            let mut s = self.nis.remove(&ni.name).unwrap_or_default();
+            if let Err(e) = self.ensure_ni(plan, ni, &mut s).await {
+                errors.push(e.context(format!("the services of {}", ni.name)));
+            }
+            self.nis.insert(ni.name.clone(), s);
+        }
+        errors
+    }
+
+    async fn ensure_ni(&self, plan: &Plan, ni: &NiPlan, s: &mut NiServices) -> Result<()> {
+        let ns = Netns::open(&netns::resolve(&ni.name))?;
+        let dhcp_cfg = dhcp_config(plan, ni);
+        let conf = dhcp::dnsmasq_conf(&dhcp_cfg);
+        if s.dhcp.as_ref().is_none_or(|(_, c)| *c != conf) {
+            if let Some((old, _)) = s.dhcp.take() {
+                info!("{}: DHCP config changed, restarting dnsmasq", ni.name);
+                old.stop().await;
+            }
+            s.dhcp = Some((dhcp::Dnsmasq::spawn(dhcp_cfg, Netns::open(&netns::resolve(&ni.name))?)?, conf));
+        }
+        let dns_cfg = dns_config(plan, ni, &ns).await?;
+        match &s.dns {
+            Some(h) => h.update(dns_cfg),
+            None => s.dns = Some(dns::DnsProxy::spawn(dns_cfg, &ns, &plan.pin_dir).context("starting the DNS proxy")?),
+        }
         let meta = metadata::NiMetaConfig {
             ni: ni.name.clone(),
             gateway: ni.gateway,
@@ -106,12 +118,92 @@ pub async fn start(plan: &Plan, uplinks: Arc<RwLock<Uplinks>>) -> Result<Service
                 .map(|p| (p.ip, metadata::AppMeta { app: p.app.clone(), user_data: p.user_data.clone() }))
                 .collect(),
             uplink: ni.uplink.clone(),
-            uplinks: uplinks.clone(),
+            uplinks: self.uplinks.clone(),
         };
-        metadata::spawn(meta, &ns).with_context(|| format!("starting the metadata server of {}", ni.name))?;
-        if let Some(v) = &ni.vpn {
-            services.vpn.push(vpn::Charon::spawn(&ni.name, v, &plan.state_dir, Netns::open(&netns::resolve(&ni.name))?)?);
+        match &s.metadata {
+            Some(h) => h.update(meta),
+            None => s.metadata = Some(metadata::spawn(meta, &ns).context("starting the metadata server")?),
+        }
+        if s.vpn.as_ref().map(|(_, v)| v) != ni.vpn.as_ref() {
+            if let Some((old, _)) = s.vpn.take() {
+                info!("{}: tunnel parameters changed, restarting charon", ni.name);
+                old.stop().await;
+            }
+            if let Some(v) = &ni.vpn {
+                s.vpn = Some((vpn::Charon::spawn(&ni.name, v, &plan.state_dir, Netns::open(&netns::resolve(&ni.name))?)?, v.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every child process and waits until they are reaped.
+    pub async fn stop(self) {
+        for (_, s) in self.nis {
+            s.stop().await;
         }
     }
-    Ok(services)
+}
+
+fn dhcp_config(plan: &Plan, ni: &NiPlan) -> dhcp::NiDhcpConfig {
+    dhcp::NiDhcpConfig {
+        ni: ni.name.clone(),
+        subnet: ni.subnet,
+        gateway: ni.gateway,
+        range: ni.dhcp_range,
+        leases: ni.ports.iter().map(|p| dhcp::Lease { mac: p.mac, ip: p.ip, name: p.app.clone() }).collect(),
+        state_dir: plan.state_dir.clone(),
+    }
+}
+
+async fn dns_config(plan: &Plan, ni: &NiPlan, ns: &Netns) -> Result<dns::NiDnsConfig> {
+    let nl = Netlink::open(ns)?;
+    let mut apps = HashMap::new();
+    let mut names = HashMap::new();
+    for port in &ni.ports {
+        // A port that failed to apply has no interface: its app gets no answers.
+        let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
+        apps.insert(port.ip, dns::AppView { app: port.app.clone(), ifindex, hosts: port.hosts.clone() });
+        names.insert(port.app.to_ascii_lowercase(), port.ip);
+    }
+    let upstreams = match &ni.uplink {
+        None => Vec::new(),
+        Some(u) => {
+            let configured = &plan.uplink(u).dns;
+            if configured.is_empty() {
+                dns::system_resolvers()
+            } else {
+                configured.iter().map(|ip| std::net::SocketAddrV4::new(*ip, 53)).collect()
+            }
+        }
+    };
+    Ok(dns::NiDnsConfig {
+        ni: ni.name.clone(),
+        zone: ni.zone(),
+        gateway: ni.gateway,
+        apps,
+        names,
+        upstreams,
+        log_path: dns_log_path(&plan.state_dir),
+        host_grace: plan.dns_host_grace,
+    })
+}
+
+/// Stops what an agent that did not stop cleanly (killed) left running: dnsmasq
+/// instances started from this state dir's configs and the charons of `vpn_nis`.
+/// Their replacements start right after (leases and lease files stay).
+pub fn reap_leftovers(state_dir: &Path, vpn_nis: &[String]) {
+    let marker = format!("--conf-file={}", state_dir.join("dnsmasq-").display());
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_ours = args.first().is_some_and(|a| a.ends_with("dnsmasq")) && args.iter().any(|a| a.starts_with(&marker));
+        if is_ours && pid as u32 != std::process::id() {
+            info!("stopping dnsmasq (pid {pid}) left by an earlier agent");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    for ni in vpn_nis {
+        vpn::kill_leftover(state_dir, ni);
+    }
 }

@@ -1,0 +1,399 @@
+//! The applier: makes the kernel match a plan, whatever is there now.
+//!
+//! One code path serves the first start, a restart over a system an earlier agent applied
+//! (also one killed midway), and every config change. The applier compares the plan with
+//! the record of what it made (`state.json`, written before and after each NI is touched)
+//! and with what it observes (netns, links, addresses, pinned links, map entries), then:
+//! - removes what the record holds and the plan does not want (NIs, ports, port maps,
+//!   uplinks), and rebuilds what only a rebuild can change (an NI's subnet, index,
+//!   uplink...; a port's netns, address or MAC);
+//! - ensures everything the plan wants: each object is created when missing and kept as
+//!   it is when present, map entries are rewritten only where they differ, and programs
+//!   already attached through a pinned link are replaced in that link, atomically. Nothing
+//!   that exists and matches is touched, so a restart disturbs no flow.
+//!
+//! A changed ACL bumps its port's policy generation: the programs judge every live flow
+//! of that port again on its next packet. A plan that cannot apply (a missing uplink, a
+//! name taken by something that is not ours) is refused before anything changes; a step
+//! that fails while applying fails its NI (recorded with the error, shown by `status`),
+//! the others go on. Teardown collects errors and goes on.
+
+mod ni;
+mod port;
+mod uplink;
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{anyhow, Context, Result};
+use tracing::{info, warn};
+
+use crate::{
+    config::NetworkKind,
+    datapath::{self, Maps, NiPrograms},
+    netlink::{Netlink, Uplinks},
+    netns::{self, Netns},
+    plan::{NiPlan, Plan},
+    state::{AppliedState, ApplyReport, ItemState, NiRecord},
+};
+
+pub use ni::{LocalNi, NiDriver, SwitchNi, VpnNi};
+
+/// What an apply changed, for the services and the report.
+#[derive(Debug, Default)]
+pub struct ApplyOutcome {
+    pub report: ApplyReport,
+    /// NIs created or rebuilt (their services start anew: their sockets belong to the
+    /// old netns).
+    pub rebuilt: BTreeSet<String>,
+}
+
+/// Why a plan was refused: every problem, nothing changed.
+#[derive(Debug)]
+pub struct Refused(pub Vec<String>);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot apply the config, nothing was changed:\n  {}", self.0.join("\n  "))
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The applier's context: the agent netns' netlink handle, the pinned maps, the loaded
+/// programs and the record, held for the agent's life.
+pub struct Applier {
+    agent_ns: Netns,
+    agent: Netlink,
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+    record: AppliedState,
+    uplinks: Uplinks,
+    maps: Option<Maps>,
+    agent_programs: Option<NiPrograms>,
+    ni_programs: std::collections::HashMap<String, NiPrograms>,
+}
+
+impl Applier {
+    /// The applier for `pin_dir` and `state_dir`, with the record an earlier agent left
+    /// there (an unreadable record is an error: the agent does not guess what it made).
+    pub fn open(pin_dir: &Path, state_dir: &Path) -> Result<Applier> {
+        let agent_ns = Netns::current()?;
+        let agent = Netlink::open(&agent_ns)?;
+        let record = AppliedState::try_read(state_dir)?.unwrap_or_default();
+        Ok(Applier {
+            agent_ns,
+            agent,
+            pin_dir: pin_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            record,
+            uplinks: Uplinks::new(),
+            maps: None,
+            agent_programs: None,
+            ni_programs: Default::default(),
+        })
+    }
+
+    pub fn record(&self) -> &AppliedState {
+        &self.record
+    }
+
+    pub fn uplinks(&self) -> &Uplinks {
+        &self.uplinks
+    }
+
+    /// Marks the record as followed by this process (or by none: pid 0).
+    pub fn set_agent(&mut self, pid: u32, config: Option<PathBuf>) -> Result<()> {
+        self.record.agent_pid = pid;
+        self.record.config_path = config;
+        if self.state_dir.join("state.json").exists() || pid != 0 {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&mut self) -> Result<()> {
+        self.record.pin_dir = self.pin_dir.display().to_string();
+        self.record.refresh_names();
+        self.record.write(&self.state_dir)
+    }
+
+    /// The pinned maps (opened once; they exist after the first programs are loaded).
+    fn maps(&mut self) -> Result<&mut Maps> {
+        if self.maps.is_none() {
+            self.maps = Some(Maps::open(&self.pin_dir)?);
+        }
+        Ok(self.maps.as_mut().expect("opened above"))
+    }
+
+    /// Everything that must hold before the applier touches the kernel: the uplinks the
+    /// plan needs are there, and nothing it would create exists unless the record says it
+    /// is ours. All problems are reported together.
+    async fn preflight(&self, plan: &Plan) -> Result<Uplinks> {
+        let mut problems = Vec::new();
+        if self.pin_dir != plan.pin_dir || self.state_dir != plan.state_dir {
+            problems.push(format!(
+                "pin_dir and state_dir cannot change while the agent runs (running with {} and {})",
+                self.pin_dir.display(),
+                self.state_dir.display()
+            ));
+        }
+        let uplinks = uplink::preflight(plan, &self.agent, &mut problems).await?;
+        let recorded = |name: &str| self.record.nis.get(name).map(|r| &r.plan);
+        for ni in &plan.nis {
+            if let Some(r) = recorded(&ni.name) {
+                if r.same_shape(ni) {
+                    // Ours and staying: only its ports may bring new names.
+                    self.preflight_ports(ni, Some(r), &mut problems).await?;
+                    continue;
+                }
+            } else {
+                if netns::exists(&ni.name) {
+                    problems.push(format!(
+                        "netns {:?} already exists and is not on the agent's record (made by someone else?)",
+                        ni.name
+                    ));
+                }
+                if self.pin_dir.join(&ni.name).exists() {
+                    problems.push(format!("pins of {:?} already exist under {} and are not on record", ni.name, self.pin_dir.display()));
+                }
+            }
+            // The agent-side veth must be free, or belong to a recorded NI that goes.
+            let owner = self.record.nis.values().any(|r| r.plan.agent_veth == ni.agent_veth && r.plan.kind != NetworkKind::Switch);
+            if ni.kind != NetworkKind::Switch && !owner && self.agent.link_index(&ni.agent_veth).await?.is_some() {
+                problems.push(format!("interface {} already exists in the agent's netns and is not on record", ni.agent_veth));
+            }
+            self.preflight_ports(ni, None, &mut problems).await?;
+        }
+        if !problems.is_empty() {
+            return Err(Refused(problems).into());
+        }
+        Ok(uplinks)
+    }
+
+    async fn preflight_ports(&self, ni: &NiPlan, recorded: Option<&NiPlan>, problems: &mut Vec<String>) -> Result<()> {
+        // Ports of the same link on record are ours; so are those of any recorded NI
+        // (a port may move between NIs in one change).
+        let ours = |p: &crate::plan::PortPlan| {
+            recorded.and_then(|r| r.port(&p.bridge_port)).is_some_and(|r| r.same_link(p))
+                || self.record.nis.values().flat_map(|n| &n.plan.ports).any(|r| r.tap == p.tap && r.app_ifname == p.app_ifname && r.app_netns == p.app_netns)
+        };
+        for port in ni.ports.iter().filter(|p| !ours(p)) {
+            if let Some(tap) = &port.tap {
+                if self.agent.link_index(tap).await?.is_none() {
+                    problems.push(format!("tap {tap} of app {:?} does not exist in the agent's netns", port.app));
+                }
+                continue;
+            }
+            let path = netns::resolve(&port.app_netns);
+            let app_ns = Netns::open(&path).with_context(|| format!("app {:?}: opening netns {}", port.app, path.display()))?;
+            if Netlink::open(&app_ns)?.link_index(&port.app_ifname).await?.is_some() {
+                problems.push(format!("interface {} already exists in netns of app {:?} and is not on record", port.app_ifname, port.app));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the kernel match `plan`. Err: refused (nothing changed) or the record could
+    /// not be written; Ok: applied, with the errors of the NIs that failed in the report.
+    pub async fn apply(&mut self, plan: &Plan, trigger: &str) -> Result<ApplyOutcome> {
+        let started = Instant::now();
+        let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let uplinks = self.preflight(plan).await?;
+        datapath::prepare_pin_dir(&self.pin_dir)?;
+        self.uplinks = uplinks;
+        self.record.nat_ports = Some(plan.nat_ports);
+        let mut out = ApplyOutcome::default();
+        let mut errors = Vec::new();
+
+        // NIs that leave, or change what only a rebuild changes, go first: their names,
+        // indexes and veths free up for what comes.
+        let recorded: Vec<NiRecord> = self.record.nis.values().cloned().collect();
+        for rec in &recorded {
+            let wanted = plan.nis.iter().find(|n| n.name == rec.plan.name);
+            if wanted.is_some_and(|n| n.same_shape(&rec.plan)) {
+                continue;
+            }
+            let verb = if wanted.is_some() { "rebuilding" } else { "removing" };
+            info!("{verb} network instance {}", rec.plan.name);
+            out.report.changes.push(format!("{verb} network {}", rec.plan.name));
+            errors.extend(self.remove_ni(&rec.plan).await.into_iter().map(|e| format!("removing {}: {e:#}", rec.plan.name)));
+            self.record.nis.remove(&rec.plan.name);
+            self.save()?;
+        }
+
+        // Then what leaves the NIs that stay (ports, port maps), all before anything is
+        // made: a port that goes may carry its app's default route, which the app's
+        // first port (maybe in another NI) then takes.
+        for ni in &plan.nis {
+            let Some(rec) = self.record.nis.get(&ni.name).map(|r| r.plan.clone()) else { continue };
+            port::remove_leaving(self, &rec, ni, &mut out).await;
+            if let Err(e) = ni::flush_changed_portmaps(self, &rec, ni, &mut out) {
+                errors.push(format!("{}: port maps: {e:#}", ni.name));
+            }
+            self.save()?;
+        }
+
+        let agent_level = uplink::ensure_agent_level(self, plan).await;
+        if let Err(e) = &agent_level {
+            errors.push(format!("the agent netns' NAT and routing: {e:#}"));
+        }
+        let total = plan.nis.len();
+        for (i, ni) in plan.nis.iter().enumerate() {
+            if agent_level.is_err() && ni.routed_uplink().is_some() {
+                self.fail_ni(ni, "the agent netns' NAT and routing failed (see the apply's errors)".into())?;
+                continue;
+            }
+            let fresh = !self.record.nis.contains_key(&ni.name);
+            info!("[{}/{total}] network instance {} (zone {}, {} app ports)", i + 1, ni.name, ni.zone(), ni.ports.len());
+            let result = match ni.kind {
+                NetworkKind::Local => self.ensure_ni(&LocalNi, plan, ni, &mut out).await,
+                NetworkKind::Switch => self.ensure_ni(&SwitchNi, plan, ni, &mut out).await,
+                NetworkKind::Vpn => self.ensure_ni(&VpnNi, plan, ni, &mut out).await,
+            };
+            if fresh {
+                out.rebuilt.insert(ni.name.clone());
+            }
+            match result {
+                Ok(port_errors) => {
+                    let rec = self.record.nis.get_mut(&ni.name).expect("recorded as pending");
+                    rec.state = if port_errors.is_empty() { ItemState::Applied } else { ItemState::Failed };
+                    rec.error = None;
+                    for (port, e) in &port_errors {
+                        errors.push(format!("{} port {port}: {e}", ni.name));
+                    }
+                    rec.port_errors = port_errors;
+                    self.save()?;
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    warn!("network instance {}: {e}", ni.name);
+                    errors.push(format!("{}: {e}", ni.name));
+                    self.fail_ni(ni, e)?;
+                }
+            }
+        }
+        if agent_level.is_ok() {
+            if let Err(e) = uplink::remove_unused(self, plan).await {
+                errors.push(format!("removing unused uplinks: {e:#}"));
+            }
+        }
+        out.report.started_unix = started_unix;
+        out.report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        out.report.trigger = trigger.to_string();
+        out.report.errors = errors;
+        self.record.applies += 1;
+        self.record.last_apply = Some(out.report.clone());
+        self.save()?;
+        info!(
+            "applied {} network instances in {:.1} ms ({} changes, {} errors)",
+            plan.nis.len(),
+            out.report.duration_ms,
+            out.report.changes.len(),
+            out.report.errors.len()
+        );
+        Ok(out)
+    }
+
+    fn fail_ni(&mut self, ni: &NiPlan, error: String) -> Result<()> {
+        let rec = self.record.nis.entry(ni.name.clone()).or_insert_with(|| NiRecord {
+            plan: ni.clone(),
+            state: ItemState::Failed,
+            error: None,
+            port_errors: Default::default(),
+        });
+        rec.state = ItemState::Failed;
+        rec.error = Some(error);
+        self.save()
+    }
+
+    /// Ensures one NI with the driver of its kind (what left it is gone already): the
+    /// record says pending with the new plan, then every object is ensured.
+    /// Returns the errors of ports that failed (the NI itself applied).
+    async fn ensure_ni<K: NiDriver>(
+        &mut self,
+        kind: &K,
+        plan: &Plan,
+        ni: &NiPlan,
+        out: &mut ApplyOutcome,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let previous = self.record.nis.get(&ni.name).map(|r| r.plan.clone());
+        self.record.nis.insert(
+            ni.name.clone(),
+            NiRecord { plan: ni.clone(), state: ItemState::Pending, error: None, port_errors: Default::default() },
+        );
+        self.save()?;
+        let (ns, nl) = kind.ensure(self, plan, ni).await?;
+        let mut port_errors = std::collections::BTreeMap::new();
+        for p in &ni.ports {
+            let before = previous.as_ref().and_then(|r| r.port(&p.bridge_port)).filter(|r| r.same_link(p));
+            if let Err(e) = port::ensure(self, kind, ni, p, before, &ns, &nl, out).await {
+                let e = format!("{e:#}");
+                warn!("{} port {}: {e}", ni.name, p.bridge_port);
+                port_errors.insert(p.bridge_port.clone(), e);
+            }
+        }
+        port::remove_strays(self, ni, &nl).await?;
+        Ok(port_errors)
+    }
+
+    /// Removes one NI as recorded: its kind's objects, its ports, its pins and map
+    /// entries, its netns. Goes on past errors and returns them all.
+    async fn remove_ni(&mut self, ni: &NiPlan) -> Vec<anyhow::Error> {
+        self.ni_programs.remove(&ni.name);
+        match ni.kind {
+            NetworkKind::Local => ni::remove(self, &LocalNi, ni).await,
+            NetworkKind::Switch => ni::remove(self, &SwitchNi, ni).await,
+            NetworkKind::Vpn => ni::remove(self, &VpnNi, ni).await,
+        }
+    }
+
+    /// Removes everything on record: every NI, the agent netns' level, the shared pins
+    /// once no NI is left, the record. Goes on past errors and returns them all.
+    pub async fn down(&mut self) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+        let nis: Vec<NiPlan> = self.record.nis.values().map(|r| r.plan.clone()).collect();
+        for ni in &nis {
+            info!("removing network instance {}", ni.name);
+            errors.extend(self.remove_ni(ni).await.into_iter().map(|e| e.context(format!("removing {}", ni.name))));
+            self.record.nis.remove(&ni.name);
+        }
+        self.maps = None;
+        self.agent_programs = None;
+        errors.extend(uplink::remove_agent_level(self).await);
+        if errors.is_empty() {
+            if let Err(e) = AppliedState::remove(&self.state_dir) {
+                errors.push(e);
+            }
+        } else if let Err(e) = self.save() {
+            errors.push(e);
+        }
+        errors
+    }
+
+    /// Follows uplink changes (see `uplink::refresh`).
+    pub async fn refresh_uplinks(&mut self, plan: &Plan) -> Result<()> {
+        uplink::refresh(self, plan).await
+    }
+}
+
+/// Turns collected errors into one (all of them listed), or Ok.
+pub fn all_or_nothing(errors: Vec<anyhow::Error>) -> Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();
+    Err(anyhow!("{} errors:\n  {}", list.len(), list.join("\n  ")))
+}
+
+/// The app ports' and NAT programs of an NI, loaded once per agent and kept.
+fn programs<'a>(ap: &'a mut Applier, ni: &NiPlan) -> Result<&'a mut NiPrograms> {
+    if !ap.ni_programs.contains_key(&ni.name) {
+        let p = NiPrograms::load(&ap.pin_dir, &ni.name, ni.zone()).with_context(|| format!("loading the programs of {}", ni.name))?;
+        ap.ni_programs.insert(ni.name.clone(), p);
+    }
+    Ok(ap.ni_programs.get_mut(&ni.name).expect("inserted above"))
+}

@@ -1,0 +1,285 @@
+//! The NI kinds: what each one builds at the NI level (netns, bridge, veth to the agent,
+//! NAT, routing, uplink, tunnel routes) and what it takes down. Ports, pins and map
+//! entries are the same for all kinds (`port.rs`, `remove` below).
+
+use anyhow::{Context, Result};
+use netns_ebpf_common::{
+    nat::{PortmapKey, PortmapTarget, DOMAIN_AGENT},
+    IfaceKey, IFACE_FLAG_SWITCH,
+};
+use tracing::info;
+
+use super::{programs, uplink, ApplyOutcome, Applier};
+use crate::{
+    datapath,
+    netlink::{Netlink, Rule},
+    netns::{self, Netns},
+    plan::{NiPlan, Plan, PortmapPlan, BRIDGE},
+};
+
+/// What differs between NI kinds. One type per kind; the applier dispatches once, on
+/// `NetworkKind`, and everything else is shared.
+pub trait NiDriver {
+    /// Ensures the NI-level objects; returns the NI's netns and a netlink handle in it.
+    async fn ensure(&self, ap: &mut Applier, plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)>;
+    /// Removes what only this kind has (before the ports and the netns go).
+    async fn teardown(&self, ap: &mut Applier, ni: &NiPlan, nl: Option<&Netlink>, errors: &mut Vec<anyhow::Error>);
+    /// `IfaceInfo.flags` of the NI's app ports.
+    fn port_flags(&self) -> u32 {
+        0
+    }
+    /// The address whose traffic into the NI is the agent's own (EVE-initiated); none
+    /// (zeros) where the NI has no agent side.
+    fn eve_ip(&self, ni: &NiPlan) -> [u8; 4] {
+        ni.agent_ip.octets()
+    }
+}
+
+/// A NATed NI: veth to the agent's netns, source NAT twice, port maps, EVE table.
+pub struct LocalNi;
+/// A switch NI: the uplink bridged in; no NAT, no routing, no services of ours.
+pub struct SwitchNi;
+/// A local NI whose remote selectors go through an IPsec tunnel (charon: `services`).
+pub struct VpnNi;
+
+/// The netns (made when missing), lo up and the bridge: what every kind has.
+async fn ensure_base(ni: &NiPlan) -> Result<(Netns, Netlink)> {
+    let ns = if netns::exists(&ni.name) { Netns::open(&netns::resolve(&ni.name))? } else { netns::create_named(&ni.name)? };
+    let nl = Netlink::open(&ns)?;
+    nl.set_up("lo").await?;
+    if nl.link_index(BRIDGE).await?.is_none() {
+        nl.create_bridge(BRIDGE).await?;
+    }
+    Ok((ns, nl))
+}
+
+impl NiDriver for LocalNi {
+    async fn ensure(&self, ap: &mut Applier, plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)> {
+        let (ns, nl) = ensure_base(ni).await?;
+        netns::write_sysctl(&ns, "net/ipv4/ip_forward", "1")?;
+        nl.add_address(BRIDGE, ni.gateway, ni.subnet.prefix_len()).await?;
+        nl.set_up(BRIDGE).await?;
+
+        // The veth to the agent: kept when both ends are there, else made anew.
+        let ni_end = nl.link_index(&ni.ni_veth).await?;
+        let agent_end = ap.agent.link_index(&ni.agent_veth).await?;
+        let fresh_veth = ni_end.is_none() || agent_end.is_none();
+        if fresh_veth {
+            if ni_end.is_some() {
+                nl.delete_link(&ni.ni_veth).await?;
+            }
+            if agent_end.is_some() {
+                ap.agent.delete_link(&ni.agent_veth).await?;
+            }
+            nl.create_veth(&ni.ni_veth, &ni.agent_veth).await?;
+            nl.move_to_netns(&ni.agent_veth, &ap.agent_ns).await?;
+        }
+        nl.add_address(&ni.ni_veth, ni.ni_ip, crate::plan::VETH_PREFIX).await?;
+        nl.set_up(&ni.ni_veth).await?;
+        ap.agent.add_address(&ni.agent_veth, ni.agent_ip, crate::plan::VETH_PREFIX).await?;
+        ap.agent.set_up(&ni.agent_veth).await?;
+        nl.add_default_route(ni.agent_ip).await?;
+        let agent_veth_index =
+            ap.agent.link_index(&ni.agent_veth).await?.with_context(|| format!("{} vanished after creation", ni.agent_veth))?;
+        uplink::apply_eve_table(&ap.agent, ni, agent_veth_index).await?;
+
+        programs(ap, ni)?;
+        if let Some(uplink_name) = ni.routed_uplink() {
+            let addr = *ap.uplinks.get(uplink_name).with_context(|| format!("uplink {uplink_name} was not read"))?;
+            let table = plan.uplink(uplink_name).table;
+            // NI side: NI subnet -> NI veth address; port maps toward the apps.
+            let ni_veth_index = nl.link_index(&ni.ni_veth).await?.context("NI veth vanished")?;
+            let nat_ports = plan.nat_ports;
+            ap.maps()?.set_nat_iface(IfaceKey { zone: ni.zone(), ifindex: ni_veth_index }, uplink::ni_side_nat(nat_ports, ni))?;
+            programs(ap, ni)?.attach_nat(&ns, &ni.ni_veth, fresh_veth)?;
+            // Agent side: port-mapped flows entering the NI get the agent-side address
+            // as source (no collision with the NI subnet); hairpin port maps.
+            ap.maps()?.set_nat_iface(
+                IfaceKey { zone: DOMAIN_AGENT, ifindex: agent_veth_index },
+                uplink::agent_side_nat(nat_ports, ni, &addr),
+            )?;
+            let agent_programs = ap.agent_programs.as_mut().context("the agent netns' programs are not loaded")?;
+            agent_programs.attach_nat(&ap.agent_ns, &ni.agent_veth, fresh_veth)?;
+            let maps = ap.maps()?;
+            uplink::set_uplink_portmaps(maps, ni, &addr)?;
+            for pm in &ni.portmaps {
+                maps.set_portmap(ni_portmap_key(ni, pm), PortmapTarget {
+                    addr: pm.app_ip.octets(),
+                    port: pm.target,
+                    _pad: 0,
+                    mark: pm.mark,
+                    uplink_ifindex: 0,
+                })?;
+            }
+            // The NI's traffic is routed by its uplink's table.
+            uplink::add_ni_uplink_routes(&ap.agent, table, ni, agent_veth_index).await?;
+            ap.agent
+                .add_rule(&Rule {
+                    priority: uplink::UPLINK_RULE_PRIORITY,
+                    table,
+                    iif: Some(ni.agent_veth.clone()),
+                    oif: None,
+                    from: None,
+                })
+                .await?;
+        }
+        Ok((ns, nl))
+    }
+
+    async fn teardown(&self, ap: &mut Applier, ni: &NiPlan, nl: Option<&Netlink>, errors: &mut Vec<anyhow::Error>) {
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        };
+        note(datapath::remove_agent_links(&ap.pin_dir, &ni.agent_veth));
+        let agent_veth_index = ap.agent.link_index(&ni.agent_veth).await.ok().flatten();
+        if let Ok(maps) = ap.maps() {
+            if let Some(index) = agent_veth_index {
+                maps.remove_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: index });
+            }
+            let (ni_ip, agent_ip) = (ni.ni_ip.octets(), ni.agent_ip.octets());
+            maps.remove_portmaps(|k, t| k.domain == DOMAIN_AGENT && t.addr == ni_ip);
+            maps.remove_nat_entries(|k, v| k.domain == DOMAIN_AGENT && [k.src, k.dst, v.addr].iter().any(|a| *a == ni_ip || *a == agent_ip));
+        }
+        note(ap.agent.delete_rules(ni.eve_table(), None).await.map(drop));
+        note(ap.agent.flush_table(ni.eve_table()).await.map(drop));
+        if let Some(uplink) = ni.routed_uplink() {
+            if let Some(u) = ap.record.uplinks.iter().find(|u| u.name == uplink) {
+                note(ap.agent.delete_rules(u.table, Some(&ni.agent_veth)).await.map(drop));
+            }
+        }
+        if let Some(nl) = nl {
+            note(nl.delete_link(&ni.ni_veth).await.map(drop));
+        }
+        note(ap.agent.delete_link(&ni.agent_veth).await.map(drop));
+    }
+}
+
+impl NiDriver for VpnNi {
+    async fn ensure(&self, ap: &mut Applier, plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)> {
+        let (ns, nl) = LocalNi.ensure(ap, plan, ni).await?;
+        if let Some(vpn) = &ni.vpn {
+            // charon routes the remote selectors into the tunnel (table 220, ahead of
+            // main) while its CHILD_SA is up; without it they must not leave in the
+            // clear, SNATed.
+            for ts in &vpn.remote_ts {
+                nl.add_unreachable_route(ts.network(), ts.prefix_len()).await?;
+            }
+            info!("  vpn to {} ({:?}): {:?} unreachable unless the tunnel is up", vpn.remote, vpn.backend, vpn.remote_ts);
+        }
+        Ok((ns, nl))
+    }
+
+    async fn teardown(&self, ap: &mut Applier, ni: &NiPlan, nl: Option<&Netlink>, errors: &mut Vec<anyhow::Error>) {
+        LocalNi.teardown(ap, ni, nl, errors).await
+    }
+}
+
+impl NiDriver for SwitchNi {
+    async fn ensure(&self, ap: &mut Applier, _plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)> {
+        let (ns, nl) = ensure_base(ni).await?;
+        let uplink = ni.uplink.as_deref().context("a switch NI needs an uplink")?;
+        if nl.link_index(uplink).await?.is_none() {
+            ap.agent.move_to_netns(uplink, &ns).await?;
+            info!("  uplink {uplink} bridged into {}", ni.name);
+        }
+        nl.set_master(uplink, BRIDGE).await?;
+        nl.set_up(uplink).await?;
+        nl.set_up(BRIDGE).await?;
+        programs(ap, ni)?;
+        Ok((ns, nl))
+    }
+
+    async fn teardown(&self, ap: &mut Applier, ni: &NiPlan, nl: Option<&Netlink>, errors: &mut Vec<anyhow::Error>) {
+        // The uplink goes back to the agent's netns (its addresses did not survive the
+        // move; the uplink's owner configures it again).
+        let (Some(nl), Some(uplink)) = (nl, &ni.uplink) else { return };
+        let back = async {
+            if nl.link_index(uplink).await?.is_some() {
+                nl.move_to_netns(uplink, &ap.agent_ns).await?;
+                ap.agent.set_up(uplink).await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = back.await {
+            errors.push(e.context(format!("moving uplink {uplink} back")));
+        }
+    }
+
+    fn port_flags(&self) -> u32 {
+        IFACE_FLAG_SWITCH
+    }
+
+    /// A switch NI has no EVE side: nothing in it is the agent's own traffic.
+    fn eve_ip(&self, _: &NiPlan) -> [u8; 4] {
+        [0; 4]
+    }
+}
+
+/// Removes one NI: its programs (by unpinning their links), the map entries of its zone,
+/// what its kind made, its ports' links and its netns. Goes on past errors.
+pub async fn remove<K: NiDriver>(ap: &mut Applier, kind: &K, ni: &NiPlan) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    if let Err(e) = datapath::remove_ni_pins(&ap.pin_dir, &ni.name) {
+        errors.push(e);
+    }
+    if let Ok(maps) = ap.maps() {
+        let flows = maps.remove_zone(ni.zone());
+        info!("{}: removed {flows} conntrack entries", ni.name);
+    }
+    let nl = match netns::exists(&ni.name) {
+        true => Netns::open(&netns::resolve(&ni.name)).and_then(|ns| Netlink::open(&ns)).map_err(|e| errors.push(e)).ok(),
+        false => None,
+    };
+    kind.teardown(ap, ni, nl.as_ref(), &mut errors).await;
+    if let Some(nl) = &nl {
+        // Deleting a veth end takes its peer (in the app's netns) with it, right now
+        // rather than when the kernel gets round to tearing the netns down; a VM's tap
+        // goes back where it came from.
+        for p in &ni.ports {
+            if let Err(e) = super::port::remove_link(ap, nl, p).await {
+                errors.push(e);
+            }
+        }
+    }
+    if let Err(e) = netns::delete_named(&ni.name) {
+        errors.push(e);
+    }
+    errors
+}
+
+fn ni_portmap_key(ni: &NiPlan, pm: &PortmapPlan) -> PortmapKey {
+    PortmapKey { domain: ni.zone(), addr: ni.ni_ip.octets(), port: pm.lport, proto: pm.proto, _pad: 0 }
+}
+
+/// Port maps on record that the plan changes or drops: their entries go, and so do the
+/// flows they translated (conntrack by the port map's mark, NAT entries by the mapped
+/// port), TCP and UDP alike. What the plan keeps is untouched.
+pub fn flush_changed_portmaps(ap: &mut Applier, recorded: &NiPlan, ni: &NiPlan, out: &mut ApplyOutcome) -> Result<()> {
+    let leaving: Vec<&PortmapPlan> = recorded.portmaps.iter().filter(|pm| !ni.portmaps.contains(pm)).collect();
+    if leaving.is_empty() {
+        return Ok(());
+    }
+    let uplink_ip = recorded.routed_uplink().and_then(|u| ap.uplinks.get(u)).map(|a| a.ip.octets());
+    let (zone, ni_ip) = (recorded.zone(), recorded.ni_ip.octets());
+    let maps = ap.maps()?;
+    for pm in leaving {
+        let (lport, proto) = (pm.lport, pm.proto);
+        maps.remove_portmaps(|k, _| *k == ni_portmap_key(recorded, pm));
+        if let Some(ip) = uplink_ip {
+            maps.remove_portmaps(|k, _| k.domain == DOMAIN_AGENT && k.addr == ip && k.port == lport && k.proto == proto);
+        }
+        let flows = maps.remove_flows(|k, v| k.zone == zone && k.proto == proto && v.mark == pm.mark);
+        let at = |addr: [u8; 4], port: u16| move |a: [u8; 4], p: u16| a == addr && p == port;
+        let ni_end = at(ni_ip, lport);
+        let nat = maps.remove_nat_entries(|k, v| {
+            let touches = |end: &dyn Fn([u8; 4], u16) -> bool| end(k.dst, k.dport) || end(k.src, k.sport) || end(v.addr, v.port);
+            let uplink_end = |a: [u8; 4], p: u16| uplink_ip.is_some_and(|ip| a == ip && p == lport);
+            k.proto == proto && (k.domain == zone || k.domain == DOMAIN_AGENT) && (touches(&ni_end) || touches(&uplink_end))
+        });
+        info!("{}: port map {lport} -> {}:{} removed; {flows} flows and {nat} NAT entries flushed", ni.name, pm.app_ip, pm.target);
+        out.report.changes.push(format!("{}: port map {lport}/{} changed or removed", ni.name, proto));
+    }
+    Ok(())
+}

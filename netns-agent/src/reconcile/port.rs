@@ -1,0 +1,238 @@
+//! App ports: the veth (or a VM's tap) on the NI's bridge, its map entries and its
+//! programs. Ensured in this order: link, config in the maps, programs, link up, so that
+//! no packet ever crosses a port unjudged.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result};
+use netns_ebpf_common::{
+    limit::LimitKey,
+    nat::{DOMAIN_AGENT, REWRITE_SRC},
+    IfaceInfo, IfaceKey,
+};
+use tracing::{debug, info};
+
+use super::{programs, ApplyOutcome, Applier, NiDriver};
+use crate::{
+    datapath,
+    netlink::Netlink,
+    netns::{self, Netns},
+    plan::{NiPlan, PortPlan, BRIDGE},
+};
+
+/// Policy generation of a freshly applied ACL; a changed ACL gets the next one, which
+/// makes the programs judge the port's live flows again.
+const FIRST_POLICY_GEN: u32 = 1;
+
+/// Ensures one app port. `before`: the same port as applied before (same link), whose
+/// host ACEs tell how to carry the host sets over to a changed ACL.
+#[allow(clippy::too_many_arguments)]
+pub async fn ensure<K: NiDriver>(
+    ap: &mut Applier,
+    kind: &K,
+    ni: &NiPlan,
+    p: &PortPlan,
+    before: Option<&PortPlan>,
+    ns: &Netns,
+    nl: &Netlink,
+    out: &mut ApplyOutcome,
+) -> Result<()> {
+    let fresh = nl.link_index(&p.bridge_port).await?.is_none();
+    let app = match (&p.tap, fresh) {
+        (Some(tap), true) => {
+            ap.agent.move_to_netns(tap, ns).await.with_context(|| format!("taking tap {tap} of app {:?}", p.app))?;
+            None
+        }
+        (Some(_), false) => None,
+        (None, _) => {
+            let app_ns = Netns::open(&netns::resolve(&p.app_netns))
+                .with_context(|| format!("app {:?}: opening netns {}", p.app, p.app_netns))?;
+            let app = Netlink::open(&app_ns)?;
+            if fresh {
+                // An app end without its bridge end is a leftover of ours (preflight
+                // checked that nothing else is there).
+                app.delete_link(&p.app_ifname).await?;
+                nl.create_veth(&p.bridge_port, &p.app_ifname).await?;
+                nl.move_to_netns(&p.app_ifname, &app_ns).await?;
+            }
+            Some(app)
+        }
+    };
+    if fresh {
+        out.report.changes.push(format!("{}: port {} of app {} added", ni.name, p.bridge_port, p.app));
+    }
+    nl.set_master(&p.bridge_port, BRIDGE).await?;
+    let ifindex = nl.link_index(&p.bridge_port).await?.with_context(|| format!("{} vanished after creation", p.bridge_port))?;
+    let key = IfaceKey { zone: ni.zone(), ifindex };
+
+    // Config first. The policy generation moves on only when the ACL changed.
+    let maps = ap.maps()?;
+    let published = maps.port(key);
+    let policy_gen = match &published {
+        Some((info, acl)) if *acl == p.acl => info.policy_gen,
+        Some((info, _)) => {
+            out.report.changes.push(format!("{}: ACL of {} ({}) changed", ni.name, p.bridge_port, p.app));
+            info.policy_gen.wrapping_add(1).max(FIRST_POLICY_GEN)
+        }
+        None => FIRST_POLICY_GEN,
+    };
+    let info = IfaceInfo {
+        app_num: p.app_num,
+        policy_gen,
+        app_ip: p.ip.octets(),
+        gateway: ni.gateway.octets(),
+        eve_ip: kind.eve_ip(ni),
+        flags: kind.port_flags(),
+    };
+    if published != Some((info, p.acl)) {
+        maps.set_port(key, info, &p.acl)?;
+        debug!(port = p.bridge_port, policy_gen, "port config written");
+    }
+    maps.set_eid(ni.zone(), p.ip.octets(), p.app_num)?;
+    // A bucket keeps its tokens and counters unless its ACE's rate changed.
+    for (index, bucket) in &p.limits {
+        let lkey = LimitKey { zone: ni.zone(), ifindex, ace_index: *index as u32 };
+        let same = |b: &netns_ebpf_common::limit::Bucket| (b.rate, b.burst, b.unit_ns) == (bucket.rate, bucket.burst, bucket.unit_ns);
+        if !maps.limit(lkey).is_some_and(|b| same(&b)) {
+            maps.set_limit(lkey, *bucket)?;
+        }
+    }
+    let limited: HashSet<u32> = p.limits.iter().map(|(i, _)| *i as u32).collect();
+    maps.remove_limits(key, |ace| limited.contains(&ace));
+    if let Some(before) = before.filter(|b| b.hosts != p.hosts) {
+        // Host ACEs moved: the addresses DNS gave for a domain follow its ACE.
+        maps.hosts.remap_port(key, |mask| remap_host_mask(mask, &before.hosts, &p.hosts));
+    }
+    programs(ap, ni)?.attach_port(ns, &p.bridge_port, fresh)?;
+    nl.set_up(&p.bridge_port).await?;
+
+    // A VM configures its own side.
+    let Some(app) = app else {
+        info!("  {} -> app {} (tap of a VM), {} ACEs", p.bridge_port, p.app, p.acl.count);
+        return Ok(());
+    };
+    app.set_up("lo").await?;
+    app.set_mac(&p.app_ifname, p.mac).await?;
+    // A DHCP app takes address and routes from the NI's DHCP server itself.
+    if !p.dhcp {
+        app.add_address(&p.app_ifname, p.ip, ni.subnet.prefix_len()).await?;
+    }
+    app.set_up(&p.app_ifname).await?;
+    // An app with several interfaces gets its default route via the first one only.
+    if p.default_route && !app.default_route_exists().await? {
+        app.add_default_route(ni.gateway).await?;
+    }
+    info!("  {} -> app {} ({} {}), {} ACEs", p.bridge_port, p.app, p.app_ifname, p.ip, p.acl.count);
+    Ok(())
+}
+
+/// The host-set mask of a port whose host ACEs moved from `old` to `new` positions
+/// (by domain); ACEs that left drop out.
+pub fn remap_host_mask(mask: u64, old: &[(usize, String)], new: &[(usize, String)]) -> u64 {
+    old.iter()
+        .filter(|(i, _)| *i < 64 && mask & (1 << i) != 0)
+        .flat_map(|(_, domain)| new.iter().filter(move |(_, d)| d == domain))
+        .filter(|(j, _)| *j < 64)
+        .fold(0, |m, (j, _)| m | 1 << j)
+}
+
+/// Removes the recorded ports of `recorded` that `ni` drops or whose link changes.
+pub async fn remove_leaving(ap: &mut Applier, recorded: &NiPlan, ni: &NiPlan, out: &mut ApplyOutcome) {
+    for old in &recorded.ports {
+        if ni.port(&old.bridge_port).is_some_and(|p| p.same_link(old)) {
+            continue;
+        }
+        info!("{}: removing port {} of app {}", ni.name, old.bridge_port, old.app);
+        out.report.changes.push(format!("{}: port {} of app {} removed", ni.name, old.bridge_port, old.app));
+        if let Err(e) = remove(ap, recorded, old).await {
+            out.report.errors.push(format!("{}: removing port {}: {e:#}", ni.name, old.bridge_port));
+        }
+        if let Some(rec) = ap.record.nis.get_mut(&recorded.name) {
+            rec.plan.ports.retain(|p| p.bridge_port != old.bridge_port);
+        }
+    }
+}
+
+/// Removes one port of a live NI: its flows (conntrack and the NAT entries of both
+/// domains), its map entries, its programs and its link.
+async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
+    if !netns::exists(&ni.name) {
+        return Ok(());
+    }
+    let nl = Netlink::open(&Netns::open(&netns::resolve(&ni.name))?)?;
+    if let Some(ifindex) = nl.link_index(&p.bridge_port).await? {
+        let key = IfaceKey { zone: ni.zone(), ifindex };
+        let (zone, ip, ni_ip) = (ni.zone(), p.ip.octets(), ni.ni_ip.octets());
+        let maps = ap.maps()?;
+        maps.remove_port(key, ip);
+        let flows = maps.remove_flows(|k, v| k.zone == zone && (v.judge_ifindex == ifindex || k.addr_a == ip || k.addr_b == ip));
+        // The app's source-NATed flows continue in the agent's domain under the NI veth
+        // address and the port they were given there.
+        let translated: Vec<(u16, u8)> = maps
+            .nat_entries()
+            .iter()
+            .filter(|(k, v)| k.domain == zone && k.src == ip && v.rewrite == REWRITE_SRC && v.addr == ni_ip)
+            .map(|(k, v)| (v.port, k.proto))
+            .collect();
+        let nat_ni = maps.remove_nat_entries(|k, v| k.domain == zone && (k.src == ip || k.dst == ip || v.addr == ip));
+        let nat_agent = maps.remove_nat_entries(|k, v| {
+            k.domain == DOMAIN_AGENT
+                && translated.iter().any(|(port, proto)| {
+                    k.proto == *proto && ((k.src == ni_ip && k.sport == *port) || (k.dst == ni_ip && k.dport == *port) || (v.addr == ni_ip && v.port == *port))
+                })
+        });
+        info!("{}: port {}: {flows} flows, {} NAT entries removed", ni.name, p.bridge_port, nat_ni + nat_agent);
+    }
+    datapath::remove_port_links(&ap.pin_dir, &ni.name, &p.bridge_port)?;
+    remove_link(ap, &nl, p).await
+}
+
+/// Deletes a port's veth (its app end goes with it), or moves a VM's tap back to the
+/// agent's netns.
+pub async fn remove_link(ap: &Applier, nl: &Netlink, p: &PortPlan) -> Result<()> {
+    match &p.tap {
+        Some(tap) if nl.link_index(tap).await?.is_some() => nl.move_to_netns(tap, &ap.agent_ns).await,
+        Some(_) => Ok(()),
+        None => nl.delete_link(&p.bridge_port).await.map(drop),
+    }
+}
+
+/// What is in the NI but not in its plan: veths left by a killed agent (other links, such
+/// as charon's TUN, are not ours to judge) and map entries of the NI's zone for
+/// interfaces that are not the plan's ports or addresses that are not its apps'.
+pub async fn remove_strays(ap: &mut Applier, ni: &NiPlan, nl: &Netlink) -> Result<()> {
+    let mut known: HashSet<&str> = [BRIDGE, ni.ni_veth.as_str()].into();
+    known.extend(ni.uplink.as_deref().filter(|_| ni.is_switch()));
+    known.extend(ni.ports.iter().map(|p| p.bridge_port.as_str()));
+    let mut ports = HashSet::new();
+    for link in nl.links().await? {
+        if ni.port(&link.name).is_some() {
+            ports.insert(link.index);
+        }
+        if link.is_veth && !known.contains(link.name.as_str()) {
+            info!("{}: removing stray interface {}", ni.name, link.name);
+            nl.delete_link(&link.name).await?;
+        }
+    }
+    let ips: HashSet<[u8; 4]> = ni.ports.iter().map(|p| p.ip.octets()).collect();
+    let removed = ap.maps()?.remove_zone_strays(ni.zone(), &ports, &ips);
+    if removed > 0 {
+        debug!(ni = ni.name, removed, "stray map entries removed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remap_host_mask;
+
+    #[test]
+    fn host_masks_follow_their_domains() {
+        let old = vec![(1, "github.com".to_string()), (3, "zededa.com".to_string())];
+        let new = vec![(0, "zededa.com".to_string()), (5, "github.com".to_string())];
+        assert_eq!(remap_host_mask(1 << 1, &old, &new), 1 << 5);
+        assert_eq!(remap_host_mask(1 << 1 | 1 << 3, &old, &new), 1 << 5 | 1);
+        // A domain that left the ACL takes its bit with it.
+        assert_eq!(remap_host_mask(1 << 3, &old, &new[1..]), 0);
+    }
+}

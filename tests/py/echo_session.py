@@ -1,0 +1,25 @@
+"""One TCP connection to an echo server held for `duration` seconds: a line every
+`interval` seconds, each read back. Prints one JSON object: lines sent, lines echoed
+intact, and the error that ended the session early (null if none)."""
+import json, socket, sys, time
+
+host, port, duration, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+sent, echoed, error = 0, 0, None
+try:
+    s = socket.create_connection((host, port), timeout=3)
+    s.settimeout(3)
+    f = s.makefile("rb")
+    end = time.time() + duration
+    while time.time() < end:
+        line = f"line {sent}\n".encode()
+        s.sendall(line)
+        sent += 1
+        if f.readline() == line:
+            echoed += 1
+        else:
+            error = "a line came back wrong"
+            break
+        time.sleep(interval)
+except OSError as e:
+    error = str(e)
+print(json.dumps({"sent": sent, "echoed": echoed, "error": error}))
