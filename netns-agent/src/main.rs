@@ -242,10 +242,31 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
     let vpn_nis: Vec<String> = record.nis.values().filter(|n| n.plan.vpn.is_some()).map(|n| n.plan.name.clone()).collect();
     services::reap_leftovers(&plan.state_dir, &vpn_nis);
     let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
-    applier.set_agent(std::process::id(), Some(config_path.clone()))?;
-    let outcome = applier.apply(&plan, "start").await?;
-    let shared_uplinks = std::sync::Arc::new(std::sync::RwLock::new(applier.uplinks().clone()));
+    let shared_uplinks = std::sync::Arc::new(std::sync::RwLock::new(netlink::Uplinks::new()));
     let mut services = services::Services::new(shared_uplinks.clone());
+    // A restart: the NIs that stay as they are get their services back before the apply
+    // (which loads every program again): DNS answers within moments of the start.
+    let adoptable: Vec<plan::NiPlan> = plan
+        .nis
+        .iter()
+        .filter(|n| record.nis.get(&n.name).is_some_and(|r| r.plan.same_shape(n)) && netns::exists(&n.name))
+        .cloned()
+        .collect();
+    if !adoptable.is_empty() {
+        let early = plan::Plan { nis: adoptable, ..plan.clone() };
+        for e in services.reconcile(&early, &Default::default()).await {
+            warn!("before the apply: {e:#}");
+        }
+    }
+    applier.set_agent(std::process::id(), Some(config_path.clone()))?;
+    let outcome = match applier.apply(&plan, "start").await {
+        Ok(o) => o,
+        Err(e) => {
+            services.stop().await;
+            return Err(e);
+        }
+    };
+    *shared_uplinks.write().unwrap() = applier.uplinks().clone();
     for e in services.reconcile(&plan, &outcome.rebuilt).await {
         warn!("{e:#}");
     }

@@ -1,10 +1,12 @@
-"""Every `interval` seconds for `duration`: a new TCP connection to host:port (reads the
+"""Every `interval` seconds for `duration` (or until the file `stop` exists): a new TCP connection to host:port (reads the
 server's greeting) and, unless dns_server is "-", a DNS A query for `name`.
 Prints one JSON object: connections that worked, the ones that failed (time, error),
 and every DNS query (time, answered)."""
-import json, random, socket, struct, sys, time
+import json, os, random, socket, struct, sys, time
 
 host, port, duration, interval, dns_server, name = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
+# Optional: stop early once this file exists.
+stop = sys.argv[7] if len(sys.argv) > 7 else None
 
 
 def dns_query():
@@ -25,7 +27,7 @@ def dns_query():
 
 ok, failed, dns = 0, [], []
 end = time.time() + duration
-while time.time() < end:
+while time.time() < end and not (stop and os.path.exists(stop)):
     t = time.time()
     try:
         c = socket.create_connection((host, port), timeout=3)

@@ -108,18 +108,20 @@ fn restart_under_load_disturbs_no_flow() {
     })
     .expect("iperf3 server");
     let restarts = 5;
-    let duration = scaled(Duration::from_secs(4)).as_secs_f64() * restarts as f64 + 4.0;
+    // Each round: traffic with the agent up, kill -9, start again (its apply: under 2 s
+    // here, longer in the emulated VM), traffic; the stream outlasts them all.
+    let duration = scaled(Duration::from_secs(4)).as_secs_f64() * restarts as f64 + 3.0;
     let secs = format!("{}", duration.ceil() as u64);
     let stream = s.background(&app1, &["iperf3", "-c", INET_IP, "-t", &secs, "-b", "50M", "-J"]);
     let loop_ = s.background(&app1, &["python3", &py("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app2"]);
     let mut launched = Vec::new();
     for _ in 0..restarts {
-        sleep(scaled(Duration::from_secs(2)));
+        sleep(scaled(Duration::from_secs(1)));
         s.kill_agent();
         sleep(Duration::from_millis(300));
         launched.push(now());
         s.start_agent();
-        sleep(scaled(Duration::from_secs(2)) - Duration::from_millis(300));
+        sleep(scaled(Duration::from_secs(1)));
     }
     let traffic = json_of(&loop_.finish());
     let iperf = stream.finish();
@@ -153,12 +155,16 @@ fn live_edits_touch_only_what_changed() {
     let mut s = base();
     let (app1, app2, app3, app4) = (s.app("app1").to_string(), s.app("app2").to_string(), s.app("app3").to_string(), s.app("app4").to_string());
     s.whoami_server(&app3, "10.10.1.2", 80);
-    let secs = scaled(Duration::from_secs(30)).as_secs().to_string();
+    // Upper bound; the bystanders stop when the test touches `stop`.
+    let secs = scaled(Duration::from_secs(60)).as_secs().to_string();
+    let stop = s.state_dir.with_extension("stop");
+    let _ = std::fs::remove_file(&stop);
+    let stop_arg = stop.display().to_string();
     // Bystanders: app3's long session and app1's new connections every 100 ms.
-    let session = s.background(&app3, &["python3", &py("echo_session.py"), INET_IP, "7002", &secs, "0.1"]);
-    let loop_ = s.background(&app1, &["python3", &py("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app1"]);
+    let session = s.background(&app3, &["python3", &py("echo_session.py"), INET_IP, "7002", &secs, "0.1", &stop_arg]);
+    let loop_ = s.background(&app1, &["python3", &py("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app1", &stop_arg]);
     // app1's session on port 7001, whose ACE the edit below removes.
-    let doomed = s.background(&app1, &["python3", &py("echo_session.py"), INET_IP, "7001", &secs, "0.1"]);
+    let doomed = s.background(&app1, &["python3", &py("echo_session.py"), INET_IP, "7001", &secs, "0.1", &stop_arg]);
     sleep(Duration::from_secs(1));
     let apply = |s: &Scenario, config: &str, what: &str| {
         let out = s.apply(config);
@@ -226,8 +232,10 @@ fn live_edits_touch_only_what_changed() {
     apply(&s, &remapped, "remove NI3");
     assert!(!Path::new("/run/netns").join(s.ni("ni3")).exists(), "NI3 is gone");
 
+    std::fs::write(&stop, "").unwrap();
     let session = json_of(&session.finish());
     let traffic = json_of(&loop_.finish());
+    let _ = std::fs::remove_file(&stop);
     println!("bystanders: app3's session {session}; app1's connections ok {} failed {:?}", traffic["ok"], traffic["failed"]);
     assert!(session["error"].is_null() && session["sent"] == session["echoed"], "app3's session saw an error: {session}");
     assert_eq!(traffic["failed"].as_array().unwrap().len(), 0, "app1's new connections saw errors");

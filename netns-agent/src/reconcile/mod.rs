@@ -105,10 +105,14 @@ impl Applier {
         &self.uplinks
     }
 
-    /// Marks the record as followed by this process (or by none: pid 0).
+    /// Marks the record as followed by this process (or by none: pid 0); its apply count
+    /// starts again.
     pub fn set_agent(&mut self, pid: u32, config: Option<PathBuf>) -> Result<()> {
         self.record.agent_pid = pid;
         self.record.config_path = config;
+        if pid != 0 {
+            self.record.applies = 0;
+        }
         if self.state_dir.join("state.json").exists() || pid != 0 {
             self.save()?;
         }
