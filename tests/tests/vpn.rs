@@ -273,3 +273,40 @@ fn the_kernel_backend_says_when_the_kernel_has_no_esp() {
     assert!(s.down().status.success());
     assert_eq!(s.leftovers(), Vec::<String>::new());
 }
+
+/// A changed tunnel parameter (here NI4's key) restarts only NI4's charon: NI5's charon
+/// and tunnel stay as they are, NI4 itself is not rebuilt (its app port is the same
+/// link), and the right key brings NI4's tunnel back.
+#[test]
+fn changed_tunnel_parameters_restart_only_that_charon() {
+    let backend = vpn_backend();
+    let config = two_vpns(&backend);
+    let mut s = Scenario::with_uplinks(&["ni4", "ni5"], &["app4", "app5"], 3, &config);
+    let cloud1 = s.add_cloud(1, "192.168.111.1", &[("data", b"one")]);
+    let cloud2 = s.add_cloud(2, "192.168.222.1", &[("data", b"two")]);
+    s.strongswan_responder(&cloud1, "192.168.111.1", "cloud1-psk", "192.168.0.0/24", "10.10.10.0/24");
+    s.strongswan_responder(&cloud2, "192.168.222.1", "cloud2-psk", "192.168.0.0/24", "10.10.10.0/24");
+    s.start_agent();
+    let (ni4, ni5) = (s.ni("ni4").to_string(), s.ni("ni5").to_string());
+    wait_up(&s, &ni4, 30);
+    wait_up(&s, &ni5, 30);
+    let pid = |ni: &str| tunnel(&s, ni)["supervision"]["pid"].as_u64();
+    let port_index = |s: &Scenario| String::from_utf8_lossy(&s.exec(&ni4, &["cat", "/sys/class/net/nbu1x1/ifindex"]).stdout).trim().to_string();
+    let (pid4, pid5, port4) = (pid(&ni4), pid(&ni5), port_index(&s));
+    assert!(pid4.is_some() && pid5.is_some());
+
+    let out = s.apply(&config.replacen("psk = \"cloud1-psk\"", "psk = \"not-the-key\"", 1));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let error = |ni: &str| tunnel(&s, ni)["supervision"]["last_error"].as_str().unwrap_or("").to_string();
+    wait_until(scaled(Duration::from_secs(30)), || error(&ni4).contains("rejected the authentication"))
+        .unwrap_or_else(|| panic!("NI4 status: {:#}\n{}", tunnel(&s, &ni4), s.agent_log()));
+    assert_ne!(pid(&ni4), pid4, "NI4's charon was restarted");
+    assert_eq!(pid(&ni5), pid5, "NI5's charon was left alone");
+    assert_eq!(tunnel(&s, &ni5)["state"], "up", "NI5's tunnel stayed up");
+    assert_eq!(port_index(&s), port4, "NI4 was not rebuilt");
+
+    let out = s.apply(&config);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_up(&s, &ni4, 30);
+    assert_eq!(pid(&ni5), pid5);
+}

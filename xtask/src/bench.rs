@@ -10,7 +10,7 @@ use std::{
     io::Write,
     path::Path,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -94,6 +94,7 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     }
 
     let (ebpf_gbit, ebpf_conn) = measure("eBPF path")?;
+    let mut agent = apply_times(agent_bin, &config, agent)?;
 
     // Stop the agent (the pinned programs stay), then detach every program by unpinning
     // its links, and route the same path without translation.
@@ -138,6 +139,90 @@ pub fn run(agent_bin: &Path) -> Result<()> {
         println!("  {label:<58} {g:>6.2} ({:>4.2}) {c:>13.0} ({:>4.2})", g / bg, c / bc);
     }
     Ok(())
+}
+
+/// Changes applied to the running agent (`netns-agent apply`), a restart over the
+/// applied system, and what they replace (`down` + `run`): wall time of the command
+/// and the agent's own time for the apply (its report). Leaves the agent running with
+/// the bench config; returns it.
+fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) -> Result<std::process::Child> {
+    step(&format!("apply times: changes to the running agent ({ROUNDS} rounds each; median wall / agent ms)"));
+    let base = bench_config();
+    let one_ace = base.replacen(&format!("fport = {} }}", FILLER_PORT + 1), &format!("fport = {} }}", FILLER_PORT + 5001), 1);
+    let all_aces = (1..=FILLER_ACES).fold(base.clone(), |c, i| {
+        c.replacen(&format!("fport = {} }}", FILLER_PORT + i), &format!("fport = {} }}", FILLER_PORT + 5000 + i), 1)
+    });
+    let app2 = format!("{base}\n[[app]]\nname = \"app2\"\nnetns = \"app2\"\n[[app.interface]]\nnetwork = \"ni1\"\nip = \"10.10.1.3\"\nacl = [{{ id = 1, match = {{ ip = \"0.0.0.0/0\" }} }}]\n");
+    let ni2 = format!("{base}\n[[network]]\nname = \"ni2\"\nkind = \"local\"\nsubnet = \"10.20.0.0/24\"\ngateway = \"10.20.0.1\"\nuplink = \"eth0\"\n");
+    let apply = |text: &str| -> Result<(f64, f64)> {
+        std::fs::write(config, text)?;
+        let started = Instant::now();
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ZEDBOX}"))
+            .arg(agent_bin)
+            .args(["apply", "--config"])
+            .arg(config)
+            .output()?;
+        let wall = started.elapsed().as_secs_f64() * 1000.0;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!("apply failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+        }
+        let own = stdout.lines().find_map(|l| l.strip_prefix("applied in ")?.strip_suffix(" ms")?.parse().ok()).unwrap_or(f64::NAN);
+        Ok((wall, own))
+    };
+    let mut rows: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
+    for (label, changed) in [("one ACE changed", &one_ace), ("64 ACEs replaced", &all_aces), ("one app added", &app2), ("one NI added", &ni2)] {
+        let mut times = Vec::new();
+        for _ in 0..ROUNDS {
+            times.push(apply(changed)?);
+            apply(&base)?;
+        }
+        rows.push((label, times));
+    }
+    // A restart over the applied system: kill -9, run again until applied.
+    let start_agent = || -> Result<(std::process::Child, f64)> {
+        let started = Instant::now();
+        let mut agent = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ZEDBOX}"))
+            .arg(agent_bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(Stdio::null())
+            .spawn()?;
+        crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(60))?;
+        Ok((agent, started.elapsed().as_secs_f64() * 1000.0))
+    };
+    let own_last = || -> f64 {
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(Path::new(STATE_DIR).join("state.json")).unwrap_or_default()).unwrap_or_default();
+        record["last_apply"]["duration_ms"].as_f64().unwrap_or(f64::NAN)
+    };
+    let mut restarts = Vec::new();
+    let mut fresh = Vec::new();
+    for _ in 0..ROUNDS {
+        agent.kill()?;
+        agent.wait()?;
+        let (a, wall) = start_agent()?;
+        agent = a;
+        restarts.push((wall, own_last()));
+        // What a restart or a change replaces: down, then run from nothing.
+        let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+        agent.wait()?;
+        let started = Instant::now();
+        sh(&["nsenter", &format!("--net=/run/netns/{ZEDBOX}"), agent_bin.to_str().unwrap(), "down", "--config", config.to_str().unwrap()])?;
+        let (a, _) = start_agent()?;
+        agent = a;
+        fresh.push((started.elapsed().as_secs_f64() * 1000.0, own_last()));
+    }
+    rows.push(("restart over the applied system (kill -9, run)", restarts));
+    rows.push(("down + run from nothing (what the above replace)", fresh));
+    println!("  {:<50} {:>12} {:>12}", "", "wall ms", "agent ms");
+    for (label, times) in &rows {
+        let wall: Vec<f64> = times.iter().map(|t| t.0).collect();
+        let own: Vec<f64> = times.iter().map(|t| t.1).collect();
+        println!("  {label:<50} {:>12.1} {:>12.1}", median(&wall), median(&own));
+    }
+    Ok(agent)
 }
 
 /// ROUNDS of iperf3 and of the connection rate; (Gbit/s, connections/s) per round.
