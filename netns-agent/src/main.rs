@@ -258,11 +258,16 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
             warn!("before the apply: {e:#}");
         }
     }
+    // Listening before the first apply: an `apply` that comes while it runs waits its turn.
+    let mut control = control::listen(&plan.state_dir)?;
     applier.set_agent(std::process::id(), Some(config_path.clone()))?;
     let outcome = match applier.apply(&plan, "start").await {
         Ok(o) => o,
         Err(e) => {
             services.stop().await;
+            // Refused: nothing of ours stays behind (the state dir only if it is empty).
+            let _ = std::fs::remove_file(state::StateDir::control_socket(&plan.state_dir));
+            let _ = std::fs::remove_dir(&plan.state_dir);
             return Err(e);
         }
     };
@@ -270,7 +275,6 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
     for e in services.reconcile(&plan, &outcome.rebuilt).await {
         warn!("{e:#}");
     }
-    let mut control = control::listen(&plan.state_dir)?;
     let mut maps = datapath::Maps::open(&plan.pin_dir).ok();
     info!("running; SIGHUP or `netns-agent apply` applies a changed config, SIGINT/SIGTERM stop the agent (the data path stays until `down`)");
 
