@@ -39,9 +39,13 @@ pub struct AgentSection {
     /// Where the agent records what it created (for `down` and `flows`).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// Source ports that source NAT hands out, inclusive.
-    #[serde(default = "default_nat_port_range")]
-    pub nat_port_range: Spanned<[u16; 2]>,
+    /// Source ports that source NAT hands out, inclusive; never inside the kernel's
+    /// ephemeral range. Default: the larger side outside it.
+    #[serde(default)]
+    pub nat_port_range: Option<Spanned<[u16; 2]>>,
+    /// The range in effect (configured or default), set by validation.
+    #[serde(skip)]
+    pub nat_ports: (u16, u16),
     /// Seconds a DNS answer's addresses stay in a host set past the record's TTL.
     #[serde(default = "default_dns_host_grace")]
     pub dns_host_grace_secs: u64,
@@ -56,14 +60,22 @@ impl Default for AgentSection {
         AgentSection {
             pin_dir: default_pin_dir(),
             state_dir: default_state_dir(),
-            nat_port_range: default_nat_port_range(),
+            nat_port_range: None,
+            nat_ports: (0, 0),
             dns_host_grace_secs: default_dns_host_grace(),
         }
     }
 }
 
-fn default_nat_port_range() -> Spanned<[u16; 2]> {
-    Spanned::new(0..0, [1024, 65535])
+/// The largest source-port range outside the kernel's ephemeral ports `[lo, hi]` (and
+/// above the privileged ones); None when there is no room.
+pub fn default_nat_ports((lo, hi): (u16, u16)) -> Option<(u16, u16)> {
+    let below = (lo > 1024).then(|| (1024, lo - 1));
+    let above = (hi < 65535).then(|| (hi.max(1023) + 1, 65535));
+    match (below, above) {
+        (Some(b), Some(a)) => Some(if b.1 - b.0 >= a.1 - a.0 { b } else { a }),
+        (b, a) => b.or(a),
+    }
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -337,8 +349,14 @@ impl std::error::Error for ConfigErrors {}
 
 /// Something that tells whether an app netns exists; the real check reads /run/netns,
 /// the unit tests pass a fixed list.
+/// What validation asks of the system it runs on.
 pub trait NetnsLookup {
     fn netns_exists(&self, name_or_path: &str) -> bool;
+    /// The kernel's ephemeral source ports (net.ipv4.ip_local_port_range) in the agent's
+    /// netns: the device's own connections use them.
+    fn ephemeral_ports(&self) -> (u16, u16) {
+        (32768, 60999)
+    }
 }
 
 pub struct SystemNetns;
@@ -346,6 +364,15 @@ pub struct SystemNetns;
 impl NetnsLookup for SystemNetns {
     fn netns_exists(&self, name_or_path: &str) -> bool {
         crate::netns::resolve(name_or_path).exists()
+    }
+
+    fn ephemeral_ports(&self) -> (u16, u16) {
+        let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+        let mut it = text.split_whitespace().filter_map(|p| p.parse().ok());
+        match (it.next(), it.next()) {
+            (Some(lo), Some(hi)) => (lo, hi),
+            _ => (32768, 60999),
+        }
     }
 }
 
@@ -373,9 +400,30 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             err(u.name.span(), format!("uplink.name {name:?} is used twice"));
         }
     }
-    let [port_min, port_max] = *config.agent.nat_port_range.get_ref();
-    if port_min == 0 || port_min > port_max {
-        err(config.agent.nat_port_range.span(), format!("agent.nat_port_range [{port_min}, {port_max}] must be [low, high] with 1 <= low <= high"));
+    // Source NAT must never hand out a port the device's own connections may use: their
+    // replies would be taken for an app's flow (and the other way round).
+    let (eph_lo, eph_hi) = netns.ephemeral_ports();
+    let mut nat_ports = (0, 0);
+    match &config.agent.nat_port_range {
+        Some(range) => {
+            let [port_min, port_max] = *range.get_ref();
+            if port_min == 0 || port_min > port_max {
+                err(range.span(), format!("agent.nat_port_range [{port_min}, {port_max}] must be [low, high] with 1 <= low <= high"));
+            } else if port_min <= eph_hi && eph_lo <= port_max {
+                err(
+                    range.span(),
+                    format!(
+                        "agent.nat_port_range [{port_min}, {port_max}] overlaps the kernel's ephemeral ports [{eph_lo}, {eph_hi}] \
+                         (net.ipv4.ip_local_port_range): the device's own connections use those; pick a range outside it"
+                    ),
+                );
+            }
+            nat_ports = (port_min, port_max);
+        }
+        None => match default_nat_ports((eph_lo, eph_hi)) {
+            Some(ports) => nat_ports = ports,
+            None => err(0..0, format!("the kernel's ephemeral ports [{eph_lo}, {eph_hi}] leave source NAT no ports: set agent.nat_port_range")),
+        },
     }
 
     let mut networks: HashMap<&str, &Network> = HashMap::new();
@@ -539,11 +587,12 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             err(n.name.span(), format!("network {name:?}: {wanted} interfaces need an address but only {free} are free in its pool"));
         }
     }
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
     }
+    let mut config = config;
+    config.agent.nat_ports = nat_ports;
+    Ok(config)
 }
 
 fn validate_vpn(ni: &str, vpn: &Spanned<VpnSection>, subnet: &Ipv4Net, err: &mut impl FnMut(std::ops::Range<usize>, String)) {
@@ -796,6 +845,8 @@ ip = "10.10.1.2"
         assert!(e.contains("needs network \"ni1\" to have an uplink"), "{e}");
         let e = parse_err(&format!("[agent]\nnat_port_range = [5000, 4000]\n{with_map}"));
         assert!(e.contains("agent.nat_port_range [5000, 4000]") && e.contains("t.toml:2:"), "{e}");
+        let e = parse_err(&format!("[agent]\nnat_port_range = [40000, 40099]\n{with_map}"));
+        assert!(e.contains("overlaps the kernel's ephemeral ports [32768, 60999]"), "{e}");
     }
 
     #[test]
@@ -867,5 +918,13 @@ ip = "10.10.1.2"
         assert!(e.contains("xfrm"), "{e}");
         let e = parse_err(&vpn.replace("kind = \"vpn\"", "kind = \"local\""));
         assert!(e.contains("[network.vpn] is only for kind = \"vpn\""), "{e}");
+    }
+
+    #[test]
+    fn default_nat_ports_stay_outside_the_ephemeral_range() {
+        assert_eq!(default_nat_ports((32768, 60999)), Some((1024, 32767)));
+        assert_eq!(default_nat_ports((1024, 50000)), Some((50001, 65535)));
+        assert_eq!(default_nat_ports((40000, 65535)), Some((1024, 39999)));
+        assert_eq!(default_nat_ports((1024, 65535)), None);
     }
 }

@@ -36,7 +36,8 @@ use crate::netns::{self, Netns};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-const ALL_MAPS: [&str; 10] = [
+const ALL_MAPS: [&str; 11] = [
+    map_names::DEVICE,
     map_names::LIMITS,
     map_names::EIDSET,
     map_names::HOSTSET,
@@ -290,6 +291,7 @@ pub struct Maps {
     portmaps: HashMap<MapData, PortmapKey, PortmapTarget>,
     eidset: HashMap<MapData, EidKey, u32>,
     limits: HashMap<MapData, LimitKey, Bucket>,
+    device: HashMap<MapData, [u8; 4], u32>,
     pub hosts: HostSets,
 }
 
@@ -371,8 +373,19 @@ impl Maps {
             portmaps: open_map(pin_dir, map_names::PORTMAPS)?.try_into()?,
             eidset: open_map(pin_dir, map_names::EIDSET)?.try_into()?,
             limits: open_map(pin_dir, map_names::LIMITS)?.try_into()?,
+            device: open_map(pin_dir, map_names::DEVICE)?.try_into()?,
             hosts: HostSets::open(pin_dir)?,
         })
+    }
+
+    /// Marks `addr` as the device's own: apps' new flows to it are dropped unless a port
+    /// map listens there.
+    pub fn add_device_addr(&mut self, addr: [u8; 4]) -> Result<()> {
+        self.device.insert(addr, 1, 0).context("writing the device's addresses")
+    }
+
+    pub fn remove_device_addr(&mut self, addr: [u8; 4]) {
+        self.device.remove(&addr).ok();
     }
 
     pub fn set_limit(&mut self, key: LimitKey, bucket: Bucket) -> Result<()> {
@@ -462,6 +475,7 @@ impl Maps {
     pub fn remove_agent_domain(&mut self) {
         let domain = netns_ebpf_common::nat::DOMAIN_AGENT;
         remove_where(&mut self.nat_ifaces, |k, _| k.zone == domain);
+        remove_where(&mut self.device, |_, _| true);
         self.remove_portmaps(|k, _| k.domain == domain);
         self.remove_nat_entries(|k, _| k.domain == domain);
     }

@@ -108,6 +108,10 @@ pub struct PortPlan {
     pub ip: Ipv4Addr,
     /// The app side's MAC: the key of its static DHCP lease.
     pub mac: [u8; 6],
+    /// The app's frames must come from `mac`: a veth the agent made, or a VM's tap with
+    /// `mac` configured (else the VM's NIC picks its own).
+    #[serde(default)]
+    pub check_mac: bool,
     /// The app configures its address itself, by DHCP.
     pub dhcp: bool,
     /// The app's first interface, configured by the agent: the app's default route goes
@@ -285,6 +289,7 @@ pub fn build(config: &Config) -> Plan {
                 mac,
                 // A switch NI's apps take their address from the DHCP server behind the
                 // uplink; `ip` then names the lease expected from it (for eidsets).
+                check_mac: iface.tap.is_none() || iface.mac.is_some(),
                 dhcp: iface.dhcp || ni.is_switch(),
                 default_route: k == 0 && !(iface.dhcp || ni.is_switch()) && iface.tap.is_none(),
                 acl: acl_table(&iface.acl),
@@ -307,7 +312,7 @@ pub fn build(config: &Config) -> Plan {
             });
         }
     }
-    let [port_min, port_max] = *config.agent.nat_port_range.get_ref();
+    let (port_min, port_max) = config.agent.nat_ports;
     let uplinks = config
         .uplinks
         .iter()

@@ -97,6 +97,9 @@ pub struct RemoteFacts {
     pub in_eidset: bool,
     /// Bit i: ACE i's host suffix resolved (for this app) to the remote address.
     pub host_mask: u64,
+    /// The remote is the device itself (the agent's netns: a veth or uplink address) and
+    /// no port map listens at the flow's port there: EVE's rule, no ACE opens it.
+    pub device: bool,
 }
 
 /// A new flow as the ACEs see it: its protocol and its far end.
@@ -165,6 +168,11 @@ pub fn judge_from_app(walk: &impl AceWalk, table: Option<&AclTable>, iface: &Ifa
     if !switch && flow.proto == PROTO_TCP && flow.dport == 80 && (flow.dst == METADATA_IP || flow.dst == iface.gateway) {
         return Verdict::implicit_allow(app, implicit::APP_METADATA_HTTP);
     }
+    // The device is no remote an ACE can open (`0.0.0.0/0` means the world outside);
+    // its port maps are reached by hairpin.
+    if facts.device {
+        return Verdict::default_drop(app);
+    }
     let q = AceQuery { proto: flow.proto, remote: flow.dst, remote_port: flow.dport, facts: *facts };
     first_match(walk, table, app, &q)
 }
@@ -219,7 +227,7 @@ mod tests {
     use crate::PROTO_ICMP;
 
     const APP: Ipv4 = [10, 10, 1, 2];
-    const NONE: RemoteFacts = RemoteFacts { in_eidset: false, host_mask: 0 };
+    const NONE: RemoteFacts = RemoteFacts { in_eidset: false, host_mask: 0, device: false };
     fn iface() -> IfaceInfo {
         IfaceInfo {
             app_num: 1,
@@ -228,6 +236,7 @@ mod tests {
             gateway: [10, 10, 1, 1],
             eve_ip: [169, 254, 100, 1],
             flags: 0,
+            ..IfaceInfo::default()
         }
     }
     fn flow(proto: u8, dst: Ipv4, dport: u16) -> Flow {
@@ -241,6 +250,18 @@ mod tests {
     }
     fn ip_ace(id: u32, prefix: Ipv4, len: u8) -> Ace {
         Ace { id, matches: MATCH_IP, prefix, prefix_len: len, ..Ace::default() }
+    }
+
+    #[test]
+    fn the_device_is_not_the_world() {
+        let all = table(&[ip_ace(1, [0, 0, 0, 0], 0)]);
+        let to = |dst, dport| Flow { proto: crate::PROTO_TCP, src: APP, dst, sport: 40000, dport, ..Flow::default() };
+        let device = RemoteFacts { device: true, ..NONE };
+        let v = judge_from_app(&LoopWalk, Some(&all), &iface(), &to([169, 254, 100, 1], 22), &device);
+        assert!(v.drop, "0.0.0.0/0 does not open the device");
+        assert!(!judge_from_app(&LoopWalk, Some(&all), &iface(), &to([1, 2, 3, 4], 22), &NONE).drop);
+        // The implicit services at the gateway stay.
+        assert!(!judge_from_app(&LoopWalk, Some(&all), &iface(), &to([10, 10, 1, 1], 53), &device).drop);
     }
 
     #[test]
@@ -349,15 +370,15 @@ mod tests {
         let github = Ace { id: 2, matches: MATCH_HOST, ..Ace::default() };
         let t = table(&[eid_web, github]);
         let peer = flow(PROTO_TCP, [10, 10, 1, 3], 80);
-        let eid = RemoteFacts { in_eidset: true, host_mask: 0 };
+        let eid = RemoteFacts { in_eidset: true, host_mask: 0, device: false };
         assert_eq!(judge_from_app(&LoopWalk, Some(&t), &iface(), &peer, &eid).mark, 0x0140_0001);
         assert!(judge_from_app(&LoopWalk, Some(&t), &iface(), &peer, &NONE).drop, "not another app: no match");
         assert!(judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &eid).drop);
         let site = flow(PROTO_TCP, [140, 82, 121, 3], 443);
-        let resolved = RemoteFacts { in_eidset: false, host_mask: 1 << 1 };
+        let resolved = RemoteFacts { in_eidset: false, host_mask: 1 << 1, device: false };
         assert_eq!(judge_from_app(&LoopWalk, Some(&t), &iface(), &site, &resolved).mark, 0x0140_0002);
         // Resolved for another ACE's host only: no match for this one.
-        let other = RemoteFacts { in_eidset: false, host_mask: 1 << 0 };
+        let other = RemoteFacts { in_eidset: false, host_mask: 1 << 0, device: false };
         assert!(judge_from_app(&LoopWalk, Some(&t), &iface(), &site, &other).drop);
     }
 

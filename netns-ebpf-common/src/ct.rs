@@ -57,6 +57,9 @@ pub const TCP_CLOSE: u8 = 6;
 pub const FLAG_SEEN_REPLY: u8 = 1 << 0;
 pub const FLAG_FIN_ORIG: u8 = 1 << 1;
 pub const FLAG_FIN_REPLY: u8 = 1 << 2;
+/// The flow's first packet went to the app (it was judged at the to-app side): its
+/// original direction never comes from an app port.
+pub const FLAG_JUDGED_TO_APP: u8 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,7 +82,10 @@ pub struct CtValue {
     pub flags: u8,
     /// The judging port's `limit` ACE (index + 1) whose bucket every packet is charged to.
     pub limit: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// The app port the flow's replies come from when its far end is another app of the
+    /// NI (learned when the bridge delivers the first packet there); 0: not an app.
+    pub reply_ifindex: u32,
 }
 
 impl CtValue {
@@ -91,6 +97,20 @@ impl CtValue {
         } else {
             DIR_REPLY
         }
+    }
+}
+
+/// Whether the app on port `ifindex` may send a packet in direction `dir` of this flow:
+/// only the port that judged the flow sends its original direction (or its replies, when
+/// the flow came in toward that app), and only the port learned as the far end's sends
+/// the replies of an app-to-app flow. Anything else is another app posing as an end.
+#[inline(always)]
+pub fn port_may_send(entry: &CtValue, dir: usize, ifindex: u32) -> bool {
+    let came_in = entry.flags & FLAG_JUDGED_TO_APP != 0;
+    match (dir == DIR_ORIG, came_in) {
+        (true, false) | (false, true) => entry.judge_ifindex == ifindex,
+        (true, true) => false,
+        (false, false) => entry.reply_ifindex != 0 && entry.reply_ifindex == ifindex,
     }
 }
 
@@ -161,6 +181,23 @@ pub fn tcp_state_name(state: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_ports_of_a_flow_send_its_packets() {
+        // App on port 5 started a flow to another app (port 9, learned).
+        let mut e = CtValue { judge_ifindex: 5, ..CtValue::default() };
+        assert!(port_may_send(&e, DIR_ORIG, 5));
+        assert!(!port_may_send(&e, DIR_ORIG, 9), "another port posing as the initiator");
+        assert!(!port_may_send(&e, DIR_REPLY, 9), "no far-end port learned yet: not an app");
+        e.reply_ifindex = 9;
+        assert!(port_may_send(&e, DIR_REPLY, 9));
+        assert!(!port_may_send(&e, DIR_REPLY, 7));
+        // A flow that came in toward the app on port 5: only it answers.
+        let e = CtValue { judge_ifindex: 5, flags: FLAG_JUDGED_TO_APP, ..CtValue::default() };
+        assert!(port_may_send(&e, DIR_REPLY, 5));
+        assert!(!port_may_send(&e, DIR_REPLY, 7));
+        assert!(!port_may_send(&e, DIR_ORIG, 5), "no app sends the outside's side");
+    }
 
     fn f(src: Ipv4, sport: u16, dst: Ipv4, dport: u16) -> Flow {
         Flow { proto: PROTO_TCP, src, dst, sport, dport, ..Flow::default() }

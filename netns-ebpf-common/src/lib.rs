@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod ct;
+pub mod guard;
 pub mod limit;
 pub mod mark;
 pub mod nat;
@@ -27,17 +28,25 @@ pub const PROTO_UDP: u8 = 17;
 /// Versioned names of the pinned maps. aya reuses an existing pin without checking its
 /// layout, so any layout change must bump the suffix.
 pub mod map_names {
-    pub const CONNTRACK: &str = "CT_V1";
-    pub const IFACES: &str = "IFACE_V1";
+    pub const CONNTRACK: &str = "CT_V2";
+    pub const IFACES: &str = "IFACE_V2";
     pub const ACLS: &str = "ACL_V1";
-    pub const STATS: &str = "STATS_V1";
+    pub const STATS: &str = "STATS_V2";
     pub const NAT: &str = "NAT_V1";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
     pub const EIDSET: &str = "EIDSET_V1";
     pub const HOSTSET: &str = "HOSTSET_V1";
     pub const LIMITS: &str = "LIMIT_V1";
+    pub const DEVICE: &str = "DEVICE_V1";
 }
+
+/// The /24 of the NIs' veth pairs (169.254.100.0/24): the agent-side ends are the
+/// device's own addresses.
+pub const VETH_NET: Ipv4 = [169, 254, 100, 0];
+pub const VETH_NET_LEN: u8 = 24;
+/// Entries of DEVICE_V1: the device's own addresses outside VETH_NET (its uplinks').
+pub const MAX_DEVICE_ADDRS: u32 = 64;
 
 /// Program names in the eBPF object.
 pub mod prog_names {
@@ -76,11 +85,18 @@ pub struct IfaceInfo {
     pub eve_ip: Ipv4,
     /// `IFACE_FLAG_*`.
     pub flags: u32,
+    /// The app's MAC: the only Ethernet and ARP sender the port accepts from the app
+    /// (when `IFACE_FLAG_CHECK_MAC`).
+    pub app_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// The port is on a switch NI: no gateway of ours, DHCP and DNS are the outside's, and
 /// flows from outside are judged by the app's ACEs with the remote as source.
 pub const IFACE_FLAG_SWITCH: u32 = 1;
+/// The app's MAC is known (a veth the agent made, or a VM whose `mac` the config gives):
+/// frames from the app must carry it.
+pub const IFACE_FLAG_CHECK_MAC: u32 = 2;
 
 /// An app address on an NI: the eidset of the NI's other apps.
 #[repr(C)]
@@ -130,10 +146,16 @@ pub enum Stat {
     PortmapNew = 15,
     NatMalformed = 16,
     DropLimit = 17,
+    /// From an app: a source MAC, IPv4 source or ARP sender that is not the app's.
+    DropSpoofed = 18,
+    /// From an app: a packet of a flow whose entry belongs to another port.
+    DropCtPort = 19,
+    /// An ICMP error whose addresses do not fit the flow it quotes.
+    DropIcmpMismatch = 20,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassArp,
         Stat::DropNonIpv4,
@@ -153,6 +175,9 @@ impl Stat {
         Stat::PortmapNew,
         Stat::NatMalformed,
         Stat::DropLimit,
+        Stat::DropSpoofed,
+        Stat::DropCtPort,
+        Stat::DropIcmpMismatch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -175,6 +200,9 @@ impl Stat {
             Stat::PortmapNew => "portmap_new",
             Stat::NatMalformed => "nat_malformed",
             Stat::DropLimit => "drop_limit",
+            Stat::DropSpoofed => "drop_spoofed",
+            Stat::DropCtPort => "drop_ct_port",
+            Stat::DropIcmpMismatch => "drop_icmp_mismatch",
         }
     }
 }

@@ -53,6 +53,12 @@ pub struct Flow {
     /// ICMP errors: offsets of the quoted IPv4 header and of its L4 header.
     pub inner_l3_off: u16,
     pub inner_l4_off: u16,
+    /// The frame's Ethernet source.
+    pub eth_src: [u8; 6],
+    /// The packet's own IPv4 source and destination: for an ICMP error, those of the
+    /// error (the tuple above is the quoted packet's); else the same as src and dst.
+    pub outer_src: Ipv4,
+    pub outer_dst: Ipv4,
 }
 
 impl Flow {
@@ -64,9 +70,20 @@ impl Flow {
     }
 }
 
+/// What an ARP packet says about its sender (Ethernet/IPv4 ARP; other hardware or
+/// protocol types leave the fields zero, which no port accepts as its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Arp {
+    pub eth_src: [u8; 6],
+    pub op: u16,
+    /// Sender hardware and protocol address.
+    pub sha: [u8; 6],
+    pub spa: Ipv4,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
-    Arp,
+    Arp(Arp),
     Ipv4(Flow),
     /// Anything else (IPv6, VLAN tags, LLDP, ...), with its EtherType.
     Other(u16),
@@ -87,11 +104,26 @@ pub enum ParseError {
 pub fn parse<R: PacketReader + ?Sized>(pkt: &R) -> Result<Parsed, ParseError> {
     let eth: [u8; ETH_HLEN] = pkt.read(0).ok_or(ParseError::Truncated)?;
     let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let eth_src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
     match ethertype {
-        ETH_P_ARP => Ok(Parsed::Arp),
-        ETH_P_IP => parse_ipv4(pkt, ETH_HLEN).map(Parsed::Ipv4),
+        ETH_P_ARP => parse_arp(pkt, eth_src).map(Parsed::Arp),
+        ETH_P_IP => parse_ipv4(pkt, ETH_HLEN).map(|f| Parsed::Ipv4(Flow { eth_src, ..f })),
         other => Ok(Parsed::Other(other)),
     }
+}
+
+/// htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4.
+const ARP_ETHER_IPV4: [u8; 6] = [0, 1, 8, 0, 6, 4];
+
+#[inline(always)]
+fn parse_arp<R: PacketReader + ?Sized>(pkt: &R, eth_src: [u8; 6]) -> Result<Arp, ParseError> {
+    let a: [u8; 28] = pkt.read(ETH_HLEN).ok_or(ParseError::Truncated)?;
+    let mut arp = Arp { eth_src, op: u16::from_be_bytes([a[6], a[7]]), ..Arp::default() };
+    if a[..6] == ARP_ETHER_IPV4 {
+        arp.sha = [a[8], a[9], a[10], a[11], a[12], a[13]];
+        arp.spa = [a[14], a[15], a[16], a[17]];
+    }
+    Ok(arp)
 }
 
 #[inline(always)]
@@ -102,7 +134,7 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
         return Err(ParseError::Fragment);
     }
     let l4 = off + ihl;
-    let mut flow = Flow { proto, src, dst, ip_len: total_len, l4_off: l4 as u16, ..Flow::default() };
+    let mut flow = Flow { proto, src, dst, ip_len: total_len, l4_off: l4 as u16, outer_src: src, outer_dst: dst, ..Flow::default() };
     match proto {
         PROTO_TCP => {
             let tcp: [u8; 14] = pkt.read(l4).ok_or(ParseError::Truncated)?;
@@ -125,9 +157,8 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
                     flow.icmp_echo = true;
                 }
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
-                    let mut inner = parse_icmp_error_inner(pkt, l4 + 8, total_len)?;
-                    inner.l4_off = l4 as u16;
-                    return Ok(inner);
+                    let inner = parse_icmp_error_inner(pkt, l4 + 8, total_len)?;
+                    return Ok(Flow { l4_off: l4 as u16, outer_src: src, outer_dst: dst, ..inner });
                 }
                 _ => {}
             }
@@ -236,6 +267,7 @@ pub(crate) mod tests {
         assert_eq!(flow.tcp_flags, TCP_SYN);
         assert_eq!(flow.ip_len, 40);
         assert_eq!(flow.l4_off, 34);
+        assert_eq!((flow.outer_src, flow.outer_dst), (A, B));
         assert!(!flow.related);
     }
 
@@ -261,14 +293,25 @@ pub(crate) mod tests {
         let Parsed::Ipv4(flow) = parse(&f[..70]).unwrap() else { panic!() };
         assert!(flow.related);
         assert_eq!((flow.proto, flow.src, flow.dst, flow.sport, flow.dport), (PROTO_UDP, A, B, 12345, 9999));
+        assert_eq!((flow.outer_src, flow.outer_dst), (B, A));
         assert_eq!((flow.l4_off, flow.inner_l3_off, flow.inner_l4_off), (34, 42, 62));
     }
 
     #[test]
     fn arp_and_others() {
         let mut f = [0u8; 42];
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
         f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-        assert_eq!(parse(&f[..]), Ok(Parsed::Arp));
+        f[14..20].copy_from_slice(&ARP_ETHER_IPV4);
+        f[20..22].copy_from_slice(&1u16.to_be_bytes());
+        f[22..28].copy_from_slice(&[2, 0, 0, 0, 0, 7]);
+        f[28..32].copy_from_slice(&A);
+        let arp = Arp { eth_src: [2, 0, 0, 0, 0, 9], op: 1, sha: [2, 0, 0, 0, 0, 7], spa: A };
+        assert_eq!(parse(&f[..]), Ok(Parsed::Arp(arp)));
+        assert_eq!(parse(&f[..40]), Err(ParseError::Truncated));
+        // Not Ethernet/IPv4 ARP: no sender to trust.
+        f[15] = 6;
+        assert_eq!(parse(&f[..]), Ok(Parsed::Arp(Arp { eth_src: arp.eth_src, op: 1, ..Arp::default() })));
         f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
         assert_eq!(parse(&f[..]), Ok(Parsed::Other(0x86dd)));
     }

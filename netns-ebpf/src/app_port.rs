@@ -15,14 +15,15 @@ use aya_ebpf::{
 };
 use netns_ebpf_common::{
     acl::{self, AceQuery, AceWalk, AclTable, RemoteFacts, Verdict, MAX_ACES, METADATA_IP},
-    ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_SEEN_REPLY, VERDICT_DROP},
+    ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_JUDGED_TO_APP, FLAG_SEEN_REPLY, VERDICT_DROP},
+    guard,
     limit::{self, LimitKey},
-    nat::{NatKey, NatValue, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    nat::{NatKey, NatValue, PortmapKey, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, ParseError, Parsed},
-    EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_SWITCH, PROTO_TCP,
+    EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_SWITCH, PROTO_TCP, VETH_NET, VETH_NET_LEN,
 };
 
-use crate::{count, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, EIDSET, HOSTSET, IFACES, LIMITS, NAT};
+use crate::{count, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -56,7 +57,19 @@ pub fn app_port_to_app(ctx: TcContext) -> i32 {
 fn handle(ctx: &TcContext, side: Side) -> i32 {
     match packet::parse(&Skb(ctx)) {
         Ok(Parsed::Ipv4(mut flow)) => handle_ipv4(ctx, side, &mut flow),
-        Ok(Parsed::Arp) => {
+        Ok(Parsed::Arp(arp)) => {
+            // An app's ARP must name the app itself: no claiming a neighbour's address
+            // (or the gateway's) to draw its traffic.
+            if side == Side::FromApp {
+                let Some(iface) = (unsafe { IFACES.get(&IfaceKey { zone: zone(), ifindex: ifindex(ctx) }) }) else {
+                    count(Stat::NoIfaceConfig);
+                    return TC_ACT_SHOT;
+                };
+                if let Err(stat) = guard::from_app_arp(iface, &arp) {
+                    count(stat);
+                    return TC_ACT_SHOT;
+                }
+            }
             count(Stat::PassArp);
             TC_ACT_OK
         }
@@ -86,6 +99,18 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
         count(Stat::NoIfaceConfig);
         return TC_ACT_SHOT;
     };
+    // Before conntrack sees it: the app sends as itself, and an ICMP error fits the flow
+    // it quotes (else it would take that flow's verdict and NAT to any address).
+    if side == Side::FromApp {
+        if let Err(stat) = guard::from_app_ipv4(iface, flow) {
+            count(stat);
+            return TC_ACT_SHOT;
+        }
+    }
+    if flow.related && !guard::icmp_error_fits(flow, side == Side::FromApp) {
+        count(Stat::DropIcmpMismatch);
+        return TC_ACT_SHOT;
+    }
     if side == Side::ToApp && is_metadata_reply(iface, flow) && undo_metadata_nat(ctx, zone, flow).is_err() {
         count(Stat::NatMalformed);
         return TC_ACT_SHOT;
@@ -96,16 +121,37 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
     let verdict = match CT.get_ptr_mut(&key) {
         Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) => {
             let entry = unsafe { &mut *entry };
+            // The direction this packet travels in the flow (an ICMP error travels against
+            // the packet it quotes).
+            let mut dir = entry.direction(a_to_b != flow.related);
+            // An entry belongs to the ports of its flow: another app's packet matching its
+            // tuple gets nothing from it.
+            if side == Side::FromApp && !ct::port_may_send(entry, dir, ifindex) {
+                if !guard::is_dhcp_request(flow) {
+                    count(Stat::DropCtPort);
+                    return TC_ACT_SHOT;
+                }
+                // Every unconfigured DHCP client of the NI shares this tuple: the entry
+                // becomes this port's (DHCP is implicitly allowed for every app).
+                let v = judge(ctx, side, &ikey, iface, flow);
+                *entry = CtValue { first_seen_ns: now, mark: v.mark, judge_ifindex: ifindex, policy_gen: iface.policy_gen, verdict: v.drop as u8, orig_is_a: a_to_b as u8, ..CtValue::default() };
+                dir = DIR_ORIG;
+            }
             if flow.related {
                 // An ICMP error about a known flow follows that flow's verdict; it does not
                 // change its state or counters.
                 return verdict_action(entry.verdict == VERDICT_DROP, Stat::PassCt, Stat::DropCt);
             }
+            if side == Side::ToApp && dir == DIR_ORIG && entry.flags & FLAG_JUDGED_TO_APP == 0 && entry.reply_ifindex == 0 && came_from_app_port(ctx) {
+                // The first packet of one app's flow to another reaches the far app here:
+                // this port is where its replies may come from.
+                entry.reply_ifindex = ifindex;
+            }
             if entry.judge_ifindex == ifindex && entry.policy_gen != iface.policy_gen {
                 // The ACL changed since this flow was judged: judge it again, live, as its
                 // first packet was judged: that packet's tuple, from that packet's side
                 // (a reply travels the other way, so it is turned around first).
-                let (first, first_side) = match entry.direction(a_to_b) == DIR_ORIG {
+                let (first, first_side) = match dir == DIR_ORIG {
                     true => (*flow, side),
                     false => (flow.reversed(), side.other()),
                 };
@@ -123,7 +169,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
             }
             let drop = entry.verdict == VERDICT_DROP;
             if counts_here(ctx, side) {
-                account(entry, entry.direction(a_to_b), flow, now);
+                account(entry, dir, flow, now);
                 if !drop && over_limit(zone, entry, now) {
                     count(Stat::DropLimit);
                     return TC_ACT_SHOT;
@@ -146,6 +192,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 verdict: v.drop as u8,
                 orig_is_a: a_to_b as u8,
                 limit: v.limit,
+                flags: if side == Side::ToApp { FLAG_JUDGED_TO_APP } else { 0 },
                 ..CtValue::default()
             };
             account(&mut entry, DIR_ORIG, flow, now);
@@ -186,7 +233,10 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
 #[inline(always)]
 fn judge(ctx: &TcContext, side: Side, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) -> Verdict {
     match side {
-        Side::FromApp => acl::judge_from_app(&BpfLoopWalk, unsafe { ACLS.get(ikey) }, iface, flow, &remote_facts(ikey, iface, flow.dst)),
+        Side::FromApp => {
+            let facts = RemoteFacts { device: to_device(iface, flow), ..remote_facts(ikey, iface, flow.dst) };
+            acl::judge_from_app(&BpfLoopWalk, unsafe { ACLS.get(ikey) }, iface, flow, &facts)
+        }
         Side::ToApp if iface.flags & IFACE_FLAG_SWITCH != 0 => {
             acl::judge_from_outside(&BpfLoopWalk, unsafe { ACLS.get(ikey) }, iface, flow, &remote_facts(ikey, iface, flow.src))
         }
@@ -228,6 +278,18 @@ extern "C" fn ace_step(index: u64, state: *mut c_void) -> i64 {
     0
 }
 
+/// Whether an app's new flow goes to the device itself: an address of the agent's netns
+/// (the NIs' veth /24, the uplinks' addresses in DEVICE_V1) where no port map listens.
+/// A switch NI's apps have no path into the agent's netns.
+#[inline(always)]
+fn to_device(iface: &IfaceInfo, flow: &Flow) -> bool {
+    if iface.flags & IFACE_FLAG_SWITCH != 0 {
+        return false;
+    }
+    let device = acl::prefix_contains(VETH_NET, VETH_NET_LEN, flow.dst) || unsafe { DEVICE.get(&flow.dst) }.is_some();
+    device && unsafe { PORTMAPS.get(&PortmapKey { domain: DOMAIN_AGENT, addr: flow.dst, port: flow.dport, proto: flow.proto, _pad: 0 }) }.is_none()
+}
+
 /// The eidset and host-set lookups for a new flow's remote end.
 #[inline(always)]
 fn remote_facts(ikey: &IfaceKey, iface: &IfaceInfo, remote: netns_ebpf_common::Ipv4) -> RemoteFacts {
@@ -237,7 +299,7 @@ fn remote_facts(ikey: &IfaceKey, iface: &IfaceInfo, remote: netns_ebpf_common::I
         Some(e) if e.expires_ns > now => e.ace_mask,
         _ => 0,
     };
-    RemoteFacts { in_eidset, host_mask }
+    RemoteFacts { in_eidset, host_mask, device: false }
 }
 
 /// A packet from one app to another app of the NI crosses two app ports; the conntrack

@@ -25,7 +25,7 @@ use netns_ebpf_common::{
     limit::{Bucket, LimitKey},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
     packet::PacketReader,
-    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat, MAX_APP_PORTS,
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat, MAX_APP_PORTS, MAX_DEVICE_ADDRS,
 };
 
 /// The translation domain / conntrack zone this copy serves; set by the loader.
@@ -40,16 +40,16 @@ fn zone() -> u32 {
 // BTF map definitions, so `bpftool map dump` prints keys and values field by field. The
 // agent pins every map under its pin directory (names from `map_names`).
 
-#[btf_map(name = "CT_V1")]
+#[btf_map(name = "CT_V2")]
 static CT: LruHashMap<CtKey, CtValue, { CT_MAX_ENTRIES as usize }> = LruHashMap::new();
 
-#[btf_map(name = "IFACE_V1")]
+#[btf_map(name = "IFACE_V2")]
 static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = HashMap::new();
 
 #[btf_map(name = "ACL_V1")]
 static ACLS: HashMap<IfaceKey, AclTable, { MAX_APP_PORTS as usize }> = HashMap::new();
 
-#[btf_map(name = "STATS_V1")]
+#[btf_map(name = "STATS_V2")]
 static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "NAT_V1")]
@@ -70,6 +70,11 @@ static EIDSET: HashMap<EidKey, u32, { MAX_APP_PORTS as usize }> = HashMap::new()
 /// agent's DNS proxy before it relays the answer.
 #[btf_map(name = "HOSTSET_V1")]
 static HOSTSET: LruHashMap<HostKey, HostEntry, 65536> = LruHashMap::new();
+
+/// The device's own addresses outside the veth /24 (its uplinks'): apps' new flows there
+/// are dropped unless a port map listens (EVE's rule).
+#[btf_map(name = "DEVICE_V1")]
+static DEVICE: HashMap<netns_ebpf_common::Ipv4, u32, { MAX_DEVICE_ADDRS as usize }> = HashMap::new();
 
 /// Token buckets of `limit` ACEs.
 #[btf_map(name = "LIMIT_V1")]

@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use netns_ebpf_common::{
     acl::prefix_contains,
+    guard,
     nat::{candidate_port, NatIface, NatKey, NatValue, PortmapKey, NAT_FLAG_CLOSING, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, Parsed, TCP_FIN, TCP_RST},
     IfaceKey, Stat, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
@@ -103,6 +104,12 @@ fn icmp_error(ctx: &TcContext, egress: bool, quoted: &Flow) -> i32 {
     let Some(v) = (unsafe { NAT.get(&key) }) else { return TC_ACT_OK };
     if (v.rewrite == REWRITE_SRC) != egress {
         return TC_ACT_OK;
+    }
+    // Only an error that goes to the quoted packet's sender is that flow's; anything
+    // else would be carried through both translations to an address no ACL allowed.
+    if !guard::icmp_error_fits(quoted, false) {
+        count(Stat::DropIcmpMismatch);
+        return TC_ACT_SHOT;
     }
     if rewrite::apply_icmp_error(ctx, quoted, v).is_err() {
         count(Stat::NatMalformed);

@@ -400,7 +400,7 @@ impl Scenario {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning a background command");
-        Background(Some(child))
+        Background(Some(child), None)
     }
 
     /// Starts the echo server of `ECHO_SERVER` on ip:port in `ns` and waits until it listens.
@@ -509,12 +509,32 @@ impl Drop for Scenario {
 }
 
 /// A command running beside the test (see `Scenario::background`).
-pub struct Background(Option<Child>);
+pub struct Background(Option<Child>, Option<std::io::BufReader<std::process::ChildStdout>>);
 
 impl Background {
-    /// Waits for the command to end; its output.
+    /// The next line of the command's output (waits for it; empty at its end).
+    pub fn read_line(&mut self) -> String {
+        use std::io::BufRead as _;
+        if self.1.is_none() {
+            let out = self.0.as_mut().unwrap().stdout.take().expect("piped stdout");
+            self.1 = Some(std::io::BufReader::new(out));
+        }
+        let mut line = String::new();
+        self.1.as_mut().unwrap().read_line(&mut line).ok();
+        line
+    }
+
+    /// Waits for the command to end; its output (after the lines already read).
     pub fn finish(mut self) -> Output {
-        self.0.take().unwrap().wait_with_output().expect("waiting for a background command")
+        use std::io::Read as _;
+        let mut rest = Vec::new();
+        if let Some(mut r) = self.1.take() {
+            r.read_to_end(&mut rest).ok();
+        }
+        let mut out = self.0.take().unwrap().wait_with_output().expect("waiting for a background command");
+        rest.extend_from_slice(&out.stdout);
+        out.stdout = rest;
+        out
     }
 }
 

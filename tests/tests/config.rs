@@ -65,3 +65,14 @@ fn good_config_validates() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("config is valid"));
     assert_eq!(s.leftovers(), Vec::<String>::new(), "validate changes nothing");
 }
+
+/// Source NAT may not hand out the ports the device's own connections use.
+#[test]
+fn nat_ports_inside_the_kernels_ephemeral_range_are_refused() {
+    let s = Scenario::new(&["ni1"], &["app1"], GOOD);
+    s.set_agent_key("nat_port_range = [40000, 40099]");
+    let out = s.agent_cmd(&["run", "--config", s.config_path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("overlaps the kernel's ephemeral ports"), "{err}");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}

@@ -86,6 +86,9 @@ fn apps_reach_the_internet_through_both_source_nats() {
     // The server sees the uplink's address, whatever the app's.
     let seen = s.whoami(s.app("app1"), INET_IP, 80).expect("app1 reaches the internet");
     assert!(seen.starts_with("192.168.0.2:"), "app1 via eth0: {seen}");
+    // Translated ports stay out of the kernel's ephemeral range (the device's own).
+    let port: u16 = seen.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(port < 32768, "source NAT took an ephemeral port: {seen}");
     let seen = s.whoami(s.app("app3"), INET_IP, 80).expect("app3 reaches the internet");
     assert!(seen.starts_with("192.168.1.2:"), "app3 (same address as app1) via eth1: {seen}");
     // ni2's subnet is eth1's own; its app still gets out (via eth0).
@@ -242,7 +245,7 @@ fn two_thousand_udp_flows_get_distinct_translations() {
 fn exhausted_port_space_drops_new_flows_and_keeps_working() {
     let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3"], 2, SEED);
     // 100 source ports only.
-    s.set_agent_key("nat_port_range = [40000, 40099]");
+    s.set_agent_key("nat_port_range = [62000, 62099]");
     s.start_agent();
     let inet = s.inet.clone();
     s.spawn(&inet, &["python3", "-c", UDP_WHOAMI_SERVER, INET_IP, "5000"]);

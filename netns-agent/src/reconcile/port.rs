@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use netns_ebpf_common::{
     limit::LimitKey,
     nat::{DOMAIN_AGENT, REWRITE_SRC},
-    IfaceInfo, IfaceKey,
+    IfaceInfo, IfaceKey, IFACE_FLAG_CHECK_MAC,
 };
 use tracing::{debug, info};
 
@@ -82,7 +82,9 @@ pub async fn ensure<K: NiDriver>(
         app_ip: p.ip.octets(),
         gateway: ni.gateway.octets(),
         eve_ip: kind.eve_ip(ni),
-        flags: kind.port_flags(),
+        flags: kind.port_flags() | if p.check_mac { IFACE_FLAG_CHECK_MAC } else { 0 },
+        app_mac: p.mac,
+        _pad: [0; 2],
     };
     if published != Some((info, p.acl)) {
         maps.set_port(key, info, &p.acl)?;

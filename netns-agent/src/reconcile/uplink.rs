@@ -74,7 +74,9 @@ pub async fn ensure_agent_level(ap: &mut Applier, plan: &Plan) -> Result<()> {
     }
     for u in &routed {
         let addr = ap.uplinks[&u.name];
-        ap.maps()?.set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: addr.ifindex }, uplink_nat(plan.nat_ports, &addr))?;
+        let maps = ap.maps()?;
+        maps.set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: addr.ifindex }, uplink_nat(plan.nat_ports, &addr))?;
+        maps.add_device_addr(addr.ip.octets())?;
         // Not ours before: tc filters (kernels without TCX) must be attached; a pinned
         // TCX link is reused either way.
         let fresh = !ap.record.uplinks.iter().any(|r| r.name == u.name);
@@ -120,6 +122,7 @@ async fn remove_uplink(ap: &mut Applier, u: &UplinkPlan) -> Result<()> {
         if let Ok(maps) = ap.maps() {
             maps.remove_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: addr.ifindex });
             let ip = addr.ip.octets();
+            maps.remove_device_addr(ip);
             maps.remove_portmaps(|k, _| k.domain == DOMAIN_AGENT && k.addr == ip);
         }
     }
@@ -196,6 +199,8 @@ pub async fn refresh(ap: &mut Applier, plan: &Plan) -> Result<()> {
         maps.set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: new.ifindex }, uplink_nat(plan.nat_ports, &new))?;
         let old_ip = old.ip.octets();
         maps.remove_portmaps(|k, _| k.domain == DOMAIN_AGENT && k.addr == old_ip);
+        maps.remove_device_addr(old_ip);
+        maps.add_device_addr(new.ip.octets())?;
         let table = plan.uplink(&name).table;
         ap.agent.flush_table(table).await?;
         apply_uplink_table(&ap.agent, table, &new).await?;

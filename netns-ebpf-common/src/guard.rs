@@ -1,0 +1,130 @@
+//! Who an app may claim to be. An app is untrusted code: every frame it sends may lie
+//! about its sender (MAC, IPv4 source, ARP sender) or quote a flow it has no business
+//! with (ICMP errors). The app-port programs run these checks on every packet from the
+//! app before conntrack sees it; a refusal names the counter it goes to.
+
+use crate::{packet::Arp, packet::Flow, IfaceInfo, Stat, IFACE_FLAG_CHECK_MAC, IFACE_FLAG_SWITCH, PROTO_UDP};
+
+const UNSPECIFIED: [u8; 4] = [0; 4];
+
+#[inline(always)]
+fn mac_ok(iface: &IfaceInfo, mac: &[u8; 6]) -> bool {
+    iface.flags & IFACE_FLAG_CHECK_MAC == 0 || *mac == iface.app_mac
+}
+
+/// The app's address is enforced on local NIs (the agent gives it); a switch NI's apps
+/// take theirs from a DHCP server outside, so there only the MAC is checked.
+#[inline(always)]
+fn ip_checked(iface: &IfaceInfo) -> bool {
+    iface.flags & IFACE_FLAG_SWITCH == 0
+}
+
+/// An IPv4 packet from the app: its frame must come from the app's MAC and its source
+/// must be the app's address; 0.0.0.0 only for a DHCP client's request to a server.
+#[inline(always)]
+pub fn from_app_ipv4(iface: &IfaceInfo, flow: &Flow) -> Result<(), Stat> {
+    if !mac_ok(iface, &flow.eth_src) {
+        return Err(Stat::DropSpoofed);
+    }
+    if !ip_checked(iface) || flow.outer_src == iface.app_ip {
+        return Ok(());
+    }
+    if is_dhcp_request(flow) {
+        Ok(())
+    } else {
+        Err(Stat::DropSpoofed)
+    }
+}
+
+/// A DHCP client's request before it has an address (0.0.0.0:68 -> :67). Every app's
+/// looks the same (one conntrack tuple for all of an NI's clients), so such an entry
+/// goes to whichever port sends one.
+#[inline(always)]
+pub fn is_dhcp_request(flow: &Flow) -> bool {
+    flow.outer_src == UNSPECIFIED && flow.proto == PROTO_UDP && flow.sport == 68 && flow.dport == 67 && !flow.related
+}
+
+/// An ARP packet from the app: sent from, and naming as its sender, the app's MAC and
+/// the app's address (or 0.0.0.0: a probe before the address is taken).
+#[inline(always)]
+pub fn from_app_arp(iface: &IfaceInfo, arp: &Arp) -> Result<(), Stat> {
+    if !mac_ok(iface, &arp.eth_src) || !mac_ok(iface, &arp.sha) {
+        return Err(Stat::DropSpoofed);
+    }
+    if ip_checked(iface) && arp.spa != iface.app_ip && arp.spa != UNSPECIFIED {
+        return Err(Stat::DropSpoofed);
+    }
+    Ok(())
+}
+
+/// An ICMP error is about a packet its receiver sent: the error goes to the quoted
+/// packet's source, as the kernel requires. One the app sends is about a packet the app
+/// received: the quoted destination is the app's own address. Anything else would let
+/// an app (or anyone) carry data to an address no ACL allowed, riding a live flow.
+#[inline(always)]
+pub fn icmp_error_fits(flow: &Flow, from_app: bool) -> bool {
+    flow.outer_dst == flow.src && (!from_app || flow.dst == flow.outer_src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PROTO_TCP;
+
+    const MAC: [u8; 6] = [2, 0x16, 0x3e, 1, 1, 1];
+    const APP: [u8; 4] = [10, 10, 1, 2];
+    const OTHER: [u8; 4] = [10, 10, 1, 3];
+
+    fn iface(flags: u32) -> IfaceInfo {
+        IfaceInfo { app_ip: APP, app_mac: MAC, flags: flags | IFACE_FLAG_CHECK_MAC, ..IfaceInfo::default() }
+    }
+
+    fn tcp_from(mac: [u8; 6], src: [u8; 4]) -> Flow {
+        Flow { proto: PROTO_TCP, src, dst: [1, 2, 3, 4], outer_src: src, outer_dst: [1, 2, 3, 4], eth_src: mac, ..Flow::default() }
+    }
+
+    #[test]
+    fn an_app_sends_as_itself_only() {
+        let i = iface(0);
+        assert_eq!(from_app_ipv4(&i, &tcp_from(MAC, APP)), Ok(()));
+        assert_eq!(from_app_ipv4(&i, &tcp_from(MAC, OTHER)), Err(Stat::DropSpoofed), "a neighbour's address");
+        assert_eq!(from_app_ipv4(&i, &tcp_from([2, 0, 0, 0, 0, 1], APP)), Err(Stat::DropSpoofed), "another MAC");
+        let dhcp = Flow { proto: PROTO_UDP, sport: 68, dport: 67, outer_src: UNSPECIFIED, eth_src: MAC, ..Flow::default() };
+        assert_eq!(from_app_ipv4(&i, &dhcp), Ok(()), "DHCP before the address");
+        assert_eq!(from_app_ipv4(&i, &Flow { dport: 53, ..dhcp }), Err(Stat::DropSpoofed), "0.0.0.0 for anything else");
+        // A switch NI's app: the MAC only.
+        let s = iface(IFACE_FLAG_SWITCH);
+        assert_eq!(from_app_ipv4(&s, &tcp_from(MAC, OTHER)), Ok(()));
+        assert_eq!(from_app_ipv4(&s, &tcp_from([2, 0, 0, 0, 0, 1], OTHER)), Err(Stat::DropSpoofed));
+        // A VM whose MAC nobody configured: its address only.
+        let vm = IfaceInfo { flags: 0, ..i };
+        assert_eq!(from_app_ipv4(&vm, &tcp_from([2, 0, 0, 0, 0, 1], APP)), Ok(()));
+    }
+
+    #[test]
+    fn arp_names_the_app_itself() {
+        let i = iface(0);
+        let arp = Arp { eth_src: MAC, op: 1, sha: MAC, spa: APP };
+        assert_eq!(from_app_arp(&i, &arp), Ok(()));
+        assert_eq!(from_app_arp(&i, &Arp { spa: UNSPECIFIED, ..arp }), Ok(()), "a probe");
+        assert_eq!(from_app_arp(&i, &Arp { spa: OTHER, ..arp }), Err(Stat::DropSpoofed), "claims a neighbour's IP");
+        assert_eq!(from_app_arp(&i, &Arp { sha: [2, 0, 0, 0, 0, 1], ..arp }), Err(Stat::DropSpoofed));
+        assert_eq!(from_app_arp(&i, &Arp { eth_src: [2, 0, 0, 0, 0, 1], ..arp }), Err(Stat::DropSpoofed));
+        assert_eq!(from_app_arp(&i, &Arp::default()), Err(Stat::DropSpoofed), "not Ethernet/IPv4 ARP");
+    }
+
+    #[test]
+    fn icmp_errors_must_fit_their_quoted_flow() {
+        // The app's allowed flow APP:40000 -> 1.2.3.4:443 is quoted.
+        let quoted = Flow { proto: PROTO_TCP, src: APP, dst: [1, 2, 3, 4], sport: 40000, dport: 443, related: true, ..Flow::default() };
+        // A router's error about the app's packet, on its way to the app: fits.
+        assert!(icmp_error_fits(&Flow { outer_src: [9, 9, 9, 9], outer_dst: APP, ..quoted }, false));
+        // The app "answering" its own flow's packet toward a third host: the exfiltration.
+        assert!(!icmp_error_fits(&Flow { outer_src: APP, outer_dst: [6, 6, 6, 6], ..quoted }, true));
+        // The app's error about a packet it received from 1.2.3.4: quoted reversed.
+        let received = Flow { src: [1, 2, 3, 4], dst: APP, sport: 443, dport: 40000, ..quoted };
+        assert!(icmp_error_fits(&Flow { outer_src: APP, outer_dst: [1, 2, 3, 4], ..received }, true));
+        // ... but not one claiming to be from someone else's packet.
+        assert!(!icmp_error_fits(&Flow { outer_src: APP, outer_dst: [1, 2, 3, 4], dst: OTHER, ..received }, true));
+    }
+}

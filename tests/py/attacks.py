@@ -1,0 +1,48 @@
+"""What a hostile app sends (scapy, raw frames on its own interface). Prints the number
+of packets sent.
+
+spoof-ip IFACE SRC DST PORT N        UDP to DST:PORT from a neighbour's address SRC
+spoof-mac IFACE MAC DST PORT N       UDP to DST:PORT with a foreign Ethernet source MAC
+arp-claim IFACE IP N                 gratuitous ARP replies claiming IP for our MAC
+icmp-exfil IFACE Z FLOWDST SPORT DPORT N
+                                     port-unreachable errors to Z quoting our own allowed
+                                     UDP flow SPORT -> FLOWDST:DPORT, 120 bytes of payload
+same-tuple IFACE SRC DST SPORT DPORT N
+                                     UDP SRC:SPORT -> DST:DPORT (a neighbour's live flow)
+                                     from our MAC
+"""
+import sys
+from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, conf, get_if_addr, get_if_hwaddr, getmacbyip, sendp
+
+conf.verb = 0
+mode, iface = sys.argv[1], sys.argv[2]
+mac = get_if_hwaddr(iface)
+me = get_if_addr(iface)
+bcast = "ff:ff:ff:ff:ff:ff"
+
+
+def gw_mac(dst):
+    # The next hop's MAC (the NI gateway's for off-subnet destinations).
+    return getmacbyip(dst) or bcast
+
+
+if mode == "spoof-ip":
+    src, dst, port, n = sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+    frame = Ether(src=mac, dst=gw_mac(dst)) / IP(src=src, dst=dst) / UDP(sport=41000, dport=port) / Raw(b"evil spoofed ip")
+elif mode == "spoof-mac":
+    fake, dst, port, n = sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+    frame = Ether(src=fake, dst=gw_mac(dst)) / IP(src=me, dst=dst) / UDP(sport=41001, dport=port) / Raw(b"evil spoofed mac")
+elif mode == "arp-claim":
+    ip, n = sys.argv[3], int(sys.argv[4])
+    frame = Ether(src=mac, dst=bcast) / ARP(op=2, hwsrc=mac, psrc=ip, hwdst=bcast, pdst=ip)
+elif mode == "icmp-exfil":
+    z, flow_dst, sport, dport, n = sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+    quoted = IP(src=me, dst=flow_dst) / UDP(sport=sport, dport=dport)
+    frame = Ether(src=mac, dst=gw_mac(z)) / IP(src=me, dst=z) / ICMP(type=3, code=3) / Raw(bytes(quoted)[:28] + b"evil exfil " + b"x" * 109)
+elif mode == "same-tuple":
+    src, dst, sport, dport, n = sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+    frame = Ether(src=mac, dst=gw_mac(dst)) / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(b"evil same tuple")
+else:
+    sys.exit(f"unknown mode {mode}")
+sendp(frame, iface=iface, count=n, inter=0.01)
+print(n)
