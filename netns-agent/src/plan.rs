@@ -425,14 +425,16 @@ mod pod_hex {
 mod tests {
     use super::*;
 
+    /// Every app netns exists.
+    struct All;
+    impl crate::config::NetnsLookup for All {
+        fn netns_exists(&self, _: &str) -> bool {
+            true
+        }
+    }
+
     #[test]
     fn ni_plans_survive_the_state_record() {
-        struct All;
-        impl crate::config::NetnsLookup for All {
-            fn netns_exists(&self, _: &str) -> bool {
-                true
-            }
-        }
         let text = r#"
 [[network]]
 name = "ni1"
@@ -464,12 +466,6 @@ acl = [{ id = 3, match = { ip = "10.10.0.0/16", protocol = "tcp", fport = 80 } }
 
     #[test]
     fn names_and_acl_tables() {
-        struct All;
-        impl crate::config::NetnsLookup for All {
-            fn netns_exists(&self, _: &str) -> bool {
-                true
-            }
-        }
         let text = r#"
 [[network]]
 name = "ni1"

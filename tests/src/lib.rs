@@ -17,6 +17,11 @@ use serde_json::Value;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// A helper script of `tests/py/`, by path (the tests run it in app namespaces).
+pub fn py_script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name).display().to_string()
+}
+
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("NETNS_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netns-agent")

@@ -76,3 +76,16 @@ fn nat_ports_inside_the_kernels_ephemeral_range_are_refused() {
     assert!(!out.status.success() && err.contains("overlaps the kernel's ephemeral ports"), "{err}");
     assert_eq!(s.leftovers(), Vec::<String>::new());
 }
+
+/// A config that parses but cannot apply (its uplink is missing) is refused at start with
+/// the reason, and leaves nothing: no netns, no pins, no record, no state dir.
+#[test]
+fn a_config_refused_at_start_leaves_nothing() {
+    let with_uplink = format!("[[uplink]]\nname = \"eth9\"\n{}", GOOD.replace("gateway = \"10.10.1.1\"", "gateway = \"10.10.1.1\"\nuplink = \"eth9\""));
+    let s = Scenario::new(&["ni1"], &["app1"], &with_uplink);
+    let out = s.agent_cmd(&["run", "--config", s.config_path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("uplink eth9 does not exist") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+    assert!(!s.state_dir.exists(), "the state dir stays unmade");
+}

@@ -11,12 +11,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use netns_tests::{scaled, wait_until, Scenario, INET_IP};
+use netns_tests::{py_script, scaled, wait_until, Scenario, INET_IP};
 use serde_json::Value;
-
-fn py(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name).display().to_string()
-}
 
 /// NI1 (app1, app2) and NI2 (app3, the same subnet) on eth0. app1 may reach the internet
 /// host's ports 5201 (iperf3), 7000 (whoami) and 7001 (echo); app3 exposes its port 80
@@ -113,7 +109,7 @@ fn restart_under_load_disturbs_no_flow() {
     let duration = scaled(Duration::from_secs(4)).as_secs_f64() * restarts as f64 + 3.0;
     let secs = format!("{}", duration.ceil() as u64);
     let stream = s.background(&app1, &["iperf3", "-c", INET_IP, "-t", &secs, "-b", "50M", "-J"]);
-    let loop_ = s.background(&app1, &["python3", &py("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app2"]);
+    let loop_ = s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app2"]);
     let mut launched = Vec::new();
     for _ in 0..restarts {
         sleep(scaled(Duration::from_secs(1)));
@@ -161,10 +157,10 @@ fn live_edits_touch_only_what_changed() {
     let _ = std::fs::remove_file(&stop);
     let stop_arg = stop.display().to_string();
     // Bystanders: app3's long session and app1's new connections every 100 ms.
-    let session = s.background(&app3, &["python3", &py("echo_session.py"), INET_IP, "7002", &secs, "0.1", &stop_arg]);
-    let loop_ = s.background(&app1, &["python3", &py("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app1", &stop_arg]);
+    let session = s.background(&app3, &["python3", &py_script("echo_session.py"), INET_IP, "7002", &secs, "0.1", &stop_arg]);
+    let loop_ = s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app1", &stop_arg]);
     // app1's session on port 7001, whose ACE the edit below removes.
-    let doomed = s.background(&app1, &["python3", &py("echo_session.py"), INET_IP, "7001", &secs, "0.1", &stop_arg]);
+    let doomed = s.background(&app1, &["python3", &py_script("echo_session.py"), INET_IP, "7001", &secs, "0.1", &stop_arg]);
     sleep(Duration::from_secs(1));
     let apply = |s: &Scenario, config: &str, what: &str| {
         let out = s.apply(config);
@@ -250,7 +246,7 @@ fn a_bad_config_while_running_changes_nothing() {
     let s = base();
     let app1 = s.app("app1").to_string();
     let secs = scaled(Duration::from_secs(8)).as_secs().to_string();
-    let loop_ = s.background(&app1, &["python3", &py("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app2"]);
+    let loop_ = s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app2"]);
     let before = observe(&s);
     let bad = [
         (BASE.replace("kind = \"local\"\nindex = 2", "kind = \"local\"\nmtu = 9000\nindex = 2"), vec!["mtu"]),

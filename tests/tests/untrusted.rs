@@ -2,13 +2,9 @@
 //! the app's own interface), counts what arrived where it was aimed, and names the
 //! counter that saw it. What must get through: nothing. Legitimate traffic still flows.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use netns_tests::{scaled, Background, Scenario, INET_IP};
-
-fn py(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name).display().to_string()
-}
+use netns_tests::{py_script, scaled, Background, Scenario, INET_IP};
 
 /// NI1 on eth0 with app1 (may reach the internet host's port 7000 only) and app2 (may
 /// reach the internet host's UDP 9000), and user data for app2.
@@ -55,7 +51,7 @@ fn local() -> Scenario {
 /// listens.
 fn counter(s: &Scenario, ns: &str, args: &[&str]) -> Background {
     let mut full = vec!["python3", "-u"];
-    let script = py("count_arrivals.py");
+    let script = py_script("count_arrivals.py");
     full.push(&script);
     full.extend_from_slice(args);
     let mut bg = s.background(ns, &full);
@@ -72,7 +68,7 @@ fn arrived(bg: Background) -> u64 {
 
 fn attack(s: &Scenario, ns: &str, args: &[&str]) -> u64 {
     // scapy is Debian's (python3-scapy), for Debian's python.
-    let mut full = vec!["/usr/bin/python3", &py("attacks.py")[..]].into_iter().map(str::to_string).collect::<Vec<_>>();
+    let mut full = vec!["/usr/bin/python3", &py_script("attacks.py")[..]].into_iter().map(str::to_string).collect::<Vec<_>>();
     full.extend(args.iter().map(|a| a.to_string()));
     let full: Vec<&str> = full.iter().map(String::as_str).collect();
     let out = s.exec(ns, &full);

@@ -113,7 +113,9 @@ impl Applier {
         if pid != 0 {
             self.record.applies = 0;
         }
-        if self.state_dir.join("state.json").exists() || pid != 0 {
+        // With no record yet, the first apply writes it (after its preflight: a refused
+        // config leaves nothing behind).
+        if crate::state::StateDir::record(&self.state_dir).exists() {
             self.save()?;
         }
         Ok(())
