@@ -7,6 +7,8 @@ import json, os, random, socket, struct, sys, time
 host, port, duration, interval, dns_server, name = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
 # Optional: stop early once this file exists.
 stop = sys.argv[7] if len(sys.argv) > 7 else None
+# The emulated VM runs everything ~10x slower (tests/src/lib.rs `scaled`).
+scale = float(os.environ.get("NETNS_TEST_TIME_SCALE", "1"))
 
 
 def dns_query():
@@ -14,7 +16,7 @@ def dns_query():
     q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
     q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack("!HH", 1, 1)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(0.2)
+    s.settimeout(0.2 * scale)
     try:
         s.sendto(q, (dns_server, 53))
         r, _ = s.recvfrom(512)
@@ -30,8 +32,8 @@ end = time.time() + duration
 while time.time() < end and not (stop and os.path.exists(stop)):
     t = time.time()
     try:
-        c = socket.create_connection((host, port), timeout=3)
-        c.settimeout(3)
+        c = socket.create_connection((host, port), timeout=3 * scale)
+        c.settimeout(3 * scale)
         data = c.recv(100)
         c.close()
         if data:

@@ -529,6 +529,11 @@ impl Background {
         line
     }
 
+    /// Whether the command still runs.
+    pub fn running(&mut self) -> bool {
+        self.0.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// Waits for the command to end; its output (after the lines already read).
     pub fn finish(mut self) -> Output {
         use std::io::Read as _;

@@ -160,7 +160,7 @@ fn live_edits_touch_only_what_changed() {
     let session = s.background(&app3, &["python3", &py_script("echo_session.py"), INET_IP, "7002", &secs, "0.1", &stop_arg]);
     let loop_ = s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app1", &stop_arg]);
     // app1's session on port 7001, whose ACE the edit below removes.
-    let doomed = s.background(&app1, &["python3", &py_script("echo_session.py"), INET_IP, "7001", &secs, "0.1", &stop_arg]);
+    let mut doomed = s.background(&app1, &["python3", &py_script("echo_session.py"), INET_IP, "7001", &secs, "0.1", &stop_arg]);
     sleep(Duration::from_secs(1));
     let apply = |s: &Scenario, config: &str, what: &str| {
         let out = s.apply(config);
@@ -193,6 +193,7 @@ fn live_edits_touch_only_what_changed() {
 
     // 3. Change one ACE of app1 (7001 no longer allowed): its 7001 session stops, its
     //    other flows go on.
+    assert!(doomed.running(), "app1's 7001 session ended before its ACE changed: {}", json_of(&doomed.finish()));
     let rejudged_before = s.counter("rejudged");
     let narrower = without_app2.replace("{ id = 3, match = { ip = \"10.99.0.10/32\", protocol = \"tcp\", fport = 7001 } },\n", "");
     assert_ne!(narrower, without_app2);
@@ -202,7 +203,7 @@ fn live_edits_touch_only_what_changed() {
     assert!(cut["error"].is_string(), "app1's session on 7001 must stop: {cut}");
     let rejudged = s.counter("rejudged");
     println!("app1 session on 7001 after the change: {cut}; rejudged {rejudged_before} -> {rejudged}");
-    assert!(rejudged > rejudged_before, "live flows were judged again");
+    assert!(rejudged > rejudged_before, "live flows were judged again: {:#}\n{}", s.flows_json()["counters"], s.agent_log());
     assert!(matches!(s.echo(&app1, INET_IP, 7001, 10, None), netns_tests::EchoResult::TimedOut), "new flows to 7001 are refused");
 
     // 4. Change app3's port map (8080 -> 8081): the old mapping and its flows go.

@@ -725,7 +725,9 @@ pub(crate) fn wait_listening(ns: &str, ip: &str, port: u16) -> Result<()> {
 
 /// Waits until `ss <flags>` in `ns` shows a socket on ip:port ("-Hltn" TCP, "-Hlun" UDP).
 fn wait_listening_on(ns: &str, ip: &str, port: u16, flags: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // A wait, not a timed check: it returns as soon as the server listens; the limit is
+    // generous for the emulated VM on a busy machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let out = Command::new("ip").args(["netns", "exec", ns, "ss", flags, &format!("src {ip}:{port}")]).output()?;
         if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
