@@ -295,6 +295,8 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
                 info!("SIGHUP: applying {}", config_path.display());
                 let reply = reload(&mut applier, &mut services, &mut plan, &config_path, "sighup").await;
                 *shared_uplinks.write().unwrap() = applier.uplinks().clone();
+                // An apply may have unpinned the maps (no NI left) and pinned new ones.
+                maps = None;
                 for e in &reply.errors {
                     warn!("{e}");
                 }
@@ -303,6 +305,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
                 info!("apply request: {}", request.apply.config.display());
                 let reply = reload(&mut applier, &mut services, &mut plan, &request.apply.config, "apply").await;
                 *shared_uplinks.write().unwrap() = applier.uplinks().clone();
+                maps = None;
                 let _ = request.reply.send(reply);
             }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
