@@ -2,8 +2,8 @@
 //! attaching to app ports, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
-//!   CT_V1, IFACE_V1, ACL_V1, STATS_V1,  maps shared by every NI and the agent's netns
-//!   NAT_V1, NATIF_V1, PORTMAP_V1
+//!   CT_V3, DROP_V1, IFACE_V2, ACL_V1,   maps shared by every NI and the agent's netns
+//!   STATS_V3, NAT_V1, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
 //!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running
 //!   @agent/<ifname>-nat-in, ...          the agent netns' NAT links (uplinks, NI veths)
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -22,11 +22,11 @@ use aya::{
 };
 use netns_ebpf_common::{
     acl::AclTable,
-    ct::{CtKey, CtValue},
+    ct::{CtKey, CtValue, CT_MAX_ENTRIES},
     map_names,
-    nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget},
+    nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
     limit::{Bucket, LimitKey},
-    prog_names, EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat,
+    prog_names, EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat, ZoneUse, MAX_ZONES,
 };
 use tracing::{debug, info};
 
@@ -36,7 +36,10 @@ use crate::netns::{self, Netns};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-const ALL_MAPS: [&str; 11] = [
+const ALL_MAPS: [&str; 14] = [
+    map_names::DROPS,
+    map_names::FRAGS,
+    map_names::ZONE_USE,
     map_names::DEVICE,
     map_names::LIMITS,
     map_names::EIDSET,
@@ -282,7 +285,9 @@ pub fn remove_shared_pins_if_unused(pin_dir: &Path) -> Result<bool> {
 
 /// The pinned maps, opened by path: works with or without a running agent.
 pub struct Maps {
-    pub ct: HashMap<MapData, CtKey, CtValue>,
+    ct: HashMap<MapData, CtKey, CtValue>,
+    drops: HashMap<MapData, CtKey, CtValue>,
+    zone_use: Array<MapData, ZoneUse>,
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
     acls: HashMap<MapData, IfaceKey, AclTable>,
     stats: PerCpuArray<MapData, u64>,
@@ -346,12 +351,19 @@ impl HostSets {
 }
 
 /// Removes the entries of `map` that `pred` selects; returns how many.
-fn remove_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, pred: impl Fn(&K, &V) -> bool) -> usize {
+/// (The programs keep writing while we walk: an entry is looked at again just before it
+/// goes, and stays if it no longer qualifies, e.g. a flow refreshed since.)
+fn remove_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
     let doomed: Vec<K> = map.iter().flatten().filter(|(k, v)| pred(k, v)).map(|(k, _)| k).collect();
+    let mut removed = 0;
     for k in &doomed {
-        map.remove(k).ok();
+        if let Ok(v) = map.get(k, 0) {
+            if pred(k, &v) && map.remove(k).is_ok() {
+                removed += 1;
+            }
+        }
     }
-    doomed.len()
+    removed
 }
 
 fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
@@ -365,6 +377,8 @@ impl Maps {
     pub fn open(pin_dir: &Path) -> Result<Maps> {
         Ok(Maps {
             ct: open_map(pin_dir, map_names::CONNTRACK)?.try_into()?,
+            drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
+            zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
             ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
             acls: open_map(pin_dir, map_names::ACLS)?.try_into()?,
             stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
@@ -493,6 +507,7 @@ impl Maps {
         remove_where(&mut self.ifaces, |k, _| k.zone == zone);
         remove_where(&mut self.acls, |k, _| k.zone == zone);
         let flows = remove_where(&mut self.ct, |k, _| k.zone == zone);
+        remove_where(&mut self.drops, |k, _| k.zone == zone);
         remove_where(&mut self.nat_ifaces, |k, _| k.zone == zone);
         self.remove_portmaps(|k, _| k.domain == zone);
         self.remove_nat_entries(|k, _| k.domain == zone);
@@ -502,17 +517,61 @@ impl Maps {
         flows
     }
 
+    /// Every flow on record: the conntrack's (allowed, or dropped by a changed ACL) and
+    /// the records of dropped flows.
     pub fn flows(&self) -> Vec<(CtKey, CtValue)> {
-        self.ct.iter().flatten().collect()
+        self.ct.iter().flatten().chain(self.drops.iter().flatten()).collect()
     }
 
-    /// Drops conntrack and NAT entries idle past their timeout; returns how many.
+    /// Gives each of `zones` (the NIs) an equal share of the conntrack and NAT maps, 7/8
+    /// of them in all (the LRU starts evicting a little before it is full: each CPU keeps
+    /// free entries of its own). Zones of no NI are cleared.
+    pub fn set_zone_shares(&mut self, zones: &[u32]) -> Result<()> {
+        let n = zones.len().max(1) as u32;
+        let (ct_share, nat_share) = (CT_MAX_ENTRIES / 8 * 7 / n, NAT_MAX_ENTRIES / 8 * 7 / n);
+        for zone in 1..MAX_ZONES {
+            let old = self.zone_use.get(&zone, 0).unwrap_or_default();
+            let new = match zones.contains(&zone) {
+                true => ZoneUse { ct_share, nat_share, ..old },
+                false => ZoneUse::default(),
+            };
+            if new != old {
+                self.zone_use.set(zone, new, 0).with_context(|| format!("writing zone {zone}'s share of the flow maps"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops conntrack entries, drop records and translations idle past their timeout
+    /// (a translation's two entries together), then writes each zone's true use of the
+    /// maps back; returns how many entries went.
     pub fn expire_flows(&mut self, now_ns: u64) -> usize {
-        let expired = remove_where(&mut self.ct, |k, v| netns_ebpf_common::ct::is_expired(v, k.proto, now_ns));
-        let nat = self.remove_nat_entries(|k, v| {
-            now_ns.saturating_sub(v.last_seen_ns) > netns_ebpf_common::nat::idle_timeout_ns(k.proto, v.flags)
+        use netns_ebpf_common::{ct::is_expired, nat};
+        let mut ct_use = vec![0u32; MAX_ZONES as usize];
+        let mut nat_use = vec![0u32; MAX_ZONES as usize];
+        let expired = remove_where(&mut self.ct, |k, v| {
+            let gone = is_expired(v, k.proto, now_ns);
+            if !gone {
+                ct_use[(k.zone % MAX_ZONES) as usize] += 1;
+            }
+            gone
+        }) + remove_where(&mut self.drops, |k, v| is_expired(v, k.proto, now_ns));
+        let entries: std::collections::HashMap<NatKey, NatValue> = self.nat.iter().flatten().collect();
+        let translations = remove_where(&mut self.nat, |k, v| {
+            let gone = nat::pair_expired(k.proto, v, entries.get(&nat::partner(k, v)), now_ns);
+            if !gone {
+                nat_use[(nat::owner_zone(k.domain, [k.src, k.dst, v.addr]) % MAX_ZONES) as usize] += 1;
+            }
+            gone
         });
-        expired + nat + self.hosts.expire(now_ns)
+        for zone in 1..MAX_ZONES {
+            let Ok(old) = self.zone_use.get(&zone, 0) else { continue };
+            let (ct, nat) = (ct_use[zone as usize], nat_use[zone as usize]);
+            if (old.ct, old.nat) != (ct, nat) {
+                self.zone_use.set(zone, ZoneUse { ct, nat, ..old }, 0).ok();
+            }
+        }
+        expired + translations + self.hosts.expire(now_ns)
     }
 
     /// Program counters summed over CPUs.

@@ -153,8 +153,9 @@ async fn dispatch(command: Command) -> Result<()> {
             if let Some(path) = config {
                 state_dir = config::agent_dirs(&path)?.1;
             }
+            // The rotated older half first, then the current file.
             let path = services::dns_log_path(&state_dir);
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let text = [services::dns::rotated_log(&path), path].iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect::<String>();
             let entries: Vec<services::dns::DnsLogEntry> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);

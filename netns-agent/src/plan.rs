@@ -114,6 +114,10 @@ pub struct PortPlan {
     pub check_mac: bool,
     /// The app configures its address itself, by DHCP.
     pub dhcp: bool,
+    /// `ip` was configured (else the agent picked it: on a switch NI the port then learns
+    /// the app's real address from the DHCP server's reply).
+    #[serde(default)]
+    pub ip_configured: bool,
     /// The app's first interface, configured by the agent: the app's default route goes
     /// through it.
     #[serde(default)]
@@ -291,6 +295,7 @@ pub fn build(config: &Config) -> Plan {
                 // uplink; `ip` then names the lease expected from it (for eidsets).
                 check_mac: iface.tap.is_none() || iface.mac.is_some(),
                 dhcp: iface.dhcp || ni.is_switch(),
+                ip_configured: iface.ip.is_some(),
                 default_route: k == 0 && !(iface.dhcp || ni.is_switch()) && iface.tap.is_none(),
                 acl: acl_table(&iface.acl),
                 hosts: iface

@@ -131,7 +131,7 @@ impl AppliedState {
         // lease files, the VPN instances' directories.
         for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = ["state.json", "state.json.tmp", "dns.log", "control.sock"].contains(&name.as_str());
+            let ours = ["state.json", "state.json.tmp", "dns.log", "dns.log.1", "control.sock"].contains(&name.as_str());
             if ours || name.starts_with("dnsmasq-") {
                 std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
             } else if name.starts_with("vpn-") && entry.path().is_dir() {

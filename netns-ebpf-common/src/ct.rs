@@ -1,5 +1,8 @@
 //! Our conntrack: one LRU hash per agent, keyed by the NI zone and the flow's endpoints in
 //! canonical order, so both directions of a flow find the same entry with one lookup.
+//! It holds allowed flows only: a dropped flow's record lives in a map of its own (a
+//! flood of denied tuples cannot evict a live flow), and no verdict is ever taken from
+//! it (a flow whose entry went is judged anew, never dropped for having been dropped).
 
 use crate::{
     packet::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -8,6 +11,8 @@ use crate::{
 
 /// Entries in the shared conntrack map (LRU: the oldest flows go first when full).
 pub const CT_MAX_ENTRIES: u32 = 65536;
+/// Records of dropped flows (LRU: a flood of denied tuples recycles its own records).
+pub const DROP_MAX_ENTRIES: u32 = 16384;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -60,6 +65,15 @@ pub const FLAG_FIN_REPLY: u8 = 1 << 2;
 /// The flow's first packet went to the app (it was judged at the to-app side): its
 /// original direction never comes from an app port.
 pub const FLAG_JUDGED_TO_APP: u8 = 1 << 3;
+/// `tcp_end[DIR_ORIG]` / `tcp_end[DIR_REPLY]` holds a segment end seen in that direction.
+pub const FLAG_END_ORIG: u8 = 1 << 4;
+pub const FLAG_END_REPLY: u8 = 1 << 5;
+
+/// How far (in sequence space) an RST may sit from the furthest segment end its sender
+/// was seen sending. The kernel checks against the receiver's window; a fixed 1 MiB
+/// leaves a blind attacker about one chance in 2^11 per guess, and never refuses the RST
+/// of an endpoint we saw (it resets at its own next sequence number).
+pub const RST_WINDOW: u32 = 1 << 20;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,6 +100,9 @@ pub struct CtValue {
     /// The app port the flow's replies come from when its far end is another app of the
     /// NI (learned when the bridge delivers the first packet there); 0: not an app.
     pub reply_ifindex: u32,
+    /// TCP, per direction: the furthest segment end seen (`FLAG_END_*` says which are
+    /// known). An RST must land near its sender's.
+    pub tcp_end: [u32; 2],
 }
 
 impl CtValue {
@@ -112,6 +129,43 @@ pub fn port_may_send(entry: &CtValue, dir: usize, ifindex: u32) -> bool {
         (true, true) => false,
         (false, false) => entry.reply_ifindex != 0 && entry.reply_ifindex == ifindex,
     }
+}
+
+const END_FLAGS: [u8; 2] = [FLAG_END_ORIG, FLAG_END_REPLY];
+
+/// Records where a TCP segment travelling in `dir` ends (sequence space wraps: "further"
+/// means less than 2^31 ahead).
+#[inline(always)]
+pub fn note_tcp_end(entry: &mut CtValue, dir: usize, end: u32) {
+    let dir = if dir == DIR_ORIG { DIR_ORIG } else { DIR_REPLY };
+    let known = entry.flags & END_FLAGS[dir] != 0;
+    if !known || (end.wrapping_sub(entry.tcp_end[dir]) as i32) > 0 {
+        entry.tcp_end[dir] = end;
+        entry.flags |= END_FLAGS[dir];
+    }
+}
+
+/// Whether an RST sent in `dir` with sequence number `seq` may close the flow: within
+/// `RST_WINDOW` of what its sender was seen sending (or nothing seen from it yet: the
+/// answer to a SYN). An RST from anywhere else (a blind attacker, a neighbour posing as
+/// an end) is dropped, as the kernel's conntrack marks it invalid.
+#[inline(always)]
+pub fn rst_acceptable(entry: &CtValue, dir: usize, seq: u32) -> bool {
+    let dir = if dir == DIR_ORIG { DIR_ORIG } else { DIR_REPLY };
+    if entry.flags & END_FLAGS[dir] == 0 {
+        return true;
+    }
+    let distance = seq.wrapping_sub(entry.tcp_end[dir]) as i32;
+    distance.unsigned_abs() <= RST_WINDOW
+}
+
+/// A new connection on the tuple of one that is closing or closed (a client reusing its
+/// port within TIME_WAIT): a SYN without ACK starts a new flow, judged anew, as the
+/// kernel reopens it.
+#[inline(always)]
+pub fn reopened_by(entry: &CtValue, tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+        && matches!(entry.tcp_state, TCP_FIN_WAIT | TCP_TIME_WAIT | TCP_CLOSE)
 }
 
 /// Next TCP state after a packet with `flags` in direction `dir`.
@@ -244,6 +298,37 @@ mod tests {
         assert_eq!(tcp_next(TCP_ESTABLISHED, 0, TCP_RST, DIR_REPLY).0, TCP_CLOSE);
         // A reused port after close starts over.
         assert_eq!(tcp_next(TCP_CLOSE, 0, TCP_SYN, DIR_ORIG).0, TCP_SYN_SENT);
+    }
+
+    #[test]
+    fn rst_must_fit_its_senders_sequence() {
+        let mut e = CtValue::default();
+        // Nothing seen from the reply side yet (a SYN refused): its RST closes.
+        assert!(rst_acceptable(&e, DIR_REPLY, 12345));
+        note_tcp_end(&mut e, DIR_REPLY, 1_000_000);
+        note_tcp_end(&mut e, DIR_REPLY, 900_000); // a retransmission does not move it back
+        assert_eq!(e.tcp_end[DIR_REPLY], 1_000_000);
+        assert!(rst_acceptable(&e, DIR_REPLY, 1_000_000));
+        assert!(rst_acceptable(&e, DIR_REPLY, 1_000_000 + RST_WINDOW));
+        assert!(!rst_acceptable(&e, DIR_REPLY, 1_000_000 + RST_WINDOW + 1));
+        assert!(!rst_acceptable(&e, DIR_REPLY, 0x8000_0000));
+        // The other direction is tracked on its own, and across the wrap.
+        note_tcp_end(&mut e, DIR_ORIG, 0xffff_fff0);
+        note_tcp_end(&mut e, DIR_ORIG, 0x10);
+        assert_eq!(e.tcp_end[DIR_ORIG], 0x10);
+        assert!(rst_acceptable(&e, DIR_ORIG, 0xffff_ff00));
+    }
+
+    #[test]
+    fn a_syn_reopens_a_closing_flow() {
+        for state in [TCP_FIN_WAIT, TCP_TIME_WAIT, TCP_CLOSE] {
+            let e = CtValue { tcp_state: state, ..CtValue::default() };
+            assert!(reopened_by(&e, TCP_SYN));
+            assert!(!reopened_by(&e, TCP_SYN | TCP_ACK));
+            assert!(!reopened_by(&e, TCP_ACK));
+        }
+        let e = CtValue { tcp_state: TCP_ESTABLISHED, ..CtValue::default() };
+        assert!(!reopened_by(&e, TCP_SYN), "a SYN inside a live flow changes nothing");
     }
 
     #[test]

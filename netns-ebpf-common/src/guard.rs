@@ -3,7 +3,10 @@
 //! with (ICMP errors). The app-port programs run these checks on every packet from the
 //! app before conntrack sees it; a refusal names the counter it goes to.
 
-use crate::{packet::Arp, packet::Flow, IfaceInfo, Stat, IFACE_FLAG_CHECK_MAC, IFACE_FLAG_SWITCH, PROTO_UDP};
+use crate::{
+    packet::{Arp, Flow, FRAG_NONE},
+    IfaceInfo, Ipv4, Stat, IFACE_FLAG_CHECK_MAC, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_SWITCH, PROTO_UDP,
+};
 
 const UNSPECIFIED: [u8; 4] = [0; 4];
 
@@ -12,11 +15,12 @@ fn mac_ok(iface: &IfaceInfo, mac: &[u8; 6]) -> bool {
     iface.flags & IFACE_FLAG_CHECK_MAC == 0 || *mac == iface.app_mac
 }
 
-/// The app's address is enforced on local NIs (the agent gives it); a switch NI's apps
-/// take theirs from a DHCP server outside, so there only the MAC is checked.
+/// Whether the port knows the app's address: always on a local NI (the agent gives it);
+/// on a switch NI once configured or learned from the DHCP server outside (until then
+/// the app may only ask for one).
 #[inline(always)]
-fn ip_checked(iface: &IfaceInfo) -> bool {
-    iface.flags & IFACE_FLAG_SWITCH == 0
+fn ip_known(iface: &IfaceInfo) -> bool {
+    iface.flags & IFACE_FLAG_SWITCH == 0 || iface.flags & IFACE_FLAG_IP_KNOWN != 0
 }
 
 /// An IPv4 packet from the app: its frame must come from the app's MAC and its source
@@ -26,7 +30,7 @@ pub fn from_app_ipv4(iface: &IfaceInfo, flow: &Flow) -> Result<(), Stat> {
     if !mac_ok(iface, &flow.eth_src) {
         return Err(Stat::DropSpoofed);
     }
-    if !ip_checked(iface) || flow.outer_src == iface.app_ip {
+    if ip_known(iface) && flow.outer_src == iface.app_ip {
         return Ok(());
     }
     if is_dhcp_request(flow) {
@@ -51,10 +55,25 @@ pub fn from_app_arp(iface: &IfaceInfo, arp: &Arp) -> Result<(), Stat> {
     if !mac_ok(iface, &arp.eth_src) || !mac_ok(iface, &arp.sha) {
         return Err(Stat::DropSpoofed);
     }
-    if ip_checked(iface) && arp.spa != iface.app_ip && arp.spa != UNSPECIFIED {
+    if arp.spa != UNSPECIFIED && !(ip_known(iface) && arp.spa == iface.app_ip) {
         return Err(Stat::DropSpoofed);
     }
     Ok(())
+}
+
+/// BOOTP's fixed header up to the client's MAC: op, htype, hlen, hops, xid, secs, flags,
+/// ciaddr, yiaddr (16), siaddr, giaddr, chaddr (28).
+pub const BOOTP_PREFIX: usize = 34;
+
+/// The address a DHCP server's reply (an OFFER, then the ACK) gives the app behind this
+/// port: BOOTREPLY from :67 to :68 naming the app's MAC, with a yiaddr. The last one
+/// seen is the app's (the ACK comes after the OFFER; a NAK carries none).
+#[inline(always)]
+pub fn dhcp_reply_address(iface: &IfaceInfo, flow: &Flow, bootp: &[u8; BOOTP_PREFIX]) -> Option<Ipv4> {
+    let reply = flow.proto == PROTO_UDP && flow.sport == 67 && flow.dport == 68 && !flow.related && flow.frag == FRAG_NONE;
+    let yiaddr = [bootp[16], bootp[17], bootp[18], bootp[19]];
+    let for_app = bootp[0] == 2 && bootp[28..34] == iface.app_mac;
+    (reply && for_app && yiaddr != UNSPECIFIED).then_some(yiaddr)
 }
 
 /// An ICMP error is about a packet its receiver sent: the error goes to the quoted
@@ -92,10 +111,15 @@ mod tests {
         let dhcp = Flow { proto: PROTO_UDP, sport: 68, dport: 67, outer_src: UNSPECIFIED, eth_src: MAC, ..Flow::default() };
         assert_eq!(from_app_ipv4(&i, &dhcp), Ok(()), "DHCP before the address");
         assert_eq!(from_app_ipv4(&i, &Flow { dport: 53, ..dhcp }), Err(Stat::DropSpoofed), "0.0.0.0 for anything else");
-        // A switch NI's app: the MAC only.
+        // A switch NI's app before its address is known: DHCP only.
         let s = iface(IFACE_FLAG_SWITCH);
-        assert_eq!(from_app_ipv4(&s, &tcp_from(MAC, OTHER)), Ok(()));
-        assert_eq!(from_app_ipv4(&s, &tcp_from([2, 0, 0, 0, 0, 1], OTHER)), Err(Stat::DropSpoofed));
+        assert_eq!(from_app_ipv4(&s, &tcp_from(MAC, APP)), Err(Stat::DropSpoofed));
+        assert_eq!(from_app_ipv4(&s, &dhcp), Ok(()));
+        // Once known (configured or learned), as on a local NI.
+        let s = iface(IFACE_FLAG_SWITCH | IFACE_FLAG_IP_KNOWN);
+        assert_eq!(from_app_ipv4(&s, &tcp_from(MAC, APP)), Ok(()));
+        assert_eq!(from_app_ipv4(&s, &tcp_from(MAC, OTHER)), Err(Stat::DropSpoofed));
+        assert_eq!(from_app_ipv4(&s, &tcp_from([2, 0, 0, 0, 0, 1], APP)), Err(Stat::DropSpoofed));
         // A VM whose MAC nobody configured: its address only.
         let vm = IfaceInfo { flags: 0, ..i };
         assert_eq!(from_app_ipv4(&vm, &tcp_from([2, 0, 0, 0, 0, 1], APP)), Ok(()));
@@ -111,6 +135,32 @@ mod tests {
         assert_eq!(from_app_arp(&i, &Arp { sha: [2, 0, 0, 0, 0, 1], ..arp }), Err(Stat::DropSpoofed));
         assert_eq!(from_app_arp(&i, &Arp { eth_src: [2, 0, 0, 0, 0, 1], ..arp }), Err(Stat::DropSpoofed));
         assert_eq!(from_app_arp(&i, &Arp::default()), Err(Stat::DropSpoofed), "not Ethernet/IPv4 ARP");
+        // A switch NI's app: probes until its address is known.
+        let s = iface(IFACE_FLAG_SWITCH);
+        assert_eq!(from_app_arp(&s, &Arp { spa: UNSPECIFIED, ..arp }), Ok(()));
+        assert_eq!(from_app_arp(&s, &arp), Err(Stat::DropSpoofed));
+        assert_eq!(from_app_arp(&iface(IFACE_FLAG_SWITCH | IFACE_FLAG_IP_KNOWN), &arp), Ok(()));
+    }
+
+    #[test]
+    fn dhcp_replies_teach_the_apps_address() {
+        let i = iface(IFACE_FLAG_SWITCH);
+        let flow = Flow { proto: PROTO_UDP, sport: 67, dport: 68, ..Flow::default() };
+        let mut bootp = [0u8; BOOTP_PREFIX];
+        bootp[0] = 2;
+        bootp[16..20].copy_from_slice(&[192, 168, 3, 6]);
+        bootp[28..34].copy_from_slice(&MAC);
+        assert_eq!(dhcp_reply_address(&i, &flow, &bootp), Some([192, 168, 3, 6]));
+        let mut other = bootp;
+        other[28] = 0x42;
+        assert_eq!(dhcp_reply_address(&i, &flow, &other), None, "another client's lease");
+        let mut request = bootp;
+        request[0] = 1;
+        assert_eq!(dhcp_reply_address(&i, &flow, &request), None, "a BOOTREQUEST");
+        let mut nak = bootp;
+        nak[16..20].copy_from_slice(&UNSPECIFIED);
+        assert_eq!(dhcp_reply_address(&i, &flow, &nak), None);
+        assert_eq!(dhcp_reply_address(&i, &Flow { sport: 53, ..flow }, &bootp), None, "not from a server port");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod ct;
+pub mod frag;
 pub mod guard;
 pub mod limit;
 pub mod mark;
@@ -28,10 +29,10 @@ pub const PROTO_UDP: u8 = 17;
 /// Versioned names of the pinned maps. aya reuses an existing pin without checking its
 /// layout, so any layout change must bump the suffix.
 pub mod map_names {
-    pub const CONNTRACK: &str = "CT_V2";
+    pub const CONNTRACK: &str = "CT_V3";
     pub const IFACES: &str = "IFACE_V2";
     pub const ACLS: &str = "ACL_V1";
-    pub const STATS: &str = "STATS_V2";
+    pub const STATS: &str = "STATS_V3";
     pub const NAT: &str = "NAT_V1";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -39,6 +40,9 @@ pub mod map_names {
     pub const HOSTSET: &str = "HOSTSET_V1";
     pub const LIMITS: &str = "LIMIT_V1";
     pub const DEVICE: &str = "DEVICE_V1";
+    pub const DROPS: &str = "DROP_V1";
+    pub const FRAGS: &str = "FRAG_V1";
+    pub const ZONE_USE: &str = "ZONEUSE_V1";
 }
 
 /// The /24 of the NIs' veth pairs (169.254.100.0/24): the agent-side ends are the
@@ -97,6 +101,11 @@ pub const IFACE_FLAG_SWITCH: u32 = 1;
 /// The app's MAC is known (a veth the agent made, or a VM whose `mac` the config gives):
 /// frames from the app must carry it.
 pub const IFACE_FLAG_CHECK_MAC: u32 = 2;
+/// Switch NI: `app_ip` is the app's and is enforced (configured, or learned).
+pub const IFACE_FLAG_IP_KNOWN: u32 = 4;
+/// Switch NI: the app's address is learned from the DHCP replies the port delivers to it
+/// (the to-app program writes `app_ip` and sets `IFACE_FLAG_IP_KNOWN`).
+pub const IFACE_FLAG_IP_LEARN: u32 = 8;
 
 /// An app address on an NI: the eidset of the NI's other apps.
 #[repr(C)]
@@ -122,6 +131,34 @@ pub struct HostEntry {
     pub ace_mask: u64,
     /// CLOCK_MONOTONIC after which the entry no longer matches (TTL + grace).
     pub expires_ns: u64,
+}
+
+/// Zones (NIs) with a share of the conntrack and NAT maps; NI indexes stay below.
+pub const MAX_ZONES: u32 = 256;
+
+/// An NI's use of the shared conntrack and NAT maps against its share, indexed by zone.
+/// The programs add every entry they create; the agent's sweep writes the true counts
+/// back (entries expire or are evicted without telling anyone). Between sweeps a count
+/// errs high (expired entries still count: a zone is refused early, not late), by a few
+/// entries low at most (those made while the sweep counted). 0 as a share: no bound.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZoneUse {
+    pub ct: u32,
+    pub nat: u32,
+    pub ct_share: u32,
+    pub nat_share: u32,
+}
+
+/// The NI that a translation in the agent's netns belongs to: the NI whose veth address
+/// (169.254.100.4N-3 agent side, 4N-2 NI side) it involves; 0 when none.
+#[inline(always)]
+pub fn veth_zone(addr: Ipv4) -> u32 {
+    if acl::prefix_contains(VETH_NET, VETH_NET_LEN, addr) {
+        (addr[3] as u32 + 3) / 4
+    } else {
+        0
+    }
 }
 
 /// Counters of the programs' decisions, one slot each in a per-CPU array.
@@ -152,10 +189,17 @@ pub enum Stat {
     DropCtPort = 19,
     /// An ICMP error whose addresses do not fit the flow it quotes.
     DropIcmpMismatch = 20,
+    /// An RST too far from its sender's sequence numbers to be its own.
+    DropTcpRst = 21,
+    /// A new flow (or translation) of an NI that holds its whole share of the conntrack
+    /// (or NAT) map.
+    DropZoneFull = 22,
+    /// A fragment passed by its first fragment's verdict and translation.
+    PassFragment = 23,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 24;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassArp,
         Stat::DropNonIpv4,
@@ -178,6 +222,9 @@ impl Stat {
         Stat::DropSpoofed,
         Stat::DropCtPort,
         Stat::DropIcmpMismatch,
+        Stat::DropTcpRst,
+        Stat::DropZoneFull,
+        Stat::PassFragment,
     ];
 
     pub fn name(self) -> &'static str {
@@ -203,6 +250,9 @@ impl Stat {
             Stat::DropSpoofed => "drop_spoofed",
             Stat::DropCtPort => "drop_ct_port",
             Stat::DropIcmpMismatch => "drop_icmp_mismatch",
+            Stat::DropTcpRst => "drop_tcp_rst",
+            Stat::DropZoneFull => "drop_zone_full",
+            Stat::PassFragment => "pass_fragment",
         }
     }
 }
@@ -226,4 +276,5 @@ mod pod {
     unsafe impl aya::Pod for super::HostEntry {}
     unsafe impl aya::Pod for super::limit::LimitKey {}
     unsafe impl aya::Pod for super::limit::Bucket {}
+    unsafe impl aya::Pod for super::ZoneUse {}
 }

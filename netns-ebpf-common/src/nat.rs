@@ -57,9 +57,16 @@ impl NatKey {
     }
 }
 
+/// TCP: a FIN went through (a SYN without ACK clears it: the tuple is reused).
 pub const NAT_FLAG_CLOSING: u8 = 1 << 0;
 /// The entry of the direction that created the translation (the other is its reply).
 pub const NAT_FLAG_ORIG: u8 = 1 << 1;
+/// A packet after the one that created the pair used this entry: on the reply entry,
+/// the flow was answered.
+pub const NAT_FLAG_USED: u8 = 1 << 2;
+/// TCP: the latest packet was an RST (any later packet clears it: an RST the endpoints
+/// ignore, e.g. a blind attacker's, must not shorten the flow's life for long).
+pub const NAT_FLAG_RST: u8 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -147,16 +154,77 @@ pub fn candidate_port(random: u32, attempt: u32, min: u16, max: u16) -> u16 {
     (min as u32 + (random.wrapping_add(attempt)) % size) as u16
 }
 
-/// Idle time after which a NAT entry goes: long for TCP until it closes, like conntrack.
+/// The flags of a packet's TCP header applied to the entry it used.
 #[inline(always)]
-pub fn idle_timeout_ns(proto: u8, flags: u8) -> u64 {
+pub fn flags_after(flags: u8, proto: u8, tcp_flags: u8) -> u8 {
+    let mut f = flags | NAT_FLAG_USED;
+    if proto == crate::PROTO_TCP {
+        use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+        if tcp_flags & TCP_RST != 0 {
+            f |= NAT_FLAG_RST;
+        } else {
+            f &= !NAT_FLAG_RST;
+        }
+        if tcp_flags & TCP_FIN != 0 {
+            f |= NAT_FLAG_CLOSING;
+        } else if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            f &= !NAT_FLAG_CLOSING;
+        }
+    }
+    f
+}
+
+/// The other entry of a translation: each entry, rewritten by its own value and turned
+/// around, is its partner's key.
+#[inline(always)]
+pub fn partner(key: &NatKey, v: &NatValue) -> NatKey {
+    key.rewritten(v).reversed()
+}
+
+/// Idle time after which a translation (both entries at once, idle = since the later of
+/// their packets) goes. The same as the conntrack's for the flow's state, so neither
+/// outlives the other: TCP until answered (SYN_SENT) or once closing 120 s, answered
+/// 5 days; UDP 30 s, answered 120 s; ICMP 30 s; others 600 s. An RST shortens the life
+/// to 120 s until another packet shows the flow goes on.
+#[inline(always)]
+pub fn pair_idle_timeout_ns(proto: u8, flags: u8, answered: bool) -> u64 {
     const SEC: u64 = 1_000_000_000;
     match proto {
-        crate::PROTO_TCP if flags & NAT_FLAG_CLOSING != 0 => 120 * SEC,
+        crate::PROTO_TCP if flags & (NAT_FLAG_CLOSING | NAT_FLAG_RST) != 0 || !answered => 120 * SEC,
         crate::PROTO_TCP => 5 * 24 * 3600 * SEC,
-        crate::PROTO_UDP => 180 * SEC,
-        _ => 30 * SEC,
+        crate::PROTO_UDP if answered => 120 * SEC,
+        crate::PROTO_UDP | crate::PROTO_ICMP => 30 * SEC,
+        _ => 600 * SEC,
     }
+}
+
+/// Whether a translation is past its time: `entry` and its partner (if any) together.
+pub fn pair_expired(proto: u8, entry: &NatValue, partner: Option<&NatValue>, now_ns: u64) -> bool {
+    let reply_used = |v: &NatValue| v.flags & NAT_FLAG_ORIG == 0 && v.flags & NAT_FLAG_USED != 0;
+    let (last, flags, answered) = match partner {
+        Some(p) => (entry.last_seen_ns.max(p.last_seen_ns), entry.flags | p.flags, reply_used(entry) || reply_used(p)),
+        None => (entry.last_seen_ns, entry.flags, reply_used(entry)),
+    };
+    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered)
+}
+
+/// The NI a translation counts against (see `ZoneUse`): its domain, or in the agent's
+/// netns the NI whose veth address it involves (`addrs`: the tuple's and the
+/// translation's addresses).
+#[inline(always)]
+pub fn owner_zone(domain: u32, addrs: [Ipv4; 3]) -> u32 {
+    if domain != DOMAIN_AGENT {
+        return domain;
+    }
+    let mut i = 0;
+    while i < 3 {
+        let z = crate::veth_zone(addrs[i]);
+        if z != 0 {
+            return z;
+        }
+        i += 1;
+    }
+    0
 }
 
 #[cfg(test)]
@@ -177,6 +245,52 @@ mod tests {
         let rev = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, ..NatValue::default() };
         let back = reply.rewritten(&rev);
         assert_eq!(back, NatKey::of(3, &f).reversed());
+    }
+
+    #[test]
+    fn a_translation_lives_as_long_as_its_flow() {
+        const SEC: u64 = 1_000_000_000;
+        let fwd = NatValue { flags: NAT_FLAG_ORIG, ..NatValue::default() };
+        let rev = NatValue::default();
+        // Unanswered TCP (a SYN flood): 2 minutes, like SYN_SENT, not days.
+        assert!(pair_expired(PROTO_TCP, &fwd, Some(&rev), 121 * SEC));
+        // Answered: the reply entry was used; the pair lives while either side talks.
+        let rev = NatValue { flags: flags_after(0, PROTO_TCP, crate::packet::TCP_ACK), last_seen_ns: 50 * SEC, ..rev };
+        assert!(!pair_expired(PROTO_TCP, &fwd, Some(&rev), 3 * 24 * 3600 * SEC));
+        assert!(!pair_expired(PROTO_TCP, &rev, Some(&fwd), 3 * 24 * 3600 * SEC), "both entries agree");
+        // A FIN: 2 minutes; a SYN reusing the tuple reopens it.
+        let closing = flags_after(rev.flags, PROTO_TCP, crate::packet::TCP_FIN);
+        assert!(pair_expired(PROTO_TCP, &NatValue { flags: closing, ..rev }, Some(&fwd), 171 * SEC));
+        assert_eq!(flags_after(closing, PROTO_TCP, crate::packet::TCP_SYN) & NAT_FLAG_CLOSING, 0);
+        // An RST counts until the next packet.
+        let rst = flags_after(rev.flags, PROTO_TCP, crate::packet::TCP_RST);
+        assert!(pair_expired(PROTO_TCP, &NatValue { flags: rst, ..rev }, Some(&fwd), 171 * SEC));
+        assert_eq!(flags_after(rst, PROTO_TCP, crate::packet::TCP_ACK) & NAT_FLAG_RST, 0);
+        // UDP: 30 s one way, 120 s answered (the conntrack's).
+        let udp_fwd = NatValue { flags: NAT_FLAG_ORIG | NAT_FLAG_USED, last_seen_ns: 100 * SEC, ..NatValue::default() };
+        assert!(pair_expired(crate::PROTO_UDP, &udp_fwd, Some(&NatValue::default()), 131 * SEC));
+        let udp_rev = NatValue { flags: NAT_FLAG_USED, ..NatValue::default() };
+        assert!(!pair_expired(crate::PROTO_UDP, &udp_fwd, Some(&udp_rev), 219 * SEC));
+        assert!(pair_expired(crate::PROTO_UDP, &udp_fwd, Some(&udp_rev), 221 * SEC));
+    }
+
+    #[test]
+    fn partners_find_each_other() {
+        let f = Flow { proto: PROTO_TCP, src: [10, 10, 1, 2], dst: [8, 8, 8, 8], sport: 40000, dport: 80, ..Flow::default() };
+        let k = NatKey::of(3, &f);
+        let fwd = NatValue { addr: [169, 254, 100, 10], port: 1025, rewrite: REWRITE_SRC, flags: NAT_FLAG_ORIG, ..NatValue::default() };
+        let rk = partner(&k, &fwd);
+        let rev = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, ..NatValue::default() };
+        assert_eq!(partner(&rk, &rev), k);
+    }
+
+    #[test]
+    fn translations_count_against_their_ni() {
+        assert_eq!(owner_zone(5, [[0; 4]; 3]), 5);
+        // Uplink SNAT of NI 3's veth address (169.254.100.10), agent side of NI 2 (.5).
+        assert_eq!(owner_zone(DOMAIN_AGENT, [[8, 8, 8, 8], [192, 168, 0, 2], [169, 254, 100, 10]]), 3);
+        assert_eq!(owner_zone(DOMAIN_AGENT, [[169, 254, 100, 5], [8, 8, 8, 8], [1, 1, 1, 1]]), 2);
+        assert_eq!(owner_zone(DOMAIN_AGENT, [[8, 8, 8, 8], [1, 1, 1, 1], [9, 9, 9, 9]]), 0);
     }
 
     #[test]

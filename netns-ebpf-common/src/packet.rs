@@ -59,7 +59,22 @@ pub struct Flow {
     /// error (the tuple above is the quoted packet's); else the same as src and dst.
     pub outer_src: Ipv4,
     pub outer_dst: Ipv4,
+    /// TCP: the sequence number, and where the segment ends in sequence space (sequence
+    /// + payload + SYN + FIN): what an RST is checked against.
+    pub tcp_seq: u32,
+    pub tcp_end: u32,
+    /// `FRAG_*`: whether this is an IPv4 fragment, and which.
+    pub frag: u8,
+    /// The IPv4 identification: ties a datagram's fragments together.
+    pub ip_id: u16,
 }
+
+/// Not a fragment.
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment (offset 0, more to come): it carries the L4 header.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: no L4 header; its ports come from the first (see `frag`).
+pub const FRAG_LATER: u8 = 2;
 
 impl Flow {
     /// The same flow as a packet in the other direction has it (addresses and ports
@@ -95,8 +110,6 @@ pub enum ParseError {
     Truncated,
     /// Version not 4, header length below 20, or total length below the header.
     BadIpHeader,
-    /// A non-first fragment: it carries no L4 header to match on.
-    Fragment,
 }
 
 /// Parses an Ethernet frame far enough to classify it.
@@ -130,17 +143,29 @@ fn parse_arp<R: PacketReader + ?Sized>(pkt: &R, eth_src: [u8; 6]) -> Result<Arp,
 fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, ParseError> {
     let ip: [u8; 20] = pkt.read(off).ok_or(ParseError::Truncated)?;
     let (ihl, proto, src, dst, total_len, frag) = ipv4_fields(&ip)?;
-    if frag & 0x1fff != 0 {
-        return Err(ParseError::Fragment);
-    }
     let l4 = off + ihl;
-    let mut flow = Flow { proto, src, dst, ip_len: total_len, l4_off: l4 as u16, outer_src: src, outer_dst: dst, ..Flow::default() };
+    let ip_id = u16::from_be_bytes([ip[4], ip[5]]);
+    let mut flow = Flow { proto, src, dst, ip_len: total_len, l4_off: l4 as u16, outer_src: src, outer_dst: dst, ip_id, ..Flow::default() };
+    if frag & 0x1fff != 0 {
+        // No L4 header here: the caller takes the ports from the first fragment.
+        flow.frag = FRAG_LATER;
+        return Ok(flow);
+    }
+    if frag & 0x2000 != 0 {
+        flow.frag = FRAG_FIRST;
+    }
     match proto {
         PROTO_TCP => {
             let tcp: [u8; 14] = pkt.read(l4).ok_or(ParseError::Truncated)?;
             flow.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
             flow.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
             flow.tcp_flags = tcp[13];
+            flow.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            let header = (ihl + (tcp[12] >> 4) as usize * 4) as u32;
+            let payload = (total_len as u32).saturating_sub(header);
+            let flags = tcp[13];
+            let syn_fin = ((flags & TCP_SYN != 0) as u32) + ((flags & TCP_FIN != 0) as u32);
+            flow.tcp_end = flow.tcp_seq.wrapping_add(payload).wrapping_add(syn_fin);
         }
         PROTO_UDP => {
             let udp: [u8; 4] = pkt.read(l4).ok_or(ParseError::Truncated)?;
@@ -330,14 +355,40 @@ pub(crate) mod tests {
         assert_eq!(parse(&bad[..]), Err(ParseError::BadIpHeader));
         bad[14] = 0x44; // IHL 16 bytes
         assert_eq!(parse(&bad[..]), Err(ParseError::BadIpHeader));
+    }
+
+    #[test]
+    fn fragments_say_which_they_are() {
+        let f = frame(PROTO_TCP, A, B, &tcp(1, 2, TCP_SYN));
         let mut frag = f;
+        frag[18..20].copy_from_slice(&0x4242u16.to_be_bytes());
         frag[20] = 0x00;
         frag[21] = 0x10; // offset 16*8
-        assert_eq!(parse(&frag[..]), Err(ParseError::Fragment));
+        let Ok(Parsed::Ipv4(later)) = parse(&frag[..]) else { panic!() };
+        assert_eq!((later.frag, later.ip_id, later.sport, later.dport, later.tcp_flags), (FRAG_LATER, 0x4242, 0, 0, 0));
         // A first fragment (MF set, offset 0) still has its L4 header.
         frag[20] = 0x20;
         frag[21] = 0;
-        assert!(matches!(parse(&frag[..]), Ok(Parsed::Ipv4(_))));
+        let Ok(Parsed::Ipv4(first)) = parse(&frag[..]) else { panic!() };
+        assert_eq!((first.frag, first.sport, first.dport), (FRAG_FIRST, 1, 2));
+        let Ok(Parsed::Ipv4(whole)) = parse(&f[..]) else { panic!() };
+        assert_eq!(whole.frag, FRAG_NONE);
+    }
+
+    #[test]
+    fn tcp_segment_end() {
+        let mut t = tcp(1, 2, TCP_SYN);
+        t[4..8].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+        let f = frame(PROTO_TCP, A, B, &t);
+        let Parsed::Ipv4(syn) = parse(&f[..54]).unwrap() else { panic!() };
+        assert_eq!((syn.tcp_seq, syn.tcp_end), (0xffff_fff0, 0xffff_fff1));
+        // 20 bytes of payload after the header, sequence space wraps.
+        let mut l4 = [0u8; 40];
+        l4[..20].copy_from_slice(&tcp(1, 2, TCP_ACK | TCP_FIN));
+        l4[4..8].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+        let f = frame(PROTO_TCP, A, B, &l4);
+        let Parsed::Ipv4(data) = parse(&f[..74]).unwrap() else { panic!() };
+        assert_eq!(data.tcp_end, 0xffff_fff0u32.wrapping_add(21));
     }
 
     #[test]

@@ -19,11 +19,12 @@ use netns_ebpf_common::{
     guard,
     limit::{self, LimitKey},
     nat::{NatKey, NatValue, PortmapKey, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
-    packet::{self, Flow, ParseError, Parsed},
-    EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_SWITCH, PROTO_TCP, VETH_NET, VETH_NET_LEN,
+    packet::{self, Flow, Parsed, FRAG_LATER, FRAG_NONE, TCP_RST},
+    EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH, PROTO_TCP, VETH_NET,
+    VETH_NET_LEN,
 };
 
-use crate::{count, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS};
+use crate::{budget, count, frag, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -78,10 +79,6 @@ fn handle(ctx: &TcContext, side: Side) -> i32 {
             count(Stat::DropNonIpv4);
             TC_ACT_SHOT
         }
-        Err(ParseError::Fragment) => {
-            count(Stat::DropFragment);
-            TC_ACT_SHOT
-        }
         Err(_) => {
             count(Stat::DropMalformed);
             TC_ACT_SHOT
@@ -111,15 +108,19 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
         count(Stat::DropIcmpMismatch);
         return TC_ACT_SHOT;
     }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A later fragment has no ports of its own: its first fragment's, recorded here.
+    if flow.frag != FRAG_NONE && frag::follow(zone, flow, now).is_err() {
+        return TC_ACT_SHOT;
+    }
     if side == Side::ToApp && is_metadata_reply(iface, flow) && undo_metadata_nat(ctx, zone, flow).is_err() {
         count(Stat::NatMalformed);
         return TC_ACT_SHOT;
     }
     let (key, a_to_b) = CtKey::new(zone, flow);
-    let now = unsafe { bpf_ktime_get_ns() };
 
     let verdict = match CT.get_ptr_mut(&key) {
-        Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) => {
+        Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) && !reopens(unsafe { &*entry }, flow) => {
             let entry = unsafe { &mut *entry };
             // The direction this packet travels in the flow (an ICMP error travels against
             // the packet it quotes).
@@ -141,6 +142,11 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 // An ICMP error about a known flow follows that flow's verdict; it does not
                 // change its state or counters.
                 return verdict_action(entry.verdict == VERDICT_DROP, Stat::PassCt, Stat::DropCt);
+            }
+            if flow.proto == PROTO_TCP && flow.tcp_flags & TCP_RST != 0 && !ct::rst_acceptable(entry, dir, flow.tcp_seq) {
+                // Not the endpoint's own RST: it would close the entry under a live flow.
+                count(Stat::DropTcpRst);
+                return TC_ACT_SHOT;
             }
             if side == Side::ToApp && dir == DIR_ORIG && entry.flags & FLAG_JUDGED_TO_APP == 0 && entry.reply_ifindex == 0 && came_from_app_port(ctx) {
                 // The first packet of one app's flow to another reaches the far app here:
@@ -183,6 +189,11 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 count(Stat::DropUnsolicited);
                 return TC_ACT_SHOT;
             }
+            if flow.frag == FRAG_LATER {
+                // Its first fragment made no entry (dropped, or the entry went since).
+                count(Stat::DropFragment);
+                return TC_ACT_SHOT;
+            }
             let v = judge(ctx, side, &ikey, iface, flow);
             let mut entry = CtValue {
                 first_seen_ns: now,
@@ -195,17 +206,23 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 flags: if side == Side::ToApp { FLAG_JUDGED_TO_APP } else { 0 },
                 ..CtValue::default()
             };
+            if v.drop {
+                // The flow log must show what was blocked: a record apart from the
+                // conntrack, which its next packet is judged without.
+                record_drop(&key, &entry, a_to_b, flow, now);
+                count(Stat::DropAcl);
+                return TC_ACT_SHOT;
+            }
             account(&mut entry, DIR_ORIG, flow, now);
-            let limited = !v.drop && over_limit(zone, &entry, now);
-            // A dropped flow gets its entry too: the flow log must show what was blocked.
+            let limited = over_limit(zone, &entry, now);
+            if !budget::take(zone, false, 1) {
+                count(Stat::DropZoneFull);
+                return TC_ACT_SHOT;
+            }
             if CT.insert(&key, &entry, 0).is_err() {
                 count(Stat::CtInsertFailed);
             } else {
                 count(Stat::CtNew);
-            }
-            if v.drop {
-                count(Stat::DropAcl);
-                return TC_ACT_SHOT;
             }
             if limited {
                 count(Stat::DropLimit);
@@ -226,8 +243,52 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
             return TC_ACT_SHOT;
         }
     }
+    if side == Side::ToApp && iface.flags & IFACE_FLAG_IP_LEARN != 0 {
+        learn_address(ctx, &ikey, iface, flow);
+    }
     count(Stat::PassCt);
     TC_ACT_OK
+}
+
+/// A switch NI's port learns its app's address from the DHCP server's reply it delivers
+/// (until then the app may only ask for one, see `guard::from_app_ipv4`).
+#[inline(always)]
+fn learn_address(ctx: &TcContext, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) {
+    let Ok(bootp) = ctx.load::<[u8; guard::BOOTP_PREFIX]>(flow.l4_off as usize + 8) else { return };
+    let Some(ip) = guard::dhcp_reply_address(iface, flow, &bootp) else { return };
+    if iface.flags & IFACE_FLAG_IP_KNOWN != 0 && iface.app_ip == ip {
+        return;
+    }
+    if let Some(entry) = IFACES.get_ptr_mut(ikey) {
+        unsafe {
+            (*entry).app_ip = ip;
+            (*entry).flags |= IFACE_FLAG_IP_KNOWN;
+        }
+    }
+}
+
+/// A SYN on the tuple of a closing TCP flow starts a new one (judged anew).
+#[inline(always)]
+fn reopens(entry: &CtValue, flow: &Flow) -> bool {
+    flow.proto == PROTO_TCP && ct::reopened_by(entry, flow.tcp_flags)
+}
+
+/// Counts a dropped flow's packet in its record (made by its first dropped packet).
+#[inline(always)]
+fn record_drop(key: &CtKey, fresh: &CtValue, a_to_b: bool, flow: &Flow, now: u64) {
+    match DROPS.get_ptr_mut(key) {
+        Some(r) => {
+            let r = unsafe { &mut *r };
+            let dir = r.direction(a_to_b);
+            account(r, dir, flow, now);
+        }
+        None => {
+            let mut r = *fresh;
+            r.verdict = VERDICT_DROP;
+            account(&mut r, DIR_ORIG, flow, now);
+            let _ = DROPS.insert(key, &r, 0);
+        }
+    }
 }
 
 #[inline(always)]
@@ -334,10 +395,11 @@ fn account(entry: &mut CtValue, dir: usize, flow: &Flow, now: u64) {
     if dir == DIR_REPLY {
         entry.flags |= FLAG_SEEN_REPLY;
     }
-    if flow.proto == PROTO_TCP {
+    if flow.proto == PROTO_TCP && flow.frag != FRAG_LATER {
         let (state, flags) = ct::tcp_next(entry.tcp_state, entry.flags, flow.tcp_flags, dir);
         entry.tcp_state = state;
         entry.flags = flags;
+        ct::note_tcp_end(entry, dir, flow.tcp_end);
     }
 }
 

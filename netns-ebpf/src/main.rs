@@ -11,21 +11,24 @@
 #![allow(internal_features)]
 
 mod app_port;
+mod budget;
+mod frag;
 mod nat;
 mod rewrite;
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
     programs::TcContext,
 };
 use netns_ebpf_common::{
     acl::AclTable,
-    ct::{CtKey, CtValue, CT_MAX_ENTRIES},
+    ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
+    frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
     limit::{Bucket, LimitKey},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
     packet::PacketReader,
-    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat, MAX_APP_PORTS, MAX_DEVICE_ADDRS,
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat, ZoneUse, MAX_APP_PORTS, MAX_DEVICE_ADDRS, MAX_ZONES,
 };
 
 /// The translation domain / conntrack zone this copy serves; set by the loader.
@@ -40,8 +43,21 @@ fn zone() -> u32 {
 // BTF map definitions, so `bpftool map dump` prints keys and values field by field. The
 // agent pins every map under its pin directory (names from `map_names`).
 
-#[btf_map(name = "CT_V2")]
+#[btf_map(name = "CT_V3")]
 static CT: LruHashMap<CtKey, CtValue, { CT_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// Records of dropped flows, for the flow log only: never consulted for a verdict, and
+/// apart from CT so that denied tuples cannot evict live flows.
+#[btf_map(name = "DROP_V1")]
+static DROPS: LruHashMap<CtKey, CtValue, { DROP_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// First fragments' ports, for the later fragments of the same datagram.
+#[btf_map(name = "FRAG_V1")]
+static FRAGS: LruHashMap<FragKey, FragValue, { FRAG_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// Each NI's use of CT and NAT against its share.
+#[btf_map(name = "ZONEUSE_V1")]
+static ZONE_USE: Array<ZoneUse, { MAX_ZONES as usize }> = Array::new();
 
 #[btf_map(name = "IFACE_V2")]
 static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = HashMap::new();
@@ -49,7 +65,7 @@ static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = HashMa
 #[btf_map(name = "ACL_V1")]
 static ACLS: HashMap<IfaceKey, AclTable, { MAX_APP_PORTS as usize }> = HashMap::new();
 
-#[btf_map(name = "STATS_V2")]
+#[btf_map(name = "STATS_V3")]
 static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "NAT_V1")]

@@ -13,12 +13,12 @@ use aya_ebpf::{
 use netns_ebpf_common::{
     acl::prefix_contains,
     guard,
-    nat::{candidate_port, NatIface, NatKey, NatValue, PortmapKey, NAT_FLAG_CLOSING, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
-    packet::{self, Flow, Parsed, TCP_FIN, TCP_RST},
+    nat::{self, candidate_port, NatIface, NatKey, NatValue, PortmapKey, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    packet::{self, Flow, Parsed, FRAG_LATER, FRAG_NONE},
     IfaceKey, Stat, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::{count, ifindex, rewrite, zone, Skb, NAT, NAT_IFACES, PORTMAPS};
+use crate::{budget, count, frag, ifindex, rewrite, zone, Skb, NAT, NAT_IFACES, PORTMAPS};
 
 /// Linear probes per new source translation: a whole small range, or enough to find a
 /// free port in a large one.
@@ -51,8 +51,13 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     let Some(nif) = (unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: ifindex(ctx) }) }) else {
         return TC_ACT_OK;
     };
-    let key = NatKey::of(zone, &flow);
     let now = unsafe { bpf_ktime_get_ns() };
+    // Fragments follow their first: a later one whose first was not seen is dropped,
+    // never passed untranslated (it would leak the NI's addresses).
+    if flow.frag != FRAG_NONE && frag::follow(zone, &mut flow, now).is_err() {
+        return TC_ACT_SHOT;
+    }
+    let key = NatKey::of(zone, &flow);
     // As the kernel's NAT hooks: source rewrites on the way out (POSTROUTING),
     // destination rewrites on the way in (PREROUTING). A flow's entries are visible on
     // every interface of the domain, and applying one at the wrong side would, e.g., give
@@ -60,11 +65,16 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     if let Some(v) = NAT.get_ptr_mut(&key).filter(|v| (unsafe { (**v).rewrite } == REWRITE_SRC) == egress) {
         let v = unsafe { &mut *v };
         v.last_seen_ns = now;
-        if flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            v.flags |= NAT_FLAG_CLOSING;
+        let flags = nat::flags_after(v.flags, flow.proto, flow.tcp_flags);
+        if flags != v.flags {
+            v.flags = flags;
         }
         let v = *v;
         return finish(ctx, &mut flow, &v, Stat::NatRewrite);
+    }
+    if flow.frag == FRAG_LATER {
+        // Its datagram was not translated here: neither is it.
+        return TC_ACT_OK;
     }
     if egress {
         if nif.snat == 1
@@ -79,6 +89,10 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         let pk = PortmapKey { domain: zone, addr: flow.dst, port: flow.dport, proto: flow.proto, _pad: 0 };
         if let Some(t) = unsafe { PORTMAPS.get(pk) } {
             if t.uplink_ifindex == nif.uplink_ifindex {
+                if !budget::take(nat::owner_zone(zone, [flow.src, flow.dst, t.addr]), true, 2) {
+                    count(Stat::DropZoneFull);
+                    return TC_ACT_SHOT;
+                }
                 let fwd = NatValue { last_seen_ns: now, mark: t.mark, addr: t.addr, port: t.port, rewrite: REWRITE_DST, flags: NAT_FLAG_ORIG };
                 let rev_key = key.rewritten(&fwd).reversed();
                 let rev = NatValue { last_seen_ns: now, mark: 0, addr: flow.dst, port: flow.dport, rewrite: REWRITE_SRC, flags: 0 };
@@ -135,6 +149,10 @@ fn is_reply(key: &NatKey) -> bool {
 #[inline(always)]
 fn new_snat(ctx: &TcContext, flow: &mut Flow, key: &NatKey, nif: &NatIface, now: u64) -> i32 {
     let has_ports = flow.proto == PROTO_TCP || flow.proto == PROTO_UDP || (flow.proto == PROTO_ICMP && flow.icmp_echo);
+    if !budget::take(nat::owner_zone(key.domain, [flow.src, flow.dst, nif.snat_ip]), true, 2) {
+        count(Stat::DropZoneFull);
+        return TC_ACT_SHOT;
+    }
     let random = unsafe { bpf_get_prandom_u32() };
     let rev_value = NatValue { last_seen_ns: now, mark: 0, addr: flow.src, port: flow.sport, rewrite: REWRITE_DST, flags: 0 };
     for attempt in 0..PORT_ATTEMPTS {

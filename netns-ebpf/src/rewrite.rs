@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use netns_ebpf_common::{
     nat::{NatValue, REWRITE_SRC},
-    packet::{Flow, ETH_HLEN},
+    packet::{Flow, ETH_HLEN, FRAG_LATER},
     PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
@@ -26,7 +26,10 @@ pub fn apply(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Result<(), ()> {
     let old_port_raw = u16::from_ne_bytes(old_port.to_be_bytes()) as u64;
     let new_port_raw = u16::from_ne_bytes(v.port.to_be_bytes()) as u64;
 
-    match flow.proto {
+    // A later fragment carries no L4 header: its ports and L4 checksum were in the
+    // first fragment, rewritten there; only its addresses change.
+    let l4_proto = if flow.frag == FRAG_LATER { 0 } else { flow.proto };
+    match l4_proto {
         PROTO_TCP | PROTO_UDP => {
             let (csum, extra) = if flow.proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
             let port_off = if src { l4 } else { l4 + 2 };

@@ -241,13 +241,15 @@ fn eidset_allows_the_other_apps_of_the_ni_on_the_listed_port_only() {
 fn malformed_and_fragmented_packets_are_dropped_and_counted() {
     let mut s = scenario();
     let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
-    // Raw frames from app1: a truncated IPv4 header, a bad IHL, a non-first fragment,
-    // an IPv6 frame. Built by hand so no library smooths them over.
+    // Raw frames from app1: a truncated IPv4 header, a bad IHL, a non-first fragment
+    // whose first fragment never came, an IPv6 frame. Built by hand so no library smooths them over.
     let send = r#"
 import socket, struct
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("nbu1x1.1", 0))
-eth = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01"
+# The app's own MAC: a foreign one would be dropped as spoofed before anything else.
+mac = bytes.fromhex(open("/sys/class/net/nbu1x1.1/address").read().strip().replace(":", ""))
+eth = b"\xff" * 6 + mac
 def ip(ihl_byte, frag, payload):
     total = 20 + len(payload)
     h = struct.pack("!BBHHHBBH4s4s", ihl_byte, 0, total, 1, frag, 64, 17, 0,

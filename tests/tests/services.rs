@@ -37,9 +37,38 @@ acl = [{ id = 1, match = { host = "example.org" } }]
 
 /// A mock upstream: github.com 10.99.0.10, api.github.com 10.99.0.11, ttl1.github.com
 /// 10.99.0.12 (TTL 1), google.com 10.98.0.10, and every *.race.github.com a fresh address in
-/// 10.99.2.0/23; anything else NXDOMAIN.
+/// 10.99.2.0/23; anything else NXDOMAIN. big.github.com has 60 addresses (10.99.3.1-60):
+/// over UDP the answer is truncated (TC, no records), over TCP it comes whole.
 const MOCK_DNS: &str = r#"
-import socket, struct
+import socket, struct, threading
+
+def big_answer(q):
+    i = 12
+    while q[i]:
+        i += q[i] + 1
+    question = q[12:i+5]
+    rrs = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 300, 4) + bytes([10, 99, 3, k]) for k in range(1, 61))
+    return struct.pack("!HHHHHH", struct.unpack("!H", q[:2])[0], 0x8180, 1, 60, 0, 0) + question + rrs
+
+def serve_tcp():
+    t = socket.socket()
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("10.99.0.53", 53))
+    t.listen(16)
+    while True:
+        c, _ = t.accept()
+        try:
+            n = struct.unpack("!H", c.recv(2))[0]
+            q = b""
+            while len(q) < n:
+                q += c.recv(n - len(q))
+            a = big_answer(q)
+            c.sendall(struct.pack("!H", len(a)) + a)
+        except Exception:
+            pass
+        c.close()
+
+threading.Thread(target=serve_tcp, daemon=True).start()
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("10.99.0.53", 53))
 fixed = {"github.com": ("10.99.0.10", 300), "api.github.com": ("10.99.0.11", 300),
@@ -62,6 +91,9 @@ while True:
                "loop.github.com": good + rr_loop,
                "counts.github.com": struct.pack("!HHHHHH", qid, 0x8180, 1, 65535, 0, 0) + question}[name]
         s.sendto(bad, peer)
+        continue
+    if name == "big.github.com":
+        s.sendto(struct.pack("!HHHHHH", qid, 0x8380, 1, 0, 0, 0) + question, peer)
         continue
     if name.endswith(".race.github.com"):
         fresh += 1
@@ -317,4 +349,83 @@ print(socket.inet_ntoa(r[-4:]))
     let log = s.agent_cmd(&["dns-log", "--json", "--config", s.config_path.to_str().unwrap()]);
     let log: Value = serde_json::from_slice(&log.stdout).unwrap();
     assert!(log.as_array().unwrap().iter().any(|e| e["name"] == "loop.github.com" && e["rcode"] == "ServFail"), "{log:#}");
+}
+
+/// Asks 10.10.1.1 for big.github.com from app1 over UDP (truncated) and then over TCP,
+/// which the proxy forwards over TCP: all 60 records arrive.
+#[test]
+fn tcp_queries_are_forwarded_over_tcp() {
+    let s = scenario(&[]);
+    let ask = r#"
+import socket, struct, sys
+q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\x03big\x06github\x03com\x00" + struct.pack("!HH", 1, 1)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+u.sendto(q, ("10.10.1.1", 53))
+r = u.recv(65535)
+tc, udp_answers = bool(r[2] & 0x02), struct.unpack("!H", r[6:8])[0]
+t = socket.create_connection(("10.10.1.1", 53), timeout=5)
+t.sendall(struct.pack("!H", len(q)) + q)
+n = struct.unpack("!H", t.recv(2))[0]
+a = b""
+while len(a) < n:
+    a += t.recv(n - len(a))
+print(tc, udp_answers, struct.unpack("!H", a[:2])[0] == 0x4242, struct.unpack("!H", a[6:8])[0])
+"#;
+    let out = s.python(s.app("app1"), ask, &[]);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    println!("big.github.com over UDP (truncated?, answers) then over TCP (id kept?, answers): {line}");
+    assert_eq!(line, "True 0 True 60", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// One app opening 64 TCP connections to the proxy and sending two bytes on each holds
+/// its own share (8), not the NI's; the others are closed at once and the held ones
+/// after the read timeout; app2's TCP queries are answered meanwhile.
+#[test]
+fn a_slow_tcp_dns_client_holds_only_its_own_share() {
+    let s = scenario(&[]);
+    let hold = r#"
+import socket, sys, time
+conns = []
+for _ in range(64):
+    c = socket.create_connection(("10.10.1.1", 53), timeout=5)
+    c.sendall(b"\xff\xff")
+    conns.append(c)
+print("held", flush=True)
+def closed(c):
+    c.setblocking(False)
+    try:
+        return c.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+time.sleep(1)
+print(sum(closed(c) for c in conns), flush=True)
+deadline = time.time() + float(sys.argv[1])
+while time.time() < deadline and not all(closed(c) for c in conns):
+    time.sleep(0.5)
+print(sum(closed(c) for c in conns), flush=True)
+"#;
+    let wait = netns_tests::scaled(std::time::Duration::from_secs(20)).as_secs().to_string();
+    let mut holder = s.background(s.app("app1"), &["python3", "-u", "-c", hold, &wait]);
+    assert_eq!(holder.read_line().trim(), "held");
+    let ask_tcp = r#"
+import socket, struct
+q = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + b"\x04app1\x00" + struct.pack("!HH", 1, 1)
+ok = 0
+for _ in range(5):
+    t = socket.create_connection(("10.10.1.1", 53), timeout=5)
+    t.sendall(struct.pack("!H", len(q)) + q)
+    n = struct.unpack("!H", t.recv(2))[0]
+    ok += len(t.recv(n)) == n
+print(ok)
+"#;
+    let out = s.python(s.app("app2"), ask_tcp, &[]);
+    let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let closed_at_once: u32 = holder.read_line().trim().parse().unwrap_or(0);
+    let closed_later: u32 = holder.read_line().trim().parse().unwrap_or(0);
+    println!("app1 holds 64 slow TCP connections: {closed_at_once} closed at once, {closed_later} after the read timeout; app2's TCP queries answered: {answered}/5");
+    assert_eq!(answered, "5", "app2 is served over TCP while app1 dawdles: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(closed_at_once >= 56, "app1 holds at most its share (8)");
+    assert_eq!(closed_later, 64, "the held ones are closed after the read timeout");
 }

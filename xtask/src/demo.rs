@@ -283,7 +283,7 @@ pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
         println!("  ip netns exec app1 curl {ALLOWED_SITE}");
         println!("  ip netns exec gw curl 192.168.0.2:8080");
         println!("  {} flows", agent_bin.display());
-        println!("  bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V2");
+        println!("  bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V3");
         println!("Remove it with:");
         let pids: Vec<String> = demo.agent.iter().chain(demo.servers.iter()).map(|c| c.id().to_string()).collect();
         let dels: Vec<String> = all_namespaces().iter().filter(|n| !NIS.contains(n)).map(|n| format!("ip netns del {n}")).collect();
@@ -475,8 +475,8 @@ impl Demo {
 
         step("flow table: netns-agent flows");
         crate::run(Command::new(&self.agent_bin).arg("flows"))?;
-        step("maps are readable with bpftool (BTF): the first entries of CT_V2");
-        crate::run(Command::new("sh").args(["-c", "bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V2 | head -30"]))?;
+        step("maps are readable with bpftool (BTF): the first entries of CT_V3");
+        crate::run(Command::new("sh").args(["-c", "bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V3 | head -30"]))?;
         step("DNS requests seen by the NIs' proxies: netns-agent dns-log");
         crate::run(Command::new(&self.agent_bin).arg("dns-log"))?;
         step("netns-agent status");

@@ -282,6 +282,13 @@ impl Applier {
                 }
             }
         }
+        // Each NI's share of the flow maps follows the number of NIs.
+        if let Some(maps) = self.maps.as_mut() {
+            let zones: Vec<u32> = plan.nis.iter().map(|n| n.zone()).collect();
+            if let Err(e) = maps.set_zone_shares(&zones) {
+                errors.push(format!("{e:#}"));
+            }
+        }
         if agent_level.is_ok() {
             if let Err(e) = uplink::remove_unused(self, plan).await {
                 errors.push(format!("removing unused uplinks: {e:#}"));

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use netns_ebpf_common::{
     nat::{PortmapKey, PortmapTarget, DOMAIN_AGENT},
-    IfaceKey, IFACE_FLAG_SWITCH,
+    IfaceKey, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH,
 };
 use tracing::info;
 
@@ -14,7 +14,7 @@ use crate::{
     datapath,
     netlink::{Netlink, Rule},
     netns::{self, Netns},
-    plan::{NiPlan, Plan, PortmapPlan, BRIDGE},
+    plan::{NiPlan, Plan, PortPlan, PortmapPlan, BRIDGE},
 };
 
 /// What differs between NI kinds. One type per kind; the applier dispatches once, on
@@ -24,8 +24,8 @@ pub trait NiDriver {
     async fn ensure(&self, ap: &mut Applier, plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)>;
     /// Removes what only this kind has (before the ports and the netns go).
     async fn teardown(&self, ap: &mut Applier, ni: &NiPlan, nl: Option<&Netlink>, errors: &mut Vec<anyhow::Error>);
-    /// `IfaceInfo.flags` of the NI's app ports.
-    fn port_flags(&self) -> u32 {
+    /// `IfaceInfo.flags` of app port `p`.
+    fn port_flags(&self, _p: &PortPlan) -> u32 {
         0
     }
     /// The address whose traffic into the NI is the agent's own (EVE-initiated); none
@@ -57,6 +57,9 @@ impl NiDriver for LocalNi {
     async fn ensure(&self, ap: &mut Applier, plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)> {
         let (ns, nl) = ensure_base(ni).await?;
         netns::write_sysctl(&ns, "net/ipv4/ip_forward", "1")?;
+        // The NI's TCP services know a connection's app by the mark its SYN got at the
+        // app port (services/caller.rs), not by the address it claims.
+        netns::write_sysctl(&ns, "net/ipv4/tcp_fwmark_accept", "1")?;
         nl.add_address(BRIDGE, ni.gateway, ni.subnet.prefix_len()).await?;
         nl.set_up(BRIDGE).await?;
 
@@ -207,8 +210,10 @@ impl NiDriver for SwitchNi {
         }
     }
 
-    fn port_flags(&self) -> u32 {
-        IFACE_FLAG_SWITCH
+    /// The app's address comes from the DHCP server outside: the port learns it from
+    /// the server's reply, unless the config names it.
+    fn port_flags(&self, p: &PortPlan) -> u32 {
+        IFACE_FLAG_SWITCH | if p.ip_configured { IFACE_FLAG_IP_KNOWN } else { IFACE_FLAG_IP_LEARN }
     }
 
     /// A switch NI has no EVE side: nothing in it is the agent's own traffic.

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use netns_ebpf_common::{
     limit::LimitKey,
     nat::{DOMAIN_AGENT, REWRITE_SRC},
-    IfaceInfo, IfaceKey, IFACE_FLAG_CHECK_MAC,
+    IfaceInfo, IfaceKey, IFACE_FLAG_CHECK_MAC, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN,
 };
 use tracing::{debug, info};
 
@@ -76,16 +76,24 @@ pub async fn ensure<K: NiDriver>(
         }
         None => FIRST_POLICY_GEN,
     };
-    let info = IfaceInfo {
+    let mut info = IfaceInfo {
         app_num: p.app_num,
         policy_gen,
         app_ip: p.ip.octets(),
         gateway: ni.gateway.octets(),
         eve_ip: kind.eve_ip(ni),
-        flags: kind.port_flags() | if p.check_mac { IFACE_FLAG_CHECK_MAC } else { 0 },
+        flags: kind.port_flags(p) | if p.check_mac { IFACE_FLAG_CHECK_MAC } else { 0 },
         app_mac: p.mac,
         _pad: [0; 2],
     };
+    // An address the port learned from DHCP stays the app's while its MAC does.
+    if let Some((old, _)) = &published {
+        let learned = IFACE_FLAG_IP_LEARN | IFACE_FLAG_IP_KNOWN;
+        if info.flags & IFACE_FLAG_IP_LEARN != 0 && old.flags & learned == learned && old.app_mac == info.app_mac {
+            info.app_ip = old.app_ip;
+            info.flags |= IFACE_FLAG_IP_KNOWN;
+        }
+    }
     if published != Some((info, p.acl)) {
         maps.set_port(key, info, &p.acl)?;
         debug!(port = p.bridge_port, policy_gen, "port config written");

@@ -4,7 +4,14 @@
 //! Before it relays an answer, it puts every IPv4 address of it whose name matches one of
 //! the querying app's `host` ACEs into that app port's host set (TTL + grace): the app's
 //! first connection right after the answer is already allowed, with no race. Every request
-//! is logged (`netns-agent dns-log`).
+//! is logged (`netns-agent dns-log`; the log rotates at `LOG_MAX_BYTES`).
+//!
+//! Apps are untrusted. A query's app is the app port it came through (its mark, see
+//! `caller`) and must claim that app's address; every app has a budget of queries in
+//! flight and of TCP connections; a TCP client gets `TCP_READ_TIMEOUT` per message.
+//! Upstream, each query goes out with a fresh random id from its own connected socket
+//! (only the server asked can answer), over TCP when the app asked over TCP, and an
+//! answer must repeat the question; host sets follow the question's name.
 
 use std::{
     collections::HashMap,
@@ -23,12 +30,13 @@ use hickory_proto::{
 use netns_ebpf_common::HostKey;
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, UdpSocket},
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
+    net::{TcpListener, TcpStream, UdpSocket},
     sync::Semaphore,
 };
 use tracing::{debug, info, warn};
 
+use super::caller;
 use crate::{datapath::HostSets, netns::Netns};
 
 const LOCAL_TTL: u32 = 60;
@@ -38,11 +46,22 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_IN_FLIGHT: usize = 128;
 const MAX_IN_FLIGHT_PER_APP: usize = 32;
 const MAX_TCP_CONNECTIONS: usize = 64;
+/// TCP connections one app may hold: a slow client holds its own, not the NI's.
+const MAX_TCP_CONNECTIONS_PER_APP: usize = 8;
+/// A TCP client has this long to send each whole message (length and body).
+const TCP_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Addresses one answer may put into a host set: an answer with hundreds of records
+/// (from a domain the app controls) cannot flood the shared map.
+const MAX_HOST_ADDRS_PER_ANSWER: usize = 32;
+/// The request log's size before it rotates (one older file is kept: `dns.log.1`).
+pub const LOG_MAX_BYTES: u64 = 4 << 20;
 
 /// What the proxy knows about one app port of its NI.
 #[derive(Debug, Clone)]
 pub struct AppView {
     pub app: String,
+    /// The app number its port stamps in the connection mark.
+    pub app_num: u32,
     pub ifindex: u32,
     /// (ACE index, domain suffix) of the port's host ACEs.
     pub hosts: Vec<(usize, String)>,
@@ -98,17 +117,18 @@ pub fn host_mask(app: &AppView, qname: &str, rname: &str) -> u64 {
         .fold(0, |m, (i, _)| m | (1u64 << (*i as u32 & 63)))
 }
 
-/// The (address, mask, TTL) triples an answer gives `app`.
-pub fn host_updates(app: &AppView, answer: &Message) -> Vec<(Ipv4Addr, u64, u32)> {
-    let qname = answer.queries.first().map(|q| q.name.to_ascii()).unwrap_or_default();
+/// The (address, mask, TTL) triples an answer to the app's question `qname` gives `app`
+/// (at most `MAX_HOST_ADDRS_PER_ANSWER`).
+pub fn host_updates(app: &AppView, qname: &str, answer: &Message) -> Vec<(Ipv4Addr, u64, u32)> {
     answer
         .answers
         .iter()
         .filter_map(|r| match &r.data {
-            RData::A(A(ip)) => Some((*ip, host_mask(app, &qname, &r.name.to_ascii()), r.ttl)),
+            RData::A(A(ip)) => Some((*ip, host_mask(app, qname, &r.name.to_ascii()), r.ttl)),
             _ => None,
         })
         .filter(|(_, mask, _)| *mask != 0)
+        .take(MAX_HOST_ADDRS_PER_ANSWER)
         .collect()
 }
 
@@ -161,9 +181,49 @@ pub struct DnsProxy {
     /// Swapped whole when the NI's apps change (`DnsHandle::update`).
     cfg: std::sync::RwLock<Arc<NiDnsConfig>>,
     hosts: Mutex<HostSets>,
-    log: Mutex<Option<std::fs::File>>,
+    log: Mutex<RequestLog>,
     in_flight: Semaphore,
-    per_app: Mutex<HashMap<Ipv4Addr, usize>>,
+    /// Queries in flight per app number (0: senders that are no app).
+    per_app: Mutex<HashMap<u32, usize>>,
+    /// TCP connections per app number.
+    tcp_per_app: Mutex<HashMap<u32, usize>>,
+    /// The kernel hands over each datagram's mark (SO_RCVMARK, Linux 5.19+); without it
+    /// UDP queries are known by their address alone (logged once at start).
+    udp_marks: bool,
+}
+
+/// The DNS request log: JSON lines, rotated to `<path>.1` past `LOG_MAX_BYTES`.
+struct RequestLog {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    size: u64,
+}
+
+impl RequestLog {
+    fn open(path: PathBuf) -> RequestLog {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
+        let size = file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
+        RequestLog { path, file, size }
+    }
+
+    fn append(&mut self, line: &[u8]) {
+        if self.size + line.len() as u64 > LOG_MAX_BYTES {
+            let _ = std::fs::rename(&self.path, rotated_log(&self.path));
+            *self = RequestLog::open(self.path.clone());
+        }
+        if let Some(file) = self.file.as_mut() {
+            if file.write_all(line).is_ok() {
+                self.size += line.len() as u64;
+            }
+        }
+    }
+}
+
+/// Where the request log's older half lives.
+pub fn rotated_log(path: &std::path::Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
 }
 
 impl DnsProxy {
@@ -177,13 +237,21 @@ impl DnsProxy {
             tcp.set_nonblocking(true)?;
             Ok((udp, tcp))
         })?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&cfg.log_path).ok();
+        let udp_marks = match caller::enable_rcvmark(&udp) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("{}: DNS over UDP knows apps by address only (SO_RCVMARK: {e})", cfg.ni);
+                false
+            }
+        };
         info!("{}: DNS proxy on {addr} (upstream {:?})", cfg.ni, cfg.upstreams);
         let proxy = Arc::new(DnsProxy {
             hosts: Mutex::new(HostSets::open(pin_dir)?),
-            log: Mutex::new(log),
+            log: Mutex::new(RequestLog::open(cfg.log_path.clone())),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             per_app: Mutex::new(HashMap::new()),
+            tcp_per_app: Mutex::new(HashMap::new()),
+            udp_marks,
             cfg: std::sync::RwLock::new(Arc::new(cfg)),
         });
         let udp = Arc::new(UdpSocket::from_std(udp)?);
@@ -198,18 +266,35 @@ impl DnsProxy {
         self.cfg.read().unwrap().clone()
     }
 
+    /// The app that sent a request: the one whose port stamped `mark`, if `src` is its
+    /// address here (`mark` None: the socket gets no marks, the address alone decides).
+    fn sender(&self, src: Ipv4Addr, mark: Option<u32>) -> Option<AppView> {
+        let cfg = self.cfg();
+        let app = cfg.apps.get(&src)?;
+        match mark {
+            Some(m) if caller::app_num(m) != app.app_num => None,
+            _ => Some(app.clone()),
+        }
+    }
+
     async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>) {
+        use std::os::fd::AsRawFd as _;
         let mut buf = vec![0u8; 4096];
         loop {
-            let (n, peer) = match socket.recv_from(&mut buf).await {
+            let received = match socket.readable().await {
+                Ok(()) => socket.try_io(Interest::READABLE, || caller::recv_marked(socket.as_raw_fd(), &mut buf)),
+                Err(e) => Err(e),
+            };
+            let (n, peer, mark) = match received {
                 Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     warn!("{}: DNS UDP receive: {e}", self.cfg().ni);
                     continue;
                 }
             };
-            let SocketAddr::V4(peer) = peer else { continue };
-            let Some(_slot) = self.admit(*peer.ip()) else {
+            let app = self.sender(*peer.ip(), self.udp_marks.then_some(mark));
+            let Some(_slot) = self.admit(app.as_ref()) else {
                 debug!("{}: shedding a query from {peer}", self.cfg().ni);
                 continue;
             };
@@ -217,7 +302,7 @@ impl DnsProxy {
             let (proxy, socket) = (self.clone(), socket.clone());
             tokio::spawn(async move {
                 let _slot = _slot;
-                if let Some(reply) = proxy.handle(&request, *peer.ip()).await {
+                if let Some(reply) = proxy.handle(&request, *peer.ip(), app.as_ref(), Transport::Udp).await {
                     let _ = socket.send_to(&reply, peer).await;
                 }
             });
@@ -227,108 +312,140 @@ impl DnsProxy {
     async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
         let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
         loop {
-            let Ok((mut stream, SocketAddr::V4(peer))) = listener.accept().await else { continue };
+            let Ok((stream, SocketAddr::V4(peer))) = listener.accept().await else { continue };
+            let app = self.sender(*peer.ip(), Some(caller::tcp_mark(&stream)));
+            let Some(app_permit) = self.admit_tcp(app.as_ref()) else {
+                debug!("{}: {peer} holds its share of TCP connections", self.cfg().ni);
+                continue;
+            };
             let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
             let proxy = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                // Length-prefixed messages until the client closes or idles.
-                loop {
-                    let mut len = [0u8; 2];
-                    if tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len)).await.is_err() {
-                        break;
-                    }
-                    let mut request = vec![0u8; u16::from_be_bytes(len) as usize];
-                    if stream.read_exact(&mut request).await.is_err() {
-                        break;
-                    }
-                    let Some(reply) = proxy.handle(&request, *peer.ip()).await else { break };
-                    let mut out = (reply.len() as u16).to_be_bytes().to_vec();
-                    out.extend_from_slice(&reply);
-                    if stream.write_all(&out).await.is_err() {
-                        break;
-                    }
-                }
+                let _permits = (permit, app_permit);
+                proxy.serve_tcp_client(stream, *peer.ip(), app).await;
             });
         }
     }
 
-    /// A slot for one more query from `app_ip`, or None when the app has too many open.
-    fn admit(self: &Arc<Self>, app_ip: Ipv4Addr) -> Option<AppSlot> {
+    /// Length-prefixed messages until the client closes, idles or dawdles.
+    async fn serve_tcp_client(self: Arc<Self>, mut stream: TcpStream, src: Ipv4Addr, app: Option<AppView>) {
+        loop {
+            let read = async {
+                let mut len = [0u8; 2];
+                stream.read_exact(&mut len).await?;
+                let mut request = vec![0u8; u16::from_be_bytes(len) as usize];
+                stream.read_exact(&mut request).await?;
+                Ok::<_, std::io::Error>(request)
+            };
+            let Ok(Ok(request)) = tokio::time::timeout(TCP_READ_TIMEOUT, read).await else { break };
+            let Some(_slot) = self.admit(app.as_ref()) else { break };
+            let Some(reply) = self.handle(&request, src, app.as_ref(), Transport::Tcp).await else { break };
+            let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&reply);
+            if stream.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// A slot for one more query from `app` (None: a sender that is no app, all such
+    /// share one budget), or None when it has too many open.
+    fn admit(self: &Arc<Self>, app: Option<&AppView>) -> Option<AppSlot> {
+        let key = app.map(|a| a.app_num).unwrap_or(0);
         let mut per_app = self.per_app.lock().unwrap();
-        let n = per_app.entry(app_ip).or_insert(0);
+        let n = per_app.entry(key).or_insert(0);
         if *n >= MAX_IN_FLIGHT_PER_APP {
             return None;
         }
         *n += 1;
-        Some(AppSlot { proxy: self.clone(), ip: app_ip })
+        Some(AppSlot { proxy: self.clone(), key, tcp: false })
     }
 
-    async fn handle(&self, request: &[u8], src: Ipv4Addr) -> Option<Vec<u8>> {
+    /// A slot for one more TCP connection of `app`.
+    fn admit_tcp(self: &Arc<Self>, app: Option<&AppView>) -> Option<AppSlot> {
+        let key = app.map(|a| a.app_num).unwrap_or(0);
+        let mut per_app = self.tcp_per_app.lock().unwrap();
+        let n = per_app.entry(key).or_insert(0);
+        if *n >= MAX_TCP_CONNECTIONS_PER_APP {
+            return None;
+        }
+        *n += 1;
+        Some(AppSlot { proxy: self.clone(), key, tcp: true })
+    }
+
+    async fn handle(&self, request: &[u8], src: Ipv4Addr, app: Option<&AppView>, transport: Transport) -> Option<Vec<u8>> {
         let cfg = self.cfg();
         let Ok(query) = Message::from_vec(request) else {
-            self.log_entry(src, "?", "?", &[], &rcode(ResponseCode::FormErr), "malformed request");
+            self.log_entry(src, app, "?", "?", &[], &rcode(ResponseCode::FormErr), "malformed request");
             return format_error(request);
         };
         if query.metadata.message_type != MessageType::Query || query.queries.len() != 1 {
             return Message::error_msg(query.metadata.id, query.metadata.op_code, ResponseCode::FormErr).to_vec().ok();
         }
         let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
-        let Some(app) = cfg.apps.get(&src) else {
-            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::Refused), "not an app of this network");
+        let Some(app) = app else {
+            self.log_entry(src, None, &qname, &qtype, &[], &rcode(ResponseCode::Refused), "not an app of this network (or not from its port)");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused).to_vec().ok();
         };
+        let app_ref = Some(app);
         if let Some(reply) = local_answer(&cfg, &query) {
-            self.log_entry(src, &qname, &qtype, &answers_of(&reply), &rcode(ResponseCode::NoError), "local");
+            self.log_entry(src, app_ref, &qname, &qtype, &answers_of(&reply), &rcode(ResponseCode::NoError), "local");
             return reply.to_vec().ok();
         }
         // A bare name that is no app of this NI never leaves the box (dnsmasq's
         // domain-needed); REFUSED lets the app's resolver ask its next NI's gateway.
         if !qname.trim_end_matches('.').contains('.') {
-            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::Refused), "single-label name, not forwarded");
+            self.log_entry(src, app_ref, &qname, &qtype, &[], &rcode(ResponseCode::Refused), "single-label name, not forwarded");
             let mut refused = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused);
             refused.add_query(query.queries[0].clone());
             return refused.to_vec().ok();
         }
-        let Some(answer) = self.forward(request).await else {
-            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "no upstream answered");
+        let Some(answer) = self.forward(request, query.metadata.id, transport).await else {
+            self.log_entry(src, app_ref, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "no upstream answered");
             let mut fail = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail);
             fail.add_query(query.queries[0].clone());
             return fail.to_vec().ok();
         };
         let Ok(parsed) = Message::from_vec(&answer) else {
-            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "malformed upstream answer");
+            self.log_entry(src, app_ref, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "malformed upstream answer");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         };
-        if parsed.metadata.id != query.metadata.id || parsed.metadata.message_type != MessageType::Response {
-            self.log_entry(src, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "upstream answer does not match the query");
+        if parsed.metadata.message_type != MessageType::Response || parsed.queries != query.queries {
+            self.log_entry(src, app_ref, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "upstream answer does not match the query");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         }
         // Host sets first, answer second: no connection can beat its own allow entry.
-        self.update_hosts(app, &parsed);
-        self.log_entry(src, &qname, &qtype, &answers_of(&parsed), &rcode(parsed.metadata.response_code), "upstream");
+        self.update_hosts(app, &qname, &parsed);
+        self.log_entry(src, app_ref, &qname, &qtype, &answers_of(&parsed), &rcode(parsed.metadata.response_code), "upstream");
         Some(answer)
     }
 
-    async fn forward(&self, request: &[u8]) -> Option<Vec<u8>> {
+    /// Asks the upstreams in turn, under a fresh random id, over `transport`; the answer
+    /// comes back under the app's `id`.
+    async fn forward(&self, request: &[u8], id: u16, transport: Transport) -> Option<Vec<u8>> {
         let _permit = self.in_flight.acquire().await.ok()?;
         let cfg = self.cfg();
+        let mut request = request.to_vec();
         for upstream in &cfg.upstreams {
-            let Ok(socket) = UdpSocket::bind("0.0.0.0:0").await else { continue };
-            if socket.send_to(request, upstream).await.is_err() {
-                continue;
-            }
-            let mut buf = vec![0u8; 4096];
-            match tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv_from(&mut buf)).await {
-                Ok(Ok((n, from))) if from == SocketAddr::V4(*upstream) => return Some(buf[..n].to_vec()),
-                _ => debug!("{}: upstream {upstream} did not answer", cfg.ni),
+            let ours = caller::random_u16();
+            request[..2].copy_from_slice(&ours.to_be_bytes());
+            let asked = match transport {
+                Transport::Udp => ask_udp(&request, *upstream).await,
+                Transport::Tcp => ask_tcp(&request, *upstream).await,
+            };
+            match asked {
+                Some(mut answer) if answer.len() >= 12 && answer[..2] == ours.to_be_bytes() => {
+                    answer[..2].copy_from_slice(&id.to_be_bytes());
+                    return Some(answer);
+                }
+                _ => debug!("{}: upstream {upstream} did not answer ({transport:?})", cfg.ni),
             }
         }
         None
     }
 
-    fn update_hosts(&self, app: &AppView, answer: &Message) {
-        let updates = host_updates(app, answer);
+    fn update_hosts(&self, app: &AppView, qname: &str, answer: &Message) {
+        let updates = host_updates(app, qname, answer);
         if updates.is_empty() {
             return;
         }
@@ -343,8 +460,8 @@ impl DnsProxy {
         }
     }
 
-    fn log_entry(&self, src: Ipv4Addr, name: &str, qtype: &str, answers: &[String], rcode: &str, source: &str) {
-        let app = self.cfg().apps.get(&src).map(|a| a.app.clone()).unwrap_or_else(|| src.to_string());
+    fn log_entry(&self, src: Ipv4Addr, app: Option<&AppView>, name: &str, qtype: &str, answers: &[String], rcode: &str, source: &str) {
+        let app = app.map(|a| a.app.clone()).unwrap_or_else(|| src.to_string());
         let entry = DnsLogEntry {
             time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             ni: self.cfg().ni.clone(),
@@ -356,11 +473,9 @@ impl DnsProxy {
             source: source.to_string(),
         };
         debug!(?entry, "dns");
-        if let Some(file) = self.log.lock().unwrap().as_mut() {
-            if let Ok(mut line) = serde_json::to_vec(&entry) {
-                line.push(b'\n');
-                let _ = file.write_all(&line);
-            }
+        if let Ok(mut line) = serde_json::to_vec(&entry) {
+            line.push(b'\n');
+            self.log.lock().unwrap().append(&line);
         }
     }
 }
@@ -378,15 +493,51 @@ fn answers_of(m: &Message) -> Vec<String> {
     }).collect()
 }
 
-/// Releases the app's in-flight slot when its query is done.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// One query to `upstream` over UDP, from a socket connected to it: the kernel delivers
+/// nothing from anyone else.
+async fn ask_udp(request: &[u8], upstream: SocketAddrV4) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("0.0.0.0:0").await.ok()?;
+    socket.connect(upstream).await.ok()?;
+    socket.send(request).await.ok()?;
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf)).await.ok()?.ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// One query to `upstream` over TCP (a truncated UDP answer is what sends clients here).
+async fn ask_tcp(request: &[u8], upstream: SocketAddrV4) -> Option<Vec<u8>> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(upstream).await?;
+        let mut out = (request.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(request);
+        stream.write_all(&out).await?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await?;
+        let mut answer = vec![0u8; u16::from_be_bytes(len) as usize];
+        stream.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await.ok()?.ok()
+}
+
+/// Releases an app's in-flight query (or TCP connection) slot when it is done.
 struct AppSlot {
     proxy: Arc<DnsProxy>,
-    ip: Ipv4Addr,
+    key: u32,
+    tcp: bool,
 }
 
 impl Drop for AppSlot {
     fn drop(&mut self) {
-        if let Some(n) = self.proxy.per_app.lock().unwrap().get_mut(&self.ip) {
+        let map = if self.tcp { &self.proxy.tcp_per_app } else { &self.proxy.per_app };
+        if let Some(n) = map.lock().unwrap().get_mut(&self.key) {
             *n = n.saturating_sub(1);
         }
     }
@@ -412,7 +563,7 @@ mod tests {
     use super::*;
 
     fn app() -> AppView {
-        AppView { app: "app1".into(), ifindex: 7, hosts: vec![(0, "github.com".into()), (3, "example.org".into())] }
+        AppView { app: "app1".into(), app_num: 1, ifindex: 7, hosts: vec![(0, "github.com".into()), (3, "example.org".into())] }
     }
 
     #[test]
@@ -437,11 +588,16 @@ mod tests {
     #[test]
     fn answers_feed_the_matching_aces_only() {
         let a = answer("api.github.com.", &[("api.github.com.", Ipv4Addr::new(1, 2, 3, 4), 30)]);
-        assert_eq!(host_updates(&app(), &a), [(Ipv4Addr::new(1, 2, 3, 4), 1, 30)]);
+        assert_eq!(host_updates(&app(), "api.github.com.", &a), [(Ipv4Addr::new(1, 2, 3, 4), 1, 30)]);
         let b = answer("www.example.org.", &[("cdn.provider.net.", Ipv4Addr::new(5, 6, 7, 8), 10)]);
-        assert_eq!(host_updates(&app(), &b), [(Ipv4Addr::new(5, 6, 7, 8), 1 << 3, 10)], "the question's name counts (CNAME chains)");
+        assert_eq!(host_updates(&app(), "www.example.org.", &b), [(Ipv4Addr::new(5, 6, 7, 8), 1 << 3, 10)], "the question's name counts (CNAME chains)");
         let c = answer("google.com.", &[("google.com.", Ipv4Addr::new(9, 9, 9, 9), 10)]);
-        assert!(host_updates(&app(), &c).is_empty());
+        assert!(host_updates(&app(), "google.com.", &c).is_empty());
+        // The app's question decides, not what the answer claims it was asked.
+        assert!(host_updates(&app(), "google.com.", &answer("github.com.", &[("x.example.com.", Ipv4Addr::new(9, 9, 9, 9), 10)])).is_empty());
+        // A flood of records fills a bounded part of the host set.
+        let many: Vec<_> = (0..200u8).map(|i| ("github.com.", Ipv4Addr::new(10, 0, 0, i), 10)).collect();
+        assert_eq!(host_updates(&app(), "github.com.", &answer("github.com.", &many)).len(), MAX_HOST_ADDRS_PER_ANSWER);
     }
 
     #[test]

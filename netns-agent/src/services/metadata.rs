@@ -1,7 +1,9 @@
 //! The metadata server of an NI, on its gateway:80 (apps reach it at 169.254.169.254,
-//! translated by the app-port programs). An app is known by the NI and its source address
-//! (NIs may overlap: each NI has its own server). Serves cloud-init's NoCloud files and
-//! EVE's /eve/v1 endpoints that apply here; unknown paths 404, non-apps get nothing.
+//! translated by the app-port programs). An app is known by the app port its connection
+//! came through (the mark of its SYN, see `caller`), and its source address must be that
+//! app's on this NI (NIs may overlap: each NI has its own server). Serves cloud-init's
+//! NoCloud files and EVE's /eve/v1 endpoints that apply here; unknown paths 404,
+//! non-apps get nothing.
 
 use std::{
     collections::HashMap,
@@ -11,10 +13,11 @@ use std::{
 
 use anyhow::{Context, Result};
 use axum::{
-    extract::{ConnectInfo, Path, State},
+    extract::{connect_info::Connected, ConnectInfo, Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
+    serve::IncomingStream,
     Json, Router,
 };
 use tracing::info;
@@ -24,6 +27,8 @@ use crate::{netlink::Uplinks, netns::Netns};
 #[derive(Debug, Clone)]
 pub struct AppMeta {
     pub app: String,
+    /// The app's address on this NI.
+    pub ip: Ipv4Addr,
     pub user_data: Option<String>,
 }
 
@@ -31,7 +36,8 @@ pub struct AppMeta {
 pub struct NiMetaConfig {
     pub ni: String,
     pub gateway: Ipv4Addr,
-    pub apps: HashMap<Ipv4Addr, AppMeta>,
+    /// By app number (the top byte of the connection mark).
+    pub apps: HashMap<u32, AppMeta>,
     /// The NI's uplink, looked up in `uplinks` (kept current by the agent) per request.
     pub uplink: Option<String>,
     pub uplinks: Arc<RwLock<Uplinks>>,
@@ -72,17 +78,30 @@ pub fn spawn(cfg: NiMetaConfig, ns: &Netns) -> Result<MetaHandle> {
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(shared.clone());
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
+        let _ = axum::serve(listener, router.into_make_service_with_connect_info::<Caller>()).await;
     });
     Ok(MetaHandle { cfg: shared, task })
 }
 
-type Caller = ConnectInfo<SocketAddr>;
+/// A connection's peer and the mark its SYN carried.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    addr: SocketAddr,
+    mark: u32,
+}
 
-fn app_of(cfg: &NiMetaConfig, caller: &SocketAddr) -> Option<AppMeta> {
-    match caller {
-        SocketAddr::V4(a) => cfg.apps.get(a.ip()).cloned(),
-        SocketAddr::V6(_) => None,
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Caller { addr: *stream.remote_addr(), mark: super::caller::tcp_mark(stream.io()) }
+    }
+}
+
+/// The app behind the port the connection came through, if its address is that app's.
+fn app_of(cfg: &NiMetaConfig, caller: &Caller) -> Option<AppMeta> {
+    let app = cfg.apps.get(&super::caller::app_num(caller.mark))?;
+    match caller.addr {
+        SocketAddr::V4(a) if *a.ip() == app.ip => Some(app.clone()),
+        _ => None,
     }
 }
 
@@ -91,12 +110,12 @@ fn external_ipv4(cfg: &NiMetaConfig) -> String {
     cfg.uplink.as_ref().and_then(|u| uplinks.get(u)).map(|u| u.ip.to_string()).unwrap_or_default()
 }
 
-async fn eve(State(shared): State<Shared>, ConnectInfo(caller): Caller, Path(item): Path<String>) -> Response {
+async fn eve(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>, Path(item): Path<String>) -> Response {
     let cfg = shared.read().unwrap().clone();
     let Some(app) = app_of(&cfg, &caller) else { return StatusCode::NOT_FOUND.into_response() };
     match item.as_str() {
         "network.json" => Json(serde_json::json!({
-            "caller-ip": caller.to_string(),
+            "caller-ip": caller.addr.to_string(),
             "external-ipv4": external_ipv4(&cfg),
             "hostname": app.app,
             "name": app.app,
@@ -109,7 +128,7 @@ async fn eve(State(shared): State<Shared>, ConnectInfo(caller): Caller, Path(ite
 }
 
 /// cloud-init's NoCloud (seedfrom http://169.254.169.254/) files.
-async fn nocloud(State(shared): State<Shared>, ConnectInfo(caller): Caller, Path(item): Path<String>) -> Response {
+async fn nocloud(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>, Path(item): Path<String>) -> Response {
     let cfg = shared.read().unwrap().clone();
     let Some(app) = app_of(&cfg, &caller) else { return StatusCode::NOT_FOUND.into_response() };
     match item.as_str() {

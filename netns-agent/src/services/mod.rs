@@ -4,6 +4,7 @@
 //! Their listening sockets are created on a thread inside the NI's netns and then driven
 //! from the agent's runtime; upstream sockets live in the agent's own netns.
 
+pub mod caller;
 pub mod dhcp;
 pub mod dns;
 pub mod metadata;
@@ -115,7 +116,7 @@ impl Services {
             apps: ni
                 .ports
                 .iter()
-                .map(|p| (p.ip, metadata::AppMeta { app: p.app.clone(), user_data: p.user_data.clone() }))
+                .map(|p| (p.app_num, metadata::AppMeta { app: p.app.clone(), ip: p.ip, user_data: p.user_data.clone() }))
                 .collect(),
             uplink: ni.uplink.clone(),
             uplinks: self.uplinks.clone(),
@@ -162,7 +163,7 @@ async fn dns_config(plan: &Plan, ni: &NiPlan, ns: &Netns) -> Result<dns::NiDnsCo
     for port in &ni.ports {
         // A port that failed to apply has no interface: its app gets no answers.
         let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
-        apps.insert(port.ip, dns::AppView { app: port.app.clone(), ifindex, hosts: port.hosts.clone() });
+        apps.insert(port.ip, dns::AppView { app: port.app.clone(), app_num: port.app_num, ifindex, hosts: port.hosts.clone() });
         names.insert(port.app.to_ascii_lowercase(), port.ip);
     }
     let upstreams = match &ni.uplink {
