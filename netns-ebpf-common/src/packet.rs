@@ -81,7 +81,16 @@ impl Flow {
     /// swapped): a reply's flow turned into the one its first packet had.
     #[inline(always)]
     pub fn reversed(&self) -> Flow {
-        Flow { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..*self }
+        let mut f = *self;
+        f.reverse();
+        f
+    }
+
+    /// `reversed`, in place (no copy on a program's small stack).
+    #[inline(always)]
+    pub fn reverse(&mut self) {
+        core::mem::swap(&mut self.src, &mut self.dst);
+        core::mem::swap(&mut self.sport, &mut self.dport);
     }
 }
 

@@ -2,17 +2,17 @@
 survive is a packet coming *in* after its entry could have gone (evicted, closed by a
 forged RST), so the far end sends, not the app.
 
-server IP PORT N INTERVAL   accepts one connection, then sends N lines, one every
-                            INTERVAL seconds (the first at once); prints "ready" once
-                            listening
+server IP PORT N GO         accepts one connection, sends a line, then each further
+                            line (N in all) once the file GO exists (it is removed after
+                            each); prints "ready" once listening
 client IP PORT N TIMEOUT    connects, reads N lines (TIMEOUT seconds each at most);
                             prints {"received": k, "error": ...} as JSON
 """
-import json, socket, sys, time
+import json, os, socket, sys, time
 
 mode, ip, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 if mode == "server":
-    interval = float(sys.argv[5])
+    go = sys.argv[5]
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((ip, port))
@@ -21,7 +21,9 @@ if mode == "server":
     c, _ = s.accept()
     for i in range(n):
         if i:
-            time.sleep(interval)
+            while not os.path.exists(go):
+                time.sleep(0.1)
+            os.remove(go)
         c.sendall(b"line %d\n" % i)
     time.sleep(1)
     c.close()

@@ -347,28 +347,34 @@ fn flood(s: &Scenario, ns: &str, args: &[&str]) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// A TCP session from `ns` to the internet host's `port` in which the server sends first,
-/// a line now and one after `gap` (push_session.py): the second line comes *in* after
-/// the attack, as a flow whose entry went would lose it.
+/// A TCP session from `ns` to the internet host's `port` in which the server sends first
+/// (push_session.py): a line now, the second when the test says (`assert_survived`),
+/// after the attack: it comes *in*, as a flow whose entry went would lose it.
 struct PushSession {
     server: Background,
     client: Background,
+    go: std::path::PathBuf,
 }
 
-fn push_session(s: &Scenario, ns: &str, port: u16, gap: Duration) -> PushSession {
+fn push_session(s: &Scenario, ns: &str, port: u16) -> PushSession {
     let script = py_script("push_session.py");
-    let (p, g) = (port.to_string(), gap.as_secs().to_string());
-    let mut server = s.background(&s.inet, &["python3", "-u", &script, "server", INET_IP, &p, "2", &g]);
+    let go = std::env::temp_dir().join(format!("netns-agent-test-{}-push-{port}", s.id));
+    let _ = std::fs::remove_file(&go);
+    let p = port.to_string();
+    let mut server = s.background(&s.inet, &["python3", "-u", &script, "server", INET_IP, &p, "2", go.to_str().unwrap()]);
     assert_eq!(server.read_line().trim(), "ready", "the push server did not start");
-    let timeout = (gap + scaled(Duration::from_secs(5))).as_secs().to_string();
+    // Each read waits for the attack in between (a wait, not a timed check).
+    let timeout = scaled(Duration::from_secs(120)).as_secs().to_string();
     let client = s.background(ns, &["python3", "-u", &script, "client", INET_IP, &p, "2", &timeout]);
-    PushSession { server, client }
+    PushSession { server, client, go }
 }
 
 impl PushSession {
-    /// What the client got: both lines, no error, or the test fails.
+    /// Has the server send its second line; the client must get both, no error.
     fn assert_survived(self, what: &str) {
+        std::fs::write(&self.go, b"").unwrap();
         let out = self.client.finish();
+        let _ = std::fs::remove_file(&self.go);
         drop(self.server);
         let result: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|_| panic!("session output: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
@@ -383,7 +389,7 @@ impl PushSession {
 fn a_flood_of_denied_tuples_evicts_no_live_flow() {
     let s = local();
     let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
-    let session = push_session(&s, &app1, 7000, scaled(Duration::from_secs(20)));
+    let session = push_session(&s, &app1, 7000);
     std::thread::sleep(scaled(Duration::from_secs(2)));
     let before = (s.counter("drop_acl"), s.counter("ct_new"));
     let n = flood_size(500_000).to_string();
@@ -443,7 +449,7 @@ fn a_syn_flood_at_a_port_map_leaves_other_nis_alone() {
     let mut s = Scenario::with_uplinks(&["ni1", "ni2"], &["app1", "app2"], 1, TWO_NIS);
     s.start_agent();
     let (app2, gw) = (s.app("app2").to_string(), s.gw.clone());
-    let session = push_session(&s, &app2, 7000, scaled(Duration::from_secs(20)));
+    let session = push_session(&s, &app2, 7000);
     std::thread::sleep(scaled(Duration::from_secs(2)));
     let before = (s.counter("portmap_new"), s.counter("drop_zone_full"));
     // Sources in the internet host's /16 (the SYN-ACKs go nowhere else).
@@ -468,8 +474,7 @@ fn an_out_of_window_rst_closes_nothing() {
     let secs = scaled(Duration::from_secs(10)).as_secs().to_string();
     let mut sniff = s.background(&gw, &["python3", "-u", &script, "first-seq", "inet0", INET_IP, "7000", &secs]);
     assert_eq!(sniff.read_line().trim(), "ready");
-    // The server's second line comes 15 s after the RSTs: a closed entry would be gone.
-    let session = push_session(&s, &app1, 7000, scaled(Duration::from_secs(18)));
+    let session = push_session(&s, &app1, 7000);
     let end: u64 = sniff.read_line().trim().parse().expect("the server's first segment was seen");
     let flow = s
         .flows()
@@ -486,6 +491,9 @@ fn an_out_of_window_rst_closes_nothing() {
     let after = s.counter("drop_tcp_rst");
     println!("{sent} out-of-window RSTs to {translated}: drop_tcp_rst {before} -> {after}");
     assert!(after >= before + sent, "every blind RST dropped");
+    // The server's second line comes 15 s after the RSTs: an entry they had closed
+    // (10 s) would be gone, and the line dropped on its way in.
+    std::thread::sleep(Duration::from_secs(15));
     session.assert_survived("the flow, the server speaking 15 s after the RSTs");
 }
 
