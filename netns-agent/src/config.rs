@@ -49,10 +49,27 @@ pub struct AgentSection {
     /// Seconds a DNS answer's addresses stay in a host set past the record's TTL.
     #[serde(default = "default_dns_host_grace")]
     pub dns_host_grace_secs: u64,
+    /// The flow log: one JSON object per line per flow record (off when unset).
+    #[serde(default)]
+    pub flow_log: Option<PathBuf>,
+    /// Size at which the flow log rotates (three older files are kept).
+    #[serde(default = "default_flow_log_max_bytes")]
+    pub flow_log_max_bytes: Spanned<u64>,
+    /// Seconds between interim records of a long-lived flow.
+    #[serde(default = "default_flow_interim")]
+    pub flow_interim_secs: Spanned<u64>,
 }
 
 fn default_dns_host_grace() -> u64 {
     60
+}
+
+fn default_flow_log_max_bytes() -> Spanned<u64> {
+    Spanned::new(0..0, 64 << 20)
+}
+
+fn default_flow_interim() -> Spanned<u64> {
+    Spanned::new(0..0, 60)
 }
 
 impl Default for AgentSection {
@@ -63,6 +80,9 @@ impl Default for AgentSection {
             nat_port_range: None,
             nat_ports: (0, 0),
             dns_host_grace_secs: default_dns_host_grace(),
+            flow_log: None,
+            flow_log_max_bytes: default_flow_log_max_bytes(),
+            flow_interim_secs: default_flow_interim(),
         }
     }
 }
@@ -424,6 +444,13 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             Some(ports) => nat_ports = ports,
             None => err(0..0, format!("the kernel's ephemeral ports [{eph_lo}, {eph_hi}] leave source NAT no ports: set agent.nat_port_range")),
         },
+    }
+
+    if *config.agent.flow_log_max_bytes.get_ref() < 4096 {
+        err(config.agent.flow_log_max_bytes.span(), format!("agent.flow_log_max_bytes {} is below 4096", config.agent.flow_log_max_bytes.get_ref()));
+    }
+    if *config.agent.flow_interim_secs.get_ref() == 0 {
+        err(config.agent.flow_interim_secs.span(), "agent.flow_interim_secs must be at least 1".to_string());
     }
 
     let mut networks: HashMap<&str, &Network> = HashMap::new();

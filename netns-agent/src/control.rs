@@ -1,19 +1,33 @@
 //! The running agent's control socket (`<state_dir>/control.sock`, mode 0600, root
 //! only): `netns-agent apply --config FILE` hands the file to the running agent, which
-//! applies it like a SIGHUP and answers with the outcome. One JSON line each way.
+//! applies it like a SIGHUP and answers with the outcome (one JSON line each way);
+//! `netns-agent flows --follow` asks for the flow records, which then come as JSON lines
+//! until the client goes.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
 };
 use tracing::{info, warn};
 
-use crate::state::{ApplyReport, StateDir};
+use crate::{
+    flowlog::FlowLogRecord,
+    state::{ApplyReport, StateDir},
+};
+
+/// What a client asks, as its first line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlRequest {
+    Apply(ApplyRequest),
+    /// Every flow record from now on.
+    Follow,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ApplyRequest {
@@ -37,8 +51,9 @@ pub struct Request {
     pub reply: oneshot::Sender<ApplyReply>,
 }
 
-/// Listens on the control socket; requests arrive on the returned channel.
-pub fn listen(state_dir: &Path) -> Result<mpsc::Receiver<Request>> {
+/// Listens on the control socket; apply requests arrive on the returned channel,
+/// followers get `flows` records.
+pub fn listen(state_dir: &Path, flows: broadcast::Sender<FlowLogRecord>) -> Result<mpsc::Receiver<Request>> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let path = StateDir::control_socket(state_dir);
@@ -50,9 +65,9 @@ pub fn listen(state_dir: &Path) -> Result<mpsc::Receiver<Request>> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let tx = tx.clone();
+            let (tx, flows) = (tx.clone(), flows.clone());
             tokio::spawn(async move {
-                if let Err(e) = serve(stream, tx).await {
+                if let Err(e) = serve(stream, tx, flows).await {
                     warn!("control socket: {e:#}");
                 }
             });
@@ -62,18 +77,22 @@ pub fn listen(state_dir: &Path) -> Result<mpsc::Receiver<Request>> {
     Ok(rx)
 }
 
-async fn serve(stream: UnixStream, tx: mpsc::Sender<Request>) -> Result<()> {
+async fn serve(stream: UnixStream, tx: mpsc::Sender<Request>, flows: broadcast::Sender<FlowLogRecord>) -> Result<()> {
     let uid = stream.peer_cred().context("reading the peer's credentials")?.uid();
     let (read, mut write) = stream.into_split();
     let reply = if uid != 0 {
-        ApplyReply { refused: true, errors: vec![format!("uid {uid} may not change the agent's config (root only)")], ..Default::default() }
+        ApplyReply { refused: true, errors: vec![format!("uid {uid} may not use the agent's control socket (root only)")], ..Default::default() }
     } else {
         let mut line = String::new();
         BufReader::new(read).read_line(&mut line).await?;
-        let apply: ApplyRequest = serde_json::from_str(&line).context("reading the request")?;
-        let (reply, answer) = oneshot::channel();
-        tx.send(Request { apply, reply }).await.context("the agent is stopping")?;
-        answer.await.context("the agent is stopping")?
+        match serde_json::from_str(&line).context("reading the request")? {
+            ControlRequest::Follow => return follow(write, flows.subscribe()).await,
+            ControlRequest::Apply(apply) => {
+                let (reply, answer) = oneshot::channel();
+                tx.send(Request { apply, reply }).await.context("the agent is stopping")?;
+                answer.await.context("the agent is stopping")?
+            }
+        }
     };
     let mut out = serde_json::to_vec(&reply)?;
     out.push(b'\n');
@@ -81,16 +100,51 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<Request>) -> Result<()> {
     Ok(())
 }
 
+/// Streams flow records to a follower until it goes. One that falls behind by more than
+/// the channel holds is told how many it missed.
+async fn follow(mut write: tokio::net::unix::OwnedWriteHalf, mut records: broadcast::Receiver<FlowLogRecord>) -> Result<()> {
+    loop {
+        let line = match records.recv().await {
+            Ok(r) => serde_json::to_vec(&r)?,
+            Err(broadcast::error::RecvError::Lagged(n)) => serde_json::to_vec(&serde_json::json!({ "missed": n }))?,
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        if write.write_all(&line).await.is_err() || write.write_all(b"\n").await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn connect_error(state_dir: &Path, e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!("no agent is running over {} ({}: {e})", state_dir.display(), StateDir::control_socket(state_dir).display())
+}
+
+/// Prints the running agent's flow records as they come (JSON lines, or a line each).
+pub async fn follow_flows(state_dir: &Path, json: bool) -> Result<()> {
+    let stream = UnixStream::connect(StateDir::control_socket(state_dir)).await.map_err(|e| connect_error(state_dir, e))?;
+    let (read, mut write) = stream.into_split();
+    let mut out = serde_json::to_vec(&ControlRequest::Follow)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        if json {
+            println!("{line}");
+        } else if let Ok(r) = serde_json::from_str::<FlowLogRecord>(&line) {
+            crate::flowlog::print_line(&r);
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
 /// Asks the agent running over `state_dir` to apply `config`; waits for its answer.
 pub async fn request_apply(state_dir: &Path, config: &Path) -> Result<ApplyReply> {
-    let path = StateDir::control_socket(state_dir);
-    let stream = match UnixStream::connect(&path).await {
-        Ok(s) => s,
-        Err(e) => bail!("no agent is running over {} ({}: {e})", state_dir.display(), path.display()),
-    };
+    let stream = UnixStream::connect(StateDir::control_socket(state_dir)).await.map_err(|e| connect_error(state_dir, e))?;
     let config = std::fs::canonicalize(config).with_context(|| format!("reading {}", config.display()))?;
     let (read, mut write) = stream.into_split();
-    let mut out = serde_json::to_vec(&ApplyRequest { config })?;
+    let mut out = serde_json::to_vec(&ControlRequest::Apply(ApplyRequest { config }))?;
     out.push(b'\n');
     write.write_all(&out).await?;
     let mut line = String::new();

@@ -3,7 +3,7 @@
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
 //!   CT_V3, DROP_V1, IFACE_V2, ACL_V1,   maps shared by every NI and the agent's netns
-//!   STATS_V3, NAT_V1, NATIF_V1, ...     (the list: `ALL_MAPS`)
+//!   STATS_V4, NAT_V1, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
 //!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running
 //!   @agent/<ifname>-nat-in, ...          the agent netns' NAT links (uplinks, NI veths)
@@ -36,7 +36,8 @@ use crate::netns::{self, Netns};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-const ALL_MAPS: [&str; 14] = [
+const ALL_MAPS: [&str; 15] = [
+    map_names::EVENTS,
     map_names::DROPS,
     map_names::FRAGS,
     map_names::ZONE_USE,
@@ -298,6 +299,9 @@ pub struct Maps {
     limits: HashMap<MapData, LimitKey, Bucket>,
     device: HashMap<MapData, [u8; 4], u32>,
     pub hosts: HostSets,
+    /// Conntrack entries removed by config changes since `take_removed_flows` (their
+    /// flows' end records).
+    removed_flows: Vec<(CtKey, CtValue)>,
 }
 
 /// The host sets (addresses DNS gave each app port, per host ACE), on their own handle so
@@ -353,17 +357,33 @@ impl HostSets {
 /// Removes the entries of `map` that `pred` selects; returns how many.
 /// (The programs keep writing while we walk: an entry is looked at again just before it
 /// goes, and stays if it no longer qualifies, e.g. a flow refreshed since.)
-fn remove_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
+fn remove_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, pred: impl FnMut(&K, &V) -> bool) -> usize {
+    take_where(map, pred).len()
+}
+
+/// Removes the entries of `map` that `pred` selects; returns them (as they were when
+/// they went).
+fn take_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, mut pred: impl FnMut(&K, &V) -> bool) -> Vec<(K, V)> {
     let doomed: Vec<K> = map.iter().flatten().filter(|(k, v)| pred(k, v)).map(|(k, _)| k).collect();
-    let mut removed = 0;
-    for k in &doomed {
-        if let Ok(v) = map.get(k, 0) {
-            if pred(k, &v) && map.remove(k).is_ok() {
-                removed += 1;
+    let mut removed = Vec::with_capacity(doomed.len());
+    for k in doomed {
+        if let Ok(v) = map.get(&k, 0) {
+            if pred(&k, &v) && map.remove(&k).is_ok() {
+                removed.push((k, v));
             }
         }
     }
     removed
+}
+
+/// What a sweep of the flow maps did and saw.
+#[derive(Default)]
+pub struct Sweep {
+    /// Entries of any map that went.
+    pub removed: usize,
+    /// Conntrack entries that expired, and those that live on.
+    pub expired_flows: Vec<(CtKey, CtValue)>,
+    pub live_flows: Vec<(CtKey, CtValue)>,
 }
 
 fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
@@ -389,6 +409,7 @@ impl Maps {
             limits: open_map(pin_dir, map_names::LIMITS)?.try_into()?,
             device: open_map(pin_dir, map_names::DEVICE)?.try_into()?,
             hosts: HostSets::open(pin_dir)?,
+            removed_flows: Vec::new(),
         })
     }
 
@@ -443,7 +464,15 @@ impl Maps {
 
     /// Removes the conntrack entries that `pred` selects; returns how many.
     pub fn remove_flows(&mut self, pred: impl Fn(&CtKey, &CtValue) -> bool) -> usize {
-        remove_where(&mut self.ct, pred)
+        let gone = take_where(&mut self.ct, pred);
+        let n = gone.len();
+        self.removed_flows.extend(gone);
+        n
+    }
+
+    /// The conntrack entries config changes removed since the last call.
+    pub fn take_removed_flows(&mut self) -> Vec<(CtKey, CtValue)> {
+        std::mem::take(&mut self.removed_flows)
     }
 
     /// An app port's published config: its info and its ACL.
@@ -506,7 +535,7 @@ impl Maps {
     pub fn remove_zone(&mut self, zone: u32) -> usize {
         remove_where(&mut self.ifaces, |k, _| k.zone == zone);
         remove_where(&mut self.acls, |k, _| k.zone == zone);
-        let flows = remove_where(&mut self.ct, |k, _| k.zone == zone);
+        let flows = self.remove_flows(|k, _| k.zone == zone);
         remove_where(&mut self.drops, |k, _| k.zone == zone);
         remove_where(&mut self.nat_ifaces, |k, _| k.zone == zone);
         self.remove_portmaps(|k, _| k.domain == zone);
@@ -544,18 +573,21 @@ impl Maps {
 
     /// Drops conntrack entries, drop records and translations idle past their timeout
     /// (a translation's two entries together), then writes each zone's true use of the
-    /// maps back; returns how many entries went.
-    pub fn expire_flows(&mut self, now_ns: u64) -> usize {
+    /// maps back.
+    pub fn expire_flows(&mut self, now_ns: u64) -> Sweep {
         use netns_ebpf_common::{ct::is_expired, nat};
         let mut ct_use = vec![0u32; MAX_ZONES as usize];
         let mut nat_use = vec![0u32; MAX_ZONES as usize];
-        let expired = remove_where(&mut self.ct, |k, v| {
+        let mut live_flows = Vec::new();
+        let expired_flows = take_where(&mut self.ct, |k, v| {
             let gone = is_expired(v, k.proto, now_ns);
             if !gone {
                 ct_use[(k.zone % MAX_ZONES) as usize] += 1;
+                live_flows.push((*k, *v));
             }
             gone
-        }) + remove_where(&mut self.drops, |k, v| is_expired(v, k.proto, now_ns));
+        });
+        let expired = expired_flows.len() + remove_where(&mut self.drops, |k, v| is_expired(v, k.proto, now_ns));
         let entries: std::collections::HashMap<NatKey, NatValue> = self.nat.iter().flatten().collect();
         let translations = remove_where(&mut self.nat, |k, v| {
             let gone = nat::pair_expired(k.proto, v, entries.get(&nat::partner(k, v)), now_ns);
@@ -571,7 +603,7 @@ impl Maps {
                 self.zone_use.set(zone, ZoneUse { ct, nat, ..old }, 0).ok();
             }
         }
-        expired + translations + self.hosts.expire(now_ns)
+        Sweep { removed: expired + translations + self.hosts.expire(now_ns), expired_flows, live_flows }
     }
 
     /// Program counters summed over CPUs.

@@ -4,6 +4,7 @@
 mod config;
 mod control;
 mod datapath;
+mod flowlog;
 mod flows;
 mod netlink;
 mod netns;
@@ -83,9 +84,13 @@ enum Command {
         pin_dir: PathBuf,
         #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
-        /// One JSON document for machines.
+        /// One JSON document for machines (with --follow: one JSON record per line).
         #[arg(long)]
         json: bool,
+        /// Stream the running agent's flow records (starts, drops, interim, ends) as they
+        /// come, instead of a snapshot of the flow table.
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -180,9 +185,12 @@ async fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Flows { config, mut pin_dir, mut state_dir, json } => {
+        Command::Flows { config, mut pin_dir, mut state_dir, json, follow } => {
             if let Some(path) = config {
                 (pin_dir, state_dir) = config::agent_dirs(&path)?;
+            }
+            if follow {
+                return control::follow_flows(&state_dir, json).await;
             }
             let maps = datapath::Maps::open(&pin_dir)?;
             let now = datapath::monotonic_ns();
@@ -206,6 +214,10 @@ async fn dispatch(command: Command) -> Result<()> {
         }
     }
 }
+
+/// Flow events read from the ring buffer and not yet written (the agent's own backlog;
+/// beyond it events are counted as lost, see `flowlog::spawn_reader`).
+const EVENT_QUEUE: usize = 65536;
 
 /// How often expired conntrack entries are swept (LRU eviction bounds the map anyway).
 const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -259,8 +271,9 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
             warn!("before the apply: {e:#}");
         }
     }
+    let mut flow_log = flowlog::FlowLog::new(plan.flow_log.as_deref(), plan.flow_log_max_bytes, plan.flow_interim)?;
     // Listening before the first apply: an `apply` that comes while it runs waits its turn.
-    let mut control = control::listen(&plan.state_dir)?;
+    let mut control = control::listen(&plan.state_dir, flow_log.sender())?;
     applier.set_agent(std::process::id(), Some(config_path.clone()))?;
     let outcome = match applier.apply(&plan, "start").await {
         Ok(o) => o,
@@ -277,6 +290,10 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
         warn!("{e:#}");
     }
     let mut maps = datapath::Maps::open(&plan.pin_dir).ok();
+    let mut names = state::AppliedState::read(&plan.state_dir);
+    flow_log.removed(&applier.take_removed_flows(), &names);
+    let (event_tx, mut events) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    let mut event_reader = flowlog::spawn_reader(plan.pin_dir.clone(), event_tx.clone());
     info!("running; SIGHUP or `netns-agent apply` applies a changed config, SIGINT/SIGTERM stop the agent (the data path stays until `down`)");
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -298,6 +315,10 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
                 *shared_uplinks.write().unwrap() = applier.uplinks().clone();
                 // An apply may have unpinned the maps (no NI left) and pinned new ones.
                 maps = None;
+                flow_log.removed(&applier.take_removed_flows(), &names);
+                names = state::AppliedState::read(&plan.state_dir);
+                event_reader.abort();
+                event_reader = flowlog::spawn_reader(plan.pin_dir.clone(), event_tx.clone());
                 for e in &reply.errors {
                     warn!("{e}");
                 }
@@ -307,21 +328,33 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
                 let reply = reload(&mut applier, &mut services, &mut plan, &request.apply.config, "apply").await;
                 *shared_uplinks.write().unwrap() = applier.uplinks().clone();
                 maps = None;
+                flow_log.removed(&applier.take_removed_flows(), &names);
+                names = state::AppliedState::read(&plan.state_dir);
+                event_reader.abort();
+                event_reader = flowlog::spawn_reader(plan.pin_dir.clone(), event_tx.clone());
                 let _ = request.reply.send(reply);
             }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            Some(event) = events.recv() => {
+                if let Some(record) = flowlog::record_of_event(&event, &names, flowlog::Clock::now()) {
+                    flow_log.write(record);
+                }
+            }
             _ = sweep.tick() => {
                 if maps.is_none() {
                     maps = datapath::Maps::open(&plan.pin_dir).ok();
                 }
-                let n = maps.as_mut().map(|m| m.expire_flows(datapath::monotonic_ns())).unwrap_or(0);
-                if n > 0 {
-                    info!("conntrack: expired {n} idle entries");
+                let now = datapath::monotonic_ns();
+                let swept = maps.as_mut().map(|m| m.expire_flows(now)).unwrap_or_default();
+                flow_log.after_sweep(&swept.expired_flows, &swept.live_flows, &names, now);
+                if swept.removed > 0 {
+                    info!("conntrack: expired {} idle entries", swept.removed);
                 }
             }
         }
     }
+    event_reader.abort();
     services.stop().await;
     let _ = std::fs::remove_file(state::StateDir::control_socket(&plan.state_dir));
     if let Err(e) = applier.set_agent(0, Some(config_path)) {

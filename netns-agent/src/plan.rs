@@ -26,6 +26,11 @@ pub struct Plan {
     pub state_dir: PathBuf,
     pub nat_ports: (u16, u16),
     pub dns_host_grace: std::time::Duration,
+    /// The flow log's file (none: records go to `flows --follow` only), its rotation
+    /// size, and the interval of interim records.
+    pub flow_log: Option<PathBuf>,
+    pub flow_log_max_bytes: u64,
+    pub flow_interim: std::time::Duration,
     pub uplinks: Vec<UplinkPlan>,
     pub nis: Vec<NiPlan>,
 }
@@ -329,6 +334,9 @@ pub fn build(config: &Config) -> Plan {
         state_dir: config.agent.state_dir.clone(),
         nat_ports: (port_min, port_max),
         dns_host_grace: std::time::Duration::from_secs(config.agent.dns_host_grace_secs),
+        flow_log: config.agent.flow_log.clone(),
+        flow_log_max_bytes: *config.agent.flow_log_max_bytes.get_ref(),
+        flow_interim: std::time::Duration::from_secs(*config.agent.flow_interim_secs.get_ref()),
         uplinks,
         nis,
     }

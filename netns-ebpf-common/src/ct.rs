@@ -68,6 +68,8 @@ pub const FLAG_JUDGED_TO_APP: u8 = 1 << 3;
 /// `tcp_end[DIR_ORIG]` / `tcp_end[DIR_REPLY]` holds a segment end seen in that direction.
 pub const FLAG_END_ORIG: u8 = 1 << 4;
 pub const FLAG_END_REPLY: u8 = 1 << 5;
+/// The flow's end event went out (TCP close): expiry later adds no second one.
+pub const FLAG_ENDED: u8 = 1 << 6;
 
 /// How far (in sequence space) an RST may sit from the furthest segment end its sender
 /// was seen sending. The kernel checks against the receiver's window; a fixed 1 MiB

@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod ct;
+pub mod event;
 pub mod frag;
 pub mod guard;
 pub mod limit;
@@ -32,7 +33,7 @@ pub mod map_names {
     pub const CONNTRACK: &str = "CT_V3";
     pub const IFACES: &str = "IFACE_V2";
     pub const ACLS: &str = "ACL_V1";
-    pub const STATS: &str = "STATS_V3";
+    pub const STATS: &str = "STATS_V4";
     pub const NAT: &str = "NAT_V1";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -43,6 +44,7 @@ pub mod map_names {
     pub const DROPS: &str = "DROP_V1";
     pub const FRAGS: &str = "FRAG_V1";
     pub const ZONE_USE: &str = "ZONEUSE_V1";
+    pub const EVENTS: &str = "FLOWEV_V1";
 }
 
 /// The /24 of the NIs' veth pairs (169.254.100.0/24): the agent-side ends are the
@@ -196,10 +198,12 @@ pub enum Stat {
     DropZoneFull = 22,
     /// A fragment passed by its first fragment's verdict and translation.
     PassFragment = 23,
+    /// A flow event the ring buffer had no room for (the agent is behind).
+    EventLost = 24,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassArp,
         Stat::DropNonIpv4,
@@ -225,6 +229,7 @@ impl Stat {
         Stat::DropTcpRst,
         Stat::DropZoneFull,
         Stat::PassFragment,
+        Stat::EventLost,
     ];
 
     pub fn name(self) -> &'static str {
@@ -253,6 +258,7 @@ impl Stat {
             Stat::DropTcpRst => "drop_tcp_rst",
             Stat::DropZoneFull => "drop_zone_full",
             Stat::PassFragment => "pass_fragment",
+            Stat::EventLost => "event_lost",
         }
     }
 }
@@ -277,4 +283,5 @@ mod pod {
     unsafe impl aya::Pod for super::limit::LimitKey {}
     unsafe impl aya::Pod for super::limit::Bucket {}
     unsafe impl aya::Pod for super::ZoneUse {}
+    unsafe impl aya::Pod for super::event::FlowEvent {}
 }

@@ -15,7 +15,8 @@ use aya_ebpf::{
 };
 use netns_ebpf_common::{
     acl::{self, AceQuery, AceWalk, AclTable, RemoteFacts, Verdict, MAX_ACES, METADATA_IP},
-    ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_JUDGED_TO_APP, FLAG_SEEN_REPLY, VERDICT_DROP},
+    ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_ENDED, FLAG_JUDGED_TO_APP, FLAG_SEEN_REPLY, VERDICT_DROP},
+    event::{self, EVENT_DROPPED, EVENT_END, EVENT_START},
     guard,
     limit::{self, LimitKey},
     nat::{NatKey, NatValue, PortmapKey, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
@@ -24,7 +25,7 @@ use netns_ebpf_common::{
     VETH_NET_LEN,
 };
 
-use crate::{budget, count, frag, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS};
+use crate::{budget, count, events, frag, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -180,7 +181,12 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
             }
             let drop = entry.verdict == VERDICT_DROP;
             if counts_here(ctx, side) {
+                let state = entry.tcp_state;
                 account(entry, dir, flow, now);
+                if event::closes(state, entry.tcp_state) && entry.flags & FLAG_ENDED == 0 {
+                    entry.flags |= FLAG_ENDED;
+                    events::emit(EVENT_END, &key, entry, Stat::PassCt);
+                }
                 if !drop && over_limit(zone, entry, now) {
                     count(Stat::DropLimit);
                     return TC_ACT_SHOT;
@@ -228,6 +234,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 count(Stat::CtInsertFailed);
             } else {
                 count(Stat::CtNew);
+                events::emit(EVENT_START, &key, &entry, Stat::CtNew);
             }
             if limited {
                 count(Stat::DropLimit);
@@ -291,7 +298,8 @@ fn record_drop(key: &CtKey, fresh: &mut CtValue, a_to_b: bool, flow: &Flow, now:
         None => {
             fresh.verdict = VERDICT_DROP;
             account(fresh, DIR_ORIG, flow, now);
-            let _ = DROPS.insert(key, fresh, 0);
+            let _ = DROPS.insert(key, &*fresh, 0);
+            events::emit(EVENT_DROPPED, key, fresh, Stat::DropAcl);
         }
     }
 }

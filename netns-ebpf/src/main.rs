@@ -12,18 +12,20 @@
 
 mod app_port;
 mod budget;
+mod events;
 mod frag;
 mod nat;
 mod rewrite;
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
     programs::TcContext,
 };
 use netns_ebpf_common::{
     acl::AclTable,
     ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
+    event::{FlowEvent, EVENTS_BYTES},
     frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
     limit::{Bucket, LimitKey},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
@@ -55,6 +57,10 @@ static DROPS: LruHashMap<CtKey, CtValue, { DROP_MAX_ENTRIES as usize }> = LruHas
 #[btf_map(name = "FRAG_V1")]
 static FRAGS: LruHashMap<FragKey, FragValue, { FRAG_MAX_ENTRIES as usize }> = LruHashMap::new();
 
+/// Flow events for the agent's flow log.
+#[btf_map(name = "FLOWEV_V1")]
+static EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+
 /// Each NI's use of CT and NAT against its share.
 #[btf_map(name = "ZONEUSE_V1")]
 static ZONE_USE: Array<ZoneUse, { MAX_ZONES as usize }> = Array::new();
@@ -65,7 +71,7 @@ static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = HashMa
 #[btf_map(name = "ACL_V1")]
 static ACLS: HashMap<IfaceKey, AclTable, { MAX_APP_PORTS as usize }> = HashMap::new();
 
-#[btf_map(name = "STATS_V3")]
+#[btf_map(name = "STATS_V4")]
 static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "NAT_V1")]

@@ -36,6 +36,8 @@ const MORE_APPS: [&str; 3] = ["app4", "app5", "app6"];
 const CLOUDS: [&str; 2] = ["cloud1", "cloud2"];
 const NIS: [&str; 6] = ["ni1", "ni2", "ni3", "ni4", "ni5", "ni6"];
 pub(crate) const STATE_DIR: &str = "/run/netns-agent";
+/// The demo config's `flow_log`.
+const FLOW_LOG: &str = "/run/netns-agent/flows.jsonl";
 const UPLINKS: usize = 3;
 
 /// app1's addresses (NI1, NI2), app2's, app3's.
@@ -50,6 +52,9 @@ pub(crate) const ALLOWED_SITE: &str = "10.99.0.10";
 const BLOCKED_SITE: &str = "10.98.0.10";
 
 const CONFIG: &str = r#"# The seed scenario (cargo xtask demo): NI1-NI6, app1-app6.
+[agent]
+flow_log = "/run/netns-agent/flows.jsonl"   # every flow's records; `flows --follow` streams them
+
 [[uplink]]
 name = "eth0"
 dns = ["10.99.0.53"]
@@ -477,6 +482,21 @@ impl Demo {
         crate::run(Command::new(&self.agent_bin).arg("flows"))?;
         step("maps are readable with bpftool (BTF): the first entries of CT_V3");
         crate::run(Command::new("sh").args(["-c", "bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V3 | head -30"]))?;
+        step("the flow log of this run (/run/netns-agent/flows.jsonl): records by kind, the last ten");
+        let log = std::fs::read_to_string(FLOW_LOG).unwrap_or_default();
+        let records: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let mut kinds = std::collections::BTreeMap::new();
+        for r in &records {
+            *kinds.entry(r["kind"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
+        }
+        println!("  {} records: {kinds:?}", records.len());
+        for line in log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
+            println!("  {line}");
+        }
+        self.check(
+            "the flow log holds the run's flows: starts, and app1's dropped attempt at the blocked site",
+            kinds.contains_key("start") && records.iter().any(|r| r["kind"] == "dropped" && r["app"] == "app1" && r["dst"] == BLOCKED_SITE),
+        );
         step("DNS requests seen by the NIs' proxies: netns-agent dns-log");
         crate::run(Command::new(&self.agent_bin).arg("dns-log"))?;
         step("netns-agent status");
@@ -593,6 +613,11 @@ impl Drop for Demo {
             .args(["down", "--config"])
             .arg(&self.config)
             .status();
+        for i in 0..=3 {
+            let path = if i == 0 { FLOW_LOG.to_string() } else { format!("{FLOW_LOG}.{i}") };
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = std::fs::remove_dir(STATE_DIR);
         for ns in all_namespaces().iter().filter(|n| !NIS.contains(n)) {
             let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
         }

@@ -127,6 +127,12 @@ impl Applier {
         self.record.write(&self.state_dir)
     }
 
+    /// The conntrack entries that applies removed since the last call (their flows'
+    /// end records).
+    pub fn take_removed_flows(&mut self) -> Vec<(netns_ebpf_common::ct::CtKey, netns_ebpf_common::ct::CtValue)> {
+        self.maps.as_mut().map(|m| m.take_removed_flows()).unwrap_or_default()
+    }
+
     /// The pinned maps (opened once; they exist after the first programs are loaded).
     fn maps(&mut self) -> Result<&mut Maps> {
         if self.maps.is_none() {

@@ -1,0 +1,51 @@
+//! Flow events: the data path tells the agent through a BPF ring buffer when a flow starts
+//! (allowed, or its first packet dropped) and when a TCP flow closes. The agent adds what
+//! only it sees (entries that expire or that a config change removes, interim records of
+//! long flows) and writes the flow log. An event the ring buffer has no room for is
+//! counted (`Stat::EventLost`), never silently gone.
+
+use crate::ct::{CtKey, CtValue, TCP_CLOSE, TCP_TIME_WAIT};
+
+/// Ring buffer size in bytes (a power of two, a multiple of the page size): ~9k events.
+pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// A flow's entry was made (allowed).
+pub const EVENT_START: u8 = 1;
+/// A TCP flow closed (both FINs, or an RST): the entry's final counters.
+pub const EVENT_END: u8 = 2;
+/// A dropped flow's first packet (its record in DROP_V1 was made).
+pub const EVENT_DROPPED: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub key: CtKey,
+    pub value: CtValue,
+    /// `EVENT_*`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// For `EVENT_DROPPED`: the `Stat` the drop was counted as.
+    pub reason: u32,
+}
+
+/// Whether a TCP state change closes the flow (its end event goes out then).
+#[inline(always)]
+pub fn closes(old_state: u8, new_state: u8) -> bool {
+    let closed = |s: u8| s == TCP_TIME_WAIT || s == TCP_CLOSE;
+    closed(new_state) && !closed(old_state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ct::{TCP_ESTABLISHED, TCP_FIN_WAIT};
+
+    #[test]
+    fn a_flow_closes_once() {
+        assert!(closes(TCP_FIN_WAIT, TCP_TIME_WAIT));
+        assert!(closes(TCP_ESTABLISHED, TCP_CLOSE));
+        assert!(!closes(TCP_TIME_WAIT, TCP_CLOSE), "already closed");
+        assert!(!closes(TCP_ESTABLISHED, TCP_FIN_WAIT));
+        assert_eq!(core::mem::size_of::<FlowEvent>() % 8, 0, "ring buffer records are 8-byte aligned");
+    }
+}

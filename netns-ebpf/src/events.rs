@@ -1,0 +1,31 @@
+//! Flow events to the agent (see `netns_ebpf_common::event`).
+
+use netns_ebpf_common::{
+    ct::{CtKey, CtValue},
+    event::FlowEvent,
+    Stat,
+};
+
+use crate::{count, EVENTS};
+
+/// Sends one event; a full ring buffer counts it as lost. The event is written in place
+/// in the ring buffer (reserve, fill, submit): a 112-byte copy on the stack would not fit
+/// beside the app-port programs' frames (512 bytes in all, on 6.1 with the ACE walk's).
+#[inline(always)]
+pub fn emit(kind: u8, key: &CtKey, value: &CtValue, reason: Stat) {
+    let Some(mut slot) = EVENTS.reserve(0) else {
+        count(Stat::EventLost);
+        return;
+    };
+    let e: *mut FlowEvent = slot.as_mut_ptr();
+    // SAFETY: `e` points at a reserved, writable FlowEvent in the ring buffer; every
+    // field is written before the submit.
+    unsafe {
+        (*e).key = *key;
+        (*e).value = *value;
+        (*e).kind = kind;
+        (*e)._pad = [0; 3];
+        (*e).reason = reason as u32;
+    }
+    slot.submit(0);
+}
