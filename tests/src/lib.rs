@@ -573,6 +573,18 @@ pub fn scaled(d: Duration) -> Duration {
     d * scale.max(1)
 }
 
+/// How many packets or connections a load test sends: `n` here, a tenth of it per unit of
+/// NETNS_TEST_TIME_SCALE in the emulated VM (where Python runs ~50x slower); what it
+/// checks stays the same, at the smaller size.
+pub fn load_size(n: u64) -> u64 {
+    let scale: u64 = std::env::var("NETNS_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    if scale > 1 {
+        (n / (10 * scale)).max(10)
+    } else {
+        n
+    }
+}
+
 /// The IPsec backend of VPN tests: libipsec (this kernel has no ESP) unless
 /// NETNS_TEST_VPN_BACKEND says "kernel" (the VM run under Debian's kernel).
 pub fn vpn_backend() -> String {

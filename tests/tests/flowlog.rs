@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use netns_tests::{scaled, wait_until, Background, Scenario, INET_IP};
+use netns_tests::{load_size, scaled, wait_until, Background, Scenario, INET_IP};
 use serde_json::Value;
 
 /// app1 may reach the internet host's TCP 7000 (ACE 1); everything else is dropped.
@@ -56,16 +56,18 @@ fn count(records: &[Value], kind: &str, dport: u16) -> usize {
     records.iter().filter(|r| r["kind"] == kind && r["dport"] == dport).count()
 }
 
-/// 500 short TCP connections (100 bytes each way) and 200 denied attempts: exactly 500
-/// allowed flows end on record with their ACE and at least their payload counted, and
-/// exactly 200 dropped flows, each with the default-drop rule.
+/// 500 short TCP connections (100 bytes each way) and 200 denied attempts (a tenth per
+/// time-scale unit in the VM): exactly that many allowed flows end on record with their
+/// ACE and at least their payload counted, and exactly that many dropped flows, each with
+/// the default-drop rule.
 #[test]
 fn short_connections_and_denied_attempts_are_all_on_record() {
     let (s, log) = scenario(&[]);
+    let (conns, denied) = (load_size(500), load_size(200));
     let client = r#"
 import socket, sys
 ok = 0
-for i in range(500):
+for i in range(int(sys.argv[2])):
     c = socket.create_connection((sys.argv[1], 7000), timeout=5)
     c.sendall(b"x" * 100)
     got = b""
@@ -73,29 +75,29 @@ for i in range(500):
         got += c.recv(100 - len(got))
     ok += got == b"x" * 100
     c.close()
-for i in range(200):
+for i in range(int(sys.argv[3])):
     d = socket.socket(); d.setblocking(False)
     d.connect_ex((sys.argv[1], 7001))
     d.close()
 print(ok)
 "#;
-    let out = s.python(s.app("app1"), client, &[INET_IP]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "500", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.python(s.app("app1"), client, &[INET_IP, &conns.to_string(), &denied.to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), conns.to_string(), "{}", String::from_utf8_lossy(&out.stderr));
     // The ends come as both sides close; a wait, not a timed check.
-    wait_until(scaled(Duration::from_secs(30)), || count(&records(&log), "end", 7000) >= 500);
+    wait_until(scaled(Duration::from_secs(30)), || count(&records(&log), "end", 7000) >= conns as usize);
     let all = records(&log);
     let ends: Vec<&Value> = all.iter().filter(|r| r["kind"] == "end" && r["dport"] == 7000).collect();
     let dropped: Vec<&Value> = all.iter().filter(|r| r["kind"] == "dropped" && r["dport"] == 7001).collect();
     println!(
-        "flow log: {} starts, {} ends, {} dropped (of 500 connections and 200 denied attempts); event_lost {}",
+        "flow log: {} starts, {} ends, {} dropped (of {conns} connections and {denied} denied attempts); event_lost {}",
         count(&all, "start", 7000),
         ends.len(),
         dropped.len(),
         s.counter("event_lost")
     );
-    assert_eq!(count(&all, "start", 7000), 500);
-    assert_eq!(ends.len(), 500);
-    assert_eq!(dropped.len(), 200);
+    assert_eq!(count(&all, "start", 7000), conns as usize);
+    assert_eq!(ends.len(), conns as usize);
+    assert_eq!(dropped.len(), denied as usize);
     for r in &ends {
         assert_eq!((r["acl_id"].as_u64(), r["action"].as_str(), r["app"].as_str()), (Some(1), Some("accept"), Some("app1")), "{r}");
         assert_eq!(r["end_reason"], "closed", "{r}");

@@ -341,7 +341,7 @@ fn fragmented_udp_crosses_both_nats_both_ways() {
     let s = seed();
     let inet = s.inet.clone();
     let script = netns_tests::py_script("udp_echo.py");
-    let idle = scaled(Duration::from_secs(5)).as_secs().to_string();
+    let idle = scaled(Duration::from_secs(2)).as_secs().to_string();
     let mut server = s.background(&inet, &["python3", "-u", &script, "server", INET_IP, "7007", &idle]);
     assert_eq!(server.read_line().trim(), "ready", "the echo server did not start");
     let before = (s.counter("pass_fragment"), s.counter("drop_fragment"));

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use netns_tests::{py_script, scaled, Background, Scenario, INET_IP};
+use netns_tests::{load_size, py_script, scaled, Background, Scenario, INET_IP};
 
 /// NI1 on eth0 with app1 (may reach the internet host's port 7000 only) and app2 (may
 /// reach the internet host's UDP 9000), and user data for app2.
@@ -331,13 +331,6 @@ fn apps_cannot_reach_the_device_itself() {
     assert!(after >= before + 6);
 }
 
-/// Packets to send in a flood: the count here, a tenth of it per unit of
-/// NETNS_TEST_TIME_SCALE in the emulated VM (where Python sends ~50x slower).
-fn flood_size(n: u64) -> u64 {
-    let scale: u64 = std::env::var("NETNS_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    if scale > 1 { n / (10 * scale) * 10 } else { n }
-}
-
 fn flood(s: &Scenario, ns: &str, args: &[&str]) -> u64 {
     let script = py_script("floods.py");
     let mut full = vec!["python3", &script[..]];
@@ -392,7 +385,7 @@ fn a_flood_of_denied_tuples_evicts_no_live_flow() {
     let session = push_session(&s, &app1, 7000);
     std::thread::sleep(scaled(Duration::from_secs(2)));
     let before = (s.counter("drop_acl"), s.counter("ct_new"));
-    let n = flood_size(500_000).to_string();
+    let n = load_size(500_000).to_string();
     let sent = flood(&s, &app2, &["udp-tuples", "10.10.1.3", INET_IP, &n]);
     let after = (s.counter("drop_acl"), s.counter("ct_new"));
     let records = s.flows().len();
@@ -453,14 +446,14 @@ fn a_syn_flood_at_a_port_map_leaves_other_nis_alone() {
     std::thread::sleep(scaled(Duration::from_secs(2)));
     let before = (s.counter("portmap_new"), s.counter("drop_zone_full"));
     // Sources in the internet host's /16 (the SYN-ACKs go nowhere else).
-    let n = flood_size(100_000).to_string();
+    let n = load_size(100_000).to_string();
     let sent = flood(&s, &gw, &["syn-flood", "10.99.0.0", "192.168.0.2", "8080", &n]);
     let after = (s.counter("portmap_new"), s.counter("drop_zone_full"));
     println!(
         "{sent} SYNs at ni1's port map: portmap_new {} -> {}, drop_zone_full {} -> {}",
         before.0, after.0, before.1, after.1
     );
-    assert!(flood_size(100_000) < 100_000 || after.1 > before.1, "the flood ran into ni1's share");
+    assert!(load_size(100_000) < 100_000 || after.1 > before.1, "the flood ran into ni1's share");
     session.assert_survived("app2's idle flow in ni2, the server speaking after the flood");
 }
 
