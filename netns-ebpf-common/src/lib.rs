@@ -170,6 +170,7 @@ pub enum Stat {
     PassArp = 0,
     DropNonIpv4 = 1,
     DropMalformed = 2,
+    /// A later IPv4 fragment whose first fragment was not seen (or too long ago).
     DropFragment = 3,
     CtNew = 4,
     CtInsertFailed = 5,
