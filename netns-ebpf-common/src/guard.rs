@@ -65,15 +65,21 @@ pub fn from_app_arp(iface: &IfaceInfo, arp: &Arp) -> Result<(), Stat> {
 /// ciaddr, yiaddr (16), siaddr, giaddr, chaddr (28).
 pub const BOOTP_PREFIX: usize = 34;
 
-/// The address a DHCP server's reply (an OFFER, then the ACK) gives the app behind this
-/// port: BOOTREPLY from :67 to :68 naming the app's MAC, with a yiaddr. The last one
-/// seen is the app's (the ACK comes after the OFFER; a NAK carries none).
+/// A DHCP server's reply (UDP :67 -> :68, whole): the only packet whose BOOTP header is
+/// worth reading (checked first, so other packets cost no extra load).
 #[inline(always)]
-pub fn dhcp_reply_address(iface: &IfaceInfo, flow: &Flow, bootp: &[u8; BOOTP_PREFIX]) -> Option<Ipv4> {
-    let reply = flow.proto == PROTO_UDP && flow.sport == 67 && flow.dport == 68 && !flow.related && flow.frag == FRAG_NONE;
+pub fn is_dhcp_reply(flow: &Flow) -> bool {
+    flow.proto == PROTO_UDP && flow.sport == 67 && flow.dport == 68 && !flow.related && flow.frag == FRAG_NONE
+}
+
+/// The address a DHCP server's reply (an OFFER, then the ACK; see `is_dhcp_reply`) gives
+/// the app behind this port: a BOOTREPLY naming the app's MAC, with a yiaddr. The last
+/// one seen is the app's (the ACK comes after the OFFER; a NAK carries none).
+#[inline(always)]
+pub fn dhcp_reply_address(iface: &IfaceInfo, bootp: &[u8; BOOTP_PREFIX]) -> Option<Ipv4> {
     let yiaddr = [bootp[16], bootp[17], bootp[18], bootp[19]];
     let for_app = bootp[0] == 2 && bootp[28..34] == iface.app_mac;
-    (reply && for_app && yiaddr != UNSPECIFIED).then_some(yiaddr)
+    (for_app && yiaddr != UNSPECIFIED).then_some(yiaddr)
 }
 
 /// An ICMP error is about a packet its receiver sent: the error goes to the quoted
@@ -150,17 +156,18 @@ mod tests {
         bootp[0] = 2;
         bootp[16..20].copy_from_slice(&[192, 168, 3, 6]);
         bootp[28..34].copy_from_slice(&MAC);
-        assert_eq!(dhcp_reply_address(&i, &flow, &bootp), Some([192, 168, 3, 6]));
+        assert!(is_dhcp_reply(&flow));
+        assert_eq!(dhcp_reply_address(&i, &bootp), Some([192, 168, 3, 6]));
         let mut other = bootp;
         other[28] = 0x42;
-        assert_eq!(dhcp_reply_address(&i, &flow, &other), None, "another client's lease");
+        assert_eq!(dhcp_reply_address(&i, &other), None, "another client's lease");
         let mut request = bootp;
         request[0] = 1;
-        assert_eq!(dhcp_reply_address(&i, &flow, &request), None, "a BOOTREQUEST");
+        assert_eq!(dhcp_reply_address(&i, &request), None, "a BOOTREQUEST");
         let mut nak = bootp;
         nak[16..20].copy_from_slice(&UNSPECIFIED);
-        assert_eq!(dhcp_reply_address(&i, &flow, &nak), None);
-        assert_eq!(dhcp_reply_address(&i, &Flow { sport: 53, ..flow }, &bootp), None, "not from a server port");
+        assert_eq!(dhcp_reply_address(&i, &nak), None);
+        assert!(!is_dhcp_reply(&Flow { sport: 53, ..flow }), "not from a server port");
     }
 
     #[test]

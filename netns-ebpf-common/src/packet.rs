@@ -77,16 +77,9 @@ pub const FRAG_FIRST: u8 = 1;
 pub const FRAG_LATER: u8 = 2;
 
 impl Flow {
-    /// The same flow as a packet in the other direction has it (addresses and ports
-    /// swapped): a reply's flow turned into the one its first packet had.
-    #[inline(always)]
-    pub fn reversed(&self) -> Flow {
-        let mut f = *self;
-        f.reverse();
-        f
-    }
-
-    /// `reversed`, in place (no copy on a program's small stack).
+    /// Turns the flow into the one a packet in the other direction has (addresses and
+    /// ports swapped): a reply's flow into the one its first packet had. In place: a
+    /// copy would cost the program's small stack.
     #[inline(always)]
     pub fn reverse(&mut self) {
         core::mem::swap(&mut self.src, &mut self.dst);

@@ -255,7 +255,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
             return TC_ACT_SHOT;
         }
     }
-    if side == Side::ToApp && iface.flags & IFACE_FLAG_IP_LEARN != 0 {
+    if side == Side::ToApp && iface.flags & IFACE_FLAG_IP_LEARN != 0 && guard::is_dhcp_reply(flow) {
         learn_address(ctx, &ikey, iface, flow);
     }
     count(Stat::PassCt);
@@ -267,7 +267,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
 #[inline(always)]
 fn learn_address(ctx: &TcContext, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) {
     let Ok(bootp) = ctx.load::<[u8; guard::BOOTP_PREFIX]>(flow.l4_off as usize + 8) else { return };
-    let Some(ip) = guard::dhcp_reply_address(iface, flow, &bootp) else { return };
+    let Some(ip) = guard::dhcp_reply_address(iface, &bootp) else { return };
     if iface.flags & IFACE_FLAG_IP_KNOWN != 0 && iface.app_ip == ip {
         return;
     }
