@@ -58,6 +58,9 @@ pub struct AgentSection {
     /// Seconds between interim records of a long-lived flow.
     #[serde(default = "default_flow_interim")]
     pub flow_interim_secs: Spanned<u64>,
+    /// Where `/metrics` (Prometheus text) is served, in the agent's netns (off when unset).
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 fn default_dns_host_grace() -> u64 {
@@ -83,6 +86,7 @@ impl Default for AgentSection {
             flow_log: None,
             flow_log_max_bytes: default_flow_log_max_bytes(),
             flow_interim_secs: default_flow_interim(),
+            metrics: None,
         }
     }
 }
@@ -218,6 +222,9 @@ pub struct Interface {
 #[serde(deny_unknown_fields)]
 pub struct Ace {
     pub id: Spanned<u32>,
+    /// EVE's ACE name: reported in the flow log as `acl_name`.
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(rename = "match", default)]
     pub matches: Match,
     #[serde(default)]

@@ -16,7 +16,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    flowlog::FlowLogRecord,
+    flowlog::LogRecord,
     state::{ApplyReport, StateDir},
 };
 
@@ -53,7 +53,7 @@ pub struct Request {
 
 /// Listens on the control socket; apply requests arrive on the returned channel,
 /// followers get `flows` records.
-pub fn listen(state_dir: &Path, flows: broadcast::Sender<FlowLogRecord>) -> Result<mpsc::Receiver<Request>> {
+pub fn listen(state_dir: &Path, flows: broadcast::Sender<LogRecord>) -> Result<mpsc::Receiver<Request>> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let path = StateDir::control_socket(state_dir);
@@ -77,7 +77,7 @@ pub fn listen(state_dir: &Path, flows: broadcast::Sender<FlowLogRecord>) -> Resu
     Ok(rx)
 }
 
-async fn serve(stream: UnixStream, tx: mpsc::Sender<Request>, flows: broadcast::Sender<FlowLogRecord>) -> Result<()> {
+async fn serve(stream: UnixStream, tx: mpsc::Sender<Request>, flows: broadcast::Sender<LogRecord>) -> Result<()> {
     let uid = stream.peer_cred().context("reading the peer's credentials")?.uid();
     let (read, mut write) = stream.into_split();
     let reply = if uid != 0 {
@@ -102,7 +102,7 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<Request>, flows: broadcast::
 
 /// Streams flow records to a follower until it goes. One that falls behind by more than
 /// the channel holds is told how many it missed.
-async fn follow(mut write: tokio::net::unix::OwnedWriteHalf, mut records: broadcast::Receiver<FlowLogRecord>) -> Result<()> {
+async fn follow(mut write: tokio::net::unix::OwnedWriteHalf, mut records: broadcast::Receiver<LogRecord>) -> Result<()> {
     loop {
         let line = match records.recv().await {
             Ok(r) => serde_json::to_vec(&r)?,
@@ -130,7 +130,7 @@ pub async fn follow_flows(state_dir: &Path, json: bool) -> Result<()> {
     while let Some(line) = lines.next_line().await? {
         if json {
             println!("{line}");
-        } else if let Ok(r) = serde_json::from_str::<FlowLogRecord>(&line) {
+        } else if let Ok(r) = serde_json::from_str::<LogRecord>(&line) {
             crate::flowlog::print_line(&r);
         } else {
             println!("{line}");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -26,7 +26,7 @@ use netns_ebpf_common::{
     map_names,
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
     limit::{Bucket, LimitKey},
-    prog_names, EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat, ZoneUse, MAX_ZONES,
+    prog_names, EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, MAX_ZONES,
 };
 use tracing::{debug, info};
 
@@ -36,8 +36,11 @@ use crate::netns::{self, Netns};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf.o"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-const ALL_MAPS: [&str; 15] = [
+/// BPF_NOEXIST: insert only where no entry is.
+const BPF_NOEXIST: u64 = 1;
+const ALL_MAPS: [&str; 16] = [
     map_names::EVENTS,
+    map_names::PORT_STATS,
     map_names::DROPS,
     map_names::FRAGS,
     map_names::ZONE_USE,
@@ -292,6 +295,7 @@ pub struct Maps {
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
     acls: HashMap<MapData, IfaceKey, AclTable>,
     stats: PerCpuArray<MapData, u64>,
+    port_stats: PerCpuHashMap<MapData, IfaceKey, PortCounters>,
     nat: HashMap<MapData, NatKey, NatValue>,
     nat_ifaces: HashMap<MapData, IfaceKey, NatIface>,
     portmaps: HashMap<MapData, PortmapKey, PortmapTarget>,
@@ -402,6 +406,7 @@ impl Maps {
             ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
             acls: open_map(pin_dir, map_names::ACLS)?.try_into()?,
             stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
+            port_stats: open_map(pin_dir, map_names::PORT_STATS)?.try_into()?,
             nat: open_map(pin_dir, map_names::NAT)?.try_into()?,
             nat_ifaces: open_map(pin_dir, map_names::NAT_IFACES)?.try_into()?,
             portmaps: open_map(pin_dir, map_names::PORTMAPS)?.try_into()?,
@@ -485,6 +490,7 @@ impl Maps {
     /// how many entries went.
     pub fn remove_zone_strays(&mut self, zone: u32, ports: &std::collections::HashSet<u32>, ips: &std::collections::HashSet<[u8; 4]>) -> usize {
         let stray = |k: &IfaceKey| k.zone == zone && !ports.contains(&k.ifindex);
+        self.remove_port_counters(|k| stray(k));
         remove_where(&mut self.ifaces, |k, _| stray(k))
             + remove_where(&mut self.acls, |k, _| stray(k))
             + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
@@ -494,6 +500,7 @@ impl Maps {
 
     /// Forgets an app port: its config, host set, buckets; its NI's eidset entry `ip`.
     pub fn remove_port(&mut self, key: IfaceKey, ip: [u8; 4]) {
+        self.port_stats.remove(&key).ok();
         self.ifaces.remove(&key).ok();
         self.acls.remove(&key).ok();
         self.eidset.remove(&EidKey { zone: key.zone, addr: ip }).ok();
@@ -508,6 +515,10 @@ impl Maps {
     /// Removes the buckets of a port that `keep` does not keep.
     pub fn remove_limits(&mut self, port: IfaceKey, keep: impl Fn(u32) -> bool) {
         remove_where(&mut self.limits, |k, _| k.zone == port.zone && k.ifindex == port.ifindex && !keep(k.ace_index));
+    }
+
+    pub fn nat_entry(&self, key: &NatKey) -> Option<NatValue> {
+        self.nat.get(key, 0).ok()
     }
 
     pub fn nat_entries(&self) -> Vec<(NatKey, NatValue)> {
@@ -531,8 +542,57 @@ impl Maps {
         Ok(())
     }
 
+    /// Gives an app port its packet and byte counters, unless it has them (BPF_NOEXIST:
+    /// every apply may ask, nothing is reset; a data path from an agent before the
+    /// counters gets them at its first apply).
+    pub fn ensure_port_counters(&mut self, key: IfaceKey) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+        let zero = PerCpuValues::try_from(vec![PortCounters::default(); cpus])?;
+        match self.port_stats.insert(key, zero, BPF_NOEXIST) {
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(nix::libc::EEXIST) => Ok(()),
+            other => other.context("writing the port's counters"),
+        }
+    }
+
+    fn remove_port_counters(&mut self, pred: impl Fn(&IfaceKey) -> bool) {
+        let doomed: Vec<IfaceKey> = self.port_stats.keys().flatten().filter(|k| pred(k)).collect();
+        for k in doomed {
+            self.port_stats.remove(&k).ok();
+        }
+    }
+
+    /// Every app port's config (key and info), for naming its counters.
+    pub fn ports(&self) -> Vec<(IfaceKey, IfaceInfo)> {
+        self.ifaces.iter().flatten().collect()
+    }
+
+    /// Every app port's counters, summed over CPUs.
+    pub fn port_counters(&self) -> Vec<(IfaceKey, PortCounters)> {
+        self.port_stats
+            .iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let mut sum = PortCounters::default();
+                per_cpu.iter().for_each(|c| sum.add(c));
+                (k, sum)
+            })
+            .collect()
+    }
+
+    /// How full the shared flow maps are: (map, entries, capacity).
+    pub fn fill(&self) -> Vec<(&'static str, u64, u64)> {
+        use netns_ebpf_common::{ct::DROP_MAX_ENTRIES, HOSTSET_MAX_ENTRIES};
+        vec![
+            (map_names::CONNTRACK, self.ct.keys().count() as u64, CT_MAX_ENTRIES as u64),
+            (map_names::DROPS, self.drops.keys().count() as u64, DROP_MAX_ENTRIES as u64),
+            (map_names::NAT, self.nat.keys().count() as u64, NAT_MAX_ENTRIES as u64),
+            (map_names::HOSTSET, self.hosts.0.keys().count() as u64, HOSTSET_MAX_ENTRIES as u64),
+        ]
+    }
+
     /// Forgets everything of zone `zone`: port configs and conntrack entries.
     pub fn remove_zone(&mut self, zone: u32) -> usize {
+        self.remove_port_counters(|k| k.zone == zone);
         remove_where(&mut self.ifaces, |k, _| k.zone == zone);
         remove_where(&mut self.acls, |k, _| k.zone == zone);
         let flows = self.remove_flows(|k, _| k.zone == zone);

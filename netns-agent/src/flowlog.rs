@@ -1,13 +1,19 @@
 //! The flow log: one record per flow event, as JSON lines. The data path reports starts,
 //! first drops and TCP closes (ring buffer `FLOWEV_V1`); the agent's sweep adds the ends
-//! of entries that expire and interim records of long flows. Records go to the log file
-//! (rotated by size) and to every `netns-agent flows --follow`.
+//! of entries that expire or vanish (LRU eviction) and interim records of long flows; the
+//! DNS proxies add each request. Records go to the log file (rotated by size) and to
+//! every `netns-agent flows --follow`.
+//!
+//! The flow table (`FlowTable`) follows every live allowed flow from its start to its
+//! end: it knows what to report when an entry vanishes unannounced, and it sums the
+//! flows, packets and bytes of each ACE for the metrics.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -16,18 +22,20 @@ use aya::maps::{MapData, RingBuf};
 use netns_ebpf_common::{
     ct::{CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_ENDED, FLAG_JUDGED_TO_APP, VERDICT_DROP},
     event::{FlowEvent, EVENT_DROPPED, EVENT_END, EVENT_START},
-    map_names, mark, Stat,
+    map_names,
+    mark::{self, implicit, DEFAULT_DROP_ACE_ID},
+    Stat,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tracing::warn;
 
-use crate::state::AppliedState;
+use crate::{datapath::Maps, services::dns::{DnsLogEntry, DnsObserver}, state::AppliedState};
 
 /// Old log files kept beside the current one (`<log>.1` .. `<log>.3`).
 const KEEP_ROTATED: u32 = 3;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     /// The flow's entry was made (allowed).
@@ -40,7 +48,7 @@ pub enum RecordKind {
     Dropped,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// TCP: both FINs, or an RST.
@@ -49,6 +57,9 @@ pub enum EndReason {
     Expired,
     /// Its NI, port or port map went in a config change.
     Removed,
+    /// Its entry vanished between two sweeps without a close (the conntrack map, full,
+    /// evicted it): the counters are those of the last sweep.
+    Evicted,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +88,9 @@ pub struct FlowLogRecord {
     /// The flow came toward the app (a port map, the device, the outside of a switch NI).
     pub inbound: bool,
     pub acl_id: u32,
+    /// The ACE's `name` in the config; EVE's name of an implicit rule.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub acl_name: Option<String>,
     /// The ACE is the user's (else one of EVE's implicit rules or the default drop).
     pub user_ace: bool,
     pub action: Action,
@@ -91,6 +105,111 @@ pub struct FlowLogRecord {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    /// The app's end as the remote sees it, after the NI's and the uplink's translation
+    /// (once the translation is known: not on a start record, which comes first).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub translated: Option<SocketAddrV4>,
+    /// The name the app asked the NI's DNS proxy for when it was given the remote's
+    /// address.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dns_name: Option<String>,
+}
+
+/// A DNS request the NI's proxy answered (or refused), as a flow log record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DnsRecord {
+    pub kind: DnsKind,
+    #[serde(flatten)]
+    pub request: DnsLogEntry,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsKind {
+    Dns,
+}
+
+/// One line of the flow log: a flow's record or a DNS request's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogRecord {
+    Flow(FlowLogRecord),
+    Dns(DnsRecord),
+}
+
+/// What a record's names come from: NIs, apps, ACE names, per applied state.
+#[derive(Default)]
+pub struct Names {
+    zones: BTreeMap<u32, String>,
+    apps: BTreeMap<u32, String>,
+    /// (zone, app number, ACE id) -> the ACE's configured name (ids are unique per
+    /// interface; an app with two interfaces on one NI may use an id twice: one wins).
+    aces: HashMap<(u32, u32, u32), String>,
+    /// (zone, app number) -> the app's bridge port there (when it has one port there).
+    ports: HashMap<(u32, u32), Option<String>>,
+}
+
+impl Names {
+    pub fn of(state: &AppliedState) -> Names {
+        let mut by_app: HashMap<(u32, u32), Option<String>> = HashMap::new();
+        for ni in state.nis.values() {
+            for p in &ni.plan.ports {
+                by_app.entry((ni.plan.zone(), p.app_num)).and_modify(|e| *e = None).or_insert_with(|| Some(p.bridge_port.clone()));
+            }
+        }
+        Names {
+            zones: state.zones.clone(),
+            apps: state.apps.clone(),
+            aces: state
+                .nis
+                .values()
+                .flat_map(|n| n.plan.ports.iter().map(move |p| (n.plan.zone(), p)))
+                .flat_map(|(zone, p)| p.ace_names.iter().map(move |(id, name)| ((zone, p.app_num, *id), name.clone())))
+                .collect(),
+            ports: by_app,
+        }
+    }
+
+    /// The bridge port of app `app_num` on zone `zone` (`if<ifindex>` when the app has
+    /// several there).
+    pub fn port(&self, zone: u32, app_num: u32, ifindex: u32) -> String {
+        self.ports.get(&(zone, app_num)).cloned().flatten().unwrap_or_else(|| format!("if{ifindex}"))
+    }
+
+    pub fn ni(&self, zone: u32) -> String {
+        self.zones.get(&zone).cloned().unwrap_or_else(|| format!("zone{zone}"))
+    }
+
+    pub fn app(&self, app_num: u32) -> String {
+        self.apps.get(&app_num).cloned().unwrap_or_else(|| format!("app#{app_num}"))
+    }
+
+    /// A user ACE's configured name, or the name EVE gives an implicit rule.
+    pub fn ace(&self, zone: u32, app_num: u32, ace_id: u32, user_ace: bool) -> Option<String> {
+        if user_ace {
+            return self.aces.get(&(zone, app_num, ace_id)).cloned();
+        }
+        let name = match ace_id {
+            DEFAULT_DROP_ACE_ID => "default_drop",
+            implicit::APP_DHCP => "app_dhcp",
+            implicit::APP_DNS => "app_dns",
+            // EVE's 10 is both: a flow the device starts toward an app, and DHCP from a
+            // switch NI's outside toward an app.
+            implicit::EVE_INITIATED => "eve_initiated",
+            implicit::APP_METADATA_HTTP => "app_metadata",
+            _ => return None,
+        };
+        Some(name.to_string())
+    }
+}
+
+/// Where a record's optional facts come from: the maps (translations) and the DNS
+/// proxies (names).
+#[derive(Clone, Copy)]
+pub struct Lookups<'a> {
+    pub names: &'a Names,
+    pub maps: Option<&'a Maps>,
+    pub dns: &'a DnsObserver,
 }
 
 /// CLOCK_MONOTONIC (the programs' clock) to Unix time.
@@ -111,7 +230,7 @@ impl Clock {
 }
 
 /// The record of an entry (`key`, `v`) of zone `key.zone`.
-pub fn record(kind: RecordKind, end_reason: Option<EndReason>, key: &CtKey, v: &CtValue, names: &AppliedState, clock: Clock) -> FlowLogRecord {
+pub fn record(kind: RecordKind, end_reason: Option<EndReason>, key: &CtKey, v: &CtValue, at: Lookups, clock: Clock) -> FlowLogRecord {
     let ((src, sport), (dst, dport)) = if v.orig_is_a != 0 {
         ((key.addr_a, key.port_a), (key.addr_b, key.port_b))
     } else {
@@ -123,11 +242,14 @@ pub fn record(kind: RecordKind, end_reason: Option<EndReason>, key: &CtKey, v: &
     // that came toward it.
     let (tx, rx) = if inbound { (DIR_REPLY, DIR_ORIG) } else { (DIR_ORIG, DIR_REPLY) };
     let drop = v.verdict == VERDICT_DROP;
+    // The app's end and the remote's.
+    let (app_end, remote_end) = if inbound { ((dst, dport), (src, sport)) } else { ((src, sport), (dst, dport)) };
+    let translated = if drop { None } else { translated_end(key, v, at) };
     FlowLogRecord {
         kind,
         end_reason,
-        ni: names.zones.get(&key.zone).cloned().unwrap_or_else(|| format!("zone{}", key.zone)),
-        app: names.apps.get(&m.app_num).cloned().unwrap_or_else(|| format!("app#{}", m.app_num)),
+        ni: at.names.ni(key.zone),
+        app: at.names.app(m.app_num),
         app_num: m.app_num,
         proto: key.proto,
         src: Ipv4Addr::from(src),
@@ -136,6 +258,7 @@ pub fn record(kind: RecordKind, end_reason: Option<EndReason>, key: &CtKey, v: &
         dport,
         inbound,
         acl_id: m.ace_id,
+        acl_name: at.names.ace(key.zone, m.app_num, m.ace_id, m.user_ace),
         user_ace: m.user_ace,
         action: if drop { Action::Drop } else { Action::Accept },
         drop_reason: None,
@@ -146,31 +269,179 @@ pub fn record(kind: RecordKind, end_reason: Option<EndReason>, key: &CtKey, v: &
         tx_bytes: v.bytes[tx],
         rx_packets: v.packets[rx],
         rx_bytes: v.bytes[rx],
+        translated,
+        dns_name: at.dns.name_of(key.zone, Ipv4Addr::from(app_end.0), Ipv4Addr::from(remote_end.0)),
     }
 }
 
+/// The app's end of an entry's flow after translation, from the NAT map (None: not
+/// translated, or the map is not open).
+fn translated_end(key: &CtKey, v: &CtValue, at: Lookups) -> Option<SocketAddrV4> {
+    let maps = at.maps?;
+    let ((src, sport), (dst, dport)) = if v.orig_is_a != 0 { ((key.addr_a, key.port_a), (key.addr_b, key.port_b)) } else { ((key.addr_b, key.port_b), (key.addr_a, key.port_a)) };
+    let (app_end, remote_end) = if v.flags & FLAG_JUDGED_TO_APP != 0 { ((dst, dport), (src, sport)) } else { ((src, sport), (dst, dport)) };
+    crate::flows::translated(|k| maps.nat_entry(k), key.zone, key.proto, app_end, remote_end)
+}
+
 /// The record of a data-path event.
-pub fn record_of_event(e: &FlowEvent, names: &AppliedState, clock: Clock) -> Option<FlowLogRecord> {
+pub fn record_of_event(e: &FlowEvent, at: Lookups, clock: Clock) -> Option<FlowLogRecord> {
     let (kind, end) = match e.kind {
         EVENT_START => (RecordKind::Start, None),
         EVENT_END => (RecordKind::End, Some(EndReason::Closed)),
         EVENT_DROPPED => (RecordKind::Dropped, None),
         _ => return None,
     };
-    let mut r = record(kind, end, &e.key, &e.value, names, clock);
+    let mut r = record(kind, end, &e.key, &e.value, at, clock);
     if kind == RecordKind::Dropped {
         r.drop_reason = Stat::ALL.iter().find(|s| **s as u32 == e.reason).map(|s| s.name().to_string());
     }
     Some(r)
 }
 
-/// Where the records go: the log file (optional) and the followers.
+/// Where the records go: the log file (optional) and the followers; the flow table.
 pub struct FlowLog {
     file: Option<LogFile>,
-    followers: broadcast::Sender<FlowLogRecord>,
-    /// Interim records: when each live flow was last reported.
-    reported: HashMap<CtKey, u64>,
+    followers: broadcast::Sender<LogRecord>,
+    table: Arc<Mutex<FlowTable>>,
     interim: Duration,
+}
+
+/// An ACE's traffic: (zone, app number, ACE id, user ACE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AceKey {
+    pub zone: u32,
+    pub app_num: u32,
+    pub ace_id: u32,
+    pub user_ace: bool,
+}
+
+impl AceKey {
+    fn of(zone: u32, v: &CtValue) -> AceKey {
+        let m = mark::decode(v.mark);
+        AceKey { zone, app_num: m.app_num, ace_id: m.ace_id, user_ace: m.user_ace }
+    }
+}
+
+/// Flows an ACE judged, and the packets and bytes (both ways) of the allowed ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AceTotals {
+    pub flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A live allowed flow as last seen.
+struct Tracked {
+    value: CtValue,
+    /// The ACE it counts for: the one that judged it first (a re-judge may change the
+    /// mark; its traffic stays where it was counted, so no ACE's total goes down).
+    ace: AceKey,
+    /// When its last record (start or interim) was made.
+    reported_ns: u64,
+    /// The app's end after translation, once seen (the NAT entries may be gone by the
+    /// time the flow's end is reported).
+    translated: Option<SocketAddrV4>,
+}
+
+/// What the metrics count records by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RecordCount {
+    Flow(RecordKind, Option<EndReason>),
+    Dns,
+}
+
+impl RecordCount {
+    /// The metrics' `kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RecordCount::Flow(RecordKind::Start, _) => "start",
+            RecordCount::Flow(RecordKind::Interim, _) => "interim",
+            RecordCount::Flow(RecordKind::Dropped, _) => "dropped",
+            RecordCount::Flow(RecordKind::End, Some(EndReason::Expired)) => "end_expired",
+            RecordCount::Flow(RecordKind::End, Some(EndReason::Removed)) => "end_removed",
+            RecordCount::Flow(RecordKind::End, Some(EndReason::Evicted)) => "end_evicted",
+            RecordCount::Flow(RecordKind::End, _) => "end_closed",
+            RecordCount::Dns => "dns",
+        }
+    }
+}
+
+/// Every live allowed flow, and what ended flows added up to per ACE.
+#[derive(Default)]
+pub struct FlowTable {
+    live: HashMap<CtKey, Tracked>,
+    ended: HashMap<AceKey, AceTotals>,
+    /// When the last sweep started its walk: an allowed flow that began before it and
+    /// that it did not see had already ended.
+    last_walk_ns: u64,
+    records: BTreeMap<RecordCount, u64>,
+}
+
+impl FlowTable {
+    /// A flow seen (start event or sweep): followed from now on. A new flow (not the one
+    /// followed under its key) counts for its ACE.
+    fn see(&mut self, k: &CtKey, v: &CtValue, reported_ns: u64) {
+        if let Some(t) = self.live.get_mut(k) {
+            if t.value.first_seen_ns == v.first_seen_ns {
+                // The same flow: the newer view (a late start event is older than a sweep's).
+                if v.last_seen_ns >= t.value.last_seen_ns && v.packets[0] + v.packets[1] >= t.value.packets[0] + t.value.packets[1] {
+                    t.value = *v;
+                }
+                return;
+            }
+            // Another flow under the key (a SYN reopened it): the old one ended as last seen.
+            self.end(k, None);
+        }
+        let ace = AceKey::of(k.zone, v);
+        self.ended.entry(ace).or_default().flows += 1;
+        self.live.insert(*k, Tracked { value: *v, ace, reported_ns, translated: None });
+    }
+
+    /// A start event: followed, unless the last sweep's walk came after the flow began
+    /// and did not find it (it ended before the agent got to its start: counted only).
+    fn start(&mut self, k: &CtKey, v: &CtValue) {
+        if !self.live.contains_key(k) && v.first_seen_ns < self.last_walk_ns {
+            self.ended.entry(AceKey::of(k.zone, v)).or_default().flows += 1;
+            return;
+        }
+        self.see(k, v, v.first_seen_ns);
+    }
+
+    /// Stops following `k`; its traffic (`last`, or as last seen) joins its ACE's totals.
+    /// Returns the flow as followed.
+    fn end(&mut self, k: &CtKey, last: Option<&CtValue>) -> Option<Tracked> {
+        let mut t = self.live.remove(k)?;
+        if let Some(v) = last.filter(|v| v.first_seen_ns == t.value.first_seen_ns) {
+            t.value = *v;
+        }
+        let a = self.ended.entry(t.ace).or_default();
+        a.packets += t.value.packets[0] + t.value.packets[1];
+        a.bytes += t.value.bytes[0] + t.value.bytes[1];
+        Some(t)
+    }
+
+    /// Per ACE: flows judged; packets and bytes of ended flows plus live ones so far.
+    pub fn ace_totals(&self) -> Vec<(AceKey, AceTotals)> {
+        let mut all = self.ended.clone();
+        for t in self.live.values() {
+            let a = all.entry(t.ace).or_default();
+            a.packets += t.value.packets[0] + t.value.packets[1];
+            a.bytes += t.value.bytes[0] + t.value.bytes[1];
+        }
+        let mut v: Vec<_> = all.into_iter().collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// Records written so far, by kind.
+    pub fn records_written(&self) -> Vec<(RecordCount, u64)> {
+        self.records.iter().map(|(k, n)| (*k, *n)).collect()
+    }
+
+    /// Allowed flows followed now.
+    pub fn live_flows(&self) -> usize {
+        self.live.len()
+    }
 }
 
 struct LogFile {
@@ -214,15 +485,31 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
 impl FlowLog {
     pub fn new(path: Option<&Path>, max_bytes: u64, interim: Duration) -> Result<FlowLog> {
         let file = path.map(|p| LogFile::open(p, max_bytes)).transpose()?;
-        Ok(FlowLog { file, followers: broadcast::channel(4096).0, reported: HashMap::new(), interim })
+        Ok(FlowLog { file, followers: broadcast::channel(4096).0, table: Default::default(), interim })
     }
 
     /// Where followers (`flows --follow`) subscribe.
-    pub fn sender(&self) -> broadcast::Sender<FlowLogRecord> {
+    pub fn sender(&self) -> broadcast::Sender<LogRecord> {
         self.followers.clone()
     }
 
-    pub fn write(&mut self, r: FlowLogRecord) {
+    /// The flow table (the metrics read its ACE totals).
+    pub fn table(&self) -> Arc<Mutex<FlowTable>> {
+        self.table.clone()
+    }
+
+    /// Whether a record goes anywhere (else records are not even built; the flow table
+    /// follows the flows all the same).
+    fn has_sink(&self) -> bool {
+        self.file.is_some() || self.followers.receiver_count() > 0
+    }
+
+    fn write(&mut self, r: LogRecord) {
+        let count = match &r {
+            LogRecord::Flow(f) => RecordCount::Flow(f.kind, f.end_reason),
+            LogRecord::Dns(_) => RecordCount::Dns,
+        };
+        *self.table.lock().unwrap().records.entry(count).or_default() += 1;
         if let Some(file) = self.file.as_mut() {
             if let Ok(mut line) = serde_json::to_vec(&r) {
                 line.push(b'\n');
@@ -235,41 +522,100 @@ impl FlowLog {
         let _ = self.followers.send(r);
     }
 
-    /// After a sweep: end records of the entries that expired (unless their TCP close
-    /// was reported) and interim records of allowed flows alive past the interval since
-    /// their start or their last report.
-    pub fn after_sweep(&mut self, expired: &[(CtKey, CtValue)], live: &[(CtKey, CtValue)], names: &AppliedState, now_ns: u64) {
+    /// A data-path event: the flow table follows it, and its record is written.
+    pub fn event(&mut self, e: &FlowEvent, at: Lookups) {
+        let ended = {
+            let mut table = self.table.lock().unwrap();
+            match e.kind {
+                EVENT_START => {
+                    table.start(&e.key, &e.value);
+                    None
+                }
+                EVENT_END => table.end(&e.key, Some(&e.value)),
+                EVENT_DROPPED => {
+                    table.ended.entry(AceKey::of(e.key.zone, &e.value)).or_default().flows += 1;
+                    None
+                }
+                _ => None,
+            }
+        };
+        if !self.has_sink() {
+            return;
+        }
+        if let Some(mut r) = record_of_event(e, at, Clock::now()) {
+            r.translated = r.translated.or(ended.and_then(|t| t.translated));
+            self.write(LogRecord::Flow(r));
+        }
+    }
+
+    /// A DNS request the proxies answered.
+    pub fn dns(&mut self, request: DnsLogEntry) {
+        self.write(LogRecord::Dns(DnsRecord { kind: DnsKind::Dns, request }));
+    }
+
+    /// After a sweep whose walk started at `walk_ns`: end records of the entries that
+    /// expired (unless their TCP close was reported) and of followed flows whose entries
+    /// vanished (evicted), interim records of allowed flows alive past the interval since
+    /// their start or their last report. Live flows learn their translation here.
+    pub fn after_sweep(&mut self, expired: &[(CtKey, CtValue)], live: &[(CtKey, CtValue)], at: Lookups, walk_ns: u64) {
         let clock = Clock::now();
-        for (k, v) in expired {
-            self.reported.remove(k);
-            if v.verdict != VERDICT_DROP && v.flags & FLAG_ENDED == 0 {
-                self.write(record(RecordKind::End, Some(EndReason::Expired), k, v, names, clock));
+        let sink = self.has_sink();
+        let mut out = Vec::new();
+        {
+            let mut table = self.table.lock().unwrap();
+            table.last_walk_ns = walk_ns;
+            for (k, v) in expired {
+                let followed = table.end(k, Some(v));
+                if sink && v.verdict != VERDICT_DROP && v.flags & FLAG_ENDED == 0 {
+                    let mut r = record(RecordKind::End, Some(EndReason::Expired), k, v, at, clock);
+                    r.translated = r.translated.or(followed.and_then(|t| t.translated));
+                    out.push(r);
+                }
+            }
+            let seen: std::collections::HashSet<&CtKey> = live.iter().map(|(k, _)| k).collect();
+            let vanished: Vec<CtKey> = table.live.keys().filter(|k| !seen.contains(k)).copied().collect();
+            for k in vanished {
+                let Some(t) = table.end(&k, None) else { continue };
+                if sink && t.value.flags & FLAG_ENDED == 0 {
+                    let mut r = record(RecordKind::End, Some(EndReason::Evicted), &k, &t.value, at, clock);
+                    r.translated = r.translated.or(t.translated);
+                    out.push(r);
+                }
+            }
+            let interval = self.interim.as_nanos() as u64;
+            for (k, v) in live {
+                if v.verdict == VERDICT_DROP || v.flags & FLAG_ENDED != 0 {
+                    continue;
+                }
+                table.see(k, v, v.first_seen_ns);
+                let t = table.live.get_mut(k).expect("seen above");
+                if t.translated.is_none() {
+                    t.translated = translated_end(k, v, at);
+                }
+                if walk_ns.saturating_sub(t.reported_ns) >= interval {
+                    t.reported_ns = walk_ns;
+                    if sink {
+                        let mut r = record(RecordKind::Interim, None, k, v, at, clock);
+                        r.translated = r.translated.or(t.translated);
+                        out.push(r);
+                    }
+                }
             }
         }
-        let interval = self.interim.as_nanos() as u64;
-        let mut still = HashMap::with_capacity(self.reported.len());
-        for (k, v) in live {
-            if v.verdict == VERDICT_DROP || v.flags & FLAG_ENDED != 0 {
-                continue;
-            }
-            let last = self.reported.get(k).copied().unwrap_or(v.first_seen_ns);
-            if now_ns.saturating_sub(last) >= interval {
-                self.write(record(RecordKind::Interim, None, k, v, names, clock));
-                still.insert(*k, now_ns);
-            } else if last != v.first_seen_ns {
-                still.insert(*k, last);
-            }
+        for r in out {
+            self.write(LogRecord::Flow(r));
         }
-        self.reported = still;
     }
 
     /// End records of entries a config change removed.
-    pub fn removed(&mut self, entries: &[(CtKey, CtValue)], names: &AppliedState) {
+    pub fn removed(&mut self, entries: &[(CtKey, CtValue)], at: Lookups) {
         let clock = Clock::now();
         for (k, v) in entries {
-            self.reported.remove(k);
-            if v.verdict != VERDICT_DROP && v.flags & FLAG_ENDED == 0 {
-                self.write(record(RecordKind::End, Some(EndReason::Removed), k, v, names, clock));
+            let followed = self.table.lock().unwrap().end(k, Some(v));
+            if self.has_sink() && v.verdict != VERDICT_DROP && v.flags & FLAG_ENDED == 0 {
+                let mut r = record(RecordKind::End, Some(EndReason::Removed), k, v, at, clock);
+                r.translated = r.translated.or(followed.and_then(|t| t.translated));
+                self.write(LogRecord::Flow(r));
             }
         }
     }
@@ -277,12 +623,11 @@ impl FlowLog {
 
 /// Reads the data path's events into `queue` until aborted (the agent's run loop writes
 /// them). Events the queue has no room for are counted and logged, never silently gone.
-pub fn spawn_reader(pin_dir: PathBuf, queue: tokio::sync::mpsc::Sender<FlowEvent>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reader(pin_dir: PathBuf, queue: tokio::sync::mpsc::Sender<FlowEvent>, lost: Arc<std::sync::atomic::AtomicU64>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut lost = 0u64;
         let result = read_events(pin_dir, |e| {
             if queue.try_send(*e).is_err() {
-                lost += 1;
+                let lost = lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if lost.is_power_of_two() {
                     warn!("flow log: {lost} events lost (the agent is behind)");
                 }
@@ -320,7 +665,15 @@ async fn read_events(pin_dir: PathBuf, mut sink: impl FnMut(&FlowEvent)) -> Resu
 }
 
 /// One record as a line of text (`flows --follow`).
-pub fn print_line(r: &FlowLogRecord) {
+pub fn print_line(r: &LogRecord) {
+    let r = match r {
+        LogRecord::Flow(f) => f,
+        LogRecord::Dns(d) => {
+            let q = &d.request;
+            println!("{:<12} {:<8} {:<8} {} {} -> {} {}", "dns", q.ni, q.app, q.qtype, q.name, q.rcode, q.answers.join(","));
+            return;
+        }
+    };
     let kind = match (r.kind, r.end_reason) {
         (RecordKind::End, Some(reason)) => format!("end/{reason:?}").to_lowercase(),
         (kind, _) => format!("{kind:?}").to_lowercase(),
@@ -340,4 +693,80 @@ pub fn print_line(r: &FlowLogRecord) {
         r.rx_packets,
         r.rx_bytes
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(sport: u16, first_seen_ns: u64, packets: [u64; 2]) -> (CtKey, CtValue) {
+        let key = CtKey { zone: 1, addr_a: [10, 10, 1, 2], addr_b: [10, 99, 0, 10], port_a: sport, port_b: 80, proto: 6, ..CtKey::default() };
+        let value = CtValue { first_seen_ns, last_seen_ns: first_seen_ns, packets, bytes: [packets[0] * 100, packets[1] * 100], mark: mark::compose(1, 5, true, false), orig_is_a: 1, ..CtValue::default() };
+        (key, value)
+    }
+
+    fn start(k: CtKey, v: CtValue) -> FlowEvent {
+        FlowEvent { key: k, value: v, kind: EVENT_START, ..FlowEvent::default() }
+    }
+
+    /// A flow that vanishes between sweeps ends as evicted with its last counters; its
+    /// ACE keeps what it carried; a closed flow is not reported again.
+    #[test]
+    fn vanished_flows_end_as_evicted_and_ace_totals_add_up() {
+        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let at = Lookups { names: &names, maps: None, dns: &dns };
+        let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
+        let mut records = log.sender().subscribe();
+        let (k1, v1) = flow(1000, 1, [1, 0]);
+        let (k2, v2) = flow(1001, 2, [1, 0]);
+        log.event(&start(k1, v1), at);
+        log.event(&start(k2, v2), at);
+        // The sweep sees both grown; then k1 closes (its end event), k2 vanishes.
+        let grown = [(k1, CtValue { packets: [3, 2], bytes: [300, 200], ..v1 }), (k2, CtValue { packets: [4, 4], bytes: [400, 400], ..v2 })];
+        log.after_sweep(&[], &grown, at, 10);
+        log.event(&FlowEvent { kind: EVENT_END, value: CtValue { packets: [5, 5], bytes: [500, 500], flags: FLAG_ENDED, ..v1 }, ..start(k1, v1) }, at);
+        log.after_sweep(&[], &[], at, 20);
+        let mut kinds = Vec::new();
+        while let Ok(LogRecord::Flow(r)) = records.try_recv() {
+            kinds.push((r.sport, r.kind, r.end_reason, r.tx_packets + r.rx_packets));
+        }
+        assert_eq!(kinds, [
+            (1000, RecordKind::Start, None, 1),
+            (1001, RecordKind::Start, None, 1),
+            (1000, RecordKind::End, Some(EndReason::Closed), 10),
+            (1001, RecordKind::End, Some(EndReason::Evicted), 8),
+        ]);
+        let totals = log.table().lock().unwrap().ace_totals();
+        assert_eq!(totals.len(), 1);
+        assert_eq!(totals[0].1, AceTotals { flows: 2, packets: 18, bytes: 1800 });
+        assert_eq!(log.table().lock().unwrap().live_flows(), 0);
+    }
+
+    /// A flow first seen by the sweep (its start event still queued) is one flow, not two.
+    #[test]
+    fn a_late_start_event_is_the_same_flow() {
+        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let at = Lookups { names: &names, maps: None, dns: &dns };
+        let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
+        let (k, v) = flow(1000, 1, [2, 2]);
+        log.after_sweep(&[], &[(k, v)], at, 10);
+        log.event(&start(k, CtValue { packets: [1, 0], ..v }), at);
+        let totals = log.table().lock().unwrap().ace_totals();
+        assert_eq!((totals[0].1.flows, totals[0].1.packets), (1, 4), "one flow, its counters never go back");
+    }
+
+    /// A start event that comes after a sweep which no longer found its flow (it ended
+    /// while the agent was behind): counted, not followed (no second, evicted end).
+    #[test]
+    fn a_start_after_its_flow_ended_is_not_followed() {
+        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let at = Lookups { names: &names, maps: None, dns: &dns };
+        let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
+        log.after_sweep(&[], &[], at, 100);
+        let (k, v) = flow(1000, 50, [1, 0]);
+        log.event(&start(k, v), at);
+        let table = log.table();
+        let table = table.lock().unwrap();
+        assert_eq!((table.live_flows(), table.ace_totals()[0].1.flows), (0, 1));
+    }
 }

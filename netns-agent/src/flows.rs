@@ -1,6 +1,9 @@
 //! Flow records read back from the pinned conntrack map, for `netns-agent flows`.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use netns_ebpf_common::{
     ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, VERDICT_DROP},
@@ -72,22 +75,28 @@ pub fn nat_records(nat: &[(NatKey, NatValue)], now_ns: u64) -> Vec<NatRecord> {
         .collect()
 }
 
-/// Follows an app-initiated flow's source translations: in its NI, then in the agent's
-/// netns.
-fn translations(nat: &HashMap<NatKey, NatValue>, zone: u32, proto: u8, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<String> {
+/// Follows the source translations of packets from the app's end `app` to the remote
+/// `remote`: in its NI, then in the agent's netns (an app-initiated flow's SNATs, or the
+/// replies of a port-mapped flow undoing its DNATs). Each step's result, in order.
+fn translations(nat: impl Fn(&NatKey) -> Option<NatValue>, zone: u32, proto: u8, app: ([u8; 4], u16), remote: ([u8; 4], u16)) -> Vec<SocketAddrV4> {
     let mut out = Vec::new();
-    let mut key = NatKey { domain: zone, src: src.0, dst: dst.0, sport: src.1, dport: dst.1, proto, _pad: [0; 3] };
+    let mut key = NatKey { domain: zone, src: app.0, dst: remote.0, sport: app.1, dport: remote.1, proto, _pad: [0; 3] };
     for domain in [zone, DOMAIN_AGENT] {
         key.domain = domain;
-        match nat.get(&key) {
+        match nat(&key) {
             Some(v) if v.rewrite == REWRITE_SRC => {
-                out.push(format!("{}:{}", Ipv4Addr::from(v.addr), v.port));
-                key = key.rewritten(v);
+                out.push(SocketAddrV4::new(Ipv4Addr::from(v.addr), v.port));
+                key = key.rewritten(&v);
             }
             _ => break,
         }
     }
     out
+}
+
+/// The app's end as the remote sees it (after every translation), if translated.
+pub fn translated(nat: impl Fn(&NatKey) -> Option<NatValue>, zone: u32, proto: u8, app: ([u8; 4], u16), remote: ([u8; 4], u16)) -> Option<SocketAddrV4> {
+    translations(nat, zone, proto, app, remote).pop()
 }
 
 pub fn records(entries: &[(CtKey, CtValue)], nat: &[(NatKey, NatValue)], state: &AppliedState, now_ns: u64) -> Vec<FlowRecord> {
@@ -122,7 +131,7 @@ pub fn records(entries: &[(CtKey, CtValue)], nat: &[(NatKey, NatValue)], state: 
                 bytes_reply: v.bytes[DIR_REPLY],
                 age_secs: secs(now_ns.saturating_sub(v.first_seen_ns)),
                 idle_secs: secs(now_ns.saturating_sub(v.last_seen_ns)),
-                translated: translations(&nat, k.zone, k.proto, (src, sport), (dst, dport)),
+                translated: translations(|k| nat.get(k).copied(), k.zone, k.proto, (src, sport), (dst, dport)).iter().map(|a| a.to_string()).collect(),
             }
         })
         .collect();
@@ -210,7 +219,10 @@ mod tests {
         let k2 = NatKey { domain: 0, src: [169, 254, 100, 2], sport: 1111, ..k1 };
         let v2 = NatValue { addr: [192, 168, 0, 2], port: 2222, ..v1 };
         let nat: HashMap<_, _> = [(k1, v1), (k2, v2)].into_iter().collect();
-        assert_eq!(translations(&nat, 1, PROTO_TCP, app, remote), ["169.254.100.2:1111", "192.168.0.2:2222"]);
-        assert!(translations(&nat, 2, PROTO_TCP, app, remote).is_empty());
+        let lookup = |k: &NatKey| nat.get(k).copied();
+        let steps: Vec<String> = translations(lookup, 1, PROTO_TCP, app, remote).iter().map(|a| a.to_string()).collect();
+        assert_eq!(steps, ["169.254.100.2:1111", "192.168.0.2:2222"]);
+        assert_eq!(translated(lookup, 1, PROTO_TCP, app, remote), Some("192.168.0.2:2222".parse().unwrap()));
+        assert!(translations(lookup, 2, PROTO_TCP, app, remote).is_empty());
     }
 }

@@ -6,6 +6,7 @@ mod control;
 mod datapath;
 mod flowlog;
 mod flows;
+mod metrics;
 mod netlink;
 mod netns;
 mod plan;
@@ -219,6 +220,9 @@ async fn dispatch(command: Command) -> Result<()> {
 /// beyond it events are counted as lost, see `flowlog::spawn_reader`).
 const EVENT_QUEUE: usize = 65536;
 
+/// DNS requests answered and not yet written to the flow log (beyond: counted as lost).
+const DNS_RECORD_QUEUE: usize = 4096;
+
 /// How often expired conntrack entries are swept (LRU eviction bounds the map anyway).
 const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often uplink addresses and gateways are compared with what was applied.
@@ -256,7 +260,9 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
     services::reap_leftovers(&plan.state_dir, &vpn_nis);
     let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     let shared_uplinks = std::sync::Arc::new(std::sync::RwLock::new(netlink::Uplinks::new()));
-    let mut services = services::Services::new(shared_uplinks.clone());
+    let (dns_tx, mut dns_requests) = tokio::sync::mpsc::channel(DNS_RECORD_QUEUE);
+    let dns = std::sync::Arc::new(services::dns::DnsObserver::new(Some(dns_tx)));
+    let mut services = services::Services::new(shared_uplinks.clone(), dns.clone());
     // A restart: the NIs that stay as they are get their services back before the apply
     // (which loads every program again): DNS answers within moments of the start.
     let adoptable: Vec<plan::NiPlan> = plan
@@ -275,6 +281,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
     // Listening before the first apply: an `apply` that comes while it runs waits its turn.
     let mut control = control::listen(&plan.state_dir, flow_log.sender())?;
     applier.set_agent(std::process::id(), Some(config_path.clone()))?;
+    let figures = std::sync::Arc::new(std::sync::Mutex::new(metrics::AgentFigures::default()));
     let outcome = match applier.apply(&plan, "start").await {
         Ok(o) => o,
         Err(e) => {
@@ -290,10 +297,31 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
         warn!("{e:#}");
     }
     let mut maps = datapath::Maps::open(&plan.pin_dir).ok();
-    let mut names = state::AppliedState::read(&plan.state_dir);
-    flow_log.removed(&applier.take_removed_flows(), &names);
+    let mut names = applied_names(&plan, &figures);
+    figures.lock().unwrap().count_apply(false, outcome.report.errors.is_empty(), outcome.report.duration_ms / 1e3);
+    flow_log.removed(&applier.take_removed_flows(), flowlog::Lookups { names: &names, maps: maps.as_ref(), dns: &dns });
     let (event_tx, mut events) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-    let mut event_reader = flowlog::spawn_reader(plan.pin_dir.clone(), event_tx.clone());
+    let events_lost = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut event_reader = flowlog::spawn_reader(plan.pin_dir.clone(), event_tx.clone(), events_lost.clone());
+    let metric_sources = metrics::Sources {
+        pin_dir: plan.pin_dir.clone(),
+        state_dir: plan.state_dir.clone(),
+        agent: figures.clone(),
+        flows: flow_log.table(),
+        dns: dns.clone(),
+        events_lost_in_agent: events_lost.clone(),
+    };
+    // A metrics address that cannot bind is no reason to leave the NIs unserved.
+    let mut metrics_server = match plan.metrics {
+        Some(addr) => match metrics::serve(addr, metric_sources.clone()).await {
+            Ok(task) => Some((addr, task)),
+            Err(e) => {
+                warn!("metrics: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
     info!("running; SIGHUP or `netns-agent apply` applies a changed config, SIGINT/SIGTERM stop the agent (the data path stays until `down`)");
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -314,11 +342,11 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
                 let reply = reload(&mut applier, &mut services, &mut plan, &config_path, "sighup").await;
                 *shared_uplinks.write().unwrap() = applier.uplinks().clone();
                 // An apply may have unpinned the maps (no NI left) and pinned new ones.
-                maps = None;
-                flow_log.removed(&applier.take_removed_flows(), &names);
-                names = state::AppliedState::read(&plan.state_dir);
+                maps = datapath::Maps::open(&plan.pin_dir).ok();
+                flow_log.removed(&applier.take_removed_flows(), flowlog::Lookups { names: &names, maps: maps.as_ref(), dns: &dns });
+                names = after_reload(&plan, &figures, &reply, &mut metrics_server, &metric_sources).await;
                 event_reader.abort();
-                event_reader = flowlog::spawn_reader(plan.pin_dir.clone(), event_tx.clone());
+                event_reader = flowlog::spawn_reader(plan.pin_dir.clone(), event_tx.clone(), events_lost.clone());
                 for e in &reply.errors {
                     warn!("{e}");
                 }
@@ -327,27 +355,27 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
                 info!("apply request: {}", request.apply.config.display());
                 let reply = reload(&mut applier, &mut services, &mut plan, &request.apply.config, "apply").await;
                 *shared_uplinks.write().unwrap() = applier.uplinks().clone();
-                maps = None;
-                flow_log.removed(&applier.take_removed_flows(), &names);
-                names = state::AppliedState::read(&plan.state_dir);
+                maps = datapath::Maps::open(&plan.pin_dir).ok();
+                flow_log.removed(&applier.take_removed_flows(), flowlog::Lookups { names: &names, maps: maps.as_ref(), dns: &dns });
+                names = after_reload(&plan, &figures, &reply, &mut metrics_server, &metric_sources).await;
                 event_reader.abort();
-                event_reader = flowlog::spawn_reader(plan.pin_dir.clone(), event_tx.clone());
+                event_reader = flowlog::spawn_reader(plan.pin_dir.clone(), event_tx.clone(), events_lost.clone());
                 let _ = request.reply.send(reply);
             }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             Some(event) = events.recv() => {
-                if let Some(record) = flowlog::record_of_event(&event, &names, flowlog::Clock::now()) {
-                    flow_log.write(record);
-                }
+                flow_log.event(&event, flowlog::Lookups { names: &names, maps: maps.as_ref(), dns: &dns });
             }
+            Some(request) = dns_requests.recv() => flow_log.dns(request),
             _ = sweep.tick() => {
                 if maps.is_none() {
                     maps = datapath::Maps::open(&plan.pin_dir).ok();
                 }
                 let now = datapath::monotonic_ns();
-                let swept = maps.as_mut().map(|m| m.expire_flows(now)).unwrap_or_default();
-                flow_log.after_sweep(&swept.expired_flows, &swept.live_flows, &names, now);
+                // No maps (nothing applied): no sweep, and nothing to tell the flow log.
+                let Some(swept) = maps.as_mut().map(|m| m.expire_flows(now)) else { continue };
+                flow_log.after_sweep(&swept.expired_flows, &swept.live_flows, flowlog::Lookups { names: &names, maps: maps.as_ref(), dns: &dns }, now);
                 if swept.removed > 0 {
                     info!("conntrack: expired {} idle entries", swept.removed);
                 }
@@ -355,12 +383,56 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
         }
     }
     event_reader.abort();
+    if let Some((_, server)) = metrics_server {
+        server.abort();
+    }
     services.stop().await;
     let _ = std::fs::remove_file(state::StateDir::control_socket(&plan.state_dir));
     if let Err(e) = applier.set_agent(0, Some(config_path)) {
         warn!("recording state: {e:#}");
     }
     Ok(())
+}
+
+/// The names records and metrics use, from the state the last apply wrote; the metrics
+/// learn the VPN NIs too.
+fn applied_names(plan: &plan::Plan, figures: &std::sync::Mutex<metrics::AgentFigures>) -> std::sync::Arc<flowlog::Names> {
+    let names = std::sync::Arc::new(flowlog::Names::of(&state::AppliedState::read(&plan.state_dir)));
+    let mut f = figures.lock().unwrap();
+    f.names = names.clone();
+    f.vpn_nis = plan.nis.iter().filter(|n| n.vpn.is_some()).map(|n| n.name.clone()).collect();
+    names
+}
+
+/// After an apply on the running agent: the apply counted, names refreshed, the metrics
+/// server moved if its address changed (kept where it was if the new one cannot bind).
+async fn after_reload(
+    plan: &plan::Plan,
+    figures: &std::sync::Mutex<metrics::AgentFigures>,
+    reply: &control::ApplyReply,
+    server: &mut Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
+    sources: &metrics::Sources,
+) -> std::sync::Arc<flowlog::Names> {
+    let seconds = reply.report.as_ref().map(|r| r.duration_ms / 1e3).unwrap_or(0.0);
+    figures.lock().unwrap().count_apply(reply.refused, reply.ok, seconds);
+    if server.as_ref().map(|(a, _)| *a) != plan.metrics {
+        match plan.metrics {
+            Some(addr) => match metrics::serve(addr, sources.clone()).await {
+                Ok(task) => {
+                    if let Some((_, old)) = server.replace((addr, task)) {
+                        old.abort();
+                    }
+                }
+                Err(e) => warn!("metrics: {e:#}"),
+            },
+            None => {
+                if let Some((_, task)) = server.take() {
+                    task.abort();
+                }
+            }
+        }
+    }
+    applied_names(plan, figures)
 }
 
 /// Applies the config at `path` on the running agent: validated first (a bad config is

@@ -1,7 +1,7 @@
 //! Turns a validated config into the concrete kernel objects to create: names, addresses,
 //! map entries. Pure: computing a plan touches nothing, so a bad config changes nothing.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
 use netns_ebpf_common::{
@@ -31,6 +31,8 @@ pub struct Plan {
     pub flow_log: Option<PathBuf>,
     pub flow_log_max_bytes: u64,
     pub flow_interim: std::time::Duration,
+    /// Where `/metrics` is served.
+    pub metrics: Option<std::net::SocketAddr>,
     pub uplinks: Vec<UplinkPlan>,
     pub nis: Vec<NiPlan>,
 }
@@ -132,6 +134,9 @@ pub struct PortPlan {
     /// Host ACEs: (index in the ACL, domain suffix, lower case, no trailing dot).
     pub hosts: Vec<(usize, String)>,
     pub user_data: Option<String>,
+    /// ACE id -> the ACE's `name` (the flow log's `acl_name`; ACEs without one are absent).
+    #[serde(default)]
+    pub ace_names: BTreeMap<u32, String>,
     /// `limit` ACEs: (index in the ACL, their bucket).
     #[serde(with = "pod_hex::pairs")]
     pub limits: Vec<(usize, netns_ebpf_common::limit::Bucket)>,
@@ -187,7 +192,14 @@ impl PortPlan {
     /// MAC): what only re-creating the port can change. The ACL, host ACEs, limits and
     /// user data are rewritten in place.
     pub fn same_link(&self, other: &PortPlan) -> bool {
-        let link = |p: &PortPlan| PortPlan { acl: AclTable::default(), hosts: Vec::new(), user_data: None, limits: Vec::new(), ..p.clone() };
+        let link = |p: &PortPlan| PortPlan {
+            acl: AclTable::default(),
+            hosts: Vec::new(),
+            user_data: None,
+            limits: Vec::new(),
+            ace_names: BTreeMap::new(),
+            ..p.clone()
+        };
         link(self) == link(other)
     }
 }
@@ -310,6 +322,7 @@ pub fn build(config: &Config) -> Plan {
                     .filter_map(|(i, ace)| ace.matches.host.as_ref().map(|h| (i, h.get_ref().trim_end_matches('.').to_ascii_lowercase())))
                     .collect(),
                 user_data: app.user_data.clone(),
+                ace_names: iface.acl.iter().filter_map(|ace| Some((*ace.id.get_ref(), ace.name.clone()?))).collect(),
                 limits: iface
                     .acl
                     .iter()
@@ -337,6 +350,7 @@ pub fn build(config: &Config) -> Plan {
         flow_log: config.agent.flow_log.clone(),
         flow_log_max_bytes: *config.agent.flow_log_max_bytes.get_ref(),
         flow_interim: std::time::Duration::from_secs(*config.agent.flow_interim_secs.get_ref()),
+        metrics: config.agent.metrics,
         uplinks,
         nis,
     }

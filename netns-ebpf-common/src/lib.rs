@@ -45,6 +45,7 @@ pub mod map_names {
     pub const FRAGS: &str = "FRAG_V1";
     pub const ZONE_USE: &str = "ZONEUSE_V1";
     pub const EVENTS: &str = "FLOWEV_V1";
+    pub const PORT_STATS: &str = "PORTSTAT_V1";
 }
 
 /// The /24 of the NIs' veth pairs (169.254.100.0/24): the agent-side ends are the
@@ -109,6 +110,48 @@ pub const IFACE_FLAG_IP_KNOWN: u32 = 4;
 /// (the to-app program writes `app_ip` and sets `IFACE_FLAG_IP_KNOWN`).
 pub const IFACE_FLAG_IP_LEARN: u32 = 8;
 
+/// What an app port passed and dropped, per direction (`PORT_DIR_*`): a per-CPU hash
+/// entry per port (key as IFACE_V2's), made by the agent with the port, so the programs
+/// only look it up (no insert on the packet path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    pub passed_packets: [u64; 2],
+    pub passed_bytes: [u64; 2],
+    pub dropped_packets: [u64; 2],
+    pub dropped_bytes: [u64; 2],
+}
+
+/// Index of `PortCounters`' arrays: packets from the app (TC ingress of its port).
+pub const PORT_DIR_FROM_APP: usize = 0;
+/// Packets to the app (TC egress of its port).
+pub const PORT_DIR_TO_APP: usize = 1;
+
+impl PortCounters {
+    /// Counts one packet of `bytes` in direction `dir` (`PORT_DIR_*`).
+    #[inline(always)]
+    pub fn count(&mut self, dir: usize, dropped: bool, bytes: u64) {
+        let dir = dir & 1;
+        if dropped {
+            self.dropped_packets[dir] += 1;
+            self.dropped_bytes[dir] += bytes;
+        } else {
+            self.passed_packets[dir] += 1;
+            self.passed_bytes[dir] += bytes;
+        }
+    }
+
+    /// The sum of per-CPU slots.
+    pub fn add(&mut self, other: &PortCounters) {
+        for d in 0..2 {
+            self.passed_packets[d] += other.passed_packets[d];
+            self.passed_bytes[d] += other.passed_bytes[d];
+            self.dropped_packets[d] += other.dropped_packets[d];
+            self.dropped_bytes[d] += other.dropped_bytes[d];
+        }
+    }
+}
+
 /// An app address on an NI: the eidset of the NI's other apps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -125,6 +168,9 @@ pub struct HostKey {
     pub ifindex: u32,
     pub addr: Ipv4,
 }
+
+/// Entries of HOSTSET_V1 (LRU: the oldest answers go first).
+pub const HOSTSET_MAX_ENTRIES: u32 = 65536;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -285,4 +331,25 @@ mod pod {
     unsafe impl aya::Pod for super::limit::Bucket {}
     unsafe impl aya::Pod for super::ZoneUse {}
     unsafe impl aya::Pod for super::event::FlowEvent {}
+    unsafe impl aya::Pod for super::PortCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_counters_count_each_way_and_sum_over_cpus() {
+        let mut cpu0 = PortCounters::default();
+        cpu0.count(PORT_DIR_FROM_APP, false, 100);
+        cpu0.count(PORT_DIR_TO_APP, true, 60);
+        let mut cpu1 = PortCounters::default();
+        cpu1.count(PORT_DIR_FROM_APP, false, 40);
+        let mut sum = PortCounters::default();
+        sum.add(&cpu0);
+        sum.add(&cpu1);
+        assert_eq!((sum.passed_packets, sum.passed_bytes), ([2, 0], [140, 0]));
+        assert_eq!((sum.dropped_packets, sum.dropped_bytes), ([0, 1], [0, 60]));
+        assert_eq!(core::mem::size_of::<PortCounters>(), 64, "the map's value size (ABI)");
+    }
 }

@@ -22,10 +22,10 @@ use netns_ebpf_common::{
     nat::{NatKey, NatValue, PortmapKey, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, Parsed, FRAG_LATER, FRAG_NONE, TCP_RST},
     EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH, PROTO_TCP, VETH_NET,
-    VETH_NET_LEN,
+    VETH_NET_LEN, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
 };
 
-use crate::{budget, count, events, frag, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS};
+use crate::{budget, count, events, frag, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS, PORT_STATS};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -47,12 +47,26 @@ impl Side {
 
 #[classifier]
 pub fn app_port_from_app(ctx: TcContext) -> i32 {
-    handle(&ctx, Side::FromApp)
+    let verdict = handle(&ctx, Side::FromApp);
+    count_port(zone(), ifindex(&ctx), PORT_DIR_FROM_APP, verdict == TC_ACT_SHOT, ctx.len());
+    verdict
 }
 
 #[classifier]
 pub fn app_port_to_app(ctx: TcContext) -> i32 {
-    handle(&ctx, Side::ToApp)
+    let verdict = handle(&ctx, Side::ToApp);
+    count_port(zone(), ifindex(&ctx), PORT_DIR_TO_APP, verdict == TC_ACT_SHOT, ctx.len());
+    verdict
+}
+
+/// The port's packet and byte counters (the metrics'). Its own BPF function: its key
+/// lives in its own frame, not in the from-app frame that 6.1's stack limit binds.
+#[inline(never)]
+fn count_port(zone: u32, ifindex: u32, dir: usize, dropped: bool, len: u32) {
+    if let Some(c) = PORT_STATS.get_ptr_mut(IfaceKey { zone, ifindex }) {
+        // Per-CPU entry: no other writer.
+        unsafe { (*c).count(dir, dropped, len as u64) };
+    }
 }
 
 #[inline(always)]

@@ -18,7 +18,7 @@ mod nat;
 mod rewrite;
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
     programs::TcContext,
 };
@@ -30,7 +30,7 @@ use netns_ebpf_common::{
     limit::{Bucket, LimitKey},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
     packet::PacketReader,
-    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, Stat, ZoneUse, MAX_APP_PORTS, MAX_DEVICE_ADDRS, MAX_ZONES,
+    EidKey, HostEntry, HostKey, HOSTSET_MAX_ENTRIES, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, MAX_APP_PORTS, MAX_DEVICE_ADDRS, MAX_ZONES,
 };
 
 /// The translation domain / conntrack zone this copy serves; set by the loader.
@@ -56,6 +56,10 @@ static DROPS: LruHashMap<CtKey, CtValue, { DROP_MAX_ENTRIES as usize }> = LruHas
 /// First fragments' ports, for the later fragments of the same datagram.
 #[btf_map(name = "FRAG_V1")]
 static FRAGS: LruHashMap<FragKey, FragValue, { FRAG_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// Per app port: packets and bytes passed and dropped each way (the agent's metrics).
+#[btf_map(name = "PORTSTAT_V1")]
+static PORT_STATS: PerCpuHashMap<IfaceKey, PortCounters, { MAX_APP_PORTS as usize }> = PerCpuHashMap::new();
 
 /// Flow events for the agent's flow log.
 #[btf_map(name = "FLOWEV_V1")]
@@ -91,7 +95,7 @@ static EIDSET: HashMap<EidKey, u32, { MAX_APP_PORTS as usize }> = HashMap::new()
 /// Addresses that DNS answers gave an app port, per host ACE: `host` ACEs. Filled by the
 /// agent's DNS proxy before it relays the answer.
 #[btf_map(name = "HOSTSET_V1")]
-static HOSTSET: LruHashMap<HostKey, HostEntry, 65536> = LruHashMap::new();
+static HOSTSET: LruHashMap<HostKey, HostEntry, { HOSTSET_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 /// The device's own addresses outside the veth /24 (its uplinks'): apps' new flows there
 /// are dropped unless a port map listens (EVE's rule).

@@ -1,13 +1,15 @@
 //! Every flow on record: the flow log holds one record per flow event (start, dropped,
-//! interim, end) from the data path's ring buffer and the agent's sweep, rotates by size,
-//! and `flows --follow` streams the same records live.
+//! interim, end) from the data path's ring buffer and the agent's sweep, and one per DNS
+//! request; it rotates by size, and `flows --follow` streams the same records live.
+//! Every counter scrapeable: `/metrics` moves by exactly the traffic sent.
 
 use std::time::Duration;
 
 use netns_tests::{load_size, scaled, wait_until, Background, Scenario, INET_IP};
 use serde_json::Value;
 
-/// app1 may reach the internet host's TCP 7000 (ACE 1); everything else is dropped.
+/// app1 may reach the internet host's TCP 7000 (ACE 1) and UDP 7002 (ACE 2), and app2
+/// (ACE 3, both ways); everything else is dropped.
 const LOCAL: &str = r##"
 [[uplink]]
 name = "eth0"
@@ -25,11 +27,23 @@ netns = "@app1"
 [[app.interface]]
 network = "@ni1"
 ip = "10.10.1.2"
-acl = [{ id = 1, match = { ip = "10.99.0.10/32", protocol = "tcp", fport = 7000 } }]
+acl = [
+  { id = 1, name = "echo", match = { ip = "10.99.0.10/32", protocol = "tcp", fport = 7000 } },
+  { id = 2, name = "udp-echo", match = { ip = "10.99.0.10/32", protocol = "udp", fport = 7002 } },
+  { id = 3, name = "neighbours", match = { eidset = true } },
+]
+
+[[app]]
+name = "app2"
+netns = "@app2"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.3"
+acl = [{ id = 1, match = { eidset = true } }]
 "##;
 
 fn scenario(agent_keys: &[&str]) -> (Scenario, std::path::PathBuf) {
-    let mut s = Scenario::with_uplinks(&["ni1"], &["app1"], 1, LOCAL);
+    let mut s = Scenario::with_uplinks(&["ni1"], &["app1", "app2"], 1, LOCAL);
     let log = s.state_dir.join("flows.jsonl");
     s.set_agent_key(&format!("flow_log = {:?}", log.display().to_string()));
     for k in agent_keys {
@@ -169,4 +183,181 @@ for i in range(300):
     assert!(sizes[..4].iter().all(|n| *n <= 4096), "{sizes:?}");
     assert_eq!(sizes[4], 0, "three old files kept, no more");
     assert!(sizes[3] > 0, "rotated three times at least");
+}
+
+/// A record's tuple as "src:sport -> dst:dport".
+fn tuple(r: &Value) -> String {
+    format!("{}:{} -> {}:{}", r["src"].as_str().unwrap_or("?"), r["sport"], r["dst"].as_str().unwrap_or("?"), r["dport"])
+}
+
+/// Records carry the ACE's name, the app's translated end and the DNS name the remote was
+/// resolved from; DNS requests are records of their own.
+#[test]
+fn records_name_the_ace_the_translation_and_the_dns_name() {
+    let (mut s, log) = scenario(&[]);
+    let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
+    s.echo_server(&app2, "10.10.1.3", 7000);
+    // app1 asks the NI's DNS proxy for app2's name, then talks to it and to the internet.
+    assert_eq!(s.dns_a(&app1, "10.10.1.1", "app2"), Some(vec!["10.10.1.3".to_string()]));
+    assert!(matches!(s.echo(&app1, "10.10.1.3", 7000, 100, None), netns_tests::EchoResult::Echoed(100)));
+    assert!(matches!(s.echo(&app1, INET_IP, 7000, 100, None), netns_tests::EchoResult::Echoed(100)));
+    wait_until(scaled(Duration::from_secs(30)), || count(&records(&log), "end", 7000) >= 2);
+    let all = records(&log);
+    let dns: Vec<&Value> = all.iter().filter(|r| r["kind"] == "dns").collect();
+    println!("DNS records: {dns:?}");
+    assert_eq!(dns.len(), 1, "one request, one record");
+    assert_eq!((dns[0]["name"].as_str(), dns[0]["app"].as_str(), dns[0]["rcode"].as_str()), (Some("app2"), Some("app1"), Some("NoError")));
+    assert_eq!(dns[0]["answers"], serde_json::json!(["10.10.1.3"]));
+    let end_to = |dst: &str| all.iter().find(|r| r["kind"] == "end" && r["dst"] == dst && r["dport"] == 7000).cloned().unwrap_or_else(|| panic!("no end record to {dst}"));
+    let to_app2 = end_to("10.10.1.3");
+    let to_inet = end_to(INET_IP);
+    println!("to app2: {} {to_app2}\nto inet: {} {to_inet}", tuple(&to_app2), tuple(&to_inet));
+    assert_eq!((to_app2["acl_id"].as_u64(), to_app2["acl_name"].as_str()), (Some(3), Some("neighbours")));
+    assert_eq!(to_app2["dns_name"].as_str(), Some("app2"), "the name app1 resolved");
+    assert!(to_app2.get("translated").is_none(), "no NAT between two apps of one NI");
+    assert_eq!((to_inet["acl_id"].as_u64(), to_inet["acl_name"].as_str()), (Some(1), Some("echo")));
+    assert!(to_inet.get("dns_name").is_none(), "never resolved through the proxy");
+    let translated = to_inet["translated"].as_str().expect("the uplink's translation");
+    assert!(translated.starts_with("192.168.0.2:"), "the uplink's address: {translated}");
+    // The start record comes before the translation exists; the end names it.
+    assert!(all.iter().any(|r| r["kind"] == "start" && r["dst"] == INET_IP && r["dport"] == 7000));
+}
+
+/// The value of metric `name` with every one of `labels` (0 when absent).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(samples.len() <= 1, "{name} {labels:?} is not one sample: {samples:?}");
+    samples.first().copied().unwrap_or(0.0)
+}
+
+/// Makes `ns`'s neighbour entry of `ip` permanent (as it is now).
+fn pin_neighbour(s: &Scenario, ns: &str, ip: &str) {
+    let out = String::from_utf8(s.exec(ns, &["ip", "neigh", "show", "to", ip]).stdout).unwrap();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
+    let (Some(dev), Some(mac)) = (field("dev"), field("lladdr")) else { panic!("no neighbour entry of {ip} in {ns}: {out}") };
+    assert!(s.exec(ns, &["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"]).status.success());
+}
+
+/// `/metrics` scraped before and after a known amount of traffic moves by exactly that;
+/// promtool accepts the exposition.
+#[test]
+fn metrics_move_by_exactly_the_traffic_sent() {
+    let (s, _log) = scenario(&["metrics = \"127.0.0.1:9464\""]);
+    let (app1, inet, zedbox) = (s.app("app1").to_string(), s.inet.clone(), s.zedbox.clone());
+    let scrape = |s: &Scenario| -> String {
+        let out = s.exec(&zedbox, &["curl", "-sf", "http://127.0.0.1:9464/metrics"]);
+        assert!(out.status.success(), "scrape failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let script = netns_tests::py_script("udp_echo.py");
+    let idle = scaled(Duration::from_secs(30)).as_secs().to_string();
+    let mut server = s.background(&inet, &["python3", "-u", &script, "server", INET_IP, "7002", &idle]);
+    assert_eq!(server.read_line().trim(), "ready");
+    // One exchange first: ARP and the flow's entry are settled before the count starts.
+    let echo = |n: &str| s.exec(&app1, &["python3", &script, "client", INET_IP, "7002", "96", n]);
+    assert_eq!(String::from_utf8_lossy(&echo("1").stdout).trim(), "1");
+    // No ARP in the counted window, however slow the machine: both neighbours pinned.
+    pin_neighbour(&s, &app1, "10.10.1.1");
+    pin_neighbour(&s, s.ni("ni1"), "10.10.1.2");
+    let port = [("app", "app1"), ("verdict", "pass")];
+    let before = scrape(&s);
+    let (n, size) = (20u64, 96u64);
+    assert_eq!(String::from_utf8_lossy(&echo(&n.to_string()).stdout).trim(), n.to_string());
+    // Five denied connection attempts (their SYNs).
+    let denied = "import socket, sys\nfor i in range(5):\n    d = socket.socket(); d.setblocking(False); d.connect_ex((sys.argv[1], 7001)); d.close()";
+    assert!(s.python(&app1, denied, &[INET_IP]).status.success());
+    assert_eq!(s.dns_a(&app1, "10.10.1.1", "app2"), Some(vec!["10.10.1.3".to_string()]));
+    let after = scrape(&s);
+    let delta = |name: &str, labels: &[(&str, &str)]| metric(&after, name, labels) - metric(&before, name, labels);
+    let frame = (14 + 20 + 8 + size) as f64;
+    let from_app: Vec<(&str, &str)> = port.iter().copied().chain([("direction", "from_app")]).collect();
+    let to_app: Vec<(&str, &str)> = port.iter().copied().chain([("direction", "to_app")]).collect();
+    println!(
+        "after {n} echoes of {size} bytes: from_app {} packets / {} bytes, to_app {} / {}; drops acl {}; dns {}",
+        delta("netns_agent_port_packets_total", &from_app),
+        delta("netns_agent_port_bytes_total", &from_app),
+        delta("netns_agent_port_packets_total", &to_app),
+        delta("netns_agent_port_bytes_total", &to_app),
+        delta("netns_agent_datapath_drops_total", &[("reason", "acl")]),
+        delta("netns_agent_dns_queries_total", &[("rcode", "NoError"), ("source", "local")]),
+    );
+    // Whole frames: the echoes, and the DNS query for "app2" (64 bytes) and its answer
+    // (one A record more: 80 bytes).
+    assert_eq!(delta("netns_agent_port_packets_total", &from_app), (n + 1) as f64, "the echoes and the DNS query");
+    assert_eq!(delta("netns_agent_port_packets_total", &to_app), (n + 1) as f64, "the echoes and the DNS answer");
+    assert_eq!(delta("netns_agent_port_bytes_total", &from_app), n as f64 * frame + 64.0);
+    assert_eq!(delta("netns_agent_port_bytes_total", &to_app), n as f64 * frame + 80.0);
+    // Dropped from app1: the five SYNs, and whatever IPv6 its kernel sent meanwhile.
+    let dropped = delta("netns_agent_port_packets_total", &[("app", "app1"), ("verdict", "drop"), ("direction", "from_app")]);
+    let ipv6 = delta("netns_agent_datapath_drops_total", &[("reason", "non_ipv4")]);
+    assert!(dropped >= 5.0 && dropped <= 5.0 + ipv6, "the denied SYNs: {dropped} dropped, {ipv6} of them (at most) IPv6");
+    assert_eq!(delta("netns_agent_datapath_drops_total", &[("reason", "acl")]), 5.0);
+    // The per-ACE figures come from the flow events, which the agent reads a moment later.
+    let default_drop = [("app", "app1"), ("ace", "4194303")];
+    let drops_before = metric(&before, "netns_agent_ace_flows_total", &default_drop);
+    wait_until(scaled(Duration::from_secs(10)), || metric(&scrape(&s), "netns_agent_ace_flows_total", &default_drop) >= drops_before + 5.0);
+    assert_eq!(metric(&scrape(&s), "netns_agent_ace_flows_total", &default_drop) - drops_before, 5.0, "default drop: one flow per SYN");
+    assert_eq!(delta("netns_agent_dns_queries_total", &[("rcode", "NoError"), ("source", "local")]), 1.0);
+    // The echo flow's packets reach its ACE's totals at the next sweep (every 10 s).
+    let ace2 = [("app", "app1"), ("ace", "2"), ("user", "true")];
+    let total = (n + 1) * 2;
+    wait_until(scaled(Duration::from_secs(25)), || metric(&scrape(&s), "netns_agent_ace_packets_total", &ace2) >= total as f64);
+    let last = scrape(&s);
+    assert_eq!(metric(&last, "netns_agent_ace_packets_total", &ace2), total as f64, "both ways, every echo");
+    assert_eq!(metric(&last, "netns_agent_ace_flows_total", &ace2), 2.0, "two sockets (the first exchange and the count): two flows");
+    assert!(metric(&last, "netns_agent_map_capacity_entries", &[("map", "CT_V3")]) >= 65536.0);
+    assert!(metric(&last, "netns_agent_map_entries", &[("map", "CT_V3")]) >= 1.0);
+    assert_eq!(metric(&last, "netns_agent_applies_total", &[("result", "ok")]), 1.0);
+    // promtool reads it as Prometheus would.
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), last.as_bytes()).unwrap();
+    drop(check.stdin.take());
+    let out = check.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool check metrics: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    drop(server);
+}
+
+/// With the agent stopped (SIGSTOP) the ring buffer fills: the events it had no room
+/// for are counted, and the records written plus the events lost account for every
+/// dropped flow.
+#[test]
+fn lost_events_are_counted() {
+    let (s, log) = scenario(&[]);
+    let pid = s.agent_pid().expect("the agent runs");
+    // More denied flows than the ring buffer holds (1 MiB: about 9k events).
+    let n = 12000;
+    // Each from its own source port: a repeated tuple would be the same dropped flow.
+    let flood = r#"
+import socket, sys
+for i in range(int(sys.argv[2])):
+    d = socket.socket(); d.setblocking(False)
+    d.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    d.bind(("0.0.0.0", 10000 + i))
+    d.connect_ex((sys.argv[1], 7001))
+    d.close()
+"#;
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    signal("-STOP");
+    let out = s.python(s.app("app1"), flood, &[INET_IP, &n.to_string()]);
+    signal("-CONT");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lost = s.counter("event_lost");
+    wait_until(scaled(Duration::from_secs(20)), || count(&records(&log), "dropped", 7001) as u64 + lost >= n);
+    let written = count(&records(&log), "dropped", 7001) as u64;
+    println!("{n} denied flows while the agent was stopped: {written} records, {lost} events lost");
+    assert!(lost > 0, "the ring buffer overflowed");
+    assert_eq!(written + lost, n, "every flow is a record or a counted loss");
 }

@@ -4,7 +4,9 @@
 //! rules at all, once the way EVE does it today (iptables: the same ACL as FORWARD rules,
 //! conntrack, MASQUERADE twice). Each path gets TCP throughput (iperf3) and the rate of
 //! new TCP connections (the ACL is walked once per connection); all measured in this run,
-//! printed side by side.
+//! printed side by side. The eBPF path runs twice: without and with the flow log (every
+//! connection is a start and an end record), with the agent's CPU time while it follows
+//! the new connections.
 
 use std::{
     io::Write,
@@ -93,8 +95,28 @@ pub fn run(agent_bin: &Path) -> Result<()> {
         println!("  {name:<20} {insns:>5} instructions (xlated), {jited:>6} bytes jited");
     }
 
-    let (ebpf_gbit, ebpf_conn) = measure("eBPF path")?;
-    let mut agent = apply_times(agent_bin, &config, agent)?;
+    let ebpf = measure("eBPF path", Some(agent.id()))?;
+    let agent = apply_times(agent_bin, &config, agent)?;
+
+    // The same with the flow log on: a restart over the applied system with it set.
+    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    let mut agent = agent;
+    agent.wait()?;
+    let flow_log = dir.join("flows.jsonl");
+    let _ = std::fs::remove_file(&flow_log);
+    std::fs::write(&config, format!("[agent]\nflow_log = {:?}\n\n{}", flow_log.display().to_string(), bench_config()))?;
+    let mut agent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ZEDBOX}"))
+        .arg(agent_bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the agent with the flow log")?;
+    crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(60)).context("the bench config with the flow log")?;
+    let logged = measure("eBPF path with the flow log", Some(agent.id()))?;
+    let log_text = std::fs::read_to_string(&flow_log).unwrap_or_default();
+    println!("  flow log: {} records, {} bytes", log_text.lines().count(), log_text.len());
 
     // Stop the agent (the pinned programs stay), then detach every program by unpinning
     // its links, and route the same path without translation.
@@ -111,7 +133,7 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     for (ns, route) in bare_routes {
         sh(&[&["ip", "-n", ns, "route", "add"], route].concat())?;
     }
-    let (bare_gbit, bare_conn) = measure("no programs, no NAT")?;
+    let bare = measure("no programs, no NAT", None)?;
 
     // iptables: the routes go again, so that only working MASQUERADE gets the answers back.
     for (ns, route) in bare_routes {
@@ -120,7 +142,7 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     let (ni_rules, zedbox_rules) = iptables_rules();
     iptables_restore("ni1", &ni_rules)?;
     iptables_restore(ZEDBOX, &zedbox_rules)?;
-    let (ipt_gbit, ipt_conn) = measure("iptables")?;
+    let ipt = measure("iptables", None)?;
     let counted = output(&["ip", "netns", "exec", "ni1", "iptables", "-t", "nat", "-L", "POSTROUTING", "-v", "-n", "-x"]);
     if !counted.lines().any(|l| l.contains("MASQUERADE") && l.split_whitespace().next().is_some_and(|p| p != "0")) {
         bail!("the iptables run did not go through MASQUERADE:\n{counted}");
@@ -129,14 +151,26 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     step("result (median of the rounds; ratio to the path with no programs)");
     println!("  {:<58} {:>14} {:>21}", "", "TCP Gbit/s", "new TCP conn/s");
     let rows = [
-        (format!("eBPF: {} ACEs, last allows; conntrack; 2x SNAT", FILLER_ACES + 1), &ebpf_gbit, &ebpf_conn),
-        (format!("iptables: {} FORWARD rules, last allows; 2x MASQUERADE", FILLER_ACES + 1), &ipt_gbit, &ipt_conn),
-        ("same namespaces and veths, no programs, no NAT".to_string(), &bare_gbit, &bare_conn),
+        (format!("eBPF: {} ACEs, last allows; conntrack; 2x SNAT", FILLER_ACES + 1), &ebpf),
+        ("eBPF as above, with the flow log".to_string(), &logged),
+        (format!("iptables: {} FORWARD rules, last allows; 2x MASQUERADE", FILLER_ACES + 1), &ipt),
+        ("same namespaces and veths, no programs, no NAT".to_string(), &bare),
     ];
-    let (bg, bc) = (median(&bare_gbit), median(&bare_conn));
-    for (label, gbit, conn) in rows {
-        let (g, c) = (median(gbit), median(conn));
+    let (bg, bc) = (median(&bare.gbit), median(&bare.conn));
+    for (label, m) in rows {
+        let (g, c) = (median(&m.gbit), median(&m.conn));
         println!("  {label:<58} {g:>6.2} ({:>4.2}) {c:>13.0} ({:>4.2})", g / bg, c / bc);
+    }
+    step("the agent's CPU while it follows new connections (records per connection: a start, an end)");
+    for (label, m) in [("without the flow log", &ebpf), ("with the flow log", &logged)] {
+        if let Some(cpu) = m.agent_cpu {
+            let rate = median(&m.conn);
+            println!(
+                "  {label:<22} {:>5.1}% of a core at {rate:.0} new flows/s: {:>5.1}% per 1000 new flows/s",
+                cpu * 100.0,
+                cpu * 100.0 * 1000.0 / rate
+            );
+        }
     }
     Ok(())
 }
@@ -225,20 +259,45 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
     Ok(agent)
 }
 
-/// ROUNDS of iperf3 and of the connection rate; (Gbit/s, connections/s) per round.
-fn measure(path: &str) -> Result<(Vec<f64>, Vec<f64>)> {
+/// One path's figures: Gbit/s and connections/s per round; the agent's CPU (share of
+/// one core) over the connection rounds, when an agent runs.
+struct Measured {
+    gbit: Vec<f64>,
+    conn: Vec<f64>,
+    agent_cpu: Option<f64>,
+}
+
+/// ROUNDS of iperf3 and of the connection rate; with `agent`, its CPU time over the
+/// connection rounds too.
+fn measure(path: &str, agent: Option<u32>) -> Result<Measured> {
     step(&format!("{path}: iperf3 TCP app1 -> {ALLOWED_SITE}, {ROUNDS} x {SECONDS} s; new TCP connections, {ROUNDS} x {SECONDS} s"));
     let mut gbit = Vec::new();
     for _ in 0..ROUNDS {
         gbit.push(iperf()?);
     }
     let mut conn = Vec::new();
+    let cpu_before = agent.and_then(cpu_seconds);
+    let started = Instant::now();
     for _ in 0..ROUNDS {
         conn.push(connection_rate()?);
     }
+    let wall = started.elapsed().as_secs_f64();
+    let agent_cpu = agent.and_then(cpu_seconds).zip(cpu_before).map(|(after, before)| (after - before) / wall);
     let show = |v: &[f64], d: usize| v.iter().map(|x| format!("{x:.d$}")).collect::<Vec<_>>().join(" ");
     println!("  Gbit/s: {}   connections/s: {}", show(&gbit, 2), show(&conn, 0));
-    Ok((gbit, conn))
+    Ok(Measured { gbit, conn, agent_cpu })
+}
+
+/// CPU seconds (user + system) that process `pid` has used.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, may hold spaces): fields 3.. ; utime and
+    // stime are fields 14 and 15, in clock ticks.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second: f64 = output(&["getconf", "CLK_TCK"]).trim().parse().ok()?;
+    Some(ticks as f64 / per_second)
 }
 
 /// Accepts, answers one byte, waits for the client's reset; one connection at a time.

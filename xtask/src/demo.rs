@@ -54,6 +54,7 @@ const BLOCKED_SITE: &str = "10.98.0.10";
 const CONFIG: &str = r#"# The seed scenario (cargo xtask demo): NI1-NI6, app1-app6.
 [agent]
 flow_log = "/run/netns-agent/flows.jsonl"   # every flow's records; `flows --follow` streams them
+metrics = "127.0.0.1:9090"                  # Prometheus text at /metrics, in zedbox
 
 [[uplink]]
 name = "eth0"
@@ -496,6 +497,24 @@ impl Demo {
         self.check(
             "the flow log holds the run's flows: starts, and app1's dropped attempt at the blocked site",
             kinds.contains_key("start") && records.iter().any(|r| r["kind"] == "dropped" && r["app"] == "app1" && r["dst"] == BLOCKED_SITE),
+        );
+        self.check(
+            "  ... with the DNS requests the NIs' proxies answered, and what the flows' remotes were resolved from",
+            records.iter().any(|r| r["kind"] == "dns") && records.iter().any(|r| r["dns_name"].is_string()),
+        );
+        step("metrics: a few lines of http://127.0.0.1:9090/metrics (in zedbox)");
+        let metrics = output(&["ip", "netns", "exec", "zedbox", "curl", "-s", "http://127.0.0.1:9090/metrics"]);
+        let shown = ["netns_agent_port_packets_total{ni=\"ni1\",app=\"app1\"", "netns_agent_datapath_drops_total{reason=\"acl\"}", "netns_agent_ace_flows_total{ni=\"ni6\"", "netns_agent_dns_queries_total", "netns_agent_vpn_tunnel_up", "netns_agent_map_entries"];
+        for line in metrics.lines().filter(|l| shown.iter().any(|p| l.starts_with(p))) {
+            println!("  {line}");
+        }
+        println!("  ({} samples in all)", metrics.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count());
+        let value = |prefix: &str| metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0);
+        self.check(
+            "the metrics count app1's traffic, the ACL's drops and both VPN tunnels up",
+            value("netns_agent_port_packets_total{ni=\"ni1\",app=\"app1\"") > 0.0
+                && value("netns_agent_datapath_drops_total{reason=\"acl\"}") > 0.0
+                && metrics.lines().filter(|l| l.starts_with("netns_agent_vpn_tunnel_up{") && l.ends_with(" 1")).count() == 2,
         );
         step("DNS requests seen by the NIs' proxies: netns-agent dns-log");
         crate::run(Command::new(&self.agent_bin).arg("dns-log"))?;

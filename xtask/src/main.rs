@@ -49,6 +49,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2", "bpftool", "curl", "python3", "util-linux", "iptables", "nftables", "tcpdump", "iperf3",
     "iputils-ping", "python3-scapy", "dnsmasq-base", "busybox-static", "strongswan-charon", "strongswan-swanctl",
     "libcharon-extra-plugins", "libstrongswan-extra-plugins",
+    // promtool: the tests check the agent's /metrics with it.
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

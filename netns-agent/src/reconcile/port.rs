@@ -10,7 +10,7 @@ use netns_ebpf_common::{
     nat::{DOMAIN_AGENT, REWRITE_SRC},
     IfaceInfo, IfaceKey, IFACE_FLAG_CHECK_MAC, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{programs, ApplyOutcome, Applier, NiDriver};
 use crate::{
@@ -97,6 +97,10 @@ pub async fn ensure<K: NiDriver>(
     if published != Some((info, p.acl)) {
         maps.set_port(key, info, &p.acl)?;
         debug!(port = p.bridge_port, policy_gen, "port config written");
+    }
+    // Counters are for the metrics: a port without them still enforces (warned).
+    if let Err(e) = maps.ensure_port_counters(key) {
+        warn!("{}: port {} has no packet counters: {e:#}", ni.name, p.bridge_port);
     }
     maps.set_eid(ni.zone(), p.ip.octets(), p.app_num)?;
     // A bucket keeps its tokens and counters unless its ACE's rate changed.

@@ -86,7 +86,7 @@ pub struct NiDnsConfig {
 }
 
 /// One line of the DNS request log.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DnsLogEntry {
     /// Unix time, seconds.
     pub time: f64,
@@ -157,6 +157,111 @@ fn format_error(request: &[u8]) -> Option<Vec<u8>> {
     Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok()
 }
 
+/// Addresses answered per app remembered for the flow log (two generations of half
+/// this each: the oldest half goes at once when the newer fills).
+const NAMES_REMEMBERED: usize = 65536;
+
+/// What the DNS proxies tell the rest of the agent: the name each answered address came
+/// from, per app (the flow log's `dns_name`), every request as a record for the flow log,
+/// and the requests counted by result (the metrics'). One for all NIs' proxies.
+pub struct DnsObserver {
+    names: Mutex<NameGenerations>,
+    queries: Mutex<std::collections::BTreeMap<DnsQueryKey, u64>>,
+    requests: Option<tokio::sync::mpsc::Sender<DnsLogEntry>>,
+    /// Requests the flow log had no room for.
+    requests_lost: std::sync::atomic::AtomicU64,
+}
+
+/// A count of requests: NI, answer code, where the answer came from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DnsQueryKey {
+    pub ni: String,
+    pub rcode: String,
+    pub source: AnswerSource,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerSource {
+    /// The proxy itself (an app's name).
+    Local,
+    Upstream,
+    /// No answer: refused, malformed, or no upstream answered.
+    None,
+}
+
+impl AnswerSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerSource::Local => "local",
+            AnswerSource::Upstream => "upstream",
+            AnswerSource::None => "none",
+        }
+    }
+}
+
+/// (zone, app address, answered address) -> the name asked.
+type NameKey = (u32, Ipv4Addr, Ipv4Addr);
+
+#[derive(Default)]
+struct NameGenerations {
+    newer: HashMap<NameKey, String>,
+    older: HashMap<NameKey, String>,
+}
+
+impl DnsObserver {
+    /// `requests`: where each request goes as a record (the flow log), if anywhere.
+    pub fn new(requests: Option<tokio::sync::mpsc::Sender<DnsLogEntry>>) -> DnsObserver {
+        DnsObserver {
+            names: Mutex::new(NameGenerations::default()),
+            queries: Mutex::new(Default::default()),
+            requests,
+            requests_lost: Default::default(),
+        }
+    }
+
+    /// The name app `app` (on zone `zone`) asked for when it was given `addr`.
+    pub fn name_of(&self, zone: u32, app: Ipv4Addr, addr: Ipv4Addr) -> Option<String> {
+        let names = self.names.lock().unwrap();
+        let key = (zone, app, addr);
+        names.newer.get(&key).or_else(|| names.older.get(&key)).cloned()
+    }
+
+    fn learn(&self, zone: u32, app: Ipv4Addr, qname: &str, answer: &Message) {
+        let name = qname.trim_end_matches('.').to_ascii_lowercase();
+        let mut names = self.names.lock().unwrap();
+        for r in &answer.answers {
+            if let RData::A(A(ip)) = &r.data {
+                if names.newer.len() >= NAMES_REMEMBERED / 2 {
+                    names.older = std::mem::take(&mut names.newer);
+                }
+                names.newer.insert((zone, app, *ip), name.clone());
+            }
+        }
+    }
+
+    fn observe(&self, entry: &DnsLogEntry, source: AnswerSource) {
+        let key = DnsQueryKey { ni: entry.ni.clone(), rcode: entry.rcode.clone(), source };
+        *self.queries.lock().unwrap().entry(key).or_default() += 1;
+        if let Some(tx) = &self.requests {
+            if tx.try_send(entry.clone()).is_err() {
+                self.requests_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Requests so far, by NI, answer code and source.
+    pub fn query_counts(&self) -> Vec<(DnsQueryKey, u64)> {
+        self.queries.lock().unwrap().iter().map(|(k, n)| (k.clone(), *n)).collect()
+    }
+
+    /// Requests the flow log had no room for.
+    pub fn requests_lost(&self) -> u64 {
+        self.requests_lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A running DNS proxy: its config can be swapped, and it can be stopped.
 pub struct DnsHandle {
     proxy: Arc<DnsProxy>,
@@ -190,6 +295,7 @@ pub struct DnsProxy {
     /// The kernel hands over each datagram's mark (SO_RCVMARK, Linux 5.19+); without it
     /// UDP queries are known by their address alone (logged once at start).
     udp_marks: bool,
+    observer: Arc<DnsObserver>,
 }
 
 /// The DNS request log: JSON lines, rotated to `<path>.1` past `LOG_MAX_BYTES`.
@@ -228,7 +334,7 @@ pub fn rotated_log(path: &std::path::Path) -> PathBuf {
 
 impl DnsProxy {
     /// Binds gateway:53 inside `ns` and serves until the handle stops it.
-    pub fn spawn(cfg: NiDnsConfig, ns: &Netns, pin_dir: &std::path::Path) -> Result<DnsHandle> {
+    pub fn spawn(cfg: NiDnsConfig, ns: &Netns, pin_dir: &std::path::Path, observer: Arc<DnsObserver>) -> Result<DnsHandle> {
         let addr = SocketAddr::from((cfg.gateway, 53));
         let (udp, tcp) = crate::netns::run_in(ns, || {
             let udp = std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
@@ -252,6 +358,7 @@ impl DnsProxy {
             per_app: Mutex::new(HashMap::new()),
             tcp_per_app: Mutex::new(HashMap::new()),
             udp_marks,
+            observer,
             cfg: std::sync::RwLock::new(Arc::new(cfg)),
         });
         let udp = Arc::new(UdpSocket::from_std(udp)?);
@@ -389,6 +496,7 @@ impl DnsProxy {
         };
         let app_ref = Some(app);
         if let Some(reply) = local_answer(&cfg, &query) {
+            self.observer.learn(cfg.zone, src, &qname, &reply);
             self.log_entry(src, app_ref, &qname, &qtype, &answers_of(&reply), &rcode(ResponseCode::NoError), "local");
             return reply.to_vec().ok();
         }
@@ -416,6 +524,7 @@ impl DnsProxy {
         }
         // Host sets first, answer second: no connection can beat its own allow entry.
         self.update_hosts(app, &qname, &parsed);
+        self.observer.learn(cfg.zone, src, &qname, &parsed);
         self.log_entry(src, app_ref, &qname, &qtype, &answers_of(&parsed), &rcode(parsed.metadata.response_code), "upstream");
         Some(answer)
     }
@@ -473,6 +582,12 @@ impl DnsProxy {
             source: source.to_string(),
         };
         debug!(?entry, "dns");
+        let source = match source {
+            "local" => AnswerSource::Local,
+            "upstream" => AnswerSource::Upstream,
+            _ => AnswerSource::None,
+        };
+        self.observer.observe(&entry, source);
         if let Ok(mut line) = serde_json::to_vec(&entry) {
             line.push(b'\n');
             self.log.lock().unwrap().append(&line);

@@ -60,13 +60,14 @@ impl NiServices {
 pub struct Services {
     nis: BTreeMap<String, NiServices>,
     uplinks: Arc<RwLock<Uplinks>>,
+    dns: Arc<dns::DnsObserver>,
 }
 
 impl Services {
     /// `uplinks` is kept current by the agent (the metadata server reports the uplink
-    /// address).
-    pub fn new(uplinks: Arc<RwLock<Uplinks>>) -> Services {
-        Services { nis: BTreeMap::new(), uplinks }
+    /// address); the DNS proxies report to `dns`.
+    pub fn new(uplinks: Arc<RwLock<Uplinks>>, dns: Arc<dns::DnsObserver>) -> Services {
+        Services { nis: BTreeMap::new(), uplinks, dns }
     }
 
     /// Starts, updates and stops services to match `plan`. NIs in `rebuilt` have a new
@@ -108,7 +109,7 @@ impl Services {
         let dns_cfg = dns_config(plan, ni, &ns).await?;
         match &s.dns {
             Some(h) => h.update(dns_cfg),
-            None => s.dns = Some(dns::DnsProxy::spawn(dns_cfg, &ns, &plan.pin_dir).context("starting the DNS proxy")?),
+            None => s.dns = Some(dns::DnsProxy::spawn(dns_cfg, &ns, &plan.pin_dir, self.dns.clone()).context("starting the DNS proxy")?),
         }
         let meta = metadata::NiMetaConfig {
             ni: ni.name.clone(),

@@ -509,6 +509,9 @@ async fn list_sas(client: &mut rsvici::Client) -> Result<Vec<IkeSa>> {
     Ok(out)
 }
 
+/// `TunnelStatus::state` of a tunnel with an installed CHILD_SA.
+pub const STATE_UP: &str = "up";
+
 /// A VPN NI's tunnel as `netns-agent status` shows it.
 #[derive(Debug, Serialize)]
 pub struct TunnelStatus {
@@ -571,7 +574,7 @@ pub async fn tunnel_status(state_dir: &Path, ni: &str) -> TunnelStatus {
         let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
         if let Some(child) = ike.child_sas.values().filter(|c| c.name == CONN).max_by_key(|c| c.state == "INSTALLED") {
             if child.state == "INSTALLED" {
-                st.state = "up".into();
+                st.state = STATE_UP.into();
             }
             st.child_state = Some(child.state.clone());
             st.encap = Some(format!(
