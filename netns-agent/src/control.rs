@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     flowlog::LogRecord,
+    source::ConfigSource,
     state::{ApplyReport, StateDir},
 };
 
@@ -33,6 +34,20 @@ pub enum ControlRequest {
 pub struct ApplyRequest {
     /// The config file to apply (absolute).
     pub config: PathBuf,
+    /// `config` is an EdgeDevConfig, with these bindings.
+    #[serde(default)]
+    pub eve: bool,
+    #[serde(default)]
+    pub bindings: Option<PathBuf>,
+}
+
+impl ApplyRequest {
+    pub fn source(&self) -> ConfigSource {
+        match self.eve {
+            true => ConfigSource::Eve { config: self.config.clone(), bindings: self.bindings.clone() },
+            false => ConfigSource::Toml(self.config.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -140,11 +155,15 @@ pub async fn follow_flows(state_dir: &Path, json: bool) -> Result<()> {
 }
 
 /// Asks the agent running over `state_dir` to apply `config`; waits for its answer.
-pub async fn request_apply(state_dir: &Path, config: &Path) -> Result<ApplyReply> {
+pub async fn request_apply(state_dir: &Path, source: &ConfigSource) -> Result<ApplyReply> {
     let stream = UnixStream::connect(StateDir::control_socket(state_dir)).await.map_err(|e| connect_error(state_dir, e))?;
-    let config = std::fs::canonicalize(config).with_context(|| format!("reading {}", config.display()))?;
+    std::fs::metadata(source.path()).with_context(|| format!("reading {}", source.path().display()))?;
+    let request = match source.canonical() {
+        ConfigSource::Toml(config) => ApplyRequest { config, eve: false, bindings: None },
+        ConfigSource::Eve { config, bindings } => ApplyRequest { config, eve: true, bindings },
+    };
     let (read, mut write) = stream.into_split();
-    let mut out = serde_json::to_vec(&ControlRequest::Apply(ApplyRequest { config }))?;
+    let mut out = serde_json::to_vec(&ControlRequest::Apply(request))?;
     out.push(b'\n');
     write.write_all(&out).await?;
     let mut line = String::new();

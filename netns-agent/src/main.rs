@@ -4,6 +4,7 @@
 mod config;
 mod control;
 mod datapath;
+mod eve;
 mod flowlog;
 mod flows;
 mod metrics;
@@ -12,6 +13,7 @@ mod netns;
 mod plan;
 mod reconcile;
 mod services;
+mod source;
 mod state;
 mod status;
 
@@ -33,19 +35,27 @@ enum Command {
     /// Apply the config and stay in the foreground; SIGINT/SIGTERM stop the agent and leave
     /// the data path enforcing (`down` removes it).
     Run {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Check the config and print what it would create; changes nothing.
     Validate {
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Print the TOML config an EdgeDevConfig (with its bindings) amounts to; changes
+    /// nothing (NI indexes and app numbers: those on record, new ones as they would be).
+    Convert {
         #[arg(long)]
-        config: PathBuf,
+        eve_config: PathBuf,
+        #[arg(long)]
+        bindings: Option<PathBuf>,
     },
     /// Hand a changed config to the running agent; exits 0 once it is applied, 1 with
     /// every error when it is refused (nothing changed) or an NI failed.
     Apply {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Remove everything the agent's record names (namespaces, links, pins, map entries,
     /// leftover service processes), with or without the config.
@@ -95,6 +105,25 @@ enum Command {
     },
 }
 
+/// The config: our TOML, or EVE's EdgeDevConfig with a bindings file.
+#[derive(clap::Args)]
+struct SourceArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// An EdgeDevConfig (JSON), converted as `convert` shows.
+    #[arg(long)]
+    eve_config: Option<PathBuf>,
+    /// With --eve-config: app runtimes, VPN parameters, uplink DNS, [agent] settings.
+    #[arg(long)]
+    bindings: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    fn source(self) -> Result<source::ConfigSource> {
+        source::ConfigSource::from_args(self.config, self.eve_config, self.bindings)
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -118,8 +147,8 @@ fn main() {
 
 async fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Validate { config } => {
-            let cfg = config::Config::load(&config)?;
+        Command::Validate { source } => {
+            let cfg = source.source()?.load()?.config;
             let plan = plan::build(&cfg);
             for ni in &plan.nis {
                 println!(
@@ -133,10 +162,20 @@ async fn dispatch(command: Command) -> Result<()> {
             println!("config is valid");
             Ok(())
         }
-        Command::Run { config } => run(&config).await,
-        Command::Apply { config } => {
-            let (_, state_dir) = config::agent_dirs(&config)?;
-            let reply = control::request_apply(&state_dir, &config).await?;
+        Command::Run { source } => run(source.source()?.canonical()).await,
+        Command::Convert { eve_config, bindings } => {
+            let state_dir = eve::state_dir(bindings.as_deref())?;
+            let converted = eve::load(&eve_config, bindings.as_deref(), eve::EveIds::read(&state_dir)?)?;
+            let text = converted.to_toml(&eve_config)?;
+            // What `run --eve-config` would refuse, `convert` refuses too (but the apps'
+            // namespaces need not exist here).
+            config::parse(&format!("{} (as converted)", eve_config.display()), &text, &config::AnyNetns)?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Apply { source } => {
+            let source = source.source()?;
+            let reply = control::request_apply(&source.state_dir()?, &source).await?;
             if let Some(r) = &reply.report {
                 for c in &r.changes {
                     println!("{c}");
@@ -247,9 +286,9 @@ async fn down(state_dir: &std::path::Path) -> Result<()> {
 
 /// The running agent: applies the config, then follows SIGHUP and `apply` requests
 /// (each a new apply of a whole config), uplink changes and conntrack expiry.
-async fn run(config_path: &std::path::Path) -> Result<()> {
-    let cfg = config::Config::load(config_path)?;
-    let mut plan = plan::build(&cfg);
+async fn run(source: source::ConfigSource) -> Result<()> {
+    let loaded = source.load()?;
+    let mut plan = plan::build(&loaded.config);
     let mut applier = reconcile::Applier::open(&plan.pin_dir, &plan.state_dir)?;
     let record = applier.record();
     if status::agent_alive(record.agent_pid) && record.agent_pid != std::process::id() {
@@ -258,7 +297,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
     // Services an earlier agent left running (killed: it could not stop them).
     let vpn_nis: Vec<String> = record.nis.values().filter(|n| n.plan.vpn.is_some()).map(|n| n.plan.name.clone()).collect();
     services::reap_leftovers(&plan.state_dir, &vpn_nis);
-    let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
+    let config_path = source.path().to_path_buf();
     let shared_uplinks = std::sync::Arc::new(std::sync::RwLock::new(netlink::Uplinks::new()));
     let (dns_tx, mut dns_requests) = tokio::sync::mpsc::channel(DNS_RECORD_QUEUE);
     let dns = std::sync::Arc::new(services::dns::DnsObserver::new(Some(dns_tx)));
@@ -292,6 +331,9 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
             return Err(e);
         }
     };
+    if let Err(e) = loaded.applied(&mut applier) {
+        warn!("{e:#}");
+    }
     *shared_uplinks.write().unwrap() = applier.uplinks().clone();
     for e in services.reconcile(&plan, &outcome.rebuilt).await {
         warn!("{e:#}");
@@ -339,7 +381,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: applying {}", config_path.display());
-                let reply = reload(&mut applier, &mut services, &mut plan, &config_path, "sighup").await;
+                let reply = reload(&mut applier, &mut services, &mut plan, &source, "sighup").await;
                 *shared_uplinks.write().unwrap() = applier.uplinks().clone();
                 // An apply may have unpinned the maps (no NI left) and pinned new ones.
                 maps = datapath::Maps::open(&plan.pin_dir).ok();
@@ -353,7 +395,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
             }
             Some(request) = control.recv() => {
                 info!("apply request: {}", request.apply.config.display());
-                let reply = reload(&mut applier, &mut services, &mut plan, &request.apply.config, "apply").await;
+                let reply = reload(&mut applier, &mut services, &mut plan, &request.apply.source(), "apply").await;
                 *shared_uplinks.write().unwrap() = applier.uplinks().clone();
                 maps = datapath::Maps::open(&plan.pin_dir).ok();
                 flow_log.removed(&applier.take_removed_flows(), flowlog::Lookups { names: &names, maps: maps.as_ref(), dns: &dns });
@@ -435,25 +477,25 @@ async fn after_reload(
     applied_names(plan, figures)
 }
 
-/// Applies the config at `path` on the running agent: validated first (a bad config is
+/// Applies the config from `source` on the running agent: validated first (a bad config is
 /// refused with every error and changes nothing), then applied as a diff, then the
 /// services follow. `plan` becomes the new plan once it is applied.
 async fn reload(
     applier: &mut reconcile::Applier,
     services: &mut services::Services,
     plan: &mut plan::Plan,
-    path: &std::path::Path,
+    source: &source::ConfigSource,
     trigger: &str,
 ) -> control::ApplyReply {
     let refused = |e: anyhow::Error| control::ApplyReply { refused: true, errors: vec![format!("{e:#}")], ..Default::default() };
-    let cfg = match config::Config::load(path) {
-        Ok(cfg) => cfg,
+    let loaded = match source.load() {
+        Ok(l) => l,
         Err(e) => {
             warn!("config refused, nothing changed: {e:#}");
             return refused(e);
         }
     };
-    let new_plan = plan::build(&cfg);
+    let new_plan = plan::build(&loaded.config);
     let outcome = match applier.apply(&new_plan, trigger).await {
         Ok(o) => o,
         Err(e) => {
@@ -462,6 +504,9 @@ async fn reload(
         }
     };
     let mut errors = outcome.report.errors.clone();
+    if let Err(e) = loaded.applied(applier) {
+        errors.push(format!("{e:#}"));
+    }
     errors.extend(services.reconcile(&new_plan, &outcome.rebuilt).await.iter().map(|e| format!("{e:#}")));
     *plan = new_plan;
     control::ApplyReply { ok: errors.is_empty(), refused: false, report: Some(outcome.report), errors }

@@ -78,6 +78,9 @@ pub struct AppliedState {
     pub agent_pid: u32,
     #[serde(default)]
     pub config_path: Option<PathBuf>,
+    /// An EdgeDevConfig's `id.version`, as last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<String>,
     /// How many applies the running agent finished (the tests wait on it).
     #[serde(default)]
     pub applies: u64,

@@ -289,12 +289,19 @@ impl Scenario {
 
     /// Starts `netns-agent run` in zedbox and waits until it has applied the config.
     pub fn start_agent(&mut self) {
+        let config = self.config_path.display().to_string();
+        self.start_agent_with(&["--config", &config]);
+    }
+
+    /// Starts `netns-agent run ARGS` (the config's source) in zedbox and waits until it
+    /// has applied it.
+    pub fn start_agent_with(&mut self, args: &[&str]) {
         let log = std::fs::File::create(self.log_path()).expect("agent log");
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.zedbox))
             .arg(agent_bin())
-            .args(["run", "--config"])
-            .arg(&self.config_path)
+            .arg("run")
+            .args(args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -51,142 +51,11 @@ const CLOUD_LAN_IP: &str = "192.168.0.1";
 pub(crate) const ALLOWED_SITE: &str = "10.99.0.10";
 const BLOCKED_SITE: &str = "10.98.0.10";
 
-const CONFIG: &str = r#"# The seed scenario (cargo xtask demo): NI1-NI6, app1-app6.
-[agent]
-flow_log = "/run/netns-agent/flows.jsonl"   # every flow's records; `flows --follow` streams them
-metrics = "127.0.0.1:9090"                  # Prometheus text at /metrics, in zedbox
-
-[[uplink]]
-name = "eth0"
-dns = ["10.99.0.53"]
-[[uplink]]
-name = "eth1"
-dns = ["10.99.0.53"]
-[[uplink]]
-name = "eth2"
-dns = ["10.99.0.53"]
-[[uplink]]
-name = "eth3"                  # bridged by the switch NI6
-
-[[network]]
-name = "ni1"
-kind = "local"
-subnet = "10.10.1.0/24"
-gateway = "10.10.1.1"
-uplink = "eth0"
-
-[[network]]
-name = "ni2"
-kind = "local"
-subnet = "192.168.1.0/24"      # the same as eth1's subnet
-gateway = "192.168.1.1"
-uplink = "eth0"
-
-[[network]]
-name = "ni3"
-kind = "local"
-subnet = "10.10.1.0/24"        # the same as NI1's
-gateway = "10.10.1.1"
-uplink = "eth1"
-
-[[network]]
-name = "ni4"
-kind = "vpn"
-subnet = "10.10.10.0/24"
-gateway = "10.10.10.1"
-uplink = "eth1"
-[network.vpn]
-remote = "192.168.111.1"
-psk = "cloud1-secret"
-remote_ts = ["192.168.0.0/24"]
-ike_proposals = "aes256-sha1-modp2048"
-esp_proposals = "aes128-sha1"
-backend = "@backend"           # "kernel" (xfrm) where the kernel has ESP, as on devices;
-                               # "libipsec" (userspace ESP) where it has none
-
-[[network]]
-name = "ni5"
-kind = "vpn"
-subnet = "10.10.10.0/24"       # the same as NI4's, with the same selectors
-gateway = "10.10.10.1"
-uplink = "eth2"
-[network.vpn]
-remote = "192.168.222.1"
-psk = "cloud2-secret"
-remote_ts = ["192.168.0.0/24"]
-ike_proposals = "aes256-sha1-modp2048"
-esp_proposals = "aes128-sha1"
-backend = "@backend"
-
-[[network]]
-name = "ni6"
-kind = "switch"
-subnet = "192.168.3.0/24"      # eth3's, served by gw's DHCP server
-gateway = "192.168.3.1"
-uplink = "eth3"
-
-[[app]]
-name = "app1"
-netns = "app1"
-[[app.interface]]              # nbu1x1
-network = "ni1"
-ip = "10.10.1.2"
-acl = [
-  { id = 1, match = { host = "github.com" } },
-  { id = 2, match = { ip = "192.168.0.0/16" } },
-]
-[[app.interface]]              # nbu2x1
-network = "ni2"
-ip = "192.168.1.20"
-acl = [
-  { id = 1, match = { eidset = true, protocol = "tcp", fport = 80 } },
-]
-
-[[app]]
-name = "app2"
-netns = "app2"
-[[app.interface]]              # nbu1x2
-network = "ni2"
-ip = "192.168.1.10"
-acl = [
-  { id = 1, match = { eidset = true, protocol = "tcp", fport = 80 } },
-  { id = 2, match = { protocol = "tcp", lport = 8080 }, action = { portmap = 80 } },
-]
-
-[[app]]
-name = "app3"                  # a VM: no netns of its own, a tap made by the hypervisor
-[[app.interface]]
-network = "ni3"
-tap = "nbu1x3"
-ip = "10.10.1.2"
-mac = "02:16:3e:03:03:01"      # the guest NIC's, for its DHCP lease
-acl = [{ id = 1, match = { ip = "0.0.0.0/0" } }]
-
-[[app]]
-name = "app4"
-netns = "app4"
-[[app.interface]]
-network = "ni4"
-ip = "10.10.10.4"
-acl = [{ id = 1, match = { ip = "192.168.0.0/24" } }]
-
-[[app]]
-name = "app5"
-netns = "app5"
-[[app.interface]]
-network = "ni5"
-ip = "10.10.10.5"
-acl = [{ id = 1, match = { ip = "192.168.0.0/24" } }]
-
-[[app]]
-name = "app6"
-netns = "app6"
-[[app.interface]]
-network = "ni6"
-ip = "192.168.3.6"             # gw's DHCP reservation
-mac = "02:16:3e:06:06:01"
-acl = [{ id = 1, match = { ip = "192.168.0.0/16" }, action = { limit = { rate = 5, unit = "s", burst = 15 } } }]
-"#;
+const CONFIG: &str = include_str!("demo.toml");
+/// `demo --eve`: the same scenario as EVE's controller sends it, and what it leaves to
+/// the device.
+const EVE_CONFIG: &str = "tests/eve/scenario.json";
+const EVE_BINDINGS: &str = include_str!("demo-bindings.toml");
 
 /// The internet's DNS: github.com and zededa.com -> 10.99.0.10, google.com -> 10.98.0.10.
 const MOCK_DNS: &str = r#"
@@ -256,6 +125,9 @@ const UDHCPC_SCRIPT: &str = "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr ad
 struct Demo {
     agent_bin: PathBuf,
     config: PathBuf,
+    /// `--eve`: the agent runs from the seed's EdgeDevConfig and these bindings instead of
+    /// `config` (which then serves `down` and `status`: the same state dir).
+    eve: Option<(PathBuf, PathBuf)>,
     web_root: PathBuf,
     agent: Option<Child>,
     servers: Vec<Child>,
@@ -264,7 +136,7 @@ struct Demo {
     ipsec_backend: &'static str,
 }
 
-pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
+pub fn run(agent_bin: &Path, keep: bool, eve: bool) -> Result<()> {
     for ns in all_namespaces() {
         if Path::new("/run/netns").join(ns).exists() {
             bail!("netns {ns} already exists: a previous demo is still up (`cargo xtask demo` removes it when it ends; after --keep use the printed command)");
@@ -276,6 +148,7 @@ pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
     let mut demo = Demo {
         agent_bin: agent_bin.to_path_buf(),
         config: dir.join("demo.toml"),
+        eve: eve.then(|| (crate::workspace_root().join(EVE_CONFIG), dir.join("demo-bindings.toml"))),
         web_root: dir.clone(),
         agent: None,
         servers: Vec::new(),
@@ -283,6 +156,9 @@ pub fn run(agent_bin: &Path, keep: bool) -> Result<()> {
         ipsec_backend,
     };
     std::fs::write(&demo.config, CONFIG.replace("@backend", ipsec_backend))?;
+    if let Some((_, bindings)) = &demo.eve {
+        std::fs::write(bindings, EVE_BINDINGS.replace("@backend", ipsec_backend))?;
+    }
     let result = demo.scenario();
     if keep && result.is_ok() {
         println!("\n--keep: everything stays up. Explore with e.g.");
@@ -343,12 +219,21 @@ impl Demo {
         build_seed_world()?;
         self.outside_services()?;
 
-        step("agent: netns-agent run (inside zedbox)");
+        let source: Vec<&std::ffi::OsStr> = match &self.eve {
+            Some((json, bindings)) => {
+                step(&format!("agent: netns-agent run --eve-config {} --bindings {} (inside zedbox)", json.display(), bindings.display()));
+                vec!["--eve-config".as_ref(), json.as_os_str(), "--bindings".as_ref(), bindings.as_os_str()]
+            }
+            None => {
+                step("agent: netns-agent run (inside zedbox)");
+                vec!["--config".as_ref(), self.config.as_os_str()]
+            }
+        };
         let agent = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ZEDBOX}"))
             .arg(&self.agent_bin)
-            .args(["run", "--config"])
-            .arg(&self.config)
+            .arg("run")
+            .args(source)
             .spawn()
             .context("starting the agent")?;
         self.agent = Some(agent);

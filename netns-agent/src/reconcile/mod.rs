@@ -107,6 +107,15 @@ impl Applier {
 
     /// Marks the record as followed by this process (or by none: pid 0); its apply count
     /// starts again.
+    /// Records the version of the config just applied (an EdgeDevConfig's `id.version`).
+    pub fn set_config_version(&mut self, version: Option<String>) -> Result<()> {
+        if self.record.config_version != version {
+            self.record.config_version = version;
+            self.save()?;
+        }
+        Ok(())
+    }
+
     pub fn set_agent(&mut self, pid: u32, config: Option<PathBuf>) -> Result<()> {
         self.record.agent_pid = pid;
         self.record.config_path = config;
