@@ -283,15 +283,76 @@ fn metadata_from_overlapping_nis_returns_each_app_its_own() {
     assert_eq!(get(s.app("app1"), "/eve/v1/hostname"), "app1 200");
     assert_eq!(get(s.app("app3"), "/eve/v1/hostname"), "app3 200");
     assert_eq!(get(s.app("app1"), "/user-data"), "#cloud-config\nhostname: app-one\n 200");
-    assert_eq!(get(s.app("app3"), "/user-data"), " 404", "app3 has no user-data");
+    assert_eq!(get(s.app("app3"), "/user-data"), "not found: /user-data\n 404", "app3 has no user-data");
     assert!(get(s.app("app3"), "/meta-data").starts_with("instance-id: app3\n"));
-    assert_eq!(get(s.app("app1"), "/eve/v1/no-such-thing"), " 404");
-    assert_eq!(get(s.app("app1"), "/admin"), " 404");
+    assert_eq!(get(s.app("app1"), "/eve/v1/no-such-thing"), "not found: /eve/v1/no-such-thing\n 404");
+    assert_eq!(get(s.app("app1"), "/admin"), "not found: /admin\n 404");
     // No uplink: no external address.
     assert!(get(s.app("app1"), "/eve/v1/network.json").contains("\"external-ipv4\":\"\""));
     // The NI's own netns is no app: nothing for it.
     let out = s.exec(s.ni("ni1"), &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "http://10.10.1.1/eve/v1/hostname"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}
+
+/// Every path the metadata server lists, asked by app1 and by app2 (same NI) and app3
+/// (another NI, app1's address): each gets its own data, never another app's; the index
+/// lists what is served; unknown paths get a short 404.
+#[test]
+fn every_metadata_path_answers_the_app_that_asks() {
+    let s = scenario();
+    let get = |ns: &str, path: &str| -> (String, String) {
+        let out = s.exec(ns, &["curl", "-s", "-w", "\n%{http_code}", "--max-time", "3", &format!("http://169.254.169.254{path}")]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (body.to_string(), code.to_string())
+    };
+    let (index, code) = get(s.app("app1"), "/");
+    assert_eq!(code, "200", "{index}");
+    let paths: Vec<String> = index.lines().skip(1).map(|p| format!("/{p}")).collect();
+    println!("the index lists {} paths: {paths:?}", paths.len());
+    assert!(paths.len() >= 12, "{index}");
+    for path in &paths {
+        let mut bodies = Vec::new();
+        for (app, ip) in [("app1", "10.10.1.2"), ("app2", "10.10.1.3"), ("app3", "10.10.1.2")] {
+            let (body, code) = get(s.app(app), path);
+            let expect_404 = (path.contains("user") && app != "app1") || path == "/vendor-data";
+            if path == "/vendor-data" {
+                assert_eq!((code.as_str(), body.as_str()), ("200", ""), "{path} for {app}");
+                continue;
+            }
+            if expect_404 {
+                assert_eq!(code, "404", "{path} for {app}: no user data: {body}");
+                continue;
+            }
+            assert_eq!(code, "200", "{path} for {app}: {body}");
+            // What names an app names the one that asked, and no other.
+            let names_app = !["external_ipv4", "discover-network", "user", "vendor"].iter().any(|p| path.contains(p));
+            if names_app {
+                assert!(body.contains(app), "{path} for {app}: {body}");
+            }
+            for other in ["app1", "app2", "app3"].iter().filter(|o| **o != app) {
+                assert!(!body.contains(other), "{path} for {app} tells of {other}: {body}");
+            }
+            if path.ends_with(".json") {
+                let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+                if path.ends_with("info.json") {
+                    assert_eq!(v["ip"], ip, "{v}");
+                }
+                if path.ends_with("network_data.json") {
+                    assert_eq!((v["networks"][0]["ip_address"].as_str(), v["services"][0]["address"].as_str()), (Some(ip), Some("10.10.1.1")), "{v}");
+                }
+            }
+            bodies.push(body);
+        }
+        println!("{path}: {:?}", bodies.first().map(|b| b.chars().take(100).collect::<String>()));
+    }
+    assert_eq!(get(s.app("app1"), "/openstack").0, "latest\n");
+    assert_eq!(get(s.app("app1"), "/openstack/latest/user_data").0, "#cloud-config\nhostname: app-one\n");
+    assert_eq!(get(s.app("app1"), "/nothing/here"), ("not found: /nothing/here\n".to_string(), "404".to_string()));
+    assert_eq!(get(s.app("app1"), "/openstack/2012-08-10/meta_data.json").1, "404");
+    // The NI's own netns is no app: not even the index.
+    let out = s.exec(s.ni("ni1"), &["curl", "-s", "-w", " %{http_code}", "--max-time", "3", "http://10.10.1.1/"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "not an app of this network\n 404");
 }
 
 #[test]

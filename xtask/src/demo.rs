@@ -296,6 +296,9 @@ impl Demo {
             nat.contains("\"src\": \"169.254.100.2\"") && nat.contains("\"to\": \"169.254.100.6:8080\""));
         self.check("app1 via NI2 -> 192.168.0.2:8080: BLOCKED (no ACE of app1 in NI2 allows it; the seed's TODO)",
             curl_via_ni2_default_route().is_none());
+        // The walkthrough's `curl 169.254.169.254; echo $?`: a page, and 0.
+        self.check("app1: curl 169.254.169.254: the metadata server's index of what it serves",
+            curl("app1", &["-f"], "169.254.169.254").is_some_and(|page| page.contains("eve/v1/network.json") && page.contains("openstack/latest/meta_data.json")));
         for app in APPS {
             self.check(&format!("{app}: curl 169.254.169.254/eve/v1/hostname: its NI's metadata server knows it"),
                 curl(app, &[], "169.254.169.254/eve/v1/hostname").as_deref() == Some(app));

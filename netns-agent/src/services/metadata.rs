@@ -1,9 +1,9 @@
 //! The metadata server of an NI, on its gateway:80 (apps reach it at 169.254.169.254,
 //! translated by the app-port programs). An app is known by the app port its connection
 //! came through (the mark of its SYN, see `caller`), and its source address must be that
-//! app's on this NI (NIs may overlap: each NI has its own server). Serves cloud-init's
-//! NoCloud files and EVE's /eve/v1 endpoints that apply here; unknown paths 404,
-//! non-apps get nothing.
+//! app's on this NI (NIs may overlap: each NI has its own server). Serves an index at
+//! `/`, cloud-init's NoCloud files and OpenStack data source paths, and EVE's /eve/v1
+//! endpoints that apply here; unknown paths 404 with a short text, non-apps get nothing.
 
 use std::{
     collections::HashMap,
@@ -20,6 +20,7 @@ use axum::{
     serve::IncomingStream,
     Json, Router,
 };
+use serde::Serialize;
 use tracing::info;
 
 use crate::{netlink::Uplinks, netns::Netns};
@@ -27,14 +28,17 @@ use crate::{netlink::Uplinks, netns::Netns};
 #[derive(Debug, Clone)]
 pub struct AppMeta {
     pub app: String,
-    /// The app's address on this NI.
+    pub app_num: u32,
+    /// The app's address on this NI, and its interface's MAC.
     pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
     pub user_data: Option<String>,
 }
 
 #[derive(Clone)]
 pub struct NiMetaConfig {
     pub ni: String,
+    pub subnet: ipnet::Ipv4Net,
     pub gateway: Ipv4Addr,
     /// By app number (the top byte of the connection mark).
     pub apps: HashMap<u32, AppMeta>,
@@ -73,9 +77,13 @@ pub fn spawn(cfg: NiMetaConfig, ns: &Netns) -> Result<MetaHandle> {
     info!("{}: metadata server on {addr}", cfg.ni);
     let shared: Shared = Arc::new(RwLock::new(Arc::new(cfg)));
     let router = Router::new()
+        .route("/", get(index))
         .route("/eve/v1/{item}", get(eve))
+        .route("/eve/v1/app/info.json", get(app_info))
+        .route("/openstack", get(openstack_versions))
+        .route("/openstack/{version}/{item}", get(openstack))
         .route("/{item}", get(nocloud))
-        .fallback(|| async { StatusCode::NOT_FOUND })
+        .fallback(|uri: axum::http::Uri| async move { not_found(uri.path()) })
         .with_state(shared.clone());
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router.into_make_service_with_connect_info::<Caller>()).await;
@@ -110,34 +118,226 @@ fn external_ipv4(cfg: &NiMetaConfig) -> String {
     cfg.uplink.as_ref().and_then(|u| uplinks.get(u)).map(|u| u.ip.to_string()).unwrap_or_default()
 }
 
+/// What `/` lists: every path this server answers.
+const INDEX: &[&str] = &[
+    "eve/v1/network.json",
+    "eve/v1/external_ipv4",
+    "eve/v1/hostname",
+    "eve/v1/discover-network.json",
+    "eve/v1/app/info.json",
+    "meta-data",
+    "user-data",
+    "vendor-data",
+    "openstack/latest/meta_data.json",
+    "openstack/latest/user_data",
+    "openstack/latest/network_data.json",
+    "openstack/latest/vendor_data.json",
+];
+
+fn not_found(path: &str) -> Response {
+    (StatusCode::NOT_FOUND, format!("not found: {path}\n")).into_response()
+}
+
+/// A caller that is no app of this NI (or not from its port) gets nothing, not even the index.
+fn not_an_app() -> Response {
+    (StatusCode::NOT_FOUND, "not an app of this network\n").into_response()
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+async fn index(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>) -> Response {
+    let cfg = shared.read().unwrap().clone();
+    if app_of(&cfg, &caller).is_none() {
+        return not_an_app();
+    }
+    let mut text = format!("metadata of network instance {} (EVE /eve/v1, cloud-init NoCloud and OpenStack):\n", cfg.ni);
+    for path in INDEX {
+        text.push_str(path);
+        text.push('\n');
+    }
+    text.into_response()
+}
+
+/// `/eve/v1/network.json`.
+#[derive(Serialize)]
+struct NetworkJson {
+    #[serde(rename = "caller-ip")]
+    caller_ip: String,
+    #[serde(rename = "external-ipv4")]
+    external_ipv4: String,
+    hostname: String,
+    name: String,
+}
+
+/// `/eve/v1/discover-network.json`: the NI as the app sees it, and its way out.
+#[derive(Serialize)]
+struct DiscoverNetwork {
+    network: String,
+    subnet: String,
+    gateway: Ipv4Addr,
+    dns: Vec<Ipv4Addr>,
+    /// The uplink and its address (None: the NI has no way out).
+    uplink: Option<String>,
+    #[serde(rename = "external-ipv4")]
+    external_ipv4: String,
+}
+
+/// `/eve/v1/app/info.json`.
+#[derive(Serialize)]
+struct AppInfo {
+    name: String,
+    app_num: u32,
+    network: String,
+    ip: Ipv4Addr,
+    mac: String,
+}
+
 async fn eve(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>, Path(item): Path<String>) -> Response {
     let cfg = shared.read().unwrap().clone();
-    let Some(app) = app_of(&cfg, &caller) else { return StatusCode::NOT_FOUND.into_response() };
+    let Some(app) = app_of(&cfg, &caller) else { return not_an_app() };
     match item.as_str() {
-        "network.json" => Json(serde_json::json!({
-            "caller-ip": caller.addr.to_string(),
-            "external-ipv4": external_ipv4(&cfg),
-            "hostname": app.app,
-            "name": app.app,
-        }))
+        "network.json" => Json(NetworkJson {
+            caller_ip: caller.addr.to_string(),
+            external_ipv4: external_ipv4(&cfg),
+            hostname: app.app.clone(),
+            name: app.app,
+        })
         .into_response(),
         "external_ipv4" => external_ipv4(&cfg).into_response(),
         "hostname" => app.app.into_response(),
-        _ => StatusCode::NOT_FOUND.into_response(),
+        "discover-network.json" => Json(DiscoverNetwork {
+            network: cfg.ni.clone(),
+            subnet: cfg.subnet.to_string(),
+            gateway: cfg.gateway,
+            dns: vec![cfg.gateway],
+            uplink: cfg.uplink.clone(),
+            external_ipv4: external_ipv4(&cfg),
+        })
+        .into_response(),
+        other => not_found(&format!("/eve/v1/{other}")),
+    }
+}
+
+async fn app_info(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>) -> Response {
+    let cfg = shared.read().unwrap().clone();
+    let Some(app) = app_of(&cfg, &caller) else { return not_an_app() };
+    Json(AppInfo { name: app.app, app_num: app.app_num, network: cfg.ni.clone(), ip: app.ip, mac: mac_text(&app.mac) }).into_response()
+}
+
+/// cloud-init's OpenStack data source asks for the versions first.
+async fn openstack_versions(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>) -> Response {
+    let cfg = shared.read().unwrap().clone();
+    if app_of(&cfg, &caller).is_none() {
+        return not_an_app();
+    }
+    "latest\n".into_response()
+}
+
+/// `/openstack/latest/meta_data.json`.
+#[derive(Serialize)]
+struct OpenStackMeta {
+    uuid: String,
+    name: String,
+    hostname: String,
+    launch_index: u32,
+    availability_zone: String,
+}
+
+/// `/openstack/latest/network_data.json`: one link, its static IPv4 network, DNS.
+#[derive(Serialize)]
+struct OpenStackNetworkData {
+    links: Vec<OpenStackLink>,
+    networks: Vec<OpenStackNetwork>,
+    services: Vec<OpenStackService>,
+}
+
+#[derive(Serialize)]
+struct OpenStackLink {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ethernet_mac_address: String,
+    mtu: u32,
+}
+
+#[derive(Serialize)]
+struct OpenStackNetwork {
+    id: String,
+    link: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ip_address: Ipv4Addr,
+    netmask: Ipv4Addr,
+    routes: Vec<OpenStackRoute>,
+}
+
+#[derive(Serialize)]
+struct OpenStackRoute {
+    network: Ipv4Addr,
+    netmask: Ipv4Addr,
+    gateway: Ipv4Addr,
+}
+
+#[derive(Serialize)]
+struct OpenStackService {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    address: Ipv4Addr,
+}
+
+async fn openstack(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>, Path((version, item)): Path<(String, String)>) -> Response {
+    let cfg = shared.read().unwrap().clone();
+    let Some(app) = app_of(&cfg, &caller) else { return not_an_app() };
+    if version != "latest" {
+        return not_found(&format!("/openstack/{version}/{item}"));
+    }
+    match item.as_str() {
+        "meta_data.json" => Json(OpenStackMeta {
+            uuid: format!("{}-{}", cfg.ni, app.app),
+            name: app.app.clone(),
+            hostname: app.app,
+            launch_index: 0,
+            availability_zone: cfg.ni.clone(),
+        })
+        .into_response(),
+        "user_data" => match app.user_data {
+            Some(u) => u.into_response(),
+            None => not_found("/openstack/latest/user_data"),
+        },
+        "vendor_data.json" => Json(serde_json::Map::new()).into_response(),
+        "network_data.json" => {
+            let link = format!("{}-{}", cfg.ni, app.app);
+            Json(OpenStackNetworkData {
+                links: vec![OpenStackLink { id: link.clone(), kind: "phy", ethernet_mac_address: mac_text(&app.mac), mtu: 1500 }],
+                networks: vec![OpenStackNetwork {
+                    id: cfg.ni.clone(),
+                    link,
+                    kind: "ipv4",
+                    ip_address: app.ip,
+                    netmask: cfg.subnet.netmask(),
+                    routes: vec![OpenStackRoute { network: Ipv4Addr::UNSPECIFIED, netmask: Ipv4Addr::UNSPECIFIED, gateway: cfg.gateway }],
+                }],
+                services: vec![OpenStackService { kind: "dns", address: cfg.gateway }],
+            })
+            .into_response()
+        }
+        other => not_found(&format!("/openstack/latest/{other}")),
     }
 }
 
 /// cloud-init's NoCloud (seedfrom http://169.254.169.254/) files.
 async fn nocloud(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>, Path(item): Path<String>) -> Response {
     let cfg = shared.read().unwrap().clone();
-    let Some(app) = app_of(&cfg, &caller) else { return StatusCode::NOT_FOUND.into_response() };
+    let Some(app) = app_of(&cfg, &caller) else { return not_an_app() };
     match item.as_str() {
         "user-data" => match app.user_data {
             Some(u) => u.into_response(),
-            None => StatusCode::NOT_FOUND.into_response(),
+            None => not_found("/user-data"),
         },
         "meta-data" => format!("instance-id: {}\nlocal-hostname: {}\n", app.app, app.app).into_response(),
         "vendor-data" => String::new().into_response(),
-        _ => StatusCode::NOT_FOUND.into_response(),
+        other => not_found(&format!("/{other}")),
     }
 }

@@ -113,11 +113,12 @@ impl Services {
         }
         let meta = metadata::NiMetaConfig {
             ni: ni.name.clone(),
+            subnet: ni.subnet,
             gateway: ni.gateway,
             apps: ni
                 .ports
                 .iter()
-                .map(|p| (p.app_num, metadata::AppMeta { app: p.app.clone(), ip: p.ip, user_data: p.user_data.clone() }))
+                .map(|p| (p.app_num, metadata::AppMeta { app: p.app.clone(), app_num: p.app_num, ip: p.ip, mac: p.mac, user_data: p.user_data.clone() }))
                 .collect(),
             uplink: ni.uplink.clone(),
             uplinks: self.uplinks.clone(),
