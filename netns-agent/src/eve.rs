@@ -768,7 +768,16 @@ fn convert_ace(ace: &Ace, at: &str) -> Result<TomlAce, Vec<String>> {
             },
             "host" if !value.is_empty() => Some(toml::Value::String(value.to_string())),
             "eidset" => Some(toml::Value::Boolean(true)),
-            "protocol" if !value.is_empty() => Some(toml::Value::String(value.to_ascii_lowercase())),
+            "protocol" => match value.to_ascii_lowercase().as_str() {
+                p @ ("tcp" | "udp" | "icmp") => Some(toml::Value::String(p.to_string())),
+                n => match n.parse::<u8>() {
+                    Ok(n) => Some(toml::Value::Integer(n as i64)),
+                    Err(_) => {
+                        errors.push(format!("{at}: protocol {value:?}: use tcp, udp, icmp or a number 0-255"));
+                        None
+                    }
+                },
+            },
             "fport" | "lport" => port(&mut errors),
             other => {
                 errors.push(format!("{at}: match type {other:?} is not supported (ip, host, eidset, protocol, fport, lport)"));
@@ -792,6 +801,13 @@ fn convert_ace(ace: &Ace, at: &str) -> Result<TomlAce, Vec<String>> {
             }
         },
         [a] if a.limit && !a.drop && !a.portmap => {
+            use netns_ebpf_common::limit::{MAX_BURST, MAX_RATE};
+            if !["s", "m", "h"].contains(&a.limitunit.as_str()) {
+                errors.push(format!("{at}.actions[0].limitunit {:?}: use \"s\", \"m\" or \"h\"", a.limitunit));
+            }
+            if !(1..=MAX_RATE).contains(&a.limitrate) || !(1..=MAX_BURST).contains(&a.limitburst) {
+                errors.push(format!("{at}.actions[0]: limitrate {} and limitburst {} must be 1-{MAX_RATE}", a.limitrate, a.limitburst));
+            }
             let limit = toml::Table::from_iter([
                 ("rate".to_string(), toml::Value::Integer(a.limitrate as i64)),
                 ("unit".to_string(), toml::Value::String(a.limitunit.clone())),

@@ -91,7 +91,7 @@ fn the_seed_scenario_converts_to_the_demo_config() {
     assert_eq!(nums, [1, 2, 3, 4, 5, 6]);
 }
 
-/// A dozen broken EdgeDevConfigs: each refused, the error naming its JSON path.
+/// Sixteen broken EdgeDevConfigs: each refused, the error naming its JSON path.
 #[test]
 fn broken_edge_dev_configs_are_refused_with_their_json_path() {
     let dir = TempDir::new("broken");
@@ -113,6 +113,8 @@ fn broken_edge_dev_configs_are_refused_with_their_json_path() {
         ("a DNS server not the gateway", Box::new(|c| c["networkInstances"][0]["ip"]["dns"] = json!(["8.8.8.8"])), "networkInstances[0].ip.dns[0] \"8.8.8.8\""),
         ("ACE id of the wrong type", Box::new(|c| c["apps"][0]["interfaces"][0]["acls"][0]["id"] = json!("one")), "at apps[0].interfaces[0].acls[0].id"),
         ("a port that is not a number", Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][0]["matches"][1]["value"] = json!("http")), "apps[1].interfaces[0].acls[0].matches[1]: fport \"http\""),
+        ("a limit in days", Box::new(|c| c["apps"][5]["interfaces"][0]["acls"][0]["actions"][0]["limitunit"] = json!("d")), "apps[5].interfaces[0].acls[0].actions[0].limitunit \"d\""),
+        ("an unknown protocol", Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][1]["matches"][0]["value"] = json!("sctp6")), "apps[1].interfaces[0].acls[1].matches[0]: protocol \"sctp6\""),
         ("two actions", Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][1]["actions"].as_array_mut().unwrap().push(json!({"drop": true}))), "apps[1].interfaces[0].acls[1].actions: one action per ACE"),
     ];
     for (what, break_it, expected) in &cases {
