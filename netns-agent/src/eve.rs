@@ -8,16 +8,19 @@
 //!   2 local, 3 VPN (its tunnel parameters from the bindings: EVE leaves `cfg.oconfig`
 //!   opaque); `port.name` is a logical label resolved through `systemAdapterList` and
 //!   `deviceIoList` to an interface (`phyaddrs.Ifname`), which becomes an `[[uplink]]`;
-//!   `ip.subnet/gateway/dhcpRange`; a switch NI without `ip` takes its gateway from the
-//!   port's `networks[]` entry.
-//! - `apps[]` -> `[[app]]`: `displayname`; `interfaces[]` in order, `networkId` -> the NI,
-//!   `addr`/`macAddress`; `acls[]` -> ACEs (`matches`: ip, host, eidset, protocol, fport,
+//!   `ip.subnet/gateway/dhcpRange`; a switch NI without `ip` takes its gateway (and
+//!   prefix) from the port's `networks[]` entry (`ip.gateway`, or `gw` as the seed's
+//!   scenario writes it), else from the bindings.
+//! - `apps[]` -> `[[app]]`: `displayname`, `userData` (base64); `interfaces[]` in order,
+//!   `networkId` -> the NI, `addr`/`macAddress`; `acls[]` -> ACEs (`matches`: ip, host, eidset, protocol, fport,
 //!   lport; `actions`: none = accept, drop, portmap + appPort, limit + rate/unit/burst).
 //! - NI index and app number are stable per UUID across versions and restarts (kept in
 //!   `<state_dir>/eve-ids.json`), not positional.
 //!
 //! Every error names its JSON path (`apps[2].interfaces[0].acls[1].matches[0]`); anything
-//! asked for that we do not support is an error, never dropped.
+//! asked for that we do not support is an error, never dropped (fields we do not map are
+//! read and refused when set; fields that ask for nothing, like names of things we
+//! resolve otherwise, are ignored).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -73,6 +76,17 @@ pub struct NetworkInstance {
     pub ip_type: EnumValue,
     #[serde(default)]
     pub ip: Option<IpSpec>,
+    /// Fields we do not support: refused when set (never dropped).
+    #[serde(default)]
+    pub dns: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub static_routes: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub mtu: u32,
+    #[serde(default)]
+    pub disable_flowlog: bool,
+    #[serde(default)]
+    pub vlan_access_ports: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +155,12 @@ pub struct AppInstance {
     pub activate: bool,
     #[serde(default)]
     pub interfaces: Vec<NetworkAdapter>,
+    /// cloud-init user data, base64 (served by the metadata server).
+    #[serde(default)]
+    pub user_data: String,
+    /// Encrypted user data: refused (we hold no device key).
+    #[serde(default)]
+    pub cipher_data: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +174,11 @@ pub struct NetworkAdapter {
     pub mac_address: String,
     #[serde(default)]
     pub acls: Vec<Ace>,
+    /// Refused when set: VLANs on switch NIs, discovery of the other apps.
+    #[serde(default)]
+    pub access_vlan_id: u32,
+    #[serde(default)]
+    pub allow_to_discover: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +191,9 @@ pub struct Ace {
     pub name: String,
     #[serde(default)]
     pub id: i64,
+    /// `ACEDirection`: only 0 (both) is supported.
+    #[serde(default)]
+    pub dir: EnumValue,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,7 +259,9 @@ impl std::fmt::Display for EnumValue {
 /// `ZNetworkInstType` (netinst.proto).
 const INST_TYPES: &[(i64, &str)] = &[(1, "ZnetInstSwitch"), (2, "ZnetInstLocal"), (3, "ZnetInstCloud")];
 /// `AddressType` (netcmn.proto).
-const IP_TYPES: &[(i64, &str)] = &[(0, "First"), (1, "IPV4"), (2, "IPV6"), (3, "CryptoV4"), (4, "CryptoV6"), (255, "Last")];
+const IP_TYPES: &[(i64, &str)] = &[(0, "First"), (1, "IPV4"), (2, "IPV6"), (3, "CryptoIPV4"), (4, "CryptoIPV6"), (255, "Last")];
+/// `ACEDirection` (fw.proto).
+const ACE_DIRS: &[(i64, &str)] = &[(0, "BOTH"), (1, "INGRESS"), (2, "EGRESS")];
 
 // ---- The bindings file: what the EdgeDevConfig does not carry.
 
@@ -264,8 +294,10 @@ pub struct UplinkBinding {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkBinding {
-    /// A switch NI's subnet when the port's `networks[]` entry gives only its gateway.
+    /// A switch NI's subnet and gateway when the port's `networks[]` entry lacks them (a
+    /// DHCP client port gives neither).
     pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
     /// A VPN NI's tunnel: the `[network.vpn]` table as in the TOML config.
     pub vpn: Option<toml::Table>,
 }
@@ -316,8 +348,10 @@ impl EveIds {
 
     pub fn write(&self, state_dir: &Path) -> Result<()> {
         std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-        let path = EveIds::path(state_dir);
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", path.display()))
+        // Written aside and renamed: a crash leaves the old file or the new, never half.
+        let (path, tmp) = (EveIds::path(state_dir), state_dir.join("eve-ids.json.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
     }
 
     /// The id of `uuid` in `table`: the one on record, else the lowest free in `range`.
@@ -468,10 +502,10 @@ pub fn state_dir(bindings: Option<&Path>) -> Result<PathBuf> {
 /// Converts `cfg` with `bindings`; ids of new UUIDs are allocated into `ids`.
 pub fn convert(cfg: &EdgeDevConfig, bindings: &Bindings, mut ids: EveIds) -> Result<Converted, EveErrors> {
     let mut errors = Vec::new();
-    // Ids of UUIDs no longer in the config are free again.
+    // Ids of UUIDs no longer in the config are free again (a deactivated one keeps its).
     let (ni_uuids, app_uuids): (BTreeSet<&str>, BTreeSet<&str>) = (
-        cfg.network_instances.iter().filter(|n| n.activate).map(|n| n.uuidandversion.uuid.as_str()).collect(),
-        cfg.apps.iter().filter(|a| a.activate).map(|a| a.uuidandversion.uuid.as_str()).collect(),
+        cfg.network_instances.iter().map(|n| n.uuidandversion.uuid.as_str()).collect(),
+        cfg.apps.iter().map(|a| a.uuidandversion.uuid.as_str()).collect(),
     );
     ids.networks.retain(|u, _| ni_uuids.contains(u.as_str()));
     ids.apps.retain(|u, _| app_uuids.contains(u.as_str()));
@@ -480,10 +514,16 @@ pub fn convert(cfg: &EdgeDevConfig, bindings: &Bindings, mut ids: EveIds) -> Res
     let mut networks = Vec::new();
     // NI uuid -> its name, for the apps' interfaces.
     let mut ni_names: BTreeMap<&str, String> = BTreeMap::new();
+    let mut names = BTreeSet::new();
     for (i, ni) in cfg.network_instances.iter().enumerate() {
         let at = format!("networkInstances[{i}]");
         if !ni.activate {
+            // Numbered all the same: reactivated, it is the same NI.
+            EveIds::assign(&mut ids.networks, &ni.uuidandversion.uuid, 1..=63);
             continue;
+        }
+        if !names.insert(ni.displayname.as_str()) {
+            errors.push(format!("{at}.displayname {:?}: a second network instance of this name", ni.displayname));
         }
         match convert_network(cfg, bindings, &mut ids, ni, &at) {
             Ok((network, uplink)) => {
@@ -503,10 +543,18 @@ pub fn convert(cfg: &EdgeDevConfig, bindings: &Bindings, mut ids: EveIds) -> Res
     }
     let inactive: BTreeSet<&str> = cfg.network_instances.iter().filter(|n| !n.activate).map(|n| n.uuidandversion.uuid.as_str()).collect();
     let mut apps = Vec::new();
+    let (mut app_names, mut app_seen) = (BTreeSet::new(), BTreeSet::new());
     for (i, app) in cfg.apps.iter().enumerate() {
         let at = format!("apps[{i}]");
+        if !app_seen.insert(app.uuidandversion.uuid.as_str()) {
+            errors.push(format!("{at}.uuidandversion.uuid {:?}: a second app with this uuid", app.uuidandversion.uuid));
+        }
         if !app.activate {
+            EveIds::assign(&mut ids.apps, &app.uuidandversion.uuid, 1..=255);
             continue;
+        }
+        if !app_names.insert(app.displayname.as_str()) {
+            errors.push(format!("{at}.displayname {:?}: a second app of this name", app.displayname));
         }
         match convert_app(bindings, &mut ids, app, &ni_names, &inactive, &at) {
             Ok(a) => apps.push(a),
@@ -523,6 +571,9 @@ pub fn convert(cfg: &EdgeDevConfig, bindings: &Bindings, mut ids: EveIds) -> Res
     }
     if !errors.is_empty() {
         return Err(EveErrors(errors));
+    }
+    for name in bindings.uplink.keys().filter(|u| !uplinks.keys().any(|(_, n)| n == *u)) {
+        tracing::warn!("bindings: uplink.{name} is no port of this config's network instances");
     }
     let version = cfg.id.as_ref().map(|v| v.version.clone()).unwrap_or_default();
     let config = TomlConfig { agent: bindings.agent.clone(), uplink: uplinks.into_values().collect(), network: networks, app: apps };
@@ -577,6 +628,18 @@ fn convert_network(cfg: &EdgeDevConfig, bindings: &Bindings, ids: &mut EveIds, n
         Some(0) | Some(1) => {}
         _ => errors.push(format!("{at}.ipType {}: only IPv4 (1) is supported", ni.ip_type)),
     }
+    let unsupported = [
+        ("dns", !ni.dns.is_empty(), "static DNS entries"),
+        ("staticRoutes", !ni.static_routes.is_empty(), "static routes"),
+        ("mtu", ni.mtu != 0, "an MTU other than the default"),
+        ("disableFlowlog", ni.disable_flowlog, "turning the flow log off per NI"),
+        ("vlanAccessPorts", !ni.vlan_access_ports.is_empty(), "VLAN access ports"),
+    ];
+    for (field, set, what) in unsupported {
+        if set {
+            errors.push(format!("{at}.{field}: {what} are not supported"));
+        }
+    }
     let uuid = &ni.uuidandversion.uuid;
     if uuid.is_empty() {
         errors.push(format!("{at}.uuidandversion.uuid: missing"));
@@ -617,30 +680,32 @@ fn convert_network(cfg: &EdgeDevConfig, bindings: &Bindings, ids: &mut EveIds, n
         None if kind == "switch" => {
             // The port's network gives the gateway; its prefix is not in networks[].
             let label = ni.port.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
-            let gw = port_network(cfg, label).and_then(|(k, n)| {
-                let ip = n.ip.as_ref()?;
-                let g = if ip.gateway.is_empty() { &ip.gw } else { &ip.gateway };
-                parse_addr(&mut errors, &format!("networks[{k}].ip.gw"), g).map(|a| (k, ip, a))
+            let port_ip = port_network(cfg, label).and_then(|(k, n)| Some((k, n.ip.as_ref()?)));
+            let from_port = port_ip.and_then(|(k, ip)| {
+                let (field, g) = if ip.gateway.is_empty() { ("gw", &ip.gw) } else { ("gateway", &ip.gateway) };
+                if g.is_empty() {
+                    return None;
+                }
+                parse_addr(&mut errors, &format!("networks[{k}].ip.{field}"), g)
             });
-            match gw {
-                Some((k, ip, gw)) => {
-                    let subnet = ip.subnet.parse::<Ipv4Net>().ok().or(binding.and_then(|b| b.subnet));
-                    if subnet.is_none() {
-                        errors.push(format!("{at}.ip is empty and networks[{k}].ip has no subnet: give the switch NI's prefix in the bindings (network.{name}.subnet)"));
-                    }
-                    (subnet, Some(gw), None)
-                }
-                None => {
-                    errors.push(format!("{at}.ip is empty and the port {label:?} has no networks[] entry with a gateway"));
-                    (None, None, None)
-                }
+            let gateway = from_port.or(binding.and_then(|b| b.gateway));
+            let subnet = port_ip.and_then(|(_, ip)| ip.subnet.parse::<Ipv4Net>().ok()).or(binding.and_then(|b| b.subnet));
+            if gateway.is_none() {
+                errors.push(format!("{at}.ip is empty and the port {label:?} has no networks[] entry with a gateway: give it in the bindings (network.{name}.gateway)"));
             }
+            if subnet.is_none() {
+                errors.push(format!("{at}.ip is empty and the port {label:?} has no networks[] entry with a subnet: give the switch NI's prefix in the bindings (network.{name}.subnet)"));
+            }
+            (subnet, gateway, None)
         }
         None => {
             errors.push(format!("{at}.ip: a local or VPN network instance needs subnet and gateway"));
             (None, None, None)
         }
     };
+    if binding.is_some_and(|b| b.subnet.is_some() || b.gateway.is_some()) && (kind != "switch" || ip.is_some()) {
+        errors.push(format!("bindings: network.{name}.subnet and .gateway are for a switch NI whose {at}.ip is empty"));
+    }
     let vpn = match (kind, binding.and_then(|b| b.vpn.clone())) {
         ("vpn", Some(v)) => Some(v),
         ("vpn", None) => {
@@ -682,6 +747,22 @@ fn convert_app(
         errors.push(format!("{at}.uuidandversion.uuid: missing"));
     }
     let binding = bindings.app.get(&name);
+    if app.cipher_data.as_ref().is_some_and(|c| !c.is_null() && c != &serde_json::json!({})) {
+        errors.push(format!("{at}.cipherData: encrypted user data is not supported (give userData)"));
+    }
+    let user_data = match app.user_data.as_str() {
+        "" => binding.and_then(|b| b.user_data.clone()),
+        encoded => {
+            use base64::Engine as _;
+            match base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map(String::from_utf8) {
+                Ok(Ok(text)) => Some(text),
+                _ => {
+                    errors.push(format!("{at}.userData: not base64 of UTF-8 text"));
+                    None
+                }
+            }
+        }
+    };
     let mut interfaces = Vec::new();
     for (k, iface) in app.interfaces.iter().enumerate() {
         let at = format!("{at}.interfaces[{k}]");
@@ -693,13 +774,27 @@ fn convert_app(
             errors.push(format!("{at}.networkId {:?}: no network instance has this uuid", iface.network_id));
             continue;
         };
+        if iface.access_vlan_id != 0 {
+            errors.push(format!("{at}.accessVlanId {}: VLANs are not supported", iface.access_vlan_id));
+        }
+        if iface.allow_to_discover {
+            errors.push(format!("{at}.allowToDiscover: discovering the other apps is not supported"));
+        }
         let bound = binding.and_then(|b| b.interface.get(k));
         let ip = match (iface.addr.as_str(), bound.and_then(|b| b.ip)) {
             ("", b) => b,
-            (a, _) => parse_addr(&mut errors, &format!("{at}.addr"), a),
+            (a, None) => parse_addr(&mut errors, &format!("{at}.addr"), a),
+            (a, Some(b)) => {
+                errors.push(format!("{at}.addr {a:?}: the bindings give app.{name}.interface[{k}].ip {b} too"));
+                None
+            }
         };
         let mac = match iface.mac_address.as_str() {
             "" => bound.and_then(|b| b.mac.clone()),
+            m if crate::config::parse_mac(m).is_none() => {
+                errors.push(format!("{at}.macAddress {m:?}: use six hex bytes like 02:16:3e:00:00:01"));
+                None
+            }
             m => Some(m.to_string()),
         };
         let mut acl = Vec::new();
@@ -733,7 +828,7 @@ fn convert_app(
         errors.push(format!("{at}: more than 255 apps"));
     }
     match (errors.is_empty(), num) {
-        (true, Some(num)) => Ok(TomlApp { name, num, netns, user_data: binding.and_then(|b| b.user_data.clone()), interface: interfaces }),
+        (true, Some(num)) => Ok(TomlApp { name, num, netns, user_data, interface: interfaces }),
         _ => Err(errors),
     }
 }
@@ -747,6 +842,9 @@ fn convert_ace(ace: &Ace, at: &str) -> Result<TomlAce, Vec<String>> {
             0
         }
     };
+    if ace.dir.number(ACE_DIRS) != Some(0) {
+        errors.push(format!("{at}.dir {}: only both directions (0) are supported", ace.dir));
+    }
     let mut matches = toml::Table::new();
     for (m, mat) in ace.matches.iter().enumerate() {
         let at = format!("{at}.matches[{m}]");
@@ -766,7 +864,11 @@ fn convert_ace(ace: &Ace, at: &str) -> Result<TomlAce, Vec<String>> {
                     None
                 }
             },
-            "host" if !value.is_empty() => Some(toml::Value::String(value.to_string())),
+            "host" if value.is_empty() => {
+                errors.push(format!("{at}: a host match needs a domain"));
+                None
+            }
+            "host" => Some(toml::Value::String(value.to_string())),
             "eidset" => Some(toml::Value::Boolean(true)),
             "protocol" => match value.to_ascii_lowercase().as_str() {
                 p @ ("tcp" | "udp" | "icmp") => Some(toml::Value::String(p.to_string())),
@@ -790,6 +892,9 @@ fn convert_ace(ace: &Ace, at: &str) -> Result<TomlAce, Vec<String>> {
             }
         }
     }
+    if ace.actions.iter().any(|a| a.app_port != 0 && !a.portmap) {
+        errors.push(format!("{at}.actions: appPort without portmap"));
+    }
     let action = match ace.actions.as_slice() {
         [] => None,
         [a] if a.drop && !a.limit && !a.portmap => Some(toml::Value::String("drop".into())),
@@ -805,8 +910,11 @@ fn convert_ace(ace: &Ace, at: &str) -> Result<TomlAce, Vec<String>> {
             if !["s", "m", "h"].contains(&a.limitunit.as_str()) {
                 errors.push(format!("{at}.actions[0].limitunit {:?}: use \"s\", \"m\" or \"h\"", a.limitunit));
             }
-            if !(1..=MAX_RATE).contains(&a.limitrate) || !(1..=MAX_BURST).contains(&a.limitburst) {
-                errors.push(format!("{at}.actions[0]: limitrate {} and limitburst {} must be 1-{MAX_RATE}", a.limitrate, a.limitburst));
+            if !(1..=MAX_RATE).contains(&a.limitrate) {
+                errors.push(format!("{at}.actions[0].limitrate {}: must be 1-{MAX_RATE}", a.limitrate));
+            }
+            if !(1..=MAX_BURST).contains(&a.limitburst) {
+                errors.push(format!("{at}.actions[0].limitburst {}: must be 1-{MAX_BURST}", a.limitburst));
             }
             let limit = toml::Table::from_iter([
                 ("rate".to_string(), toml::Value::Integer(a.limitrate as i64)),

@@ -63,7 +63,8 @@ impl ConfigSource {
                 let name = format!("{} (as converted: see `netns-agent convert`)", path.display());
                 let config = config::parse(&name, &text, &config::SystemNetns)?;
                 info!("EdgeDevConfig {} version {:?}", path.display(), converted.version);
-                Ok(Loaded { config, eve: Some(EveApplied { ids: converted.ids, version: converted.version, state_dir }) })
+                let record = crate::state::EveConfigRecord { path: path.clone(), version: converted.version };
+                Ok(Loaded { config, eve: Some(EveApplied { ids: converted.ids, record, state_dir }) })
             }
         }
     }
@@ -75,17 +76,17 @@ pub struct Loaded {
     pub eve: Option<EveApplied>,
 }
 
-/// What an EdgeDevConfig's apply keeps: its ids and its version.
+/// What an EdgeDevConfig's apply keeps: its ids, its file and version.
 pub struct EveApplied {
     ids: eve::EveIds,
-    version: String,
+    record: crate::state::EveConfigRecord,
     state_dir: PathBuf,
 }
 
 impl Loaded {
     /// Once applied: an EdgeDevConfig's ids and version go on record.
     pub fn applied(&self, applier: &mut crate::reconcile::Applier) -> Result<()> {
-        applier.set_config_version(self.eve.as_ref().map(|e| e.version.clone()))?;
+        applier.set_eve_config(self.eve.as_ref().map(|e| e.record.clone()))?;
         if let Some(e) = &self.eve {
             e.ids.write(&e.state_dir).context("keeping the EdgeDevConfig's NI indexes and app numbers")?;
         }

@@ -78,9 +78,9 @@ pub struct AppliedState {
     pub agent_pid: u32,
     #[serde(default)]
     pub config_path: Option<PathBuf>,
-    /// An EdgeDevConfig's `id.version`, as last applied.
+    /// The EdgeDevConfig last applied, if the last apply was of one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_version: Option<String>,
+    pub eve_config: Option<EveConfigRecord>,
     /// How many applies the running agent finished (the tests wait on it).
     #[serde(default)]
     pub applies: u64,
@@ -94,6 +94,13 @@ pub struct AppliedState {
     pub nis: BTreeMap<String, NiRecord>,
     #[serde(default)]
     pub last_apply: Option<ApplyReport>,
+}
+
+/// An applied EdgeDevConfig: its file and its `id.version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EveConfigRecord {
+    pub path: PathBuf,
+    pub version: String,
 }
 
 impl AppliedState {

@@ -28,9 +28,9 @@ pub struct AgentStatus {
     /// The pid of the agent that follows the record, if it runs.
     pub pid: Option<u32>,
     pub config: Option<PathBuf>,
-    /// An EdgeDevConfig's `id.version`, as last applied.
+    /// The EdgeDevConfig last applied (file and `id.version`), if the last apply was of one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub config_version: Option<String>,
+    pub eve_config: Option<crate::state::EveConfigRecord>,
     /// Applies this agent finished since it started.
     pub applies: u64,
 }
@@ -130,7 +130,7 @@ pub async fn build(state_dir: &Path) -> Result<StatusReport> {
         agent: AgentStatus {
             pid: agent_alive(record.agent_pid).then_some(record.agent_pid),
             config: record.config_path.clone(),
-            config_version: record.config_version.clone(),
+            eve_config: record.eve_config.clone(),
             applies: record.applies,
         },
         last_apply: record.last_apply.clone(),
@@ -148,8 +148,8 @@ pub fn print_table(r: &StatusReport) {
         Some(pid) => println!("agent: running (pid {pid}), {} applies", r.agent.applies),
         None => println!("agent: not running (the data path stays as applied)"),
     }
-    if let (Some(config), Some(version)) = (&r.agent.config, &r.agent.config_version) {
-        println!("config: EdgeDevConfig {} version {version:?}", config.display());
+    if let Some(eve) = &r.agent.eve_config {
+        println!("config: EdgeDevConfig {} version {:?}", eve.path.display(), eve.version);
     }
     if let Some(a) = &r.last_apply {
         println!(

@@ -91,7 +91,7 @@ fn the_seed_scenario_converts_to_the_demo_config() {
     assert_eq!(nums, [1, 2, 3, 4, 5, 6]);
 }
 
-/// Sixteen broken EdgeDevConfigs: each refused, the error naming its JSON path.
+/// Twenty-one broken EdgeDevConfigs: each refused, the error naming its JSON path.
 #[test]
 fn broken_edge_dev_configs_are_refused_with_their_json_path() {
     let dir = TempDir::new("broken");
@@ -115,6 +115,11 @@ fn broken_edge_dev_configs_are_refused_with_their_json_path() {
         ("a port that is not a number", Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][0]["matches"][1]["value"] = json!("http")), "apps[1].interfaces[0].acls[0].matches[1]: fport \"http\""),
         ("a limit in days", Box::new(|c| c["apps"][5]["interfaces"][0]["acls"][0]["actions"][0]["limitunit"] = json!("d")), "apps[5].interfaces[0].acls[0].actions[0].limitunit \"d\""),
         ("an unknown protocol", Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][1]["matches"][0]["value"] = json!("sctp6")), "apps[1].interfaces[0].acls[1].matches[0]: protocol \"sctp6\""),
+        ("a field we do not support", Box::new(|c| c["apps"][0]["interfaces"][1]["accessVlanId"] = json!(20)), "apps[0].interfaces[1].accessVlanId 20: VLANs are not supported"),
+        ("static routes", Box::new(|c| c["networkInstances"][1]["staticRoutes"] = json!([{"destinationNetwork": "10.0.0.0/8", "gateway": "192.168.1.1"}])), "networkInstances[1].staticRoutes: static routes are not supported"),
+        ("encrypted user data", Box::new(|c| c["apps"][2]["cipherData"] = json!({"cipherContextId": "x"})), "apps[2].cipherData: encrypted user data"),
+        ("two apps of one name", Box::new(|c| c["apps"][1]["displayname"] = json!("app1")), "apps[1].displayname \"app1\": a second app of this name"),
+        ("a bad MAC", Box::new(|c| c["apps"][3]["interfaces"][0]["macAddress"] = json!("02:16:3e")), "apps[3].interfaces[0].macAddress \"02:16:3e\""),
         ("two actions", Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][1]["actions"].as_array_mut().unwrap().push(json!({"drop": true}))), "apps[1].interfaces[0].acls[1].actions: one action per ACE"),
     ];
     for (what, break_it, expected) in &cases {
@@ -127,9 +132,11 @@ fn broken_edge_dev_configs_are_refused_with_their_json_path() {
         assert!(!out.status.success(), "{what}: accepted");
         assert!(stderr.contains(expected), "{what}: the error does not say {expected:?}:\n{stderr}");
     }
-    // A VPN NI's tunnel is not in the EdgeDevConfig: without bindings it is refused.
-    let out = Command::new(agent_bin()).args(["convert", "--eve-config", &dir.write("ok.json", SCENARIO)]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("networkInstances[3]: a VPN network instance's tunnel"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A VPN NI's tunnel is not in the EdgeDevConfig: without it in the bindings, refused.
+    let no_vpn = dir.write("no-vpn.toml", &format!("[agent]\nstate_dir = \"{}/state\"\n", dir.0.display()));
+    let out = convert(&dir.write("ok.json", SCENARIO), &no_vpn);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("networkInstances[3]: a VPN network instance's tunnel"), "{stderr}");
 }
 
 /// An EdgeDevConfig of one local NI and its apps, as a controller would send it.
@@ -144,6 +151,8 @@ fn edge_config(version: &str, ni: &str, apps: &[(&str, &str, Value)]) -> String 
         }],
         "apps": apps.iter().map(|(name, uuid, acls)| json!({
             "uuidandversion": {"uuid": uuid, "version": version}, "displayname": name, "activate": true,
+            // "#cloud-config\nhostname: eve-app1\n" for app1.
+            "userData": if *name == "app1" { "I2Nsb3VkLWNvbmZpZwpob3N0bmFtZTogZXZlLWFwcDEK" } else { "" },
             "interfaces": [{"name": "default", "networkId": ni_uuid, "acls": acls}]
         })).collect::<Vec<_>>(),
         "systemAdapterList": [{"name": "uplink0", "uplink": true, "networkUUID": "22222222-0000-0000-0000-000000000001"}],
@@ -159,9 +168,10 @@ fn ports(s: &Scenario) -> Vec<(String, String)> {
     status["networks"].as_array().unwrap().iter().flat_map(|n| n["ports"].as_array().cloned().unwrap_or_default()).map(|p| (p["app"].as_str().unwrap_or("?").to_string(), p["port"].as_str().unwrap_or("?").to_string())).collect()
 }
 
-/// `run --eve-config` applies an EdgeDevConfig; a new version (an ACE added, an app
-/// removed, the apps reordered) applied live with `apply --eve-config` changes what it
-/// says and keeps each app's number with its UUID; a broken version changes nothing.
+/// `run --eve-config` applies an EdgeDevConfig (its userData served); a new version (an
+/// ACE added, an app removed, the apps reordered) applied live with `apply --eve-config`
+/// changes what it says and keeps each app's number with its UUID, also across a
+/// restart; a broken version changes nothing.
 #[test]
 fn an_edge_dev_config_runs_and_follows_its_versions() {
     let mut s = Scenario::with_uplinks(&["ni1"], &["app1", "app2", "app3"], 1, "");
@@ -186,13 +196,15 @@ fn an_edge_dev_config_runs_and_follows_its_versions() {
     let json = dir.write("config.json", &v1);
     s.start_agent_with(&["--eve-config", &json, "--bindings", &bindings]);
     let status = s.status_json();
-    assert_eq!(status["agent"]["config_version"], "1", "{status}");
+    assert_eq!(status["agent"]["eve_config"]["version"], "1", "{status}");
     let before = ports(&s);
     println!("version 1: ports {before:?}");
     assert!(before.contains(&("app1".into(), "nbu1x1".into())) && before.contains(&("app2".into(), "nbu1x2".into())));
     let app1_ns = s.app("app1").to_string();
     assert_eq!(s.echo(&app1_ns, INET_IP, 7000, 100, None), EchoResult::Echoed(100));
     assert_ne!(s.echo(&app1_ns, INET_IP, 7001, 100, None), EchoResult::Echoed(100), "7001 is not allowed yet");
+    let user_data = s.exec(&app1_ns, &["curl", "-s", "--max-time", "3", "http://169.254.169.254/user-data"]);
+    assert_eq!(String::from_utf8_lossy(&user_data.stdout), "#cloud-config\nhostname: eve-app1\n", "userData, decoded");
 
     // Version 2: app3 comes first, app2 goes, app1 may reach 7001 too.
     let v2 = edge_config("2", &ni, &[("app3", app3, json!([])), ("app1", app1, json!([to_inet(7000), to_inet(7001)]))]);
@@ -201,11 +213,16 @@ fn an_edge_dev_config_runs_and_follows_its_versions() {
     assert!(out.status.success(), "apply: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let after = ports(&s);
     println!("version 2: ports {after:?}");
-    assert_eq!(s.status_json()["agent"]["config_version"], "2");
+    assert_eq!(s.status_json()["agent"]["eve_config"]["version"], "2");
     assert!(after.contains(&("app1".into(), "nbu1x1".into())), "app1 keeps its number though it moved in apps[]");
     assert!(!after.iter().any(|(a, _)| a == "app2"), "app2 is gone");
     assert!(after.iter().any(|(a, _)| a == "app3"));
     assert_eq!(s.echo(&app1_ns, INET_IP, 7001, 100, None), EchoResult::Echoed(100), "the added ACE applies");
+
+    // A restart keeps the numbers (eve-ids.json), whatever the order.
+    s.stop_agent();
+    s.start_agent_with(&["--eve-config", &json, "--bindings", &bindings]);
+    assert_eq!(ports(&s), after, "the same ports after a restart");
 
     // A broken version 3 is refused and changes nothing.
     let v3 = v2.replace("\"instType\":2", "\"instType\":9");
@@ -214,6 +231,6 @@ fn an_edge_dev_config_runs_and_follows_its_versions() {
     let out = s.agent_cmd(&["apply", "--eve-config", &json, "--bindings", &bindings]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("networkInstances[0].instType 9"), "{stderr}");
-    assert_eq!(s.status_json()["agent"]["config_version"], "2");
+    assert_eq!(s.status_json()["agent"]["eve_config"]["version"], "2");
     assert_eq!(ports(&s), after);
 }

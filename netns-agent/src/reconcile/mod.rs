@@ -105,17 +105,18 @@ impl Applier {
         &self.uplinks
     }
 
-    /// Marks the record as followed by this process (or by none: pid 0); its apply count
-    /// starts again.
-    /// Records the version of the config just applied (an EdgeDevConfig's `id.version`).
-    pub fn set_config_version(&mut self, version: Option<String>) -> Result<()> {
-        if self.record.config_version != version {
-            self.record.config_version = version;
+    /// Records the EdgeDevConfig just applied (its file and `id.version`; None: a TOML
+    /// config).
+    pub fn set_eve_config(&mut self, applied: Option<crate::state::EveConfigRecord>) -> Result<()> {
+        if self.record.eve_config != applied {
+            self.record.eve_config = applied;
             self.save()?;
         }
         Ok(())
     }
 
+    /// Marks the record as followed by this process (or by none: pid 0); its apply count
+    /// starts again.
     pub fn set_agent(&mut self, pid: u32, config: Option<PathBuf>) -> Result<()> {
         self.record.agent_pid = pid;
         self.record.config_path = config;

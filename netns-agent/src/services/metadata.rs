@@ -171,19 +171,6 @@ struct NetworkJson {
     name: String,
 }
 
-/// `/eve/v1/discover-network.json`: the NI as the app sees it, and its way out.
-#[derive(Serialize)]
-struct DiscoverNetwork {
-    network: String,
-    subnet: String,
-    gateway: Ipv4Addr,
-    dns: Vec<Ipv4Addr>,
-    /// The uplink and its address (None: the NI has no way out).
-    uplink: Option<String>,
-    #[serde(rename = "external-ipv4")]
-    external_ipv4: String,
-}
-
 /// `/eve/v1/app/info.json`.
 #[derive(Serialize)]
 struct AppInfo {
@@ -207,15 +194,9 @@ async fn eve(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Call
         .into_response(),
         "external_ipv4" => external_ipv4(&cfg).into_response(),
         "hostname" => app.app.into_response(),
-        "discover-network.json" => Json(DiscoverNetwork {
-            network: cfg.ni.clone(),
-            subnet: cfg.subnet.to_string(),
-            gateway: cfg.gateway,
-            dns: vec![cfg.gateway],
-            uplink: cfg.uplink.clone(),
-            external_ipv4: external_ipv4(&cfg),
-        })
-        .into_response(),
+        // EVE lists the NI's other apps here, to an app allowed to discover them
+        // (allowToDiscover, which we refuse in configs): to every app, 403 as in EVE.
+        "discover-network.json" => (StatusCode::FORBIDDEN, "discovering the other apps is not allowed for this app\n").into_response(),
         other => not_found(&format!("/eve/v1/{other}")),
     }
 }
