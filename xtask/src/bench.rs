@@ -71,15 +71,7 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     }
     step("world and agent");
     build_world()?;
-    let mut agent = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ZEDBOX}"))
-        .arg(agent_bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the agent")?;
-    crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(60)).context("the bench config")?;
+    let agent = start_agent(agent_bin, &config).context("the bench config")?;
 
     step("program sizes (bpftool prog show)");
     let progs = output(&["bpftool", "prog", "show", "--json"]);
@@ -105,15 +97,7 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     let flow_log = dir.join("flows.jsonl");
     let _ = std::fs::remove_file(&flow_log);
     std::fs::write(&config, format!("[agent]\nflow_log = {:?}\n\n{}", flow_log.display().to_string(), bench_config()))?;
-    let mut agent = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ZEDBOX}"))
-        .arg(agent_bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the agent with the flow log")?;
-    crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(60)).context("the bench config with the flow log")?;
+    let mut agent = start_agent(agent_bin, &config).context("the bench config with the flow log")?;
     let logged = measure("eBPF path with the flow log", Some(agent.id()))?;
     let log_text = std::fs::read_to_string(&flow_log).unwrap_or_default();
     println!("  flow log: {} records, {} bytes", log_text.lines().count(), log_text.len());
@@ -217,14 +201,7 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
     // A restart over the applied system: kill -9, run again until applied.
     let start_agent = || -> Result<(std::process::Child, f64)> {
         let started = Instant::now();
-        let mut agent = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ZEDBOX}"))
-            .arg(agent_bin)
-            .args(["run", "--config"])
-            .arg(config)
-            .stderr(Stdio::null())
-            .spawn()?;
-        crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(60))?;
+        let agent = start_agent(agent_bin, config)?;
         Ok((agent, started.elapsed().as_secs_f64() * 1000.0))
     };
     let own_last = || -> f64 {
@@ -256,6 +233,20 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         let own: Vec<f64> = times.iter().map(|t| t.1).collect();
         println!("  {label:<50} {:>12.1} {:>12.1}", median(&wall), median(&own));
     }
+    Ok(agent)
+}
+
+/// `netns-agent run --config CONFIG` in zedbox, once it has applied the config.
+fn start_agent(agent_bin: &Path, config: &Path) -> Result<std::process::Child> {
+    let mut agent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ZEDBOX}"))
+        .arg(agent_bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the agent")?;
+    crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(60))?;
     Ok(agent)
 }
 
