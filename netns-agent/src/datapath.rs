@@ -327,8 +327,15 @@ impl HostSets {
     }
 
     /// Drops expired entries (the programs ignore them already); returns how many.
-    pub fn expire(&mut self, now_ns: u64) -> usize {
-        remove_where(&mut self.0, |_, e| e.expires_ns <= now_ns)
+    /// Returns (how many went, how many stay).
+    pub fn expire(&mut self, now_ns: u64) -> (usize, usize) {
+        let mut stay = 0;
+        let gone = remove_where(&mut self.0, |_, e| {
+            let gone = e.expires_ns <= now_ns;
+            stay += usize::from(!gone);
+            gone
+        });
+        (gone, stay)
     }
 
     pub fn remove_zone(&mut self, zone: u32) {
@@ -388,6 +395,17 @@ pub struct Sweep {
     /// Conntrack entries that expired, and those that live on.
     pub expired_flows: Vec<(CtKey, CtValue)>,
     pub live_flows: Vec<(CtKey, CtValue)>,
+    /// How full the shared flow maps are after it (the metrics'; counted on the sweep's
+    /// walk, not walked again per scrape).
+    pub fill: Vec<MapFill>,
+}
+
+/// A shared map's entries against its capacity.
+#[derive(Clone, Copy, Debug)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
@@ -579,17 +597,6 @@ impl Maps {
             .collect()
     }
 
-    /// How full the shared flow maps are: (map, entries, capacity).
-    pub fn fill(&self) -> Vec<(&'static str, u64, u64)> {
-        use netns_ebpf_common::{ct::DROP_MAX_ENTRIES, HOSTSET_MAX_ENTRIES};
-        vec![
-            (map_names::CONNTRACK, self.ct.keys().count() as u64, CT_MAX_ENTRIES as u64),
-            (map_names::DROPS, self.drops.keys().count() as u64, DROP_MAX_ENTRIES as u64),
-            (map_names::NAT, self.nat.keys().count() as u64, NAT_MAX_ENTRIES as u64),
-            (map_names::HOSTSET, self.hosts.0.keys().count() as u64, HOSTSET_MAX_ENTRIES as u64),
-        ]
-    }
-
     /// Forgets everything of zone `zone`: port configs and conntrack entries.
     pub fn remove_zone(&mut self, zone: u32) -> usize {
         self.remove_port_counters(|k| k.zone == zone);
@@ -647,7 +654,13 @@ impl Maps {
             }
             gone
         });
-        let expired = expired_flows.len() + remove_where(&mut self.drops, |k, v| is_expired(v, k.proto, now_ns));
+        let mut drops_left = 0;
+        let drops_gone = remove_where(&mut self.drops, |k, v| {
+            let gone = is_expired(v, k.proto, now_ns);
+            drops_left += u64::from(!gone);
+            gone
+        });
+        let expired = expired_flows.len() + drops_gone;
         let entries: std::collections::HashMap<NatKey, NatValue> = self.nat.iter().flatten().collect();
         let translations = remove_where(&mut self.nat, |k, v| {
             let gone = nat::pair_expired(k.proto, v, entries.get(&nat::partner(k, v)), now_ns);
@@ -663,7 +676,15 @@ impl Maps {
                 self.zone_use.set(zone, ZoneUse { ct, nat, ..old }, 0).ok();
             }
         }
-        Sweep { removed: expired + translations + self.hosts.expire(now_ns), expired_flows, live_flows }
+        let (hosts_gone, hosts_left) = self.hosts.expire(now_ns);
+        use netns_ebpf_common::{ct::DROP_MAX_ENTRIES, HOSTSET_MAX_ENTRIES};
+        let fill = vec![
+            MapFill { map: map_names::CONNTRACK, entries: live_flows.len() as u64, capacity: CT_MAX_ENTRIES as u64 },
+            MapFill { map: map_names::DROPS, entries: drops_left, capacity: DROP_MAX_ENTRIES as u64 },
+            MapFill { map: map_names::NAT, entries: entries.len().saturating_sub(translations) as u64, capacity: NAT_MAX_ENTRIES as u64 },
+            MapFill { map: map_names::HOSTSET, entries: hosts_left as u64, capacity: HOSTSET_MAX_ENTRIES as u64 },
+        ];
+        Sweep { removed: expired + translations + hosts_gone, expired_flows, live_flows, fill }
     }
 
     /// Program counters summed over CPUs.

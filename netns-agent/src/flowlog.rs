@@ -231,19 +231,14 @@ impl Clock {
 
 /// The record of an entry (`key`, `v`) of zone `key.zone`.
 pub fn record(kind: RecordKind, end_reason: Option<EndReason>, key: &CtKey, v: &CtValue, at: Lookups, clock: Clock) -> FlowLogRecord {
-    let ((src, sport), (dst, dport)) = if v.orig_is_a != 0 {
-        ((key.addr_a, key.port_a), (key.addr_b, key.port_b))
-    } else {
-        ((key.addr_b, key.port_b), (key.addr_a, key.port_a))
-    };
+    let ((src, sport), (dst, dport)) = crate::flows::ends(key, v);
     let m = mark::decode(v.mark);
     let inbound = v.flags & FLAG_JUDGED_TO_APP != 0;
     // The app's side: the original direction of a flow it started, the replies of one
     // that came toward it.
     let (tx, rx) = if inbound { (DIR_REPLY, DIR_ORIG) } else { (DIR_ORIG, DIR_REPLY) };
     let drop = v.verdict == VERDICT_DROP;
-    // The app's end and the remote's.
-    let (app_end, remote_end) = if inbound { ((dst, dport), (src, sport)) } else { ((src, sport), (dst, dport)) };
+    let (app_end, remote_end) = crate::flows::app_and_remote(key, v);
     let translated = if drop { None } else { translated_end(key, v, at) };
     FlowLogRecord {
         kind,
@@ -278,8 +273,7 @@ pub fn record(kind: RecordKind, end_reason: Option<EndReason>, key: &CtKey, v: &
 /// translated, or the map is not open).
 fn translated_end(key: &CtKey, v: &CtValue, at: Lookups) -> Option<SocketAddrV4> {
     let maps = at.maps?;
-    let ((src, sport), (dst, dport)) = if v.orig_is_a != 0 { ((key.addr_a, key.port_a), (key.addr_b, key.port_b)) } else { ((key.addr_b, key.port_b), (key.addr_a, key.port_a)) };
-    let (app_end, remote_end) = if v.flags & FLAG_JUDGED_TO_APP != 0 { ((dst, dport), (src, sport)) } else { ((src, sport), (dst, dport)) };
+    let (app_end, remote_end) = crate::flows::app_and_remote(key, v);
     crate::flows::translated(|k| maps.nat_entry(k), key.zone, key.proto, app_end, remote_end)
 }
 

@@ -75,6 +75,27 @@ pub fn nat_records(nat: &[(NatKey, NatValue)], now_ns: u64) -> Vec<NatRecord> {
         .collect()
 }
 
+/// An entry's flow as (initiator's end, responder's end): address and port.
+pub fn ends(key: &CtKey, v: &CtValue) -> (([u8; 4], u16), ([u8; 4], u16)) {
+    let (a, b) = ((key.addr_a, key.port_a), (key.addr_b, key.port_b));
+    if v.orig_is_a != 0 {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// An entry's flow as (the app's end, the remote's end): a flow judged on its way to the
+/// app was started by the remote.
+pub fn app_and_remote(key: &CtKey, v: &CtValue) -> (([u8; 4], u16), ([u8; 4], u16)) {
+    let (initiator, responder) = ends(key, v);
+    if v.flags & ct::FLAG_JUDGED_TO_APP != 0 {
+        (responder, initiator)
+    } else {
+        (initiator, responder)
+    }
+}
+
 /// Follows the source translations of packets from the app's end `app` to the remote
 /// `remote`: in its NI, then in the agent's netns (an app-initiated flow's SNATs, or the
 /// replies of a port-mapped flow undoing its DNATs). Each step's result, in order.
@@ -104,11 +125,7 @@ pub fn records(entries: &[(CtKey, CtValue)], nat: &[(NatKey, NatValue)], state: 
     let mut out: Vec<FlowRecord> = entries
         .iter()
         .map(|(k, v)| {
-            let ((src, sport), (dst, dport)) = if v.orig_is_a != 0 {
-                ((k.addr_a, k.port_a), (k.addr_b, k.port_b))
-            } else {
-                ((k.addr_b, k.port_b), (k.addr_a, k.port_a))
-            };
+            let ((src, sport), (dst, dport)) = ends(k, v);
             let m = mark::decode(v.mark);
             FlowRecord {
                 ni: state.zones.get(&k.zone).cloned().unwrap_or_else(|| format!("zone{}", k.zone)),

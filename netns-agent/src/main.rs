@@ -418,6 +418,7 @@ async fn run(source: source::ConfigSource) -> Result<()> {
                 // No maps (nothing applied): no sweep, and nothing to tell the flow log.
                 let Some(swept) = maps.as_mut().map(|m| m.expire_flows(now)) else { continue };
                 flow_log.after_sweep(&swept.expired_flows, &swept.live_flows, flowlog::Lookups { names: &names, maps: maps.as_ref(), dns: &dns }, now);
+                figures.lock().unwrap().map_fill = swept.fill;
                 if swept.removed > 0 {
                     info!("conntrack: expired {} idle entries", swept.removed);
                 }

@@ -38,6 +38,8 @@ pub struct AgentFigures {
     pub applies_failed: u64,
     pub apply_seconds_total: f64,
     pub last_apply_seconds: f64,
+    /// The shared flow maps' fill, as of the last sweep.
+    pub map_fill: Vec<crate::datapath::MapFill>,
 }
 
 impl AgentFigures {
@@ -148,6 +150,13 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
     if let Some(maps) = maps {
         out.extend(datapath_families(maps, &names));
     }
+    let mut entries = Family::new("netns_agent_map_entries", Kind::Gauge, "Entries in the shared flow maps, as of the last sweep (every 10 s).");
+    let mut capacity = Family::new("netns_agent_map_capacity_entries", Kind::Gauge, "What the shared flow maps can hold.");
+    for f in &agent.map_fill {
+        entries.add_u64(&[("map", f.map)], f.entries);
+        capacity.add_u64(&[("map", f.map)], f.capacity);
+    }
+    out.extend([entries, capacity]);
     out.extend(ace_families(&src.flows.lock().unwrap(), &names));
 
     let mut lost = Family::new("netns_agent_flow_events_lost_total", Kind::Counter, "Flow events lost: the ring buffer was full (datapath) or the agent's queue was (agent).");
@@ -201,7 +210,7 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
 }
 
 /// The data path's own counters: decisions, drops by reason, per-port traffic, limit
-/// buckets, NAT port exhaustion, map fill.
+/// buckets, NAT port exhaustion.
 fn datapath_families(maps: &Maps, names: &Names) -> Vec<Family> {
     let stats = maps.stats();
     let mut decisions = Family::new("netns_agent_datapath_decisions_total", Kind::Counter, "Every counter of the programs (STATS_V4), by name; README says what each counts.");
@@ -246,14 +255,7 @@ fn datapath_families(maps: &Maps, names: &Names) -> Vec<Family> {
             limit.add_u64(&[("ni", &ni), ("app", &app), ("port", &port), ("ace", &ace), ("verdict", verdict)], n);
         }
     }
-
-    let mut entries = Family::new("netns_agent_map_entries", Kind::Gauge, "Entries in the shared flow maps now.");
-    let mut capacity = Family::new("netns_agent_map_capacity_entries", Kind::Gauge, "What the shared flow maps can hold.");
-    for (map, n, cap) in maps.fill() {
-        entries.add_u64(&[("map", map)], n);
-        capacity.add_u64(&[("map", map)], cap);
-    }
-    vec![decisions, drops, exhausted, packets, bytes, limit, entries, capacity]
+    vec![decisions, drops, exhausted, packets, bytes, limit]
 }
 
 /// Flows, packets and bytes per ACE (the flow table's).
