@@ -6,10 +6,7 @@ fn main() {
     let object = manifest.join("../netns-ebpf/target/bpfel-unknown-none/release/netns-ebpf");
     println!("cargo:rerun-if-changed={}", object.display());
     if !object.exists() {
-        panic!(
-            "\n\nThe eBPF object {} is missing.\nBuild it first with:\n\n    cargo xtask build-ebpf\n\n",
-            object.display()
-        );
+        panic!("\n\nThe eBPF object {} is missing.\nBuild it first with:\n\n    cargo xtask build-ebpf\n\n", object.display());
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("netns-ebpf.o");
     std::fs::copy(&object, &out).expect("copying the eBPF object");

@@ -254,7 +254,11 @@ pub enum Action {
     /// Expose the app's port `.0` on the NI uplink's address at the ACE's `lport`.
     Portmap(u16),
     /// Accept at most `rate` packets per `unit` (bursts of `burst`), one bucket per ACE.
-    Limit { rate: u64, unit_ns: u64, burst: u64 },
+    Limit {
+        rate: u64,
+        unit_ns: u64,
+        burst: u64,
+    },
 }
 
 impl<'de> Deserialize<'de> for Action {
@@ -329,11 +333,10 @@ impl<'de> Deserialize<'de> for Protocol {
                 "tcp" => Ok(Protocol(6)),
                 "udp" => Ok(Protocol(17)),
                 "icmp" => Ok(Protocol(1)),
-                other => other.parse().map(Protocol).map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "unknown protocol {s:?}: use tcp, udp, icmp or a number 0-255"
-                    ))
-                }),
+                other => other
+                    .parse()
+                    .map(Protocol)
+                    .map_err(|_| serde::de::Error::custom(format!("unknown protocol {s:?}: use tcp, udp, icmp or a number 0-255"))),
             },
         }
     }
@@ -459,12 +462,17 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         }
         None => match default_nat_ports((eph_lo, eph_hi)) {
             Some(ports) => nat_ports = ports,
-            None => err(0..0, format!("the kernel's ephemeral ports [{eph_lo}, {eph_hi}] leave source NAT no ports: set agent.nat_port_range")),
+            None => {
+                err(0..0, format!("the kernel's ephemeral ports [{eph_lo}, {eph_hi}] leave source NAT no ports: set agent.nat_port_range"))
+            }
         },
     }
 
     if *config.agent.flow_log_max_bytes.get_ref() < 4096 {
-        err(config.agent.flow_log_max_bytes.span(), format!("agent.flow_log_max_bytes {} is below 4096", config.agent.flow_log_max_bytes.get_ref()));
+        err(
+            config.agent.flow_log_max_bytes.span(),
+            format!("agent.flow_log_max_bytes {} is below 4096", config.agent.flow_log_max_bytes.get_ref()),
+        );
     }
     if *config.agent.flow_interim_secs.get_ref() == 0 {
         err(config.agent.flow_interim_secs.span(), "agent.flow_interim_secs must be at least 1".to_string());
@@ -487,7 +495,10 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
                 Some(u) => {
                     let shared = config.networks.iter().filter(|o| o.uplink.as_ref().map(|x| x.get_ref()) == Some(u.get_ref())).count();
                     if shared > 1 {
-                        err(u.span(), format!("network {name:?}: uplink {:?} moves into this switch NI, so no other network can use it", u.get_ref()));
+                        err(
+                            u.span(),
+                            format!("network {name:?}: uplink {:?} moves into this switch NI, so no other network can use it", u.get_ref()),
+                        );
                     }
                 }
             },
@@ -522,8 +533,16 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         }
         if let Some(range) = &n.dhcp_range {
             let [first, last] = *range.get_ref();
-            if !subnet.contains(&first) || !subnet.contains(&last) || first > last || first == subnet.network() || last == subnet.broadcast() {
-                err(range.span(), format!("network.dhcp_range [{first}, {last}] of {name:?} must be host addresses of {subnet}, first <= last"));
+            if !subnet.contains(&first)
+                || !subnet.contains(&last)
+                || first > last
+                || first == subnet.network()
+                || last == subnet.broadcast()
+            {
+                err(
+                    range.span(),
+                    format!("network.dhcp_range [{first}, {last}] of {name:?} must be host addresses of {subnet}, first <= last"),
+                );
             }
         }
         if let Some(u) = &n.uplink {
@@ -554,7 +573,13 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         }
         match &a.netns {
             Some(ns) if !netns.netns_exists(ns.get_ref()) => {
-                err(ns.span(), format!("app.netns {:?} of {name:?} does not exist (the app's netns must exist before the agent attaches it)", ns.get_ref()));
+                err(
+                    ns.span(),
+                    format!(
+                        "app.netns {:?} of {name:?} does not exist (the app's netns must exist before the agent attaches it)",
+                        ns.get_ref()
+                    ),
+                );
             }
             None if a.interfaces.iter().any(|i| i.tap.is_none()) => {
                 err(a.name.span(), format!("app {name:?} needs app.netns (only apps whose interfaces are all taps can do without)"));
@@ -588,7 +613,13 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
                     let ip = *ip_spanned.get_ref();
                     let subnet = n.subnet.get_ref();
                     if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() || ip == *n.gateway.get_ref() {
-                        err(ip_spanned.span(), format!("app.interface.ip {ip} of {name:?} is not a free host address of {net_name:?} ({subnet}, gateway {})", n.gateway.get_ref()));
+                        err(
+                            ip_spanned.span(),
+                            format!(
+                                "app.interface.ip {ip} of {name:?} is not a free host address of {net_name:?} ({subnet}, gateway {})",
+                                n.gateway.get_ref()
+                            ),
+                        );
                     }
                     if let Some(other) = addresses.insert((net_name, ip), name) {
                         err(ip_spanned.span(), format!("app.interface.ip {ip} on {net_name:?} is already used by {other:?}"));
@@ -601,16 +632,33 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             for ace in &i.acl {
                 if let (true, Some(host)) = (switch, &ace.matches.host) {
                     // Host sets are filled by the NI's own DNS server, which a switch has not.
-                    err(host.span(), format!("acl id {} of {name:?}: match.host needs the NI's DNS server; {net_name:?} is a switch", ace.id.get_ref()));
+                    err(
+                        host.span(),
+                        format!("acl id {} of {name:?}: match.host needs the NI's DNS server; {net_name:?} is a switch", ace.id.get_ref()),
+                    );
                 }
                 if let (Action::Portmap(_), Some(lport)) = (ace.action, &ace.matches.lport) {
                     let proto = ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0);
                     match &uplink {
-                        _ if switch => err(ace.id.span(), format!("acl id {} of {name:?}: port maps are for local networks; {net_name:?} is a switch", ace.id.get_ref())),
-                        None => err(ace.id.span(), format!("acl id {} of {name:?}: a port map needs network {net_name:?} to have an uplink", ace.id.get_ref())),
+                        _ if switch => err(
+                            ace.id.span(),
+                            format!("acl id {} of {name:?}: port maps are for local networks; {net_name:?} is a switch", ace.id.get_ref()),
+                        ),
+                        None => err(
+                            ace.id.span(),
+                            format!("acl id {} of {name:?}: a port map needs network {net_name:?} to have an uplink", ace.id.get_ref()),
+                        ),
                         Some(u) => {
                             if let Some(other) = portmaps.insert((u.clone(), proto, *lport.get_ref()), name) {
-                                err(lport.span(), format!("acl id {} of {name:?}: port {} ({}) on uplink {u:?} is already mapped by {other:?}", ace.id.get_ref(), lport.get_ref(), proto_name(proto)));
+                                err(
+                                    lport.span(),
+                                    format!(
+                                        "acl id {} of {name:?}: port {} ({}) on uplink {u:?} is already mapped by {other:?}",
+                                        ace.id.get_ref(),
+                                        lport.get_ref(),
+                                        proto_name(proto)
+                                    ),
+                                );
                             }
                         }
                     }
@@ -679,7 +727,13 @@ fn validate_vpn(ni: &str, vpn: &Spanned<VpnSection>, subnet: &Ipv4Net, err: &mut
     for (key, p) in [("ike_proposals", &v.ike_proposals), ("esp_proposals", &v.esp_proposals)] {
         let ok = !p.get_ref().is_empty() && p.get_ref().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-,".contains(c));
         if !ok {
-            err(p.span(), format!("network {ni:?}: vpn.{key} {:?}: strongSwan proposals like \"aes256-sha256-modp2048\", comma-separated", p.get_ref()));
+            err(
+                p.span(),
+                format!(
+                    "network {ni:?}: vpn.{key} {:?}: strongSwan proposals like \"aes256-sha256-modp2048\", comma-separated",
+                    p.get_ref()
+                ),
+            );
         }
     }
 }
@@ -840,7 +894,10 @@ ip = "10.10.1.2"
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let text = GOOD.replace("kind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\n\n[[network]]\nname = \"ni2\"", "kind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\nbogus = 1\n\n[[network]]\nname = \"ni2\"");
+        let text = GOOD.replace(
+            "kind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\n\n[[network]]\nname = \"ni2\"",
+            "kind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\nbogus = 1\n\n[[network]]\nname = \"ni2\"",
+        );
         let e = parse_err(&text);
         assert!(e.contains("t.toml:7:") && e.contains("bogus"), "{e}");
     }
@@ -867,8 +924,12 @@ ip = "10.10.1.2"
 
     #[test]
     fn uplinks_and_port_maps() {
-        let base = GOOD.replace("[[network]]\nname = \"ni1\"\nkind = \"local\"", "[[uplink]]\nname = \"eth0\"\n\n[[network]]\nname = \"ni1\"\nkind = \"local\"\nuplink = \"eth0\"");
-        let with_map = base.replace("  { id = 2,", "  { id = 3, match = { protocol = \"tcp\", lport = 8080 }, action = { portmap = 80 } },\n  { id = 2,");
+        let base = GOOD.replace(
+            "[[network]]\nname = \"ni1\"\nkind = \"local\"",
+            "[[uplink]]\nname = \"eth0\"\n\n[[network]]\nname = \"ni1\"\nkind = \"local\"\nuplink = \"eth0\"",
+        );
+        let with_map = base
+            .replace("  { id = 2,", "  { id = 3, match = { protocol = \"tcp\", lport = 8080 }, action = { portmap = 80 } },\n  { id = 2,");
         let c = parse_ok(&with_map);
         assert_eq!(c.apps[0].interfaces[0].acl[1].action, Action::Portmap(80));
         assert_eq!(c.networks[0].uplink.as_ref().unwrap().get_ref(), "eth0");
@@ -881,7 +942,8 @@ ip = "10.10.1.2"
         let e = parse_err(&with_map.replace("action = { portmap = 80 }", "action = \"accept\""));
         assert!(e.contains("only meaningful with action"), "{e}");
         // The same port twice on one uplink.
-        let twice = with_map.replace("  { id = 2,", "  { id = 4, match = { protocol = \"tcp\", lport = 8080 }, action = { portmap = 81 } },\n  { id = 2,");
+        let twice = with_map
+            .replace("  { id = 2,", "  { id = 4, match = { protocol = \"tcp\", lport = 8080 }, action = { portmap = 81 } },\n  { id = 2,");
         let e = parse_err(&twice);
         assert!(e.contains("port 8080 (tcp) on uplink \"eth0\" is already mapped by \"app1\""), "{e}");
         // A port map on an NI without uplink.
@@ -895,7 +957,10 @@ ip = "10.10.1.2"
 
     #[test]
     fn limit_action() {
-        let text = GOOD.replace("  { id = 2,", "  { id = 5, match = { ip = \"192.168.0.0/16\" }, action = { limit = { rate = 5, unit = \"s\", burst = 15 } } },\n  { id = 2,");
+        let text = GOOD.replace(
+            "  { id = 2,",
+            "  { id = 5, match = { ip = \"192.168.0.0/16\" }, action = { limit = { rate = 5, unit = \"s\", burst = 15 } } },\n  { id = 2,",
+        );
         let c = parse_ok(&text);
         assert_eq!(c.apps[0].interfaces[0].acl[1].action, Action::Limit { rate: 5, unit_ns: 1_000_000_000, burst: 15 });
         let e = parse_err(&text.replace("unit = \"s\"", "unit = \"d\""));

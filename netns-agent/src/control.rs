@@ -96,7 +96,11 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<Request>, flows: broadcast::
     let uid = stream.peer_cred().context("reading the peer's credentials")?.uid();
     let (read, mut write) = stream.into_split();
     let reply = if uid != 0 {
-        ApplyReply { refused: true, errors: vec![format!("uid {uid} may not use the agent's control socket (root only)")], ..Default::default() }
+        ApplyReply {
+            refused: true,
+            errors: vec![format!("uid {uid} may not use the agent's control socket (root only)")],
+            ..Default::default()
+        }
     } else {
         let mut line = String::new();
         BufReader::new(read).read_line(&mut line).await?;

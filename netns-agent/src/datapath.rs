@@ -23,9 +23,9 @@ use aya::{
 use netns_ebpf_common::{
     acl::AclTable,
     ct::{CtKey, CtValue, CT_MAX_ENTRIES},
+    limit::{Bucket, LimitKey},
     map_names,
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
-    limit::{Bucket, LimitKey},
     prog_names, EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, MAX_ZONES,
 };
 use tracing::{debug, info};
@@ -102,10 +102,8 @@ impl NiPrograms {
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
         for name in ALL_PROGRAMS {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?.try_into()?;
             prog.load().map_err(|e| verifier_error(name, e))?;
             // How hard the verifier worked (its limit is 1M): the figure to watch when
             // a change makes a program more complex.
@@ -126,18 +124,25 @@ impl NiPrograms {
     /// Attaches the app-port programs to bridge port `port` inside `ns`. `fresh`: the
     /// interface was just created (a pin of that name belongs to an earlier interface).
     pub fn attach_port(&mut self, ns: &Netns, port: &str, fresh: bool) -> Result<()> {
-        self.attach(ns, port, fresh, [
-            (prog_names::APP_PORT_FROM_APP, TcAttachType::Ingress, "from-app"),
-            (prog_names::APP_PORT_TO_APP, TcAttachType::Egress, "to-app"),
-        ])
+        self.attach(
+            ns,
+            port,
+            fresh,
+            [
+                (prog_names::APP_PORT_FROM_APP, TcAttachType::Ingress, "from-app"),
+                (prog_names::APP_PORT_TO_APP, TcAttachType::Egress, "to-app"),
+            ],
+        )
     }
 
     /// Attaches the NAT programs to interface `ifname` inside `ns`.
     pub fn attach_nat(&mut self, ns: &Netns, ifname: &str, fresh: bool) -> Result<()> {
-        self.attach(ns, ifname, fresh, [
-            (prog_names::NAT_INGRESS, TcAttachType::Ingress, "nat-in"),
-            (prog_names::NAT_EGRESS, TcAttachType::Egress, "nat-out"),
-        ])
+        self.attach(
+            ns,
+            ifname,
+            fresh,
+            [(prog_names::NAT_INGRESS, TcAttachType::Ingress, "nat-in"), (prog_names::NAT_EGRESS, TcAttachType::Egress, "nat-out")],
+        )
     }
 
     /// Attaches programs in `ns` (the interface resolved in that netns) so that they
@@ -410,8 +415,8 @@ pub struct MapFill {
 
 fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
     let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {} (is the agent's config applied?)", path.display()))?;
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("opening pinned map {} (is the agent's config applied?)", path.display()))?;
     Ok(aya::maps::Map::from_map_data(data)?)
 }
 
@@ -506,7 +511,12 @@ impl Maps {
     /// Removes what `zone` holds for interfaces other than `ports` (configs, ACLs,
     /// buckets, host sets) and eidset entries for addresses other than `ips`; returns
     /// how many entries went.
-    pub fn remove_zone_strays(&mut self, zone: u32, ports: &std::collections::HashSet<u32>, ips: &std::collections::HashSet<[u8; 4]>) -> usize {
+    pub fn remove_zone_strays(
+        &mut self,
+        zone: u32,
+        ports: &std::collections::HashSet<u32>,
+        ips: &std::collections::HashSet<[u8; 4]>,
+    ) -> usize {
         let stray = |k: &IfaceKey| k.zone == zone && !ports.contains(&k.ifindex);
         self.remove_port_counters(|k| stray(k));
         remove_where(&mut self.ifaces, |k, _| stray(k))
@@ -689,10 +699,7 @@ impl Maps {
 
     /// Program counters summed over CPUs.
     pub fn stats(&self) -> Vec<(Stat, u64)> {
-        Stat::ALL
-            .iter()
-            .map(|s| (*s, self.stats.get(&(*s as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
-            .collect()
+        Stat::ALL.iter().map(|s| (*s, self.stats.get(&(*s as u32), 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
     }
 }
 
@@ -701,4 +708,3 @@ pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
-

@@ -474,8 +474,8 @@ impl Converted {
 pub fn load(path: &Path, bindings: Option<&Path>, ids: EveIds) -> Result<Converted> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading the EdgeDevConfig {}", path.display()))?;
     let de = &mut serde_json::Deserializer::from_str(&text);
-    let config: EdgeDevConfig = serde_path_to_error::deserialize(de)
-        .map_err(|e| anyhow::anyhow!("{}: at {}: {}", path.display(), e.path(), e.inner()))?;
+    let config: EdgeDevConfig =
+        serde_path_to_error::deserialize(de).map_err(|e| anyhow::anyhow!("{}: at {}: {}", path.display(), e.path(), e.inner()))?;
     let bindings = match bindings {
         Some(b) => {
             let text = std::fs::read_to_string(b).with_context(|| format!("reading the bindings {}", b.display()))?;
@@ -609,7 +609,13 @@ fn port_network<'a>(cfg: &'a EdgeDevConfig, label: &str) -> Option<(usize, &'a N
     cfg.networks.iter().enumerate().find(|(_, n)| n.id == adapter.network_uuid)
 }
 
-fn convert_network(cfg: &EdgeDevConfig, bindings: &Bindings, ids: &mut EveIds, ni: &NetworkInstance, at: &str) -> Result<(TomlNetwork, Option<String>), Vec<String>> {
+fn convert_network(
+    cfg: &EdgeDevConfig,
+    bindings: &Bindings,
+    ids: &mut EveIds,
+    ni: &NetworkInstance,
+    at: &str,
+) -> Result<(TomlNetwork, Option<String>), Vec<String>> {
     let mut errors = Vec::new();
     let name = ni.displayname.clone();
     if !valid_name(&name) {
@@ -646,13 +652,15 @@ fn convert_network(cfg: &EdgeDevConfig, bindings: &Bindings, ids: &mut EveIds, n
     }
     let uplink = match ni.port.as_ref().map(|p| p.name.as_str()).filter(|n| !n.is_empty()) {
         None => None,
-        Some(label) => match resolve_port(cfg, label) {
-            Some(ifname) => Some(ifname),
-            None => {
-                errors.push(format!("{at}.port.name {label:?}: no systemAdapterList entry with a deviceIoList interface (phyaddrs.Ifname) of that label"));
-                None
+        Some(label) => {
+            match resolve_port(cfg, label) {
+                Some(ifname) => Some(ifname),
+                None => {
+                    errors.push(format!("{at}.port.name {label:?}: no systemAdapterList entry with a deviceIoList interface (phyaddrs.Ifname) of that label"));
+                    None
+                }
             }
-        },
+        }
     };
     let ip = ni.ip.as_ref().filter(|ip| !ip.subnet.is_empty() || !ip.gateway.is_empty());
     let binding = bindings.network.get(&name);
@@ -669,11 +677,16 @@ fn convert_network(cfg: &EdgeDevConfig, bindings: &Bindings, ids: &mut EveIds, n
             // The NI's DNS server is its gateway (our proxy): the only one we announce.
             for (d, dns) in ip.dns.iter().enumerate() {
                 if gateway.is_some_and(|g| dns.parse() != Ok(g)) {
-                    errors.push(format!("{at}.ip.dns[{d}] {dns:?}: apps get the NI's gateway as DNS server; other servers are not supported"));
+                    errors.push(format!(
+                        "{at}.ip.dns[{d}] {dns:?}: apps get the NI's gateway as DNS server; other servers are not supported"
+                    ));
                 }
             }
             let range = ip.dhcp_range.as_ref().and_then(|r| {
-                Some([parse_addr(&mut errors, &format!("{at}.ip.dhcpRange.start"), &r.start)?, parse_addr(&mut errors, &format!("{at}.ip.dhcpRange.end"), &r.end)?])
+                Some([
+                    parse_addr(&mut errors, &format!("{at}.ip.dhcpRange.start"), &r.start)?,
+                    parse_addr(&mut errors, &format!("{at}.ip.dhcpRange.end"), &r.end)?,
+                ])
             });
             (subnet, gateway, range)
         }
@@ -709,7 +722,9 @@ fn convert_network(cfg: &EdgeDevConfig, bindings: &Bindings, ids: &mut EveIds, n
     let vpn = match (kind, binding.and_then(|b| b.vpn.clone())) {
         ("vpn", Some(v)) => Some(v),
         ("vpn", None) => {
-            errors.push(format!("{at}: a VPN network instance's tunnel (cfg.oconfig is opaque) must be given in the bindings as network.{name}.vpn"));
+            errors.push(format!(
+                "{at}: a VPN network instance's tunnel (cfg.oconfig is opaque) must be given in the bindings as network.{name}.vpn"
+            ));
             None
         }
         (_, Some(_)) => {
@@ -961,7 +976,9 @@ mod tests {
     #[test]
     fn numbers_follow_uuids_not_positions() {
         let app = |name: &str, uuid: &str| {
-            format!(r#"{{"uuidandversion": {{"uuid": "{uuid}"}}, "displayname": "{name}", "activate": true, "interfaces": [{{"networkId": "n1"}}]}}"#)
+            format!(
+                r#"{{"uuidandversion": {{"uuid": "{uuid}"}}, "displayname": "{name}", "activate": true, "interfaces": [{{"networkId": "n1"}}]}}"#
+            )
         };
         let config = |apps: &[String]| {
             parse(&format!(

@@ -30,7 +30,11 @@ use serde::{Deserialize, Serialize};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tracing::warn;
 
-use crate::{datapath::Maps, services::dns::{DnsLogEntry, DnsObserver}, state::AppliedState};
+use crate::{
+    datapath::Maps,
+    services::dns::{DnsLogEntry, DnsObserver},
+    state::AppliedState,
+};
 
 /// Old log files kept beside the current one (`<log>.1` .. `<log>.3`).
 const KEEP_ROTATED: u32 = 3;
@@ -450,7 +454,11 @@ impl LogFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening the flow log {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening the flow log {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(LogFile { path: path.to_path_buf(), max_bytes, file, size })
     }
@@ -617,7 +625,11 @@ impl FlowLog {
 
 /// Reads the data path's events into `queue` until aborted (the agent's run loop writes
 /// them). Events the queue has no room for are counted and logged, never silently gone.
-pub fn spawn_reader(pin_dir: PathBuf, queue: tokio::sync::mpsc::Sender<FlowEvent>, lost: Arc<std::sync::atomic::AtomicU64>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reader(
+    pin_dir: PathBuf,
+    queue: tokio::sync::mpsc::Sender<FlowEvent>,
+    lost: Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let result = read_events(pin_dir, |e| {
             if queue.try_send(*e).is_err() {
@@ -694,8 +706,17 @@ mod tests {
     use super::*;
 
     fn flow(sport: u16, first_seen_ns: u64, packets: [u64; 2]) -> (CtKey, CtValue) {
-        let key = CtKey { zone: 1, addr_a: [10, 10, 1, 2], addr_b: [10, 99, 0, 10], port_a: sport, port_b: 80, proto: 6, ..CtKey::default() };
-        let value = CtValue { first_seen_ns, last_seen_ns: first_seen_ns, packets, bytes: [packets[0] * 100, packets[1] * 100], mark: mark::compose(1, 5, true, false), orig_is_a: 1, ..CtValue::default() };
+        let key =
+            CtKey { zone: 1, addr_a: [10, 10, 1, 2], addr_b: [10, 99, 0, 10], port_a: sport, port_b: 80, proto: 6, ..CtKey::default() };
+        let value = CtValue {
+            first_seen_ns,
+            last_seen_ns: first_seen_ns,
+            packets,
+            bytes: [packets[0] * 100, packets[1] * 100],
+            mark: mark::compose(1, 5, true, false),
+            orig_is_a: 1,
+            ..CtValue::default()
+        };
         (key, value)
     }
 
@@ -716,20 +737,27 @@ mod tests {
         log.event(&start(k1, v1), at);
         log.event(&start(k2, v2), at);
         // The sweep sees both grown; then k1 closes (its end event), k2 vanishes.
-        let grown = [(k1, CtValue { packets: [3, 2], bytes: [300, 200], ..v1 }), (k2, CtValue { packets: [4, 4], bytes: [400, 400], ..v2 })];
+        let grown =
+            [(k1, CtValue { packets: [3, 2], bytes: [300, 200], ..v1 }), (k2, CtValue { packets: [4, 4], bytes: [400, 400], ..v2 })];
         log.after_sweep(&[], &grown, at, 10);
-        log.event(&FlowEvent { kind: EVENT_END, value: CtValue { packets: [5, 5], bytes: [500, 500], flags: FLAG_ENDED, ..v1 }, ..start(k1, v1) }, at);
+        log.event(
+            &FlowEvent { kind: EVENT_END, value: CtValue { packets: [5, 5], bytes: [500, 500], flags: FLAG_ENDED, ..v1 }, ..start(k1, v1) },
+            at,
+        );
         log.after_sweep(&[], &[], at, 20);
         let mut kinds = Vec::new();
         while let Ok(LogRecord::Flow(r)) = records.try_recv() {
             kinds.push((r.sport, r.kind, r.end_reason, r.tx_packets + r.rx_packets));
         }
-        assert_eq!(kinds, [
-            (1000, RecordKind::Start, None, 1),
-            (1001, RecordKind::Start, None, 1),
-            (1000, RecordKind::End, Some(EndReason::Closed), 10),
-            (1001, RecordKind::End, Some(EndReason::Evicted), 8),
-        ]);
+        assert_eq!(
+            kinds,
+            [
+                (1000, RecordKind::Start, None, 1),
+                (1001, RecordKind::Start, None, 1),
+                (1000, RecordKind::End, Some(EndReason::Closed), 10),
+                (1001, RecordKind::End, Some(EndReason::Evicted), 8),
+            ]
+        );
         let totals = log.table().lock().unwrap().ace_totals();
         assert_eq!(totals.len(), 1);
         assert_eq!(totals[0].1, AceTotals { flows: 2, packets: 18, bytes: 1800 });

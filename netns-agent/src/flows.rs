@@ -99,7 +99,13 @@ pub fn app_and_remote(key: &CtKey, v: &CtValue) -> (([u8; 4], u16), ([u8; 4], u1
 /// Follows the source translations of packets from the app's end `app` to the remote
 /// `remote`: in its NI, then in the agent's netns (an app-initiated flow's SNATs, or the
 /// replies of a port-mapped flow undoing its DNATs). Each step's result, in order.
-fn translations(nat: impl Fn(&NatKey) -> Option<NatValue>, zone: u32, proto: u8, app: ([u8; 4], u16), remote: ([u8; 4], u16)) -> Vec<SocketAddrV4> {
+fn translations(
+    nat: impl Fn(&NatKey) -> Option<NatValue>,
+    zone: u32,
+    proto: u8,
+    app: ([u8; 4], u16),
+    remote: ([u8; 4], u16),
+) -> Vec<SocketAddrV4> {
     let mut out = Vec::new();
     let mut key = NatKey { domain: zone, src: app.0, dst: remote.0, sport: app.1, dport: remote.1, proto, _pad: [0; 3] };
     for domain in [zone, DOMAIN_AGENT] {
@@ -116,7 +122,13 @@ fn translations(nat: impl Fn(&NatKey) -> Option<NatValue>, zone: u32, proto: u8,
 }
 
 /// The app's end as the remote sees it (after every translation), if translated.
-pub fn translated(nat: impl Fn(&NatKey) -> Option<NatValue>, zone: u32, proto: u8, app: ([u8; 4], u16), remote: ([u8; 4], u16)) -> Option<SocketAddrV4> {
+pub fn translated(
+    nat: impl Fn(&NatKey) -> Option<NatValue>,
+    zone: u32,
+    proto: u8,
+    app: ([u8; 4], u16),
+    remote: ([u8; 4], u16),
+) -> Option<SocketAddrV4> {
     translations(nat, zone, proto, app, remote).pop()
 }
 
@@ -148,7 +160,10 @@ pub fn records(entries: &[(CtKey, CtValue)], nat: &[(NatKey, NatValue)], state: 
                 bytes_reply: v.bytes[DIR_REPLY],
                 age_secs: secs(now_ns.saturating_sub(v.first_seen_ns)),
                 idle_secs: secs(now_ns.saturating_sub(v.last_seen_ns)),
-                translated: translations(|k| nat.get(k).copied(), k.zone, k.proto, (src, sport), (dst, dport)).iter().map(|a| a.to_string()).collect(),
+                translated: translations(|k| nat.get(k).copied(), k.zone, k.proto, (src, sport), (dst, dport))
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
             }
         })
         .collect();
@@ -204,7 +219,8 @@ mod tests {
 
     #[test]
     fn record_shows_initiator_first_and_decodes_mark() {
-        let key = CtKey { zone: 2, addr_a: [10, 0, 0, 3], addr_b: [10, 0, 0, 9], port_a: 80, port_b: 40000, proto: PROTO_TCP, _pad: [0; 3] };
+        let key =
+            CtKey { zone: 2, addr_a: [10, 0, 0, 3], addr_b: [10, 0, 0, 9], port_a: 80, port_b: 40000, proto: PROTO_TCP, _pad: [0; 3] };
         let val = CtValue {
             first_seen_ns: 1_000_000_000,
             last_seen_ns: 2_000_000_000,

@@ -128,17 +128,12 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             // netlink-packet-route warns about every kernel attribute newer than itself.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,netlink_packet_route=error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,netlink_packet_route=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     if let Err(e) = runtime.block_on(dispatch(cli.command)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -153,10 +148,20 @@ async fn dispatch(command: Command) -> Result<()> {
             for ni in &plan.nis {
                 println!(
                     "network {} (zone {}): {} gateway {}, {} {} <-> {} {}",
-                    ni.name, ni.zone(), ni.subnet, ni.gateway, ni.agent_veth, ni.agent_ip, ni.ni_veth, ni.ni_ip
+                    ni.name,
+                    ni.zone(),
+                    ni.subnet,
+                    ni.gateway,
+                    ni.agent_veth,
+                    ni.agent_ip,
+                    ni.ni_veth,
+                    ni.ni_ip
                 );
                 for p in &ni.ports {
-                    println!("  {} -> app {} #{} ({}) {} {}, {} ACEs", p.bridge_port, p.app, p.app_num, p.app_netns, p.app_ifname, p.ip, p.acl.count);
+                    println!(
+                        "  {} -> app {} #{} ({}) {} {}, {} ACEs",
+                        p.bridge_port, p.app, p.app_num, p.app_netns, p.app_ifname, p.ip, p.acl.count
+                    );
                 }
             }
             println!("config is valid");
@@ -207,7 +212,17 @@ async fn dispatch(command: Command) -> Result<()> {
             } else {
                 println!("{:<14} {:<8} {:<10} {:<32} {:<5} {:<9} {:<9} ANSWERS", "TIME", "NI", "APP", "NAME", "TYPE", "RCODE", "SOURCE");
                 for e in &entries {
-                    println!("{:<14.3} {:<8} {:<10} {:<32} {:<5} {:<9} {:<9} {}", e.time, e.ni, e.app, e.name, e.qtype, e.rcode, e.source, e.answers.join(","));
+                    println!(
+                        "{:<14.3} {:<8} {:<10} {:<32} {:<5} {:<9} {:<9} {}",
+                        e.time,
+                        e.ni,
+                        e.app,
+                        e.name,
+                        e.qtype,
+                        e.rcode,
+                        e.source,
+                        e.answers.join(",")
+                    );
                 }
                 println!("{} requests", entries.len());
             }
@@ -237,16 +252,19 @@ async fn dispatch(command: Command) -> Result<()> {
             let nat = maps.nat_entries();
             let records = flows::records(&maps.flows(), &nat, &state::AppliedState::read(&state_dir), now);
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "flows": records,
-                    "nat": flows::nat_records(&nat, now),
-                    "limits": maps.limits().iter().map(|(k, b)| serde_json::json!({
-                        "zone": k.zone, "ifindex": k.ifindex, "ace_index": k.ace_index,
-                        "rate": b.rate, "burst": b.burst, "unit_ns": b.unit_ns,
-                        "passed": b.passed, "dropped": b.dropped,
-                    })).collect::<Vec<_>>(),
-                    "counters": maps.stats().iter().map(|(s, n)| (s.name(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-                }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "flows": records,
+                        "nat": flows::nat_records(&nat, now),
+                        "limits": maps.limits().iter().map(|(k, b)| serde_json::json!({
+                            "zone": k.zone, "ifindex": k.ifindex, "ace_index": k.ace_index,
+                            "rate": b.rate, "burst": b.burst, "unit_ns": b.unit_ns,
+                            "passed": b.passed, "dropped": b.dropped,
+                        })).collect::<Vec<_>>(),
+                        "counters": maps.stats().iter().map(|(s, n)| (s.name(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+                    }))?
+                );
             } else {
                 flows::print_table(&records);
             }
@@ -364,7 +382,9 @@ async fn run(source: source::ConfigSource) -> Result<()> {
         },
         None => None,
     };
-    info!("running; SIGHUP or `netns-agent apply` applies a changed config, SIGINT/SIGTERM stop the agent (the data path stays until `down`)");
+    info!(
+        "running; SIGHUP or `netns-agent apply` applies a changed config, SIGINT/SIGTERM stop the agent (the data path stays until `down`)"
+    );
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;

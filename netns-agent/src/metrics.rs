@@ -144,13 +144,18 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
     let agent = src.agent.lock().unwrap().clone();
     let names = agent.names.clone();
     let mut out = Vec::new();
-    let mut up = Family::new("netns_agent_datapath_up", Kind::Gauge, "1 when the pinned maps could be read (else the data-path figures are missing from this scrape).");
+    let mut up = Family::new(
+        "netns_agent_datapath_up",
+        Kind::Gauge,
+        "1 when the pinned maps could be read (else the data-path figures are missing from this scrape).",
+    );
     up.add(&[], if maps.is_some() { 1.0 } else { 0.0 });
     out.push(up);
     if let Some(maps) = maps {
         out.extend(datapath_families(maps, &names));
     }
-    let mut entries = Family::new("netns_agent_map_entries", Kind::Gauge, "Entries in the shared flow maps, as of the last sweep (every 10 s).");
+    let mut entries =
+        Family::new("netns_agent_map_entries", Kind::Gauge, "Entries in the shared flow maps, as of the last sweep (every 10 s).");
     let mut capacity = Family::new("netns_agent_map_capacity_entries", Kind::Gauge, "What the shared flow maps can hold.");
     for f in &agent.map_fill {
         entries.add_u64(&[("map", f.map)], f.entries);
@@ -159,12 +164,20 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
     out.extend([entries, capacity]);
     out.extend(ace_families(&src.flows.lock().unwrap(), &names));
 
-    let mut lost = Family::new("netns_agent_flow_events_lost_total", Kind::Counter, "Flow events lost: the ring buffer was full (datapath) or the agent's queue was (agent).");
+    let mut lost = Family::new(
+        "netns_agent_flow_events_lost_total",
+        Kind::Counter,
+        "Flow events lost: the ring buffer was full (datapath) or the agent's queue was (agent).",
+    );
     let datapath_lost = maps.map(|m| m.stats().iter().find(|(s, _)| *s == Stat::EventLost).map(|(_, n)| *n).unwrap_or(0)).unwrap_or(0);
     lost.add_u64(&[("where", "datapath")], datapath_lost);
     lost.add_u64(&[("where", "agent")], src.events_lost_in_agent.load(Ordering::Relaxed));
     out.push(lost);
-    let mut records = Family::new("netns_agent_flow_records_total", Kind::Counter, "Flow log records written, by kind (end records by how the flow ended).");
+    let mut records = Family::new(
+        "netns_agent_flow_records_total",
+        Kind::Counter,
+        "Flow log records written, by kind (end records by how the flow ended).",
+    );
     let mut live = Family::new("netns_agent_flows_followed", Kind::Gauge, "Allowed flows the agent follows from start to end now.");
     {
         let table = src.flows.lock().unwrap();
@@ -176,7 +189,11 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
     out.push(records);
     out.push(live);
 
-    let mut dns = Family::new("netns_agent_dns_queries_total", Kind::Counter, "DNS requests the NIs' proxies handled, by NI, answer code and where the answer came from.");
+    let mut dns = Family::new(
+        "netns_agent_dns_queries_total",
+        Kind::Counter,
+        "DNS requests the NIs' proxies handled, by NI, answer code and where the answer came from.",
+    );
     for (k, n) in src.dns.query_counts() {
         dns.add_u64(&[("ni", &k.ni), ("rcode", &k.rcode), ("source", k.source.as_str())], n);
     }
@@ -186,8 +203,16 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
     out.push(dns_lost);
 
     let mut up = Family::new("netns_agent_vpn_tunnel_up", Kind::Gauge, "1 when the VPN NI's tunnel has an installed CHILD_SA.");
-    let mut vbytes = Family::new("netns_agent_vpn_child_sa_bytes", Kind::Gauge, "Bytes through the VPN NI's current CHILD_SA (in: decrypted, out: encrypted); restarts at each rekey.");
-    let mut vpackets = Family::new("netns_agent_vpn_child_sa_packets", Kind::Gauge, "Packets through the VPN NI's current CHILD_SA; restarts at each rekey.");
+    let mut vbytes = Family::new(
+        "netns_agent_vpn_child_sa_bytes",
+        Kind::Gauge,
+        "Bytes through the VPN NI's current CHILD_SA (in: decrypted, out: encrypted); restarts at each rekey.",
+    );
+    let mut vpackets = Family::new(
+        "netns_agent_vpn_child_sa_packets",
+        Kind::Gauge,
+        "Packets through the VPN NI's current CHILD_SA; restarts at each rekey.",
+    );
     for (ni, t) in tunnels {
         up.add(&[("ni", ni)], if t.state == vpn::STATE_UP { 1.0 } else { 0.0 });
         vbytes.add_u64(&[("ni", ni), ("direction", "in")], t.bytes_in);
@@ -197,7 +222,11 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
     }
     out.extend([up, vbytes, vpackets]);
 
-    let mut applies = Family::new("netns_agent_applies_total", Kind::Counter, "Config applies: ok, failed (applied with errors) or refused (nothing changed).");
+    let mut applies = Family::new(
+        "netns_agent_applies_total",
+        Kind::Counter,
+        "Config applies: ok, failed (applied with errors) or refused (nothing changed).",
+    );
     applies.add_u64(&[("result", "ok")], agent.applies_ok);
     applies.add_u64(&[("result", "failed")], agent.applies_failed);
     applies.add_u64(&[("result", "refused")], agent.applies_refused);
@@ -213,15 +242,21 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
 /// buckets, NAT port exhaustion.
 fn datapath_families(maps: &Maps, names: &Names) -> Vec<Family> {
     let stats = maps.stats();
-    let mut decisions = Family::new("netns_agent_datapath_decisions_total", Kind::Counter, "Every counter of the programs (STATS_V4), by name; README says what each counts.");
-    let mut drops = Family::new("netns_agent_datapath_drops_total", Kind::Counter, "Packets the programs dropped, by reason (the drop_* counters).");
+    let mut decisions = Family::new(
+        "netns_agent_datapath_decisions_total",
+        Kind::Counter,
+        "Every counter of the programs (STATS_V4), by name; README says what each counts.",
+    );
+    let mut drops =
+        Family::new("netns_agent_datapath_drops_total", Kind::Counter, "Packets the programs dropped, by reason (the drop_* counters).");
     for (s, n) in &stats {
         decisions.add_u64(&[("counter", s.name())], *n);
         if let Some(reason) = s.name().strip_prefix("drop_") {
             drops.add_u64(&[("reason", reason)], *n);
         }
     }
-    let mut exhausted = Family::new("netns_agent_nat_port_exhausted_total", Kind::Counter, "New flows that source NAT found no free port for (dropped).");
+    let mut exhausted =
+        Family::new("netns_agent_nat_port_exhausted_total", Kind::Counter, "New flows that source NAT found no free port for (dropped).");
     exhausted.add_u64(&[], stats.iter().find(|(s, _)| *s == Stat::NatNoPort).map(|(_, n)| *n).unwrap_or(0));
 
     // Ports by their key: the app (IFACE_V2) and the bridge port (the plan).
@@ -230,20 +265,30 @@ fn datapath_families(maps: &Maps, names: &Names) -> Vec<Family> {
         let info = ports.get(&netns_ebpf_common::IfaceKey { zone, ifindex })?;
         Some((names.ni(zone), names.app(info.app_num), names.port(zone, info.app_num, ifindex)))
     };
-    let mut packets = Family::new("netns_agent_port_packets_total", Kind::Counter, "Packets through an app port, by direction (from_app, to_app) and verdict.");
-    let mut bytes = Family::new("netns_agent_port_bytes_total", Kind::Counter, "Bytes (whole frames) through an app port, by direction and verdict.");
+    let mut packets = Family::new(
+        "netns_agent_port_packets_total",
+        Kind::Counter,
+        "Packets through an app port, by direction (from_app, to_app) and verdict.",
+    );
+    let mut bytes =
+        Family::new("netns_agent_port_bytes_total", Kind::Counter, "Bytes (whole frames) through an app port, by direction and verdict.");
     for (key, c) in maps.port_counters() {
         let Some((ni, app, port)) = port_labels(key.zone, key.ifindex) else { continue };
         for (dir, d) in [("from_app", PORT_DIR_FROM_APP), ("to_app", PORT_DIR_TO_APP)] {
             for (verdict, p, b) in [("pass", c.passed_packets[d], c.passed_bytes[d]), ("drop", c.dropped_packets[d], c.dropped_bytes[d])] {
-                let labels = [("ni", ni.as_str()), ("app", app.as_str()), ("port", port.as_str()), ("direction", dir), ("verdict", verdict)];
+                let labels =
+                    [("ni", ni.as_str()), ("app", app.as_str()), ("port", port.as_str()), ("direction", dir), ("verdict", verdict)];
                 packets.add_u64(&labels, p);
                 bytes.add_u64(&labels, b);
             }
         }
     }
 
-    let mut limit = Family::new("netns_agent_limit_packets_total", Kind::Counter, "Packets a limit ACE let through (pass) or dropped over its rate (drop).");
+    let mut limit = Family::new(
+        "netns_agent_limit_packets_total",
+        Kind::Counter,
+        "Packets a limit ACE let through (pass) or dropped over its rate (drop).",
+    );
     for (k, b) in maps.limits() {
         let Some((ni, app, port)) = port_labels(k.zone, k.ifindex) else { continue };
         let ace = maps
@@ -260,12 +305,15 @@ fn datapath_families(maps: &Maps, names: &Names) -> Vec<Family> {
 
 /// Flows, packets and bytes per ACE (the flow table's).
 fn ace_families(table: &FlowTable, names: &Names) -> Vec<Family> {
-    let mut flows = Family::new("netns_agent_ace_flows_total", Kind::Counter, "Flows an ACE judged (allowed or dropped), by NI, app and ACE id.");
-    let mut packets = Family::new("netns_agent_ace_packets_total", Kind::Counter, "Packets (both ways) of the allowed flows an ACE judged.");
+    let mut flows =
+        Family::new("netns_agent_ace_flows_total", Kind::Counter, "Flows an ACE judged (allowed or dropped), by NI, app and ACE id.");
+    let mut packets =
+        Family::new("netns_agent_ace_packets_total", Kind::Counter, "Packets (both ways) of the allowed flows an ACE judged.");
     let mut bytes = Family::new("netns_agent_ace_bytes_total", Kind::Counter, "Bytes (both ways) of the allowed flows an ACE judged.");
     for (k, t) in table.ace_totals() {
         let (ni, app, ace) = (names.ni(k.zone), names.app(k.app_num), k.ace_id.to_string());
-        let labels = [("ni", ni.as_str()), ("app", app.as_str()), ("ace", ace.as_str()), ("user", if k.user_ace { "true" } else { "false" })];
+        let labels =
+            [("ni", ni.as_str()), ("app", app.as_str()), ("ace", ace.as_str()), ("user", if k.user_ace { "true" } else { "false" })];
         flows.add_u64(&labels, t.flows);
         packets.add_u64(&labels, t.packets);
         bytes.add_u64(&labels, t.bytes);

@@ -208,13 +208,7 @@ impl Netlink {
 
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
-        self.handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| self.ctx(format!("adding default route via {gateway}")))
+        self.handle.route().add(route).replace().execute().await.with_context(|| self.ctx(format!("adding default route via {gateway}")))
     }
 
     pub async fn default_route_exists(&self) -> Result<bool> {
@@ -230,16 +224,10 @@ impl Netlink {
     /// Deletes a link; Ok(false) if there was none.
     pub async fn delete_link(&self, name: &str) -> Result<bool> {
         let Some(index) = self.link_index(name).await? else { return Ok(false) };
-        self.handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .with_context(|| self.ctx(format!("deleting {name}")))?;
+        self.handle.link().del(index).execute().await.with_context(|| self.ctx(format!("deleting {name}")))?;
         debug!(ns = %self.ns.display(), name, "link deleted");
         Ok(true)
     }
-
 }
 
 impl Netlink {
@@ -279,10 +267,8 @@ impl Netlink {
     }
 
     pub async fn add_table_route(&self, r: &TableRoute) -> Result<()> {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(r.dst, r.prefix_len)
-            .output_interface(r.oif)
-            .table_id(r.table);
+        let mut b =
+            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(r.dst, r.prefix_len).output_interface(r.oif).table_id(r.table);
         if let Some(gw) = r.gateway {
             b = b.gateway(gw);
         }
@@ -294,13 +280,7 @@ impl Netlink {
         } else if r.gateway.is_none() {
             b = b.scope(RouteScope::Link);
         }
-        self.handle
-            .route()
-            .add(b.build())
-            .replace()
-            .execute()
-            .await
-            .with_context(|| self.ctx(format!("adding route {r:?}")))
+        self.handle.route().add(b.build()).replace().execute().await.with_context(|| self.ctx(format!("adding route {r:?}")))
     }
 
     /// Removes every route of `table`.
@@ -412,10 +392,7 @@ fn route_table(route: &RouteMessage) -> u32 {
 }
 
 fn rule_table(rule: &RuleMessage) -> u32 {
-    rule.attributes
-        .iter()
-        .find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None })
-        .unwrap_or(rule.header.table as u32)
+    rule.attributes.iter().find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None }).unwrap_or(rule.header.table as u32)
 }
 
 fn rule_priority(rule: &RuleMessage) -> u32 {
@@ -426,4 +403,3 @@ fn is_main_default(route: &RouteMessage) -> bool {
     const RT_TABLE_MAIN: u32 = 254;
     route.header.destination_prefix_length == 0 && route_table(route) == RT_TABLE_MAIN
 }
-

@@ -64,8 +64,7 @@ pub fn exists(name: &str) -> bool {
 pub fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering netns {}", ns.path.display()))?;
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("entering netns {}", ns.path.display()))?;
             f()
         })
         .join()
@@ -127,17 +126,14 @@ fn ensure_shared_mount(dir: &Path) -> Result<()> {
     // Not a mount point yet: bind it onto itself first.
     mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .with_context(|| format!("bind-mounting {}", dir.display()))?;
-    mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)
-        .with_context(|| format!("making {} a shared mount", dir.display()))
+    mount(None::<&str>, dir, None::<&str>, shared, None::<&str>).with_context(|| format!("making {} a shared mount", dir.display()))
 }
 
 /// Writes a sysctl under /proc/sys (e.g. "net/ipv4/ip_forward") as seen from inside `ns`:
 /// net sysctls resolve against the writing thread's namespace.
 pub fn write_sysctl(ns: &Netns, key: &str, value: &str) -> Result<()> {
     let path = Path::new("/proc/sys").join(key);
-    run_in(ns, || {
-        std::fs::write(&path, value).with_context(|| format!("writing {} in netns {}", path.display(), ns.path.display()))
-    })
+    run_in(ns, || std::fs::write(&path, value).with_context(|| format!("writing {} in netns {}", path.display(), ns.path.display())))
 }
 
 /// Makes `cmd` run inside `ns`: the child enters it between fork and exec.

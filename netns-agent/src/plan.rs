@@ -267,10 +267,7 @@ pub fn build(config: &Config) -> Plan {
     for (pos, app) in config.apps.iter().enumerate() {
         let app_num = app.num.as_ref().map(|n| *n.get_ref()).unwrap_or(pos as u32 + 1);
         for (k, iface) in app.interfaces.iter().enumerate() {
-            let ni = nis
-                .iter_mut()
-                .find(|n| n.name == *iface.network.get_ref())
-                .expect("validated: interface names an existing network");
+            let ni = nis.iter_mut().find(|n| n.name == *iface.network.get_ref()).expect("validated: interface names an existing network");
             let ip = match &iface.ip {
                 Some(ip) => *ip.get_ref(),
                 None => {
@@ -281,11 +278,14 @@ pub fn build(config: &Config) -> Plan {
                     ip
                 }
             };
-            let mac = iface
-                .mac
-                .as_ref()
-                .and_then(|m| crate::config::parse_mac(m.get_ref()))
-                .unwrap_or([0x02, 0x16, 0x3e, ni.index as u8, app_num as u8, k as u8 + 1]);
+            let mac = iface.mac.as_ref().and_then(|m| crate::config::parse_mac(m.get_ref())).unwrap_or([
+                0x02,
+                0x16,
+                0x3e,
+                ni.index as u8,
+                app_num as u8,
+                k as u8 + 1,
+            ]);
             let tap = iface.tap.as_ref().map(|t| t.get_ref().clone());
             let bridge_port = tap.clone().unwrap_or_else(|| format!("nbu{}x{}", k + 1, app_num));
             for ace in &iface.acl {
@@ -359,10 +359,8 @@ pub fn build(config: &Config) -> Plan {
 /// Addresses the agent may hand an app on a network: the DHCP range, or else every host
 /// address of the subnet but the gateway.
 pub fn pool(subnet: Ipv4Net, gateway: Ipv4Addr, range: Option<(Ipv4Addr, Ipv4Addr)>) -> impl Iterator<Item = Ipv4Addr> {
-    let (first, last) = range.unwrap_or((
-        Ipv4Addr::from(u32::from(subnet.network()) + 1),
-        Ipv4Addr::from(u32::from(subnet.broadcast()) - 1),
-    ));
+    let (first, last) =
+        range.unwrap_or((Ipv4Addr::from(u32::from(subnet.network()) + 1), Ipv4Addr::from(u32::from(subnet.broadcast()) - 1)));
     (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from).filter(move |ip| *ip != gateway)
 }
 

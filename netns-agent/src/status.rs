@@ -94,7 +94,13 @@ pub async fn build(state_dir: &Path) -> Result<StatusReport> {
             .iter()
             .map(|p| {
                 let error = rec.port_errors.get(&p.bridge_port).cloned();
-                let state = if error.is_some() { ItemState::Failed } else if rec.state == ItemState::Pending { ItemState::Pending } else { rec.state };
+                let state = if error.is_some() {
+                    ItemState::Failed
+                } else if rec.state == ItemState::Pending {
+                    ItemState::Pending
+                } else {
+                    rec.state
+                };
                 PortStatus { port: p.bridge_port.clone(), app: p.app.clone(), state, error }
             })
             .collect();
@@ -103,7 +109,9 @@ pub async fn build(state_dir: &Path) -> Result<StatusReport> {
             for port in ni.ports.iter().filter(|p| !p.limits.is_empty()) {
                 let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
                 for (index, _) in &port.limits {
-                    let key = |k: &netns_ebpf_common::limit::LimitKey| k.zone == ni.zone() && k.ifindex == ifindex && k.ace_index == *index as u32;
+                    let key = |k: &netns_ebpf_common::limit::LimitKey| {
+                        k.zone == ni.zone() && k.ifindex == ifindex && k.ace_index == *index as u32
+                    };
                     if let Some((_, b)) = buckets.iter().find(|(k, _)| key(k)) {
                         limits.push(LimitStatus {
                             network: ni.name.clone(),
@@ -124,7 +132,15 @@ pub async fn build(state_dir: &Path) -> Result<StatusReport> {
                 }
             }
         }
-        networks.push(NetworkStatus { name: ni.name.clone(), kind: ni.kind, state: rec.state, present, error: rec.error.clone(), ports, tunnel });
+        networks.push(NetworkStatus {
+            name: ni.name.clone(),
+            kind: ni.kind,
+            state: rec.state,
+            present,
+            error: rec.error.clone(),
+            ports,
+            tunnel,
+        });
     }
     Ok(StatusReport {
         agent: AgentStatus {
@@ -182,7 +198,10 @@ pub fn print_table(r: &StatusReport) {
         }
     }
     if !r.limits.is_empty() {
-        println!("\n{:<16} {:<10} {:<10} {:>6} {:>10} {:>7} {:>10} {:>10}", "NETWORK", "APP", "PORT", "ACE", "RATE", "BURST", "PASSED", "DROPPED");
+        println!(
+            "\n{:<16} {:<10} {:<10} {:>6} {:>10} {:>7} {:>10} {:>10}",
+            "NETWORK", "APP", "PORT", "ACE", "RATE", "BURST", "PASSED", "DROPPED"
+        );
         for l in &r.limits {
             println!(
                 "{:<16} {:<10} {:<10} {:>6} {:>10} {:>7} {:>10} {:>10}",

@@ -34,11 +34,8 @@ impl CtKey {
         let src = (u32::from_be_bytes(flow.src), flow.sport);
         let dst = (u32::from_be_bytes(flow.dst), flow.dport);
         let a_to_b = src <= dst;
-        let (a, pa, b, pb) = if a_to_b {
-            (flow.src, flow.sport, flow.dst, flow.dport)
-        } else {
-            (flow.dst, flow.dport, flow.src, flow.sport)
-        };
+        let (a, pa, b, pb) =
+            if a_to_b { (flow.src, flow.sport, flow.dst, flow.dport) } else { (flow.dst, flow.dport, flow.src, flow.sport) };
         let key = CtKey { zone, addr_a: a, addr_b: b, port_a: pa, port_b: pb, proto: flow.proto, _pad: [0; 3] };
         (key, a_to_b)
     }
@@ -166,8 +163,7 @@ pub fn rst_acceptable(entry: &CtValue, dir: usize, seq: u32) -> bool {
 /// kernel reopens it.
 #[inline(always)]
 pub fn reopened_by(entry: &CtValue, tcp_flags: u8) -> bool {
-    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
-        && matches!(entry.tcp_state, TCP_FIN_WAIT | TCP_TIME_WAIT | TCP_CLOSE)
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN && matches!(entry.tcp_state, TCP_FIN_WAIT | TCP_TIME_WAIT | TCP_CLOSE)
 }
 
 /// Next TCP state after a packet with `flags` in direction `dir`.

@@ -41,12 +41,7 @@ pub struct Decoded {
 }
 
 pub const fn decode(mark: u32) -> Decoded {
-    Decoded {
-        app_num: mark >> APP_SHIFT,
-        ace_id: mark & ACE_ID_MASK,
-        user_ace: mark & USER_ACE_BIT != 0,
-        drop: mark & DROP_BIT != 0,
-    }
+    Decoded { app_num: mark >> APP_SHIFT, ace_id: mark & ACE_ID_MASK, user_ace: mark & USER_ACE_BIT != 0, drop: mark & DROP_BIT != 0 }
 }
 
 #[cfg(test)]

@@ -197,20 +197,13 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
 
 /// The packet quoted in an ICMP error: its IPv4 header and the first 8 bytes of L4.
 #[inline(always)]
-fn parse_icmp_error_inner<R: PacketReader + ?Sized>(
-    pkt: &R,
-    off: usize,
-    outer_len: u16,
-) -> Result<Flow, ParseError> {
+fn parse_icmp_error_inner<R: PacketReader + ?Sized>(pkt: &R, off: usize, outer_len: u16) -> Result<Flow, ParseError> {
     let ip: [u8; 20] = pkt.read(off).ok_or(ParseError::Truncated)?;
     let (ihl, proto, src, dst, _, _) = ipv4_fields(&ip)?;
     let l4: [u8; 8] = pkt.read(off + ihl).ok_or(ParseError::Truncated)?;
     let mut icmp_echo = false;
     let (sport, dport) = match proto {
-        PROTO_TCP | PROTO_UDP => (
-            u16::from_be_bytes([l4[0], l4[1]]),
-            u16::from_be_bytes([l4[2], l4[3]]),
-        ),
+        PROTO_TCP | PROTO_UDP => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
         PROTO_ICMP => {
             icmp_echo = true;
             let id = u16::from_be_bytes([l4[4], l4[5]]);
@@ -246,14 +239,7 @@ fn ipv4_fields(ip: &[u8; 20]) -> Result<Ipv4Fields, ParseError> {
         return Err(ParseError::BadIpHeader);
     }
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    Ok((
-        ihl,
-        ip[9],
-        [ip[12], ip[13], ip[14], ip[15]],
-        [ip[16], ip[17], ip[18], ip[19]],
-        total_len,
-        frag,
-    ))
+    Ok((ihl, ip[9], [ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]], total_len, frag))
 }
 
 #[cfg(test)]

@@ -21,11 +21,14 @@ use netns_ebpf_common::{
     limit::{self, LimitKey},
     nat::{NatKey, NatValue, PortmapKey, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, Parsed, FRAG_LATER, FRAG_NONE, TCP_RST},
-    EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH, PROTO_TCP, VETH_NET,
-    VETH_NET_LEN, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
+    EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH, PORT_DIR_FROM_APP,
+    PORT_DIR_TO_APP, PROTO_TCP, VETH_NET, VETH_NET_LEN,
 };
 
-use crate::{budget, count, events, frag, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS, PORT_STATS};
+use crate::{
+    budget, count, events, frag, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT,
+    PORTMAPS, PORT_STATS,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -150,7 +153,15 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 // Every unconfigured DHCP client of the NI shares this tuple: the entry
                 // becomes this port's (DHCP is implicitly allowed for every app).
                 let v = judge(ctx, side, &ikey, iface, flow);
-                *entry = CtValue { first_seen_ns: now, mark: v.mark, judge_ifindex: ifindex, policy_gen: iface.policy_gen, verdict: v.drop as u8, orig_is_a: a_to_b as u8, ..CtValue::default() };
+                *entry = CtValue {
+                    first_seen_ns: now,
+                    mark: v.mark,
+                    judge_ifindex: ifindex,
+                    policy_gen: iface.policy_gen,
+                    verdict: v.drop as u8,
+                    orig_is_a: a_to_b as u8,
+                    ..CtValue::default()
+                };
                 dir = DIR_ORIG;
             }
             if flow.related {
@@ -163,7 +174,12 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 count(Stat::DropTcpRst);
                 return TC_ACT_SHOT;
             }
-            if side == Side::ToApp && dir == DIR_ORIG && entry.flags & FLAG_JUDGED_TO_APP == 0 && entry.reply_ifindex == 0 && came_from_app_port(ctx) {
+            if side == Side::ToApp
+                && dir == DIR_ORIG
+                && entry.flags & FLAG_JUDGED_TO_APP == 0
+                && entry.reply_ifindex == 0
+                && came_from_app_port(ctx)
+            {
                 // The first packet of one app's flow to another reaches the far app here:
                 // this port is where its replies may come from.
                 entry.reply_ifindex = ifindex;
@@ -375,7 +391,9 @@ fn to_device(iface: &IfaceInfo, flow: &Flow) -> bool {
         return false;
     }
     let device = acl::prefix_contains(VETH_NET, VETH_NET_LEN, flow.dst) || unsafe { DEVICE.get(&flow.dst) }.is_some();
-    device && unsafe { PORTMAPS.get(&PortmapKey { domain: DOMAIN_AGENT, addr: flow.dst, port: flow.dport, proto: flow.proto, _pad: 0 }) }.is_none()
+    device
+        && unsafe { PORTMAPS.get(&PortmapKey { domain: DOMAIN_AGENT, addr: flow.dst, port: flow.dport, proto: flow.proto, _pad: 0 }) }
+            .is_none()
 }
 
 /// The eidset and host-set lookups for a new flow's remote end.

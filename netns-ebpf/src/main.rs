@@ -30,7 +30,8 @@ use netns_ebpf_common::{
     limit::{Bucket, LimitKey},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
     packet::PacketReader,
-    EidKey, HostEntry, HostKey, HOSTSET_MAX_ENTRIES, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, MAX_APP_PORTS, MAX_DEVICE_ADDRS, MAX_ZONES,
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, MAX_APP_PORTS, MAX_DEVICE_ADDRS,
+    MAX_ZONES,
 };
 
 /// The translation domain / conntrack zone this copy serves; set by the loader.

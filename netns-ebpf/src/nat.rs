@@ -93,7 +93,8 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
                     count(Stat::DropZoneFull);
                     return TC_ACT_SHOT;
                 }
-                let fwd = NatValue { last_seen_ns: now, mark: t.mark, addr: t.addr, port: t.port, rewrite: REWRITE_DST, flags: NAT_FLAG_ORIG };
+                let fwd =
+                    NatValue { last_seen_ns: now, mark: t.mark, addr: t.addr, port: t.port, rewrite: REWRITE_DST, flags: NAT_FLAG_ORIG };
                 let rev_key = key.rewritten(&fwd).reversed();
                 let rev = NatValue { last_seen_ns: now, mark: 0, addr: flow.dst, port: flow.dport, rewrite: REWRITE_SRC, flags: 0 };
                 if NAT.insert(&rev_key, &rev, BPF_ANY as u64).is_err() || NAT.insert(&key, &fwd, BPF_ANY as u64).is_err() {

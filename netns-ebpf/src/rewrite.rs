@@ -74,11 +74,8 @@ pub fn apply(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Result<(), ()> {
 #[inline(always)]
 pub fn apply_icmp_error(ctx: &TcContext, quoted: &Flow, v: &NatValue) -> Result<(), ()> {
     let quoted_src = v.rewrite != REWRITE_SRC;
-    let (outer_off, quoted_ip_off) = if quoted_src {
-        (IP_DST, quoted.inner_l3_off as usize + 12)
-    } else {
-        (IP_SRC, quoted.inner_l3_off as usize + 16)
-    };
+    let (outer_off, quoted_ip_off) =
+        if quoted_src { (IP_DST, quoted.inner_l3_off as usize + 12) } else { (IP_SRC, quoted.inner_l3_off as usize + 16) };
     let old_outer: [u8; 4] = ctx.load(outer_off).map_err(|_| ())?;
     let old_quoted = if quoted_src { quoted.src } else { quoted.dst };
     let old_port = if quoted_src { quoted.sport } else { quoted.dport };
@@ -88,8 +85,7 @@ pub fn apply_icmp_error(ctx: &TcContext, quoted: &Flow, v: &NatValue) -> Result<
     ctx.store(outer_off, &v.addr, 0).map_err(|_| ())?;
     // The quoted header's address and checksum change by opposite amounts, so the ICMP
     // checksum over them stays right; only the quoted port needs it fixed.
-    ctx.l3_csum_replace(quoted.inner_l3_off as usize + 10, u32::from_ne_bytes(old_quoted) as u64, new_ip_raw, 4)
-        .map_err(|_| ())?;
+    ctx.l3_csum_replace(quoted.inner_l3_off as usize + 10, u32::from_ne_bytes(old_quoted) as u64, new_ip_raw, 4).map_err(|_| ())?;
     ctx.store(quoted_ip_off, &v.addr, 0).map_err(|_| ())?;
     if old_port != v.port {
         let port_off = match quoted.proto {

@@ -23,16 +23,13 @@ pub fn py_script(name: &str) -> String {
 }
 
 pub fn agent_bin() -> PathBuf {
-    std::env::var_os("NETNS_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netns-agent")
-    })
+    std::env::var_os("NETNS_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netns-agent"))
 }
 
 fn require_root() {
-    assert!(
-        effective_uid() == 0,
-        "integration tests create namespaces and load eBPF programs: run them as root (cargo xtask test)"
-    );
+    assert!(effective_uid() == 0, "integration tests create namespaces and load eBPF programs: run them as root (cargo xtask test)");
     assert!(agent_bin().exists(), "{} is missing: run `cargo xtask test`", agent_bin().display());
 }
 
@@ -208,7 +205,12 @@ impl Scenario {
         self.spawn(ns, &["sh", "-c", &charon]);
         let uri = format!("unix://{}", vici.display());
         wait_until(scaled(Duration::from_secs(20)), || vici.exists()).unwrap_or_else(|| panic!("responder in {ns}: no vici socket"));
-        let load = Command::new("swanctl").args(["--load-all", "--noprompt", "--file"]).arg(dir.join("swanctl.conf")).args(["--uri", &uri]).output().unwrap();
+        let load = Command::new("swanctl")
+            .args(["--load-all", "--noprompt", "--file"])
+            .arg(dir.join("swanctl.conf"))
+            .args(["--uri", &uri])
+            .output()
+            .unwrap();
         assert!(load.status.success(), "loading the responder of {ns}: {}", String::from_utf8_lossy(&load.stdout));
     }
 

@@ -81,7 +81,8 @@ fn nat_ports_inside_the_kernels_ephemeral_range_are_refused() {
 /// the reason, and leaves nothing: no netns, no pins, no record, no state dir.
 #[test]
 fn a_config_refused_at_start_leaves_nothing() {
-    let with_uplink = format!("[[uplink]]\nname = \"eth9\"\n{}", GOOD.replace("gateway = \"10.10.1.1\"", "gateway = \"10.10.1.1\"\nuplink = \"eth9\""));
+    let with_uplink =
+        format!("[[uplink]]\nname = \"eth9\"\n{}", GOOD.replace("gateway = \"10.10.1.1\"", "gateway = \"10.10.1.1\"\nuplink = \"eth9\""));
     let s = Scenario::new(&["ni1"], &["app1"], &with_uplink);
     let out = s.agent_cmd(&["run", "--config", s.config_path.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);

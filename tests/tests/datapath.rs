@@ -110,7 +110,9 @@ fn blocked_port_times_out_and_leaves_a_drop_flow() {
 #[test]
 fn a_full_acl_is_walked_to_its_last_ace() {
     let mut aces: Vec<String> = (1..=63)
-        .map(|i| format!("  {{ id = {i}, match = {{ ip = \"10.10.1.3/32\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},", 1000 + i))
+        .map(|i| {
+            format!("  {{ id = {i}, match = {{ ip = \"10.10.1.3/32\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},", 1000 + i)
+        })
         .collect();
     aces.push("  { id = 64, match = { ip = \"10.10.1.3/32\", protocol = \"tcp\" } },".into());
     let config = format!(
@@ -139,11 +141,8 @@ fn a_full_acl_is_walked_to_its_last_ace() {
 fn drop_ace_marks_the_flow_with_user_ace_and_drop_bits() {
     let s = scenario();
     let app1 = s.app("app1");
-    let out = s.python(
-        app1,
-        "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'hello', ('10.10.1.3', 5353))",
-        &[],
-    );
+    let out =
+        s.python(app1, "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'hello', ('10.10.1.3', 5353))", &[]);
     assert!(out.status.success());
     let flows = s.flows();
     let f = flow(&flows, "10.10.1.2", "10.10.1.3", 5353).expect("udp flow recorded");
@@ -290,7 +289,8 @@ fn metadata_from_overlapping_nis_returns_each_app_its_own() {
     // No uplink: no external address.
     assert!(get(s.app("app1"), "/eve/v1/network.json").contains("\"external-ipv4\":\"\""));
     // The NI's own netns is no app: nothing for it.
-    let out = s.exec(s.ni("ni1"), &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "http://10.10.1.1/eve/v1/hostname"]);
+    let out = s
+        .exec(s.ni("ni1"), &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "http://10.10.1.1/eve/v1/hostname"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
 
@@ -343,7 +343,11 @@ fn every_metadata_path_answers_the_app_that_asks() {
                     assert_eq!(v["ip"], ip, "{v}");
                 }
                 if path.ends_with("network_data.json") {
-                    assert_eq!((v["networks"][0]["ip_address"].as_str(), v["services"][0]["address"].as_str()), (Some(ip), Some("10.10.1.1")), "{v}");
+                    assert_eq!(
+                        (v["networks"][0]["ip_address"].as_str(), v["services"][0]["address"].as_str()),
+                        (Some(ip), Some("10.10.1.1")),
+                        "{v}"
+                    );
                 }
             }
             bodies.push(body);

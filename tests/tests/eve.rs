@@ -38,7 +38,11 @@ impl Drop for TempDir {
 
 /// The demo bindings with a state dir of `dir`'s (no ids on record: numbering from 1).
 fn demo_bindings(dir: &TempDir) -> String {
-    let text = DEMO_BINDINGS.replace("@backend", "libipsec").replacen("[agent]\n", &format!("[agent]\nstate_dir = \"{}/state\"\n", dir.0.display()), 1);
+    let text = DEMO_BINDINGS.replace("@backend", "libipsec").replacen(
+        "[agent]\n",
+        &format!("[agent]\nstate_dir = \"{}/state\"\n", dir.0.display()),
+        1,
+    );
     dir.write("bindings.toml", &text)
 }
 
@@ -100,27 +104,97 @@ fn broken_edge_dev_configs_are_refused_with_their_json_path() {
     let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
         ("unknown instType", Box::new(|c| c["networkInstances"][0]["instType"] = json!(7)), "networkInstances[0].instType 7: unsupported"),
         ("IPv6 NI", Box::new(|c| c["networkInstances"][1]["ipType"] = json!(2)), "networkInstances[1].ipType 2: only IPv4"),
-        ("dangling networkId", Box::new(|c| c["apps"][1]["interfaces"][0]["networkId"] = json!("no-such-ni")), "apps[1].interfaces[0].networkId \"no-such-ni\": no network instance"),
-        ("bad CIDR", Box::new(|c| c["networkInstances"][0]["ip"]["subnet"] = json!("10.10.1.0/33")), "networkInstances[0].ip.subnet \"10.10.1.0/33\""),
-        ("bad gateway", Box::new(|c| c["networkInstances"][2]["ip"]["gateway"] = json!("10.10.1.x")), "networkInstances[2].ip.gateway \"10.10.1.x\""),
-        ("portmap without lport", Box::new(|c| {
-            c["apps"][1]["interfaces"][0]["acls"][1]["matches"].as_array_mut().unwrap().retain(|m| m["type"] != "lport");
-        }), "apps[1].interfaces[0].acls[1]: a portmap action needs an lport match"),
-        ("unsupported match", Box::new(|c| c["apps"][0]["interfaces"][0]["acls"][0]["matches"][0]["type"] = json!("adapter")), "apps[0].interfaces[0].acls[0].matches[0]: match type \"adapter\" is not supported"),
-        ("duplicate ACE ids", Box::new(|c| c["apps"][0]["interfaces"][0]["acls"][1]["id"] = json!(1)), "apps[0].interfaces[0].acls[1].id 1: a second ACE"),
+        (
+            "dangling networkId",
+            Box::new(|c| c["apps"][1]["interfaces"][0]["networkId"] = json!("no-such-ni")),
+            "apps[1].interfaces[0].networkId \"no-such-ni\": no network instance",
+        ),
+        (
+            "bad CIDR",
+            Box::new(|c| c["networkInstances"][0]["ip"]["subnet"] = json!("10.10.1.0/33")),
+            "networkInstances[0].ip.subnet \"10.10.1.0/33\"",
+        ),
+        (
+            "bad gateway",
+            Box::new(|c| c["networkInstances"][2]["ip"]["gateway"] = json!("10.10.1.x")),
+            "networkInstances[2].ip.gateway \"10.10.1.x\"",
+        ),
+        (
+            "portmap without lport",
+            Box::new(|c| {
+                c["apps"][1]["interfaces"][0]["acls"][1]["matches"].as_array_mut().unwrap().retain(|m| m["type"] != "lport");
+            }),
+            "apps[1].interfaces[0].acls[1]: a portmap action needs an lport match",
+        ),
+        (
+            "unsupported match",
+            Box::new(|c| c["apps"][0]["interfaces"][0]["acls"][0]["matches"][0]["type"] = json!("adapter")),
+            "apps[0].interfaces[0].acls[0].matches[0]: match type \"adapter\" is not supported",
+        ),
+        (
+            "duplicate ACE ids",
+            Box::new(|c| c["apps"][0]["interfaces"][0]["acls"][1]["id"] = json!(1)),
+            "apps[0].interfaces[0].acls[1].id 1: a second ACE",
+        ),
         ("unknown port", Box::new(|c| c["networkInstances"][0]["port"]["name"] = json!("eth9")), "networkInstances[0].port.name \"eth9\""),
         ("bad NI name", Box::new(|c| c["networkInstances"][0]["displayname"] = json!("ni 1")), "networkInstances[0].displayname \"ni 1\""),
-        ("a DNS server not the gateway", Box::new(|c| c["networkInstances"][0]["ip"]["dns"] = json!(["8.8.8.8"])), "networkInstances[0].ip.dns[0] \"8.8.8.8\""),
-        ("ACE id of the wrong type", Box::new(|c| c["apps"][0]["interfaces"][0]["acls"][0]["id"] = json!("one")), "at apps[0].interfaces[0].acls[0].id"),
-        ("a port that is not a number", Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][0]["matches"][1]["value"] = json!("http")), "apps[1].interfaces[0].acls[0].matches[1]: fport \"http\""),
-        ("a limit in days", Box::new(|c| c["apps"][5]["interfaces"][0]["acls"][0]["actions"][0]["limitunit"] = json!("d")), "apps[5].interfaces[0].acls[0].actions[0].limitunit \"d\""),
-        ("an unknown protocol", Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][1]["matches"][0]["value"] = json!("sctp6")), "apps[1].interfaces[0].acls[1].matches[0]: protocol \"sctp6\""),
-        ("a field we do not support", Box::new(|c| c["apps"][0]["interfaces"][1]["accessVlanId"] = json!(20)), "apps[0].interfaces[1].accessVlanId 20: VLANs are not supported"),
-        ("static routes", Box::new(|c| c["networkInstances"][1]["staticRoutes"] = json!([{"destinationNetwork": "10.0.0.0/8", "gateway": "192.168.1.1"}])), "networkInstances[1].staticRoutes: static routes are not supported"),
-        ("encrypted user data", Box::new(|c| c["apps"][2]["cipherData"] = json!({"cipherContextId": "x"})), "apps[2].cipherData: encrypted user data"),
-        ("two apps of one name", Box::new(|c| c["apps"][1]["displayname"] = json!("app1")), "apps[1].displayname \"app1\": a second app of this name"),
-        ("a bad MAC", Box::new(|c| c["apps"][3]["interfaces"][0]["macAddress"] = json!("02:16:3e")), "apps[3].interfaces[0].macAddress \"02:16:3e\""),
-        ("two actions", Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][1]["actions"].as_array_mut().unwrap().push(json!({"drop": true}))), "apps[1].interfaces[0].acls[1].actions: one action per ACE"),
+        (
+            "a DNS server not the gateway",
+            Box::new(|c| c["networkInstances"][0]["ip"]["dns"] = json!(["8.8.8.8"])),
+            "networkInstances[0].ip.dns[0] \"8.8.8.8\"",
+        ),
+        (
+            "ACE id of the wrong type",
+            Box::new(|c| c["apps"][0]["interfaces"][0]["acls"][0]["id"] = json!("one")),
+            "at apps[0].interfaces[0].acls[0].id",
+        ),
+        (
+            "a port that is not a number",
+            Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][0]["matches"][1]["value"] = json!("http")),
+            "apps[1].interfaces[0].acls[0].matches[1]: fport \"http\"",
+        ),
+        (
+            "a limit in days",
+            Box::new(|c| c["apps"][5]["interfaces"][0]["acls"][0]["actions"][0]["limitunit"] = json!("d")),
+            "apps[5].interfaces[0].acls[0].actions[0].limitunit \"d\"",
+        ),
+        (
+            "an unknown protocol",
+            Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][1]["matches"][0]["value"] = json!("sctp6")),
+            "apps[1].interfaces[0].acls[1].matches[0]: protocol \"sctp6\"",
+        ),
+        (
+            "a field we do not support",
+            Box::new(|c| c["apps"][0]["interfaces"][1]["accessVlanId"] = json!(20)),
+            "apps[0].interfaces[1].accessVlanId 20: VLANs are not supported",
+        ),
+        (
+            "static routes",
+            Box::new(|c| {
+                c["networkInstances"][1]["staticRoutes"] = json!([{"destinationNetwork": "10.0.0.0/8", "gateway": "192.168.1.1"}])
+            }),
+            "networkInstances[1].staticRoutes: static routes are not supported",
+        ),
+        (
+            "encrypted user data",
+            Box::new(|c| c["apps"][2]["cipherData"] = json!({"cipherContextId": "x"})),
+            "apps[2].cipherData: encrypted user data",
+        ),
+        (
+            "two apps of one name",
+            Box::new(|c| c["apps"][1]["displayname"] = json!("app1")),
+            "apps[1].displayname \"app1\": a second app of this name",
+        ),
+        (
+            "a bad MAC",
+            Box::new(|c| c["apps"][3]["interfaces"][0]["macAddress"] = json!("02:16:3e")),
+            "apps[3].interfaces[0].macAddress \"02:16:3e\"",
+        ),
+        (
+            "two actions",
+            Box::new(|c| c["apps"][1]["interfaces"][0]["acls"][1]["actions"].as_array_mut().unwrap().push(json!({"drop": true}))),
+            "apps[1].interfaces[0].acls[1].actions: one action per ACE",
+        ),
     ];
     for (what, break_it, expected) in &cases {
         let mut config = base.clone();
@@ -165,7 +239,13 @@ fn edge_config(version: &str, ni: &str, apps: &[(&str, &str, Value)]) -> String 
 /// The ports of `status --json`, by app.
 fn ports(s: &Scenario) -> Vec<(String, String)> {
     let status = s.status_json();
-    status["networks"].as_array().unwrap().iter().flat_map(|n| n["ports"].as_array().cloned().unwrap_or_default()).map(|p| (p["app"].as_str().unwrap_or("?").to_string(), p["port"].as_str().unwrap_or("?").to_string())).collect()
+    status["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["ports"].as_array().cloned().unwrap_or_default())
+        .map(|p| (p["app"].as_str().unwrap_or("?").to_string(), p["port"].as_str().unwrap_or("?").to_string()))
+        .collect()
 }
 
 /// `run --eve-config` applies an EdgeDevConfig (its userData served); a new version (an
@@ -190,7 +270,8 @@ fn an_edge_dev_config_runs_and_follows_its_versions() {
             s.app("app3")
         ),
     );
-    let (app1, app2, app3) = ("aaaaaaaa-0000-0000-0000-000000000001", "aaaaaaaa-0000-0000-0000-000000000002", "aaaaaaaa-0000-0000-0000-000000000003");
+    let (app1, app2, app3) =
+        ("aaaaaaaa-0000-0000-0000-000000000001", "aaaaaaaa-0000-0000-0000-000000000002", "aaaaaaaa-0000-0000-0000-000000000003");
     let to_inet = |port: u16| json!({"id": port - 6999, "matches": [{"type": "ip", "value": INET_IP}, {"type": "protocol", "value": "tcp"}, {"type": "fport", "value": port.to_string()}]});
     let v1 = edge_config("1", &ni, &[("app1", app1, json!([to_inet(7000)])), ("app2", app2, json!([]))]);
     let json = dir.write("config.json", &v1);

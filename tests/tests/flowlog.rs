@@ -120,7 +120,11 @@ print(ok)
         assert!(r["tx_packets"].as_u64().unwrap() >= 4 && !r["inbound"].as_bool().unwrap(), "{r}");
     }
     for r in &dropped {
-        assert_eq!((r["acl_id"].as_u64(), r["action"].as_str(), r["drop_reason"].as_str()), (Some(0x3f_ffff), Some("drop"), Some("drop_acl")), "{r}");
+        assert_eq!(
+            (r["acl_id"].as_u64(), r["action"].as_str(), r["drop_reason"].as_str()),
+            (Some(0x3f_ffff), Some("drop"), Some("drop_acl")),
+            "{r}"
+        );
     }
     assert_eq!(s.counter("event_lost"), 0);
 }
@@ -208,7 +212,12 @@ fn records_name_the_ace_the_translation_and_the_dns_name() {
     assert_eq!(dns.len(), 1, "one request, one record");
     assert_eq!((dns[0]["name"].as_str(), dns[0]["app"].as_str(), dns[0]["rcode"].as_str()), (Some("app2"), Some("app1"), Some("NoError")));
     assert_eq!(dns[0]["answers"], serde_json::json!(["10.10.1.3"]));
-    let end_to = |dst: &str| all.iter().find(|r| r["kind"] == "end" && r["dst"] == dst && r["dport"] == 7000).cloned().unwrap_or_else(|| panic!("no end record to {dst}"));
+    let end_to = |dst: &str| {
+        all.iter()
+            .find(|r| r["kind"] == "end" && r["dst"] == dst && r["dport"] == 7000)
+            .cloned()
+            .unwrap_or_else(|| panic!("no end record to {dst}"))
+    };
     let to_app2 = end_to("10.10.1.3");
     let to_inet = end_to(INET_IP);
     println!("to app2: {} {to_app2}\nto inet: {} {to_inet}", tuple(&to_app2), tuple(&to_inet));
@@ -326,7 +335,12 @@ fn metrics_move_by_exactly_the_traffic_sent() {
     std::io::Write::write_all(check.stdin.as_mut().unwrap(), last.as_bytes()).unwrap();
     drop(check.stdin.take());
     let out = check.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool check metrics: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(server);
 }
 

@@ -128,7 +128,11 @@ fn port_map_from_outside_and_hairpin_on_the_same_uplink() {
     let nat = nat_entries(&s);
     // The hairpin was translated at ni1's agent-side veth, straight from ni1's veth address.
     assert!(
-        nat.iter().any(|e| e["domain"] == 0 && e["src"] == "169.254.100.2" && e["dst"] == "192.168.0.2" && e["dport"] == 8080 && e["rewrite"] == "dst"),
+        nat.iter().any(|e| e["domain"] == 0
+            && e["src"] == "169.254.100.2"
+            && e["dst"] == "192.168.0.2"
+            && e["dport"] == 8080
+            && e["rewrite"] == "dst"),
         "hairpin DNAT in the agent netns: {nat:#?}"
     );
     // The flow at app2's port carries the port map ACE's mark (app 2, user ACE 2).
@@ -156,7 +160,11 @@ fn port_map_from_an_ni_on_another_uplink_goes_through_the_router() {
     assert!(rx(&s) >= before + 3, "the connection went through the router: {before} -> {}", rx(&s));
     let nat = nat_entries(&s);
     assert!(
-        nat.iter().any(|e| e["domain"] == 0 && e["src"] == "192.168.1.2" && e["dst"] == "192.168.0.2" && e["dport"] == 8080 && e["rewrite"] == "dst"),
+        nat.iter().any(|e| e["domain"] == 0
+            && e["src"] == "192.168.1.2"
+            && e["dst"] == "192.168.0.2"
+            && e["dport"] == 8080
+            && e["rewrite"] == "dst"),
         "the port map saw the flow arrive from the router with eth1's address: {nat:#?}"
     );
 }
@@ -349,7 +357,10 @@ fn fragmented_udp_crosses_both_nats_both_ways() {
     let out = s.exec(s.app("app1"), &["python3", &script, "client", INET_IP, "7007", "8000", "20"]);
     let echoed: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
     let after = (s.counter("pass_fragment"), s.counter("drop_fragment"));
-    println!("8000-byte datagrams: sent 20, echoed whole {echoed}; pass_fragment {} -> {}, drop_fragment {} -> {}", before.0, after.0, before.1, after.1);
+    println!(
+        "8000-byte datagrams: sent 20, echoed whole {echoed}; pass_fragment {} -> {}, drop_fragment {} -> {}",
+        before.0, after.0, before.1, after.1
+    );
     assert_eq!(echoed, 20, "every datagram went out and came back through both NATs: {}", String::from_utf8_lossy(&out.stderr));
     assert!(after.0 >= before.0 + 20 * 5 * 2, "later fragments followed their first, both ways");
     // Every fragment was translated: the server saw the uplink's address only (an

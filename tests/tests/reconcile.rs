@@ -136,7 +136,8 @@ fn restart_under_load_disturbs_no_flow() {
     assert!(failed.is_empty(), "new connections failed across restarts: {failed:?}");
     assert!(traffic["ok"].as_u64().unwrap() > 20 * restarts as u64);
     // DNS: after each launch, the first answer; it must come.
-    let dns: Vec<(f64, bool)> = traffic["dns"].as_array().unwrap().iter().map(|d| (d[0].as_f64().unwrap(), d[1].as_bool().unwrap())).collect();
+    let dns: Vec<(f64, bool)> =
+        traffic["dns"].as_array().unwrap().iter().map(|d| (d[0].as_f64().unwrap(), d[1].as_bool().unwrap())).collect();
     for t in &launched {
         let first = dns.iter().find(|(at, ok)| at > t && *ok).map(|(at, _)| at - t);
         let first = first.unwrap_or_else(|| panic!("DNS never answered after the restart at {t}:\n{}", s.agent_log()));
@@ -151,7 +152,8 @@ fn restart_under_load_disturbs_no_flow() {
 #[test]
 fn live_edits_touch_only_what_changed() {
     let mut s = base();
-    let (app1, app2, app3, app4) = (s.app("app1").to_string(), s.app("app2").to_string(), s.app("app3").to_string(), s.app("app4").to_string());
+    let (app1, app2, app3, app4) =
+        (s.app("app1").to_string(), s.app("app2").to_string(), s.app("app3").to_string(), s.app("app4").to_string());
     s.whoami_server(&app3, "10.10.1.2", 80);
     // Upper bound; the bystanders stop when the test touches `stop`.
     let secs = scaled(Duration::from_secs(60)).as_secs().to_string();
@@ -160,7 +162,8 @@ fn live_edits_touch_only_what_changed() {
     let stop_arg = stop.display().to_string();
     // Bystanders: app3's long session and app1's new connections every 100 ms.
     let session = s.background(&app3, &["python3", &py_script("echo_session.py"), INET_IP, "7002", &secs, "0.1", &stop_arg]);
-    let loop_ = s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app1", &stop_arg]);
+    let loop_ =
+        s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app1", &stop_arg]);
     // app1's session on port 7001, whose ACE the edit below removes.
     let mut doomed = s.background(&app1, &["python3", &py_script("echo_session.py"), INET_IP, "7001", &secs, "0.1", &stop_arg]);
     sleep(Duration::from_secs(1));
@@ -254,7 +257,11 @@ fn a_bad_config_while_running_changes_nothing() {
     let bad = [
         (BASE.replace("kind = \"local\"\nindex = 2", "kind = \"local\"\nmtu = 9000\nindex = 2"), vec!["mtu"]),
         (BASE.replace("network = \"@ni2\"", "network = \"nowhere\""), vec!["nowhere"]),
-        (format!("{BASE}\n[[uplink]]\nname = \"eth9\"\n").replace("uplink = \"eth0\"\n\n[[network]]\nname = \"@ni2\"", "uplink = \"eth9\"\n\n[[network]]\nname = \"@ni2\""), vec!["eth9", "does not exist"]),
+        (
+            format!("{BASE}\n[[uplink]]\nname = \"eth9\"\n")
+                .replace("uplink = \"eth0\"\n\n[[network]]\nname = \"@ni2\"", "uplink = \"eth9\"\n\n[[network]]\nname = \"@ni2\""),
+            vec!["eth9", "does not exist"],
+        ),
         (BASE.replace("netns = \"@app3\"", "netns = \"no-such-netns-x\""), vec!["no-such-netns-x"]),
     ];
     for (config, expect) in &bad {
@@ -357,7 +364,8 @@ impl Rng {
 /// eth1 or no uplink), up to three apps with one or two interfaces, ACLs of up to four
 /// ACEs (prefix, drop, limit, host, eidset, port map).
 fn random_config(rng: &mut Rng) -> String {
-    let mut out = String::from("[[uplink]]\nname = \"eth0\"\ndns = [\"10.99.0.10\"]\n[[uplink]]\nname = \"eth1\"\ndns = [\"10.99.0.10\"]\n");
+    let mut out =
+        String::from("[[uplink]]\nname = \"eth0\"\ndns = [\"10.99.0.10\"]\n[[uplink]]\nname = \"eth1\"\ndns = [\"10.99.0.10\"]\n");
     let mut nis = Vec::new();
     for k in 1..=3u32 {
         if !rng.chance(70) && !(k == 3 && nis.is_empty()) {
@@ -365,7 +373,9 @@ fn random_config(rng: &mut Rng) -> String {
         }
         let subnet = ["10.10.1", "10.20.0"][rng.below(2) as usize];
         let uplink = ["eth0", "eth1", ""][rng.below(3) as usize];
-        out += &format!("\n[[network]]\nname = \"@ni{k}\"\nkind = \"local\"\nindex = {k}\nsubnet = \"{subnet}.0/24\"\ngateway = \"{subnet}.1\"\n");
+        out += &format!(
+            "\n[[network]]\nname = \"@ni{k}\"\nkind = \"local\"\nindex = {k}\nsubnet = \"{subnet}.0/24\"\ngateway = \"{subnet}.1\"\n"
+        );
         if !uplink.is_empty() {
             out += &format!("uplink = \"{uplink}\"\n");
         }
@@ -398,7 +408,11 @@ fn random_config(rng: &mut Rng) -> String {
                 let ace = match rng.below(6) {
                     0 => "match = { ip = \"10.99.0.0/16\" }".to_string(),
                     1 => "match = { protocol = \"tcp\", fport = 80 }, action = \"drop\"".to_string(),
-                    2 => format!("match = {{ protocol = \"udp\" }}, action = {{ limit = {{ rate = {}, unit = \"s\", burst = {} }} }}", 1 + rng.below(9), 10 + rng.below(9)),
+                    2 => format!(
+                        "match = {{ protocol = \"udp\" }}, action = {{ limit = {{ rate = {}, unit = \"s\", burst = {} }} }}",
+                        1 + rng.below(9),
+                        10 + rng.below(9)
+                    ),
                     3 => "match = { host = \"example.com\" }".to_string(),
                     4 => "match = { eidset = true }".to_string(),
                     _ => {
@@ -452,7 +466,9 @@ fn observe(s: &Scenario) -> BTreeSet<String> {
         }
         for a in ip(&["-4", "addr", "show"]).as_array().into_iter().flatten() {
             let name = a["ifname"].as_str().unwrap_or("");
-            for i in a["addr_info"].as_array().into_iter().flatten().filter(|_| ours(name) && (*zone != u32::MAX || name.starts_with("nbu"))) {
+            for i in
+                a["addr_info"].as_array().into_iter().flatten().filter(|_| ours(name) && (*zone != u32::MAX || name.starts_with("nbu")))
+            {
                 lines.insert(format!("{label} addr {name} {}/{}", i["local"], i["prefixlen"]));
             }
         }

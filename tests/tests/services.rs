@@ -124,7 +124,8 @@ fn scenario(agent_keys: &[&str]) -> Scenario {
     ] {
         assert!(s.exec(&inet, args).status.success(), "{args:?}");
     }
-    for args in [["ip", "addr", "add", "10.98.0.1/24", "dev", "inet0"].as_slice(), &["ip", "route", "add", "10.99.2.0/23", "via", INET_IP]] {
+    for args in [["ip", "addr", "add", "10.98.0.1/24", "dev", "inet0"].as_slice(), &["ip", "route", "add", "10.99.2.0/23", "via", INET_IP]]
+    {
         assert!(s.exec(&gw, args).status.success(), "{args:?}");
     }
     s.spawn(&inet, &["python3", "-c", MOCK_DNS]);

@@ -61,9 +61,11 @@ fn counter(s: &Scenario, ns: &str, args: &[&str]) -> Background {
 
 fn arrived(bg: Background) -> u64 {
     let out = bg.finish();
-    String::from_utf8_lossy(&out.stdout).lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| {
-        panic!("counter output: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    })
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("counter output: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 fn attack(s: &Scenario, ns: &str, args: &[&str]) -> u64 {
@@ -218,9 +220,11 @@ acl = [{ id = 1, match = { ip = "192.168.3.1/32", protocol = "udp", fport = 9000
 /// stops them, and behind it the conntrack entry belongs to app2's port anyway.
 #[test]
 fn a_conntrack_entry_serves_only_the_port_that_made_it() {
-    let config = SWITCH
-        .replacen("network = \"@ni1\"\n", "network = \"@ni1\"\nip = \"192.168.3.10\"\n", 1)
-        .replacen("network = \"@ni1\"\nacl", "network = \"@ni1\"\nip = \"192.168.3.11\"\nacl", 1);
+    let config = SWITCH.replacen("network = \"@ni1\"\n", "network = \"@ni1\"\nip = \"192.168.3.10\"\n", 1).replacen(
+        "network = \"@ni1\"\nacl",
+        "network = \"@ni1\"\nip = \"192.168.3.11\"\nacl",
+        1,
+    );
     assert!(config.contains("ip = \"192.168.3.10\"") && config.contains("ip = \"192.168.3.11\""), "{config}");
     let mut s = Scenario::with_uplinks(&["ni1"], &["app1", "app2"], 4, &config);
     s.start_agent();
@@ -256,9 +260,16 @@ fn a_switch_ni_learns_the_apps_address_from_dhcp() {
     s.spawn(
         &gw,
         &[
-            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--interface=up3", "--bind-interfaces",
-            "--dhcp-range=192.168.3.100,192.168.3.150,255.255.255.0,1h", "--dhcp-host=02:16:3e:01:02:01,192.168.3.21",
-            &format!("--dhcp-leasefile={}", leases.display()), "--pid-file",
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=up3",
+            "--bind-interfaces",
+            "--dhcp-range=192.168.3.100,192.168.3.150,255.255.255.0,1h",
+            "--dhcp-host=02:16:3e:01:02:01,192.168.3.21",
+            &format!("--dhcp-leasefile={}", leases.display()),
+            "--pid-file",
         ],
     );
     s.start_agent();
@@ -283,7 +294,8 @@ fn a_switch_ni_learns_the_apps_address_from_dhcp() {
     let script = std::env::temp_dir().join(format!("netns-agent-test-{}-udhcpc.sh", s.id));
     std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/$mask\" dev \"$interface\"\n").unwrap();
     std::process::Command::new("chmod").arg("+x").arg(&script).status().unwrap();
-    let out = s.exec(&app2, &["busybox", "udhcpc", "-i", "nbu1x2.1", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", &script.display().to_string()]);
+    let out = s
+        .exec(&app2, &["busybox", "udhcpc", "-i", "nbu1x2.1", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", &script.display().to_string()]);
     let _ = std::fs::remove_file(&script);
     let _ = std::fs::remove_file(&leases);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -449,10 +461,7 @@ fn a_syn_flood_at_a_port_map_leaves_other_nis_alone() {
     let n = load_size(100_000).to_string();
     let sent = flood(&s, &gw, &["syn-flood", "10.99.0.0", "192.168.0.2", "8080", &n]);
     let after = (s.counter("portmap_new"), s.counter("drop_zone_full"));
-    println!(
-        "{sent} SYNs at ni1's port map: portmap_new {} -> {}, drop_zone_full {} -> {}",
-        before.0, after.0, before.1, after.1
-    );
+    println!("{sent} SYNs at ni1's port map: portmap_new {} -> {}, drop_zone_full {} -> {}", before.0, after.0, before.1, after.1);
     assert!(load_size(100_000) < 100_000 || after.1 > before.1, "the flood ran into ni1's share");
     session.assert_survived("app2's idle flow in ni2, the server speaking after the flood");
 }
@@ -469,11 +478,7 @@ fn an_out_of_window_rst_closes_nothing() {
     assert_eq!(sniff.read_line().trim(), "ready");
     let session = push_session(&s, &app1, 7000);
     let end: u64 = sniff.read_line().trim().parse().expect("the server's first segment was seen");
-    let flow = s
-        .flows()
-        .into_iter()
-        .find(|f| f["dport"] == 7000 && f["verdict"] == "allow")
-        .expect("app1's flow is on record");
+    let flow = s.flows().into_iter().find(|f| f["dport"] == 7000 && f["verdict"] == "allow").expect("app1's flow is on record");
     let translated = flow["translated"].as_array().and_then(|t| t.last()).and_then(|t| t.as_str()).expect("translated").to_string();
     let port = translated.rsplit(':').next().unwrap();
     let before = s.counter("drop_tcp_rst");
@@ -498,7 +503,22 @@ fn services_know_apps_by_their_port_not_their_address() {
     let s = local();
     let ni = s.ni("ni1").to_string();
     assert!(s.exec(&ni, &["ip", "addr", "add", "10.10.1.3/32", "dev", "lo"]).status.success());
-    let out = s.exec(&ni, &["curl", "-s", "--max-time", "3", "--interface", "10.10.1.3", "-o", "/dev/null", "-w", "%{http_code}", "http://10.10.1.1/user-data"]);
+    let out = s.exec(
+        &ni,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "--interface",
+            "10.10.1.3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.10.1.1/user-data",
+        ],
+    );
     let code = String::from_utf8_lossy(&out.stdout).into_owned();
     let ask = r#"
 import socket, struct

@@ -251,8 +251,26 @@ fn the_kernel_backend_says_when_the_kernel_has_no_esp() {
     let probe = s.exec(
         &s.inet,
         &[
-            "ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x100", "mode", "tunnel",
-            "enc", "cbc(aes)", "0x000102030405060708090a0b0c0d0e0f", "auth", "hmac(sha1)", "0x000102030405060708090a0b0c0d0e0f10111213",
+            "ip",
+            "xfrm",
+            "state",
+            "add",
+            "src",
+            "192.0.2.1",
+            "dst",
+            "192.0.2.2",
+            "proto",
+            "esp",
+            "spi",
+            "0x100",
+            "mode",
+            "tunnel",
+            "enc",
+            "cbc(aes)",
+            "0x000102030405060708090a0b0c0d0e0f",
+            "auth",
+            "hmac(sha1)",
+            "0x000102030405060708090a0b0c0d0e0f10111213",
         ],
     );
     let kernel_has_esp = probe.status.success();
@@ -262,8 +280,9 @@ fn the_kernel_backend_says_when_the_kernel_has_no_esp() {
         wait_up(&s, &ni4, 30);
     } else {
         let error = || tunnel(&s, &ni4)["supervision"]["last_error"].as_str().unwrap_or("").to_string();
-        wait_until(scaled(Duration::from_secs(30)), || error().contains("no ESP in this kernel"))
-            .unwrap_or_else(|| panic!("probe: {}\nNI4 status: {:#}\n{}", String::from_utf8_lossy(&probe.stderr), tunnel(&s, &ni4), s.agent_log()));
+        wait_until(scaled(Duration::from_secs(30)), || error().contains("no ESP in this kernel")).unwrap_or_else(|| {
+            panic!("probe: {}\nNI4 status: {:#}\n{}", String::from_utf8_lossy(&probe.stderr), tunnel(&s, &ni4), s.agent_log())
+        });
         assert!(error().contains("backend = \"libipsec\""), "{}", error());
         assert_ne!(tunnel(&s, &ni4)["state"], "up");
         // Nothing leaves in clear meanwhile: the remote selectors stay unreachable.
@@ -291,7 +310,8 @@ fn changed_tunnel_parameters_restart_only_that_charon() {
     wait_up(&s, &ni4, 30);
     wait_up(&s, &ni5, 30);
     let pid = |ni: &str| tunnel(&s, ni)["supervision"]["pid"].as_u64();
-    let port_index = |s: &Scenario| String::from_utf8_lossy(&s.exec(&ni4, &["cat", "/sys/class/net/nbu1x1/ifindex"]).stdout).trim().to_string();
+    let port_index =
+        |s: &Scenario| String::from_utf8_lossy(&s.exec(&ni4, &["cat", "/sys/class/net/nbu1x1/ifindex"]).stdout).trim().to_string();
     let (pid4, pid5, port4) = (pid(&ni4), pid(&ni5), port_index(&s));
     assert!(pid4.is_some() && pid5.is_some());
 

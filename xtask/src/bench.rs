@@ -23,7 +23,12 @@ use crate::demo::{build_world, output, sh, step, wait_listening, ALLOWED_SITE, A
 /// traffic: the ACL's worst case, on both paths that have one.
 fn bench_config() -> String {
     let mut aces: Vec<String> = (1..=FILLER_ACES)
-        .map(|i| format!("  {{ id = {i}, match = {{ ip = \"{ALLOWED_SITE}/32\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},", FILLER_PORT + i))
+        .map(|i| {
+            format!(
+                "  {{ id = {i}, match = {{ ip = \"{ALLOWED_SITE}/32\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},",
+                FILLER_PORT + i
+            )
+        })
         .collect();
     aces.push(format!("  {{ id = {}, match = {{ ip = \"0.0.0.0/0\" }} }},", FILLER_ACES + 1));
     format!(
@@ -171,7 +176,9 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         c.replacen(&format!("fport = {} }}", FILLER_PORT + i), &format!("fport = {} }}", FILLER_PORT + 5000 + i), 1)
     });
     let app2 = format!("{base}\n[[app]]\nname = \"app2\"\nnetns = \"app2\"\n[[app.interface]]\nnetwork = \"ni1\"\nip = \"10.10.1.3\"\nacl = [{{ id = 1, match = {{ ip = \"0.0.0.0/0\" }} }}]\n");
-    let ni2 = format!("{base}\n[[network]]\nname = \"ni2\"\nkind = \"local\"\nsubnet = \"10.20.0.0/24\"\ngateway = \"10.20.0.1\"\nuplink = \"eth0\"\n");
+    let ni2 = format!(
+        "{base}\n[[network]]\nname = \"ni2\"\nkind = \"local\"\nsubnet = \"10.20.0.0/24\"\ngateway = \"10.20.0.1\"\nuplink = \"eth0\"\n"
+    );
     let apply = |text: &str| -> Result<(f64, f64)> {
         std::fs::write(config, text)?;
         let started = Instant::now();
@@ -190,7 +197,9 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         Ok((wall, own))
     };
     let mut rows: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
-    for (label, changed) in [("one ACE changed", &one_ace), ("64 ACEs replaced", &all_aces), ("one app added", &app2), ("one NI added", &ni2)] {
+    for (label, changed) in
+        [("one ACE changed", &one_ace), ("64 ACEs replaced", &all_aces), ("one app added", &app2), ("one NI added", &ni2)]
+    {
         let mut times = Vec::new();
         for _ in 0..ROUNDS {
             times.push(apply(changed)?);
@@ -205,7 +214,8 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         Ok((agent, started.elapsed().as_secs_f64() * 1000.0))
     };
     let own_last = || -> f64 {
-        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(Path::new(STATE_DIR).join("state.json")).unwrap_or_default()).unwrap_or_default();
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(Path::new(STATE_DIR).join("state.json")).unwrap_or_default()).unwrap_or_default();
         record["last_apply"]["duration_ms"].as_f64().unwrap_or(f64::NAN)
     };
     let mut restarts = Vec::new();
@@ -368,9 +378,7 @@ fn iperf() -> Result<f64> {
         .stderr(Stdio::null())
         .spawn()?;
     let out = wait_listening(INTERNET, ALLOWED_SITE, IPERF_PORT).and_then(|()| {
-        Ok(Command::new("ip")
-            .args(["netns", "exec", "app1", "iperf3", "-J", "-t", &SECONDS.to_string(), "-c", ALLOWED_SITE])
-            .output()?)
+        Ok(Command::new("ip").args(["netns", "exec", "app1", "iperf3", "-J", "-t", &SECONDS.to_string(), "-c", ALLOWED_SITE]).output()?)
     });
     // The server serves one client (-1) and exits; kill it only if no client came.
     if out.is_err() {

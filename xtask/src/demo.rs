@@ -246,9 +246,13 @@ impl Demo {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         sh(&["ip", "-n", "app3", "link", "set", "eth0", "address", "02:16:3e:03:03:01", "up"])?;
         for (ns, ifname) in [("app3", "eth0"), ("app6", "nbu1x6.1")] {
-            let _ = crate::run(Command::new("ip").args(["netns", "exec", ns, "busybox", "udhcpc", "-i", ifname, "-n", "-q", "-t", "5", "-s"]).arg(&script));
+            let _ = crate::run(
+                Command::new("ip").args(["netns", "exec", ns, "busybox", "udhcpc", "-i", ifname, "-n", "-q", "-t", "5", "-s"]).arg(&script),
+            );
         }
-        let leased = |ns: &str, ifname: &str, ip: &str| output(&["ip", "-n", ns, "-4", "-o", "addr", "show", ifname]).contains(&format!("inet {ip}/24"));
+        let leased = |ns: &str, ifname: &str, ip: &str| {
+            output(&["ip", "-n", ns, "-4", "-o", "addr", "show", ifname]).contains(&format!("inet {ip}/24"))
+        };
         let (app3_leased, app6_leased) = (leased("app3", "eth0", APP3), leased("app6", "nbu1x6.1", APP6));
 
         for (ns, ip, page) in [
@@ -275,56 +279,95 @@ impl Demo {
 
         step("checks (seed walkthrough)");
         let addrs = output(&["ip", "netns", "exec", "app1", "ip", "-4", "-o", "addr"]);
-        self.check("app1 has addresses in both networks (nbu1x1.1 in NI1, nbu2x1.1 in NI2)",
-            addrs.contains(&format!("nbu1x1.1    inet {APP1_NI1}")) && addrs.contains(&format!("nbu2x1.1    inet {APP1_NI2}")));
-        self.check("app1: curl github.com: ALLOWED (host ACE; the DNS proxy put its address in app1's host set)",
-            curl("app1", &[], "github.com").as_deref() == Some("internet-data"));
-        self.check("app1: curl --interface nbu1x1.1 google.com: BLOCKED (times out)",
-            curl("app1", &["--interface", "nbu1x1.1"], "google.com").is_none());
+        self.check(
+            "app1 has addresses in both networks (nbu1x1.1 in NI1, nbu2x1.1 in NI2)",
+            addrs.contains(&format!("nbu1x1.1    inet {APP1_NI1}")) && addrs.contains(&format!("nbu2x1.1    inet {APP1_NI2}")),
+        );
+        self.check(
+            "app1: curl github.com: ALLOWED (host ACE; the DNS proxy put its address in app1's host set)",
+            curl("app1", &[], "github.com").as_deref() == Some("internet-data"),
+        );
+        self.check(
+            "app1: curl --interface nbu1x1.1 google.com: BLOCKED (times out)",
+            curl("app1", &["--interface", "nbu1x1.1"], "google.com").is_none(),
+        );
         let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
-        self.check("the allowed flow: mark 0x01400001, source translated to NI1's veth 169.254.100.2 and eth0 192.168.0.2",
+        self.check(
+            "the allowed flow: mark 0x01400001, source translated to NI1's veth 169.254.100.2 and eth0 192.168.0.2",
             flow_has(&flows, ALLOWED_SITE, &[("mark", "0x01400001"), ("translated", "169.254.100.2:")])
-                && flow_has(&flows, ALLOWED_SITE, &[("translated", "192.168.0.2:")]));
-        self.check("the dropped flow is recorded too: mark 0x01bfffff (app 1, drop, default-drop ACE)",
-            flow_has(&flows, BLOCKED_SITE, &[("mark", "0x01bfffff"), ("verdict", "drop")]));
-        self.check("app1: curl --interface nbu2x1.1 app2: ALLOWED (NI2's DNS proxy names app2; eidset + fport 80)",
-            curl("app1", &["--interface", "nbu2x1.1"], "app2").as_deref() == Some("app2-data"));
-        self.check("hairpin app1 -> 192.168.0.2:8080 -> app2 inside the box (same uplink eth0)",
-            curl("app1", &["--interface", "nbu1x1.1"], "192.168.0.2:8080").as_deref() == Some("app2-data"));
+                && flow_has(&flows, ALLOWED_SITE, &[("translated", "192.168.0.2:")]),
+        );
+        self.check(
+            "the dropped flow is recorded too: mark 0x01bfffff (app 1, drop, default-drop ACE)",
+            flow_has(&flows, BLOCKED_SITE, &[("mark", "0x01bfffff"), ("verdict", "drop")]),
+        );
+        self.check(
+            "app1: curl --interface nbu2x1.1 app2: ALLOWED (NI2's DNS proxy names app2; eidset + fport 80)",
+            curl("app1", &["--interface", "nbu2x1.1"], "app2").as_deref() == Some("app2-data"),
+        );
+        self.check(
+            "hairpin app1 -> 192.168.0.2:8080 -> app2 inside the box (same uplink eth0)",
+            curl("app1", &["--interface", "nbu1x1.1"], "192.168.0.2:8080").as_deref() == Some("app2-data"),
+        );
         let nat = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
-        self.check("  ... translated in zedbox from NI1's veth address to NI2's (169.254.100.2 -> 169.254.100.6:8080)",
-            nat.contains("\"src\": \"169.254.100.2\"") && nat.contains("\"to\": \"169.254.100.6:8080\""));
-        self.check("app1 via NI2 -> 192.168.0.2:8080: BLOCKED (no ACE of app1 in NI2 allows it; the seed's TODO)",
-            curl_via_ni2_default_route().is_none());
+        self.check(
+            "  ... translated in zedbox from NI1's veth address to NI2's (169.254.100.2 -> 169.254.100.6:8080)",
+            nat.contains("\"src\": \"169.254.100.2\"") && nat.contains("\"to\": \"169.254.100.6:8080\""),
+        );
+        self.check(
+            "app1 via NI2 -> 192.168.0.2:8080: BLOCKED (no ACE of app1 in NI2 allows it; the seed's TODO)",
+            curl_via_ni2_default_route().is_none(),
+        );
         // The walkthrough's `curl 169.254.169.254; echo $?`: a page, and 0.
-        self.check("app1: curl 169.254.169.254: the metadata server's index of what it serves",
-            curl("app1", &["-f"], "169.254.169.254").is_some_and(|page| page.contains("eve/v1/network.json") && page.contains("openstack/latest/meta_data.json")));
+        self.check(
+            "app1: curl 169.254.169.254: the metadata server's index of what it serves",
+            curl("app1", &["-f"], "169.254.169.254")
+                .is_some_and(|page| page.contains("eve/v1/network.json") && page.contains("openstack/latest/meta_data.json")),
+        );
         for app in APPS {
-            self.check(&format!("{app}: curl 169.254.169.254/eve/v1/hostname: its NI's metadata server knows it"),
-                curl(app, &[], "169.254.169.254/eve/v1/hostname").as_deref() == Some(app));
+            self.check(
+                &format!("{app}: curl 169.254.169.254/eve/v1/hostname: its NI's metadata server knows it"),
+                curl(app, &[], "169.254.169.254/eve/v1/hostname").as_deref() == Some(app),
+            );
         }
-        self.check("app2: curl app1: ALLOWED (NI2's DNS proxy names app1; eidset)", curl("app2", &[], "app1").as_deref() == Some("app1-data"));
+        self.check(
+            "app2: curl app1: ALLOWED (NI2's DNS proxy names app1; eidset)",
+            curl("app2", &[], "app1").as_deref() == Some("app1-data"),
+        );
         self.check("app2: curl github.com: BLOCKED (not in app2's ACL)", curl("app2", &[], "github.com").is_none());
-        self.check("app3: curl zededa.com: ALLOWED",
-            curl("app3", &[], "zededa.com").as_deref() == Some("internet-data"));
-        self.check("app3 -> 192.168.0.2:8080 -> app2, hairpinned outside the box (NI3 uses eth1)",
-            curl("app3", &[], "192.168.0.2:8080").as_deref() == Some("app2-data"));
+        self.check("app3: curl zededa.com: ALLOWED", curl("app3", &[], "zededa.com").as_deref() == Some("internet-data"));
+        self.check(
+            "app3 -> 192.168.0.2:8080 -> app2, hairpinned outside the box (NI3 uses eth1)",
+            curl("app3", &[], "192.168.0.2:8080").as_deref() == Some("app2-data"),
+        );
         let nat = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
-        self.check("  ... it came back in on eth0 from the router as 192.168.1.2 (eth1), then 169.254.100.5 into NI2",
-            nat.contains("\"src\": \"192.168.1.2\"") && nat.contains("\"dport\": 8080"));
-        self.check("zedbox -> app1 (curl --interface veth1 10.10.1.2:80): app1-data",
-            curl(ZEDBOX, &["--interface", "veth1"], APP1_NI1).as_deref() == Some("app1-data"));
-        self.check("zedbox -> app3, the same 10.10.1.2 in NI3 (--interface veth3): app3-data",
-            curl(ZEDBOX, &["--interface", "veth3"], APP3).as_deref() == Some("app3-data"));
-        self.check("gw -> 192.168.0.2:8080 (port map from outside): app2-data",
-            curl(GW, &[], "192.168.0.2:8080").as_deref() == Some("app2-data"));
-        self.check("app3 is a VM: tap nbu1x3 is in NI3's bridge, its guest took 10.10.1.2 from NI3's DHCP server",
-            app3_leased && output(&["ip", "-n", "ni3", "-o", "link", "show", "nbu1x3"]).contains("master br"));
+        self.check(
+            "  ... it came back in on eth0 from the router as 192.168.1.2 (eth1), then 169.254.100.5 into NI2",
+            nat.contains("\"src\": \"192.168.1.2\"") && nat.contains("\"dport\": 8080"),
+        );
+        self.check(
+            "zedbox -> app1 (curl --interface veth1 10.10.1.2:80): app1-data",
+            curl(ZEDBOX, &["--interface", "veth1"], APP1_NI1).as_deref() == Some("app1-data"),
+        );
+        self.check(
+            "zedbox -> app3, the same 10.10.1.2 in NI3 (--interface veth3): app3-data",
+            curl(ZEDBOX, &["--interface", "veth3"], APP3).as_deref() == Some("app3-data"),
+        );
+        self.check(
+            "gw -> 192.168.0.2:8080 (port map from outside): app2-data",
+            curl(GW, &[], "192.168.0.2:8080").as_deref() == Some("app2-data"),
+        );
+        self.check(
+            "app3 is a VM: tap nbu1x3 is in NI3's bridge, its guest took 10.10.1.2 from NI3's DHCP server",
+            app3_leased && output(&["ip", "-n", "ni3", "-o", "link", "show", "nbu1x3"]).contains("master br"),
+        );
 
         step("VPN NIs: charon in ni4 and ni5 (netns-agent status; swanctl over their vici sockets)");
         let config = self.config.to_str().unwrap().to_string();
         let status = |ni: &str| {
-            let doc: serde_json::Value = serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config])).unwrap_or_default();
+            let doc: serde_json::Value =
+                serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config]))
+                    .unwrap_or_default();
             doc["networks"].as_array().and_then(|n| n.iter().find(|n| n["name"] == ni).cloned()).unwrap_or_default()
         };
         let up = |ni: &str| wait_for(Duration::from_secs(30), || status(ni)["tunnel"]["state"] == "up");
@@ -334,37 +377,63 @@ impl Demo {
             let vici = format!("unix://{STATE_DIR}/vpn-{ni}/run/charon.vici");
             crate::run(Command::new("swanctl").args(["--list-sas", "--uri", &vici]))?;
         }
-        self.check("ni4: CHILD_SA gw up to cloud1 (192.168.111.1), 10.10.10.0/24 === 192.168.0.0/24, ESP in UDP through eth1's NAT",
-            up4 && status("ni4")["tunnel"]["encap"] == "TUNNEL-in-UDP" && status("ni4")["tunnel"]["remote"].as_str().is_some_and(|r| r.contains("192.168.111.1")));
+        self.check(
+            "ni4: CHILD_SA gw up to cloud1 (192.168.111.1), 10.10.10.0/24 === 192.168.0.0/24, ESP in UDP through eth1's NAT",
+            up4 && status("ni4")["tunnel"]["encap"] == "TUNNEL-in-UDP"
+                && status("ni4")["tunnel"]["remote"].as_str().is_some_and(|r| r.contains("192.168.111.1")),
+        );
         self.check("ni5: CHILD_SA gw up to cloud2 (192.168.222.1), the very same selectors", up5);
         let esp_sas = |ni: &str| output(&["ip", "-n", ni, "xfrm", "state"]).matches("proto esp").count();
         if self.ipsec_backend == "kernel" {
-            self.check("  ... the kernel holds each tunnel's ESP SAs, in the NI's own netns (ip -n ni4/ni5 xfrm state)",
-                esp_sas("ni4") >= 2 && esp_sas("ni5") >= 2);
+            self.check(
+                "  ... the kernel holds each tunnel's ESP SAs, in the NI's own netns (ip -n ni4/ni5 xfrm state)",
+                esp_sas("ni4") >= 2 && esp_sas("ni5") >= 2,
+            );
         } else {
-            self.check("  ... charon does ESP itself (libipsec): no ESP SAs in the kernel (ip -n ni4/ni5 xfrm state)",
-                esp_sas("ni4") == 0 && esp_sas("ni5") == 0);
+            self.check(
+                "  ... charon does ESP itself (libipsec): no ESP SAs in the kernel (ip -n ni4/ni5 xfrm state)",
+                esp_sas("ni4") == 0 && esp_sas("ni5") == 0,
+            );
         }
-        self.check("app4: curl 192.168.0.1: cloud1-data (through NI4's tunnel)", curl("app4", &[], CLOUD_LAN_IP).as_deref() == Some("cloud1-data"));
-        self.check("app5: curl 192.168.0.1: cloud2-data (through NI5's tunnel)", curl("app5", &[], CLOUD_LAN_IP).as_deref() == Some("cloud2-data"));
+        self.check(
+            "app4: curl 192.168.0.1: cloud1-data (through NI4's tunnel)",
+            curl("app4", &[], CLOUD_LAN_IP).as_deref() == Some("cloud1-data"),
+        );
+        self.check(
+            "app5: curl 192.168.0.1: cloud2-data (through NI5's tunnel)",
+            curl("app5", &[], CLOUD_LAN_IP).as_deref() == Some("cloud2-data"),
+        );
         let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
-        self.check("  ... flows of app4 and app5 to 192.168.0.1:80, not translated (encrypted in the NI instead)",
-            flow_has(&flows, CLOUD_LAN_IP, &[("app", "app4")]) && flow_has(&flows, CLOUD_LAN_IP, &[("app", "app5")])
-                && !flow_has(&flows, CLOUD_LAN_IP, &[("translated", "169.254.100.")]));
+        self.check(
+            "  ... flows of app4 and app5 to 192.168.0.1:80, not translated (encrypted in the NI instead)",
+            flow_has(&flows, CLOUD_LAN_IP, &[("app", "app4")])
+                && flow_has(&flows, CLOUD_LAN_IP, &[("app", "app5")])
+                && !flow_has(&flows, CLOUD_LAN_IP, &[("translated", "169.254.100.")]),
+        );
 
         step("the switch NI6: eth3 bridged with app6's port; app6 rate-limited to 192.168.0.0/16");
         self.check("app6 took 192.168.3.6 from gw's DHCP server through the bridged eth3", app6_leased);
-        self.check("app6: curl 192.168.0.2:8080: app2-data (hairpin outside the box, under the limit ACE)",
-            curl("app6", &[], "192.168.0.2:8080").as_deref() == Some("app2-data"));
+        self.check(
+            "app6: curl 192.168.0.2:8080: app2-data (hairpin outside the box, under the limit ACE)",
+            curl("app6", &[], "192.168.0.2:8080").as_deref() == Some("app2-data"),
+        );
         self.check("app6: curl google.com: BLOCKED", curl("app6", &[], "google.com").is_none());
         let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
-        self.check("  ... and recorded: mark 0x06bfffff (EVE keeps no conntrack for it; we do)",
-            flow_has(&flows, BLOCKED_SITE, &[("app", "app6"), ("mark", "0x06bfffff"), ("verdict", "drop")]));
-        let limits: serde_json::Value = serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config])).unwrap_or_default();
-        self.check("app6's limit ACE (5/s, burst 15) counted the packets it passed",
-            limits["limits"].as_array().is_some_and(|l| l.iter().any(|l| l["app"] == "app6" && l["passed"].as_u64() > Some(0))));
+        self.check(
+            "  ... and recorded: mark 0x06bfffff (EVE keeps no conntrack for it; we do)",
+            flow_has(&flows, BLOCKED_SITE, &[("app", "app6"), ("mark", "0x06bfffff"), ("verdict", "drop")]),
+        );
+        let limits: serde_json::Value =
+            serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config])).unwrap_or_default();
+        self.check(
+            "app6's limit ACE (5/s, burst 15) counted the packets it passed",
+            limits["limits"].as_array().is_some_and(|l| l.iter().any(|l| l["app"] == "app6" && l["passed"].as_u64() > Some(0))),
+        );
 
-        let rules = ["zedbox", "ni1", "ni2", "ni3", "ni4", "ni5", "ni6"].iter().map(|ns| output(&["ip", "netns", "exec", ns, "iptables-save"])).collect::<String>();
+        let rules = ["zedbox", "ni1", "ni2", "ni3", "ni4", "ni5", "ni6"]
+            .iter()
+            .map(|ns| output(&["ip", "netns", "exec", ns, "iptables-save"]))
+            .collect::<String>();
         self.check("no iptables rules in zedbox or any NI (all of it is eBPF)", !rules.lines().any(|l| l.starts_with("-A")));
 
         step("flow table: netns-agent flows");
@@ -392,12 +461,21 @@ impl Demo {
         );
         step("metrics: a few lines of http://127.0.0.1:9090/metrics (in zedbox)");
         let metrics = output(&["ip", "netns", "exec", "zedbox", "curl", "-s", "http://127.0.0.1:9090/metrics"]);
-        let shown = ["netns_agent_port_packets_total{ni=\"ni1\",app=\"app1\"", "netns_agent_datapath_drops_total{reason=\"acl\"}", "netns_agent_ace_flows_total{ni=\"ni6\"", "netns_agent_dns_queries_total", "netns_agent_vpn_tunnel_up", "netns_agent_map_entries"];
+        let shown = [
+            "netns_agent_port_packets_total{ni=\"ni1\",app=\"app1\"",
+            "netns_agent_datapath_drops_total{reason=\"acl\"}",
+            "netns_agent_ace_flows_total{ni=\"ni6\"",
+            "netns_agent_dns_queries_total",
+            "netns_agent_vpn_tunnel_up",
+            "netns_agent_map_entries",
+        ];
         for line in metrics.lines().filter(|l| shown.iter().any(|p| l.starts_with(p))) {
             println!("  {line}");
         }
         println!("  ({} samples in all)", metrics.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count());
-        let value = |prefix: &str| metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0);
+        let value = |prefix: &str| {
+            metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0)
+        };
         self.check(
             "the metrics count app1's traffic, the ACL's drops and both VPN tunnels up",
             value("netns_agent_port_packets_total{ni=\"ni1\",app=\"app1\"") > 0.0
@@ -419,20 +497,28 @@ impl Demo {
     /// the hypervisor of the VM app3.
     fn outside_services(&mut self) -> Result<()> {
         let leases = self.web_root.join("gw.leases");
-        self.spawn_server(GW, &[
-            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--interface=up3", "--bind-interfaces",
-            "--dhcp-range=192.168.3.100,192.168.3.150,255.255.255.0,1h", &format!("--dhcp-host=02:16:3e:06:06:01,{APP6}"),
-            "--dhcp-option=option:router,192.168.3.1", "--dhcp-option=option:dns-server,10.99.0.53",
-            &format!("--dhcp-leasefile={}", leases.display()), "--pid-file",
-        ])?;
+        self.spawn_server(
+            GW,
+            &[
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--interface=up3",
+                "--bind-interfaces",
+                "--dhcp-range=192.168.3.100,192.168.3.150,255.255.255.0,1h",
+                &format!("--dhcp-host=02:16:3e:06:06:01,{APP6}"),
+                "--dhcp-option=option:router,192.168.3.1",
+                "--dhcp-option=option:dns-server,10.99.0.53",
+                &format!("--dhcp-leasefile={}", leases.display()),
+                "--pid-file",
+            ],
+        )?;
         for (cloud, addr, psk) in [(CLOUDS[0], "192.168.111.1", "cloud1-secret"), (CLOUDS[1], "192.168.222.1", "cloud2-secret")] {
             self.strongswan_responder(cloud, addr, psk)?;
         }
-        let mut relay = Command::new("python3")
-            .args(["-c", VM_RELAY])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting the VM's frame relay")?;
+        let mut relay =
+            Command::new("python3").args(["-c", VM_RELAY]).stdout(Stdio::piped()).spawn().context("starting the VM's frame relay")?;
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(relay.stdout.take().unwrap()), &mut line)?;
         self.servers.push(relay);
@@ -454,17 +540,31 @@ impl Demo {
             "charon {{\n  load = random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 pubkey {libipsec}kernel-netlink socket-default vici updown\n  \
              plugins {{ vici {{ socket = unix://{} }} }}\n  filelog {{ main {{ path = {}\n    default = 1\n    flush_line = yes }} }}\n}}\n",
             vici.display(), dir.join("charon.log").display()))?;
-        std::fs::write(dir.join("swanctl.conf"), format!(
-            "connections {{ gw {{ version = 2\n  local_addrs = {addr}\n  remote_addrs = %any\n  proposals = aes256-sha1-modp2048\n  \
+        std::fs::write(
+            dir.join("swanctl.conf"),
+            format!(
+                "connections {{ gw {{ version = 2\n  local_addrs = {addr}\n  remote_addrs = %any\n  proposals = aes256-sha1-modp2048\n  \
              local {{ auth = psk\n    id = {addr} }}\n  remote {{ auth = psk }}\n  \
              children {{ gw {{ local_ts = 192.168.0.0/24\n    remote_ts = 10.10.10.0/24\n    esp_proposals = aes128-sha1 }} }} }} }}\n\
-             secrets {{ ike-gw {{ secret = \"{psk}\" }} }}\n"))?;
-        let charon = format!("mount --bind {}/run /run && STRONGSWAN_CONF={}/strongswan.conf exec /usr/lib/ipsec/charon", dir.display(), dir.display());
+             secrets {{ ike-gw {{ secret = \"{psk}\" }} }}\n"
+            ),
+        )?;
+        let charon = format!(
+            "mount --bind {}/run /run && STRONGSWAN_CONF={}/strongswan.conf exec /usr/lib/ipsec/charon",
+            dir.display(),
+            dir.display()
+        );
         self.spawn_server(ns, &["sh", "-c", &charon])?;
         if !wait_for(Duration::from_secs(20), || vici.exists()) {
             bail!("the IKE responder in {ns} did not start (see {}/charon.log)", dir.display());
         }
-        crate::run(Command::new("swanctl").args(["--load-all", "--noprompt", "--file"]).arg(dir.join("swanctl.conf")).arg("--uri").arg(format!("unix://{}", vici.display())))
+        crate::run(
+            Command::new("swanctl")
+                .args(["--load-all", "--noprompt", "--file"])
+                .arg(dir.join("swanctl.conf"))
+                .arg("--uri")
+                .arg(format!("unix://{}", vici.display())),
+        )
     }
 
     fn spawn_server(&mut self, ns: &str, args: &[&str]) -> Result<()> {
@@ -644,11 +744,7 @@ pub(crate) fn sh(args: &[&str]) -> Result<()> {
 }
 
 pub(crate) fn output(args: &[&str]) -> String {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    Command::new(args[0]).args(&args[1..]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
 pub(crate) fn wait_listening(ns: &str, ip: &str, port: u16) -> Result<()> {

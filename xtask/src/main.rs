@@ -50,9 +50,23 @@ enum Task {
 
 /// Debian packages the build, tests and demo use.
 const DEBIAN_PACKAGES: &[&str] = &[
-    "iproute2", "bpftool", "curl", "python3", "util-linux", "iptables", "nftables", "tcpdump", "iperf3",
-    "iputils-ping", "python3-scapy", "dnsmasq-base", "busybox-static", "strongswan-charon", "strongswan-swanctl",
-    "libcharon-extra-plugins", "libstrongswan-extra-plugins",
+    "iproute2",
+    "bpftool",
+    "curl",
+    "python3",
+    "util-linux",
+    "iptables",
+    "nftables",
+    "tcpdump",
+    "iperf3",
+    "iputils-ping",
+    "python3-scapy",
+    "dnsmasq-base",
+    "busybox-static",
+    "strongswan-charon",
+    "strongswan-swanctl",
+    "libcharon-extra-plugins",
+    "libstrongswan-extra-plugins",
     // promtool: the tests check the agent's /metrics with it.
     "prometheus",
 ];
@@ -158,9 +172,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .map(|s| !s.contains("install ok installed"))
-                .unwrap_or(true)
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).map(|s| !s.contains("install ok installed")).unwrap_or(true)
         })
         .collect();
     if missing.is_empty() {
@@ -183,8 +195,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 fn install_bpf_linker() -> Result<()> {
     let home = std::env::var("HOME").context("HOME not set")?;
     let prefix = PathBuf::from(home).join(".local/share/bpf-linker-llvm");
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("rustc +nightly --print sysroot")?;
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context("rustc +nightly --print sysroot")?;
     let sysroot_lib = PathBuf::from(sysroot.trim()).join("lib");
     std::fs::create_dir_all(prefix.join("bin"))?;
     std::fs::create_dir_all(prefix.join("lib"))?;

@@ -52,10 +52,8 @@ pub fn run_tests(agent: &Path, args: &[String]) -> Result<()> {
     if args.is_empty() {
         let xtask = std::env::current_exe().context("the xtask binary's path")?;
         // The guest's init passes no HOME and a bare PATH; rustup and cargo need ours.
-        let env: Vec<String> = ["HOME", "PATH"]
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", shell_quote(&v))))
-            .collect();
+        let env: Vec<String> =
+            ["HOME", "PATH"].iter().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", shell_quote(&v)))).collect();
         script += &format!(
             "echo \"vm: === demo\"; start=$SECONDS\nenv {} {} demo || rc=1\necho \"vm: === demo took $((SECONDS - start)) s\"\n",
             env.join(" "),

@@ -174,10 +174,7 @@ impl Applier {
                 }
             } else {
                 if netns::exists(&ni.name) {
-                    problems.push(format!(
-                        "netns {:?} already exists and is not on the agent's record (made by someone else?)",
-                        ni.name
-                    ));
+                    problems.push(format!("netns {:?} already exists and is not on the agent's record (made by someone else?)", ni.name));
                 }
                 if self.pin_dir.join(&ni.name).exists() {
                     problems.push(format!("pins of {:?} already exist under {} and are not on record", ni.name, self.pin_dir.display()));
@@ -201,7 +198,12 @@ impl Applier {
         // (a port may move between NIs in one change).
         let ours = |p: &crate::plan::PortPlan| {
             recorded.and_then(|r| r.port(&p.bridge_port)).is_some_and(|r| r.same_link(p))
-                || self.record.nis.values().flat_map(|n| &n.plan.ports).any(|r| r.tap == p.tap && r.app_ifname == p.app_ifname && r.app_netns == p.app_netns)
+                || self
+                    .record
+                    .nis
+                    .values()
+                    .flat_map(|n| &n.plan.ports)
+                    .any(|r| r.tap == p.tap && r.app_ifname == p.app_ifname && r.app_netns == p.app_netns)
         };
         for port in ni.ports.iter().filter(|p| !ours(p)) {
             if let Some(tap) = &port.tap {

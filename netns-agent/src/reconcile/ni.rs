@@ -9,7 +9,7 @@ use netns_ebpf_common::{
 };
 use tracing::info;
 
-use super::{programs, uplink, ApplyOutcome, Applier};
+use super::{programs, uplink, Applier, ApplyOutcome};
 use crate::{
     datapath,
     netlink::{Netlink, Rule},
@@ -97,33 +97,22 @@ impl NiDriver for LocalNi {
             programs(ap, ni)?.attach_nat(&ns, &ni.ni_veth, fresh_veth)?;
             // Agent side: port-mapped flows entering the NI get the agent-side address
             // as source (no collision with the NI subnet); hairpin port maps.
-            ap.maps()?.set_nat_iface(
-                IfaceKey { zone: DOMAIN_AGENT, ifindex: agent_veth_index },
-                uplink::agent_side_nat(nat_ports, ni, &addr),
-            )?;
+            ap.maps()?
+                .set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: agent_veth_index }, uplink::agent_side_nat(nat_ports, ni, &addr))?;
             let agent_programs = ap.agent_programs.as_mut().context("the agent netns' programs are not loaded")?;
             agent_programs.attach_nat(&ap.agent_ns, &ni.agent_veth, fresh_veth)?;
             let maps = ap.maps()?;
             uplink::set_uplink_portmaps(maps, ni, &addr)?;
             for pm in &ni.portmaps {
-                maps.set_portmap(ni_portmap_key(ni, pm), PortmapTarget {
-                    addr: pm.app_ip.octets(),
-                    port: pm.target,
-                    _pad: 0,
-                    mark: pm.mark,
-                    uplink_ifindex: 0,
-                })?;
+                maps.set_portmap(
+                    ni_portmap_key(ni, pm),
+                    PortmapTarget { addr: pm.app_ip.octets(), port: pm.target, _pad: 0, mark: pm.mark, uplink_ifindex: 0 },
+                )?;
             }
             // The NI's traffic is routed by its uplink's table.
             uplink::add_ni_uplink_routes(&ap.agent, table, ni, agent_veth_index).await?;
             ap.agent
-                .add_rule(&Rule {
-                    priority: uplink::UPLINK_RULE_PRIORITY,
-                    table,
-                    iif: Some(ni.agent_veth.clone()),
-                    oif: None,
-                    from: None,
-                })
+                .add_rule(&Rule { priority: uplink::UPLINK_RULE_PRIORITY, table, iif: Some(ni.agent_veth.clone()), oif: None, from: None })
                 .await?;
         }
         Ok((ns, nl))
@@ -143,7 +132,9 @@ impl NiDriver for LocalNi {
             }
             let (ni_ip, agent_ip) = (ni.ni_ip.octets(), ni.agent_ip.octets());
             maps.remove_portmaps(|k, t| k.domain == DOMAIN_AGENT && t.addr == ni_ip);
-            maps.remove_nat_entries(|k, v| k.domain == DOMAIN_AGENT && [k.src, k.dst, v.addr].iter().any(|a| *a == ni_ip || *a == agent_ip));
+            maps.remove_nat_entries(|k, v| {
+                k.domain == DOMAIN_AGENT && [k.src, k.dst, v.addr].iter().any(|a| *a == ni_ip || *a == agent_ip)
+            });
         }
         note(ap.agent.delete_rules(ni.eve_table(), None).await.map(drop));
         note(ap.agent.flush_table(ni.eve_table()).await.map(drop));

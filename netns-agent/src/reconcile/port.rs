@@ -12,7 +12,7 @@ use netns_ebpf_common::{
 };
 use tracing::{debug, info, warn};
 
-use super::{programs, ApplyOutcome, Applier, NiDriver};
+use super::{programs, Applier, ApplyOutcome, NiDriver};
 use crate::{
     datapath,
     netlink::Netlink,
@@ -45,8 +45,8 @@ pub async fn ensure<K: NiDriver>(
         }
         (Some(_), false) => None,
         (None, _) => {
-            let app_ns = Netns::open(&netns::resolve(&p.app_netns))
-                .with_context(|| format!("app {:?}: opening netns {}", p.app, p.app_netns))?;
+            let app_ns =
+                Netns::open(&netns::resolve(&p.app_netns)).with_context(|| format!("app {:?}: opening netns {}", p.app, p.app_netns))?;
             let app = Netlink::open(&app_ns)?;
             if fresh {
                 // An app end without its bridge end is a leftover of ours (preflight
@@ -192,7 +192,10 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
         let nat_agent = maps.remove_nat_entries(|k, v| {
             k.domain == DOMAIN_AGENT
                 && translated.iter().any(|(port, proto)| {
-                    k.proto == *proto && ((k.src == ni_ip && k.sport == *port) || (k.dst == ni_ip && k.dport == *port) || (v.addr == ni_ip && v.port == *port))
+                    k.proto == *proto
+                        && ((k.src == ni_ip && k.sport == *port)
+                            || (k.dst == ni_ip && k.dport == *port)
+                            || (v.addr == ni_ip && v.port == *port))
                 })
         });
         info!("{}: port {}: {flows} flows, {} NAT entries removed", ni.name, p.bridge_port, nat_ni + nat_agent);

@@ -89,6 +89,7 @@ pub fn random_u16() -> u16 {
         u16::from_ne_bytes(b)
     } else {
         // getrandom cannot fail for 2 bytes once the pool is up; never predictable anyway.
-        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) ^ std::process::id()) as u16
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) ^ std::process::id())
+            as u16
     }
 }

@@ -362,10 +362,7 @@ impl DnsProxy {
             cfg: std::sync::RwLock::new(Arc::new(cfg)),
         });
         let udp = Arc::new(UdpSocket::from_std(udp)?);
-        let tasks = vec![
-            tokio::spawn(proxy.clone().serve_udp(udp)),
-            tokio::spawn(proxy.clone().serve_tcp(TcpListener::from_std(tcp)?)),
-        ];
+        let tasks = vec![tokio::spawn(proxy.clone().serve_udp(udp)), tokio::spawn(proxy.clone().serve_tcp(TcpListener::from_std(tcp)?))];
         Ok(DnsHandle { proxy, tasks })
     }
 
@@ -491,7 +488,15 @@ impl DnsProxy {
         }
         let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
         let Some(app) = app else {
-            self.log_entry(src, None, &qname, &qtype, &[], &rcode(ResponseCode::Refused), "not an app of this network (or not from its port)");
+            self.log_entry(
+                src,
+                None,
+                &qname,
+                &qtype,
+                &[],
+                &rcode(ResponseCode::Refused),
+                "not an app of this network (or not from its port)",
+            );
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused).to_vec().ok();
         };
         let app_ref = Some(app);
@@ -601,11 +606,14 @@ fn rcode(code: ResponseCode) -> String {
 }
 
 fn answers_of(m: &Message) -> Vec<String> {
-    m.answers.iter().filter_map(|r| match &r.data {
-        RData::A(A(ip)) => Some(ip.to_string()),
-        RData::CNAME(c) => Some(c.0.to_ascii()),
-        _ => None,
-    }).collect()
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(A(ip)) => Some(ip.to_string()),
+            RData::CNAME(c) => Some(c.0.to_ascii()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -705,11 +713,17 @@ mod tests {
         let a = answer("api.github.com.", &[("api.github.com.", Ipv4Addr::new(1, 2, 3, 4), 30)]);
         assert_eq!(host_updates(&app(), "api.github.com.", &a), [(Ipv4Addr::new(1, 2, 3, 4), 1, 30)]);
         let b = answer("www.example.org.", &[("cdn.provider.net.", Ipv4Addr::new(5, 6, 7, 8), 10)]);
-        assert_eq!(host_updates(&app(), "www.example.org.", &b), [(Ipv4Addr::new(5, 6, 7, 8), 1 << 3, 10)], "the question's name counts (CNAME chains)");
+        assert_eq!(
+            host_updates(&app(), "www.example.org.", &b),
+            [(Ipv4Addr::new(5, 6, 7, 8), 1 << 3, 10)],
+            "the question's name counts (CNAME chains)"
+        );
         let c = answer("google.com.", &[("google.com.", Ipv4Addr::new(9, 9, 9, 9), 10)]);
         assert!(host_updates(&app(), "google.com.", &c).is_empty());
         // The app's question decides, not what the answer claims it was asked.
-        assert!(host_updates(&app(), "google.com.", &answer("github.com.", &[("x.example.com.", Ipv4Addr::new(9, 9, 9, 9), 10)])).is_empty());
+        assert!(
+            host_updates(&app(), "google.com.", &answer("github.com.", &[("x.example.com.", Ipv4Addr::new(9, 9, 9, 9), 10)])).is_empty()
+        );
         // A flood of records fills a bounded part of the host set.
         let many: Vec<_> = (0..200u8).map(|i| ("github.com.", Ipv4Addr::new(10, 0, 0, i), 10)).collect();
         assert_eq!(host_updates(&app(), "github.com.", &answer("github.com.", &many)).len(), MAX_HOST_ADDRS_PER_ANSWER);

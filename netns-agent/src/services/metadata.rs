@@ -268,7 +268,11 @@ struct OpenStackService {
     address: Ipv4Addr,
 }
 
-async fn openstack(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>, Path((version, item)): Path<(String, String)>) -> Response {
+async fn openstack(
+    State(shared): State<Shared>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    Path((version, item)): Path<(String, String)>,
+) -> Response {
     let cfg = shared.read().unwrap().clone();
     let Some(app) = app_of(&cfg, &caller) else { return not_an_app() };
     if version != "latest" {

@@ -78,8 +78,7 @@ impl Services {
     pub async fn reconcile(&mut self, plan: &Plan, rebuilt: &BTreeSet<String>) -> Vec<anyhow::Error> {
         let mut errors = Vec::new();
         let wanted: BTreeSet<&str> = plan.nis.iter().filter(|n| !n.is_switch()).map(|n| n.name.as_str()).collect();
-        let leaving: Vec<String> =
-            self.nis.keys().filter(|n| !wanted.contains(n.as_str()) || rebuilt.contains(*n)).cloned().collect();
+        let leaving: Vec<String> = self.nis.keys().filter(|n| !wanted.contains(n.as_str()) || rebuilt.contains(*n)).cloned().collect();
         for name in leaving {
             if let Some(s) = self.nis.remove(&name) {
                 s.stop().await;
@@ -118,7 +117,12 @@ impl Services {
             apps: ni
                 .ports
                 .iter()
-                .map(|p| (p.app_num, metadata::AppMeta { app: p.app.clone(), app_num: p.app_num, ip: p.ip, mac: p.mac, user_data: p.user_data.clone() }))
+                .map(|p| {
+                    (
+                        p.app_num,
+                        metadata::AppMeta { app: p.app.clone(), app_num: p.app_num, ip: p.ip, mac: p.mac, user_data: p.user_data.clone() },
+                    )
+                })
                 .collect(),
             uplink: ni.uplink.clone(),
             uplinks: self.uplinks.clone(),

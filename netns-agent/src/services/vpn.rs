@@ -191,9 +191,7 @@ pub fn classify_log_line(line: &str, remote: &str) -> Option<Result<&'static str
         return Some(Err("the peer rejected our traffic selectors".into()));
     }
     if line.contains("unable to install") && line.contains("SA") {
-        return Some(Err(
-            "the kernel refused the IPsec SA (no ESP in this kernel? backend = \"libipsec\" works without it)".into(),
-        ));
+        return Some(Err("the kernel refused the IPsec SA (no ESP in this kernel? backend = \"libipsec\" works without it)".into()));
     }
     if line.contains("giving up after") {
         return Some(Err(format!("no answer from {remote}: gave up after all retransmits, retrying")));
@@ -225,8 +223,7 @@ impl Charon {
         {
             use std::os::unix::fs::OpenOptionsExt as _;
             let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&swanctl)?;
-            std::io::Write::write_all(&mut f, swanctl_conf(vpn).as_bytes())
-                .with_context(|| format!("writing {}", swanctl.display()))?;
+            std::io::Write::write_all(&mut f, swanctl_conf(vpn).as_bytes()).with_context(|| format!("writing {}", swanctl.display()))?;
         }
         let status = Supervision {
             ni: ni.to_string(),
@@ -416,11 +413,7 @@ async fn run_once(
 fn start_charon(dir: &Path, ns: &Netns) -> Result<tokio::process::Child> {
     let run = CString::new(run_dir(dir).as_os_str().as_bytes()).context("instance dir")?;
     let mut cmd = Command::new(CHARON);
-    cmd.env("STRONGSWAN_CONF", "/run/strongswan.conf")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.env("STRONGSWAN_CONF", "/run/strongswan.conf").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
     let fd = ns.as_fd().as_raw_fd();
     // SAFETY: between fork and exec only async-signal-safe syscalls (setns, unshare,
     // mount) on data prepared before the fork; the netns fd outlives the supervisor.
@@ -462,8 +455,7 @@ struct InitiateRequest {
 }
 
 async fn initiate(client: &mut rsvici::Client) -> Result<()> {
-    let _: serde::de::IgnoredAny =
-        client.request("initiate", InitiateRequest { child: CONN, timeout: -1, init_limits: false }).await?;
+    let _: serde::de::IgnoredAny = client.request("initiate", InitiateRequest { child: CONN, timeout: -1, init_limits: false }).await?;
     Ok(())
 }
 
@@ -560,9 +552,7 @@ pub async fn tunnel_status(state_dir: &Path, ni: &str) -> TunnelStatus {
     };
     st.state = "down".into();
     // The established IKE_SA with an installed child wins over half-open ones.
-    let best = sas.iter().max_by_key(|ike| {
-        (ike.child_sas.values().any(|c| c.state == "INSTALLED"), ike.state == "ESTABLISHED")
-    });
+    let best = sas.iter().max_by_key(|ike| (ike.child_sas.values().any(|c| c.state == "INSTALLED"), ike.state == "ESTABLISHED"));
     if let Some(ike) = best {
         st.state = "connecting".into();
         st.ike_state = Some(ike.state.clone());
