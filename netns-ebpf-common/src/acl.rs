@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn the_device_is_not_the_world() {
         let all = table(&[ip_ace(1, [0, 0, 0, 0], 0)]);
-        let to = |dst, dport| Flow { proto: crate::PROTO_TCP, src: APP, dst, sport: 40000, dport, ..Flow::default() };
+        let to = |dst, dport| Flow { proto: PROTO_TCP, src: APP, dst, sport: 40000, dport, ..Flow::default() };
         let device = RemoteFacts { device: true, ..NONE };
         let v = judge_from_app(&LoopWalk, Some(&all), &iface(), &to([169, 254, 100, 1], 22), &device);
         assert!(v.drop, "0.0.0.0/0 does not open the device");

@@ -46,6 +46,6 @@ mod tests {
         assert!(closes(TCP_ESTABLISHED, TCP_CLOSE));
         assert!(!closes(TCP_TIME_WAIT, TCP_CLOSE), "already closed");
         assert!(!closes(TCP_ESTABLISHED, TCP_FIN_WAIT));
-        assert_eq!(core::mem::size_of::<FlowEvent>() % 8, 0, "ring buffer records are 8-byte aligned");
+        assert_eq!(size_of::<FlowEvent>() % 8, 0, "ring buffer records are 8-byte aligned");
     }
 }

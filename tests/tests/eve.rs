@@ -101,7 +101,8 @@ fn broken_edge_dev_configs_are_refused_with_their_json_path() {
     let dir = TempDir::new("broken");
     let bindings = demo_bindings(&dir);
     let base: Value = serde_json::from_str(SCENARIO).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Break = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Break, &str)> = vec![
         ("unknown instType", Box::new(|c| c["networkInstances"][0]["instType"] = json!(7)), "networkInstances[0].instType 7: unsupported"),
         ("IPv6 NI", Box::new(|c| c["networkInstances"][1]["ipType"] = json!(2)), "networkInstances[1].ipType 2: only IPv4"),
         (

@@ -241,8 +241,8 @@ fn two_thousand_udp_flows_get_distinct_translations() {
     let mut s = seed();
     let inet = s.inet.clone();
     s.spawn(&inet, &["python3", "-c", UDP_WHOAMI_SERVER, INET_IP, "5000"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let wait = scaled(std::time::Duration::from_secs(5)).as_secs().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let wait = scaled(Duration::from_secs(5)).as_secs().to_string();
     let out = s.python(s.app("app1"), UDP_FLOWS, &[INET_IP, "5000", "2000", &wait]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -259,8 +259,8 @@ fn exhausted_port_space_drops_new_flows_and_keeps_working() {
     s.start_agent();
     let inet = s.inet.clone();
     s.spawn(&inet, &["python3", "-c", UDP_WHOAMI_SERVER, INET_IP, "5000"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let wait = scaled(std::time::Duration::from_secs(5)).as_secs().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let wait = scaled(Duration::from_secs(5)).as_secs().to_string();
     let out = s.python(s.app("app1"), UDP_FLOWS, &[INET_IP, "5000", "150", &wait]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -291,7 +291,7 @@ fn uplink_address_change_is_followed() {
         let out = s.exec(&z, args);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let followed = netns_tests::wait_until(std::time::Duration::from_secs(15), || {
+    let followed = netns_tests::wait_until(Duration::from_secs(15), || {
         s.whoami(s.app("app1"), INET_IP, 80).is_some_and(|seen| seen.starts_with("192.168.0.3:"))
     });
     assert!(followed.is_some(), "source NAT follows the new address:\n{}", s.agent_log());

@@ -368,7 +368,7 @@ fn random_config(rng: &mut Rng) -> String {
         String::from("[[uplink]]\nname = \"eth0\"\ndns = [\"10.99.0.10\"]\n[[uplink]]\nname = \"eth1\"\ndns = [\"10.99.0.10\"]\n");
     let mut nis = Vec::new();
     for k in 1..=3u32 {
-        if !rng.chance(70) && !(k == 3 && nis.is_empty()) {
+        if !(rng.chance(70) || k == 3 && nis.is_empty()) {
             continue;
         }
         let subnet = ["10.10.1", "10.20.0"][rng.below(2) as usize];

@@ -63,7 +63,7 @@ const SECONDS: u32 = 5;
 const ROUNDS: usize = 3;
 const PIN_DIR: &str = "/sys/fs/bpf/netns-agent";
 
-pub fn run(agent_bin: &Path) -> Result<()> {
+pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     let dir = std::env::temp_dir().join("netns-agent-bench");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("bench.toml");
@@ -76,6 +76,9 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     }
     step("world and agent");
     build_world()?;
+    if scale_only {
+        return crate::scale::run(agent_bin, &dir);
+    }
     let agent = start_agent(agent_bin, &config).context("the bench config")?;
 
     step("program sizes (bpftool prog show)");
@@ -161,7 +164,9 @@ pub fn run(agent_bin: &Path) -> Result<()> {
             );
         }
     }
-    Ok(())
+    // The bench's NI goes first: the scale run has the uplink to itself.
+    sh(&["nsenter", &format!("--net=/run/netns/{ZEDBOX}"), agent_bin.to_str().unwrap(), "down", "--config", config.to_str().unwrap()])?;
+    crate::scale::run(agent_bin, &dir)
 }
 
 /// Changes applied to the running agent (`netns-agent apply`), a restart over the

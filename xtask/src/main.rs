@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod scale;
 mod vm;
 
 use std::{
@@ -30,6 +31,9 @@ enum Task {
         /// every integration test there, VPNs on kernel xfrm, then (no filter) the demo.
         #[arg(long)]
         vm: bool,
+        /// Only the VM stage (skips the host's unit and integration tests).
+        #[arg(long)]
+        vm_only: bool,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -44,8 +48,17 @@ enum Task {
         #[arg(long)]
         eve: bool,
     },
-    /// Throughput through the eBPF path vs the same path without programs, side by side.
-    Bench,
+    /// Throughput through the eBPF path vs the same path without programs, side by side;
+    /// apply times; apply at scale.
+    Bench {
+        /// Only the apply-at-scale part.
+        #[arg(long)]
+        scale_only: bool,
+    },
+    /// `cargo fmt --check` (the host crates and the eBPF crate) and `cargo clippy
+    /// --workspace --all-targets -D warnings` (after building the eBPF object the agent
+    /// embeds). CI runs it before the tests.
+    Lint,
 }
 
 /// Debian packages the build, tests and demo use.
@@ -83,20 +96,21 @@ fn dispatch(task: Task) -> Result<()> {
     match task {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf(),
-        Task::Test { vm, args } => test(vm, &args),
+        Task::Test { vm, vm_only, args } => test(vm || vm_only, !vm_only, &args),
         Task::Demo { keep, eve } => {
             setup()?;
             build_ebpf()?;
             build_agent()?;
             demo::run(&workspace_root().join("target/debug/netns-agent"), keep, eve)
         }
-        Task::Bench => {
+        Task::Lint => lint(),
+        Task::Bench { scale_only } => {
             setup()?;
             build_ebpf()?;
             // Optimised, as a device runs it: the agent's CPU and apply times are figures.
             step("build: netns-agent (release)");
             run(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "netns-agent"]))?;
-            bench::run(&workspace_root().join("target/release/netns-agent"))
+            bench::run(&workspace_root().join("target/release/netns-agent"), scale_only)
         }
     }
 }
@@ -242,12 +256,23 @@ fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
+fn lint() -> Result<()> {
+    step("lint: cargo fmt --check");
+    run(Command::new("cargo").current_dir(workspace_root()).args(["fmt", "--all", "--check"]))?;
+    // The eBPF crate is outside the workspace; the stable rustfmt reads it as it is.
+    run(Command::new("rustfmt").current_dir(workspace_root()).args(["+stable", "--check", "--edition", "2021", "netns-ebpf/src/main.rs"]))?;
+    setup()?;
+    build_ebpf()?;
+    step("lint: cargo clippy --workspace --all-targets -D warnings");
+    run(Command::new("cargo").current_dir(workspace_root()).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+}
+
 fn build_agent() -> Result<()> {
     step("build: netns-agent");
     run(Command::new("cargo").current_dir(workspace_root()).args(["build", "-p", "netns-agent"]))
 }
 
-fn test(vm: bool, args: &[String]) -> Result<()> {
+fn test(vm: bool, host: bool, args: &[String]) -> Result<()> {
     setup()?;
     if vm {
         step("setup: QEMU and Debian's stock kernel for --vm");
@@ -255,13 +280,15 @@ fn test(vm: bool, args: &[String]) -> Result<()> {
     }
     build_ebpf()?;
     build_agent()?;
-    step("test: unit and integration tests (integration tests need root, one at a time)");
     let agent = workspace_root().join("target/debug/netns-agent");
-    run(Command::new("cargo")
-        .current_dir(workspace_root())
-        .env("NETNS_AGENT_BIN", &agent)
-        .args(["test", "--workspace", "--", "--test-threads=1"])
-        .args(args))?;
+    if host {
+        step("test: unit and integration tests (integration tests need root, one at a time)");
+        run(Command::new("cargo")
+            .current_dir(workspace_root())
+            .env("NETNS_AGENT_BIN", &agent)
+            .args(["test", "--workspace", "--", "--test-threads=1"])
+            .args(args))?;
+    }
     if vm {
         vm::run_tests(&agent, args)?;
     }

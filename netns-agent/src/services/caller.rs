@@ -37,7 +37,7 @@ pub fn enable_rcvmark(socket: &impl AsRawFd) -> io::Result<()> {
             libc::SOL_SOCKET,
             SO_RCVMARK,
             &on as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc == 0 {
@@ -58,11 +58,11 @@ pub fn recv_marked(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4
         let mut control = [0u64; 8];
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_name = &mut from as *mut _ as *mut libc::c_void;
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        msg.msg_controllen = size_of_val(&control) as _;
         let n = libc::recvmsg(fd, &mut msg, 0);
         if n < 0 {
             return Err(io::Error::last_os_error());

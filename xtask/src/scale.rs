@@ -1,0 +1,110 @@
+//! `cargo xtask bench`, last part: apply at scale. 60 local NIs on eth0 with 4 apps each
+//! (240 app namespaces, one ACE each) applied by a fresh agent from nothing, then `down`:
+//! wall times, the agent's own apply time and its resident memory once applied.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::demo::{sh, step, ZEDBOX};
+
+pub const NIS: u32 = 60;
+pub const APPS_PER_NI: u32 = 4;
+/// Its own pins and record: nothing of the bench's agent is touched.
+const PIN_DIR: &str = "/sys/fs/bpf/netns-agent-scale";
+const STATE_DIR: &str = "/run/netns-agent-scale";
+
+fn app_netns(ni: u32, k: u32) -> String {
+    format!("scale-a{ni}x{k}")
+}
+
+fn config() -> String {
+    let mut c = format!("[agent]\npin_dir = \"{PIN_DIR}\"\nstate_dir = \"{STATE_DIR}\"\n\n[[uplink]]\nname = \"eth0\"\n");
+    for ni in 1..=NIS {
+        c += &format!(
+            "\n[[network]]\nname = \"sc{ni}\"\nkind = \"local\"\nsubnet = \"172.16.{ni}.0/24\"\ngateway = \"172.16.{ni}.1\"\nuplink = \"eth0\"\n"
+        );
+        for k in 1..=APPS_PER_NI {
+            c += &format!(
+                "\n[[app]]\nname = \"sc{ni}app{k}\"\nnetns = \"{}\"\n[[app.interface]]\nnetwork = \"sc{ni}\"\nip = \"172.16.{ni}.{}\"\nacl = [{{ id = 1, match = {{ ip = \"0.0.0.0/0\" }} }}]\n",
+                app_netns(ni, k),
+                k + 1
+            );
+        }
+    }
+    c
+}
+
+/// Removes the scale run's namespaces and record whatever happened.
+struct Cleanup<'a> {
+    agent_bin: &'a Path,
+    config: &'a Path,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ZEDBOX}"))
+            .arg(self.agent_bin)
+            .args(["down", "--config"])
+            .arg(self.config)
+            .stderr(Stdio::null())
+            .status();
+        for ni in 1..=NIS {
+            for k in 1..=APPS_PER_NI {
+                let _ = Command::new("ip").args(["netns", "del", &app_netns(ni, k)]).stderr(Stdio::null()).status();
+            }
+        }
+    }
+}
+
+/// Runs the scale case in the bench's world (zedbox with eth0); the bench's own agent
+/// must be down. Prints its rows.
+pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
+    step(&format!("apply at scale: {NIS} NIs x {APPS_PER_NI} apps from nothing, then down"));
+    let config = dir.join("scale.toml");
+    std::fs::write(&config, config_text())?;
+    let _cleanup = Cleanup { agent_bin, config: &config };
+    for ni in 1..=NIS {
+        for k in 1..=APPS_PER_NI {
+            sh(&["ip", "netns", "add", &app_netns(ni, k)])?;
+        }
+    }
+    let started = Instant::now();
+    let mut agent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ZEDBOX}"))
+        .arg(agent_bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the agent")?;
+    crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(300))?;
+    let applied = started.elapsed().as_secs_f64();
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(Path::new(STATE_DIR).join("state.json"))?)?;
+    let own = record["last_apply"]["duration_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    let errors = record["last_apply"]["errors"].as_array().map(Vec::len).unwrap_or(0);
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", agent.id()))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok()))
+        .unwrap_or(0);
+    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    agent.wait()?;
+    let started = Instant::now();
+    sh(&["nsenter", &format!("--net=/run/netns/{ZEDBOX}"), agent_bin.to_str().unwrap(), "down", "--config", config.to_str().unwrap()])?;
+    let down = started.elapsed().as_secs_f64();
+    println!("  {:<50} {:>10}", "", "seconds");
+    println!("  {:<50} {applied:>10.1}", "run from nothing until applied (wall)");
+    println!("  {:<50} {own:>10.1}", "  of which the apply (agent's own report)");
+    println!("  {:<50} {down:>10.1}", "down (wall)");
+    println!("  agent RSS once applied: {:.1} MiB; apply errors: {errors}", rss_kib as f64 / 1024.0);
+    Ok(())
+}
+
+fn config_text() -> String {
+    format!("# cargo xtask bench: apply at scale, {NIS} NIs x {APPS_PER_NI} apps.\n{}", config())
+}
