@@ -185,6 +185,16 @@ pub enum VpnBackend {
     Libipsec,
 }
 
+impl fmt::Display for VpnBackend {
+    /// As the config and `status.json` spell it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VpnBackend::Kernel => "kernel",
+            VpnBackend::Libipsec => "libipsec",
+        })
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct App {

@@ -60,6 +60,24 @@ pub struct ApplyReply {
     pub errors: Vec<String>,
 }
 
+impl ApplyReply {
+    /// `netns-agent apply`'s output: the changes and the time; an error unless applied
+    /// without errors.
+    pub fn print(&self) -> Result<()> {
+        if let Some(r) = &self.report {
+            for c in &r.changes {
+                println!("{c}");
+            }
+            println!("applied in {:.1} ms", r.duration_ms);
+        }
+        if self.ok {
+            return Ok(());
+        }
+        let what = if self.refused { "refused (nothing changed)" } else { "applied with errors" };
+        anyhow::bail!("{what}:\n  {}", self.errors.join("\n  "))
+    }
+}
+
 /// A request from `netns-agent apply`, with the way to answer it.
 pub struct Request {
     pub apply: ApplyRequest,

@@ -116,6 +116,13 @@ impl NiPrograms {
         Ok(NiPrograms { ebpf, link_dir })
     }
 
+    /// One of the loaded programs by name (`prog_names`): the program tests run it on
+    /// crafted frames (BPF_PROG_TEST_RUN).
+    pub fn program(&self, name: &str) -> Result<&SchedClassifier> {
+        let prog = self.ebpf.program(name).with_context(|| format!("program {name} missing from the object"))?;
+        Ok(prog.try_into()?)
+    }
+
     /// Loads the agent netns' own copy (domain 0): NAT on uplinks and agent-side veths.
     pub fn load_agent(pin_dir: &Path) -> Result<NiPrograms> {
         NiPrograms::load(pin_dir, AGENT_PIN_SUBDIR, netns_ebpf_common::nat::DOMAIN_AGENT)

@@ -333,7 +333,7 @@ pub struct EveIds {
 
 impl EveIds {
     pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join("eve-ids.json")
+        crate::state::StateDir::eve_ids(state_dir)
     }
 
     /// The ids on record (none yet: empty).
@@ -349,7 +349,8 @@ impl EveIds {
     pub fn write(&self, state_dir: &Path) -> Result<()> {
         std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
         // Written aside and renamed: a crash leaves the old file or the new, never half.
-        let (path, tmp) = (EveIds::path(state_dir), state_dir.join("eve-ids.json.tmp"));
+        let path = EveIds::path(state_dir);
+        let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
     }
@@ -487,6 +488,16 @@ pub fn load(path: &Path, bindings: Option<&Path>, ids: EveIds) -> Result<Convert
 }
 
 /// Where the agent keeps its state for these bindings (their `[agent] state_dir`).
+/// `netns-agent convert`: the TOML config an EdgeDevConfig (with its bindings) amounts
+/// to, refused as `run --eve-config` would refuse it (but the apps' namespaces need not
+/// exist here).
+pub fn convert_to_toml(eve_config: &Path, bindings: Option<&Path>) -> Result<String> {
+    let converted = load(eve_config, bindings, EveIds::read(&state_dir(bindings)?)?)?;
+    let text = converted.to_toml(eve_config)?;
+    crate::config::parse(&format!("{} (as converted)", eve_config.display()), &text, &crate::config::AnyNetns)?;
+    Ok(text)
+}
+
 pub fn state_dir(bindings: Option<&Path>) -> Result<PathBuf> {
     let Some(path) = bindings else { return Ok(crate::config::DEFAULT_STATE_DIR.into()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading the bindings {}", path.display()))?;

@@ -660,7 +660,7 @@ async fn read_events(pin_dir: PathBuf, mut sink: impl FnMut(&FlowEvent)) -> Resu
         let mut ready = fd.readable_mut().await?;
         let ring = ready.get_inner_mut();
         while let Some(item) = ring.next() {
-            if item.len() >= std::mem::size_of::<FlowEvent>() {
+            if item.len() >= size_of::<FlowEvent>() {
                 // SAFETY: the programs write whole `FlowEvent`s (repr(C), any bit pattern valid).
                 let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) };
                 sink(&e);

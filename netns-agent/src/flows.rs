@@ -13,7 +13,35 @@ use netns_ebpf_common::{
 };
 use serde::Serialize;
 
-use crate::state::AppliedState;
+use crate::{
+    datapath::{self, Maps},
+    state::AppliedState,
+    status::{self, LimitStatus},
+};
+
+/// `netns-agent flows --json`: the flow table, the NAT pairs, the `limit` buckets (as
+/// `status` names them) and the data path's counters by name.
+#[derive(Debug, Serialize)]
+pub struct FlowsReport {
+    pub flows: Vec<FlowRecord>,
+    pub nat: Vec<NatRecord>,
+    pub limits: Vec<LimitStatus>,
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl FlowsReport {
+    /// From the pinned maps and the record (no running agent needed).
+    pub async fn read(maps: &Maps, state: &AppliedState) -> anyhow::Result<FlowsReport> {
+        let now = datapath::monotonic_ns();
+        let nat = maps.nat_entries();
+        Ok(FlowsReport {
+            flows: records(&maps.flows(), &nat, state, now),
+            nat: nat_records(&nat, now),
+            limits: status::limits(state, &maps.limits()).await?,
+            counters: maps.stats().iter().map(|(s, n)| (s.name(), *n)).collect(),
+        })
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct FlowRecord {

@@ -214,7 +214,7 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
         "Packets through the VPN NI's current CHILD_SA; restarts at each rekey.",
     );
     for (ni, t) in tunnels {
-        up.add(&[("ni", ni)], if t.state == vpn::STATE_UP { 1.0 } else { 0.0 });
+        up.add(&[("ni", ni)], if t.state == vpn::TunnelState::Up { 1.0 } else { 0.0 });
         vbytes.add_u64(&[("ni", ni), ("direction", "in")], t.bytes_in);
         vbytes.add_u64(&[("ni", ni), ("direction", "out")], t.bytes_out);
         vpackets.add_u64(&[("ni", ni), ("direction", "in")], t.packets_in);

@@ -208,6 +208,29 @@ impl Plan {
     pub fn uplink(&self, name: &str) -> &UplinkPlan {
         self.uplinks.iter().find(|u| u.name == name).expect("validated: NI names an existing uplink")
     }
+
+    /// `netns-agent validate`: what the plan would create, a line per NI and app port.
+    pub fn print_summary(&self) {
+        for ni in &self.nis {
+            println!(
+                "network {} (zone {}): {} gateway {}, {} {} <-> {} {}",
+                ni.name,
+                ni.zone(),
+                ni.subnet,
+                ni.gateway,
+                ni.agent_veth,
+                ni.agent_ip,
+                ni.ni_veth,
+                ni.ni_ip
+            );
+            for p in &ni.ports {
+                println!(
+                    "  {} -> app {} #{} ({}) {} {}, {} ACEs",
+                    p.bridge_port, p.app, p.app_num, p.app_netns, p.app_ifname, p.ip, p.acl.count
+                );
+            }
+        }
+    }
 }
 
 /// The agent-side and NI-side addresses of NI `n`'s veth: 169.254.100.(4N-3) and (4N-2).
@@ -409,12 +432,12 @@ mod pod_hex {
 
     pub fn to_hex<T: aya::Pod>(v: &T) -> String {
         // SAFETY: Pod types are plain old data of exactly size_of::<T>() bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) };
+        let bytes = unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) };
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     pub fn from_hex<T: aya::Pod>(s: &str) -> Option<T> {
-        if s.len() != 2 * std::mem::size_of::<T>() {
+        if s.len() != 2 * size_of::<T>() {
             return None;
         }
         let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();

@@ -29,10 +29,56 @@ impl StateDir {
         dir.join("control.sock")
     }
 
+    /// The DNS proxies' request log (JSON lines; `dns.log.1` is its rotated older half).
     pub fn dns_log(dir: &Path) -> PathBuf {
         dir.join("dns.log")
     }
+
+    /// An NI's dnsmasq config (its path also tells a leftover dnsmasq as ours).
+    pub fn dnsmasq_conf(dir: &Path, ni: &str) -> PathBuf {
+        dir.join(format!("{DNSMASQ_PREFIX}{ni}.conf"))
+    }
+
+    /// An NI's DHCP leases (kept across restarts).
+    pub fn dnsmasq_leases(dir: &Path, ni: &str) -> PathBuf {
+        dir.join(format!("{DNSMASQ_PREFIX}{ni}.leases"))
+    }
+
+    /// What every dnsmasq config path of `dir` starts with.
+    pub fn dnsmasq_prefix(dir: &Path) -> PathBuf {
+        dir.join(DNSMASQ_PREFIX)
+    }
+
+    /// A VPN NI's charon instance: status.json, and `run/`, which charon sees as its /run.
+    pub fn vpn_instance(dir: &Path, ni: &str) -> PathBuf {
+        dir.join(format!("{VPN_PREFIX}{ni}"))
+    }
+
+    /// NI indexes and app numbers per EdgeDevConfig UUID. `down` leaves it: the numbers
+    /// (and so the apps' MACs and interface names) stay with their UUIDs.
+    pub fn eve_ids(dir: &Path) -> PathBuf {
+        dir.join("eve-ids.json")
+    }
+
+    /// Removes every file and directory of the layout (but `eve-ids.json`) from `dir`, then `dir` if that
+    /// leaves it empty (someone else's files stay).
+    pub fn remove(dir: &Path) -> Result<()> {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = ["state.json", "state.json.tmp", "dns.log", "dns.log.1", "control.sock"].contains(&name.as_str());
+            if ours || name.starts_with(DNSMASQ_PREFIX) {
+                std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            } else if name.starts_with(VPN_PREFIX) && entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+        std::fs::remove_dir(dir).ok();
+        Ok(())
+    }
 }
+
+const DNSMASQ_PREFIX: &str = "dnsmasq-";
+const VPN_PREFIX: &str = "vpn-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -134,22 +180,5 @@ impl AppliedState {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         serde_json::from_slice(&bytes).map(Some).with_context(|| format!("parsing {}", path.display()))
-    }
-
-    pub fn remove(state_dir: &Path) -> Result<()> {
-        // Our files: the record, the DNS log, the control socket, dnsmasq's configs and
-        // lease files, the VPN instances' directories.
-        for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = ["state.json", "state.json.tmp", "dns.log", "dns.log.1", "control.sock"].contains(&name.as_str());
-            if ours || name.starts_with("dnsmasq-") {
-                std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
-            } else if name.starts_with("vpn-") && entry.path().is_dir() {
-                std::fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
-            }
-        }
-        // Only our own files lived there; leave the directory if someone else uses it.
-        std::fs::remove_dir(state_dir).ok();
-        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use netns_ebpf_common::limit::{Bucket, LimitKey, UNIT_MINUTE_NS, UNIT_SECOND_NS};
 use serde::Serialize;
 
 use crate::{
@@ -81,7 +82,6 @@ pub async fn build(state_dir: &Path) -> Result<StatusReport> {
     let record = AppliedState::read(state_dir);
     let buckets = datapath::Maps::open(Path::new(&record.pin_dir)).map(|m| m.limits()).unwrap_or_default();
     let mut networks = Vec::new();
-    let mut limits = Vec::new();
     for rec in record.nis.values() {
         let ni = &rec.plan;
         let present = netns::exists(&ni.name);
@@ -104,34 +104,6 @@ pub async fn build(state_dir: &Path) -> Result<StatusReport> {
                 PortStatus { port: p.bridge_port.clone(), app: p.app.clone(), state, error }
             })
             .collect();
-        if present {
-            let nl = netlink::Netlink::open(&netns::Netns::open(&netns::resolve(&ni.name))?)?;
-            for port in ni.ports.iter().filter(|p| !p.limits.is_empty()) {
-                let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
-                for (index, _) in &port.limits {
-                    let key = |k: &netns_ebpf_common::limit::LimitKey| {
-                        k.zone == ni.zone() && k.ifindex == ifindex && k.ace_index == *index as u32
-                    };
-                    if let Some((_, b)) = buckets.iter().find(|(k, _)| key(k)) {
-                        limits.push(LimitStatus {
-                            network: ni.name.clone(),
-                            app: port.app.clone(),
-                            port: port.bridge_port.clone(),
-                            ace_id: port.acl.aces[*index].id,
-                            rate: b.rate,
-                            unit: match b.unit_ns {
-                                netns_ebpf_common::limit::UNIT_SECOND_NS => "s",
-                                netns_ebpf_common::limit::UNIT_MINUTE_NS => "m",
-                                _ => "h",
-                            },
-                            burst: b.burst,
-                            passed: b.passed,
-                            dropped: b.dropped,
-                        });
-                    }
-                }
-            }
-        }
         networks.push(NetworkStatus {
             name: ni.name.clone(),
             kind: ni.kind,
@@ -150,9 +122,41 @@ pub async fn build(state_dir: &Path) -> Result<StatusReport> {
             applies: record.applies,
         },
         last_apply: record.last_apply.clone(),
+        limits: limits(&record, &buckets).await?,
         networks,
-        limits,
     })
+}
+
+/// The `limit` ACEs' buckets (`Maps::limits`) named by the record: NI, app, port, ACE id.
+pub async fn limits(record: &AppliedState, buckets: &[(LimitKey, Bucket)]) -> Result<Vec<LimitStatus>> {
+    let mut limits = Vec::new();
+    for ni in record.nis.values().map(|rec| &rec.plan).filter(|ni| netns::exists(&ni.name)) {
+        let nl = netlink::Netlink::open(&netns::Netns::open(&netns::resolve(&ni.name))?)?;
+        for port in ni.ports.iter().filter(|p| !p.limits.is_empty()) {
+            let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
+            for (index, _) in &port.limits {
+                let key = |k: &LimitKey| k.zone == ni.zone() && k.ifindex == ifindex && k.ace_index == *index as u32;
+                if let Some((_, b)) = buckets.iter().find(|(k, _)| key(k)) {
+                    limits.push(LimitStatus {
+                        network: ni.name.clone(),
+                        app: port.app.clone(),
+                        port: port.bridge_port.clone(),
+                        ace_id: port.acl.aces[*index].id,
+                        rate: b.rate,
+                        unit: match b.unit_ns {
+                            UNIT_SECOND_NS => "s",
+                            UNIT_MINUTE_NS => "m",
+                            _ => "h",
+                        },
+                        burst: b.burst,
+                        passed: b.passed,
+                        dropped: b.dropped,
+                    });
+                }
+            }
+        }
+    }
+    Ok(limits)
 }
 
 fn lower<T: Serialize>(v: &T) -> String {
@@ -230,7 +234,7 @@ fn tunnel_details(t: &TunnelStatus) -> String {
         d += &format!(", charon pid {pid}");
     }
     d += &format!(", {} restarts", sup.map(|s| s.restarts).unwrap_or(0));
-    if let (false, Some(e)) = (t.state == "up", sup.and_then(|s| s.last_error.as_ref())) {
+    if let (false, Some(e)) = (t.state == vpn::TunnelState::Up, sup.and_then(|s| s.last_error.as_ref())) {
         d += &format!("; last error: {e}");
     }
     d

@@ -203,112 +203,99 @@ pub struct ZoneUse {
 #[inline(always)]
 pub fn veth_zone(addr: Ipv4) -> u32 {
     if acl::prefix_contains(VETH_NET, VETH_NET_LEN, addr) {
-        (addr[3] as u32 + 3) / 4
+        (addr[3] as u32).div_ceil(4)
     } else {
         0
     }
 }
 
-/// Counters of the programs' decisions, one slot each in a per-CPU array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stat {
-    PassArp = 0,
-    DropNonIpv4 = 1,
-    DropMalformed = 2,
+/// Defines `Stat` once: each counter's variant, its slot in the per-CPU array and its
+/// name (`flows --json`, the metrics' `reason` label); `ALL` and `COUNT` follow.
+macro_rules! stats {
+    ($($(#[$doc:meta])* $variant:ident = $slot:literal => $name:literal,)*) => {
+        /// Counters of the programs' decisions, one slot each in a per-CPU array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Stat {
+            $($(#[$doc])* $variant = $slot,)*
+        }
+
+        impl Stat {
+            pub const ALL: [Stat; [$($slot),*].len()] = [$(Stat::$variant),*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Stat::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+stats! {
+    PassArp = 0 => "pass_arp",
+    DropNonIpv4 = 1 => "drop_non_ipv4",
+    DropMalformed = 2 => "drop_malformed",
     /// A later IPv4 fragment whose first fragment was not seen (or too long ago).
-    DropFragment = 3,
-    CtNew = 4,
-    CtInsertFailed = 5,
-    DropAcl = 6,
-    PassCt = 7,
-    DropCt = 8,
-    NoIfaceConfig = 9,
-    Rejudged = 10,
-    DropUnsolicited = 11,
-    NatNew = 12,
-    NatNoPort = 13,
-    NatRewrite = 14,
-    PortmapNew = 15,
-    NatMalformed = 16,
-    DropLimit = 17,
+    DropFragment = 3 => "drop_fragment",
+    CtNew = 4 => "ct_new",
+    CtInsertFailed = 5 => "ct_insert_failed",
+    DropAcl = 6 => "drop_acl",
+    PassCt = 7 => "pass_ct",
+    DropCt = 8 => "drop_ct",
+    NoIfaceConfig = 9 => "no_iface_config",
+    Rejudged = 10 => "rejudged",
+    DropUnsolicited = 11 => "drop_unsolicited",
+    NatNew = 12 => "nat_new",
+    NatNoPort = 13 => "nat_no_port",
+    NatRewrite = 14 => "nat_rewrite",
+    PortmapNew = 15 => "portmap_new",
+    NatMalformed = 16 => "nat_malformed",
+    DropLimit = 17 => "drop_limit",
     /// From an app: a source MAC, IPv4 source or ARP sender that is not the app's.
-    DropSpoofed = 18,
+    DropSpoofed = 18 => "drop_spoofed",
     /// From an app: a packet of a flow whose entry belongs to another port.
-    DropCtPort = 19,
+    DropCtPort = 19 => "drop_ct_port",
     /// An ICMP error whose addresses do not fit the flow it quotes.
-    DropIcmpMismatch = 20,
+    DropIcmpMismatch = 20 => "drop_icmp_mismatch",
     /// An RST too far from its sender's sequence numbers to be its own.
-    DropTcpRst = 21,
+    DropTcpRst = 21 => "drop_tcp_rst",
     /// A new flow (or translation) of an NI that holds its whole share of the conntrack
     /// (or NAT) map.
-    DropZoneFull = 22,
+    DropZoneFull = 22 => "drop_zone_full",
     /// A fragment passed by its first fragment's verdict and translation.
-    PassFragment = 23,
+    PassFragment = 23 => "pass_fragment",
     /// A flow event the ring buffer had no room for (the agent is behind).
-    EventLost = 24,
+    EventLost = 24 => "event_lost",
 }
 
-impl Stat {
-    pub const COUNT: u32 = 25;
-    pub const ALL: [Stat; Self::COUNT as usize] = [
-        Stat::PassArp,
-        Stat::DropNonIpv4,
-        Stat::DropMalformed,
-        Stat::DropFragment,
-        Stat::CtNew,
-        Stat::CtInsertFailed,
-        Stat::DropAcl,
-        Stat::PassCt,
-        Stat::DropCt,
-        Stat::NoIfaceConfig,
-        Stat::Rejudged,
-        Stat::DropUnsolicited,
-        Stat::NatNew,
-        Stat::NatNoPort,
-        Stat::NatRewrite,
-        Stat::PortmapNew,
-        Stat::NatMalformed,
-        Stat::DropLimit,
-        Stat::DropSpoofed,
-        Stat::DropCtPort,
-        Stat::DropIcmpMismatch,
-        Stat::DropTcpRst,
-        Stat::DropZoneFull,
-        Stat::PassFragment,
-        Stat::EventLost,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Stat::PassArp => "pass_arp",
-            Stat::DropNonIpv4 => "drop_non_ipv4",
-            Stat::DropMalformed => "drop_malformed",
-            Stat::DropFragment => "drop_fragment",
-            Stat::CtNew => "ct_new",
-            Stat::CtInsertFailed => "ct_insert_failed",
-            Stat::DropAcl => "drop_acl",
-            Stat::PassCt => "pass_ct",
-            Stat::DropCt => "drop_ct",
-            Stat::NoIfaceConfig => "no_iface_config",
-            Stat::Rejudged => "rejudged",
-            Stat::DropUnsolicited => "drop_unsolicited",
-            Stat::NatNew => "nat_new",
-            Stat::NatNoPort => "nat_no_port",
-            Stat::NatRewrite => "nat_rewrite",
-            Stat::PortmapNew => "portmap_new",
-            Stat::NatMalformed => "nat_malformed",
-            Stat::DropLimit => "drop_limit",
-            Stat::DropSpoofed => "drop_spoofed",
-            Stat::DropCtPort => "drop_ct_port",
-            Stat::DropIcmpMismatch => "drop_icmp_mismatch",
-            Stat::DropTcpRst => "drop_tcp_rst",
-            Stat::DropZoneFull => "drop_zone_full",
-            Stat::PassFragment => "pass_fragment",
-            Stat::EventLost => "event_lost",
-        }
-    }
-}
+/// The map types' sizes, checked when either side compiles: a field added or reordered
+/// changes the layout the pinned maps were made with, which needs a new `_Vn` pin name
+/// (aya reuses a pin without checking it).
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<IfaceKey>() == 8);
+    assert!(size_of::<IfaceInfo>() == 32);
+    assert!(size_of::<ct::CtKey>() == 20);
+    assert!(size_of::<ct::CtValue>() == 80);
+    assert!(size_of::<acl::AclTable>() == 1032);
+    assert!(size_of::<nat::NatKey>() == 20);
+    assert!(size_of::<nat::NatValue>() == 24);
+    assert!(size_of::<nat::NatIface>() == 24);
+    assert!(size_of::<nat::PortmapKey>() == 12);
+    assert!(size_of::<nat::PortmapTarget>() == 16);
+    assert!(size_of::<EidKey>() == 8);
+    assert!(size_of::<HostKey>() == 12);
+    assert!(size_of::<HostEntry>() == 16);
+    assert!(size_of::<limit::LimitKey>() == 12);
+    assert!(size_of::<limit::Bucket>() == 64);
+    assert!(size_of::<ZoneUse>() == 16);
+    assert!(size_of::<event::FlowEvent>() == 112);
+    assert!(size_of::<PortCounters>() == 64);
+    assert!(size_of::<frag::FragKey>() == 16);
+    assert!(size_of::<frag::FragValue>() == 16);
+};
 
 #[cfg(feature = "user")]
 mod pod {
@@ -339,6 +326,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stats_fill_their_slots_in_order_with_distinct_names() {
+        for (slot, stat) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*stat as usize, slot, "{stat:?}");
+        }
+        for (i, a) in Stat::ALL.iter().enumerate() {
+            assert!(Stat::ALL[i + 1..].iter().all(|b| a.name() != b.name()), "{a:?}'s name is taken twice");
+        }
+    }
+
+    #[test]
     fn port_counters_count_each_way_and_sum_over_cpus() {
         let mut cpu0 = PortCounters::default();
         cpu0.count(PORT_DIR_FROM_APP, false, 100);
@@ -350,6 +347,6 @@ mod tests {
         sum.add(&cpu1);
         assert_eq!((sum.passed_packets, sum.passed_bytes), ([2, 0], [140, 0]));
         assert_eq!((sum.dropped_packets, sum.dropped_bytes), ([0, 1], [0, 60]));
-        assert_eq!(core::mem::size_of::<PortCounters>(), 64, "the map's value size (ABI)");
+        assert_eq!(size_of::<PortCounters>(), 64, "the map's value size (ABI)");
     }
 }

@@ -15,6 +15,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod frame;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A helper script of `tests/py/`, by path (the tests run it in app namespaces).

@@ -40,7 +40,7 @@ use crate::{
     state::{AppliedState, ApplyReport, ItemState, NiRecord},
 };
 
-pub use ni::{LocalNi, NiDriver, SwitchNi, VpnNi};
+pub(crate) use ni::{LocalNi, NiDriver, SwitchNi, VpnNi};
 
 /// What an apply changed, for the services and the report.
 #[derive(Debug, Default)]
@@ -396,7 +396,7 @@ impl Applier {
         self.agent_programs = None;
         errors.extend(uplink::remove_agent_level(self).await);
         if errors.is_empty() {
-            if let Err(e) = AppliedState::remove(&self.state_dir) {
+            if let Err(e) = crate::state::StateDir::remove(&self.state_dir) {
                 errors.push(e);
             }
         } else if let Err(e) = self.save() {

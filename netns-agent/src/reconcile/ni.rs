@@ -19,7 +19,7 @@ use crate::{
 
 /// What differs between NI kinds. One type per kind; the applier dispatches once, on
 /// `NetworkKind`, and everything else is shared.
-pub trait NiDriver {
+pub(crate) trait NiDriver {
     /// Ensures the NI-level objects; returns the NI's netns and a netlink handle in it.
     async fn ensure(&self, ap: &mut Applier, plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)>;
     /// Removes what only this kind has (before the ports and the netns go).

@@ -6,7 +6,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Stdio,
-    time::Duration,
+    sync::Arc,
 };
 
 use anyhow::{Context, Result};
@@ -15,11 +15,11 @@ use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,
     sync::watch,
-    task::JoinHandle,
 };
 use tracing::{info, warn};
 
-use crate::netns::Netns;
+use super::supervise::{Life, Supervised};
+use crate::{netns::Netns, state::StateDir};
 
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -58,69 +58,58 @@ pub fn dnsmasq_conf(cfg: &NiDhcpConfig) -> String {
     }
     c.push_str(&format!("dhcp-option=option:router,{}\n", cfg.gateway));
     c.push_str(&format!("dhcp-option=option:dns-server,{}\n", cfg.gateway));
-    c.push_str(&format!("dhcp-leasefile={}\n", cfg.state_dir.join(format!("dnsmasq-{}.leases", cfg.ni)).display()));
+    c.push_str(&format!("dhcp-leasefile={}\n", StateDir::dnsmasq_leases(&cfg.state_dir, &cfg.ni).display()));
     c
 }
 
 /// A running, supervised dnsmasq.
-pub struct Dnsmasq {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
+pub struct Dnsmasq(Supervised);
 
 impl Dnsmasq {
     pub fn spawn(cfg: NiDhcpConfig, ns: Netns) -> Result<Dnsmasq> {
         std::fs::create_dir_all(&cfg.state_dir)?;
-        let conf = cfg.state_dir.join(format!("dnsmasq-{}.conf", cfg.ni));
+        let conf = StateDir::dnsmasq_conf(&cfg.state_dir, &cfg.ni);
         std::fs::write(&conf, dnsmasq_conf(&cfg)).with_context(|| format!("writing {}", conf.display()))?;
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(supervise(cfg.ni.clone(), conf, ns, stopped));
-        Ok(Dnsmasq { stop, task })
+        let (ni, ns) = (cfg.ni, Arc::new(ns));
+        Ok(Dnsmasq(Supervised::spawn(move |stopped| life(ni.clone(), conf.clone(), ns.clone(), stopped))))
     }
 
     /// Stops dnsmasq and waits until it is reaped.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.0.stop().await;
     }
 }
 
-async fn supervise(ni: String, conf: PathBuf, ns: Netns, mut stopped: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let started = std::time::Instant::now();
-        match start(&conf, &ns) {
-            Err(e) => warn!("{ni}: starting dnsmasq: {e:#}"),
-            Ok(mut child) => {
-                info!("{ni}: dnsmasq started (pid {})", child.id().unwrap_or(0));
-                if let Some(err) = child.stderr.take() {
-                    let ni = ni.clone();
-                    tokio::spawn(async move {
-                        let mut lines = BufReader::new(err).lines();
-                        while let Ok(Some(line)) = lines.next_line().await {
-                            info!("{ni}: dnsmasq: {line}");
-                        }
-                    });
-                }
-                tokio::select! {
-                    status = child.wait() => warn!("{ni}: dnsmasq exited ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())),
-                    _ = stopped.changed() => {
-                        let _ = child.start_kill();
-                        let _ = child.wait().await;
-                        info!("{ni}: dnsmasq stopped");
-                        return;
-                    }
-                }
+/// One life of dnsmasq: started, its log lines passed on, until it exits or is stopped.
+async fn life(ni: String, conf: PathBuf, ns: Arc<Netns>, mut stopped: watch::Receiver<bool>) -> Life {
+    let mut child = match start(&conf, &ns) {
+        Ok(child) => child,
+        Err(e) => {
+            warn!("{ni}: starting dnsmasq: {e:#}");
+            return Life::Ended;
+        }
+    };
+    info!("{ni}: dnsmasq started (pid {})", child.id().unwrap_or(0));
+    if let Some(err) = child.stderr.take() {
+        let ni = ni.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                info!("{ni}: dnsmasq: {line}");
             }
+        });
+    }
+    tokio::select! {
+        status = child.wait() => {
+            warn!("{ni}: dnsmasq exited ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+            Life::Ended
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
+        _ = stopped.changed() => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            info!("{ni}: dnsmasq stopped");
+            Life::Stopped
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stopped.changed() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

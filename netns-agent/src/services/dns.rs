@@ -326,6 +326,31 @@ impl RequestLog {
 }
 
 /// Where the request log's older half lives.
+/// `netns-agent dns-log`: the requests on record in `state_dir`, the rotated older half first.
+pub fn read_log(state_dir: &std::path::Path) -> Vec<DnsLogEntry> {
+    let path = super::dns_log_path(state_dir);
+    let text = [rotated_log(&path), path].iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect::<String>();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+pub fn print_log_table(entries: &[DnsLogEntry]) {
+    println!("{:<14} {:<8} {:<10} {:<32} {:<5} {:<9} {:<9} ANSWERS", "TIME", "NI", "APP", "NAME", "TYPE", "RCODE", "SOURCE");
+    for e in entries {
+        println!(
+            "{:<14.3} {:<8} {:<10} {:<32} {:<5} {:<9} {:<9} {}",
+            e.time,
+            e.ni,
+            e.app,
+            e.name,
+            e.qtype,
+            e.rcode,
+            e.source,
+            e.answers.join(",")
+        );
+    }
+    println!("{} requests", entries.len());
+}
+
 pub fn rotated_log(path: &std::path::Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".1");
@@ -480,7 +505,7 @@ impl DnsProxy {
     async fn handle(&self, request: &[u8], src: Ipv4Addr, app: Option<&AppView>, transport: Transport) -> Option<Vec<u8>> {
         let cfg = self.cfg();
         let Ok(query) = Message::from_vec(request) else {
-            self.log_entry(src, app, "?", "?", &[], &rcode(ResponseCode::FormErr), "malformed request");
+            self.log_entry((src, app), ("?", "?"), &[], &rcode(ResponseCode::FormErr), "malformed request");
             return format_error(request);
         };
         if query.metadata.message_type != MessageType::Query || query.queries.len() != 1 {
@@ -489,10 +514,8 @@ impl DnsProxy {
         let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
         let Some(app) = app else {
             self.log_entry(
-                src,
-                None,
-                &qname,
-                &qtype,
+                (src, None),
+                (&qname, &qtype),
                 &[],
                 &rcode(ResponseCode::Refused),
                 "not an app of this network (or not from its port)",
@@ -502,35 +525,41 @@ impl DnsProxy {
         let app_ref = Some(app);
         if let Some(reply) = local_answer(&cfg, &query) {
             self.observer.learn(cfg.zone, src, &qname, &reply);
-            self.log_entry(src, app_ref, &qname, &qtype, &answers_of(&reply), &rcode(ResponseCode::NoError), "local");
+            self.log_entry((src, app_ref), (&qname, &qtype), &answers_of(&reply), &rcode(ResponseCode::NoError), "local");
             return reply.to_vec().ok();
         }
         // A bare name that is no app of this NI never leaves the box (dnsmasq's
         // domain-needed); REFUSED lets the app's resolver ask its next NI's gateway.
         if !qname.trim_end_matches('.').contains('.') {
-            self.log_entry(src, app_ref, &qname, &qtype, &[], &rcode(ResponseCode::Refused), "single-label name, not forwarded");
+            self.log_entry((src, app_ref), (&qname, &qtype), &[], &rcode(ResponseCode::Refused), "single-label name, not forwarded");
             let mut refused = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused);
             refused.add_query(query.queries[0].clone());
             return refused.to_vec().ok();
         }
         let Some(answer) = self.forward(request, query.metadata.id, transport).await else {
-            self.log_entry(src, app_ref, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "no upstream answered");
+            self.log_entry((src, app_ref), (&qname, &qtype), &[], &rcode(ResponseCode::ServFail), "no upstream answered");
             let mut fail = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail);
             fail.add_query(query.queries[0].clone());
             return fail.to_vec().ok();
         };
         let Ok(parsed) = Message::from_vec(&answer) else {
-            self.log_entry(src, app_ref, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "malformed upstream answer");
+            self.log_entry((src, app_ref), (&qname, &qtype), &[], &rcode(ResponseCode::ServFail), "malformed upstream answer");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         };
         if parsed.metadata.message_type != MessageType::Response || parsed.queries != query.queries {
-            self.log_entry(src, app_ref, &qname, &qtype, &[], &rcode(ResponseCode::ServFail), "upstream answer does not match the query");
+            self.log_entry(
+                (src, app_ref),
+                (&qname, &qtype),
+                &[],
+                &rcode(ResponseCode::ServFail),
+                "upstream answer does not match the query",
+            );
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         }
         // Host sets first, answer second: no connection can beat its own allow entry.
         self.update_hosts(app, &qname, &parsed);
         self.observer.learn(cfg.zone, src, &qname, &parsed);
-        self.log_entry(src, app_ref, &qname, &qtype, &answers_of(&parsed), &rcode(parsed.metadata.response_code), "upstream");
+        self.log_entry((src, app_ref), (&qname, &qtype), &answers_of(&parsed), &rcode(parsed.metadata.response_code), "upstream");
         Some(answer)
     }
 
@@ -574,7 +603,10 @@ impl DnsProxy {
         }
     }
 
-    fn log_entry(&self, src: Ipv4Addr, app: Option<&AppView>, name: &str, qtype: &str, answers: &[String], rcode: &str, source: &str) {
+    /// One request on record: who asked (address, and the app when known), what (name,
+    /// type), the answers, the rcode and where the answer came from.
+    fn log_entry(&self, asker: (Ipv4Addr, Option<&AppView>), question: (&str, &str), answers: &[String], rcode: &str, source: &str) {
+        let ((src, app), (name, qtype)) = (asker, question);
         let app = app.map(|a| a.app.clone()).unwrap_or_else(|| src.to_string());
         let entry = DnsLogEntry {
             time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),

@@ -8,6 +8,7 @@ pub mod caller;
 pub mod dhcp;
 pub mod dns;
 pub mod metadata;
+pub mod supervise;
 pub mod vpn;
 
 use std::{
@@ -26,7 +27,7 @@ use crate::{
 };
 
 /// Where the DNS proxies append their request log (JSON lines).
-pub fn dns_log_path(state_dir: &std::path::Path) -> std::path::PathBuf {
+pub fn dns_log_path(state_dir: &Path) -> std::path::PathBuf {
     crate::state::StateDir::dns_log(state_dir)
 }
 
@@ -199,7 +200,7 @@ async fn dns_config(plan: &Plan, ni: &NiPlan, ns: &Netns) -> Result<dns::NiDnsCo
 /// instances started from this state dir's configs and the charons of `vpn_nis`.
 /// Their replacements start right after (leases and lease files stay).
 pub fn reap_leftovers(state_dir: &Path, vpn_nis: &[String]) {
-    let marker = format!("--conf-file={}", state_dir.join("dnsmasq-").display());
+    let marker = format!("--conf-file={}", crate::state::StateDir::dnsmasq_prefix(state_dir).display());
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };

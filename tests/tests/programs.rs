@@ -1,0 +1,306 @@
+//! The four TC programs on crafted frames through BPF_PROG_TEST_RUN: no namespaces, no
+//! links, no traffic. Each test loads the agent's own object into a pin directory of its
+//! own, fills the maps through the agent's `Maps` (the port's ACL from a config, as the
+//! agent plans it), runs a program on a frame and checks the verdict, the mark, the
+//! rewritten addresses and ports, the checksums (recomputed from scratch), the conntrack
+//! and NAT entries and the counters. The kernel runs the program on loopback (ifindex 1):
+//! the port's and the translating interface's entries are keyed by it.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{TestRun, TestRunOptions};
+use netns_agent::{
+    config,
+    datapath::{self, Maps, NiPrograms},
+    plan::{self, PortPlan},
+};
+use netns_ebpf_common::{
+    mark,
+    nat::{NatIface, PortmapKey, PortmapTarget},
+    prog_names, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_CHECK_MAC, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
+};
+use netns_tests::frame::{self, End, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+/// The kernel runs test packets on its loopback device.
+const LOOPBACK: u32 = 1;
+/// `struct __sk_buff` is 192 bytes today; room to spare, zeros are accepted.
+const SKB_CTX: usize = 256;
+/// `__sk_buff.mark`.
+const SKB_MARK_OFF: usize = 8;
+
+/// app1 on ni1 may reach 10.99.0.0/24 on tcp/80; its UDP to port 53 is dropped by ACE 2;
+/// app1's port 8080 is exposed (port map) to the outside.
+const CONFIG: &str = r#"
+[[network]]
+name = "ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+
+[[app]]
+name = "app1"
+netns = "app1"
+[[app.interface]]
+network = "ni1"
+ip = "10.10.1.2"
+mac = "02:16:3e:00:00:01"
+acl = [
+  { id = 1, match = { ip = "10.99.0.0/24", protocol = "tcp", fport = 80 } },
+  { id = 2, match = { protocol = "udp", fport = 53 }, action = "drop" },
+]
+"#;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The programs loaded into a pin directory of their own, the maps opened, and app1's
+/// port entry written for loopback.
+struct Loaded {
+    programs: NiPrograms,
+    maps: Maps,
+    port: PortPlan,
+    zone: u32,
+    /// Last: removed after the programs and maps are closed.
+    _pins: PinDir,
+}
+
+/// A test's pin directory, removed on drop (also when a load or an assert panics).
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a program made of a frame.
+struct Ran {
+    verdict: u32,
+    frame: Vec<u8>,
+    mark: u32,
+}
+
+impl Loaded {
+    fn new() -> Loaded {
+        assert!(nix::unistd::geteuid().is_root(), "program tests load eBPF programs: run them as root (cargo xtask test)");
+        let cfg = config::parse("programs.rs", CONFIG, &config::AnyNetns).unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan::build(&cfg);
+        let ni = &plan.nis[0];
+        let port = ni.ports[0].clone();
+        let pin_dir =
+            PathBuf::from(format!("/sys/fs/bpf/netns-test-programs-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let pins = PinDir(pin_dir.clone());
+        datapath::prepare_pin_dir(&pin_dir).unwrap();
+        let programs = NiPrograms::load(&pin_dir, &ni.name, ni.zone()).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut maps = Maps::open(&pin_dir).unwrap();
+        let key = IfaceKey { zone: ni.zone(), ifindex: LOOPBACK };
+        let info = IfaceInfo {
+            app_num: port.app_num,
+            policy_gen: 1,
+            app_ip: port.ip.octets(),
+            gateway: ni.gateway.octets(),
+            eve_ip: ni.agent_ip.octets(),
+            flags: IFACE_FLAG_CHECK_MAC,
+            app_mac: port.mac,
+            _pad: [0; 2],
+        };
+        maps.set_port(key, info, &port.acl).unwrap();
+        maps.ensure_port_counters(key).unwrap();
+        Loaded { programs, maps, port, zone: ni.zone(), _pins: pins }
+    }
+
+    fn run(&self, program: &str, frame: &[u8]) -> Ran {
+        let prog = self.programs.program(program).unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let ctx_in = [0u8; SKB_CTX];
+        let mut ctx_out = [0u8; SKB_CTX];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {program}: {e:?}"));
+        out.truncate(r.data_size_out as usize);
+        let mark = u32::from_ne_bytes(ctx_out[SKB_MARK_OFF..SKB_MARK_OFF + 4].try_into().unwrap());
+        Ran { verdict: r.return_value, frame: out, mark }
+    }
+
+    fn counter(&self, stat: Stat) -> u64 {
+        self.maps.stats().iter().find(|(s, _)| *s == stat).map(|(_, n)| *n).unwrap_or(0)
+    }
+
+    fn app(&self, port: u16) -> End {
+        End { mac: self.port.mac, ip: self.port.ip, port }
+    }
+}
+
+const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+fn remote(ip: [u8; 4], port: u16) -> End {
+    End { mac: GATEWAY_MAC, ip: Ipv4Addr::from(ip), port }
+}
+
+#[test]
+fn from_app_verdicts_marks_and_counters_follow_the_acl() {
+    let l = Loaded::new();
+    let web = remote([10, 99, 0, 10], 80);
+
+    let syn = frame::ipv4(PROTO_TCP, l.app(40000), web, TCP_SYN, b"");
+    let ran = l.run(prog_names::APP_PORT_FROM_APP, &syn);
+    assert_eq!(ran.verdict, TC_ACT_OK, "ACE 1 allows tcp/80 to 10.99.0.0/24");
+    assert_eq!(ran.frame, syn, "an allowed packet leaves as it came");
+    assert_eq!(ran.mark, mark::compose(l.port.app_num, 1, true, false), "the mark names app1 and its ACE 1: {:#x}", ran.mark);
+    let flows = l.maps.flows();
+    assert_eq!(flows.len(), 1, "one conntrack entry for the SYN");
+    assert_eq!(flows[0].1.mark, ran.mark, "the flow keeps the mark");
+
+    // The reply comes back through the to-app side: the flow's, no second judgement.
+    let syn_ack = frame::ipv4(PROTO_TCP, web, l.app(40000), TCP_SYN | TCP_ACK, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_TO_APP, &syn_ack).verdict, TC_ACT_OK);
+    assert_eq!(l.maps.flows().len(), 1, "the reply joins the flow");
+
+    let drops_before = l.counter(Stat::DropAcl);
+    let other_port = frame::ipv4(PROTO_TCP, l.app(40001), remote([10, 99, 0, 10], 81), TCP_SYN, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &other_port).verdict, TC_ACT_SHOT, "no ACE allows tcp/81");
+    let dns = frame::ipv4(PROTO_UDP, l.app(40002), remote([10, 99, 0, 53], 53), 0, b"q");
+    let ran = l.run(prog_names::APP_PORT_FROM_APP, &dns);
+    assert_eq!(ran.verdict, TC_ACT_SHOT, "ACE 2 drops udp/53");
+    assert_eq!(l.counter(Stat::DropAcl), drops_before + 2);
+
+    // Nothing from outside starts a flow toward the app (no port map exposes it).
+    let inbound = frame::ipv4(PROTO_TCP, remote([10, 99, 0, 10], 5555), l.app(22), TCP_SYN, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_TO_APP, &inbound).verdict, TC_ACT_SHOT);
+
+    let (passed, dropped) = port_counts(&l);
+    assert_eq!(passed[PORT_DIR_FROM_APP], (1, syn.len() as u64), "from app: the SYN passed");
+    assert_eq!(dropped[PORT_DIR_FROM_APP], (2, (other_port.len() + dns.len()) as u64), "from app: two dropped");
+    assert_eq!(passed[PORT_DIR_TO_APP], (1, syn_ack.len() as u64), "to app: the SYN-ACK passed");
+    assert_eq!(dropped[PORT_DIR_TO_APP], (1, inbound.len() as u64), "to app: the inbound SYN dropped");
+}
+
+/// (packets, bytes) per direction (`PORT_DIR_*`).
+type PerDirection = [(u64, u64); 2];
+
+/// What app1's port passed and dropped.
+fn port_counts(l: &Loaded) -> (PerDirection, PerDirection) {
+    let key = IfaceKey { zone: l.zone, ifindex: LOOPBACK };
+    let (_, c) = l.maps.port_counters().into_iter().find(|(k, _)| *k == key).expect("the port has counters");
+    let per = |p: [u64; 2], b: [u64; 2]| [(p[0], b[0]), (p[1], b[1])];
+    (per(c.passed_packets, c.passed_bytes), per(c.dropped_packets, c.dropped_bytes))
+}
+
+#[test]
+fn lies_from_the_app_are_dropped_and_counted() {
+    let l = Loaded::new();
+    let web = remote([10, 99, 0, 10], 80);
+    let syn = frame::ipv4(PROTO_TCP, l.app(40000), web, TCP_SYN, b"");
+    // (The kernel refuses a test frame whose IPv4 header is cut short: lies inside it.)
+    let with_ip_byte = |at: usize, value: u8| {
+        let mut f = syn.clone();
+        f[frame::ETH_LEN + at] = value;
+        f
+    };
+    let cases: [(&str, Vec<u8>, Stat); 4] = [
+        (
+            "a neighbour's address",
+            frame::ipv4(PROTO_TCP, End { ip: Ipv4Addr::new(10, 10, 1, 9), ..l.app(40000) }, web, TCP_SYN, b""),
+            Stat::DropSpoofed,
+        ),
+        ("another MAC", frame::ipv4(PROTO_TCP, End { mac: [0x02, 9, 9, 9, 9, 9], ..l.app(40000) }, web, TCP_SYN, b""), Stat::DropSpoofed),
+        ("a header length under 20 bytes", with_ip_byte(0, 0x44), Stat::DropMalformed),
+        ("a total length shorter than the header", with_ip_byte(3, 10), Stat::DropMalformed),
+    ];
+    for (what, f, stat) in cases {
+        let before = l.counter(stat);
+        assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &f).verdict, TC_ACT_SHOT, "{what}");
+        assert_eq!(l.counter(stat), before + 1, "{what} counts as {}", stat.name());
+    }
+    assert!(l.maps.flows().is_empty(), "no lie made a conntrack entry");
+}
+
+#[test]
+fn metadata_requests_go_to_the_gateway_and_answers_come_back_from_the_metadata_address() {
+    let l = Loaded::new();
+    let metadata = remote([169, 254, 169, 254], 80);
+    let get = frame::ipv4(PROTO_TCP, l.app(41000), metadata, TCP_SYN, b"GET / HTTP/1.0\r\n\r\n");
+    let ran = l.run(prog_names::APP_PORT_FROM_APP, &get);
+    assert_eq!(ran.verdict, TC_ACT_OK);
+    assert_eq!(frame::ends(&ran.frame), ((l.port.ip, 41000), (Ipv4Addr::new(10, 10, 1, 1), 80)), "toward the gateway's server");
+    assert!(frame::checksums_ok(&ran.frame), "checksums after the rewrite");
+
+    let answer = frame::ipv4(PROTO_TCP, remote([10, 10, 1, 1], 80), l.app(41000), TCP_SYN | TCP_ACK, b"HTTP/1.0 200 OK\r\n");
+    let ran = l.run(prog_names::APP_PORT_TO_APP, &answer);
+    assert_eq!(ran.verdict, TC_ACT_OK);
+    assert_eq!(frame::ends(&ran.frame), ((Ipv4Addr::new(169, 254, 169, 254), 80), (l.port.ip, 41000)), "as from the metadata address");
+    assert!(frame::checksums_ok(&ran.frame), "checksums after the rewrite back");
+}
+
+/// The uplink side: loopback translates 10.10.1.0/24 to 192.168.50.2 (ports 20000-20009)
+/// and port-maps 192.168.50.2:8080 to 10.10.1.2:80.
+fn translating(l: &mut Loaded) {
+    let key = IfaceKey { zone: l.zone, ifindex: LOOPBACK };
+    let nif = NatIface::new([192, 168, 50, 2], ([10, 10, 1, 0], 24), [0; 4], LOOPBACK, (20000, 20009));
+    l.maps.set_nat_iface(key, nif).unwrap();
+    let pk = PortmapKey { domain: l.zone, addr: [192, 168, 50, 2], port: 8080, proto: PROTO_TCP, _pad: 0 };
+    l.maps.set_portmap(pk, PortmapTarget { addr: [10, 10, 1, 2], port: 80, _pad: 0, mark: 0, uplink_ifindex: LOOPBACK }).unwrap();
+}
+
+#[test]
+fn source_nat_rewrites_both_ways_with_right_checksums() {
+    let mut l = Loaded::new();
+    translating(&mut l);
+    let dns = remote([10, 99, 0, 53], 53);
+    let mut ports = Vec::new();
+    for (proto, sport) in [(PROTO_UDP, 5000), (PROTO_TCP, 5000), (PROTO_UDP, 5001)] {
+        let out = frame::ipv4(proto, l.app(sport), dns, TCP_SYN, b"query");
+        let ran = l.run(prog_names::NAT_EGRESS, &out);
+        assert_eq!(ran.verdict, TC_ACT_OK);
+        let ((src, port), dst) = frame::ends(&ran.frame);
+        assert_eq!(src, Ipv4Addr::new(192, 168, 50, 2), "the uplink's address");
+        assert!((20000..=20009).contains(&port), "a port of the range: {port}");
+        assert_eq!(dst, (dns.ip, 53), "the destination stays");
+        assert!(frame::checksums_ok(&ran.frame), "checksums after the source rewrite");
+        ports.push((proto, port));
+
+        let reply = frame::ipv4(proto, dns, End { mac: GATEWAY_MAC, ip: src, port }, TCP_SYN | TCP_ACK, b"answer");
+        let ran = l.run(prog_names::NAT_INGRESS, &reply);
+        assert_eq!(ran.verdict, TC_ACT_OK);
+        assert_eq!(frame::ends(&ran.frame), ((dns.ip, 53), (l.port.ip, sport)), "the reply reaches the app's own end");
+        assert!(frame::checksums_ok(&ran.frame), "checksums after the rewrite back");
+    }
+    assert_ne!(ports[0], ports[2], "two UDP flows, two translations");
+    assert_eq!(l.counter(Stat::NatNew), 3);
+}
+
+#[test]
+fn a_port_map_rewrites_the_destination_and_its_replies_the_source() {
+    let mut l = Loaded::new();
+    translating(&mut l);
+    let client = remote([10, 99, 0, 10], 33333);
+    let syn = frame::ipv4(PROTO_TCP, client, End { mac: GATEWAY_MAC, ip: Ipv4Addr::new(192, 168, 50, 2), port: 8080 }, TCP_SYN, b"");
+    let ran = l.run(prog_names::NAT_INGRESS, &syn);
+    assert_eq!(ran.verdict, TC_ACT_OK);
+    assert_eq!(frame::ends(&ran.frame), ((client.ip, 33333), (l.port.ip, 80)), "to the app's port 80");
+    assert!(frame::checksums_ok(&ran.frame));
+    assert_eq!(l.counter(Stat::PortmapNew), 1);
+
+    let syn_ack = frame::ipv4(PROTO_TCP, l.app(80), client, TCP_SYN | TCP_ACK, b"");
+    let ran = l.run(prog_names::NAT_EGRESS, &syn_ack);
+    assert_eq!(ran.verdict, TC_ACT_OK);
+    assert_eq!(frame::ends(&ran.frame), ((Ipv4Addr::new(192, 168, 50, 2), 8080), (client.ip, 33333)), "as from the mapped port");
+    assert!(frame::checksums_ok(&ran.frame));
+
+    // Another port of the uplink is not mapped: passed untouched, nothing made.
+    let other = frame::ipv4(PROTO_TCP, client, End { mac: GATEWAY_MAC, ip: Ipv4Addr::new(192, 168, 50, 2), port: 8081 }, TCP_SYN, b"");
+    let ran = l.run(prog_names::NAT_INGRESS, &other);
+    assert_eq!((ran.verdict, &ran.frame), (TC_ACT_OK, &other));
+    assert_eq!(l.counter(Stat::PortmapNew), 1);
+}
