@@ -9,7 +9,13 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use toml::Spanned;
 
-use netns_ebpf_common::{acl::MAX_ACES, mark::ACE_ID_MASK};
+use netns_ebpf_common::{
+    acl::MAX_ACES,
+    limit::LIMIT_MAX_ENTRIES,
+    mark::ACE_ID_MASK,
+    nat::{NAT_IFACES_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
+    MAX_APP_PORTS,
+};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netns-agent";
 pub const DEFAULT_STATE_DIR: &str = "/run/netns-agent";
@@ -676,6 +682,7 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             }
         }
     }
+    validate_capacity(&config, &mut err);
     // Every interface without an address needs one from its network's pool.
     for n in &config.networks {
         let name = n.name.get_ref();
@@ -695,6 +702,47 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
     let mut config = config;
     config.agent.nat_ports = nat_ports;
     Ok(config)
+}
+
+/// What the data path's maps hold (their sizes live in netns-ebpf-common, next to their
+/// types): a config beyond them is refused here rather than half applied when an insert
+/// fails. Each error points at the first item over the limit.
+fn validate_capacity(config: &Config, err: &mut impl FnMut(std::ops::Range<usize>, String)) {
+    let ports: Vec<&Interface> = config.apps.iter().flat_map(|a| &a.interfaces).collect();
+    if let Some(over) = ports.get(MAX_APP_PORTS as usize) {
+        let n = ports.len();
+        err(over.network.span(), format!("{n} app interfaces: the data path holds at most {MAX_APP_PORTS} (IFACE_V2)"));
+    }
+    // An entry per uplink, and per local or VPN NI one for each end of its veth.
+    let translating: Vec<&Network> = config.networks.iter().filter(|n| *n.kind.get_ref() != NetworkKind::Switch).collect();
+    let nat_ifaces = config.uplinks.len() + 2 * translating.len();
+    if nat_ifaces > NAT_IFACES_MAX_ENTRIES as usize {
+        // The first NI over the limit, or the uplink that is (more than 256 uplinks).
+        let first_over = match translating.get((NAT_IFACES_MAX_ENTRIES as usize).saturating_sub(config.uplinks.len()) / 2) {
+            Some(ni) if config.uplinks.len() <= NAT_IFACES_MAX_ENTRIES as usize => ni.name.span(),
+            _ => config.uplinks[NAT_IFACES_MAX_ENTRIES as usize].name.span(),
+        };
+        err(
+            first_over,
+            format!(
+                "{} uplinks and {} local or VPN networks need {nat_ifaces} translating interfaces: the data path holds at most \
+                 {NAT_IFACES_MAX_ENTRIES} (NATIF_V1)",
+                config.uplinks.len(),
+                translating.len()
+            ),
+        );
+    }
+    let aces = || ports.iter().flat_map(|i| &i.acl);
+    let portmaps: Vec<&Ace> = aces().filter(|a| matches!(a.action, Action::Portmap(_))).collect();
+    if let Some(over) = portmaps.get(PORTMAP_MAX_ENTRIES as usize / 2) {
+        let n = portmaps.len();
+        err(over.id.span(), format!("{n} port-map ACEs: the data path holds at most {} (PORTMAP_V1)", PORTMAP_MAX_ENTRIES / 2));
+    }
+    let limits: Vec<&Ace> = aces().filter(|a| matches!(a.action, Action::Limit { .. })).collect();
+    if let Some(over) = limits.get(LIMIT_MAX_ENTRIES as usize) {
+        let n = limits.len();
+        err(over.id.span(), format!("{n} limit ACEs: the data path holds at most {LIMIT_MAX_ENTRIES} buckets (LIMIT_V1)"));
+    }
 }
 
 fn validate_vpn(ni: &str, vpn: &Spanned<VpnSection>, subnet: &Ipv4Net, err: &mut impl FnMut(std::ops::Range<usize>, String)) {
@@ -988,6 +1036,33 @@ ip = "10.10.1.2"
         assert!(acl[2].matches.eidset);
         let e = parse_err(&text.replace("github.com", "git hub"));
         assert!(e.contains("is not a domain name"), "{e}");
+    }
+
+    #[test]
+    fn configs_beyond_the_data_paths_maps_are_refused_at_the_first_item_over() {
+        // 131 uplinks and 63 local NIs (the most there can be) need 257 NAT interfaces:
+        // the 63rd NI is one too many.
+        let mut text: String = (1..=131).map(|u| format!("[[uplink]]\nname = \"eth{u}\"\n")).collect();
+        for n in 1..=63 {
+            text += &format!("[[network]]\nname = \"ni{n}\"\nkind = \"local\"\nsubnet = \"10.{n}.0.0/24\"\ngateway = \"10.{n}.0.1\"\n");
+        }
+        let e = parse_err(&text);
+        let line = text.lines().position(|l| l == "name = \"ni63\"").unwrap() + 1;
+        assert!(e.contains(&format!("t.toml:{line}:")) && e.contains("257 translating interfaces") && e.contains("NATIF_V1"), "{e}");
+        let fits = text.split("[[network]]\nname = \"ni63\"").next().unwrap();
+        parse("t.toml", fits, &AnyNetns).unwrap();
+
+        // 64 interfaces with 64 limit ACEs each, and one more: 4097 buckets.
+        let mut text = String::from("[[network]]\nname = \"ni1\"\nkind = \"local\"\nsubnet = \"10.1.0.0/16\"\ngateway = \"10.1.0.1\"\n");
+        for a in 0..65 {
+            let n = if a == 64 { 1 } else { 64 };
+            let aces: Vec<String> =
+                (1..=n).map(|i| format!("{{ id = {i}, action = {{ limit = {{ rate = 10, unit = \"s\", burst = 10 }} }} }}")).collect();
+            text +=
+                &format!("[[app]]\nname = \"a{a}\"\nnetns = \"a{a}\"\n[[app.interface]]\nnetwork = \"ni1\"\nacl = [{}]\n", aces.join(", "));
+        }
+        let e = parse("t.toml", &text, &AnyNetns).unwrap_err().to_string();
+        assert!(e.contains("4097 limit ACEs") && e.contains("LIMIT_V1"), "{e}");
     }
 
     #[test]

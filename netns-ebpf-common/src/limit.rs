@@ -62,6 +62,8 @@ pub fn take(b: &mut Bucket, now_ns: u64) -> bool {
     }
 }
 
+/// LIMIT_V1's size: one bucket per `limit` ACE of every app interface.
+pub const LIMIT_MAX_ENTRIES: u32 = 4096;
 pub const MAX_RATE: u64 = 1_000_000;
 pub const MAX_BURST: u64 = 1_000_000;
 

@@ -8,6 +8,10 @@ use crate::{packet::Flow, Ipv4};
 /// The agent's own netns.
 pub const DOMAIN_AGENT: u32 = 0;
 pub const NAT_MAX_ENTRIES: u32 = 131072;
+/// NATIF_V1's size: one entry per uplink and two per local or VPN NI (its veth's ends).
+pub const NAT_IFACES_MAX_ENTRIES: u32 = 256;
+/// PORTMAP_V1's size: two entries per port-map ACE (the uplink's domain and the NI's).
+pub const PORTMAP_MAX_ENTRIES: u32 = 4096;
 
 pub const REWRITE_SRC: u8 = 1;
 pub const REWRITE_DST: u8 = 2;

@@ -27,8 +27,8 @@ use netns_ebpf_common::{
     ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
     event::{FlowEvent, EVENTS_BYTES},
     frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
-    limit::{Bucket, LimitKey},
-    nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
+    limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
+    nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
     packet::PacketReader,
     EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, MAX_APP_PORTS, MAX_DEVICE_ADDRS,
     MAX_ZONES,
@@ -84,10 +84,10 @@ static NAT: LruHashMap<NatKey, NatValue, { NAT_MAX_ENTRIES as usize }> = LruHash
 
 /// Interfaces that translate: NI veths, agent-side veths, uplinks.
 #[btf_map(name = "NATIF_V1")]
-static NAT_IFACES: HashMap<IfaceKey, NatIface, 256> = HashMap::new();
+static NAT_IFACES: HashMap<IfaceKey, NatIface, { NAT_IFACES_MAX_ENTRIES as usize }> = HashMap::new();
 
 #[btf_map(name = "PORTMAP_V1")]
-static PORTMAPS: HashMap<PortmapKey, PortmapTarget, 4096> = HashMap::new();
+static PORTMAPS: HashMap<PortmapKey, PortmapTarget, { PORTMAP_MAX_ENTRIES as usize }> = HashMap::new();
 
 /// Every app address of every NI -> its app number: `eidset` ACEs.
 #[btf_map(name = "EIDSET_V1")]
@@ -105,7 +105,7 @@ static DEVICE: HashMap<netns_ebpf_common::Ipv4, u32, { MAX_DEVICE_ADDRS as usize
 
 /// Token buckets of `limit` ACEs.
 #[btf_map(name = "LIMIT_V1")]
-static LIMITS: HashMap<LimitKey, Bucket, 4096> = HashMap::new();
+static LIMITS: HashMap<LimitKey, Bucket, { LIMIT_MAX_ENTRIES as usize }> = HashMap::new();
 
 struct Skb<'a>(&'a TcContext);
 

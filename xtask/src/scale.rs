@@ -74,13 +74,14 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
             sh(&["ip", "netns", "add", &app_netns(ni, k)])?;
         }
     }
+    let log = dir.join("scale-agent.log");
     let started = Instant::now();
     let mut agent = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{ZEDBOX}"))
         .arg(agent_bin)
         .args(["run", "--config"])
         .arg(&config)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
         .spawn()
         .context("starting the agent")?;
     crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(300))?;
@@ -101,7 +102,7 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
     println!("  {:<50} {applied:>10.1}", "run from nothing until applied (wall)");
     println!("  {:<50} {own:>10.1}", "  of which the apply (agent's own report)");
     println!("  {:<50} {down:>10.1}", "down (wall)");
-    println!("  agent RSS once applied: {:.1} MiB; apply errors: {errors}", rss_kib as f64 / 1024.0);
+    println!("  agent RSS once applied: {:.1} MiB; apply errors: {errors}; the agent's log: {}", rss_kib as f64 / 1024.0, log.display());
     Ok(())
 }
 
