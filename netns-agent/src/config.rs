@@ -446,6 +446,22 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
         errors.push(ConfigError { file: file.to_string(), line: Some(line_of(span.start)), message })
     };
 
+    let uplinks = check_uplinks(&config, &mut err);
+    let nat_ports = check_agent(&config, netns, &mut err);
+    let networks = check_networks(&config, &uplinks, &mut err);
+    let addresses = check_apps(&config, &networks, netns, &mut err);
+    validate_capacity(&config, &mut err);
+    check_pools(&config, &addresses, &mut err);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let mut config = config;
+    config.agent.nat_ports = nat_ports;
+    Ok(config)
+}
+
+/// `[[uplink]]`: names, each once. Returns the names.
+fn check_uplinks<'c>(config: &'c Config, err: &mut impl FnMut(std::ops::Range<usize>, String)) -> HashMap<&'c str, ()> {
     let mut uplinks: HashMap<&str, ()> = HashMap::new();
     for u in &config.uplinks {
         let name = u.name.get_ref().as_str();
@@ -456,6 +472,12 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             err(u.name.span(), format!("uplink.name {name:?} is used twice"));
         }
     }
+    uplinks
+}
+
+/// `[agent]`: the source NAT port range (given, or the default outside the kernel's
+/// ephemeral ports; returned), the flow log's limits.
+fn check_agent(config: &Config, netns: &dyn NetnsLookup, err: &mut impl FnMut(std::ops::Range<usize>, String)) -> (u16, u16) {
     // Source NAT must never hand out a port the device's own connections may use: their
     // replies would be taken for an app's flow (and the other way round).
     let (eph_lo, eph_hi) = netns.ephemeral_ports();
@@ -493,7 +515,16 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
     if *config.agent.flow_interim_secs.get_ref() == 0 {
         err(config.agent.flow_interim_secs.span(), "agent.flow_interim_secs must be at least 1".to_string());
     }
+    nat_ports
+}
 
+/// `[[network]]`: names, kinds and their sections, indexes, subnets, gateways, DHCP
+/// ranges, uplinks. Returns the networks by name.
+fn check_networks<'c>(
+    config: &'c Config,
+    uplinks: &HashMap<&str, ()>,
+    err: &mut impl FnMut(std::ops::Range<usize>, String),
+) -> HashMap<&'c str, &'c Network> {
     let mut networks: HashMap<&str, &Network> = HashMap::new();
     let mut indexes: HashMap<u32, &str> = HashMap::new();
     for (pos, n) in config.networks.iter().enumerate() {
@@ -524,7 +555,7 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
                     if n.uplink.is_none() {
                         err(n.kind.span(), format!("network {name:?}: a vpn NI needs an uplink for IKE and ESP"));
                     }
-                    validate_vpn(name, vpn, n.subnet.get_ref(), &mut err);
+                    validate_vpn(name, vpn, n.subnet.get_ref(), err);
                 }
             },
         }
@@ -567,7 +598,17 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             }
         }
     }
+    networks
+}
 
+/// `[[app]]`: names, numbers, namespaces, taps, interfaces (networks, addresses, MACs),
+/// ACLs, port maps. Returns the addresses given, by (network, address).
+fn check_apps<'c>(
+    config: &'c Config,
+    networks: &HashMap<&str, &Network>,
+    netns: &dyn NetnsLookup,
+    err: &mut impl FnMut(std::ops::Range<usize>, String),
+) -> HashMap<(&'c str, Ipv4Addr), &'c str> {
     let mut app_names: HashMap<&str, ()> = HashMap::new();
     let mut taps: HashMap<String, ()> = HashMap::new();
     let mut app_nums: HashMap<u32, &str> = HashMap::new();
@@ -616,74 +657,90 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             err(a.name.span(), format!("app {name:?} has more than 99 interfaces"));
         }
         for i in &a.interfaces {
-            let net_name = i.network.get_ref().as_str();
-            if let Some(mac) = &i.mac {
-                if parse_mac(mac.get_ref()).is_none() {
-                    err(mac.span(), format!("app.interface.mac {:?} of {name:?}: use six hex bytes like 02:16:3e:00:00:01", mac.get_ref()));
-                }
+            check_interface(i, name, networks, &mut addresses, &mut portmaps, err);
+        }
+    }
+    addresses
+}
+
+/// One interface of app `name`: its network, address (free, once per network), MAC, ACL
+/// and port maps (once per uplink, protocol and port).
+fn check_interface<'c>(
+    i: &'c Interface,
+    name: &'c str,
+    networks: &HashMap<&str, &Network>,
+    addresses: &mut HashMap<(&'c str, Ipv4Addr), &'c str>,
+    portmaps: &mut HashMap<(String, u8, u16), &'c str>,
+    err: &mut impl FnMut(std::ops::Range<usize>, String),
+) {
+    let net_name = i.network.get_ref().as_str();
+    if let Some(mac) = &i.mac {
+        if parse_mac(mac.get_ref()).is_none() {
+            err(mac.span(), format!("app.interface.mac {:?} of {name:?}: use six hex bytes like 02:16:3e:00:00:01", mac.get_ref()));
+        }
+    }
+    match (networks.get(net_name), &i.ip) {
+        (None, _) => err(i.network.span(), format!("app.interface.network {net_name:?} of {name:?} names no [[network]]")),
+        (Some(_), None) => {}
+        (Some(n), Some(ip_spanned)) => {
+            let ip = *ip_spanned.get_ref();
+            let subnet = n.subnet.get_ref();
+            if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() || ip == *n.gateway.get_ref() {
+                err(
+                    ip_spanned.span(),
+                    format!(
+                        "app.interface.ip {ip} of {name:?} is not a free host address of {net_name:?} ({subnet}, gateway {})",
+                        n.gateway.get_ref()
+                    ),
+                );
             }
-            match (networks.get(net_name), &i.ip) {
-                (None, _) => err(i.network.span(), format!("app.interface.network {net_name:?} of {name:?} names no [[network]]")),
-                (Some(_), None) => {}
-                (Some(n), Some(ip_spanned)) => {
-                    let ip = *ip_spanned.get_ref();
-                    let subnet = n.subnet.get_ref();
-                    if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() || ip == *n.gateway.get_ref() {
+            if let Some(other) = addresses.insert((net_name, ip), name) {
+                err(ip_spanned.span(), format!("app.interface.ip {ip} on {net_name:?} is already used by {other:?}"));
+            }
+        }
+    }
+    validate_acl(&i.acl, name, err);
+    let uplink = networks.get(net_name).and_then(|n| n.uplink.as_ref()).map(|u| u.get_ref().clone());
+    let switch = networks.get(net_name).map(|n| *n.kind.get_ref() == NetworkKind::Switch).unwrap_or(false);
+    for ace in &i.acl {
+        if let (true, Some(host)) = (switch, &ace.matches.host) {
+            // Host sets are filled by the NI's own DNS server, which a switch has not.
+            err(
+                host.span(),
+                format!("acl id {} of {name:?}: match.host needs the NI's DNS server; {net_name:?} is a switch", ace.id.get_ref()),
+            );
+        }
+        if let (Action::Portmap(_), Some(lport)) = (ace.action, &ace.matches.lport) {
+            let proto = ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0);
+            match &uplink {
+                _ if switch => err(
+                    ace.id.span(),
+                    format!("acl id {} of {name:?}: port maps are for local networks; {net_name:?} is a switch", ace.id.get_ref()),
+                ),
+                None => err(
+                    ace.id.span(),
+                    format!("acl id {} of {name:?}: a port map needs network {net_name:?} to have an uplink", ace.id.get_ref()),
+                ),
+                Some(u) => {
+                    if let Some(other) = portmaps.insert((u.clone(), proto, *lport.get_ref()), name) {
                         err(
-                            ip_spanned.span(),
+                            lport.span(),
                             format!(
-                                "app.interface.ip {ip} of {name:?} is not a free host address of {net_name:?} ({subnet}, gateway {})",
-                                n.gateway.get_ref()
+                                "acl id {} of {name:?}: port {} ({}) on uplink {u:?} is already mapped by {other:?}",
+                                ace.id.get_ref(),
+                                lport.get_ref(),
+                                proto_name(proto)
                             ),
                         );
-                    }
-                    if let Some(other) = addresses.insert((net_name, ip), name) {
-                        err(ip_spanned.span(), format!("app.interface.ip {ip} on {net_name:?} is already used by {other:?}"));
-                    }
-                }
-            }
-            validate_acl(&i.acl, name, &mut err);
-            let uplink = networks.get(net_name).and_then(|n| n.uplink.as_ref()).map(|u| u.get_ref().clone());
-            let switch = networks.get(net_name).map(|n| *n.kind.get_ref() == NetworkKind::Switch).unwrap_or(false);
-            for ace in &i.acl {
-                if let (true, Some(host)) = (switch, &ace.matches.host) {
-                    // Host sets are filled by the NI's own DNS server, which a switch has not.
-                    err(
-                        host.span(),
-                        format!("acl id {} of {name:?}: match.host needs the NI's DNS server; {net_name:?} is a switch", ace.id.get_ref()),
-                    );
-                }
-                if let (Action::Portmap(_), Some(lport)) = (ace.action, &ace.matches.lport) {
-                    let proto = ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0);
-                    match &uplink {
-                        _ if switch => err(
-                            ace.id.span(),
-                            format!("acl id {} of {name:?}: port maps are for local networks; {net_name:?} is a switch", ace.id.get_ref()),
-                        ),
-                        None => err(
-                            ace.id.span(),
-                            format!("acl id {} of {name:?}: a port map needs network {net_name:?} to have an uplink", ace.id.get_ref()),
-                        ),
-                        Some(u) => {
-                            if let Some(other) = portmaps.insert((u.clone(), proto, *lport.get_ref()), name) {
-                                err(
-                                    lport.span(),
-                                    format!(
-                                        "acl id {} of {name:?}: port {} ({}) on uplink {u:?} is already mapped by {other:?}",
-                                        ace.id.get_ref(),
-                                        lport.get_ref(),
-                                        proto_name(proto)
-                                    ),
-                                );
-                            }
-                        }
                     }
                 }
             }
         }
     }
-    validate_capacity(&config, &mut err);
-    // Every interface without an address needs one from its network's pool.
+}
+
+/// Every interface without an address needs one from its network's pool.
+fn check_pools(config: &Config, addresses: &HashMap<(&str, Ipv4Addr), &str>, err: &mut impl FnMut(std::ops::Range<usize>, String)) {
     for n in &config.networks {
         let name = n.name.get_ref();
         let range = n.dhcp_range.as_ref().map(|r| (r.get_ref()[0], r.get_ref()[1]));
@@ -696,12 +753,6 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
             err(n.name.span(), format!("network {name:?}: {wanted} interfaces need an address but only {free} are free in its pool"));
         }
     }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    let mut config = config;
-    config.agent.nat_ports = nat_ports;
-    Ok(config)
 }
 
 /// What the data path's maps hold (their sizes live in netns-ebpf-common, next to their
