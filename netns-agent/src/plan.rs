@@ -11,7 +11,7 @@ use netns_ebpf_common::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Action, Config, NetworkKind, VpnBackend};
+use crate::config::{Action, App, Config, Interface, Network, NetworkKind, VpnBackend, VpnSection};
 
 /// The /24 that the agent<->NI veth /30s are carved from.
 pub const VETH_NET: Ipv4Addr = Ipv4Addr::new(169, 254, 100, 0);
@@ -240,46 +240,7 @@ pub fn veth_addresses(n: u32) -> (Ipv4Addr, Ipv4Addr) {
 }
 
 pub fn build(config: &Config) -> Plan {
-    let mut nis: Vec<NiPlan> = config
-        .networks
-        .iter()
-        .enumerate()
-        .map(|(pos, n)| {
-            let index = n.index.as_ref().map(|i| *i.get_ref()).unwrap_or(pos as u32 + 1);
-            let (agent_ip, ni_ip) = veth_addresses(index);
-            NiPlan {
-                name: n.name.get_ref().clone(),
-                kind: *n.kind.get_ref(),
-                index,
-                subnet: *n.subnet.get_ref(),
-                gateway: *n.gateway.get_ref(),
-                agent_veth: format!("veth{index}"),
-                agent_ip,
-                ni_veth: format!("veth{index}.1"),
-                ni_ip,
-                uplink: n.uplink.as_ref().map(|u| u.get_ref().clone()),
-                dhcp_range: n.dhcp_range.as_ref().map(|r| (r.get_ref()[0], r.get_ref()[1])),
-                ports: Vec::new(),
-                portmaps: Vec::new(),
-                vpn: n.vpn.as_ref().map(|v| {
-                    let v = v.get_ref();
-                    let remote = *v.remote.as_ref().expect("validated: vpn.remote").get_ref();
-                    VpnPlan {
-                        local_addr: ni_ip,
-                        remote,
-                        local_id: v.local_id.as_ref().map(|i| i.get_ref().clone()).unwrap_or_else(|| ni_ip.to_string()),
-                        remote_id: v.remote_id.as_ref().map(|i| i.get_ref().clone()).unwrap_or_else(|| remote.to_string()),
-                        psk: v.psk.as_ref().expect("validated: vpn.psk").get_ref().clone(),
-                        local_ts: v.local_ts.as_ref().map(|t| t.get_ref().clone()).unwrap_or_else(|| vec![n.subnet.get_ref().trunc()]),
-                        remote_ts: v.remote_ts.as_ref().expect("validated: vpn.remote_ts").get_ref().clone(),
-                        ike_proposals: v.ike_proposals.get_ref().clone(),
-                        esp_proposals: v.esp_proposals.get_ref().clone(),
-                        backend: v.backend,
-                    }
-                }),
-            }
-        })
-        .collect();
+    let mut nis: Vec<NiPlan> = config.networks.iter().enumerate().map(|(pos, n)| ni_plan(pos, n)).collect();
     // Configured addresses first, so that allocated ones never collide with them.
     let mut taken: std::collections::HashSet<(String, Ipv4Addr)> = config
         .apps
@@ -301,64 +262,11 @@ pub fn build(config: &Config) -> Plan {
                     ip
                 }
             };
-            let mac = iface.mac.as_ref().and_then(|m| crate::config::parse_mac(m.get_ref())).unwrap_or([
-                0x02,
-                0x16,
-                0x3e,
-                ni.index as u8,
-                app_num as u8,
-                k as u8 + 1,
-            ]);
-            let tap = iface.tap.as_ref().map(|t| t.get_ref().clone());
-            let bridge_port = tap.clone().unwrap_or_else(|| format!("nbu{}x{}", k + 1, app_num));
-            for ace in &iface.acl {
-                if let (Action::Portmap(target), Some(lport)) = (ace.action, &ace.matches.lport) {
-                    ni.portmaps.push(PortmapPlan {
-                        proto: ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0),
-                        lport: *lport.get_ref(),
-                        app_ip: ip,
-                        target,
-                        mark: mark::compose(app_num, *ace.id.get_ref(), true, false),
-                    });
-                }
-            }
-            ni.ports.push(PortPlan {
-                app: app.name.get_ref().clone(),
-                app_num,
-                app_netns: app.netns.as_ref().map(|n| n.get_ref().clone()).unwrap_or_default(),
-                tap,
-                app_ifname: format!("{bridge_port}.1"),
-                bridge_port,
-                ip,
-                mac,
-                // A switch NI's apps take their address from the DHCP server behind the
-                // uplink; `ip` then names the lease expected from it (for eidsets).
-                check_mac: iface.tap.is_none() || iface.mac.is_some(),
-                dhcp: iface.dhcp || ni.is_switch(),
-                ip_configured: iface.ip.is_some(),
-                default_route: k == 0 && !(iface.dhcp || ni.is_switch()) && iface.tap.is_none(),
-                acl: acl_table(&iface.acl),
-                hosts: iface
-                    .acl
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, ace)| ace.matches.host.as_ref().map(|h| (i, h.get_ref().trim_end_matches('.').to_ascii_lowercase())))
-                    .collect(),
-                user_data: app.user_data.clone(),
-                ace_names: iface.acl.iter().filter_map(|ace| Some((*ace.id.get_ref(), ace.name.clone()?))).collect(),
-                limits: iface
-                    .acl
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, ace)| match ace.action {
-                        Action::Limit { rate, unit_ns, burst } => Some((i, netns_ebpf_common::limit::Bucket::new(rate, burst, unit_ns))),
-                        _ => None,
-                    })
-                    .collect(),
-            });
+            let port = port_plan(app, app_num, k, iface, ni, ip);
+            ni.portmaps.extend(portmap_plans(app_num, iface, ip));
+            ni.ports.push(port);
         }
     }
-    let (port_min, port_max) = config.agent.nat_ports;
     let uplinks = config
         .uplinks
         .iter()
@@ -368,7 +276,7 @@ pub fn build(config: &Config) -> Plan {
     Plan {
         pin_dir: config.agent.pin_dir.clone(),
         state_dir: config.agent.state_dir.clone(),
-        nat_ports: (port_min, port_max),
+        nat_ports: config.agent.nat_ports,
         dns_host_grace: std::time::Duration::from_secs(config.agent.dns_host_grace_secs),
         flow_log: config.agent.flow_log.clone(),
         flow_log_max_bytes: *config.agent.flow_log_max_bytes.get_ref(),
@@ -377,6 +285,108 @@ pub fn build(config: &Config) -> Plan {
         uplinks,
         nis,
     }
+}
+
+/// Network `n` (the `pos`-th): its index, names and addresses; ports and port maps follow.
+fn ni_plan(pos: usize, n: &Network) -> NiPlan {
+    let index = n.index.as_ref().map(|i| *i.get_ref()).unwrap_or(pos as u32 + 1);
+    let (agent_ip, ni_ip) = veth_addresses(index);
+    NiPlan {
+        name: n.name.get_ref().clone(),
+        kind: *n.kind.get_ref(),
+        index,
+        subnet: *n.subnet.get_ref(),
+        gateway: *n.gateway.get_ref(),
+        agent_veth: format!("veth{index}"),
+        agent_ip,
+        ni_veth: format!("veth{index}.1"),
+        ni_ip,
+        uplink: n.uplink.as_ref().map(|u| u.get_ref().clone()),
+        dhcp_range: n.dhcp_range.as_ref().map(|r| (r.get_ref()[0], r.get_ref()[1])),
+        ports: Vec::new(),
+        portmaps: Vec::new(),
+        vpn: n.vpn.as_ref().map(|v| vpn_plan(v.get_ref(), *n.subnet.get_ref(), ni_ip)),
+    }
+}
+
+/// A VPN NI's tunnel: the NI veth's address is the local end; ids and the local selector
+/// default to the addresses and the NI's subnet.
+fn vpn_plan(v: &VpnSection, subnet: Ipv4Net, ni_ip: Ipv4Addr) -> VpnPlan {
+    let remote = *v.remote.as_ref().expect("validated: vpn.remote").get_ref();
+    VpnPlan {
+        local_addr: ni_ip,
+        remote,
+        local_id: v.local_id.as_ref().map(|i| i.get_ref().clone()).unwrap_or_else(|| ni_ip.to_string()),
+        remote_id: v.remote_id.as_ref().map(|i| i.get_ref().clone()).unwrap_or_else(|| remote.to_string()),
+        psk: v.psk.as_ref().expect("validated: vpn.psk").get_ref().clone(),
+        local_ts: v.local_ts.as_ref().map(|t| t.get_ref().clone()).unwrap_or_else(|| vec![subnet.trunc()]),
+        remote_ts: v.remote_ts.as_ref().expect("validated: vpn.remote_ts").get_ref().clone(),
+        ike_proposals: v.ike_proposals.get_ref().clone(),
+        esp_proposals: v.esp_proposals.get_ref().clone(),
+        backend: v.backend,
+    }
+}
+
+/// The `k`-th interface of `app` (number `app_num`) on `ni`, with address `ip`.
+fn port_plan(app: &App, app_num: u32, k: usize, iface: &Interface, ni: &NiPlan, ip: Ipv4Addr) -> PortPlan {
+    let mac = iface.mac.as_ref().and_then(|m| crate::config::parse_mac(m.get_ref())).unwrap_or([
+        0x02,
+        0x16,
+        0x3e,
+        ni.index as u8,
+        app_num as u8,
+        k as u8 + 1,
+    ]);
+    let tap = iface.tap.as_ref().map(|t| t.get_ref().clone());
+    let bridge_port = tap.clone().unwrap_or_else(|| format!("nbu{}x{}", k + 1, app_num));
+    PortPlan {
+        app: app.name.get_ref().clone(),
+        app_num,
+        app_netns: app.netns.as_ref().map(|n| n.get_ref().clone()).unwrap_or_default(),
+        tap,
+        app_ifname: format!("{bridge_port}.1"),
+        bridge_port,
+        ip,
+        mac,
+        // A switch NI's apps take their address from the DHCP server behind the
+        // uplink; `ip` then names the lease expected from it (for eidsets).
+        check_mac: iface.tap.is_none() || iface.mac.is_some(),
+        dhcp: iface.dhcp || ni.is_switch(),
+        ip_configured: iface.ip.is_some(),
+        default_route: k == 0 && !(iface.dhcp || ni.is_switch()) && iface.tap.is_none(),
+        acl: acl_table(&iface.acl),
+        hosts: iface
+            .acl
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ace)| ace.matches.host.as_ref().map(|h| (i, h.get_ref().trim_end_matches('.').to_ascii_lowercase())))
+            .collect(),
+        user_data: app.user_data.clone(),
+        ace_names: iface.acl.iter().filter_map(|ace| Some((*ace.id.get_ref(), ace.name.clone()?))).collect(),
+        limits: iface
+            .acl
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ace)| match ace.action {
+                Action::Limit { rate, unit_ns, burst } => Some((i, netns_ebpf_common::limit::Bucket::new(rate, burst, unit_ns))),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+/// The port-map ACEs of an interface (address `ip`) as its NI's port maps.
+fn portmap_plans(app_num: u32, iface: &Interface, ip: Ipv4Addr) -> impl Iterator<Item = PortmapPlan> + '_ {
+    iface.acl.iter().filter_map(move |ace| match (ace.action, &ace.matches.lport) {
+        (Action::Portmap(target), Some(lport)) => Some(PortmapPlan {
+            proto: ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0),
+            lport: *lport.get_ref(),
+            app_ip: ip,
+            target,
+            mark: mark::compose(app_num, *ace.id.get_ref(), true, false),
+        }),
+        _ => None,
+    })
 }
 
 /// Addresses the agent may hand an app on a network: the DHCP range, or else every host
