@@ -130,66 +130,14 @@ async fn run_once(
         s.write(dir);
     }
     if let Some(err) = child.stderr.take() {
-        let (status, dir, ni, remote) = (status.clone(), dir.to_path_buf(), ni.clone(), remote.clone());
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                debug!("{ni}: charon: {line}");
-                match classify_log_line(&line, &remote) {
-                    None => {}
-                    Some(Ok(event)) => {
-                        info!("{ni}: {event}");
-                        let mut s = status.lock().unwrap();
-                        s.last_error = None;
-                        s.write(&dir);
-                    }
-                    Some(Err(problem)) => {
-                        let mut s = status.lock().unwrap();
-                        if s.last_error.as_deref() != Some(problem.as_str()) {
-                            warn!("{ni}: {problem}");
-                            s.last_error = Some(problem);
-                            s.write(&dir);
-                        }
-                    }
-                }
-            }
-        });
+        tokio::spawn(follow_log(err, status.clone(), dir.to_path_buf()));
     }
 
-    let deadline = Instant::now() + VICI_WAIT;
-    let mut client = loop {
-        if let Ok(c) = rsvici::unix::connect(&vici).await {
-            break c;
-        }
-        if let Some(st) = child.try_wait()? {
-            return Ok(Stop::Exited(st.to_string()));
-        }
-        if Instant::now() > deadline {
-            terminate(&mut child).await;
-            bail!("charon did not open its vici socket {} within {VICI_WAIT:?}", vici.display());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut client = match connect_vici(&mut child, &vici).await? {
+        Ok(client) => client,
+        Err(exited) => return Ok(Stop::Exited(exited.to_string())),
     };
-    let load = Command::new("swanctl")
-        .args(["--load-all", "--noprompt", "--file"])
-        .arg(run_dir(dir).join("swanctl.conf"))
-        .arg("--uri")
-        .arg(format!("unix://{}", vici.display()))
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("running swanctl (is strongswan-swanctl installed?)")?;
-    if !load.status.success() {
-        let out = String::from_utf8_lossy(&load.stdout).into_owned() + &String::from_utf8_lossy(&load.stderr);
-        // A config charon rejects will not fix itself: report it, keep charon, no loop.
-        let why = out.lines().filter(|l| !l.contains("plugin") && !l.contains("opening directory")).collect::<Vec<_>>().join("; ");
-        let mut s = status.lock().unwrap();
-        s.last_error = Some(format!("charon rejected the tunnel config: {why}"));
-        warn!("{ni}: {}", s.last_error.as_deref().unwrap_or_default());
-        s.write(dir);
-    } else {
-        info!("{ni}: tunnel config loaded; initiating");
-    }
+    let loaded = load_tunnel(dir, &vici, status).await?;
 
     let mut last_initiate = Instant::now();
     let mut check = tokio::time::interval(CHECK_INTERVAL);
@@ -205,7 +153,7 @@ async fn run_once(
                 return Ok(Stop::Requested);
             }
             _ = check.tick() => {
-                if !load.status.success() || last_initiate.elapsed() < REINITIATE_AFTER {
+                if !loaded || last_initiate.elapsed() < REINITIATE_AFTER {
                     continue;
                 }
                 match vici::list_sas(&mut client).await {
@@ -222,6 +170,80 @@ async fn run_once(
             }
         }
     }
+}
+
+/// charon's log lines (stderr): debug, and what they mean for the tunnel into its status.
+async fn follow_log(err: tokio::process::ChildStderr, status: Arc<Mutex<Supervision>>, dir: PathBuf) {
+    let (ni, remote) = {
+        let s = status.lock().unwrap();
+        (s.ni.clone(), s.remote.clone())
+    };
+    let mut lines = BufReader::new(err).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        debug!("{ni}: charon: {line}");
+        match classify_log_line(&line, &remote) {
+            None => {}
+            Some(Ok(event)) => {
+                info!("{ni}: {event}");
+                let mut s = status.lock().unwrap();
+                s.last_error = None;
+                s.write(&dir);
+            }
+            Some(Err(problem)) => {
+                let mut s = status.lock().unwrap();
+                if s.last_error.as_deref() != Some(problem.as_str()) {
+                    warn!("{ni}: {problem}");
+                    s.last_error = Some(problem);
+                    s.write(&dir);
+                }
+            }
+        }
+    }
+}
+
+/// Waits for charon's vici socket (charon watched meanwhile): its exit status when
+/// charon exited first; an error (charon terminated) after `VICI_WAIT`.
+async fn connect_vici(child: &mut tokio::process::Child, vici: &Path) -> Result<Result<rsvici::Client, std::process::ExitStatus>> {
+    let deadline = Instant::now() + VICI_WAIT;
+    loop {
+        if let Ok(c) = rsvici::unix::connect(vici).await {
+            return Ok(Ok(c));
+        }
+        if let Some(exited) = child.try_wait()? {
+            return Ok(Err(exited));
+        }
+        if Instant::now() > deadline {
+            terminate(child).await;
+            bail!("charon did not open its vici socket {} within {VICI_WAIT:?}", vici.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `swanctl --load-all` over the socket: true when charon took the tunnel config. A
+/// config charon rejects will not fix itself: it is reported in the status, charon is
+/// kept, and no restart loop follows.
+async fn load_tunnel(dir: &Path, vici: &Path, status: &Arc<Mutex<Supervision>>) -> Result<bool> {
+    let load = Command::new("swanctl")
+        .args(["--load-all", "--noprompt", "--file"])
+        .arg(run_dir(dir).join("swanctl.conf"))
+        .arg("--uri")
+        .arg(format!("unix://{}", vici.display()))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running swanctl (is strongswan-swanctl installed?)")?;
+    let mut s = status.lock().unwrap();
+    if load.status.success() {
+        info!("{}: tunnel config loaded; initiating", s.ni);
+        return Ok(true);
+    }
+    let out = String::from_utf8_lossy(&load.stdout).into_owned() + &String::from_utf8_lossy(&load.stderr);
+    let why = out.lines().filter(|l| !l.contains("plugin") && !l.contains("opening directory")).collect::<Vec<_>>().join("; ");
+    s.last_error = Some(format!("charon rejected the tunnel config: {why}"));
+    warn!("{}: {}", s.ni, s.last_error.as_deref().unwrap_or_default());
+    s.write(dir);
+    Ok(false)
 }
 
 fn start_charon(dir: &Path, ns: &Netns) -> Result<tokio::process::Child> {
