@@ -164,6 +164,16 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
     out.extend([entries, capacity]);
     out.extend(ace_families(&src.flows.lock().unwrap(), &names));
 
+    out.extend(flow_log_families(src, maps));
+    out.extend(dns_families(src));
+    out.extend(vpn_families(tunnels));
+    out.extend(apply_families(&agent));
+    out
+}
+
+/// Flow events lost (data path, agent queue), records written by kind, flows followed.
+fn flow_log_families(src: &Sources, maps: Option<&Maps>) -> Vec<Family> {
+    let mut out = Vec::new();
     let mut lost = Family::new(
         "netns_agent_flow_events_lost_total",
         Kind::Counter,
@@ -188,7 +198,12 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
     }
     out.push(records);
     out.push(live);
+    out
+}
 
+/// The DNS proxies' requests by NI, rcode and source; those the flow log lost.
+fn dns_families(src: &Sources) -> Vec<Family> {
+    let mut out = Vec::new();
     let mut dns = Family::new(
         "netns_agent_dns_queries_total",
         Kind::Counter,
@@ -201,7 +216,12 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
     let mut dns_lost = Family::new("netns_agent_dns_records_lost_total", Kind::Counter, "DNS requests that the flow log had no room for.");
     dns_lost.add_u64(&[], src.dns.requests_lost());
     out.push(dns_lost);
+    out
+}
 
+/// Each VPN NI's tunnel: up, and its CHILD_SA's bytes and packets.
+fn vpn_families(tunnels: &[(String, vpn::TunnelStatus)]) -> Vec<Family> {
+    let mut out = Vec::new();
     let mut up = Family::new("netns_agent_vpn_tunnel_up", Kind::Gauge, "1 when the VPN NI's tunnel has an installed CHILD_SA.");
     let mut vbytes = Family::new(
         "netns_agent_vpn_child_sa_bytes",
@@ -221,7 +241,12 @@ pub fn collect(src: &Sources, maps: Option<&Maps>, tunnels: &[(String, vpn::Tunn
         vpackets.add_u64(&[("ni", ni), ("direction", "out")], t.packets_out);
     }
     out.extend([up, vbytes, vpackets]);
+    out
+}
 
+/// The applies: how many by result, their time, the last one's.
+fn apply_families(agent: &AgentFigures) -> Vec<Family> {
+    let mut out = Vec::new();
     let mut applies = Family::new(
         "netns_agent_applies_total",
         Kind::Counter,
