@@ -1,9 +1,9 @@
 //! Builds the eBPF object (the `netns-ebpf` crate: nightly, `bpfel-unknown-none`,
 //! build-std, bpf-linker; its own rust-toolchain.toml and .cargo/config.toml say so) and
 //! embeds it, so that a plain `cargo build` or `cargo test` works on a fresh clone of a
-//! machine that has the toolchain (`cargo xtask setup` installs it). Cargo's own
-//! fingerprints in `netns-ebpf/target` make this a no-op when nothing changed;
-//! `cargo xtask build-ebpf` runs the same build.
+//! machine that has the toolchain (`cargo xtask setup` installs it). It runs when the
+//! eBPF sources or their build settings change; `cargo xtask build-ebpf` runs the same
+//! build. Without the toolchain an object that is already there is used as it is.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -12,33 +12,63 @@ use std::{
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let ebpf = manifest.join("../netns-ebpf");
-    for input in ["../netns-ebpf/src", "../netns-ebpf/Cargo.toml", "../netns-ebpf-common/src", "../netns-ebpf-common/Cargo.toml"] {
+    for input in [
+        "../netns-ebpf/src",
+        "../netns-ebpf/Cargo.toml",
+        "../netns-ebpf/Cargo.lock",
+        "../netns-ebpf/rust-toolchain.toml",
+        "../netns-ebpf/.cargo/config.toml",
+        "../netns-ebpf-common/src",
+        "../netns-ebpf-common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={input}");
     }
-    build_ebpf(&ebpf);
     // (Not rerun for the object itself: this script writes it, and its new mtime would
     // make every later build run the script and compile the agent again.)
     let object = ebpf.join("target/bpfel-unknown-none/release/netns-ebpf");
+    if let Err(e) = build_ebpf(&ebpf) {
+        // A machine without the eBPF toolchain can still build the agent around an
+        // object built elsewhere (`cargo xtask build-ebpf` on a machine that has it).
+        if !object.exists() {
+            panic!("\n\n{e}\n");
+        }
+        println!("cargo:warning=the eBPF object was not rebuilt, using {} as it is: {}", object.display(), e.lines().next().unwrap_or(""));
+    }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("netns-ebpf.o");
     std::fs::copy(&object, &out).expect("copying the eBPF object");
 }
 
-/// `cargo build --release` in the eBPF crate, with none of the outer build's environment
-/// (its toolchain, target, flags and jobserver are the host's, not the eBPF build's).
-fn build_ebpf(dir: &Path) {
+/// Variables the outer build sets that are the host's, not the eBPF build's (its toolchain,
+/// compiler, flags, target dir); `cargo xtask build-ebpf` removes the same ones.
+const HOST_BUILD_ENV: &[&str] = &[
+    "RUSTUP_TOOLCHAIN",
+    "CARGO",
+    "RUSTC",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTDOC",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+];
+
+/// `cargo build --release` in the eBPF crate; the error says what failed and how to get
+/// the toolchain.
+fn build_ebpf(dir: &Path) -> Result<(), String> {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(dir).env_clear().args(["build", "--release"]);
-    for keep in ["PATH", "HOME", "RUSTUP_HOME", "CARGO_HOME", "TMPDIR"] {
-        if let Some(v) = std::env::var_os(keep) {
-            cmd.env(keep, v);
-        }
+    cmd.current_dir(dir).args(["build", "--release"]);
+    for var in HOST_BUILD_ENV {
+        cmd.env_remove(var);
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("\n\nrunning cargo for the eBPF object in {}: {e}\n", dir.display()));
+    let out = cmd.output().map_err(|e| format!("running cargo for the eBPF object in {}: {e}", dir.display()))?;
     if !out.status.success() {
-        panic!(
-            "\n\nbuilding the eBPF object in {} failed (the toolchain it needs: `cargo xtask setup`):\n{}\n",
+        return Err(format!(
+            "building the eBPF object in {} failed (the toolchain it needs: `cargo xtask setup`):\n{}",
             dir.display(),
             String::from_utf8_lossy(&out.stderr)
-        );
+        ));
     }
+    Ok(())
 }

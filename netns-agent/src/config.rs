@@ -23,6 +23,10 @@ pub const DEFAULT_STATE_DIR: &str = "/run/netns-agent";
 /// the /24.
 pub const MAX_NI_INDEX: u32 = 63;
 
+// NATIF_V1 holds every translating interface there can be: per NI with an uplink the two
+// ends of its veth, and its uplink.
+const _: () = assert!(NAT_IFACES_MAX_ENTRIES >= 3 * MAX_NI_INDEX);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -757,31 +761,13 @@ fn check_pools(config: &Config, addresses: &HashMap<(&str, Ipv4Addr), &str>, err
 
 /// What the data path's maps hold (their sizes live in netns-ebpf-common, next to their
 /// types): a config beyond them is refused here rather than half applied when an insert
-/// fails. Each error points at the first item over the limit.
+/// fails. Each error points at the first item over the limit. (The translating
+/// interfaces, NATIF_V1, cannot run out: see the assertion below.)
 fn validate_capacity(config: &Config, err: &mut impl FnMut(std::ops::Range<usize>, String)) {
     let ports: Vec<&Interface> = config.apps.iter().flat_map(|a| &a.interfaces).collect();
     if let Some(over) = ports.get(MAX_APP_PORTS as usize) {
         let n = ports.len();
         err(over.network.span(), format!("{n} app interfaces: the data path holds at most {MAX_APP_PORTS} (IFACE_V2)"));
-    }
-    // An entry per uplink, and per local or VPN NI one for each end of its veth.
-    let translating: Vec<&Network> = config.networks.iter().filter(|n| *n.kind.get_ref() != NetworkKind::Switch).collect();
-    let nat_ifaces = config.uplinks.len() + 2 * translating.len();
-    if nat_ifaces > NAT_IFACES_MAX_ENTRIES as usize {
-        // The first NI over the limit, or the uplink that is (more than 256 uplinks).
-        let first_over = match translating.get((NAT_IFACES_MAX_ENTRIES as usize).saturating_sub(config.uplinks.len()) / 2) {
-            Some(ni) if config.uplinks.len() <= NAT_IFACES_MAX_ENTRIES as usize => ni.name.span(),
-            _ => config.uplinks[NAT_IFACES_MAX_ENTRIES as usize].name.span(),
-        };
-        err(
-            first_over,
-            format!(
-                "{} uplinks and {} local or VPN networks need {nat_ifaces} translating interfaces: the data path holds at most \
-                 {NAT_IFACES_MAX_ENTRIES} (NATIF_V1)",
-                config.uplinks.len(),
-                translating.len()
-            ),
-        );
     }
     let aces = || ports.iter().flat_map(|i| &i.acl);
     let portmaps: Vec<&Ace> = aces().filter(|a| matches!(a.action, Action::Portmap(_))).collect();
@@ -1091,29 +1077,40 @@ ip = "10.10.1.2"
 
     #[test]
     fn configs_beyond_the_data_paths_maps_are_refused_at_the_first_item_over() {
-        // 131 uplinks and 63 local NIs (the most there can be) need 257 NAT interfaces:
-        // the 63rd NI is one too many.
-        let mut text: String = (1..=131).map(|u| format!("[[uplink]]\nname = \"eth{u}\"\n")).collect();
-        for n in 1..=63 {
-            text += &format!("[[network]]\nname = \"ni{n}\"\nkind = \"local\"\nsubnet = \"10.{n}.0.0/24\"\ngateway = \"10.{n}.0.1\"\n");
-        }
-        let e = parse_err(&text);
-        let line = text.lines().position(|l| l == "name = \"ni63\"").unwrap() + 1;
-        assert!(e.contains(&format!("t.toml:{line}:")) && e.contains("257 translating interfaces") && e.contains("NATIF_V1"), "{e}");
-        let fits = text.split("[[network]]\nname = \"ni63\"").next().unwrap();
-        parse("t.toml", fits, &AnyNetns).unwrap();
+        // `apps` apps with `per_app` ACEs each, and one more app with `extra` (`ace`
+        // formats ACE i of app a).
+        let config = |apps: usize, per_app: usize, extra: usize, ace: &dyn Fn(usize, usize) -> String| {
+            let mut text = String::from(
+                "[[uplink]]\nname = \"eth0\"\n[[network]]\nname = \"ni1\"\nkind = \"local\"\nsubnet = \"10.1.0.0/16\"\n\
+                 gateway = \"10.1.0.1\"\nuplink = \"eth0\"\n",
+            );
+            for a in 0..apps + usize::from(extra > 0) {
+                let n = if a == apps { extra } else { per_app };
+                let aces: Vec<String> = (1..=n).map(|i| ace(a, i)).collect();
+                text += &format!(
+                    "[[app]]\nname = \"a{a}\"\nnetns = \"a{a}\"\n[[app.interface]]\nnetwork = \"ni1\"\nacl = [\n{}\n]\n",
+                    aces.join(",\n")
+                );
+            }
+            text
+        };
+        // The error names the line of the extra app's first ACE.
+        let refused = |text: &str, what: &str| {
+            let e = parse("t.toml", text, &AnyNetns).unwrap_err().to_string();
+            let extra = text.lines().position(|l| l == format!("name = \"a{}\"", text.matches("[[app]]").count() - 1)).unwrap();
+            let line = extra + text.lines().skip(extra).position(|l| l.starts_with("{ id = 1,")).unwrap() + 1;
+            assert!(e.contains(&format!("t.toml:{line}: ")) && e.contains(what), "line {line}: {e}");
+        };
+        let limit = |_: usize, i: usize| format!("{{ id = {i}, action = {{ limit = {{ rate = 10, unit = \"s\", burst = 10 }} }} }}");
+        parse("t.toml", &config(64, 64, 0, &limit), &AnyNetns).unwrap();
+        refused(&config(64, 64, 1, &limit), "4097 limit ACEs: the data path holds at most 4096 buckets (LIMIT_V1)");
 
-        // 64 interfaces with 64 limit ACEs each, and one more: 4097 buckets.
-        let mut text = String::from("[[network]]\nname = \"ni1\"\nkind = \"local\"\nsubnet = \"10.1.0.0/16\"\ngateway = \"10.1.0.1\"\n");
-        for a in 0..65 {
-            let n = if a == 64 { 1 } else { 64 };
-            let aces: Vec<String> =
-                (1..=n).map(|i| format!("{{ id = {i}, action = {{ limit = {{ rate = 10, unit = \"s\", burst = 10 }} }} }}")).collect();
-            text +=
-                &format!("[[app]]\nname = \"a{a}\"\nnetns = \"a{a}\"\n[[app.interface]]\nnetwork = \"ni1\"\nacl = [{}]\n", aces.join(", "));
-        }
-        let e = parse("t.toml", &text, &AnyNetns).unwrap_err().to_string();
-        assert!(e.contains("4097 limit ACEs") && e.contains("LIMIT_V1"), "{e}");
+        // Port maps: 2048 fit (32 apps of 64, each on its own uplink port), the 2049th not.
+        let portmap = |a: usize, i: usize| {
+            format!("{{ id = {i}, match = {{ protocol = \"tcp\", lport = {} }}, action = {{ portmap = 80 }} }}", 10000 + a * 100 + i)
+        };
+        parse("t.toml", &config(32, 64, 0, &portmap), &AnyNetns).unwrap();
+        refused(&config(32, 64, 1, &portmap), "2049 port-map ACEs: the data path holds at most 2048 (PORTMAP_V1)");
     }
 
     #[test]

@@ -487,7 +487,6 @@ pub fn load(path: &Path, bindings: Option<&Path>, ids: EveIds) -> Result<Convert
     Ok(convert(&config, &bindings, ids)?)
 }
 
-/// Where the agent keeps its state for these bindings (their `[agent] state_dir`).
 /// `netns-agent convert`: the TOML config an EdgeDevConfig (with its bindings) amounts
 /// to, refused as `run --eve-config` would refuse it (but the apps' namespaces need not
 /// exist here).
@@ -498,6 +497,7 @@ pub fn convert_to_toml(eve_config: &Path, bindings: Option<&Path>) -> Result<Str
     Ok(text)
 }
 
+/// Where the agent keeps its state for these bindings (their `[agent] state_dir`).
 pub fn state_dir(bindings: Option<&Path>) -> Result<PathBuf> {
     let Some(path) = bindings else { return Ok(crate::config::DEFAULT_STATE_DIR.into()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading the bindings {}", path.display()))?;

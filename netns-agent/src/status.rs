@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use netns_ebpf_common::limit::{Bucket, LimitKey, UNIT_MINUTE_NS, UNIT_SECOND_NS};
 use serde::Serialize;
+use tracing::warn;
 
 use crate::{
     config::NetworkKind,
     datapath, netlink, netns,
+    plan::NiPlan,
     services::vpn::{self, TunnelStatus},
     state::{AppliedState, ApplyReport, ItemState},
 };
@@ -127,36 +129,46 @@ pub async fn build(state_dir: &Path) -> Result<StatusReport> {
     })
 }
 
-/// The `limit` ACEs' buckets (`Maps::limits`) named by the record: NI, app, port, ACE id.
+/// The `limit` ACEs' buckets (`Maps::limits`) named by the record: NI, app, port, ACE id
+/// (the port's ifindex is looked up in its NI). Buckets the record does not name are left
+/// out; an NI that cannot be read is skipped with a warning, so a report never fails for
+/// one NI.
 pub async fn limits(record: &AppliedState, buckets: &[(LimitKey, Bucket)]) -> Result<Vec<LimitStatus>> {
     let mut limits = Vec::new();
     for ni in record.nis.values().map(|rec| &rec.plan).filter(|ni| netns::exists(&ni.name)) {
-        let nl = netlink::Netlink::open(&netns::Netns::open(&netns::resolve(&ni.name))?)?;
-        for port in ni.ports.iter().filter(|p| !p.limits.is_empty()) {
-            let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
-            for (index, _) in &port.limits {
-                let key = |k: &LimitKey| k.zone == ni.zone() && k.ifindex == ifindex && k.ace_index == *index as u32;
-                if let Some((_, b)) = buckets.iter().find(|(k, _)| key(k)) {
-                    limits.push(LimitStatus {
-                        network: ni.name.clone(),
-                        app: port.app.clone(),
-                        port: port.bridge_port.clone(),
-                        ace_id: port.acl.aces[*index].id,
-                        rate: b.rate,
-                        unit: match b.unit_ns {
-                            UNIT_SECOND_NS => "s",
-                            UNIT_MINUTE_NS => "m",
-                            _ => "h",
-                        },
-                        burst: b.burst,
-                        passed: b.passed,
-                        dropped: b.dropped,
-                    });
-                }
-            }
+        if let Err(e) = ni_limits(ni, buckets, &mut limits).await {
+            warn!("{}: reading its limit buckets: {e:#}", ni.name);
         }
     }
     Ok(limits)
+}
+
+async fn ni_limits(ni: &NiPlan, buckets: &[(LimitKey, Bucket)], out: &mut Vec<LimitStatus>) -> Result<()> {
+    let nl = netlink::Netlink::open(&netns::Netns::open(&netns::resolve(&ni.name))?)?;
+    for port in ni.ports.iter().filter(|p| !p.limits.is_empty()) {
+        let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
+        for (index, _) in &port.limits {
+            let key = |k: &LimitKey| k.zone == ni.zone() && k.ifindex == ifindex && k.ace_index == *index as u32;
+            if let Some((_, b)) = buckets.iter().find(|(k, _)| key(k)) {
+                out.push(LimitStatus {
+                    network: ni.name.clone(),
+                    app: port.app.clone(),
+                    port: port.bridge_port.clone(),
+                    ace_id: port.acl.aces[*index].id,
+                    rate: b.rate,
+                    unit: match b.unit_ns {
+                        UNIT_SECOND_NS => "s",
+                        UNIT_MINUTE_NS => "m",
+                        _ => "h",
+                    },
+                    burst: b.burst,
+                    passed: b.passed,
+                    dropped: b.dropped,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn lower<T: Serialize>(v: &T) -> String {

@@ -62,14 +62,14 @@ pub fn set_checksums(f: &mut [u8]) {
     f[at..at + 2].copy_from_slice(&l4.to_be_bytes());
 }
 
-/// Whether the IPv4 header and TCP/UDP checksums of `f` are right (a UDP checksum of 0,
-/// "none", counts as right).
+/// Whether the IPv4 header and TCP/UDP checksums of `f` are right. A UDP checksum of 0
+/// ("none") does not count: `ipv4` always writes one, and a rewrite must keep it.
 pub fn checksums_ok(f: &[u8]) -> bool {
     let ip_ok = ones_complement(&f[ETH_LEN..ETH_LEN + IP_LEN], 0) == 0;
     let at = l4_checksum_offset(f[ETH_LEN + 9]);
     let stored = u16::from_be_bytes([f[at], f[at + 1]]);
     let udp_none = f[ETH_LEN + 9] == PROTO_UDP && stored == 0;
-    ip_ok && (udp_none || l4_checksum(f) == 0)
+    ip_ok && !udp_none && l4_checksum(f) == 0
 }
 
 /// The L4 checksum over the pseudo header and segment as they stand (0 when right).
@@ -122,6 +122,10 @@ mod tests {
             let last = f.len() - 1;
             f[last] ^= 1;
             assert!(!checksums_ok(&f));
+            f[last] ^= 1;
+            let at = l4_checksum_offset(proto);
+            f[at..at + 2].fill(0);
+            assert!(!checksums_ok(&f), "a zeroed checksum is not right (UDP: not kept)");
         }
     }
 }

@@ -16,7 +16,7 @@ use aya::{TestRun, TestRunOptions};
 use netns_agent::{
     config,
     datapath::{self, Maps, NiPrograms},
-    plan::{self, PortPlan},
+    plan::{self, NiPlan, PortPlan},
 };
 use netns_ebpf_common::{
     mark,
@@ -35,13 +35,17 @@ const SKB_CTX: usize = 256;
 const SKB_MARK_OFF: usize = 8;
 
 /// app1 on ni1 may reach 10.99.0.0/24 on tcp/80; its UDP to port 53 is dropped by ACE 2;
-/// app1's port 8080 is exposed (port map) to the outside.
+/// ACE 3 exposes its tcp/80 at the uplink's port 8080 (a port map).
 const CONFIG: &str = r#"
+[[uplink]]
+name = "eth0"
+
 [[network]]
 name = "ni1"
 kind = "local"
 subnet = "10.10.1.0/24"
 gateway = "10.10.1.1"
+uplink = "eth0"
 
 [[app]]
 name = "app1"
@@ -53,6 +57,7 @@ mac = "02:16:3e:00:00:01"
 acl = [
   { id = 1, match = { ip = "10.99.0.0/24", protocol = "tcp", fport = 80 } },
   { id = 2, match = { protocol = "udp", fport = 53 }, action = "drop" },
+  { id = 3, match = { protocol = "tcp", lport = 8080 }, action = { portmap = 80 } },
 ]
 "#;
 
@@ -63,8 +68,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 struct Loaded {
     programs: NiPrograms,
     maps: Maps,
+    ni: NiPlan,
     port: PortPlan,
     zone: u32,
+    nat_ports: (u16, u16),
     /// Last: removed after the programs and maps are closed.
     _pins: PinDir,
 }
@@ -111,7 +118,7 @@ impl Loaded {
         };
         maps.set_port(key, info, &port.acl).unwrap();
         maps.ensure_port_counters(key).unwrap();
-        Loaded { programs, maps, port, zone: ni.zone(), _pins: pins }
+        Loaded { programs, maps, ni: ni.clone(), port, zone: ni.zone(), nat_ports: plan.nat_ports, _pins: pins }
     }
 
     fn run(&self, program: &str, frame: &[u8]) -> Ran {
@@ -243,14 +250,20 @@ fn metadata_requests_go_to_the_gateway_and_answers_come_back_from_the_metadata_a
     assert!(frame::checksums_ok(&ran.frame), "checksums after the rewrite back");
 }
 
-/// The uplink side: loopback translates 10.10.1.0/24 to 192.168.50.2 (ports 20000-20009)
-/// and port-maps 192.168.50.2:8080 to 10.10.1.2:80.
+/// The NI side of the NI veth as the agent writes it (`reconcile::uplink::ni_side_nat` and
+/// the NI's port maps), here on loopback: the NI subnet leaves as the NI veth's address
+/// (but toward the agent side), and a port map leads to the app with its ACE's mark.
 fn translating(l: &mut Loaded) {
-    let key = IfaceKey { zone: l.zone, ifindex: LOOPBACK };
-    let nif = NatIface::new([192, 168, 50, 2], ([10, 10, 1, 0], 24), [0; 4], LOOPBACK, (20000, 20009));
-    l.maps.set_nat_iface(key, nif).unwrap();
-    let pk = PortmapKey { domain: l.zone, addr: [192, 168, 50, 2], port: 8080, proto: PROTO_TCP, _pad: 0 };
-    l.maps.set_portmap(pk, PortmapTarget { addr: [10, 10, 1, 2], port: 80, _pad: 0, mark: 0, uplink_ifindex: LOOPBACK }).unwrap();
+    let ni = &l.ni;
+    let subnet = (ni.subnet.network().octets(), ni.subnet.prefix_len());
+    let nif = NatIface::new(ni.ni_ip.octets(), subnet, ni.agent_ip.octets(), 0, l.nat_ports);
+    l.maps.set_nat_iface(IfaceKey { zone: l.zone, ifindex: LOOPBACK }, nif).unwrap();
+    assert_eq!(ni.portmaps.len(), 1, "ACE 3's port map");
+    for pm in &ni.portmaps {
+        let key = PortmapKey { domain: l.zone, addr: ni.ni_ip.octets(), port: pm.lport, proto: pm.proto, _pad: 0 };
+        let target = PortmapTarget { addr: pm.app_ip.octets(), port: pm.target, _pad: 0, mark: pm.mark, uplink_ifindex: 0 };
+        l.maps.set_portmap(key, target).unwrap();
+    }
 }
 
 #[test]
@@ -258,14 +271,15 @@ fn source_nat_rewrites_both_ways_with_right_checksums() {
     let mut l = Loaded::new();
     translating(&mut l);
     let dns = remote([10, 99, 0, 53], 53);
+    let (ni_ip, (port_min, port_max)) = (l.ni.ni_ip, l.nat_ports);
     let mut ports = Vec::new();
     for (proto, sport) in [(PROTO_UDP, 5000), (PROTO_TCP, 5000), (PROTO_UDP, 5001)] {
         let out = frame::ipv4(proto, l.app(sport), dns, TCP_SYN, b"query");
         let ran = l.run(prog_names::NAT_EGRESS, &out);
         assert_eq!(ran.verdict, TC_ACT_OK);
         let ((src, port), dst) = frame::ends(&ran.frame);
-        assert_eq!(src, Ipv4Addr::new(192, 168, 50, 2), "the uplink's address");
-        assert!((20000..=20009).contains(&port), "a port of the range: {port}");
+        assert_eq!(src, ni_ip, "the NI veth's address");
+        assert!((port_min..=port_max).contains(&port), "a port of the range: {port}");
         assert_eq!(dst, (dns.ip, 53), "the destination stays");
         assert!(frame::checksums_ok(&ran.frame), "checksums after the source rewrite");
         ports.push((proto, port));
@@ -278,28 +292,38 @@ fn source_nat_rewrites_both_ways_with_right_checksums() {
     }
     assert_ne!(ports[0], ports[2], "two UDP flows, two translations");
     assert_eq!(l.counter(Stat::NatNew), 3);
+
+    // Toward the agent side nothing is translated (replies to EVE-initiated flows).
+    let to_agent = frame::ipv4(PROTO_UDP, l.app(5002), remote(l.ni.agent_ip.octets(), 9999), 0, b"x");
+    let ran = l.run(prog_names::NAT_EGRESS, &to_agent);
+    assert_eq!((ran.verdict, &ran.frame), (TC_ACT_OK, &to_agent));
 }
 
 #[test]
 fn a_port_map_rewrites_the_destination_and_its_replies_the_source() {
     let mut l = Loaded::new();
     translating(&mut l);
-    let client = remote([10, 99, 0, 10], 33333);
-    let syn = frame::ipv4(PROTO_TCP, client, End { mac: GATEWAY_MAC, ip: Ipv4Addr::new(192, 168, 50, 2), port: 8080 }, TCP_SYN, b"");
+    let pm = l.ni.portmaps[0].clone();
+    let ni_ip = l.ni.ni_ip;
+    // Port-mapped flows reach the NI veth from the agent side's address.
+    let client = remote(l.ni.agent_ip.octets(), 33333);
+    let syn = frame::ipv4(PROTO_TCP, client, End { mac: GATEWAY_MAC, ip: ni_ip, port: 8080 }, TCP_SYN, b"");
     let ran = l.run(prog_names::NAT_INGRESS, &syn);
     assert_eq!(ran.verdict, TC_ACT_OK);
     assert_eq!(frame::ends(&ran.frame), ((client.ip, 33333), (l.port.ip, 80)), "to the app's port 80");
+    assert_eq!(ran.mark, pm.mark, "the exposing ACE's mark, for the app port to let it in: {:#x}", ran.mark);
+    assert_eq!(pm.mark, mark::compose(l.port.app_num, 3, true, false));
     assert!(frame::checksums_ok(&ran.frame));
     assert_eq!(l.counter(Stat::PortmapNew), 1);
 
     let syn_ack = frame::ipv4(PROTO_TCP, l.app(80), client, TCP_SYN | TCP_ACK, b"");
     let ran = l.run(prog_names::NAT_EGRESS, &syn_ack);
     assert_eq!(ran.verdict, TC_ACT_OK);
-    assert_eq!(frame::ends(&ran.frame), ((Ipv4Addr::new(192, 168, 50, 2), 8080), (client.ip, 33333)), "as from the mapped port");
+    assert_eq!(frame::ends(&ran.frame), ((ni_ip, 8080), (client.ip, 33333)), "as from the mapped port");
     assert!(frame::checksums_ok(&ran.frame));
 
-    // Another port of the uplink is not mapped: passed untouched, nothing made.
-    let other = frame::ipv4(PROTO_TCP, client, End { mac: GATEWAY_MAC, ip: Ipv4Addr::new(192, 168, 50, 2), port: 8081 }, TCP_SYN, b"");
+    // Another port is not mapped: passed untouched, nothing made.
+    let other = frame::ipv4(PROTO_TCP, client, End { mac: GATEWAY_MAC, ip: ni_ip, port: 8081 }, TCP_SYN, b"");
     let ran = l.run(prog_names::NAT_INGRESS, &other);
     assert_eq!((ran.verdict, &ran.frame), (TC_ACT_OK, &other));
     assert_eq!(l.counter(Stat::PortmapNew), 1);

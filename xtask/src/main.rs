@@ -244,12 +244,26 @@ fn build_ebpf() -> Result<()> {
     let dir = workspace_root().join("netns-ebpf");
     // The eBPF crate's own .cargo/config.toml and rust-toolchain.toml pick nightly,
     // the target, build-std and the linker flags.
-    run(Command::new("cargo")
-        .current_dir(&dir)
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO")
-        .env_remove("RUSTC")
-        .args(["build", "--release"]))?;
+    // Without the host build's toolchain, compiler, flags and target dir (the agent's
+    // build.rs removes the same variables and runs the same build).
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&dir).args(["build", "--release"]);
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTDOC",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cmd.env_remove(var);
+    }
+    run(&mut cmd)?;
     let object = dir.join("target/bpfel-unknown-none/release/netns-ebpf");
     let size = std::fs::metadata(&object).with_context(|| format!("{} not built", object.display()))?.len();
     eprintln!("    {} ({} bytes)", object.display(), size);

@@ -2,12 +2,9 @@
 //! a life runs until it ends or a stop is asked; an ended life is followed by the next
 //! after a backoff that doubles from 1 s to 30 s and starts over after a life of a minute.
 
-use std::{
-    future::Future,
-    time::{Duration, Instant},
-};
+use std::{future::Future, time::Duration};
 
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -74,26 +71,48 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn ended_lives_restart_with_growing_backoff_and_a_stop_ends_supervision() {
-        let lives = Arc::new(AtomicU32::new(0));
+    /// Lives that end after the given seconds each (then one that waits for the stop);
+    /// returns the supervisor and the start times, in seconds from the spawn.
+    fn lives(lengths: Vec<u64>) -> (Supervised, Arc<std::sync::Mutex<Vec<u64>>>, Arc<AtomicU32>) {
+        let count = Arc::new(AtomicU32::new(0));
         let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (l, s) = (lives.clone(), starts.clone());
-        let t0 = tokio::time::Instant::now();
+        let (c, s) = (count.clone(), starts.clone());
+        let t0 = Instant::now();
         let sup = Supervised::spawn(move |mut stopped| {
-            let (l, s) = (l.clone(), s.clone());
+            let (c, s, lengths) = (c.clone(), s.clone(), lengths.clone());
             async move {
                 s.lock().unwrap().push(t0.elapsed().as_secs());
-                if l.fetch_add(1, Ordering::SeqCst) < 3 {
+                let n = c.fetch_add(1, Ordering::SeqCst) as usize;
+                if let Some(secs) = lengths.get(n) {
+                    tokio::time::sleep(Duration::from_secs(*secs)).await;
                     return Life::Ended;
                 }
                 let _ = stopped.changed().await;
                 Life::Stopped
             }
         });
+        (sup, starts, count)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_lives_restart_with_growing_backoff_and_a_stop_ends_supervision() {
+        let (sup, starts, count) = lives(vec![0, 0, 0]);
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert_eq!(*starts.lock().unwrap(), vec![0, 1, 3, 7], "backoff 1, 2, 4 s");
         sup.stop().await;
-        assert_eq!(lives.load(Ordering::SeqCst), 4, "no life after the stop");
+        assert_eq!(count.load(Ordering::SeqCst), 4, "no life after the stop");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_life_resets_the_backoff_and_a_stop_during_backoff_ends_it() {
+        // Ends at 0, 1, 3 (backoff 1, 2, 4), then a life of 100 s (3+4=7 .. 107): the next
+        // start follows after 1 s again (108), that life ends at once, backoff 2 s.
+        let (sup, starts, count) = lives(vec![0, 0, 0, 100, 0]);
+        tokio::time::sleep(Duration::from_secs(109)).await;
+        assert_eq!(*starts.lock().unwrap(), vec![0, 1, 3, 7, 108]);
+        // Now in the 2 s backoff: the stop ends supervision without another life.
+        sup.stop().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(count.load(Ordering::SeqCst), 5);
     }
 }
