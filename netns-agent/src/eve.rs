@@ -645,18 +645,7 @@ fn convert_network(
         Some(0) | Some(1) => {}
         _ => errors.push(format!("{at}.ipType {}: only IPv4 (1) is supported", ni.ip_type)),
     }
-    let unsupported = [
-        ("dns", !ni.dns.is_empty(), "static DNS entries"),
-        ("staticRoutes", !ni.static_routes.is_empty(), "static routes"),
-        ("mtu", ni.mtu != 0, "an MTU other than the default"),
-        ("disableFlowlog", ni.disable_flowlog, "turning the flow log off per NI"),
-        ("vlanAccessPorts", !ni.vlan_access_ports.is_empty(), "VLAN access ports"),
-    ];
-    for (field, set, what) in unsupported {
-        if set {
-            errors.push(format!("{at}.{field}: {what} are not supported"));
-        }
-    }
+    refuse_unmapped_network_fields(ni, at, &mut errors);
     let uuid = &ni.uuidandversion.uuid;
     if uuid.is_empty() {
         errors.push(format!("{at}.uuidandversion.uuid: missing"));
@@ -675,58 +664,7 @@ fn convert_network(
     };
     let ip = ni.ip.as_ref().filter(|ip| !ip.subnet.is_empty() || !ip.gateway.is_empty());
     let binding = bindings.network.get(&name);
-    let (subnet, gateway, dhcp_range) = match ip {
-        Some(ip) => {
-            let subnet = match ip.subnet.parse::<Ipv4Net>() {
-                Ok(s) => Some(s),
-                Err(_) => {
-                    errors.push(format!("{at}.ip.subnet {:?}: not an IPv4 prefix like 10.1.0.0/24", ip.subnet));
-                    None
-                }
-            };
-            let gateway = parse_addr(&mut errors, &format!("{at}.ip.gateway"), &ip.gateway);
-            // The NI's DNS server is its gateway (our proxy): the only one we announce.
-            for (d, dns) in ip.dns.iter().enumerate() {
-                if gateway.is_some_and(|g| dns.parse() != Ok(g)) {
-                    errors.push(format!(
-                        "{at}.ip.dns[{d}] {dns:?}: apps get the NI's gateway as DNS server; other servers are not supported"
-                    ));
-                }
-            }
-            let range = ip.dhcp_range.as_ref().and_then(|r| {
-                Some([
-                    parse_addr(&mut errors, &format!("{at}.ip.dhcpRange.start"), &r.start)?,
-                    parse_addr(&mut errors, &format!("{at}.ip.dhcpRange.end"), &r.end)?,
-                ])
-            });
-            (subnet, gateway, range)
-        }
-        None if kind == "switch" => {
-            // The port's network gives the gateway; its prefix is not in networks[].
-            let label = ni.port.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
-            let port_ip = port_network(cfg, label).and_then(|(k, n)| Some((k, n.ip.as_ref()?)));
-            let from_port = port_ip.and_then(|(k, ip)| {
-                let (field, g) = if ip.gateway.is_empty() { ("gw", &ip.gw) } else { ("gateway", &ip.gateway) };
-                if g.is_empty() {
-                    return None;
-                }
-                parse_addr(&mut errors, &format!("networks[{k}].ip.{field}"), g)
-            });
-            let gateway = from_port.or(binding.and_then(|b| b.gateway));
-            let subnet = port_ip.and_then(|(_, ip)| ip.subnet.parse::<Ipv4Net>().ok()).or(binding.and_then(|b| b.subnet));
-            if gateway.is_none() {
-                errors.push(format!("{at}.ip is empty and the port {label:?} has no networks[] entry with a gateway: give it in the bindings (network.{name}.gateway)"));
-            }
-            if subnet.is_none() {
-                errors.push(format!("{at}.ip is empty and the port {label:?} has no networks[] entry with a subnet: give the switch NI's prefix in the bindings (network.{name}.subnet)"));
-            }
-            (subnet, gateway, None)
-        }
-        None => {
-            errors.push(format!("{at}.ip: a local or VPN network instance needs subnet and gateway"));
-            (None, None, None)
-        }
-    };
+    let (subnet, gateway, dhcp_range) = network_addressing(cfg, ni, kind, ip, binding, at, &mut errors);
     if binding.is_some_and(|b| b.subnet.is_some() || b.gateway.is_some()) && (kind != "switch" || ip.is_some()) {
         errors.push(format!("bindings: network.{name}.subnet and .gateway are for a switch NI whose {at}.ip is empty"));
     }
@@ -753,6 +691,88 @@ fn convert_network(
             Ok((TomlNetwork { name, kind, index, subnet, gateway, uplink: uplink.clone(), dhcp_range, vpn }, uplink))
         }
         _ => Err(errors),
+    }
+}
+
+/// Network instance fields we do not map: refused when set, with their path.
+fn refuse_unmapped_network_fields(ni: &NetworkInstance, at: &str, errors: &mut Vec<String>) {
+    let unsupported = [
+        ("dns", !ni.dns.is_empty(), "static DNS entries"),
+        ("staticRoutes", !ni.static_routes.is_empty(), "static routes"),
+        ("mtu", ni.mtu != 0, "an MTU other than the default"),
+        ("disableFlowlog", ni.disable_flowlog, "turning the flow log off per NI"),
+        ("vlanAccessPorts", !ni.vlan_access_ports.is_empty(), "VLAN access ports"),
+    ];
+    for (field, set, what) in unsupported {
+        if set {
+            errors.push(format!("{at}.{field}: {what} are not supported"));
+        }
+    }
+}
+
+/// A network instance's subnet, gateway and DHCP range: from its `ip`, or for a switch
+/// NI without one from its port's `networks[]` entry or the bindings.
+fn network_addressing(
+    cfg: &EdgeDevConfig,
+    ni: &NetworkInstance,
+    kind: &str,
+    ip: Option<&IpSpec>,
+    binding: Option<&NetworkBinding>,
+    at: &str,
+    errors: &mut Vec<String>,
+) -> (Option<Ipv4Net>, Option<Ipv4Addr>, Option<[Ipv4Addr; 2]>) {
+    let name = &ni.displayname;
+    match ip {
+        Some(ip) => {
+            let subnet = match ip.subnet.parse::<Ipv4Net>() {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    errors.push(format!("{at}.ip.subnet {:?}: not an IPv4 prefix like 10.1.0.0/24", ip.subnet));
+                    None
+                }
+            };
+            let gateway = parse_addr(errors, &format!("{at}.ip.gateway"), &ip.gateway);
+            // The NI's DNS server is its gateway (our proxy): the only one we announce.
+            for (d, dns) in ip.dns.iter().enumerate() {
+                if gateway.is_some_and(|g| dns.parse() != Ok(g)) {
+                    errors.push(format!(
+                        "{at}.ip.dns[{d}] {dns:?}: apps get the NI's gateway as DNS server; other servers are not supported"
+                    ));
+                }
+            }
+            let range = ip.dhcp_range.as_ref().and_then(|r| {
+                Some([
+                    parse_addr(errors, &format!("{at}.ip.dhcpRange.start"), &r.start)?,
+                    parse_addr(errors, &format!("{at}.ip.dhcpRange.end"), &r.end)?,
+                ])
+            });
+            (subnet, gateway, range)
+        }
+        None if kind == "switch" => {
+            // The port's network gives the gateway; its prefix is not in networks[].
+            let label = ni.port.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
+            let port_ip = port_network(cfg, label).and_then(|(k, n)| Some((k, n.ip.as_ref()?)));
+            let from_port = port_ip.and_then(|(k, ip)| {
+                let (field, g) = if ip.gateway.is_empty() { ("gw", &ip.gw) } else { ("gateway", &ip.gateway) };
+                if g.is_empty() {
+                    return None;
+                }
+                parse_addr(errors, &format!("networks[{k}].ip.{field}"), g)
+            });
+            let gateway = from_port.or(binding.and_then(|b| b.gateway));
+            let subnet = port_ip.and_then(|(_, ip)| ip.subnet.parse::<Ipv4Net>().ok()).or(binding.and_then(|b| b.subnet));
+            if gateway.is_none() {
+                errors.push(format!("{at}.ip is empty and the port {label:?} has no networks[] entry with a gateway: give it in the bindings (network.{name}.gateway)"));
+            }
+            if subnet.is_none() {
+                errors.push(format!("{at}.ip is empty and the port {label:?} has no networks[] entry with a subnet: give the switch NI's prefix in the bindings (network.{name}.subnet)"));
+            }
+            (subnet, gateway, None)
+        }
+        None => {
+            errors.push(format!("{at}.ip: a local or VPN network instance needs subnet and gateway"));
+            (None, None, None)
+        }
     }
 }
 
