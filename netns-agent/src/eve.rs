@@ -879,69 +879,52 @@ fn convert_app(
     }
 }
 
-fn convert_ace(ace: &Ace, at: &str) -> Result<TomlAce, Vec<String>> {
-    let mut errors = Vec::new();
-    let id = match u32::try_from(ace.id) {
-        Ok(id) if (1..=0x3f_fffe).contains(&id) => id,
+/// One match of an ACE as the TOML ACL's `match` value (None: refused, the error pushed).
+fn convert_match(mat: &AceMatch, at: &str, errors: &mut Vec<String>) -> Option<toml::Value> {
+    let value = mat.value.trim();
+    let port = |errors: &mut Vec<String>| match value.parse::<u16>() {
+        Ok(p) if p > 0 => Some(toml::Value::Integer(p as i64)),
         _ => {
-            errors.push(format!("{at}.id {}: out of range 1-4194302", ace.id));
-            0
+            errors.push(format!("{at}: {} {value:?} is not a port 1-65535", mat.kind));
+            None
         }
     };
-    if ace.dir.number(ACE_DIRS) != Some(0) {
-        errors.push(format!("{at}.dir {}: only both directions (0) are supported", ace.dir));
-    }
-    let mut matches = toml::Table::new();
-    for (m, mat) in ace.matches.iter().enumerate() {
-        let at = format!("{at}.matches[{m}]");
-        let value = mat.value.trim();
-        let port = |errors: &mut Vec<String>| match value.parse::<u16>() {
-            Ok(p) if p > 0 => Some(toml::Value::Integer(p as i64)),
-            _ => {
-                errors.push(format!("{at}: {} {value:?} is not a port 1-65535", mat.kind));
+    match mat.kind.as_str() {
+        "ip" => match value.parse::<Ipv4Net>().or_else(|_| value.parse::<Ipv4Addr>().map(Ipv4Net::from)) {
+            Ok(net) => Some(toml::Value::String(net.to_string())),
+            Err(_) => {
+                errors.push(format!("{at}: ip {value:?} is not an IPv4 address or prefix"));
                 None
             }
-        };
-        let entry = match mat.kind.as_str() {
-            "ip" => match value.parse::<Ipv4Net>().or_else(|_| value.parse::<Ipv4Addr>().map(Ipv4Net::from)) {
-                Ok(net) => Some(toml::Value::String(net.to_string())),
+        },
+        "host" if value.is_empty() => {
+            errors.push(format!("{at}: a host match needs a domain"));
+            None
+        }
+        "host" => Some(toml::Value::String(value.to_string())),
+        "eidset" => Some(toml::Value::Boolean(true)),
+        "protocol" => match value.to_ascii_lowercase().as_str() {
+            p @ ("tcp" | "udp" | "icmp") => Some(toml::Value::String(p.to_string())),
+            n => match n.parse::<u8>() {
+                Ok(n) => Some(toml::Value::Integer(n as i64)),
                 Err(_) => {
-                    errors.push(format!("{at}: ip {value:?} is not an IPv4 address or prefix"));
+                    errors.push(format!("{at}: protocol {value:?}: use tcp, udp, icmp or a number 0-255"));
                     None
                 }
             },
-            "host" if value.is_empty() => {
-                errors.push(format!("{at}: a host match needs a domain"));
-                None
-            }
-            "host" => Some(toml::Value::String(value.to_string())),
-            "eidset" => Some(toml::Value::Boolean(true)),
-            "protocol" => match value.to_ascii_lowercase().as_str() {
-                p @ ("tcp" | "udp" | "icmp") => Some(toml::Value::String(p.to_string())),
-                n => match n.parse::<u8>() {
-                    Ok(n) => Some(toml::Value::Integer(n as i64)),
-                    Err(_) => {
-                        errors.push(format!("{at}: protocol {value:?}: use tcp, udp, icmp or a number 0-255"));
-                        None
-                    }
-                },
-            },
-            "fport" | "lport" => port(&mut errors),
-            other => {
-                errors.push(format!("{at}: match type {other:?} is not supported (ip, host, eidset, protocol, fport, lport)"));
-                None
-            }
-        };
-        if let Some(v) = entry {
-            if matches.insert(mat.kind.clone(), v).is_some() {
-                errors.push(format!("{at}: a second {:?} match in one ACE", mat.kind));
-            }
+        },
+        "fport" | "lport" => port(errors),
+        other => {
+            errors.push(format!("{at}: match type {other:?} is not supported (ip, host, eidset, protocol, fport, lport)"));
+            None
         }
     }
-    if ace.actions.iter().any(|a| a.app_port != 0 && !a.portmap) {
-        errors.push(format!("{at}.actions: appPort without portmap"));
-    }
-    let action = match ace.actions.as_slice() {
+}
+
+/// An ACE's actions as the TOML ACL's `action` (None: accept, or refused with the error
+/// pushed).
+fn convert_action(ace: &Ace, at: &str, errors: &mut Vec<String>) -> Option<toml::Value> {
+    match ace.actions.as_slice() {
         [] => None,
         [a] if a.drop && !a.limit && !a.portmap => Some(toml::Value::String("drop".into())),
         [a] if a.portmap && !a.drop && !a.limit => match u16::try_from(a.app_port) {
@@ -974,7 +957,35 @@ fn convert_ace(ace: &Ace, at: &str) -> Result<TomlAce, Vec<String>> {
             errors.push(format!("{at}.actions: one action per ACE (drop, portmap or limit), or none to accept"));
             None
         }
+    }
+}
+
+fn convert_ace(ace: &Ace, at: &str) -> Result<TomlAce, Vec<String>> {
+    let mut errors = Vec::new();
+    let id = match u32::try_from(ace.id) {
+        Ok(id) if (1..=0x3f_fffe).contains(&id) => id,
+        _ => {
+            errors.push(format!("{at}.id {}: out of range 1-4194302", ace.id));
+            0
+        }
     };
+    if ace.dir.number(ACE_DIRS) != Some(0) {
+        errors.push(format!("{at}.dir {}: only both directions (0) are supported", ace.dir));
+    }
+    let mut matches = toml::Table::new();
+    for (m, mat) in ace.matches.iter().enumerate() {
+        let at = format!("{at}.matches[{m}]");
+        let entry = convert_match(mat, &at, &mut errors);
+        if let Some(v) = entry {
+            if matches.insert(mat.kind.clone(), v).is_some() {
+                errors.push(format!("{at}: a second {:?} match in one ACE", mat.kind));
+            }
+        }
+    }
+    if ace.actions.iter().any(|a| a.app_port != 0 && !a.portmap) {
+        errors.push(format!("{at}.actions: appPort without portmap"));
+    }
+    let action = convert_action(ace, at, &mut errors);
     if action.as_ref().and_then(|a| a.get("portmap")).is_some() && !matches.contains_key("lport") {
         errors.push(format!("{at}: a portmap action needs an lport match"));
     }
