@@ -820,49 +820,8 @@ fn convert_app(
             errors.push(format!("{at}.networkId {:?}: no network instance has this uuid", iface.network_id));
             continue;
         };
-        if iface.access_vlan_id != 0 {
-            errors.push(format!("{at}.accessVlanId {}: VLANs are not supported", iface.access_vlan_id));
-        }
-        if iface.allow_to_discover {
-            errors.push(format!("{at}.allowToDiscover: discovering the other apps is not supported"));
-        }
         let bound = binding.and_then(|b| b.interface.get(k));
-        let ip = match (iface.addr.as_str(), bound.and_then(|b| b.ip)) {
-            ("", b) => b,
-            (a, None) => parse_addr(&mut errors, &format!("{at}.addr"), a),
-            (a, Some(b)) => {
-                errors.push(format!("{at}.addr {a:?}: the bindings give app.{name}.interface[{k}].ip {b} too"));
-                None
-            }
-        };
-        let mac = match iface.mac_address.as_str() {
-            "" => bound.and_then(|b| b.mac.clone()),
-            m if crate::config::parse_mac(m).is_none() => {
-                errors.push(format!("{at}.macAddress {m:?}: use six hex bytes like 02:16:3e:00:00:01"));
-                None
-            }
-            m => Some(m.to_string()),
-        };
-        let mut acl = Vec::new();
-        let mut seen = BTreeSet::new();
-        for (j, ace) in iface.acls.iter().enumerate() {
-            let at = format!("{at}.acls[{j}]");
-            if !seen.insert(ace.id) {
-                errors.push(format!("{at}.id {}: a second ACE with this id on the interface", ace.id));
-            }
-            match convert_ace(ace, &at) {
-                Ok(a) => acl.push(a),
-                Err(mut e) => errors.append(&mut e),
-            }
-        }
-        interfaces.push(TomlInterface {
-            network: network.clone(),
-            ip,
-            mac,
-            dhcp: bound.and_then(|b| b.dhcp).unwrap_or(false),
-            tap: bound.and_then(|b| b.tap.clone()),
-            acl,
-        });
+        interfaces.push(convert_interface(iface, network, bound, (&name, k), &at, &mut errors));
     }
     if let Some(b) = binding.filter(|b| b.interface.len() > app.interfaces.len()) {
         errors.push(format!("bindings: app.{name} binds {} interfaces; {at} has {}", b.interface.len(), app.interfaces.len()));
@@ -877,6 +836,65 @@ fn convert_app(
         (true, Some(num)) => Ok(TomlApp { name, num, netns, user_data, interface: interfaces }),
         _ => Err(errors),
     }
+}
+
+/// Interface `k` of app `name` (on `network`, with its bindings `bound`) as a TOML interface.
+fn convert_interface(
+    iface: &NetworkAdapter,
+    network: &str,
+    bound: Option<&InterfaceBinding>,
+    (name, k): (&str, usize),
+    at: &str,
+    errors: &mut Vec<String>,
+) -> TomlInterface {
+    if iface.access_vlan_id != 0 {
+        errors.push(format!("{at}.accessVlanId {}: VLANs are not supported", iface.access_vlan_id));
+    }
+    if iface.allow_to_discover {
+        errors.push(format!("{at}.allowToDiscover: discovering the other apps is not supported"));
+    }
+    let ip = match (iface.addr.as_str(), bound.and_then(|b| b.ip)) {
+        ("", b) => b,
+        (a, None) => parse_addr(errors, &format!("{at}.addr"), a),
+        (a, Some(b)) => {
+            errors.push(format!("{at}.addr {a:?}: the bindings give app.{name}.interface[{k}].ip {b} too"));
+            None
+        }
+    };
+    let mac = match iface.mac_address.as_str() {
+        "" => bound.and_then(|b| b.mac.clone()),
+        m if crate::config::parse_mac(m).is_none() => {
+            errors.push(format!("{at}.macAddress {m:?}: use six hex bytes like 02:16:3e:00:00:01"));
+            None
+        }
+        m => Some(m.to_string()),
+    };
+    let acl = convert_acl(&iface.acls, at, errors);
+    TomlInterface {
+        network: network.to_string(),
+        ip,
+        mac,
+        dhcp: bound.and_then(|b| b.dhcp).unwrap_or(false),
+        tap: bound.and_then(|b| b.tap.clone()),
+        acl,
+    }
+}
+
+/// An interface's ACEs in order; ids must differ on one interface.
+fn convert_acl(aces: &[Ace], at: &str, errors: &mut Vec<String>) -> Vec<TomlAce> {
+    let mut acl = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (j, ace) in aces.iter().enumerate() {
+        let at = format!("{at}.acls[{j}]");
+        if !seen.insert(ace.id) {
+            errors.push(format!("{at}.id {}: a second ACE with this id on the interface", ace.id));
+        }
+        match convert_ace(ace, &at) {
+            Ok(a) => acl.push(a),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    acl
 }
 
 /// One match of an ACE as the TOML ACL's `match` value (None: refused, the error pushed).
