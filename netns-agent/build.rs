@@ -20,6 +20,7 @@ fn main() {
         "../netns-ebpf/.cargo/config.toml",
         "../netns-ebpf-common/src",
         "../netns-ebpf-common/Cargo.toml",
+        "ebpf_build_env.rs",
     ] {
         println!("cargo:rerun-if-changed={input}");
     }
@@ -38,21 +39,7 @@ fn main() {
     std::fs::copy(&object, &out).expect("copying the eBPF object");
 }
 
-/// Variables the outer build sets that are the host's, not the eBPF build's (its toolchain,
-/// compiler, flags, target dir); `cargo xtask build-ebpf` removes the same ones.
-const HOST_BUILD_ENV: &[&str] = &[
-    "RUSTUP_TOOLCHAIN",
-    "CARGO",
-    "RUSTC",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTDOC",
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "CARGO_BUILD_RUSTFLAGS",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-];
+include!("ebpf_build_env.rs");
 
 /// `cargo build --release` in the eBPF crate; the error says what failed and how to get
 /// the toolchain.

@@ -245,22 +245,10 @@ fn build_ebpf() -> Result<()> {
     // The eBPF crate's own .cargo/config.toml and rust-toolchain.toml pick nightly,
     // the target, build-std and the linker flags.
     // Without the host build's toolchain, compiler, flags and target dir (the agent's
-    // build.rs removes the same variables and runs the same build).
+    // build.rs runs the same build, with the same list).
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&dir).args(["build", "--release"]);
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "CARGO",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTDOC",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-    ] {
+    for var in HOST_BUILD_ENV {
         cmd.env_remove(var);
     }
     run(&mut cmd)?;
@@ -269,6 +257,8 @@ fn build_ebpf() -> Result<()> {
     eprintln!("    {} ({} bytes)", object.display(), size);
     Ok(())
 }
+
+include!("../../netns-agent/ebpf_build_env.rs");
 
 fn lint() -> Result<()> {
     step("lint: cargo fmt --check");
