@@ -17,11 +17,12 @@ use netns_agent::{
     config,
     datapath::{self, Maps, NiPrograms},
     plan::{self, NiPlan, PortPlan},
+    reconcile,
 };
 use netns_ebpf_common::{
     mark,
     nat::{NatIface, PortmapKey, PortmapTarget},
-    prog_names, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_CHECK_MAC, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
+    prog_names, IfaceKey, Stat, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
 };
 use netns_tests::frame::{self, End, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
 
@@ -106,16 +107,7 @@ impl Loaded {
         let programs = NiPrograms::load(&pin_dir, &ni.name, ni.zone()).unwrap_or_else(|e| panic!("{e:#}"));
         let mut maps = Maps::open(&pin_dir).unwrap();
         let key = IfaceKey { zone: ni.zone(), ifindex: LOOPBACK };
-        let info = IfaceInfo {
-            app_num: port.app_num,
-            policy_gen: 1,
-            app_ip: port.ip.octets(),
-            gateway: ni.gateway.octets(),
-            eve_ip: ni.agent_ip.octets(),
-            flags: IFACE_FLAG_CHECK_MAC,
-            app_mac: port.mac,
-            _pad: [0; 2],
-        };
+        let info = reconcile::port_iface_info(ni, &port, 1);
         maps.set_port(key, info, &port.acl).unwrap();
         maps.ensure_port_counters(key).unwrap();
         Loaded { programs, maps, ni: ni.clone(), port, zone: ni.zone(), nat_ports: plan.nat_ports, _pins: pins }

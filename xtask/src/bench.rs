@@ -165,7 +165,7 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
         }
     }
     // The bench's NI goes first: the scale run has the uplink to itself.
-    sh(&["nsenter", &format!("--net=/run/netns/{ZEDBOX}"), agent_bin.to_str().unwrap(), "down", "--config", config.to_str().unwrap()])?;
+    agent_down(agent_bin, &config)?;
     crate::scale::run(agent_bin, &dir)
 }
 
@@ -218,11 +218,7 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         let agent = start_agent(agent_bin, config)?;
         Ok((agent, started.elapsed().as_secs_f64() * 1000.0))
     };
-    let own_last = || -> f64 {
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(Path::new(STATE_DIR).join("state.json")).unwrap_or_default()).unwrap_or_default();
-        record["last_apply"]["duration_ms"].as_f64().unwrap_or(f64::NAN)
-    };
+    let own_last = || last_apply(Path::new(STATE_DIR)).0;
     let mut restarts = Vec::new();
     let mut fresh = Vec::new();
     for _ in 0..ROUNDS {
@@ -235,7 +231,7 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
         agent.wait()?;
         let started = Instant::now();
-        sh(&["nsenter", &format!("--net=/run/netns/{ZEDBOX}"), agent_bin.to_str().unwrap(), "down", "--config", config.to_str().unwrap()])?;
+        agent_down(agent_bin, config)?;
         let (a, _) = start_agent()?;
         agent = a;
         fresh.push((started.elapsed().as_secs_f64() * 1000.0, own_last()));
@@ -253,16 +249,35 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
 
 /// `netns-agent run --config CONFIG` in zedbox, once it has applied the config.
 fn start_agent(agent_bin: &Path, config: &Path) -> Result<std::process::Child> {
+    start_agent_with(agent_bin, config, Path::new(STATE_DIR), Duration::from_secs(60), Stdio::null())
+}
+
+/// The same with the config's state dir, a time limit and where the agent's log goes.
+pub fn start_agent_with(agent_bin: &Path, config: &Path, state_dir: &Path, limit: Duration, log: Stdio) -> Result<std::process::Child> {
     let mut agent = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{ZEDBOX}"))
         .arg(agent_bin)
         .args(["run", "--config"])
         .arg(config)
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .context("starting the agent")?;
-    crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(60))?;
+    crate::wait_applied(state_dir, &mut agent, limit)?;
     Ok(agent)
+}
+
+/// `netns-agent down --config CONFIG` in zedbox.
+pub fn agent_down(agent_bin: &Path, config: &Path) -> Result<()> {
+    sh(&["nsenter", &format!("--net=/run/netns/{ZEDBOX}"), agent_bin.to_str().unwrap(), "down", "--config", config.to_str().unwrap()])
+}
+
+/// The last apply on record in `state_dir`: its duration (ms, the agent's own figure) and
+/// how many errors it had.
+pub fn last_apply(state_dir: &Path) -> (f64, usize) {
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap_or_default()).unwrap_or_default();
+    let apply = &record["last_apply"];
+    (apply["duration_ms"].as_f64().unwrap_or(f64::NAN), apply["errors"].as_array().map(Vec::len).unwrap_or(0))
 }
 
 /// One path's figures: Gbit/s and connections/s per round; the agent's CPU (share of

@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::demo::{sh, step, ZEDBOX};
+use crate::{
+    bench::{agent_down, last_apply, start_agent_with},
+    demo::{sh, step, ZEDBOX},
+};
 
 pub const NIS: u32 = 60;
 pub const APPS_PER_NI: u32 = 4;
@@ -75,28 +78,21 @@ pub fn run(agent_bin: &Path, dir: &Path) -> Result<()> {
         }
     }
     let log = dir.join("scale-agent.log");
+    let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let started = Instant::now();
-    let mut agent = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ZEDBOX}"))
-        .arg(agent_bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
-        .spawn()
-        .context("starting the agent")?;
-    crate::wait_applied(Path::new(STATE_DIR), &mut agent, Duration::from_secs(300))?;
+    let agent = start_agent_with(agent_bin, &config, Path::new(STATE_DIR), Duration::from_secs(300), log_file.into())?;
     let applied = started.elapsed().as_secs_f64();
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(Path::new(STATE_DIR).join("state.json"))?)?;
-    let own = record["last_apply"]["duration_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0;
-    let errors = record["last_apply"]["errors"].as_array().map(Vec::len).unwrap_or(0);
+    let (own_ms, errors) = last_apply(Path::new(STATE_DIR));
+    let own = own_ms / 1000.0;
     let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", agent.id()))
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok()))
         .unwrap_or(0);
+    let mut agent = agent;
     let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
     agent.wait()?;
     let started = Instant::now();
-    sh(&["nsenter", &format!("--net=/run/netns/{ZEDBOX}"), agent_bin.to_str().unwrap(), "down", "--config", config.to_str().unwrap()])?;
+    agent_down(agent_bin, &config)?;
     let down = started.elapsed().as_secs_f64();
     println!("  {:<50} {:>10}", "", "seconds");
     println!("  {:<50} {applied:>10.1}", "run from nothing until applied (wall)");

@@ -36,7 +36,7 @@ use crate::{
     datapath::{self, Maps, NiPrograms},
     netlink::{Netlink, Uplinks},
     netns::{self, Netns},
-    plan::{NiPlan, Plan},
+    plan::{NiPlan, Plan, PortPlan},
     state::{AppliedState, ApplyReport, ItemState, NiRecord},
 };
 
@@ -196,7 +196,7 @@ impl Applier {
     async fn preflight_ports(&self, ni: &NiPlan, recorded: Option<&NiPlan>, problems: &mut Vec<String>) -> Result<()> {
         // Ports of the same link on record are ours; so are those of any recorded NI
         // (a port may move between NIs in one change).
-        let ours = |p: &crate::plan::PortPlan| {
+        let ours = |p: &PortPlan| {
             recorded.and_then(|r| r.port(&p.bridge_port)).is_some_and(|r| r.same_link(p))
                 || self
                     .record
@@ -427,4 +427,14 @@ fn programs<'a>(ap: &'a mut Applier, ni: &NiPlan) -> Result<&'a mut NiPrograms> 
         ap.ni_programs.insert(ni.name.clone(), p);
     }
     Ok(ap.ni_programs.get_mut(&ni.name).expect("inserted above"))
+}
+
+/// App port `p` of `ni` as its IFACE_V2 entry (what `apply` writes for a new port), for
+/// whoever fills the maps without the applier (the program tests).
+pub fn port_iface_info(ni: &NiPlan, p: &PortPlan, policy_gen: u32) -> netns_ebpf_common::IfaceInfo {
+    match ni.kind {
+        NetworkKind::Local => port::iface_info(&LocalNi, ni, p, policy_gen),
+        NetworkKind::Switch => port::iface_info(&SwitchNi, ni, p, policy_gen),
+        NetworkKind::Vpn => port::iface_info(&VpnNi, ni, p, policy_gen),
+    }
 }

@@ -24,6 +24,20 @@ use crate::{
 /// makes the programs judge the port's live flows again.
 const FIRST_POLICY_GEN: u32 = 1;
 
+/// The port's entry in IFACE_V2 as the programs read it, under `policy_gen`.
+pub(super) fn iface_info<K: NiDriver>(kind: &K, ni: &NiPlan, p: &PortPlan, policy_gen: u32) -> IfaceInfo {
+    IfaceInfo {
+        app_num: p.app_num,
+        policy_gen,
+        app_ip: p.ip.octets(),
+        gateway: ni.gateway.octets(),
+        eve_ip: kind.eve_ip(ni),
+        flags: kind.port_flags(p) | if p.check_mac { IFACE_FLAG_CHECK_MAC } else { 0 },
+        app_mac: p.mac,
+        _pad: [0; 2],
+    }
+}
+
 /// Ensures one app port. `before`: the same port as applied before (same link), whose
 /// host ACEs tell how to carry the host sets over to a changed ACL.
 #[allow(clippy::too_many_arguments)]
@@ -76,16 +90,7 @@ pub async fn ensure<K: NiDriver>(
         }
         None => FIRST_POLICY_GEN,
     };
-    let mut info = IfaceInfo {
-        app_num: p.app_num,
-        policy_gen,
-        app_ip: p.ip.octets(),
-        gateway: ni.gateway.octets(),
-        eve_ip: kind.eve_ip(ni),
-        flags: kind.port_flags(p) | if p.check_mac { IFACE_FLAG_CHECK_MAC } else { 0 },
-        app_mac: p.mac,
-        _pad: [0; 2],
-    };
+    let mut info = iface_info(kind, ni, p, policy_gen);
     // An address the port learned from DHCP stays the app's while its MAC does.
     if let Some((old, _)) = &published {
         let learned = IFACE_FLAG_IP_LEARN | IFACE_FLAG_IP_KNOWN;
