@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod plan;
+pub mod pool;
 pub mod reconcile;
 pub mod services;
 pub mod source;

@@ -1,5 +1,5 @@
-//! Turns a validated config into the concrete kernel objects to create: names, addresses,
-//! map entries. Pure: computing a plan touches nothing, so a bad config changes nothing.
+//! Turns a config (the typed model, validated and with its defaults filled in) into the
+//! concrete kernel objects to create: names, addresses, map entries. Pure: computing a plan touches nothing, so a bad config changes nothing.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
@@ -11,7 +11,7 @@ use netns_ebpf_common::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Action, App, Config, Interface, Network, NetworkKind, VpnBackend, VpnSection};
+use crate::config::{Ace, Action, App, Config, Interface, Network, NetworkKind, Vpn, VpnBackend};
 
 /// The /24 that the agent<->NI veth /30s are carved from.
 pub const VETH_NET: Ipv4Addr = Ipv4Addr::new(169, 254, 100, 0);
@@ -205,8 +205,9 @@ impl PortPlan {
 }
 
 impl Plan {
-    pub fn uplink(&self, name: &str) -> &UplinkPlan {
-        self.uplinks.iter().find(|u| u.name == name).expect("validated: NI names an existing uplink")
+    /// The uplink `name` (an NI's `uplink` always names one: the config checked it).
+    pub fn uplink(&self, name: &str) -> anyhow::Result<&UplinkPlan> {
+        self.uplinks.iter().find(|u| u.name == name).ok_or_else(|| anyhow::anyhow!("the plan has no uplink {name:?}"))
     }
 
     /// `netns-agent validate`: what the plan would create, a line per NI and app port.
@@ -240,129 +241,95 @@ pub fn veth_addresses(n: u32) -> (Ipv4Addr, Ipv4Addr) {
 }
 
 pub fn build(config: &Config) -> Plan {
-    let mut nis: Vec<NiPlan> = config.networks.iter().enumerate().map(|(pos, n)| ni_plan(pos, n)).collect();
-    // Configured addresses first, so that allocated ones never collide with them.
-    let mut taken: std::collections::HashSet<(String, Ipv4Addr)> = config
-        .apps
-        .iter()
-        .flat_map(|a| a.interfaces.iter())
-        .filter_map(|i| i.ip.as_ref().map(|ip| (i.network.get_ref().clone(), *ip.get_ref())))
-        .collect();
-    for (pos, app) in config.apps.iter().enumerate() {
-        let app_num = app.num.as_ref().map(|n| *n.get_ref()).unwrap_or(pos as u32 + 1);
-        for (k, iface) in app.interfaces.iter().enumerate() {
-            let ni = nis.iter_mut().find(|n| n.name == *iface.network.get_ref()).expect("validated: interface names an existing network");
-            let ip = match &iface.ip {
-                Some(ip) => *ip.get_ref(),
-                None => {
-                    let ip = pool(ni.subnet, ni.gateway, ni.dhcp_range)
-                        .find(|ip| !taken.contains(&(ni.name.clone(), *ip)))
-                        .expect("validated: the pool has room");
-                    taken.insert((ni.name.clone(), ip));
-                    ip
-                }
-            };
-            let port = port_plan(app, app_num, k, iface, ni, ip);
-            ni.portmaps.extend(portmap_plans(app_num, iface, ip));
-            ni.ports.push(port);
-        }
-    }
     let uplinks = config
         .uplinks
         .iter()
         .enumerate()
-        .map(|(i, u)| UplinkPlan { name: u.name.get_ref().clone(), table: UPLINK_TABLE_BASE + i as u32, dns: u.dns.clone() })
+        .map(|(i, u)| UplinkPlan { name: u.name.clone(), table: UPLINK_TABLE_BASE + i as u32, dns: u.dns.clone() })
         .collect();
+    let agent = &config.agent;
     Plan {
-        pin_dir: config.agent.pin_dir.clone(),
-        state_dir: config.agent.state_dir.clone(),
-        nat_ports: config.agent.nat_ports,
-        dns_host_grace: std::time::Duration::from_secs(config.agent.dns_host_grace_secs),
-        flow_log: config.agent.flow_log.clone(),
-        flow_log_max_bytes: *config.agent.flow_log_max_bytes.get_ref(),
-        flow_interim: std::time::Duration::from_secs(*config.agent.flow_interim_secs.get_ref()),
-        metrics: config.agent.metrics,
+        pin_dir: agent.pin_dir.clone(),
+        state_dir: agent.state_dir.clone(),
+        nat_ports: agent.nat_ports,
+        dns_host_grace: agent.dns_host_grace,
+        flow_log: agent.flow_log.clone(),
+        flow_log_max_bytes: agent.flow_log_max_bytes,
+        flow_interim: agent.flow_interim,
+        metrics: agent.metrics,
         uplinks,
-        nis,
+        nis: config.networks.iter().map(|n| ni_plan(n, &config.apps)).collect(),
     }
 }
 
-/// Network `n` (the `pos`-th): its index, names and addresses; ports and port maps follow.
-fn ni_plan(pos: usize, n: &Network) -> NiPlan {
-    let index = n.index.as_ref().map(|i| *i.get_ref()).unwrap_or(pos as u32 + 1);
-    let (agent_ip, ni_ip) = veth_addresses(index);
-    NiPlan {
-        name: n.name.get_ref().clone(),
-        kind: *n.kind.get_ref(),
-        index,
-        subnet: *n.subnet.get_ref(),
-        gateway: *n.gateway.get_ref(),
-        agent_veth: format!("veth{index}"),
+/// Network `n`: its names and addresses, and the ports and port maps of the apps'
+/// interfaces on it (in the order of the apps, then of their interfaces).
+fn ni_plan(n: &Network, apps: &[App]) -> NiPlan {
+    let (agent_ip, ni_ip) = veth_addresses(n.index);
+    let mut ni = NiPlan {
+        name: n.name.clone(),
+        kind: n.kind,
+        index: n.index,
+        subnet: n.subnet,
+        gateway: n.gateway,
+        agent_veth: format!("veth{}", n.index),
         agent_ip,
-        ni_veth: format!("veth{index}.1"),
+        ni_veth: format!("veth{}.1", n.index),
         ni_ip,
-        uplink: n.uplink.as_ref().map(|u| u.get_ref().clone()),
-        dhcp_range: n.dhcp_range.as_ref().map(|r| (r.get_ref()[0], r.get_ref()[1])),
+        uplink: n.uplink.clone(),
+        dhcp_range: n.dhcp_range,
         ports: Vec::new(),
         portmaps: Vec::new(),
-        vpn: n.vpn.as_ref().map(|v| vpn_plan(v.get_ref(), *n.subnet.get_ref(), ni_ip)),
+        vpn: n.vpn.as_ref().map(|v| vpn_plan(v, n.subnet, ni_ip)),
+    };
+    for app in apps {
+        for (k, iface) in app.interfaces.iter().enumerate().filter(|(_, i)| i.network == n.name) {
+            ni.portmaps.extend(portmap_plans(app.num, iface));
+            ni.ports.push(port_plan(app, k, iface, ni.is_switch()));
+        }
     }
+    ni
 }
 
 /// A VPN NI's tunnel: the NI veth's address is the local end; ids and the local selector
 /// default to the addresses and the NI's subnet.
-fn vpn_plan(v: &VpnSection, subnet: Ipv4Net, ni_ip: Ipv4Addr) -> VpnPlan {
-    let remote = *v.remote.as_ref().expect("validated: vpn.remote").get_ref();
+fn vpn_plan(v: &Vpn, subnet: Ipv4Net, ni_ip: Ipv4Addr) -> VpnPlan {
     VpnPlan {
         local_addr: ni_ip,
-        remote,
-        local_id: v.local_id.as_ref().map(|i| i.get_ref().clone()).unwrap_or_else(|| ni_ip.to_string()),
-        remote_id: v.remote_id.as_ref().map(|i| i.get_ref().clone()).unwrap_or_else(|| remote.to_string()),
-        psk: v.psk.as_ref().expect("validated: vpn.psk").get_ref().clone(),
-        local_ts: v.local_ts.as_ref().map(|t| t.get_ref().clone()).unwrap_or_else(|| vec![subnet.trunc()]),
-        remote_ts: v.remote_ts.as_ref().expect("validated: vpn.remote_ts").get_ref().clone(),
-        ike_proposals: v.ike_proposals.get_ref().clone(),
-        esp_proposals: v.esp_proposals.get_ref().clone(),
+        remote: v.remote,
+        local_id: v.local_id.clone().unwrap_or_else(|| ni_ip.to_string()),
+        remote_id: v.remote_id.clone().unwrap_or_else(|| v.remote.to_string()),
+        psk: v.psk.clone(),
+        local_ts: v.local_ts.clone().unwrap_or_else(|| vec![subnet.trunc()]),
+        remote_ts: v.remote_ts.clone(),
+        ike_proposals: v.ike_proposals.clone(),
+        esp_proposals: v.esp_proposals.clone(),
         backend: v.backend,
     }
 }
 
-/// The `k`-th interface of `app` (number `app_num`) on `ni`, with address `ip`.
-fn port_plan(app: &App, app_num: u32, k: usize, iface: &Interface, ni: &NiPlan, ip: Ipv4Addr) -> PortPlan {
-    let mac = iface.mac.as_ref().and_then(|m| crate::config::parse_mac(m.get_ref())).unwrap_or([
-        0x02,
-        0x16,
-        0x3e,
-        ni.index as u8,
-        app_num as u8,
-        k as u8 + 1,
-    ]);
-    let tap = iface.tap.as_ref().map(|t| t.get_ref().clone());
-    let bridge_port = tap.clone().unwrap_or_else(|| format!("nbu{}x{}", k + 1, app_num));
+/// The `k`-th interface of `app`, on a switch NI or not.
+fn port_plan(app: &App, k: usize, iface: &Interface, switch: bool) -> PortPlan {
+    let bridge_port = iface.tap.clone().unwrap_or_else(|| format!("nbu{}x{}", k + 1, app.num));
     PortPlan {
-        app: app.name.get_ref().clone(),
-        app_num,
-        app_netns: app.netns.as_ref().map(|n| n.get_ref().clone()).unwrap_or_default(),
-        tap,
+        app: app.name.clone(),
+        app_num: app.num,
+        app_netns: app.netns.clone().unwrap_or_default(),
+        tap: iface.tap.clone(),
         app_ifname: format!("{bridge_port}.1"),
         bridge_port,
-        ip,
-        mac,
+        ip: iface.ip,
+        mac: iface.mac,
         // A switch NI's apps take their address from the DHCP server behind the
         // uplink; `ip` then names the lease expected from it (for eidsets).
-        check_mac: iface.tap.is_none() || iface.mac.is_some(),
-        dhcp: iface.dhcp || ni.is_switch(),
-        ip_configured: iface.ip.is_some(),
-        default_route: k == 0 && !(iface.dhcp || ni.is_switch()) && iface.tap.is_none(),
+        check_mac: iface.tap.is_none() || iface.mac_configured,
+        dhcp: iface.dhcp || switch,
+        ip_configured: iface.ip_configured,
+        default_route: k == 0 && !(iface.dhcp || switch) && iface.tap.is_none(),
         acl: acl_table(&iface.acl),
-        hosts: iface
-            .acl
-            .iter()
-            .enumerate()
-            .filter_map(|(i, ace)| ace.matches.host.as_ref().map(|h| (i, h.get_ref().trim_end_matches('.').to_ascii_lowercase())))
-            .collect(),
+        hosts: iface.acl.iter().enumerate().filter_map(|(i, ace)| Some((i, ace.matches.host.clone()?))).collect(),
         user_data: app.user_data.clone(),
-        ace_names: iface.acl.iter().filter_map(|ace| Some((*ace.id.get_ref(), ace.name.clone()?))).collect(),
+        ace_names: iface.acl.iter().filter_map(|ace| Some((ace.id, ace.name.clone()?))).collect(),
         limits: iface
             .acl
             .iter()
@@ -375,30 +342,22 @@ fn port_plan(app: &App, app_num: u32, k: usize, iface: &Interface, ni: &NiPlan, 
     }
 }
 
-/// The port-map ACEs of an interface (address `ip`) as its NI's port maps.
-fn portmap_plans(app_num: u32, iface: &Interface, ip: Ipv4Addr) -> impl Iterator<Item = PortmapPlan> + '_ {
-    iface.acl.iter().filter_map(move |ace| match (ace.action, &ace.matches.lport) {
-        (Action::Portmap(target), Some(lport)) => Some(PortmapPlan {
-            proto: ace.matches.protocol.as_ref().map(|p| p.get_ref().0).unwrap_or(0),
-            lport: *lport.get_ref(),
-            app_ip: ip,
+/// The port-map ACEs of an interface as its NI's port maps.
+fn portmap_plans(app_num: u32, iface: &Interface) -> impl Iterator<Item = PortmapPlan> + '_ {
+    iface.acl.iter().filter_map(move |ace| match ace.action {
+        Action::Portmap { lport, target } => Some(PortmapPlan {
+            proto: ace.matches.protocol.unwrap_or(0),
+            lport,
+            app_ip: iface.ip,
             target,
-            mark: mark::compose(app_num, *ace.id.get_ref(), true, false),
+            mark: mark::compose(app_num, ace.id, true, false),
         }),
         _ => None,
     })
 }
 
-/// Addresses the agent may hand an app on a network: the DHCP range, or else every host
-/// address of the subnet but the gateway.
-pub fn pool(subnet: Ipv4Net, gateway: Ipv4Addr, range: Option<(Ipv4Addr, Ipv4Addr)>) -> impl Iterator<Item = Ipv4Addr> {
-    let (first, last) =
-        range.unwrap_or((Ipv4Addr::from(u32::from(subnet.network()) + 1), Ipv4Addr::from(u32::from(subnet.broadcast()) - 1)));
-    (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from).filter(move |ip| *ip != gateway)
-}
-
 /// The ACL as the programs read it, in config order.
-pub fn acl_table(aces: &[crate::config::Ace]) -> AclTable {
+pub fn acl_table(aces: &[Ace]) -> AclTable {
     let mut table = AclTable::default();
     for (slot, ace) in table.aces.iter_mut().zip(aces) {
         let m = &ace.matches;
@@ -408,13 +367,13 @@ pub fn acl_table(aces: &[crate::config::Ace]) -> AclTable {
             slot.prefix = ip.network().octets();
             slot.prefix_len = ip.prefix_len();
         }
-        if let Some(p) = &m.protocol {
+        if let Some(p) = m.protocol {
             matches |= acl::MATCH_PROTO;
-            slot.proto = p.get_ref().0;
+            slot.proto = p;
         }
-        if let Some(port) = &m.fport {
+        if let Some(port) = m.fport {
             matches |= acl::MATCH_FPORT;
-            slot.fport = *port.get_ref();
+            slot.fport = port;
         }
         if m.eidset {
             matches |= acl::MATCH_EIDSET;
@@ -422,12 +381,12 @@ pub fn acl_table(aces: &[crate::config::Ace]) -> AclTable {
         if m.host.is_some() {
             matches |= acl::MATCH_HOST;
         }
-        slot.id = *ace.id.get_ref();
+        slot.id = ace.id;
         slot.matches = matches;
         slot.action = match ace.action {
             Action::Accept => acl::ACTION_ACCEPT,
             Action::Drop => acl::ACTION_DROP,
-            Action::Portmap(_) => acl::ACTION_PORTMAP,
+            Action::Portmap { .. } => acl::ACTION_PORTMAP,
             Action::Limit { .. } => acl::ACTION_LIMIT,
         };
     }

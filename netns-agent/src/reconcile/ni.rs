@@ -89,7 +89,7 @@ impl NiDriver for LocalNi {
         programs(ap, ni)?;
         if let Some(uplink_name) = ni.routed_uplink() {
             let addr = *ap.uplinks.get(uplink_name).with_context(|| format!("uplink {uplink_name} was not read"))?;
-            let table = plan.uplink(uplink_name).table;
+            let table = plan.uplink(uplink_name)?.table;
             // NI side: NI subnet -> NI veth address; port maps toward the apps.
             let ni_veth_index = nl.link_index(&ni.ni_veth).await?.context("NI veth vanished")?;
             let nat_ports = plan.nat_ports;

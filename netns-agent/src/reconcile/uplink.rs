@@ -201,7 +201,7 @@ pub async fn refresh(ap: &mut Applier, plan: &Plan) -> Result<()> {
         maps.remove_portmaps(|k, _| k.domain == DOMAIN_AGENT && k.addr == old_ip);
         maps.remove_device_addr(old_ip);
         maps.add_device_addr(new.ip.octets())?;
-        let table = plan.uplink(&name).table;
+        let table = plan.uplink(&name)?.table;
         ap.agent.flush_table(table).await?;
         apply_uplink_table(&ap.agent, table, &new).await?;
         for ni in plan.nis.iter().filter(|n| n.routed_uplink() == Some(name.as_str())) {

@@ -176,7 +176,7 @@ async fn dns_config(plan: &Plan, ni: &NiPlan, ns: &Netns) -> Result<dns::NiDnsCo
     let upstreams = match &ni.uplink {
         None => Vec::new(),
         Some(u) => {
-            let configured = &plan.uplink(u).dns;
+            let configured = &plan.uplink(u)?.dns;
             if configured.is_empty() {
                 dns::system_resolvers()
             } else {
