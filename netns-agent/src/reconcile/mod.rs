@@ -23,7 +23,7 @@ mod port;
 mod uplink;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     time::{Instant, SystemTime},
 };
@@ -233,73 +233,13 @@ impl Applier {
         let mut out = ApplyOutcome::default();
         let mut errors = Vec::new();
 
-        // NIs that leave, or change what only a rebuild changes, go first: their names,
-        // indexes and veths free up for what comes.
-        let recorded: Vec<NiRecord> = self.record.nis.values().cloned().collect();
-        for rec in &recorded {
-            let wanted = plan.nis.iter().find(|n| n.name == rec.plan.name);
-            if wanted.is_some_and(|n| n.same_shape(&rec.plan)) {
-                continue;
-            }
-            let verb = if wanted.is_some() { "rebuilding" } else { "removing" };
-            info!("{verb} network instance {}", rec.plan.name);
-            out.report.changes.push(format!("{verb} network {}", rec.plan.name));
-            errors.extend(self.remove_ni(&rec.plan).await.into_iter().map(|e| format!("removing {}: {e:#}", rec.plan.name)));
-            self.record.nis.remove(&rec.plan.name);
-            self.save()?;
-        }
-
-        // Then what leaves the NIs that stay (ports, port maps), all before anything is
-        // made: a port that goes may carry its app's default route, which the app's
-        // first port (maybe in another NI) then takes.
-        for ni in &plan.nis {
-            let Some(rec) = self.record.nis.get(&ni.name).map(|r| r.plan.clone()) else { continue };
-            port::remove_leaving(self, &rec, ni, &mut out).await;
-            if let Err(e) = ni::flush_changed_portmaps(self, &rec, ni, &mut out) {
-                errors.push(format!("{}: port maps: {e:#}", ni.name));
-            }
-            self.save()?;
-        }
-
+        self.remove_reshaped_nis(plan, &mut out, &mut errors).await?;
+        self.remove_leaving_parts(plan, &mut out, &mut errors).await?;
         let agent_level = uplink::ensure_agent_level(self, plan).await;
         if let Err(e) = &agent_level {
             errors.push(format!("the agent netns' NAT and routing: {e:#}"));
         }
-        let total = plan.nis.len();
-        for (i, ni) in plan.nis.iter().enumerate() {
-            if agent_level.is_err() && ni.routed_uplink().is_some() {
-                self.fail_ni(ni, "the agent netns' NAT and routing failed (see the apply's errors)".into())?;
-                continue;
-            }
-            let fresh = !self.record.nis.contains_key(&ni.name);
-            info!("[{}/{total}] network instance {} (zone {}, {} app ports)", i + 1, ni.name, ni.zone(), ni.ports.len());
-            let result = match ni.kind {
-                NetworkKind::Local => self.ensure_ni(&LocalNi, plan, ni, &mut out).await,
-                NetworkKind::Switch => self.ensure_ni(&SwitchNi, plan, ni, &mut out).await,
-                NetworkKind::Vpn => self.ensure_ni(&VpnNi, plan, ni, &mut out).await,
-            };
-            if fresh {
-                out.rebuilt.insert(ni.name.clone());
-            }
-            match result {
-                Ok(port_errors) => {
-                    let rec = self.record.nis.get_mut(&ni.name).expect("recorded as pending");
-                    rec.state = if port_errors.is_empty() { ItemState::Applied } else { ItemState::Failed };
-                    rec.error = None;
-                    for (port, e) in &port_errors {
-                        errors.push(format!("{} port {port}: {e}", ni.name));
-                    }
-                    rec.port_errors = port_errors;
-                    self.save()?;
-                }
-                Err(e) => {
-                    let e = format!("{e:#}");
-                    warn!("network instance {}: {e}", ni.name);
-                    errors.push(format!("{}: {e}", ni.name));
-                    self.fail_ni(ni, e)?;
-                }
-            }
-        }
+        self.ensure_nis(plan, agent_level.is_ok(), &mut out, &mut errors).await?;
         // Each NI's share of the flow maps follows the number of NIs.
         if let Some(maps) = self.maps.as_mut() {
             let zones: Vec<u32> = plan.nis.iter().map(|n| n.zone()).collect();
@@ -329,6 +269,83 @@ impl Applier {
         Ok(out)
     }
 
+    /// NIs that leave, or change what only a rebuild changes, go first: their names,
+    /// indexes and veths free up for what comes.
+    async fn remove_reshaped_nis(&mut self, plan: &Plan, out: &mut ApplyOutcome, errors: &mut Vec<String>) -> Result<()> {
+        let recorded: Vec<NiRecord> = self.record.nis.values().cloned().collect();
+        for rec in &recorded {
+            let wanted = plan.nis.iter().find(|n| n.name == rec.plan.name);
+            if wanted.is_some_and(|n| n.same_shape(&rec.plan)) {
+                continue;
+            }
+            let verb = if wanted.is_some() { "rebuilding" } else { "removing" };
+            info!("{verb} network instance {}", rec.plan.name);
+            out.report.changes.push(format!("{verb} network {}", rec.plan.name));
+            errors.extend(self.remove_ni(&rec.plan).await.into_iter().map(|e| format!("removing {}: {e:#}", rec.plan.name)));
+            self.record.nis.remove(&rec.plan.name);
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Then what leaves the NIs that stay (ports, port maps), all before anything is
+    /// made: a port that goes may carry its app's default route, which the app's first
+    /// port (maybe in another NI) then takes.
+    async fn remove_leaving_parts(&mut self, plan: &Plan, out: &mut ApplyOutcome, errors: &mut Vec<String>) -> Result<()> {
+        for ni in &plan.nis {
+            let Some(rec) = self.record.nis.get(&ni.name).map(|r| r.plan.clone()) else { continue };
+            port::remove_leaving(self, &rec, ni, out).await;
+            if let Err(e) = ni::flush_changed_portmaps(self, &rec, ni, out) {
+                errors.push(format!("{}: port maps: {e:#}", ni.name));
+            }
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Every NI of the plan made to match it, each through its kind's type; an NI that
+    /// fails is recorded as failed and the others go on. Routed NIs wait for the agent
+    /// netns' NAT and routing (`agent_level_ok`).
+    async fn ensure_nis(&mut self, plan: &Plan, agent_level_ok: bool, out: &mut ApplyOutcome, errors: &mut Vec<String>) -> Result<()> {
+        let total = plan.nis.len();
+        for (i, ni) in plan.nis.iter().enumerate() {
+            if !agent_level_ok && ni.routed_uplink().is_some() {
+                self.fail_ni(ni, "the agent netns' NAT and routing failed (see the apply's errors)".into())?;
+                continue;
+            }
+            let fresh = !self.record.nis.contains_key(&ni.name);
+            info!("[{}/{total}] network instance {} (zone {}, {} app ports)", i + 1, ni.name, ni.zone(), ni.ports.len());
+            let result = match ni.kind {
+                NetworkKind::Local => self.ensure_ni(&LocalNi, plan, ni, out).await,
+                NetworkKind::Switch => self.ensure_ni(&SwitchNi, plan, ni, out).await,
+                NetworkKind::Vpn => self.ensure_ni(&VpnNi, plan, ni, out).await,
+            };
+            if fresh {
+                out.rebuilt.insert(ni.name.clone());
+            }
+            match result.and_then(|port_errors| self.record_ni_applied(ni, port_errors)) {
+                Ok(port_errors) => errors.extend(port_errors.iter().map(|(port, e)| format!("{} port {port}: {e}", ni.name))),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    warn!("network instance {}: {e}", ni.name);
+                    errors.push(format!("{}: {e}", ni.name));
+                    self.fail_ni(ni, e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records NI `ni` as applied, or as failed when some of its ports failed (returned).
+    fn record_ni_applied(&mut self, ni: &NiPlan, port_errors: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+        let rec = self.record.nis.get_mut(&ni.name).with_context(|| format!("{} is not on record after its apply", ni.name))?;
+        rec.state = if port_errors.is_empty() { ItemState::Applied } else { ItemState::Failed };
+        rec.error = None;
+        rec.port_errors = port_errors.clone();
+        self.save()?;
+        Ok(port_errors)
+    }
+
     fn fail_ni(&mut self, ni: &NiPlan, error: String) -> Result<()> {
         let rec = self.record.nis.entry(ni.name.clone()).or_insert_with(|| NiRecord {
             plan: ni.clone(),
@@ -350,7 +367,7 @@ impl Applier {
         plan: &Plan,
         ni: &NiPlan,
         out: &mut ApplyOutcome,
-    ) -> Result<std::collections::BTreeMap<String, String>> {
+    ) -> Result<BTreeMap<String, String>> {
         let previous = self.record.nis.get(&ni.name).map(|r| r.plan.clone());
         self.record.nis.insert(
             ni.name.clone(),
@@ -358,7 +375,7 @@ impl Applier {
         );
         self.save()?;
         let (ns, nl) = kind.ensure(self, plan, ni).await?;
-        let mut port_errors = std::collections::BTreeMap::new();
+        let mut port_errors = BTreeMap::new();
         for p in &ni.ports {
             let before = previous.as_ref().and_then(|r| r.port(&p.bridge_port)).filter(|r| r.same_link(p));
             if let Err(e) = port::ensure(self, kind, ni, p, before, &ns, &nl, out).await {

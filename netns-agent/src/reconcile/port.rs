@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{programs, Applier, ApplyOutcome, NiDriver};
 use crate::{
-    datapath,
+    datapath::{self, Maps},
     netlink::Netlink,
     netns::{self, Netns},
     plan::{NiPlan, PortPlan, BRIDGE},
@@ -52,35 +52,60 @@ pub async fn ensure<K: NiDriver>(
     out: &mut ApplyOutcome,
 ) -> Result<()> {
     let fresh = nl.link_index(&p.bridge_port).await?.is_none();
-    let app = match (&p.tap, fresh) {
-        (Some(tap), true) => {
-            ap.agent.move_to_netns(tap, ns).await.with_context(|| format!("taking tap {tap} of app {:?}", p.app))?;
-            None
-        }
-        (Some(_), false) => None,
-        (None, _) => {
-            let app_ns =
-                Netns::open(&netns::resolve(&p.app_netns)).with_context(|| format!("app {:?}: opening netns {}", p.app, p.app_netns))?;
-            let app = Netlink::open(&app_ns)?;
-            if fresh {
-                // An app end without its bridge end is a leftover of ours (preflight
-                // checked that nothing else is there).
-                app.delete_link(&p.app_ifname).await?;
-                nl.create_veth(&p.bridge_port, &p.app_ifname).await?;
-                nl.move_to_netns(&p.app_ifname, &app_ns).await?;
-            }
-            Some(app)
-        }
-    };
+    let app = ensure_link(ap, p, ns, nl, fresh).await?;
     if fresh {
         out.report.changes.push(format!("{}: port {} of app {} added", ni.name, p.bridge_port, p.app));
     }
     nl.set_master(&p.bridge_port, BRIDGE).await?;
     let ifindex = nl.link_index(&p.bridge_port).await?.with_context(|| format!("{} vanished after creation", p.bridge_port))?;
-    let key = IfaceKey { zone: ni.zone(), ifindex };
+    // Config first, then the programs that read it.
+    write_maps(ap.maps()?, kind, ni, p, IfaceKey { zone: ni.zone(), ifindex }, before, out)?;
+    programs(ap, ni)?.attach_port(ns, &p.bridge_port, fresh)?;
+    nl.set_up(&p.bridge_port).await?;
 
-    // Config first. The policy generation moves on only when the ACL changed.
-    let maps = ap.maps()?;
+    // A VM configures its own side.
+    let Some(app) = app else {
+        info!("  {} -> app {} (tap of a VM), {} ACEs", p.bridge_port, p.app, p.acl.count);
+        return Ok(());
+    };
+    configure_app_end(&app, ni, p).await?;
+    info!("  {} -> app {} ({} {}), {} ACEs", p.bridge_port, p.app, p.app_ifname, p.ip, p.acl.count);
+    Ok(())
+}
+
+/// The port's link in NI netns `ns` (`fresh`: not there yet): a VM's tap taken from the
+/// agent's netns, or a veth pair whose app end goes into the app's netns (returned, as
+/// a handle there).
+async fn ensure_link(ap: &Applier, p: &PortPlan, ns: &Netns, nl: &Netlink, fresh: bool) -> Result<Option<Netlink>> {
+    if let Some(tap) = &p.tap {
+        if fresh {
+            ap.agent.move_to_netns(tap, ns).await.with_context(|| format!("taking tap {tap} of app {:?}", p.app))?;
+        }
+        return Ok(None);
+    }
+    let app_ns = Netns::open(&netns::resolve(&p.app_netns)).with_context(|| format!("app {:?}: opening netns {}", p.app, p.app_netns))?;
+    let app = Netlink::open(&app_ns)?;
+    if fresh {
+        // An app end without its bridge end is a leftover of ours (preflight checked that
+        // nothing else is there).
+        app.delete_link(&p.app_ifname).await?;
+        nl.create_veth(&p.bridge_port, &p.app_ifname).await?;
+        nl.move_to_netns(&p.app_ifname, &app_ns).await?;
+    }
+    Ok(Some(app))
+}
+
+/// The port's entries in the maps: its config and ACL (the policy generation moves on
+/// only when the ACL changed), counters, eidset entry, limit buckets, host sets.
+fn write_maps<K: NiDriver>(
+    maps: &mut Maps,
+    kind: &K,
+    ni: &NiPlan,
+    p: &PortPlan,
+    key: IfaceKey,
+    before: Option<&PortPlan>,
+    out: &mut ApplyOutcome,
+) -> Result<()> {
     let published = maps.port(key);
     let policy_gen = match &published {
         Some((info, acl)) if *acl == p.acl => info.policy_gen,
@@ -110,7 +135,7 @@ pub async fn ensure<K: NiDriver>(
     maps.set_eid(ni.zone(), p.ip.octets(), p.app_num)?;
     // A bucket keeps its tokens and counters unless its ACE's rate changed.
     for (index, bucket) in &p.limits {
-        let lkey = LimitKey { zone: ni.zone(), ifindex, ace_index: *index as u32 };
+        let lkey = LimitKey { zone: ni.zone(), ifindex: key.ifindex, ace_index: *index as u32 };
         let same = |b: &netns_ebpf_common::limit::Bucket| (b.rate, b.burst, b.unit_ns) == (bucket.rate, bucket.burst, bucket.unit_ns);
         if !maps.limit(lkey).is_some_and(|b| same(&b)) {
             maps.set_limit(lkey, *bucket)?;
@@ -122,17 +147,14 @@ pub async fn ensure<K: NiDriver>(
         // Host ACEs moved: the addresses DNS gave for a domain follow its ACE.
         maps.hosts.remap_port(key, |mask| remap_host_mask(mask, &before.hosts, &p.hosts));
     }
-    programs(ap, ni)?.attach_port(ns, &p.bridge_port, fresh)?;
-    nl.set_up(&p.bridge_port).await?;
+    Ok(())
+}
 
-    // A VM configures its own side.
-    let Some(app) = app else {
-        info!("  {} -> app {} (tap of a VM), {} ACEs", p.bridge_port, p.app, p.acl.count);
-        return Ok(());
-    };
+/// The app's end of a veth port, in the app's netns: MAC, address (unless the app asks
+/// DHCP), up, and the default route through its first interface.
+async fn configure_app_end(app: &Netlink, ni: &NiPlan, p: &PortPlan) -> Result<()> {
     app.set_up("lo").await?;
     app.set_mac(&p.app_ifname, p.mac).await?;
-    // A DHCP app takes address and routes from the NI's DHCP server itself.
     if !p.dhcp {
         app.add_address(&p.app_ifname, p.ip, ni.subnet.prefix_len()).await?;
     }
@@ -141,7 +163,6 @@ pub async fn ensure<K: NiDriver>(
     if p.default_route && !app.default_route_exists().await? {
         app.add_default_route(ni.gateway).await?;
     }
-    info!("  {} -> app {} ({} {}), {} ACEs", p.bridge_port, p.app, p.app_ifname, p.ip, p.acl.count);
     Ok(())
 }
 
