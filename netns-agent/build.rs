@@ -1,61 +1,23 @@
-//! Builds the eBPF object (the `netns-ebpf` crate: nightly, `bpfel-unknown-none`,
-//! build-std, bpf-linker; its own rust-toolchain.toml and .cargo/config.toml say so) and
-//! embeds it, so that a plain `cargo build` or `cargo test` works on a fresh clone of a
-//! machine that has the toolchain (`cargo xtask setup` installs it). It runs when the
-//! eBPF sources or their build settings change; `cargo xtask build-ebpf` runs the same
-//! build. Without the toolchain an object that is already there is used as it is.
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+//! Builds the eBPF programs (the `netns-ebpf` workspace member) for the BPF target with
+//! aya-build, as aya-template does: nightly, build-std, bpf-linker, BTF. The object lands
+//! in OUT_DIR and `datapath` embeds it, so a plain `cargo build` or `cargo test` works on
+//! a fresh clone of a machine that has the toolchain (`cargo xtask setup` installs it).
+//! aya-build reruns this for changes under netns-ebpf/; the crate the programs share with
+//! the agent is listed here.
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let ebpf = manifest.join("../netns-ebpf");
-    for input in [
-        "../netns-ebpf/src",
-        "../netns-ebpf/Cargo.toml",
-        "../netns-ebpf/Cargo.lock",
-        "../netns-ebpf/rust-toolchain.toml",
-        "../netns-ebpf/.cargo/config.toml",
-        "../netns-ebpf-common/src",
-        "../netns-ebpf-common/Cargo.toml",
-        "ebpf_build_env.rs",
-    ] {
+    for input in ["../netns-ebpf-common/src", "../netns-ebpf-common/Cargo.toml"] {
         println!("cargo:rerun-if-changed={input}");
     }
-    // (Not rerun for the object itself: this script writes it, and its new mtime would
-    // make every later build run the script and compile the agent again.)
-    let object = ebpf.join("target/bpfel-unknown-none/release/netns-ebpf");
-    if let Err(e) = build_ebpf(&ebpf) {
-        // A machine without the eBPF toolchain can still build the agent around an
-        // object built elsewhere (`cargo xtask build-ebpf` on a machine that has it).
-        if !object.exists() {
-            panic!("\n\n{e}\n");
-        }
-        println!("cargo:warning=the eBPF object was not rebuilt, using {} as it is: {}", object.display(), e.lines().next().unwrap_or(""));
+    // aya-build hands each line the nested cargo prints to cargo as a warning, which cargo
+    // then repeats on every later build: only its warnings and errors, then.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../netns-ebpf");
+    let package = aya_build::Package { name: "netns-ebpf", root_dir: dir.to_str().expect("a UTF-8 path"), ..Default::default() };
+    if let Err(e) = aya_build::build_ebpf([package], aya_build::Toolchain::Nightly) {
+        panic!(
+            "\n\nbuilding the eBPF programs (netns-ebpf) failed: {e:#}\n\
+             They need nightly with rust-src and bpf-linker: `cargo xtask setup` installs them.\n"
+        );
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("netns-ebpf.o");
-    std::fs::copy(&object, &out).expect("copying the eBPF object");
-}
-
-include!("ebpf_build_env.rs");
-
-/// `cargo build --release` in the eBPF crate; the error says what failed and how to get
-/// the toolchain.
-fn build_ebpf(dir: &Path) -> Result<(), String> {
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(dir).args(["build", "--release"]);
-    for var in HOST_BUILD_ENV {
-        cmd.env_remove(var);
-    }
-    let out = cmd.output().map_err(|e| format!("running cargo for the eBPF object in {}: {e}", dir.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "building the eBPF object in {} failed (the toolchain it needs: `cargo xtask setup`):\n{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
 }

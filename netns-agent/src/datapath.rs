@@ -32,8 +32,8 @@ use tracing::{debug, info};
 
 use crate::netns::{self, Netns};
 
-/// The object built by `cargo xtask build-ebpf`, embedded at compile time (see build.rs).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf.o"));
+/// The eBPF object, built by build.rs (aya-build) and embedded at compile time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.

@@ -26,8 +26,10 @@ use netns_ebpf_common::{
 };
 
 use crate::{
-    budget, count, events, frag, ifindex, rewrite, skb_mark, zone, Skb, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT,
-    PORTMAPS, PORT_STATS,
+    budget, events, frag,
+    maps::{zone, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS, PORT_STATS},
+    rewrite,
+    skb::{count, ifindex, skb_mark, Skb},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use crate::ZONE_USE;
+use crate::maps::ZONE_USE;
 
 /// Takes `n` conntrack (or, `nat`, NAT) entries from `zone`'s share; false: the share is
 /// used up. (The check and the add are two steps: a burst on several CPUs may overshoot

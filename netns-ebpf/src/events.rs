@@ -6,7 +6,7 @@ use netns_ebpf_common::{
     Stat,
 };
 
-use crate::{count, EVENTS};
+use crate::{maps::EVENTS, skb::count};
 
 /// Sends one event; a full ring buffer counts it as lost. The event is written in place
 /// in the ring buffer (reserve, fill, submit): a 112-byte copy on the stack would not fit

@@ -7,7 +7,7 @@ use netns_ebpf_common::{
     Stat,
 };
 
-use crate::{count, FRAGS};
+use crate::{maps::FRAGS, skb::count};
 
 /// Records a first fragment's ports, or gives a later fragment its datagram's; Err: a
 /// later fragment whose first was not seen here (counted; the caller drops it).

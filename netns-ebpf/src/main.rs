@@ -4,142 +4,48 @@
 //! agent's own netns, zone 0); all copies share the pinned maps. Parsing, ACL and NAT
 //! logic live in `netns-ebpf-common` (host-tested); this crate wires them to the kernel:
 //! packet reads and rewrites, map lookups, counters, verdicts.
-#![no_std]
-#![no_main]
+//!
+//! The crate is a member of the host workspace, so that one `Cargo.lock` and plain
+//! `cargo build`/`clippy --workspace` cover it; only the BPF target compiles the programs
+//! (the agent's build.rs builds them with aya-build: nightly, build-std). On the host the
+//! binary is an empty `main`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 // bpfel has no `AtomicU64::fetch_add`; the intrinsic lowers to BPF's atomic add.
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// Map keys and values go to the helpers by reference: by value, each would be copied onto
+// the 512-byte stack first.
+#![cfg_attr(target_arch = "bpf", allow(clippy::needless_borrows_for_generic_args))]
 
+#[cfg(target_arch = "bpf")]
 mod app_port;
+#[cfg(target_arch = "bpf")]
 mod budget;
+#[cfg(target_arch = "bpf")]
 mod events;
+#[cfg(target_arch = "bpf")]
 mod frag;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
 mod nat;
+#[cfg(target_arch = "bpf")]
 mod rewrite;
+#[cfg(target_arch = "bpf")]
+mod skb;
 
-use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    macros::btf_map,
-    programs::TcContext,
-};
-use netns_ebpf_common::{
-    acl::AclTable,
-    ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
-    event::{FlowEvent, EVENTS_BYTES},
-    frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
-    limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
-    nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
-    packet::PacketReader,
-    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, MAX_APP_PORTS, MAX_DEVICE_ADDRS,
-    MAX_ZONES,
-};
-
-/// The translation domain / conntrack zone this copy serves; set by the loader.
-#[unsafe(no_mangle)]
-static ZONE: u32 = 0;
-
-#[inline(always)]
-fn zone() -> u32 {
-    unsafe { core::ptr::read_volatile(&ZONE) }
-}
-
-// BTF map definitions, so `bpftool map dump` prints keys and values field by field. The
-// agent pins every map under its pin directory (names from `map_names`).
-
-#[btf_map(name = "CT_V3")]
-static CT: LruHashMap<CtKey, CtValue, { CT_MAX_ENTRIES as usize }> = LruHashMap::new();
-
-/// Records of dropped flows, for the flow log only: never consulted for a verdict, and
-/// apart from CT so that denied tuples cannot evict live flows.
-#[btf_map(name = "DROP_V1")]
-static DROPS: LruHashMap<CtKey, CtValue, { DROP_MAX_ENTRIES as usize }> = LruHashMap::new();
-
-/// First fragments' ports, for the later fragments of the same datagram.
-#[btf_map(name = "FRAG_V1")]
-static FRAGS: LruHashMap<FragKey, FragValue, { FRAG_MAX_ENTRIES as usize }> = LruHashMap::new();
-
-/// Per app port: packets and bytes passed and dropped each way (the agent's metrics).
-#[btf_map(name = "PORTSTAT_V1")]
-static PORT_STATS: PerCpuHashMap<IfaceKey, PortCounters, { MAX_APP_PORTS as usize }> = PerCpuHashMap::new();
-
-/// Flow events for the agent's flow log.
-#[btf_map(name = "FLOWEV_V1")]
-static EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
-
-/// Each NI's use of CT and NAT against its share.
-#[btf_map(name = "ZONEUSE_V1")]
-static ZONE_USE: Array<ZoneUse, { MAX_ZONES as usize }> = Array::new();
-
-#[btf_map(name = "IFACE_V2")]
-static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = HashMap::new();
-
-#[btf_map(name = "ACL_V1")]
-static ACLS: HashMap<IfaceKey, AclTable, { MAX_APP_PORTS as usize }> = HashMap::new();
-
-#[btf_map(name = "STATS_V4")]
-static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
-
-#[btf_map(name = "NAT_V1")]
-static NAT: LruHashMap<NatKey, NatValue, { NAT_MAX_ENTRIES as usize }> = LruHashMap::new();
-
-/// Interfaces that translate: NI veths, agent-side veths, uplinks.
-#[btf_map(name = "NATIF_V1")]
-static NAT_IFACES: HashMap<IfaceKey, NatIface, { NAT_IFACES_MAX_ENTRIES as usize }> = HashMap::new();
-
-#[btf_map(name = "PORTMAP_V1")]
-static PORTMAPS: HashMap<PortmapKey, PortmapTarget, { PORTMAP_MAX_ENTRIES as usize }> = HashMap::new();
-
-/// Every app address of every NI -> its app number: `eidset` ACEs.
-#[btf_map(name = "EIDSET_V1")]
-static EIDSET: HashMap<EidKey, u32, { MAX_APP_PORTS as usize }> = HashMap::new();
-
-/// Addresses that DNS answers gave an app port, per host ACE: `host` ACEs. Filled by the
-/// agent's DNS proxy before it relays the answer.
-#[btf_map(name = "HOSTSET_V1")]
-static HOSTSET: LruHashMap<HostKey, HostEntry, { HOSTSET_MAX_ENTRIES as usize }> = LruHashMap::new();
-
-/// The device's own addresses outside the veth /24 (its uplinks'): apps' new flows there
-/// are dropped unless a port map listens (EVE's rule).
-#[btf_map(name = "DEVICE_V1")]
-static DEVICE: HashMap<netns_ebpf_common::Ipv4, u32, { MAX_DEVICE_ADDRS as usize }> = HashMap::new();
-
-/// Token buckets of `limit` ACEs.
-#[btf_map(name = "LIMIT_V1")]
-static LIMITS: HashMap<LimitKey, Bucket, { LIMIT_MAX_ENTRIES as usize }> = HashMap::new();
-
-struct Skb<'a>(&'a TcContext);
-
-impl PacketReader for Skb<'_> {
-    #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        self.0.load::<[u8; N]>(offset).ok()
-    }
-}
-
-#[inline(always)]
-fn count(stat: Stat) {
-    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
-        // Per-CPU slot: no other writer.
-        unsafe { *slot += 1 };
-    }
-}
-
-#[inline(always)]
-fn ifindex(ctx: &TcContext) -> u32 {
-    unsafe { (*ctx.skb.skb).ifindex }
-}
-
-#[inline(always)]
-fn skb_mark(ctx: &TcContext) -> u32 {
-    unsafe { (*ctx.skb.skb).mark }
-}
-
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+#[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// The host build of the crate (`cargo clippy --workspace`): no programs.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

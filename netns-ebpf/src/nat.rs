@@ -18,7 +18,12 @@ use netns_ebpf_common::{
     IfaceKey, Stat, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::{budget, count, frag, ifindex, rewrite, zone, Skb, NAT, NAT_IFACES, PORTMAPS};
+use crate::{
+    budget, frag,
+    maps::{zone, NAT, NAT_IFACES, PORTMAPS},
+    rewrite,
+    skb::{count, ifindex, Skb},
+};
 
 /// Linear probes per new source translation: a whole small range, or enough to find a
 /// free port in a large one.

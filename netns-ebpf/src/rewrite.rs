@@ -15,6 +15,8 @@ const IP_SRC: usize = ETH_HLEN + 12;
 const IP_DST: usize = ETH_HLEN + 16;
 
 /// Applies `v` (new source or destination address and port) to the packet and to `flow`.
+// The ICMP arm keeps the shape of the TCP/UDP one (a port that changes is rewritten).
+#[allow(clippy::collapsible_match)]
 #[inline(always)]
 pub fn apply(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Result<(), ()> {
     let src = v.rewrite == REWRITE_SRC;

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test [--vm] | demo | bench`.
+//! Developer tasks: `cargo xtask setup | lint | test [--vm] | demo | bench`.
 
 mod bench;
 mod demo;
@@ -23,8 +23,6 @@ struct Cli {
 enum Task {
     /// Install what builds and tests need (idempotent; fast when all is present).
     Setup,
-    /// Build the eBPF object (release, with BTF).
-    BuildEbpf,
     /// Setup, build, then run every unit and integration test.
     Test {
         /// Then also boot Debian's stock kernel (6.1: real ESP, no TCX) in QEMU and run
@@ -55,9 +53,9 @@ enum Task {
         #[arg(long)]
         scale_only: bool,
     },
-    /// `cargo fmt --check` (the host crates and the eBPF crate) and `cargo clippy
-    /// --workspace --all-targets -D warnings` (after building the eBPF object the agent
-    /// embeds). CI runs it before the tests.
+    /// `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`, and
+    /// clippy on the eBPF programs for the BPF target (nightly). CI runs it before the
+    /// tests.
     Lint,
 }
 
@@ -95,18 +93,15 @@ fn main() {
 fn dispatch(task: Task) -> Result<()> {
     match task {
         Task::Setup => setup(),
-        Task::BuildEbpf => build_ebpf(),
         Task::Test { vm, vm_only, args } => test(vm || vm_only, !vm_only, &args),
         Task::Demo { keep, eve } => {
             setup()?;
-            build_ebpf()?;
             build_agent()?;
             demo::run(&workspace_root().join("target/debug/netns-agent"), keep, eve)
         }
         Task::Lint => lint(),
         Task::Bench { scale_only } => {
             setup()?;
-            build_ebpf()?;
             // Optimised, as a device runs it: the agent's CPU and apply times are figures.
             step("build: netns-agent (release)");
             run(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "netns-agent"]))?;
@@ -239,40 +234,27 @@ fn install_bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", &prefix))
 }
 
-fn build_ebpf() -> Result<()> {
-    step("build-ebpf: netns-ebpf (bpfel-unknown-none, release, BTF)");
-    let dir = workspace_root().join("netns-ebpf");
-    // The eBPF crate's own .cargo/config.toml and rust-toolchain.toml pick nightly,
-    // the target, build-std and the linker flags.
-    // Without the host build's toolchain, compiler, flags and target dir (the agent's
-    // build.rs runs the same build, with the same list).
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(&dir).args(["build", "--release"]);
-    for var in HOST_BUILD_ENV {
-        cmd.env_remove(var);
-    }
-    run(&mut cmd)?;
-    let object = dir.join("target/bpfel-unknown-none/release/netns-ebpf");
-    let size = std::fs::metadata(&object).with_context(|| format!("{} not built", object.display()))?.len();
-    eprintln!("    {} ({} bytes)", object.display(), size);
-    Ok(())
-}
-
-include!("../../netns-agent/ebpf_build_env.rs");
-
 fn lint() -> Result<()> {
     step("lint: cargo fmt --check");
     run(Command::new("cargo").current_dir(workspace_root()).args(["fmt", "--all", "--check"]))?;
-    // The eBPF crate is outside the workspace; the stable rustfmt reads it as it is.
-    run(Command::new("rustfmt").current_dir(workspace_root()).args(["+stable", "--check", "--edition", "2021", "netns-ebpf/src/main.rs"]))?;
     setup()?;
-    build_ebpf()?;
     step("lint: cargo clippy --workspace --all-targets -D warnings");
-    run(Command::new("cargo").current_dir(workspace_root()).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    run(Command::new("cargo").current_dir(workspace_root()).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // On the host the eBPF crate is an empty main: its programs are linted for their
+    // own target, with the toolchain that builds them (its own target dir, so that the
+    // host build's stays as it is).
+    step("lint: cargo +nightly clippy -p netns-ebpf (bpfel-unknown-none) -D warnings");
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .args(["+nightly", "clippy", "-p", "netns-ebpf", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"]))
 }
 
+/// The agent, with the eBPF programs its build.rs builds and embeds.
 fn build_agent() -> Result<()> {
-    step("build: netns-agent");
+    step("build: netns-agent (and the eBPF programs it embeds)");
     run(Command::new("cargo").current_dir(workspace_root()).args(["build", "-p", "netns-agent"]))
 }
 
@@ -282,15 +264,16 @@ fn test(vm: bool, host: bool, args: &[String]) -> Result<()> {
         step("setup: QEMU and Debian's stock kernel for --vm");
         apt_install(vm::VM_PACKAGES)?;
     }
-    build_ebpf()?;
     build_agent()?;
     let agent = workspace_root().join("target/debug/netns-agent");
     if host {
-        step("test: unit and integration tests (integration tests need root, one at a time)");
+        step("test: unit tests (plain `cargo test`: the workspace's default members)");
+        run(Command::new("cargo").current_dir(workspace_root()).arg("test").arg("--").args(args))?;
+        step("test: integration tests (netns-tests: root, namespaces, one at a time)");
         run(Command::new("cargo")
             .current_dir(workspace_root())
             .env("NETNS_AGENT_BIN", &agent)
-            .args(["test", "--workspace", "--", "--test-threads=1"])
+            .args(["test", "-p", "netns-tests", "--", "--test-threads=1"])
             .args(args))?;
     }
     if vm {

@@ -1,0 +1,90 @@
+//! The maps every program shares (pinned by the agent under its pin directory, names
+//! from `map_names`), and `ZONE`, the constant that tells each loaded copy its NI.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    macros::btf_map,
+};
+use netns_ebpf_common::{
+    acl::AclTable,
+    ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
+    event::{FlowEvent, EVENTS_BYTES},
+    frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
+    limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
+    nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, MAX_APP_PORTS, MAX_DEVICE_ADDRS,
+    MAX_ZONES,
+};
+
+/// The translation domain / conntrack zone this copy serves; set by the loader.
+#[unsafe(no_mangle)]
+static ZONE: u32 = 0;
+
+#[inline(always)]
+pub fn zone() -> u32 {
+    unsafe { core::ptr::read_volatile(&ZONE) }
+}
+
+// BTF map definitions, so `bpftool map dump` prints keys and values field by field. The
+// agent pins every map under its pin directory (names from `map_names`).
+
+#[btf_map(name = "CT_V3")]
+pub static CT: LruHashMap<CtKey, CtValue, { CT_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// Records of dropped flows, for the flow log only: never consulted for a verdict, and
+/// apart from CT so that denied tuples cannot evict live flows.
+#[btf_map(name = "DROP_V1")]
+pub static DROPS: LruHashMap<CtKey, CtValue, { DROP_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// First fragments' ports, for the later fragments of the same datagram.
+#[btf_map(name = "FRAG_V1")]
+pub static FRAGS: LruHashMap<FragKey, FragValue, { FRAG_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// Per app port: packets and bytes passed and dropped each way (the agent's metrics).
+#[btf_map(name = "PORTSTAT_V1")]
+pub static PORT_STATS: PerCpuHashMap<IfaceKey, PortCounters, { MAX_APP_PORTS as usize }> = PerCpuHashMap::new();
+
+/// Flow events for the agent's flow log.
+#[btf_map(name = "FLOWEV_V1")]
+pub static EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Each NI's use of CT and NAT against its share.
+#[btf_map(name = "ZONEUSE_V1")]
+pub static ZONE_USE: Array<ZoneUse, { MAX_ZONES as usize }> = Array::new();
+
+#[btf_map(name = "IFACE_V2")]
+pub static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = HashMap::new();
+
+#[btf_map(name = "ACL_V1")]
+pub static ACLS: HashMap<IfaceKey, AclTable, { MAX_APP_PORTS as usize }> = HashMap::new();
+
+#[btf_map(name = "STATS_V4")]
+pub static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "NAT_V1")]
+pub static NAT: LruHashMap<NatKey, NatValue, { NAT_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// Interfaces that translate: NI veths, agent-side veths, uplinks.
+#[btf_map(name = "NATIF_V1")]
+pub static NAT_IFACES: HashMap<IfaceKey, NatIface, { NAT_IFACES_MAX_ENTRIES as usize }> = HashMap::new();
+
+#[btf_map(name = "PORTMAP_V1")]
+pub static PORTMAPS: HashMap<PortmapKey, PortmapTarget, { PORTMAP_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Every app address of every NI -> its app number: `eidset` ACEs.
+#[btf_map(name = "EIDSET_V1")]
+pub static EIDSET: HashMap<EidKey, u32, { MAX_APP_PORTS as usize }> = HashMap::new();
+
+/// Addresses that DNS answers gave an app port, per host ACE: `host` ACEs. Filled by the
+/// agent's DNS proxy before it relays the answer.
+#[btf_map(name = "HOSTSET_V1")]
+pub static HOSTSET: LruHashMap<HostKey, HostEntry, { HOSTSET_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// The device's own addresses outside the veth /24 (its uplinks'): apps' new flows there
+/// are dropped unless a port map listens (EVE's rule).
+#[btf_map(name = "DEVICE_V1")]
+pub static DEVICE: HashMap<netns_ebpf_common::Ipv4, u32, { MAX_DEVICE_ADDRS as usize }> = HashMap::new();
+
+/// Token buckets of `limit` ACEs.
+#[btf_map(name = "LIMIT_V1")]
+pub static LIMITS: HashMap<LimitKey, Bucket, { LIMIT_MAX_ENTRIES as usize }> = HashMap::new();
