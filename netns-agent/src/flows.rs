@@ -11,7 +11,7 @@ use netns_ebpf_common::{
     nat::{NatKey, NatValue, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_SRC},
     PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{self, Maps},
@@ -21,12 +21,12 @@ use crate::{
 
 /// `netns-agent flows --json`: the flow table, the NAT pairs, the `limit` buckets (as
 /// `status` names them) and the data path's counters by name.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct FlowsReport {
     pub flows: Vec<FlowRecord>,
     pub nat: Vec<NatRecord>,
     pub limits: Vec<LimitStatus>,
-    pub counters: std::collections::BTreeMap<&'static str, u64>,
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 impl FlowsReport {
@@ -38,12 +38,12 @@ impl FlowsReport {
             flows: records(&maps.flows(), &nat, state, now),
             nat: nat_records(&nat, now),
             limits: status::limits(state, &maps.limits()).await?,
-            counters: maps.stats().iter().map(|(s, n)| (s.name(), *n)).collect(),
+            counters: maps.stats().iter().map(|(s, n)| (s.name().to_string(), *n)).collect(),
         })
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct FlowRecord {
     pub ni: String,
     pub zone: u32,
@@ -58,8 +58,9 @@ pub struct FlowRecord {
     pub mark: String,
     pub ace_id: u32,
     pub user_ace: bool,
-    pub verdict: &'static str,
-    pub tcp_state: &'static str,
+    pub verdict: Verdict,
+    /// TCP's state ("ESTABLISHED", ...); "-" for other protocols.
+    pub tcp_state: String,
     pub packets_orig: u64,
     pub packets_reply: u64,
     pub bytes_orig: u64,
@@ -70,8 +71,16 @@ pub struct FlowRecord {
     pub translated: Vec<String>,
 }
 
+/// The conntrack entry's verdict on the flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Drop,
+}
+
 /// One NAT entry, for `flows --json`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct NatRecord {
     pub domain: u32,
     pub proto: String,
@@ -79,11 +88,19 @@ pub struct NatRecord {
     pub sport: u16,
     pub dst: String,
     pub dport: u16,
-    /// "src" or "dst", and what it becomes.
-    pub rewrite: &'static str,
+    /// The address and port rewritten, and what they become.
+    pub rewrite: Rewrite,
     pub to: String,
     pub original_direction: bool,
     pub idle_secs: f64,
+}
+
+/// Which end a NAT entry rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rewrite {
+    Src,
+    Dst,
 }
 
 pub fn nat_records(nat: &[(NatKey, NatValue)], now_ns: u64) -> Vec<NatRecord> {
@@ -95,7 +112,7 @@ pub fn nat_records(nat: &[(NatKey, NatValue)], now_ns: u64) -> Vec<NatRecord> {
             sport: k.sport,
             dst: Ipv4Addr::from(k.dst).to_string(),
             dport: k.dport,
-            rewrite: if v.rewrite == REWRITE_SRC { "src" } else { "dst" },
+            rewrite: if v.rewrite == REWRITE_SRC { Rewrite::Src } else { Rewrite::Dst },
             to: format!("{}:{}", Ipv4Addr::from(v.addr), v.port),
             original_direction: v.flags & NAT_FLAG_ORIG != 0,
             idle_secs: secs(now_ns.saturating_sub(v.last_seen_ns)),
@@ -180,8 +197,8 @@ pub fn records(entries: &[(CtKey, CtValue)], nat: &[(NatKey, NatValue)], state: 
                 mark: format!("{:#010x}", v.mark),
                 ace_id: m.ace_id,
                 user_ace: m.user_ace,
-                verdict: if v.verdict == VERDICT_DROP { "drop" } else { "allow" },
-                tcp_state: if k.proto == PROTO_TCP { ct::tcp_state_name(v.tcp_state) } else { "-" },
+                verdict: if v.verdict == VERDICT_DROP { Verdict::Drop } else { Verdict::Allow },
+                tcp_state: if k.proto == PROTO_TCP { ct::tcp_state_name(v.tcp_state) } else { "-" }.to_string(),
                 packets_orig: v.packets[DIR_ORIG],
                 packets_reply: v.packets[DIR_REPLY],
                 bytes_orig: v.bytes[DIR_ORIG],
@@ -228,7 +245,7 @@ pub fn print_table(records: &[FlowRecord]) {
             format!("{}:{}", r.src, r.sport),
             format!("{}:{}", r.dst, r.dport),
             r.mark,
-            r.verdict,
+            status::lower(&r.verdict),
             r.tcp_state,
             format!("{}/{}", r.packets_orig, r.packets_reply),
             format!("{}/{}", r.bytes_orig, r.bytes_reply),
@@ -266,9 +283,87 @@ mod tests {
         let r = &records(&[(key, val)], &[], &state, 3_500_000_000)[0];
         assert_eq!((r.ni.as_str(), r.app.as_str()), ("ni2", "app1"));
         assert_eq!((r.src.as_str(), r.sport, r.dst.as_str(), r.dport), ("10.0.0.9", 40000, "10.0.0.3", 80));
-        assert_eq!((r.mark.as_str(), r.ace_id, r.verdict), ("0x01bfffff", 0x3fffff, "drop"));
+        assert_eq!((r.mark.as_str(), r.ace_id, r.verdict), ("0x01bfffff", 0x3fffff, Verdict::Drop));
         assert_eq!((r.age_secs, r.idle_secs), (2.5, 1.5));
         assert!(r.translated.is_empty());
+    }
+
+    /// The tests and xtask read `flows --json`, `status --json` and the flow log back
+    /// into these types: what the agent prints must parse as what it printed.
+    #[test]
+    fn reports_read_back() {
+        let key = CtKey { zone: 1, addr_a: [10, 0, 0, 3], addr_b: [10, 0, 0, 9], port_a: 80, port_b: 4000, proto: PROTO_TCP, _pad: [0; 3] };
+        let nat = [(
+            NatKey { domain: 0, src: [10, 0, 0, 3], dst: [10, 0, 0, 9], sport: 80, dport: 4000, proto: PROTO_TCP, _pad: [0; 3] },
+            NatValue { addr: [192, 168, 0, 2], port: 8080, rewrite: REWRITE_SRC, ..NatValue::default() },
+        )];
+        let limit = LimitStatus {
+            network: "ni1".into(),
+            app: "app1".into(),
+            port: "nbu1x1".into(),
+            ace_id: 5,
+            rate: 10,
+            unit: status::LimitUnit::Minute,
+            burst: 20,
+            passed: 7,
+            dropped: 3,
+        };
+        let report = FlowsReport {
+            flows: records(&[(key, CtValue::default())], &nat, &AppliedState::default(), 0),
+            nat: nat_records(&nat, 0),
+            limits: vec![limit],
+            counters: [("ct_new".to_string(), 4)].into_iter().collect(),
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            (&json["flows"][0]["verdict"], &json["nat"][0]["rewrite"], &json["limits"][0]["unit"]),
+            (&"allow".into(), &"src".into(), &"m".into())
+        );
+        let back: FlowsReport = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+
+        let status = status::StatusReport {
+            agent: status::AgentStatus { pid: None, config: None, eve_config: None, applies: 2 },
+            last_apply: Some(crate::state::ApplyReport::default()),
+            networks: vec![status::NetworkStatus {
+                name: "ni4".into(),
+                kind: crate::config::NetworkKind::Vpn,
+                state: crate::state::ItemState::Applied,
+                present: true,
+                error: None,
+                ports: vec![status::PortStatus {
+                    port: "nbu4x1".into(),
+                    app: "app1".into(),
+                    state: crate::state::ItemState::Failed,
+                    error: Some("no tap".into()),
+                }],
+                tunnel: Some(crate::services::vpn::TunnelStatus {
+                    state: crate::services::vpn::TunnelState::Connecting,
+                    supervision: Some(crate::services::vpn::Supervision { pid: Some(9), ..Default::default() }),
+                    ike_state: Some("CONNECTING".into()),
+                    local: None,
+                    remote: None,
+                    child_state: None,
+                    encap: None,
+                    bytes_in: 1,
+                    packets_in: 2,
+                    bytes_out: 3,
+                    packets_out: 4,
+                    local_ts: vec!["10.10.10.0/24".into()],
+                    remote_ts: Vec::new(),
+                }),
+            }],
+            limits: Vec::new(),
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert!(json["agent"].get("eve_config").is_none());
+        let back: status::StatusReport = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+
+        let line = r#"{"kind":"dns","time":1.5,"ni":"ni1","app":"app1","name":"app2","qtype":"A","answers":["10.10.1.3"],"rcode":"NoError","source":"local"}"#;
+        let Ok(crate::flowlog::LogRecord::Dns(dns)) = serde_json::from_str(line) else { panic!("not a DNS record: {line}") };
+        assert_eq!(dns.request.rcode, crate::services::dns::Rcode::NoError);
+        assert_eq!(serde_json::to_string(&crate::flowlog::LogRecord::Dns(dns)).unwrap(), line);
     }
 
     #[test]

@@ -210,7 +210,7 @@ fn dns_families(src: &Sources) -> Vec<Family> {
         "DNS requests the NIs' proxies handled, by NI, answer code and where the answer came from.",
     );
     for (k, n) in src.dns.query_counts() {
-        dns.add_u64(&[("ni", &k.ni), ("rcode", &k.rcode), ("source", k.source.as_str())], n);
+        dns.add_u64(&[("ni", &k.ni), ("rcode", &k.rcode.to_string()), ("source", k.source.as_str())], n);
     }
     out.push(dns);
     let mut dns_lost = Family::new("netns_agent_dns_records_lost_total", Kind::Counter, "DNS requests that the flow log had no room for.");

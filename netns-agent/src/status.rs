@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use netns_ebpf_common::limit::{Bucket, LimitKey, UNIT_MINUTE_NS, UNIT_SECOND_NS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     state::{AppliedState, ApplyReport, ItemState},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct StatusReport {
     pub agent: AgentStatus,
     pub last_apply: Option<ApplyReport>,
@@ -26,19 +26,19 @@ pub struct StatusReport {
     pub limits: Vec<LimitStatus>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct AgentStatus {
     /// The pid of the agent that follows the record, if it runs.
     pub pid: Option<u32>,
     pub config: Option<PathBuf>,
     /// The EdgeDevConfig last applied (file and `id.version`), if the last apply was of one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eve_config: Option<crate::state::EveConfigRecord>,
     /// Applies this agent finished since it started.
     pub applies: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct NetworkStatus {
     pub name: String,
     pub kind: NetworkKind,
@@ -50,7 +50,7 @@ pub struct NetworkStatus {
     pub tunnel: Option<TunnelStatus>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct PortStatus {
     pub port: String,
     pub app: String,
@@ -59,17 +59,28 @@ pub struct PortStatus {
 }
 
 /// One `limit` ACE's bucket, named.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LimitStatus {
     pub network: String,
     pub app: String,
     pub port: String,
     pub ace_id: u32,
     pub rate: u64,
-    pub unit: &'static str,
+    pub unit: LimitUnit,
     pub burst: u64,
     pub passed: u64,
     pub dropped: u64,
+}
+
+/// A `limit` ACE's time unit, spelled as in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitUnit {
+    #[serde(rename = "s")]
+    Second,
+    #[serde(rename = "m")]
+    Minute,
+    #[serde(rename = "h")]
+    Hour,
 }
 
 /// Whether `pid` is a live netns-agent process.
@@ -157,9 +168,9 @@ async fn ni_limits(ni: &NiPlan, buckets: &[(LimitKey, Bucket)], out: &mut Vec<Li
                     ace_id: port.acl.aces[*index].id,
                     rate: b.rate,
                     unit: match b.unit_ns {
-                        UNIT_SECOND_NS => "s",
-                        UNIT_MINUTE_NS => "m",
-                        _ => "h",
+                        UNIT_SECOND_NS => LimitUnit::Second,
+                        UNIT_MINUTE_NS => LimitUnit::Minute,
+                        _ => LimitUnit::Hour,
                     },
                     burst: b.burst,
                     passed: b.passed,
@@ -171,7 +182,8 @@ async fn ni_limits(ni: &NiPlan, buckets: &[(LimitKey, Bucket)], out: &mut Vec<Li
     Ok(())
 }
 
-fn lower<T: Serialize>(v: &T) -> String {
+/// A unit enum as its JSON spells it ("applied", "s", ...).
+pub(crate) fn lower<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
@@ -225,7 +237,7 @@ pub fn print_table(r: &StatusReport) {
                 l.app,
                 l.port,
                 l.ace_id,
-                format!("{}/{}", l.rate, l.unit),
+                format!("{}/{}", l.rate, lower(&l.unit)),
                 l.burst,
                 l.passed,
                 l.dropped

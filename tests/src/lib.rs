@@ -13,7 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use netns_agent::{
+    flows::{FlowRecord, FlowsReport},
+    services::dns::DnsLogEntry,
+    state::AppliedState,
+    status::{NetworkStatus, StatusReport},
+};
 
 pub mod frame;
 
@@ -217,15 +222,15 @@ impl Scenario {
     }
 
     /// `netns-agent status --json`, parsed.
-    pub fn status_json(&self) -> Value {
+    pub fn status(&self) -> StatusReport {
         let out = self.agent_cmd(&["status", "--json", "--config", self.config_path.to_str().unwrap()]);
         assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+        serde_json::from_slice(&out.stdout).expect("status --json is a StatusReport")
     }
 
-    /// The status of network `ni` (a real name).
-    pub fn network_status(&self, ni: &str) -> Value {
-        self.status_json()["networks"].as_array().unwrap().iter().find(|n| n["name"] == ni).cloned().unwrap_or(Value::Null)
+    /// The status of network `ni` (a real name), if it is on record.
+    pub fn network_status(&self, ni: &str) -> Option<NetworkStatus> {
+        self.status().networks.into_iter().find(|n| n.name == ni)
     }
 
     /// Waits until a TCP server listens on ip:port in `ns`.
@@ -316,8 +321,8 @@ impl Scenario {
         let deadline = Instant::now() + limit;
         // Applied: the record names this agent and counts its first apply.
         let applied = || {
-            let record: Option<Value> = std::fs::read(self.state_dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            record.is_some_and(|r| r["agent_pid"] == pid && r["applies"].as_u64() >= Some(1))
+            let record = AppliedState::try_read(&self.state_dir).ok().flatten();
+            record.is_some_and(|r| r.agent_pid == pid && r.applies >= 1)
         };
         while !applied() {
             if let Some(status) = self.agent.as_mut().unwrap().try_wait().unwrap() {
@@ -438,18 +443,24 @@ impl Scenario {
     }
 
     /// `netns-agent flows --json`, parsed.
-    pub fn flows_json(&self) -> Value {
+    pub fn flows_report(&self) -> FlowsReport {
         let out = self.agent_cmd(&["flows", "--json", "--config", self.config_path.to_str().unwrap()]);
         assert!(out.status.success(), "flows failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("flows --json is JSON")
+        serde_json::from_slice(&out.stdout).expect("flows --json is a FlowsReport")
     }
 
-    pub fn flows(&self) -> Vec<Value> {
-        self.flows_json()["flows"].as_array().cloned().unwrap_or_default()
+    pub fn flows(&self) -> Vec<FlowRecord> {
+        self.flows_report().flows
     }
 
     pub fn counter(&self, name: &str) -> u64 {
-        self.flows_json()["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+        *self.flows_report().counters.get(name).unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// `netns-agent dns-log --json`, parsed.
+    pub fn dns_log(&self) -> Vec<DnsLogEntry> {
+        let out = self.agent_cmd(&["dns-log", "--json", "--config", self.config_path.to_str().unwrap()]);
+        serde_json::from_slice(&out.stdout).expect("dns-log --json is a list of DnsLogEntry")
     }
 
     /// `netns-agent down` for this scenario's config.

@@ -1,6 +1,7 @@
 //! The data path in real namespaces: ACL verdicts, conntrack marks and counters,
 //! overlapping NIs, EVE-initiated flows, bad packets, clean removal.
 
+use netns_agent::flows::{FlowRecord, Verdict};
 use netns_tests::{EchoResult, Scenario};
 use serde_json::Value;
 
@@ -54,8 +55,8 @@ fn scenario() -> Scenario {
     s
 }
 
-fn flow<'a>(flows: &'a [Value], src: &str, dst: &str, dport: u64) -> Option<&'a Value> {
-    flows.iter().find(|f| f["src"] == src && f["dst"] == dst && f["dport"] == dport)
+fn flow<'a>(flows: &'a [FlowRecord], src: &str, dst: &str, dport: u16) -> Option<&'a FlowRecord> {
+    flows.iter().find(|f| f.src == src && f.dst == dst && f.dport == dport)
 }
 
 #[test]
@@ -68,18 +69,18 @@ fn allowed_tcp_carries_data_both_ways_and_counts_it() {
 
     let flows = s.flows();
     let f = flow(&flows, "10.10.1.2", "10.10.1.3", 80).expect("the flow is recorded");
-    assert_eq!(f["mark"], "0x01400001", "app 1, user ACE 1, allowed: {f}");
-    assert_eq!(f["verdict"], "allow");
-    assert_eq!(f["ni"], s.ni("ni1"));
+    assert_eq!(f.mark, "0x01400001", "app 1, user ACE 1, allowed: {f:?}");
+    assert_eq!(f.verdict, Verdict::Allow);
+    assert_eq!(f.ni, s.ni("ni1"));
     // IP bytes: payload plus headers, counted once although the packets cross two app ports.
-    let (orig, reply) = (f["bytes_orig"].as_u64().unwrap(), f["bytes_reply"].as_u64().unwrap());
+    let (orig, reply) = (f.bytes_orig, f.bytes_reply);
     assert!(orig >= sent as u64 && orig < sent as u64 * 2, "orig bytes {orig}");
     assert!(reply >= sent as u64 && reply < sent as u64 * 2, "reply bytes {reply}");
 
     // Counters grow with more data on a new connection of the same app pair.
-    let before: u64 = flows.iter().filter(|f| f["src"] == "10.10.1.2").map(|f| f["bytes_orig"].as_u64().unwrap()).sum();
+    let before: u64 = flows.iter().filter(|f| f.src == "10.10.1.2").map(|f| f.bytes_orig).sum();
     assert_eq!(s.echo(&app1, "10.10.1.3", 80, 50_000, None), EchoResult::Echoed(50_000));
-    let after: u64 = s.flows().iter().filter(|f| f["src"] == "10.10.1.2").map(|f| f["bytes_orig"].as_u64().unwrap()).sum();
+    let after: u64 = s.flows().iter().filter(|f| f.src == "10.10.1.2").map(|f| f.bytes_orig).sum();
     assert!(after >= before + 50_000, "bytes grew from {before} to {after}");
 }
 
@@ -92,16 +93,16 @@ fn blocked_port_times_out_and_leaves_a_drop_flow() {
     assert_eq!(s.echo(&app1, "10.10.1.3", 22, 10, None), EchoResult::TimedOut);
     let flows = s.flows();
     let f = flow(&flows, "10.10.1.2", "10.10.1.3", 22).expect("a dropped flow is recorded too");
-    assert_eq!(f["mark"], "0x01bfffff", "app 1, drop bit, default-drop ACE: {f}");
-    assert_eq!(f["verdict"], "drop");
-    assert_eq!(f["tcp_state"], "SYN_SENT");
-    assert!(f["packets_orig"].as_u64().unwrap() >= 1);
-    assert_eq!(f["packets_reply"], 0);
+    assert_eq!(f.mark, "0x01bfffff", "app 1, drop bit, default-drop ACE: {f:?}");
+    assert_eq!(f.verdict, Verdict::Drop);
+    assert_eq!(f.tcp_state, "SYN_SENT");
+    assert!(f.packets_orig >= 1);
+    assert_eq!(f.packets_reply, 0);
     // app2 may start a connection to app1 on any TCP port (its own ACE 5).
     s.echo_server(&app1, "10.10.1.2", 22);
     assert_eq!(s.echo(&app2, "10.10.1.2", 22, 1000, None), EchoResult::Echoed(1000));
     let flows = s.flows();
-    assert_eq!(flow(&flows, "10.10.1.3", "10.10.1.2", 22).unwrap()["mark"], "0x02400005");
+    assert_eq!(flow(&flows, "10.10.1.3", "10.10.1.2", 22).unwrap().mark, "0x02400005");
 }
 
 /// 64 ACEs, the most an interface holds: 63 drop ACEs for single ports, then an accept
@@ -130,11 +131,11 @@ fn a_full_acl_is_walked_to_its_last_ace() {
     assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1000, None), EchoResult::Echoed(1000));
     assert_eq!(s.echo(&app1, "10.10.1.3", 1063, 10, None), EchoResult::TimedOut);
     let flows = s.flows();
-    assert_eq!(flow(&flows, "10.10.1.2", "10.10.1.3", 80).unwrap()["mark"], "0x01400040", "ACE 64 (index 63) accepted it");
-    assert_eq!(flow(&flows, "10.10.1.2", "10.10.1.3", 1063).unwrap()["mark"], "0x01c0003f", "ACE 63 dropped it");
+    assert_eq!(flow(&flows, "10.10.1.2", "10.10.1.3", 80).unwrap().mark, "0x01400040", "ACE 64 (index 63) accepted it");
+    assert_eq!(flow(&flows, "10.10.1.2", "10.10.1.3", 1063).unwrap().mark, "0x01c0003f", "ACE 63 dropped it");
     // The first ACE decides too (the walk stops there, not at a later match).
     assert_eq!(s.echo(&app1, "10.10.1.3", 1001, 10, None), EchoResult::TimedOut);
-    assert_eq!(flow(&s.flows(), "10.10.1.2", "10.10.1.3", 1001).unwrap()["mark"], "0x01c00001");
+    assert_eq!(flow(&s.flows(), "10.10.1.2", "10.10.1.3", 1001).unwrap().mark, "0x01c00001");
 }
 
 #[test]
@@ -146,8 +147,8 @@ fn drop_ace_marks_the_flow_with_user_ace_and_drop_bits() {
     assert!(out.status.success());
     let flows = s.flows();
     let f = flow(&flows, "10.10.1.2", "10.10.1.3", 5353).expect("udp flow recorded");
-    assert_eq!(f["mark"], "0x01c00002", "drop bit + user ACE bit + ACE 2: {f}");
-    assert_eq!(f["proto"], "udp");
+    assert_eq!(f.mark, "0x01c00002", "drop bit + user ACE bit + ACE 2: {f:?}");
+    assert_eq!(f.proto, "udp");
     assert!(s.counter("drop_acl") >= 1);
 }
 
@@ -163,15 +164,15 @@ fn two_nis_with_the_same_subnet_work_at_once() {
     assert_eq!(s.echo(&zedbox, "10.10.1.2", 80, 3000, Some("veth1")), EchoResult::Echoed(3000));
     assert_eq!(s.echo(&zedbox, "10.10.1.2", 80, 4000, Some("veth2")), EchoResult::Echoed(4000));
     let flows = s.flows();
-    let in_ni = |ni: &str| flows.iter().find(|f| f["ni"] == ni && f["dst"] == "10.10.1.2" && f["dport"] == 80).cloned();
+    let in_ni = |ni: &str| flows.iter().find(|f| f.ni == ni && f.dst == "10.10.1.2" && f.dport == 80);
     let f1 = in_ni(s.ni("ni1")).expect("flow in ni1");
     let f2 = in_ni(s.ni("ni2")).expect("flow in ni2");
-    assert_eq!(f1["mark"], "0x0100000a", "EVE-initiated into app1: {f1}");
-    assert_eq!(f2["mark"], "0x0300000a", "EVE-initiated into app3: {f2}");
-    assert_eq!(f1["src"], "169.254.100.1");
-    assert_eq!(f2["src"], "169.254.100.5");
+    assert_eq!(f1.mark, "0x0100000a", "EVE-initiated into app1: {f1:?}");
+    assert_eq!(f2.mark, "0x0300000a", "EVE-initiated into app3: {f2:?}");
+    assert_eq!(f1.src, "169.254.100.1");
+    assert_eq!(f2.src, "169.254.100.5");
     // Each app really answered its own connection: byte counts differ as sent.
-    assert!(f1["bytes_orig"].as_u64().unwrap() < f2["bytes_orig"].as_u64().unwrap());
+    assert!(f1.bytes_orig < f2.bytes_orig);
     // app3 (ni2) cannot see app2's address, which exists only in ni1.
     assert_eq!(s.echo(&app3, "10.10.1.3", 80, 10, None), EchoResult::TimedOut);
 }
@@ -186,10 +187,9 @@ fn the_gateway_answers_app_names_through_the_implicit_dns_rule() {
     // ni2 knows nothing of ni1's apps, and has no upstream: no address.
     assert_eq!(s.dns_a(s.app("app3"), "10.10.1.1", "app2").as_deref(), Some(&[][..]));
     let flows = s.flows();
-    assert_eq!(flows.iter().find(|f| f["src"] == "10.10.1.3" && f["dport"] == 53).unwrap()["mark"], "0x02000007");
-    let log = s.agent_cmd(&["dns-log", "--json", "--config", s.config_path.to_str().unwrap()]);
-    let log: Value = serde_json::from_slice(&log.stdout).unwrap();
-    assert!(log.as_array().unwrap().iter().any(|e| e["app"] == "app2" && e["name"] == "app1" && e["answers"][0] == "10.10.1.2"), "{log:#}");
+    assert_eq!(flows.iter().find(|f| f.src == "10.10.1.3" && f.dport == 53).unwrap().mark, "0x02000007");
+    let log = s.dns_log();
+    assert!(log.iter().any(|e| e.app == "app2" && e.name == "app1" && e.answers.first().is_some_and(|a| a == "10.10.1.2")), "{log:#?}");
 }
 
 /// app1 and app2 of the seed's NI2: tcp/80 toward the other apps of the NI only.
@@ -233,7 +233,7 @@ fn eidset_allows_the_other_apps_of_the_ni_on_the_listed_port_only() {
     s.echo_server(&ni, "192.168.1.1", 80);
     assert_eq!(s.echo(&app1, "192.168.1.1", 81, 10, None), EchoResult::TimedOut);
     let flows = s.flows();
-    assert!(flows.iter().any(|f| f["dst"] == "192.168.1.10" && f["dport"] == 80 && f["mark"] == "0x01400001"));
+    assert!(flows.iter().any(|f| f.dst == "192.168.1.10" && f.dport == 80 && f.mark == "0x01400001"));
 }
 
 #[test]
@@ -455,10 +455,10 @@ fn limit_action_passes_the_burst_then_the_rate() {
     // 15 from the bucket + 5/s during the burst itself, then the 10 tokens of 2 s.
     let expected = 15 + (5.0 * took).floor() as u64 + 10;
     assert!(got >= 25 && got <= expected + 1, "received {got}, expected about {expected} (burst took {took:.3} s)");
-    let limits = s.flows_json()["limits"].clone();
+    let limits = s.flows_report().limits;
     let l = &limits[0];
-    assert_eq!(l["passed"].as_u64().unwrap() + l["dropped"].as_u64().unwrap(), 50, "every packet charged once: {limits}");
-    assert!(l["dropped"].as_u64().unwrap() >= 24, "{limits}");
+    assert_eq!(l.passed + l.dropped, 50, "every packet charged once: {limits:?}");
+    assert!(l.dropped >= 24, "{limits:?}");
     assert!(s.counter("drop_limit") >= 24);
 }
 
@@ -552,6 +552,6 @@ fn a_vm_tap_is_bridged_under_its_acl() {
     assert_eq!(r["echo"], true, "ICMP to the gateway is allowed by the VM's ACE 1: {r}");
     assert_eq!(r["synack"], false, "TCP to app1 is not in the VM's ACL: {r}");
     let flows = s.flows();
-    assert!(flows.iter().any(|f| f["src"] == "10.10.1.5" && f["dst"] == "10.10.1.2" && f["mark"] == "0x03bfffff"), "{flows:#?}");
-    assert!(flows.iter().any(|f| f["src"] == "10.10.1.5" && f["proto"] == "icmp" && f["mark"] == "0x03400001"));
+    assert!(flows.iter().any(|f| f.src == "10.10.1.5" && f.dst == "10.10.1.2" && f.mark == "0x03bfffff"), "{flows:#?}");
+    assert!(flows.iter().any(|f| f.src == "10.10.1.5" && f.proto == "icmp" && f.mark == "0x03400001"));
 }

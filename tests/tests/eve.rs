@@ -239,14 +239,7 @@ fn edge_config(version: &str, ni: &str, apps: &[(&str, &str, Value)]) -> String 
 
 /// The ports of `status --json`, by app.
 fn ports(s: &Scenario) -> Vec<(String, String)> {
-    let status = s.status_json();
-    status["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|n| n["ports"].as_array().cloned().unwrap_or_default())
-        .map(|p| (p["app"].as_str().unwrap_or("?").to_string(), p["port"].as_str().unwrap_or("?").to_string()))
-        .collect()
+    s.status().networks.into_iter().flat_map(|n| n.ports).map(|p| (p.app, p.port)).collect()
 }
 
 /// `run --eve-config` applies an EdgeDevConfig (its userData served); a new version (an
@@ -277,8 +270,8 @@ fn an_edge_dev_config_runs_and_follows_its_versions() {
     let v1 = edge_config("1", &ni, &[("app1", app1, json!([to_inet(7000)])), ("app2", app2, json!([]))]);
     let json = dir.write("config.json", &v1);
     s.start_agent_with(&["--eve-config", &json, "--bindings", &bindings]);
-    let status = s.status_json();
-    assert_eq!(status["agent"]["eve_config"]["version"], "1", "{status}");
+    let status = s.status();
+    assert_eq!(status.agent.eve_config.as_ref().map(|e| e.version.as_str()), Some("1"), "{status:?}");
     let before = ports(&s);
     println!("version 1: ports {before:?}");
     assert!(before.contains(&("app1".into(), "nbu1x1".into())) && before.contains(&("app2".into(), "nbu1x2".into())));
@@ -295,7 +288,7 @@ fn an_edge_dev_config_runs_and_follows_its_versions() {
     assert!(out.status.success(), "apply: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let after = ports(&s);
     println!("version 2: ports {after:?}");
-    assert_eq!(s.status_json()["agent"]["eve_config"]["version"], "2");
+    assert_eq!(s.status().agent.eve_config.map(|e| e.version).as_deref(), Some("2"));
     assert!(after.contains(&("app1".into(), "nbu1x1".into())), "app1 keeps its number though it moved in apps[]");
     assert!(!after.iter().any(|(a, _)| a == "app2"), "app2 is gone");
     assert!(after.iter().any(|(a, _)| a == "app3"));
@@ -313,6 +306,6 @@ fn an_edge_dev_config_runs_and_follows_its_versions() {
     let out = s.agent_cmd(&["apply", "--eve-config", &json, "--bindings", &bindings]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("networkInstances[0].instType 9"), "{stderr}");
-    assert_eq!(s.status_json()["agent"]["eve_config"]["version"], "2");
+    assert_eq!(s.status().agent.eve_config.map(|e| e.version).as_deref(), Some("2"));
     assert_eq!(ports(&s), after);
 }

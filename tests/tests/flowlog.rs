@@ -5,6 +5,10 @@
 
 use std::time::Duration;
 
+use netns_agent::{
+    flowlog::{Action, DnsRecord, EndReason, FlowLogRecord, LogRecord, RecordKind},
+    services::dns::Rcode,
+};
 use netns_tests::{load_size, scaled, wait_until, Background, Scenario, INET_IP};
 use serde_json::Value;
 
@@ -56,18 +60,26 @@ fn scenario(agent_keys: &[&str]) -> (Scenario, std::path::PathBuf) {
 }
 
 /// Every record in the log and its rotated files.
-fn records(log: &std::path::Path) -> Vec<Value> {
+fn records(log: &std::path::Path) -> Vec<LogRecord> {
     let mut files: Vec<std::path::PathBuf> = (1..=3).rev().map(|i| std::path::PathBuf::from(format!("{}.{i}", log.display()))).collect();
     files.push(log.to_path_buf());
     files
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|text| text.lines().map(|l| serde_json::from_str::<Value>(l).expect("a JSON record per line")).collect::<Vec<_>>())
+        .flat_map(|text| text.lines().map(|l| serde_json::from_str::<LogRecord>(l).expect("a record per line")).collect::<Vec<_>>())
         .collect()
 }
 
-fn count(records: &[Value], kind: &str, dport: u16) -> usize {
-    records.iter().filter(|r| r["kind"] == kind && r["dport"] == dport).count()
+/// The flow records among `records`.
+fn flows(records: &[LogRecord]) -> impl Iterator<Item = &FlowLogRecord> {
+    records.iter().filter_map(|r| match r {
+        LogRecord::Flow(f) => Some(f),
+        LogRecord::Dns(_) => None,
+    })
+}
+
+fn count(records: &[LogRecord], kind: RecordKind, dport: u16) -> usize {
+    flows(records).filter(|r| r.kind == kind && r.dport == dport).count()
 }
 
 /// 500 short TCP connections (100 bytes each way) and 200 denied attempts (a tenth per
@@ -98,33 +110,29 @@ print(ok)
     let out = s.python(s.app("app1"), client, &[INET_IP, &conns.to_string(), &denied.to_string()]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), conns.to_string(), "{}", String::from_utf8_lossy(&out.stderr));
     // The ends come as both sides close; a wait, not a timed check.
-    wait_until(scaled(Duration::from_secs(30)), || count(&records(&log), "end", 7000) >= conns as usize);
+    wait_until(scaled(Duration::from_secs(30)), || count(&records(&log), RecordKind::End, 7000) >= conns as usize);
     let all = records(&log);
-    let ends: Vec<&Value> = all.iter().filter(|r| r["kind"] == "end" && r["dport"] == 7000).collect();
-    let dropped: Vec<&Value> = all.iter().filter(|r| r["kind"] == "dropped" && r["dport"] == 7001).collect();
+    let ends: Vec<&FlowLogRecord> = flows(&all).filter(|r| r.kind == RecordKind::End && r.dport == 7000).collect();
+    let dropped: Vec<&FlowLogRecord> = flows(&all).filter(|r| r.kind == RecordKind::Dropped && r.dport == 7001).collect();
     println!(
         "flow log: {} starts, {} ends, {} dropped (of {conns} connections and {denied} denied attempts); event_lost {}",
-        count(&all, "start", 7000),
+        count(&all, RecordKind::Start, 7000),
         ends.len(),
         dropped.len(),
         s.counter("event_lost")
     );
-    assert_eq!(count(&all, "start", 7000), conns as usize);
+    assert_eq!(count(&all, RecordKind::Start, 7000), conns as usize);
     assert_eq!(ends.len(), conns as usize);
     assert_eq!(dropped.len(), denied as usize);
     for r in &ends {
-        assert_eq!((r["acl_id"].as_u64(), r["action"].as_str(), r["app"].as_str()), (Some(1), Some("accept"), Some("app1")), "{r}");
-        assert_eq!(r["end_reason"], "closed", "{r}");
+        assert_eq!((r.acl_id, r.action, r.app.as_str()), (1, Action::Accept, "app1"), "{r:?}");
+        assert_eq!(r.end_reason, Some(EndReason::Closed), "{r:?}");
         // The payload plus at least the headers of SYN, data and FIN each way.
-        assert!(r["tx_bytes"].as_u64().unwrap() >= 100 + 3 * 40 && r["rx_bytes"].as_u64().unwrap() >= 100 + 3 * 40, "{r}");
-        assert!(r["tx_packets"].as_u64().unwrap() >= 4 && !r["inbound"].as_bool().unwrap(), "{r}");
+        assert!(r.tx_bytes >= 100 + 3 * 40 && r.rx_bytes >= 100 + 3 * 40, "{r:?}");
+        assert!(r.tx_packets >= 4 && !r.inbound, "{r:?}");
     }
     for r in &dropped {
-        assert_eq!(
-            (r["acl_id"].as_u64(), r["action"].as_str(), r["drop_reason"].as_str()),
-            (Some(0x3f_ffff), Some("drop"), Some("drop_acl")),
-            "{r}"
-        );
+        assert_eq!((r.acl_id, r.action, r.drop_reason.as_deref()), (0x3f_ffff, Action::Drop, Some("drop_acl")), "{r:?}");
     }
     assert_eq!(s.counter("event_lost"), 0);
 }
@@ -140,17 +148,17 @@ fn long_flows_get_interim_records_and_one_end() {
     let out = session.finish();
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["error"], Value::Null, "{result}");
-    wait_until(scaled(Duration::from_secs(20)), || count(&records(&log), "end", 7000) >= 1);
+    wait_until(scaled(Duration::from_secs(20)), || count(&records(&log), RecordKind::End, 7000) >= 1);
     let all = records(&log);
-    let interim: Vec<&Value> = all.iter().filter(|r| r["kind"] == "interim" && r["dport"] == 7000).collect();
-    let ends: Vec<&Value> = all.iter().filter(|r| r["kind"] == "end" && r["dport"] == 7000).collect();
+    let interim: Vec<&FlowLogRecord> = flows(&all).filter(|r| r.kind == RecordKind::Interim && r.dport == 7000).collect();
+    let ends: Vec<&FlowLogRecord> = flows(&all).filter(|r| r.kind == RecordKind::End && r.dport == 7000).collect();
     println!("a 35 s flow: {} interim records, {} end; sent {} lines", interim.len(), ends.len(), result["sent"]);
     assert!(interim.len() >= 3, "{interim:?}");
     assert_eq!(ends.len(), 1);
     let mut last = 0;
     for r in interim.iter().chain(ends.iter()) {
-        let tx = r["tx_bytes"].as_u64().unwrap();
-        assert!(tx >= last, "counters only grow: {r}");
+        let tx = r.tx_bytes;
+        assert!(tx >= last, "counters only grow: {r:?}");
         last = tx;
     }
     let lines = result["sent"].as_u64().unwrap();
@@ -176,9 +184,9 @@ for i in range(300):
     d.close()
 "#;
     assert!(s.python(s.app("app1"), flood, &[INET_IP]).status.success());
-    let first: Value = serde_json::from_str(&follow.read_line()).expect("a record from --follow");
-    assert_eq!(first["kind"], "dropped", "{first}");
-    wait_until(scaled(Duration::from_secs(10)), || count(&records(&log), "dropped", 7001) >= 300);
+    let first: LogRecord = serde_json::from_str(&follow.read_line()).expect("a record from --follow");
+    assert!(matches!(&first, LogRecord::Flow(f) if f.kind == RecordKind::Dropped), "{first:?}");
+    wait_until(scaled(Duration::from_secs(10)), || count(&records(&log), RecordKind::Dropped, 7001) >= 300);
     let sizes: Vec<u64> = std::iter::once(log.clone())
         .chain((1..=4).map(|i| std::path::PathBuf::from(format!("{}.{i}", log.display()))))
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
@@ -190,8 +198,8 @@ for i in range(300):
 }
 
 /// A record's tuple as "src:sport -> dst:dport".
-fn tuple(r: &Value) -> String {
-    format!("{}:{} -> {}:{}", r["src"].as_str().unwrap_or("?"), r["sport"], r["dst"].as_str().unwrap_or("?"), r["dport"])
+fn tuple(r: &FlowLogRecord) -> String {
+    format!("{}:{} -> {}:{}", r.src, r.sport, r.dst, r.dport)
 }
 
 /// Records carry the ACE's name, the app's translated end and the DNS name the remote was
@@ -205,31 +213,37 @@ fn records_name_the_ace_the_translation_and_the_dns_name() {
     assert_eq!(s.dns_a(&app1, "10.10.1.1", "app2"), Some(vec!["10.10.1.3".to_string()]));
     assert!(matches!(s.echo(&app1, "10.10.1.3", 7000, 100, None), netns_tests::EchoResult::Echoed(100)));
     assert!(matches!(s.echo(&app1, INET_IP, 7000, 100, None), netns_tests::EchoResult::Echoed(100)));
-    wait_until(scaled(Duration::from_secs(30)), || count(&records(&log), "end", 7000) >= 2);
+    wait_until(scaled(Duration::from_secs(30)), || count(&records(&log), RecordKind::End, 7000) >= 2);
     let all = records(&log);
-    let dns: Vec<&Value> = all.iter().filter(|r| r["kind"] == "dns").collect();
+    let dns: Vec<&DnsRecord> = all
+        .iter()
+        .filter_map(|r| match r {
+            LogRecord::Dns(d) => Some(d),
+            LogRecord::Flow(_) => None,
+        })
+        .collect();
     println!("DNS records: {dns:?}");
     assert_eq!(dns.len(), 1, "one request, one record");
-    assert_eq!((dns[0]["name"].as_str(), dns[0]["app"].as_str(), dns[0]["rcode"].as_str()), (Some("app2"), Some("app1"), Some("NoError")));
-    assert_eq!(dns[0]["answers"], serde_json::json!(["10.10.1.3"]));
+    let q = &dns[0].request;
+    assert_eq!((q.name.as_str(), q.app.as_str(), q.rcode), ("app2", "app1", Rcode::NoError));
+    assert_eq!(q.answers, ["10.10.1.3"]);
     let end_to = |dst: &str| {
-        all.iter()
-            .find(|r| r["kind"] == "end" && r["dst"] == dst && r["dport"] == 7000)
-            .cloned()
+        flows(&all)
+            .find(|r| r.kind == RecordKind::End && r.dst.to_string() == dst && r.dport == 7000)
             .unwrap_or_else(|| panic!("no end record to {dst}"))
     };
     let to_app2 = end_to("10.10.1.3");
     let to_inet = end_to(INET_IP);
-    println!("to app2: {} {to_app2}\nto inet: {} {to_inet}", tuple(&to_app2), tuple(&to_inet));
-    assert_eq!((to_app2["acl_id"].as_u64(), to_app2["acl_name"].as_str()), (Some(3), Some("neighbours")));
-    assert_eq!(to_app2["dns_name"].as_str(), Some("app2"), "the name app1 resolved");
-    assert!(to_app2.get("translated").is_none(), "no NAT between two apps of one NI");
-    assert_eq!((to_inet["acl_id"].as_u64(), to_inet["acl_name"].as_str()), (Some(1), Some("echo")));
-    assert!(to_inet.get("dns_name").is_none(), "never resolved through the proxy");
-    let translated = to_inet["translated"].as_str().expect("the uplink's translation");
+    println!("to app2: {} {to_app2:?}\nto inet: {} {to_inet:?}", tuple(to_app2), tuple(to_inet));
+    assert_eq!((to_app2.acl_id, to_app2.acl_name.as_deref()), (3, Some("neighbours")));
+    assert_eq!(to_app2.dns_name.as_deref(), Some("app2"), "the name app1 resolved");
+    assert!(to_app2.translated.is_none(), "no NAT between two apps of one NI");
+    assert_eq!((to_inet.acl_id, to_inet.acl_name.as_deref()), (1, Some("echo")));
+    assert!(to_inet.dns_name.is_none(), "never resolved through the proxy");
+    let translated = to_inet.translated.expect("the uplink's translation").to_string();
     assert!(translated.starts_with("192.168.0.2:"), "the uplink's address: {translated}");
     // The start record comes before the translation exists; the end names it.
-    assert!(all.iter().any(|r| r["kind"] == "start" && r["dst"] == INET_IP && r["dport"] == 7000));
+    assert!(flows(&all).any(|r| r.kind == RecordKind::Start && r.dst.to_string() == INET_IP && r.dport == 7000));
 }
 
 /// The value of metric `name` with every one of `labels` (0 when absent).
@@ -369,8 +383,8 @@ for i in range(int(sys.argv[2])):
     signal("-CONT");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lost = s.counter("event_lost");
-    wait_until(scaled(Duration::from_secs(20)), || count(&records(&log), "dropped", 7001) as u64 + lost >= n);
-    let written = count(&records(&log), "dropped", 7001) as u64;
+    wait_until(scaled(Duration::from_secs(20)), || count(&records(&log), RecordKind::Dropped, 7001) as u64 + lost >= n);
+    let written = count(&records(&log), RecordKind::Dropped, 7001) as u64;
     println!("{n} denied flows while the agent was stopped: {written} records, {lost} events lost");
     assert!(lost > 0, "the ring buffer overflowed");
     assert_eq!(written + lost, n, "every flow is a record or a counted loss");

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use netns_agent::flows::{NatRecord, Rewrite};
 use netns_tests::{scaled, EchoResult, Scenario, INET_IP, UDP_WHOAMI_SERVER};
 use serde_json::Value;
 
@@ -75,8 +76,8 @@ fn seed() -> Scenario {
     s
 }
 
-fn nat_entries(s: &Scenario) -> Vec<Value> {
-    s.flows_json()["nat"].as_array().cloned().unwrap_or_default()
+fn nat_entries(s: &Scenario) -> Vec<NatRecord> {
+    s.flows_report().nat
 }
 
 #[test]
@@ -100,16 +101,13 @@ fn apps_reach_the_internet_through_both_source_nats() {
     assert_eq!(s.echo(s.app("app1"), INET_IP, 7, 300_000, None), EchoResult::Echoed(300_000));
 
     let flows = s.flows();
-    let f = flows
-        .iter()
-        .find(|f| f["ni"] == s.ni("ni1") && f["dst"] == INET_IP && f["dport"] == 7)
-        .expect("the app1 -> internet flow is recorded");
-    assert_eq!(f["mark"], "0x01400001");
-    let t = f["translated"].as_array().unwrap();
-    assert_eq!(t.len(), 2, "both translations shown: {f}");
-    assert!(t[0].as_str().unwrap().starts_with("169.254.100.2:"), "{f}");
-    assert!(t[1].as_str().unwrap().starts_with("192.168.0.2:"), "{f}");
-    assert!(f["bytes_orig"].as_u64().unwrap() >= 300_000 && f["bytes_reply"].as_u64().unwrap() >= 300_000);
+    let f = flows.iter().find(|f| f.ni == s.ni("ni1") && f.dst == INET_IP && f.dport == 7).expect("the app1 -> internet flow is recorded");
+    assert_eq!(f.mark, "0x01400001");
+    let t = &f.translated;
+    assert_eq!(t.len(), 2, "both translations shown: {f:?}");
+    assert!(t[0].starts_with("169.254.100.2:"), "{f:?}");
+    assert!(t[1].starts_with("192.168.0.2:"), "{f:?}");
+    assert!(f.bytes_orig >= 300_000 && f.bytes_reply >= 300_000);
 }
 
 #[test]
@@ -128,16 +126,16 @@ fn port_map_from_outside_and_hairpin_on_the_same_uplink() {
     let nat = nat_entries(&s);
     // The hairpin was translated at ni1's agent-side veth, straight from ni1's veth address.
     assert!(
-        nat.iter().any(|e| e["domain"] == 0
-            && e["src"] == "169.254.100.2"
-            && e["dst"] == "192.168.0.2"
-            && e["dport"] == 8080
-            && e["rewrite"] == "dst"),
+        nat.iter().any(|e| e.domain == 0
+            && e.src == "169.254.100.2"
+            && e.dst == "192.168.0.2"
+            && e.dport == 8080
+            && e.rewrite == Rewrite::Dst),
         "hairpin DNAT in the agent netns: {nat:#?}"
     );
     // The flow at app2's port carries the port map ACE's mark (app 2, user ACE 2).
     let flows = s.flows();
-    assert!(flows.iter().any(|f| f["ni"] == s.ni("ni2") && f["dport"] == 80 && f["mark"] == "0x02400002"), "{flows:#?}");
+    assert!(flows.iter().any(|f| f.ni == s.ni("ni2") && f.dport == 80 && f.mark == "0x02400002"), "{flows:#?}");
     // Nothing else of app2 is reachable from outside.
     assert!(s.whoami(&gw, "192.168.0.2", 8081).is_none());
 }
@@ -160,11 +158,11 @@ fn port_map_from_an_ni_on_another_uplink_goes_through_the_router() {
     assert!(rx(&s) >= before + 3, "the connection went through the router: {before} -> {}", rx(&s));
     let nat = nat_entries(&s);
     assert!(
-        nat.iter().any(|e| e["domain"] == 0
-            && e["src"] == "192.168.1.2"
-            && e["dst"] == "192.168.0.2"
-            && e["dport"] == 8080
-            && e["rewrite"] == "dst"),
+        nat.iter().any(|e| e.domain == 0
+            && e.src == "192.168.1.2"
+            && e.dst == "192.168.0.2"
+            && e.dport == 8080
+            && e.rewrite == Rewrite::Dst),
         "the port map saw the flow arrive from the router with eth1's address: {nat:#?}"
     );
 }
@@ -181,12 +179,12 @@ fn metadata_server_answers_at_the_metadata_address_and_the_agent_reaches_apps() 
     let ext = s.exec(&app1, &["curl", "-s", "--max-time", "3", "http://169.254.169.254/eve/v1/external_ipv4"]);
     assert_eq!(String::from_utf8_lossy(&ext.stdout), "192.168.0.2");
     let flows = s.flows();
-    assert!(flows.iter().any(|f| f["dst"] == "169.254.169.254" && f["mark"] == "0x0100000b"), "{flows:#?}");
+    assert!(flows.iter().any(|f| f.dst == "169.254.169.254" && f.mark == "0x0100000b"), "{flows:#?}");
     // The agent's netns starts a connection to app1 (EVE-initiated, ACE id 0xa).
     s.echo_server(&app1, "10.10.1.2", 22);
     let zedbox = s.zedbox.clone();
     assert_eq!(s.echo(&zedbox, "10.10.1.2", 22, 1000, Some("veth1")), EchoResult::Echoed(1000));
-    assert!(s.flows().iter().any(|f| f["dport"] == 22 && f["mark"] == "0x0100000a"));
+    assert!(s.flows().iter().any(|f| f.dport == 22 && f.mark == "0x0100000a"));
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use netns_agent::state::AppliedState;
 use netns_tests::{py_script, scaled, wait_until, Scenario, INET_IP};
 use serde_json::Value;
 
@@ -190,7 +191,7 @@ fn live_edits_touch_only_what_changed() {
     apply(&s, &without_app2, "remove app2");
     let links = String::from_utf8_lossy(&s.exec(&app2, &["ip", "-o", "link"]).stdout).into_owned();
     assert!(!links.contains("nbu1x2"), "app2's link is gone: {links}");
-    assert!(!s.flows().iter().any(|f| f["src"] == "10.10.1.3" || f["dst"] == "10.10.1.3"), "app2's flows are gone");
+    assert!(!s.flows().iter().any(|f| f.src == "10.10.1.3" || f.dst == "10.10.1.3"), "app2's flows are gone");
     let leases = std::fs::read_to_string(s.state_dir.join(format!("dnsmasq-{}.conf", s.ni("ni1")))).unwrap();
     assert!(!leases.contains("10.10.1.3"), "app2's static lease is gone: {leases}");
     let ifaces = bpftool_dump(&s, "IFACE_V2");
@@ -208,7 +209,7 @@ fn live_edits_touch_only_what_changed() {
     assert!(cut["error"].is_string(), "app1's session on 7001 must stop: {cut}");
     let rejudged = s.counter("rejudged");
     println!("app1 session on 7001 after the change: {cut}; rejudged {rejudged_before} -> {rejudged}");
-    assert!(rejudged > rejudged_before, "live flows were judged again: {:#}\n{}", s.flows_json()["counters"], s.agent_log());
+    assert!(rejudged > rejudged_before, "live flows were judged again: {:#?}\n{}", s.flows_report().counters, s.agent_log());
     assert!(matches!(s.echo(&app1, INET_IP, 7001, 10, None), netns_tests::EchoResult::TimedOut), "new flows to 7001 are refused");
 
     // 4. Change app3's port map (8080 -> 8081): the old mapping and its flows go.
@@ -224,9 +225,7 @@ fn live_edits_touch_only_what_changed() {
         "{remapped}\n[[network]]\nname = \"@ni3\"\nkind = \"local\"\nindex = 3\nsubnet = \"10.30.0.0/24\"\ngateway = \"10.30.0.1\"\nuplink = \"eth0\"\n"
     );
     s.write_config(&with_ni3);
-    let applies = |s: &Scenario| -> u64 {
-        serde_json::from_slice::<Value>(&std::fs::read(s.state_dir.join("state.json")).unwrap()).unwrap()["applies"].as_u64().unwrap()
-    };
+    let applies = |s: &Scenario| -> u64 { AppliedState::try_read(&s.state_dir).unwrap().expect("the agent's record").applies };
     let before = applies(&s);
     Command::new("kill").args(["-HUP", &s.agent_pid().unwrap().to_string()]).status().unwrap();
     wait_until(scaled(Duration::from_secs(10)), || applies(&s) > before).expect("SIGHUP applied");

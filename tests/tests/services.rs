@@ -1,6 +1,7 @@
 //! The NI services: the DNS proxy feeding host ACLs (no race, TTL expiry), its log, and its
 //! robustness against bad DNS.
 
+use netns_agent::services::dns::Rcode;
 use netns_tests::{EchoResult, Scenario, INET_IP};
 use serde_json::Value;
 
@@ -149,13 +150,12 @@ fn host_acl_allows_the_domain_and_its_subdomains_only() {
     // The host set is per app port: app2 (example.org) gets nothing from app1's lookups.
     assert!(s.whoami(s.app("app2"), "10.99.0.10", 80).is_none());
     let flows = s.flows();
-    assert!(flows.iter().any(|f| f["dst"] == "10.99.0.11" && f["mark"] == "0x01400001"), "{flows:#?}");
-    assert!(flows.iter().any(|f| f["dst"] == "10.98.0.10" && f["mark"] == "0x01bfffff"));
+    assert!(flows.iter().any(|f| f.dst == "10.99.0.11" && f.mark == "0x01400001"), "{flows:#?}");
+    assert!(flows.iter().any(|f| f.dst == "10.98.0.10" && f.mark == "0x01bfffff"));
     // The request log, as EVE keeps it.
-    let log = s.agent_cmd(&["dns-log", "--json", "--config", s.config_path.to_str().unwrap()]);
-    let log: Value = serde_json::from_slice(&log.stdout).unwrap();
-    let e = log.as_array().unwrap().iter().find(|e| e["name"] == "api.github.com").expect("logged");
-    assert_eq!((e["app"].as_str(), e["answers"][0].as_str(), e["source"].as_str()), (Some("app1"), Some("10.99.0.11"), Some("upstream")));
+    let log = s.dns_log();
+    let e = log.iter().find(|e| e.name == "api.github.com").expect("logged");
+    assert_eq!((e.app.as_str(), e.answers.first().map(String::as_str), e.source.as_str()), ("app1", Some("10.99.0.11"), "upstream"));
 }
 
 /// 200 rounds of: resolve a fresh name, connect at once. Prints the failures.
@@ -304,7 +304,7 @@ fn dhcp_leases_match_the_agents_allocation() {
     // The DHCP exchange passes by the implicit rule and is recorded (ACE id 6). Clients
     // without an address share one tuple (0.0.0.0:68 -> :67): the entry is the latest
     // sender's, app2's here.
-    assert!(s.flows().iter().any(|f| f["dport"] == 67 && f["mark"] == "0x02000006"), "{:#?}", s.flows());
+    assert!(s.flows().iter().any(|f| f.dport == 67 && f.mark == "0x02000006"), "{:#?}", s.flows());
     // dnsmasq is supervised: killed, it comes back.
     let pid = |s: &Scenario| {
         let out = std::process::Command::new("pgrep").args(["-f", &format!("dnsmasq-{}.conf", s.ni("ni1"))]).output().unwrap();
@@ -347,9 +347,8 @@ print(socket.inet_ntoa(r[-4:]))
 "#;
     let out = s.python(app1, tcp, &[]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.10.1.3", "DNS over TCP: {}", String::from_utf8_lossy(&out.stderr));
-    let log = s.agent_cmd(&["dns-log", "--json", "--config", s.config_path.to_str().unwrap()]);
-    let log: Value = serde_json::from_slice(&log.stdout).unwrap();
-    assert!(log.as_array().unwrap().iter().any(|e| e["name"] == "loop.github.com" && e["rcode"] == "ServFail"), "{log:#}");
+    let log = s.dns_log();
+    assert!(log.iter().any(|e| e.name == "loop.github.com" && e.rcode == Rcode::ServFail), "{log:#?}");
 }
 
 /// Asks 10.10.1.1 for big.github.com from app1 over UDP (truncated) and then over TCP,

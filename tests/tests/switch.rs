@@ -1,6 +1,7 @@
 //! A switch NI (the seed's NI6): the uplink bridged with the app ports, the app leased by
 //! the DHCP server behind the uplink, its ACL enforced both ways with a rate limit.
 
+use netns_agent::flows::Verdict;
 use netns_tests::{wait_until, Scenario, INET_IP};
 use std::time::Duration;
 
@@ -90,8 +91,8 @@ fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
     // The client's broadcasts pass by the implicit DHCP rule (6), the server's unicast
     // answers by the switch's inbound DHCP rule (10).
     let flows = s.flows();
-    assert!(flows.iter().any(|f| f["dport"] == 67 && f["mark"] == "0x06000006"), "{flows:?}");
-    assert!(flows.iter().any(|f| f["sport"] == 67 && f["dport"] == 68 && f["mark"] == "0x0600000a"), "{flows:?}");
+    assert!(flows.iter().any(|f| f.dport == 67 && f.mark == "0x06000006"), "{flows:?}");
+    assert!(flows.iter().any(|f| f.sport == 67 && f.dport == 68 && f.mark == "0x0600000a"), "{flows:?}");
 
     // From outside: gw (192.168.3.1, in the ACE's 192.168.0.0/16) reaches app6; the
     // internet host does not, and that flow is recorded as dropped.
@@ -101,14 +102,14 @@ fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
     assert_eq!(s.whoami(&s.inet.clone(), "192.168.3.6", 80), None, "inet -> app6 blocked");
     let flows = s.flows();
     assert!(
-        flows.iter().any(|f| f["src"] == INET_IP && f["dst"] == "192.168.3.6" && f["verdict"] == "drop"),
+        flows.iter().any(|f| f.src == INET_IP && f.dst == "192.168.3.6" && f.verdict == Verdict::Drop),
         "dropped inbound flow recorded: {flows:?}"
     );
     // app6 -> anything outside its ACE is blocked and recorded.
     assert_eq!(s.whoami(&app6, INET_IP, 80), None, "app6 -> inet blocked");
     let flows = s.flows();
     assert!(
-        flows.iter().any(|f| f["src"] == "192.168.3.6" && f["dst"] == INET_IP && f["verdict"] == "drop" && f["mark"] == "0x06bfffff"),
+        flows.iter().any(|f| f.src == "192.168.3.6" && f.dst == INET_IP && f.verdict == Verdict::Drop && f.mark == "0x06bfffff"),
         "dropped outbound flow recorded: {flows:?}"
     );
 
@@ -129,8 +130,8 @@ fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
     let got: u64 = String::from_utf8_lossy(&counter.wait_with_output().unwrap().stdout).trim().parse().unwrap();
     let expected = 15 + (5.0 * took).floor() as u64;
     assert!(got >= 15 && got <= expected + 1, "received {got}, expected 15 + 5/s * {took:.3} s = {expected}");
-    let limits = s.flows_json()["limits"].clone();
-    assert!(limits[0]["dropped"].as_u64().unwrap() >= 40 - expected - 1, "{limits}");
+    let limits = s.flows_report().limits;
+    assert!(limits[0].dropped >= 40 - expected - 1, "{limits:?}");
 
     // down gives the uplink back to the agent's netns.
     s.stop_agent();

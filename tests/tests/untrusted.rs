@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use netns_agent::flows::Verdict;
 use netns_tests::{load_size, py_script, scaled, Background, Scenario, INET_IP};
 
 /// NI1 on eth0 with app1 (may reach the internet host's port 7000 only) and app2 (may
@@ -478,8 +479,8 @@ fn an_out_of_window_rst_closes_nothing() {
     assert_eq!(sniff.read_line().trim(), "ready");
     let session = push_session(&s, &app1, 7000);
     let end: u64 = sniff.read_line().trim().parse().expect("the server's first segment was seen");
-    let flow = s.flows().into_iter().find(|f| f["dport"] == 7000 && f["verdict"] == "allow").expect("app1's flow is on record");
-    let translated = flow["translated"].as_array().and_then(|t| t.last()).and_then(|t| t.as_str()).expect("translated").to_string();
+    let flow = s.flows().into_iter().find(|f| f.dport == 7000 && f.verdict == Verdict::Allow).expect("app1's flow is on record");
+    let translated = flow.translated.last().expect("translated").clone();
     let port = translated.rsplit(':').next().unwrap();
     let before = s.counter("drop_tcp_rst");
     let mut sent = 0;

@@ -4,8 +4,8 @@
 
 use std::{process::Command, time::Duration};
 
+use netns_agent::services::vpn::{Supervision, TunnelState, TunnelStatus};
 use netns_tests::{scaled, vpn_backend, wait_until, Scenario, CLOUD_LAN_IP, INET_IP};
-use serde_json::Value;
 
 /// NI4 and NI5 as in the seed: the same subnet, each through its own uplink to its cloud.
 fn two_vpns(backend: &str) -> String {
@@ -53,8 +53,17 @@ fn blob(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4] ^ seed).collect()
 }
 
-fn tunnel(s: &Scenario, ni: &str) -> Value {
-    s.network_status(ni)["tunnel"].clone()
+fn tunnel(s: &Scenario, ni: &str) -> Option<TunnelStatus> {
+    s.network_status(ni).and_then(|n| n.tunnel)
+}
+
+/// What the agent's supervisor says of the NI's charon.
+fn supervision(s: &Scenario, ni: &str) -> Option<Supervision> {
+    tunnel(s, ni).and_then(|t| t.supervision)
+}
+
+fn is_up(s: &Scenario, ni: &str) -> bool {
+    tunnel(s, ni).is_some_and(|t| t.state == TunnelState::Up)
 }
 
 /// Without its tunnel, an app's traffic to the remote selectors is refused at once
@@ -66,8 +75,8 @@ fn assert_cloud_unreachable(s: &Scenario, app: &str) {
 }
 
 fn wait_up(s: &Scenario, ni: &str, secs: u64) {
-    wait_until(scaled(Duration::from_secs(secs)), || tunnel(s, ni)["state"] == "up")
-        .unwrap_or_else(|| panic!("tunnel of {ni} not up: {:#}\n{}", tunnel(s, ni), s.agent_log()));
+    wait_until(scaled(Duration::from_secs(secs)), || is_up(s, ni))
+        .unwrap_or_else(|| panic!("tunnel of {ni} not up: {:#?}\n{}", tunnel(s, ni), s.agent_log()));
 }
 
 /// Starts `curl` for http://CLOUD_LAN_IP/<file> in each app at once; returns the bodies.
@@ -110,12 +119,12 @@ fn two_tunnels_with_identical_selectors_carry_each_apps_traffic() {
     let (ni4, ni5, app4, app5) = (s.ni("ni4").to_string(), s.ni("ni5").to_string(), s.app("app4").to_string(), s.app("app5").to_string());
     wait_up(&s, &ni4, 30);
     wait_up(&s, &ni5, 30);
-    let t4 = tunnel(&s, &ni4);
-    assert_eq!(t4["local_ts"][0], "10.10.10.0/24", "{t4:#}");
-    assert_eq!(t4["remote_ts"][0], "192.168.0.0/24", "{t4:#}");
-    assert_eq!(t4["encap"], "TUNNEL-in-UDP", "NAT-T through the uplink's NAT: {t4:#}");
-    assert!(t4["remote"].as_str().unwrap().contains("192.168.111.1"), "{t4:#}");
-    assert!(tunnel(&s, &ni5)["remote"].as_str().unwrap().contains("192.168.222.1"));
+    let t4 = tunnel(&s, &ni4).expect("NI4's tunnel");
+    assert_eq!(t4.local_ts.first().map(String::as_str), Some("10.10.10.0/24"), "{t4:#?}");
+    assert_eq!(t4.remote_ts.first().map(String::as_str), Some("192.168.0.0/24"), "{t4:#?}");
+    assert_eq!(t4.encap.as_deref(), Some("TUNNEL-in-UDP"), "NAT-T through the uplink's NAT: {t4:#?}");
+    assert!(t4.remote.as_deref().unwrap().contains("192.168.111.1"), "{t4:#?}");
+    assert!(tunnel(&s, &ni5).and_then(|t| t.remote).unwrap().contains("192.168.222.1"));
 
     // Both apps at the same time, same destination address, each its own cloud's data.
     let bodies = fetch_all(&s, &[(&app4, "data"), (&app5, "data")]);
@@ -133,35 +142,34 @@ fn two_tunnels_with_identical_selectors_carry_each_apps_traffic() {
     } else {
         assert!(!xfrm.contains("proto esp"), "libipsec backend: no kernel SAs expected:\n{xfrm}");
     }
-    let t4 = tunnel(&s, &ni4);
-    assert!(t4["bytes_in"].as_u64().unwrap() > one.len() as u64, "ESP bytes in: {t4:#}");
-    assert!(t4["packets_out"].as_u64().unwrap() > 0, "{t4:#}");
+    let t4 = tunnel(&s, &ni4).expect("NI4's tunnel");
+    assert!(t4.bytes_in > one.len() as u64, "ESP bytes in: {t4:#?}");
+    assert!(t4.packets_out > 0, "{t4:#?}");
 
     // The flows show the apps' traffic (in their NIs' zones, by app).
     let flows = s.flows();
     for (app, len) in [(&app4, one.len()), (&app5, two.len())] {
         let f = flows
             .iter()
-            .find(|f| f["app"] == app.as_str() && f["dst"] == CLOUD_LAN_IP && f["dport"] == 80)
+            .find(|f| f.app == *app && f.dst == CLOUD_LAN_IP && f.dport == 80)
             .unwrap_or_else(|| panic!("no flow of {app} to the cloud: {flows:#?}"));
-        assert!(f["bytes_reply"].as_u64().unwrap() > len as u64, "{f:#}");
-        assert!(f["translated"].as_array().unwrap().is_empty(), "tunnelled flows are not translated: {f:#}");
+        assert!(f.bytes_reply > len as u64, "{f:#?}");
+        assert!(f.translated.is_empty(), "tunnelled flows are not translated: {f:#?}");
     }
 
     // charon of NI4 dies: the agent notices, starts it again, the tunnel comes back.
-    let old_pid = tunnel(&s, &ni4)["supervision"]["pid"].as_u64().expect("charon pid");
+    let old_pid = supervision(&s, &ni4).and_then(|v| v.pid).expect("charon pid");
     assert!(Command::new("kill").args(["-KILL", &old_pid.to_string()]).status().unwrap().success());
     wait_until(scaled(Duration::from_secs(20)), || {
-        let t = tunnel(&s, &ni4);
-        t["supervision"]["restarts"] == 1 && t["supervision"]["pid"].as_u64().is_some_and(|p| p != old_pid)
+        supervision(&s, &ni4).is_some_and(|v| v.restarts == 1 && v.pid.is_some_and(|p| p != old_pid))
     })
-    .unwrap_or_else(|| panic!("charon not restarted: {:#}\n{}", tunnel(&s, &ni4), s.agent_log()));
+    .unwrap_or_else(|| panic!("charon not restarted: {:#?}\n{}", tunnel(&s, &ni4), s.agent_log()));
     wait_up(&s, &ni4, 30);
     assert!(s.agent_log().contains("charon exited"), "{}", s.agent_log());
     let bodies = fetch_all(&s, &[(&app4, "data")]);
     assert!(bodies[0] == one, "after the restart app4 got {} bytes", bodies[0].len());
     // NI5 was not disturbed.
-    assert_eq!(tunnel(&s, &ni5)["supervision"]["restarts"], 0);
+    assert_eq!(supervision(&s, &ni5).map(|v| v.restarts), Some(0));
 
     // The agent stops (charon with it): the selectors are unreachable, never sent in the
     // clear through the NI's source NAT.
@@ -217,13 +225,13 @@ acl = [{ id = 1, match = { protocol = "tcp", fport = 8080 } }]
 
     s.start_agent();
     let (ni4, ni5, app1) = (s.ni("ni4").to_string(), s.ni("ni5").to_string(), s.app("app1").to_string());
-    let error = |ni: &str| tunnel(&s, ni)["supervision"]["last_error"].as_str().unwrap_or("").to_string();
+    let error = |ni: &str| supervision(&s, ni).and_then(|v| v.last_error).unwrap_or_default();
     wait_until(scaled(Duration::from_secs(30)), || error(&ni4).contains("rejected the authentication"))
-        .unwrap_or_else(|| panic!("NI4 status: {:#}\n{}", tunnel(&s, &ni4), s.agent_log()));
+        .unwrap_or_else(|| panic!("NI4 status: {:#?}\n{}", tunnel(&s, &ni4), s.agent_log()));
     wait_until(scaled(Duration::from_secs(30)), || error(&ni5).contains("no answer from 192.168.2.1"))
-        .unwrap_or_else(|| panic!("NI5 status: {:#}\n{}", tunnel(&s, &ni5), s.agent_log()));
+        .unwrap_or_else(|| panic!("NI5 status: {:#?}\n{}", tunnel(&s, &ni5), s.agent_log()));
     for ni in [&ni4, &ni5] {
-        assert_ne!(tunnel(&s, ni)["state"], "up");
+        assert!(!is_up(&s, ni));
     }
     // The text output says it too.
     let out = s.agent_cmd(&["status", "--config", s.config_path.to_str().unwrap()]);
@@ -279,12 +287,12 @@ fn the_kernel_backend_says_when_the_kernel_has_no_esp() {
     if kernel_has_esp {
         wait_up(&s, &ni4, 30);
     } else {
-        let error = || tunnel(&s, &ni4)["supervision"]["last_error"].as_str().unwrap_or("").to_string();
+        let error = || supervision(&s, &ni4).and_then(|v| v.last_error).unwrap_or_default();
         wait_until(scaled(Duration::from_secs(30)), || error().contains("no ESP in this kernel")).unwrap_or_else(|| {
-            panic!("probe: {}\nNI4 status: {:#}\n{}", String::from_utf8_lossy(&probe.stderr), tunnel(&s, &ni4), s.agent_log())
+            panic!("probe: {}\nNI4 status: {:#?}\n{}", String::from_utf8_lossy(&probe.stderr), tunnel(&s, &ni4), s.agent_log())
         });
         assert!(error().contains("backend = \"libipsec\""), "{}", error());
-        assert_ne!(tunnel(&s, &ni4)["state"], "up");
+        assert!(!is_up(&s, &ni4));
         // Nothing leaves in clear meanwhile: the remote selectors stay unreachable.
         assert_cloud_unreachable(&s, s.app("app4"));
     }
@@ -309,7 +317,7 @@ fn changed_tunnel_parameters_restart_only_that_charon() {
     let (ni4, ni5) = (s.ni("ni4").to_string(), s.ni("ni5").to_string());
     wait_up(&s, &ni4, 30);
     wait_up(&s, &ni5, 30);
-    let pid = |ni: &str| tunnel(&s, ni)["supervision"]["pid"].as_u64();
+    let pid = |ni: &str| supervision(&s, ni).and_then(|v| v.pid);
     let port_index =
         |s: &Scenario| String::from_utf8_lossy(&s.exec(&ni4, &["cat", "/sys/class/net/nbu1x1/ifindex"]).stdout).trim().to_string();
     let (pid4, pid5, port4) = (pid(&ni4), pid(&ni5), port_index(&s));
@@ -317,12 +325,12 @@ fn changed_tunnel_parameters_restart_only_that_charon() {
 
     let out = s.apply(&config.replacen("psk = \"cloud1-psk\"", "psk = \"not-the-key\"", 1));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let error = |ni: &str| tunnel(&s, ni)["supervision"]["last_error"].as_str().unwrap_or("").to_string();
+    let error = |ni: &str| supervision(&s, ni).and_then(|v| v.last_error).unwrap_or_default();
     wait_until(scaled(Duration::from_secs(30)), || error(&ni4).contains("rejected the authentication"))
-        .unwrap_or_else(|| panic!("NI4 status: {:#}\n{}", tunnel(&s, &ni4), s.agent_log()));
+        .unwrap_or_else(|| panic!("NI4 status: {:#?}\n{}", tunnel(&s, &ni4), s.agent_log()));
     assert_ne!(pid(&ni4), pid4, "NI4's charon was restarted");
     assert_eq!(pid(&ni5), pid5, "NI5's charon was left alone");
-    assert_eq!(tunnel(&s, &ni5)["state"], "up", "NI5's tunnel stayed up");
+    assert!(is_up(&s, &ni5), "NI5's tunnel stayed up: {:#?}", tunnel(&s, &ni5));
     assert_eq!(port_index(&s), port4, "NI4 was not rebuilt");
 
     let out = s.apply(&config);

@@ -274,10 +274,8 @@ pub fn agent_down(agent_bin: &Path, config: &Path) -> Result<()> {
 /// The last apply on record in `state_dir`: its duration (ms, the agent's own figure) and
 /// how many errors it had.
 pub fn last_apply(state_dir: &Path) -> (f64, usize) {
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap_or_default()).unwrap_or_default();
-    let apply = &record["last_apply"];
-    (apply["duration_ms"].as_f64().unwrap_or(f64::NAN), apply["errors"].as_array().map(Vec::len).unwrap_or(0))
+    let apply = crate::reports::Record::read(state_dir).and_then(|r| r.last_apply);
+    apply.map_or((f64::NAN, 0), |a| (a.duration_ms, a.errors.len()))
 }
 
 /// One path's figures: Gbit/s and connections/s per round; the agent's CPU (share of

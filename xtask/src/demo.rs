@@ -294,12 +294,12 @@ impl Demo {
         let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
         self.check(
             "the allowed flow: mark 0x01400001, source translated to NI1's veth 169.254.100.2 and eth0 192.168.0.2",
-            flow_has(&flows, ALLOWED_SITE, &[("mark", "0x01400001"), ("translated", "169.254.100.2:")])
-                && flow_has(&flows, ALLOWED_SITE, &[("translated", "192.168.0.2:")]),
+            flow_has(&flows, ALLOWED_SITE, |f| f.mark == "0x01400001" && translated_to(f, "169.254.100.2:"))
+                && flow_has(&flows, ALLOWED_SITE, |f| translated_to(f, "192.168.0.2:")),
         );
         self.check(
             "the dropped flow is recorded too: mark 0x01bfffff (app 1, drop, default-drop ACE)",
-            flow_has(&flows, BLOCKED_SITE, &[("mark", "0x01bfffff"), ("verdict", "drop")]),
+            flow_has(&flows, BLOCKED_SITE, |f| f.mark == "0x01bfffff" && f.verdict == crate::reports::Verdict::Drop),
         );
         self.check(
             "app1: curl --interface nbu2x1.1 app2: ALLOWED (NI2's DNS proxy names app2; eidset + fport 80)",
@@ -364,13 +364,12 @@ impl Demo {
 
         step("VPN NIs: charon in ni4 and ni5 (netns-agent status; swanctl over their vici sockets)");
         let config = self.config.to_str().unwrap().to_string();
-        let status = |ni: &str| {
-            let doc: serde_json::Value =
-                serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config]))
-                    .unwrap_or_default();
-            doc["networks"].as_array().and_then(|n| n.iter().find(|n| n["name"] == ni).cloned()).unwrap_or_default()
+        let tunnel = |ni: &str| {
+            let status: crate::reports::Status =
+                serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config])).ok()?;
+            status.networks.into_iter().find(|n| n.name == ni)?.tunnel
         };
-        let up = |ni: &str| wait_for(Duration::from_secs(30), || status(ni)["tunnel"]["state"] == "up");
+        let up = |ni: &str| wait_for(Duration::from_secs(30), || tunnel(ni).is_some_and(|t| t.state == crate::reports::TunnelState::Up));
         let (up4, up5) = (up("ni4"), up("ni5"));
         for ni in ["ni4", "ni5"] {
             println!("--- {ni}: swanctl --list-sas");
@@ -379,8 +378,8 @@ impl Demo {
         }
         self.check(
             "ni4: CHILD_SA gw up to cloud1 (192.168.111.1), 10.10.10.0/24 === 192.168.0.0/24, ESP in UDP through eth1's NAT",
-            up4 && status("ni4")["tunnel"]["encap"] == "TUNNEL-in-UDP"
-                && status("ni4")["tunnel"]["remote"].as_str().is_some_and(|r| r.contains("192.168.111.1")),
+            up4 && tunnel("ni4")
+                .is_some_and(|t| t.encap.as_deref() == Some("TUNNEL-in-UDP") && t.remote.is_some_and(|r| r.contains("192.168.111.1"))),
         );
         self.check("ni5: CHILD_SA gw up to cloud2 (192.168.222.1), the very same selectors", up5);
         let esp_sas = |ni: &str| output(&["ip", "-n", ni, "xfrm", "state"]).matches("proto esp").count();
@@ -406,9 +405,9 @@ impl Demo {
         let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
         self.check(
             "  ... flows of app4 and app5 to 192.168.0.1:80, not translated (encrypted in the NI instead)",
-            flow_has(&flows, CLOUD_LAN_IP, &[("app", "app4")])
-                && flow_has(&flows, CLOUD_LAN_IP, &[("app", "app5")])
-                && !flow_has(&flows, CLOUD_LAN_IP, &[("translated", "169.254.100.")]),
+            flow_has(&flows, CLOUD_LAN_IP, |f| f.app == "app4")
+                && flow_has(&flows, CLOUD_LAN_IP, |f| f.app == "app5")
+                && !flow_has(&flows, CLOUD_LAN_IP, |f| translated_to(f, "169.254.100.")),
         );
 
         step("the switch NI6: eth3 bridged with app6's port; app6 rate-limited to 192.168.0.0/16");
@@ -421,13 +420,13 @@ impl Demo {
         let flows = output(&[self.agent_bin.to_str().unwrap(), "flows", "--json"]);
         self.check(
             "  ... and recorded: mark 0x06bfffff (EVE keeps no conntrack for it; we do)",
-            flow_has(&flows, BLOCKED_SITE, &[("app", "app6"), ("mark", "0x06bfffff"), ("verdict", "drop")]),
+            flow_has(&flows, BLOCKED_SITE, |f| f.app == "app6" && f.mark == "0x06bfffff" && f.verdict == crate::reports::Verdict::Drop),
         );
-        let limits: serde_json::Value =
-            serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config])).unwrap_or_default();
+        let status: Result<crate::reports::Status, _> =
+            serde_json::from_str(&output(&[self.agent_bin.to_str().unwrap(), "status", "--json", "--config", &config]));
         self.check(
             "app6's limit ACE (5/s, burst 15) counted the packets it passed",
-            limits["limits"].as_array().is_some_and(|l| l.iter().any(|l| l["app"] == "app6" && l["passed"].as_u64() > Some(0))),
+            status.is_ok_and(|s| s.limits.iter().any(|l| l.app == "app6" && l.passed > 0)),
         );
 
         let rules = ["zedbox", "ni1", "ni2", "ni3", "ni4", "ni5", "ni6"]
@@ -442,10 +441,10 @@ impl Demo {
         crate::run(Command::new("sh").args(["-c", "bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V3 | head -30"]))?;
         step("the flow log of this run (/run/netns-agent/flows.jsonl): records by kind, the last ten");
         let log = std::fs::read_to_string(FLOW_LOG).unwrap_or_default();
-        let records: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let records: Vec<crate::reports::LogRecord> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let mut kinds = std::collections::BTreeMap::new();
         for r in &records {
-            *kinds.entry(r["kind"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
+            *kinds.entry(r.kind.as_str()).or_insert(0) += 1;
         }
         println!("  {} records: {kinds:?}", records.len());
         for line in log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
@@ -453,11 +452,12 @@ impl Demo {
         }
         self.check(
             "the flow log holds the run's flows: starts, and app1's dropped attempt at the blocked site",
-            kinds.contains_key("start") && records.iter().any(|r| r["kind"] == "dropped" && r["app"] == "app1" && r["dst"] == BLOCKED_SITE),
+            kinds.contains_key("start")
+                && records.iter().any(|r| r.kind == "dropped" && r.app == "app1" && r.dst.as_deref() == Some(BLOCKED_SITE)),
         );
         self.check(
             "  ... with the DNS requests the NIs' proxies answered, and what the flows' remotes were resolved from",
-            records.iter().any(|r| r["kind"] == "dns") && records.iter().any(|r| r["dns_name"].is_string()),
+            records.iter().any(|r| r.kind == "dns") && records.iter().any(|r| r.dns_name.is_some()),
         );
         step("metrics: a few lines of http://127.0.0.1:9090/metrics (in zedbox)");
         let metrics = output(&["ip", "netns", "exec", "zedbox", "curl", "-s", "http://127.0.0.1:9090/metrics"]);
@@ -722,17 +722,15 @@ fn curl_via_ni2_default_route() -> Option<String> {
     out
 }
 
-/// Whether a flow record toward `dst` has every one of the `fields` (field, value as text;
-/// a `translated` entry matches by prefix).
-fn flow_has(flows_json: &str, dst: &str, fields: &[(&str, &str)]) -> bool {
-    let Ok(doc) = serde_json::from_str::<serde_json::Value>(flows_json) else { return false };
-    let flows = doc["flows"].as_array().cloned().unwrap_or_default();
-    flows.iter().filter(|f| f["dst"] == dst).any(|f| {
-        fields.iter().all(|(key, want)| match &f[*key] {
-            serde_json::Value::Array(items) => items.iter().any(|i| i.as_str().is_some_and(|s| s.starts_with(want))),
-            v => v.as_str() == Some(*want),
-        })
-    })
+/// Whether some flow record (of `flows --json`) toward `dst` passes `what`.
+fn flow_has(flows_json: &str, dst: &str, what: impl Fn(&crate::reports::FlowRecord) -> bool) -> bool {
+    let Ok(report) = serde_json::from_str::<crate::reports::Flows>(flows_json) else { return false };
+    report.flows.iter().filter(|f| f.dst == dst).any(what)
+}
+
+/// One of the flow's source translations starts with `prefix`.
+fn translated_to(f: &crate::reports::FlowRecord, prefix: &str) -> bool {
+    f.translated.iter().any(|t| t.starts_with(prefix))
 }
 
 pub(crate) fn step(msg: &str) {

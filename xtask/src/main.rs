@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod reports;
 mod scale;
 mod vm;
 
@@ -132,9 +133,7 @@ pub fn wait_applied(state_dir: &Path, child: &mut std::process::Child, limit: st
     let deadline = std::time::Instant::now() + limit;
     let pid = child.id();
     loop {
-        let record: Option<serde_json::Value> =
-            std::fs::read(state_dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        if record.is_some_and(|r| r["agent_pid"] == pid && r["applies"].as_u64() >= Some(1)) {
+        if reports::Record::read(state_dir).is_some_and(|r| r.agent_pid == pid && r.applies >= 1) {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {

@@ -95,9 +95,61 @@ pub struct DnsLogEntry {
     pub name: String,
     pub qtype: String,
     pub answers: Vec<String>,
-    pub rcode: String,
+    pub rcode: Rcode,
     /// "local", "upstream", or why there is no answer.
     pub source: String,
+}
+
+/// A DNS answer's response code: those of RFC 1035 and RFC 2136 by name ("NoError",
+/// "NXDomain", "ServFail", ...), any other by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Rcode {
+    NoError,
+    FormErr,
+    ServFail,
+    NXDomain,
+    NotImp,
+    Refused,
+    YXDomain,
+    YXRRSet,
+    NXRRSet,
+    NotAuth,
+    NotZone,
+    /// An extended (EDNS) or unassigned code.
+    #[serde(untagged)]
+    Other(u16),
+}
+
+/// The named codes, by number.
+const RCODES: [Rcode; 11] = [
+    Rcode::NoError,
+    Rcode::FormErr,
+    Rcode::ServFail,
+    Rcode::NXDomain,
+    Rcode::NotImp,
+    Rcode::Refused,
+    Rcode::YXDomain,
+    Rcode::YXRRSet,
+    Rcode::NXRRSet,
+    Rcode::NotAuth,
+    Rcode::NotZone,
+];
+
+impl From<ResponseCode> for Rcode {
+    fn from(code: ResponseCode) -> Rcode {
+        let n = u16::from(code);
+        RCODES.get(usize::from(n)).copied().unwrap_or(Rcode::Other(n))
+    }
+}
+
+impl std::fmt::Display for Rcode {
+    /// As the log spells it (the `dns-log` table, the metrics' label).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rcode::Other(n) => f.pad(&n.to_string()),
+            named => f.pad(&crate::status::lower(named)),
+        }
+    }
 }
 
 /// `name` is `suffix` or a subdomain of it (github.com covers api.github.com).
@@ -176,12 +228,12 @@ pub struct DnsObserver {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DnsQueryKey {
     pub ni: String,
-    pub rcode: String,
+    pub rcode: Rcode,
     pub source: AnswerSource,
 }
 
 /// Where an answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AnswerSource {
     /// The proxy itself (an app's name).
@@ -242,7 +294,7 @@ impl DnsObserver {
     }
 
     fn observe(&self, entry: &DnsLogEntry, source: AnswerSource) {
-        let key = DnsQueryKey { ni: entry.ni.clone(), rcode: entry.rcode.clone(), source };
+        let key = DnsQueryKey { ni: entry.ni.clone(), rcode: entry.rcode, source };
         *self.queries.lock().unwrap().entry(key).or_default() += 1;
         if let Some(tx) = &self.requests {
             if tx.try_send(entry.clone()).is_err() {
@@ -505,7 +557,7 @@ impl DnsProxy {
     async fn handle(&self, request: &[u8], src: Ipv4Addr, app: Option<&AppView>, transport: Transport) -> Option<Vec<u8>> {
         let cfg = self.cfg();
         let Ok(query) = Message::from_vec(request) else {
-            self.log_entry((src, app), ("?", "?"), &[], &rcode(ResponseCode::FormErr), "malformed request");
+            self.log_entry((src, app), ("?", "?"), &[], Rcode::FormErr, "malformed request");
             return format_error(request);
         };
         if query.metadata.message_type != MessageType::Query || query.queries.len() != 1 {
@@ -513,53 +565,41 @@ impl DnsProxy {
         }
         let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
         let Some(app) = app else {
-            self.log_entry(
-                (src, None),
-                (&qname, &qtype),
-                &[],
-                &rcode(ResponseCode::Refused),
-                "not an app of this network (or not from its port)",
-            );
+            self.log_entry((src, None), (&qname, &qtype), &[], Rcode::Refused, "not an app of this network (or not from its port)");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused).to_vec().ok();
         };
         let app_ref = Some(app);
         if let Some(reply) = local_answer(&cfg, &query) {
             self.observer.learn(cfg.zone, src, &qname, &reply);
-            self.log_entry((src, app_ref), (&qname, &qtype), &answers_of(&reply), &rcode(ResponseCode::NoError), "local");
+            self.log_entry((src, app_ref), (&qname, &qtype), &answers_of(&reply), Rcode::NoError, "local");
             return reply.to_vec().ok();
         }
         // A bare name that is no app of this NI never leaves the box (dnsmasq's
         // domain-needed); REFUSED lets the app's resolver ask its next NI's gateway.
         if !qname.trim_end_matches('.').contains('.') {
-            self.log_entry((src, app_ref), (&qname, &qtype), &[], &rcode(ResponseCode::Refused), "single-label name, not forwarded");
+            self.log_entry((src, app_ref), (&qname, &qtype), &[], Rcode::Refused, "single-label name, not forwarded");
             let mut refused = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused);
             refused.add_query(query.queries[0].clone());
             return refused.to_vec().ok();
         }
         let Some(answer) = self.forward(request, query.metadata.id, transport).await else {
-            self.log_entry((src, app_ref), (&qname, &qtype), &[], &rcode(ResponseCode::ServFail), "no upstream answered");
+            self.log_entry((src, app_ref), (&qname, &qtype), &[], Rcode::ServFail, "no upstream answered");
             let mut fail = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail);
             fail.add_query(query.queries[0].clone());
             return fail.to_vec().ok();
         };
         let Ok(parsed) = Message::from_vec(&answer) else {
-            self.log_entry((src, app_ref), (&qname, &qtype), &[], &rcode(ResponseCode::ServFail), "malformed upstream answer");
+            self.log_entry((src, app_ref), (&qname, &qtype), &[], Rcode::ServFail, "malformed upstream answer");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         };
         if parsed.metadata.message_type != MessageType::Response || parsed.queries != query.queries {
-            self.log_entry(
-                (src, app_ref),
-                (&qname, &qtype),
-                &[],
-                &rcode(ResponseCode::ServFail),
-                "upstream answer does not match the query",
-            );
+            self.log_entry((src, app_ref), (&qname, &qtype), &[], Rcode::ServFail, "upstream answer does not match the query");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         }
         // Host sets first, answer second: no connection can beat its own allow entry.
         self.update_hosts(app, &qname, &parsed);
         self.observer.learn(cfg.zone, src, &qname, &parsed);
-        self.log_entry((src, app_ref), (&qname, &qtype), &answers_of(&parsed), &rcode(parsed.metadata.response_code), "upstream");
+        self.log_entry((src, app_ref), (&qname, &qtype), &answers_of(&parsed), Rcode::from(parsed.metadata.response_code), "upstream");
         Some(answer)
     }
 
@@ -605,7 +645,7 @@ impl DnsProxy {
 
     /// One request on record: who asked (address, and the app when known), what (name,
     /// type), the answers, the rcode and where the answer came from.
-    fn log_entry(&self, asker: (Ipv4Addr, Option<&AppView>), question: (&str, &str), answers: &[String], rcode: &str, source: &str) {
+    fn log_entry(&self, asker: (Ipv4Addr, Option<&AppView>), question: (&str, &str), answers: &[String], rcode: Rcode, source: &str) {
         let ((src, app), (name, qtype)) = (asker, question);
         let app = app.map(|a| a.app.clone()).unwrap_or_else(|| src.to_string());
         let entry = DnsLogEntry {
@@ -615,7 +655,7 @@ impl DnsProxy {
             name: name.trim_end_matches('.').to_string(),
             qtype: qtype.to_string(),
             answers: answers.to_vec(),
-            rcode: rcode.to_string(),
+            rcode,
             source: source.to_string(),
         };
         debug!(?entry, "dns");
@@ -630,11 +670,6 @@ impl DnsProxy {
             self.log.lock().unwrap().append(&line);
         }
     }
-}
-
-/// "NoError", "NXDomain", "ServFail", ...: one spelling for local and upstream answers.
-fn rcode(code: ResponseCode) -> String {
-    format!("{code:?}")
 }
 
 fn answers_of(m: &Message) -> Vec<String> {
@@ -719,6 +754,20 @@ mod tests {
 
     fn app() -> AppView {
         AppView { app: "app1".into(), app_num: 1, ifindex: 7, hosts: vec![(0, "github.com".into()), (3, "example.org".into())] }
+    }
+
+    #[test]
+    fn rcodes_keep_their_names() {
+        for (code, json) in
+            [(ResponseCode::NoError, "\"NoError\""), (ResponseCode::NXDomain, "\"NXDomain\""), (ResponseCode::BADVERS, "16")]
+        {
+            let rcode = Rcode::from(code);
+            assert_eq!(serde_json::to_string(&rcode).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Rcode>(json).unwrap(), rcode);
+            assert_eq!(rcode.to_string(), json.trim_matches('"'));
+        }
+        assert_eq!(Rcode::from(ResponseCode::ServFail), Rcode::ServFail);
+        assert_eq!(format!("{:<9}|", Rcode::Refused), "Refused  |");
     }
 
     #[test]

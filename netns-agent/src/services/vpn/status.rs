@@ -66,7 +66,7 @@ pub fn classify_log_line(line: &str, remote: &str) -> Option<Result<&'static str
 }
 
 /// Where a VPN NI's tunnel stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TunnelState {
     /// A CHILD_SA is installed.
@@ -91,7 +91,7 @@ impl TunnelState {
 }
 
 /// A VPN NI's tunnel as `netns-agent status` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TunnelStatus {
     pub state: TunnelState,
     pub supervision: Option<Supervision>,
