@@ -3,7 +3,9 @@
 //! Each `Scenario` gets its own names (a per-process, per-scenario id), its own "zedbox"
 //! netns in which the agent runs (so the host's own netns is never touched), its own pin
 //! and state directories, and cleans everything up in `Drop`, also when the test panics.
-//! Traffic only ever goes between namespaces the scenario made.
+//! Traffic only ever goes between namespaces the scenario made. The world outside the box
+//! (uplinks, router, internet host, clouds and their IKE responders) is built by
+//! `netns-world`, the same code that builds the demo's.
 
 use std::{
     path::{Path, PathBuf},
@@ -101,8 +103,7 @@ impl Scenario {
             extra_dirs: Vec::new(),
         };
         for ns in std::iter::once(s.zedbox.clone()).chain(s.apps.iter().map(|a| a.1.clone())) {
-            run_ok(Command::new("ip").args(["netns", "add", &ns]));
-            run_ok(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]));
+            netns_world::add_netns(&ns).unwrap_or_else(|e| panic!("{e:#}"));
         }
         if uplinks > 0 {
             s.build_world();
@@ -111,63 +112,24 @@ impl Scenario {
         s
     }
 
+    /// The world of `netns_world::World` under this scenario's names.
+    fn world(&self) -> netns_world::World<'_> {
+        netns_world::World { zedbox: &self.zedbox, gw: &self.gw, internet: &self.inet }
+    }
+
     fn build_world(&self) {
-        let (z, gw, inet) = (self.zedbox.as_str(), self.gw.as_str(), self.inet.as_str());
-        let ip = |args: &[&str]| {
-            run_ok(Command::new("ip").args(args));
-        };
-        for ns in [gw, inet] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        run_ok(Command::new("ip").args(["netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"]));
-        for i in 0..self.uplinks {
-            let (eth, keth, up) = (format!("eth{i}"), format!("keth{i}"), format!("up{i}"));
-            if i == SWITCH_UPLINK {
-                // The switch NI's uplink moves into the NI's netns, which a bridge cannot.
-                ip(&["-n", z, "link", "add", &eth, "type", "veth", "peer", "name", &up, "netns", gw]);
-                ip(&["-n", gw, "addr", "add", &format!("192.168.{i}.1/24"), "dev", &up]);
-                ip(&["-n", gw, "link", "set", &up, "up"]);
-                continue;
-            }
-            ip(&["-n", z, "link", "add", &eth, "type", "bridge"]);
-            ip(&["-n", z, "link", "add", &keth, "type", "veth", "peer", "name", &up, "netns", gw]);
-            ip(&["-n", z, "link", "set", &keth, "master", &eth, "up"]);
-            ip(&["-n", z, "addr", "add", &format!("192.168.{i}.2/24"), "dev", &eth]);
-            ip(&["-n", z, "link", "set", &eth, "up"]);
-            ip(&["-n", gw, "addr", "add", &format!("192.168.{i}.1/24"), "dev", &up]);
-            ip(&["-n", gw, "link", "set", &up, "up"]);
-            let metric = (100 + i).to_string();
-            ip(&["-n", z, "route", "add", "default", "via", &format!("192.168.{i}.1"), "dev", &eth, "metric", &metric]);
-        }
-        ip(&["-n", gw, "link", "add", "inet0", "type", "veth", "peer", "name", "wan0", "netns", inet]);
-        ip(&["-n", gw, "addr", "add", "10.99.0.1/24", "dev", "inet0"]);
-        ip(&["-n", gw, "link", "set", "inet0", "up"]);
-        ip(&["-n", inet, "addr", "add", &format!("{INET_IP}/24"), "dev", "wan0"]);
-        ip(&["-n", inet, "link", "set", "wan0", "up"]);
-        ip(&["-n", inet, "route", "add", "default", "via", "10.99.0.1"]);
+        self.world().build(self.uplinks).unwrap_or_else(|e| panic!("building the world: {e:#}"));
     }
 
     /// A "cloud" behind gw (as the seed's cloud1/cloud2): netns `tc<id>x<k>` at `wan_ip`/24
     /// (gw at .254 of it), with CLOUD_LAN_IP on its lo, where its HTTP server (serving
     /// `files`, name -> content) and whatever the test starts listen. Returns the netns.
     pub fn add_cloud(&mut self, k: u32, wan_ip: &str, files: &[(&str, &[u8])]) -> String {
-        let (gw, ns) = (self.gw.clone(), format!("tc{}x{k}", self.id));
-        let gw_ip = format!("{}.254", wan_ip.rsplit_once('.').expect("an IPv4 address").0);
-        let ip = |args: &[&str]| {
-            run_ok(Command::new("ip").args(args));
-        };
-        ip(&["netns", "add", &ns]);
+        let ns = format!("tc{}x{k}", self.id);
+        // Ours to delete from here on, whatever fails next.
         self.extra_ns.push(ns.clone());
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{CLOUD_LAN_IP}/32"), "dev", "lo"]);
-        let gw_if = format!("cl{k}");
-        ip(&["-n", &gw, "link", "add", &gw_if, "type", "veth", "peer", "name", "wan0", "netns", &ns]);
-        ip(&["-n", &gw, "addr", "add", &format!("{gw_ip}/24"), "dev", &gw_if]);
-        ip(&["-n", &gw, "link", "set", &gw_if, "up"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{wan_ip}/24"), "dev", "wan0"]);
-        ip(&["-n", &ns, "link", "set", "wan0", "up"]);
-        ip(&["-n", &ns, "route", "add", "default", "via", &gw_ip]);
+        netns_world::add_netns(&ns).unwrap_or_else(|e| panic!("{e:#}"));
+        self.world().add_cloud(&ns, &format!("cl{k}"), wan_ip).unwrap_or_else(|e| panic!("cloud {ns}: {e:#}"));
         let www = std::env::temp_dir().join(format!("netns-agent-test-{}-www{k}", self.id));
         std::fs::create_dir_all(&www).unwrap();
         self.extra_dirs.push(www.clone());
@@ -184,41 +146,10 @@ impl Scenario {
     /// in its own /run (bind-mounted in the private mount namespace of `ip netns exec`).
     pub fn strongswan_responder(&mut self, ns: &str, local_addr: &str, psk: &str, local_ts: &str, remote_ts: &str) {
         let dir = std::env::temp_dir().join(format!("netns-agent-test-{}-swan-{ns}", self.id));
-        std::fs::create_dir_all(dir.join("run")).unwrap();
         self.extra_dirs.push(dir.clone());
-        let libipsec = if vpn_backend() == "libipsec" { "kernel-libipsec " } else { "" };
-        let vici = dir.join("charon.vici");
-        std::fs::write(
-            dir.join("strongswan.conf"),
-            format!(
-                "charon {{\n load = random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 pubkey {libipsec}kernel-netlink socket-default vici updown\n                  plugins {{ vici {{ socket = unix://{} }} }}\n filelog {{ main {{ path = {}\n flush_line = yes\n default = 1 }} }}\n}}\n",
-                vici.display(),
-                dir.join("charon.log").display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("swanctl.conf"),
-            format!(
-                "connections {{ gw {{ version = 2\n local_addrs = {local_addr}\n remote_addrs = %any\n proposals = aes256-sha1-modp2048\n                  local {{ auth = psk\n id = {local_addr} }}\n remote {{ auth = psk }}\n                  children {{ gw {{ local_ts = {local_ts}\n remote_ts = {remote_ts}\n esp_proposals = aes128-sha1 }} }} }} }}\n                 secrets {{ ike-any {{ secret = \"{psk}\" }} }}\n"
-            ),
-        )
-        .unwrap();
-        let charon = format!(
-            "mount --bind {} /run && STRONGSWAN_CONF={} exec /usr/lib/ipsec/charon",
-            dir.join("run").display(),
-            dir.join("strongswan.conf").display()
-        );
-        self.spawn(ns, &["sh", "-c", &charon]);
-        let uri = format!("unix://{}", vici.display());
-        wait_until(scaled(Duration::from_secs(20)), || vici.exists()).unwrap_or_else(|| panic!("responder in {ns}: no vici socket"));
-        let load = Command::new("swanctl")
-            .args(["--load-all", "--noprompt", "--file"])
-            .arg(dir.join("swanctl.conf"))
-            .args(["--uri", &uri])
-            .output()
-            .unwrap();
-        assert!(load.status.success(), "loading the responder of {ns}: {}", String::from_utf8_lossy(&load.stdout));
+        let backend = vpn_backend();
+        let responder = netns_world::Responder { ns, dir: &dir, local_addr, psk, local_ts, remote_ts, backend: &backend };
+        responder.start(&mut self.children, scaled(Duration::from_secs(20))).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// `netns-agent status --json`, parsed.
@@ -235,11 +166,8 @@ impl Scenario {
 
     /// Waits until a TCP server listens on ip:port in `ns`.
     fn wait_listening(&self, ns: &str, ip: &str, port: u16) {
-        wait_until(scaled(Duration::from_secs(10)), || {
-            let out = self.exec(ns, &["ss", "-Hltn", &format!("src {ip}:{port}")]);
-            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-        })
-        .unwrap_or_else(|| panic!("no server on {ip}:{port} in {ns}"));
+        netns_world::wait_listening(ns, ip, port, netns_world::Proto::Tcp, scaled(Duration::from_secs(10)))
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Starts a server that answers each TCP connection with the peer's "ip:port".
@@ -250,8 +178,7 @@ impl Scenario {
 
     /// What a whoami server at ip:port says the connection came from; None if no answer.
     pub fn whoami(&self, ns: &str, ip: &str, port: u16) -> Option<String> {
-        let code = "import socket,sys\ns=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\ns.settimeout(5)\nprint(s.recv(100).decode().strip())";
-        let out = self.python(ns, code, &[ip, &port.to_string()]);
+        let out = self.python(ns, WHOAMI_CLIENT, &[ip, &port.to_string()]);
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
@@ -401,13 +328,7 @@ impl Scenario {
 
     /// Starts a long-running helper in `ns`; killed and reaped at the end of the test.
     pub fn spawn(&mut self, ns: &str, args: &[&str]) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning helper");
+        let child = netns_world::spawn_in(ns, args).unwrap_or_else(|e| panic!("spawning a helper: {e:#}"));
         self.children.push(child);
     }
 
@@ -579,14 +500,11 @@ impl Drop for Background {
     }
 }
 
-/// The uplink that the world builds for a switch NI.
-pub const SWITCH_UPLINK: usize = 3;
+/// The uplink that the world builds for a switch NI; the address every cloud serves on.
+pub use netns_world::{CLOUD_LAN_IP, SWITCH_UPLINK};
 
 /// The "internet" host of a scenario with uplinks.
-pub const INET_IP: &str = "10.99.0.10";
-
-/// The address every cloud serves on (the seed's 192.168.0.1, behind each VPN).
-pub const CLOUD_LAN_IP: &str = "192.168.0.1";
+pub const INET_IP: &str = netns_world::INTERNET_IP;
 
 /// `d` stretched by NETNS_TEST_TIME_SCALE (default 1): the VM run emulates every
 /// instruction (TCG), so its waits need to be longer; never a shortcut for a flaky wait.
@@ -613,60 +531,24 @@ pub fn vpn_backend() -> String {
     std::env::var("NETNS_TEST_VPN_BACKEND").unwrap_or_else(|_| "libipsec".into())
 }
 
+// The helpers below are files of `tests/py/` too, embedded with `include_str!` rather than
+// found by path (`py_script`): they run as `python3 -c <program>` exactly as they did as
+// Rust strings, and the test binaries that use them stay self-contained.
+
 /// Answers each connection with the peer's "ip:port" and closes it.
-pub const WHOAMI_SERVER: &str = r#"
-import socket, sys
-ip, port = sys.argv[1], int(sys.argv[2])
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((ip, port)); srv.listen(64)
-while True:
-    c, peer = srv.accept()
-    with c:
-        c.sendall(f"{peer[0]}:{peer[1]}\n".encode())
-"#;
+pub const WHOAMI_SERVER: &str = include_str!("../py/whoami_server.py");
+
+/// Connects to a whoami server and prints what it says (`Scenario::whoami`).
+const WHOAMI_CLIENT: &str = include_str!("../py/whoami_client.py");
 
 /// A DNS A query over UDP; prints the answer addresses (nothing for NXDOMAIN/empty),
 /// exits 1 on timeout or a non-answer.
-pub const DNS_QUERY: &str = r#"
-import random, socket, struct, sys
-server, name = sys.argv[1], sys.argv[2]
-qid = random.randrange(65536)
-q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-q += b"".join(bytes([len(l)]) + l.encode() for l in name.rstrip(".").split(".")) + b"\0" + struct.pack("!HH", 1, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
-s.sendto(q, (server, 53))
-r, _ = s.recvfrom(4096)
-rid, flags, qd, an = struct.unpack("!HHHH", r[:8])
-if rid != qid or not flags & 0x8000:
-    sys.exit(1)
-def skip_name(b, i):
-    while True:
-        if b[i] == 0: return i + 1
-        if b[i] & 0xc0 == 0xc0: return i + 2
-        i += b[i] + 1
-i = 12
-for _ in range(qd): i = skip_name(r, i) + 4
-out = []
-for _ in range(an):
-    i = skip_name(r, i)
-    t, c, ttl, ln = struct.unpack("!HHIH", r[i:i+10]); i += 10
-    if t == 1: out.append(socket.inet_ntoa(r[i:i+4]))
-    i += ln
-print(" ".join(out))
-"#;
+pub const DNS_QUERY: &str = include_str!("../py/dns_query.py");
 
 /// Answers each UDP datagram with the sender's "ip:port". Tests send it thousands of
 /// datagrams at once: a 4 MiB receive buffer (SO_RCVBUFFORCE = 33, as root, past
 /// rmem_max) keeps it from dropping any (UdpRcvbufErrors) before it reads them.
-pub const UDP_WHOAMI_SERVER: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 4 << 20)
-s.bind((sys.argv[1], int(sys.argv[2])))
-while True:
-    _, peer = s.recvfrom(100)
-    s.sendto(f"{peer[0]}:{peer[1]}".encode(), peer)
-"#;
+pub const UDP_WHOAMI_SERVER: &str = include_str!("../py/udp_whoami_server.py");
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum EchoResult {
@@ -683,62 +565,14 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return Some(());
-        }
-        sleep(Duration::from_millis(100));
-    }
-    None
+/// Polls `f` every 100 ms until it holds (`Some`) or `timeout` passes (`None`).
+pub fn wait_until(timeout: Duration, f: impl FnMut() -> bool) -> Option<()> {
+    netns_world::wait_until(timeout, f).then_some(())
 }
 
 /// Echo server: for each connection, sends back everything it receives until EOF.
-pub const ECHO_SERVER: &str = r#"
-import socket, sys, threading
-ip, port = sys.argv[1], int(sys.argv[2])
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((ip, port)); srv.listen(64)
-def serve(c):
-    with c:
-        while True:
-            data = c.recv(65536)
-            if not data:
-                break
-            c.sendall(data)
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
+pub const ECHO_SERVER: &str = include_str!("../py/echo_server.py");
 
 /// Echo client: exit 0 and prints the byte count when the data came back identical,
 /// 2 on connect timeout, 3 when refused, 1 otherwise.
-pub const ECHO_CLIENT: &str = r#"
-import os, socket, sys
-ip, port, n, dev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-payload = os.urandom(n)
-s = socket.socket()
-if dev:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
-s.settimeout(3)
-try:
-    s.connect((ip, port))
-except socket.timeout:
-    sys.exit(2)
-except ConnectionRefusedError:
-    sys.exit(3)
-s.settimeout(10)
-s.sendall(payload)
-s.shutdown(socket.SHUT_WR)
-got = bytearray()
-while True:
-    d = s.recv(65536)
-    if not d:
-        break
-    got += d
-if bytes(got) != payload:
-    print(f"echo mismatch: sent {n} got {len(got)}", file=sys.stderr)
-    sys.exit(1)
-print(len(got))
-"#;
+pub const ECHO_CLIENT: &str = include_str!("../py/echo_client.py");

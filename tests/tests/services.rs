@@ -40,73 +40,7 @@ acl = [{ id = 1, match = { host = "example.org" } }]
 /// 10.99.0.12 (TTL 1), google.com 10.98.0.10, and every *.race.github.com a fresh address in
 /// 10.99.2.0/23; anything else NXDOMAIN. big.github.com has 60 addresses (10.99.3.1-60):
 /// over UDP the answer is truncated (TC, no records), over TCP it comes whole.
-const MOCK_DNS: &str = r#"
-import socket, struct, threading
-
-def big_answer(q):
-    i = 12
-    while q[i]:
-        i += q[i] + 1
-    question = q[12:i+5]
-    rrs = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 300, 4) + bytes([10, 99, 3, k]) for k in range(1, 61))
-    return struct.pack("!HHHHHH", struct.unpack("!H", q[:2])[0], 0x8180, 1, 60, 0, 0) + question + rrs
-
-def serve_tcp():
-    t = socket.socket()
-    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    t.bind(("10.99.0.53", 53))
-    t.listen(16)
-    while True:
-        c, _ = t.accept()
-        try:
-            n = struct.unpack("!H", c.recv(2))[0]
-            q = b""
-            while len(q) < n:
-                q += c.recv(n - len(q))
-            a = big_answer(q)
-            c.sendall(struct.pack("!H", len(a)) + a)
-        except Exception:
-            pass
-        c.close()
-
-threading.Thread(target=serve_tcp, daemon=True).start()
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("10.99.0.53", 53))
-fixed = {"github.com": ("10.99.0.10", 300), "api.github.com": ("10.99.0.11", 300),
-         "ttl1.github.com": ("10.99.0.12", 1), "google.com": ("10.98.0.10", 300)}
-fresh = 0
-while True:
-    q, peer = s.recvfrom(512)
-    qid, = struct.unpack("!H", q[:2])
-    i, labels = 12, []
-    while q[i]:
-        labels.append(q[i+1:i+1+q[i]].decode()); i += q[i] + 1
-    question = q[12:i+5]
-    name = ".".join(labels).lower()
-    if name in ("trunc.github.com", "loop.github.com", "counts.github.com"):
-        # Broken upstream answers: cut short; an answer whose name points at itself
-        # (10.99.0.66 in its data); a header claiming 65535 answers that are not there.
-        good = struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question
-        rr_loop = struct.pack("!H", 0xc000 | len(good)) + struct.pack("!HHIH", 1, 1, 300, 4) + socket.inet_aton("10.99.0.66")
-        bad = {"trunc.github.com": good[:len(good) - 3],
-               "loop.github.com": good + rr_loop,
-               "counts.github.com": struct.pack("!HHHHHH", qid, 0x8180, 1, 65535, 0, 0) + question}[name]
-        s.sendto(bad, peer)
-        continue
-    if name == "big.github.com":
-        s.sendto(struct.pack("!HHHHHH", qid, 0x8380, 1, 0, 0, 0) + question, peer)
-        continue
-    if name.endswith(".race.github.com"):
-        fresh += 1
-        ans = ("10.99.%d.%d" % (2 + fresh // 250, 1 + fresh % 250), 300)
-    else:
-        ans = fixed.get(name)
-    if ans is None:
-        s.sendto(struct.pack("!HHHHHH", qid, 0x8183, 1, 0, 0, 0) + question, peer)
-        continue
-    rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, ans[1], 4) + socket.inet_aton(ans[0])
-    s.sendto(struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + rr, peer)
-"#;
+const MOCK_DNS: &str = include_str!("../py/mock_upstream_dns.py");
 
 fn scenario(agent_keys: &[&str]) -> Scenario {
     let mut s = Scenario::with_uplinks(&["ni1"], &["app1", "app2"], 1, HOSTS);
@@ -159,26 +93,7 @@ fn host_acl_allows_the_domain_and_its_subdomains_only() {
 }
 
 /// 200 rounds of: resolve a fresh name, connect at once. Prints the failures.
-const RACE: &str = r#"
-import random, socket, struct, sys
-gw, failures = sys.argv[1], 0
-for n in range(200):
-    name = "r%d.race.github.com" % n
-    qid = random.randrange(65536)
-    q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-    q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\x00" + struct.pack("!HH", 1, 1)
-    d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); d.settimeout(3)
-    d.sendto(q, (gw, 53))
-    r = d.recv(512)
-    ip = socket.inet_ntoa(r[-4:])
-    try:
-        c = socket.create_connection((ip, 80), timeout=2)
-        c.recv(100)
-        c.close()
-    except OSError:
-        failures += 1
-print(failures)
-"#;
+const RACE: &str = include_str!("../py/dns_race.py");
 
 #[test]
 fn no_race_between_the_answer_and_the_first_connection() {
@@ -189,20 +104,7 @@ fn no_race_between_the_answer_and_the_first_connection() {
 }
 
 /// Opens a connection, waits past TTL + grace, then tries a new one and uses the old one.
-const EXPIRY: &str = r#"
-import json, socket, sys, time
-ip = sys.argv[1]
-old = socket.create_connection((ip, 7), timeout=2)
-old.sendall(b"before"); first = old.recv(100).decode()
-time.sleep(3.5)
-try:
-    socket.create_connection((ip, 7), timeout=2); new = "connected"
-except OSError:
-    new = "blocked"
-old.settimeout(3)
-old.sendall(b"after"); later = old.recv(100).decode()
-print(json.dumps({"first": first, "new": new, "later": later}))
-"#;
+const EXPIRY: &str = include_str!("../py/dns_expiry.py");
 
 #[test]
 fn expired_answers_leave_the_host_set_but_established_flows_live_on() {

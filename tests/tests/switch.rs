@@ -27,22 +27,8 @@ mac = "02:00:00:00:03:06"
 acl = [{ id = 1, match = { ip = "192.168.0.0/16" }, action = { limit = { rate = 5, unit = "s", burst = 15 } } }]
 "#;
 
-/// A udhcpc script that applies the lease as a DHCP client daemon would.
-const UDHCPC_SCRIPT: &str = "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/$mask\" dev \"$interface\"\nip route replace default via \"$router\" dev \"$interface\"\n";
-
 /// Counts datagrams on ip:port for `secs` seconds; prints how many.
-const COUNT_UDP: &str = r#"
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2]))); s.settimeout(0.2)
-print("ready", flush=True)
-n, end = 0, time.time() + float(sys.argv[3])
-while time.time() < end:
-    try:
-        s.recv(100); n += 1
-    except socket.timeout:
-        pass
-print(n)
-"#;
+const COUNT_UDP: &str = include_str!("../py/count_udp_ready.py");
 
 #[test]
 fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
@@ -78,8 +64,7 @@ fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
 
     // app6 takes the external server's lease (the implicit DHCP rule lets it through).
     let script = std::env::temp_dir().join(format!("netns-agent-test-{}-udhcpc.sh", s.id));
-    std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(&script).status().unwrap();
+    netns_world::programs::write_udhcpc_script(&script).unwrap();
     let script_arg = script.display().to_string();
     let out = s.exec(&app6, &["busybox", "udhcpc", "-i", "nbu1x6.1", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", &script_arg]);
     let _ = std::fs::remove_file(&script);

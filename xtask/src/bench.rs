@@ -319,39 +319,13 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / per_second)
 }
 
-/// Accepts, answers one byte, waits for the client's reset; one connection at a time.
-const CONN_SERVER: &str = r#"
-import socket, sys
-l = socket.socket()
-l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((sys.argv[1], int(sys.argv[2])))
-l.listen(1024)
-while True:
-    c, _ = l.accept()
-    try:
-        c.recv(1); c.sendall(b"y"); c.recv(1)
-    except OSError:
-        pass
-    c.close()
-"#;
-
-/// Opens connections one after the other for the given seconds: connect, one byte each
-/// way, reset (no TIME_WAIT to run out of ports); prints connections per second.
-const CONN_CLIENT: &str = r#"
-import socket, struct, sys, time
-ip, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-linger, n = struct.pack("ii", 1, 0), 0
-start = time.time()
-while time.time() < start + secs:
-    s = socket.create_connection((ip, port), timeout=3)
-    s.sendall(b"x")
-    if s.recv(1) != b"y":
-        sys.exit("no answer")
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-    s.close()
-    n += 1
-print(n / (time.time() - start))
-"#;
+/// The connection-rate server and client (`xtask/py/`; embedded so that the xtask binary
+/// stays self-contained and runs them as `python3 -c` as before): the server accepts,
+/// answers one byte, waits for the client's reset, one connection at a time; the client
+/// opens connections one after the other for the given seconds (connect, one byte each
+/// way, reset: no TIME_WAIT to run out of ports) and prints connections per second.
+const CONN_SERVER: &str = include_str!("../py/conn_server.py");
+const CONN_CLIENT: &str = include_str!("../py/conn_client.py");
 
 /// One connection-rate run; new TCP connections per second.
 fn connection_rate() -> Result<f64> {

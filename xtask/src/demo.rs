@@ -17,15 +17,23 @@
 //! each app's resolv.conf names its first NI's gateway, where the agent's DNS proxy
 //! answers (app6's names the internet's). Every check prints PASS or FAIL; any FAIL fails
 //! the demo.
+//!
+//! The world outside the agent is netns-world's, the very one the integration tests build
+//! (here under the seed's names); this file adds the seed's apps, servers and checks.
 
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
+// The VPN checks' poll (was `wait_for` here, at 200 ms).
+use netns_world::wait_until as wait_for;
+use netns_world::{
+    programs::{HTTP_SERVER, MOCK_DNS, VM_RELAY},
+    spawn_in, Proto, Responder, World, DNS_SERVER_IP, SWITCH_UPLINK,
+};
 
 pub(crate) const ZEDBOX: &str = "zedbox";
 pub(crate) const GW: &str = "gw";
@@ -39,6 +47,10 @@ pub(crate) const STATE_DIR: &str = "/run/netns-agent";
 /// The demo config's `flow_log`.
 const FLOW_LOG: &str = "/run/netns-agent/flows.jsonl";
 const UPLINKS: usize = 3;
+/// The seed's world, by the seed's names.
+const WORLD: World<'static> = World { zedbox: ZEDBOX, gw: GW, internet: INTERNET };
+/// How long a server may take to listen: generous for the emulated VM on a busy machine.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// app1's addresses (NI1, NI2), app2's, app3's.
 const APP1_NI1: &str = "10.10.1.2";
@@ -56,71 +68,6 @@ const CONFIG: &str = include_str!("demo.toml");
 /// the device.
 const EVE_CONFIG: &str = "tests/eve/scenario.json";
 const EVE_BINDINGS: &str = include_str!("demo-bindings.toml");
-
-/// The internet's DNS: github.com and zededa.com -> 10.99.0.10, google.com -> 10.98.0.10.
-const MOCK_DNS: &str = r#"
-import socket, struct
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("10.99.0.53", 53))
-known = {"github.com": "10.99.0.10", "api.github.com": "10.99.0.10", "zededa.com": "10.99.0.10", "google.com": "10.98.0.10"}
-while True:
-    q, peer = s.recvfrom(512)
-    qid, = struct.unpack("!H", q[:2])
-    i, labels = 12, []
-    while q[i]:
-        labels.append(q[i+1:i+1+q[i]].decode()); i += q[i] + 1
-    qtype, = struct.unpack("!H", q[i+1:i+3])
-    question = q[12:i+5]
-    ip = known.get(".".join(labels).lower())
-    if ip is None:
-        s.sendto(struct.pack("!HHHHHH", qid, 0x8183, 1, 0, 0, 0) + question, peer)
-    elif qtype != 1:
-        s.sendto(struct.pack("!HHHHHH", qid, 0x8180, 1, 0, 0, 0) + question, peer)
-    else:
-        rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 300, 4) + socket.inet_aton(ip)
-        s.sendto(struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + rr, peer)
-"#;
-
-/// A static-file HTTP server. Not `python3 -m http.server`: that one looks up its own
-/// name in DNS at start, which sends a query toward the host's resolver.
-pub const HTTP_SERVER: &str = r#"
-import functools, http.server, socketserver, sys
-ip, port, root = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
-socketserver.TCPServer.allow_reuse_address = True
-with socketserver.ThreadingTCPServer((ip, port), handler) as server:
-    server.serve_forever()
-"#;
-
-/// The hypervisor of the VM app3: creates the tap nbu1x3 in zedbox (the agent bridges it
-/// into NI3) and the guest's NIC eth0 (a tap in netns app3), and relays frames between
-/// them as qemu's tap backend and virtual NIC would.
-const VM_RELAY: &str = r#"
-import ctypes, fcntl, os, select, struct
-libc = ctypes.CDLL(None, use_errno=True)
-def enter(ns):
-    fd = os.open("/run/netns/" + ns, os.O_RDONLY)
-    if libc.setns(fd, 0x40000000) != 0:
-        raise OSError(ctypes.get_errno(), "setns " + ns)
-    os.close(fd)
-def tap(name):
-    fd = os.open("/dev/net/tun", os.O_RDWR)
-    fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", name.encode(), 0x0002 | 0x1000))  # TUNSETIFF: TAP, NO_PI
-    return fd
-enter("zedbox"); host = tap("nbu1x3")
-enter("app3"); guest = tap("eth0")
-print("ready", flush=True)
-peer = {host: guest, guest: host}
-while True:
-    for fd in select.select([host, guest], [], [])[0]:
-        try:
-            os.write(peer[fd], os.read(fd, 65536))
-        except OSError:
-            pass  # a side that is down (or moving between namespaces) drops the frame
-"#;
-
-/// Applies a DHCP lease as a client daemon would (busybox udhcpc's script interface).
-const UDHCPC_SCRIPT: &str = "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/$mask\" dev \"$interface\"\nip route replace default via \"$router\" dev \"$interface\"\n";
 
 struct Demo {
     agent_bin: PathBuf,
@@ -242,8 +189,7 @@ impl Demo {
         step("web servers in each app and on the internet sites; the internet's DNS server");
         step("DHCP: the VM app3's guest NIC asks NI3's server; app6 asks gw's, behind the switch NI6");
         let script = self.web_root.join("udhcpc.sh");
-        std::fs::write(&script, UDHCPC_SCRIPT)?;
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        netns_world::programs::write_udhcpc_script(&script)?;
         sh(&["ip", "-n", "app3", "link", "set", "eth0", "address", "02:16:3e:03:03:01", "up"])?;
         for (ns, ifname) in [("app3", "eth0"), ("app6", "nbu1x6.1")] {
             let _ = crate::run(
@@ -269,13 +215,8 @@ impl Demo {
         if app3_leased {
             self.http_server("app3", APP3, "app3-data")?;
         }
-        let dns = Command::new("ip")
-            .args(["netns", "exec", INTERNET, "python3", "-c", MOCK_DNS])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.servers.push(dns);
-        wait_listening_on(INTERNET, "10.99.0.53", 53, "-Hlun")?;
+        self.spawn_server(INTERNET, &["python3", "-c", MOCK_DNS])?;
+        netns_world::wait_listening(INTERNET, DNS_SERVER_IP, 53, Proto::Udp, LISTEN_TIMEOUT)?;
 
         step("checks (seed walkthrough)");
         let addrs = output(&["ip", "netns", "exec", "app1", "ip", "-4", "-o", "addr"]);
@@ -528,54 +469,25 @@ impl Demo {
         Ok(())
     }
 
-    /// An IKEv2 responder for 192.168.0.0/24 === 10.10.10.0/24 with `psk`, in its own
-    /// /run (bind-mounted in the private mount namespace of `ip netns exec`).
+    /// An IKEv2 responder for 192.168.0.0/24 === 10.10.10.0/24 with `psk` (see
+    /// `netns_world::Responder`); prints swanctl's report of what it loaded.
     fn strongswan_responder(&mut self, ns: &str, addr: &str, psk: &str) -> Result<()> {
         let dir = self.web_root.join(format!("swan-{ns}"));
-        std::fs::create_dir_all(dir.join("run"))?;
-        let vici = dir.join("charon.vici");
-        let _ = std::fs::remove_file(&vici);
-        let libipsec = if self.ipsec_backend == "libipsec" { "kernel-libipsec " } else { "" };
-        std::fs::write(dir.join("strongswan.conf"), format!(
-            "charon {{\n  load = random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 pubkey {libipsec}kernel-netlink socket-default vici updown\n  \
-             plugins {{ vici {{ socket = unix://{} }} }}\n  filelog {{ main {{ path = {}\n    default = 1\n    flush_line = yes }} }}\n}}\n",
-            vici.display(), dir.join("charon.log").display()))?;
-        std::fs::write(
-            dir.join("swanctl.conf"),
-            format!(
-                "connections {{ gw {{ version = 2\n  local_addrs = {addr}\n  remote_addrs = %any\n  proposals = aes256-sha1-modp2048\n  \
-             local {{ auth = psk\n    id = {addr} }}\n  remote {{ auth = psk }}\n  \
-             children {{ gw {{ local_ts = 192.168.0.0/24\n    remote_ts = 10.10.10.0/24\n    esp_proposals = aes128-sha1 }} }} }} }}\n\
-             secrets {{ ike-gw {{ secret = \"{psk}\" }} }}\n"
-            ),
-        )?;
-        let charon = format!(
-            "mount --bind {}/run /run && STRONGSWAN_CONF={}/strongswan.conf exec /usr/lib/ipsec/charon",
-            dir.display(),
-            dir.display()
-        );
-        self.spawn_server(ns, &["sh", "-c", &charon])?;
-        if !wait_for(Duration::from_secs(20), || vici.exists()) {
-            bail!("the IKE responder in {ns} did not start (see {}/charon.log)", dir.display());
-        }
-        crate::run(
-            Command::new("swanctl")
-                .args(["--load-all", "--noprompt", "--file"])
-                .arg(dir.join("swanctl.conf"))
-                .arg("--uri")
-                .arg(format!("unix://{}", vici.display())),
-        )
+        let responder = Responder {
+            ns,
+            dir: &dir,
+            local_addr: addr,
+            psk,
+            local_ts: "192.168.0.0/24",
+            remote_ts: "10.10.10.0/24",
+            backend: self.ipsec_backend,
+        };
+        print!("{}", responder.start(&mut self.servers, Duration::from_secs(20))?);
+        Ok(())
     }
 
     fn spawn_server(&mut self, ns: &str, args: &[&str]) -> Result<()> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {} in {ns}", args[0]))?;
-        self.servers.push(child);
+        self.servers.push(spawn_in(ns, args)?);
         Ok(())
     }
 
@@ -588,13 +500,8 @@ impl Demo {
         let root = self.web_root.join(format!("{ns}-{ip}"));
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("index.html"), format!("{page}\n"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", HTTP_SERVER, ip, "80"])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.servers.push(child);
+        let root = root.to_str().context("the web root is not UTF-8")?;
+        self.spawn_server(ns, &["python3", "-c", HTTP_SERVER, ip, "80", root])?;
         wait_listening(ns, ip, 80)
     }
 
@@ -638,77 +545,29 @@ impl Drop for Demo {
 /// the clouds behind gw with 192.168.0.1 on their lo, app4-app6 and their resolvers.
 fn build_seed_world() -> Result<()> {
     for ns in MORE_APPS.iter().chain(CLOUDS.iter()) {
-        sh(&["ip", "netns", "add", ns])?;
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        netns_world::add_netns(ns)?;
     }
-    sh(&["ip", "-n", ZEDBOX, "link", "add", "eth3", "type", "veth", "peer", "name", "up3", "netns", GW])?;
-    sh(&["ip", "-n", GW, "addr", "add", "192.168.3.1/24", "dev", "up3"])?;
-    sh(&["ip", "-n", GW, "link", "set", "up3", "up"])?;
-    for (k, (cloud, net)) in CLOUDS.iter().zip(["192.168.111", "192.168.222"]).enumerate() {
-        let gw_if = format!("cloud{}", k + 1);
-        sh(&["ip", "-n", GW, "link", "add", &gw_if, "type", "veth", "peer", "name", "wan0", "netns", cloud])?;
-        sh(&["ip", "-n", GW, "addr", "add", &format!("{net}.254/24"), "dev", &gw_if])?;
-        sh(&["ip", "-n", GW, "link", "set", &gw_if, "up"])?;
-        sh(&["ip", "-n", cloud, "addr", "add", &format!("{net}.1/24"), "dev", "wan0"])?;
-        sh(&["ip", "-n", cloud, "link", "set", "wan0", "up"])?;
-        sh(&["ip", "-n", cloud, "route", "add", "default", "via", &format!("{net}.254")])?;
-        sh(&["ip", "-n", cloud, "addr", "add", &format!("{CLOUD_LAN_IP}/32"), "dev", "lo"])?;
+    WORLD.add_uplink(SWITCH_UPLINK)?;
+    for (cloud, wan_ip) in CLOUDS.iter().zip(["192.168.111.1", "192.168.222.1"]) {
+        // gw's end of the link is named after the cloud.
+        WORLD.add_cloud(cloud, cloud, wan_ip)?;
     }
-    for (app, server) in [("app4", "10.10.10.1"), ("app5", "10.10.10.1"), ("app6", "10.99.0.53")] {
-        let dir = Path::new("/etc/netns").join(app);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("resolv.conf"), format!("nameserver {server}\n"))?;
+    for (app, server) in [("app4", "10.10.10.1"), ("app5", "10.10.10.1"), ("app6", DNS_SERVER_IP)] {
+        netns_world::resolv_conf(app, &[server])?;
     }
     Ok(())
 }
 
-/// Polls `f` every 200 ms until it holds or `timeout` passes.
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        sleep(Duration::from_millis(200));
-    }
-    false
-}
-
 /// The seed's world outside the agent's control: namespaces, uplinks, router, internet.
 pub(crate) fn build_world() -> Result<()> {
-    for ns in [ZEDBOX, GW, INTERNET].iter().chain(APPS.iter()) {
-        sh(&["ip", "netns", "add", ns])?;
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    for ns in [ZEDBOX].iter().chain(APPS.iter()) {
+        netns_world::add_netns(ns)?;
     }
-    sh(&["ip", "netns", "exec", GW, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-    for i in 0..UPLINKS {
-        let (eth, keth, up) = (format!("eth{i}"), format!("keth{i}"), format!("up{i}"));
-        sh(&["ip", "-n", ZEDBOX, "link", "add", &eth, "type", "bridge"])?;
-        sh(&["ip", "-n", ZEDBOX, "link", "add", &keth, "type", "veth", "peer", "name", &up, "netns", GW])?;
-        sh(&["ip", "-n", ZEDBOX, "link", "set", &keth, "master", &eth, "up"])?;
-        sh(&["ip", "-n", ZEDBOX, "addr", "add", &format!("192.168.{i}.2/24"), "dev", &eth])?;
-        sh(&["ip", "-n", ZEDBOX, "link", "set", &eth, "up"])?;
-        sh(&["ip", "-n", GW, "addr", "add", &format!("192.168.{i}.1/24"), "dev", &up])?;
-        sh(&["ip", "-n", GW, "link", "set", &up, "up"])?;
-        let metric = (100 + i).to_string();
-        sh(&["ip", "-n", ZEDBOX, "route", "add", "default", "via", &format!("192.168.{i}.1"), "dev", &eth, "metric", &metric])?;
-    }
-    sh(&["ip", "-n", GW, "link", "add", "inet0", "type", "veth", "peer", "name", "wan0", "netns", INTERNET])?;
-    sh(&["ip", "-n", GW, "addr", "add", "10.99.0.1/24", "dev", "inet0"])?;
-    sh(&["ip", "-n", GW, "addr", "add", "10.98.0.1/24", "dev", "inet0"])?;
-    sh(&["ip", "-n", GW, "link", "set", "inet0", "up"])?;
-    sh(&["ip", "-n", INTERNET, "addr", "add", &format!("{ALLOWED_SITE}/24"), "dev", "wan0"])?;
-    sh(&["ip", "-n", INTERNET, "addr", "add", &format!("{BLOCKED_SITE}/24"), "dev", "wan0"])?;
-    sh(&["ip", "-n", INTERNET, "link", "set", "wan0", "up"])?;
-    sh(&["ip", "-n", INTERNET, "route", "add", "default", "via", "10.99.0.1"])?;
-    sh(&["ip", "-n", INTERNET, "addr", "add", "10.99.0.53/24", "dev", "wan0"])?;
-    // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf: each app asks its first
-    // NI's gateway (the agent's DNS proxy).
+    WORLD.build(UPLINKS)?;
+    WORLD.add_seed_sites()?;
+    // Each app asks its first NI's gateway (the agent's DNS proxy).
     for (app, servers) in [("app1", ["10.10.1.1", "192.168.1.1"].as_slice()), ("app2", &["192.168.1.1"]), ("app3", &["10.10.1.1"])] {
-        let dir = Path::new("/etc/netns").join(app);
-        std::fs::create_dir_all(&dir)?;
-        let conf: String = servers.iter().map(|s| format!("nameserver {s}\n")).collect();
-        std::fs::write(dir.join("resolv.conf"), conf)?;
+        netns_world::resolv_conf(app, servers)?;
     }
     Ok(())
 }
@@ -745,23 +604,9 @@ pub(crate) fn output(args: &[&str]) -> String {
     Command::new(args[0]).args(&args[1..]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
+/// Waits until a TCP server listens on ip:port in `ns`.
 pub(crate) fn wait_listening(ns: &str, ip: &str, port: u16) -> Result<()> {
-    wait_listening_on(ns, ip, port, "-Hltn")
-}
-
-/// Waits until `ss <flags>` in `ns` shows a socket on ip:port ("-Hltn" TCP, "-Hlun" UDP).
-fn wait_listening_on(ns: &str, ip: &str, port: u16, flags: &str) -> Result<()> {
-    // A wait, not a timed check: it returns as soon as the server listens; the limit is
-    // generous for the emulated VM on a busy machine.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let out = Command::new("ip").args(["netns", "exec", ns, "ss", flags, &format!("src {ip}:{port}")]).output()?;
-        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-            return Ok(());
-        }
-        sleep(Duration::from_millis(100));
-    }
-    bail!("no server in {ns} on {ip}:{port} (ss {flags})")
+    netns_world::wait_listening(ns, ip, port, Proto::Tcp, LISTEN_TIMEOUT)
 }
 
 pub(crate) fn curl(ns: &str, extra: &[&str], target: &str) -> Option<String> {

@@ -1,0 +1,29 @@
+# ip port bytes dev: exit 0 and prints the byte count when the data came back identical,
+# 2 on connect timeout, 3 when refused, 1 otherwise. A non-empty dev binds the socket to
+# that interface.
+import os, socket, sys
+ip, port, n, dev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+payload = os.urandom(n)
+s = socket.socket()
+if dev:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+s.settimeout(3)
+try:
+    s.connect((ip, port))
+except socket.timeout:
+    sys.exit(2)
+except ConnectionRefusedError:
+    sys.exit(3)
+s.settimeout(10)
+s.sendall(payload)
+s.shutdown(socket.SHUT_WR)
+got = bytearray()
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += d
+if bytes(got) != payload:
+    print(f"echo mismatch: sent {n} got {len(got)}", file=sys.stderr)
+    sys.exit(1)
+print(len(got))
