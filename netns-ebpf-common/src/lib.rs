@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod acl;
+pub mod classify;
 pub mod ct;
 pub mod event;
 pub mod frag;
@@ -280,6 +281,13 @@ const _: () = {
     assert!(size_of::<ct::CtKey>() == 20);
     assert!(size_of::<ct::CtValue>() == 80);
     assert!(size_of::<acl::AclTable>() == 1032);
+    assert!(size_of::<acl::Ace>() == 16);
+    assert!(size_of::<classify::Bits>() == 64);
+    assert!(size_of::<classify::IpBitsKey>() == 16);
+    assert!(size_of::<classify::ProtoBitsKey>() == 12);
+    assert!(size_of::<classify::PortBitsKey>() == 12);
+    assert!(size_of::<classify::AceKey>() == 8);
+    assert!(size_of::<classify::AclShape>() == 8);
     assert!(size_of::<nat::NatKey>() == 20);
     assert!(size_of::<nat::NatValue>() == 24);
     assert!(size_of::<nat::NatIface>() == 24);
@@ -306,6 +314,13 @@ mod pod {
     unsafe impl aya::Pod for super::ct::CtKey {}
     unsafe impl aya::Pod for super::ct::CtValue {}
     unsafe impl aya::Pod for super::acl::AclTable {}
+    unsafe impl aya::Pod for super::acl::Ace {}
+    unsafe impl aya::Pod for super::classify::Bits {}
+    unsafe impl aya::Pod for super::classify::IpBitsKey {}
+    unsafe impl aya::Pod for super::classify::ProtoBitsKey {}
+    unsafe impl aya::Pod for super::classify::PortBitsKey {}
+    unsafe impl aya::Pod for super::classify::AceKey {}
+    unsafe impl aya::Pod for super::classify::AclShape {}
     unsafe impl aya::Pod for super::nat::NatKey {}
     unsafe impl aya::Pod for super::nat::NatValue {}
     unsafe impl aya::Pod for super::nat::NatIface {}

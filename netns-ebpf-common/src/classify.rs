@@ -1,0 +1,323 @@
+//! ACLs flat in size: the first ACE that decides a new flow, found from per-field bitmaps
+//! (bpf-iptables' linear bit-vector search) instead of a walk over the ACEs.
+//!
+//! The agent compiles an ACL ([`compile`]) into bitmaps over its ACEs, in chunks of
+//! [`CHUNK_ACES`]: for the chunk and a value of a field (the remote address, by longest
+//! prefix; the protocol, with whether the remote is in the eidset; the remote port), the
+//! ACEs of the chunk that the value satisfies. A flow's candidates in a chunk are the AND
+//! of its three bitmaps, and the first set bit of the first chunk that has one is the
+//! first deciding ACE: a few lookups per 512 ACEs, the same for an ACE at position 1 or
+//! 10,000. Two kinds of ACE are not in the bitmaps: port maps (they never decide an app's
+//! own flows) and host ACEs, whose match is a DNS answer for this app: the host set's
+//! mask names those that resolved to the remote (by ordinal, at most [`MAX_HOST_ACES`]),
+//! checked one by one after the bitmaps, and only those before the bitmaps' answer.
+//!
+//! Everything an ACL compiles to is keyed by an ACL id: a changed ACL is written under a
+//! new id beside the live one and switched in by one update of the port's entry, so a
+//! packet sees the old ACL or the new one, never half of one.
+//!
+//! [`first_decider`] is the whole search over [`AclMaps`]: the programs implement the
+//! trait with map lookups, the host (and this module's tests) with the compiled vectors.
+
+use crate::{
+    acl::{prefix_contains, Ace, AceQuery, ACTION_PORTMAP, MATCH_EIDSET, MATCH_FPORT, MATCH_HOST, MATCH_IP, MATCH_PROTO},
+    Ipv4,
+};
+
+/// ACEs per bitmap chunk: 8 words, one 64-byte map value.
+pub const CHUNK_ACES: usize = 512;
+pub const CHUNK_WORDS: usize = CHUNK_ACES / 64;
+/// ACEs per app interface.
+pub const MAX_CLASSIFIED_ACES: usize = 10_240;
+pub const MAX_CHUNKS: usize = MAX_CLASSIFIED_ACES / CHUNK_ACES;
+/// Host ACEs per app interface: the host set's mask has a bit for each.
+pub const MAX_HOST_ACES: usize = 64;
+/// The protocol key of the bitmap for protocols no ACE of the chunk names.
+pub const PROTO_ANY: u16 = 256;
+
+/// A chunk's ACEs that a field's value satisfies: bit i of word w is ACE
+/// `chunk * CHUNK_ACES + w * 64 + i`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bits {
+    pub words: [u64; CHUNK_WORDS],
+}
+
+impl Bits {
+    /// Marks ACE `i` of the chunk.
+    pub fn set(&mut self, i: usize) {
+        self.words[i / 64] |= 1 << (i % 64);
+    }
+}
+
+/// An LPM trie key: the ACL, the chunk and the remote address; `prefix_len` counts the
+/// bits of all three, 64 + the ACE prefix's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpBitsKey {
+    pub prefix_len: u32,
+    pub acl: u32,
+    pub chunk: u32,
+    pub addr: Ipv4,
+}
+
+/// The protocol's bitmap (`PROTO_ANY`: for a protocol no ACE of the chunk names), for a
+/// remote in the NI's eidset or not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProtoBitsKey {
+    pub acl: u32,
+    pub chunk: u16,
+    pub proto: u16,
+    pub in_eidset: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The remote port's bitmap (`any`: for a port no ACE of the chunk names).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortBitsKey {
+    pub acl: u32,
+    pub chunk: u16,
+    pub port: u16,
+    pub any: u8,
+    pub _pad: [u8; 3],
+}
+
+/// ACE `index` of ACL `acl` (the decided ACE's id and action; a host ACE's fields).
+/// With `host`, `index` is a host ACE's ordinal and the value's `id` its ACE index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AceKey {
+    pub acl: u32,
+    pub index: u32,
+}
+
+/// What the search reads; the programs look up their maps, the host its vectors.
+pub trait AclMaps {
+    fn ip_bits(&self, key: &IpBitsKey) -> Option<&Bits>;
+    fn proto_bits(&self, key: &ProtoBitsKey) -> Option<&Bits>;
+    fn port_bits(&self, key: &PortBitsKey) -> Option<&Bits>;
+    fn ace(&self, key: &AceKey) -> Option<&Ace>;
+    /// The ACE index of host ACE number `key.index` (its ordinal among the host ACEs).
+    fn host_ace(&self, key: &AceKey) -> Option<u32>;
+}
+
+/// An ACL's size, which the search needs: chunks to scan, host ACEs there are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclShape {
+    pub aces: u32,
+    pub host_aces: u32,
+}
+
+impl AclShape {
+    pub fn chunks(&self) -> u32 {
+        let chunks = (self.aces as usize).div_ceil(CHUNK_ACES);
+        if chunks > MAX_CHUNKS {
+            MAX_CHUNKS as u32
+        } else {
+            chunks as u32
+        }
+    }
+}
+
+/// Do ACE `ace`'s address, protocol, port and eidset matches hold for the flow? (Its host
+/// match is the caller's.)
+#[inline(always)]
+pub fn fields_match(ace: &Ace, q: &AceQuery) -> bool {
+    (ace.matches & MATCH_IP == 0 || prefix_contains(ace.prefix, ace.prefix_len, q.remote))
+        && (ace.matches & MATCH_PROTO == 0 || ace.proto == q.proto)
+        && (ace.matches & MATCH_FPORT == 0 || ace.fport == q.remote_port)
+        && (ace.matches & MATCH_EIDSET == 0 || q.facts.in_eidset)
+}
+
+/// The first ACE of chunk `chunk` that the bitmaps say decides the flow: its index.
+#[inline(always)]
+pub fn chunk_first(maps: &impl AclMaps, acl: u32, chunk: u32, q: &AceQuery) -> Option<u32> {
+    let c16 = chunk as u16;
+    let ip = maps.ip_bits(&IpBitsKey { prefix_len: 96, acl, chunk, addr: q.remote })?;
+    let eid = q.facts.in_eidset as u8;
+    let proto_key = |proto| ProtoBitsKey { acl, chunk: c16, proto, in_eidset: eid, _pad: [0; 3] };
+    let proto = maps.proto_bits(&proto_key(q.proto as u16)).or_else(|| maps.proto_bits(&proto_key(PROTO_ANY)))?;
+    let port_key = |port, any| PortBitsKey { acl, chunk: c16, port, any, _pad: [0; 3] };
+    let port = maps.port_bits(&port_key(q.remote_port, 0)).or_else(|| maps.port_bits(&port_key(0, 1)))?;
+    let mut w = 0;
+    while w < CHUNK_WORDS {
+        let bits = ip.words[w] & proto.words[w] & port.words[w];
+        if bits != 0 {
+            return Some(chunk * CHUNK_ACES as u32 + (w * 64) as u32 + bits.trailing_zeros());
+        }
+        w += 1;
+    }
+    None
+}
+
+/// The first host ACE before `before` whose domain resolved to the remote (the host set's
+/// mask, by ordinal) and whose other fields match.
+#[inline(always)]
+pub fn host_first(maps: &impl AclMaps, acl: u32, shape: &AclShape, q: &AceQuery, before: u32) -> Option<u32> {
+    let mut mask = q.facts.host_mask;
+    if shape.host_aces < 64 {
+        mask &= (1u64 << shape.host_aces) - 1;
+    }
+    // Ordinals follow the ACEs' order: the first that holds is the first host ACE.
+    let mut n = 0;
+    while mask != 0 && n < MAX_HOST_ACES {
+        let ordinal = mask.trailing_zeros();
+        mask &= mask - 1;
+        n += 1;
+        let index = maps.host_ace(&AceKey { acl, index: ordinal })?;
+        if index >= before {
+            return None;
+        }
+        if let Some(ace) = maps.ace(&AceKey { acl, index }) {
+            if ace.action != ACTION_PORTMAP && fields_match(ace, q) {
+                return Some(index);
+            }
+        }
+    }
+    None
+}
+
+/// The index of the first ACE of ACL `acl` that decides the flow: the same ACE as a walk
+/// in order (`reference_first`) finds.
+#[inline(always)]
+pub fn first_decider(maps: &impl AclMaps, acl: u32, shape: &AclShape, q: &AceQuery) -> Option<u32> {
+    let mut found = None;
+    let mut chunk = 0;
+    while chunk < shape.chunks() {
+        found = chunk_first(maps, acl, chunk, q);
+        if found.is_some() {
+            break;
+        }
+        chunk += 1;
+    }
+    match host_first(maps, acl, shape, q, found.unwrap_or(u32::MAX)) {
+        Some(host) => Some(host),
+        None => found,
+    }
+}
+
+/// The walk the bitmaps stand for: ACEs in order, first that decides. A host ACE's bit in
+/// the host set's mask is its ordinal among the host ACEs.
+pub fn reference_first(aces: &[Ace], q: &AceQuery) -> Option<u32> {
+    let mut ordinal = 0;
+    for (i, ace) in aces.iter().enumerate() {
+        let host_ok = if ace.matches & MATCH_HOST != 0 {
+            let ok = ordinal < MAX_HOST_ACES && q.facts.host_mask & (1 << ordinal) != 0;
+            ordinal += 1;
+            ok
+        } else {
+            true
+        };
+        if ace.action != ACTION_PORTMAP && host_ok && fields_match(ace, q) {
+            return Some(i as u32);
+        }
+    }
+    None
+}
+
+#[cfg(any(test, feature = "user"))]
+pub use compile::{compile, CompiledAcl};
+
+#[cfg(any(test, feature = "user"))]
+mod compile {
+    extern crate std;
+    use std::{collections::BTreeSet, vec::Vec};
+
+    use super::*;
+
+    /// An ACL as map entries, all under one ACL id.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct CompiledAcl {
+        pub shape: AclShape,
+        pub ip: Vec<(IpBitsKey, Bits)>,
+        pub proto: Vec<(ProtoBitsKey, Bits)>,
+        pub port: Vec<(PortBitsKey, Bits)>,
+        pub aces: Vec<(AceKey, Ace)>,
+        /// Host ACE ordinal -> ACE index.
+        pub hosts: Vec<(AceKey, u32)>,
+    }
+
+    /// Compiles `aces` (at most `MAX_CLASSIFIED_ACES`, at most `MAX_HOST_ACES` of them
+    /// host ACEs: the config checks both; more are left out) under id `acl`.
+    pub fn compile(acl: u32, aces: &[Ace]) -> CompiledAcl {
+        let aces = &aces[..aces.len().min(MAX_CLASSIFIED_ACES)];
+        let mut out = CompiledAcl::default();
+        let host_indexes = aces.iter().enumerate().filter(|(_, a)| a.matches & MATCH_HOST != 0).map(|(i, _)| i as u32);
+        for (ordinal, index) in host_indexes.take(MAX_HOST_ACES).enumerate() {
+            out.hosts.push((AceKey { acl, index: ordinal as u32 }, index));
+        }
+        out.shape = AclShape { aces: aces.len() as u32, host_aces: out.hosts.len() as u32 };
+        out.aces = aces.iter().enumerate().map(|(i, a)| (AceKey { acl, index: i as u32 }, *a)).collect();
+        for (chunk, part) in aces.chunks(CHUNK_ACES).enumerate() {
+            // Only the ACEs the bitmaps decide: no port maps, no host ACEs.
+            let covered: Vec<(usize, &Ace)> =
+                part.iter().enumerate().filter(|(_, a)| a.action != ACTION_PORTMAP && a.matches & MATCH_HOST == 0).collect();
+            ip_bits(&mut out, acl, chunk as u32, &covered);
+            proto_bits(&mut out, acl, chunk as u16, &covered);
+            port_bits(&mut out, acl, chunk as u16, &covered);
+        }
+        out
+    }
+
+    fn bits_of(covered: &[(usize, &Ace)], pred: impl Fn(&Ace) -> bool) -> Bits {
+        let mut bits = Bits::default();
+        for (i, a) in covered {
+            if pred(a) {
+                bits.set(*i);
+            }
+        }
+        bits
+    }
+
+    /// One entry per prefix an ACE of the chunk names, and /0: the ACEs whose prefix
+    /// contains it, and those with no address match. The longest entry that holds an
+    /// address holds exactly the ACEs whose prefix contains that address.
+    fn ip_bits(out: &mut CompiledAcl, acl: u32, chunk: u32, covered: &[(usize, &Ace)]) {
+        let masked = |a: &Ace| (mask(a.prefix, a.prefix_len), a.prefix_len.min(32));
+        let mut prefixes: BTreeSet<(Ipv4, u8)> =
+            covered.iter().filter(|(_, a)| a.matches & MATCH_IP != 0).map(|(_, a)| masked(a)).collect();
+        prefixes.insert(([0; 4], 0));
+        for (prefix, len) in prefixes {
+            let holds = |a: &Ace| a.prefix_len.min(32) <= len && prefix_contains(a.prefix, a.prefix_len, prefix);
+            let bits = bits_of(covered, |a| a.matches & MATCH_IP == 0 || holds(a));
+            out.ip.push((IpBitsKey { prefix_len: 64 + len as u32, acl, chunk, addr: prefix }, bits));
+        }
+    }
+
+    /// Per protocol an ACE of the chunk names, and for any other: the ACEs whose protocol
+    /// it is or that name none; twice, with the eidset ACEs for a remote in the eidset and
+    /// without them.
+    fn proto_bits(out: &mut CompiledAcl, acl: u32, chunk: u16, covered: &[(usize, &Ace)]) {
+        let protos: BTreeSet<u16> = covered.iter().filter(|(_, a)| a.matches & MATCH_PROTO != 0).map(|(_, a)| a.proto as u16).collect();
+        for in_eidset in [0u8, 1] {
+            let eid_ok = |a: &Ace| a.matches & MATCH_EIDSET == 0 || in_eidset == 1;
+            for &proto in protos.iter().chain([PROTO_ANY].iter()) {
+                let bits = bits_of(covered, |a| eid_ok(a) && (a.matches & MATCH_PROTO == 0 || a.proto as u16 == proto));
+                out.proto.push((ProtoBitsKey { acl, chunk, proto, in_eidset, _pad: [0; 3] }, bits));
+            }
+        }
+    }
+
+    /// Per remote port an ACE of the chunk names, and for any other.
+    fn port_bits(out: &mut CompiledAcl, acl: u32, chunk: u16, covered: &[(usize, &Ace)]) {
+        let ports: BTreeSet<u16> = covered.iter().filter(|(_, a)| a.matches & MATCH_FPORT != 0).map(|(_, a)| a.fport).collect();
+        for port in ports {
+            let bits = bits_of(covered, |a| a.matches & MATCH_FPORT == 0 || a.fport == port);
+            out.port.push((PortBitsKey { acl, chunk, port, any: 0, _pad: [0; 3] }, bits));
+        }
+        let any = bits_of(covered, |a| a.matches & MATCH_FPORT == 0);
+        out.port.push((PortBitsKey { acl, chunk, port: 0, any: 1, _pad: [0; 3] }, any));
+    }
+
+    fn mask(addr: Ipv4, len: u8) -> Ipv4 {
+        let len = len.min(32) as u32;
+        let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        (u32::from_be_bytes(addr) & m).to_be_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,182 @@
+extern crate std;
+use std::{collections::HashMap, vec::Vec};
+
+use super::*;
+use crate::{
+    acl::{AceWalk, AclTable, LoopWalk, RemoteFacts, ACTION_ACCEPT, ACTION_DROP, ACTION_LIMIT, MAX_ACES},
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
+
+/// The compiled ACL looked up as the programs do (the LPM trie: the longest prefix).
+struct Lookup {
+    ip: Vec<(IpBitsKey, Bits)>,
+    proto: HashMap<ProtoBitsKey, Bits>,
+    port: HashMap<PortBitsKey, Bits>,
+    aces: HashMap<AceKey, Ace>,
+    hosts: HashMap<AceKey, u32>,
+}
+
+impl Lookup {
+    fn new(c: &CompiledAcl) -> Self {
+        Lookup {
+            ip: c.ip.clone(),
+            proto: c.proto.iter().copied().collect(),
+            port: c.port.iter().copied().collect(),
+            aces: c.aces.iter().copied().collect(),
+            hosts: c.hosts.iter().copied().collect(),
+        }
+    }
+}
+
+impl AclMaps for Lookup {
+    fn ip_bits(&self, key: &IpBitsKey) -> Option<&Bits> {
+        self.ip
+            .iter()
+            .filter(|(k, _)| k.acl == key.acl && k.chunk == key.chunk && prefix_contains(k.addr, (k.prefix_len - 64) as u8, key.addr))
+            .max_by_key(|(k, _)| k.prefix_len)
+            .map(|(_, b)| b)
+    }
+    fn proto_bits(&self, key: &ProtoBitsKey) -> Option<&Bits> {
+        self.proto.get(key)
+    }
+    fn port_bits(&self, key: &PortBitsKey) -> Option<&Bits> {
+        self.port.get(key)
+    }
+    fn ace(&self, key: &AceKey) -> Option<&Ace> {
+        self.aces.get(key)
+    }
+    fn host_ace(&self, key: &AceKey) -> Option<u32> {
+        self.hosts.get(key).copied()
+    }
+}
+
+/// xorshift64*: the same random ACLs on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len() as u64) as usize]
+    }
+}
+
+const ADDRS: [Ipv4; 6] = [[10, 0, 0, 1], [10, 0, 1, 7], [10, 1, 2, 3], [192, 168, 1, 9], [8, 8, 8, 8], [10, 0, 0, 200]];
+const PROTOS: [u8; 4] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, 47];
+const PORTS: [u16; 5] = [80, 443, 53, 8080, 0];
+
+/// An ACE over a few addresses, prefixes, protocols and ports, so that ACEs overlap.
+fn random_ace(rng: &mut Rng, id: u32) -> Ace {
+    let mut ace = Ace { id, action: rng.pick(&[ACTION_ACCEPT, ACTION_DROP, ACTION_LIMIT, ACTION_PORTMAP]), ..Ace::default() };
+    if rng.below(3) > 0 {
+        ace.matches |= MATCH_IP;
+        ace.prefix_len = rng.pick(&[0, 8, 16, 24, 25, 32]);
+        ace.prefix = rng.pick(&ADDRS);
+    }
+    if rng.below(2) == 0 {
+        ace.matches |= MATCH_PROTO;
+        ace.proto = rng.pick(&PROTOS);
+        if matches!(ace.proto, PROTO_TCP | PROTO_UDP) && rng.below(2) == 0 {
+            ace.matches |= MATCH_FPORT;
+            ace.fport = rng.pick(&PORTS);
+        }
+    }
+    if rng.below(8) == 0 {
+        ace.matches |= MATCH_EIDSET;
+    }
+    if rng.below(10) == 0 {
+        ace.matches |= MATCH_HOST;
+    }
+    ace
+}
+
+fn random_query(rng: &mut Rng) -> AceQuery {
+    let mut remote = rng.pick(&ADDRS);
+    remote[3] = remote[3].wrapping_add(rng.below(3) as u8);
+    AceQuery {
+        proto: rng.pick(&PROTOS),
+        remote,
+        remote_port: rng.pick(&PORTS),
+        facts: RemoteFacts { in_eidset: rng.below(3) == 0, host_mask: rng.next() & rng.next(), device: false },
+    }
+}
+
+#[test]
+fn the_bitmaps_find_the_ace_the_walk_finds() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..300 {
+        let n = if round % 50 == 0 { 2000 + rng.below(1000) } else { 1 + rng.below(1100) } as u32;
+        let aces: Vec<Ace> = (0..n).map(|i| random_ace(&mut rng, i + 1)).collect();
+        let compiled = compile(7, &aces);
+        let maps = Lookup::new(&compiled);
+        for _ in 0..40 {
+            let q = random_query(&mut rng);
+            assert_eq!(first_decider(&maps, 7, &compiled.shape, &q), reference_first(&aces, &q), "round {round}, {n} ACEs, {q:?}");
+        }
+    }
+}
+
+/// Up to 64 ACEs, the bitmaps judge as the ACE walk of `acl` does (whose host mask has a
+/// bit per ACE index, where the bitmaps' has one per host ACE).
+#[test]
+fn the_bitmaps_judge_as_the_64_ace_walk() {
+    let mut rng = Rng(0x51_7cc1_b727_220a);
+    for _ in 0..2000 {
+        let n = 1 + rng.below(MAX_ACES as u64) as usize;
+        let aces: Vec<Ace> = (0..n).map(|i| random_ace(&mut rng, i as u32 + 1)).collect();
+        let mut table = AclTable { count: n as u32, ..AclTable::default() };
+        table.aces[..n].copy_from_slice(&aces);
+        let compiled = compile(1, &aces);
+        let maps = Lookup::new(&compiled);
+        let q = random_query(&mut rng);
+        let by_index = compiled.hosts.iter().filter(|(k, _)| q.facts.host_mask & (1 << k.index) != 0).fold(0u64, |m, (_, i)| m | 1 << i);
+        let walk_q = AceQuery { facts: RemoteFacts { host_mask: by_index, ..q.facts }, ..q };
+        assert_eq!(first_decider(&maps, 1, &compiled.shape, &q).map(|i| i as usize), LoopWalk.first(&table, &walk_q), "{q:?}");
+    }
+}
+
+/// 10,000 ACEs: the one that matches at position 1, 5,000 and 10,000, and a host ACE in
+/// the middle that only a DNS answer opens.
+#[test]
+fn ten_thousand_aces() {
+    let other = |i: u32| Ace {
+        id: i + 1,
+        matches: MATCH_IP | MATCH_PROTO,
+        prefix: [172, 16, (i >> 8) as u8, i as u8],
+        prefix_len: 32,
+        proto: PROTO_TCP,
+        ..Ace::default()
+    };
+    let target = Ace {
+        matches: MATCH_IP | MATCH_PROTO | MATCH_FPORT,
+        prefix: [10, 9, 0, 0],
+        prefix_len: 16,
+        proto: PROTO_TCP,
+        fport: 443,
+        ..Ace::default()
+    };
+    let q = AceQuery { proto: PROTO_TCP, remote: [10, 9, 3, 4], remote_port: 443, facts: RemoteFacts::default() };
+    for at in [0u32, 4999, 9999] {
+        let mut aces: Vec<Ace> = (0..10_000).map(other).collect();
+        aces[at as usize] = Ace { id: at + 1, ..target };
+        // A host ACE for the same remote, before the target at 5,000 and 10,000.
+        aces[2500] = Ace { id: 2501, matches: MATCH_HOST, action: ACTION_DROP, ..Ace::default() };
+        let compiled = compile(3, &aces);
+        assert_eq!(compiled.shape.chunks(), 20);
+        let maps = Lookup::new(&compiled);
+        assert_eq!(first_decider(&maps, 3, &compiled.shape, &q), Some(at));
+        let resolved = AceQuery { facts: RemoteFacts { host_mask: 1, ..q.facts }, ..q };
+        let expected = if at < 2500 { at } else { 2500 };
+        assert_eq!(first_decider(&maps, 3, &compiled.shape, &resolved), Some(expected));
+        assert_eq!(first_decider(&maps, 3, &compiled.shape, &resolved), reference_first(&aces, &resolved));
+        let elsewhere = AceQuery { remote: [10, 8, 0, 1], ..q };
+        assert_eq!(first_decider(&maps, 3, &compiled.shape, &elsewhere), None);
+    }
+}
