@@ -550,6 +550,10 @@ pub const DNS_QUERY: &str = include_str!("../py/dns_query.py");
 /// rmem_max) keeps it from dropping any (UdpRcvbufErrors) before it reads them.
 pub const UDP_WHOAMI_SERVER: &str = include_str!("../py/udp_whoami_server.py");
 
+/// `ip port seconds`: prints "ready" once bound, then counts the datagrams it receives on
+/// ip:port for that long and prints how many.
+pub const COUNT_UDP: &str = include_str!("../py/count_udp.py");
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum EchoResult {
     /// The number of bytes that came back identical.

@@ -2,7 +2,7 @@
 //! overlapping NIs, EVE-initiated flows, bad packets, clean removal.
 
 use netns_agent::flows::{FlowRecord, Verdict};
-use netns_tests::{EchoResult, Scenario};
+use netns_tests::{EchoResult, Scenario, COUNT_UDP};
 use serde_json::Value;
 
 /// Two apps on one NI (app1 may reach app2's tcp/80 only, and drops UDP outright), and
@@ -422,20 +422,19 @@ network = "@ni1"
 ip = "10.10.1.3"
 "#;
 
-/// Receives datagrams for `secs` seconds; prints how many.
-const COUNT_UDP: &str = include_str!("../py/count_udp.py");
-
 #[test]
 fn limit_action_passes_the_burst_then_the_rate() {
     let mut s = Scenario::new(&["ni1"], &["app1", "app2"], LIMITED);
     s.start_agent();
     let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
-    let receiver = std::process::Command::new("ip")
-        .args(["netns", "exec", &app2, "python3", "-c", COUNT_UDP, "10.10.1.3", "4"])
+    let mut receiver = std::process::Command::new("ip")
+        .args(["netns", "exec", &app2, "python3", "-c", COUNT_UDP, "10.10.1.3", "5000", "4"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // "ready\n": bound, counting.
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(receiver.stdout.as_mut().unwrap(), &mut ready).unwrap();
     // A burst of 40 within a few ms, then 2 s later 10 more (10 tokens accrued by then).
     let burst = "import socket,sys,time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nt=time.time()\nfor i in range(40): s.sendto(b'x', ('10.10.1.3', 5000))\nburst=time.time()-t\ntime.sleep(2)\nfor i in range(10): s.sendto(b'x', ('10.10.1.3', 5000))\nprint(burst)";
     let out = s.python(&app1, burst, &[]);

@@ -2,7 +2,7 @@
 //! the DHCP server behind the uplink, its ACL enforced both ways with a rate limit.
 
 use netns_agent::flows::Verdict;
-use netns_tests::{wait_until, Scenario, INET_IP};
+use netns_tests::{wait_until, Scenario, COUNT_UDP, INET_IP};
 use std::time::Duration;
 
 const SWITCH: &str = r#"
@@ -26,9 +26,6 @@ ip = "192.168.3.6"
 mac = "02:00:00:00:03:06"
 acl = [{ id = 1, match = { ip = "192.168.0.0/16" }, action = { limit = { rate = 5, unit = "s", burst = 15 } } }]
 "#;
-
-/// Counts datagrams on ip:port for `secs` seconds; prints how many.
-const COUNT_UDP: &str = include_str!("../py/count_udp_ready.py");
 
 #[test]
 fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
