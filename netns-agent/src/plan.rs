@@ -4,10 +4,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
-use netns_ebpf_common::{
-    acl::{self, AclTable},
-    mark,
-};
+use netns_ebpf_common::{acl, mark};
 
 use serde::{Deserialize, Serialize};
 
@@ -129,9 +126,11 @@ pub struct PortPlan {
     /// through it.
     #[serde(default)]
     pub default_route: bool,
-    #[serde(with = "pod_hex")]
-    pub acl: AclTable,
-    /// Host ACEs: (index in the ACL, domain suffix, lower case, no trailing dot).
+    /// The ACL as the programs read it, in config order (`classify` compiles it).
+    #[serde(with = "pod_hex::vec")]
+    pub acl: Vec<acl::Ace>,
+    /// Host ACEs in ACL order: (index in the ACL, domain suffix, lower case, no trailing
+    /// dot). The k-th is bit k of the host sets' masks.
     pub hosts: Vec<(usize, String)>,
     pub user_data: Option<String>,
     /// ACE id -> the ACE's `name` (the flow log's `acl_name`; ACEs without one are absent).
@@ -193,7 +192,7 @@ impl PortPlan {
     /// user data are rewritten in place.
     pub fn same_link(&self, other: &PortPlan) -> bool {
         let link = |p: &PortPlan| PortPlan {
-            acl: AclTable::default(),
+            acl: Vec::new(),
             hosts: Vec::new(),
             user_data: None,
             limits: Vec::new(),
@@ -227,7 +226,13 @@ impl Plan {
             for p in &ni.ports {
                 println!(
                     "  {} -> app {} #{} ({}) {} {}, {} ACEs",
-                    p.bridge_port, p.app, p.app_num, p.app_netns, p.app_ifname, p.ip, p.acl.count
+                    p.bridge_port,
+                    p.app,
+                    p.app_num,
+                    p.app_netns,
+                    p.app_ifname,
+                    p.ip,
+                    p.acl.len()
                 );
             }
         }
@@ -326,7 +331,7 @@ fn port_plan(app: &App, k: usize, iface: &Interface, switch: bool) -> PortPlan {
         dhcp: iface.dhcp || switch,
         ip_configured: iface.ip_configured,
         default_route: k == 0 && !(iface.dhcp || switch) && iface.tap.is_none(),
-        acl: acl_table(&iface.acl),
+        acl: aces(&iface.acl),
         hosts: iface.acl.iter().enumerate().filter_map(|(i, ace)| Some((i, ace.matches.host.clone()?))).collect(),
         user_data: app.user_data.clone(),
         ace_names: iface.acl.iter().filter_map(|ace| Some((ace.id, ace.name.clone()?))).collect(),
@@ -357,41 +362,39 @@ fn portmap_plans(app_num: u32, iface: &Interface) -> impl Iterator<Item = Portma
 }
 
 /// The ACL as the programs read it, in config order.
-pub fn acl_table(aces: &[Ace]) -> AclTable {
-    let mut table = AclTable::default();
-    for (slot, ace) in table.aces.iter_mut().zip(aces) {
-        let m = &ace.matches;
-        let mut matches = 0;
-        if let Some(ip) = m.ip {
-            matches |= acl::MATCH_IP;
-            slot.prefix = ip.network().octets();
-            slot.prefix_len = ip.prefix_len();
-        }
-        if let Some(p) = m.protocol {
-            matches |= acl::MATCH_PROTO;
-            slot.proto = p;
-        }
-        if let Some(port) = m.fport {
-            matches |= acl::MATCH_FPORT;
-            slot.fport = port;
-        }
-        if m.eidset {
-            matches |= acl::MATCH_EIDSET;
-        }
-        if m.host.is_some() {
-            matches |= acl::MATCH_HOST;
-        }
-        slot.id = ace.id;
-        slot.matches = matches;
-        slot.action = match ace.action {
-            Action::Accept => acl::ACTION_ACCEPT,
-            Action::Drop => acl::ACTION_DROP,
-            Action::Portmap { .. } => acl::ACTION_PORTMAP,
-            Action::Limit { .. } => acl::ACTION_LIMIT,
-        };
+pub fn aces(config: &[Ace]) -> Vec<acl::Ace> {
+    config.iter().map(ace).collect()
+}
+
+fn ace(ace: &Ace) -> acl::Ace {
+    let m = &ace.matches;
+    let mut out = acl::Ace { id: ace.id, ..acl::Ace::default() };
+    if let Some(ip) = m.ip {
+        out.matches |= acl::MATCH_IP;
+        out.prefix = ip.network().octets();
+        out.prefix_len = ip.prefix_len();
     }
-    table.count = aces.len().min(acl::MAX_ACES) as u32;
-    table
+    if let Some(p) = m.protocol {
+        out.matches |= acl::MATCH_PROTO;
+        out.proto = p;
+    }
+    if let Some(port) = m.fport {
+        out.matches |= acl::MATCH_FPORT;
+        out.fport = port;
+    }
+    if m.eidset {
+        out.matches |= acl::MATCH_EIDSET;
+    }
+    if m.host.is_some() {
+        out.matches |= acl::MATCH_HOST;
+    }
+    out.action = match ace.action {
+        Action::Accept => acl::ACTION_ACCEPT,
+        Action::Drop => acl::ACTION_DROP,
+        Action::Portmap { .. } => acl::ACTION_PORTMAP,
+        Action::Limit { .. } => acl::ACTION_LIMIT,
+    };
+    out
 }
 
 /// Map value types (`aya::Pod`: plain bytes, no padding holes) in the state record as
@@ -414,12 +417,19 @@ mod pod_hex {
         bytes.map(|b| unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) })
     }
 
-    pub fn serialize<T: aya::Pod, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&to_hex(v))
-    }
+    pub mod vec {
+        use super::*;
 
-    pub fn deserialize<'de, T: aya::Pod, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
-        from_hex(&String::deserialize(d)?).ok_or_else(|| D::Error::custom("bad hex or wrong size for a map value"))
+        pub fn serialize<T: aya::Pod, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(to_hex))
+        }
+
+        pub fn deserialize<'de, T: aya::Pod, D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|h| from_hex(h).ok_or_else(|| D::Error::custom("bad hex or wrong size for a map value")))
+                .collect()
+        }
     }
 
     pub mod pairs {
@@ -521,9 +531,9 @@ ip = "192.168.1.3"
         let ports: Vec<_> = ni2.ports.iter().map(|p| (p.bridge_port.as_str(), p.app_ifname.as_str())).collect();
         assert_eq!(ports, [("nbu2x1", "nbu2x1.1"), ("nbu1x7", "nbu1x7.1")]);
         let t = &plan.nis[0].ports[0].acl;
-        assert_eq!(t.count, 2);
-        assert_eq!(t.aces[0].matches, acl::MATCH_IP | acl::MATCH_PROTO | acl::MATCH_FPORT);
-        assert_eq!((t.aces[0].prefix, t.aces[0].prefix_len, t.aces[0].fport), ([10, 10, 1, 0], 24, 80));
-        assert_eq!((t.aces[1].id, t.aces[1].matches, t.aces[1].action), (4, 0, acl::ACTION_DROP));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].matches, acl::MATCH_IP | acl::MATCH_PROTO | acl::MATCH_FPORT);
+        assert_eq!((t[0].prefix, t[0].prefix_len, t[0].fport), ([10, 10, 1, 0], 24, 80));
+        assert_eq!((t[1].id, t[1].matches, t[1].action), (4, 0, acl::ACTION_DROP));
     }
 }

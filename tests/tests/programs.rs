@@ -107,8 +107,10 @@ impl Loaded {
         let programs = NiPrograms::load(&pin_dir, &ni.name, ni.zone()).unwrap_or_else(|e| panic!("{e:#}"));
         let mut maps = Maps::open(&pin_dir).unwrap();
         let key = IfaceKey { zone: ni.zone(), ifindex: LOOPBACK };
-        let info = reconcile::port_iface_info(ni, &port, 1);
-        maps.set_port(key, info, &port.acl).unwrap();
+        // As the agent publishes a port: its ACL under an id of its own, then the entry.
+        let acl_id = maps.acls.write(&port.acl).unwrap();
+        let info = reconcile::port_iface_info(ni, &port, acl_id);
+        maps.set_port(key, info).unwrap();
         maps.ensure_port_counters(key).unwrap();
         Loaded { programs, maps, ni: ni.clone(), port, zone: ni.zone(), nat_ports: plan.nat_ports, _pins: pins }
     }

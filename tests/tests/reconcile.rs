@@ -194,7 +194,7 @@ fn live_edits_touch_only_what_changed() {
     assert!(!s.flows().iter().any(|f| f.src == "10.10.1.3" || f.dst == "10.10.1.3"), "app2's flows are gone");
     let leases = std::fs::read_to_string(s.state_dir.join(format!("dnsmasq-{}.conf", s.ni("ni1")))).unwrap();
     assert!(!leases.contains("10.10.1.3"), "app2's static lease is gone: {leases}");
-    let ifaces = bpftool_dump(&s, "IFACE_V2");
+    let ifaces = bpftool_dump(&s, "IFACE_V3");
     assert!(!ifaces.iter().any(|e| e["value"]["app_num"] == 2), "app2's port config is gone: {ifaces:?}");
 
     // 3. Change one ACE of app1 (7001 no longer allowed): its 7001 session stops, its
@@ -500,7 +500,7 @@ fn observe(s: &Scenario) -> BTreeSet<String> {
     }
     let by_name = |zone: u64, ifindex: u64| names.get(&(zone as u32, ifindex as u32)).cloned().unwrap_or(format!("?{ifindex}"));
     for (map, drop_fields) in [
-        ("IFACE_V2", &["policy_gen"][..]),
+        ("IFACE_V3", &["acl_id"][..]),
         ("ACL_V1", &[][..]),
         ("EIDSET_V1", &[][..]),
         ("PORTMAP_V1", &["uplink_ifindex"][..]),

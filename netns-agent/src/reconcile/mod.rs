@@ -12,8 +12,9 @@
 //!   already attached through a pinned link are replaced in that link, atomically. Nothing
 //!   that exists and matches is touched, so a restart disturbs no flow.
 //!
-//! A changed ACL bumps its port's policy generation: the programs judge every live flow
-//! of that port again on its next packet. A plan that cannot apply (a missing uplink, a
+//! A changed ACL is written under a new ACL id beside the live one and the port switched
+//! to it in one map update; the programs judge every live flow of that port again on its
+//! next packet. A plan that cannot apply (a missing uplink, a
 //! name taken by something that is not ours) is refused before anything changes; a step
 //! that fails while applying fails its NI (recorded with the error, shown by `status`),
 //! the others go on. Teardown collects errors and goes on.
@@ -246,6 +247,10 @@ impl Applier {
             if let Err(e) = maps.set_zone_shares(&zones) {
                 errors.push(format!("{e:#}"));
             }
+            let orphans = maps.remove_unnamed_acls();
+            if orphans > 0 {
+                info!("removed {orphans} ACLs that no port names (left by an apply that stopped half way)");
+            }
         }
         if agent_level.is_ok() {
             if let Err(e) = uplink::remove_unused(self, plan).await {
@@ -446,12 +451,12 @@ fn programs<'a>(ap: &'a mut Applier, ni: &NiPlan) -> Result<&'a mut NiPrograms> 
     Ok(ap.ni_programs.get_mut(&ni.name).expect("inserted above"))
 }
 
-/// App port `p` of `ni` as its IFACE_V2 entry (what `apply` writes for a new port), for
+/// App port `p` of `ni` as its IFACE_V3 entry (what `apply` writes for a new port), for
 /// whoever fills the maps without the applier (the program tests).
-pub fn port_iface_info(ni: &NiPlan, p: &PortPlan, policy_gen: u32) -> netns_ebpf_common::IfaceInfo {
+pub fn port_iface_info(ni: &NiPlan, p: &PortPlan, acl_id: u32) -> netns_ebpf_common::IfaceInfo {
     match ni.kind {
-        NetworkKind::Local => port::iface_info(&LocalNi, ni, p, policy_gen),
-        NetworkKind::Switch => port::iface_info(&SwitchNi, ni, p, policy_gen),
-        NetworkKind::Vpn => port::iface_info(&VpnNi, ni, p, policy_gen),
+        NetworkKind::Local => port::iface_info(&LocalNi, ni, p, acl_id),
+        NetworkKind::Switch => port::iface_info(&SwitchNi, ni, p, acl_id),
+        NetworkKind::Vpn => port::iface_info(&VpnNi, ni, p, acl_id),
     }
 }

@@ -2,11 +2,13 @@
 //! attaching to app ports, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
-//!   CT_V3, DROP_V1, IFACE_V2, ACL_V1,   maps shared by every NI and the agent's netns
+//!   CT_V4, DROP_V2, IFACE_V3, ACE_V1,   maps shared by every NI and the agent's netns
 //!   STATS_V4, NAT_V1, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
 //!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running
 //!   @agent/<ifname>-nat-in, ...          the agent netns' NAT links (uplinks, NI veths)
+
+mod acls;
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,6 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netns_ebpf_common::{
-    acl::AclTable,
     ct::{CtKey, CtValue, CT_MAX_ENTRIES},
     limit::{Bucket, LimitKey},
     map_names,
@@ -30,6 +31,7 @@ use netns_ebpf_common::{
 };
 use tracing::{debug, info};
 
+pub use self::acls::AclStore;
 use crate::netns::{self, Netns};
 
 /// The eBPF object, built by build.rs (aya-build) and embedded at compile time.
@@ -38,7 +40,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 16] = [
+const ALL_MAPS: [&str; 21] = [
     map_names::EVENTS,
     map_names::PORT_STATS,
     map_names::DROPS,
@@ -50,7 +52,12 @@ const ALL_MAPS: [&str; 16] = [
     map_names::HOSTSET,
     map_names::CONNTRACK,
     map_names::IFACES,
-    map_names::ACLS,
+    map_names::ACL_SHAPES,
+    map_names::ACL_IP,
+    map_names::ACL_PROTO,
+    map_names::ACL_PORT,
+    map_names::ACES,
+    map_names::ACL_HOSTS,
     map_names::STATS,
     map_names::NAT,
     map_names::NAT_IFACES,
@@ -305,7 +312,8 @@ pub struct Maps {
     drops: HashMap<MapData, CtKey, CtValue>,
     zone_use: Array<MapData, ZoneUse>,
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
-    acls: HashMap<MapData, IfaceKey, AclTable>,
+    /// The ports' ACLs, compiled, by ACL id.
+    pub acls: AclStore,
     stats: PerCpuArray<MapData, u64>,
     port_stats: PerCpuHashMap<MapData, IfaceKey, PortCounters>,
     nat: HashMap<MapData, NatKey, NatValue>,
@@ -434,7 +442,7 @@ impl Maps {
             drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
             zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
             ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
-            acls: open_map(pin_dir, map_names::ACLS)?.try_into()?,
+            acls: AclStore::open(pin_dir)?,
             stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
             port_stats: open_map(pin_dir, map_names::PORT_STATS)?.try_into()?,
             nat: open_map(pin_dir, map_names::NAT)?.try_into()?,
@@ -510,9 +518,21 @@ impl Maps {
         std::mem::take(&mut self.removed_flows)
     }
 
-    /// An app port's published config: its info and its ACL.
-    pub fn port(&self, key: IfaceKey) -> Option<(IfaceInfo, AclTable)> {
-        Some((self.ifaces.get(&key, 0).ok()?, self.acls.get(&key, 0).ok()?))
+    /// An app port's published config (its ACL: `acls`, under its `acl_id`).
+    pub fn port(&self, key: IfaceKey) -> Option<IfaceInfo> {
+        self.ifaces.get(&key, 0).ok()
+    }
+
+    /// The ACL ids that ports select `pred` name.
+    fn acl_ids(&self, pred: impl Fn(&IfaceKey) -> bool) -> std::collections::HashSet<u32> {
+        self.ifaces.iter().flatten().filter(|(k, _)| pred(k)).map(|(_, info)| info.acl_id).collect()
+    }
+
+    /// Removes the ACLs no port names (an apply that stopped between writing an ACL and
+    /// switching its port to it leaves one); returns how many.
+    pub fn remove_unnamed_acls(&mut self) -> usize {
+        let named = self.acl_ids(|_| true);
+        self.acls.remove_unnamed(&named)
     }
 
     /// Removes what `zone` holds for interfaces other than `ports` (configs, ACLs,
@@ -526,9 +546,10 @@ impl Maps {
     ) -> usize {
         let stray = |k: &IfaceKey| k.zone == zone && !ports.contains(&k.ifindex);
         self.remove_port_counters(|k| stray(k));
-        remove_where(&mut self.ifaces, |k, _| stray(k))
-            + remove_where(&mut self.acls, |k, _| stray(k))
-            + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
+        let acls = self.acl_ids(stray);
+        let n = remove_where(&mut self.ifaces, |k, _| stray(k));
+        let n = n + if acls.is_empty() { 0 } else { self.acls.remove_where(|id| acls.contains(&id)) };
+        n + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
             + remove_where(&mut self.hosts.0, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
             + remove_where(&mut self.eidset, |k, _| k.zone == zone && !ips.contains(&k.addr))
     }
@@ -536,8 +557,10 @@ impl Maps {
     /// Forgets an app port: its config, host set, buckets; its NI's eidset entry `ip`.
     pub fn remove_port(&mut self, key: IfaceKey, ip: [u8; 4]) {
         self.port_stats.remove(&key).ok();
-        self.ifaces.remove(&key).ok();
-        self.acls.remove(&key).ok();
+        if let Ok(info) = self.ifaces.get(&key, 0) {
+            self.ifaces.remove(&key).ok();
+            self.acls.remove(info.acl_id, None);
+        }
         self.eidset.remove(&EidKey { zone: key.zone, addr: ip }).ok();
         remove_where(&mut self.limits, |k, _| k.zone == key.zone && k.ifindex == key.ifindex);
         self.hosts.remove_port(key);
@@ -569,12 +592,10 @@ impl Maps {
         self.remove_nat_entries(|k, _| k.domain == domain);
     }
 
-    /// Publishes an app port's config. The ACL goes in before the port info, so the port
-    /// never judges a flow against a missing ACL.
-    pub fn set_port(&mut self, key: IfaceKey, info: IfaceInfo, acl: &AclTable) -> Result<()> {
-        self.acls.insert(key, acl, 0).context("writing ACL map")?;
-        self.ifaces.insert(key, info, 0).context("writing interface map")?;
-        Ok(())
+    /// Publishes an app port's config; its ACL (`info.acl_id`) must be written already
+    /// (`acls.write`), so the port never judges a flow against a missing ACL.
+    pub fn set_port(&mut self, key: IfaceKey, info: IfaceInfo) -> Result<()> {
+        self.ifaces.insert(key, info, 0).context("writing interface map")
     }
 
     /// Gives an app port its packet and byte counters, unless it has them (BPF_NOEXIST:
@@ -617,8 +638,11 @@ impl Maps {
     /// Forgets everything of zone `zone`: port configs and conntrack entries.
     pub fn remove_zone(&mut self, zone: u32) -> usize {
         self.remove_port_counters(|k| k.zone == zone);
+        let acls = self.acl_ids(|k| k.zone == zone);
         remove_where(&mut self.ifaces, |k, _| k.zone == zone);
-        remove_where(&mut self.acls, |k, _| k.zone == zone);
+        if !acls.is_empty() {
+            self.acls.remove_where(|id| acls.contains(&id));
+        }
         let flows = self.remove_flows(|k, _| k.zone == zone);
         remove_where(&mut self.drops, |k, _| k.zone == zone);
         remove_where(&mut self.nat_ifaces, |k, _| k.zone == zone);
