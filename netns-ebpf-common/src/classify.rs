@@ -275,6 +275,13 @@ mod compile {
         pub hosts: Vec<(AceKey, u32)>,
     }
 
+    impl CompiledAcl {
+        /// Map entries it takes, its shape's included.
+        pub fn entries(&self) -> usize {
+            1 + self.ip.len() + self.proto.len() + self.port.len() + self.aces.len() + self.hosts.len()
+        }
+    }
+
     /// Compiles `aces` (at most `MAX_CLASSIFIED_ACES`, at most `MAX_HOST_ACES` of them
     /// host ACEs: the config checks both; more are left out) under id `acl`.
     pub fn compile(acl: u32, aces: &[Ace]) -> CompiledAcl {

@@ -21,7 +21,7 @@ use netns_agent::{
 };
 use netns_ebpf_common::{
     acl::{self, Ace},
-    mark,
+    classify, mark,
     nat::{NatIface, PortmapKey, PortmapTarget},
     prog_names, HostKey, IfaceInfo, IfaceKey, Stat, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
 };
@@ -233,6 +233,8 @@ fn ten_thousand_aces_decide_by_position_and_swap_whole() {
         l.maps.hosts.add(HostKey { zone: l.zone, ifindex: LOOPBACK, addr: site }, 1, u64::MAX).unwrap();
         let (verdict, id, drop) = if at < 2500 { (TC_ACT_OK, at + 1, false) } else { (TC_ACT_SHOT, 2501, true) };
         assert_eq!(syn(&l), (verdict, mark::compose(l.port.app_num, id, true, drop)), "host ACE vs ACE {}", at + 1);
+        // Only the live ACL's entries are left (the replaced ones went, walked or not).
+        assert_eq!(l.maps.acls.entries(), classify::compile(acl_id, &aces).entries(), "ACL {acl_id}");
     }
 }
 

@@ -134,6 +134,16 @@ impl AclStore {
             + remove_where(&mut self.hosts, |k, _| doomed(k.acl))
     }
 
+    /// Entries of every ACL, over the six maps.
+    pub fn entries(&self) -> usize {
+        self.shapes.keys().flatten().count()
+            + self.ip.keys().flatten().count()
+            + self.proto.keys().flatten().count()
+            + self.port.keys().flatten().count()
+            + self.aces.keys().flatten().count()
+            + self.hosts.keys().flatten().count()
+    }
+
     /// Removes the ACLs no port names (left by an apply that stopped half way); returns
     /// how many there were.
     pub fn remove_unnamed(&mut self, named: &HashSet<u32>) -> usize {
