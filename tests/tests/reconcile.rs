@@ -147,6 +147,69 @@ fn restart_under_load_disturbs_no_flow() {
     assert!(dns.last().is_some_and(|d| d.1), "DNS answers at the end");
 }
 
+/// app1's ACL made 10,000 ACEs (9,996 drop ACEs ahead of the ones that allow its
+/// traffic), then replaced whole, again and again, while a UDP stream that its late ACE
+/// allows runs: each swap is one update of the port's entry, and not one packet of the
+/// stream is lost or dropped.
+#[test]
+fn acl_swaps_under_traffic_drop_no_packet() {
+    let mut s = base();
+    let (app1, inet) = (s.app("app1").to_string(), s.inet.clone());
+    let old_acl = "acl = [\n  { id = 1, match = { ip = \"10.99.0.10/32\", protocol = \"tcp\", fport = 5201 } },";
+    assert!(BASE.contains(old_acl));
+    let config = |filler_port: u32| {
+        let fillers: Vec<String> = (0..9996)
+            .map(|i| {
+                let port = filler_port + i;
+                format!(
+                    "  {{ id = {}, match = {{ ip = \"10.99.0.10/32\", protocol = \"udp\", fport = {port} }}, action = \"drop\" }},",
+                    100 + i
+                )
+            })
+            .collect();
+        let udp = "  { id = 4, match = { ip = \"10.99.0.10/32\", protocol = \"udp\", fport = 5201 } },";
+        BASE.replace(
+            old_acl,
+            &format!(
+                "acl = [\n{}\n{udp}\n  {{ id = 1, match = {{ ip = \"10.99.0.10/32\", protocol = \"tcp\", fport = 5201 }} }},",
+                fillers.join("\n")
+            ),
+        )
+    };
+    let applied = |out: std::process::Output| {
+        assert!(out.status.success(), "apply: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    applied(s.apply(&config(20_000)));
+    s.spawn(&inet, &["iperf3", "-s", "-B", INET_IP]);
+    wait_until(scaled(Duration::from_secs(10)), || {
+        !String::from_utf8_lossy(&s.exec(&inet, &["ss", "-Hltn", "sport = :5201"]).stdout).trim().is_empty()
+    })
+    .expect("iperf3 server");
+    let swaps = 4;
+    let secs = (scaled(Duration::from_secs(3)).as_secs() * swaps + 4).to_string();
+    let drops = |s: &Scenario| s.flows_report().counters.iter().filter(|(name, _)| name.starts_with("drop")).map(|(_, n)| *n).sum::<u64>();
+    let drops_before = drops(&s);
+    let stream = s.background(&app1, &["iperf3", "-c", INET_IP, "-u", "-b", "5M", "-t", &secs, "-J"]);
+    sleep(Duration::from_secs(1));
+    for round in 0..swaps {
+        let started = Instant::now();
+        applied(s.apply(&config(30_000 + 10_000 * (round as u32 % 2))));
+        println!("swap {round}: 10,000 ACEs applied in {} ms (wall, debug agent)", started.elapsed().as_millis());
+        sleep(scaled(Duration::from_secs(2)));
+    }
+    let out = stream.finish();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(out.status.success() && report["error"].is_null(), "the stream broke: {}\n{}", report["error"], s.agent_log());
+    let sum = &report["end"]["sum"];
+    let (packets, lost) = (sum["packets"].as_u64().unwrap_or(0), sum["lost_packets"].as_u64().unwrap_or(u64::MAX));
+    println!("{swaps} swaps of 10,000 ACEs under a 5 Mbit/s UDP stream: {packets} packets, {lost} lost");
+    assert!(packets > 1000, "the stream ran: {sum}");
+    assert_eq!(lost, 0, "packets lost across the swaps: {sum}");
+    assert_eq!(drops(&s), drops_before, "the data path dropped packets across the swaps");
+    let last = s.agent_log().lines().rfind(|l| l.contains("applied")).unwrap_or_default().to_string();
+    println!("agent: {last}");
+}
+
 /// Add an app, remove an app, change one ACE, change a port map, add and remove an NI
 /// (one of them by SIGHUP), all while other apps' traffic runs: that traffic sees no
 /// error, and each change does what it says.
