@@ -120,12 +120,33 @@ pub trait AclMaps {
     fn host_ace(&self, key: &AceKey) -> Option<u32>;
 }
 
-/// An ACL's size, which the search needs: chunks to scan, host ACEs there are.
+/// An ACL's size, which the search needs: chunks to scan, host ACEs there are; and a
+/// digest of its ACEs, by which the agent tells a changed ACL from the live one without
+/// reading it back.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AclShape {
     pub aces: u32,
     pub host_aces: u32,
+    pub digest: u64,
+}
+
+/// FNV-1a over the ACEs' fields, in order.
+pub fn digest(aces: &[Ace]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for a in aces {
+        eat(&a.id.to_le_bytes());
+        eat(&a.matches.to_le_bytes());
+        eat(&[a.action, a.proto, a.prefix_len]);
+        eat(&a.prefix);
+        eat(&a.fport.to_le_bytes());
+    }
+    h
 }
 
 impl AclShape {
@@ -291,7 +312,7 @@ mod compile {
         for (ordinal, index) in host_indexes.take(MAX_HOST_ACES).enumerate() {
             out.hosts.push((AceKey { acl, index: ordinal as u32 }, index));
         }
-        out.shape = AclShape { aces: aces.len() as u32, host_aces: out.hosts.len() as u32 };
+        out.shape = AclShape { aces: aces.len() as u32, host_aces: out.hosts.len() as u32, digest: digest(aces) };
         out.aces = aces.iter().enumerate().map(|(i, a)| (AceKey { acl, index: i as u32 }, *a)).collect();
         for (chunk, part) in aces.chunks(CHUNK_ACES).enumerate() {
             // Only the ACEs the bitmaps decide: no port maps, no host ACEs.

@@ -294,7 +294,7 @@ const _: () = {
     assert!(size_of::<classify::ProtoBitsKey>() == 12);
     assert!(size_of::<classify::PortBitsKey>() == 12);
     assert!(size_of::<classify::AceKey>() == 8);
-    assert!(size_of::<classify::AclShape>() == 8);
+    assert!(size_of::<classify::AclShape>() == 16);
     assert!(size_of::<nat::NatKey>() == 20);
     assert!(size_of::<nat::NatValue>() == 24);
     assert!(size_of::<nat::NatIface>() == 24);

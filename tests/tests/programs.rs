@@ -224,7 +224,7 @@ fn ten_thousand_aces_decide_by_position_and_swap_whole() {
         let live = l.maps.port(key).unwrap();
         let acl_id = l.maps.acls.write(&aces).unwrap();
         l.maps.set_port(key, IfaceInfo { acl_id, ..live }).unwrap();
-        l.maps.acls.remove(live.acl_id, None);
+        l.maps.acls.remove(live.acl_id);
         assert!(l.maps.acls.shape(live.acl_id).is_none(), "the replaced ACL is gone");
         l.maps.hosts.remove_port(key);
 

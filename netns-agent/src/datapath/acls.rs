@@ -89,11 +89,16 @@ impl AclStore {
         (0..shape.aces).map(|index| self.aces.get(&AceKey { acl: id, index }, 0).ok()).collect()
     }
 
-    /// Removes ACL `id`, whose ACEs were `aces` (their keys are compiled again: no walk
-    /// over the maps); without them, by walking the maps.
-    pub fn remove(&mut self, id: u32, aces: Option<&[Ace]>) {
-        match aces {
-            Some(aces) => self.remove_compiled(id, &classify::compile(id, aces)),
+    /// Whether ACL `id` holds exactly `aces` (by the digest in its shape).
+    pub fn holds(&self, id: u32, aces: &[Ace]) -> bool {
+        self.shape(id).is_some_and(|s| s.aces as usize == aces.len() && s.digest == classify::digest(aces))
+    }
+
+    /// Removes ACL `id`: its ACEs read back name its entries (compiled again), so no walk
+    /// over the maps; an ACL that cannot be read back whole goes by walking them.
+    pub fn remove(&mut self, id: u32) {
+        match self.aces(id) {
+            Some(aces) => self.remove_compiled(id, &classify::compile(id, &aces)),
             None => {
                 self.remove_where(|acl| acl == id);
             }

@@ -554,12 +554,13 @@ impl Maps {
             + remove_where(&mut self.eidset, |k, _| k.zone == zone && !ips.contains(&k.addr))
     }
 
-    /// Forgets an app port: its config, host set, buckets; its NI's eidset entry `ip`.
+    /// Forgets an app port: its config and ACL, host set, buckets; its NI's eidset entry
+    /// `ip`.
     pub fn remove_port(&mut self, key: IfaceKey, ip: [u8; 4]) {
         self.port_stats.remove(&key).ok();
         if let Ok(info) = self.ifaces.get(&key, 0) {
             self.ifaces.remove(&key).ok();
-            self.acls.remove(info.acl_id, None);
+            self.acls.remove(info.acl_id);
         }
         self.eidset.remove(&EidKey { zone: key.zone, addr: ip }).ok();
         remove_where(&mut self.limits, |k, _| k.zone == key.zone && k.ifindex == key.ifindex);

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use netns_ebpf_common::{
-    acl::Ace,
     limit::LimitKey,
     nat::{DOMAIN_AGENT, REWRITE_SRC},
     IfaceInfo, IfaceKey, IFACE_FLAG_CHECK_MAC, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN,
@@ -104,11 +103,11 @@ fn write_maps<K: NiDriver>(
     out: &mut ApplyOutcome,
 ) -> Result<()> {
     let published = maps.port(key);
-    let (acl_id, replaced) = acl_id(maps, p, published.as_ref(), before)?;
-    if replaced.is_some() && published.is_some() {
+    let acl = port_acl(maps, p, published.as_ref())?;
+    if acl.replaces.is_some() {
         out.report.changes.push(format!("{}: ACL of {} ({}) changed", ni.name, p.bridge_port, p.app));
     }
-    let mut info = iface_info(kind, ni, p, acl_id);
+    let mut info = iface_info(kind, ni, p, acl.id);
     // An address the port learned from DHCP stays the app's while its MAC does.
     if let Some(old) = &published {
         let learned = IFACE_FLAG_IP_LEARN | IFACE_FLAG_IP_KNOWN;
@@ -118,12 +117,17 @@ fn write_maps<K: NiDriver>(
         }
     }
     if published != Some(info) {
-        // The switch to the new ACL: one update of the port's entry.
-        maps.set_port(key, info).inspect_err(|_| maps.acls.remove(acl_id, Some(&p.acl)))?;
-        debug!(port = p.bridge_port, acl_id, "port config written");
+        // The switch to a new ACL: one update of the port's entry.
+        if let Err(e) = maps.set_port(key, info) {
+            if acl.written {
+                maps.acls.remove(acl.id);
+            }
+            return Err(e);
+        }
+        debug!(port = p.bridge_port, acl_id = acl.id, "port config written");
     }
-    if let Some((old_id, old_aces)) = replaced {
-        maps.acls.remove(old_id, old_aces.as_deref());
+    if let Some(old) = acl.replaces {
+        maps.acls.remove(old);
     }
     // Counters are for the metrics: a port without them still enforces (warned).
     if let Err(e) = maps.ensure_port_counters(key) {
@@ -147,26 +151,23 @@ fn write_maps<K: NiDriver>(
     Ok(())
 }
 
-/// The ACL id the port's entry names: the published one while the ACL is the same (as
-/// recorded in `before`, or else as read back), or a new one with the ACL written under
-/// it. A new id also makes the programs judge the port's live flows again. Returns the
-/// id and, when it is new, the one it replaces (with that ACL's ACEs when known).
-#[allow(clippy::type_complexity)]
-fn acl_id(
-    maps: &mut Maps,
-    p: &PortPlan,
-    published: Option<&IfaceInfo>,
-    before: Option<&PortPlan>,
-) -> Result<(u32, Option<(u32, Option<Vec<Ace>>)>)> {
-    let Some(live) = published else { return Ok((maps.acls.write(&p.acl)?, None)) };
-    let live_aces = match before {
-        Some(b) if maps.acls.shape(live.acl_id).is_some_and(|s| s.aces as usize == b.acl.len()) => Some(b.acl.clone()),
-        _ => maps.acls.aces(live.acl_id),
-    };
-    if live_aces.as_ref() == Some(&p.acl) {
-        return Ok((live.acl_id, None));
+/// The ACL a port's entry is to name.
+struct PortAcl {
+    id: u32,
+    /// `id` is new: the ACL was written under it now.
+    written: bool,
+    /// The published ACL it replaces.
+    replaces: Option<u32>,
+}
+
+/// The ACL the port's entry names: the published one while it holds the plan's ACEs, or
+/// a new id with the ACL written under it. A new id also makes the programs judge the
+/// port's live flows again.
+fn port_acl(maps: &mut Maps, p: &PortPlan, published: Option<&IfaceInfo>) -> Result<PortAcl> {
+    match published {
+        Some(live) if maps.acls.holds(live.acl_id, &p.acl) => Ok(PortAcl { id: live.acl_id, written: false, replaces: None }),
+        live => Ok(PortAcl { id: maps.acls.write(&p.acl)?, written: true, replaces: live.map(|l| l.acl_id) }),
     }
-    Ok((maps.acls.write(&p.acl)?, Some((live.acl_id, live_aces))))
 }
 
 /// The app's end of a veth port, in the app's netns: MAC, address (unless the app asks
