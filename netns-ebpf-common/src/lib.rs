@@ -40,6 +40,8 @@ pub mod map_names {
     pub const ACL_PORT: &str = "ACLPORT_V1";
     pub const ACES: &str = "ACE_V1";
     pub const ACL_HOSTS: &str = "ACLHOST_V1";
+    /// The programs' scratch space for the ACL search (per CPU).
+    pub const ACL_WALK: &str = "ACLWALK_V1";
     pub const STATS: &str = "STATS_V4";
     pub const NAT: &str = "NAT_V1";
     pub const NAT_IFACES: &str = "NATIF_V1";

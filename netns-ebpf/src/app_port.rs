@@ -30,8 +30,8 @@ use netns_ebpf_common::{
 use crate::{
     budget, events, frag,
     maps::{
-        zone, ACES, ACL_HOSTS, ACL_IP, ACL_PORT, ACL_PROTO, ACL_SHAPES, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS,
-        PORT_STATS,
+        zone, ACES, ACL_HOSTS, ACL_IP, ACL_PORT, ACL_PROTO, ACL_SHAPES, ACL_WALK, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT,
+        PORTMAPS, PORT_STATS,
     },
     rewrite,
     skb::{count, ifindex, skb_mark, Skb},
@@ -389,12 +389,14 @@ impl AclMaps for PinnedAcls {
     }
 }
 
-/// What the search's steps read and write; lives on the program's stack.
-struct WalkState {
+/// What the search's steps read and write: in the per-CPU scratch map `ACL_WALK`, not
+/// on the program's stack (see there).
+#[repr(C)]
+pub struct WalkState {
     acl: u32,
-    q: AceQuery,
     /// The deciding ACE's index so far; NOT_FOUND: none.
     found: u32,
+    q: AceQuery,
 }
 
 const NOT_FOUND: u32 = u32::MAX;
@@ -403,26 +405,34 @@ impl AceWalk for BitmapWalk {
     #[inline(always)]
     fn first(&self, q: &AceQuery) -> Option<Decided> {
         // No shape: no ACL (yet) under this id; default drop.
-        let shape = unsafe { ACL_SHAPES.get(&self.acl) }.copied()?;
-        let mut state = WalkState { acl: self.acl, q: *q, found: NOT_FOUND };
-        let state_ptr = &mut state as *mut WalkState as *mut c_void;
+        let shape = unsafe { ACL_SHAPES.get(&self.acl) }?;
+        let state = ACL_WALK.get_ptr_mut(0)?;
         unsafe {
-            bpf_loop(shape.chunks(), chunk_step as *mut c_void, state_ptr, 0);
+            (*state).acl = self.acl;
+            (*state).found = NOT_FOUND;
+            (*state).q = *q;
+        }
+        // bpf_loop's context lives on the stack (6.1): a pointer to the state.
+        let mut ctx = state;
+        let ctx_ptr = &mut ctx as *mut *mut WalkState as *mut c_void;
+        unsafe {
+            bpf_loop(shape.chunks(), chunk_step as *mut c_void, ctx_ptr, 0);
             if shape.host_aces > 0 {
-                bpf_loop(shape.host_aces.min(MAX_HOST_ACES as u32), host_step as *mut c_void, state_ptr, 0);
+                bpf_loop(shape.host_aces.min(MAX_HOST_ACES as u32), host_step as *mut c_void, ctx_ptr, 0);
             }
         }
-        if state.found == NOT_FOUND {
+        let found = unsafe { (*state).found };
+        if found == NOT_FOUND {
             return None;
         }
-        let ace = unsafe { ACES.get(&AceKey { acl: self.acl, index: state.found }) }?;
-        Some(Decided { index: state.found, ace: *ace })
+        let ace = unsafe { ACES.get(&AceKey { acl: self.acl, index: found }) }?;
+        Some(Decided { index: found, ace: *ace })
     }
 }
 
 /// One chunk of the bitmaps: 1 stops the loop (the chunk has the first deciding ACE).
 extern "C" fn chunk_step(chunk: u64, state: *mut c_void) -> i64 {
-    let state = unsafe { &mut *(state as *mut WalkState) };
+    let state = unsafe { &mut **(state as *mut *mut WalkState) };
     match classify::chunk_first(&PinnedAcls, state.acl, chunk as u32, &state.q) {
         Some(index) => {
             state.found = index;
@@ -434,7 +444,7 @@ extern "C" fn chunk_step(chunk: u64, state: *mut c_void) -> i64 {
 
 /// One host ACE, by ordinal: it decides if it comes before the bitmaps' answer.
 extern "C" fn host_step(ordinal: u64, state: *mut c_void) -> i64 {
-    let state = unsafe { &mut *(state as *mut WalkState) };
+    let state = unsafe { &mut **(state as *mut *mut WalkState) };
     match classify::host_step(&PinnedAcls, state.acl, ordinal as u32, &state.q, state.found) {
         HostStep::Decides(index) => {
             state.found = index;

@@ -1,6 +1,7 @@
 //! The maps every program shares (pinned by the agent under its pin directory, names
 //! from `map_names`), and `ZONE`, the constant that tells each loaded copy its NI.
 
+use crate::app_port::WalkState;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -78,6 +79,12 @@ pub static ACES: HashMap<AceKey, Ace, { ACES_MAX_ENTRIES as usize }, NO_PREALLOC
 /// Host ACE ordinal -> its ACE index.
 #[btf_map(name = "ACLHOST_V1")]
 pub static ACL_HOSTS: HashMap<AceKey, u32, { ACES_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
+
+/// The ACL search's state, one per CPU: on the from-app program's stack it would push the
+/// program and the search's callbacks over the 512 bytes 6.1's verifier allows them
+/// together.
+#[btf_map(name = "ACLWALK_V1")]
+pub static ACL_WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 

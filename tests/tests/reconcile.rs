@@ -109,10 +109,15 @@ fn restart_under_load_disturbs_no_flow() {
     let restarts = if scaled(Duration::from_secs(1)) > Duration::from_secs(1) { 2 } else { 5 };
     // Each round: traffic with the agent up, kill -9, start again (its apply: under 2 s
     // here, longer in the emulated VM), traffic; the stream outlasts them all.
-    let duration = scaled(Duration::from_secs(4)).as_secs_f64() * restarts as f64 + 3.0;
+    // (Each restart loads the NIs' programs: a few seconds with a busy verifier.)
+    let duration = scaled(Duration::from_secs(7)).as_secs_f64() * restarts as f64 + 3.0;
     let secs = format!("{}", duration.ceil() as u64);
+    let stop = s.state_dir.with_extension("stop");
+    let _ = std::fs::remove_file(&stop);
+    let stop_arg = stop.display().to_string();
     let stream = s.background(&app1, &["iperf3", "-c", INET_IP, "-t", &secs, "-b", "50M", "-J"]);
-    let loop_ = s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app2"]);
+    let loop_ =
+        s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app2", &stop_arg]);
     let mut launched = Vec::new();
     for _ in 0..restarts {
         sleep(scaled(Duration::from_secs(1)));
@@ -122,6 +127,9 @@ fn restart_under_load_disturbs_no_flow() {
         s.start_agent();
         sleep(scaled(Duration::from_secs(1)));
     }
+    // DNS's first answer after the last launch comes within the loop.
+    sleep(scaled(Duration::from_secs(2)));
+    std::fs::write(&stop, "").unwrap();
     let traffic = json_of(&loop_.finish());
     let iperf = stream.finish();
     let report: Value = serde_json::from_slice(&iperf.stdout).unwrap_or(Value::Null);

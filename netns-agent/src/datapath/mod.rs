@@ -40,7 +40,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 21] = [
+const ALL_MAPS: [&str; 22] = [
     map_names::EVENTS,
     map_names::PORT_STATS,
     map_names::DROPS,
@@ -58,6 +58,7 @@ const ALL_MAPS: [&str; 21] = [
     map_names::ACL_PORT,
     map_names::ACES,
     map_names::ACL_HOSTS,
+    map_names::ACL_WALK,
     map_names::STATS,
     map_names::NAT,
     map_names::NAT_IFACES,
