@@ -85,8 +85,9 @@ pub struct ProtoBitsKey {
     pub acl: u32,
     pub chunk: u16,
     pub proto: u16,
-    pub in_eidset: u8,
-    pub _pad: [u8; 3],
+    /// 1: the remote is in the eidset. A u32, not a u8 and padding: a 3-byte padding
+    /// store compiles to a `memset` call, a subprogram whose frame 6.1 counts.
+    pub in_eidset: u32,
 }
 
 /// The remote port's bitmap (`any`: for a port no ACE of the chunk names).
@@ -96,8 +97,8 @@ pub struct PortBitsKey {
     pub acl: u32,
     pub chunk: u16,
     pub port: u16,
-    pub any: u8,
-    pub _pad: [u8; 3],
+    /// 1: the entry for ports no ACE names (u32: see `ProtoBitsKey::in_eidset`).
+    pub any: u32,
 }
 
 /// ACE `index` of ACL `acl` (the decided ACE's id and action; a host ACE's fields).
@@ -175,10 +176,10 @@ pub fn fields_match(ace: &Ace, q: &AceQuery) -> bool {
 pub fn chunk_first(maps: &impl AclMaps, acl: u32, chunk: u32, q: &AceQuery) -> Option<u32> {
     let c16 = chunk as u16;
     let ip = maps.ip_bits(&IpBitsKey { acl, chunk, addr: q.remote, _pad: [0; 4] })?;
-    let eid = q.facts.in_eidset as u8;
-    let proto_key = |proto| ProtoBitsKey { acl, chunk: c16, proto, in_eidset: eid, _pad: [0; 3] };
+    let eid = q.facts.in_eidset as u32;
+    let proto_key = |proto| ProtoBitsKey { acl, chunk: c16, proto, in_eidset: eid };
     let proto = maps.proto_bits(&proto_key(q.proto as u16)).or_else(|| maps.proto_bits(&proto_key(PROTO_ANY)))?;
-    let port_key = |port, any| PortBitsKey { acl, chunk: c16, port, any, _pad: [0; 3] };
+    let port_key = |port, any| PortBitsKey { acl, chunk: c16, port, any };
     let port = maps.port_bits(&port_key(q.remote_port, 0)).or_else(|| maps.port_bits(&port_key(0, 1)))?;
     let mut w = 0;
     while w < CHUNK_WORDS {
@@ -355,11 +356,11 @@ mod compile {
     /// without them.
     fn proto_bits(out: &mut CompiledAcl, acl: u32, chunk: u16, covered: &[(usize, &Ace)]) {
         let protos: BTreeSet<u16> = covered.iter().filter(|(_, a)| a.matches & MATCH_PROTO != 0).map(|(_, a)| a.proto as u16).collect();
-        for in_eidset in [0u8, 1] {
+        for in_eidset in [0u32, 1] {
             let eid_ok = |a: &Ace| a.matches & MATCH_EIDSET == 0 || in_eidset == 1;
             for &proto in protos.iter().chain([PROTO_ANY].iter()) {
                 let bits = bits_of(covered, |a| eid_ok(a) && (a.matches & MATCH_PROTO == 0 || a.proto as u16 == proto));
-                out.proto.push((ProtoBitsKey { acl, chunk, proto, in_eidset, _pad: [0; 3] }, bits));
+                out.proto.push((ProtoBitsKey { acl, chunk, proto, in_eidset }, bits));
             }
         }
     }
@@ -369,10 +370,10 @@ mod compile {
         let ports: BTreeSet<u16> = covered.iter().filter(|(_, a)| a.matches & MATCH_FPORT != 0).map(|(_, a)| a.fport).collect();
         for port in ports {
             let bits = bits_of(covered, |a| a.matches & MATCH_FPORT == 0 || a.fport == port);
-            out.port.push((PortBitsKey { acl, chunk, port, any: 0, _pad: [0; 3] }, bits));
+            out.port.push((PortBitsKey { acl, chunk, port, any: 0 }, bits));
         }
         let any = bits_of(covered, |a| a.matches & MATCH_FPORT == 0);
-        out.port.push((PortBitsKey { acl, chunk, port: 0, any: 1, _pad: [0; 3] }, any));
+        out.port.push((PortBitsKey { acl, chunk, port: 0, any: 1 }, any));
     }
 
     fn mask(addr: Ipv4, len: u8) -> Ipv4 {
