@@ -79,6 +79,17 @@ pub struct NiPlan {
     pub vpn: Option<VpnPlan>,
 }
 
+/// The ifindex the agent gives an interface that carries programs: one copy of the
+/// programs serves every NI and learns an interface's NI from its ifindex (IFZONE_V1), so
+/// these are unique across all namespaces. They sit far above the kernel's picks, which
+/// count up from 1 in each netns: `0x4000_0000 | zone << 16 | slot`, where slot 1 is the
+/// NI veth's NI end, 2 its agent end, and `(k + 1) << 8 | app number` the bridge port of
+/// an app's k-th interface (the config bounds zones and app numbers to 255, k to 98).
+fn chosen_ifindex(zone: u32, slot: u32) -> u32 {
+    const BASE: u32 = 0x4000_0000;
+    BASE | zone << 16 | slot
+}
+
 /// The IPsec tunnel of a VPN NI, with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VpnPlan {
@@ -107,6 +118,10 @@ pub struct PortPlan {
     pub tap: Option<String>,
     /// `nbu<k>x<app_num>`: the bridge port, where the programs attach.
     pub bridge_port: String,
+    /// The bridge port's ifindex (`chosen_ifindex`); `None` for a tap, which keeps the one
+    /// it had in the agent's netns.
+    #[serde(default)]
+    pub ifindex: Option<u32>,
     /// `nbu<k>x<app_num>.1`: the app's end.
     pub app_ifname: String,
     pub ip: Ipv4Addr,
@@ -144,6 +159,16 @@ pub struct PortPlan {
 impl NiPlan {
     pub fn zone(&self) -> u32 {
         self.index
+    }
+
+    /// The NI veth's NI end's ifindex (see `chosen_ifindex`).
+    pub fn ni_veth_ifindex(&self) -> u32 {
+        chosen_ifindex(self.zone(), 1)
+    }
+
+    /// The NI veth's agent end's ifindex (see `chosen_ifindex`).
+    pub fn agent_veth_ifindex(&self) -> u32 {
+        chosen_ifindex(self.zone(), 2)
     }
 
     /// The /30 of the NI's veth pair.
@@ -290,7 +315,7 @@ fn ni_plan(n: &Network, apps: &[App]) -> NiPlan {
     for app in apps {
         for (k, iface) in app.interfaces.iter().enumerate().filter(|(_, i)| i.network == n.name) {
             ni.portmaps.extend(portmap_plans(app.num, iface));
-            ni.ports.push(port_plan(app, k, iface, ni.is_switch()));
+            ni.ports.push(port_plan(app, k, iface, &ni));
         }
     }
     ni
@@ -313,10 +338,12 @@ fn vpn_plan(v: &Vpn, subnet: Ipv4Net, ni_ip: Ipv4Addr) -> VpnPlan {
     }
 }
 
-/// The `k`-th interface of `app`, on a switch NI or not.
-fn port_plan(app: &App, k: usize, iface: &Interface, switch: bool) -> PortPlan {
+/// The `k`-th interface of `app`, on `ni`.
+fn port_plan(app: &App, k: usize, iface: &Interface, ni: &NiPlan) -> PortPlan {
     let bridge_port = iface.tap.clone().unwrap_or_else(|| format!("nbu{}x{}", k + 1, app.num));
+    let switch = ni.is_switch();
     PortPlan {
+        ifindex: iface.tap.is_none().then(|| chosen_ifindex(ni.zone(), (k as u32 + 1) << 8 | app.num)),
         app: app.name.clone(),
         app_num: app.num,
         app_netns: app.netns.clone().unwrap_or_default(),

@@ -23,6 +23,10 @@ pub type Ipv4 = [u8; 4];
 
 /// Upper bound on app ports per agent (all NIs): the size of the per-interface maps.
 pub const MAX_APP_PORTS: u32 = 1024;
+/// IFZONE_V1's size: every app port and every translating interface.
+pub const IF_ZONES_MAX_ENTRIES: u32 = MAX_APP_PORTS + nat::NAT_IFACES_MAX_ENTRIES;
+/// The zone of an interface the agent did not register (IFZONE_V1): no zone is this.
+pub const NO_ZONE: u32 = u32::MAX;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -33,6 +37,8 @@ pub const PROTO_UDP: u8 = 17;
 pub mod map_names {
     pub const CONNTRACK: &str = "CT_V4";
     pub const IFACES: &str = "IFACE_V3";
+    /// ifindex -> zone of every interface that carries the programs.
+    pub const IF_ZONES: &str = "IFZONE_V1";
     /// An ACL's compiled form (`classify`), keyed by ACL id.
     pub const ACL_SHAPES: &str = "ACLSHAPE_V1";
     pub const ACL_IP: &str = "ACLIP_V1";

@@ -58,14 +58,14 @@ impl Side {
 #[classifier]
 pub fn app_port_from_app(ctx: TcContext) -> i32 {
     let verdict = handle(&ctx, Side::FromApp);
-    count_port(zone(), ifindex(&ctx), PORT_DIR_FROM_APP, verdict == TC_ACT_SHOT, ctx.len());
+    count_port(zone(&ctx), ifindex(&ctx), PORT_DIR_FROM_APP, verdict == TC_ACT_SHOT, ctx.len());
     verdict
 }
 
 #[classifier]
 pub fn app_port_to_app(ctx: TcContext) -> i32 {
     let verdict = handle(&ctx, Side::ToApp);
-    count_port(zone(), ifindex(&ctx), PORT_DIR_TO_APP, verdict == TC_ACT_SHOT, ctx.len());
+    count_port(zone(&ctx), ifindex(&ctx), PORT_DIR_TO_APP, verdict == TC_ACT_SHOT, ctx.len());
     verdict
 }
 
@@ -87,7 +87,7 @@ fn handle(ctx: &TcContext, side: Side) -> i32 {
             // An app's ARP must name the app itself: no claiming a neighbour's address
             // (or the gateway's) to draw its traffic.
             if side == Side::FromApp {
-                let Some(iface) = (unsafe { IFACES.get(&IfaceKey { zone: zone(), ifindex: ifindex(ctx) }) }) else {
+                let Some(iface) = (unsafe { IFACES.get(&IfaceKey { zone: zone(ctx), ifindex: ifindex(ctx) }) }) else {
                     count(Stat::NoIfaceConfig);
                     return TC_ACT_SHOT;
                 };
@@ -113,7 +113,7 @@ fn handle(ctx: &TcContext, side: Side) -> i32 {
 
 #[inline(always)]
 fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
-    let zone = zone();
+    let zone = zone(ctx);
     let ifindex = ifindex(ctx);
     let ikey = IfaceKey { zone, ifindex };
     // Fail closed: a port we have no config for passes nothing but ARP.
@@ -498,7 +498,7 @@ fn counts_here(ctx: &TcContext, side: Side) -> bool {
 #[inline(always)]
 fn came_from_app_port(ctx: &TcContext) -> bool {
     let in_if = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    unsafe { IFACES.get(IfaceKey { zone: zone(), ifindex: in_if }) }.is_some()
+    unsafe { IFACES.get(IfaceKey { zone: zone(ctx), ifindex: in_if }) }.is_some()
 }
 
 #[inline(always)]

@@ -1,11 +1,12 @@
 //! The maps every program shares (pinned by the agent under its pin directory, names
-//! from `map_names`), and `ZONE`, the constant that tells each loaded copy its NI.
+//! from `map_names`), and `zone`, which tells a program the NI of the interface it runs on.
 
-use crate::app_port::WalkState;
+use crate::{app_port::WalkState, skb::ifindex};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
+    programs::TcContext,
 };
 use netns_ebpf_common::{
     acl::Ace,
@@ -15,17 +16,23 @@ use netns_ebpf_common::{
     frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
     limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
-    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, MAX_APP_PORTS, MAX_DEVICE_ADDRS,
-    MAX_ZONES,
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, IF_ZONES_MAX_ENTRIES, MAX_APP_PORTS,
+    MAX_DEVICE_ADDRS, MAX_ZONES, NO_ZONE,
 };
 
-/// The translation domain / conntrack zone this copy serves; set by the loader.
-#[unsafe(no_mangle)]
-static ZONE: u32 = 0;
+/// The zone (NI; for the agent netns' interfaces the agent's translation domain) of each
+/// interface that carries our programs. One copy of the programs serves every NI, so the
+/// interface says which: the agent gives the interfaces it creates ifindexes that are
+/// unique across namespaces, and registers each one here before it attaches programs.
+#[btf_map(name = "IFZONE_V1")]
+pub static IF_ZONES: HashMap<u32, u32, { IF_ZONES_MAX_ENTRIES as usize }> = HashMap::new();
 
+/// The zone of the interface the packet is on; `NO_ZONE` for one the agent did not
+/// register (no config is keyed by it: such a port passes nothing, such a NAT interface
+/// translates nothing).
 #[inline(always)]
-pub fn zone() -> u32 {
-    unsafe { core::ptr::read_volatile(&ZONE) }
+pub fn zone(ctx: &TcContext) -> u32 {
+    unsafe { IF_ZONES.get(&ifindex(ctx)) }.copied().unwrap_or(NO_ZONE)
 }
 
 // BTF map definitions, so `bpftool map dump` prints keys and values field by field. The

@@ -15,7 +15,7 @@ use std::{
 use aya::{TestRun, TestRunOptions};
 use netns_agent::{
     config,
-    datapath::{self, Maps, NiPrograms},
+    datapath::{self, Maps, Programs},
     plan::{self, NiPlan, PortPlan},
     reconcile,
 };
@@ -68,7 +68,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// The programs loaded into a pin directory of their own, the maps opened, and app1's
 /// port entry written for loopback.
 struct Loaded {
-    programs: NiPrograms,
+    programs: Programs,
     maps: Maps,
     ni: NiPlan,
     port: PortPlan,
@@ -105,7 +105,7 @@ impl Loaded {
             PathBuf::from(format!("/sys/fs/bpf/netns-test-programs-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         let pins = PinDir(pin_dir.clone());
         datapath::prepare_pin_dir(&pin_dir).unwrap();
-        let programs = NiPrograms::load(&pin_dir, &ni.name, ni.zone()).unwrap_or_else(|e| panic!("{e:#}"));
+        let programs = Programs::load(&pin_dir).unwrap_or_else(|e| panic!("{e:#}"));
         let mut maps = Maps::open(&pin_dir).unwrap();
         let key = IfaceKey { zone: ni.zone(), ifindex: LOOPBACK };
         // As the agent publishes a port: its ACL under an id of its own, then the entry.

@@ -1,5 +1,5 @@
-//! The eBPF side from userspace: loading the object per NI, pinning maps and links,
-//! attaching to app ports, and reading/writing the maps.
+//! The eBPF side from userspace: loading the object once for every NI, pinning maps and
+//! links, attaching to app ports and translating interfaces, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
 //!   CT_V4, DROP_V2, IFACE_V3, ACE_V1,   maps shared by every NI and the agent's netns
@@ -40,7 +40,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 22] = [
+const ALL_MAPS: [&str; 23] = [
+    map_names::IF_ZONES,
     map_names::EVENTS,
     map_names::PORT_STATS,
     map_names::DROPS,
@@ -93,18 +94,19 @@ fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
 }
 
-/// The programs loaded for one NI (its zone baked in), ready to attach to its ports.
-pub struct NiPrograms {
+/// The programs, loaded once for every NI and the agent's netns: a program learns the
+/// NI of the interface it runs on from IFZONE_V1 (`Maps::set_port`, `set_nat_iface`).
+pub struct Programs {
     ebpf: Ebpf,
-    link_dir: PathBuf,
+    pin_dir: PathBuf,
 }
 
-impl NiPrograms {
-    /// Loads the object for `zone`; the maps are the shared pinned ones (created on first
-    /// use). A verifier rejection comes back with the verifier's log.
-    pub fn load(pin_dir: &Path, ni: &str, zone: u32) -> Result<NiPrograms> {
+impl Programs {
+    /// Loads the object; the maps are the shared pinned ones (created on first use). A
+    /// verifier rejection comes back with the verifier's log.
+    pub fn load(pin_dir: &Path) -> Result<Programs> {
+        let started = std::time::Instant::now();
         let mut loader = EbpfLoader::new();
-        loader.override_global("ZONE", &zone, true);
         for name in ALL_MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
         }
@@ -116,12 +118,10 @@ impl NiPrograms {
             // How hard the verifier worked (its limit is 1M): the figure to watch when
             // a change makes a program more complex.
             let verified_insns = prog.info().ok().and_then(|i| i.verified_instruction_count());
-            debug!(program = name, zone, ?verified_insns, "program verified");
+            debug!(program = name, ?verified_insns, "program verified");
         }
-        let link_dir = pin_dir.join(ni);
-        std::fs::create_dir_all(&link_dir).with_context(|| format!("creating {}", link_dir.display()))?;
-        debug!(ni, zone, "programs loaded");
-        Ok(NiPrograms { ebpf, link_dir })
+        info!(ms = started.elapsed().as_millis() as u64, "programs loaded");
+        Ok(Programs { ebpf, pin_dir: pin_dir.to_path_buf() })
     }
 
     /// One of the loaded programs by name (`prog_names`): the program tests run it on
@@ -131,15 +131,12 @@ impl NiPrograms {
         Ok(prog.try_into()?)
     }
 
-    /// Loads the agent netns' own copy (domain 0): NAT on uplinks and agent-side veths.
-    pub fn load_agent(pin_dir: &Path) -> Result<NiPrograms> {
-        NiPrograms::load(pin_dir, AGENT_PIN_SUBDIR, netns_ebpf_common::nat::DOMAIN_AGENT)
-    }
-
-    /// Attaches the app-port programs to bridge port `port` inside `ns`. `fresh`: the
-    /// interface was just created (a pin of that name belongs to an earlier interface).
-    pub fn attach_port(&mut self, ns: &Netns, port: &str, fresh: bool) -> Result<()> {
+    /// Attaches the app-port programs to bridge port `port` of NI `ni` (inside `ns`).
+    /// `fresh`: the interface was just created (a pin of that name belongs to an earlier
+    /// interface).
+    pub fn attach_port(&mut self, ns: &Netns, ni: &str, port: &str, fresh: bool) -> Result<()> {
         self.attach(
+            ni,
             ns,
             port,
             fresh,
@@ -150,9 +147,11 @@ impl NiPrograms {
         )
     }
 
-    /// Attaches the NAT programs to interface `ifname` inside `ns`.
-    pub fn attach_nat(&mut self, ns: &Netns, ifname: &str, fresh: bool) -> Result<()> {
+    /// Attaches the NAT programs to interface `ifname` inside `ns`, its links pinned
+    /// under `owner` (an NI's name, or `AGENT_PIN_SUBDIR` for the agent netns').
+    pub fn attach_nat(&mut self, ns: &Netns, owner: &str, ifname: &str, fresh: bool) -> Result<()> {
         self.attach(
+            owner,
             ns,
             ifname,
             fresh,
@@ -169,15 +168,17 @@ impl NiPrograms {
     /// no packet sees the port without a program. A defunct link (its interface is gone)
     /// is unpinned and the program attached anew. On tc filters, an existing interface
     /// keeps the filters it has (there is no atomic replace).
-    fn attach(&mut self, ns: &Netns, ifname: &str, fresh: bool, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
+    fn attach(&mut self, owner: &str, ns: &Netns, ifname: &str, fresh: bool, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
         let tcx = has_tcx();
         if !tcx && !fresh {
             debug!(ifname, "tc filters kept as attached");
             return Ok(());
         }
+        let link_dir = self.pin_dir.join(owner);
+        std::fs::create_dir_all(&link_dir).with_context(|| format!("creating {}", link_dir.display()))?;
         for (name, attach, suffix) in which {
             let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
-            let pin = self.link_dir.join(link_pin_name(ifname, suffix));
+            let pin = link_dir.join(link_pin_name(ifname, suffix));
             if tcx && fresh && pin.exists() {
                 std::fs::remove_file(&pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
             }
@@ -313,6 +314,9 @@ pub struct Maps {
     drops: HashMap<MapData, CtKey, CtValue>,
     zone_use: Array<MapData, ZoneUse>,
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
+    /// ifindex -> zone of the interfaces that carry programs: kept to what IFACES and
+    /// NATIF hold (`register`).
+    if_zones: HashMap<MapData, u32, u32>,
     /// The ports' ACLs, compiled, by ACL id.
     pub acls: AclStore,
     stats: PerCpuArray<MapData, u64>,
@@ -443,6 +447,7 @@ impl Maps {
             drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
             zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
             ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
+            if_zones: open_map(pin_dir, map_names::IF_ZONES)?.try_into()?,
             acls: AclStore::open(pin_dir)?,
             stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
             port_stats: open_map(pin_dir, map_names::PORT_STATS)?.try_into()?,
@@ -481,11 +486,55 @@ impl Maps {
     }
 
     pub fn set_nat_iface(&mut self, key: IfaceKey, nif: NatIface) -> Result<()> {
+        self.register(key)?;
         self.nat_ifaces.insert(key, nif, 0).context("writing NAT interface map")
     }
 
     pub fn remove_nat_iface(&mut self, key: IfaceKey) {
         self.nat_ifaces.remove(&key).ok();
+        self.unregister(key);
+    }
+
+    /// Tells the programs that interface `key.ifindex` is zone `key.zone`'s (before its
+    /// config is written; the programs are attached after both). Refuses an ifindex that another
+    /// zone's interface holds: one copy of the programs serves every netns, so the
+    /// interfaces carrying them need ifindexes unique across namespaces (the agent picks
+    /// those of the interfaces it makes; `plan::chosen_ifindex`).
+    fn register(&mut self, key: IfaceKey) -> Result<()> {
+        if let Ok(other) = self.if_zones.get(&key.ifindex, 0) {
+            if other != key.zone && self.configured(IfaceKey { zone: other, ifindex: key.ifindex }) {
+                bail!(
+                    "ifindex {} is zone {other}'s interface already, so zone {} cannot have it (the interfaces that carry programs need ifindexes unique across namespaces)",
+                    key.ifindex,
+                    key.zone
+                );
+            }
+        }
+        self.if_zones.insert(key.ifindex, key.zone, 0).context("writing the interface's zone (IFZONE)")
+    }
+
+    /// Whether zone `key.zone` has config for interface `key.ifindex` (as app port or NAT).
+    fn configured(&self, key: IfaceKey) -> bool {
+        self.ifaces.get(&key, 0).is_ok() || self.nat_ifaces.get(&key, 0).is_ok()
+    }
+
+    /// Forgets interface `key.ifindex` as zone `key.zone`'s.
+    fn unregister(&mut self, key: IfaceKey) {
+        if self.if_zones.get(&key.ifindex, 0).ok() == Some(key.zone) && !self.configured(key) {
+            self.if_zones.remove(&key.ifindex).ok();
+        }
+    }
+
+    /// Removes the zone entries of interfaces whose config is gone; returns how many.
+    fn remove_unregistered(&mut self) -> usize {
+        let gone: Vec<u32> = self
+            .if_zones
+            .iter()
+            .flatten()
+            .filter(|(ifindex, zone)| !self.configured(IfaceKey { zone: *zone, ifindex: *ifindex }))
+            .map(|(ifindex, _)| ifindex)
+            .collect();
+        gone.iter().filter(|ifindex| self.if_zones.remove(ifindex).is_ok()).count()
     }
 
     pub fn nat_iface(&self, key: IfaceKey) -> Option<NatIface> {
@@ -550,9 +599,11 @@ impl Maps {
         let acls = self.acl_ids(stray);
         let n = remove_where(&mut self.ifaces, |k, _| stray(k));
         let n = n + if acls.is_empty() { 0 } else { self.acls.remove_where(|id| acls.contains(&id)) };
-        n + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
+        let n = n
+            + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
             + remove_where(&mut self.hosts.0, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
-            + remove_where(&mut self.eidset, |k, _| k.zone == zone && !ips.contains(&k.addr))
+            + remove_where(&mut self.eidset, |k, _| k.zone == zone && !ips.contains(&k.addr));
+        n + self.remove_unregistered()
     }
 
     /// Forgets an app port: its config and ACL, host set, buckets; its NI's eidset entry
@@ -563,6 +614,7 @@ impl Maps {
             self.ifaces.remove(&key).ok();
             self.acls.remove(info.acl_id);
         }
+        self.unregister(key);
         self.eidset.remove(&EidKey { zone: key.zone, addr: ip }).ok();
         remove_where(&mut self.limits, |k, _| k.zone == key.zone && k.ifindex == key.ifindex);
         self.hosts.remove_port(key);
@@ -589,6 +641,7 @@ impl Maps {
     pub fn remove_agent_domain(&mut self) {
         let domain = netns_ebpf_common::nat::DOMAIN_AGENT;
         remove_where(&mut self.nat_ifaces, |k, _| k.zone == domain);
+        remove_where(&mut self.if_zones, |_, z| *z == domain);
         remove_where(&mut self.device, |_, _| true);
         self.remove_portmaps(|k, _| k.domain == domain);
         self.remove_nat_entries(|k, _| k.domain == domain);
@@ -597,6 +650,7 @@ impl Maps {
     /// Publishes an app port's config; its ACL (`info.acl_id`) must be written already
     /// (`acls.write`), so the port never judges a flow against a missing ACL.
     pub fn set_port(&mut self, key: IfaceKey, info: IfaceInfo) -> Result<()> {
+        self.register(key)?;
         self.ifaces.insert(key, info, 0).context("writing interface map")
     }
 
@@ -648,6 +702,7 @@ impl Maps {
         let flows = self.remove_flows(|k, _| k.zone == zone);
         remove_where(&mut self.drops, |k, _| k.zone == zone);
         remove_where(&mut self.nat_ifaces, |k, _| k.zone == zone);
+        remove_where(&mut self.if_zones, |_, z| *z == zone);
         self.remove_portmaps(|k, _| k.domain == zone);
         self.remove_nat_entries(|k, _| k.domain == zone);
         remove_where(&mut self.eidset, |k, _| k.zone == zone);

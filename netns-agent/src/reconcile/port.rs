@@ -47,7 +47,16 @@ pub async fn ensure<K: NiDriver>(
     nl: &Netlink,
     out: &mut ApplyOutcome,
 ) -> Result<()> {
-    let fresh = nl.link_index(&p.bridge_port).await?.is_none();
+    let fresh = match (nl.link_index(&p.bridge_port).await?, p.ifindex) {
+        (None, _) => true,
+        // A port of an earlier agent without the ifindex it must have now: made anew.
+        (Some(have), Some(want)) if have != want => {
+            info!(port = p.bridge_port, have, want, "port has another ifindex than planned; recreating it");
+            nl.delete_link(&p.bridge_port).await?;
+            true
+        }
+        (Some(_), _) => false,
+    };
     let app = ensure_link(ap, p, ns, nl, fresh).await?;
     if fresh {
         out.report.changes.push(format!("{}: port {} of app {} added", ni.name, p.bridge_port, p.app));
@@ -56,7 +65,7 @@ pub async fn ensure<K: NiDriver>(
     let ifindex = nl.link_index(&p.bridge_port).await?.with_context(|| format!("{} vanished after creation", p.bridge_port))?;
     // Config first, then the programs that read it.
     write_maps(ap.maps()?, kind, ni, p, IfaceKey { zone: ni.zone(), ifindex }, before, out)?;
-    programs(ap, ni)?.attach_port(ns, &p.bridge_port, fresh)?;
+    programs(&mut ap.programs, &ap.pin_dir)?.attach_port(ns, &ni.name, &p.bridge_port, fresh)?;
     nl.set_up(&p.bridge_port).await?;
 
     // A VM configures its own side.
@@ -85,7 +94,7 @@ async fn ensure_link(ap: &Applier, p: &PortPlan, ns: &Netns, nl: &Netlink, fresh
         // An app end without its bridge end is a leftover of ours (preflight checked that
         // nothing else is there).
         app.delete_link(&p.app_ifname).await?;
-        nl.create_veth(&p.bridge_port, &p.app_ifname).await?;
+        nl.create_veth((&p.bridge_port, p.ifindex), (&p.app_ifname, None)).await?;
         nl.move_to_netns(&p.app_ifname, &app_ns).await?;
     }
     Ok(Some(app))
