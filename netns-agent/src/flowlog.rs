@@ -1,5 +1,5 @@
 //! The flow log: one record per flow event, as JSON lines. The data path reports starts,
-//! first drops and TCP closes (ring buffer `FLOWEV_V1`); the agent's sweep adds the ends
+//! first drops and TCP closes (ring buffer `FLOWEV_V2`); the agent's sweep adds the ends
 //! of entries that expire or vanish (LRU eviction) and interim records of long flows; the
 //! DNS proxies add each request. Records go to the log file (rotated by size) and to
 //! every `netns-agent flows --follow`.

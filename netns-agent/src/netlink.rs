@@ -14,11 +14,12 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
+        link::{InfoData, InfoKind, InfoVeth},
         route::{RouteAttribute, RouteMessage, RouteScope, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
         AddressFamily,
     },
-    Handle, IpVersion, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, IpVersion, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 use tracing::debug;
 
@@ -121,15 +122,24 @@ impl Netlink {
         self.index_of(name).await
     }
 
-    /// Creates a veth pair with both ends in this namespace.
-    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<()> {
+    /// Creates a veth pair with both ends in this namespace, each end with the ifindex
+    /// given (`None`: the kernel's pick). An end keeps its ifindex when moved to a netns
+    /// where that index is free.
+    pub async fn create_veth(&self, (name, index): (&str, Option<u32>), (peer, peer_index): (&str, Option<u32>)) -> Result<()> {
+        let mut peer_msg = LinkUnspec::new_with_name(peer).build();
+        peer_msg.header.index = peer_index.unwrap_or(0);
+        let mut msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        msg.header.index = index.unwrap_or(0);
         self.handle
             .link()
-            .add(LinkVeth::new(name, peer).build())
+            .add(msg)
             .execute()
             .await
-            .with_context(|| self.ctx(format!("creating veth {name} <-> {peer}")))?;
-        debug!(ns = %self.ns.display(), name, peer, "veth created");
+            .with_context(|| self.ctx(format!("creating veth {name} (ifindex {index:?}) <-> {peer} (ifindex {peer_index:?})")))?;
+        debug!(ns = %self.ns.display(), name, peer, ?index, ?peer_index, "veth created");
         Ok(())
     }
 

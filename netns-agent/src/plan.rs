@@ -4,10 +4,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
-use netns_ebpf_common::{
-    acl::{self, AclTable},
-    mark,
-};
+use netns_ebpf_common::{acl, mark};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +79,17 @@ pub struct NiPlan {
     pub vpn: Option<VpnPlan>,
 }
 
+/// The ifindex the agent gives an interface that carries programs: one copy of the
+/// programs serves every NI and learns an interface's NI from its ifindex (IFZONE_V1), so
+/// these are unique across all namespaces. They sit far above the kernel's picks, which
+/// count up from 1 in each netns: `0x4000_0000 | zone << 16 | slot`, where slot 1 is the
+/// NI veth's NI end, 2 its agent end, and `(k + 1) << 8 | app number` the bridge port of
+/// an app's k-th interface (the config bounds zones and app numbers to 255, k to 98).
+fn chosen_ifindex(zone: u32, slot: u32) -> u32 {
+    const BASE: u32 = 0x4000_0000;
+    BASE | zone << 16 | slot
+}
+
 /// The IPsec tunnel of a VPN NI, with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VpnPlan {
@@ -110,6 +118,10 @@ pub struct PortPlan {
     pub tap: Option<String>,
     /// `nbu<k>x<app_num>`: the bridge port, where the programs attach.
     pub bridge_port: String,
+    /// The bridge port's ifindex (`chosen_ifindex`); `None` for a tap, which keeps the one
+    /// it had in the agent's netns.
+    #[serde(default)]
+    pub ifindex: Option<u32>,
     /// `nbu<k>x<app_num>.1`: the app's end.
     pub app_ifname: String,
     pub ip: Ipv4Addr,
@@ -129,9 +141,11 @@ pub struct PortPlan {
     /// through it.
     #[serde(default)]
     pub default_route: bool,
-    #[serde(with = "pod_hex")]
-    pub acl: AclTable,
-    /// Host ACEs: (index in the ACL, domain suffix, lower case, no trailing dot).
+    /// The ACL as the programs read it, in config order (`classify` compiles it).
+    #[serde(with = "pod_hex::vec")]
+    pub acl: Vec<acl::Ace>,
+    /// Host ACEs in ACL order: (index in the ACL, domain suffix, lower case, no trailing
+    /// dot). The k-th is bit k of the host sets' masks.
     pub hosts: Vec<(usize, String)>,
     pub user_data: Option<String>,
     /// ACE id -> the ACE's `name` (the flow log's `acl_name`; ACEs without one are absent).
@@ -145,6 +159,16 @@ pub struct PortPlan {
 impl NiPlan {
     pub fn zone(&self) -> u32 {
         self.index
+    }
+
+    /// The NI veth's NI end's ifindex (see `chosen_ifindex`).
+    pub fn ni_veth_ifindex(&self) -> u32 {
+        chosen_ifindex(self.zone(), 1)
+    }
+
+    /// The NI veth's agent end's ifindex (see `chosen_ifindex`).
+    pub fn agent_veth_ifindex(&self) -> u32 {
+        chosen_ifindex(self.zone(), 2)
     }
 
     /// The /30 of the NI's veth pair.
@@ -193,7 +217,7 @@ impl PortPlan {
     /// user data are rewritten in place.
     pub fn same_link(&self, other: &PortPlan) -> bool {
         let link = |p: &PortPlan| PortPlan {
-            acl: AclTable::default(),
+            acl: Vec::new(),
             hosts: Vec::new(),
             user_data: None,
             limits: Vec::new(),
@@ -227,7 +251,13 @@ impl Plan {
             for p in &ni.ports {
                 println!(
                     "  {} -> app {} #{} ({}) {} {}, {} ACEs",
-                    p.bridge_port, p.app, p.app_num, p.app_netns, p.app_ifname, p.ip, p.acl.count
+                    p.bridge_port,
+                    p.app,
+                    p.app_num,
+                    p.app_netns,
+                    p.app_ifname,
+                    p.ip,
+                    p.acl.len()
                 );
             }
         }
@@ -285,7 +315,7 @@ fn ni_plan(n: &Network, apps: &[App]) -> NiPlan {
     for app in apps {
         for (k, iface) in app.interfaces.iter().enumerate().filter(|(_, i)| i.network == n.name) {
             ni.portmaps.extend(portmap_plans(app.num, iface));
-            ni.ports.push(port_plan(app, k, iface, ni.is_switch()));
+            ni.ports.push(port_plan(app, k, iface, &ni));
         }
     }
     ni
@@ -308,10 +338,12 @@ fn vpn_plan(v: &Vpn, subnet: Ipv4Net, ni_ip: Ipv4Addr) -> VpnPlan {
     }
 }
 
-/// The `k`-th interface of `app`, on a switch NI or not.
-fn port_plan(app: &App, k: usize, iface: &Interface, switch: bool) -> PortPlan {
+/// The `k`-th interface of `app`, on `ni`.
+fn port_plan(app: &App, k: usize, iface: &Interface, ni: &NiPlan) -> PortPlan {
     let bridge_port = iface.tap.clone().unwrap_or_else(|| format!("nbu{}x{}", k + 1, app.num));
+    let switch = ni.is_switch();
     PortPlan {
+        ifindex: iface.tap.is_none().then(|| chosen_ifindex(ni.zone(), (k as u32 + 1) << 8 | app.num)),
         app: app.name.clone(),
         app_num: app.num,
         app_netns: app.netns.clone().unwrap_or_default(),
@@ -326,7 +358,7 @@ fn port_plan(app: &App, k: usize, iface: &Interface, switch: bool) -> PortPlan {
         dhcp: iface.dhcp || switch,
         ip_configured: iface.ip_configured,
         default_route: k == 0 && !(iface.dhcp || switch) && iface.tap.is_none(),
-        acl: acl_table(&iface.acl),
+        acl: aces(&iface.acl),
         hosts: iface.acl.iter().enumerate().filter_map(|(i, ace)| Some((i, ace.matches.host.clone()?))).collect(),
         user_data: app.user_data.clone(),
         ace_names: iface.acl.iter().filter_map(|ace| Some((ace.id, ace.name.clone()?))).collect(),
@@ -357,41 +389,39 @@ fn portmap_plans(app_num: u32, iface: &Interface) -> impl Iterator<Item = Portma
 }
 
 /// The ACL as the programs read it, in config order.
-pub fn acl_table(aces: &[Ace]) -> AclTable {
-    let mut table = AclTable::default();
-    for (slot, ace) in table.aces.iter_mut().zip(aces) {
-        let m = &ace.matches;
-        let mut matches = 0;
-        if let Some(ip) = m.ip {
-            matches |= acl::MATCH_IP;
-            slot.prefix = ip.network().octets();
-            slot.prefix_len = ip.prefix_len();
-        }
-        if let Some(p) = m.protocol {
-            matches |= acl::MATCH_PROTO;
-            slot.proto = p;
-        }
-        if let Some(port) = m.fport {
-            matches |= acl::MATCH_FPORT;
-            slot.fport = port;
-        }
-        if m.eidset {
-            matches |= acl::MATCH_EIDSET;
-        }
-        if m.host.is_some() {
-            matches |= acl::MATCH_HOST;
-        }
-        slot.id = ace.id;
-        slot.matches = matches;
-        slot.action = match ace.action {
-            Action::Accept => acl::ACTION_ACCEPT,
-            Action::Drop => acl::ACTION_DROP,
-            Action::Portmap { .. } => acl::ACTION_PORTMAP,
-            Action::Limit { .. } => acl::ACTION_LIMIT,
-        };
+pub fn aces(config: &[Ace]) -> Vec<acl::Ace> {
+    config.iter().map(ace).collect()
+}
+
+fn ace(ace: &Ace) -> acl::Ace {
+    let m = &ace.matches;
+    let mut out = acl::Ace { id: ace.id, ..acl::Ace::default() };
+    if let Some(ip) = m.ip {
+        out.matches |= acl::MATCH_IP;
+        out.prefix = ip.network().octets();
+        out.prefix_len = ip.prefix_len();
     }
-    table.count = aces.len().min(acl::MAX_ACES) as u32;
-    table
+    if let Some(p) = m.protocol {
+        out.matches |= acl::MATCH_PROTO;
+        out.proto = p;
+    }
+    if let Some(port) = m.fport {
+        out.matches |= acl::MATCH_FPORT;
+        out.fport = port;
+    }
+    if m.eidset {
+        out.matches |= acl::MATCH_EIDSET;
+    }
+    if m.host.is_some() {
+        out.matches |= acl::MATCH_HOST;
+    }
+    out.action = match ace.action {
+        Action::Accept => acl::ACTION_ACCEPT,
+        Action::Drop => acl::ACTION_DROP,
+        Action::Portmap { .. } => acl::ACTION_PORTMAP,
+        Action::Limit { .. } => acl::ACTION_LIMIT,
+    };
+    out
 }
 
 /// Map value types (`aya::Pod`: plain bytes, no padding holes) in the state record as
@@ -414,12 +444,19 @@ mod pod_hex {
         bytes.map(|b| unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) })
     }
 
-    pub fn serialize<T: aya::Pod, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&to_hex(v))
-    }
+    pub mod vec {
+        use super::*;
 
-    pub fn deserialize<'de, T: aya::Pod, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
-        from_hex(&String::deserialize(d)?).ok_or_else(|| D::Error::custom("bad hex or wrong size for a map value"))
+        pub fn serialize<T: aya::Pod, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(to_hex))
+        }
+
+        pub fn deserialize<'de, T: aya::Pod, D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|h| from_hex(h).ok_or_else(|| D::Error::custom("bad hex or wrong size for a map value")))
+                .collect()
+        }
     }
 
     pub mod pairs {
@@ -521,9 +558,9 @@ ip = "192.168.1.3"
         let ports: Vec<_> = ni2.ports.iter().map(|p| (p.bridge_port.as_str(), p.app_ifname.as_str())).collect();
         assert_eq!(ports, [("nbu2x1", "nbu2x1.1"), ("nbu1x7", "nbu1x7.1")]);
         let t = &plan.nis[0].ports[0].acl;
-        assert_eq!(t.count, 2);
-        assert_eq!(t.aces[0].matches, acl::MATCH_IP | acl::MATCH_PROTO | acl::MATCH_FPORT);
-        assert_eq!((t.aces[0].prefix, t.aces[0].prefix_len, t.aces[0].fport), ([10, 10, 1, 0], 24, 80));
-        assert_eq!((t.aces[1].id, t.aces[1].matches, t.aces[1].action), (4, 0, acl::ACTION_DROP));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].matches, acl::MATCH_IP | acl::MATCH_PROTO | acl::MATCH_FPORT);
+        assert_eq!((t[0].prefix, t[0].prefix_len, t[0].fport), ([10, 10, 1, 0], 24, 80));
+        assert_eq!((t[1].id, t[1].matches, t[1].action), (4, 0, acl::ACTION_DROP));
     }
 }

@@ -165,7 +165,7 @@ async fn ni_limits(ni: &NiPlan, buckets: &[(LimitKey, Bucket)], out: &mut Vec<Li
                     network: ni.name.clone(),
                     app: port.app.clone(),
                     port: port.bridge_port.clone(),
-                    ace_id: port.acl.aces[*index].id,
+                    ace_id: port.acl[*index].id,
                     rate: b.rate,
                     unit: match b.unit_ns {
                         UNIT_SECOND_NS => LimitUnit::Second,

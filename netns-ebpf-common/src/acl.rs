@@ -7,9 +7,6 @@ use crate::{
     IfaceInfo, Ipv4, IFACE_FLAG_SWITCH, PROTO_TCP, PROTO_UDP,
 };
 
-/// ACEs per app interface. The table is one map value, walked by a bounded loop.
-pub const MAX_ACES: usize = 64;
-
 pub const ACTION_ACCEPT: u8 = 0;
 pub const ACTION_DROP: u8 = 1;
 /// A port map: it admits flows from outside (through the NAT's mark), never an app's own.
@@ -47,28 +44,13 @@ pub struct Ace {
     pub fport: u16,
 }
 
-/// An interface's whole ACL, in order.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AclTable {
-    pub count: u32,
-    pub _pad: u32,
-    pub aces: [Ace; MAX_ACES],
-}
-
-impl Default for AclTable {
-    fn default() -> Self {
-        AclTable { count: 0, _pad: 0, aces: [Ace::default(); MAX_ACES] }
-    }
-}
-
 /// The outcome of judging a flow: its connection mark, and whether it passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub mark: u32,
     pub drop: bool,
     /// A `limit` ACE matched: its index + 1 (0: no rate limit).
-    pub limit: u8,
+    pub limit: u16,
 }
 
 impl Verdict {
@@ -95,7 +77,7 @@ pub fn prefix_contains(prefix: Ipv4, len: u8, addr: Ipv4) -> bool {
 pub struct RemoteFacts {
     /// The remote is another app of this NI.
     pub in_eidset: bool,
-    /// Bit i: ACE i's host suffix resolved (for this app) to the remote address.
+    /// Bit k: the k-th host ACE's suffix resolved (for this app) to the remote address.
     pub host_mask: u64,
     /// The remote is the device itself (the agent's netns: a veth or uplink address) and
     /// no port map listens at the flow's port there: EVE's rule, no ACE opens it.
@@ -111,49 +93,35 @@ pub struct AceQuery {
     pub facts: RemoteFacts,
 }
 
-/// Does ACE number `index` match the flow?
-#[inline(always)]
-pub fn ace_matches(ace: &Ace, index: usize, q: &AceQuery) -> bool {
-    (ace.matches & MATCH_IP == 0 || prefix_contains(ace.prefix, ace.prefix_len, q.remote))
-        && (ace.matches & MATCH_PROTO == 0 || ace.proto == q.proto)
-        && (ace.matches & MATCH_FPORT == 0 || ace.fport == q.remote_port)
-        && (ace.matches & MATCH_EIDSET == 0 || q.facts.in_eidset)
-        && (ace.matches & MATCH_HOST == 0 || q.facts.host_mask & (1u64 << (index & 63)) != 0)
+/// The ACE that decides a flow, and its index in the ACL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decided {
+    pub index: u32,
+    pub ace: Ace,
 }
 
-/// Does ACE number `index` of `table` decide the flow? One step of the first-match walk
-/// (port maps never decide an app's own flows; out-of-range indexes decide nothing).
-#[inline(always)]
-pub fn ace_decides(table: &AclTable, index: usize, q: &AceQuery) -> bool {
-    if index >= MAX_ACES || index >= table.count as usize {
-        return false;
-    }
-    let ace = &table.aces[index];
-    ace.action != ACTION_PORTMAP && ace_matches(ace, index, q)
-}
-
-/// How a program finds the first ACE that decides a flow. The judges below are generic
-/// over it: the host walks with a plain loop ([`LoopWalk`]); the BPF programs hand
-/// [`ace_decides`] to the `bpf_loop` helper, which the verifier checks once instead of
-/// once per iteration and per path.
+/// How a program finds the first ACE of a port's ACL that decides a flow (port maps never
+/// decide an app's own flows). The judges below are generic over it: the programs search
+/// the ACL's bitmaps (`classify`), the host tests walk a slice ([`LoopWalk`]).
 pub trait AceWalk {
-    /// The index of the first ACE for which [`ace_decides`] holds.
-    fn first(&self, table: &AclTable, q: &AceQuery) -> Option<usize>;
+    /// None: no ACE decides (or the port has no ACL): default drop.
+    fn first(&self, q: &AceQuery) -> Option<Decided>;
 }
 
-/// The reference walk: ACEs in order.
-pub struct LoopWalk;
+/// The reference: the ACEs in order.
+pub struct LoopWalk<'a>(pub &'a [Ace]);
 
-impl AceWalk for LoopWalk {
-    fn first(&self, table: &AclTable, q: &AceQuery) -> Option<usize> {
-        (0..MAX_ACES).find(|&i| ace_decides(table, i, q))
+impl AceWalk for LoopWalk<'_> {
+    fn first(&self, q: &AceQuery) -> Option<Decided> {
+        let index = crate::classify::reference_first(self.0, q)?;
+        Some(Decided { index, ace: self.0[index as usize] })
     }
 }
 
 /// Judges a flow that the app starts (its packet came from the app), also toward another
 /// app of the same NI: implicit rules, then the app's ACEs, then default drop.
 #[inline(always)]
-pub fn judge_from_app(walk: &impl AceWalk, table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
+pub fn judge_from_app(walk: &impl AceWalk, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
     let app = iface.app_num;
     let switch = iface.flags & IFACE_FLAG_SWITCH != 0;
     // On a switch NI the DHCP and DNS servers are outside, wherever they are.
@@ -174,35 +142,31 @@ pub fn judge_from_app(walk: &impl AceWalk, table: Option<&AclTable>, iface: &Ifa
         return Verdict::default_drop(app);
     }
     let q = AceQuery { proto: flow.proto, remote: flow.dst, remote_port: flow.dport, facts: *facts };
-    first_match(walk, table, app, &q)
+    first_match(walk, app, &q)
 }
 
 /// The user ACEs in order; default drop.
 #[inline(always)]
-fn first_match(walk: &impl AceWalk, table: Option<&AclTable>, app: u32, q: &AceQuery) -> Verdict {
-    let Some(table) = table else {
-        return Verdict::default_drop(app);
-    };
-    match walk.first(table, q) {
-        Some(i) if i < MAX_ACES => {
-            let ace = &table.aces[i];
+fn first_match(walk: &impl AceWalk, app: u32, q: &AceQuery) -> Verdict {
+    match walk.first(q) {
+        Some(Decided { index, ace }) => {
             let drop = ace.action == ACTION_DROP;
-            let limit = if ace.action == ACTION_LIMIT { i as u8 + 1 } else { 0 };
+            let limit = if ace.action == ACTION_LIMIT { index as u16 + 1 } else { 0 };
             Verdict { mark: mark::compose(app, ace.id, true, drop), drop, limit }
         }
-        _ => Verdict::default_drop(app),
+        None => Verdict::default_drop(app),
     }
 }
 
 /// Judges a flow that reaches an app of a switch NI from outside: the app's ACEs with
 /// the remote as source (EVE's semantics), after EVE's implicit in-DHCP.
 #[inline(always)]
-pub fn judge_from_outside(walk: &impl AceWalk, table: Option<&AclTable>, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
+pub fn judge_from_outside(walk: &impl AceWalk, iface: &IfaceInfo, flow: &Flow, facts: &RemoteFacts) -> Verdict {
     if flow.proto == PROTO_UDP && flow.sport == 67 && flow.dport == 68 {
         return Verdict::implicit_allow(iface.app_num, implicit::IN_DHCP);
     }
     let q = AceQuery { proto: flow.proto, remote: flow.src, remote_port: flow.sport, facts: *facts };
-    first_match(walk, table, iface.app_num, &q)
+    first_match(walk, iface.app_num, &q)
 }
 
 /// Judges a flow that enters the NI toward the app (its first packet was seen going to the
@@ -223,6 +187,9 @@ pub fn judge_toward_app(iface: &IfaceInfo, flow: &Flow, stamped_mark: u32) -> Ve
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use super::*;
     use crate::PROTO_ICMP;
 
@@ -231,7 +198,7 @@ mod tests {
     fn iface() -> IfaceInfo {
         IfaceInfo {
             app_num: 1,
-            policy_gen: 1,
+            acl_id: 1,
             app_ip: APP,
             gateway: [10, 10, 1, 1],
             eve_ip: [169, 254, 100, 1],
@@ -242,11 +209,8 @@ mod tests {
     fn flow(proto: u8, dst: Ipv4, dport: u16) -> Flow {
         Flow { proto, src: APP, dst, sport: 40000, dport, ..Flow::default() }
     }
-    fn table(aces: &[Ace]) -> AclTable {
-        let mut t = AclTable::default();
-        t.aces[..aces.len()].copy_from_slice(aces);
-        t.count = aces.len() as u32;
-        t
+    fn table(aces: &[Ace]) -> Vec<Ace> {
+        aces.to_vec()
     }
     fn ip_ace(id: u32, prefix: Ipv4, len: u8) -> Ace {
         Ace { id, matches: MATCH_IP, prefix, prefix_len: len, ..Ace::default() }
@@ -257,11 +221,11 @@ mod tests {
         let all = table(&[ip_ace(1, [0, 0, 0, 0], 0)]);
         let to = |dst, dport| Flow { proto: PROTO_TCP, src: APP, dst, sport: 40000, dport, ..Flow::default() };
         let device = RemoteFacts { device: true, ..NONE };
-        let v = judge_from_app(&LoopWalk, Some(&all), &iface(), &to([169, 254, 100, 1], 22), &device);
+        let v = judge_from_app(&LoopWalk(&all), &iface(), &to([169, 254, 100, 1], 22), &device);
         assert!(v.drop, "0.0.0.0/0 does not open the device");
-        assert!(!judge_from_app(&LoopWalk, Some(&all), &iface(), &to([1, 2, 3, 4], 22), &NONE).drop);
+        assert!(!judge_from_app(&LoopWalk(&all), &iface(), &to([1, 2, 3, 4], 22), &NONE).drop);
         // The implicit services at the gateway stay.
-        assert!(!judge_from_app(&LoopWalk, Some(&all), &iface(), &to([10, 10, 1, 1], 53), &device).drop);
+        assert!(!judge_from_app(&LoopWalk(&all), &iface(), &to([10, 10, 1, 1], 53), &device).drop);
     }
 
     #[test]
@@ -289,33 +253,30 @@ mod tests {
         let allow_all = ip_ace(3, [0, 0, 0, 0], 0);
         let portmap = Ace { id: 7, matches: MATCH_PROTO, proto: PROTO_TCP, action: ACTION_PORTMAP, ..Ace::default() };
         let t = table(&[portmap, allow_web, drop_udp, allow_all]);
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80), &NONE);
         assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 0 });
         // Same host, other port: falls through ACE 1 to ACE 3.
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &NONE);
         assert_eq!(v, Verdict { mark: 0x0140_0003, drop: false, limit: 0 });
         // UDP anywhere hits the drop ACE before the allow-all.
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 123), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 123), &NONE);
         assert_eq!(v, Verdict { mark: 0x01c0_0002, drop: true, limit: 0 });
     }
 
     #[test]
-    fn the_walk_stops_at_the_tables_count() {
-        let mut t = table(&[ip_ace(1, [10, 0, 0, 0], 8)]);
-        t.aces[1] = ip_ace(2, [0, 0, 0, 0], 0); // stale, beyond count
+    fn the_walk_names_the_deciding_ace_and_its_index() {
+        let t = table(&[ip_ace(1, [10, 0, 0, 0], 8), ip_ace(2, [0, 0, 0, 0], 0)]);
         let q = AceQuery { proto: PROTO_TCP, remote: [8, 8, 8, 8], ..AceQuery::default() };
-        assert_eq!(LoopWalk.first(&t, &q), None);
-        assert!(!ace_decides(&t, MAX_ACES, &q));
-        t.count = 2;
-        assert_eq!(LoopWalk.first(&t, &q), Some(1));
+        assert_eq!(LoopWalk(&t).first(&q), Some(Decided { index: 1, ace: t[1] }));
+        assert_eq!(LoopWalk(&t[..1]).first(&q), None);
     }
 
     #[test]
     fn default_drop_and_empty_acl() {
         let t = table(&[ip_ace(1, [192, 168, 0, 0], 16)]);
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [10, 99, 0, 1], 80), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [10, 99, 0, 1], 80), &NONE);
         assert_eq!(v, Verdict { mark: 0x01bf_ffff, drop: true, limit: 0 });
-        let v = judge_from_app(&LoopWalk, None, &iface(), &flow(PROTO_ICMP, [192, 168, 0, 1], 0), &NONE);
+        let v = judge_from_app(&LoopWalk(&[]), &iface(), &flow(PROTO_ICMP, [192, 168, 0, 1], 0), &NONE);
         assert!(v.drop);
     }
 
@@ -324,16 +285,16 @@ mod tests {
         let deny_all = Ace { id: 9, matches: 0, action: ACTION_DROP, ..Ace::default() };
         let t = table(&[deny_all]);
         let gw = iface().gateway;
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_UDP, gw, 53), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_UDP, gw, 53), &NONE);
         assert_eq!(v, Verdict { mark: 0x0100_0007, drop: false, limit: 0 });
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, gw, 53), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, gw, 53), &NONE);
         assert_eq!(v.mark, 0x0100_0007);
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_UDP, [255, 255, 255, 255], 67), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_UDP, [255, 255, 255, 255], 67), &NONE);
         assert_eq!(v, Verdict { mark: 0x0100_0006, drop: false, limit: 0 });
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, METADATA_IP, 80), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, METADATA_IP, 80), &NONE);
         assert_eq!(v, Verdict { mark: 0x0100_000b, drop: false, limit: 0 });
         // DNS to anyone but the gateway is the user's business.
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53), &NONE);
         assert_eq!(v, Verdict { mark: 0x01c0_0009, drop: true, limit: 0 });
     }
 
@@ -342,44 +303,45 @@ mod tests {
         let sw = IfaceInfo { flags: IFACE_FLAG_SWITCH, ..iface() };
         let t = table(&[ip_ace(1, [192, 168, 0, 0], 16)]);
         let inbound = |src| Flow { proto: PROTO_TCP, src, dst: APP, sport: 8080, dport: 33000, ..Flow::default() };
-        assert_eq!(judge_from_outside(&LoopWalk, Some(&t), &sw, &inbound([192, 168, 0, 2]), &NONE).mark, 0x0140_0001);
-        assert!(judge_from_outside(&LoopWalk, Some(&t), &sw, &inbound([8, 8, 8, 8]), &NONE).drop);
+        assert_eq!(judge_from_outside(&LoopWalk(&t), &sw, &inbound([192, 168, 0, 2]), &NONE).mark, 0x0140_0001);
+        assert!(judge_from_outside(&LoopWalk(&t), &sw, &inbound([8, 8, 8, 8]), &NONE).drop);
         let offer = Flow { proto: PROTO_UDP, src: [192, 168, 3, 1], dst: [255, 255, 255, 255], sport: 67, dport: 68, ..Flow::default() };
-        assert_eq!(judge_from_outside(&LoopWalk, None, &sw, &offer, &NONE), Verdict { mark: 0x0100_000a, drop: false, limit: 0 });
+        assert_eq!(judge_from_outside(&LoopWalk(&[]), &sw, &offer, &NONE), Verdict { mark: 0x0100_000a, drop: false, limit: 0 });
         // DHCP and DNS to the outside's servers are implicit on a switch NI.
-        assert_eq!(judge_from_app(&LoopWalk, None, &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 67), &NONE).mark, 0x0100_0006);
-        assert_eq!(judge_from_app(&LoopWalk, None, &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).mark, 0x0100_0007);
-        assert!(judge_from_app(&LoopWalk, None, &iface(), &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).drop, "not on a local NI");
+        assert_eq!(judge_from_app(&LoopWalk(&[]), &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 67), &NONE).mark, 0x0100_0006);
+        assert_eq!(judge_from_app(&LoopWalk(&[]), &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).mark, 0x0100_0007);
+        assert!(judge_from_app(&LoopWalk(&[]), &iface(), &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).drop, "not on a local NI");
         // ... but no metadata (there is no server of ours): web to anywhere is the ACL's.
-        assert!(judge_from_app(&LoopWalk, None, &sw, &flow(PROTO_TCP, [10, 99, 0, 10], 80), &NONE).drop);
-        assert!(judge_from_app(&LoopWalk, None, &sw, &flow(PROTO_TCP, METADATA_IP, 80), &NONE).drop);
+        assert!(judge_from_app(&LoopWalk(&[]), &sw, &flow(PROTO_TCP, [10, 99, 0, 10], 80), &NONE).drop);
+        assert!(judge_from_app(&LoopWalk(&[]), &sw, &flow(PROTO_TCP, METADATA_IP, 80), &NONE).drop);
     }
 
     #[test]
     fn limit_aces_accept_and_name_their_bucket() {
         let limited = Ace { id: 1, matches: MATCH_IP, prefix: [192, 168, 0, 0], prefix_len: 16, action: ACTION_LIMIT, ..Ace::default() };
         let t = table(&[ip_ace(9, [10, 0, 0, 0], 8), limited]);
-        let v = judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [192, 168, 0, 2], 8080), &NONE);
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [192, 168, 0, 2], 8080), &NONE);
         assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 2 });
     }
 
     #[test]
     fn eidset_and_host_matches_use_the_looked_up_facts() {
-        // The seed's app1 on NI2: eidset + tcp/80; and a host ACE (github.com) at index 1.
+        // The seed's app1 on NI2: eidset + tcp/80; and a host ACE (github.com) at index 1,
+        // the first host ACE: bit 0 of the host set's mask.
         let eid_web = Ace { id: 1, matches: MATCH_EIDSET | MATCH_PROTO | MATCH_FPORT, proto: PROTO_TCP, fport: 80, ..Ace::default() };
         let github = Ace { id: 2, matches: MATCH_HOST, ..Ace::default() };
         let t = table(&[eid_web, github]);
         let peer = flow(PROTO_TCP, [10, 10, 1, 3], 80);
         let eid = RemoteFacts { in_eidset: true, host_mask: 0, device: false };
-        assert_eq!(judge_from_app(&LoopWalk, Some(&t), &iface(), &peer, &eid).mark, 0x0140_0001);
-        assert!(judge_from_app(&LoopWalk, Some(&t), &iface(), &peer, &NONE).drop, "not another app: no match");
-        assert!(judge_from_app(&LoopWalk, Some(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &eid).drop);
+        assert_eq!(judge_from_app(&LoopWalk(&t), &iface(), &peer, &eid).mark, 0x0140_0001);
+        assert!(judge_from_app(&LoopWalk(&t), &iface(), &peer, &NONE).drop, "not another app: no match");
+        assert!(judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &eid).drop);
         let site = flow(PROTO_TCP, [140, 82, 121, 3], 443);
-        let resolved = RemoteFacts { in_eidset: false, host_mask: 1 << 1, device: false };
-        assert_eq!(judge_from_app(&LoopWalk, Some(&t), &iface(), &site, &resolved).mark, 0x0140_0002);
+        let resolved = RemoteFacts { in_eidset: false, host_mask: 1 << 0, device: false };
+        assert_eq!(judge_from_app(&LoopWalk(&t), &iface(), &site, &resolved).mark, 0x0140_0002);
         // Resolved for another ACE's host only: no match for this one.
-        let other = RemoteFacts { in_eidset: false, host_mask: 1 << 0, device: false };
-        assert!(judge_from_app(&LoopWalk, Some(&t), &iface(), &site, &other).drop);
+        let other = RemoteFacts { in_eidset: false, host_mask: 1 << 1, device: false };
+        assert!(judge_from_app(&LoopWalk(&t), &iface(), &site, &other).drop);
     }
 
     #[test]

@@ -35,6 +35,16 @@ pub const MAX_HOST_ACES: usize = 64;
 /// The protocol key of the bitmap for protocols no ACE of the chunk names.
 pub const PROTO_ANY: u16 = 256;
 
+/// ACEs the maps hold, over all ports: twice what the config allows live
+/// ([`MAX_LIVE_ACES`]), so that any ACL can be written beside the one it replaces.
+pub const ACES_MAX_ENTRIES: u32 = 131_072;
+pub const MAX_LIVE_ACES: u32 = ACES_MAX_ENTRIES / 2;
+/// Bitmap entries: per chunk at most one per ACE and one for the rest (twice for the
+/// protocols, with and without the eidset's ACEs), over twice the live ACEs and chunks.
+pub const BITS_MAX_ENTRIES: u32 = 2 * ACES_MAX_ENTRIES + 8192;
+/// ACL ids with a shape: two per port (the live ACL and the one replacing it).
+pub const SHAPES_MAX_ENTRIES: u32 = 2 * crate::MAX_APP_PORTS;
+
 /// A chunk's ACEs that a field's value satisfies: bit i of word w is ACE
 /// `chunk * CHUNK_ACES + w * 64 + i`.
 #[repr(C)]
@@ -50,16 +60,22 @@ impl Bits {
     }
 }
 
-/// An LPM trie key: the ACL, the chunk and the remote address; `prefix_len` counts the
-/// bits of all three, 64 + the ACE prefix's length.
+/// The data of an LPM trie key: the ACL, the chunk and the remote address. An entry's
+/// prefix length counts the bits of all three, 64 + the ACE prefix's length; a lookup's
+/// is [`LOOKUP_PREFIX_LEN`]. (The padding keeps the 8-byte values aligned in the trie's
+/// nodes.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IpBitsKey {
-    pub prefix_len: u32,
     pub acl: u32,
     pub chunk: u32,
     pub addr: Ipv4,
+    pub _pad: [u8; 4],
 }
+
+/// The prefix length of an address lookup in the LPM trie: ACL, chunk and the whole
+/// address.
+pub const LOOKUP_PREFIX_LEN: u32 = 96;
 
 /// The protocol's bitmap (`PROTO_ANY`: for a protocol no ACE of the chunk names), for a
 /// remote in the NI's eidset or not.
@@ -69,8 +85,9 @@ pub struct ProtoBitsKey {
     pub acl: u32,
     pub chunk: u16,
     pub proto: u16,
-    pub in_eidset: u8,
-    pub _pad: [u8; 3],
+    /// 1: the remote is in the eidset. A u32, not a u8 and padding: a 3-byte padding
+    /// store compiles to a `memset` call, a subprogram whose frame 6.1 counts.
+    pub in_eidset: u32,
 }
 
 /// The remote port's bitmap (`any`: for a port no ACE of the chunk names).
@@ -80,8 +97,8 @@ pub struct PortBitsKey {
     pub acl: u32,
     pub chunk: u16,
     pub port: u16,
-    pub any: u8,
-    pub _pad: [u8; 3],
+    /// 1: the entry for ports no ACE names (u32: see `ProtoBitsKey::in_eidset`).
+    pub any: u32,
 }
 
 /// ACE `index` of ACL `acl` (the decided ACE's id and action; a host ACE's fields).
@@ -95,6 +112,7 @@ pub struct AceKey {
 
 /// What the search reads; the programs look up their maps, the host its vectors.
 pub trait AclMaps {
+    /// The longest-prefix entry for the address in `key` (see `LOOKUP_PREFIX_LEN`).
     fn ip_bits(&self, key: &IpBitsKey) -> Option<&Bits>;
     fn proto_bits(&self, key: &ProtoBitsKey) -> Option<&Bits>;
     fn port_bits(&self, key: &PortBitsKey) -> Option<&Bits>;
@@ -103,12 +121,33 @@ pub trait AclMaps {
     fn host_ace(&self, key: &AceKey) -> Option<u32>;
 }
 
-/// An ACL's size, which the search needs: chunks to scan, host ACEs there are.
+/// An ACL's size, which the search needs: chunks to scan, host ACEs there are; and a
+/// digest of its ACEs, by which the agent tells a changed ACL from the live one without
+/// reading it back.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AclShape {
     pub aces: u32,
     pub host_aces: u32,
+    pub digest: u64,
+}
+
+/// FNV-1a over the ACEs' fields, in order.
+pub fn digest(aces: &[Ace]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for a in aces {
+        eat(&a.id.to_le_bytes());
+        eat(&a.matches.to_le_bytes());
+        eat(&[a.action, a.proto, a.prefix_len]);
+        eat(&a.prefix);
+        eat(&a.fport.to_le_bytes());
+    }
+    h
 }
 
 impl AclShape {
@@ -136,11 +175,11 @@ pub fn fields_match(ace: &Ace, q: &AceQuery) -> bool {
 #[inline(always)]
 pub fn chunk_first(maps: &impl AclMaps, acl: u32, chunk: u32, q: &AceQuery) -> Option<u32> {
     let c16 = chunk as u16;
-    let ip = maps.ip_bits(&IpBitsKey { prefix_len: 96, acl, chunk, addr: q.remote })?;
-    let eid = q.facts.in_eidset as u8;
-    let proto_key = |proto| ProtoBitsKey { acl, chunk: c16, proto, in_eidset: eid, _pad: [0; 3] };
+    let ip = maps.ip_bits(&IpBitsKey { acl, chunk, addr: q.remote, _pad: [0; 4] })?;
+    let eid = q.facts.in_eidset as u32;
+    let proto_key = |proto| ProtoBitsKey { acl, chunk: c16, proto, in_eidset: eid };
     let proto = maps.proto_bits(&proto_key(q.proto as u16)).or_else(|| maps.proto_bits(&proto_key(PROTO_ANY)))?;
-    let port_key = |port, any| PortBitsKey { acl, chunk: c16, port, any, _pad: [0; 3] };
+    let port_key = |port, any| PortBitsKey { acl, chunk: c16, port, any };
     let port = maps.port_bits(&port_key(q.remote_port, 0)).or_else(|| maps.port_bits(&port_key(0, 1)))?;
     let mut w = 0;
     while w < CHUNK_WORDS {
@@ -153,28 +192,45 @@ pub fn chunk_first(maps: &impl AclMaps, acl: u32, chunk: u32, q: &AceQuery) -> O
     None
 }
 
+/// What host ACE number `ordinal` says about the flow, the host set's mask given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostStep {
+    /// It decides: its ACE index.
+    Decides(u32),
+    /// Its domain did not resolve to the remote, or its other fields do not match.
+    Next,
+    /// It comes at or after `before` (or the ACL lacks it): no later ordinal can decide.
+    Stop,
+}
+
+/// One step of the host pass: host ACE number `ordinal`, which decides only before
+/// `before` (the bitmaps' answer).
+#[inline(always)]
+pub fn host_step(maps: &impl AclMaps, acl: u32, ordinal: u32, q: &AceQuery, before: u32) -> HostStep {
+    if ordinal as usize >= MAX_HOST_ACES || q.facts.host_mask & (1u64 << ordinal) == 0 {
+        return HostStep::Next;
+    }
+    let Some(index) = maps.host_ace(&AceKey { acl, index: ordinal }) else { return HostStep::Stop };
+    if index >= before {
+        return HostStep::Stop;
+    }
+    match maps.ace(&AceKey { acl, index }) {
+        Some(ace) if ace.action != ACTION_PORTMAP && fields_match(ace, q) => HostStep::Decides(index),
+        _ => HostStep::Next,
+    }
+}
+
 /// The first host ACE before `before` whose domain resolved to the remote (the host set's
-/// mask, by ordinal) and whose other fields match.
+/// mask, by ordinal) and whose other fields match. Ordinals follow the ACEs' order: the
+/// first that decides is the first host ACE that does.
 #[inline(always)]
 pub fn host_first(maps: &impl AclMaps, acl: u32, shape: &AclShape, q: &AceQuery, before: u32) -> Option<u32> {
-    let mut mask = q.facts.host_mask;
-    if shape.host_aces < 64 {
-        mask &= (1u64 << shape.host_aces) - 1;
-    }
-    // Ordinals follow the ACEs' order: the first that holds is the first host ACE.
-    let mut n = 0;
-    while mask != 0 && n < MAX_HOST_ACES {
-        let ordinal = mask.trailing_zeros();
-        mask &= mask - 1;
-        n += 1;
-        let index = maps.host_ace(&AceKey { acl, index: ordinal })?;
-        if index >= before {
-            return None;
-        }
-        if let Some(ace) = maps.ace(&AceKey { acl, index }) {
-            if ace.action != ACTION_PORTMAP && fields_match(ace, q) {
-                return Some(index);
-            }
+    let mut ordinal = 0;
+    while ordinal < shape.host_aces && (ordinal as usize) < MAX_HOST_ACES {
+        match host_step(maps, acl, ordinal, q, before) {
+            HostStep::Decides(index) => return Some(index),
+            HostStep::Stop => return None,
+            HostStep::Next => ordinal += 1,
         }
     }
     None
@@ -232,12 +288,20 @@ mod compile {
     #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct CompiledAcl {
         pub shape: AclShape,
-        pub ip: Vec<(IpBitsKey, Bits)>,
+        /// (prefix length, key, bitmap): the LPM trie's entries.
+        pub ip: Vec<(u32, IpBitsKey, Bits)>,
         pub proto: Vec<(ProtoBitsKey, Bits)>,
         pub port: Vec<(PortBitsKey, Bits)>,
         pub aces: Vec<(AceKey, Ace)>,
         /// Host ACE ordinal -> ACE index.
         pub hosts: Vec<(AceKey, u32)>,
+    }
+
+    impl CompiledAcl {
+        /// Map entries it takes, its shape's included.
+        pub fn entries(&self) -> usize {
+            1 + self.ip.len() + self.proto.len() + self.port.len() + self.aces.len() + self.hosts.len()
+        }
     }
 
     /// Compiles `aces` (at most `MAX_CLASSIFIED_ACES`, at most `MAX_HOST_ACES` of them
@@ -249,7 +313,7 @@ mod compile {
         for (ordinal, index) in host_indexes.take(MAX_HOST_ACES).enumerate() {
             out.hosts.push((AceKey { acl, index: ordinal as u32 }, index));
         }
-        out.shape = AclShape { aces: aces.len() as u32, host_aces: out.hosts.len() as u32 };
+        out.shape = AclShape { aces: aces.len() as u32, host_aces: out.hosts.len() as u32, digest: digest(aces) };
         out.aces = aces.iter().enumerate().map(|(i, a)| (AceKey { acl, index: i as u32 }, *a)).collect();
         for (chunk, part) in aces.chunks(CHUNK_ACES).enumerate() {
             // Only the ACEs the bitmaps decide: no port maps, no host ACEs.
@@ -283,7 +347,7 @@ mod compile {
         for (prefix, len) in prefixes {
             let holds = |a: &Ace| a.prefix_len.min(32) <= len && prefix_contains(a.prefix, a.prefix_len, prefix);
             let bits = bits_of(covered, |a| a.matches & MATCH_IP == 0 || holds(a));
-            out.ip.push((IpBitsKey { prefix_len: 64 + len as u32, acl, chunk, addr: prefix }, bits));
+            out.ip.push((64 + len as u32, IpBitsKey { acl, chunk, addr: prefix, _pad: [0; 4] }, bits));
         }
     }
 
@@ -292,11 +356,11 @@ mod compile {
     /// without them.
     fn proto_bits(out: &mut CompiledAcl, acl: u32, chunk: u16, covered: &[(usize, &Ace)]) {
         let protos: BTreeSet<u16> = covered.iter().filter(|(_, a)| a.matches & MATCH_PROTO != 0).map(|(_, a)| a.proto as u16).collect();
-        for in_eidset in [0u8, 1] {
+        for in_eidset in [0u32, 1] {
             let eid_ok = |a: &Ace| a.matches & MATCH_EIDSET == 0 || in_eidset == 1;
             for &proto in protos.iter().chain([PROTO_ANY].iter()) {
                 let bits = bits_of(covered, |a| eid_ok(a) && (a.matches & MATCH_PROTO == 0 || a.proto as u16 == proto));
-                out.proto.push((ProtoBitsKey { acl, chunk, proto, in_eidset, _pad: [0; 3] }, bits));
+                out.proto.push((ProtoBitsKey { acl, chunk, proto, in_eidset }, bits));
             }
         }
     }
@@ -306,10 +370,10 @@ mod compile {
         let ports: BTreeSet<u16> = covered.iter().filter(|(_, a)| a.matches & MATCH_FPORT != 0).map(|(_, a)| a.fport).collect();
         for port in ports {
             let bits = bits_of(covered, |a| a.matches & MATCH_FPORT == 0 || a.fport == port);
-            out.port.push((PortBitsKey { acl, chunk, port, any: 0, _pad: [0; 3] }, bits));
+            out.port.push((PortBitsKey { acl, chunk, port, any: 0 }, bits));
         }
         let any = bits_of(covered, |a| a.matches & MATCH_FPORT == 0);
-        out.port.push((PortBitsKey { acl, chunk, port: 0, any: 1, _pad: [0; 3] }, any));
+        out.port.push((PortBitsKey { acl, chunk, port: 0, any: 1 }, any));
     }
 
     fn mask(addr: Ipv4, len: u8) -> Ipv4 {

@@ -85,17 +85,18 @@ pub struct CtValue {
     pub bytes: [u64; 2],
     /// EVE-layout connection mark.
     pub mark: u32,
-    /// The app port whose ACL judged the flow, and that ACL's generation at the time.
+    /// The app port whose ACL judged the flow, and that ACL's id (a new one for every
+    /// change of the port's ACL) at the time.
     pub judge_ifindex: u32,
-    pub policy_gen: u32,
+    pub acl_id: u32,
     pub verdict: u8,
     pub tcp_state: u8,
     /// 1 when endpoint a of the key started the flow.
     pub orig_is_a: u8,
     pub flags: u8,
     /// The judging port's `limit` ACE (index + 1) whose bucket every packet is charged to.
-    pub limit: u8,
-    pub _pad: [u8; 3],
+    pub limit: u16,
+    pub _pad: [u8; 2],
     /// The app port the flow's replies come from when its far end is another app of the
     /// NI (learned when the bridge delivers the first packet there); 0: not an app.
     pub reply_ifindex: u32,

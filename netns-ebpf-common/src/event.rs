@@ -13,7 +13,7 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const EVENT_START: u8 = 1;
 /// A TCP flow closed (both FINs, or an RST): the entry's final counters.
 pub const EVENT_END: u8 = 2;
-/// A dropped flow's first packet (its record in DROP_V1 was made).
+/// A dropped flow's first packet (its record in DROP_V2 was made).
 pub const EVENT_DROPPED: u8 = 3;
 
 #[repr(C)]

@@ -23,6 +23,10 @@ pub type Ipv4 = [u8; 4];
 
 /// Upper bound on app ports per agent (all NIs): the size of the per-interface maps.
 pub const MAX_APP_PORTS: u32 = 1024;
+/// IFZONE_V1's size: every app port and every translating interface.
+pub const IF_ZONES_MAX_ENTRIES: u32 = MAX_APP_PORTS + nat::NAT_IFACES_MAX_ENTRIES;
+/// The zone of an interface the agent did not register (IFZONE_V1): no zone is this.
+pub const NO_ZONE: u32 = u32::MAX;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -31,9 +35,19 @@ pub const PROTO_UDP: u8 = 17;
 /// Versioned names of the pinned maps. aya reuses an existing pin without checking its
 /// layout, so any layout change must bump the suffix.
 pub mod map_names {
-    pub const CONNTRACK: &str = "CT_V3";
-    pub const IFACES: &str = "IFACE_V2";
-    pub const ACLS: &str = "ACL_V1";
+    pub const CONNTRACK: &str = "CT_V4";
+    pub const IFACES: &str = "IFACE_V3";
+    /// ifindex -> zone of every interface that carries the programs.
+    pub const IF_ZONES: &str = "IFZONE_V1";
+    /// An ACL's compiled form (`classify`), keyed by ACL id.
+    pub const ACL_SHAPES: &str = "ACLSHAPE_V1";
+    pub const ACL_IP: &str = "ACLIP_V1";
+    pub const ACL_PROTO: &str = "ACLPROTO_V1";
+    pub const ACL_PORT: &str = "ACLPORT_V1";
+    pub const ACES: &str = "ACE_V1";
+    pub const ACL_HOSTS: &str = "ACLHOST_V1";
+    /// The programs' scratch space for the ACL search (per CPU).
+    pub const ACL_WALK: &str = "ACLWALK_V1";
     pub const STATS: &str = "STATS_V4";
     pub const NAT: &str = "NAT_V1";
     pub const NAT_IFACES: &str = "NATIF_V1";
@@ -42,10 +56,10 @@ pub mod map_names {
     pub const HOSTSET: &str = "HOSTSET_V1";
     pub const LIMITS: &str = "LIMIT_V1";
     pub const DEVICE: &str = "DEVICE_V1";
-    pub const DROPS: &str = "DROP_V1";
+    pub const DROPS: &str = "DROP_V2";
     pub const FRAGS: &str = "FRAG_V1";
     pub const ZONE_USE: &str = "ZONEUSE_V1";
-    pub const EVENTS: &str = "FLOWEV_V1";
+    pub const EVENTS: &str = "FLOWEV_V2";
     pub const PORT_STATS: &str = "PORTSTAT_V1";
 }
 
@@ -82,9 +96,11 @@ pub struct IfaceKey {
 pub struct IfaceInfo {
     /// EVE's app number (the top byte of the connection mark).
     pub app_num: u32,
-    /// Bumped by the agent whenever this interface's ACL changes; CT entries judged under
-    /// an older generation are re-judged on their next packet.
-    pub policy_gen: u32,
+    /// The port's ACL in the classify maps (`classify`): a new id, unique across ports,
+    /// for every change of the ACL, which is written under it before this entry names it
+    /// (so a packet sees the old ACL or the new one, whole). CT entries judged under
+    /// another id are judged again on their next packet.
+    pub acl_id: u32,
     /// The app's own address on this NI.
     pub app_ip: Ipv4,
     /// The NI's gateway (bridge) address: DHCP/DNS/metadata live here.
@@ -112,7 +128,7 @@ pub const IFACE_FLAG_IP_KNOWN: u32 = 4;
 pub const IFACE_FLAG_IP_LEARN: u32 = 8;
 
 /// What an app port passed and dropped, per direction (`PORT_DIR_*`): a per-CPU hash
-/// entry per port (key as IFACE_V2's), made by the agent with the port, so the programs
+/// entry per port (key as IFACE_V3's), made by the agent with the port, so the programs
 /// only look it up (no insert on the packet path).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -280,14 +296,13 @@ const _: () = {
     assert!(size_of::<IfaceInfo>() == 32);
     assert!(size_of::<ct::CtKey>() == 20);
     assert!(size_of::<ct::CtValue>() == 80);
-    assert!(size_of::<acl::AclTable>() == 1032);
     assert!(size_of::<acl::Ace>() == 16);
     assert!(size_of::<classify::Bits>() == 64);
     assert!(size_of::<classify::IpBitsKey>() == 16);
     assert!(size_of::<classify::ProtoBitsKey>() == 12);
     assert!(size_of::<classify::PortBitsKey>() == 12);
     assert!(size_of::<classify::AceKey>() == 8);
-    assert!(size_of::<classify::AclShape>() == 8);
+    assert!(size_of::<classify::AclShape>() == 16);
     assert!(size_of::<nat::NatKey>() == 20);
     assert!(size_of::<nat::NatValue>() == 24);
     assert!(size_of::<nat::NatIface>() == 24);
@@ -313,7 +328,6 @@ mod pod {
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::ct::CtKey {}
     unsafe impl aya::Pod for super::ct::CtValue {}
-    unsafe impl aya::Pod for super::acl::AclTable {}
     unsafe impl aya::Pod for super::acl::Ace {}
     unsafe impl aya::Pod for super::classify::Bits {}
     unsafe impl aya::Pod for super::classify::IpBitsKey {}

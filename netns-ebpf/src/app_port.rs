@@ -9,12 +9,14 @@ use core::{
 
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::lpm_trie::Key as LpmKey,
     helpers::{bpf_ktime_get_ns, bpf_loop},
     macros::classifier,
     programs::TcContext,
 };
 use netns_ebpf_common::{
-    acl::{self, AceQuery, AceWalk, AclTable, RemoteFacts, Verdict, MAX_ACES, METADATA_IP},
+    acl::{self, Ace, AceQuery, AceWalk, Decided, RemoteFacts, Verdict, METADATA_IP},
+    classify::{self, AceKey, AclMaps, Bits, HostStep, IpBitsKey, PortBitsKey, ProtoBitsKey, LOOKUP_PREFIX_LEN, MAX_HOST_ACES},
     ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_ENDED, FLAG_JUDGED_TO_APP, FLAG_SEEN_REPLY, VERDICT_DROP},
     event::{self, EVENT_DROPPED, EVENT_END, EVENT_START},
     guard,
@@ -27,7 +29,10 @@ use netns_ebpf_common::{
 
 use crate::{
     budget, events, frag,
-    maps::{zone, ACLS, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT, PORTMAPS, PORT_STATS},
+    maps::{
+        zone, ACES, ACL_HOSTS, ACL_IP, ACL_PORT, ACL_PROTO, ACL_SHAPES, ACL_WALK, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT,
+        PORTMAPS, PORT_STATS,
+    },
     rewrite,
     skb::{count, ifindex, skb_mark, Skb},
 };
@@ -53,14 +58,14 @@ impl Side {
 #[classifier]
 pub fn app_port_from_app(ctx: TcContext) -> i32 {
     let verdict = handle(&ctx, Side::FromApp);
-    count_port(zone(), ifindex(&ctx), PORT_DIR_FROM_APP, verdict == TC_ACT_SHOT, ctx.len());
+    count_port(zone(&ctx), ifindex(&ctx), PORT_DIR_FROM_APP, verdict == TC_ACT_SHOT, ctx.len());
     verdict
 }
 
 #[classifier]
 pub fn app_port_to_app(ctx: TcContext) -> i32 {
     let verdict = handle(&ctx, Side::ToApp);
-    count_port(zone(), ifindex(&ctx), PORT_DIR_TO_APP, verdict == TC_ACT_SHOT, ctx.len());
+    count_port(zone(&ctx), ifindex(&ctx), PORT_DIR_TO_APP, verdict == TC_ACT_SHOT, ctx.len());
     verdict
 }
 
@@ -82,7 +87,7 @@ fn handle(ctx: &TcContext, side: Side) -> i32 {
             // An app's ARP must name the app itself: no claiming a neighbour's address
             // (or the gateway's) to draw its traffic.
             if side == Side::FromApp {
-                let Some(iface) = (unsafe { IFACES.get(&IfaceKey { zone: zone(), ifindex: ifindex(ctx) }) }) else {
+                let Some(iface) = (unsafe { IFACES.get(&IfaceKey { zone: zone(ctx), ifindex: ifindex(ctx) }) }) else {
                     count(Stat::NoIfaceConfig);
                     return TC_ACT_SHOT;
                 };
@@ -108,7 +113,7 @@ fn handle(ctx: &TcContext, side: Side) -> i32 {
 
 #[inline(always)]
 fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
-    let zone = zone();
+    let zone = zone(ctx);
     let ifindex = ifindex(ctx);
     let ikey = IfaceKey { zone, ifindex };
     // Fail closed: a port we have no config for passes nothing but ARP.
@@ -159,7 +164,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                     first_seen_ns: now,
                     mark: v.mark,
                     judge_ifindex: ifindex,
-                    policy_gen: iface.policy_gen,
+                    acl_id: iface.acl_id,
                     verdict: v.drop as u8,
                     orig_is_a: a_to_b as u8,
                     ..CtValue::default()
@@ -186,7 +191,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 // this port is where its replies may come from.
                 entry.reply_ifindex = ifindex;
             }
-            if entry.judge_ifindex == ifindex && entry.policy_gen != iface.policy_gen {
+            if entry.judge_ifindex == ifindex && entry.acl_id != iface.acl_id {
                 // The ACL changed since this flow was judged: judge it again, live, as its
                 // first packet was judged: that packet's tuple, from that packet's side
                 // (a reply travels the other way, so it is turned around first).
@@ -208,7 +213,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 // Else a flow let into a local NI by a port map or from the agent's netns:
                 // no ACE judged it (the agent flushes the flows of a changed port map),
                 // its verdict stands.
-                entry.policy_gen = iface.policy_gen;
+                entry.acl_id = iface.acl_id;
                 count(Stat::Rejudged);
             }
             let drop = entry.verdict == VERDICT_DROP;
@@ -242,7 +247,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 first_seen_ns: now,
                 mark: v.mark,
                 judge_ifindex: ifindex,
-                policy_gen: iface.policy_gen,
+                acl_id: iface.acl_id,
                 verdict: v.drop as u8,
                 orig_is_a: a_to_b as u8,
                 limit: v.limit,
@@ -338,50 +343,116 @@ fn record_drop(key: &CtKey, fresh: &mut CtValue, a_to_b: bool, flow: &Flow, now:
 
 #[inline(always)]
 fn judge(ctx: &TcContext, side: Side, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) -> Verdict {
+    let walk = BitmapWalk { acl: iface.acl_id };
     match side {
         Side::FromApp => {
             let facts = RemoteFacts { device: to_device(iface, flow), ..remote_facts(ikey, iface, flow.dst) };
-            acl::judge_from_app(&BpfLoopWalk, unsafe { ACLS.get(ikey) }, iface, flow, &facts)
+            acl::judge_from_app(&walk, iface, flow, &facts)
         }
         Side::ToApp if iface.flags & IFACE_FLAG_SWITCH != 0 => {
-            acl::judge_from_outside(&BpfLoopWalk, unsafe { ACLS.get(ikey) }, iface, flow, &remote_facts(ikey, iface, flow.src))
+            acl::judge_from_outside(&walk, iface, flow, &remote_facts(ikey, iface, flow.src))
         }
         Side::ToApp => acl::judge_toward_app(iface, flow, skb_mark(ctx)),
     }
 }
 
-/// The ACE walk as a `bpf_loop` (Linux 5.17+): the verifier checks `ace_step` once,
-/// where an inlined 64-step loop is checked step by step on every path that reaches it
-/// (half a million instructions on 6.18, over the 1M limit on 6.1).
-struct BpfLoopWalk;
-
-/// What `ace_step` reads and writes; lives on the program's stack.
-struct WalkState<'a> {
-    table: &'a AclTable,
-    q: AceQuery,
-    /// The deciding ACE's index; MAX_ACES: none (yet).
-    found: u32,
+/// The port's ACL searched through its bitmaps (`classify`): its chunks in order, then
+/// its host ACEs, each pass a `bpf_loop` (Linux 5.17+), whose step the verifier checks
+/// once instead of once per iteration and per path.
+struct BitmapWalk {
+    acl: u32,
 }
 
-impl AceWalk for BpfLoopWalk {
+/// `classify::AclMaps` over the pinned maps.
+struct PinnedAcls;
+
+impl AclMaps for PinnedAcls {
     #[inline(always)]
-    fn first(&self, table: &AclTable, q: &AceQuery) -> Option<usize> {
-        let count = if table.count as usize > MAX_ACES { MAX_ACES as u32 } else { table.count };
-        let mut state = WalkState { table, q: *q, found: MAX_ACES as u32 };
-        unsafe { bpf_loop(count, ace_step as *mut c_void, &mut state as *mut WalkState as *mut c_void, 0) };
-        let found = state.found as usize;
-        (found < MAX_ACES).then_some(found)
+    fn ip_bits(&self, key: &IpBitsKey) -> Option<&Bits> {
+        ACL_IP.get(&LpmKey::new(LOOKUP_PREFIX_LEN, *key))
+    }
+    #[inline(always)]
+    fn proto_bits(&self, key: &ProtoBitsKey) -> Option<&Bits> {
+        unsafe { ACL_PROTO.get(key) }
+    }
+    #[inline(always)]
+    fn port_bits(&self, key: &PortBitsKey) -> Option<&Bits> {
+        unsafe { ACL_PORT.get(key) }
+    }
+    #[inline(always)]
+    fn ace(&self, key: &AceKey) -> Option<&Ace> {
+        unsafe { ACES.get(key) }
+    }
+    #[inline(always)]
+    fn host_ace(&self, key: &AceKey) -> Option<u32> {
+        unsafe { ACL_HOSTS.get(key) }.copied()
     }
 }
 
-/// One `bpf_loop` step: 1 stops the loop.
-extern "C" fn ace_step(index: u64, state: *mut c_void) -> i64 {
-    let state = unsafe { &mut *(state as *mut WalkState) };
-    if acl::ace_decides(state.table, index as usize, &state.q) {
-        state.found = index as u32;
-        return 1;
+/// What the search's steps read and write: in the per-CPU scratch map `ACL_WALK`, not
+/// on the program's stack (see there).
+#[repr(C)]
+pub struct WalkState {
+    acl: u32,
+    /// The deciding ACE's index so far; NOT_FOUND: none.
+    found: u32,
+    q: AceQuery,
+}
+
+const NOT_FOUND: u32 = u32::MAX;
+
+impl AceWalk for BitmapWalk {
+    #[inline(always)]
+    fn first(&self, q: &AceQuery) -> Option<Decided> {
+        // No shape: no ACL (yet) under this id; default drop.
+        let shape = unsafe { ACL_SHAPES.get(&self.acl) }?;
+        let state = ACL_WALK.get_ptr_mut(0)?;
+        unsafe {
+            (*state).acl = self.acl;
+            (*state).found = NOT_FOUND;
+            (*state).q = *q;
+        }
+        // bpf_loop's context lives on the stack (6.1): a pointer to the state.
+        let mut ctx = state;
+        let ctx_ptr = &mut ctx as *mut *mut WalkState as *mut c_void;
+        unsafe {
+            bpf_loop(shape.chunks(), chunk_step as *mut c_void, ctx_ptr, 0);
+            if shape.host_aces > 0 {
+                bpf_loop(shape.host_aces.min(MAX_HOST_ACES as u32), host_step as *mut c_void, ctx_ptr, 0);
+            }
+        }
+        let found = unsafe { (*state).found };
+        if found == NOT_FOUND {
+            return None;
+        }
+        let ace = unsafe { ACES.get(&AceKey { acl: self.acl, index: found }) }?;
+        Some(Decided { index: found, ace: *ace })
     }
-    0
+}
+
+/// One chunk of the bitmaps: 1 stops the loop (the chunk has the first deciding ACE).
+extern "C" fn chunk_step(chunk: u64, state: *mut c_void) -> i64 {
+    let state = unsafe { &mut **(state as *mut *mut WalkState) };
+    match classify::chunk_first(&PinnedAcls, state.acl, chunk as u32, &state.q) {
+        Some(index) => {
+            state.found = index;
+            1
+        }
+        None => 0,
+    }
+}
+
+/// One host ACE, by ordinal: it decides if it comes before the bitmaps' answer.
+extern "C" fn host_step(ordinal: u64, state: *mut c_void) -> i64 {
+    let state = unsafe { &mut **(state as *mut *mut WalkState) };
+    match classify::host_step(&PinnedAcls, state.acl, ordinal as u32, &state.q, state.found) {
+        HostStep::Decides(index) => {
+            state.found = index;
+            1
+        }
+        HostStep::Stop => 1,
+        HostStep::Next => 0,
+    }
 }
 
 /// Whether an app's new flow goes to the device itself: an address of the agent's netns
@@ -427,7 +498,7 @@ fn counts_here(ctx: &TcContext, side: Side) -> bool {
 #[inline(always)]
 fn came_from_app_port(ctx: &TcContext) -> bool {
     let in_if = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    unsafe { IFACES.get(IfaceKey { zone: zone(), ifindex: in_if }) }.is_some()
+    unsafe { IFACES.get(IfaceKey { zone: zone(ctx), ifindex: in_if }) }.is_some()
 }
 
 #[inline(always)]

@@ -1,7 +1,8 @@
 //! TC programs of the netns-ebpf data plane.
 //!
-//! One copy of this object is loaded per NI with the NI's `ZONE` set (and one for the
-//! agent's own netns, zone 0); all copies share the pinned maps. Parsing, ACL and NAT
+//! The agent loads this object once; its programs serve every NI and the agent's own
+//! netns, and learn an interface's NI (zone) from IFZONE_V1 by the interface's ifindex,
+//! which the agent makes unique across namespaces. Parsing, ACL and NAT
 //! logic live in `netns-ebpf-common` (host-tested); this crate wires them to the kernel:
 //! packet reads and rewrites, map lookups, counters, verdicts.
 //!

@@ -1,39 +1,49 @@
 //! The maps every program shares (pinned by the agent under its pin directory, names
-//! from `map_names`), and `ZONE`, the constant that tells each loaded copy its NI.
+//! from `map_names`), and `zone`, which tells a program the NI of the interface it runs on.
 
+use crate::{app_port::WalkState, skb::ifindex};
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
+    programs::TcContext,
 };
 use netns_ebpf_common::{
-    acl::AclTable,
+    acl::Ace,
+    classify::{AceKey, AclShape, Bits, IpBitsKey, PortBitsKey, ProtoBitsKey, ACES_MAX_ENTRIES, BITS_MAX_ENTRIES, SHAPES_MAX_ENTRIES},
     ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
     event::{FlowEvent, EVENTS_BYTES},
     frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
     limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
-    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, MAX_APP_PORTS, MAX_DEVICE_ADDRS,
-    MAX_ZONES,
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, IF_ZONES_MAX_ENTRIES, MAX_APP_PORTS,
+    MAX_DEVICE_ADDRS, MAX_ZONES, NO_ZONE,
 };
 
-/// The translation domain / conntrack zone this copy serves; set by the loader.
-#[unsafe(no_mangle)]
-static ZONE: u32 = 0;
+/// The zone (NI; for the agent netns' interfaces the agent's translation domain) of each
+/// interface that carries our programs. One copy of the programs serves every NI, so the
+/// interface says which: the agent gives the interfaces it creates ifindexes that are
+/// unique across namespaces, and registers each one here before it attaches programs.
+#[btf_map(name = "IFZONE_V1")]
+pub static IF_ZONES: HashMap<u32, u32, { IF_ZONES_MAX_ENTRIES as usize }> = HashMap::new();
 
+/// The zone of the interface the packet is on; `NO_ZONE` for one the agent did not
+/// register (no config is keyed by it: such a port passes nothing, such a NAT interface
+/// translates nothing).
 #[inline(always)]
-pub fn zone() -> u32 {
-    unsafe { core::ptr::read_volatile(&ZONE) }
+pub fn zone(ctx: &TcContext) -> u32 {
+    unsafe { IF_ZONES.get(&ifindex(ctx)) }.copied().unwrap_or(NO_ZONE)
 }
 
 // BTF map definitions, so `bpftool map dump` prints keys and values field by field. The
 // agent pins every map under its pin directory (names from `map_names`).
 
-#[btf_map(name = "CT_V3")]
+#[btf_map(name = "CT_V4")]
 pub static CT: LruHashMap<CtKey, CtValue, { CT_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 /// Records of dropped flows, for the flow log only: never consulted for a verdict, and
 /// apart from CT so that denied tuples cannot evict live flows.
-#[btf_map(name = "DROP_V1")]
+#[btf_map(name = "DROP_V2")]
 pub static DROPS: LruHashMap<CtKey, CtValue, { DROP_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 /// First fragments' ports, for the later fragments of the same datagram.
@@ -45,18 +55,45 @@ pub static FRAGS: LruHashMap<FragKey, FragValue, { FRAG_MAX_ENTRIES as usize }> 
 pub static PORT_STATS: PerCpuHashMap<IfaceKey, PortCounters, { MAX_APP_PORTS as usize }> = PerCpuHashMap::new();
 
 /// Flow events for the agent's flow log.
-#[btf_map(name = "FLOWEV_V1")]
+#[btf_map(name = "FLOWEV_V2")]
 pub static EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
 
 /// Each NI's use of CT and NAT against its share.
 #[btf_map(name = "ZONEUSE_V1")]
 pub static ZONE_USE: Array<ZoneUse, { MAX_ZONES as usize }> = Array::new();
 
-#[btf_map(name = "IFACE_V2")]
+#[btf_map(name = "IFACE_V3")]
 pub static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = HashMap::new();
 
-#[btf_map(name = "ACL_V1")]
-pub static ACLS: HashMap<IfaceKey, AclTable, { MAX_APP_PORTS as usize }> = HashMap::new();
+// The ports' ACLs, compiled to bitmaps (`classify`) under their ids. Filled as ACLs come
+// and go: allocated per entry (BPF_F_NO_PREALLOC), not for the whole capacity up front.
+
+#[btf_map(name = "ACLSHAPE_V1")]
+pub static ACL_SHAPES: HashMap<u32, AclShape, { SHAPES_MAX_ENTRIES as usize }> = HashMap::new();
+
+#[btf_map(name = "ACLIP_V1")]
+pub static ACL_IP: LpmTrie<IpBitsKey, Bits, { BITS_MAX_ENTRIES as usize }> = LpmTrie::new();
+
+#[btf_map(name = "ACLPROTO_V1")]
+pub static ACL_PROTO: HashMap<ProtoBitsKey, Bits, { BITS_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
+
+#[btf_map(name = "ACLPORT_V1")]
+pub static ACL_PORT: HashMap<PortBitsKey, Bits, { BITS_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
+
+#[btf_map(name = "ACE_V1")]
+pub static ACES: HashMap<AceKey, Ace, { ACES_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
+
+/// Host ACE ordinal -> its ACE index.
+#[btf_map(name = "ACLHOST_V1")]
+pub static ACL_HOSTS: HashMap<AceKey, u32, { ACES_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
+
+/// The ACL search's state, one per CPU: on the from-app program's stack it would push the
+/// program and the search's callbacks over the 512 bytes 6.1's verifier allows them
+/// together.
+#[btf_map(name = "ACLWALK_V1")]
+pub static ACL_WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
+
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
 #[btf_map(name = "STATS_V4")]
 pub static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();

@@ -52,7 +52,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             return TC_ACT_OK;
         }
     };
-    let zone = zone();
+    let zone = zone(ctx);
     let Some(nif) = (unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: ifindex(ctx) }) }) else {
         return TC_ACT_OK;
     };
@@ -116,7 +116,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
 /// An ICMP error quoting a packet of a translated flow goes back the way that flow came.
 #[inline(always)]
 fn icmp_error(ctx: &TcContext, egress: bool, quoted: &Flow) -> i32 {
-    let zone = zone();
+    let zone = zone(ctx);
     if unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: ifindex(ctx) }) }.is_none() {
         return TC_ACT_OK;
     }

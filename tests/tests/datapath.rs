@@ -105,17 +105,19 @@ fn blocked_port_times_out_and_leaves_a_drop_flow() {
     assert_eq!(flow(&flows, "10.10.1.3", "10.10.1.2", 22).unwrap().mark, "0x02400005");
 }
 
-/// 64 ACEs, the most an interface holds: 63 drop ACEs for single ports, then an accept
-/// for the rest of TCP to app2. The programs walk ACEs with `bpf_loop`; this proves the walk
-/// reaches the last one and stops at the first match anywhere in between.
+/// 10,000 ACEs: 9,999 drop ACEs for single ports, then an accept for the rest of TCP to
+/// app2, with a host ACE in the middle whose domain nothing resolved. The programs find
+/// the first deciding ACE from per-field bitmaps; this proves it at positions 1, 5,000
+/// and 10,000, and that the unresolved host ACE decides nothing.
 #[test]
-fn a_full_acl_is_walked_to_its_last_ace() {
-    let mut aces: Vec<String> = (1..=63)
+fn a_ten_thousand_ace_acl_decides_by_position() {
+    let mut aces: Vec<String> = (1..=9999)
         .map(|i| {
             format!("  {{ id = {i}, match = {{ ip = \"10.10.1.3/32\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},", 1000 + i)
         })
         .collect();
-    aces.push("  { id = 64, match = { ip = \"10.10.1.3/32\", protocol = \"tcp\" } },".into());
+    aces[2499] = "  { id = 2500, match = { host = \"blocked.test\" }, action = \"drop\" },".into();
+    aces.push("  { id = 10000, match = { ip = \"10.10.1.3/32\", protocol = \"tcp\" } },".into());
     let config = format!(
         "[[network]]\nname = \"@ni1\"\nkind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\n\n\
          [[app]]\nname = \"app1\"\nnetns = \"@app1\"\n[[app.interface]]\nnetwork = \"@ni1\"\nip = \"10.10.1.2\"\nacl = [\n{}\n]\n\n\
@@ -125,17 +127,20 @@ fn a_full_acl_is_walked_to_its_last_ace() {
     let mut s = Scenario::new(&["ni1"], &["app1", "app2"], &config);
     s.start_agent();
     let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
-    for port in [80, 1001, 1063] {
+    for port in [80, 1001, 3500, 6000] {
         s.echo_server(&app2, "10.10.1.3", port);
     }
     assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1000, None), EchoResult::Echoed(1000));
-    assert_eq!(s.echo(&app1, "10.10.1.3", 1063, 10, None), EchoResult::TimedOut);
-    let flows = s.flows();
-    assert_eq!(flow(&flows, "10.10.1.2", "10.10.1.3", 80).unwrap().mark, "0x01400040", "ACE 64 (index 63) accepted it");
-    assert_eq!(flow(&flows, "10.10.1.2", "10.10.1.3", 1063).unwrap().mark, "0x01c0003f", "ACE 63 dropped it");
-    // The first ACE decides too (the walk stops there, not at a later match).
+    assert_eq!(s.echo(&app1, "10.10.1.3", 6000, 10, None), EchoResult::TimedOut);
     assert_eq!(s.echo(&app1, "10.10.1.3", 1001, 10, None), EchoResult::TimedOut);
-    assert_eq!(flow(&s.flows(), "10.10.1.2", "10.10.1.3", 1001).unwrap().mark, "0x01c00001");
+    // Port 3500's drop ACE is the host ACE now, which no DNS answer opened.
+    assert_eq!(s.echo(&app1, "10.10.1.3", 3500, 10, None), EchoResult::Echoed(10));
+    let flows = s.flows();
+    let mark = |port| flow(&flows, "10.10.1.2", "10.10.1.3", port).unwrap().mark.clone();
+    assert_eq!(mark(80), "0x01402710", "ACE 10000 (the last) accepted it");
+    assert_eq!(mark(6000), "0x01c01388", "ACE 5000 dropped it");
+    assert_eq!(mark(1001), "0x01c00001", "ACE 1 dropped it");
+    assert_eq!(mark(3500), "0x01402710", "the host ACE did not match");
 }
 
 #[test]

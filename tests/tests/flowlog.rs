@@ -335,8 +335,8 @@ fn metrics_move_by_exactly_the_traffic_sent() {
     let last = scrape(&s);
     assert_eq!(metric(&last, "netns_agent_ace_packets_total", &ace2), total as f64, "both ways, every echo");
     assert_eq!(metric(&last, "netns_agent_ace_flows_total", &ace2), 2.0, "two sockets (the first exchange and the count): two flows");
-    assert!(metric(&last, "netns_agent_map_capacity_entries", &[("map", "CT_V3")]) >= 65536.0);
-    assert!(metric(&last, "netns_agent_map_entries", &[("map", "CT_V3")]) >= 1.0);
+    assert!(metric(&last, "netns_agent_map_capacity_entries", &[("map", "CT_V4")]) >= 65536.0);
+    assert!(metric(&last, "netns_agent_map_entries", &[("map", "CT_V4")]) >= 1.0);
     assert_eq!(metric(&last, "netns_agent_applies_total", &[("result", "ok")]), 1.0);
     // promtool reads it as Prometheus would.
     let mut check = std::process::Command::new("promtool")

@@ -15,14 +15,15 @@ use std::{
 use aya::{TestRun, TestRunOptions};
 use netns_agent::{
     config,
-    datapath::{self, Maps, NiPrograms},
+    datapath::{self, Maps, Programs},
     plan::{self, NiPlan, PortPlan},
     reconcile,
 };
 use netns_ebpf_common::{
-    mark,
+    acl::{self, Ace},
+    classify, mark,
     nat::{NatIface, PortmapKey, PortmapTarget},
-    prog_names, IfaceKey, Stat, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
+    prog_names, HostKey, IfaceInfo, IfaceKey, Stat, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
 };
 use netns_tests::frame::{self, End, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
 
@@ -67,7 +68,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// The programs loaded into a pin directory of their own, the maps opened, and app1's
 /// port entry written for loopback.
 struct Loaded {
-    programs: NiPrograms,
+    programs: Programs,
     maps: Maps,
     ni: NiPlan,
     port: PortPlan,
@@ -104,11 +105,13 @@ impl Loaded {
             PathBuf::from(format!("/sys/fs/bpf/netns-test-programs-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         let pins = PinDir(pin_dir.clone());
         datapath::prepare_pin_dir(&pin_dir).unwrap();
-        let programs = NiPrograms::load(&pin_dir, &ni.name, ni.zone()).unwrap_or_else(|e| panic!("{e:#}"));
+        let programs = Programs::load(&pin_dir).unwrap_or_else(|e| panic!("{e:#}"));
         let mut maps = Maps::open(&pin_dir).unwrap();
         let key = IfaceKey { zone: ni.zone(), ifindex: LOOPBACK };
-        let info = reconcile::port_iface_info(ni, &port, 1);
-        maps.set_port(key, info, &port.acl).unwrap();
+        // As the agent publishes a port: its ACL under an id of its own, then the entry.
+        let acl_id = maps.acls.write(&port.acl).unwrap();
+        let info = reconcile::port_iface_info(ni, &port, acl_id);
+        maps.set_port(key, info).unwrap();
         maps.ensure_port_counters(key).unwrap();
         Loaded { programs, maps, ni: ni.clone(), port, zone: ni.zone(), nat_ports: plan.nat_ports, _pins: pins }
     }
@@ -183,6 +186,56 @@ fn from_app_verdicts_marks_and_counters_follow_the_acl() {
     assert_eq!(dropped[PORT_DIR_FROM_APP], (2, (other_port.len() + dns.len()) as u64), "from app: two dropped");
     assert_eq!(passed[PORT_DIR_TO_APP], (1, syn_ack.len() as u64), "to app: the SYN-ACK passed");
     assert_eq!(dropped[PORT_DIR_TO_APP], (1, inbound.len() as u64), "to app: the inbound SYN dropped");
+}
+
+/// A 10,000-ACE ACL, the deciding ACE at position 1, 5,000 and 10,000, each ACL written
+/// beside the live one and switched in by the port's entry; a host ACE at 2,501 decides
+/// once the host set names the remote for it, and only before the bitmaps' answer.
+#[test]
+fn ten_thousand_aces_decide_by_position_and_swap_whole() {
+    let mut l = Loaded::new();
+    let key = IfaceKey { zone: l.zone, ifindex: LOOPBACK };
+    let other = |i: u32| Ace {
+        id: i + 1,
+        matches: acl::MATCH_IP | acl::MATCH_PROTO,
+        prefix: [172, 16, (i >> 8) as u8, i as u8],
+        prefix_len: 32,
+        proto: PROTO_TCP,
+        action: acl::ACTION_DROP,
+        ..Ace::default()
+    };
+    let site = [10, 9, 3, 4];
+    let mut sport = 41000;
+    // A new flow's verdict, and the mark its record has (a dropped packet leaves none on
+    // the skb).
+    let mut syn = |l: &Loaded| {
+        sport += 1;
+        let ran = l.run(prog_names::APP_PORT_FROM_APP, &frame::ipv4(PROTO_TCP, l.app(sport), remote(site, 443), TCP_SYN, b""));
+        let flows = l.maps.flows();
+        let (_, flow) = flows.iter().find(|(k, _)| k.port_a == sport || k.port_b == sport).expect("the flow is on record");
+        (ran.verdict, flow.mark)
+    };
+    for at in [0u32, 4999, 9999] {
+        let mut aces: Vec<Ace> = (0..10_000).map(other).collect();
+        let target = acl::MATCH_IP | acl::MATCH_PROTO | acl::MATCH_FPORT;
+        aces[at as usize] =
+            Ace { id: at + 1, matches: target, prefix: [10, 9, 0, 0], prefix_len: 16, proto: PROTO_TCP, fport: 443, ..Ace::default() };
+        aces[2500] = Ace { id: 2501, matches: acl::MATCH_HOST, action: acl::ACTION_DROP, ..Ace::default() };
+        let live = l.maps.port(key).unwrap();
+        let acl_id = l.maps.acls.write(&aces).unwrap();
+        l.maps.set_port(key, IfaceInfo { acl_id, ..live }).unwrap();
+        l.maps.acls.remove(live.acl_id);
+        assert!(l.maps.acls.shape(live.acl_id).is_none(), "the replaced ACL is gone");
+        l.maps.hosts.remove_port(key);
+
+        assert_eq!(syn(&l), (TC_ACT_OK, mark::compose(l.port.app_num, at + 1, true, false)), "ACE {} decides", at + 1);
+        // DNS gave the remote for the host ACE (the first host ACE: bit 0).
+        l.maps.hosts.add(HostKey { zone: l.zone, ifindex: LOOPBACK, addr: site }, 1, u64::MAX).unwrap();
+        let (verdict, id, drop) = if at < 2500 { (TC_ACT_OK, at + 1, false) } else { (TC_ACT_SHOT, 2501, true) };
+        assert_eq!(syn(&l), (verdict, mark::compose(l.port.app_num, id, true, drop)), "host ACE vs ACE {}", at + 1);
+        // Only the live ACL's entries are left (the replaced ones went, walked or not).
+        assert_eq!(l.maps.acls.entries(), classify::compile(acl_id, &aces).entries(), "ACL {acl_id}");
+    }
 }
 
 /// (packets, bytes) per direction (`PORT_DIR_*`).

@@ -2,9 +2,10 @@
 //! at the app port, source NAT at the NI veth and at the uplink), then through the very
 //! same namespaces and veths with the programs detached: once with plain routes and no
 //! rules at all, once the way EVE does it today (iptables: the same ACL as FORWARD rules,
-//! conntrack, MASQUERADE twice). Each path gets TCP throughput (iperf3) and the rate of
-//! new TCP connections (the ACL is walked once per connection); all measured in this run,
-//! printed side by side. The eBPF path runs twice: without and with the flow log (every
+//! conntrack, MASQUERADE twice). The paths with an ACL run with 10, 1,000 and 10,000
+//! ACEs (the last allows). Each path gets TCP throughput (iperf3) and the rate of new TCP
+//! connections (the ACL judges each connection once); all measured in this run, printed
+//! side by side. The eBPF path runs twice: without and with the flow log (every
 //! connection is a start and an end record), with the agent's CPU time while it follows
 //! the new connections.
 
@@ -19,20 +20,26 @@ use anyhow::{bail, Context, Result};
 
 use crate::demo::{build_world, output, sh, step, wait_listening, ALLOWED_SITE, APPS, GW, INTERNET, STATE_DIR, ZEDBOX};
 
-/// One NI on eth0; app1's ACL is full (64 ACEs) and only its last ACE allows the bench's
+/// One NI on eth0; app1's ACL has `aces` ACEs and only its last allows the bench's
 /// traffic: the ACL's worst case, on both paths that have one.
-fn bench_config() -> String {
-    let mut aces: Vec<String> = (1..=FILLER_ACES)
+fn bench_config(aces: u32) -> String {
+    bench_config_with(aces, FILLER_PORT)
+}
+
+/// The same, the drop ACEs on ports from `filler_port` + 1 (the apply times' changes).
+fn bench_config_with(aces: u32, filler_port: u32) -> String {
+    let fillers = aces - 1;
+    let mut aces: Vec<String> = (1..=fillers)
         .map(|i| {
             format!(
                 "  {{ id = {i}, match = {{ ip = \"{ALLOWED_SITE}/32\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},",
-                FILLER_PORT + i
+                filler_port + i
             )
         })
         .collect();
-    aces.push(format!("  {{ id = {}, match = {{ ip = \"0.0.0.0/0\" }} }},", FILLER_ACES + 1));
+    aces.push(format!("  {{ id = {}, match = {{ ip = \"0.0.0.0/0\" }} }},", fillers + 1));
     format!(
-        "# cargo xtask bench: one NI on eth0, app1 may go anywhere (after {FILLER_ACES} drop ACEs).\n\
+        "# cargo xtask bench: one NI on eth0, app1 may go anywhere (after {fillers} drop ACEs).\n\
          [[uplink]]\nname = \"eth0\"\n\n\
          [[network]]\nname = \"ni1\"\nkind = \"local\"\nsubnet = \"10.10.1.0/24\"\ngateway = \"10.10.1.1\"\nuplink = \"eth0\"\n\n\
          [[app]]\nname = \"app1\"\nnetns = \"app1\"\n[[app.interface]]\nnetwork = \"ni1\"\nip = \"10.10.1.2\"\nacl = [\n{}\n]\n",
@@ -43,9 +50,9 @@ fn bench_config() -> String {
 /// The same ACL and translations the iptables way (EVE's chains also mark and log; these
 /// are the minimum): rules in the NI's FORWARD chain after the established-flow shortcut,
 /// MASQUERADE in the NI and on the uplink.
-fn iptables_rules() -> (String, String) {
+fn iptables_rules(aces: u32) -> (String, String) {
     let mut ni = String::from("*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
-    for i in 1..=FILLER_ACES {
+    for i in 1..aces {
         ni += &format!("-A FORWARD -s 10.10.1.2 -d {ALLOWED_SITE}/32 -p tcp --dport {} -j DROP\n", FILLER_PORT + i);
     }
     ni += "-A FORWARD -s 10.10.1.2 -j ACCEPT\nCOMMIT\n*nat\n-A POSTROUTING -s 10.10.1.0/24 ! -d 10.10.1.0/24 -j MASQUERADE\nCOMMIT\n";
@@ -53,9 +60,10 @@ fn iptables_rules() -> (String, String) {
     (ni, zedbox)
 }
 
-/// Drop ACEs before the one that allows; ports nobody uses.
-const FILLER_ACES: u32 = 63;
-const FILLER_PORT: u32 = 1000;
+/// ACL sizes the paths with an ACL run at (ACEs; all but the last drop, on ports nobody
+/// uses, above the bench's own).
+const ACL_SIZES: [u32; 3] = [10, 1000, 10_000];
+const FILLER_PORT: u32 = 20_000;
 /// The connection-rate server's port, and iperf3's default.
 const CONN_PORT: u16 = 5001;
 const IPERF_PORT: u16 = 5201;
@@ -67,7 +75,7 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     let dir = std::env::temp_dir().join("netns-agent-bench");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("bench.toml");
-    std::fs::write(&config, bench_config())?;
+    std::fs::write(&config, bench_config(ACL_SIZES[0]))?;
     let _cleanup = Cleanup { agent_bin: agent_bin.to_path_buf(), config: config.clone() };
     for ns in [ZEDBOX, GW, INTERNET].iter().chain(APPS.iter()).chain(["ni1"].iter()) {
         if Path::new("/run/netns").join(ns).exists() {
@@ -95,7 +103,13 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
         println!("  {name:<20} {insns:>5} instructions (xlated), {jited:>6} bytes jited");
     }
 
-    let ebpf = measure("eBPF path", Some(agent.id()))?;
+    // Each ACL size in turn, applied to the running agent.
+    let mut ebpf = Vec::new();
+    for aces in ACL_SIZES {
+        std::fs::write(&config, bench_config(aces))?;
+        apply(agent_bin, &config)?;
+        ebpf.push((aces, measure(&format!("eBPF path, {aces} ACEs"), Some(agent.id()))?));
+    }
     let agent = apply_times(agent_bin, &config, agent)?;
 
     // The same with the flow log on: a restart over the applied system with it set.
@@ -104,9 +118,11 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     agent.wait()?;
     let flow_log = dir.join("flows.jsonl");
     let _ = std::fs::remove_file(&flow_log);
-    std::fs::write(&config, format!("[agent]\nflow_log = {:?}\n\n{}", flow_log.display().to_string(), bench_config()))?;
+    let logged_aces = ACL_SIZES[0];
+    let with_log = format!("[agent]\nflow_log = {:?}\n\n{}", flow_log.display().to_string(), bench_config(logged_aces));
+    std::fs::write(&config, with_log)?;
     let mut agent = start_agent(agent_bin, &config).context("the bench config with the flow log")?;
-    let logged = measure("eBPF path with the flow log", Some(agent.id()))?;
+    let logged = measure(&format!("eBPF path, {logged_aces} ACEs, with the flow log"), Some(agent.id()))?;
     let log_text = std::fs::read_to_string(&flow_log).unwrap_or_default();
     println!("  flow log: {} records, {} bytes", log_text.lines().count(), log_text.len());
 
@@ -131,30 +147,46 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     for (ns, route) in bare_routes {
         sh(&[&["ip", "-n", ns, "route", "del"], route].concat())?;
     }
-    let (ni_rules, zedbox_rules) = iptables_rules();
-    iptables_restore("ni1", &ni_rules)?;
-    iptables_restore(ZEDBOX, &zedbox_rules)?;
-    let ipt = measure("iptables", None)?;
-    let counted = output(&["ip", "netns", "exec", "ni1", "iptables", "-t", "nat", "-L", "POSTROUTING", "-v", "-n", "-x"]);
-    if !counted.lines().any(|l| l.contains("MASQUERADE") && l.split_whitespace().next().is_some_and(|p| p != "0")) {
-        bail!("the iptables run did not go through MASQUERADE:\n{counted}");
+    let mut ipt = Vec::new();
+    for aces in ACL_SIZES {
+        let (ni_rules, zedbox_rules) = iptables_rules(aces);
+        iptables_restore("ni1", &ni_rules)?;
+        iptables_restore(ZEDBOX, &zedbox_rules)?;
+        ipt.push((aces, measure(&format!("iptables, {aces} rules"), None)?));
+        let counted = output(&["ip", "netns", "exec", "ni1", "iptables", "-t", "nat", "-L", "POSTROUTING", "-v", "-n", "-x"]);
+        if !counted.lines().any(|l| l.contains("MASQUERADE") && l.split_whitespace().next().is_some_and(|p| p != "0")) {
+            bail!("the iptables run did not go through MASQUERADE:\n{counted}");
+        }
     }
 
-    step("result (median of the rounds; ratio to the path with no programs)");
-    println!("  {:<58} {:>14} {:>21}", "", "TCP Gbit/s", "new TCP conn/s");
-    let rows = [
-        (format!("eBPF: {} ACEs, last allows; conntrack; 2x SNAT", FILLER_ACES + 1), &ebpf),
-        ("eBPF as above, with the flow log".to_string(), &logged),
-        (format!("iptables: {} FORWARD rules, last allows; 2x MASQUERADE", FILLER_ACES + 1), &ipt),
-        ("same namespaces and veths, no programs, no NAT".to_string(), &bare),
-    ];
+    step("result (median of the rounds [min-max]; ratio to the path with no programs)");
+    println!("  {:<56} {:>24} {:>26}", "", "TCP Gbit/s", "new TCP conn/s");
+    let mut rows: Vec<(String, &Measured)> = Vec::new();
+    for (aces, m) in &ebpf {
+        rows.push((format!("eBPF: {aces} ACEs, last allows; conntrack; 2x SNAT"), m));
+    }
+    rows.push((format!("eBPF: {logged_aces} ACEs, with the flow log"), &logged));
+    for (aces, m) in &ipt {
+        rows.push((format!("iptables: {aces} FORWARD rules, last allows; 2x MASQ."), m));
+    }
+    rows.push(("same namespaces and veths, no programs, no NAT".to_string(), &bare));
     let (bg, bc) = (median(&bare.gbit), median(&bare.conn));
+    let spread = |v: &[f64], d: usize| {
+        let (lo, hi) = (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
+        format!("[{lo:.d$}-{hi:.d$}]")
+    };
     for (label, m) in rows {
         let (g, c) = (median(&m.gbit), median(&m.conn));
-        println!("  {label:<58} {g:>6.2} ({:>4.2}) {c:>13.0} ({:>4.2})", g / bg, c / bc);
+        println!(
+            "  {label:<56} {g:>5.2} {:>11} ({:>4.2}) {c:>6.0} {:>11} ({:>4.2})",
+            spread(&m.gbit, 1),
+            g / bg,
+            spread(&m.conn, 0),
+            c / bc
+        );
     }
     step("the agent's CPU while it follows new connections (records per connection: a start, an end)");
-    for (label, m) in [("without the flow log", &ebpf), ("with the flow log", &logged)] {
+    for (label, m) in [("without the flow log", &ebpf[0].1), ("with the flow log", &logged)] {
         if let Some(cpu) = m.agent_cpu {
             let rate = median(&m.conn);
             println!(
@@ -175,43 +207,35 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
 /// the bench config; returns it.
 fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) -> Result<std::process::Child> {
     step(&format!("apply times: changes to the running agent ({ROUNDS} rounds each; median wall / agent ms)"));
-    let base = bench_config();
-    let one_ace = base.replacen(&format!("fport = {} }}", FILLER_PORT + 1), &format!("fport = {} }}", FILLER_PORT + 5001), 1);
-    let all_aces = (1..=FILLER_ACES).fold(base.clone(), |c, i| {
-        c.replacen(&format!("fport = {} }}", FILLER_PORT + i), &format!("fport = {} }}", FILLER_PORT + 5000 + i), 1)
-    });
+    let base = bench_config(64);
+    let one_ace = base.replacen(&format!("fport = {} }}", FILLER_PORT + 1), &format!("fport = {} }}", FILLER_PORT + 20_001), 1);
+    // Every drop ACE on other ports: the whole ACL written beside the live one, swapped.
+    let replaced = |aces| (bench_config(aces), bench_config_with(aces, FILLER_PORT + 20_000));
     let app2 = format!("{base}\n[[app]]\nname = \"app2\"\nnetns = \"app2\"\n[[app.interface]]\nnetwork = \"ni1\"\nip = \"10.10.1.3\"\nacl = [{{ id = 1, match = {{ ip = \"0.0.0.0/0\" }} }}]\n");
     let ni2 = format!(
         "{base}\n[[network]]\nname = \"ni2\"\nkind = \"local\"\nsubnet = \"10.20.0.0/24\"\ngateway = \"10.20.0.1\"\nuplink = \"eth0\"\n"
     );
     let apply = |text: &str| -> Result<(f64, f64)> {
         std::fs::write(config, text)?;
-        let started = Instant::now();
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ZEDBOX}"))
-            .arg(agent_bin)
-            .args(["apply", "--config"])
-            .arg(config)
-            .output()?;
-        let wall = started.elapsed().as_secs_f64() * 1000.0;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!("apply failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
-        }
-        let own = stdout.lines().find_map(|l| l.strip_prefix("applied in ")?.strip_suffix(" ms")?.parse().ok()).unwrap_or(f64::NAN);
-        Ok((wall, own))
+        apply(agent_bin, config)
     };
-    let mut rows: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
-    for (label, changed) in
-        [("one ACE changed", &one_ace), ("64 ACEs replaced", &all_aces), ("one app added", &app2), ("one NI added", &ni2)]
-    {
+    let mut rows: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let changes = [
+        ("one ACE changed (of 64)", (base.clone(), one_ace)),
+        ("one app added", (base.clone(), app2)),
+        ("one NI added", (base.clone(), ni2)),
+    ];
+    let swaps = [64, 1000, 10_000].map(|aces| (format!("{aces} ACEs replaced (ACL swap)"), replaced(aces)));
+    for (label, (from, changed)) in changes.into_iter().map(|(l, c)| (l.to_string(), c)).chain(swaps) {
+        apply(&from)?;
         let mut times = Vec::new();
         for _ in 0..ROUNDS {
-            times.push(apply(changed)?);
-            apply(&base)?;
+            times.push(apply(&changed)?);
+            apply(&from)?;
         }
         rows.push((label, times));
     }
+    apply(&base)?;
     // A restart over the applied system: kill -9, run again until applied.
     let start_agent = || -> Result<(std::process::Child, f64)> {
         let started = Instant::now();
@@ -236,8 +260,8 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         agent = a;
         fresh.push((started.elapsed().as_secs_f64() * 1000.0, own_last()));
     }
-    rows.push(("restart over the applied system (kill -9, run)", restarts));
-    rows.push(("down + run from nothing (what the above replace)", fresh));
+    rows.push(("restart over the applied system (kill -9, run)".into(), restarts));
+    rows.push(("down + run from nothing (what the above replace)".into(), fresh));
     println!("  {:<50} {:>12} {:>12}", "", "wall ms", "agent ms");
     for (label, times) in &rows {
         let wall: Vec<f64> = times.iter().map(|t| t.0).collect();
@@ -245,6 +269,25 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         println!("  {label:<50} {:>12.1} {:>12.1}", median(&wall), median(&own));
     }
     Ok(agent)
+}
+
+/// `netns-agent apply --config CONFIG` in zedbox: the wall time of the command and the
+/// agent's own time for the apply (ms).
+fn apply(agent_bin: &Path, config: &Path) -> Result<(f64, f64)> {
+    let started = Instant::now();
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ZEDBOX}"))
+        .arg(agent_bin)
+        .args(["apply", "--config"])
+        .arg(config)
+        .output()?;
+    let wall = started.elapsed().as_secs_f64() * 1000.0;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("apply failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    }
+    let own = stdout.lines().find_map(|l| l.strip_prefix("applied in ")?.strip_suffix(" ms")?.parse().ok()).unwrap_or(f64::NAN);
+    Ok((wall, own))
 }
 
 /// `netns-agent run --config CONFIG` in zedbox, once it has applied the config.

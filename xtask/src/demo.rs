@@ -112,7 +112,7 @@ pub fn run(agent_bin: &Path, keep: bool, eve: bool) -> Result<()> {
         println!("  ip netns exec app1 curl {ALLOWED_SITE}");
         println!("  ip netns exec gw curl 192.168.0.2:8080");
         println!("  {} flows", agent_bin.display());
-        println!("  bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V3");
+        println!("  bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V4");
         println!("Remove it with:");
         let pids: Vec<String> = demo.agent.iter().chain(demo.servers.iter()).map(|c| c.id().to_string()).collect();
         let dels: Vec<String> = all_namespaces().iter().filter(|n| !NIS.contains(n)).map(|n| format!("ip netns del {n}")).collect();
@@ -378,8 +378,8 @@ impl Demo {
 
         step("flow table: netns-agent flows");
         crate::run(Command::new(&self.agent_bin).arg("flows"))?;
-        step("maps are readable with bpftool (BTF): the first entries of CT_V3");
-        crate::run(Command::new("sh").args(["-c", "bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V3 | head -30"]))?;
+        step("maps are readable with bpftool (BTF): the first entries of CT_V4");
+        crate::run(Command::new("sh").args(["-c", "bpftool map dump pinned /sys/fs/bpf/netns-agent/CT_V4 | head -30"]))?;
         step("the flow log of this run (/run/netns-agent/flows.jsonl): records by kind, the last ten");
         let log = std::fs::read_to_string(FLOW_LOG).unwrap_or_default();
         let records: Vec<crate::reports::LogRecord> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();

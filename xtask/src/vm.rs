@@ -106,6 +106,7 @@ const HOST_ONLY: &[(&str, &str)] = &[
     ("a_bad_config_while_running_changes_nothing", "config refusals, userspace; restarts and live edits stay in the VM"),
     ("spoofed_source_addresses_and_macs_get_nowhere", "scapy floods; programs.rs sends the same lies on 6.1 in seconds"),
     ("a_switch_ni_learns_the_apps_address_from_dhcp", "minutes of scapy DHCP under TCG; switch.rs covers switch NIs"),
+    ("acl_swaps_under_traffic_drop_no_packet", "10,000-ACE applies under a timed UDP stream; programs.rs swaps 10,000 ACEs on 6.1"),
 ];
 
 /// The guest script's part for one test binary: each test run on its own (`--exact`) and

@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 use toml::Spanned;
 
 use netns_ebpf_common::{
-    acl::MAX_ACES,
+    classify::{MAX_CLASSIFIED_ACES, MAX_HOST_ACES, MAX_LIVE_ACES},
     limit::LIMIT_MAX_ENTRIES,
     mark::ACE_ID_MASK,
     nat::{NAT_IFACES_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
@@ -453,8 +453,12 @@ fn network_aces<'c>(
 
 /// An interface's ACL: ids, hosts, ports that need a protocol, port maps whole.
 fn acl(aces: &[file::Ace], app: &str, err: &mut impl FnMut(Span, String)) -> Vec<Ace> {
-    if let Some(ace) = aces.get(MAX_ACES) {
-        err(ace.id.span(), format!("app {app:?}: an interface holds at most {MAX_ACES} ACEs"));
+    if let Some(ace) = aces.get(MAX_CLASSIFIED_ACES) {
+        err(ace.id.span(), format!("app {app:?}: an interface holds at most {MAX_CLASSIFIED_ACES} ACEs"));
+    }
+    // The host set's masks have a bit per host ACE.
+    if let Some(ace) = aces.iter().filter(|a| a.matches.host.is_some()).nth(MAX_HOST_ACES) {
+        err(ace.id.span(), format!("app {app:?}: an interface holds at most {MAX_HOST_ACES} ACEs with match.host"));
     }
     let mut ids = HashSet::new();
     aces.iter()
@@ -568,9 +572,14 @@ fn capacity(raw: &file::Config, err: &mut impl FnMut(Span, String)) {
     let ports: Vec<&file::Interface> = raw.apps.iter().flat_map(|a| &a.interfaces).collect();
     if let Some(over) = ports.get(MAX_APP_PORTS as usize) {
         let n = ports.len();
-        err(over.network.span(), format!("{n} app interfaces: the data path holds at most {MAX_APP_PORTS} (IFACE_V2)"));
+        err(over.network.span(), format!("{n} app interfaces: the data path holds at most {MAX_APP_PORTS} (IFACE_V3)"));
     }
     let aces = || ports.iter().flat_map(|i| &i.acl);
+    let all: Vec<&file::Ace> = aces().collect();
+    if let Some(over) = all.get(MAX_LIVE_ACES as usize) {
+        let n = all.len();
+        err(over.id.span(), format!("{n} ACEs: the data path holds at most {MAX_LIVE_ACES} over all interfaces (ACE_V1)"));
+    }
     let portmaps: Vec<&file::Ace> = aces().filter(|a| matches!(a.action, file::Action::Portmap(_))).collect();
     if let Some(over) = portmaps.get(PORTMAP_MAX_ENTRIES as usize / 2) {
         let n = portmaps.len();

@@ -131,7 +131,8 @@ pub struct Interface {
     /// A VM's interface: an existing tap in the agent's netns (made by the hypervisor),
     /// moved into the NI and bridged instead of a veth pair.
     pub tap: Option<String>,
-    /// At most `MAX_ACES`, ids unique and below `ACE_ID_MASK`.
+    /// At most `MAX_CLASSIFIED_ACES` (`MAX_HOST_ACES` with a host), ids unique and below
+    /// `ACE_ID_MASK`.
     pub acl: Vec<Ace>,
 }
 

@@ -12,8 +12,9 @@
 //!   already attached through a pinned link are replaced in that link, atomically. Nothing
 //!   that exists and matches is touched, so a restart disturbs no flow.
 //!
-//! A changed ACL bumps its port's policy generation: the programs judge every live flow
-//! of that port again on its next packet. A plan that cannot apply (a missing uplink, a
+//! A changed ACL is written under a new ACL id beside the live one and the port switched
+//! to it in one map update; the programs judge every live flow of that port again on its
+//! next packet. A plan that cannot apply (a missing uplink, a
 //! name taken by something that is not ours) is refused before anything changes; a step
 //! that fails while applying fails its NI (recorded with the error, shown by `status`),
 //! the others go on. Teardown collects errors and goes on.
@@ -33,7 +34,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::NetworkKind,
-    datapath::{self, Maps, NiPrograms},
+    datapath::{self, Maps, Programs},
     netlink::{Netlink, Uplinks},
     netns::{self, Netns},
     plan::{NiPlan, Plan, PortPlan},
@@ -73,8 +74,8 @@ pub struct Applier {
     record: AppliedState,
     uplinks: Uplinks,
     maps: Option<Maps>,
-    agent_programs: Option<NiPrograms>,
-    ni_programs: std::collections::HashMap<String, NiPrograms>,
+    /// Loaded at the first apply that needs them, for every NI and the agent netns.
+    programs: Option<Programs>,
 }
 
 impl Applier {
@@ -92,8 +93,7 @@ impl Applier {
             record,
             uplinks: Uplinks::new(),
             maps: None,
-            agent_programs: None,
-            ni_programs: Default::default(),
+            programs: None,
         })
     }
 
@@ -246,6 +246,10 @@ impl Applier {
             if let Err(e) = maps.set_zone_shares(&zones) {
                 errors.push(format!("{e:#}"));
             }
+            let orphans = maps.remove_unnamed_acls();
+            if orphans > 0 {
+                info!("removed {orphans} ACLs that no port names (left by an apply that stopped half way)");
+            }
         }
         if agent_level.is_ok() {
             if let Err(e) = uplink::remove_unused(self, plan).await {
@@ -391,7 +395,6 @@ impl Applier {
     /// Removes one NI as recorded: its kind's objects, its ports, its pins and map
     /// entries, its netns. Goes on past errors and returns them all.
     async fn remove_ni(&mut self, ni: &NiPlan) -> Vec<anyhow::Error> {
-        self.ni_programs.remove(&ni.name);
         match ni.kind {
             NetworkKind::Local => ni::remove(self, &LocalNi, ni).await,
             NetworkKind::Switch => ni::remove(self, &SwitchNi, ni).await,
@@ -410,7 +413,7 @@ impl Applier {
             self.record.nis.remove(&ni.name);
         }
         self.maps = None;
-        self.agent_programs = None;
+        self.programs = None;
         errors.extend(uplink::remove_agent_level(self).await);
         if errors.is_empty() {
             if let Err(e) = crate::state::StateDir::remove(&self.state_dir) {
@@ -437,21 +440,22 @@ pub fn all_or_nothing(errors: Vec<anyhow::Error>) -> Result<()> {
     Err(anyhow!("{} errors:\n  {}", list.len(), list.join("\n  ")))
 }
 
-/// The app ports' and NAT programs of an NI, loaded once per agent and kept.
-fn programs<'a>(ap: &'a mut Applier, ni: &NiPlan) -> Result<&'a mut NiPrograms> {
-    if !ap.ni_programs.contains_key(&ni.name) {
-        let p = NiPrograms::load(&ap.pin_dir, &ni.name, ni.zone()).with_context(|| format!("loading the programs of {}", ni.name))?;
-        ap.ni_programs.insert(ni.name.clone(), p);
+/// The programs (app ports' and NAT), loaded once per agent and kept; loading them
+/// creates the pinned maps.
+/// (Takes the applier's fields, so that its other fields stay free to borrow.)
+fn programs<'a>(slot: &'a mut Option<Programs>, pin_dir: &Path) -> Result<&'a mut Programs> {
+    match slot {
+        Some(p) => Ok(p),
+        none => Ok(none.insert(Programs::load(pin_dir).context("loading the programs")?)),
     }
-    Ok(ap.ni_programs.get_mut(&ni.name).expect("inserted above"))
 }
 
-/// App port `p` of `ni` as its IFACE_V2 entry (what `apply` writes for a new port), for
+/// App port `p` of `ni` as its IFACE_V3 entry (what `apply` writes for a new port), for
 /// whoever fills the maps without the applier (the program tests).
-pub fn port_iface_info(ni: &NiPlan, p: &PortPlan, policy_gen: u32) -> netns_ebpf_common::IfaceInfo {
+pub fn port_iface_info(ni: &NiPlan, p: &PortPlan, acl_id: u32) -> netns_ebpf_common::IfaceInfo {
     match ni.kind {
-        NetworkKind::Local => port::iface_info(&LocalNi, ni, p, policy_gen),
-        NetworkKind::Switch => port::iface_info(&SwitchNi, ni, p, policy_gen),
-        NetworkKind::Vpn => port::iface_info(&VpnNi, ni, p, policy_gen),
+        NetworkKind::Local => port::iface_info(&LocalNi, ni, p, acl_id),
+        NetworkKind::Switch => port::iface_info(&SwitchNi, ni, p, acl_id),
+        NetworkKind::Vpn => port::iface_info(&VpnNi, ni, p, acl_id),
     }
 }

@@ -64,9 +64,10 @@ impl NiDriver for LocalNi {
         nl.set_up(BRIDGE).await?;
 
         // The veth to the agent: kept when both ends are there, else made anew.
+        // An end of an earlier agent without the ifindex it must have now counts as missing.
         let ni_end = nl.link_index(&ni.ni_veth).await?;
         let agent_end = ap.agent.link_index(&ni.agent_veth).await?;
-        let fresh_veth = ni_end.is_none() || agent_end.is_none();
+        let fresh_veth = ni_end != Some(ni.ni_veth_ifindex()) || agent_end != Some(ni.agent_veth_ifindex());
         if fresh_veth {
             if ni_end.is_some() {
                 nl.delete_link(&ni.ni_veth).await?;
@@ -74,7 +75,7 @@ impl NiDriver for LocalNi {
             if agent_end.is_some() {
                 ap.agent.delete_link(&ni.agent_veth).await?;
             }
-            nl.create_veth(&ni.ni_veth, &ni.agent_veth).await?;
+            nl.create_veth((&ni.ni_veth, Some(ni.ni_veth_ifindex())), (&ni.agent_veth, Some(ni.agent_veth_ifindex()))).await?;
             nl.move_to_netns(&ni.agent_veth, &ap.agent_ns).await?;
         }
         nl.add_address(&ni.ni_veth, ni.ni_ip, crate::plan::VETH_PREFIX).await?;
@@ -86,7 +87,7 @@ impl NiDriver for LocalNi {
             ap.agent.link_index(&ni.agent_veth).await?.with_context(|| format!("{} vanished after creation", ni.agent_veth))?;
         uplink::apply_eve_table(&ap.agent, ni, agent_veth_index).await?;
 
-        programs(ap, ni)?;
+        programs(&mut ap.programs, &ap.pin_dir)?;
         if let Some(uplink_name) = ni.routed_uplink() {
             let addr = *ap.uplinks.get(uplink_name).with_context(|| format!("uplink {uplink_name} was not read"))?;
             let table = plan.uplink(uplink_name)?.table;
@@ -94,13 +95,12 @@ impl NiDriver for LocalNi {
             let ni_veth_index = nl.link_index(&ni.ni_veth).await?.context("NI veth vanished")?;
             let nat_ports = plan.nat_ports;
             ap.maps()?.set_nat_iface(IfaceKey { zone: ni.zone(), ifindex: ni_veth_index }, uplink::ni_side_nat(nat_ports, ni))?;
-            programs(ap, ni)?.attach_nat(&ns, &ni.ni_veth, fresh_veth)?;
+            programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ns, &ni.name, &ni.ni_veth, fresh_veth)?;
             // Agent side: port-mapped flows entering the NI get the agent-side address
             // as source (no collision with the NI subnet); hairpin port maps.
             ap.maps()?
                 .set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: agent_veth_index }, uplink::agent_side_nat(nat_ports, ni, &addr))?;
-            let agent_programs = ap.agent_programs.as_mut().context("the agent netns' programs are not loaded")?;
-            agent_programs.attach_nat(&ap.agent_ns, &ni.agent_veth, fresh_veth)?;
+            programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &ni.agent_veth, fresh_veth)?;
             let maps = ap.maps()?;
             uplink::set_uplink_portmaps(maps, ni, &addr)?;
             for pm in &ni.portmaps {
@@ -181,7 +181,7 @@ impl NiDriver for SwitchNi {
         nl.set_master(uplink, BRIDGE).await?;
         nl.set_up(uplink).await?;
         nl.set_up(BRIDGE).await?;
-        programs(ap, ni)?;
+        programs(&mut ap.programs, &ap.pin_dir)?;
         Ok((ns, nl))
     }
 

@@ -20,15 +20,11 @@ use crate::{
     plan::{NiPlan, PortPlan, BRIDGE},
 };
 
-/// Policy generation of a freshly applied ACL; a changed ACL gets the next one, which
-/// makes the programs judge the port's live flows again.
-const FIRST_POLICY_GEN: u32 = 1;
-
-/// The port's entry in IFACE_V2 as the programs read it, under `policy_gen`.
-pub(super) fn iface_info<K: NiDriver>(kind: &K, ni: &NiPlan, p: &PortPlan, policy_gen: u32) -> IfaceInfo {
+/// The port's entry in IFACE_V3 as the programs read it, with its ACL under `acl_id`.
+pub(super) fn iface_info<K: NiDriver>(kind: &K, ni: &NiPlan, p: &PortPlan, acl_id: u32) -> IfaceInfo {
     IfaceInfo {
         app_num: p.app_num,
-        policy_gen,
+        acl_id,
         app_ip: p.ip.octets(),
         gateway: ni.gateway.octets(),
         eve_ip: kind.eve_ip(ni),
@@ -51,7 +47,16 @@ pub async fn ensure<K: NiDriver>(
     nl: &Netlink,
     out: &mut ApplyOutcome,
 ) -> Result<()> {
-    let fresh = nl.link_index(&p.bridge_port).await?.is_none();
+    let fresh = match (nl.link_index(&p.bridge_port).await?, p.ifindex) {
+        (None, _) => true,
+        // A port of an earlier agent without the ifindex it must have now: made anew.
+        (Some(have), Some(want)) if have != want => {
+            info!(port = p.bridge_port, have, want, "port has another ifindex than planned; recreating it");
+            nl.delete_link(&p.bridge_port).await?;
+            true
+        }
+        (Some(_), _) => false,
+    };
     let app = ensure_link(ap, p, ns, nl, fresh).await?;
     if fresh {
         out.report.changes.push(format!("{}: port {} of app {} added", ni.name, p.bridge_port, p.app));
@@ -60,16 +65,16 @@ pub async fn ensure<K: NiDriver>(
     let ifindex = nl.link_index(&p.bridge_port).await?.with_context(|| format!("{} vanished after creation", p.bridge_port))?;
     // Config first, then the programs that read it.
     write_maps(ap.maps()?, kind, ni, p, IfaceKey { zone: ni.zone(), ifindex }, before, out)?;
-    programs(ap, ni)?.attach_port(ns, &p.bridge_port, fresh)?;
+    programs(&mut ap.programs, &ap.pin_dir)?.attach_port(ns, &ni.name, &p.bridge_port, fresh)?;
     nl.set_up(&p.bridge_port).await?;
 
     // A VM configures its own side.
     let Some(app) = app else {
-        info!("  {} -> app {} (tap of a VM), {} ACEs", p.bridge_port, p.app, p.acl.count);
+        info!("  {} -> app {} (tap of a VM), {} ACEs", p.bridge_port, p.app, p.acl.len());
         return Ok(());
     };
     configure_app_end(&app, ni, p).await?;
-    info!("  {} -> app {} ({} {}), {} ACEs", p.bridge_port, p.app, p.app_ifname, p.ip, p.acl.count);
+    info!("  {} -> app {} ({} {}), {} ACEs", p.bridge_port, p.app, p.app_ifname, p.ip, p.acl.len());
     Ok(())
 }
 
@@ -89,14 +94,14 @@ async fn ensure_link(ap: &Applier, p: &PortPlan, ns: &Netns, nl: &Netlink, fresh
         // An app end without its bridge end is a leftover of ours (preflight checked that
         // nothing else is there).
         app.delete_link(&p.app_ifname).await?;
-        nl.create_veth(&p.bridge_port, &p.app_ifname).await?;
+        nl.create_veth((&p.bridge_port, p.ifindex), (&p.app_ifname, None)).await?;
         nl.move_to_netns(&p.app_ifname, &app_ns).await?;
     }
     Ok(Some(app))
 }
 
-/// The port's entries in the maps: its config and ACL (the policy generation moves on
-/// only when the ACL changed), counters, eidset entry, limit buckets, host sets.
+/// The port's entries in the maps: its ACL (written under a new id when it changed: see
+/// `acl_id`) and config, counters, eidset entry, limit buckets, host sets.
 fn write_maps<K: NiDriver>(
     maps: &mut Maps,
     kind: &K,
@@ -107,26 +112,31 @@ fn write_maps<K: NiDriver>(
     out: &mut ApplyOutcome,
 ) -> Result<()> {
     let published = maps.port(key);
-    let policy_gen = match &published {
-        Some((info, acl)) if *acl == p.acl => info.policy_gen,
-        Some((info, _)) => {
-            out.report.changes.push(format!("{}: ACL of {} ({}) changed", ni.name, p.bridge_port, p.app));
-            info.policy_gen.wrapping_add(1).max(FIRST_POLICY_GEN)
-        }
-        None => FIRST_POLICY_GEN,
-    };
-    let mut info = iface_info(kind, ni, p, policy_gen);
+    let acl = port_acl(maps, p, published.as_ref())?;
+    if acl.replaces.is_some() {
+        out.report.changes.push(format!("{}: ACL of {} ({}) changed", ni.name, p.bridge_port, p.app));
+    }
+    let mut info = iface_info(kind, ni, p, acl.id);
     // An address the port learned from DHCP stays the app's while its MAC does.
-    if let Some((old, _)) = &published {
+    if let Some(old) = &published {
         let learned = IFACE_FLAG_IP_LEARN | IFACE_FLAG_IP_KNOWN;
         if info.flags & IFACE_FLAG_IP_LEARN != 0 && old.flags & learned == learned && old.app_mac == info.app_mac {
             info.app_ip = old.app_ip;
             info.flags |= IFACE_FLAG_IP_KNOWN;
         }
     }
-    if published != Some((info, p.acl)) {
-        maps.set_port(key, info, &p.acl)?;
-        debug!(port = p.bridge_port, policy_gen, "port config written");
+    if published != Some(info) {
+        // The switch to a new ACL: one update of the port's entry.
+        if let Err(e) = maps.set_port(key, info) {
+            if acl.written {
+                maps.acls.remove(acl.id);
+            }
+            return Err(e);
+        }
+        debug!(port = p.bridge_port, acl_id = acl.id, "port config written");
+    }
+    if let Some(old) = acl.replaces {
+        maps.acls.remove(old);
     }
     // Counters are for the metrics: a port without them still enforces (warned).
     if let Err(e) = maps.ensure_port_counters(key) {
@@ -150,6 +160,25 @@ fn write_maps<K: NiDriver>(
     Ok(())
 }
 
+/// The ACL a port's entry is to name.
+struct PortAcl {
+    id: u32,
+    /// `id` is new: the ACL was written under it now.
+    written: bool,
+    /// The published ACL it replaces.
+    replaces: Option<u32>,
+}
+
+/// The ACL the port's entry names: the published one while it holds the plan's ACEs, or
+/// a new id with the ACL written under it. A new id also makes the programs judge the
+/// port's live flows again.
+fn port_acl(maps: &mut Maps, p: &PortPlan, published: Option<&IfaceInfo>) -> Result<PortAcl> {
+    match published {
+        Some(live) if maps.acls.holds(live.acl_id, &p.acl) => Ok(PortAcl { id: live.acl_id, written: false, replaces: None }),
+        live => Ok(PortAcl { id: maps.acls.write(&p.acl)?, written: true, replaces: live.map(|l| l.acl_id) }),
+    }
+}
+
 /// The app's end of a veth port, in the app's netns: MAC, address (unless the app asks
 /// DHCP), up, and the default route through its first interface.
 async fn configure_app_end(app: &Netlink, ni: &NiPlan, p: &PortPlan) -> Result<()> {
@@ -166,14 +195,15 @@ async fn configure_app_end(app: &Netlink, ni: &NiPlan, p: &PortPlan) -> Result<(
     Ok(())
 }
 
-/// The host-set mask of a port whose host ACEs moved from `old` to `new` positions
-/// (by domain); ACEs that left drop out.
+/// The host-set mask of a port whose host ACEs moved from `old` to `new` (bit k: the
+/// k-th host ACE; matched by domain); ACEs that left drop out.
 pub fn remap_host_mask(mask: u64, old: &[(usize, String)], new: &[(usize, String)]) -> u64 {
+    let bit = |k: usize| if k < 64 { 1u64 << k } else { 0 };
     old.iter()
-        .filter(|(i, _)| *i < 64 && mask & (1 << i) != 0)
-        .flat_map(|(_, domain)| new.iter().filter(move |(_, d)| d == domain))
-        .filter(|(j, _)| *j < 64)
-        .fold(0, |m, (j, _)| m | 1 << j)
+        .enumerate()
+        .filter(|(k, _)| mask & bit(*k) != 0)
+        .flat_map(|(_, (_, domain))| new.iter().enumerate().filter(move |(_, (_, d))| d == domain))
+        .fold(0, |m, (j, _)| m | bit(j))
 }
 
 /// Removes the recorded ports of `recorded` that `ni` drops or whose link changes.
@@ -271,11 +301,12 @@ mod tests {
 
     #[test]
     fn host_masks_follow_their_domains() {
+        // Bits are host ACE ordinals: github.com is the first host ACE, then the second.
         let old = vec![(1, "github.com".to_string()), (3, "zededa.com".to_string())];
         let new = vec![(0, "zededa.com".to_string()), (5, "github.com".to_string())];
-        assert_eq!(remap_host_mask(1 << 1, &old, &new), 1 << 5);
-        assert_eq!(remap_host_mask(1 << 1 | 1 << 3, &old, &new), 1 << 5 | 1);
+        assert_eq!(remap_host_mask(1 << 0, &old, &new), 1 << 1);
+        assert_eq!(remap_host_mask(1 << 0 | 1 << 1, &old, &new), 1 << 1 | 1);
         // A domain that left the ACL takes its bit with it.
-        assert_eq!(remap_host_mask(1 << 3, &old, &new[1..]), 0);
+        assert_eq!(remap_host_mask(1 << 1, &old, &new[1..]), 0);
     }
 }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::Applier;
 use crate::{
-    datapath::{self, Maps, NiPrograms},
+    datapath::{self, Maps},
     netlink::{Netlink, Rule, TableRoute, UplinkAddr, Uplinks},
     netns,
     plan::{NiPlan, Plan, UplinkPlan, VETH_NET, VETH_PREFIX},
@@ -69,9 +69,7 @@ pub async fn ensure_agent_level(ap: &mut Applier, plan: &Plan) -> Result<()> {
     }
     // NI traffic is routed through the agent's netns to the uplinks.
     netns::write_sysctl(&ap.agent_ns, "net/ipv4/ip_forward", "1")?;
-    if ap.agent_programs.is_none() {
-        ap.agent_programs = Some(NiPrograms::load_agent(&ap.pin_dir)?);
-    }
+    super::programs(&mut ap.programs, &ap.pin_dir)?;
     for u in &routed {
         let addr = ap.uplinks[&u.name];
         let maps = ap.maps()?;
@@ -80,7 +78,7 @@ pub async fn ensure_agent_level(ap: &mut Applier, plan: &Plan) -> Result<()> {
         // Not ours before: tc filters (kernels without TCX) must be attached; a pinned
         // TCX link is reused either way.
         let fresh = !ap.record.uplinks.iter().any(|r| r.name == u.name);
-        ap.agent_programs.as_mut().expect("loaded above").attach_nat(&ap.agent_ns, &u.name, fresh)?;
+        super::programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &u.name, fresh)?;
         apply_uplink_table(&ap.agent, u.table, &addr).await?;
         if fresh {
             ap.record.uplinks.push(u.clone());
@@ -143,7 +141,6 @@ pub async fn remove_agent_level(ap: &mut Applier) -> Vec<anyhow::Error> {
         }
     }
     ap.record.uplinks.clear();
-    ap.agent_programs = None;
     let agent_dir = ap.pin_dir.join(datapath::AGENT_PIN_SUBDIR);
     if agent_dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&agent_dir) {

@@ -161,12 +161,15 @@ pub fn matches_suffix(name: &str, suffix: &str) -> bool {
             && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
 }
 
-/// The host-ACE mask for an answer to `qname` whose record is named `rname`.
+/// The host-ACE mask for an answer to `qname` whose record is named `rname`: bit k for
+/// the k-th host ACE (at most 64: the config's limit).
 pub fn host_mask(app: &AppView, qname: &str, rname: &str) -> u64 {
     app.hosts
         .iter()
-        .filter(|(_, suffix)| matches_suffix(qname, suffix) || matches_suffix(rname, suffix))
-        .fold(0, |m, (i, _)| m | (1u64 << (*i as u32 & 63)))
+        .take(64)
+        .enumerate()
+        .filter(|(_, (_, suffix))| matches_suffix(qname, suffix) || matches_suffix(rname, suffix))
+        .fold(0, |m, (k, _)| m | (1u64 << k))
 }
 
 /// The (address, mask, TTL) triples an answer to the app's question `qname` gives `app`
@@ -796,7 +799,7 @@ mod tests {
         let b = answer("www.example.org.", &[("cdn.provider.net.", Ipv4Addr::new(5, 6, 7, 8), 10)]);
         assert_eq!(
             host_updates(&app(), "www.example.org.", &b),
-            [(Ipv4Addr::new(5, 6, 7, 8), 1 << 3, 10)],
+            [(Ipv4Addr::new(5, 6, 7, 8), 1 << 1, 10)],
             "the question's name counts (CNAME chains)"
         );
         let c = answer("google.com.", &[("google.com.", Ipv4Addr::new(9, 9, 9, 9), 10)]);

@@ -1,12 +1,14 @@
-//! The eBPF side from userspace: loading the object per NI, pinning maps and links,
-//! attaching to app ports, and reading/writing the maps.
+//! The eBPF side from userspace: loading the object once for every NI, pinning maps and
+//! links, attaching to app ports and translating interfaces, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
-//!   CT_V3, DROP_V1, IFACE_V2, ACL_V1,   maps shared by every NI and the agent's netns
+//!   CT_V4, DROP_V2, IFACE_V3, ACE_V1,   maps shared by every NI and the agent's netns
 //!   STATS_V4, NAT_V1, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
 //!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running
 //!   @agent/<ifname>-nat-in, ...          the agent netns' NAT links (uplinks, NI veths)
+
+mod acls;
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,6 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netns_ebpf_common::{
-    acl::AclTable,
     ct::{CtKey, CtValue, CT_MAX_ENTRIES},
     limit::{Bucket, LimitKey},
     map_names,
@@ -30,6 +31,7 @@ use netns_ebpf_common::{
 };
 use tracing::{debug, info};
 
+pub use self::acls::AclStore;
 use crate::netns::{self, Netns};
 
 /// The eBPF object, built by build.rs (aya-build) and embedded at compile time.
@@ -38,7 +40,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 16] = [
+const ALL_MAPS: [&str; 23] = [
+    map_names::IF_ZONES,
     map_names::EVENTS,
     map_names::PORT_STATS,
     map_names::DROPS,
@@ -50,7 +53,13 @@ const ALL_MAPS: [&str; 16] = [
     map_names::HOSTSET,
     map_names::CONNTRACK,
     map_names::IFACES,
-    map_names::ACLS,
+    map_names::ACL_SHAPES,
+    map_names::ACL_IP,
+    map_names::ACL_PROTO,
+    map_names::ACL_PORT,
+    map_names::ACES,
+    map_names::ACL_HOSTS,
+    map_names::ACL_WALK,
     map_names::STATS,
     map_names::NAT,
     map_names::NAT_IFACES,
@@ -85,18 +94,19 @@ fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
 }
 
-/// The programs loaded for one NI (its zone baked in), ready to attach to its ports.
-pub struct NiPrograms {
+/// The programs, loaded once for every NI and the agent's netns: a program learns the
+/// NI of the interface it runs on from IFZONE_V1 (`Maps::set_port`, `set_nat_iface`).
+pub struct Programs {
     ebpf: Ebpf,
-    link_dir: PathBuf,
+    pin_dir: PathBuf,
 }
 
-impl NiPrograms {
-    /// Loads the object for `zone`; the maps are the shared pinned ones (created on first
-    /// use). A verifier rejection comes back with the verifier's log.
-    pub fn load(pin_dir: &Path, ni: &str, zone: u32) -> Result<NiPrograms> {
+impl Programs {
+    /// Loads the object; the maps are the shared pinned ones (created on first use). A
+    /// verifier rejection comes back with the verifier's log.
+    pub fn load(pin_dir: &Path) -> Result<Programs> {
+        let started = std::time::Instant::now();
         let mut loader = EbpfLoader::new();
-        loader.override_global("ZONE", &zone, true);
         for name in ALL_MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
         }
@@ -108,12 +118,10 @@ impl NiPrograms {
             // How hard the verifier worked (its limit is 1M): the figure to watch when
             // a change makes a program more complex.
             let verified_insns = prog.info().ok().and_then(|i| i.verified_instruction_count());
-            debug!(program = name, zone, ?verified_insns, "program verified");
+            debug!(program = name, ?verified_insns, "program verified");
         }
-        let link_dir = pin_dir.join(ni);
-        std::fs::create_dir_all(&link_dir).with_context(|| format!("creating {}", link_dir.display()))?;
-        debug!(ni, zone, "programs loaded");
-        Ok(NiPrograms { ebpf, link_dir })
+        info!(ms = started.elapsed().as_millis() as u64, "programs loaded");
+        Ok(Programs { ebpf, pin_dir: pin_dir.to_path_buf() })
     }
 
     /// One of the loaded programs by name (`prog_names`): the program tests run it on
@@ -123,15 +131,12 @@ impl NiPrograms {
         Ok(prog.try_into()?)
     }
 
-    /// Loads the agent netns' own copy (domain 0): NAT on uplinks and agent-side veths.
-    pub fn load_agent(pin_dir: &Path) -> Result<NiPrograms> {
-        NiPrograms::load(pin_dir, AGENT_PIN_SUBDIR, netns_ebpf_common::nat::DOMAIN_AGENT)
-    }
-
-    /// Attaches the app-port programs to bridge port `port` inside `ns`. `fresh`: the
-    /// interface was just created (a pin of that name belongs to an earlier interface).
-    pub fn attach_port(&mut self, ns: &Netns, port: &str, fresh: bool) -> Result<()> {
+    /// Attaches the app-port programs to bridge port `port` of NI `ni` (inside `ns`).
+    /// `fresh`: the interface was just created (a pin of that name belongs to an earlier
+    /// interface).
+    pub fn attach_port(&mut self, ns: &Netns, ni: &str, port: &str, fresh: bool) -> Result<()> {
         self.attach(
+            ni,
             ns,
             port,
             fresh,
@@ -142,9 +147,11 @@ impl NiPrograms {
         )
     }
 
-    /// Attaches the NAT programs to interface `ifname` inside `ns`.
-    pub fn attach_nat(&mut self, ns: &Netns, ifname: &str, fresh: bool) -> Result<()> {
+    /// Attaches the NAT programs to interface `ifname` inside `ns`, its links pinned
+    /// under `owner` (an NI's name, or `AGENT_PIN_SUBDIR` for the agent netns').
+    pub fn attach_nat(&mut self, ns: &Netns, owner: &str, ifname: &str, fresh: bool) -> Result<()> {
         self.attach(
+            owner,
             ns,
             ifname,
             fresh,
@@ -161,15 +168,17 @@ impl NiPrograms {
     /// no packet sees the port without a program. A defunct link (its interface is gone)
     /// is unpinned and the program attached anew. On tc filters, an existing interface
     /// keeps the filters it has (there is no atomic replace).
-    fn attach(&mut self, ns: &Netns, ifname: &str, fresh: bool, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
+    fn attach(&mut self, owner: &str, ns: &Netns, ifname: &str, fresh: bool, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
         let tcx = has_tcx();
         if !tcx && !fresh {
             debug!(ifname, "tc filters kept as attached");
             return Ok(());
         }
+        let link_dir = self.pin_dir.join(owner);
+        std::fs::create_dir_all(&link_dir).with_context(|| format!("creating {}", link_dir.display()))?;
         for (name, attach, suffix) in which {
             let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
-            let pin = self.link_dir.join(link_pin_name(ifname, suffix));
+            let pin = link_dir.join(link_pin_name(ifname, suffix));
             if tcx && fresh && pin.exists() {
                 std::fs::remove_file(&pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
             }
@@ -305,7 +314,11 @@ pub struct Maps {
     drops: HashMap<MapData, CtKey, CtValue>,
     zone_use: Array<MapData, ZoneUse>,
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
-    acls: HashMap<MapData, IfaceKey, AclTable>,
+    /// ifindex -> zone of the interfaces that carry programs: kept to what IFACES and
+    /// NATIF hold (`register`).
+    if_zones: HashMap<MapData, u32, u32>,
+    /// The ports' ACLs, compiled, by ACL id.
+    pub acls: AclStore,
     stats: PerCpuArray<MapData, u64>,
     port_stats: PerCpuHashMap<MapData, IfaceKey, PortCounters>,
     nat: HashMap<MapData, NatKey, NatValue>,
@@ -434,7 +447,8 @@ impl Maps {
             drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
             zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
             ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
-            acls: open_map(pin_dir, map_names::ACLS)?.try_into()?,
+            if_zones: open_map(pin_dir, map_names::IF_ZONES)?.try_into()?,
+            acls: AclStore::open(pin_dir)?,
             stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
             port_stats: open_map(pin_dir, map_names::PORT_STATS)?.try_into()?,
             nat: open_map(pin_dir, map_names::NAT)?.try_into()?,
@@ -472,11 +486,55 @@ impl Maps {
     }
 
     pub fn set_nat_iface(&mut self, key: IfaceKey, nif: NatIface) -> Result<()> {
+        self.register(key)?;
         self.nat_ifaces.insert(key, nif, 0).context("writing NAT interface map")
     }
 
     pub fn remove_nat_iface(&mut self, key: IfaceKey) {
         self.nat_ifaces.remove(&key).ok();
+        self.unregister(key);
+    }
+
+    /// Tells the programs that interface `key.ifindex` is zone `key.zone`'s (before its
+    /// config is written; the programs are attached after both). Refuses an ifindex that another
+    /// zone's interface holds: one copy of the programs serves every netns, so the
+    /// interfaces carrying them need ifindexes unique across namespaces (the agent picks
+    /// those of the interfaces it makes; `plan::chosen_ifindex`).
+    fn register(&mut self, key: IfaceKey) -> Result<()> {
+        if let Ok(other) = self.if_zones.get(&key.ifindex, 0) {
+            if other != key.zone && self.configured(IfaceKey { zone: other, ifindex: key.ifindex }) {
+                bail!(
+                    "ifindex {} is zone {other}'s interface already, so zone {} cannot have it (the interfaces that carry programs need ifindexes unique across namespaces)",
+                    key.ifindex,
+                    key.zone
+                );
+            }
+        }
+        self.if_zones.insert(key.ifindex, key.zone, 0).context("writing the interface's zone (IFZONE)")
+    }
+
+    /// Whether zone `key.zone` has config for interface `key.ifindex` (as app port or NAT).
+    fn configured(&self, key: IfaceKey) -> bool {
+        self.ifaces.get(&key, 0).is_ok() || self.nat_ifaces.get(&key, 0).is_ok()
+    }
+
+    /// Forgets interface `key.ifindex` as zone `key.zone`'s.
+    fn unregister(&mut self, key: IfaceKey) {
+        if self.if_zones.get(&key.ifindex, 0).ok() == Some(key.zone) && !self.configured(key) {
+            self.if_zones.remove(&key.ifindex).ok();
+        }
+    }
+
+    /// Removes the zone entries of interfaces whose config is gone; returns how many.
+    fn remove_unregistered(&mut self) -> usize {
+        let gone: Vec<u32> = self
+            .if_zones
+            .iter()
+            .flatten()
+            .filter(|(ifindex, zone)| !self.configured(IfaceKey { zone: *zone, ifindex: *ifindex }))
+            .map(|(ifindex, _)| ifindex)
+            .collect();
+        gone.iter().filter(|ifindex| self.if_zones.remove(ifindex).is_ok()).count()
     }
 
     pub fn nat_iface(&self, key: IfaceKey) -> Option<NatIface> {
@@ -510,9 +568,21 @@ impl Maps {
         std::mem::take(&mut self.removed_flows)
     }
 
-    /// An app port's published config: its info and its ACL.
-    pub fn port(&self, key: IfaceKey) -> Option<(IfaceInfo, AclTable)> {
-        Some((self.ifaces.get(&key, 0).ok()?, self.acls.get(&key, 0).ok()?))
+    /// An app port's published config (its ACL: `acls`, under its `acl_id`).
+    pub fn port(&self, key: IfaceKey) -> Option<IfaceInfo> {
+        self.ifaces.get(&key, 0).ok()
+    }
+
+    /// The ACL ids that ports select `pred` name.
+    fn acl_ids(&self, pred: impl Fn(&IfaceKey) -> bool) -> std::collections::HashSet<u32> {
+        self.ifaces.iter().flatten().filter(|(k, _)| pred(k)).map(|(_, info)| info.acl_id).collect()
+    }
+
+    /// Removes the ACLs no port names (an apply that stopped between writing an ACL and
+    /// switching its port to it leaves one); returns how many.
+    pub fn remove_unnamed_acls(&mut self) -> usize {
+        let named = self.acl_ids(|_| true);
+        self.acls.remove_unnamed(&named)
     }
 
     /// Removes what `zone` holds for interfaces other than `ports` (configs, ACLs,
@@ -526,18 +596,25 @@ impl Maps {
     ) -> usize {
         let stray = |k: &IfaceKey| k.zone == zone && !ports.contains(&k.ifindex);
         self.remove_port_counters(|k| stray(k));
-        remove_where(&mut self.ifaces, |k, _| stray(k))
-            + remove_where(&mut self.acls, |k, _| stray(k))
+        let acls = self.acl_ids(stray);
+        let n = remove_where(&mut self.ifaces, |k, _| stray(k));
+        let n = n + if acls.is_empty() { 0 } else { self.acls.remove_where(|id| acls.contains(&id)) };
+        let n = n
             + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
             + remove_where(&mut self.hosts.0, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
-            + remove_where(&mut self.eidset, |k, _| k.zone == zone && !ips.contains(&k.addr))
+            + remove_where(&mut self.eidset, |k, _| k.zone == zone && !ips.contains(&k.addr));
+        n + self.remove_unregistered()
     }
 
-    /// Forgets an app port: its config, host set, buckets; its NI's eidset entry `ip`.
+    /// Forgets an app port: its config and ACL, host set, buckets; its NI's eidset entry
+    /// `ip`.
     pub fn remove_port(&mut self, key: IfaceKey, ip: [u8; 4]) {
         self.port_stats.remove(&key).ok();
-        self.ifaces.remove(&key).ok();
-        self.acls.remove(&key).ok();
+        if let Ok(info) = self.ifaces.get(&key, 0) {
+            self.ifaces.remove(&key).ok();
+            self.acls.remove(info.acl_id);
+        }
+        self.unregister(key);
         self.eidset.remove(&EidKey { zone: key.zone, addr: ip }).ok();
         remove_where(&mut self.limits, |k, _| k.zone == key.zone && k.ifindex == key.ifindex);
         self.hosts.remove_port(key);
@@ -564,17 +641,17 @@ impl Maps {
     pub fn remove_agent_domain(&mut self) {
         let domain = netns_ebpf_common::nat::DOMAIN_AGENT;
         remove_where(&mut self.nat_ifaces, |k, _| k.zone == domain);
+        remove_where(&mut self.if_zones, |_, z| *z == domain);
         remove_where(&mut self.device, |_, _| true);
         self.remove_portmaps(|k, _| k.domain == domain);
         self.remove_nat_entries(|k, _| k.domain == domain);
     }
 
-    /// Publishes an app port's config. The ACL goes in before the port info, so the port
-    /// never judges a flow against a missing ACL.
-    pub fn set_port(&mut self, key: IfaceKey, info: IfaceInfo, acl: &AclTable) -> Result<()> {
-        self.acls.insert(key, acl, 0).context("writing ACL map")?;
-        self.ifaces.insert(key, info, 0).context("writing interface map")?;
-        Ok(())
+    /// Publishes an app port's config; its ACL (`info.acl_id`) must be written already
+    /// (`acls.write`), so the port never judges a flow against a missing ACL.
+    pub fn set_port(&mut self, key: IfaceKey, info: IfaceInfo) -> Result<()> {
+        self.register(key)?;
+        self.ifaces.insert(key, info, 0).context("writing interface map")
     }
 
     /// Gives an app port its packet and byte counters, unless it has them (BPF_NOEXIST:
@@ -617,11 +694,15 @@ impl Maps {
     /// Forgets everything of zone `zone`: port configs and conntrack entries.
     pub fn remove_zone(&mut self, zone: u32) -> usize {
         self.remove_port_counters(|k| k.zone == zone);
+        let acls = self.acl_ids(|k| k.zone == zone);
         remove_where(&mut self.ifaces, |k, _| k.zone == zone);
-        remove_where(&mut self.acls, |k, _| k.zone == zone);
+        if !acls.is_empty() {
+            self.acls.remove_where(|id| acls.contains(&id));
+        }
         let flows = self.remove_flows(|k, _| k.zone == zone);
         remove_where(&mut self.drops, |k, _| k.zone == zone);
         remove_where(&mut self.nat_ifaces, |k, _| k.zone == zone);
+        remove_where(&mut self.if_zones, |_, z| *z == zone);
         self.remove_portmaps(|k, _| k.domain == zone);
         self.remove_nat_entries(|k, _| k.domain == zone);
         remove_where(&mut self.eidset, |k, _| k.zone == zone);

@@ -1,0 +1,161 @@
+//! The ports' ACLs in the classify maps: each compiled (`classify::compile`) under an
+//! ACL id of its own. A changed ACL is written under a new id beside the live one, then
+//! the port's IFACE entry switches to it in one map update (the programs see the old ACL
+//! or the new one, whole), then the old id's entries go.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result};
+use aya::maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, MapData};
+use netns_ebpf_common::{
+    acl::Ace,
+    classify::{self, AceKey, AclShape, Bits, CompiledAcl, IpBitsKey, PortBitsKey, ProtoBitsKey},
+    map_names,
+};
+
+use super::{open_map, remove_where};
+
+pub struct AclStore {
+    shapes: HashMap<MapData, u32, AclShape>,
+    ip: LpmTrie<MapData, IpBitsKey, Bits>,
+    proto: HashMap<MapData, ProtoBitsKey, Bits>,
+    port: HashMap<MapData, PortBitsKey, Bits>,
+    aces: HashMap<MapData, AceKey, Ace>,
+    hosts: HashMap<MapData, AceKey, u32>,
+    /// The next id to hand out: above every id in the maps when they were opened.
+    next_id: u32,
+}
+
+impl AclStore {
+    pub fn open(pin_dir: &std::path::Path) -> Result<AclStore> {
+        let shapes: HashMap<MapData, u32, AclShape> = open_map(pin_dir, map_names::ACL_SHAPES)?.try_into()?;
+        let next_id = shapes.keys().flatten().max().map_or(1, |id| id + 1);
+        Ok(AclStore {
+            shapes,
+            ip: open_map(pin_dir, map_names::ACL_IP)?.try_into()?,
+            proto: open_map(pin_dir, map_names::ACL_PROTO)?.try_into()?,
+            port: open_map(pin_dir, map_names::ACL_PORT)?.try_into()?,
+            aces: open_map(pin_dir, map_names::ACES)?.try_into()?,
+            hosts: open_map(pin_dir, map_names::ACL_HOSTS)?.try_into()?,
+            next_id,
+        })
+    }
+
+    /// Writes `aces` under a new id (returned), the shape last: until the port's entry
+    /// names the id, no program reads it. On an error nothing of it stays.
+    pub fn write(&mut self, aces: &[Ace]) -> Result<u32> {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        let compiled = classify::compile(id, aces);
+        if let Err(e) = self.insert(id, &compiled) {
+            self.remove_compiled(id, &compiled);
+            return Err(e.context(format!("writing ACL {id} ({} ACEs)", aces.len())));
+        }
+        Ok(id)
+    }
+
+    fn insert(&mut self, id: u32, c: &CompiledAcl) -> Result<()> {
+        for (len, key, bits) in &c.ip {
+            self.ip.insert(&LpmKey::new(*len, *key), bits, 0).context("ACLIP")?;
+        }
+        for (key, bits) in &c.proto {
+            self.proto.insert(key, bits, 0).context("ACLPROTO")?;
+        }
+        for (key, bits) in &c.port {
+            self.port.insert(key, bits, 0).context("ACLPORT")?;
+        }
+        for (key, ace) in &c.aces {
+            self.aces.insert(key, ace, 0).context("ACE")?;
+        }
+        for (key, index) in &c.hosts {
+            self.hosts.insert(key, index, 0).context("ACLHOST")?;
+        }
+        self.shapes.insert(id, c.shape, 0).context("ACLSHAPE")
+    }
+
+    /// The size of ACL `id` (None: no such ACL).
+    pub fn shape(&self, id: u32) -> Option<AclShape> {
+        self.shapes.get(&id, 0).ok()
+    }
+
+    /// ACE `index` of ACL `id`.
+    pub fn ace(&self, id: u32, index: u32) -> Option<Ace> {
+        self.aces.get(&AceKey { acl: id, index }, 0).ok()
+    }
+
+    /// The ACEs under `id`, read back (None: no such ACL).
+    pub fn aces(&self, id: u32) -> Option<Vec<Ace>> {
+        let shape = self.shapes.get(&id, 0).ok()?;
+        (0..shape.aces).map(|index| self.aces.get(&AceKey { acl: id, index }, 0).ok()).collect()
+    }
+
+    /// Whether ACL `id` holds exactly `aces` (by the digest in its shape).
+    pub fn holds(&self, id: u32, aces: &[Ace]) -> bool {
+        self.shape(id).is_some_and(|s| s.aces as usize == aces.len() && s.digest == classify::digest(aces))
+    }
+
+    /// Removes ACL `id`: its ACEs read back name its entries (compiled again), so no walk
+    /// over the maps; an ACL that cannot be read back whole goes by walking them.
+    pub fn remove(&mut self, id: u32) {
+        match self.aces(id) {
+            Some(aces) => self.remove_compiled(id, &classify::compile(id, &aces)),
+            None => {
+                self.remove_where(|acl| acl == id);
+            }
+        }
+    }
+
+    fn remove_compiled(&mut self, id: u32, c: &CompiledAcl) {
+        // The shape first: a search that finds none stops there.
+        self.shapes.remove(&id).ok();
+        for (len, key, _) in &c.ip {
+            self.ip.remove(&LpmKey::new(*len, *key)).ok();
+        }
+        for (key, _) in &c.proto {
+            self.proto.remove(key).ok();
+        }
+        for (key, _) in &c.port {
+            self.port.remove(key).ok();
+        }
+        for (key, _) in &c.aces {
+            self.aces.remove(key).ok();
+        }
+        for (key, _) in &c.hosts {
+            self.hosts.remove(key).ok();
+        }
+    }
+
+    /// Removes every ACL that `doomed` selects, walking the maps; returns how many
+    /// entries went.
+    pub fn remove_where(&mut self, doomed: impl Fn(u32) -> bool) -> usize {
+        let mut n = remove_where(&mut self.shapes, |id, _| doomed(*id));
+        let ip: Vec<LpmKey<IpBitsKey>> = self.ip.keys().flatten().filter(|k| doomed(k.data().acl)).collect();
+        for key in ip {
+            n += usize::from(self.ip.remove(&key).is_ok());
+        }
+        n + remove_where(&mut self.proto, |k, _| doomed(k.acl))
+            + remove_where(&mut self.port, |k, _| doomed(k.acl))
+            + remove_where(&mut self.aces, |k, _| doomed(k.acl))
+            + remove_where(&mut self.hosts, |k, _| doomed(k.acl))
+    }
+
+    /// Entries of every ACL, over the six maps.
+    pub fn entries(&self) -> usize {
+        self.shapes.keys().flatten().count()
+            + self.ip.keys().flatten().count()
+            + self.proto.keys().flatten().count()
+            + self.port.keys().flatten().count()
+            + self.aces.keys().flatten().count()
+            + self.hosts.keys().flatten().count()
+    }
+
+    /// Removes the ACLs no port names (left by an apply that stopped half way); returns
+    /// how many there were.
+    pub fn remove_unnamed(&mut self, named: &HashSet<u32>) -> usize {
+        let unnamed: HashSet<u32> = self.shapes.keys().flatten().filter(|id| !named.contains(id)).collect();
+        if !unnamed.is_empty() {
+            self.remove_where(|id| unnamed.contains(&id));
+        }
+        unnamed.len()
+    }
+}
