@@ -14,7 +14,7 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoKind, InfoVeth},
+        link::{InfoData, InfoKind, InfoVeth, LinkFlags},
         route::{RouteAttribute, RouteMessage, RouteScope, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
         AddressFamily,
@@ -152,6 +152,16 @@ impl Netlink {
             .await
             .with_context(|| self.ctx(format!("moving {name} to netns {}", target.path().display())))?;
         debug!(ns = %self.ns.display(), name, to = %target.path().display(), "link moved");
+        Ok(())
+    }
+
+    /// Turns multicast off on `name`: it joins no groups, so it sends no IGMP reports.
+    pub async fn set_multicast_off(&self, name: &str) -> Result<()> {
+        let index = self.index_of(name).await?;
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.header.flags.remove(LinkFlags::Multicast);
+        msg.header.change_mask.insert(LinkFlags::Multicast);
+        self.handle.link().set(msg).execute().await.with_context(|| self.ctx(format!("turning multicast off on {name}")))?;
         Ok(())
     }
 

@@ -51,15 +51,38 @@ pub struct Verdict {
     pub drop: bool,
     /// A `limit` ACE matched: its index + 1 (0: no rate limit).
     pub limit: u16,
+    /// What decided: an ACE (its index + 1), `BY_DEFAULT` or `BY_RULE`.
+    pub by: u16,
 }
+
+/// `Verdict::by` (and `CtValue::decided`): no ACE matched, the default drop decided; a
+/// changed ACL may decide otherwise.
+pub const BY_DEFAULT: u16 = 0;
+/// `Verdict::by`: a rule no ACL changes decided (the implicit DHCP, DNS and metadata
+/// allows, the device's own addresses, a port map's stamp).
+pub const BY_RULE: u16 = u16::MAX;
 
 impl Verdict {
     const fn implicit_allow(app_num: u32, id: u32) -> Self {
-        Verdict { mark: mark::compose(app_num, id, false, false), drop: false, limit: 0 }
+        Verdict { mark: mark::compose(app_num, id, false, false), drop: false, limit: 0, by: BY_RULE }
     }
     const fn default_drop(app_num: u32) -> Self {
-        Verdict { mark: mark::compose(app_num, mark::DEFAULT_DROP_ACE_ID, false, true), drop: true, limit: 0 }
+        Verdict { mark: mark::compose(app_num, mark::DEFAULT_DROP_ACE_ID, false, true), drop: true, limit: 0, by: BY_DEFAULT }
     }
+    /// The device itself is no remote an ACE can open: dropped as by default, but by a
+    /// rule.
+    const fn device_drop(app_num: u32) -> Self {
+        Verdict { by: BY_RULE, ..Verdict::default_drop(app_num) }
+    }
+}
+
+/// Whether a flow decided by `decided` (`Verdict::by`) under an ACL is decided alike by
+/// an ACL that keeps its first `kept_aces` ACEs: its deciding ACE is among them (the
+/// same ACEs before it, none of which matched), or no ACE decided it but a rule. A
+/// default drop is not: an ACE the new ACL adds may match.
+#[inline(always)]
+pub fn decided_alike(decided: u16, kept_aces: u32) -> bool {
+    decided == BY_RULE || (decided != BY_DEFAULT && decided as u32 <= kept_aces)
 }
 
 #[inline(always)]
@@ -139,7 +162,7 @@ pub fn judge_from_app(walk: &impl AceWalk, iface: &IfaceInfo, flow: &Flow, facts
     // The device is no remote an ACE can open (`0.0.0.0/0` means the world outside);
     // its port maps are reached by hairpin.
     if facts.device {
-        return Verdict::default_drop(app);
+        return Verdict::device_drop(app);
     }
     let q = AceQuery { proto: flow.proto, remote: flow.dst, remote_port: flow.dport, facts: *facts };
     first_match(walk, app, &q)
@@ -152,7 +175,7 @@ fn first_match(walk: &impl AceWalk, app: u32, q: &AceQuery) -> Verdict {
         Some(Decided { index, ace }) => {
             let drop = ace.action == ACTION_DROP;
             let limit = if ace.action == ACTION_LIMIT { index as u16 + 1 } else { 0 };
-            Verdict { mark: mark::compose(app, ace.id, true, drop), drop, limit }
+            Verdict { mark: mark::compose(app, ace.id, true, drop), drop, limit, by: index as u16 + 1 }
         }
         None => Verdict::default_drop(app),
     }
@@ -177,7 +200,7 @@ pub fn judge_from_outside(walk: &impl AceWalk, iface: &IfaceInfo, flow: &Flow, f
 pub fn judge_toward_app(iface: &IfaceInfo, flow: &Flow, stamped_mark: u32) -> Verdict {
     let m = mark::decode(stamped_mark);
     if stamped_mark != 0 && m.app_num == iface.app_num & 0xff && m.user_ace && !m.drop {
-        return Verdict { mark: stamped_mark, drop: false, limit: 0 };
+        return Verdict { mark: stamped_mark, drop: false, limit: 0, by: BY_RULE };
     }
     if flow.src == iface.eve_ip || flow.src == iface.gateway {
         return Verdict::implicit_allow(iface.app_num, implicit::EVE_INITIATED);
@@ -254,13 +277,13 @@ mod tests {
         let portmap = Ace { id: 7, matches: MATCH_PROTO, proto: PROTO_TCP, action: ACTION_PORTMAP, ..Ace::default() };
         let t = table(&[portmap, allow_web, drop_udp, allow_all]);
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 80), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 0 });
+        assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 0, by: 2 });
         // Same host, other port: falls through ACE 1 to ACE 3.
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [10, 10, 1, 3], 22), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0140_0003, drop: false, limit: 0 });
+        assert_eq!(v, Verdict { mark: 0x0140_0003, drop: false, limit: 0, by: 4 });
         // UDP anywhere hits the drop ACE before the allow-all.
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 123), &NONE);
-        assert_eq!(v, Verdict { mark: 0x01c0_0002, drop: true, limit: 0 });
+        assert_eq!(v, Verdict { mark: 0x01c0_0002, drop: true, limit: 0, by: 3 });
     }
 
     #[test]
@@ -275,7 +298,7 @@ mod tests {
     fn default_drop_and_empty_acl() {
         let t = table(&[ip_ace(1, [192, 168, 0, 0], 16)]);
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [10, 99, 0, 1], 80), &NONE);
-        assert_eq!(v, Verdict { mark: 0x01bf_ffff, drop: true, limit: 0 });
+        assert_eq!(v, Verdict { mark: 0x01bf_ffff, drop: true, limit: 0, by: BY_DEFAULT });
         let v = judge_from_app(&LoopWalk(&[]), &iface(), &flow(PROTO_ICMP, [192, 168, 0, 1], 0), &NONE);
         assert!(v.drop);
     }
@@ -286,16 +309,16 @@ mod tests {
         let t = table(&[deny_all]);
         let gw = iface().gateway;
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_UDP, gw, 53), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0100_0007, drop: false, limit: 0 });
+        assert_eq!(v, Verdict { mark: 0x0100_0007, drop: false, limit: 0, by: BY_RULE });
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, gw, 53), &NONE);
         assert_eq!(v.mark, 0x0100_0007);
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_UDP, [255, 255, 255, 255], 67), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0100_0006, drop: false, limit: 0 });
+        assert_eq!(v, Verdict { mark: 0x0100_0006, drop: false, limit: 0, by: BY_RULE });
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, METADATA_IP, 80), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0100_000b, drop: false, limit: 0 });
+        assert_eq!(v, Verdict { mark: 0x0100_000b, drop: false, limit: 0, by: BY_RULE });
         // DNS to anyone but the gateway is the user's business.
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_UDP, [8, 8, 8, 8], 53), &NONE);
-        assert_eq!(v, Verdict { mark: 0x01c0_0009, drop: true, limit: 0 });
+        assert_eq!(v, Verdict { mark: 0x01c0_0009, drop: true, limit: 0, by: 1 });
     }
 
     #[test]
@@ -306,7 +329,10 @@ mod tests {
         assert_eq!(judge_from_outside(&LoopWalk(&t), &sw, &inbound([192, 168, 0, 2]), &NONE).mark, 0x0140_0001);
         assert!(judge_from_outside(&LoopWalk(&t), &sw, &inbound([8, 8, 8, 8]), &NONE).drop);
         let offer = Flow { proto: PROTO_UDP, src: [192, 168, 3, 1], dst: [255, 255, 255, 255], sport: 67, dport: 68, ..Flow::default() };
-        assert_eq!(judge_from_outside(&LoopWalk(&[]), &sw, &offer, &NONE), Verdict { mark: 0x0100_000a, drop: false, limit: 0 });
+        assert_eq!(
+            judge_from_outside(&LoopWalk(&[]), &sw, &offer, &NONE),
+            Verdict { mark: 0x0100_000a, drop: false, limit: 0, by: BY_RULE }
+        );
         // DHCP and DNS to the outside's servers are implicit on a switch NI.
         assert_eq!(judge_from_app(&LoopWalk(&[]), &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 67), &NONE).mark, 0x0100_0006);
         assert_eq!(judge_from_app(&LoopWalk(&[]), &sw, &flow(PROTO_UDP, [192, 168, 3, 1], 53), &NONE).mark, 0x0100_0007);
@@ -321,7 +347,7 @@ mod tests {
         let limited = Ace { id: 1, matches: MATCH_IP, prefix: [192, 168, 0, 0], prefix_len: 16, action: ACTION_LIMIT, ..Ace::default() };
         let t = table(&[ip_ace(9, [10, 0, 0, 0], 8), limited]);
         let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [192, 168, 0, 2], 8080), &NONE);
-        assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 2 });
+        assert_eq!(v, Verdict { mark: 0x0140_0001, drop: false, limit: 2, by: 2 });
     }
 
     #[test]
@@ -345,14 +371,32 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_acl_leaves_alike_the_flows_its_kept_aces_or_rules_decided() {
+        // Decided by ACE index 1 (by 2): alike while the first two ACEs stay.
+        assert!(decided_alike(2, 2));
+        assert!(decided_alike(2, 10));
+        assert!(!decided_alike(2, 1), "ACE 1 itself changed");
+        assert!(!decided_alike(BY_DEFAULT, 10), "a default drop may meet an added ACE");
+        assert!(decided_alike(BY_RULE, 0), "an implicit rule knows no ACL");
+        // The device's own addresses are a rule's drop, not the default's.
+        let t = table(&[ip_ace(1, [0, 0, 0, 0], 0)]);
+        let device = RemoteFacts { in_eidset: false, host_mask: 0, device: true };
+        let v = judge_from_app(&LoopWalk(&t), &iface(), &flow(PROTO_TCP, [192, 168, 0, 1], 22), &device);
+        assert_eq!((v.drop, v.by), (true, BY_RULE));
+    }
+
+    #[test]
     fn flows_toward_the_app() {
         let i = iface();
         let from = |src| Flow { proto: PROTO_TCP, src, dst: APP, sport: 5555, dport: 80, ..Flow::default() };
-        assert_eq!(judge_toward_app(&i, &from(i.eve_ip), 0), Verdict { mark: 0x0100_000a, drop: false, limit: 0 });
+        assert_eq!(judge_toward_app(&i, &from(i.eve_ip), 0), Verdict { mark: 0x0100_000a, drop: false, limit: 0, by: BY_RULE });
         assert!(!judge_toward_app(&i, &from(i.gateway), 0).drop);
-        assert_eq!(judge_toward_app(&i, &from([10, 10, 1, 9]), 0), Verdict { mark: 0x01bf_ffff, drop: true, limit: 0 });
+        assert_eq!(judge_toward_app(&i, &from([10, 10, 1, 9]), 0), Verdict { mark: 0x01bf_ffff, drop: true, limit: 0, by: BY_DEFAULT });
         // A port map of this app (user ACE 2) lets the outside in; another app's does not.
-        assert_eq!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0140_0002), Verdict { mark: 0x0140_0002, drop: false, limit: 0 });
+        assert_eq!(
+            judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0140_0002),
+            Verdict { mark: 0x0140_0002, drop: false, limit: 0, by: BY_RULE }
+        );
         assert!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0240_0002).drop);
         assert!(judge_toward_app(&i, &from([169, 254, 100, 5]), 0x0100_0002).drop);
     }

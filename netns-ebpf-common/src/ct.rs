@@ -96,7 +96,9 @@ pub struct CtValue {
     pub flags: u8,
     /// The judging port's `limit` ACE (index + 1) whose bucket every packet is charged to.
     pub limit: u16,
-    pub _pad: [u8; 2],
+    /// What decided the flow (`acl::Verdict::by`): when the port's ACL changes, a flow
+    /// the new ACL decides alike (`acl::decided_alike`) is not judged again.
+    pub decided: u16,
     /// The app port the flow's replies come from when its far end is another app of the
     /// NI (learned when the bridge delivers the first packet there); 0: not an app.
     pub reply_ifindex: u32,

@@ -48,7 +48,7 @@ pub mod map_names {
     pub const ACL_HOSTS: &str = "ACLHOST_V1";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V1";
-    pub const STATS: &str = "STATS_V4";
+    pub const STATS: &str = "STATS_V5";
     pub const NAT: &str = "NAT_V1";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -99,8 +99,12 @@ pub struct IfaceInfo {
     /// The port's ACL in the classify maps (`classify`): a new id, unique across ports,
     /// for every change of the ACL, which is written under it before this entry names it
     /// (so a packet sees the old ACL or the new one, whole). CT entries judged under
-    /// another id are judged again on their next packet.
+    /// another id are judged again on their next packet, except those judged under
+    /// `prev_acl_id` that the change leaves alike (`acl::decided_alike`).
     pub acl_id: u32,
+    /// The ACL `acl_id` replaced (0: none), and how many leading ACEs the two share.
+    pub prev_acl_id: u32,
+    pub kept_aces: u32,
     /// The app's own address on this NI.
     pub app_ip: Ipv4,
     /// The NI's gateway (bridge) address: DHCP/DNS/metadata live here.
@@ -262,6 +266,7 @@ stats! {
     PassCt = 7 => "pass_ct",
     DropCt = 8 => "drop_ct",
     NoIfaceConfig = 9 => "no_iface_config",
+    /// A flow judged again because its port's ACL changed.
     Rejudged = 10 => "rejudged",
     DropUnsolicited = 11 => "drop_unsolicited",
     NatNew = 12 => "nat_new",
@@ -285,6 +290,9 @@ stats! {
     PassFragment = 23 => "pass_fragment",
     /// A flow event the ring buffer had no room for (the agent is behind).
     EventLost = 24 => "event_lost",
+    /// A flow whose port's ACL changed but which the new ACL decides alike (its deciding
+    /// ACE is among those the change kept, or a rule decided it): not judged again.
+    RejudgeSkipped = 25 => "rejudge_skipped",
 }
 
 /// The map types' sizes, checked when either side compiles: a field added or reordered
@@ -293,7 +301,7 @@ stats! {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<IfaceKey>() == 8);
-    assert!(size_of::<IfaceInfo>() == 32);
+    assert!(size_of::<IfaceInfo>() == 40);
     assert!(size_of::<ct::CtKey>() == 20);
     assert!(size_of::<ct::CtValue>() == 80);
     assert!(size_of::<acl::Ace>() == 16);

@@ -167,6 +167,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                     acl_id: iface.acl_id,
                     verdict: v.drop as u8,
                     orig_is_a: a_to_b as u8,
+                    decided: v.by,
                     ..CtValue::default()
                 };
                 dir = DIR_ORIG;
@@ -191,7 +192,15 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 // this port is where its replies may come from.
                 entry.reply_ifindex = ifindex;
             }
-            if entry.judge_ifindex == ifindex && entry.acl_id != iface.acl_id {
+            if entry.judge_ifindex == ifindex
+                && entry.acl_id != iface.acl_id
+                && entry.acl_id == iface.prev_acl_id
+                && acl::decided_alike(entry.decided, iface.kept_aces)
+            {
+                // The ACL changed, but not where it decided this flow: it stands.
+                entry.acl_id = iface.acl_id;
+                count(Stat::RejudgeSkipped);
+            } else if entry.judge_ifindex == ifindex && entry.acl_id != iface.acl_id {
                 // The ACL changed since this flow was judged: judge it again, live, as its
                 // first packet was judged: that packet's tuple, from that packet's side
                 // (a reply travels the other way, so it is turned around first).
@@ -209,6 +218,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                     entry.mark = v.mark;
                     entry.verdict = v.drop as u8;
                     entry.limit = v.limit;
+                    entry.decided = v.by;
                 }
                 // Else a flow let into a local NI by a port map or from the agent's netns:
                 // no ACE judged it (the agent flushes the flows of a changed port map),
@@ -229,7 +239,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                     return TC_ACT_SHOT;
                 }
             }
-            Verdict { mark: entry.mark, drop, limit: entry.limit }
+            Verdict { mark: entry.mark, drop, limit: entry.limit, by: entry.decided }
         }
         _ => {
             if flow.related {
@@ -251,6 +261,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 verdict: v.drop as u8,
                 orig_is_a: a_to_b as u8,
                 limit: v.limit,
+                decided: v.by,
                 flags: if side == Side::ToApp { FLAG_JUDGED_TO_APP } else { 0 },
                 ..CtValue::default()
             };

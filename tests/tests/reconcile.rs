@@ -239,8 +239,11 @@ fn live_edits_touch_only_what_changed() {
     let session = s.background(&app3, &["python3", &py_script("echo_session.py"), INET_IP, "7002", &secs, "0.1", &stop_arg]);
     let loop_ =
         s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app1", &stop_arg]);
-    // app1's session on port 7001, whose ACE the edit below removes.
+    // app1's session on port 7001, whose ACE the edit below removes, and on port 5201,
+    // whose ACE (the first) the edit keeps.
     let mut doomed = s.background(&app1, &["python3", &py_script("echo_session.py"), INET_IP, "7001", &secs, "0.1", &stop_arg]);
+    s.echo_server(&s.inet.clone(), INET_IP, 5201);
+    let kept = s.background(&app1, &["python3", &py_script("echo_session.py"), INET_IP, "5201", &secs, "0.1", &stop_arg]);
     sleep(Duration::from_secs(1));
     let apply = |s: &Scenario, config: &str, what: &str| {
         let out = s.apply(config);
@@ -272,9 +275,11 @@ fn live_edits_touch_only_what_changed() {
     assert!(!ifaces.iter().any(|e| e["value"]["app_num"] == 2), "app2's port config is gone: {ifaces:?}");
 
     // 3. Change one ACE of app1 (7001 no longer allowed): its 7001 session stops, its
-    //    other flows go on.
+    //    other flows go on; those the first two ACEs (kept) or a rule decided are not
+    //    judged again.
     assert!(doomed.running(), "app1's 7001 session ended before its ACE changed: {}", json_of(&doomed.finish()));
     let rejudged_before = s.counter("rejudged");
+    let skipped_before = s.counter("rejudge_skipped");
     let narrower = without_app2.replace("{ id = 3, match = { ip = \"10.99.0.10/32\", protocol = \"tcp\", fport = 7001 } },\n", "");
     assert_ne!(narrower, without_app2);
     apply(&s, &narrower, "remove app1's ACE 3");
@@ -284,6 +289,8 @@ fn live_edits_touch_only_what_changed() {
     let rejudged = s.counter("rejudged");
     println!("app1 session on 7001 after the change: {cut}; rejudged {rejudged_before} -> {rejudged}");
     assert!(rejudged > rejudged_before, "live flows were judged again: {:#?}\n{}", s.flows_report().counters, s.agent_log());
+    wait_until(scaled(Duration::from_secs(5)), || s.counter("rejudge_skipped") > skipped_before)
+        .unwrap_or_else(|| panic!("the 5201 session (first ACE, kept) was judged again: {:#?}", s.flows_report().counters));
     assert!(matches!(s.echo(&app1, INET_IP, 7001, 10, None), netns_tests::EchoResult::TimedOut), "new flows to 7001 are refused");
 
     // 4. Change app3's port map (8080 -> 8081): the old mapping and its flows go.
@@ -309,6 +316,8 @@ fn live_edits_touch_only_what_changed() {
 
     std::fs::write(&stop, "").unwrap();
     let session = json_of(&session.finish());
+    let kept = json_of(&kept.finish());
+    assert!(kept["error"].is_null() && kept["sent"] == kept["echoed"], "app1's session on 5201 (kept ACE) saw an error: {kept}");
     let traffic = json_of(&loop_.finish());
     let _ = std::fs::remove_file(&stop);
     println!("bystanders: app3's session {session}; app1's connections ok {} failed {:?}", traffic["ok"], traffic["failed"]);

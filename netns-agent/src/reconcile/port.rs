@@ -25,6 +25,8 @@ pub(super) fn iface_info<K: NiDriver>(kind: &K, ni: &NiPlan, p: &PortPlan, acl_i
     IfaceInfo {
         app_num: p.app_num,
         acl_id,
+        prev_acl_id: 0,
+        kept_aces: 0,
         app_ip: p.ip.octets(),
         gateway: ni.gateway.octets(),
         eve_ip: kind.eve_ip(ni),
@@ -112,11 +114,18 @@ fn write_maps<K: NiDriver>(
     out: &mut ApplyOutcome,
 ) -> Result<()> {
     let published = maps.port(key);
-    let acl = port_acl(maps, p, published.as_ref())?;
+    let acl = port_acl(maps, p, published.as_ref(), before)?;
     if acl.replaces.is_some() {
         out.report.changes.push(format!("{}: ACL of {} ({}) changed", ni.name, p.bridge_port, p.app));
     }
     let mut info = iface_info(kind, ni, p, acl.id);
+    // Live flows that the change leaves alike are not judged again (`acl::decided_alike`);
+    // an unchanged ACL keeps what its last change said.
+    (info.prev_acl_id, info.kept_aces) = match (acl.replaces, &published) {
+        (Some(old), _) => (old, acl.kept_aces),
+        (None, Some(live)) => (live.prev_acl_id, live.kept_aces),
+        (None, None) => (0, 0),
+    };
     // An address the port learned from DHCP stays the app's while its MAC does.
     if let Some(old) = &published {
         let learned = IFACE_FLAG_IP_LEARN | IFACE_FLAG_IP_KNOWN;
@@ -167,15 +176,27 @@ struct PortAcl {
     written: bool,
     /// The published ACL it replaces.
     replaces: Option<u32>,
+    /// How many leading ACEs the replaced ACL and this one share (0 when the replaced
+    /// one is not known to be the record's).
+    kept_aces: u32,
 }
 
 /// The ACL the port's entry names: the published one while it holds the plan's ACEs, or
-/// a new id with the ACL written under it. A new id also makes the programs judge the
-/// port's live flows again.
-fn port_acl(maps: &mut Maps, p: &PortPlan, published: Option<&IfaceInfo>) -> Result<PortAcl> {
+/// a new id with the ACL written under it. A new id also makes the programs judge again
+/// the port's live flows that the change may decide otherwise. `before`: the port as
+/// recorded, whose ACEs the published ACL holds when its digest says so.
+fn port_acl(maps: &mut Maps, p: &PortPlan, published: Option<&IfaceInfo>, before: Option<&PortPlan>) -> Result<PortAcl> {
     match published {
-        Some(live) if maps.acls.holds(live.acl_id, &p.acl) => Ok(PortAcl { id: live.acl_id, written: false, replaces: None }),
-        live => Ok(PortAcl { id: maps.acls.write(&p.acl)?, written: true, replaces: live.map(|l| l.acl_id) }),
+        Some(live) if maps.acls.holds(live.acl_id, &p.acl) => Ok(PortAcl { id: live.acl_id, written: false, replaces: None, kept_aces: 0 }),
+        live => {
+            let kept_aces = match (live, before) {
+                (Some(live), Some(before)) if maps.acls.holds(live.acl_id, &before.acl) => {
+                    before.acl.iter().zip(&p.acl).take_while(|(a, b)| a == b).count() as u32
+                }
+                _ => 0,
+            };
+            Ok(PortAcl { id: maps.acls.write(&p.acl)?, written: true, replaces: live.map(|l| l.acl_id), kept_aces })
+        }
     }
 }
 
