@@ -122,11 +122,16 @@ impl Netlink {
         self.index_of(name).await
     }
 
-    /// Creates a veth pair with both ends in this namespace, each end with the ifindex
-    /// given (`None`: the kernel's pick). An end keeps its ifindex when moved to a netns
-    /// where that index is free.
-    pub async fn create_veth(&self, (name, index): (&str, Option<u32>), (peer, peer_index): (&str, Option<u32>)) -> Result<()> {
-        let mut peer_msg = LinkUnspec::new_with_name(peer).build();
+    /// Creates a veth pair, one end in this namespace and its peer in `peer_ns`, each end
+    /// with the ifindex given (`None`: the kernel's pick). The peer is made where it
+    /// belongs rather than moved there: a move waits for an RCU grace period.
+    pub async fn create_veth(
+        &self,
+        (name, index): (&str, Option<u32>),
+        (peer, peer_index): (&str, Option<u32>),
+        peer_ns: &Netns,
+    ) -> Result<()> {
+        let mut peer_msg = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns.as_fd().as_raw_fd()).build();
         peer_msg.header.index = peer_index.unwrap_or(0);
         let mut msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(name.to_string())

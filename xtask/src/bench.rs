@@ -84,6 +84,7 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     }
     step("world and agent");
     build_world()?;
+    let _ = std::fs::remove_file(AGENT_LOG);
     if scale_only {
         return crate::scale::run(agent_bin, &dir);
     }
@@ -268,6 +269,12 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         let own: Vec<f64> = times.iter().map(|t| t.1).collect();
         println!("  {label:<50} {:>12.1} {:>12.1}", median(&wall), median(&own));
     }
+    println!("  the swap itself, as the agent logs it (write beside, switch, remove the old; median [min-max] ms):");
+    for aces in [64, 1000, 10_000] {
+        let ms = logged_swap_ms(aces);
+        let (lo, hi) = (ms.iter().copied().fold(f64::INFINITY, f64::min), ms.iter().copied().fold(0.0, f64::max));
+        println!("    {aces:>6} ACEs: {:>8.1} [{lo:.1}-{hi:.1}] over {} swaps", median(&ms), ms.len());
+    }
     Ok(agent)
 }
 
@@ -291,8 +298,27 @@ fn apply(agent_bin: &Path, config: &Path) -> Result<(f64, f64)> {
 }
 
 /// `netns-agent run --config CONFIG` in zedbox, once it has applied the config.
+/// Its log goes to `AGENT_LOG` (appended: the ACL swap times are read from it).
 fn start_agent(agent_bin: &Path, config: &Path) -> Result<std::process::Child> {
-    start_agent_with(agent_bin, config, Path::new(STATE_DIR), Duration::from_secs(60), Stdio::null())
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(AGENT_LOG).context(AGENT_LOG)?;
+    start_agent_with(agent_bin, config, Path::new(STATE_DIR), Duration::from_secs(60), Stdio::from(log))
+}
+
+const AGENT_LOG: &str = "/tmp/netns-agent-bench/agent.log";
+
+/// The agent's own ACL swap times for `aces`-ACE ACLs (ms), from its log lines
+/// "... ACL of ... swapped" with `aces=N ... ms=X`.
+fn logged_swap_ms(aces: usize) -> Vec<f64> {
+    let log = std::fs::read_to_string(AGENT_LOG).unwrap_or_default();
+    let field = |line: &str, name: &str| -> Option<String> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        Some(line[at..].split(|c: char| c.is_whitespace() || c == '\x1b').next()?.to_string())
+    };
+    log.lines()
+        .map(|l| l.replace("\x1b[3m", "").replace("\x1b[0m", "").replace("\x1b[2m", ""))
+        .filter(|l| l.contains("swapped") && field(l, "aces").as_deref() == Some(&aces.to_string()))
+        .filter_map(|l| field(&l, "ms")?.parse().ok())
+        .collect()
 }
 
 /// The same with the config's state dir, a time limit and where the agent's log goes.

@@ -105,6 +105,15 @@ impl AclStore {
         }
     }
 
+    /// Removes ACL `id`, which holds `aces` if its digest says so (the record's ACEs: no
+    /// reading back); else as `remove`.
+    pub fn remove_holding(&mut self, id: u32, aces: &[Ace]) {
+        match self.holds(id, aces) {
+            true => self.remove_compiled(id, &classify::compile(id, aces)),
+            false => self.remove(id),
+        }
+    }
+
     fn remove_compiled(&mut self, id: u32, c: &CompiledAcl) {
         // The shape first: a search that finds none stops there.
         self.shapes.remove(&id).ok();

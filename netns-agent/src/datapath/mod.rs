@@ -176,46 +176,76 @@ impl Programs {
         }
         let link_dir = self.pin_dir.join(owner);
         std::fs::create_dir_all(&link_dir).with_context(|| format!("creating {}", link_dir.display()))?;
-        for (name, attach, suffix) in which {
-            let prog: &mut SchedClassifier = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
-            let pin = link_dir.join(link_pin_name(ifname, suffix));
-            if tcx && fresh && pin.exists() {
-                std::fs::remove_file(&pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
+        // Both programs at once, each on a thread of its own: an attachment (or a link
+        // update) waits for an RCU grace period, and the two waits overlap.
+        let mut jobs = Vec::new();
+        for (name, prog) in self.ebpf.programs_mut() {
+            if let Some((_, attach, suffix)) = which.iter().find(|(n, ..)| *n == name) {
+                let prog: &mut SchedClassifier = prog.try_into()?;
+                jobs.push((name, *attach, link_dir.join(link_pin_name(ifname, suffix)), prog));
             }
-            if tcx && pin.exists() {
-                match replace_pinned_program(prog, &pin) {
-                    Ok(()) => {
-                        debug!(ifname, program = name, "program replaced in its pinned link");
-                        continue;
-                    }
-                    Err(e) => {
-                        debug!(ifname, program = name, "pinned link unusable ({e:#}); attaching anew");
-                        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
-                    }
-                }
-            }
-            netns::run_in(ns, || {
-                if !tcx {
-                    match aya::programs::tc::qdisc_add_clsact(ifname) {
-                        Err(aya::programs::tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
-                        other => other.with_context(|| format!("adding the clsact qdisc to {ifname}"))?,
-                    }
-                }
-                let id = prog.attach(ifname, attach).with_context(|| format!("attaching {name} to {ifname}"))?;
-                let link = prog.take_link(id)?;
-                if !tcx {
-                    // Dropping the link would detach the filter; it must stay.
-                    std::mem::forget(link);
-                    return Ok(());
-                }
-                let link: FdLink = link.try_into().context("TCX link as fd link")?;
-                link.pin(&pin).with_context(|| format!("pinning link at {}", pin.display()))?;
-                Ok(())
-            })?;
-            debug!(ifname, program = name, tcx, "attached");
         }
-        Ok(())
+        if jobs.len() != which.len() {
+            bail!("the object lacks one of {:?}", which.map(|(name, ..)| name));
+        }
+        std::thread::scope(|s| {
+            let running: Vec<_> = jobs
+                .into_iter()
+                .map(|(name, attach, pin, prog)| s.spawn(move || attach_one(prog, name, attach, &pin, ns, ifname, fresh, tcx)))
+                .collect();
+            running.into_iter().try_for_each(|t| t.join().map_err(|_| anyhow::anyhow!("attaching to {ifname}: thread panicked"))?)
+        })
     }
+}
+
+/// Puts program `name` on `ifname` (in `ns`) at `attach`: into its pinned TCX link when
+/// there is one that works, else in a new link pinned at `pin` (a tc filter without TCX).
+#[allow(clippy::too_many_arguments)]
+fn attach_one(
+    prog: &mut SchedClassifier,
+    name: &str,
+    attach: TcAttachType,
+    pin: &Path,
+    ns: &Netns,
+    ifname: &str,
+    fresh: bool,
+    tcx: bool,
+) -> Result<()> {
+    if tcx && fresh && pin.exists() {
+        std::fs::remove_file(pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
+    }
+    if tcx && pin.exists() {
+        match replace_pinned_program(prog, pin) {
+            Ok(()) => {
+                debug!(ifname, program = name, "program replaced in its pinned link");
+                return Ok(());
+            }
+            Err(e) => {
+                debug!(ifname, program = name, "pinned link unusable ({e:#}); attaching anew");
+                std::fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
+            }
+        }
+    }
+    netns::run_in(ns, || {
+        if !tcx {
+            match aya::programs::tc::qdisc_add_clsact(ifname) {
+                Err(aya::programs::tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
+                other => other.with_context(|| format!("adding the clsact qdisc to {ifname}"))?,
+            }
+        }
+        let id = prog.attach(ifname, attach).with_context(|| format!("attaching {name} to {ifname}"))?;
+        let link = prog.take_link(id)?;
+        if !tcx {
+            // Dropping the link would detach the filter; it must stay.
+            std::mem::forget(link);
+            return Ok(());
+        }
+        let link: FdLink = link.try_into().context("TCX link as fd link")?;
+        link.pin(pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+        Ok(())
+    })?;
+    debug!(ifname, program = name, tcx, "attached");
+    Ok(())
 }
 
 /// Puts `prog` into the TCX link pinned at `pin` (atomically replacing its program).

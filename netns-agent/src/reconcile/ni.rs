@@ -78,8 +78,8 @@ impl NiDriver for LocalNi {
             if agent_end.is_some() {
                 ap.agent.delete_link(&ni.agent_veth).await?;
             }
-            nl.create_veth((&ni.ni_veth, Some(ni.ni_veth_ifindex())), (&ni.agent_veth, Some(ni.agent_veth_ifindex()))).await?;
-            nl.move_to_netns(&ni.agent_veth, &ap.agent_ns).await?;
+            nl.create_veth((&ni.ni_veth, Some(ni.ni_veth_ifindex())), (&ni.agent_veth, Some(ni.agent_veth_ifindex())), &ap.agent_ns)
+                .await?;
         }
         nl.add_address(&ni.ni_veth, ni.ni_ip, crate::plan::VETH_PREFIX).await?;
         nl.set_up(&ni.ni_veth).await?;

@@ -96,8 +96,7 @@ async fn ensure_link(ap: &Applier, p: &PortPlan, ns: &Netns, nl: &Netlink, fresh
         // An app end without its bridge end is a leftover of ours (preflight checked that
         // nothing else is there).
         app.delete_link(&p.app_ifname).await?;
-        nl.create_veth((&p.bridge_port, p.ifindex), (&p.app_ifname, None)).await?;
-        nl.move_to_netns(&p.app_ifname, &app_ns).await?;
+        nl.create_veth((&p.bridge_port, p.ifindex), (&p.app_ifname, None), &app_ns).await?;
     }
     Ok(Some(app))
 }
@@ -114,6 +113,7 @@ fn write_maps<K: NiDriver>(
     out: &mut ApplyOutcome,
 ) -> Result<()> {
     let published = maps.port(key);
+    let swap_started = std::time::Instant::now();
     let acl = port_acl(maps, p, published.as_ref(), before)?;
     if acl.replaces.is_some() {
         out.report.changes.push(format!("{}: ACL of {} ({}) changed", ni.name, p.bridge_port, p.app));
@@ -144,8 +144,23 @@ fn write_maps<K: NiDriver>(
         }
         debug!(port = p.bridge_port, acl_id = acl.id, "port config written");
     }
+    match (acl.replaces, before) {
+        (Some(old), Some(before)) => maps.acls.remove_holding(old, &before.acl),
+        (Some(old), None) => maps.acls.remove(old),
+        (None, _) => {}
+    }
     if let Some(old) = acl.replaces {
-        maps.acls.remove(old);
+        info!(
+            port = p.bridge_port,
+            aces = p.acl.len(),
+            kept_aces = acl.kept_aces,
+            old_acl_id = old,
+            acl_id = acl.id,
+            ms = swap_started.elapsed().as_secs_f64() * 1000.0,
+            "{}: ACL of {} swapped (written, switched, the old one removed)",
+            ni.name,
+            p.app
+        );
     }
     // Counters are for the metrics: a port without them still enforces (warned).
     if let Err(e) = maps.ensure_port_counters(key) {
