@@ -30,6 +30,8 @@ pub struct Plan {
     pub flow_interim: std::time::Duration,
     /// Where `/metrics` is served.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The redirect fast path for local NIs (`[agent] fast_path`).
+    pub fast_path: bool,
     pub uplinks: Vec<UplinkPlan>,
     pub nis: Vec<NiPlan>,
 }
@@ -287,6 +289,7 @@ pub fn build(config: &Config) -> Plan {
         flow_log_max_bytes: agent.flow_log_max_bytes,
         flow_interim: agent.flow_interim,
         metrics: agent.metrics,
+        fast_path: agent.fast_path,
         uplinks,
         nis: config.networks.iter().map(|n| ni_plan(n, &config.apps)).collect(),
     }

@@ -10,6 +10,7 @@ pub mod acl;
 pub mod classify;
 pub mod ct;
 pub mod event;
+pub mod fast;
 pub mod frag;
 pub mod guard;
 pub mod limit;
@@ -48,7 +49,7 @@ pub mod map_names {
     pub const ACL_HOSTS: &str = "ACLHOST_V1";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V1";
-    pub const STATS: &str = "STATS_V5";
+    pub const STATS: &str = "STATS_V6";
     pub const NAT: &str = "NAT_V1";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -61,6 +62,10 @@ pub mod map_names {
     pub const ZONE_USE: &str = "ZONEUSE_V1";
     pub const EVENTS: &str = "FLOWEV_V2";
     pub const PORT_STATS: &str = "PORTSTAT_V1";
+    /// zone -> where the NI's fast path leads (`fast::FastZone`).
+    pub const FAST_ZONES: &str = "FASTZONE_V1";
+    /// The programs' scratch space for FIB lookups (per CPU).
+    pub const FIB_SCRATCH: &str = "FIBSCRATCH_V1";
 }
 
 /// The /24 of the NIs' veth pairs (169.254.100.0/24): the agent-side ends are the
@@ -293,6 +298,15 @@ stats! {
     /// A flow whose port's ACL changed but which the new ACL decides alike (its deciding
     /// ACE is among those the change kept, or a rule decided it): not judged again.
     RejudgeSkipped = 25 => "rejudge_skipped",
+    /// Fast path (`fast`): an app's packet sent from its port straight to the NI veth.
+    FastFromApp = 26 => "fast_from_app",
+    /// Fast path: a packet from an NI sent from the agent-side veth straight out of its
+    /// uplink.
+    FastToUplink = 27 => "fast_to_uplink",
+    /// Fast path: a reply sent from the uplink straight into its NI (the NI veth).
+    FastFromUplink = 28 => "fast_from_uplink",
+    /// Fast path: a reply sent from the NI veth straight to its app's port.
+    FastToApp = 29 => "fast_to_app",
 }
 
 /// The map types' sizes, checked when either side compiles: a field added or reordered
@@ -322,6 +336,7 @@ const _: () = {
     assert!(size_of::<limit::LimitKey>() == 12);
     assert!(size_of::<limit::Bucket>() == 64);
     assert!(size_of::<ZoneUse>() == 16);
+    assert!(size_of::<fast::FastZone>() == 16);
     assert!(size_of::<event::FlowEvent>() == 112);
     assert!(size_of::<PortCounters>() == 64);
     assert!(size_of::<frag::FragKey>() == 16);
@@ -354,6 +369,7 @@ mod pod {
     unsafe impl aya::Pod for super::limit::LimitKey {}
     unsafe impl aya::Pod for super::limit::Bucket {}
     unsafe impl aya::Pod for super::ZoneUse {}
+    unsafe impl aya::Pod for super::fast::FastZone {}
     unsafe impl aya::Pod for super::event::FlowEvent {}
     unsafe impl aya::Pod for super::PortCounters {}
 }

@@ -28,7 +28,7 @@ use netns_ebpf_common::{
 };
 
 use crate::{
-    budget, events, frag,
+    budget, events, fast, frag,
     maps::{
         zone, ACES, ACL_HOSTS, ACL_IP, ACL_PORT, ACL_PROTO, ACL_SHAPES, ACL_WALK, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT,
         PORTMAPS, PORT_STATS,
@@ -307,6 +307,9 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
         learn_address(ctx, &ikey, iface, flow);
     }
     count(Stat::PassCt);
+    if side == Side::FromApp {
+        return fast::from_app(ctx.skb.skb, zone, flow);
+    }
     TC_ACT_OK
 }
 

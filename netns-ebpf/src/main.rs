@@ -26,6 +26,8 @@ mod budget;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
+mod fast;
+#[cfg(target_arch = "bpf")]
 mod frag;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -1,7 +1,7 @@
 //! The maps every program shares (pinned by the agent under its pin directory, names
 //! from `map_names`), and `zone`, which tells a program the NI of the interface it runs on.
 
-use crate::{app_port::WalkState, skb::ifindex};
+use crate::{app_port::WalkState, fast::FibScratch, skb::ifindex};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -13,6 +13,7 @@ use netns_ebpf_common::{
     classify::{AceKey, AclShape, Bits, IpBitsKey, PortBitsKey, ProtoBitsKey, ACES_MAX_ENTRIES, BITS_MAX_ENTRIES, SHAPES_MAX_ENTRIES},
     ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
     event::{FlowEvent, EVENTS_BYTES},
+    fast::FastZone,
     frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
     limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
@@ -95,7 +96,7 @@ pub static ACL_WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
-#[btf_map(name = "STATS_V5")]
+#[btf_map(name = "STATS_V6")]
 pub static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "NAT_V1")]
@@ -125,3 +126,13 @@ pub static DEVICE: HashMap<netns_ebpf_common::Ipv4, u32, { MAX_DEVICE_ADDRS as u
 /// Token buckets of `limit` ACEs.
 #[btf_map(name = "LIMIT_V1")]
 pub static LIMITS: HashMap<LimitKey, Bucket, { LIMIT_MAX_ENTRIES as usize }> = HashMap::new();
+
+/// Where each NI's fast path leads (`netns_ebpf_common::fast`), indexed by zone; an
+/// entry the agent did not write (zeros) says the NI takes the kernel's path.
+#[btf_map(name = "FASTZONE_V1")]
+pub static FAST_ZONES: Array<FastZone, { MAX_ZONES as usize }> = Array::new();
+
+/// The FIB lookup's parameters, one per CPU: 64 bytes more on the from-app program's
+/// stack would pass the 512 that 6.1's verifier allows.
+#[btf_map(name = "FIBSCRATCH_V1")]
+pub static FIB_SCRATCH: PerCpuArray<FibScratch, 1> = PerCpuArray::new();

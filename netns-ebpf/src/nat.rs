@@ -12,14 +12,14 @@ use aya_ebpf::{
 };
 use netns_ebpf_common::{
     acl::prefix_contains,
-    guard,
-    nat::{self, candidate_port, NatIface, NatKey, NatValue, PortmapKey, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    fast as fast_path, guard,
+    nat::{self, candidate_port, NatIface, NatKey, NatValue, PortmapKey, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, Parsed, FRAG_LATER, FRAG_NONE},
     IfaceKey, Stat, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
-    budget, frag,
+    budget, fast, frag,
     maps::{zone, NAT, NAT_IFACES, PORTMAPS},
     rewrite,
     skb::{count, ifindex, Skb},
@@ -67,7 +67,8 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     // destination rewrites on the way in (PREROUTING). A flow's entries are visible on
     // every interface of the domain, and applying one at the wrong side would, e.g., give
     // a packet entering from an NI the uplink's own (local) address as source.
-    if let Some(v) = NAT.get_ptr_mut(&key).filter(|v| (unsafe { (**v).rewrite } == REWRITE_SRC) == egress) {
+    let entry = NAT.get_ptr_mut(&key);
+    if let Some(v) = entry.filter(|v| (unsafe { (**v).rewrite } == REWRITE_SRC) == egress) {
         let v = unsafe { &mut *v };
         v.last_seen_ns = now;
         let flags = nat::flags_after(v.flags, flow.proto, flow.tcp_flags);
@@ -75,7 +76,20 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             v.flags = flags;
         }
         let v = *v;
-        return finish(ctx, &mut flow, &v, Stat::NatRewrite);
+        let action = finish(ctx, &mut flow, &v, Stat::NatRewrite);
+        if action == TC_ACT_OK && !egress && fast_path::returns_translated(&v, &flow) {
+            // A reply, now addressed as its flow's inside end: the fast path may take
+            // it on from here (into the NI, or on to the app).
+            return if zone == DOMAIN_AGENT { fast::from_uplink(ctx, &flow) } else { fast::to_app(ctx, zone, &flow) };
+        }
+        return action;
+    }
+    if let Some(v) = entry.filter(|_| !egress && zone == DOMAIN_AGENT) {
+        let v = unsafe { &*v };
+        if fast_path::leaves_translated(v, &flow) {
+            // Leaving an NI for the uplink that translates it (at its egress, as before).
+            return fast::to_uplink(ctx, &flow, v.addr);
+        }
     }
     if flow.frag == FRAG_LATER {
         // Its datagram was not translated here: neither is it.

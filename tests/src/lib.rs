@@ -65,6 +65,9 @@ pub struct Scenario {
     /// Namespaces and directories added after creation (clouds, responders).
     extra_ns: Vec<String>,
     extra_dirs: Vec<PathBuf>,
+    /// `[agent] fast_path` of the configs written from here on: NETNS_TEST_FAST_PATH
+    /// ("on" or "off") unless a test sets it; neither: the agent's default (on).
+    pub fast_path: Option<bool>,
 }
 
 impl Scenario {
@@ -101,6 +104,7 @@ impl Scenario {
             children: Vec::new(),
             extra_ns: Vec::new(),
             extra_dirs: Vec::new(),
+            fast_path: fast_path_from_env(),
         };
         for ns in std::iter::once(s.zedbox.clone()).chain(s.apps.iter().map(|a| a.1.clone())) {
             netns_world::add_netns(&ns).unwrap_or_else(|e| panic!("{e:#}"));
@@ -298,8 +302,9 @@ impl Scenario {
 
     /// Replaces the config file (placeholders expanded, the [agent] header kept).
     pub fn write_config(&self, template: &str) {
+        let fast_path = self.fast_path.map(|on| format!("fast_path = {on}\n")).unwrap_or_default();
         let config = format!(
-            "[agent]\npin_dir = \"{}\"\nstate_dir = \"{}\"\n\n{}",
+            "[agent]\npin_dir = \"{}\"\nstate_dir = \"{}\"\n{fast_path}\n{}",
             self.pin_dir.display(),
             self.state_dir.display(),
             self.expand(template)
@@ -522,6 +527,16 @@ pub fn load_size(n: u64) -> u64 {
         (n / (10 * scale)).max(10)
     } else {
         n
+    }
+}
+
+/// NETNS_TEST_FAST_PATH: "on" or "off" sets `[agent] fast_path` in every test's config
+/// (`cargo xtask test` runs the VM stage with it off, the host's with the default).
+pub fn fast_path_from_env() -> Option<bool> {
+    match std::env::var("NETNS_TEST_FAST_PATH").ok()?.as_str() {
+        "on" => Some(true),
+        "off" => Some(false),
+        other => panic!("NETNS_TEST_FAST_PATH={other}: \"on\" or \"off\""),
     }
 }
 

@@ -114,6 +114,10 @@ fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
     assert!(got >= 15 && got <= expected + 1, "received {got}, expected 15 + 5/s * {took:.3} s = {expected}");
     let limits = s.flows_report().limits;
     assert!(limits[0].dropped >= 40 - expected - 1, "{limits:?}");
+    // Nothing is routed in a switch NI: no fast path.
+    for name in ["fast_from_app", "fast_to_uplink", "fast_from_uplink", "fast_to_app"] {
+        assert_eq!(s.counter(name), 0, "{name}: switch NIs have no fast path");
+    }
 
     // down gives the uplink back to the agent's netns.
     s.stop_agent();

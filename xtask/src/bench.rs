@@ -104,13 +104,22 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
         println!("  {name:<20} {insns:>5} instructions (xlated), {jited:>6} bytes jited");
     }
 
-    // Each ACL size in turn, applied to the running agent.
+    // Each ACL size in turn, applied to the running agent: with the fast path (the
+    // default), then the smallest and the largest without it.
     let mut ebpf = Vec::new();
     for aces in ACL_SIZES {
         std::fs::write(&config, bench_config(aces))?;
         apply(agent_bin, &config)?;
         ebpf.push((aces, measure(&format!("eBPF path, {aces} ACEs"), Some(agent.id()))?));
     }
+    let mut kernel_path = Vec::new();
+    for aces in [ACL_SIZES[0], ACL_SIZES[ACL_SIZES.len() - 1]] {
+        std::fs::write(&config, format!("[agent]\nfast_path = false\n\n{}", bench_config(aces)))?;
+        apply(agent_bin, &config)?;
+        kernel_path.push((aces, measure(&format!("eBPF path without the fast path, {aces} ACEs"), Some(agent.id()))?));
+    }
+    std::fs::write(&config, bench_config(ACL_SIZES[ACL_SIZES.len() - 1]))?;
+    apply(agent_bin, &config)?;
     let agent = apply_times(agent_bin, &config, agent)?;
 
     // The same with the flow log on: a restart over the applied system with it set.
@@ -165,6 +174,9 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     let mut rows: Vec<(String, &Measured)> = Vec::new();
     for (aces, m) in &ebpf {
         rows.push((format!("eBPF: {aces} ACEs, last allows; conntrack; 2x SNAT"), m));
+    }
+    for (aces, m) in &kernel_path {
+        rows.push((format!("eBPF without the fast path: {aces} ACEs"), m));
     }
     rows.push((format!("eBPF: {logged_aces} ACEs, with the flow log"), &logged));
     for (aces, m) in &ipt {

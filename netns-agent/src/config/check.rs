@@ -77,6 +77,7 @@ fn agent(a: &file::AgentSection, netns: &dyn NetnsLookup, err: &mut impl FnMut(S
         flow_log_max_bytes: *a.flow_log_max_bytes.get_ref(),
         flow_interim: Duration::from_secs(*a.flow_interim_secs.get_ref()),
         metrics: a.metrics,
+        fast_path: a.fast_path,
     }
 }
 

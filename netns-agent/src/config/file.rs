@@ -52,6 +52,14 @@ pub struct AgentSection {
     /// Where `/metrics` (Prometheus text) is served, in the agent's netns (off when unset).
     #[serde(default)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// The redirect fast path: established flows of local NIs skip the NI bridge and the
+    /// routing of the NI's and the agent's netns (see ARCHITECTURE.md). On by default.
+    #[serde(default = "default_fast_path")]
+    pub fast_path: bool,
+}
+
+fn default_fast_path() -> bool {
+    true
 }
 
 fn default_dns_host_grace() -> u64 {
@@ -77,6 +85,7 @@ impl Default for AgentSection {
             flow_log_max_bytes: default_flow_log_max_bytes(),
             flow_interim_secs: default_flow_interim(),
             metrics: None,
+            fast_path: default_fast_path(),
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct AgentSettings {
     pub flow_interim: Duration,
     /// Where `/metrics` (Prometheus text) is served, in the agent's netns (off when unset).
     pub metrics: Option<SocketAddr>,
+    /// The redirect fast path for the local NIs' established flows.
+    pub fast_path: bool,
 }
 
 /// An interface of the agent's netns that NIs reach the outside through; its address,

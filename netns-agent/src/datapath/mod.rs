@@ -3,7 +3,7 @@
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
 //!   CT_V4, DROP_V2, IFACE_V3, ACE_V1,   maps shared by every NI and the agent's netns
-//!   STATS_V5, NAT_V1, NATIF_V1, ...     (the list: `ALL_MAPS`)
+//!   STATS_V6, NAT_V1, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
 //!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running
 //!   @agent/<ifname>-nat-in, ...          the agent netns' NAT links (uplinks, NI veths)
@@ -24,6 +24,7 @@ use aya::{
 };
 use netns_ebpf_common::{
     ct::{CtKey, CtValue, CT_MAX_ENTRIES},
+    fast::FastZone,
     limit::{Bucket, LimitKey},
     map_names,
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
@@ -40,7 +41,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 23] = [
+const ALL_MAPS: [&str; 25] = [
     map_names::IF_ZONES,
     map_names::EVENTS,
     map_names::PORT_STATS,
@@ -64,6 +65,8 @@ const ALL_MAPS: [&str; 23] = [
     map_names::NAT,
     map_names::NAT_IFACES,
     map_names::PORTMAPS,
+    map_names::FAST_ZONES,
+    map_names::FIB_SCRATCH,
 ];
 const ALL_PROGRAMS: [&str; 4] =
     [prog_names::APP_PORT_FROM_APP, prog_names::APP_PORT_TO_APP, prog_names::NAT_INGRESS, prog_names::NAT_EGRESS];
@@ -343,6 +346,7 @@ pub struct Maps {
     ct: HashMap<MapData, CtKey, CtValue>,
     drops: HashMap<MapData, CtKey, CtValue>,
     zone_use: Array<MapData, ZoneUse>,
+    fast_zones: Array<MapData, FastZone>,
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
     /// ifindex -> zone of the interfaces that carry programs: kept to what IFACES and
     /// NATIF hold (`register`).
@@ -476,6 +480,7 @@ impl Maps {
             ct: open_map(pin_dir, map_names::CONNTRACK)?.try_into()?,
             drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
             zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
+            fast_zones: open_map(pin_dir, map_names::FAST_ZONES)?.try_into()?,
             ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
             if_zones: open_map(pin_dir, map_names::IF_ZONES)?.try_into()?,
             acls: AclStore::open(pin_dir)?,
@@ -721,8 +726,23 @@ impl Maps {
             .collect()
     }
 
+    /// Where zone `zone`'s fast path leads (`enabled` 0: it has none).
+    pub fn set_fast_zone(&mut self, zone: u32, fast: FastZone) -> Result<()> {
+        if self.fast_zones.get(&zone, 0).ok() == Some(fast) {
+            return Ok(());
+        }
+        self.fast_zones.set(zone, fast, 0).with_context(|| format!("writing zone {zone}'s fast path"))
+    }
+
+    pub fn fast_zone(&self, zone: u32) -> Option<FastZone> {
+        self.fast_zones.get(&zone, 0).ok()
+    }
+
     /// Forgets everything of zone `zone`: port configs and conntrack entries.
     pub fn remove_zone(&mut self, zone: u32) -> usize {
+        if let Err(e) = self.set_fast_zone(zone, FastZone::default()) {
+            tracing::warn!("{e:#}");
+        }
         self.remove_port_counters(|k| k.zone == zone);
         let acls = self.acl_ids(|k| k.zone == zone);
         remove_where(&mut self.ifaces, |k, _| k.zone == zone);

@@ -30,14 +30,15 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use tracing::{info, warn};
+use netns_ebpf_common::fast::FastZone;
+use tracing::{debug, info, warn};
 
 use crate::{
     config::NetworkKind,
     datapath::{self, Maps, Programs},
     netlink::{Netlink, Uplinks},
     netns::{self, Netns},
-    plan::{NiPlan, Plan, PortPlan},
+    plan::{NiPlan, Plan, PortPlan, BRIDGE},
     state::{AppliedState, ApplyReport, ItemState, NiRecord},
 };
 
@@ -389,7 +390,24 @@ impl Applier {
             }
         }
         port::remove_strays(self, ni, &nl).await?;
+        self.ensure_fast_path(kind, plan, ni, &nl).await?;
         Ok(port_errors)
+    }
+
+    /// Writes where NI `ni`'s fast path leads, or that it has none (its kind, no uplink,
+    /// `[agent] fast_path = false`).
+    async fn ensure_fast_path<K: NiDriver>(&mut self, kind: &K, plan: &Plan, ni: &NiPlan, nl: &Netlink) -> Result<()> {
+        let fast = match plan.fast_path && kind.fast_path() && ni.routed_uplink().is_some() {
+            true => FastZone {
+                enabled: 1,
+                bridge_ifindex: nl.link_index(BRIDGE).await?.with_context(|| format!("{}: no bridge", ni.name))?,
+                ni_veth_ifindex: ni.ni_veth_ifindex(),
+                agent_veth_ifindex: ni.agent_veth_ifindex(),
+            },
+            false => FastZone::default(),
+        };
+        debug!("{}: fast path {}", ni.name, if fast.enabled != 0 { "on" } else { "off" });
+        self.maps()?.set_fast_zone(ni.zone(), fast)
     }
 
     /// Removes one NI as recorded: its kind's objects, its ports, its pins and map

@@ -33,6 +33,11 @@ pub(crate) trait NiDriver {
     fn eve_ip(&self, ni: &NiPlan) -> [u8; 4] {
         ni.agent_ip.octets()
     }
+    /// Whether the kind's established flows may take the redirect fast path (with an
+    /// uplink, and `[agent] fast_path`).
+    fn fast_path(&self) -> bool {
+        false
+    }
 }
 
 /// A NATed NI: veth to the agent's netns, source NAT twice, port maps, EVE table.
@@ -54,6 +59,12 @@ async fn ensure_base(ni: &NiPlan) -> Result<(Netns, Netlink)> {
 }
 
 impl NiDriver for LocalNi {
+    /// Nothing on the NI's path but the bridge and two routing hops: the fast path
+    /// skips them.
+    fn fast_path(&self) -> bool {
+        true
+    }
+
     async fn ensure(&self, ap: &mut Applier, plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)> {
         let (ns, nl) = ensure_base(ni).await?;
         netns::write_sysctl(&ns, "net/ipv4/ip_forward", "1")?;
@@ -154,6 +165,8 @@ impl NiDriver for LocalNi {
 }
 
 impl NiDriver for VpnNi {
+    // No fast path (the default): xfrm's policy lookup happens on the kernel's path.
+
     async fn ensure(&self, ap: &mut Applier, plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)> {
         let (ns, nl) = LocalNi.ensure(ap, plan, ni).await?;
         if let Some(vpn) = &ni.vpn {
@@ -174,6 +187,8 @@ impl NiDriver for VpnNi {
 }
 
 impl NiDriver for SwitchNi {
+    // No fast path (the default): nothing is routed.
+
     async fn ensure(&self, ap: &mut Applier, _plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)> {
         let (ns, nl) = ensure_base(ni).await?;
         let uplink = ni.uplink.as_deref().context("a switch NI needs an uplink")?;

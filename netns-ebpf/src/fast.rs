@@ -1,0 +1,236 @@
+//! The redirect fast path (`netns_ebpf_common::fast` says which packets may take it and
+//! why): a FIB lookup in the packet's netns asks where the kernel would route it; when
+//! that is where the fast path leads, the packet is sent there directly, with the MACs
+//! and the TTL the routing hop would have given it. Anything else (no route, another
+//! interface, no neighbour where the kernel resolves it, the MTU, the last TTL) returns
+//! TC_ACT_OK: the kernel's path.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+use netns_ebpf_common::{
+    ct::{CtKey, FLAG_JUDGED_TO_APP},
+    fast::{self, FastZone},
+    nat::{NatKey, DOMAIN_AGENT},
+    packet::{Flow, ETH_HLEN},
+    veth_zone, IfaceKey, Ipv4, Stat,
+};
+
+use crate::{
+    maps::{CT, DEVICE, FAST_ZONES, FIB_SCRATCH, IFACES, NAT, NAT_IFACES},
+    skb::{count, ifindex},
+};
+
+/// `struct bpf_fib_lookup` as the kernel lays it out (64 bytes; the unions by the IPv4
+/// member the lookup reads or writes).
+#[repr(C)]
+pub struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: [u8; 2],
+    dport: [u8; 2],
+    /// In: the IPv4 total length to check against the MTU; 0: the kernel checks the
+    /// packet itself (a GSO packet by its segments). Out: the MTU.
+    tot_len: u16,
+    /// In: the interface the packet arrived on (rules' `iif`); out: where it leaves.
+    ifindex: u32,
+    tos: u32,
+    src: Ipv4,
+    src_v6_rest: [u32; 3],
+    /// In: the destination; out: the next hop (the gateway, or the destination).
+    dst: Ipv4,
+    dst_v6_rest: [u32; 3],
+    vlan: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// `struct bpf_redir_neigh`: the next hop for `bpf_redirect_neigh`.
+#[repr(C)]
+pub struct NextHop {
+    family: u32,
+    addr: Ipv4,
+    v6_rest: [u32; 3],
+}
+
+/// What the lookups and redirects read and write, in FIBSCRATCH_V1 (per CPU).
+#[repr(C)]
+pub struct FibScratch {
+    fib: FibParams,
+    nh: NextHop,
+    /// The flow's conntrack key (off the from-app frame too).
+    ct_key: CtKey,
+}
+
+const AF_INET: u8 = 2;
+const IP_TTL: usize = ETH_HLEN + 8;
+const IP_CSUM: usize = ETH_HLEN + 10;
+const FIB_PARAMS_LEN: i32 = size_of::<FibParams>() as i32;
+const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
+
+/// From an app's port (TC ingress): a packet of an answered, allowed flow goes straight
+/// to the NI veth's egress (its NAT program translates it there as before), past the
+/// bridge and the NI's routing. Its own BPF function: the from-app program's frame is
+/// near 6.1's 512 bytes, and this one's adds to it only here, not to the ACL search's.
+#[inline(never)]
+pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some(fz) = enabled(zone) else { return TC_ACT_OK };
+    let Some(s) = FIB_SCRATCH.get_ptr_mut(0) else { return TC_ACT_OK };
+    let Some(entry) = (unsafe {
+        // Field by field: a whole-struct store compiles to a call of `memset` for the
+        // padding, a BPF function whose frame 6.1 counts as 32 bytes more (the pad
+        // bytes stay zero: the per-CPU scratch starts zeroed and nothing writes them).
+        let (k, _) = CtKey::new(zone, flow);
+        let d = &mut (*s).ct_key;
+        (d.zone, d.addr_a, d.addr_b, d.port_a, d.port_b, d.proto) = (k.zone, k.addr_a, k.addr_b, k.port_a, k.port_b, k.proto);
+        CT.get(&(*s).ct_key)
+    }) else {
+        return TC_ACT_OK;
+    };
+    let to_device = unsafe { DEVICE.get(&flow.dst) }.is_some();
+    if !fast::app_packet_may_skip(entry.flags, flow, to_device) {
+        return TC_ACT_OK;
+    }
+    let Some(s) = lookup(&ctx, fz.bridge_ifindex, flow) else { return TC_ACT_OK };
+    if unsafe { (*s).fib.ifindex } != fz.ni_veth_ifindex || routing_hop(&ctx, s).is_err() {
+        return TC_ACT_OK;
+    }
+    count(Stat::FastFromApp);
+    unsafe { bpf_redirect(fz.ni_veth_ifindex, 0) as i32 }
+}
+
+/// At the agent-side veth's ingress: a packet whose translation at the uplink is known
+/// (`v_addr`: the address it gets there) goes straight out of that uplink, to the next
+/// hop the NI's uplink table gives (the lookup sees the `iif` rule), past the agent's
+/// routing, by `bpf_redirect_neigh` (the neighbour layer writes the MACs, as on the
+/// kernel's path); the uplink's egress program translates it as before.
+#[inline(always)]
+pub fn to_uplink(ctx: &TcContext, flow: &Flow, v_addr: Ipv4) -> i32 {
+    let Some(fz) = enabled(veth_zone(flow.src)) else { return TC_ACT_OK };
+    if ifindex(ctx) != fz.agent_veth_ifindex {
+        return TC_ACT_OK;
+    }
+    let Some(s) = lookup(ctx, fz.agent_veth_ifindex, flow) else { return TC_ACT_OK };
+    let out = unsafe { (*s).fib.ifindex };
+    // The uplink whose translation the flow has: not some other way out.
+    match unsafe { NAT_IFACES.get(IfaceKey { zone: DOMAIN_AGENT, ifindex: out }) } {
+        Some(nif) if nif.snat == 1 && nif.snat_ip == v_addr => {}
+        _ => return TC_ACT_OK,
+    }
+    if hop_ttl(ctx).is_err() {
+        return TC_ACT_OK;
+    }
+    unsafe {
+        (*s).nh.family = AF_INET as u32;
+        (*s).nh.addr = (*s).fib.dst;
+    }
+    count(Stat::FastToUplink);
+    unsafe { bpf_redirect_neigh(out, &mut (*s).nh as *mut NextHop as *mut bpf_redir_neigh, NEXT_HOP_LEN, 0) as i32 }
+}
+
+/// At an uplink's ingress, after the reply's translation back to an NI veth address:
+/// straight into that NI (its veth's ingress, by `bpf_redirect_peer`), past the agent's
+/// routing and the agent-side veth's egress, whose program must then have nothing to
+/// do: no translation in the agent's domain is keyed by the packet as it is now (a
+/// hairpin's reply, say, gets the port map's address back there). The mark is cleared
+/// as the veth would clear it between namespaces.
+#[inline(always)]
+pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
+    let Some(fz) = enabled(veth_zone(flow.dst)) else { return TC_ACT_OK };
+    if unsafe { NAT.get(&NatKey::of(DOMAIN_AGENT, flow)) }.is_some() {
+        return TC_ACT_OK;
+    }
+    let Some(s) = lookup(ctx, ifindex(ctx), flow) else { return TC_ACT_OK };
+    if unsafe { (*s).fib.ifindex } != fz.agent_veth_ifindex || routing_hop(ctx, s).is_err() {
+        return TC_ACT_OK;
+    }
+    ctx.set_mark(0);
+    count(Stat::FastFromUplink);
+    unsafe { bpf_redirect_peer(fz.agent_veth_ifindex, 0) as i32 }
+}
+
+/// At the NI veth's ingress, after the reply's translation back to the app's address:
+/// straight to the egress of the app's port (its to-app program judges and counts it as
+/// before), past the NI's routing and the bridge. The port is the one that judged the
+/// flow's first packet (the conntrack says), and the FIB's neighbour for the address
+/// must be that port's app. Replies from the device's own addresses (hairpin port
+/// maps) come back the kernel's way, as their flows went out.
+#[inline(always)]
+pub fn to_app(ctx: &TcContext, zone: u32, flow: &Flow) -> i32 {
+    let Some(fz) = enabled(zone) else { return TC_ACT_OK };
+    if ifindex(ctx) != fz.ni_veth_ifindex || unsafe { DEVICE.get(&flow.src) }.is_some() {
+        return TC_ACT_OK;
+    }
+    let (key, _) = CtKey::new(zone, flow);
+    let port = match unsafe { CT.get(&key) } {
+        Some(e) if e.flags & FLAG_JUDGED_TO_APP == 0 => e.judge_ifindex,
+        _ => return TC_ACT_OK,
+    };
+    let Some(iface) = (unsafe { IFACES.get(IfaceKey { zone, ifindex: port }) }) else { return TC_ACT_OK };
+    if iface.app_ip != flow.dst {
+        return TC_ACT_OK;
+    }
+    let Some(s) = lookup(ctx, fz.ni_veth_ifindex, flow) else { return TC_ACT_OK };
+    if unsafe { (*s).fib.ifindex != fz.bridge_ifindex || (*s).fib.dmac != iface.app_mac } || routing_hop(ctx, s).is_err() {
+        return TC_ACT_OK;
+    }
+    count(Stat::FastToApp);
+    unsafe { bpf_redirect(port, 0) as i32 }
+}
+
+#[inline(always)]
+fn enabled(zone: u32) -> Option<&'static FastZone> {
+    FAST_ZONES.get(zone).filter(|fz| fz.enabled != 0)
+}
+
+/// Where the kernel would forward `flow`'s packet arriving on `iif`: the scratch holding
+/// the answer (out interface, next hop, MACs). None: not forwarded (local, no route, the
+/// MTU) or no neighbour entry yet (the kernel's path resolves it; later packets find it).
+#[inline(always)]
+fn lookup(ctx: &TcContext, iif: u32, flow: &Flow) -> Option<*mut FibScratch> {
+    let s = FIB_SCRATCH.get_ptr_mut(0)?;
+    let rc = unsafe {
+        let p = &mut (*s).fib;
+        p.family = AF_INET;
+        p.l4_protocol = flow.proto;
+        p.sport = flow.sport.to_be_bytes();
+        p.dport = flow.dport.to_be_bytes();
+        // 0: the kernel checks the packet against the MTU, a GSO packet by its
+        // segments (its total length would never pass).
+        p.tot_len = 0;
+        p.ifindex = iif;
+        // (The lookup wrote its metric over `tos` last time.) The IPv6 parts and the
+        // VLAN are never read for IPv4 nor written: they stay zero from the map's
+        // creation, and zeroing them here would call `memset` (see `from_app`).
+        p.tos = 0;
+        p.src = flow.src;
+        p.dst = flow.dst;
+        bpf_fib_lookup(ctx.skb.skb as *mut c_void, p as *mut FibParams as *mut bpf_fib_lookup, FIB_PARAMS_LEN, 0)
+    };
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(s)
+}
+
+/// What the routing hop the packet skips would have done: the TTL down by one (not
+/// the last: the kernel's path sends the error), the MACs of the lookup's answer.
+#[inline(always)]
+fn routing_hop(ctx: &TcContext, s: *mut FibScratch) -> Result<(), ()> {
+    hop_ttl(ctx)?;
+    unsafe {
+        ctx.store(0, &(*s).fib.dmac, 0).map_err(|_| ())?;
+        ctx.store(6, &(*s).fib.smac, 0).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn hop_ttl(ctx: &TcContext) -> Result<(), ()> {
+    let old: [u8; 2] = ctx.load(IP_TTL).map_err(|_| ())?;
+    let new = fast::after_hop(old).ok_or(())?;
+    ctx.l3_csum_replace(IP_CSUM, u16::from_ne_bytes(old) as u64, u16::from_ne_bytes(new) as u64, 2).map_err(|_| ())?;
+    ctx.store(IP_TTL, &new, 0).map_err(|_| ())
+}
