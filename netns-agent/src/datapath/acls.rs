@@ -13,7 +13,7 @@ use netns_ebpf_common::{
     map_names,
 };
 
-use super::{open_map, remove_where};
+use super::{batch::BatchMap, open_map, remove_where};
 
 pub struct AclStore {
     shapes: HashMap<MapData, u32, AclShape>,
@@ -22,6 +22,10 @@ pub struct AclStore {
     port: HashMap<MapData, PortBitsKey, Bits>,
     aces: HashMap<MapData, AceKey, Ace>,
     hosts: HashMap<MapData, AceKey, u32>,
+    /// The four hash maps again, for batched writes and removals: an ACL's thousands of
+    /// entries in one system call per map (the LPM trie has no batch commands; it holds
+    /// an entry per distinct prefix).
+    batched: [BatchMap; 4],
     /// The next id to hand out: above every id in the maps when they were opened.
     next_id: u32,
 }
@@ -37,6 +41,12 @@ impl AclStore {
             port: open_map(pin_dir, map_names::ACL_PORT)?.try_into()?,
             aces: open_map(pin_dir, map_names::ACES)?.try_into()?,
             hosts: open_map(pin_dir, map_names::ACL_HOSTS)?.try_into()?,
+            batched: [
+                BatchMap::open(pin_dir, map_names::ACL_PROTO)?,
+                BatchMap::open(pin_dir, map_names::ACL_PORT)?,
+                BatchMap::open(pin_dir, map_names::ACES)?,
+                BatchMap::open(pin_dir, map_names::ACL_HOSTS)?,
+            ],
             next_id,
         })
     }
@@ -58,18 +68,11 @@ impl AclStore {
         for (len, key, bits) in &c.ip {
             self.ip.insert(&LpmKey::new(*len, *key), bits, 0).context("ACLIP")?;
         }
-        for (key, bits) in &c.proto {
-            self.proto.insert(key, bits, 0).context("ACLPROTO")?;
-        }
-        for (key, bits) in &c.port {
-            self.port.insert(key, bits, 0).context("ACLPORT")?;
-        }
-        for (key, ace) in &c.aces {
-            self.aces.insert(key, ace, 0).context("ACE")?;
-        }
-        for (key, index) in &c.hosts {
-            self.hosts.insert(key, index, 0).context("ACLHOST")?;
-        }
+        let [proto, port, aces, hosts] = &self.batched;
+        proto.insert_all(&c.proto)?;
+        port.insert_all(&c.port)?;
+        aces.insert_all(&c.aces)?;
+        hosts.insert_all(&c.hosts)?;
         self.shapes.insert(id, c.shape, 0).context("ACLSHAPE")
     }
 
@@ -120,18 +123,11 @@ impl AclStore {
         for (len, key, _) in &c.ip {
             self.ip.remove(&LpmKey::new(*len, *key)).ok();
         }
-        for (key, _) in &c.proto {
-            self.proto.remove(key).ok();
-        }
-        for (key, _) in &c.port {
-            self.port.remove(key).ok();
-        }
-        for (key, _) in &c.aces {
-            self.aces.remove(key).ok();
-        }
-        for (key, _) in &c.hosts {
-            self.hosts.remove(key).ok();
-        }
+        let [proto, port, aces, hosts] = &self.batched;
+        proto.remove_all(&keys(&c.proto));
+        port.remove_all(&keys(&c.port));
+        aces.remove_all(&keys(&c.aces));
+        hosts.remove_all(&keys(&c.hosts));
     }
 
     /// Removes every ACL that `doomed` selects, walking the maps; returns how many
@@ -167,4 +163,8 @@ impl AclStore {
         }
         unnamed.len()
     }
+}
+
+fn keys<K: Copy, V>(entries: &[(K, V)]) -> Vec<K> {
+    entries.iter().map(|(k, _)| *k).collect()
 }

@@ -9,6 +9,7 @@
 //!   @agent/<ifname>-nat-in, ...          the agent netns' NAT links (uplinks, NI veths)
 
 mod acls;
+mod batch;
 
 use std::path::{Path, PathBuf};
 
