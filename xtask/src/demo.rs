@@ -81,9 +81,12 @@ struct Demo {
     failed: u32,
     /// The VPN NIs' and the clouds' IPsec backend: "kernel" or "libipsec".
     ipsec_backend: &'static str,
+    /// `[agent] fast_path`.
+    fast_path: bool,
 }
 
-pub fn run(agent_bin: &Path, keep: bool, eve: bool) -> Result<()> {
+/// `fast_path`: the agent's `[agent] fast_path` (false: `--no-fast-path`).
+pub fn run(agent_bin: &Path, keep: bool, eve: bool, fast_path: bool) -> Result<()> {
     for ns in all_namespaces() {
         if Path::new("/run/netns").join(ns).exists() {
             bail!("netns {ns} already exists: a previous demo is still up (`cargo xtask demo` removes it when it ends; after --keep use the printed command)");
@@ -101,10 +104,13 @@ pub fn run(agent_bin: &Path, keep: bool, eve: bool) -> Result<()> {
         servers: Vec::new(),
         failed: 0,
         ipsec_backend,
+        fast_path,
     };
-    std::fs::write(&demo.config, CONFIG.replace("@backend", ipsec_backend))?;
+    let agent_table = if fast_path { "[agent]\n".to_string() } else { "[agent]\nfast_path = false\n".to_string() };
+    let fill = |text: &str| text.replace("@backend", ipsec_backend).replacen("[agent]\n", &agent_table, 1);
+    std::fs::write(&demo.config, fill(CONFIG))?;
     if let Some((_, bindings)) = &demo.eve {
-        std::fs::write(bindings, EVE_BINDINGS.replace("@backend", ipsec_backend))?;
+        std::fs::write(bindings, fill(EVE_BINDINGS))?;
     }
     let result = demo.scenario();
     if keep && result.is_ok() {
@@ -423,6 +429,13 @@ impl Demo {
                 && value("netns_agent_datapath_drops_total{reason=\"acl\"}") > 0.0
                 && metrics.lines().filter(|l| l.starts_with("netns_agent_vpn_tunnel_up{") && l.ends_with(" 1")).count() == 2,
         );
+        let fast = ["fast_from_app", "fast_to_uplink", "fast_from_uplink", "fast_to_app"]
+            .map(|c| value(&format!("netns_agent_datapath_decisions_total{{counter=\"{c}\"}}")));
+        println!("  fast path (packets per hop: from app, to uplink, from uplink, to app): {fast:?}");
+        match self.fast_path {
+            true => self.check("the fast path carried the answered flows, every hop of it", fast.iter().all(|n| *n > 0.0)),
+            false => self.check("fast_path = false: no packet took the fast path", fast.iter().all(|n| *n == 0.0)),
+        }
         step("DNS requests seen by the NIs' proxies: netns-agent dns-log");
         crate::run(Command::new(&self.agent_bin).arg("dns-log"))?;
         step("netns-agent status");

@@ -46,6 +46,9 @@ enum Task {
         /// and the demo's bindings instead of the hand-written TOML.
         #[arg(long)]
         eve: bool,
+        /// With `[agent] fast_path = false`: every packet on the kernel's path.
+        #[arg(long)]
+        no_fast_path: bool,
     },
     /// Throughput through the eBPF path vs the same path without programs, side by side;
     /// apply times; apply at scale.
@@ -95,10 +98,10 @@ fn dispatch(task: Task) -> Result<()> {
     match task {
         Task::Setup => setup(),
         Task::Test { vm, vm_only, args } => test(vm || vm_only, !vm_only, &args),
-        Task::Demo { keep, eve } => {
+        Task::Demo { keep, eve, no_fast_path } => {
             setup()?;
             build_agent()?;
-            demo::run(&workspace_root().join("target/debug/netns-agent"), keep, eve)
+            demo::run(&workspace_root().join("target/debug/netns-agent"), keep, eve, !no_fast_path)
         }
         Task::Lint => lint(),
         Task::Bench { scale_only } => {
