@@ -14,7 +14,7 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoKind, InfoVeth, LinkFlags},
+        link::{InfoBridge, InfoData, InfoKind, InfoVeth, LinkFlags},
         route::{RouteAttribute, RouteMessage, RouteScope, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
         AddressFamily,
@@ -114,7 +114,9 @@ impl Netlink {
     pub async fn create_bridge(&self, name: &str) -> Result<u32> {
         self.handle
             .link()
-            .add(LinkBridge::new(name).build())
+            // No IGMP snooping from the start (`set_snooping_off`): turning it off later
+            // sends the apps a report of leaving the all-snoopers group.
+            .add(LinkBridge::new(name).set_info_data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(0)])).build())
             .execute()
             .await
             .with_context(|| self.ctx(format!("creating bridge {name}")))?;
@@ -168,6 +170,19 @@ impl Netlink {
         msg.header.change_mask.insert(LinkFlags::Multicast);
         self.handle.link().set(msg).execute().await.with_context(|| self.ctx(format!("turning multicast off on {name}")))?;
         Ok(())
+    }
+
+    /// Turns IGMP snooping off on bridge `name` (a bridge made before it was made without):
+    /// a snooping bridge joins the all-snoopers group (224.0.0.106) and sends every port
+    /// its reports, whatever the bridge's own multicast flag says. Already off: no change.
+    pub async fn set_snooping_off(&self, name: &str) -> Result<()> {
+        let index = self.index_of(name).await?;
+        let msg = LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge)
+            .index(index)
+            .set_info_data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(0)]))
+            .build();
+        // RTM_NEWLINK on the existing link (its bridge attributes): `set` cannot.
+        self.handle.link().set_port(msg).execute().await.with_context(|| self.ctx(format!("turning IGMP snooping off on {name}")))
     }
 
     pub async fn set_up(&self, name: &str) -> Result<()> {

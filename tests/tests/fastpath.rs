@@ -6,7 +6,7 @@
 //! switch and VPN NIs in their own tests.
 
 use netns_agent::flows::FlowRecord;
-use netns_tests::{EchoResult, Scenario, INET_IP};
+use netns_tests::{EchoResult, Scenario, FAST_PATH_COUNTERS, INET_IP};
 
 /// ni1 and ni2 on eth0; app2 (ni2) exposes its port 7 as eth0's 8007.
 const TWO_NIS: &str = r#"
@@ -47,7 +47,6 @@ ip = "10.10.2.2"
 acl = [{ id = 1, match = { protocol = "tcp", lport = 8007 }, action = { portmap = 7 } }]
 "#;
 
-const FAST: [&str; 4] = ["fast_from_app", "fast_to_uplink", "fast_from_uplink", "fast_to_app"];
 const SENT: usize = 2_000_000;
 
 /// The fast path on, whatever NETNS_TEST_FAST_PATH says for the rest of the suite.
@@ -62,7 +61,7 @@ fn scenario() -> Scenario {
 
 fn fast_counters(s: &Scenario) -> [u64; 4] {
     let c = s.flows_report().counters;
-    FAST.map(|name| *c.get(name).unwrap_or_else(|| panic!("no counter {name}")))
+    FAST_PATH_COUNTERS.map(|name| *c.get(name).unwrap_or_else(|| panic!("no counter {name}")))
 }
 
 fn since(before: [u64; 4], after: [u64; 4]) -> [u64; 4] {

@@ -71,9 +71,11 @@ impl NiDriver for LocalNi {
         // The NI's TCP services know a connection's app by the mark its SYN got at the
         // app port (services/caller.rs), not by the address it claims.
         netns::write_sysctl(&ns, "net/ipv4/tcp_fwmark_accept", "1")?;
-        // The gateway has no use for multicast: without it the bridge sends the apps no
-        // IGMP reports (noise in their flow records and counters).
+        // The gateway has no use for multicast: without it, and without IGMP snooping,
+        // the bridge sends the apps no IGMP reports (noise in their flow records and
+        // counters).
         nl.set_multicast_off(BRIDGE).await?;
+        nl.set_snooping_off(BRIDGE).await?;
         nl.add_address(BRIDGE, ni.gateway, ni.subnet.prefix_len()).await?;
         nl.set_up(BRIDGE).await?;
 
