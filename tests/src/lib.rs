@@ -302,7 +302,8 @@ impl Scenario {
 
     /// Replaces the config file (placeholders expanded, the [agent] header kept).
     pub fn write_config(&self, template: &str) {
-        let fast_path = self.fast_path.map(|on| format!("fast_path = {on}\n")).unwrap_or_default();
+        // Four lines whatever `fast_path` is: the config tests name lines of the template.
+        let fast_path = self.fast_path.map(|on| format!("fast_path = {on}")).unwrap_or_default();
         let config = format!(
             "[agent]\npin_dir = \"{}\"\nstate_dir = \"{}\"\n{fast_path}\n{}",
             self.pin_dir.display(),
