@@ -14,6 +14,7 @@ pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod pool;
+pub mod rcu;
 pub mod reconcile;
 pub mod services;
 pub mod source;

@@ -32,6 +32,8 @@ pub struct Plan {
     pub metrics: Option<std::net::SocketAddr>,
     /// The redirect fast path for local NIs (`[agent] fast_path`).
     pub fast_path: bool,
+    /// `[agent] expedite_rcu` (`rcu`).
+    pub expedite_rcu: bool,
     pub uplinks: Vec<UplinkPlan>,
     pub nis: Vec<NiPlan>,
 }
@@ -290,6 +292,7 @@ pub fn build(config: &Config) -> Plan {
         flow_interim: agent.flow_interim,
         metrics: agent.metrics,
         fast_path: agent.fast_path,
+        expedite_rcu: agent.expedite_rcu,
         uplinks,
         nis: config.networks.iter().map(|n| ni_plan(n, &config.apps)).collect(),
     }

@@ -135,6 +135,9 @@ pub struct AppliedState {
     pub uplinks: Vec<UplinkPlan>,
     #[serde(default)]
     pub nat_ports: Option<(u16, u16)>,
+    /// `[agent] expedite_rcu` of the last apply: `down` follows it.
+    #[serde(default)]
+    pub expedite_rcu: bool,
     /// NI name -> what was applied there.
     #[serde(default)]
     pub nis: BTreeMap<String, NiRecord>,

@@ -78,6 +78,7 @@ fn agent(a: &file::AgentSection, netns: &dyn NetnsLookup, err: &mut impl FnMut(S
         flow_interim: Duration::from_secs(*a.flow_interim_secs.get_ref()),
         metrics: a.metrics,
         fast_path: a.fast_path,
+        expedite_rcu: a.expedite_rcu,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct AgentSettings {
     pub metrics: Option<SocketAddr>,
     /// The redirect fast path for the local NIs' established flows.
     pub fast_path: bool,
+    /// Expedited RCU grace periods while an apply or `down` runs (`rcu`).
+    pub expedite_rcu: bool,
 }
 
 /// An interface of the agent's netns that NIs reach the outside through; its address,

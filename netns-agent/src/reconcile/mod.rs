@@ -228,9 +228,11 @@ impl Applier {
         let started = Instant::now();
         let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         let uplinks = self.preflight(plan).await?;
+        let _rcu = crate::rcu::Expedited::begin(plan.expedite_rcu);
         datapath::prepare_pin_dir(&self.pin_dir)?;
         self.uplinks = uplinks;
         self.record.nat_ports = Some(plan.nat_ports);
+        self.record.expedite_rcu = plan.expedite_rcu;
         let mut out = ApplyOutcome::default();
         let mut errors = Vec::new();
 
@@ -423,6 +425,7 @@ impl Applier {
     /// Removes everything on record: every NI, the agent netns' level, the shared pins
     /// once no NI is left, the record. Goes on past errors and returns them all.
     pub async fn down(&mut self) -> Vec<anyhow::Error> {
+        let _rcu = crate::rcu::Expedited::begin(self.record.expedite_rcu);
         let mut errors = Vec::new();
         let nis: Vec<NiPlan> = self.record.nis.values().map(|r| r.plan.clone()).collect();
         for ni in &nis {
