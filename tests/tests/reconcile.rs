@@ -658,3 +658,30 @@ fn bpftool_dump(s: &Scenario, map: &str) -> Vec<Value> {
         })
         .collect()
 }
+
+/// `[agent] expedite_rcu`: the kernel's setting is expedited only while the agent applies
+/// or takes everything down, and is put back after each: a start, a change, a refused
+/// change, `down`.
+#[test]
+fn expedited_grace_periods_end_with_each_apply() {
+    let knob = || std::fs::read_to_string("/sys/kernel/rcu_expedited").unwrap().trim().to_string();
+    assert_eq!(knob(), "0", "the machine's own setting, before the test");
+    let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3", "app4"], 1, BASE);
+    s.set_agent_key("expedite_rcu = true");
+    s.start_agent();
+    assert_eq!(knob(), "0", "after the start's apply");
+    assert!(s.whoami(s.app("app1"), INET_IP, 7000).is_none(), "no server yet");
+    let changed = BASE.replace("fport = 7001", "fport = 7003");
+    s.write_config(&changed);
+    s.set_agent_key("expedite_rcu = true");
+    let out = s.agent_cmd(&["apply", "--config", s.config_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(knob(), "0", "after a change");
+    s.write_config(&changed.replace("[[app]]\nname = \"app2\"", "[[app]]\nname = \"app1\""));
+    assert!(!s.agent_cmd(&["apply", "--config", s.config_path.to_str().unwrap()]).status.success(), "two apps named app1");
+    assert_eq!(knob(), "0", "after a refused change");
+    s.stop_agent();
+    assert!(s.down().status.success());
+    assert_eq!(knob(), "0", "after down");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}
