@@ -735,10 +735,6 @@ impl Maps {
         self.fast_zones.set(zone, fast, 0).with_context(|| format!("writing zone {zone}'s fast path"))
     }
 
-    pub fn fast_zone(&self, zone: u32) -> Option<FastZone> {
-        self.fast_zones.get(&zone, 0).ok()
-    }
-
     /// Forgets everything of zone `zone`: port configs and conntrack entries.
     pub fn remove_zone(&mut self, zone: u32) -> usize {
         if let Err(e) = self.set_fast_zone(zone, FastZone::default()) {
