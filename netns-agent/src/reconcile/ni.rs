@@ -52,8 +52,10 @@ async fn ensure_base(ni: &NiPlan) -> Result<(Netns, Netlink)> {
     let ns = if netns::exists(&ni.name) { Netns::open(&netns::resolve(&ni.name))? } else { netns::create_named(&ni.name)? };
     let nl = Netlink::open(&ns)?;
     nl.set_up("lo").await?;
-    if nl.link_index(BRIDGE).await?.is_none() {
-        nl.create_bridge(BRIDGE).await?;
+    match nl.link_index(BRIDGE).await? {
+        // Made without IGMP snooping; one of an earlier agent is set so (`set_snooping_off`).
+        None => drop(nl.create_bridge(BRIDGE).await?),
+        Some(_) => nl.set_snooping_off(BRIDGE).await?,
     }
     Ok((ns, nl))
 }
@@ -71,11 +73,10 @@ impl NiDriver for LocalNi {
         // The NI's TCP services know a connection's app by the mark its SYN got at the
         // app port (services/caller.rs), not by the address it claims.
         netns::write_sysctl(&ns, "net/ipv4/tcp_fwmark_accept", "1")?;
-        // The gateway has no use for multicast: without it, and without IGMP snooping,
-        // the bridge sends the apps no IGMP reports (noise in their flow records and
-        // counters).
+        // The gateway has no use for multicast: without it (and without IGMP snooping,
+        // `ensure_base`) the bridge sends the apps no IGMP reports (noise in their flow
+        // records and counters).
         nl.set_multicast_off(BRIDGE).await?;
-        nl.set_snooping_off(BRIDGE).await?;
         nl.add_address(BRIDGE, ni.gateway, ni.subnet.prefix_len()).await?;
         nl.set_up(BRIDGE).await?;
 
