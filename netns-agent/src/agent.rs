@@ -38,8 +38,13 @@ use crate::{
 const EVENT_QUEUE: usize = 65536;
 /// DNS requests answered and not yet written to the flow log (beyond: counted as lost).
 const DNS_RECORD_QUEUE: usize = 4096;
-/// How often expired conntrack entries are swept (LRU eviction bounds the map anyway).
+/// How often expired conntrack entries are swept (LRU eviction bounds the map anyway)...
 const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// ... and how often the agent looks whether an NI holds over half its share of the flow
+/// maps, when it sweeps at once: at thousands of new flows a second, an NI's share
+/// lasts seconds, and expired flows would hold it (and have the NI's new flows
+/// refused) until the next sweep.
+const CT_PRESSURE_CHECK: Duration = Duration::from_secs(1);
 /// How often uplink addresses and gateways are compared with what was applied.
 const UPLINK_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -97,7 +102,8 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     );
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut sweep = tokio::time::interval(CT_SWEEP_INTERVAL);
+    let mut sweep_check = tokio::time::interval(CT_PRESSURE_CHECK);
+    let mut last_sweep = tokio::time::Instant::now();
     let mut uplink_poll = tokio::time::interval(UPLINK_POLL_INTERVAL);
     loop {
         tokio::select! {
@@ -121,7 +127,12 @@ pub async fn run(source: ConfigSource) -> Result<()> {
                 agent.flow_log.event(&event, lookups);
             }
             Some(request) = inputs.dns_requests.recv() => agent.flow_log.dns(request),
-            _ = sweep.tick() => agent.sweep(),
+            _ = sweep_check.tick() => {
+                if last_sweep.elapsed() >= CT_SWEEP_INTERVAL || agent.flow_maps_pressed() {
+                    agent.sweep();
+                    last_sweep = tokio::time::Instant::now();
+                }
+            }
         }
     }
     agent.stop().await;
@@ -250,6 +261,11 @@ impl Agent {
             warn!("following uplink changes: {e:#}");
         }
         *self.uplinks.write().unwrap() = self.applier.uplinks().clone();
+    }
+
+    /// Whether some NI holds over half its share of the conntrack or NAT map.
+    fn flow_maps_pressed(&self) -> bool {
+        self.maps.as_ref().is_some_and(|m| m.some_zone_pressed())
     }
 
     /// Expired conntrack entries out; the flow log and the map fill figures follow.

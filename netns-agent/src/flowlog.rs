@@ -656,9 +656,7 @@ async fn read_events(pin_dir: PathBuf, mut sink: impl FnMut(&FlowEvent)) -> Resu
     // AsyncFd holds it.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the flow event ring buffer: {e}"))?;
-    loop {
-        let mut ready = fd.readable_mut().await?;
-        let ring = ready.get_inner_mut();
+    let mut drain = |ring: &mut RingBuf<MapData>| {
         while let Some(item) = ring.next() {
             if item.len() >= size_of::<FlowEvent>() {
                 // SAFETY: the programs write whole `FlowEvent`s (repr(C), any bit pattern valid).
@@ -666,7 +664,19 @@ async fn read_events(pin_dir: PathBuf, mut sink: impl FnMut(&FlowEvent)) -> Resu
                 sink(&e);
             }
         }
-        ready.clear_ready();
+    };
+    // The programs wake us for a batch of events only (`EVENTS_WAKE_BYTES`): read at
+    // least every `EVENTS_POLL_MS` too.
+    let poll = Duration::from_millis(netns_ebpf_common::event::EVENTS_POLL_MS);
+    loop {
+        match tokio::time::timeout(poll, fd.readable_mut()).await {
+            Ok(ready) => {
+                let mut ready = ready?;
+                drain(ready.get_inner_mut());
+                ready.clear_ready();
+            }
+            Err(_) => drain(fd.get_mut()),
+        }
     }
 }
 

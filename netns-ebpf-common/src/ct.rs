@@ -197,7 +197,16 @@ pub fn tcp_next(state: u8, conn_flags: u8, tcp_flags: u8, dir: usize) -> (u8, u8
 
 const SEC: u64 = 1_000_000_000;
 
-/// How long an idle entry stays valid, as the kernel conntrack's defaults.
+/// How a TCP flow closed by both FINs or an RST stays: late segments (a retransmitted
+/// FIN, the last ACK) still pass, and the tuple is free again soon. The kernel's
+/// conntrack keeps TIME_WAIT 120 s but drops such entries early when its table is full;
+/// our shared maps cannot, and at 120 s an app's short connections (a few thousand a
+/// second) would fill its NI's share within seconds and have it refused for minutes.
+/// Cilium uses the same 10 s for closing flows.
+pub const CLOSED_TIMEOUT_NS: u64 = 10 * SEC;
+
+/// How long an idle entry stays valid: the kernel conntrack's defaults, but a closed
+/// TCP flow's [`CLOSED_TIMEOUT_NS`].
 #[inline(always)]
 pub fn idle_timeout_ns(proto: u8, tcp_state: u8, flags: u8) -> u64 {
     match proto {
@@ -205,8 +214,8 @@ pub fn idle_timeout_ns(proto: u8, tcp_state: u8, flags: u8) -> u64 {
             TCP_SYN_SENT => 120 * SEC,
             TCP_SYN_RECV => 60 * SEC,
             TCP_ESTABLISHED => 5 * 24 * 3600 * SEC,
-            TCP_FIN_WAIT | TCP_TIME_WAIT => 120 * SEC,
-            TCP_CLOSE => 10 * SEC,
+            TCP_FIN_WAIT => 120 * SEC,
+            TCP_TIME_WAIT | TCP_CLOSE => CLOSED_TIMEOUT_NS,
             _ => 300 * SEC,
         },
         PROTO_UDP if flags & FLAG_SEEN_REPLY != 0 => 120 * SEC,
@@ -337,6 +346,14 @@ mod tests {
         let v = CtValue { last_seen_ns: 10 * SEC, tcp_state: TCP_SYN_SENT, ..CtValue::default() };
         assert!(!is_expired(&v, PROTO_TCP, 100 * SEC));
         assert!(is_expired(&v, PROTO_TCP, 200 * SEC));
+        // Half closed: 2 minutes; closed (a FIN each way, or an RST): 10 s.
+        let half = CtValue { tcp_state: TCP_FIN_WAIT, ..v };
+        assert!(!is_expired(&half, PROTO_TCP, 100 * SEC));
+        for closed in [TCP_TIME_WAIT, TCP_CLOSE] {
+            let c = CtValue { tcp_state: closed, ..v };
+            assert!(!is_expired(&c, PROTO_TCP, 19 * SEC));
+            assert!(is_expired(&c, PROTO_TCP, 21 * SEC));
+        }
         let u = CtValue { last_seen_ns: 0, ..CtValue::default() };
         assert!(is_expired(&u, PROTO_UDP, 31 * SEC));
         let u = CtValue { flags: FLAG_SEEN_REPLY, ..u };

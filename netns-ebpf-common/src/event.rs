@@ -8,6 +8,14 @@ use crate::ct::{CtKey, CtValue, TCP_CLOSE, TCP_TIME_WAIT};
 
 /// Ring buffer size in bytes (a power of two, a multiple of the page size): ~9k events.
 pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Events wake the agent only once this much waits in the ring buffer (~500 events); the
+/// agent also reads it every [`EVENTS_POLL_MS`]. A wakeup per event is an interrupt
+/// and a context switch each: at 10,000 new flows a second (two events each) they
+/// cost the machine more than the events themselves.
+pub const EVENTS_WAKE_BYTES: u64 = 64 << 10;
+/// How often the agent reads the ring buffer without being woken: the most a flow
+/// record waits, at a low event rate.
+pub const EVENTS_POLL_MS: u64 = 100;
 
 /// A flow's entry was made (allowed).
 pub const EVENT_START: u8 = 1;

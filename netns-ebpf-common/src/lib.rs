@@ -50,7 +50,7 @@ pub mod map_names {
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V1";
     pub const STATS: &str = "STATS_V6";
-    pub const NAT: &str = "NAT_V1";
+    pub const NAT: &str = "NAT_V2";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
     pub const EIDSET: &str = "EIDSET_V1";
@@ -222,6 +222,14 @@ pub struct ZoneUse {
     pub nat: u32,
     pub ct_share: u32,
     pub nat_share: u32,
+}
+
+impl ZoneUse {
+    /// Over half of either share used: the agent sweeps every second, so that expired
+    /// entries (closed TCP flows after 10 s) give their room back promptly.
+    pub fn pressed(&self) -> bool {
+        (self.ct_share != 0 && self.ct > self.ct_share / 2) || (self.nat_share != 0 && self.nat > self.nat_share / 2)
+    }
 }
 
 /// The NI that a translation in the agent's netns belongs to: the NI whose veth address

@@ -3,11 +3,15 @@
 //! each keyed by the tuple as it arrives and saying what to rewrite; every NAT program of
 //! the domain consults the same map, so a reply is translated whichever interface it takes.
 
-use crate::{packet::Flow, Ipv4};
+use crate::{ct::CLOSED_TIMEOUT_NS, packet::Flow, Ipv4};
 
 /// The agent's own netns.
 pub const DOMAIN_AGENT: u32 = 0;
-pub const NAT_MAX_ENTRIES: u32 = 131072;
+/// NAT_V2's size: four entries per flow that crosses both stages (a pair in the NI, a
+/// pair in the agent's netns), so it holds as many such flows as the conntrack map
+/// (`ct::CT_MAX_ENTRIES`). At half this, one app's ephemeral ports (28,232, each a flow
+/// that its reused tuples keep translated alike) took an NI's whole share.
+pub const NAT_MAX_ENTRIES: u32 = 262_144;
 /// NATIF_V1's size: one entry per uplink and two per local or VPN NI (its veth's ends).
 pub const NAT_IFACES_MAX_ENTRIES: u32 = 256;
 /// PORTMAP_V1's size: two entries per port-map ACE (the uplink's domain and the NI's).
@@ -187,13 +191,16 @@ pub fn partner(key: &NatKey, v: &NatValue) -> NatKey {
 
 /// Idle time after which a translation (both entries at once, idle = since the later of
 /// their packets) goes. The same as the conntrack's for the flow's state, so neither
-/// outlives the other: TCP until answered (SYN_SENT) or once closing 120 s, answered
-/// 5 days; UDP 30 s, answered 120 s; ICMP 30 s; others 600 s. An RST shortens the life
-/// to 120 s until another packet shows the flow goes on.
+/// outlives the other: TCP until answered (SYN_SENT) or once closing 120 s, closed (a
+/// FIN each way: `closed`) [`CLOSED_TIMEOUT_NS`], answered 5 days; UDP 30 s, answered
+/// 120 s; ICMP 30 s; others 600 s. An RST shortens the life to 120 s until another
+/// packet shows the flow goes on (no window check here: a blind attacker's RST must not
+/// end an idle flow within seconds).
 #[inline(always)]
-pub fn pair_idle_timeout_ns(proto: u8, flags: u8, answered: bool) -> u64 {
+pub fn pair_idle_timeout_ns(proto: u8, flags: u8, answered: bool, closed: bool) -> u64 {
     const SEC: u64 = 1_000_000_000;
     match proto {
+        crate::PROTO_TCP if closed => CLOSED_TIMEOUT_NS,
         crate::PROTO_TCP if flags & (NAT_FLAG_CLOSING | NAT_FLAG_RST) != 0 || !answered => 120 * SEC,
         crate::PROTO_TCP => 5 * 24 * 3600 * SEC,
         crate::PROTO_UDP if answered => 120 * SEC,
@@ -203,13 +210,19 @@ pub fn pair_idle_timeout_ns(proto: u8, flags: u8, answered: bool) -> u64 {
 }
 
 /// Whether a translation is past its time: `entry` and its partner (if any) together.
+/// Each entry sees one direction's packets: both closing is a FIN each way.
 pub fn pair_expired(proto: u8, entry: &NatValue, partner: Option<&NatValue>, now_ns: u64) -> bool {
     let reply_used = |v: &NatValue| v.flags & NAT_FLAG_ORIG == 0 && v.flags & NAT_FLAG_USED != 0;
-    let (last, flags, answered) = match partner {
-        Some(p) => (entry.last_seen_ns.max(p.last_seen_ns), entry.flags | p.flags, reply_used(entry) || reply_used(p)),
-        None => (entry.last_seen_ns, entry.flags, reply_used(entry)),
+    let (last, flags, answered, closed) = match partner {
+        Some(p) => (
+            entry.last_seen_ns.max(p.last_seen_ns),
+            entry.flags | p.flags,
+            reply_used(entry) || reply_used(p),
+            entry.flags & p.flags & NAT_FLAG_CLOSING != 0,
+        ),
+        None => (entry.last_seen_ns, entry.flags, reply_used(entry), false),
     };
-    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered)
+    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered, closed)
 }
 
 /// The NI a translation counts against (see `ZoneUse`): its domain, or in the agent's
@@ -264,8 +277,15 @@ mod tests {
         assert!(!pair_expired(PROTO_TCP, &rev, Some(&fwd), 3 * 24 * 3600 * SEC), "both entries agree");
         // A FIN: 2 minutes; a SYN reusing the tuple reopens it.
         let closing = flags_after(rev.flags, PROTO_TCP, crate::packet::TCP_FIN);
+        assert!(!pair_expired(PROTO_TCP, &NatValue { flags: closing, ..rev }, Some(&fwd), 169 * SEC), "half closed");
         assert!(pair_expired(PROTO_TCP, &NatValue { flags: closing, ..rev }, Some(&fwd), 171 * SEC));
         assert_eq!(flags_after(closing, PROTO_TCP, crate::packet::TCP_SYN) & NAT_FLAG_CLOSING, 0);
+        // A FIN each way: closed, 10 s.
+        let fwd_closed = NatValue { flags: flags_after(fwd.flags, PROTO_TCP, crate::packet::TCP_FIN), ..fwd };
+        let rev_closed = NatValue { flags: closing, ..rev };
+        assert!(!pair_expired(PROTO_TCP, &rev_closed, Some(&fwd_closed), 59 * SEC));
+        assert!(pair_expired(PROTO_TCP, &rev_closed, Some(&fwd_closed), 61 * SEC));
+        assert!(pair_expired(PROTO_TCP, &fwd_closed, Some(&rev_closed), 61 * SEC), "both entries agree");
         // An RST counts until the next packet.
         let rst = flags_after(rev.flags, PROTO_TCP, crate::packet::TCP_RST);
         assert!(pair_expired(PROTO_TCP, &NatValue { flags: rst, ..rev }, Some(&fwd), 171 * SEC));

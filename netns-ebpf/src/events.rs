@@ -1,8 +1,12 @@
 //! Flow events to the agent (see `netns_ebpf_common::event`).
 
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ringbuf_query,
+};
 use netns_ebpf_common::{
     ct::{CtKey, CtValue},
-    event::FlowEvent,
+    event::{FlowEvent, EVENTS_WAKE_BYTES},
     Stat,
 };
 
@@ -27,5 +31,10 @@ pub fn emit(kind: u8, key: &CtKey, value: &CtValue, reason: Stat) {
         (*e)._pad = [0; 3];
         (*e).reason = reason as u32;
     }
-    slot.submit(0);
+    // Wake the agent only for a batch (see `EVENTS_WAKE_BYTES`).
+    // SAFETY: EVENTS is a ring buffer map (its static's address is the map, as aya's own
+    // helpers pass it); the query reads its positions.
+    let map = core::ptr::from_ref(&EVENTS).cast_mut().cast();
+    let waiting = unsafe { bpf_ringbuf_query(map, BPF_RB_AVAIL_DATA as u64) };
+    slot.submit(if waiting >= EVENTS_WAKE_BYTES { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 });
 }

@@ -99,7 +99,7 @@ const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 #[btf_map(name = "STATS_V6")]
 pub static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
 
-#[btf_map(name = "NAT_V1")]
+#[btf_map(name = "NAT_V2")]
 pub static NAT: LruHashMap<NatKey, NatValue, { NAT_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 /// Interfaces that translate: NI veths, agent-side veths, uplinks.

@@ -3,13 +3,14 @@
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
 //!   CT_V4, DROP_V2, IFACE_V3, ACE_V1,   maps shared by every NI and the agent's netns
-//!   STATS_V6, NAT_V1, NATIF_V1, ...     (the list: `ALL_MAPS`)
+//!   STATS_V6, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
 //!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running
 //!   @agent/<ifname>-nat-in, ...          the agent netns' NAT links (uplinks, NI veths)
 
 mod acls;
 mod batch;
+use batch::BatchMap;
 
 use std::path::{Path, PathBuf};
 
@@ -357,6 +358,8 @@ pub struct Maps {
     stats: PerCpuArray<MapData, u64>,
     port_stats: PerCpuHashMap<MapData, IfaceKey, PortCounters>,
     nat: HashMap<MapData, NatKey, NatValue>,
+    /// The conntrack, drop and NAT maps again, for the sweep's batched reads.
+    swept: [BatchMap; 3],
     nat_ifaces: HashMap<MapData, IfaceKey, NatIface>,
     portmaps: HashMap<MapData, PortmapKey, PortmapTarget>,
     eidset: HashMap<MapData, EidKey, u32>,
@@ -447,6 +450,38 @@ fn take_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, mut pr
     removed
 }
 
+/// Every entry of `map`, read in batches (`batched`: the same map; a failed batched read
+/// walks it entry by entry).
+fn read_all<K: aya::Pod, V: aya::Pod>(batched: &BatchMap, map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
+    batched.entries::<K, V>().unwrap_or_else(|_| map.iter().flatten().collect())
+}
+
+/// Splits `entries` (read from `map`) into those `doomed` spares (returned first) and
+/// those it dooms, which go (returned second, as they were when they went): one call
+/// each through `batched`, the same map. A doomed entry that a program refreshed
+/// meanwhile (a packet, a SYN reusing the tuple) is put back, unless the program made
+/// it anew already.
+fn sweep_where<K: aya::Pod, V: aya::Pod>(
+    batched: &BatchMap,
+    map: &mut HashMap<MapData, K, V>,
+    entries: Vec<(K, V)>,
+    doomed: impl Fn(&K, &V) -> bool,
+) -> (Vec<(K, V)>, Vec<(K, V)>) {
+    let (doomed_now, mut kept): (Vec<(K, V)>, Vec<(K, V)>) = entries.into_iter().partition(|(k, v)| doomed(k, v));
+    let mut removed = Vec::with_capacity(doomed_now.len());
+    for (k, _) in doomed_now {
+        let Some(v) = batched.take::<K, V>(&k) else { continue };
+        if doomed(&k, &v) {
+            removed.push((k, v));
+        } else {
+            // BPF_NOEXIST: a program's new entry for the key wins.
+            map.insert(k, v, 1).ok();
+            kept.push((k, v));
+        }
+    }
+    (kept, removed)
+}
+
 /// What a sweep of the flow maps did and saw.
 #[derive(Default)]
 pub struct Sweep {
@@ -488,6 +523,11 @@ impl Maps {
             stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
             port_stats: open_map(pin_dir, map_names::PORT_STATS)?.try_into()?,
             nat: open_map(pin_dir, map_names::NAT)?.try_into()?,
+            swept: [
+                BatchMap::open(pin_dir, map_names::CONNTRACK)?,
+                BatchMap::open(pin_dir, map_names::DROPS)?,
+                BatchMap::open(pin_dir, map_names::NAT)?,
+            ],
             nat_ifaces: open_map(pin_dir, map_names::NAT_IFACES)?.try_into()?,
             portmaps: open_map(pin_dir, map_names::PORTMAPS)?.try_into()?,
             eidset: open_map(pin_dir, map_names::EIDSET)?.try_into()?,
@@ -783,6 +823,12 @@ impl Maps {
         Ok(())
     }
 
+    /// Whether some zone holds over half its share of the conntrack or NAT map
+    /// (`ZoneUse::pressed`, by the programs' counts, which err high between sweeps).
+    pub fn some_zone_pressed(&self) -> bool {
+        self.zone_use.iter().flatten().any(|u| u.pressed())
+    }
+
     /// Drops conntrack entries, drop records and translations idle past their timeout
     /// (a translation's two entries together), then writes each zone's true use of the
     /// maps back.
@@ -790,30 +836,24 @@ impl Maps {
         use netns_ebpf_common::{ct::is_expired, nat};
         let mut ct_use = vec![0u32; MAX_ZONES as usize];
         let mut nat_use = vec![0u32; MAX_ZONES as usize];
-        let mut live_flows = Vec::new();
-        let expired_flows = take_where(&mut self.ct, |k, v| {
-            let gone = is_expired(v, k.proto, now_ns);
-            if !gone {
-                ct_use[(k.zone % MAX_ZONES) as usize] += 1;
-                live_flows.push((*k, *v));
-            }
-            gone
-        });
-        let mut drops_left = 0;
-        let drops_gone = remove_where(&mut self.drops, |k, v| {
-            let gone = is_expired(v, k.proto, now_ns);
-            drops_left += u64::from(!gone);
-            gone
-        });
+        let [ct, drops, nat_batch] = &self.swept;
+        let read = read_all(ct, &self.ct);
+        let (live_flows, expired_flows) = sweep_where(ct, &mut self.ct, read, |k, v| is_expired(v, k.proto, now_ns));
+        for (k, _) in &live_flows {
+            ct_use[(k.zone % MAX_ZONES) as usize] += 1;
+        }
+        let read = read_all(drops, &self.drops);
+        let (drops_left, drops_gone) = sweep_where(drops, &mut self.drops, read, |k, v| is_expired(v, k.proto, now_ns));
+        let (drops_left, drops_gone) = (drops_left.len() as u64, drops_gone.len());
         let expired = expired_flows.len() + drops_gone;
-        let entries: std::collections::HashMap<NatKey, NatValue> = self.nat.iter().flatten().collect();
-        let translations = remove_where(&mut self.nat, |k, v| {
-            let gone = nat::pair_expired(k.proto, v, entries.get(&nat::partner(k, v)), now_ns);
-            if !gone {
-                nat_use[(nat::owner_zone(k.domain, [k.src, k.dst, v.addr]) % MAX_ZONES) as usize] += 1;
-            }
-            gone
-        });
+        let read = read_all(nat_batch, &self.nat);
+        let entries: std::collections::HashMap<NatKey, NatValue> = read.iter().copied().collect();
+        let (translations_left, translations) =
+            sweep_where(nat_batch, &mut self.nat, read, |k, v| nat::pair_expired(k.proto, v, entries.get(&nat::partner(k, v)), now_ns));
+        for (k, v) in &translations_left {
+            nat_use[(nat::owner_zone(k.domain, [k.src, k.dst, v.addr]) % MAX_ZONES) as usize] += 1;
+        }
+        let translations = translations.len();
         for zone in 1..MAX_ZONES {
             let Ok(old) = self.zone_use.get(&zone, 0) else { continue };
             let (ct, nat) = (ct_use[zone as usize], nat_use[zone as usize]);
@@ -826,7 +866,7 @@ impl Maps {
         let fill = vec![
             MapFill { map: map_names::CONNTRACK, entries: live_flows.len() as u64, capacity: CT_MAX_ENTRIES as u64 },
             MapFill { map: map_names::DROPS, entries: drops_left, capacity: DROP_MAX_ENTRIES as u64 },
-            MapFill { map: map_names::NAT, entries: entries.len().saturating_sub(translations) as u64, capacity: NAT_MAX_ENTRIES as u64 },
+            MapFill { map: map_names::NAT, entries: translations_left.len() as u64, capacity: NAT_MAX_ENTRIES as u64 },
             MapFill { map: map_names::HOSTSET, entries: hosts_left as u64, capacity: HOSTSET_MAX_ENTRIES as u64 },
         ];
         Sweep { removed: expired + translations + hosts_gone, expired_flows, live_flows, fill }
