@@ -182,6 +182,24 @@ pub fn flags_after(flags: u8, proto: u8, tcp_flags: u8) -> u8 {
     f
 }
 
+/// Whether a packet that uses a source translation's original entry may be a new flow
+/// on the old tuple (a TCP SYN, any other protocol's packet): its translation's reply
+/// half is checked then. The agent's sweep judges a pair as it was when it read the map;
+/// a new flow reusing the tuple while it sweeps can keep the original half it refreshed
+/// and lose the reply half, and its answers would then find no translation.
+#[inline(always)]
+pub fn may_reuse_tuple(proto: u8, tcp_flags: u8) -> bool {
+    use crate::packet::{TCP_ACK, TCP_SYN};
+    proto != crate::PROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Whether `reply` is the reply half of the source translation that `flow` (as it
+/// leaves, untranslated) uses: it gives the answers back to the flow's source.
+#[inline(always)]
+pub fn is_reply_half(reply: &NatValue, flow: &Flow) -> bool {
+    reply.rewrite == REWRITE_DST && reply.flags & NAT_FLAG_ORIG == 0 && reply.addr == flow.src && reply.port == flow.sport
+}
+
 /// The other entry of a translation: each entry, rewritten by its own value and turned
 /// around, is its partner's key.
 #[inline(always)]
@@ -262,6 +280,21 @@ mod tests {
         let rev = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, ..NatValue::default() };
         let back = reply.rewritten(&rev);
         assert_eq!(back, NatKey::of(3, &f).reversed());
+    }
+
+    #[test]
+    fn a_reused_tuple_checks_its_reply_half() {
+        use crate::packet::{TCP_ACK, TCP_SYN};
+        assert!(may_reuse_tuple(PROTO_TCP, TCP_SYN));
+        assert!(!may_reuse_tuple(PROTO_TCP, TCP_SYN | TCP_ACK));
+        assert!(!may_reuse_tuple(PROTO_TCP, TCP_ACK));
+        assert!(may_reuse_tuple(crate::PROTO_UDP, 0));
+        let f = Flow { src: [10, 10, 1, 2], sport: 40000, ..Flow::default() };
+        let half = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, ..NatValue::default() };
+        assert!(is_reply_half(&half, &f));
+        assert!(!is_reply_half(&NatValue { port: 40001, ..half }, &f), "another flow's");
+        assert!(!is_reply_half(&NatValue { flags: NAT_FLAG_ORIG, ..half }, &f), "a port map's original half");
+        assert!(!is_reply_half(&NatValue { rewrite: REWRITE_SRC, ..half }, &f));
     }
 
     #[test]

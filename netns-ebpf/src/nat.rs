@@ -70,6 +70,15 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     let entry = NAT.get_ptr_mut(&key);
     if let Some(v) = entry.filter(|v| (unsafe { (**v).rewrite } == REWRITE_SRC) == egress) {
         let v = unsafe { &mut *v };
+        if egress
+            && v.flags & NAT_FLAG_ORIG != 0
+            && nat::may_reuse_tuple(flow.proto, flow.tcp_flags)
+            && !reply_half_whole(&key, v, &flow, now)
+        {
+            // The reply tuple is another flow's now: this flow gets a translation anew.
+            let _ = NAT.remove(&key);
+            return new_snat(ctx, &mut flow, &key, nif, now);
+        }
         v.last_seen_ns = now;
         let flags = nat::flags_after(v.flags, flow.proto, flow.tcp_flags);
         if flags != v.flags {
@@ -161,6 +170,21 @@ fn is_reply(key: &NatKey) -> bool {
     match unsafe { NAT.get(key.reversed()) } {
         Some(v) => v.flags & NAT_FLAG_ORIG != 0,
         None => false,
+    }
+}
+
+/// Whether the source translation `v` (the original half, under `key`) still has its
+/// reply half; one the sweep took (see `nat::may_reuse_tuple`) is made again. False: the
+/// reply tuple is another flow's.
+#[inline(always)]
+fn reply_half_whole(key: &NatKey, v: &NatValue, flow: &Flow, now: u64) -> bool {
+    let rev_key = key.rewritten(v).reversed();
+    match unsafe { NAT.get(&rev_key) } {
+        Some(r) => nat::is_reply_half(r, flow),
+        None => {
+            let rev = NatValue { last_seen_ns: now, mark: 0, addr: flow.src, port: flow.sport, rewrite: REWRITE_DST, flags: 0 };
+            NAT.insert(&rev_key, &rev, BPF_NOEXIST as u64).is_ok()
+        }
     }
 }
 

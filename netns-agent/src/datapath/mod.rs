@@ -452,26 +452,32 @@ fn take_where<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, mut pr
 
 /// Every entry of `map`, read in batches (`batched`: the same map; a failed batched read
 /// walks it entry by entry).
-fn read_all<K: aya::Pod, V: aya::Pod>(batched: &BatchMap, map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
+fn read_all<K: aya::Pod, V: aya::Pod>(batched: &BatchMap, map: &HashMap<MapData, K, V>) -> Entries<K, V> {
     batched.entries::<K, V>().unwrap_or_else(|_| map.iter().flatten().collect())
 }
 
+/// A map's entries, as read.
+type Entries<K, V> = Vec<(K, V)>;
+
 /// Splits `entries` (read from `map`) into those `doomed` spares (returned first) and
 /// those it dooms, which go (returned second, as they were when they went): one call
-/// each through `batched`, the same map. A doomed entry that a program refreshed
-/// meanwhile (a packet, a SYN reusing the tuple) is put back, unless the program made
-/// it anew already.
+/// each through `batched`, the same map. A doomed entry is judged again as taken out,
+/// by `still_doomed`, which may look at the map as it is now (a translation at its
+/// partner there: a packet may have refreshed it since `entries` was read); one that a
+/// program refreshed meanwhile (a packet, a SYN reusing the tuple) is put back, unless
+/// the program made it anew already.
 fn sweep_where<K: aya::Pod, V: aya::Pod>(
     batched: &BatchMap,
     map: &mut HashMap<MapData, K, V>,
-    entries: Vec<(K, V)>,
+    entries: Entries<K, V>,
     doomed: impl Fn(&K, &V) -> bool,
-) -> (Vec<(K, V)>, Vec<(K, V)>) {
-    let (doomed_now, mut kept): (Vec<(K, V)>, Vec<(K, V)>) = entries.into_iter().partition(|(k, v)| doomed(k, v));
+    still_doomed: impl Fn(&HashMap<MapData, K, V>, &K, &V) -> bool,
+) -> (Entries<K, V>, Entries<K, V>) {
+    let (doomed_now, mut kept): (Entries<K, V>, Entries<K, V>) = entries.into_iter().partition(|(k, v)| doomed(k, v));
     let mut removed = Vec::with_capacity(doomed_now.len());
     for (k, _) in doomed_now {
         let Some(v) = batched.take::<K, V>(&k) else { continue };
-        if doomed(&k, &v) {
+        if still_doomed(map, &k, &v) {
             removed.push((k, v));
         } else {
             // BPF_NOEXIST: a program's new entry for the key wins.
@@ -838,18 +844,27 @@ impl Maps {
         let mut nat_use = vec![0u32; MAX_ZONES as usize];
         let [ct, drops, nat_batch] = &self.swept;
         let read = read_all(ct, &self.ct);
-        let (live_flows, expired_flows) = sweep_where(ct, &mut self.ct, read, |k, v| is_expired(v, k.proto, now_ns));
+        let expired = |k: &CtKey, v: &CtValue| is_expired(v, k.proto, now_ns);
+        let (live_flows, expired_flows) = sweep_where(ct, &mut self.ct, read, expired, |_, k, v| expired(k, v));
         for (k, _) in &live_flows {
             ct_use[(k.zone % MAX_ZONES) as usize] += 1;
         }
         let read = read_all(drops, &self.drops);
-        let (drops_left, drops_gone) = sweep_where(drops, &mut self.drops, read, |k, v| is_expired(v, k.proto, now_ns));
+        let (drops_left, drops_gone) = sweep_where(drops, &mut self.drops, read, expired, |_, k, v| expired(k, v));
         let (drops_left, drops_gone) = (drops_left.len() as u64, drops_gone.len());
         let expired = expired_flows.len() + drops_gone;
+        // A pair goes when both its entries say so as they are now: an entry judged by a
+        // stale copy of its partner (the flow's tuple reused since, its first packet
+        // through) would leave the partner alone, the translation half gone.
         let read = read_all(nat_batch, &self.nat);
         let entries: std::collections::HashMap<NatKey, NatValue> = read.iter().copied().collect();
-        let (translations_left, translations) =
-            sweep_where(nat_batch, &mut self.nat, read, |k, v| nat::pair_expired(k.proto, v, entries.get(&nat::partner(k, v)), now_ns));
+        let (translations_left, translations) = sweep_where(
+            nat_batch,
+            &mut self.nat,
+            read,
+            |k, v| nat::pair_expired(k.proto, v, entries.get(&nat::partner(k, v)), now_ns),
+            |map, k, v| nat::pair_expired(k.proto, v, map.get(&nat::partner(k, v), 0).ok().as_ref(), now_ns),
+        );
         for (k, v) in &translations_left {
             nat_use[(nat::owner_zone(k.domain, [k.src, k.dst, v.addr]) % MAX_ZONES) as usize] += 1;
         }
