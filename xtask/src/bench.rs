@@ -4,10 +4,11 @@
 //! rules at all, once the way EVE does it today (iptables: the same ACL as FORWARD rules,
 //! conntrack, MASQUERADE twice). The paths with an ACL run with 10, 1,000 and 10,000
 //! ACEs (the last allows). Each path gets TCP throughput (iperf3) and the rate of new TCP
-//! connections (the ACL judges each connection once); all measured in this run, printed
-//! side by side. The eBPF path runs twice: without and with the flow log (every
-//! connection is a start and an end record), with the agent's CPU time while it follows
-//! the new connections.
+//! connections (wrk against nginx, a connection per request; the ACL judges each
+//! connection once), each round right next to the same round on the bare twin (`load`):
+//! every figure is printed with its ratio to the twin. The eBPF path runs with the fast
+//! path and without it, and with the flow log (every connection is a start and an end
+//! record), with the agent's CPU time while it follows the new connections.
 
 use std::{
     io::Write,
@@ -18,7 +19,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::demo::{build_world, output, sh, step, wait_listening, ALLOWED_SITE, APPS, GW, INTERNET, STATE_DIR, ZEDBOX};
+use crate::{
+    demo::{build_world, output, sh, step, ALLOWED_SITE, APPS, GW, INTERNET, STATE_DIR, ZEDBOX},
+    load::{self, Ends, BENCH, TWIN},
+};
 
 /// One NI on eth0; app1's ACL has `aces` ACEs and only its last allows the bench's
 /// traffic: the ACL's worst case, on both paths that have one.
@@ -64,9 +68,6 @@ fn iptables_rules(aces: u32) -> (String, String) {
 /// uses, above the bench's own).
 const ACL_SIZES: [u32; 3] = [10, 1000, 10_000];
 const FILLER_PORT: u32 = 20_000;
-/// The connection-rate server's port, and iperf3's default.
-const CONN_PORT: u16 = 5001;
-const IPERF_PORT: u16 = 5201;
 const SECONDS: u32 = 5;
 const ROUNDS: usize = 3;
 const PIN_DIR: &str = "/sys/fs/bpf/netns-agent";
@@ -76,17 +77,22 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("bench.toml");
     std::fs::write(&config, bench_config(ACL_SIZES[0]))?;
-    let _cleanup = Cleanup { agent_bin: agent_bin.to_path_buf(), config: config.clone() };
-    for ns in [ZEDBOX, GW, INTERNET].iter().chain(APPS.iter()).chain(["ni1"].iter()) {
+    for ns in [ZEDBOX, GW, INTERNET].iter().chain(APPS.iter()).chain(["ni1"].iter()).chain(load::TWIN_NAMESPACES.iter()) {
         if Path::new("/run/netns").join(ns).exists() {
-            bail!("netns {ns} already exists (a demo still up?)");
+            bail!("netns {ns} already exists (a demo or a bench still up?)");
         }
     }
+    let mut cleanup = Cleanup { agent_bin: agent_bin.to_path_buf(), config: config.clone(), servers: Vec::new() };
     step("world and agent");
     build_world()?;
     let _ = std::fs::remove_file(AGENT_LOG);
     if scale_only {
         return crate::scale::run(agent_bin, &dir);
+    }
+    step("the bare twin (the same path again: plain routes, no programs, no NAT) and nginx on both internet hosts");
+    load::build_twin()?;
+    for ends in [BENCH, TWIN] {
+        cleanup.servers.push(load::start_nginx(ends, &dir)?);
     }
     let agent = start_agent(agent_bin, &config).context("the bench config")?;
 
@@ -110,13 +116,13 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     for aces in ACL_SIZES {
         std::fs::write(&config, bench_config(aces))?;
         apply(agent_bin, &config)?;
-        ebpf.push((aces, measure(&format!("eBPF path, {aces} ACEs"), Some(agent.id()))?));
+        ebpf.push((aces, measure(&format!("eBPF path, {aces} ACEs"), Some(agent.id()), &dir)?));
     }
     let mut kernel_path = Vec::new();
     for aces in [ACL_SIZES[0], ACL_SIZES[ACL_SIZES.len() - 1]] {
         std::fs::write(&config, format!("[agent]\nfast_path = false\n\n{}", bench_config(aces)))?;
         apply(agent_bin, &config)?;
-        kernel_path.push((aces, measure(&format!("eBPF path without the fast path, {aces} ACEs"), Some(agent.id()))?));
+        kernel_path.push((aces, measure(&format!("eBPF path without the fast path, {aces} ACEs"), Some(agent.id()), &dir)?));
     }
     std::fs::write(&config, bench_config(ACL_SIZES[ACL_SIZES.len() - 1]))?;
     apply(agent_bin, &config)?;
@@ -132,7 +138,7 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     let with_log = format!("[agent]\nflow_log = {:?}\n\n{}", flow_log.display().to_string(), bench_config(logged_aces));
     std::fs::write(&config, with_log)?;
     let mut agent = start_agent(agent_bin, &config).context("the bench config with the flow log")?;
-    let logged = measure(&format!("eBPF path, {logged_aces} ACEs, with the flow log"), Some(agent.id()))?;
+    let logged = measure(&format!("eBPF path, {logged_aces} ACEs, with the flow log"), Some(agent.id()), &dir)?;
     let log_text = std::fs::read_to_string(&flow_log).unwrap_or_default();
     println!("  flow log: {} records, {} bytes", log_text.lines().count(), log_text.len());
 
@@ -151,7 +157,7 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     for (ns, route) in bare_routes {
         sh(&[&["ip", "-n", ns, "route", "add"], route].concat())?;
     }
-    let bare = measure("no programs, no NAT", None)?;
+    let bare = measure("the same namespaces and veths: no programs, no NAT", None, &dir)?;
 
     // iptables: the routes go again, so that only working MASQUERADE gets the answers back.
     for (ns, route) in bare_routes {
@@ -162,15 +168,15 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
         let (ni_rules, zedbox_rules) = iptables_rules(aces);
         iptables_restore("ni1", &ni_rules)?;
         iptables_restore(ZEDBOX, &zedbox_rules)?;
-        ipt.push((aces, measure(&format!("iptables, {aces} rules"), None)?));
+        ipt.push((aces, measure(&format!("iptables, {aces} rules"), None, &dir)?));
         let counted = output(&["ip", "netns", "exec", "ni1", "iptables", "-t", "nat", "-L", "POSTROUTING", "-v", "-n", "-x"]);
         if !counted.lines().any(|l| l.contains("MASQUERADE") && l.split_whitespace().next().is_some_and(|p| p != "0")) {
             bail!("the iptables run did not go through MASQUERADE:\n{counted}");
         }
     }
 
-    step("result (median of the rounds [min-max]; ratio to the path with no programs)");
-    println!("  {:<56} {:>24} {:>26}", "", "TCP Gbit/s", "new TCP conn/s");
+    step("result (median of the rounds [min-max]; in parentheses the median of each round's ratio to the bare twin's round beside it)");
+    println!("  {:<56} {:>26} {:>28}", "", "TCP Gbit/s", "new TCP conn/s");
     let mut rows: Vec<(String, &Measured)> = Vec::new();
     for (aces, m) in &ebpf {
         rows.push((format!("eBPF: {aces} ACEs, last allows; conntrack; 2x SNAT"), m));
@@ -183,21 +189,28 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
         rows.push((format!("iptables: {aces} FORWARD rules, last allows; 2x MASQ."), m));
     }
     rows.push(("same namespaces and veths, no programs, no NAT".to_string(), &bare));
-    let (bg, bc) = (median(&bare.gbit), median(&bare.conn));
-    let spread = |v: &[f64], d: usize| {
-        let (lo, hi) = (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
-        format!("[{lo:.d$}-{hi:.d$}]")
-    };
+    let mut twin = Measured::default();
     for (label, m) in rows {
-        let (g, c) = (median(&m.gbit), median(&m.conn));
         println!(
-            "  {label:<56} {g:>5.2} {:>11} ({:>4.2}) {c:>6.0} {:>11} ({:>4.2})",
+            "  {label:<56} {:>6.2} {:>11} ({:>4.2}) {:>6.0} {:>13} ({:>4.2})",
+            median(&m.gbit),
             spread(&m.gbit, 1),
-            g / bg,
+            median_ratio(&m.gbit, &m.twin_gbit),
+            median(&m.conn),
             spread(&m.conn, 0),
-            c / bc
+            median_ratio(&m.conn, &m.twin_conn),
         );
+        twin.gbit.extend(&m.twin_gbit);
+        twin.conn.extend(&m.twin_conn);
     }
+    println!(
+        "  {:<56} {:>6.2} {:>11}        {:>6.0} {:>13}",
+        format!("the bare twin, all its {} rounds", twin.gbit.len()),
+        median(&twin.gbit),
+        spread(&twin.gbit, 1),
+        median(&twin.conn),
+        spread(&twin.conn, 0)
+    );
     step("the agent's CPU while it follows new connections (records per connection: a start, an end)");
     for (label, m) in [("without the flow log", &ebpf[0].1), ("with the flow log", &logged)] {
         if let Some(cpu) = m.agent_cpu {
@@ -359,33 +372,62 @@ pub fn last_apply(state_dir: &Path) -> (f64, usize) {
     apply.map_or((f64::NAN, 0), |a| (a.duration_ms, a.errors.len()))
 }
 
-/// One path's figures: Gbit/s and connections/s per round; the agent's CPU (share of
-/// one core) over the connection rounds, when an agent runs.
+/// One path's figures per round, and the bare twin's beside them: Gbit/s and
+/// connections/s; the agent's CPU (share of one core) over the path's connection rounds,
+/// when an agent runs.
+#[derive(Default)]
 struct Measured {
     gbit: Vec<f64>,
+    twin_gbit: Vec<f64>,
     conn: Vec<f64>,
+    twin_conn: Vec<f64>,
     agent_cpu: Option<f64>,
 }
 
-/// ROUNDS of iperf3 and of the connection rate; with `agent`, its CPU time over the
-/// connection rounds too.
-fn measure(path: &str, agent: Option<u32>) -> Result<Measured> {
-    step(&format!("{path}: iperf3 TCP app1 -> {ALLOWED_SITE}, {ROUNDS} x {SECONDS} s; new TCP connections, {ROUNDS} x {SECONDS} s"));
-    let mut gbit = Vec::new();
-    for _ in 0..ROUNDS {
-        gbit.push(iperf()?);
+/// ROUNDS of iperf3 and of wrk on the bench's path, each round next to one on the twin
+/// (which goes first alternates); with `agent`, its CPU time over the path's wrk rounds.
+fn measure(path: &str, agent: Option<u32>, dir: &Path) -> Result<Measured> {
+    step(&format!(
+        "{path}: iperf3 TCP app1 -> {ALLOWED_SITE}, {ROUNDS} x {SECONDS} s; wrk (new connections), {ROUNDS} x {SECONDS} s; each beside the twin"
+    ));
+    let mut m = Measured::default();
+    let pair = |round: usize, f: &mut dyn FnMut(Ends) -> Result<f64>| -> Result<(f64, f64)> {
+        Ok(if round.is_multiple_of(2) {
+            let path = f(BENCH)?;
+            (path, f(TWIN)?)
+        } else {
+            let twin = f(TWIN)?;
+            (f(BENCH)?, twin)
+        })
+    };
+    for round in 0..ROUNDS {
+        let (path, twin) = pair(round, &mut |ends| load::throughput(ends, SECONDS))?;
+        m.gbit.push(path);
+        m.twin_gbit.push(twin);
     }
-    let mut conn = Vec::new();
-    let cpu_before = agent.and_then(cpu_seconds);
-    let started = Instant::now();
-    for _ in 0..ROUNDS {
-        conn.push(connection_rate()?);
+    let mut cpu = (0.0, 0.0);
+    for round in 0..ROUNDS {
+        let (path, twin) = pair(round, &mut |ends| {
+            let before = (agent.filter(|_| ends.app == BENCH.app).and_then(cpu_seconds), Instant::now());
+            let rate = load::connection_rate(ends, SECONDS, dir)?;
+            if let (Some(before_cpu), Some(after)) = (before.0, agent.and_then(cpu_seconds)) {
+                cpu = (cpu.0 + after - before_cpu, cpu.1 + before.1.elapsed().as_secs_f64());
+            }
+            Ok(rate)
+        })?;
+        m.conn.push(path);
+        m.twin_conn.push(twin);
     }
-    let wall = started.elapsed().as_secs_f64();
-    let agent_cpu = agent.and_then(cpu_seconds).zip(cpu_before).map(|(after, before)| (after - before) / wall);
+    m.agent_cpu = agent.map(|_| cpu.0 / cpu.1);
     let show = |v: &[f64], d: usize| v.iter().map(|x| format!("{x:.d$}")).collect::<Vec<_>>().join(" ");
-    println!("  Gbit/s: {}   connections/s: {}", show(&gbit, 2), show(&conn, 0));
-    Ok(Measured { gbit, conn, agent_cpu })
+    println!(
+        "  Gbit/s: {} (twin: {})   connections/s: {} (twin: {})",
+        show(&m.gbit, 2),
+        show(&m.twin_gbit, 2),
+        show(&m.conn, 0),
+        show(&m.twin_conn, 0)
+    );
+    Ok(m)
 }
 
 /// CPU seconds (user + system) that process `pid` has used.
@@ -398,35 +440,6 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let per_second: f64 = output(&["getconf", "CLK_TCK"]).trim().parse().ok()?;
     Some(ticks as f64 / per_second)
-}
-
-/// The connection-rate server and client (`xtask/py/`; embedded so that the xtask binary
-/// stays self-contained and runs them as `python3 -c` as before): the server accepts,
-/// answers one byte, waits for the client's reset, one connection at a time; the client
-/// opens connections one after the other for the given seconds (connect, one byte each
-/// way, reset: no TIME_WAIT to run out of ports) and prints connections per second.
-const CONN_SERVER: &str = include_str!("../py/conn_server.py");
-const CONN_CLIENT: &str = include_str!("../py/conn_client.py");
-
-/// One connection-rate run; new TCP connections per second.
-fn connection_rate() -> Result<f64> {
-    let port = CONN_PORT.to_string();
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", INTERNET, "python3", "-c", CONN_SERVER, ALLOWED_SITE, &port])
-        .stdout(Stdio::null())
-        .spawn()?;
-    let result = wait_listening(INTERNET, ALLOWED_SITE, CONN_PORT).and_then(|()| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", "app1", "python3", "-c", CONN_CLIENT, ALLOWED_SITE, &port, &SECONDS.to_string()])
-            .output()?;
-        if !out.status.success() {
-            bail!("connection-rate client failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().context("connection-rate client output")
-    });
-    let _ = server.kill();
-    server.wait().ok();
-    result
 }
 
 fn iptables_restore(ns: &str, rules: &str) -> Result<()> {
@@ -443,41 +456,37 @@ fn iptables_restore(ns: &str, rules: &str) -> Result<()> {
     Ok(())
 }
 
-/// One iperf3 run; Gbit/s received.
-fn iperf() -> Result<f64> {
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", INTERNET, "iperf3", "-s", "-1", "-B", ALLOWED_SITE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = wait_listening(INTERNET, ALLOWED_SITE, IPERF_PORT).and_then(|()| {
-        Ok(Command::new("ip").args(["netns", "exec", "app1", "iperf3", "-J", "-t", &SECONDS.to_string(), "-c", ALLOWED_SITE]).output()?)
-    });
-    // The server serves one client (-1) and exits; kill it only if no client came.
-    if out.is_err() {
-        let _ = server.kill();
-    }
-    server.wait().ok();
-    let out = out?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("iperf3 failed: {}", v["error"]))?;
-    Ok(bps / 1e9)
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
+/// The median of the rounds' ratios `path[i] / twin[i]`.
+fn median_ratio(path: &[f64], twin: &[f64]) -> f64 {
+    median(&path.iter().zip(twin).map(|(p, t)| p / t).collect::<Vec<_>>())
+}
+
+/// "[min-max]" of `v`, `d` decimals.
+fn spread(v: &[f64], d: usize) -> String {
+    let (lo, hi) = (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
+    format!("[{lo:.d$}-{hi:.d$}]")
+}
+
 struct Cleanup {
     agent_bin: std::path::PathBuf,
     config: std::path::PathBuf,
+    /// The nginx servers: killed and waited for before their namespaces go.
+    servers: Vec<std::process::Child>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         step("cleanup");
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
         let _ = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ZEDBOX}"))
             .arg(&self.agent_bin)
@@ -485,7 +494,7 @@ impl Drop for Cleanup {
             .arg(&self.config)
             .stderr(Stdio::null())
             .status();
-        for ns in [ZEDBOX, GW, INTERNET].iter().chain(APPS.iter()) {
+        for ns in [ZEDBOX, GW, INTERNET].iter().chain(APPS.iter()).chain(load::TWIN_NAMESPACES.iter()) {
             let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
         }
     }

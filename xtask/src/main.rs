@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod load;
 mod reports;
 mod scale;
 mod vm;
@@ -74,6 +75,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "tcpdump",
     "iperf3",
+    // The bench's new-connection load: wrk against nginx.
+    "wrk",
+    "nginx-light",
     "iputils-ping",
     "python3-scapy",
     "dnsmasq-base",
