@@ -198,11 +198,11 @@ pub fn tcp_next(state: u8, conn_flags: u8, tcp_flags: u8, dir: usize) -> (u8, u8
 const SEC: u64 = 1_000_000_000;
 
 /// How a TCP flow closed by both FINs or an RST stays: late segments (a retransmitted
-/// FIN, the last ACK) still pass, and the tuple is free again soon. The kernel's
-/// conntrack keeps TIME_WAIT 120 s but drops such entries early when its table is full;
-/// our shared maps cannot, and at 120 s an app's short connections (a few thousand a
-/// second) would fill its NI's share within seconds and have it refused for minutes.
-/// Cilium uses the same 10 s for closing flows.
+/// FIN, the last ACK) still pass. The kernel's conntrack keeps TIME_WAIT 120 s but drops
+/// such entries early when its table is full; our shared map cannot, and at 120 s an
+/// app's short connections (a few hundred a second per NI) would fill its NI's share
+/// and have new flows refused for minutes. Cilium uses the same 10 s for closing flows.
+/// (The flow's translation stays longer: `nat::pair_idle_timeout_ns`.)
 pub const CLOSED_TIMEOUT_NS: u64 = 10 * SEC;
 
 /// How long an idle entry stays valid: the kernel conntrack's defaults, but a closed

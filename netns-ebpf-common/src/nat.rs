@@ -3,7 +3,7 @@
 //! each keyed by the tuple as it arrives and saying what to rewrite; every NAT program of
 //! the domain consults the same map, so a reply is translated whichever interface it takes.
 
-use crate::{ct::CLOSED_TIMEOUT_NS, packet::Flow, Ipv4};
+use crate::{packet::Flow, Ipv4};
 
 /// The agent's own netns.
 pub const DOMAIN_AGENT: u32 = 0;
@@ -208,17 +208,19 @@ pub fn partner(key: &NatKey, v: &NatValue) -> NatKey {
 }
 
 /// Idle time after which a translation (both entries at once, idle = since the later of
-/// their packets) goes. The same as the conntrack's for the flow's state, so neither
-/// outlives the other: TCP until answered (SYN_SENT) or once closing 120 s, closed (a
-/// FIN each way: `closed`) [`CLOSED_TIMEOUT_NS`], answered 5 days; UDP 30 s, answered
-/// 120 s; ICMP 30 s; others 600 s. An RST shortens the life to 120 s until another
-/// packet shows the flow goes on (no window check here: a blind attacker's RST must not
-/// end an idle flow within seconds).
+/// their packets) goes: TCP until answered (SYN_SENT) or once closing 120 s, answered 5
+/// days; UDP 30 s, answered 120 s; ICMP 30 s; others 600 s. An RST shortens the life to
+/// 120 s until another packet shows the flow goes on (no window check here: a blind
+/// attacker's RST must not end an idle flow within seconds). A closed TCP flow keeps
+/// its translation 120 s, though its conntrack entry goes after 10 s
+/// (`ct::CLOSED_TIMEOUT_NS`): the far end may hold the tuple in TIME_WAIT (60 s on
+/// Linux), and a new flow given the same translated tuple meanwhile, with an unrelated
+/// sequence number, would be refused there. The same client tuple reused takes the
+/// same translation (and the conntrack judges it anew).
 #[inline(always)]
-pub fn pair_idle_timeout_ns(proto: u8, flags: u8, answered: bool, closed: bool) -> u64 {
+pub fn pair_idle_timeout_ns(proto: u8, flags: u8, answered: bool) -> u64 {
     const SEC: u64 = 1_000_000_000;
     match proto {
-        crate::PROTO_TCP if closed => CLOSED_TIMEOUT_NS,
         crate::PROTO_TCP if flags & (NAT_FLAG_CLOSING | NAT_FLAG_RST) != 0 || !answered => 120 * SEC,
         crate::PROTO_TCP => 5 * 24 * 3600 * SEC,
         crate::PROTO_UDP if answered => 120 * SEC,
@@ -228,19 +230,13 @@ pub fn pair_idle_timeout_ns(proto: u8, flags: u8, answered: bool, closed: bool) 
 }
 
 /// Whether a translation is past its time: `entry` and its partner (if any) together.
-/// Each entry sees one direction's packets: both closing is a FIN each way.
 pub fn pair_expired(proto: u8, entry: &NatValue, partner: Option<&NatValue>, now_ns: u64) -> bool {
     let reply_used = |v: &NatValue| v.flags & NAT_FLAG_ORIG == 0 && v.flags & NAT_FLAG_USED != 0;
-    let (last, flags, answered, closed) = match partner {
-        Some(p) => (
-            entry.last_seen_ns.max(p.last_seen_ns),
-            entry.flags | p.flags,
-            reply_used(entry) || reply_used(p),
-            entry.flags & p.flags & NAT_FLAG_CLOSING != 0,
-        ),
-        None => (entry.last_seen_ns, entry.flags, reply_used(entry), false),
+    let (last, flags, answered) = match partner {
+        Some(p) => (entry.last_seen_ns.max(p.last_seen_ns), entry.flags | p.flags, reply_used(entry) || reply_used(p)),
+        None => (entry.last_seen_ns, entry.flags, reply_used(entry)),
     };
-    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered, closed)
+    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered)
 }
 
 /// The NI a translation counts against (see `ZoneUse`): its domain, or in the agent's
@@ -313,12 +309,11 @@ mod tests {
         assert!(!pair_expired(PROTO_TCP, &NatValue { flags: closing, ..rev }, Some(&fwd), 169 * SEC), "half closed");
         assert!(pair_expired(PROTO_TCP, &NatValue { flags: closing, ..rev }, Some(&fwd), 171 * SEC));
         assert_eq!(flags_after(closing, PROTO_TCP, crate::packet::TCP_SYN) & NAT_FLAG_CLOSING, 0);
-        // A FIN each way: closed, 10 s.
+        // A FIN each way: still 2 minutes (the far end's TIME_WAIT), not the conntrack's 10 s.
         let fwd_closed = NatValue { flags: flags_after(fwd.flags, PROTO_TCP, crate::packet::TCP_FIN), ..fwd };
         let rev_closed = NatValue { flags: closing, ..rev };
-        assert!(!pair_expired(PROTO_TCP, &rev_closed, Some(&fwd_closed), 59 * SEC));
-        assert!(pair_expired(PROTO_TCP, &rev_closed, Some(&fwd_closed), 61 * SEC));
-        assert!(pair_expired(PROTO_TCP, &fwd_closed, Some(&rev_closed), 61 * SEC), "both entries agree");
+        assert!(!pair_expired(PROTO_TCP, &rev_closed, Some(&fwd_closed), 169 * SEC));
+        assert!(pair_expired(PROTO_TCP, &fwd_closed, Some(&rev_closed), 171 * SEC), "both entries agree");
         // An RST counts until the next packet.
         let rst = flags_after(rev.flags, PROTO_TCP, crate::packet::TCP_RST);
         assert!(pair_expired(PROTO_TCP, &NatValue { flags: rst, ..rev }, Some(&fwd), 171 * SEC));
