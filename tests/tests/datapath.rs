@@ -2,7 +2,9 @@
 //! overlapping NIs, EVE-initiated flows, bad packets, clean removal.
 
 use netns_agent::flows::{FlowRecord, Verdict};
-use netns_tests::{EchoResult, Scenario, COUNT_UDP};
+use std::time::Duration;
+
+use netns_tests::{py_script, scaled, wait_until, EchoResult, Scenario, COUNT_UDP};
 use serde_json::Value;
 
 /// Two apps on one NI (app1 may reach app2's tcp/80 only, and drops UDP outright), and
@@ -130,18 +132,33 @@ fn a_ten_thousand_ace_acl_decides_by_position() {
     for port in [80, 1001, 3500, 6000] {
         s.echo_server(&app2, "10.10.1.3", port);
     }
-    // Each flow's mark is read right after it: a closed flow's entry goes 10 s later, and
-    // in the emulated VM a timed-out echo takes longer than that.
+    // Each flow's mark is read right after it, an allowed flow's while its connection is
+    // open: a closed flow's entry goes 10 s after it closed, sooner than the emulated VM
+    // gets to look.
     let mark = |port| flow(&s.flows(), "10.10.1.2", "10.10.1.3", port).map(|f| f.mark.clone());
+    let held_mark = |port: u16| {
+        let stop = std::env::temp_dir().join(format!("netns-agent-test-{}-hold-{port}", s.id));
+        let _ = std::fs::remove_file(&stop);
+        let secs = scaled(Duration::from_secs(60)).as_secs().to_string();
+        let session = s.background(
+            &app1,
+            &["python3", &py_script("echo_session.py"), "10.10.1.3", &port.to_string(), &secs, "0.2", stop.to_str().unwrap()],
+        );
+        let seen = wait_until(scaled(Duration::from_secs(10)), || mark(port).is_some()).and_then(|()| mark(port));
+        std::fs::write(&stop, "").unwrap();
+        let out: Value = serde_json::from_slice(&session.finish().stdout).unwrap_or(Value::Null);
+        assert!(out["error"].is_null() && out["sent"] == out["echoed"], "the session on {port} ran: {out}");
+        seen
+    };
     assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1000, None), EchoResult::Echoed(1000));
-    assert_eq!(mark(80).as_deref(), Some("0x01402710"), "ACE 10000 (the last) accepted it");
+    assert_eq!(held_mark(80).as_deref(), Some("0x01402710"), "ACE 10000 (the last) accepted it");
     assert_eq!(s.echo(&app1, "10.10.1.3", 6000, 10, None), EchoResult::TimedOut);
     assert_eq!(mark(6000).as_deref(), Some("0x01c01388"), "ACE 5000 dropped it");
     assert_eq!(s.echo(&app1, "10.10.1.3", 1001, 10, None), EchoResult::TimedOut);
     assert_eq!(mark(1001).as_deref(), Some("0x01c00001"), "ACE 1 dropped it");
     // Port 3500's drop ACE is the host ACE now, which no DNS answer opened.
     assert_eq!(s.echo(&app1, "10.10.1.3", 3500, 10, None), EchoResult::Echoed(10));
-    assert_eq!(mark(3500).as_deref(), Some("0x01402710"), "the host ACE did not match");
+    assert_eq!(held_mark(3500).as_deref(), Some("0x01402710"), "the host ACE did not match");
 }
 
 #[test]
