@@ -195,6 +195,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     eprintln!("    installing {}", missing.join(" "));
+    let _no_services = NoServiceStarts::hold()?;
     run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600", "update", "-q"]))?;
     run(Command::new("apt-get")
         .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends"])
@@ -202,6 +203,33 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         // dpkg unpacks under TMPDIR; a small or cleaned /tmp broke installs here.
         .env("TMPDIR", "/var/tmp"))
+}
+
+/// While held, packages do not start their services (nginx-light would start nginx in
+/// the host's netns): a `policy-rc.d` that refuses them, unless the machine has one.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    fn hold() -> Result<NoServiceStarts> {
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(NoServiceStarts(None));
+        }
+        std::fs::write(&path, "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages\nexit 101\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        let mut perms = std::fs::metadata(&path)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms)?;
+        Ok(NoServiceStarts(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// bpf-linker needs an LLVM 22 to link against; nightly ships one as a shared library.
