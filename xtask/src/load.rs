@@ -77,7 +77,7 @@ pub fn start_nginx(ends: Ends, dir: &Path) -> Result<Child> {
     for ns in [ends.app, ends.internet] {
         ip(&["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])?;
     }
-    let dir = dir.join(format!("nginx-{}", ends.internet));
+    let dir = nginx_dir(dir, ends);
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("nginx.conf");
     let d = dir.display();
@@ -101,7 +101,7 @@ pub fn start_nginx(ends: Ends, dir: &Path) -> Result<Child> {
     Ok(child)
 }
 
-/// nginx's files for `ends` (for the error log in an error).
+/// nginx's files for `ends` (its config, pid file and error log).
 fn nginx_dir(dir: &Path, ends: Ends) -> PathBuf {
     dir.join(format!("nginx-{}", ends.internet))
 }
