@@ -109,8 +109,12 @@ print(ok)
 "#;
     let out = s.python(s.app("app1"), client, &[INET_IP, &conns.to_string(), &denied.to_string()]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), conns.to_string(), "{}", String::from_utf8_lossy(&out.stderr));
-    // The ends come as both sides close; a wait, not a timed check.
-    wait_until(scaled(Duration::from_secs(30)), || count(&records(&log), RecordKind::End, 7000) >= conns as usize);
+    // The ends come as both sides close, the drops last of all (the agent reads events in
+    // batches): a wait for both, not a timed check.
+    wait_until(scaled(Duration::from_secs(30)), || {
+        let all = records(&log);
+        count(&all, RecordKind::End, 7000) >= conns as usize && count(&all, RecordKind::Dropped, 7001) >= denied as usize
+    });
     let all = records(&log);
     let ends: Vec<&FlowLogRecord> = flows(&all).filter(|r| r.kind == RecordKind::End && r.dport == 7000).collect();
     let dropped: Vec<&FlowLogRecord> = flows(&all).filter(|r| r.kind == RecordKind::Dropped && r.dport == 7001).collect();
