@@ -322,11 +322,7 @@ impl Applier {
             }
             let fresh = !self.record.nis.contains_key(&ni.name);
             info!("[{}/{total}] network instance {} (zone {}, {} app ports)", i + 1, ni.name, ni.zone(), ni.ports.len());
-            let result = match ni.kind {
-                NetworkKind::Local => self.ensure_ni(&LocalNi, plan, ni, out).await,
-                NetworkKind::Switch => self.ensure_ni(&SwitchNi, plan, ni, out).await,
-                NetworkKind::Vpn => self.ensure_ni(&VpnNi, plan, ni, out).await,
-            };
+            let result = ni::with_driver!(ni.kind, kind => self.ensure_ni(kind, plan, ni, out).await);
             if fresh {
                 out.rebuilt.insert(ni.name.clone());
             }
@@ -415,11 +411,7 @@ impl Applier {
     /// Removes one NI as recorded: its kind's objects, its ports, its pins and map
     /// entries, its netns. Goes on past errors and returns them all.
     async fn remove_ni(&mut self, ni: &NiPlan) -> Vec<anyhow::Error> {
-        match ni.kind {
-            NetworkKind::Local => ni::remove(self, &LocalNi, ni).await,
-            NetworkKind::Switch => ni::remove(self, &SwitchNi, ni).await,
-            NetworkKind::Vpn => ni::remove(self, &VpnNi, ni).await,
-        }
+        ni::with_driver!(ni.kind, kind => ni::remove(self, kind, ni).await)
     }
 
     /// Removes everything on record: every NI, the agent netns' level, the shared pins
@@ -428,11 +420,8 @@ impl Applier {
         let _rcu = crate::rcu::Expedited::begin(self.record.expedite_rcu);
         let mut errors = Vec::new();
         let nis: Vec<NiPlan> = self.record.nis.values().map(|r| r.plan.clone()).collect();
-        for ni in &nis {
-            info!("removing network instance {}", ni.name);
-            errors.extend(self.remove_ni(ni).await.into_iter().map(|e| e.context(format!("removing {}", ni.name))));
-            self.record.nis.remove(&ni.name);
-        }
+        errors.extend(ni::remove_all(self, &nis).await);
+        self.record.nis.clear();
         self.maps = None;
         self.programs = None;
         errors.extend(uplink::remove_agent_level(self).await);
@@ -474,9 +463,5 @@ fn programs<'a>(slot: &'a mut Option<Programs>, pin_dir: &Path) -> Result<&'a mu
 /// App port `p` of `ni` as its IFACE_V3 entry (what `apply` writes for a new port), for
 /// whoever fills the maps without the applier (the program tests).
 pub fn port_iface_info(ni: &NiPlan, p: &PortPlan, acl_id: u32) -> netns_ebpf_common::IfaceInfo {
-    match ni.kind {
-        NetworkKind::Local => port::iface_info(&LocalNi, ni, p, acl_id),
-        NetworkKind::Switch => port::iface_info(&SwitchNi, ni, p, acl_id),
-        NetworkKind::Vpn => port::iface_info(&VpnNi, ni, p, acl_id),
-    }
+    ni::with_driver!(ni.kind, kind => port::iface_info(kind, ni, p, acl_id))
 }

@@ -292,8 +292,15 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
         });
         info!("{}: port {}: {flows} flows, {} NAT entries removed", ni.name, p.bridge_port, nat_ni + nat_agent);
     }
-    datapath::remove_port_links(&ap.pin_dir, &ni.name, &p.bridge_port)?;
-    remove_link(ap, &nl, p).await
+    // A tap goes back to the agent's netns: its programs are detached first. A veth is
+    // deleted first: unpinning a link of a live interface waits for a grace period.
+    if p.tap.is_some() {
+        datapath::remove_port_links(&ap.pin_dir, &ni.name, &p.bridge_port)?;
+        remove_link(ap, &nl, p).await
+    } else {
+        remove_link(ap, &nl, p).await?;
+        datapath::remove_port_links(&ap.pin_dir, &ni.name, &p.bridge_port)
+    }
 }
 
 /// Deletes a port's veth (its app end goes with it), or moves a VM's tap back to the
