@@ -395,8 +395,9 @@ fn a_bad_config_while_running_changes_nothing() {
     assert_eq!(traffic["failed"].as_array().unwrap().len(), 0, "traffic saw errors: {traffic}");
 }
 
-/// `down` after the agent was killed (no chance to stop anything): no netns, link, pin,
-/// dnsmasq or charon is left.
+/// `down` after the agent was killed (no chance to stop anything): no netns, link, pin
+/// (a map pinned by an older agent under an earlier version too), dnsmasq or charon is
+/// left.
 #[test]
 fn down_after_kill_leaves_nothing() {
     let config = format!(
@@ -418,6 +419,16 @@ fn down_after_kill_leaves_nothing() {
     wait_until(scaled(Duration::from_secs(10)), || ours().iter().any(|l| l.contains("charon"))).expect("charon runs");
     assert!(ours().iter().filter(|l| l.contains("dnsmasq")).count() >= 3, "a dnsmasq per local NI: {:?}", ours());
     s.kill_agent();
+    // A map an older agent pinned under a version since replaced (NAT_V1 before NAT_V2).
+    let (stem, _) = netns_ebpf_common::map_names::NAT.rsplit_once("_V").unwrap();
+    let older = s.pin_dir.join(format!("{stem}_V1"));
+    let made = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&older)
+        .args(["type", "hash", "key", "4", "value", "4", "entries", "1", "name", "older"])
+        .output()
+        .unwrap();
+    assert!(made.status.success() && older.exists(), "{}", String::from_utf8_lossy(&made.stderr));
     let out = s.down();
     assert!(out.status.success(), "down: {}", String::from_utf8_lossy(&out.stderr));
     // SIGKILLed processes are gone once the kernel reaps them; their parent is dead.

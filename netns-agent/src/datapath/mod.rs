@@ -339,8 +339,28 @@ pub fn remove_shared_pins_if_unused(pin_dir: &Path) -> Result<bool> {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
+    // Maps of an earlier version of ours (NAT_V1 once NAT_V2 came): an older agent made
+    // them, and nothing uses them once no NI is left.
+    for entry in std::fs::read_dir(pin_dir).with_context(|| format!("reading {}", pin_dir.display()))?.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(is_other_map_version) {
+            std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            info!("removed {}, a map of an earlier version", entry.path().display());
+        }
+    }
     std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
     Ok(true)
+}
+
+/// Whether pin `name` is one of our maps at another version than `ALL_MAPS` has
+/// (`STEM_V<n>`).
+fn is_other_map_version(name: &str) -> bool {
+    fn stem(name: &str) -> Option<&str> {
+        let (stem, version) = name.rsplit_once("_V")?;
+        (!version.is_empty() && version.bytes().all(|b| b.is_ascii_digit())).then_some(stem)
+    }
+    let Some(of) = stem(name) else { return false };
+    !ALL_MAPS.contains(&name) && ALL_MAPS.iter().any(|m| stem(m) == Some(of))
 }
 
 /// The pinned maps, opened by path: works with or without a running agent.
@@ -897,4 +917,20 @@ impl Maps {
 pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_versions_of_our_maps_are_known_by_their_stem() {
+        let nat = map_names::NAT;
+        let (stem, _) = nat.rsplit_once("_V").unwrap();
+        assert!(is_other_map_version(&format!("{stem}_V1")));
+        assert!(!is_other_map_version(nat), "the current version is not another one");
+        for other in ["NAT", "NAT_V", "NAT_Vx", "OTHER_V1", "ni1", "@agent"] {
+            assert!(!is_other_map_version(other), "{other}");
+        }
+    }
 }

@@ -144,6 +144,8 @@ fn write_maps<K: NiDriver>(
         }
         debug!(port = p.bridge_port, acl_id = acl.id, "port config written");
     }
+    // The new ACL decides from here on; what follows is the old one's removal.
+    let switched = swap_started.elapsed();
     match (acl.replaces, before) {
         (Some(old), Some(before)) => maps.acls.remove_holding(old, &before.acl),
         (Some(old), None) => maps.acls.remove(old),
@@ -156,8 +158,9 @@ fn write_maps<K: NiDriver>(
             kept_aces = acl.kept_aces,
             old_acl_id = old,
             acl_id = acl.id,
+            switch_ms = switched.as_secs_f64() * 1000.0,
             ms = swap_started.elapsed().as_secs_f64() * 1000.0,
-            "{}: ACL of {} swapped (written, switched, the old one removed)",
+            "{}: ACL of {} swapped (written and switched after switch_ms, the old one removed after ms)",
             ni.name,
             p.app
         );
