@@ -117,6 +117,26 @@ pub fn delete_named(name: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// The processes inside each named netns of `names` that has any (what `ip netns pids`
+/// finds: /proc/PID/ns/net is that netns), by name; one pass over /proc.
+pub fn processes_in(names: &[&str]) -> std::collections::HashMap<String, Vec<u32>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let wanted: Vec<(&str, (u64, u64))> = names.iter().filter_map(|n| Some((*n, id(&resolve(n))?))).collect();
+    let mut found: std::collections::HashMap<String, Vec<u32>> = Default::default();
+    if wanted.is_empty() {
+        return found;
+    }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(ns) = id(&entry.path().join("ns/net")) else { continue };
+        if let Some((name, _)) = wanted.iter().find(|(_, w)| *w == ns) {
+            found.entry(name.to_string()).or_default().push(pid);
+        }
+    }
+    found
+}
+
 /// Makes `dir` a shared mount point as iproute2 does, so netns mounts under it propagate.
 fn ensure_shared_mount(dir: &Path) -> Result<()> {
     let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;

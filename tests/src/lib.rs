@@ -478,6 +478,11 @@ impl Background {
         line
     }
 
+    /// The command's process id.
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
     /// Whether the command still runs.
     pub fn running(&mut self) -> bool {
         self.0.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())

@@ -437,6 +437,25 @@ fn down_after_kill_leaves_nothing() {
     assert_eq!(s.leftovers(), Vec::<String>::new());
 }
 
+/// `down` while a process is still inside an NI's netns (someone's shell): that netns
+/// outlives its name, so `down` deletes its links itself; nothing of ours is left, and
+/// it says which process held the netns.
+#[test]
+fn down_with_a_process_left_in_an_ni_leaves_nothing() {
+    let mut s = Scenario::with_uplinks(&["ni1", "ni2"], &["app1", "app2", "app3"], 1, BASE);
+    s.start_agent();
+    let ni1 = s.ni("ni1");
+    let shell = s.background(ni1, &["sleep", "120"]);
+    let pid = shell.pid();
+    s.kill_agent();
+    let out = s.down();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "down: {stderr}");
+    assert!(stderr.contains(&format!("processes [{pid}] are still in its netns")), "{stderr}");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+    drop(shell);
+}
+
 /// A sequence of random valid configs (seeded, reproducible) applied one after the other
 /// to one running agent: after each, the kernel state (links, addresses, routes, rules,
 /// attached programs, map entries) equals what a fresh agent builds from that config

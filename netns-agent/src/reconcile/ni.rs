@@ -9,7 +9,7 @@ use netns_ebpf_common::{
 };
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{programs, uplink, Applier, ApplyOutcome};
 use crate::{
@@ -327,14 +327,20 @@ pub async fn remove<K: NiDriver>(ap: &mut Applier, kind: &K, ni: &NiPlan) -> Vec
 pub async fn remove_all(ap: &mut Applier, nis: &[NiPlan]) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     let mut dying: Vec<(&NiPlan, &str)> = Vec::new();
+    // A process still in an NI's netns (someone's shell) keeps it, and its links, alive
+    // past its name: such an NI's links are deleted here.
+    let held = netns::processes_in(&nis.iter().map(|n| n.name.as_str()).collect::<Vec<_>>());
     for ni in nis {
         info!("removing network instance {}", ni.name);
         let mut own = Vec::new();
+        if let Some(pids) = held.get(&ni.name) {
+            warn!("{}: processes {pids:?} are still in its netns, which lives on until they leave", ni.name);
+        }
         with_driver!(ni.kind, kind => {
             let nl = dismantle(ap, kind, ni, &mut own).await;
             match (nl, kind.survivor(ni)) {
                 // The netns goes with its links; its survivor shows when they are gone.
-                (Some(nl), Some(survivor)) => {
+                (Some(nl), Some(survivor)) if !held.contains_key(&ni.name) => {
                     drop(nl);
                     dying.push((ni, survivor));
                 }
