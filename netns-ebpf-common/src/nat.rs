@@ -193,6 +193,27 @@ pub fn may_reuse_tuple(proto: u8, tcp_flags: u8) -> bool {
     proto != crate::PROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
+/// Whether the reply half of a translation may be gone when a packet uses its original
+/// half, which had been idle `idle_ns` before it (the packet's time written first, so
+/// that a sweep judging the pair afterwards sees it in use): `may_reuse_tuple`, and the
+/// pair could have been past its time. The sweep only takes pairs past their time, the
+/// original half idle too, so a flow in use pays no extra lookup per packet.
+#[inline(always)]
+pub fn may_have_lost_reply_half(proto: u8, tcp_flags: u8, idle_ns: u64) -> bool {
+    may_reuse_tuple(proto, tcp_flags) && idle_ns >= shortest_pair_timeout_ns(proto)
+}
+
+/// The shortest `pair_idle_timeout_ns` of protocol `proto`, whatever its flags.
+#[inline(always)]
+pub fn shortest_pair_timeout_ns(proto: u8) -> u64 {
+    const SEC: u64 = 1_000_000_000;
+    match proto {
+        crate::PROTO_TCP => 120 * SEC,
+        crate::PROTO_UDP | crate::PROTO_ICMP => 30 * SEC,
+        _ => 600 * SEC,
+    }
+}
+
 /// Whether `reply` is the reply half of the source translation that `flow` (as it
 /// leaves, untranslated) uses: it gives the answers back to the flow's source.
 #[inline(always)]
@@ -285,12 +306,33 @@ mod tests {
         assert!(!may_reuse_tuple(PROTO_TCP, TCP_SYN | TCP_ACK));
         assert!(!may_reuse_tuple(PROTO_TCP, TCP_ACK));
         assert!(may_reuse_tuple(crate::PROTO_UDP, 0));
+        // Only a pair that could be past its time is checked: not a flow in use.
+        const SEC: u64 = 1_000_000_000;
+        assert!(!may_have_lost_reply_half(crate::PROTO_UDP, 0, 29 * SEC));
+        assert!(may_have_lost_reply_half(crate::PROTO_UDP, 0, 30 * SEC));
+        assert!(!may_have_lost_reply_half(PROTO_TCP, TCP_SYN, 119 * SEC));
+        assert!(may_have_lost_reply_half(PROTO_TCP, TCP_SYN, 120 * SEC));
+        assert!(!may_have_lost_reply_half(PROTO_TCP, TCP_ACK, 3600 * SEC));
         let f = Flow { src: [10, 10, 1, 2], sport: 40000, ..Flow::default() };
         let half = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, ..NatValue::default() };
         assert!(is_reply_half(&half, &f));
         assert!(!is_reply_half(&NatValue { port: 40001, ..half }, &f), "another flow's");
         assert!(!is_reply_half(&NatValue { flags: NAT_FLAG_ORIG, ..half }, &f), "a port map's original half");
         assert!(!is_reply_half(&NatValue { rewrite: REWRITE_SRC, ..half }, &f));
+    }
+
+    #[test]
+    fn no_pair_times_out_before_its_protocols_shortest_timeout() {
+        use crate::{PROTO_ICMP, PROTO_UDP};
+        for proto in [PROTO_TCP, PROTO_UDP, PROTO_ICMP, 47] {
+            for flags in 0..=u8::MAX {
+                for answered in [false, true] {
+                    assert!(pair_idle_timeout_ns(proto, flags, answered) >= shortest_pair_timeout_ns(proto), "{proto} {flags} {answered}");
+                }
+            }
+            let shortest = (0..=u8::MAX).flat_map(|f| [false, true].map(|a| pair_idle_timeout_ns(proto, f, a))).min();
+            assert_eq!(shortest, Some(shortest_pair_timeout_ns(proto)), "the shortest, not below it: {proto}");
+        }
     }
 
     #[test]

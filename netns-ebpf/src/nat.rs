@@ -70,16 +70,19 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     let entry = NAT.get_ptr_mut(&key);
     if let Some(v) = entry.filter(|v| (unsafe { (**v).rewrite } == REWRITE_SRC) == egress) {
         let v = unsafe { &mut *v };
+        // In use from now on, before its reply half is looked at (see
+        // `nat::may_have_lost_reply_half`).
+        let idle = now.saturating_sub(v.last_seen_ns);
+        v.last_seen_ns = now;
         if egress
             && v.flags & NAT_FLAG_ORIG != 0
-            && nat::may_reuse_tuple(flow.proto, flow.tcp_flags)
+            && nat::may_have_lost_reply_half(flow.proto, flow.tcp_flags, idle)
             && !reply_half_whole(&key, v, &flow, now)
         {
             // The reply tuple is another flow's now: this flow gets a translation anew.
             let _ = NAT.remove(&key);
             return new_snat(ctx, &mut flow, &key, nif, now);
         }
-        v.last_seen_ns = now;
         let flags = nat::flags_after(v.flags, flow.proto, flow.tcp_flags);
         if flags != v.flags {
             v.flags = flags;
@@ -174,7 +177,7 @@ fn is_reply(key: &NatKey) -> bool {
 }
 
 /// Whether the source translation `v` (the original half, under `key`) still has its
-/// reply half; one the sweep took (see `nat::may_reuse_tuple`) is made again. False: the
+/// reply half; one the sweep took (see `nat::may_have_lost_reply_half`) is made again. False: the
 /// reply tuple is another flow's.
 #[inline(always)]
 fn reply_half_whole(key: &NatKey, v: &NatValue, flow: &Flow, now: u64) -> bool {
