@@ -39,6 +39,13 @@ pub const PROTO_ANY: u16 = 256;
 /// ([`MAX_LIVE_ACES`]), so that any ACL can be written beside the one it replaces.
 pub const ACES_MAX_ENTRIES: u32 = 131_072;
 pub const MAX_LIVE_ACES: u32 = ACES_MAX_ENTRIES / 2;
+/// ACEs per entry of ACE_V2 (`AceGroup`): a map entry costs the agent's write and
+/// removal far more than its bytes do, and a swap of 10,000 ACEs wrote and removed one
+/// per ACE.
+pub const ACES_PER_GROUP: usize = 16;
+/// ACE_V2's entries: every live ACE and the ACL replacing it, grouped, plus each port's
+/// two ACLs' last, partly used groups.
+pub const ACE_GROUPS_MAX_ENTRIES: u32 = ACES_MAX_ENTRIES / ACES_PER_GROUP as u32 + SHAPES_MAX_ENTRIES;
 /// Bitmap entries: per chunk at most one per ACE and one for the rest (twice for the
 /// protocols, with and without the eidset's ACEs), over twice the live ACEs and chunks.
 pub const BITS_MAX_ENTRIES: u32 = 2 * ACES_MAX_ENTRIES + 8192;
@@ -108,6 +115,29 @@ pub struct PortBitsKey {
 pub struct AceKey {
     pub acl: u32,
     pub index: u32,
+}
+
+/// ACEs `group * ACES_PER_GROUP ..` of an ACL, under `AceKey { acl, index: group }`;
+/// those past the ACL's end are zeros.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AceGroup {
+    pub aces: [Ace; ACES_PER_GROUP],
+}
+
+impl AceGroup {
+    /// The group that holds ACE `key.index`, and the ACE's place in it.
+    #[inline(always)]
+    pub fn locate(key: &AceKey) -> (AceKey, usize) {
+        let per = ACES_PER_GROUP as u32;
+        (AceKey { acl: key.acl, index: key.index / per }, (key.index % per) as usize)
+    }
+
+    /// ACE `at` of the group (`locate`'s place).
+    #[inline(always)]
+    pub fn get(&self, at: usize) -> Option<&Ace> {
+        self.aces.get(at)
+    }
 }
 
 /// What the search reads; the programs look up their maps, the host its vectors.
@@ -295,7 +325,8 @@ mod compile {
         pub ip: Vec<(u32, IpBitsKey, Bits)>,
         pub proto: Vec<(ProtoBitsKey, Bits)>,
         pub port: Vec<(PortBitsKey, Bits)>,
-        pub aces: Vec<(AceKey, Ace)>,
+        /// The ACEs in groups (`AceGroup`), keyed by group.
+        pub aces: Vec<(AceKey, AceGroup)>,
         /// Host ACE ordinal -> ACE index.
         pub hosts: Vec<(AceKey, u32)>,
     }
@@ -317,7 +348,15 @@ mod compile {
             out.hosts.push((AceKey { acl, index: ordinal as u32 }, index));
         }
         out.shape = AclShape { aces: aces.len() as u32, host_aces: out.hosts.len() as u32, digest: digest(aces) };
-        out.aces = aces.iter().enumerate().map(|(i, a)| (AceKey { acl, index: i as u32 }, *a)).collect();
+        out.aces = aces
+            .chunks(ACES_PER_GROUP)
+            .enumerate()
+            .map(|(g, part)| {
+                let mut group = AceGroup::default();
+                group.aces[..part.len()].copy_from_slice(part);
+                (AceKey { acl, index: g as u32 }, group)
+            })
+            .collect();
         for (chunk, part) in aces.chunks(CHUNK_ACES).enumerate() {
             // Only the ACEs the bitmaps decide: no port maps, no host ACEs.
             let covered: Vec<(usize, &Ace)> =

@@ -45,7 +45,7 @@ pub mod map_names {
     pub const ACL_IP: &str = "ACLIP_V1";
     pub const ACL_PROTO: &str = "ACLPROTO_V1";
     pub const ACL_PORT: &str = "ACLPORT_V1";
-    pub const ACES: &str = "ACE_V1";
+    pub const ACES: &str = "ACE_V2";
     pub const ACL_HOSTS: &str = "ACLHOST_V1";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V1";
@@ -332,6 +332,7 @@ const _: () = {
     assert!(size_of::<classify::ProtoBitsKey>() == 12);
     assert!(size_of::<classify::PortBitsKey>() == 12);
     assert!(size_of::<classify::AceKey>() == 8);
+    assert!(size_of::<classify::AceGroup>() == 16 * classify::ACES_PER_GROUP);
     assert!(size_of::<classify::AclShape>() == 16);
     assert!(size_of::<nat::NatKey>() == 20);
     assert!(size_of::<nat::NatValue>() == 24);
@@ -365,6 +366,7 @@ mod pod {
     unsafe impl aya::Pod for super::classify::ProtoBitsKey {}
     unsafe impl aya::Pod for super::classify::PortBitsKey {}
     unsafe impl aya::Pod for super::classify::AceKey {}
+    unsafe impl aya::Pod for super::classify::AceGroup {}
     unsafe impl aya::Pod for super::classify::AclShape {}
     unsafe impl aya::Pod for super::nat::NatKey {}
     unsafe impl aya::Pod for super::nat::NatValue {}

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use netns_ebpf_common::{
     acl::{self, Ace, AceQuery, AceWalk, Decided, RemoteFacts, Verdict, METADATA_IP},
-    classify::{self, AceKey, AclMaps, Bits, HostStep, IpBitsKey, PortBitsKey, ProtoBitsKey, LOOKUP_PREFIX_LEN, MAX_HOST_ACES},
+    classify::{self, AceGroup, AceKey, AclMaps, Bits, HostStep, IpBitsKey, PortBitsKey, ProtoBitsKey, LOOKUP_PREFIX_LEN, MAX_HOST_ACES},
     ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_ENDED, FLAG_JUDGED_TO_APP, FLAG_SEEN_REPLY, VERDICT_DROP},
     event::{self, EVENT_DROPPED, EVENT_END, EVENT_START},
     guard,
@@ -395,7 +395,8 @@ impl AclMaps for PinnedAcls {
     }
     #[inline(always)]
     fn ace(&self, key: &AceKey) -> Option<&Ace> {
-        unsafe { ACES.get(key) }
+        let (group, at) = AceGroup::locate(key);
+        unsafe { ACES.get(&group) }?.get(at)
     }
     #[inline(always)]
     fn host_ace(&self, key: &AceKey) -> Option<u32> {
@@ -439,7 +440,7 @@ impl AceWalk for BitmapWalk {
         if found == NOT_FOUND {
             return None;
         }
-        let ace = unsafe { ACES.get(&AceKey { acl: self.acl, index: found }) }?;
+        let ace = PinnedAcls.ace(&AceKey { acl: self.acl, index: found })?;
         Some(Decided { index: found, ace: *ace })
     }
 }

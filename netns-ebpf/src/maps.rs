@@ -9,8 +9,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netns_ebpf_common::{
-    acl::Ace,
-    classify::{AceKey, AclShape, Bits, IpBitsKey, PortBitsKey, ProtoBitsKey, ACES_MAX_ENTRIES, BITS_MAX_ENTRIES, SHAPES_MAX_ENTRIES},
+    classify::{
+        AceGroup, AceKey, AclShape, Bits, IpBitsKey, PortBitsKey, ProtoBitsKey, ACES_MAX_ENTRIES, ACE_GROUPS_MAX_ENTRIES, BITS_MAX_ENTRIES,
+        SHAPES_MAX_ENTRIES,
+    },
     ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
     event::{FlowEvent, EVENTS_BYTES},
     fast::FastZone,
@@ -81,8 +83,8 @@ pub static ACL_PROTO: HashMap<ProtoBitsKey, Bits, { BITS_MAX_ENTRIES as usize },
 #[btf_map(name = "ACLPORT_V1")]
 pub static ACL_PORT: HashMap<PortBitsKey, Bits, { BITS_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
 
-#[btf_map(name = "ACE_V1")]
-pub static ACES: HashMap<AceKey, Ace, { ACES_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
+#[btf_map(name = "ACE_V2")]
+pub static ACES: HashMap<AceKey, AceGroup, { ACE_GROUPS_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
 
 /// Host ACE ordinal -> its ACE index.
 #[btf_map(name = "ACLHOST_V1")]

@@ -14,8 +14,9 @@ use ipnet::Ipv4Net;
 use toml::Spanned;
 
 use netns_ebpf_common::{
-    classify::{MAX_CLASSIFIED_ACES, MAX_HOST_ACES, MAX_LIVE_ACES},
+    classify::{ACES_PER_GROUP, ACE_GROUPS_MAX_ENTRIES, MAX_CLASSIFIED_ACES, MAX_HOST_ACES, MAX_LIVE_ACES},
     limit::LIMIT_MAX_ENTRIES,
+    map_names,
     mark::ACE_ID_MASK,
     nat::{NAT_IFACES_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
     MAX_APP_PORTS,
@@ -33,6 +34,9 @@ pub(super) type Span = std::ops::Range<usize>;
 // NATIF_V1 holds every translating interface there can be: per NI with an uplink the two
 // ends of its veth, and its uplink.
 const _: () = assert!(NAT_IFACES_MAX_ENTRIES >= 3 * MAX_NI_INDEX);
+// ACE_V2 holds the live ACLs' groups and as many again (their replacements): at most a
+// group per 16 ACEs plus a partly used one per port. Checking ACEs and ports is enough.
+const _: () = assert!(2 * (MAX_LIVE_ACES / ACES_PER_GROUP as u32 + MAX_APP_PORTS) <= ACE_GROUPS_MAX_ENTRIES);
 
 /// The whole config: each section in turn, then the data path's capacity.
 pub(super) fn config(raw: &file::Config, netns: &dyn NetnsLookup, err: &mut impl FnMut(Span, String)) -> Config {
@@ -580,7 +584,7 @@ fn capacity(raw: &file::Config, err: &mut impl FnMut(Span, String)) {
     let all: Vec<&file::Ace> = aces().collect();
     if let Some(over) = all.get(MAX_LIVE_ACES as usize) {
         let n = all.len();
-        err(over.id.span(), format!("{n} ACEs: the data path holds at most {MAX_LIVE_ACES} over all interfaces (ACE_V1)"));
+        err(over.id.span(), format!("{n} ACEs: the data path holds at most {MAX_LIVE_ACES} over all interfaces ({})", map_names::ACES));
     }
     let portmaps: Vec<&file::Ace> = aces().filter(|a| matches!(a.action, file::Action::Portmap(_))).collect();
     if let Some(over) = portmaps.get(PORTMAP_MAX_ENTRIES as usize / 2) {

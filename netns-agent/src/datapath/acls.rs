@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, MapData};
 use netns_ebpf_common::{
     acl::Ace,
-    classify::{self, AceKey, AclShape, Bits, CompiledAcl, IpBitsKey, PortBitsKey, ProtoBitsKey},
+    classify::{self, AceGroup, AceKey, AclShape, Bits, CompiledAcl, IpBitsKey, PortBitsKey, ProtoBitsKey, ACES_PER_GROUP},
     map_names,
 };
 
@@ -20,7 +20,7 @@ pub struct AclStore {
     ip: LpmTrie<MapData, IpBitsKey, Bits>,
     proto: HashMap<MapData, ProtoBitsKey, Bits>,
     port: HashMap<MapData, PortBitsKey, Bits>,
-    aces: HashMap<MapData, AceKey, Ace>,
+    aces: HashMap<MapData, AceKey, AceGroup>,
     hosts: HashMap<MapData, AceKey, u32>,
     /// The four hash maps again, for batched writes and removals: an ACL's thousands of
     /// entries in one system call per map (the LPM trie has no batch commands; it holds
@@ -83,18 +83,27 @@ impl AclStore {
 
     /// ACE `index` of ACL `id`.
     pub fn ace(&self, id: u32, index: u32) -> Option<Ace> {
-        self.aces.get(&AceKey { acl: id, index }, 0).ok()
+        let (group, at) = AceGroup::locate(&AceKey { acl: id, index });
+        self.aces.get(&group, 0).ok()?.get(at).copied()
     }
 
     /// The ACEs under `id`, read back (None: no such ACL).
     pub fn aces(&self, id: u32) -> Option<Vec<Ace>> {
         let shape = self.shapes.get(&id, 0).ok()?;
-        (0..shape.aces).map(|index| self.aces.get(&AceKey { acl: id, index }, 0).ok()).collect()
+        let groups = (shape.aces as usize).div_ceil(ACES_PER_GROUP) as u32;
+        let mut aces = Vec::with_capacity(shape.aces as usize);
+        for index in 0..groups {
+            aces.extend(self.aces.get(&AceKey { acl: id, index }, 0).ok()?.aces);
+        }
+        aces.truncate(shape.aces as usize);
+        Some(aces)
     }
 
-    /// Whether ACL `id` holds exactly `aces` (by the digest in its shape).
+    /// Whether ACL `id` holds exactly `aces` (by the digest in its shape), its ACEs there
+    /// (an agent before ACE_V2 left shapes whose ACEs are in ACE_V1).
     pub fn holds(&self, id: u32, aces: &[Ace]) -> bool {
         self.shape(id).is_some_and(|s| s.aces as usize == aces.len() && s.digest == classify::digest(aces))
+            && (aces.is_empty() || self.aces.get(&AceKey { acl: id, index: 0 }, 0).is_ok())
     }
 
     /// Removes ACL `id`: its ACEs read back name its entries (compiled again), so no walk

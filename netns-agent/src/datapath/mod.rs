@@ -2,7 +2,7 @@
 //! links, attaching to app ports and translating interfaces, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
-//!   CT_V4, DROP_V2, IFACE_V3, ACE_V1,   maps shared by every NI and the agent's netns
+//!   CT_V4, DROP_V2, IFACE_V3, ACE_V2,   maps shared by every NI and the agent's netns
 //!   STATS_V6, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
 //!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running

@@ -1,14 +1,14 @@
 //! The NI kinds: what each one builds at the NI level (netns, bridge, veth to the agent,
 //! NAT, routing, uplink, tunnel routes) and what it takes down. Ports, pins and map
-//! entries are the same for all kinds (`port.rs`, `remove` below).
+//! entries are the same for all kinds (`port.rs`, `remove` and `remove_all` below).
+
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use netns_ebpf_common::{
     nat::{PortmapKey, PortmapTarget, DOMAIN_AGENT},
     IfaceKey, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH,
 };
-use std::time::{Duration, Instant};
-
 use tracing::{debug, info, warn};
 
 use super::{programs, uplink, Applier, ApplyOutcome};

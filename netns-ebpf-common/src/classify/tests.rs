@@ -12,7 +12,7 @@ struct Lookup {
     ip: Vec<(u32, IpBitsKey, Bits)>,
     proto: HashMap<ProtoBitsKey, Bits>,
     port: HashMap<PortBitsKey, Bits>,
-    aces: HashMap<AceKey, Ace>,
+    aces: HashMap<AceKey, AceGroup>,
     hosts: HashMap<AceKey, u32>,
 }
 
@@ -43,7 +43,8 @@ impl AclMaps for Lookup {
         self.port.get(key)
     }
     fn ace(&self, key: &AceKey) -> Option<&Ace> {
-        self.aces.get(key)
+        let (group, at) = AceGroup::locate(key);
+        self.aces.get(&group)?.get(at)
     }
     fn host_ace(&self, key: &AceKey) -> Option<u32> {
         self.hosts.get(key).copied()
