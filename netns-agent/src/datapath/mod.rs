@@ -339,13 +339,13 @@ pub fn remove_shared_pins_if_unused(pin_dir: &Path) -> Result<bool> {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
-    // Maps of an earlier version of ours (NAT_V1 once NAT_V2 came): an older agent made
-    // them, and nothing uses them once no NI is left.
+    // Our maps at another version (NAT_V1 once NAT_V2 came): another agent made them,
+    // and nothing uses them once no NI is left.
     for entry in std::fs::read_dir(pin_dir).with_context(|| format!("reading {}", pin_dir.display()))?.flatten() {
         let name = entry.file_name();
         if name.to_str().is_some_and(is_other_map_version) {
             std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
-            info!("removed {}, a map of an earlier version", entry.path().display());
+            info!("removed {}, one of our maps at another version", entry.path().display());
         }
     }
     std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
