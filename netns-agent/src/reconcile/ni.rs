@@ -310,13 +310,19 @@ pub(crate) use with_driver;
 pub async fn remove<K: NiDriver>(ap: &mut Applier, kind: &K, ni: &NiPlan) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     let nl = dismantle(ap, kind, ni, &mut errors).await;
+    delete_and_finish(ap, kind, ni, nl, &mut errors).await;
+    errors
+}
+
+/// What follows `dismantle` when the NI's links go here: its veths in one request, then
+/// `finish`.
+async fn delete_and_finish<K: NiDriver>(ap: &mut Applier, kind: &K, ni: &NiPlan, nl: Option<Netlink>, errors: &mut Vec<anyhow::Error>) {
     let deleted = match &nl {
-        Some(nl) => delete_veths(kind, ni, nl, &mut errors).await,
+        Some(nl) => delete_veths(kind, ni, nl, errors).await,
         None => false,
     };
     drop(nl);
-    finish(ap, kind, ni, deleted, &mut errors).await;
-    errors
+    finish(ap, kind, ni, deleted, errors).await;
 }
 
 /// Removes every NI of `nis` at once (`down`, no agent running): each is dismantled and
@@ -344,14 +350,7 @@ pub async fn remove_all(ap: &mut Applier, nis: &[NiPlan]) -> Vec<anyhow::Error> 
                     drop(nl);
                     dying.push((ni, survivor));
                 }
-                (nl, _) => {
-                    let deleted = match &nl {
-                        Some(nl) => delete_veths(kind, ni, nl, &mut own).await,
-                        None => false,
-                    };
-                    drop(nl);
-                    finish(ap, kind, ni, deleted, &mut own).await;
-                }
+                (nl, _) => delete_and_finish(ap, kind, ni, nl, &mut own).await,
             }
         });
         errors.extend(naming(ni, own));
