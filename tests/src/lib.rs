@@ -412,6 +412,11 @@ impl Scenario {
                 left.push(format!("{app} link {l}"));
             }
         }
+        // The uplinks keep no qdisc of ours (the agent's filters sat on clsact).
+        let qdiscs = String::from_utf8_lossy(&self.exec(&self.zedbox, &["tc", "qdisc", "show"]).stdout).into_owned();
+        for q in qdiscs.lines().filter(|q| q.contains("clsact")) {
+            left.push(format!("zedbox qdisc {q}"));
+        }
         if self.pin_dir.exists() {
             left.push(format!("pins {}", self.pin_dir.display()));
         }

@@ -351,14 +351,8 @@ fn one_copy_of_the_programs_serves_every_ni() {
     assert_eq!(from_app_ids.len(), 1, "every port runs the same from-app program: {from_app_ids:?}");
 }
 
-/// The id of the from-app program on `port` of NI `ni`: from its pinned TCX link (which
-/// Debian's bpftool does not list under `net`), or else (kernels without TCX) its tc filter.
+/// The id of the from-app program on `port` of NI `ni`: its tc filter's.
 fn from_app_prog_id(s: &Scenario, ni: &str, port: &str) -> Option<u64> {
-    let pin = s.pin_dir.join(s.ni(ni)).join(format!("{port}-from-app"));
-    if pin.exists() {
-        let out = Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&pin).output().unwrap();
-        return serde_json::from_slice::<Value>(&out.stdout).ok()?["prog_id"].as_u64();
-    }
     let net: Value = serde_json::from_slice(&s.exec(s.ni(ni), &["bpftool", "-j", "net", "show", "dev", port]).stdout).ok()?;
     let progs =
         net.as_array()?.iter().flat_map(|sec| sec.as_object().into_iter().flatten()).flat_map(|(_, l)| l.as_array().into_iter().flatten());

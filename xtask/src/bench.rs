@@ -24,6 +24,22 @@ use crate::{
     load::{self, Ends, BENCH, TWIN},
 };
 
+/// Deletes every clsact qdisc in netns `ns` (with the agent's filters on them) and checks
+/// that no program is left on any interface there.
+fn detach_all(ns: &str) -> Result<()> {
+    let qdiscs = output(&["tc", "-n", ns, "-j", "qdisc", "show"]);
+    let qdiscs: serde_json::Value = serde_json::from_str(&qdiscs).with_context(|| format!("tc qdisc show in {ns}: {qdiscs}"))?;
+    for q in qdiscs.as_array().into_iter().flatten().filter(|q| q["kind"] == "clsact") {
+        let dev = q["dev"].as_str().context("a qdisc without its device")?;
+        sh(&["tc", "-n", ns, "qdisc", "del", "dev", dev, "clsact"])?;
+    }
+    let left = output(&["ip", "netns", "exec", ns, "bpftool", "net", "show"]);
+    if left.contains("app_port_") || left.contains("nat_") {
+        bail!("programs are still attached in {ns}:\n{left}");
+    }
+    Ok(())
+}
+
 /// One NI on eth0; app1's ACL has `aces` ACEs and only its last allows the bench's
 /// traffic: the ACL's worst case, on both paths that have one.
 fn bench_config(aces: u32) -> String {
@@ -142,15 +158,12 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     let log_text = std::fs::read_to_string(&flow_log).unwrap_or_default();
     println!("  flow log: {} records, {} bytes", log_text.lines().count(), log_text.len());
 
-    // Stop the agent (the pinned programs stay), then detach every program by unpinning
-    // its links, and route the same path without translation.
+    // Stop the agent (its tc filters stay), then take every program off by deleting the
+    // clsact qdiscs that hold them, and route the same path without translation.
     let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
     agent.wait()?;
-    for sub in ["ni1", "@agent"] {
-        let dir = Path::new(PIN_DIR).join(sub);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
+    for ns in ["ni1", ZEDBOX] {
+        detach_all(ns)?;
     }
     let bare_routes: [(&str, &[&str]); 2] =
         [(ZEDBOX, &["10.10.1.0/24", "via", "169.254.100.2", "dev", "veth1"]), (GW, &["10.10.1.0/24", "via", "192.168.0.2"])];

@@ -1,27 +1,29 @@
 //! The eBPF side from userspace: loading the object once for every NI, pinning maps and
-//! links, attaching to app ports and translating interfaces, and reading/writing the maps.
+//! attaching programs to app ports and translating interfaces, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
 //!   CT_V4, DROP_V2, IFACE_V3, ACE_V2,   maps shared by every NI and the agent's netns
 //!   STATS_V6, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
-//!   <ni>/<port>-from-app, <port>-to-app  pinned TCX links of an NI's programs: they stay
-//!   <ni>/<veth>-nat-in, <veth>-nat-out   attached while the agent is not running
-//!   @agent/<ifname>-nat-in, ...          the agent netns' NAT links (uplinks, NI veths)
+//!   <ni>/..., @agent/...                 TCX links an earlier agent pinned: the agent
+//!                                        unpins them as its tc filters take over (`tc`)
+//!
+//! The programs themselves sit in tc filters (`tc`), which need no pin to outlive the
+//! agent.
 
 mod acls;
 mod batch;
+mod tc;
 use batch::BatchMap;
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-        ProgramError, SchedClassifier, TcAttachType,
-    },
+    programs::{ProgramError, SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
 use netns_ebpf_common::{
@@ -137,150 +139,60 @@ impl Programs {
     }
 
     /// Attaches the app-port programs to bridge port `port` of NI `ni` (inside `ns`).
-    /// `fresh`: the interface was just created (a pin of that name belongs to an earlier
-    /// interface).
-    pub fn attach_port(&mut self, ns: &Netns, ni: &str, port: &str, fresh: bool) -> Result<()> {
-        self.attach(
-            ni,
-            ns,
-            port,
-            fresh,
-            [
-                (prog_names::APP_PORT_FROM_APP, TcAttachType::Ingress, "from-app"),
-                (prog_names::APP_PORT_TO_APP, TcAttachType::Egress, "to-app"),
-            ],
-        )
+    pub fn attach_port(&mut self, ns: &Netns, ni: &str, port: &str) -> Result<()> {
+        self.attach(ni, ns, port, PORT_PROGRAMS)
     }
 
-    /// Attaches the NAT programs to interface `ifname` inside `ns`, its links pinned
-    /// under `owner` (an NI's name, or `AGENT_PIN_SUBDIR` for the agent netns').
-    pub fn attach_nat(&mut self, ns: &Netns, owner: &str, ifname: &str, fresh: bool) -> Result<()> {
-        self.attach(
-            owner,
-            ns,
-            ifname,
-            fresh,
-            [(prog_names::NAT_INGRESS, TcAttachType::Ingress, "nat-in"), (prog_names::NAT_EGRESS, TcAttachType::Egress, "nat-out")],
-        )
+    /// Attaches the NAT programs to interface `ifname` inside `ns` (`owner`: an NI's
+    /// name, or `AGENT_PIN_SUBDIR` for the agent netns', where an earlier agent pinned
+    /// its links).
+    pub fn attach_nat(&mut self, ns: &Netns, owner: &str, ifname: &str) -> Result<()> {
+        self.attach(owner, ns, ifname, NAT_PROGRAMS)
     }
 
-    /// Attaches programs in `ns` (the interface resolved in that netns) so that they
-    /// outlive the agent process: TCX links, pinned; on kernels without TCX (< 6.6), tc
-    /// filters on a clsact qdisc, which live on their own (`detach_legacy_tc` removes them).
+    /// Puts the programs on `ifname` in `ns` as tc filters (`tc`): new ones, or the
+    /// programs of the filters there replaced in place. They outlive the agent process.
     ///
-    /// Where a pinned link of this interface exists (an earlier agent attached it), the
-    /// link is kept and only its program replaced (BPF_LINK_UPDATE): one atomic switch,
-    /// no packet sees the port without a program. A defunct link (its interface is gone)
-    /// is unpinned and the program attached anew. On tc filters, an existing interface
-    /// keeps the filters it has (there is no atomic replace).
-    fn attach(&mut self, owner: &str, ns: &Netns, ifname: &str, fresh: bool, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
-        let tcx = has_tcx();
-        if !tcx && !fresh {
-            debug!(ifname, "tc filters kept as attached");
-            return Ok(());
+    /// An earlier agent attached TCX links and pinned them under `owner`. A TCX program
+    /// runs before the tc filters and its verdict is final, so the filters just written
+    /// stay idle until those links go: unpinning them hands the interface over, and no
+    /// packet meets it without a program or with both.
+    fn attach(&mut self, owner: &str, ns: &Netns, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
+        let mut programs = Vec::new();
+        for (name, direction, _) in which {
+            let prog: &SchedClassifier =
+                self.ebpf.program(name).with_context(|| format!("program {name} missing from the object"))?.try_into()?;
+            programs.push((prog.fd()?.as_fd().as_raw_fd(), name, direction));
         }
-        let link_dir = self.pin_dir.join(owner);
-        std::fs::create_dir_all(&link_dir).with_context(|| format!("creating {}", link_dir.display()))?;
-        // Both programs at once, each on a thread of its own: an attachment (or a link
-        // update) waits for an RCU grace period, and the two waits overlap.
-        let mut jobs = Vec::new();
-        for (name, prog) in self.ebpf.programs_mut() {
-            if let Some((_, attach, suffix)) = which.iter().find(|(n, ..)| *n == name) {
-                let prog: &mut SchedClassifier = prog.try_into()?;
-                jobs.push((name, *attach, link_dir.join(link_pin_name(ifname, suffix)), prog));
-            }
-        }
-        if jobs.len() != which.len() {
-            bail!("the object lacks one of {:?}", which.map(|(name, ..)| name));
-        }
-        std::thread::scope(|s| {
-            let running: Vec<_> = jobs
-                .into_iter()
-                .map(|(name, attach, pin, prog)| s.spawn(move || attach_one(prog, name, attach, &pin, ns, ifname, fresh, tcx)))
-                .collect();
-            running.into_iter().try_for_each(|t| t.join().map_err(|_| anyhow::anyhow!("attaching to {ifname}: thread panicked"))?)
-        })
-    }
-}
-
-/// Puts program `name` on `ifname` (in `ns`) at `attach`: into its pinned TCX link when
-/// there is one that works, else in a new link pinned at `pin` (a tc filter without TCX).
-#[allow(clippy::too_many_arguments)]
-fn attach_one(
-    prog: &mut SchedClassifier,
-    name: &str,
-    attach: TcAttachType,
-    pin: &Path,
-    ns: &Netns,
-    ifname: &str,
-    fresh: bool,
-    tcx: bool,
-) -> Result<()> {
-    if tcx && fresh && pin.exists() {
-        std::fs::remove_file(pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
-    }
-    if tcx && pin.exists() {
-        match replace_pinned_program(prog, pin) {
-            Ok(()) => {
-                debug!(ifname, program = name, "program replaced in its pinned link");
-                return Ok(());
-            }
-            Err(e) => {
-                debug!(ifname, program = name, "pinned link unusable ({e:#}); attaching anew");
-                std::fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
-            }
-        }
-    }
-    netns::run_in(ns, || {
-        if !tcx {
-            match aya::programs::tc::qdisc_add_clsact(ifname) {
-                Err(aya::programs::tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
-                other => other.with_context(|| format!("adding the clsact qdisc to {ifname}"))?,
-            }
-        }
-        let id = prog.attach(ifname, attach).with_context(|| format!("attaching {name} to {ifname}"))?;
-        let link = prog.take_link(id)?;
-        if !tcx {
-            // Dropping the link would detach the filter; it must stay.
-            std::mem::forget(link);
-            return Ok(());
-        }
-        let link: FdLink = link.try_into().context("TCX link as fd link")?;
-        link.pin(pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+        netns::run_in(ns, || tc::attach(ifname, &programs))?;
+        remove_tcx_pins(&self.pin_dir.join(owner), ifname, which)?;
+        debug!(ifname, "programs attached");
         Ok(())
-    })?;
-    debug!(ifname, program = name, tcx, "attached");
-    Ok(())
-}
-
-/// Puts `prog` into the TCX link pinned at `pin` (atomically replacing its program).
-fn replace_pinned_program(prog: &mut SchedClassifier, pin: &Path) -> Result<()> {
-    let pinned = PinnedLink::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
-    let link: SchedClassifierLink = FdLink::from(pinned).try_into().context("pinned link is not a TCX link")?;
-    let id = prog.attach_to_link(link).context("BPF_LINK_UPDATE")?;
-    // The pin holds the link; our descriptor can go.
-    drop(prog.take_link(id)?);
-    Ok(())
-}
-
-/// TCX (multi-program tc with bpf links) arrived in Linux 6.6; Debian 12's 6.1 lacks it.
-pub fn has_tcx() -> bool {
-    use aya::util::KernelVersion;
-    KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(true)
-}
-
-/// Removes our NAT filters from an interface of the current netns on a kernel without
-/// TCX (with TCX, unpinning the links did it). Missing filters are fine.
-pub fn detach_legacy_tc(ifname: &str) {
-    if has_tcx() {
-        return;
     }
-    for (name, attach) in [(prog_names::NAT_INGRESS, TcAttachType::Ingress), (prog_names::NAT_EGRESS, TcAttachType::Egress)] {
-        match aya::programs::tc::qdisc_detach_program(ifname, attach, name) {
-            Ok(()) => debug!(ifname, program = name, "detached tc filter"),
-            Err(e) => debug!(ifname, program = name, "no tc filter to detach: {e}"),
-        }
+}
+
+const PORT_PROGRAMS: [(&str, TcAttachType, &str); 2] =
+    [(prog_names::APP_PORT_FROM_APP, TcAttachType::Ingress, "from-app"), (prog_names::APP_PORT_TO_APP, TcAttachType::Egress, "to-app")];
+const NAT_PROGRAMS: [(&str, TcAttachType, &str); 2] =
+    [(prog_names::NAT_INGRESS, TcAttachType::Ingress, "nat-in"), (prog_names::NAT_EGRESS, TcAttachType::Egress, "nat-out")];
+
+/// Takes the app-port programs off `port` of NI `ni` (in `ns`): a VM's tap before it goes
+/// back. A port that is gone has nothing to take off.
+pub fn detach_port(ns: &Netns, pin_dir: &Path, ni: &str, port: &str) -> Result<()> {
+    detach(ns, &pin_dir.join(ni), port, PORT_PROGRAMS)
+}
+
+/// Takes the NAT programs off `ifname` in `ns` (an uplink no NI uses any more, or an NI's
+/// agent-side veth).
+pub fn detach_nat(ns: &Netns, pin_dir: &Path, owner: &str, ifname: &str) -> Result<()> {
+    detach(ns, &pin_dir.join(owner), ifname, NAT_PROGRAMS)
+}
+
+fn detach(ns: &Netns, tcx_pin_dir: &Path, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
+    if netns::run_in(ns, || tc::detach(ifname, &which.map(|(_, direction, _)| direction)))? {
+        debug!(ifname, "programs detached");
     }
+    remove_tcx_pins(tcx_pin_dir, ifname, which)
 }
 
 /// bpffs refuses '.' in names (vethN.1): it becomes '_'.
@@ -288,21 +200,14 @@ fn link_pin_name(ifname: &str, suffix: &str) -> String {
     format!("{}-{suffix}", ifname.replace('.', "_"))
 }
 
-/// Unpins (detaches) the agent netns' NAT links of interface `ifname`.
-pub fn remove_agent_links(pin_dir: &Path, ifname: &str) -> Result<()> {
-    remove_links(&pin_dir.join(AGENT_PIN_SUBDIR), ifname, ["nat-in", "nat-out"])
-}
-
-/// Unpins (detaches) the programs of app port `port` of NI `ni`.
-pub fn remove_port_links(pin_dir: &Path, ni: &str, port: &str) -> Result<()> {
-    remove_links(&pin_dir.join(ni), port, ["from-app", "to-app"])
-}
-
-fn remove_links(dir: &Path, ifname: &str, suffixes: [&str; 2]) -> Result<()> {
-    for suffix in suffixes {
+/// Unpins the TCX links an earlier agent pinned for `ifname` under `dir` (which detaches
+/// their programs, or nothing when the interface is gone).
+fn remove_tcx_pins(dir: &Path, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
+    for (_, _, suffix) in which {
         let p = dir.join(link_pin_name(ifname, suffix));
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            info!("{}: an earlier agent's TCX link unpinned", p.display());
         }
     }
     Ok(())
@@ -317,7 +222,8 @@ fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
-/// Removes the pinned links of NI `ni` (which detaches its programs) and its directory.
+/// Removes NI `ni`'s pin directory: an earlier agent's TCX links of the NI (unpinning
+/// one detaches its program, or nothing once its interface is gone).
 pub fn remove_ni_pins(pin_dir: &Path, ni: &str) -> Result<()> {
     let dir = pin_dir.join(ni);
     if dir.exists() {

@@ -127,12 +127,12 @@ impl NiDriver for LocalNi {
             let ni_veth_index = nl.link_index(&ni.ni_veth).await?.context("NI veth vanished")?;
             let nat_ports = plan.nat_ports;
             ap.maps()?.set_nat_iface(IfaceKey { zone: ni.zone(), ifindex: ni_veth_index }, uplink::ni_side_nat(nat_ports, ni))?;
-            programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ns, &ni.name, &ni.ni_veth, fresh_veth)?;
+            programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ns, &ni.name, &ni.ni_veth)?;
             // Agent side: port-mapped flows entering the NI get the agent-side address
             // as source (no collision with the NI subnet); hairpin port maps.
             ap.maps()?
                 .set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: agent_veth_index }, uplink::agent_side_nat(nat_ports, ni, &addr))?;
-            programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &ni.agent_veth, fresh_veth)?;
+            programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &ni.agent_veth)?;
             let maps = ap.maps()?;
             uplink::set_uplink_portmaps(maps, ni, &addr)?;
             for pm in &ni.portmaps {
@@ -193,7 +193,7 @@ impl NiDriver for LocalNi {
                 errors.push(e);
             }
         }
-        if let Err(e) = datapath::remove_agent_links(&ap.pin_dir, &ni.agent_veth) {
+        if let Err(e) = datapath::detach_nat(&ap.agent_ns, &ap.pin_dir, datapath::AGENT_PIN_SUBDIR, &ni.agent_veth) {
             errors.push(e);
         }
     }
@@ -422,15 +422,16 @@ async fn dismantle<K: NiDriver>(ap: &mut Applier, kind: &K, ni: &NiPlan, errors:
         let flows = maps.remove_zone(ni.zone());
         info!("{}: removed {flows} conntrack entries", ni.name);
     }
-    let nl = match netns::exists(&ni.name) {
-        true => Netns::open(&netns::resolve(&ni.name)).and_then(|ns| Netlink::open(&ns)).map_err(|e| errors.push(e)).ok(),
+    let ns = match netns::exists(&ni.name) {
+        true => Netns::open(&netns::resolve(&ni.name)).map_err(|e| errors.push(e)).ok(),
         false => None,
     };
+    let nl = ns.as_ref().and_then(|ns| Netlink::open(ns).map_err(|e| errors.push(e)).ok());
     kind.teardown(ap, ni, nl.as_ref(), errors).await;
-    if let Some(nl) = &nl {
+    if let (Some(ns), Some(nl)) = (&ns, &nl) {
         // A VM's tap goes back where it came from, without our programs.
         for p in ni.ports.iter().filter(|p| p.tap.is_some()) {
-            if let Err(e) = datapath::remove_port_links(&ap.pin_dir, &ni.name, &p.bridge_port) {
+            if let Err(e) = datapath::detach_port(ns, &ap.pin_dir, &ni.name, &p.bridge_port) {
                 errors.push(e);
             }
             if let Err(e) = super::port::remove_link(ap, nl, p).await {

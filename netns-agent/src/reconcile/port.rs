@@ -67,7 +67,7 @@ pub async fn ensure<K: NiDriver>(
     let ifindex = nl.link_index(&p.bridge_port).await?.with_context(|| format!("{} vanished after creation", p.bridge_port))?;
     // Config first, then the programs that read it.
     write_maps(ap.maps()?, kind, ni, p, IfaceKey { zone: ni.zone(), ifindex }, before, out)?;
-    programs(&mut ap.programs, &ap.pin_dir)?.attach_port(ns, &ni.name, &p.bridge_port, fresh)?;
+    programs(&mut ap.programs, &ap.pin_dir)?.attach_port(ns, &ni.name, &p.bridge_port)?;
     nl.set_up(&p.bridge_port).await?;
 
     // A VM configures its own side.
@@ -268,7 +268,8 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
     if !netns::exists(&ni.name) {
         return Ok(());
     }
-    let nl = Netlink::open(&Netns::open(&netns::resolve(&ni.name))?)?;
+    let ns = Netns::open(&netns::resolve(&ni.name))?;
+    let nl = Netlink::open(&ns)?;
     if let Some(ifindex) = nl.link_index(&p.bridge_port).await? {
         let key = IfaceKey { zone: ni.zone(), ifindex };
         let (zone, ip, ni_ip) = (ni.zone(), p.ip.octets(), ni.ni_ip.octets());
@@ -295,15 +296,13 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
         });
         info!("{}: port {}: {flows} flows, {} NAT entries removed", ni.name, p.bridge_port, nat_ni + nat_agent);
     }
-    // A tap goes back to the agent's netns: its programs are detached first. A veth is
-    // deleted first: unpinning a link of a live interface waits for a grace period.
+    // A tap goes back to the agent's netns without our programs; a veth goes with them.
     if p.tap.is_some() {
-        datapath::remove_port_links(&ap.pin_dir, &ni.name, &p.bridge_port)?;
-        remove_link(ap, &nl, p).await
-    } else {
-        remove_link(ap, &nl, p).await?;
-        datapath::remove_port_links(&ap.pin_dir, &ni.name, &p.bridge_port)
+        datapath::detach_port(&ns, &ap.pin_dir, &ni.name, &p.bridge_port)?;
     }
+    remove_link(ap, &nl, p).await?;
+    // An earlier agent's TCX links of the port, if any.
+    datapath::detach_port(&ns, &ap.pin_dir, &ni.name, &p.bridge_port)
 }
 
 /// Deletes a port's veth (its app end goes with it), or moves a VM's tap back to the

@@ -75,10 +75,8 @@ pub async fn ensure_agent_level(ap: &mut Applier, plan: &Plan) -> Result<()> {
         let maps = ap.maps()?;
         maps.set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: addr.ifindex }, uplink_nat(plan.nat_ports, &addr))?;
         maps.add_device_addr(addr.ip.octets())?;
-        // Not ours before: tc filters (kernels without TCX) must be attached; a pinned
-        // TCX link is reused either way.
         let fresh = !ap.record.uplinks.iter().any(|r| r.name == u.name);
-        super::programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &u.name, fresh)?;
+        super::programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &u.name)?;
         apply_uplink_table(&ap.agent, u.table, &addr).await?;
         if fresh {
             ap.record.uplinks.push(u.clone());
@@ -124,8 +122,7 @@ async fn remove_uplink(ap: &mut Applier, u: &UplinkPlan) -> Result<()> {
             maps.remove_portmaps(|k, _| k.domain == DOMAIN_AGENT && k.addr == ip);
         }
     }
-    datapath::remove_agent_links(&ap.pin_dir, &u.name)?;
-    datapath::detach_legacy_tc(&u.name);
+    datapath::detach_nat(&ap.agent_ns, &ap.pin_dir, datapath::AGENT_PIN_SUBDIR, &u.name)?;
     ap.agent.delete_rules(u.table, None).await?;
     ap.agent.flush_table(u.table).await?;
     Ok(())
