@@ -86,7 +86,6 @@ const ACL_SIZES: [u32; 3] = [10, 1000, 10_000];
 const FILLER_PORT: u32 = 20_000;
 const SECONDS: u32 = 5;
 const ROUNDS: usize = 3;
-const PIN_DIR: &str = "/sys/fs/bpf/netns-agent";
 
 pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     let dir = std::env::temp_dir().join("netns-agent-bench");
