@@ -271,9 +271,11 @@ impl Netlink {
     /// deletes a batch by interface group, so they join `DOOMED_GROUP` first (a cheap
     /// change); nothing else of ours is ever in that group.
     pub async fn delete_links(&self, names: &[&str]) -> Result<usize> {
+        // One dump finds them all; marking takes a request each (links are set one by one).
+        let present: std::collections::HashMap<String, u32> = self.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
         let mut doomed = 0;
         for name in names {
-            let Some(index) = self.link_index(name).await? else { continue };
+            let Some(&index) = present.get(*name) else { continue };
             let group = LinkUnspec::new_with_index(index).append_extra_attribute(LinkAttribute::Group(DOOMED_GROUP)).build();
             self.handle.link().set(group).execute().await.with_context(|| self.ctx(format!("marking {name} for deletion")))?;
             doomed += 1;

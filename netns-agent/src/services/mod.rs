@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     netlink::{Netlink, Uplinks},
@@ -200,6 +200,7 @@ async fn dns_config(plan: &Plan, ni: &NiPlan, ns: &Netns) -> Result<dns::NiDnsCo
 /// instances started from this state dir's configs and the charons of `vpn_nis`.
 /// Their replacements start right after (leases and lease files stay).
 pub fn reap_leftovers(state_dir: &Path, vpn_nis: &[String]) {
+    let mut killed = Vec::new();
     let marker = format!("--conf-file={}", crate::state::StateDir::dnsmasq_prefix(state_dir).display());
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -209,9 +210,21 @@ pub fn reap_leftovers(state_dir: &Path, vpn_nis: &[String]) {
         if is_ours && pid as u32 != std::process::id() {
             info!("stopping dnsmasq (pid {pid}) left by an earlier agent");
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            killed.push(pid);
         }
     }
-    for ni in vpn_nis {
-        vpn::kill_leftover(state_dir, ni);
+    killed.extend(vpn_nis.iter().filter_map(|ni| vpn::kill_leftover(state_dir, ni)));
+    // A killed process holds its NI's netns until its exit gets that far (a zombie holds
+    // none): what comes next (`down` deleting the netns, or a fresh start) needs it gone.
+    let deadline = std::time::Instant::now() + LEFTOVER_EXIT_WAIT;
+    while killed.iter().any(|pid| std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok()) {
+        if std::time::Instant::now() > deadline {
+            warn!("processes {killed:?} were killed and still hold their netns after {LEFTOVER_EXIT_WAIT:?}");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// How long `reap_leftovers` waits for the processes it killed to leave their netns.
+const LEFTOVER_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -282,13 +282,13 @@ async fn terminate(child: &mut tokio::process::Child) {
 }
 
 /// Stops a charon left running by an agent that did not stop cleanly (for `down`).
-pub fn kill_leftover(state_dir: &Path, ni: &str) {
-    let Some(pid) = Supervision::read(&instance_dir(state_dir, ni)).and_then(|s| s.pid) else {
-        return;
-    };
+pub fn kill_leftover(state_dir: &Path, ni: &str) -> Option<i32> {
+    let pid = Supervision::read(&instance_dir(state_dir, ni)).and_then(|s| s.pid)?;
     let is_charon = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p == Path::new(CHARON)).unwrap_or(false);
     if is_charon {
         info!("{ni}: stopping charon (pid {pid}) left by an earlier agent");
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        return Some(pid as i32);
     }
+    None
 }
