@@ -118,6 +118,8 @@ fn restart_under_load_disturbs_no_flow() {
     let stream = s.background(&app1, &["iperf3", "-c", INET_IP, "-t", &secs, "-b", "50M", "-J"]);
     let loop_ =
         s.background(&app1, &["python3", &py_script("traffic_loop.py"), INET_IP, "7000", &secs, "0.1", "10.10.1.1", "app2", &stop_arg]);
+    let before = port_programs(&s, "ni1", "nbu1x1");
+    assert_eq!(before.len(), 2, "one filter each way on the port: {before:?}");
     let mut launched = Vec::new();
     for _ in 0..restarts {
         sleep(scaled(Duration::from_secs(1)));
@@ -153,6 +155,11 @@ fn restart_under_load_disturbs_no_flow() {
         println!("restart: DNS answered {:.0} ms after `run` started", first * 1000.0);
     }
     assert!(dns.last().is_some_and(|d| d.1), "DNS answers at the end");
+    // Each start put its own programs into the port's filters, in place: still one
+    // filter each way, with programs other than the first agent's.
+    let after = port_programs(&s, "ni1", "nbu1x1");
+    assert_eq!(after.len(), 2, "one filter each way on the port after the restarts: {after:?}");
+    assert!(after.iter().all(|p| !before.contains(p)), "the programs were replaced: {before:?} -> {after:?}");
 }
 
 /// app1's ACL made 10,000 ACEs (9,996 drop ACEs ahead of the ones that allow its
@@ -353,10 +360,20 @@ fn one_copy_of_the_programs_serves_every_ni() {
 
 /// The id of the from-app program on `port` of NI `ni`: its tc filter's.
 fn from_app_prog_id(s: &Scenario, ni: &str, port: &str) -> Option<u64> {
-    let net: Value = serde_json::from_slice(&s.exec(s.ni(ni), &["bpftool", "-j", "net", "show", "dev", port]).stdout).ok()?;
-    let progs =
-        net.as_array()?.iter().flat_map(|sec| sec.as_object().into_iter().flatten()).flat_map(|(_, l)| l.as_array().into_iter().flatten());
-    progs.filter(|p| p["name"] == "app_port_from_app").find_map(|p| p["id"].as_u64())
+    port_programs(s, ni, port).into_iter().find(|(name, _)| name == "app_port_from_app").map(|(_, id)| id)
+}
+
+/// Every program attached to `port` of NI `ni` (bpftool's `net` list), by name and id.
+fn port_programs(s: &Scenario, ni: &str, port: &str) -> Vec<(String, u64)> {
+    let out = s.exec(s.ni(ni), &["bpftool", "-j", "net", "show", "dev", port]);
+    let net: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let progs = net
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|sec| sec.as_object().into_iter().flatten())
+        .flat_map(|(_, l)| l.as_array().into_iter().flatten());
+    progs.filter_map(|p| Some((p["name"].as_str()?.to_string(), p["id"].as_u64()?))).collect()
 }
 
 /// A config that cannot apply is refused with every error, and nothing changes: not the
