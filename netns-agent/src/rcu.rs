@@ -1,7 +1,7 @@
 //! Expedited RCU grace periods while the agent reconfigures (`[agent] expedite_rcu`).
-//! Attaching or detaching a TCX program, deleting a device and moving one between
-//! namespaces each wait for an RCU grace period, one after another under rtnl: at 60 NIs
-//! those waits are most of an apply and of `down`. While /sys/kernel/rcu_expedited is 1,
+//! Deleting a device and moving one between namespaces wait for RCU grace periods, one
+//! after another under rtnl (attaching a TCX program did too, which made them most of a
+//! 60-NI apply; the programs are tc filters now, and this gains little). While /sys/kernel/rcu_expedited is 1,
 //! `synchronize_rcu()` takes an expedited grace period instead (an IPI to every CPU
 //! rather than waiting for each to pass a quiescent state). The agent sets it for an
 //! apply or a `down` and puts back what it found; off by default, as it is the kernel's

@@ -376,6 +376,29 @@ fn port_programs(s: &Scenario, ni: &str, port: &str) -> Vec<(String, u64)> {
     progs.filter_map(|p| Some((p["name"].as_str()?.to_string(), p["id"].as_u64()?))).collect()
 }
 
+/// At our filters' priority (49152: also where a filter added without a priority lands)
+/// someone else's filter sits: the agent does not overwrite it, and says
+/// so. Here a u32 filter on the uplink, put there while the agent was stopped.
+#[test]
+fn someone_elses_filter_in_our_slot_is_left_alone() {
+    let mut s = base();
+    s.stop_agent();
+    let tc = |s: &Scenario, args: &[&str]| {
+        let out = s.exec(&s.zedbox, &[&["tc"][..], args].concat());
+        assert!(out.status.success(), "tc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    tc(&s, &["filter", "del", "dev", "eth0", "ingress", "prio", "49152", "handle", "1", "bpf"]);
+    tc(&s, &["filter", "add", "dev", "eth0", "ingress", "prio", "49152", "protocol", "all", "u32", "match", "u32", "0", "0"]);
+    s.start_agent();
+    let log = s.agent_log();
+    assert!(log.contains("priority 49152 holds someone else's filter (u32"), "the apply names the filter in its way:\n{log}");
+    let left = tc(&s, &["filter", "show", "dev", "eth0", "ingress"]);
+    assert!(left.contains("u32") && !left.contains("nat_ingress"), "the u32 filter stays, nothing beside it: {left}");
+    s.stop_agent();
+    tc(&s, &["filter", "del", "dev", "eth0", "ingress", "prio", "49152", "protocol", "all", "u32"]);
+}
+
 /// A config that cannot apply is refused with every error, and nothing changes: not the
 /// kernel state, not the traffic.
 #[test]

@@ -189,7 +189,7 @@ pub fn detach_nat(ns: &Netns, pin_dir: &Path, owner: &str, ifname: &str) -> Resu
 }
 
 fn detach(ns: &Netns, tcx_pin_dir: &Path, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
-    if netns::run_in(ns, || tc::detach(ifname, &which.map(|(_, direction, _)| direction)))? {
+    if netns::run_in(ns, || tc::detach(ifname))? {
         debug!(ifname, "programs detached");
     }
     remove_tcx_pins(tcx_pin_dir, ifname, which)

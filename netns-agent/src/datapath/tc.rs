@@ -17,10 +17,9 @@ use std::os::fd::RawFd;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::programs::TcAttachType;
+use netns_ebpf_common::prog_names;
 use rtnetlink::{
-    packet_core::{
-        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    },
+    packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST},
     packet_route::{
         tc::{TcAttribute, TcHandle, TcMessage, TcOption},
         RouteNetlinkMessage,
@@ -28,6 +27,7 @@ use rtnetlink::{
     packet_utils::nla::DefaultNla,
     sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr},
 };
+use tracing::info;
 
 /// Where our filter sits in each direction's chain. 49152 and 1 are what the kernel
 /// gives the first filter of an empty chain: where agents before this one (and `tc`
@@ -68,9 +68,11 @@ impl Rtnl {
         self.exchange(message, NLM_F_ACK | flags, |_| {})
     }
 
-    /// Sends `message` and hands each message of the answer to `each` until the ACK, or
-    /// the end of a dump.
-    fn exchange(&mut self, message: RouteNetlinkMessage, flags: u16, mut each: impl FnMut(RouteNetlinkMessage)) -> Result<(), Refusal> {
+    /// Sends `message` and hands each message of the answer (whole, header included) to
+    /// `each` until the ACK, or the end of a dump. Replies are read by their headers, not
+    /// decoded whole: a filter of another kind whose attributes the crate cannot decode
+    /// must not turn a listing into an error.
+    fn exchange(&mut self, message: RouteNetlinkMessage, flags: u16, mut each: impl FnMut(&[u8])) -> Result<(), Refusal> {
         self.seq += 1;
         let mut req = NetlinkMessage::from(message);
         req.header.flags = NLM_F_REQUEST | flags;
@@ -82,32 +84,145 @@ impl Rtnl {
         loop {
             let (data, _) = self.socket.recv_from_full().map_err(Refusal::io)?;
             let mut rest = &data[..];
-            while !rest.is_empty() {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
-                    .map_err(|e| Refusal::io(std::io::Error::other(format!("decoding the kernel's reply: {e}"))))?;
-                let len = (msg.header.length as usize).next_multiple_of(4).clamp(16, rest.len());
-                rest = &rest[len..];
-                if msg.header.sequence_number != self.seq {
+            while rest.len() >= NLMSG_HDRLEN {
+                let len = u32_at(rest, 0) as usize;
+                if len < NLMSG_HDRLEN || len > rest.len() {
+                    return Err(Refusal::io(std::io::Error::other("a truncated netlink reply")));
+                }
+                let (msg, kind, flags, seq) = (&rest[..len], u16_at(rest, 4), u16_at(rest, 6), u32_at(rest, 8));
+                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+                if seq != self.seq {
                     continue;
                 }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(code) => Err(Refusal {
-                                errno: -code.get(),
-                                message: ext_ack_message(&e.header, msg.header.flags & NLM_F_CAPPED != 0),
-                            }),
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR if msg.len() >= NLMSG_HDRLEN + 4 => {
+                        let code = u32_at(msg, NLMSG_HDRLEN) as i32;
+                        if code == 0 {
+                            return Ok(());
                         }
+                        let message = ext_ack_message(&msg[NLMSG_HDRLEN + 4..], flags & NLM_F_CAPPED != 0);
+                        return Err(Refusal { errno: -code, message });
                     }
-                    NetlinkPayload::InnerMessage(m) => each(m),
-                    _ => {}
+                    _ => each(msg),
                 }
             }
         }
     }
+
+    /// The filters on one direction of interface `index` (with each priority's group
+    /// entry, handle 0).
+    fn filters(&mut self, index: u32, direction: TcAttachType) -> Result<Vec<Filter>, Refusal> {
+        let mut dump = TcMessage::with_index(index as i32);
+        dump.header.parent = parent(direction).map_err(|e| Refusal::io(std::io::Error::other(e.to_string())))?;
+        let mut found = Vec::new();
+        self.exchange(RouteNetlinkMessage::GetTrafficFilter(dump), NLM_F_DUMP, |m| found.extend(Filter::parse(m)))?;
+        Ok(found)
+    }
+
+    /// The kind of interface `index`'s ingress-side qdisc (clsact or ingress), if any.
+    fn ingress_qdisc(&mut self, index: u32) -> Result<Option<String>, Refusal> {
+        let mut kind = None;
+        let want = u32::from(TcHandle { major: TcHandle::CLSACT.major, minor: 0 });
+        self.exchange(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()), NLM_F_DUMP, |m| {
+            if m.len() >= TCMSG_END && u32_at(m, NLMSG_HDRLEN + 4) == index && u32_at(m, NLMSG_HDRLEN + 8) == want {
+                kind = nla(&m[TCMSG_END..], TCA_KIND).map(c_string);
+            }
+        })?;
+        Ok(kind)
+    }
+
+    fn delete_filter(&mut self, index: u32, direction: TcAttachType, f: &Filter) -> Result<(), Refusal> {
+        let mut msg = filter_message(index, direction).map_err(|e| Refusal::io(std::io::Error::other(e.to_string())))?;
+        msg.header.handle = f.handle.into();
+        msg.header.info = (u32::from(f.priority) << 16) | u32::from(ETH_P_ALL.to_be());
+        match self.request(RouteNetlinkMessage::DelTrafficFilter(msg), 0) {
+            // Gone already (with its interface, say).
+            Err(r) if [nix::libc::ENOENT, nix::libc::ENODEV].contains(&r.errno) => Ok(()),
+            other => other,
+        }
+    }
 }
+
+// include/uapi/linux/netlink.h and rtnetlink.h: the fixed headers replies are read by.
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// Where a tcmsg's attributes start: nlmsghdr, then family/pad (4), ifindex, handle,
+/// parent, info (4 each).
+const TCMSG_END: usize = NLMSG_HDRLEN + 20;
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The value of attribute `kind` in a run of netlink attributes.
+fn nla(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = u16_at(attrs, 0) as usize;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        // Without the NESTED and byte-order flags.
+        if u16_at(attrs, 2) & 0x3fff == kind {
+            return Some(&attrs[4..len]);
+        }
+        attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
+    }
+    None
+}
+
+fn c_string(b: &[u8]) -> String {
+    String::from_utf8_lossy(b.split(|c| *c == 0).next().unwrap_or_default()).into_owned()
+}
+
+/// A tc filter as a dump lists it.
+#[derive(Debug, Clone, PartialEq)]
+struct Filter {
+    priority: u16,
+    handle: u32,
+    kind: Option<String>,
+    /// A bpf filter's TCA_BPF_NAME: its program's name.
+    bpf_name: Option<String>,
+}
+
+impl Filter {
+    fn parse(msg: &[u8]) -> Option<Filter> {
+        if msg.len() < TCMSG_END {
+            return None;
+        }
+        let attrs = &msg[TCMSG_END..];
+        let kind = nla(attrs, TCA_KIND).map(c_string);
+        let bpf_name = match kind.as_deref() {
+            Some("bpf") => nla(attrs, TCA_OPTIONS).and_then(|o| nla(o, TCA_BPF_NAME)).map(c_string),
+            _ => None,
+        };
+        Some(Filter { priority: (u32_at(msg, NLMSG_HDRLEN + 16) >> 16) as u16, handle: u32_at(msg, NLMSG_HDRLEN + 8), kind, bpf_name })
+    }
+
+    /// A priority's group entry, not a filter.
+    fn is_group(&self) -> bool {
+        self.handle == 0
+    }
+
+    /// One of our programs (by name: this agent's or an earlier one's).
+    fn is_ours(&self) -> bool {
+        self.kind.as_deref() == Some("bpf") && self.bpf_name.as_deref().is_some_and(|n| OUR_PROGRAMS.contains(&n))
+    }
+
+    fn in_our_slot(&self) -> bool {
+        self.priority == FILTER_PRIORITY && self.handle == FILTER_HANDLE
+    }
+}
+
+const OUR_PROGRAMS: [&str; 4] =
+    [prog_names::APP_PORT_FROM_APP, prog_names::APP_PORT_TO_APP, prog_names::NAT_INGRESS, prog_names::NAT_EGRESS];
 
 /// The kernel refused a request (or the socket failed: `errno` from the io error).
 #[derive(Debug)]
@@ -132,27 +247,13 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// NLMSGERR_ATTR_MSG from an error's payload: the request's header (16 bytes; its body
-/// too unless the kernel capped it), then attributes.
+/// NLMSGERR_ATTR_MSG from an error's payload after its code: the request's header (16
+/// bytes; its body too unless the kernel capped it), then attributes.
 fn ext_ack_message(payload: &[u8], capped: bool) -> Option<String> {
-    if !capped || payload.len() < 16 {
+    if !capped || payload.len() < NLMSG_HDRLEN {
         return None;
     }
-    let mut attrs = &payload[16..];
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if kind == NLMSGERR_ATTR_MSG {
-            let text = &attrs[4..len];
-            let text = text.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(text).into_owned());
-        }
-        attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
-    }
-    None
+    nla(&payload[NLMSG_HDRLEN..], NLMSGERR_ATTR_MSG).map(c_string)
 }
 
 fn parent(direction: TcAttachType) -> Result<TcHandle> {
@@ -174,6 +275,14 @@ fn filter_message(ifindex: u32, direction: TcAttachType) -> Result<TcMessage> {
     Ok(msg)
 }
 
+fn clsact_message(ifindex: u32) -> TcMessage {
+    let mut qdisc = TcMessage::with_index(ifindex as i32);
+    qdisc.header.parent = TcHandle::CLSACT;
+    qdisc.header.handle = TcHandle { major: TcHandle::CLSACT.major, minor: 0 };
+    qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
+    qdisc
+}
+
 fn ifindex(ifname: &str) -> Result<Option<u32>> {
     match nix::net::if_::if_nametoindex(ifname) {
         Ok(i) => Ok(Some(i)),
@@ -185,14 +294,39 @@ fn ifindex(ifname: &str) -> Result<Option<u32>> {
 /// Puts each `(program fd, its name, direction)` on interface `ifname` of the calling
 /// thread's netns: the clsact qdisc added where it is missing, then our filter created or
 /// its program replaced.
+///
+/// Our priority holding someone else's filter (a filter added without a priority on an
+/// empty chain gets the same one) is an error, not something to overwrite. Our programs in other slots
+/// are an earlier agent's (one that let the kernel choose, on a busy chain): they go once
+/// ours is written, and until then the one that runs first decides, whole.
 pub fn attach(ifname: &str, programs: &[(RawFd, &str, TcAttachType)]) -> Result<()> {
     let index = ifindex(ifname)?.with_context(|| format!("interface {ifname} does not exist"))?;
     let mut rtnl = Rtnl::open()?;
     match rtnl.request(RouteNetlinkMessage::NewQueueDiscipline(clsact_message(index)), NLM_F_CREATE | NLM_F_EXCL) {
-        Err(r) if r.errno != nix::libc::EEXIST => bail!("adding the clsact qdisc to {ifname}: {r}"),
-        _ => {}
+        Ok(()) => {}
+        Err(r) if r.errno == nix::libc::EEXIST => {
+            // An `ingress` qdisc answers for egress too: our egress program would run on
+            // the way in.
+            match rtnl.ingress_qdisc(index).map_err(|r| anyhow!("listing the qdiscs of {ifname}: {r}"))? {
+                Some(kind) if kind == "clsact" => {}
+                other => bail!(
+                    "{ifname} has {} where the programs need a clsact qdisc (`tc qdisc del dev {ifname} ingress` would free its place)",
+                    other.map(|k| format!("an {k} qdisc")).unwrap_or_else(|| "another qdisc".into())
+                ),
+            }
+        }
+        Err(r) => bail!("adding the clsact qdisc to {ifname}: {r}"),
     }
     for &(fd, name, direction) in programs {
+        let present = rtnl.filters(index, direction).map_err(|r| anyhow!("listing the {direction:?} filters of {ifname}: {r}"))?;
+        if let Some(f) = present.iter().find(|f| f.priority == FILTER_PRIORITY && !f.is_group() && !f.is_ours()) {
+            bail!(
+                "{ifname} ({direction:?}): priority {FILTER_PRIORITY} holds someone else's filter ({} {}handle {:#x}); not replacing it",
+                f.kind.as_deref().unwrap_or("?"),
+                f.bpf_name.as_deref().map(|n| format!("{n}, ")).unwrap_or_default(),
+                f.handle
+            );
+        }
         let mut msg = filter_message(index, direction)?;
         let mut name_z = name.as_bytes().to_vec();
         name_z.push(0);
@@ -201,54 +335,50 @@ pub fn attach(ifname: &str, programs: &[(RawFd, &str, TcAttachType)]) -> Result<
             TcOption::Other(DefaultNla::new(TCA_BPF_NAME, name_z)),
             TcOption::Other(DefaultNla::new(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes().to_vec())),
         ]));
-        rtnl.request(RouteNetlinkMessage::NewTrafficFilter(msg), NLM_F_CREATE | NLM_F_REPLACE)
+        rtnl.request(RouteNetlinkMessage::NewTrafficFilter(msg), NLM_F_CREATE)
             .map_err(|r| anyhow!("attaching {name} to {ifname} ({direction:?}): {r}"))?;
+        for f in present.iter().filter(|f| f.is_ours() && !f.in_our_slot()) {
+            rtnl.delete_filter(index, direction, f)
+                .map_err(|r| anyhow!("removing an earlier agent's filter from {ifname} ({direction:?}, priority {}): {r}", f.priority))?;
+            info!("{ifname} ({direction:?}): an earlier agent's filter at priority {} handle {} removed", f.priority, f.handle);
+        }
     }
     Ok(())
 }
 
-/// Removes our filter from each direction of `ifname` (calling thread's netns), and the
-/// clsact qdisc once no filter of anyone's is left on it; whether a filter of ours was
-/// there. A missing interface or filter is not an error.
-pub fn detach(ifname: &str, directions: &[TcAttachType]) -> Result<bool> {
+/// Removes our filters (this agent's programs, wherever they sit) from `ifname` (calling
+/// thread's netns), and the clsact qdisc once no filter of anyone's is left on it;
+/// whether one of ours was there. A missing interface or filter is not an error.
+pub fn detach(ifname: &str) -> Result<bool> {
     let Some(index) = ifindex(ifname)? else { return Ok(false) };
     let mut rtnl = Rtnl::open()?;
     let mut ours = false;
-    for &direction in directions {
-        match rtnl.request(RouteNetlinkMessage::DelTrafficFilter(filter_message(index, direction)?), 0) {
-            Ok(()) => ours = true,
-            // No such filter (ENOENT), no clsact qdisc (EINVAL), interface just gone.
-            Err(r) if [nix::libc::ENOENT, nix::libc::EINVAL, nix::libc::ENODEV].contains(&r.errno) => {}
-            Err(r) => bail!("detaching our {direction:?} filter from {ifname}: {r}"),
-        }
-    }
     let mut others = 0;
     for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
-        let mut dump = TcMessage::with_index(index as i32);
-        dump.header.parent = parent(direction)?;
-        match rtnl.exchange(RouteNetlinkMessage::GetTrafficFilter(dump), NLM_F_DUMP, |_| others += 1) {
-            Ok(()) => {}
-            Err(r) if r.errno == nix::libc::EINVAL => return Ok(ours), // no clsact qdisc
-            Err(r) => bail!("listing the tc filters of {ifname}: {r}"),
+        let present = match rtnl.filters(index, direction) {
+            Ok(p) => p,
+            Err(r) if r.errno == nix::libc::ENODEV => return Ok(ours),
+            Err(r) => bail!("listing the {direction:?} filters of {ifname}: {r}"),
+        };
+        for f in present.iter().filter(|f| !f.is_group()) {
+            if f.is_ours() {
+                rtnl.delete_filter(index, direction, f).map_err(|r| anyhow!("detaching our {direction:?} filter from {ifname}: {r}"))?;
+                ours = true;
+            } else {
+                others += 1;
+            }
         }
     }
     if others == 0 {
         match rtnl.request(RouteNetlinkMessage::DelQueueDiscipline(clsact_message(index)), 0) {
-            Err(r) if ![nix::libc::ENOENT, nix::libc::EINVAL].contains(&r.errno) => {
+            // No qdisc (ENOENT, EINVAL) or no interface any more.
+            Err(r) if ![nix::libc::ENOENT, nix::libc::EINVAL, nix::libc::ENODEV].contains(&r.errno) => {
                 bail!("removing the clsact qdisc of {ifname}: {r}")
             }
             _ => {}
         }
     }
     Ok(ours)
-}
-
-fn clsact_message(ifindex: u32) -> TcMessage {
-    let mut qdisc = TcMessage::with_index(ifindex as i32);
-    qdisc.header.parent = TcHandle::CLSACT;
-    qdisc.header.handle = TcHandle { major: TcHandle::CLSACT.major, minor: 0 };
-    qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
-    qdisc
 }
 
 #[cfg(test)]
@@ -277,5 +407,48 @@ mod tests {
         assert_eq!(u32::from(msg.header.parent), 0xffff_fff3);
         assert_eq!(u32::from(parent(TcAttachType::Ingress).unwrap()), 0xffff_fff2);
         assert!(parent(TcAttachType::Custom(1)).is_err());
+    }
+
+    /// A filter message as the kernel would list it, built by the crate that builds
+    /// our requests.
+    fn listed(priority: u16, handle: u32, kind: &str, bpf_name: Option<&str>) -> Vec<u8> {
+        let mut msg = filter_message(3, TcAttachType::Ingress).unwrap();
+        msg.header.handle = handle.into();
+        msg.header.info = (u32::from(priority) << 16) | 0x0300;
+        msg.attributes = vec![TcAttribute::Kind(kind.into())];
+        if let Some(name) = bpf_name {
+            let mut z = name.as_bytes().to_vec();
+            z.push(0);
+            msg.attributes.push(TcAttribute::Options(vec![
+                TcOption::Other(DefaultNla::new(TCA_BPF_FD, 9u32.to_ne_bytes().to_vec())),
+                TcOption::Other(DefaultNla::new(TCA_BPF_NAME, z)),
+            ]));
+        }
+        let mut m = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficFilter(msg));
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn listed_filters_say_whose_they_are_and_where_they_sit() {
+        let ours = Filter::parse(&listed(49152, 1, "bpf", Some(prog_names::NAT_EGRESS))).unwrap();
+        assert_eq!((ours.priority, ours.handle, ours.bpf_name.as_deref()), (49152, 1, Some(prog_names::NAT_EGRESS)));
+        assert!(ours.is_ours() && ours.in_our_slot() && !ours.is_group());
+
+        let earlier = Filter::parse(&listed(49151, 1, "bpf", Some(prog_names::APP_PORT_FROM_APP))).unwrap();
+        assert!(earlier.is_ours() && !earlier.in_our_slot(), "an earlier agent's, elsewhere: {earlier:?}");
+
+        let someone = Filter::parse(&listed(49152, 1, "bpf", Some("their_prog"))).unwrap();
+        assert!(!someone.is_ours() && someone.in_our_slot(), "someone else's bpf filter in our slot: {someone:?}");
+
+        let u32_filter = Filter::parse(&listed(49152, 0x800, "u32", None)).unwrap();
+        assert!(!u32_filter.is_ours() && u32_filter.bpf_name.is_none());
+
+        let group = Filter::parse(&listed(49152, 0, "bpf", None)).unwrap();
+        assert!(group.is_group() && !group.is_ours());
+
+        assert_eq!(Filter::parse(&listed(1, 1, "bpf", None)[..20]), None, "too short for a tcmsg");
     }
 }

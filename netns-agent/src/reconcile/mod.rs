@@ -3,13 +3,13 @@
 //! One code path serves the first start, a restart over a system an earlier agent applied
 //! (also one killed midway), and every config change. The applier compares the plan with
 //! the record of what it made (`state.json`, written before and after each NI is touched)
-//! and with what it observes (netns, links, addresses, pinned links, map entries), then:
+//! and with what it observes (netns, links, addresses, tc filters, map entries), then:
 //! - removes what the record holds and the plan does not want (NIs, ports, port maps,
 //!   uplinks), and rebuilds what only a rebuild can change (an NI's subnet, index,
 //!   uplink...; a port's netns, address or MAC);
 //! - ensures everything the plan wants: each object is created when missing and kept as
 //!   it is when present, map entries are rewritten only where they differ, and programs
-//!   already attached through a pinned link are replaced in that link, atomically. Nothing
+//!   already attached in a tc filter are replaced in that filter, atomically. Nothing
 //!   that exists and matches is touched, so a restart disturbs no flow.
 //!
 //! A changed ACL is written under a new ACL id beside the live one and the port switched
@@ -240,6 +240,7 @@ impl Applier {
         self.remove_leaving_parts(plan, &mut out, &mut errors).await?;
         let agent_level = uplink::ensure_agent_level(self, plan).await;
         if let Err(e) = &agent_level {
+            warn!("the agent netns' NAT and routing: {e:#}");
             errors.push(format!("the agent netns' NAT and routing: {e:#}"));
         }
         self.ensure_nis(plan, agent_level.is_ok(), &mut out, &mut errors).await?;
@@ -247,6 +248,7 @@ impl Applier {
         if let Some(maps) = self.maps.as_mut() {
             let zones: Vec<u32> = plan.nis.iter().map(|n| n.zone()).collect();
             if let Err(e) = maps.set_zone_shares(&zones) {
+                warn!("{e:#}");
                 errors.push(format!("{e:#}"));
             }
             let orphans = maps.remove_unnamed_acls();
@@ -256,6 +258,7 @@ impl Applier {
         }
         if agent_level.is_ok() {
             if let Err(e) = uplink::remove_unused(self, plan).await {
+                warn!("removing unused uplinks: {e:#}");
                 errors.push(format!("removing unused uplinks: {e:#}"));
             }
         }

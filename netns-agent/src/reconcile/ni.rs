@@ -185,8 +185,8 @@ impl NiDriver for LocalNi {
         Some(&ni.agent_veth)
     }
 
-    /// The agent's end of the veth, unless it went with the NI's, and its links' pins
-    /// (the links are defunct once the veth is gone: unpinning them detaches nothing).
+    /// The agent's end of the veth, unless it went with the NI's, and our filters on it
+    /// if it stayed (and an earlier agent's TCX pins for it).
     async fn finish_teardown(&self, ap: &mut Applier, ni: &NiPlan, nl_deleted: bool, errors: &mut Vec<anyhow::Error>) {
         if !nl_deleted {
             if let Err(e) = ap.agent.delete_link(&ni.agent_veth).await {
@@ -300,13 +300,12 @@ macro_rules! with_driver {
 }
 pub(crate) use with_driver;
 
-/// Removes one NI: the map entries of its zone, what its kind made, its ports' links,
-/// its programs' pins and its netns. Goes on past errors.
+/// Removes one NI: the map entries of its zone, what its kind made, its ports' links
+/// (their programs go with them), an earlier agent's pins and its netns. Goes on past
+/// errors.
 ///
-/// Its veths go in one request (`Netlink::delete_links`), and only then their links are
-/// unpinned: a program detached from a live interface waits for an RCU grace period, one
-/// on an interface already gone does not. One by one, an NI of 4 apps cost ~18 grace
-/// periods (~290 ms).
+/// Its veths go in one request (`Netlink::delete_links`): one unregister batch, whose
+/// RCU grace periods are waited for once, not once per veth.
 pub async fn remove<K: NiDriver>(ap: &mut Applier, kind: &K, ni: &NiPlan) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     let nl = dismantle(ap, kind, ni, &mut errors).await;
@@ -457,8 +456,8 @@ async fn delete_veths<K: NiDriver>(kind: &K, ni: &NiPlan, nl: &Netlink, errors: 
 }
 
 /// The last part, once the links are gone (`links_gone`; else the kind deletes what it
-/// can from outside): what the kind keeps outside, the programs' pins (their links are
-/// defunct by now: unpinning detaches nothing), the netns.
+/// can from outside): what the kind keeps outside, an earlier agent's pins of the NI,
+/// the netns.
 async fn finish<K: NiDriver>(ap: &mut Applier, kind: &K, ni: &NiPlan, links_gone: bool, errors: &mut Vec<anyhow::Error>) {
     kind.finish_teardown(ap, ni, links_gone, errors).await;
     if let Err(e) = datapath::remove_ni_pins(&ap.pin_dir, &ni.name) {
