@@ -188,6 +188,17 @@ pub fn detach_nat(ns: &Netns, pin_dir: &Path, owner: &str, ifname: &str) -> Resu
     detach(ns, &pin_dir.join(owner), ifname, NAT_PROGRAMS)
 }
 
+/// An earlier agent's TCX pins of port `port` of NI `ni` (once the port is gone: its
+/// programs went with it).
+pub fn remove_earlier_port_pins(pin_dir: &Path, ni: &str, port: &str) -> Result<()> {
+    remove_tcx_pins(&pin_dir.join(ni), port, PORT_PROGRAMS)
+}
+
+/// An earlier agent's TCX pins of NAT interface `ifname` (once it is gone).
+pub fn remove_earlier_nat_pins(pin_dir: &Path, owner: &str, ifname: &str) -> Result<()> {
+    remove_tcx_pins(&pin_dir.join(owner), ifname, NAT_PROGRAMS)
+}
+
 fn detach(ns: &Netns, tcx_pin_dir: &Path, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
     if netns::run_in(ns, || tc::detach(ifname))? {
         debug!(ifname, "programs detached");

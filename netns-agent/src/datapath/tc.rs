@@ -114,7 +114,7 @@ impl Rtnl {
     /// entry, handle 0).
     fn filters(&mut self, index: u32, direction: TcAttachType) -> Result<Vec<Filter>, Refusal> {
         let mut dump = TcMessage::with_index(index as i32);
-        dump.header.parent = parent(direction).map_err(|e| Refusal::io(std::io::Error::other(e.to_string())))?;
+        dump.header.parent = parent(direction);
         let mut found = Vec::new();
         self.exchange(RouteNetlinkMessage::GetTrafficFilter(dump), NLM_F_DUMP, |m| found.extend(Filter::parse(m)))?;
         Ok(found)
@@ -123,7 +123,7 @@ impl Rtnl {
     /// The kind of interface `index`'s ingress-side qdisc (clsact or ingress), if any.
     fn ingress_qdisc(&mut self, index: u32) -> Result<Option<String>, Refusal> {
         let mut kind = None;
-        let want = u32::from(TcHandle { major: TcHandle::CLSACT.major, minor: 0 });
+        let want = u32::from(CLSACT_HANDLE);
         self.exchange(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()), NLM_F_DUMP, |m| {
             if m.len() >= TCMSG_END && u32_at(m, NLMSG_HDRLEN + 4) == index && u32_at(m, NLMSG_HDRLEN + 8) == want {
                 kind = nla(&m[TCMSG_END..], TCA_KIND).map(c_string);
@@ -133,7 +133,7 @@ impl Rtnl {
     }
 
     fn delete_filter(&mut self, index: u32, direction: TcAttachType, f: &Filter) -> Result<(), Refusal> {
-        let mut msg = filter_message(index, direction).map_err(|e| Refusal::io(std::io::Error::other(e.to_string())))?;
+        let mut msg = filter_message(index, direction);
         msg.header.handle = f.handle.into();
         msg.header.info = (u32::from(f.priority) << 16) | u32::from(ETH_P_ALL.to_be());
         match self.request(RouteNetlinkMessage::DelTrafficFilter(msg), 0) {
@@ -256,29 +256,31 @@ fn ext_ack_message(payload: &[u8], capped: bool) -> Option<String> {
     nla(&payload[NLMSG_HDRLEN..], NLMSGERR_ATTR_MSG).map(c_string)
 }
 
-fn parent(direction: TcAttachType) -> Result<TcHandle> {
-    let minor = match direction {
-        TcAttachType::Ingress => TcHandle::MIN_INGRESS,
-        TcAttachType::Egress => TcHandle::MIN_EGRESS,
-        TcAttachType::Custom(_) => bail!("a custom tc parent is not ours"),
-    };
-    Ok(TcHandle { major: TcHandle::CLSACT.major, minor })
+/// The clsact qdisc's own handle (ffff:0).
+const CLSACT_HANDLE: TcHandle = TcHandle { major: TcHandle::CLSACT.major, minor: 0 };
+
+fn parent(direction: TcAttachType) -> TcHandle {
+    match direction {
+        TcAttachType::Ingress => TcHandle { major: TcHandle::CLSACT.major, minor: TcHandle::MIN_INGRESS },
+        TcAttachType::Egress => TcHandle { major: TcHandle::CLSACT.major, minor: TcHandle::MIN_EGRESS },
+        TcAttachType::Custom(p) => p.into(),
+    }
 }
 
-fn filter_message(ifindex: u32, direction: TcAttachType) -> Result<TcMessage> {
+fn filter_message(ifindex: u32, direction: TcAttachType) -> TcMessage {
     let mut msg = TcMessage::with_index(ifindex as i32);
-    msg.header.parent = parent(direction)?;
+    msg.header.parent = parent(direction);
     msg.header.handle = FILTER_HANDLE.into();
     // tcm_info: priority above, protocol (network order) below.
     msg.header.info = (u32::from(FILTER_PRIORITY) << 16) | u32::from(ETH_P_ALL.to_be());
     msg.attributes.push(TcAttribute::Kind("bpf".into()));
-    Ok(msg)
+    msg
 }
 
 fn clsact_message(ifindex: u32) -> TcMessage {
     let mut qdisc = TcMessage::with_index(ifindex as i32);
     qdisc.header.parent = TcHandle::CLSACT;
-    qdisc.header.handle = TcHandle { major: TcHandle::CLSACT.major, minor: 0 };
+    qdisc.header.handle = CLSACT_HANDLE;
     qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
     qdisc
 }
@@ -327,7 +329,7 @@ pub fn attach(ifname: &str, programs: &[(RawFd, &str, TcAttachType)]) -> Result<
                 f.handle
             );
         }
-        let mut msg = filter_message(index, direction)?;
+        let mut msg = filter_message(index, direction);
         let mut name_z = name.as_bytes().to_vec();
         name_z.push(0);
         msg.attributes.push(TcAttribute::Options(vec![
@@ -401,18 +403,17 @@ mod tests {
 
     #[test]
     fn the_filter_sits_at_our_priority_for_every_protocol() {
-        let msg = filter_message(7, TcAttachType::Egress).unwrap();
+        let msg = filter_message(7, TcAttachType::Egress);
         assert_eq!(msg.header.info >> 16, 49152);
         assert_eq!(msg.header.info & 0xffff, 0x0300, "ETH_P_ALL in network order");
         assert_eq!(u32::from(msg.header.parent), 0xffff_fff3);
-        assert_eq!(u32::from(parent(TcAttachType::Ingress).unwrap()), 0xffff_fff2);
-        assert!(parent(TcAttachType::Custom(1)).is_err());
+        assert_eq!(u32::from(parent(TcAttachType::Ingress)), 0xffff_fff2);
     }
 
     /// A filter message as the kernel would list it, built by the crate that builds
     /// our requests.
     fn listed(priority: u16, handle: u32, kind: &str, bpf_name: Option<&str>) -> Vec<u8> {
-        let mut msg = filter_message(3, TcAttachType::Ingress).unwrap();
+        let mut msg = filter_message(3, TcAttachType::Ingress);
         msg.header.handle = handle.into();
         msg.header.info = (u32::from(priority) << 16) | 0x0300;
         msg.attributes = vec![TcAttribute::Kind(kind.into())];

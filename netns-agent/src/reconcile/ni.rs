@@ -185,15 +185,15 @@ impl NiDriver for LocalNi {
         Some(&ni.agent_veth)
     }
 
-    /// The agent's end of the veth, unless it went with the NI's, and our filters on it
-    /// if it stayed (and an earlier agent's TCX pins for it).
+    /// The agent's end of the veth, unless it went with the NI's (its programs go with
+    /// it), and an earlier agent's TCX pins for it.
     async fn finish_teardown(&self, ap: &mut Applier, ni: &NiPlan, nl_deleted: bool, errors: &mut Vec<anyhow::Error>) {
         if !nl_deleted {
             if let Err(e) = ap.agent.delete_link(&ni.agent_veth).await {
                 errors.push(e);
             }
         }
-        if let Err(e) = datapath::detach_nat(&ap.agent_ns, &ap.pin_dir, datapath::AGENT_PIN_SUBDIR, &ni.agent_veth) {
+        if let Err(e) = datapath::remove_earlier_nat_pins(&ap.pin_dir, datapath::AGENT_PIN_SUBDIR, &ni.agent_veth) {
             errors.push(e);
         }
     }

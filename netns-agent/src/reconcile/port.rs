@@ -296,13 +296,15 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
         });
         info!("{}: port {}: {flows} flows, {} NAT entries removed", ni.name, p.bridge_port, nat_ni + nat_agent);
     }
-    // A tap goes back to the agent's netns without our programs; a veth goes with them.
+    // A tap goes back to the agent's netns without our programs. A veth goes with them,
+    // deleted first: detached first, it would pass the app's packets unjudged meanwhile.
     if p.tap.is_some() {
         datapath::detach_port(&ns, &ap.pin_dir, &ni.name, &p.bridge_port)?;
+        remove_link(ap, &nl, p).await
+    } else {
+        remove_link(ap, &nl, p).await?;
+        datapath::remove_earlier_port_pins(&ap.pin_dir, &ni.name, &p.bridge_port)
     }
-    remove_link(ap, &nl, p).await?;
-    // An earlier agent's TCX links of the port, if any.
-    datapath::detach_port(&ns, &ap.pin_dir, &ni.name, &p.bridge_port)
 }
 
 /// Deletes a port's veth (its app end goes with it), or moves a VM's tap back to the
