@@ -143,6 +143,9 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
         return TC_ACT_SHOT;
     }
     let (key, a_to_b) = CtKey::new(zone, flow);
+    // The entry's flags once this packet is accounted (a new flow: none), for the fast
+    // path's choice: it need not look the entry up again.
+    let mut ct_flags = 0u8;
 
     let verdict = match CT.get_ptr_mut(&key) {
         Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) && !reopens(unsafe { &*entry }, flow) => {
@@ -239,6 +242,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                     return TC_ACT_SHOT;
                 }
             }
+            ct_flags = entry.flags;
             Verdict { mark: entry.mark, drop, limit: entry.limit, by: entry.decided }
         }
         _ => {
@@ -308,7 +312,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
     }
     count(Stat::PassCt);
     if side == Side::FromApp {
-        return fast::from_app(ctx.skb.skb, zone, flow);
+        return fast::from_app(ctx.skb.skb, zone, flow, ct_flags);
     }
     TC_ACT_OK
 }

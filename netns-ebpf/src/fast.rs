@@ -57,13 +57,11 @@ pub struct NextHop {
     v6_rest: [u32; 3],
 }
 
-/// What the lookups and redirects read and write, in FIBSCRATCH_V1 (per CPU).
+/// What the lookups and redirects read and write, in FIBSCRATCH_V2 (per CPU).
 #[repr(C)]
 pub struct FibScratch {
     fib: FibParams,
     nh: NextHop,
-    /// The flow's conntrack key (off the from-app frame too).
-    ct_key: CtKey,
 }
 
 const AF_INET: u8 = 2;
@@ -72,28 +70,17 @@ const IP_CSUM: usize = ETH_HLEN + 10;
 const FIB_PARAMS_LEN: i32 = size_of::<FibParams>() as i32;
 const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
 
-/// From an app's port (TC ingress): a packet of an answered, allowed flow goes straight
-/// to the NI veth's egress (its NAT program translates it there as before), past the
-/// bridge and the NI's routing. Its own BPF function: the from-app program's frame is
-/// near 6.1's 512 bytes, and this one's adds to it only here, not to the ACL search's.
+/// From an app's port (TC ingress): a packet of an answered, allowed flow (`ct_flags`:
+/// its conntrack entry's flags, as the program left them) goes straight to the NI veth's
+/// egress (its NAT program translates it there as before), past the bridge and the NI's
+/// routing. Its own BPF function: the from-app program's frame is near 6.1's 512 bytes,
+/// and this one's adds to it only here, not to the ACL search's.
 #[inline(never)]
-pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
+pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> i32 {
     let ctx = TcContext::new(skb);
     let Some(fz) = enabled(zone) else { return TC_ACT_OK };
-    let Some(s) = FIB_SCRATCH.get_ptr_mut(0) else { return TC_ACT_OK };
-    let Some(entry) = (unsafe {
-        // Field by field: a whole-struct store compiles to a call of `memset` for the
-        // padding, a BPF function whose frame 6.1 counts as 32 bytes more (the pad
-        // bytes stay zero: the per-CPU scratch starts zeroed and nothing writes them).
-        let (k, _) = CtKey::new(zone, flow);
-        let d = &mut (*s).ct_key;
-        (d.zone, d.addr_a, d.addr_b, d.port_a, d.port_b, d.proto) = (k.zone, k.addr_a, k.addr_b, k.port_a, k.port_b, k.proto);
-        CT.get(&(*s).ct_key)
-    }) else {
-        return TC_ACT_OK;
-    };
     let to_device = unsafe { DEVICE.get(&flow.dst) }.is_some();
-    if !fast::app_packet_may_skip(entry.flags, flow, to_device) {
+    if !fast::app_packet_may_skip(ct_flags, flow, to_device) {
         return TC_ACT_OK;
     }
     let Some(s) = lookup(&ctx, fz.bridge_ifindex, flow) else { return TC_ACT_OK };

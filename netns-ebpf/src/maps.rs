@@ -136,5 +136,5 @@ pub static FAST_ZONES: Array<FastZone, { MAX_ZONES as usize }> = Array::new();
 
 /// The FIB lookup's parameters, one per CPU: 64 bytes more on the from-app program's
 /// stack would pass the 512 that 6.1's verifier allows.
-#[btf_map(name = "FIBSCRATCH_V1")]
+#[btf_map(name = "FIBSCRATCH_V2")]
 pub static FIB_SCRATCH: PerCpuArray<FibScratch, 1> = PerCpuArray::new();
