@@ -367,7 +367,8 @@ impl RecordCount {
 /// Every live allowed flow, and what ended flows added up to per ACE.
 #[derive(Default)]
 pub struct FlowTable {
-    live: HashMap<CtKey, Tracked>,
+    /// (foldhash: the sweep hands the table every live flow, every few seconds.)
+    live: foldhash::HashMap<CtKey, Tracked>,
     ended: HashMap<AceKey, AceTotals>,
     /// When the last sweep started its walk: an allowed flow that began before it and
     /// that it did not see had already ended.

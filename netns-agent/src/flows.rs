@@ -1,9 +1,6 @@
 //! Flow records read back from the pinned conntrack map, for `netns-agent flows`.
 
-use std::{
-    collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
-};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use netns_ebpf_common::{
     ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, VERDICT_DROP},
@@ -178,7 +175,7 @@ pub fn translated(
 }
 
 pub fn records(entries: &[(CtKey, CtValue)], nat: &[(NatKey, NatValue)], state: &AppliedState, now_ns: u64) -> Vec<FlowRecord> {
-    let nat: HashMap<NatKey, NatValue> = nat.iter().copied().collect();
+    let nat: foldhash::HashMap<NatKey, NatValue> = nat.iter().copied().collect();
     let mut out: Vec<FlowRecord> = entries
         .iter()
         .map(|(k, v)| {
@@ -374,7 +371,7 @@ mod tests {
         let v1 = NatValue { addr: [169, 254, 100, 2], port: 1111, rewrite: REWRITE_SRC, flags: NAT_FLAG_ORIG, ..NatValue::default() };
         let k2 = NatKey { domain: 0, src: [169, 254, 100, 2], sport: 1111, ..k1 };
         let v2 = NatValue { addr: [192, 168, 0, 2], port: 2222, ..v1 };
-        let nat: HashMap<_, _> = [(k1, v1), (k2, v2)].into_iter().collect();
+        let nat: std::collections::HashMap<_, _> = [(k1, v1), (k2, v2)].into_iter().collect();
         let lookup = |k: &NatKey| nat.get(k).copied();
         let steps: Vec<String> = translations(lookup, 1, PROTO_TCP, app, remote).iter().map(|a| a.to_string()).collect();
         assert_eq!(steps, ["169.254.100.2:1111", "192.168.0.2:2222"]);

@@ -794,7 +794,7 @@ impl Maps {
         // stale copy of its partner (the flow's tuple reused since, its first packet
         // through) would leave the partner alone, the translation half gone.
         let read = read_all(nat_batch, &self.nat);
-        let entries: std::collections::HashMap<NatKey, NatValue> = read.iter().copied().collect();
+        let entries: foldhash::HashMap<NatKey, NatValue> = read.iter().copied().collect();
         let (translations_left, translations) = sweep_where(
             nat_batch,
             &mut self.nat,
