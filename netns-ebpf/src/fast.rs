@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
+    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
@@ -62,6 +62,11 @@ pub struct NextHop {
 pub struct FibScratch {
     fib: FibParams,
     nh: NextHop,
+    /// `past_ni_veth`'s NAT key, off the stack. Written field by field: a whole-struct
+    /// store compiles to a call of `memset` for the padding, a BPF function whose frame
+    /// 6.1 counts too (the pad bytes stay zero: the per-CPU scratch starts zeroed and
+    /// nothing writes them).
+    nat_key: NatKey,
 }
 
 const AF_INET: u8 = 2;
@@ -72,9 +77,9 @@ const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
 
 /// From an app's port (TC ingress): a packet of an answered, allowed flow (`ct_flags`:
 /// its conntrack entry's flags, as the program left them) goes straight to the NI veth's
-/// egress (its NAT program translates it there as before), past the bridge and the NI's
-/// routing. Its own BPF function: the from-app program's frame is near 6.1's 512 bytes,
-/// and this one's adds to it only here, not to the ACL search's.
+/// egress, past the bridge and the NI's routing (TC_ACT_REDIRECT; `past_ni_veth` may
+/// take it further). Its own BPF function: the from-app program's frame is near 6.1's
+/// 512 bytes, and this one's adds to it only here, not to the ACL search's.
 #[inline(never)]
 pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> i32 {
     let ctx = TcContext::new(skb);
@@ -89,6 +94,34 @@ pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> i3
     }
     count(Stat::FastFromApp);
     unsafe { bpf_redirect(fz.ni_veth_ifindex, 0) as i32 }
+}
+
+/// After `from_app` sent a packet to the NI veth's egress: when its translation there is
+/// known and in use, it is translated here as that egress would translate it
+/// (`nat::apply_known_source`) and handed to the agent-side veth's ingress instead
+/// (`bpf_redirect_peer`, the last redirect asked for is the one done), past the veth's
+/// egress program and its queue. Else the redirect stands (TC_ACT_REDIRECT). Apart
+/// from `from_app`: the two frames are never on the stack together.
+#[inline(never)]
+pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, flow: &mut Flow) -> i32 {
+    let ctx = TcContext::new(skb);
+    let (Some(fz), Some(s)) = (enabled(zone), FIB_SCRATCH.get_ptr_mut(0)) else { return TC_ACT_REDIRECT };
+    let applied = unsafe {
+        // The key in the scratch, field by field (see `FibScratch::nat_key`).
+        let k = NatKey::of(zone, flow);
+        let d = &mut (*s).nat_key;
+        (d.domain, d.src, d.dst, d.sport, d.dport, d.proto) = (k.domain, k.src, k.dst, k.sport, k.dport, k.proto);
+        crate::nat::apply_known_source(&ctx, zone, fz.ni_veth_ifindex, &(*s).nat_key, flow)
+    };
+    match applied {
+        Some(TC_ACT_OK) => {
+            // What the agent's netns would see after the veth: no mark.
+            ctx.set_mark(0);
+            unsafe { bpf_redirect_peer(fz.ni_veth_ifindex, 0) as i32 }
+        }
+        Some(dropped) => dropped,
+        None => TC_ACT_REDIRECT,
+    }
 }
 
 /// At the agent-side veth's ingress: a packet whose translation at the uplink is known

@@ -139,6 +139,34 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     TC_ACT_OK
 }
 
+/// For the fast path that skips the NI veth's egress (`fast::past_ni_veth`): the
+/// packet's source translation there (`key`: the packet's, in the NI's domain), applied
+/// as `handle` would apply it, when it is known and needs nothing else: the original
+/// half of an app's own flow, in use (not a packet that may start a new flow on a pair
+/// the sweep may have halved: that one takes the veth's egress, where `handle` checks
+/// the reply half). Some: translated (or dropped, a malformed packet) as there; None:
+/// not so, and nothing was touched.
+#[inline(always)]
+pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, flow: &mut Flow) -> Option<i32> {
+    unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }?;
+    let v = unsafe { &mut *NAT.get_ptr_mut(key)? };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if v.rewrite != REWRITE_SRC
+        || v.flags & NAT_FLAG_ORIG == 0
+        || nat::may_have_lost_reply_half(flow.proto, flow.tcp_flags, now.saturating_sub(v.last_seen_ns))
+    {
+        return None;
+    }
+    v.last_seen_ns = now;
+    let flags = nat::flags_after(v.flags, flow.proto, flow.tcp_flags);
+    if flags != v.flags {
+        v.flags = flags;
+    }
+    // The entry itself, not a copy: the caller's frame is counted with the from-app
+    // program's (6.1's 512 bytes).
+    Some(finish(ctx, flow, v, Stat::NatRewrite))
+}
+
 /// An ICMP error quoting a packet of a translated flow goes back the way that flow came.
 #[inline(always)]
 fn icmp_error(ctx: &TcContext, egress: bool, quoted: &Flow) -> i32 {

@@ -74,6 +74,13 @@ fn bridge_rx(s: &Scenario, ni: &str) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
+/// Packets the NI's end of its veth to the agent sent (its egress: the NAT program and
+/// the veth's queue), whatever the NI's index.
+fn ni_veth_tx(s: &Scenario, ni: &str) -> u64 {
+    let out = s.exec(s.ni(ni), &["sh", "-c", "cat /sys/class/net/veth*.1/statistics/tx_packets"]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{ni}'s veth: {out:?}"))
+}
+
 /// app1's echo of `SENT` bytes to the internet host, and its flow record (the flow log's
 /// newest of app1 to port 7).
 fn echo_to_inet(s: &Scenario) -> FlowRecord {
@@ -94,12 +101,12 @@ fn set_fast_path(s: &mut Scenario, on: bool) {
 #[test]
 fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let mut s = scenario();
-    let (before, rx) = (fast_counters(&s), bridge_rx(&s, "ni1"));
+    let (before, rx, tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"));
     let f = echo_to_inet(&s);
     let [from_app, to_uplink, from_uplink, to_app] = since(before, fast_counters(&s));
-    let rx = bridge_rx(&s, "ni1") - rx;
+    let (rx, tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx);
     println!(
-        "fast path on: flow {}/{} packets, fast {from_app}/{to_uplink} out, {from_uplink}/{to_app} back; bridge rx {rx}",
+        "fast path on: flow {}/{} packets, fast {from_app}/{to_uplink} out, {from_uplink}/{to_app} back; bridge rx {rx}, NI veth tx {tx}",
         f.packets_orig, f.packets_reply
     );
     // Every packet but the first few (before the reply, and the neighbours resolved by
@@ -113,6 +120,9 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
         assert!(fast + 4 >= packets && fast <= packets, "{what}: {fast} of the flow's {packets} packets took the fast path");
     }
     assert!(rx <= 8, "the bridge passed {rx} packets up to the NI's routing (of {})", f.packets_orig);
+    // Translated at the app's port and handed to the agent-side veth: not sent by the
+    // NI's end (the first packets were, before the translation existed).
+    assert!(tx <= 8, "the NI veth sent {tx} of the flow's {} packets", f.packets_orig);
     // The same record as on the kernel's path: both translations, all the bytes.
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
     assert_eq!(f.mark, "0x01400001", "{f:#?}");
@@ -120,11 +130,12 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
 
     // Off: the same echo through the bridge and both routings, counted the same.
     set_fast_path(&mut s, false);
-    let (before, rx) = (fast_counters(&s), bridge_rx(&s, "ni1"));
+    let (before, rx, tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"));
     let f = echo_to_inet(&s);
-    let rx = bridge_rx(&s, "ni1") - rx;
+    let (rx, tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx);
     assert_eq!(since(before, fast_counters(&s)), [0; 4], "fast_path = false: nothing takes the fast path");
     assert!(rx >= f.packets_orig, "the bridge passed {rx} of the flow's {} packets up", f.packets_orig);
+    assert!(tx >= f.packets_orig, "the NI veth sent {tx} of the flow's {} packets", f.packets_orig);
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
 
     // On again, live.
