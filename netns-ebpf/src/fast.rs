@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT},
+    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, TC_ACT_OK, TC_ACT_REDIRECT},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
@@ -88,7 +88,7 @@ pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> i3
     if !fast::app_packet_may_skip(ct_flags, flow, to_device) {
         return TC_ACT_OK;
     }
-    let Some(s) = lookup(&ctx, fz.bridge_ifindex, flow) else { return TC_ACT_OK };
+    let Some(s) = lookup(&ctx, fz.bridge_ifindex, flow, BY_RULES) else { return TC_ACT_OK };
     if unsafe { (*s).fib.ifindex } != fz.ni_veth_ifindex || routing_hop(&ctx, s).is_err() {
         return TC_ACT_OK;
     }
@@ -103,7 +103,7 @@ pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> i3
 /// egress program and its queue. Else the redirect stands (TC_ACT_REDIRECT). Apart
 /// from `from_app`: the two frames are never on the stack together.
 #[inline(never)]
-pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, flow: &mut Flow) -> i32 {
+pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
     let ctx = TcContext::new(skb);
     let (Some(fz), Some(s)) = (enabled(zone), FIB_SCRATCH.get_ptr_mut(0)) else { return TC_ACT_REDIRECT };
     let applied = unsafe {
@@ -135,7 +135,7 @@ pub fn to_uplink(ctx: &TcContext, flow: &Flow, v_addr: Ipv4) -> i32 {
     if ifindex(ctx) != fz.agent_veth_ifindex {
         return TC_ACT_OK;
     }
-    let Some(s) = lookup(ctx, fz.agent_veth_ifindex, flow) else { return TC_ACT_OK };
+    let Some(s) = lookup(ctx, fz.agent_veth_ifindex, flow, BY_RULES) else { return TC_ACT_OK };
     let out = unsafe { (*s).fib.ifindex };
     // The uplink whose translation the flow has: not some other way out.
     match unsafe { NAT_IFACES.get(IfaceKey { zone: DOMAIN_AGENT, ifindex: out }) } {
@@ -165,7 +165,11 @@ pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
     if unsafe { NAT.get(&NatKey::of(DOMAIN_AGENT, flow)) }.is_some() {
         return TC_ACT_OK;
     }
-    let Some(s) = lookup(ctx, ifindex(ctx), flow) else { return TC_ACT_OK };
+    // The main table directly, past the policy rules: the route to an NI veth's address
+    // is the agent's connected route there, and the agent's rules (an NI veth as input,
+    // an agent-side address as source) never select a reply coming in from an uplink.
+    // With an NI's three rules ahead of `main`, the walk cost more than the lookup.
+    let Some(s) = lookup(ctx, ifindex(ctx), flow, BPF_FIB_LOOKUP_DIRECT) else { return TC_ACT_OK };
     if unsafe { (*s).fib.ifindex } != fz.agent_veth_ifindex || routing_hop(ctx, s).is_err() {
         return TC_ACT_OK;
     }
@@ -195,7 +199,7 @@ pub fn to_app(ctx: &TcContext, zone: u32, flow: &Flow) -> i32 {
     if iface.app_ip != flow.dst {
         return TC_ACT_OK;
     }
-    let Some(s) = lookup(ctx, fz.ni_veth_ifindex, flow) else { return TC_ACT_OK };
+    let Some(s) = lookup(ctx, fz.ni_veth_ifindex, flow, BY_RULES) else { return TC_ACT_OK };
     if unsafe { (*s).fib.ifindex != fz.bridge_ifindex || (*s).fib.dmac != iface.app_mac } || routing_hop(ctx, s).is_err() {
         return TC_ACT_OK;
     }
@@ -208,11 +212,14 @@ fn enabled(zone: u32) -> Option<&'static FastZone> {
     FAST_ZONES.get(zone).filter(|fz| fz.enabled != 0)
 }
 
+/// `lookup`'s flags for a full lookup: through the netns' policy rules, as routing does.
+const BY_RULES: u32 = 0;
+
 /// Where the kernel would forward `flow`'s packet arriving on `iif`: the scratch holding
 /// the answer (out interface, next hop, MACs). None: not forwarded (local, no route, the
 /// MTU) or no neighbour entry yet (the kernel's path resolves it; later packets find it).
 #[inline(always)]
-fn lookup(ctx: &TcContext, iif: u32, flow: &Flow) -> Option<*mut FibScratch> {
+fn lookup(ctx: &TcContext, iif: u32, flow: &Flow, flags: u32) -> Option<*mut FibScratch> {
     let s = FIB_SCRATCH.get_ptr_mut(0)?;
     let rc = unsafe {
         let p = &mut (*s).fib;
@@ -230,7 +237,7 @@ fn lookup(ctx: &TcContext, iif: u32, flow: &Flow) -> Option<*mut FibScratch> {
         p.tos = 0;
         p.src = flow.src;
         p.dst = flow.dst;
-        bpf_fib_lookup(ctx.skb.skb as *mut c_void, p as *mut FibParams as *mut bpf_fib_lookup, FIB_PARAMS_LEN, 0)
+        bpf_fib_lookup(ctx.skb.skb as *mut c_void, p as *mut FibParams as *mut bpf_fib_lookup, FIB_PARAMS_LEN, flags)
     };
     (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(s)
 }

@@ -142,12 +142,15 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
 /// For the fast path that skips the NI veth's egress (`fast::past_ni_veth`): the
 /// packet's source translation there (`key`: the packet's, in the NI's domain), applied
 /// as `handle` would apply it, when it is known and needs nothing else: the original
-/// half of an app's own flow, in use (not a packet that may start a new flow on a pair
-/// the sweep may have halved: that one takes the veth's egress, where `handle` checks
-/// the reply half). Some: translated (or dropped, a malformed packet) as there; None:
-/// not so, and nothing was touched.
+/// half of an app's own TCP or UDP flow, in use (not a packet that may start a new flow
+/// on a pair the sweep may have halved: that one takes the veth's egress, where
+/// `handle` checks the reply half). Some: translated (or dropped, a malformed packet) as
+/// there; None: not so, and nothing was touched.
 #[inline(always)]
-pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, flow: &mut Flow) -> Option<i32> {
+pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, flow: &Flow) -> Option<i32> {
+    if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
+        return None;
+    }
     unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }?;
     let v = unsafe { &mut *NAT.get_ptr_mut(key)? };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -162,9 +165,13 @@ pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &N
     if flags != v.flags {
         v.flags = flags;
     }
-    // The entry itself, not a copy: the caller's frame is counted with the from-app
-    // program's (6.1's 512 bytes).
-    Some(finish(ctx, flow, v, Stat::NatRewrite))
+    // (A source translation carries no mark: `finish` would set none.)
+    if rewrite::tcp_udp_source(ctx, flow.l4_off, key, v).is_err() {
+        count(Stat::NatMalformed);
+        return Some(TC_ACT_SHOT);
+    }
+    count(Stat::NatRewrite);
+    Some(TC_ACT_OK)
 }
 
 /// An ICMP error quoting a packet of a translated flow goes back the way that flow came.
