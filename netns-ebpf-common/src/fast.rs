@@ -3,10 +3,12 @@
 //! says where the kernel would route them), and the one header change that stands in
 //! for each routing hop they skip (the TTL). Everything else a packet meets on the
 //! kernel's path still runs: the app port's programs judge and count it, the NAT
-//! programs translate it on the same interfaces as before.
+//! programs translate it on the same interfaces as before, but for the NI veth's egress,
+//! whose translation the app port's program applies itself as it hands the packet past.
 //!
-//! Out (app -> world): app port ingress -> NI veth egress (`bpf_redirect`);
-//! agent-side veth ingress -> uplink egress (`bpf_redirect_neigh` to the FIB's next hop:
+//! Out (app -> world): app port ingress -> agent-side veth ingress (`bpf_redirect_peer`,
+//! translated; or the NI veth's egress, `bpf_redirect`, when the translation is not there
+//! yet); agent-side veth ingress -> uplink egress (`bpf_redirect_neigh` to the FIB's next hop:
 //! the NI's uplink table, by the `iif` rule). Back: uplink ingress -> NI veth ingress
 //! (`bpf_redirect_peer`); NI veth ingress -> app port egress (`bpf_redirect`).
 

@@ -8,14 +8,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
     programs::TcContext,
 };
 use netns_ebpf_common::{
     ct::{CtKey, FLAG_JUDGED_TO_APP},
     fast::{self, FastZone},
-    nat::{NatKey, DOMAIN_AGENT},
+    nat::{NatKey, NatValue, DOMAIN_AGENT},
     packet::{Flow, ETH_HLEN},
     veth_zone, IfaceKey, Ipv4, Stat,
 };
@@ -67,7 +67,12 @@ pub struct FibScratch {
     /// 6.1 counts too (the pad bytes stay zero: the per-CPU scratch starts zeroed and
     /// nothing writes them).
     nat_key: NatKey,
+    /// `past_ni_veth`'s copy of the translation it applies (`nat::apply_known_source`).
+    nat_to: NatValue,
 }
+
+/// `skb->pkt_type` of a packet addressed to the receiving host (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
 
 const AF_INET: u8 = 2;
 const IP_TTL: usize = ETH_HLEN + 8;
@@ -88,7 +93,7 @@ pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> i3
     if !fast::app_packet_may_skip(ct_flags, flow, to_device) {
         return TC_ACT_OK;
     }
-    let Some(s) = lookup(&ctx, fz.bridge_ifindex, flow, BY_RULES) else { return TC_ACT_OK };
+    let Some(s) = lookup(&ctx, fz.bridge_ifindex, flow) else { return TC_ACT_OK };
     if unsafe { (*s).fib.ifindex } != fz.ni_veth_ifindex || routing_hop(&ctx, s).is_err() {
         return TC_ACT_OK;
     }
@@ -111,13 +116,19 @@ pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
         let k = NatKey::of(zone, flow);
         let d = &mut (*s).nat_key;
         (d.domain, d.src, d.dst, d.sport, d.dport, d.proto) = (k.domain, k.src, k.dst, k.sport, k.dport, k.proto);
-        crate::nat::apply_known_source(&ctx, zone, fz.ni_veth_ifindex, &(*s).nat_key, flow)
+        crate::nat::apply_known_source(&ctx, zone, fz.ni_veth_ifindex, &(*s).nat_key, &mut (*s).nat_to, flow)
     };
     match applied {
         Some(TC_ACT_OK) => {
-            // What the agent's netns would see after the veth: no mark.
+            // What the agent's netns would see after the veth: no mark, and a packet for
+            // this host (the veth's `eth_type_trans` would say so; kernels before the
+            // fix that has `bpf_redirect_peer` scrub it keep the app port's verdict,
+            // "another host", and the kernel's path there would drop the packet).
             ctx.set_mark(0);
-            unsafe { bpf_redirect_peer(fz.ni_veth_ifindex, 0) as i32 }
+            unsafe {
+                bpf_skb_change_type(skb, PACKET_HOST);
+                bpf_redirect_peer(fz.ni_veth_ifindex, 0) as i32
+            }
         }
         Some(dropped) => dropped,
         None => TC_ACT_REDIRECT,
@@ -135,7 +146,7 @@ pub fn to_uplink(ctx: &TcContext, flow: &Flow, v_addr: Ipv4) -> i32 {
     if ifindex(ctx) != fz.agent_veth_ifindex {
         return TC_ACT_OK;
     }
-    let Some(s) = lookup(ctx, fz.agent_veth_ifindex, flow, BY_RULES) else { return TC_ACT_OK };
+    let Some(s) = lookup(ctx, fz.agent_veth_ifindex, flow) else { return TC_ACT_OK };
     let out = unsafe { (*s).fib.ifindex };
     // The uplink whose translation the flow has: not some other way out.
     match unsafe { NAT_IFACES.get(IfaceKey { zone: DOMAIN_AGENT, ifindex: out }) } {
@@ -165,11 +176,7 @@ pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
     if unsafe { NAT.get(&NatKey::of(DOMAIN_AGENT, flow)) }.is_some() {
         return TC_ACT_OK;
     }
-    // The main table directly, past the policy rules: the route to an NI veth's address
-    // is the agent's connected route there, and the agent's rules (an NI veth as input,
-    // an agent-side address as source) never select a reply coming in from an uplink.
-    // With an NI's three rules ahead of `main`, the walk cost more than the lookup.
-    let Some(s) = lookup(ctx, ifindex(ctx), flow, BPF_FIB_LOOKUP_DIRECT) else { return TC_ACT_OK };
+    let Some(s) = lookup(ctx, ifindex(ctx), flow) else { return TC_ACT_OK };
     if unsafe { (*s).fib.ifindex } != fz.agent_veth_ifindex || routing_hop(ctx, s).is_err() {
         return TC_ACT_OK;
     }
@@ -199,7 +206,7 @@ pub fn to_app(ctx: &TcContext, zone: u32, flow: &Flow) -> i32 {
     if iface.app_ip != flow.dst {
         return TC_ACT_OK;
     }
-    let Some(s) = lookup(ctx, fz.ni_veth_ifindex, flow, BY_RULES) else { return TC_ACT_OK };
+    let Some(s) = lookup(ctx, fz.ni_veth_ifindex, flow) else { return TC_ACT_OK };
     if unsafe { (*s).fib.ifindex != fz.bridge_ifindex || (*s).fib.dmac != iface.app_mac } || routing_hop(ctx, s).is_err() {
         return TC_ACT_OK;
     }
@@ -212,14 +219,11 @@ fn enabled(zone: u32) -> Option<&'static FastZone> {
     FAST_ZONES.get(zone).filter(|fz| fz.enabled != 0)
 }
 
-/// `lookup`'s flags for a full lookup: through the netns' policy rules, as routing does.
-const BY_RULES: u32 = 0;
-
 /// Where the kernel would forward `flow`'s packet arriving on `iif`: the scratch holding
 /// the answer (out interface, next hop, MACs). None: not forwarded (local, no route, the
 /// MTU) or no neighbour entry yet (the kernel's path resolves it; later packets find it).
 #[inline(always)]
-fn lookup(ctx: &TcContext, iif: u32, flow: &Flow, flags: u32) -> Option<*mut FibScratch> {
+fn lookup(ctx: &TcContext, iif: u32, flow: &Flow) -> Option<*mut FibScratch> {
     let s = FIB_SCRATCH.get_ptr_mut(0)?;
     let rc = unsafe {
         let p = &mut (*s).fib;
@@ -237,7 +241,7 @@ fn lookup(ctx: &TcContext, iif: u32, flow: &Flow, flags: u32) -> Option<*mut Fib
         p.tos = 0;
         p.src = flow.src;
         p.dst = flow.dst;
-        bpf_fib_lookup(ctx.skb.skb as *mut c_void, p as *mut FibParams as *mut bpf_fib_lookup, FIB_PARAMS_LEN, flags)
+        bpf_fib_lookup(ctx.skb.skb as *mut c_void, p as *mut FibParams as *mut bpf_fib_lookup, FIB_PARAMS_LEN, 0)
     };
     (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(s)
 }

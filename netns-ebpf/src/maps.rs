@@ -134,7 +134,8 @@ pub static LIMITS: HashMap<LimitKey, Bucket, { LIMIT_MAX_ENTRIES as usize }> = H
 #[btf_map(name = "FASTZONE_V1")]
 pub static FAST_ZONES: Array<FastZone, { MAX_ZONES as usize }> = Array::new();
 
-/// The FIB lookup's parameters, one per CPU: 64 bytes more on the from-app program's
-/// stack would pass the 512 that 6.1's verifier allows.
+/// The fast path's scratch, one per CPU (`fast::FibScratch`: the FIB lookup's parameters,
+/// the out hop's NAT key and translation): on the from-app program's stack they would
+/// pass the 512 bytes that 6.1's verifier allows.
 #[btf_map(name = "FIBSCRATCH_V2")]
 pub static FIB_SCRATCH: PerCpuArray<FibScratch, 1> = PerCpuArray::new();

@@ -145,9 +145,12 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
 /// half of an app's own TCP or UDP flow, in use (not a packet that may start a new flow
 /// on a pair the sweep may have halved: that one takes the veth's egress, where
 /// `handle` checks the reply half). Some: translated (or dropped, a malformed packet) as
-/// there; None: not so, and nothing was touched.
+/// there; None: not so, and nothing was touched. `to`: where the translation's address
+/// and port are copied before the rewrite reads them (the caller's per-CPU scratch): an
+/// LRU entry the sweep takes may be reused by another CPU at once, and the checksums
+/// and the bytes written must come from one translation.
 #[inline(always)]
-pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, flow: &Flow) -> Option<i32> {
+pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, to: &mut NatValue, flow: &Flow) -> Option<i32> {
     if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
         return None;
     }
@@ -165,8 +168,9 @@ pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &N
     if flags != v.flags {
         v.flags = flags;
     }
+    (to.addr, to.port) = (v.addr, v.port);
     // (A source translation carries no mark: `finish` would set none.)
-    if rewrite::tcp_udp_source(ctx, flow.l4_off, key, v).is_err() {
+    if rewrite::tcp_udp_source(ctx, flow.l4_off, key, to).is_err() {
         count(Stat::NatMalformed);
         return Some(TC_ACT_SHOT);
     }

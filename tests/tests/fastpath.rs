@@ -5,8 +5,10 @@
 //! flow once `[agent] fast_path = false` is applied (and again when it is set back);
 //! switch and VPN NIs in their own tests.
 
+use std::time::Duration;
+
 use netns_agent::flows::FlowRecord;
-use netns_tests::{EchoResult, Scenario, FAST_PATH_COUNTERS, INET_IP};
+use netns_tests::{scaled, EchoResult, Scenario, FAST_PATH_COUNTERS, INET_IP};
 
 /// ni1 and ni2 on eth0; app2 (ni2) exposes its port 7 as eth0's 8007.
 const TWO_NIS: &str = r#"
@@ -36,6 +38,7 @@ ip = "10.10.1.2"
 acl = [
   { id = 1, match = { ip = "10.99.0.10/32", protocol = "tcp", fport = 7 } },
   { id = 2, match = { ip = "192.168.0.2/32", protocol = "tcp", fport = 8007 } },
+  { id = 3, match = { ip = "10.99.0.10/32", protocol = "udp", fport = 7007 } },
 ]
 
 [[app]]
@@ -101,6 +104,9 @@ fn set_fast_path(s: &mut Scenario, on: bool) {
 #[test]
 fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let mut s = scenario();
+    // Whole checksums from app1: the echo comes back only if every translation kept
+    // them right (TCP would retransmit a segment the internet host dropped, for ever).
+    whole_checksums(&s, s.app("app1"));
     let (before, rx, tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"));
     let f = echo_to_inet(&s);
     let [from_app, to_uplink, from_uplink, to_app] = since(before, fast_counters(&s));
@@ -144,6 +150,45 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let f = echo_to_inet(&s);
     let [from_app, _, _, to_app] = since(before, fast_counters(&s));
     assert!(from_app + 4 >= f.packets_orig && to_app + 4 >= f.packets_reply, "fast path back on: {from_app}, {to_app} of {f:#?}");
+}
+
+/// Turns off transmit checksum offload on the one interface of netns `ns` (SIOCETHTOOL,
+/// ETHTOOL_STXCSUM): its packets leave with whole checksums, which no veth vouches for
+/// further on, so the receiving stack checks them, after every translation.
+fn whole_checksums(s: &Scenario, ns: &str) {
+    const PY: &str = "import ctypes, fcntl, socket, struct
+name = [n for _, n in socket.if_nameindex() if n != 'lo'][0]
+buf = ctypes.create_string_buffer(struct.pack('II', 0x17, 0))
+ifr = struct.pack('16sQ', name.encode(), ctypes.addressof(buf))
+sock = socket.socket()
+fcntl.ioctl(sock.fileno(), 0x8946, ifr)";
+    let out = s.exec(ns, &["python3", "-c", PY]);
+    assert!(out.status.success(), "tx checksum offload off in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// UDP takes the same way: once answered, app1's datagrams are translated at its port
+/// and handed past the NI veth. They leave app1 with whole checksums (not left to the
+/// offload), so each that comes back whole was checksummed right after both
+/// translations; the internet host sees the uplink's address only.
+#[test]
+fn udp_is_translated_at_the_app_port_and_passes_the_ni_veth() {
+    let s = scenario();
+    whole_checksums(&s, s.app("app1"));
+    let script = netns_tests::py_script("udp_echo.py");
+    let idle = scaled(Duration::from_secs(2)).as_secs().to_string();
+    let mut server = s.background(&s.inet.clone(), &["python3", "-u", &script, "server", INET_IP, "7007", &idle]);
+    assert_eq!(server.read_line().trim(), "ready", "the echo server did not start");
+    let (before, tx) = (fast_counters(&s), ni_veth_tx(&s, "ni1"));
+    let out = s.exec(s.app("app1"), &["python3", &script, "client", INET_IP, "7007", "1000", "50"]);
+    let echoed: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let [from_app, to_uplink, ..] = since(before, fast_counters(&s));
+    let tx = ni_veth_tx(&s, "ni1") - tx;
+    println!("udp: 50 datagrams, {echoed} echoed; fast {from_app}/{to_uplink} out; NI veth tx {tx}");
+    assert_eq!(echoed, 50, "every datagram came back whole: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(from_app >= 48 && to_uplink >= 48, "the answered flow's datagrams took the fast path: {from_app}, {to_uplink}");
+    assert!(tx <= 4, "the NI veth sent {tx} of the 50 datagrams");
+    let seen = String::from_utf8_lossy(&server.finish().stdout).lines().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(seen, ["192.168.0.2"], "sources the internet host saw");
 }
 
 /// A hairpin (app1 in ni1 -> eth0's own address:8007 -> app2 in ni2) goes through the
