@@ -49,7 +49,7 @@ pub mod map_names {
     pub const ACL_HOSTS: &str = "ACLHOST_V1";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V1";
-    pub const STATS: &str = "STATS_V6";
+    pub const STATS: &str = "STATS_V7";
     pub const NAT: &str = "NAT_V2";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -306,7 +306,8 @@ stats! {
     /// A flow whose port's ACL changed but which the new ACL decides alike (its deciding
     /// ACE is among those the change kept, or a rule decided it): not judged again.
     RejudgeSkipped = 25 => "rejudge_skipped",
-    /// Fast path (`fast`): an app's packet sent from its port straight to the NI veth.
+    /// Fast path (`fast`): an app's packet sent from its port past the bridge and the NI's
+    /// routing (to the NI veth's egress, or past it: `FastPastNiVeth`).
     FastFromApp = 26 => "fast_from_app",
     /// Fast path: a packet from an NI sent from the agent-side veth straight out of its
     /// uplink.
@@ -315,6 +316,10 @@ stats! {
     FastFromUplink = 28 => "fast_from_uplink",
     /// Fast path: a reply sent from the NI veth straight to its app's port.
     FastToApp = 29 => "fast_to_app",
+    /// Fast path: an app's packet sent on from its port, translated as the NI veth's
+    /// egress would, straight to the agent-side veth (a `fast_from_app` packet whose
+    /// translation is known; the others go to the NI veth).
+    FastPastNiVeth = 30 => "fast_past_ni_veth",
 }
 
 /// The map types' sizes, checked when either side compiles: a field added or reordered

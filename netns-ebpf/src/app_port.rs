@@ -8,7 +8,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::lpm_trie::Key as LpmKey,
     helpers::{bpf_ktime_get_ns, bpf_loop},
     macros::classifier,
@@ -313,8 +313,8 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
     count(Stat::PassCt);
     if side == Side::FromApp {
         return match fast::from_app(ctx.skb.skb, zone, flow, ct_flags) {
-            TC_ACT_REDIRECT => fast::past_ni_veth(ctx.skb.skb, zone, flow),
-            action => action,
+            0 => TC_ACT_OK,
+            ni_veth => fast::past_ni_veth(ctx.skb.skb, zone, ni_veth, flow),
         };
     }
     TC_ACT_OK

@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT},
+    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
     programs::TcContext,
 };
@@ -80,43 +80,46 @@ const IP_CSUM: usize = ETH_HLEN + 10;
 const FIB_PARAMS_LEN: i32 = size_of::<FibParams>() as i32;
 const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
 
-/// From an app's port (TC ingress): a packet of an answered, allowed flow (`ct_flags`:
-/// its conntrack entry's flags, as the program left them) goes straight to the NI veth's
-/// egress, past the bridge and the NI's routing (TC_ACT_REDIRECT; `past_ni_veth` may
-/// take it further). Its own BPF function: the from-app program's frame is near 6.1's
-/// 512 bytes, and this one's adds to it only here, not to the ACL search's.
+/// From an app's port (TC ingress): whether a packet of an answered, allowed flow
+/// (`ct_flags`: its conntrack entry's flags, as the program left them) may go past the
+/// bridge and the NI's routing, to the NI veth: its ifindex (the routing hop's MACs and
+/// TTL are on the packet then; `past_ni_veth` sends it), or 0: the kernel's path. Its
+/// own BPF function: the from-app program's frame is near 6.1's 512 bytes, and this
+/// one's adds to it only here, not to the ACL search's.
 #[inline(never)]
-pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> i32 {
+pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> u32 {
     let ctx = TcContext::new(skb);
-    let Some(fz) = enabled(zone) else { return TC_ACT_OK };
+    let Some(fz) = enabled(zone) else { return 0 };
     let to_device = unsafe { DEVICE.get(&flow.dst) }.is_some();
     if !fast::app_packet_may_skip(ct_flags, flow, to_device) {
-        return TC_ACT_OK;
+        return 0;
     }
-    let Some(s) = lookup(&ctx, fz.bridge_ifindex, flow) else { return TC_ACT_OK };
+    let Some(s) = lookup(&ctx, fz.bridge_ifindex, flow) else { return 0 };
     if unsafe { (*s).fib.ifindex } != fz.ni_veth_ifindex || routing_hop(&ctx, s).is_err() {
-        return TC_ACT_OK;
+        return 0;
     }
     count(Stat::FastFromApp);
-    unsafe { bpf_redirect(fz.ni_veth_ifindex, 0) as i32 }
+    fz.ni_veth_ifindex
 }
 
-/// After `from_app` sent a packet to the NI veth's egress: when its translation there is
-/// known and in use, it is translated here as that egress would translate it
-/// (`nat::apply_known_source`) and handed to the agent-side veth's ingress instead
-/// (`bpf_redirect_peer`, the last redirect asked for is the one done), past the veth's
-/// egress program and its queue. Else the redirect stands (TC_ACT_REDIRECT). Apart
+/// Sends a packet `from_app` let past the NI's routing on: when its translation at the
+/// NI veth (`ni_veth`) is known and in use, it is translated here as the veth's egress
+/// would translate it (`nat::apply_known_source`) and handed to the agent-side veth's
+/// ingress (`bpf_redirect_peer`), past that egress's program and the veth's queue; else
+/// to the NI veth's egress (`bpf_redirect`), as the routing would have sent it. Apart
 /// from `from_app`: the two frames are never on the stack together.
 #[inline(never)]
-pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
+pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: u32, flow: &Flow) -> i32 {
     let ctx = TcContext::new(skb);
-    let (Some(fz), Some(s)) = (enabled(zone), FIB_SCRATCH.get_ptr_mut(0)) else { return TC_ACT_REDIRECT };
-    let applied = unsafe {
-        // The key in the scratch, field by field (see `FibScratch::nat_key`).
-        let k = NatKey::of(zone, flow);
-        let d = &mut (*s).nat_key;
-        (d.domain, d.src, d.dst, d.sport, d.dport, d.proto) = (k.domain, k.src, k.dst, k.sport, k.dport, k.proto);
-        crate::nat::apply_known_source(&ctx, zone, fz.ni_veth_ifindex, &(*s).nat_key, &mut (*s).nat_to, flow)
+    let applied = match FIB_SCRATCH.get_ptr_mut(0) {
+        Some(s) => unsafe {
+            // The key in the scratch, field by field (see `FibScratch::nat_key`).
+            let k = NatKey::of(zone, flow);
+            let d = &mut (*s).nat_key;
+            (d.domain, d.src, d.dst, d.sport, d.dport, d.proto) = (k.domain, k.src, k.dst, k.sport, k.dport, k.proto);
+            crate::nat::apply_known_source(&ctx, zone, ni_veth, &(*s).nat_key, &mut (*s).nat_to, flow)
+        },
+        None => None,
     };
     match applied {
         Some(TC_ACT_OK) => {
@@ -125,13 +128,14 @@ pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
             // fix that has `bpf_redirect_peer` scrub it keep the app port's verdict,
             // "another host", and the kernel's path there would drop the packet).
             ctx.set_mark(0);
+            count(Stat::FastPastNiVeth);
             unsafe {
                 bpf_skb_change_type(skb, PACKET_HOST);
-                bpf_redirect_peer(fz.ni_veth_ifindex, 0) as i32
+                bpf_redirect_peer(ni_veth, 0) as i32
             }
         }
         Some(dropped) => dropped,
-        None => TC_ACT_REDIRECT,
+        None => unsafe { bpf_redirect(ni_veth, 0) as i32 },
     }
 }
 

@@ -15,45 +15,28 @@ const IP_SRC: usize = ETH_HLEN + 12;
 const IP_DST: usize = ETH_HLEN + 16;
 
 /// Applies `v` (new source or destination address and port) to the packet and to `flow`.
-// The ICMP arm keeps the shape of the TCP/UDP one (a port that changes is rewritten).
-#[allow(clippy::collapsible_match)]
 #[inline(always)]
 pub fn apply(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Result<(), ()> {
     let src = v.rewrite == REWRITE_SRC;
-    let (old_ip, ip_off) = if src { (flow.src, IP_SRC) } else { (flow.dst, IP_DST) };
-    let old_port = if src { flow.sport } else { flow.dport };
-    let l4 = flow.l4_off as usize;
-    let old_ip_raw = u32::from_ne_bytes(old_ip) as u64;
-    let new_ip_raw = u32::from_ne_bytes(v.addr) as u64;
-    let old_port_raw = u16::from_ne_bytes(old_port.to_be_bytes()) as u64;
-    let new_port_raw = u16::from_ne_bytes(v.port.to_be_bytes()) as u64;
-
     // A later fragment carries no L4 header: its ports and L4 checksum were in the
     // first fragment, rewritten there; only its addresses change.
     let l4_proto = if flow.frag == FRAG_LATER { 0 } else { flow.proto };
     match l4_proto {
-        PROTO_TCP | PROTO_UDP => {
-            let (csum, extra) = if flow.proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
-            let port_off = if src { l4 } else { l4 + 2 };
-            // The pseudo header holds the addresses: their change goes into the L4 sum.
-            ctx.l4_csum_replace(csum, old_ip_raw, new_ip_raw, BPF_F_PSEUDO_HDR as u64 | extra | 4).map_err(|_| ())?;
-            if old_port != v.port {
-                ctx.l4_csum_replace(csum, old_port_raw, new_port_raw, extra | 2).map_err(|_| ())?;
-                ctx.store(port_off, &v.port.to_be_bytes(), 0).map_err(|_| ())?;
-            }
-        }
-        PROTO_ICMP if flow.icmp_echo => {
-            // The echo identifier plays the port; no pseudo header in ICMP's sum.
-            if old_port != v.port {
-                ctx.l4_csum_replace(l4 + 2, old_port_raw, new_port_raw, 2).map_err(|_| ())?;
+        PROTO_TCP | PROTO_UDP if src => tcp_udp(ctx, flow.proto, flow.l4_off, true, &flow.src, &flow.sport, v)?,
+        PROTO_TCP | PROTO_UDP => tcp_udp(ctx, flow.proto, flow.l4_off, false, &flow.dst, &flow.dport, v)?,
+        _ => {
+            let (old_ip, ip_off) = if src { (flow.src, IP_SRC) } else { (flow.dst, IP_DST) };
+            let old_port = if src { flow.sport } else { flow.dport };
+            if l4_proto == PROTO_ICMP && flow.icmp_echo && old_port != v.port {
+                // The echo identifier plays the port; no pseudo header in ICMP's sum.
+                let l4 = flow.l4_off as usize;
+                ctx.l4_csum_replace(l4 + 2, port_raw(old_port), port_raw(v.port), 2).map_err(|_| ())?;
                 ctx.store(l4 + 4, &v.port.to_be_bytes(), 0).map_err(|_| ())?;
             }
+            ctx.l3_csum_replace(IP_CSUM, ip_raw(&old_ip), ip_raw(&v.addr), 4).map_err(|_| ())?;
+            ctx.store(ip_off, &v.addr, 0).map_err(|_| ())?;
         }
-        _ => {}
     }
-    ctx.l3_csum_replace(IP_CSUM, old_ip_raw, new_ip_raw, 4).map_err(|_| ())?;
-    ctx.store(ip_off, &v.addr, 0).map_err(|_| ())?;
-
     if src {
         flow.src = v.addr;
         flow.sport = v.port;
@@ -68,24 +51,44 @@ pub fn apply(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Result<(), ()> {
     Ok(())
 }
 
-/// `apply` for one case, the fast path's (`fast::past_ni_veth`): a TCP or UDP packet's
-/// source, from `old` (the packet's NAT key) to `new`, read through the two references
-/// at each use. Its caller's frame is counted with the from-app program's under 6.1's
-/// 512 bytes, and values read again after each helper call need no stack slots, where
-/// `apply`'s locals spill. The packet's `Flow` is left as it was (its caller is done with it).
+/// `apply` for the fast path (`fast::past_ni_veth`): a TCP or UDP packet's source, from
+/// `old` (the packet's NAT key) to `new`. The packet's `Flow` is left as it was (its
+/// caller is done with it).
 #[inline(always)]
 pub fn tcp_udp_source(ctx: &TcContext, l4_off: u16, old: &NatKey, new: &NatValue) -> Result<(), ()> {
+    tcp_udp(ctx, old.proto, l4_off, true, &old.src, &old.sport, new)
+}
+
+/// A TCP or UDP packet's source (`src`) or destination address and port, from `old_ip`
+/// and `old_port` to `new`'s: both checksums follow. The old address and port are read
+/// through their references at each use, not held across the helper calls: `fast::past_ni_veth`'s
+/// frame is counted with the from-app program's under 6.1's 512 bytes, and a value read
+/// again needs no stack slot.
+#[inline(always)]
+fn tcp_udp(ctx: &TcContext, proto: u8, l4_off: u16, src: bool, old_ip: &[u8; 4], old_port: &u16, new: &NatValue) -> Result<(), ()> {
     let l4 = l4_off as usize;
-    let (csum, extra) = if old.proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
-    let ip = |a: &[u8; 4]| u32::from_ne_bytes(*a) as u64;
-    let port = |p: u16| u16::from_ne_bytes(p.to_be_bytes()) as u64;
-    ctx.l4_csum_replace(csum, ip(&old.src), ip(&new.addr), BPF_F_PSEUDO_HDR as u64 | extra | 4).map_err(|_| ())?;
-    if old.sport != new.port {
-        ctx.l4_csum_replace(csum, port(old.sport), port(new.port), extra | 2).map_err(|_| ())?;
-        ctx.store(l4, &new.port.to_be_bytes(), 0).map_err(|_| ())?;
+    let (csum, extra) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
+    let (ip_off, port_off) = if src { (IP_SRC, l4) } else { (IP_DST, l4 + 2) };
+    // The pseudo header holds the addresses: their change goes into the L4 sum.
+    ctx.l4_csum_replace(csum, ip_raw(old_ip), ip_raw(&new.addr), BPF_F_PSEUDO_HDR as u64 | extra | 4).map_err(|_| ())?;
+    if *old_port != new.port {
+        ctx.l4_csum_replace(csum, port_raw(*old_port), port_raw(new.port), extra | 2).map_err(|_| ())?;
+        ctx.store(port_off, &new.port.to_be_bytes(), 0).map_err(|_| ())?;
     }
-    ctx.l3_csum_replace(IP_CSUM, ip(&old.src), ip(&new.addr), 4).map_err(|_| ())?;
-    ctx.store(IP_SRC, &new.addr, 0).map_err(|_| ())
+    ctx.l3_csum_replace(IP_CSUM, ip_raw(old_ip), ip_raw(&new.addr), 4).map_err(|_| ())?;
+    ctx.store(ip_off, &new.addr, 0).map_err(|_| ())
+}
+
+/// An address as the checksum helpers take it (the bytes as they are on the wire).
+#[inline(always)]
+fn ip_raw(a: &[u8; 4]) -> u64 {
+    u32::from_ne_bytes(*a) as u64
+}
+
+/// A port (host order) as the checksum helpers take it.
+#[inline(always)]
+fn port_raw(p: u16) -> u64 {
+    u16::from_ne_bytes(p.to_be_bytes()) as u64
 }
 
 /// Translates an ICMP error about a translated flow, as Linux NAT does: the outer address
@@ -116,9 +119,7 @@ pub fn apply_icmp_error(ctx: &TcContext, quoted: &Flow, v: &NatValue) -> Result<
             PROTO_ICMP => quoted.inner_l4_off as usize + 4,
             _ => return Ok(()),
         };
-        let old_raw = u16::from_ne_bytes(old_port.to_be_bytes()) as u64;
-        let new_raw = u16::from_ne_bytes(v.port.to_be_bytes()) as u64;
-        ctx.l4_csum_replace(quoted.l4_off as usize + 2, old_raw, new_raw, 2).map_err(|_| ())?;
+        ctx.l4_csum_replace(quoted.l4_off as usize + 2, port_raw(old_port), port_raw(v.port), 2).map_err(|_| ())?;
         ctx.store(port_off, &v.port.to_be_bytes(), 0).map_err(|_| ())?;
     }
     Ok(())

@@ -62,13 +62,13 @@ fn scenario() -> Scenario {
     s
 }
 
-fn fast_counters(s: &Scenario) -> [u64; 4] {
+fn fast_counters(s: &Scenario) -> [u64; 5] {
     let c = s.flows_report().counters;
     FAST_PATH_COUNTERS.map(|name| *c.get(name).unwrap_or_else(|| panic!("no counter {name}")))
 }
 
-fn since(before: [u64; 4], after: [u64; 4]) -> [u64; 4] {
-    [0, 1, 2, 3].map(|i| after[i] - before[i])
+fn since(before: [u64; 5], after: [u64; 5]) -> [u64; 5] {
+    [0, 1, 2, 3, 4].map(|i| after[i] - before[i])
 }
 
 /// Packets the NI's bridge passed up to the NI's routing.
@@ -106,16 +106,17 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let mut s = scenario();
     let (before, rx, tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"));
     let f = echo_to_inet(&s);
-    let [from_app, to_uplink, from_uplink, to_app] = since(before, fast_counters(&s));
+    let [from_app, past_ni_veth, to_uplink, from_uplink, to_app] = since(before, fast_counters(&s));
     let (rx, tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx);
     println!(
-        "fast path on: flow {}/{} packets, fast {from_app}/{to_uplink} out, {from_uplink}/{to_app} back; bridge rx {rx}, NI veth tx {tx}",
+        "fast path on: flow {}/{} packets, fast {from_app}/{past_ni_veth}/{to_uplink} out, {from_uplink}/{to_app} back; bridge rx {rx}, NI veth tx {tx}",
         f.packets_orig, f.packets_reply
     );
     // Every packet but the first few (before the reply, and the neighbours resolved by
     // the kernel's path) took the fast path, each hop of it, both ways.
     for (fast, packets, what) in [
         (from_app, f.packets_orig, "from app"),
+        (past_ni_veth, f.packets_orig, "past the NI veth"),
         (to_uplink, f.packets_orig, "to uplink"),
         (from_uplink, f.packets_reply, "from uplink"),
         (to_app, f.packets_reply, "to app"),
@@ -126,6 +127,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     // Translated at the app's port and handed to the agent-side veth: not sent by the
     // NI's end (the first packets were, before the translation existed).
     assert!(tx <= 8, "the NI veth sent {tx} of the flow's {} packets", f.packets_orig);
+    assert!(from_app - past_ni_veth <= tx, "{} fast packets not handed past the NI veth, which sent {tx}", from_app - past_ni_veth);
     // The same record as on the kernel's path: both translations, all the bytes.
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
     assert_eq!(f.mark, "0x01400001", "{f:#?}");
@@ -136,7 +138,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let (before, rx, tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"));
     let f = echo_to_inet(&s);
     let (rx, tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx);
-    assert_eq!(since(before, fast_counters(&s)), [0; 4], "fast_path = false: nothing takes the fast path");
+    assert_eq!(since(before, fast_counters(&s)), [0; 5], "fast_path = false: nothing takes the fast path");
     assert!(rx >= f.packets_orig, "the bridge passed {rx} of the flow's {} packets up", f.packets_orig);
     assert!(tx >= f.packets_orig, "the NI veth sent {tx} of the flow's {} packets", f.packets_orig);
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
@@ -145,7 +147,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     set_fast_path(&mut s, true);
     let before = fast_counters(&s);
     let f = echo_to_inet(&s);
-    let [from_app, _, _, to_app] = since(before, fast_counters(&s));
+    let [from_app, _, _, _, to_app] = since(before, fast_counters(&s));
     assert!(from_app + 4 >= f.packets_orig && to_app + 4 >= f.packets_reply, "fast path back on: {from_app}, {to_app} of {f:#?}");
 }
 
@@ -176,10 +178,10 @@ fn tcp_and_udp_are_translated_at_the_app_port_with_whole_checksums() {
     // (A segment the internet host dropped for its checksum would be sent again until
     // the echo gave up.)
     assert_eq!(s.echo(s.app("app1"), INET_IP, 7, 100_000, None), EchoResult::Echoed(100_000));
-    let [from_app, ..] = since(before, fast_counters(&s));
+    let [from_app, past_ni_veth, ..] = since(before, fast_counters(&s));
     let tx = ni_veth_tx(&s, "ni1") - tx;
-    println!("tcp, whole checksums: fast {from_app} out; NI veth tx {tx}");
-    assert!(from_app >= 20 && tx <= 8, "the echo's segments took the hop: {from_app} of them; the NI veth sent {tx}");
+    println!("tcp, whole checksums: fast {from_app}/{past_ni_veth} out; NI veth tx {tx}");
+    assert!(past_ni_veth >= 20 && tx <= 8, "the echo's segments took the hop: {past_ni_veth} of them; the NI veth sent {tx}");
     let script = netns_tests::py_script("udp_echo.py");
     let idle = scaled(Duration::from_secs(2)).as_secs().to_string();
     let mut server = s.background(&s.inet.clone(), &["python3", "-u", &script, "server", INET_IP, "7007", &idle]);
@@ -187,11 +189,14 @@ fn tcp_and_udp_are_translated_at_the_app_port_with_whole_checksums() {
     let (before, tx) = (fast_counters(&s), ni_veth_tx(&s, "ni1"));
     let out = s.exec(s.app("app1"), &["python3", &script, "client", INET_IP, "7007", "1000", "50"]);
     let echoed: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
-    let [from_app, to_uplink, ..] = since(before, fast_counters(&s));
+    let [from_app, past_ni_veth, to_uplink, ..] = since(before, fast_counters(&s));
     let tx = ni_veth_tx(&s, "ni1") - tx;
-    println!("udp: 50 datagrams, {echoed} echoed; fast {from_app}/{to_uplink} out; NI veth tx {tx}");
+    println!("udp: 50 datagrams, {echoed} echoed; fast {from_app}/{past_ni_veth}/{to_uplink} out; NI veth tx {tx}");
     assert_eq!(echoed, 50, "every datagram came back whole: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(from_app >= 48 && to_uplink >= 48, "the answered flow's datagrams took the fast path: {from_app}, {to_uplink}");
+    assert!(
+        from_app >= 48 && past_ni_veth >= 48 && to_uplink >= 48,
+        "the answered flow's datagrams took the fast path: {from_app}, {past_ni_veth}, {to_uplink}"
+    );
     assert!(tx <= 4, "the NI veth sent {tx} of the 50 datagrams");
     let seen = String::from_utf8_lossy(&server.finish().stdout).lines().map(str::to_string).collect::<Vec<_>>();
     assert_eq!(seen, ["192.168.0.2"], "sources the internet host saw");
@@ -209,7 +214,7 @@ fn hairpins_and_the_agents_own_flows_take_the_kernels_path() {
     assert_eq!(s.echo(s.app("app1"), "192.168.0.2", 8007, SENT, None), EchoResult::Echoed(SENT));
     let zedbox = s.zedbox.clone();
     assert_eq!(s.echo(&zedbox, "10.10.2.2", 7, 200_000, Some("veth2")), EchoResult::Echoed(200_000), "the agent's netns reaches app2");
-    assert_eq!(since(before, fast_counters(&s)), [0; 4], "hairpin and EVE-initiated flows take no fast path");
+    assert_eq!(since(before, fast_counters(&s)), [0; 5], "hairpin and EVE-initiated flows take no fast path");
     let flows = s.flows();
     let f = flows.iter().find(|f| f.ni == s.ni("ni2") && f.dport == 7 && f.mark == "0x02400001").expect("the port-mapped flow at app2");
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
