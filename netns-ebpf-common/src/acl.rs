@@ -24,6 +24,13 @@ pub const MATCH_EIDSET: u16 = 1 << 3;
 pub const MATCH_HOST: u16 = 1 << 4;
 
 pub const METADATA_IP: Ipv4 = [169, 254, 169, 254];
+
+/// The metadata server's answer to an app (from the gateway's port 80, where its
+/// requests to METADATA_IP went): the to-app program gives it METADATA_IP back.
+#[inline(always)]
+pub fn is_metadata_answer(iface: &IfaceInfo, flow: &Flow) -> bool {
+    flow.src == iface.gateway && flow.sport == 80 && flow.proto == PROTO_TCP && !flow.related
+}
 const BROADCAST: Ipv4 = [255, 255, 255, 255];
 
 /// One access-control entry as the programs see it.

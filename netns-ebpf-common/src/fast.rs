@@ -3,21 +3,24 @@
 //! says where the kernel would route them), and the one header change that stands in
 //! for each routing hop they skip (the TTL). Everything else a packet meets on the
 //! kernel's path still runs: the app port's programs judge and count it, the NAT
-//! programs translate it on the same interfaces as before, but for the NI veth's egress,
-//! whose translation the app port's program applies itself as it hands the packet past.
+//! programs translate it on the same interfaces as before; but for two programs whose
+//! work is done where the packet leaves: the NI veth's egress, whose translation the app
+//! port's program applies, and the app port's egress, whose accounting of a reply the NI
+//! veth's program does (`reply_may_skip_port` says when that is all it would do).
 //!
 //! Out (app -> world): app port ingress -> agent-side veth ingress (`bpf_redirect_peer`,
 //! translated; or the NI veth's egress, `bpf_redirect`, when the translation is not there
 //! yet); agent-side veth ingress -> uplink egress (`bpf_redirect_neigh` to the FIB's next hop:
 //! the NI's uplink table, by the `iif` rule). Back: uplink ingress -> NI veth ingress
-//! (`bpf_redirect_peer`); NI veth ingress -> app port egress (`bpf_redirect`).
+//! (`bpf_redirect_peer`); NI veth ingress -> the app's own end of its veth
+//! (`bpf_redirect_peer`, counted; or the app port's egress, `bpf_redirect`).
 
 use crate::{
-    acl::prefix_contains,
-    ct::FLAG_SEEN_REPLY,
+    acl::{is_metadata_answer, prefix_contains},
+    ct::{self, CtValue, DIR_REPLY, FLAG_SEEN_REPLY},
     nat::{NatValue, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{Flow, FRAG_NONE},
-    VETH_NET, VETH_NET_LEN,
+    IfaceInfo, IFACE_FLAG_APP_NETNS, IFACE_FLAG_IP_LEARN, PROTO_TCP, VETH_NET, VETH_NET_LEN,
 };
 
 /// FASTZONE_V1's value, indexed by zone: where an NI's fast path leads. An NI whose
@@ -66,6 +69,24 @@ pub fn returns_translated(v: &NatValue, flow: &Flow) -> bool {
     v.rewrite == REWRITE_DST && v.flags & NAT_FLAG_ORIG == 0 && !flow.related && flow.frag == FRAG_NONE
 }
 
+/// At the NI veth, a reply the fast path sends to its app's port (`entry`: its flow's,
+/// judged there; `dir`: the packet's direction in it) may skip the port's egress too,
+/// handed into the app's netns, when all the to-app program would do is account it (which
+/// the fast path then does as it would): the port is a veth to the app's netns (a VM's
+/// tap has no other end to hand to), whose app's address is not learned from DHCP
+/// replies; the flow was judged under the port's current ACL (else that program judges
+/// it again), lives (neither expired nor reopened by a SYN: a new flow there), and the
+/// packet is its reply, not the metadata server's answer (translated there).
+#[inline(always)]
+pub fn reply_may_skip_port(iface: &IfaceInfo, entry: &CtValue, dir: usize, flow: &Flow, now_ns: u64) -> bool {
+    iface.flags & (IFACE_FLAG_APP_NETNS | IFACE_FLAG_IP_LEARN) == IFACE_FLAG_APP_NETNS
+        && entry.acl_id == iface.acl_id
+        && dir == DIR_REPLY
+        && !ct::is_expired(entry, flow.proto, now_ns)
+        && !(flow.proto == PROTO_TCP && ct::reopened_by(entry, flow.tcp_flags))
+        && !is_metadata_answer(iface, flow)
+}
+
 /// IPv4's TTL and protocol bytes (offsets 8 and 9) after one routing hop; None when the
 /// TTL would run out there (the kernel's path sends the ICMP error).
 #[inline(always)]
@@ -107,6 +128,30 @@ mod tests {
         assert!(returns_translated(&back, &flow()) && !returns_translated(&portmap_in, &flow()));
         assert!(!returns_translated(&out, &flow()));
         assert!(!returns_translated(&back, &Flow { related: true, ..flow() }));
+    }
+
+    #[test]
+    fn only_replies_the_port_would_just_count_skip_it() {
+        use crate::ct::{DIR_ORIG, TCP_ESTABLISHED, TCP_FIN_WAIT};
+        let iface = IfaceInfo { acl_id: 7, gateway: [10, 1, 0, 1], flags: IFACE_FLAG_APP_NETNS, ..IfaceInfo::default() };
+        let entry = CtValue { acl_id: 7, tcp_state: TCP_ESTABLISHED, last_seen_ns: 1_000, ..CtValue::default() };
+        let reply = Flow { src: [10, 99, 0, 10], dst: [10, 1, 0, 2], sport: 80, dport: 40000, tcp_flags: 0x10, ..flow() };
+        let now = 2_000;
+        assert!(reply_may_skip_port(&iface, &entry, DIR_REPLY, &reply, now));
+        let tap = IfaceInfo { flags: 0, ..iface };
+        assert!(!reply_may_skip_port(&tap, &entry, DIR_REPLY, &reply, now), "a VM's tap");
+        let learning = IfaceInfo { flags: IFACE_FLAG_APP_NETNS | IFACE_FLAG_IP_LEARN, ..iface };
+        assert!(!reply_may_skip_port(&learning, &entry, DIR_REPLY, &reply, now), "learns its app's address");
+        let changed = IfaceInfo { acl_id: 8, ..iface };
+        assert!(!reply_may_skip_port(&changed, &entry, DIR_REPLY, &reply, now), "judged under another ACL");
+        assert!(!reply_may_skip_port(&iface, &entry, DIR_ORIG, &reply, now), "the flow's original direction");
+        assert!(!reply_may_skip_port(&iface, &entry, DIR_REPLY, &reply, u64::MAX), "expired");
+        let closing = CtValue { tcp_state: TCP_FIN_WAIT, ..entry };
+        let syn = Flow { tcp_flags: 0x02, ..reply };
+        assert!(reply_may_skip_port(&iface, &closing, DIR_REPLY, &reply, now));
+        assert!(!reply_may_skip_port(&iface, &closing, DIR_REPLY, &syn, now), "a SYN reopening a closing flow");
+        let metadata = Flow { src: iface.gateway, sport: 80, ..reply };
+        assert!(!reply_may_skip_port(&iface, &entry, DIR_REPLY, &metadata, now), "the metadata server's answer");
     }
 
     #[test]

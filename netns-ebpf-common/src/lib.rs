@@ -135,6 +135,9 @@ pub const IFACE_FLAG_IP_KNOWN: u32 = 4;
 /// Switch NI: the app's address is learned from the DHCP replies the port delivers to it
 /// (the to-app program writes `app_ip` and sets `IFACE_FLAG_IP_KNOWN`).
 pub const IFACE_FLAG_IP_LEARN: u32 = 8;
+/// The port is a veth whose other end is the app's own, in the app's netns (not a VM's
+/// tap): the fast path may hand a packet to that end directly (`bpf_redirect_peer`).
+pub const IFACE_FLAG_APP_NETNS: u32 = 16;
 
 /// What an app port passed and dropped, per direction (`PORT_DIR_*`): a per-CPU hash
 /// entry per port (key as IFACE_V3's), made by the agent with the port, so the programs
@@ -314,12 +317,17 @@ stats! {
     FastToUplink = 27 => "fast_to_uplink",
     /// Fast path: a reply sent from the uplink straight into its NI (the NI veth).
     FastFromUplink = 28 => "fast_from_uplink",
-    /// Fast path: a reply sent from the NI veth straight to its app's port.
+    /// Fast path: a reply sent from the NI veth past the NI's routing and the bridge, to its
+    /// app's port (its egress, or past it: `FastIntoApp`).
     FastToApp = 29 => "fast_to_app",
     /// Fast path: an app's packet sent on from its port, translated as the NI veth's
     /// egress would, straight to the agent-side veth (a `fast_from_app` packet whose
     /// translation is known; the others go to the NI veth).
     FastPastNiVeth = 30 => "fast_past_ni_veth",
+    /// Fast path: a reply handed from the NI veth straight into its app's netns, past
+    /// the app port's egress (a `fast_to_app` packet the port would only have counted;
+    /// the others go to the port's egress).
+    FastIntoApp = 31 => "fast_into_app",
 }
 
 /// The map types' sizes, checked when either side compiles: a field added or reordered

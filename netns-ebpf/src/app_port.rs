@@ -138,7 +138,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
     if flow.frag != FRAG_NONE && frag::follow(zone, flow, now).is_err() {
         return TC_ACT_SHOT;
     }
-    if side == Side::ToApp && is_metadata_reply(iface, flow) && undo_metadata_nat(ctx, zone, flow).is_err() {
+    if side == Side::ToApp && acl::is_metadata_answer(iface, flow) && undo_metadata_nat(ctx, zone, flow).is_err() {
         count(Stat::NatMalformed);
         return TC_ACT_SHOT;
     }
@@ -180,9 +180,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 // change its state or counters.
                 return verdict_action(entry.verdict == VERDICT_DROP, Stat::PassCt, Stat::DropCt);
             }
-            if flow.proto == PROTO_TCP && flow.tcp_flags & TCP_RST != 0 && !ct::rst_acceptable(entry, dir, flow.tcp_seq) {
-                // Not the endpoint's own RST: it would close the entry under a live flow.
-                count(Stat::DropTcpRst);
+            if rst_refused(entry, dir, flow) {
                 return TC_ACT_SHOT;
             }
             if side == Side::ToApp
@@ -230,17 +228,8 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
                 count(Stat::Rejudged);
             }
             let drop = entry.verdict == VERDICT_DROP;
-            if counts_here(ctx, side) {
-                let state = entry.tcp_state;
-                account(entry, dir, flow, now);
-                if event::closes(state, entry.tcp_state) && entry.flags & FLAG_ENDED == 0 {
-                    entry.flags |= FLAG_ENDED;
-                    events::emit(EVENT_END, &key, entry, Stat::PassCt);
-                }
-                if !drop && over_limit(zone, entry, now) {
-                    count(Stat::DropLimit);
-                    return TC_ACT_SHOT;
-                }
+            if counts_here(ctx, side) && !charge(zone, &key, entry, dir, flow, now) {
+                return TC_ACT_SHOT;
             }
             ct_flags = entry.flags;
             Verdict { mark: entry.mark, drop, limit: entry.limit, by: entry.decided }
@@ -509,6 +498,51 @@ fn remote_facts(ikey: &IfaceKey, iface: &IfaceInfo, remote: netns_ebpf_common::I
 /// app port of this bridge. Marks never cross namespaces (veth scrubs them), so traffic
 /// from outside the NI is counted here (a port map's mark is set in this netns, but such
 /// a packet is not counted elsewhere either: the NAT programs do not count).
+/// A known flow's RST too far from its sender's sequence numbers to be its own (it
+/// would close the entry under a live flow): counted, to be dropped.
+#[inline(always)]
+fn rst_refused(entry: &CtValue, dir: usize, flow: &Flow) -> bool {
+    let refused = flow.proto == PROTO_TCP && flow.tcp_flags & TCP_RST != 0 && !ct::rst_acceptable(entry, dir, flow.tcp_seq);
+    if refused {
+        count(Stat::DropTcpRst);
+    }
+    refused
+}
+
+/// Counts a packet of a known flow (`key`, `entry`) in its entry, reports the flow's end
+/// when this packet closes it, and charges an allowed flow's limit. False: over the
+/// limit (counted), to be dropped.
+#[inline(always)]
+fn charge(zone: u32, key: &CtKey, entry: &mut CtValue, dir: usize, flow: &Flow, now: u64) -> bool {
+    let state = entry.tcp_state;
+    account(entry, dir, flow, now);
+    if event::closes(state, entry.tcp_state) && entry.flags & FLAG_ENDED == 0 {
+        entry.flags |= FLAG_ENDED;
+        events::emit(EVENT_END, key, entry, Stat::PassCt);
+    }
+    if entry.verdict != VERDICT_DROP && over_limit(zone, entry, now) {
+        count(Stat::DropLimit);
+        return false;
+    }
+    true
+}
+
+/// The to-app program's work, done by the fast path at the NI veth, for a reply it hands
+/// past the port into the app's netns (`fast::reply_may_skip_port` says when that is
+/// all there is to do): the verdict of the flow's entry, the entry's and the port's
+/// counters, as `app_port_to_app` would count them (the port: the one that judged the
+/// flow).
+#[inline(always)]
+pub fn to_app_past_port(ctx: &TcContext, zone: u32, key: &CtKey, entry: &mut CtValue, dir: usize, flow: &Flow, now: u64) -> i32 {
+    let verdict = if rst_refused(entry, dir, flow) || !charge(zone, key, entry, dir, flow, now) {
+        TC_ACT_SHOT
+    } else {
+        verdict_action(entry.verdict == VERDICT_DROP, Stat::PassCt, Stat::DropCt)
+    };
+    count_port(zone, entry.judge_ifindex, PORT_DIR_TO_APP, verdict == TC_ACT_SHOT, ctx.len());
+    verdict
+}
+
 #[inline(always)]
 fn counts_here(ctx: &TcContext, side: Side) -> bool {
     side == Side::FromApp || skb_mark(ctx) == 0 || !came_from_app_port(ctx)
@@ -588,11 +622,6 @@ fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, 
         }
     };
     rewrite::apply(ctx, flow, &fwd)
-}
-
-#[inline(always)]
-fn is_metadata_reply(iface: &IfaceInfo, flow: &Flow) -> bool {
-    flow.src == iface.gateway && flow.sport == 80 && flow.proto == PROTO_TCP && !flow.related
 }
 
 /// The gateway's answer goes back to the app as from 169.254.169.254:80.

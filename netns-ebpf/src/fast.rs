@@ -9,7 +9,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
     programs::TcContext,
 };
 use netns_ebpf_common::{
@@ -21,6 +21,7 @@ use netns_ebpf_common::{
 };
 
 use crate::{
+    app_port,
     maps::{CT, DEVICE, FAST_ZONES, FIB_SCRATCH, IFACES, NAT, NAT_IFACES},
     skb::{count, ifindex},
 };
@@ -190,32 +191,55 @@ pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
 }
 
 /// At the NI veth's ingress, after the reply's translation back to the app's address:
-/// straight to the egress of the app's port (its to-app program judges and counts it as
-/// before), past the NI's routing and the bridge. The port is the one that judged the
-/// flow's first packet (the conntrack says), and the FIB's neighbour for the address
-/// must be that port's app. Replies from the device's own addresses (hairpin port
-/// maps) come back the kernel's way, as their flows went out.
-#[inline(always)]
-pub fn to_app(ctx: &TcContext, zone: u32, flow: &Flow) -> i32 {
+/// past the NI's routing and the bridge, to the app's port. The port is the one that
+/// judged the flow's first packet (the conntrack says), and the FIB's neighbour for the
+/// address must be that port's app. When the to-app program would only count the packet
+/// there (`fast::reply_may_skip_port`), it is counted here as there
+/// (`app_port::to_app_past_port`) and handed on into the app's netns
+/// (`bpf_redirect_peer`), past the port's egress and the veth's queue; else to the
+/// port's egress (`bpf_redirect`), whose program judges and counts it. Replies from the
+/// device's own addresses (hairpin port maps) come back the kernel's way, as their flows
+/// went out. Its own BPF function: its frame adds to the NAT program's only here.
+#[inline(never)]
+pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
+    let ctx = TcContext::new(skb);
     let Some(fz) = enabled(zone) else { return TC_ACT_OK };
-    if ifindex(ctx) != fz.ni_veth_ifindex || unsafe { DEVICE.get(&flow.src) }.is_some() {
+    if ifindex(&ctx) != fz.ni_veth_ifindex || unsafe { DEVICE.get(&flow.src) }.is_some() {
         return TC_ACT_OK;
     }
-    let (key, _) = CtKey::new(zone, flow);
-    let port = match unsafe { CT.get(&key) } {
-        Some(e) if e.flags & FLAG_JUDGED_TO_APP == 0 => e.judge_ifindex,
-        _ => return TC_ACT_OK,
-    };
+    let (key, a_to_b) = CtKey::new(zone, flow);
+    let Some(entry) = CT.get_ptr_mut(&key) else { return TC_ACT_OK };
+    let entry = unsafe { &mut *entry };
+    if entry.flags & FLAG_JUDGED_TO_APP != 0 {
+        return TC_ACT_OK;
+    }
+    let port = entry.judge_ifindex;
     let Some(iface) = (unsafe { IFACES.get(IfaceKey { zone, ifindex: port }) }) else { return TC_ACT_OK };
     if iface.app_ip != flow.dst {
         return TC_ACT_OK;
     }
-    let Some(s) = lookup(ctx, fz.ni_veth_ifindex, flow) else { return TC_ACT_OK };
-    if unsafe { (*s).fib.ifindex != fz.bridge_ifindex || (*s).fib.dmac != iface.app_mac } || routing_hop(ctx, s).is_err() {
+    let Some(s) = lookup(&ctx, fz.ni_veth_ifindex, flow) else { return TC_ACT_OK };
+    if unsafe { (*s).fib.ifindex != fz.bridge_ifindex || (*s).fib.dmac != iface.app_mac } || routing_hop(&ctx, s).is_err() {
         return TC_ACT_OK;
     }
     count(Stat::FastToApp);
-    unsafe { bpf_redirect(port, 0) as i32 }
+    let dir = entry.direction(a_to_b);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !fast::reply_may_skip_port(iface, entry, dir, flow, now) {
+        return unsafe { bpf_redirect(port, 0) as i32 };
+    }
+    match app_port::to_app_past_port(&ctx, zone, &key, entry, dir, flow, now) {
+        TC_ACT_OK => {
+            // What the app's netns would see after the veth (see `past_ni_veth`).
+            ctx.set_mark(0);
+            count(Stat::FastIntoApp);
+            unsafe {
+                bpf_skb_change_type(skb, PACKET_HOST);
+                bpf_redirect_peer(port, 0) as i32
+            }
+        }
+        dropped => dropped,
+    }
 }
 
 #[inline(always)]

@@ -92,7 +92,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         if action == TC_ACT_OK && !egress && fast_path::returns_translated(&v, &flow) {
             // A reply, now addressed as its flow's inside end: the fast path may take
             // it on from here (into the NI, or on to the app).
-            return if zone == DOMAIN_AGENT { fast::from_uplink(ctx, &flow) } else { fast::to_app(ctx, zone, &flow) };
+            return if zone == DOMAIN_AGENT { fast::from_uplink(ctx, &flow) } else { fast::to_app(ctx.skb.skb, zone, &flow) };
         }
         return action;
     }

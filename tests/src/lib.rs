@@ -542,7 +542,8 @@ pub fn load_size(n: u64) -> u64 {
 }
 
 /// The data path's fast path counters, one per hop (README: "The data-path counters").
-pub const FAST_PATH_COUNTERS: [&str; 5] = ["fast_from_app", "fast_past_ni_veth", "fast_to_uplink", "fast_from_uplink", "fast_to_app"];
+pub const FAST_PATH_COUNTERS: [&str; 6] =
+    ["fast_from_app", "fast_past_ni_veth", "fast_to_uplink", "fast_from_uplink", "fast_to_app", "fast_into_app"];
 
 /// NETNS_TEST_FAST_PATH: "on" or "off" sets `[agent] fast_path` in every test's config
 /// (`cargo xtask test` runs the VM stage with it off, the host's with the default).

@@ -62,13 +62,13 @@ fn scenario() -> Scenario {
     s
 }
 
-fn fast_counters(s: &Scenario) -> [u64; 5] {
+fn fast_counters(s: &Scenario) -> [u64; 6] {
     let c = s.flows_report().counters;
     FAST_PATH_COUNTERS.map(|name| *c.get(name).unwrap_or_else(|| panic!("no counter {name}")))
 }
 
-fn since(before: [u64; 5], after: [u64; 5]) -> [u64; 5] {
-    [0, 1, 2, 3, 4].map(|i| after[i] - before[i])
+fn since(before: [u64; 6], after: [u64; 6]) -> [u64; 6] {
+    [0, 1, 2, 3, 4, 5].map(|i| after[i] - before[i])
 }
 
 /// Packets the NI's bridge passed up to the NI's routing.
@@ -82,6 +82,13 @@ fn bridge_rx(s: &Scenario, ni: &str) -> u64 {
 fn ni_veth_tx(s: &Scenario, ni: &str) -> u64 {
     let out = s.exec(s.ni(ni), &["sh", "-c", "cat /sys/class/net/veth*.1/statistics/tx_packets"]);
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{ni}'s veth: {out:?}"))
+}
+
+/// Packets app1's port (in ni1) sent to app1 (its egress: the to-app program and the
+/// veth's queue).
+fn app1_port_tx(s: &Scenario) -> u64 {
+    let out = s.exec(s.ni("ni1"), &["cat", "/sys/class/net/nbu1x1/statistics/tx_packets"]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("app1's port: {out:?}"))
 }
 
 /// app1's echo of `SENT` bytes to the internet host, and its flow record (the flow log's
@@ -104,12 +111,13 @@ fn set_fast_path(s: &mut Scenario, on: bool) {
 #[test]
 fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let mut s = scenario();
-    let (before, rx, tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"));
+    let (before, rx, tx, port_tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"), app1_port_tx(&s));
     let f = echo_to_inet(&s);
-    let [from_app, past_ni_veth, to_uplink, from_uplink, to_app] = since(before, fast_counters(&s));
-    let (rx, tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx);
+    let [from_app, past_ni_veth, to_uplink, from_uplink, to_app, into_app] = since(before, fast_counters(&s));
+    let (rx, tx, port_tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx, app1_port_tx(&s) - port_tx);
     println!(
-        "fast path on: flow {}/{} packets, fast {from_app}/{past_ni_veth}/{to_uplink} out, {from_uplink}/{to_app} back; bridge rx {rx}, NI veth tx {tx}",
+        "fast path on: flow {}/{} packets, fast {from_app}/{past_ni_veth}/{to_uplink} out, {from_uplink}/{to_app}/{into_app} back; \
+         bridge rx {rx}, NI veth tx {tx}, app1's port tx {port_tx}",
         f.packets_orig, f.packets_reply
     );
     // Every packet but the first few (before the reply, and the neighbours resolved by
@@ -120,6 +128,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
         (to_uplink, f.packets_orig, "to uplink"),
         (from_uplink, f.packets_reply, "from uplink"),
         (to_app, f.packets_reply, "to app"),
+        (into_app, f.packets_reply, "into app1's netns"),
     ] {
         assert!(fast + 4 >= packets && fast <= packets, "{what}: {fast} of the flow's {packets} packets took the fast path");
     }
@@ -128,6 +137,10 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     // NI's end (the first packets were, before the translation existed).
     assert!(tx <= 8, "the NI veth sent {tx} of the flow's {} packets", f.packets_orig);
     assert!(from_app - past_ni_veth <= tx, "{} fast packets not handed past the NI veth, which sent {tx}", from_app - past_ni_veth);
+    // Handed into app1's netns past its port, counted there all the same (the flow
+    // record below, the port's counters in `port_counters_...`): not sent by the port.
+    assert!(port_tx <= 8, "app1's port sent {port_tx} of the flow's {} replies", f.packets_reply);
+    assert!(to_app - into_app <= port_tx, "{} fast replies not handed into app1, whose port sent {port_tx}", to_app - into_app);
     // The same record as on the kernel's path: both translations, all the bytes.
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
     assert_eq!(f.mark, "0x01400001", "{f:#?}");
@@ -135,19 +148,20 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
 
     // Off: the same echo through the bridge and both routings, counted the same.
     set_fast_path(&mut s, false);
-    let (before, rx, tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"));
+    let (before, rx, tx, port_tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"), app1_port_tx(&s));
     let f = echo_to_inet(&s);
-    let (rx, tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx);
-    assert_eq!(since(before, fast_counters(&s)), [0; 5], "fast_path = false: nothing takes the fast path");
+    let (rx, tx, port_tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx, app1_port_tx(&s) - port_tx);
+    assert_eq!(since(before, fast_counters(&s)), [0; 6], "fast_path = false: nothing takes the fast path");
     assert!(rx >= f.packets_orig, "the bridge passed {rx} of the flow's {} packets up", f.packets_orig);
     assert!(tx >= f.packets_orig, "the NI veth sent {tx} of the flow's {} packets", f.packets_orig);
+    assert!(port_tx >= f.packets_reply, "app1's port sent {port_tx} of the flow's {} replies", f.packets_reply);
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
 
     // On again, live.
     set_fast_path(&mut s, true);
     let before = fast_counters(&s);
     let f = echo_to_inet(&s);
-    let [from_app, _, _, _, to_app] = since(before, fast_counters(&s));
+    let [from_app, _, _, _, to_app, _] = since(before, fast_counters(&s));
     assert!(from_app + 4 >= f.packets_orig && to_app + 4 >= f.packets_reply, "fast path back on: {from_app}, {to_app} of {f:#?}");
 }
 
@@ -214,7 +228,7 @@ fn hairpins_and_the_agents_own_flows_take_the_kernels_path() {
     assert_eq!(s.echo(s.app("app1"), "192.168.0.2", 8007, SENT, None), EchoResult::Echoed(SENT));
     let zedbox = s.zedbox.clone();
     assert_eq!(s.echo(&zedbox, "10.10.2.2", 7, 200_000, Some("veth2")), EchoResult::Echoed(200_000), "the agent's netns reaches app2");
-    assert_eq!(since(before, fast_counters(&s)), [0; 5], "hairpin and EVE-initiated flows take no fast path");
+    assert_eq!(since(before, fast_counters(&s)), [0; 6], "hairpin and EVE-initiated flows take no fast path");
     let flows = s.flows();
     let f = flows.iter().find(|f| f.ni == s.ni("ni2") && f.dport == 7 && f.mark == "0x02400001").expect("the port-mapped flow at app2");
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use netns_ebpf_common::{
     limit::LimitKey,
     nat::{DOMAIN_AGENT, REWRITE_SRC},
-    IfaceInfo, IfaceKey, IFACE_FLAG_CHECK_MAC, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN,
+    IfaceInfo, IfaceKey, IFACE_FLAG_APP_NETNS, IFACE_FLAG_CHECK_MAC, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN,
 };
 use tracing::{debug, info, warn};
 
@@ -30,7 +30,10 @@ pub(super) fn iface_info<K: NiDriver>(kind: &K, ni: &NiPlan, p: &PortPlan, acl_i
         app_ip: p.ip.octets(),
         gateway: ni.gateway.octets(),
         eve_ip: kind.eve_ip(ni),
-        flags: kind.port_flags(p) | if p.check_mac { IFACE_FLAG_CHECK_MAC } else { 0 },
+        flags: kind.port_flags(p)
+            | if p.check_mac { IFACE_FLAG_CHECK_MAC } else { 0 }
+            // A veth the agent made: its other end is the app's, in the app's netns.
+            | if p.tap.is_none() { IFACE_FLAG_APP_NETNS } else { 0 },
         app_mac: p.mac,
         _pad: [0; 2],
     }
@@ -344,7 +347,48 @@ pub async fn remove_strays(ap: &mut Applier, ni: &NiPlan, nl: &Netlink) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use netns_ebpf_common::{IFACE_FLAG_APP_NETNS, IFACE_FLAG_CHECK_MAC};
+
     use super::remap_host_mask;
+
+    /// Every app netns exists.
+    struct All;
+    impl crate::config::NetnsLookup for All {
+        fn netns_exists(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn only_a_veths_port_says_the_app_is_in_a_netns() {
+        let text = r#"
+[[network]]
+name = "ni1"
+kind = "local"
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+[[app]]
+name = "app1"
+netns = "a1"
+[[app.interface]]
+network = "ni1"
+[[app]]
+name = "vm2"
+[[app.interface]]
+network = "ni1"
+tap = "vmtap2"
+"#;
+        let plan = crate::plan::build(&crate::config::parse("t", text, &All).unwrap());
+        let ni = &plan.nis[0];
+        let flags = |app: &str| {
+            let p = ni.ports.iter().find(|p| p.app == app).unwrap();
+            crate::reconcile::port_iface_info(ni, p, 1).flags
+        };
+        // The fast path hands replies to a veth's other end; a tap has none.
+        assert_eq!(flags("app1") & IFACE_FLAG_APP_NETNS, IFACE_FLAG_APP_NETNS);
+        assert_eq!(flags("app1") & IFACE_FLAG_CHECK_MAC, IFACE_FLAG_CHECK_MAC);
+        assert_eq!(flags("vm2") & IFACE_FLAG_APP_NETNS, 0);
+    }
 
     #[test]
     fn host_masks_follow_their_domains() {
