@@ -302,8 +302,8 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
     count(Stat::PassCt);
     if side == Side::FromApp {
         return match fast::from_app(ctx.skb.skb, zone, flow, ct_flags) {
-            0 => TC_ACT_OK,
-            ni_veth => fast::past_ni_veth(ctx.skb.skb, zone, ni_veth, flow),
+            Some(ni_veth) => fast::past_ni_veth(ctx.skb.skb, zone, ni_veth, flow),
+            None => TC_ACT_OK,
         };
     }
     TC_ACT_OK
@@ -492,12 +492,6 @@ fn remote_facts(ikey: &IfaceKey, iface: &IfaceInfo, remote: netns_ebpf_common::I
     RemoteFacts { in_eidset, host_mask, device: false }
 }
 
-/// A packet from one app to another app of the NI crosses two app ports; the conntrack
-/// counts it once, at the port it entered by. The from-app side leaves the connection
-/// mark on the skb; a packet that reaches the to-app side still carrying one came from an
-/// app port of this bridge. Marks never cross namespaces (veth scrubs them), so traffic
-/// from outside the NI is counted here (a port map's mark is set in this netns, but such
-/// a packet is not counted elsewhere either: the NAT programs do not count).
 /// A known flow's RST too far from its sender's sequence numbers to be its own (it
 /// would close the entry under a live flow): counted, to be dropped.
 #[inline(always)]
@@ -543,6 +537,13 @@ pub fn to_app_past_port(ctx: &TcContext, zone: u32, key: &CtKey, entry: &mut CtV
     verdict
 }
 
+/// A packet from one app to another app of the NI crosses two app ports; the conntrack
+/// counts it once, at the port it entered by. The from-app side leaves the connection
+/// mark on the skb; a packet that reaches the to-app side still carrying one came from an
+/// app port of this bridge. Marks never cross namespaces (veth scrubs them), so traffic
+/// from outside the NI is counted here (a port map's mark is set in this netns, but such
+/// a packet is not counted elsewhere either: the NAT programs count only the replies the
+/// fast path hands past the port, `to_app_past_port`, which never reach it).
 #[inline(always)]
 fn counts_here(ctx: &TcContext, side: Side) -> bool {
     side == Side::FromApp || skb_mark(ctx) == 0 || !came_from_app_port(ctx)

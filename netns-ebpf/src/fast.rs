@@ -2,10 +2,12 @@
 //! why): a FIB lookup in the packet's netns asks where the kernel would route it; when
 //! that is where the fast path leads, the packet is sent there directly, with the MACs
 //! and the TTL the routing hop would have given it. Anything else (no route, another
-//! interface, no neighbour where the kernel resolves it, the MTU, the last TTL) returns
-//! TC_ACT_OK: the kernel's path.
+//! interface, no neighbour where the kernel resolves it, the MTU, the last TTL) is left
+//! to the kernel's path (TC_ACT_OK; `from_app`: None). A hop's counter counts the
+//! packets it sent on (one the program it stands in for would drop is counted as that
+//! program counts it).
 
-use core::ffi::c_void;
+use core::{ffi::c_void, num::NonZeroU32};
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
@@ -84,23 +86,22 @@ const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
 /// From an app's port (TC ingress): whether a packet of an answered, allowed flow
 /// (`ct_flags`: its conntrack entry's flags, as the program left them) may go past the
 /// bridge and the NI's routing, to the NI veth: its ifindex (the routing hop's MACs and
-/// TTL are on the packet then; `past_ni_veth` sends it), or 0: the kernel's path. Its
-/// own BPF function: the from-app program's frame is near 6.1's 512 bytes, and this
+/// TTL are on the packet then; `past_ni_veth` sends it), or None: the kernel's path.
+/// Its own BPF function: the from-app program's frame is near 6.1's 512 bytes, and this
 /// one's adds to it only here, not to the ACL search's.
 #[inline(never)]
-pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> u32 {
+pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> Option<NonZeroU32> {
     let ctx = TcContext::new(skb);
-    let Some(fz) = enabled(zone) else { return 0 };
+    let fz = enabled(zone)?;
     let to_device = unsafe { DEVICE.get(&flow.dst) }.is_some();
     if !fast::app_packet_may_skip(ct_flags, flow, to_device) {
-        return 0;
+        return None;
     }
-    let Some(s) = lookup(&ctx, fz.bridge_ifindex, flow) else { return 0 };
+    let s = lookup(&ctx, fz.bridge_ifindex, flow)?;
     if unsafe { (*s).fib.ifindex } != fz.ni_veth_ifindex || routing_hop(&ctx, s).is_err() {
-        return 0;
+        return None;
     }
-    count(Stat::FastFromApp);
-    fz.ni_veth_ifindex
+    NonZeroU32::new(fz.ni_veth_ifindex)
 }
 
 /// Sends a packet `from_app` let past the NI's routing on: when its translation at the
@@ -110,8 +111,9 @@ pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> u3
 /// to the NI veth's egress (`bpf_redirect`), as the routing would have sent it. Apart
 /// from `from_app`: the two frames are never on the stack together.
 #[inline(never)]
-pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: u32, flow: &Flow) -> i32 {
+pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: NonZeroU32, flow: &Flow) -> i32 {
     let ctx = TcContext::new(skb);
+    let ni_veth = ni_veth.get();
     let applied = match FIB_SCRATCH.get_ptr_mut(0) {
         Some(s) => unsafe {
             // The key in the scratch, field by field (see `FibScratch::nat_key`).
@@ -129,6 +131,7 @@ pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: u32, flow: &Flow) -
             // fix that has `bpf_redirect_peer` scrub it keep the app port's verdict,
             // "another host", and the kernel's path there would drop the packet).
             ctx.set_mark(0);
+            count(Stat::FastFromApp);
             count(Stat::FastPastNiVeth);
             unsafe {
                 bpf_skb_change_type(skb, PACKET_HOST);
@@ -136,7 +139,10 @@ pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: u32, flow: &Flow) -
             }
         }
         Some(dropped) => dropped,
-        None => unsafe { bpf_redirect(ni_veth, 0) as i32 },
+        None => {
+            count(Stat::FastFromApp);
+            unsafe { bpf_redirect(ni_veth, 0) as i32 }
+        }
     }
 }
 
@@ -222,16 +228,17 @@ pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
     if unsafe { (*s).fib.ifindex != fz.bridge_ifindex || (*s).fib.dmac != iface.app_mac } || routing_hop(&ctx, s).is_err() {
         return TC_ACT_OK;
     }
-    count(Stat::FastToApp);
     let dir = entry.direction(a_to_b);
     let now = unsafe { bpf_ktime_get_ns() };
     if !fast::reply_may_skip_port(iface, entry, dir, flow, now) {
+        count(Stat::FastToApp);
         return unsafe { bpf_redirect(port, 0) as i32 };
     }
     match app_port::to_app_past_port(&ctx, zone, &key, entry, dir, flow, now) {
         TC_ACT_OK => {
             // What the app's netns would see after the veth (see `past_ni_veth`).
             ctx.set_mark(0);
+            count(Stat::FastToApp);
             count(Stat::FastIntoApp);
             unsafe {
                 bpf_skb_change_type(skb, PACKET_HOST);

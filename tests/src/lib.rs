@@ -384,6 +384,24 @@ impl Scenario {
         *self.flows_report().counters.get(name).unwrap_or_else(|| panic!("no counter {name}"))
     }
 
+    /// The agent's `/metrics` (its `[agent] metrics` at 127.0.0.1:9464), as Prometheus
+    /// text; read `metric` from it.
+    pub fn scrape_metrics(&self) -> String {
+        let out = self.exec(&self.zedbox, &["curl", "-sf", "http://127.0.0.1:9464/metrics"]);
+        assert!(out.status.success(), "scrape failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Makes `ns`'s neighbour entry of `ip` permanent (as it is now): no ARP in a window
+    /// whose packets a test counts, however slow the machine.
+    pub fn pin_neighbour(&self, ns: &str, ip: &str) {
+        let out = String::from_utf8(self.exec(ns, &["ip", "neigh", "show", "to", ip]).stdout).unwrap();
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
+        let (Some(dev), Some(mac)) = (field("dev"), field("lladdr")) else { panic!("no neighbour entry of {ip} in {ns}: {out}") };
+        assert!(self.exec(ns, &["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"]).status.success());
+    }
+
     /// `netns-agent dns-log --json`, parsed.
     pub fn dns_log(&self) -> Vec<DnsLogEntry> {
         let out = self.agent_cmd(&["dns-log", "--json", "--config", self.config_path.to_str().unwrap()]);
@@ -544,6 +562,20 @@ pub fn load_size(n: u64) -> u64 {
 /// The data path's fast path counters, one per hop (README: "The data-path counters").
 pub const FAST_PATH_COUNTERS: [&str; 6] =
     ["fast_from_app", "fast_past_ni_veth", "fast_to_uplink", "fast_from_uplink", "fast_to_app", "fast_into_app"];
+
+/// The value of metric `name` with every one of `labels` in Prometheus text `text` (0
+/// when absent).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(samples.len() <= 1, "{name} {labels:?} is not one sample: {samples:?}");
+    samples.first().copied().unwrap_or(0.0)
+}
 
 /// NETNS_TEST_FAST_PATH: "on" or "off" sets `[agent] fast_path` in every test's config
 /// (`cargo xtask test` runs the VM stage with it off, the host's with the default).

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use netns_agent::flows::FlowRecord;
-use netns_tests::{scaled, EchoResult, Scenario, FAST_PATH_COUNTERS, INET_IP};
+use netns_tests::{metric, scaled, EchoResult, Scenario, FAST_PATH_COUNTERS, INET_IP};
 
 /// ni1 and ni2 on eth0; app2 (ni2) exposes its port 7 as eth0's 8007.
 const TWO_NIS: &str = r#"
@@ -54,9 +54,17 @@ const SENT: usize = 2_000_000;
 
 /// The fast path on, whatever NETNS_TEST_FAST_PATH says for the rest of the suite.
 fn scenario() -> Scenario {
+    scenario_with(&[])
+}
+
+/// `scenario` with `agent_keys` in the config's `[agent]`.
+fn scenario_with(agent_keys: &[&str]) -> Scenario {
     let mut s = Scenario::with_uplinks(&["ni1", "ni2"], &["app1", "app2"], 1, TWO_NIS);
     s.fast_path = Some(true);
     s.write_config(TWO_NIS);
+    for k in agent_keys {
+        s.set_agent_key(k);
+    }
     s.echo_server(&s.inet.clone(), INET_IP, 7);
     s.start_agent();
     s
@@ -137,8 +145,9 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     // NI's end (the first packets were, before the translation existed).
     assert!(tx <= 8, "the NI veth sent {tx} of the flow's {} packets", f.packets_orig);
     assert!(from_app - past_ni_veth <= tx, "{} fast packets not handed past the NI veth, which sent {tx}", from_app - past_ni_veth);
-    // Handed into app1's netns past its port, counted there all the same (the flow
-    // record below, the port's counters in `port_counters_...`): not sent by the port.
+    // Handed into app1's netns past its port, counted all the same (the flow record
+    // below; the port's counters: `flowlog::metrics_move_by_exactly_the_traffic_sent`):
+    // not sent by the port.
     assert!(port_tx <= 8, "app1's port sent {port_tx} of the flow's {} replies", f.packets_reply);
     assert!(to_app - into_app <= port_tx, "{} fast replies not handed into app1, whose port sent {port_tx}", to_app - into_app);
     // The same record as on the kernel's path: both translations, all the bytes.
@@ -214,6 +223,42 @@ fn tcp_and_udp_are_translated_at_the_app_port_with_whole_checksums() {
     assert!(tx <= 4, "the NI veth sent {tx} of the 50 datagrams");
     let seen = String::from_utf8_lossy(&server.finish().stdout).lines().map(str::to_string).collect::<Vec<_>>();
     assert_eq!(seen, ["192.168.0.2"], "sources the internet host saw");
+}
+
+/// A reply handed into the app's netns past its port is counted as the port would
+/// count it: the port's counters move by exactly the datagrams echoed, whole frames,
+/// and the port itself sends none of them.
+#[test]
+fn replies_handed_into_the_app_count_at_its_port_exactly() {
+    let s = scenario_with(&["metrics = \"127.0.0.1:9464\""]);
+    let app1 = s.app("app1").to_string();
+    let script = netns_tests::py_script("udp_echo.py");
+    let idle = scaled(Duration::from_secs(30)).as_secs().to_string();
+    let mut server = s.background(&s.inet.clone(), &["python3", "-u", &script, "server", INET_IP, "7007", &idle]);
+    assert_eq!(server.read_line().trim(), "ready", "the echo server did not start");
+    let echo = |n: u64| s.exec(&app1, &["python3", &script, "client", INET_IP, "7007", "96", &n.to_string()]);
+    // One exchange first: the flow answered, its translations made, ARP settled; then
+    // no ARP in the counted window.
+    assert_eq!(String::from_utf8_lossy(&echo(1).stdout).trim(), "1");
+    s.pin_neighbour(&app1, "10.10.1.1");
+    s.pin_neighbour(s.ni("ni1"), "10.10.1.2");
+    let (before, counters, port_tx) = (s.scrape_metrics(), fast_counters(&s), app1_port_tx(&s));
+    let n = 20u64;
+    assert_eq!(String::from_utf8_lossy(&echo(n).stdout).trim(), n.to_string());
+    let (after, [.., to_app, into_app], port_tx) = (s.scrape_metrics(), since(counters, fast_counters(&s)), app1_port_tx(&s) - port_tx);
+    let to_app_port = [("app", "app1"), ("verdict", "pass"), ("direction", "to_app")];
+    let delta = |name: &str| metric(&after, name, &to_app_port) - metric(&before, name, &to_app_port);
+    let frame = (14 + 20 + 8 + 96) as f64;
+    println!(
+        "{n} echoes: fast to app {to_app}, into app {into_app}; port to_app {} packets / {} bytes; port tx {port_tx}",
+        delta("netns_agent_port_packets_total"),
+        delta("netns_agent_port_bytes_total")
+    );
+    assert_eq!((to_app, into_app), (n, n), "every reply was handed into app1's netns");
+    assert_eq!(port_tx, 0, "app1's port sent none of them");
+    assert_eq!(delta("netns_agent_port_packets_total"), n as f64, "counted at app1's port, to app");
+    assert_eq!(delta("netns_agent_port_bytes_total"), n as f64 * frame, "whole frames");
+    let _ = server.finish();
 }
 
 /// A hairpin (app1 in ni1 -> eth0's own address:8007 -> app2 in ni2) goes through the

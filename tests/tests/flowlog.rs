@@ -9,7 +9,7 @@ use netns_agent::{
     flowlog::{Action, DnsRecord, EndReason, FlowLogRecord, LogRecord, RecordKind},
     services::dns::Rcode,
 };
-use netns_tests::{load_size, scaled, wait_until, Background, Scenario, INET_IP};
+use netns_tests::{load_size, metric, scaled, wait_until, Background, Scenario, INET_IP};
 use serde_json::Value;
 
 /// app1 may reach the internet host's TCP 7000 (ACE 1) and UDP 7002 (ACE 2), and app2
@@ -258,39 +258,12 @@ fn records_name_the_ace_the_translation_and_the_dns_name() {
     assert!(flows(&all).any(|r| r.kind == RecordKind::Start && r.dst.to_string() == INET_IP && r.dport == 7000));
 }
 
-/// The value of metric `name` with every one of `labels` (0 when absent).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let samples: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    assert!(samples.len() <= 1, "{name} {labels:?} is not one sample: {samples:?}");
-    samples.first().copied().unwrap_or(0.0)
-}
-
-/// Makes `ns`'s neighbour entry of `ip` permanent (as it is now).
-fn pin_neighbour(s: &Scenario, ns: &str, ip: &str) {
-    let out = String::from_utf8(s.exec(ns, &["ip", "neigh", "show", "to", ip]).stdout).unwrap();
-    let words: Vec<&str> = out.split_whitespace().collect();
-    let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
-    let (Some(dev), Some(mac)) = (field("dev"), field("lladdr")) else { panic!("no neighbour entry of {ip} in {ns}: {out}") };
-    assert!(s.exec(ns, &["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"]).status.success());
-}
-
 /// `/metrics` scraped before and after a known amount of traffic moves by exactly that;
 /// promtool accepts the exposition.
 #[test]
 fn metrics_move_by_exactly_the_traffic_sent() {
     let (s, _log) = scenario(&["metrics = \"127.0.0.1:9464\""]);
-    let (app1, inet, zedbox) = (s.app("app1").to_string(), s.inet.clone(), s.zedbox.clone());
-    let scrape = |s: &Scenario| -> String {
-        let out = s.exec(&zedbox, &["curl", "-sf", "http://127.0.0.1:9464/metrics"]);
-        assert!(out.status.success(), "scrape failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let (app1, inet) = (s.app("app1").to_string(), s.inet.clone());
     let script = netns_tests::py_script("udp_echo.py");
     let idle = scaled(Duration::from_secs(30)).as_secs().to_string();
     let mut server = s.background(&inet, &["python3", "-u", &script, "server", INET_IP, "7002", &idle]);
@@ -299,17 +272,17 @@ fn metrics_move_by_exactly_the_traffic_sent() {
     let echo = |n: &str| s.exec(&app1, &["python3", &script, "client", INET_IP, "7002", "96", n]);
     assert_eq!(String::from_utf8_lossy(&echo("1").stdout).trim(), "1");
     // No ARP in the counted window, however slow the machine: both neighbours pinned.
-    pin_neighbour(&s, &app1, "10.10.1.1");
-    pin_neighbour(&s, s.ni("ni1"), "10.10.1.2");
+    s.pin_neighbour(&app1, "10.10.1.1");
+    s.pin_neighbour(s.ni("ni1"), "10.10.1.2");
     let port = [("app", "app1"), ("verdict", "pass")];
-    let before = scrape(&s);
+    let before = s.scrape_metrics();
     let (n, size) = (20u64, 96u64);
     assert_eq!(String::from_utf8_lossy(&echo(&n.to_string()).stdout).trim(), n.to_string());
     // Five denied connection attempts (their SYNs).
     let denied = "import socket, sys\nfor i in range(5):\n    d = socket.socket(); d.setblocking(False); d.connect_ex((sys.argv[1], 7001)); d.close()";
     assert!(s.python(&app1, denied, &[INET_IP]).status.success());
     assert_eq!(s.dns_a(&app1, "10.10.1.1", "app2"), Some(vec!["10.10.1.3".to_string()]));
-    let after = scrape(&s);
+    let after = s.scrape_metrics();
     let delta = |name: &str, labels: &[(&str, &str)]| metric(&after, name, labels) - metric(&before, name, labels);
     let frame = (14 + 20 + 8 + size) as f64;
     let from_app: Vec<(&str, &str)> = port.iter().copied().chain([("direction", "from_app")]).collect();
@@ -337,14 +310,20 @@ fn metrics_move_by_exactly_the_traffic_sent() {
     // The per-ACE figures come from the flow events, which the agent reads a moment later.
     let default_drop = [("app", "app1"), ("ace", "4194303")];
     let drops_before = metric(&before, "netns_agent_ace_flows_total", &default_drop);
-    wait_until(scaled(Duration::from_secs(10)), || metric(&scrape(&s), "netns_agent_ace_flows_total", &default_drop) >= drops_before + 5.0);
-    assert_eq!(metric(&scrape(&s), "netns_agent_ace_flows_total", &default_drop) - drops_before, 5.0, "default drop: one flow per SYN");
+    wait_until(scaled(Duration::from_secs(10)), || {
+        metric(&s.scrape_metrics(), "netns_agent_ace_flows_total", &default_drop) >= drops_before + 5.0
+    });
+    assert_eq!(
+        metric(&s.scrape_metrics(), "netns_agent_ace_flows_total", &default_drop) - drops_before,
+        5.0,
+        "default drop: one flow per SYN"
+    );
     assert_eq!(delta("netns_agent_dns_queries_total", &[("rcode", "NoError"), ("source", "local")]), 1.0);
     // The echo flow's packets reach its ACE's totals at the next sweep (every 10 s).
     let ace2 = [("app", "app1"), ("ace", "2"), ("user", "true")];
     let total = (n + 1) * 2;
-    wait_until(scaled(Duration::from_secs(25)), || metric(&scrape(&s), "netns_agent_ace_packets_total", &ace2) >= total as f64);
-    let last = scrape(&s);
+    wait_until(scaled(Duration::from_secs(25)), || metric(&s.scrape_metrics(), "netns_agent_ace_packets_total", &ace2) >= total as f64);
+    let last = s.scrape_metrics();
     assert_eq!(metric(&last, "netns_agent_ace_packets_total", &ace2), total as f64, "both ways, every echo");
     assert_eq!(metric(&last, "netns_agent_ace_flows_total", &ace2), 2.0, "two sockets (the first exchange and the count): two flows");
     assert!(metric(&last, "netns_agent_map_capacity_entries", &[("map", "CT_V4")]) >= 65536.0);

@@ -112,17 +112,8 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     let agent = start_agent(agent_bin, &config).context("the bench config")?;
 
     step("program sizes (bpftool prog show)");
-    let progs = output(&["bpftool", "prog", "show", "--json"]);
-    let progs: serde_json::Value = serde_json::from_str(&progs).unwrap_or_default();
-    let mut seen = std::collections::BTreeMap::new();
-    for p in progs.as_array().into_iter().flatten() {
-        let name = p["name"].as_str().unwrap_or_default();
-        if name.starts_with("app_port") || name.starts_with("nat_") {
-            seen.insert(name.to_string(), (p["bytes_xlated"].as_u64().unwrap_or(0) / 8, p["bytes_jited"].as_u64().unwrap_or(0)));
-        }
-    }
-    for (name, (insns, jited)) in &seen {
-        println!("  {name:<20} {insns:>5} instructions (xlated), {jited:>6} bytes jited");
+    for (name, p) in our_programs() {
+        println!("  {name:<20} {:>5} instructions (xlated), {:>6} bytes jited", p.insns, p.jited_bytes);
     }
 
     // Each ACL size in turn, applied to the running agent: with the fast path (the
@@ -132,6 +123,9 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
         std::fs::write(&config, bench_config(aces))?;
         apply(agent_bin, &config)?;
         ebpf.push((aces, measure(&format!("eBPF path, {aces} ACEs"), Some(agent.id()), &dir)?));
+        if aces == ACL_SIZES[0] {
+            program_costs(&dir)?;
+        }
     }
     let mut kernel_path = Vec::new();
     for aces in [ACL_SIZES[0], ACL_SIZES[ACL_SIZES.len() - 1]] {
@@ -443,6 +437,90 @@ fn measure(path: &str, agent: Option<u32>, dir: &Path) -> Result<Measured> {
         show(&m.twin_conn, 0)
     );
     Ok(m)
+}
+
+/// One of our programs as `bpftool prog show` reports it (one copy serves every NI).
+#[derive(Clone, Copy, Default)]
+struct ProgramFigures {
+    insns: u64,
+    jited_bytes: u64,
+    /// With kernel.bpf_stats_enabled: runs and nanoseconds run, since it was loaded.
+    runs: u64,
+    run_ns: u64,
+}
+
+/// Our programs (`app_port_*`, `nat_*`) by name.
+fn our_programs() -> std::collections::BTreeMap<String, ProgramFigures> {
+    let progs: serde_json::Value = serde_json::from_str(&output(&["bpftool", "prog", "show", "--json"])).unwrap_or_default();
+    let mut seen = std::collections::BTreeMap::new();
+    for p in progs.as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or_default();
+        if name.starts_with("app_port") || name.starts_with("nat_") {
+            let figure = |key: &str| p[key].as_u64().unwrap_or(0);
+            let f = ProgramFigures {
+                insns: figure("bytes_xlated") / 8,
+                jited_bytes: figure("bytes_jited"),
+                runs: figure("run_cnt"),
+                run_ns: figure("run_time_ns"),
+            };
+            seen.insert(name.to_string(), f);
+        }
+    }
+    seen
+}
+
+/// Where the programs' time goes: one wrk round and one iperf3 round on the path with
+/// the kernel's run-time statistics on (kernel.bpf_stats_enabled, off again after: they
+/// cost two clock reads per run, so no ratio round runs with them). Per program: runs
+/// per connection (per MB) and nanoseconds per run; beside them the CPU time a
+/// connection (a MB) took in all, both cores being busy.
+fn program_costs(dir: &Path) -> Result<()> {
+    step("where the programs' time goes (kernel.bpf_stats_enabled; one wrk and one iperf3 round)");
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let was = std::fs::read_to_string(STATS).context("reading kernel.bpf_stats_enabled")?;
+    std::fs::write(STATS, "1").context("setting kernel.bpf_stats_enabled")?;
+    let rounds = (|| -> Result<_> {
+        let before = our_programs();
+        let conn_per_s = load::connection_rate(BENCH, SECONDS, dir)?;
+        let middle = our_programs();
+        let gbit = load::throughput(BENCH, SECONDS)?;
+        Ok((before, conn_per_s, middle, gbit, our_programs()))
+    })();
+    std::fs::write(STATS, was.trim()).context("restoring kernel.bpf_stats_enabled")?;
+    let (before, conn_per_s, middle, gbit, after) = rounds?;
+    let connections = conn_per_s * SECONDS as f64;
+    let megabytes = gbit * 1e3 / 8.0 * SECONDS as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!("  {:<20} {:>10} {:>8} {:>9}   {:>8} {:>8} {:>9}", "", "runs/conn", "ns/run", "us/conn", "runs/MB", "ns/run", "us/MB");
+    let mut total = (0.0, 0.0);
+    for (name, end) in &after {
+        let delta = |from: &std::collections::BTreeMap<String, ProgramFigures>, to: &ProgramFigures| {
+            let f = from.get(name).copied().unwrap_or_default();
+            ((to.runs - f.runs) as f64, (to.run_ns - f.run_ns) as f64)
+        };
+        let (conn_runs, conn_ns) = delta(&before, &middle[name]);
+        let (mb_runs, mb_ns) = delta(&middle, end);
+        let per_run = |ns: f64, runs: f64| if runs > 0.0 { ns / runs } else { 0.0 };
+        total = (total.0 + conn_ns / connections / 1e3, total.1 + mb_ns / megabytes / 1e3);
+        println!(
+            "  {name:<20} {:>10.1} {:>8.0} {:>9.2}   {:>8.1} {:>8.0} {:>9.2}",
+            conn_runs / connections,
+            per_run(conn_ns, conn_runs),
+            conn_ns / connections / 1e3,
+            mb_runs / megabytes,
+            per_run(mb_ns, mb_runs),
+            mb_ns / megabytes / 1e3
+        );
+    }
+    println!(
+        "  programs in all: {:.2} us per connection, of {:.1} us of CPU per connection ({conn_per_s:.0}/s on {cores} cores); \
+         {:.2} us per MB, of {:.1} us ({gbit:.2} Gbit/s)",
+        total.0,
+        cores * 1e6 / conn_per_s,
+        total.1,
+        cores * 1e6 / (gbit * 1e3 / 8.0)
+    );
+    Ok(())
 }
 
 /// CPU seconds (user + system) that process `pid` has used.
