@@ -234,6 +234,7 @@ fn replies_handed_into_the_app_count_at_its_port_exactly() {
     let app1 = s.app("app1").to_string();
     let script = netns_tests::py_script("udp_echo.py");
     let idle = scaled(Duration::from_secs(30)).as_secs().to_string();
+    // (Killed when dropped, at the end: it would wait out its idle time.)
     let mut server = s.background(&s.inet.clone(), &["python3", "-u", &script, "server", INET_IP, "7007", &idle]);
     assert_eq!(server.read_line().trim(), "ready", "the echo server did not start");
     let echo = |n: u64| s.exec(&app1, &["python3", &script, "client", INET_IP, "7007", "96", &n.to_string()]);
@@ -258,7 +259,6 @@ fn replies_handed_into_the_app_count_at_its_port_exactly() {
     assert_eq!(port_tx, 0, "app1's port sent none of them");
     assert_eq!(delta("netns_agent_port_packets_total"), n as f64, "counted at app1's port, to app");
     assert_eq!(delta("netns_agent_port_bytes_total"), n as f64 * frame, "whole frames");
-    let _ = server.finish();
 }
 
 /// A hairpin (app1 in ni1 -> eth0's own address:8007 -> app2 in ni2) goes through the
