@@ -2,8 +2,10 @@
 
 server IP PORT SECONDS    echoes every datagram until none came for SECONDS; prints
                           "ready" once bound, then the sources it saw, one per line
-client IP PORT SIZE N     sends N datagrams of SIZE bytes, one at a time; prints how many
-                          came back whole and unchanged
+client IP PORT SIZE N [SPORT]
+                          sends N datagrams of SIZE bytes, one at a time (from source port
+                          SPORT if given: the same flow again); prints how many came back
+                          whole and unchanged
 """
 import socket, sys, time
 
@@ -27,6 +29,8 @@ else:
     size, n = int(sys.argv[4]), int(sys.argv[5])
     scale = float(__import__("os").environ.get("NETNS_TEST_TIME_SCALE", "1"))
     s.settimeout(2 * scale)
+    if len(sys.argv) > 6:
+        s.bind(("", int(sys.argv[6])))
     s.connect((ip, port))
     ok = 0
     for i in range(n):

@@ -225,6 +225,41 @@ fn tcp_and_udp_are_translated_at_the_app_port_with_whole_checksums() {
     assert_eq!(seen, ["192.168.0.2"], "sources the internet host saw");
 }
 
+/// A UDP flow that resumes after the shortest time its translation pair may have been
+/// swept in (30 s idle, `nat::may_have_lost_reply_half`) is not translated at the app's
+/// port: its first datagram goes to the NI veth's egress, whose program checks the
+/// reply half (and makes it again if the sweep took it); the next ones take the hop
+/// again. Every datagram is echoed.
+#[test]
+fn a_udp_flow_resumed_after_30_s_idle_has_its_reply_half_checked_at_the_ni_veth() {
+    let s = scenario();
+    let app1 = s.app("app1").to_string();
+    let script = netns_tests::py_script("udp_echo.py");
+    // (Killed when dropped: it would wait out its idle time.)
+    let mut server = s.background(&s.inet.clone(), &["python3", "-u", &script, "server", INET_IP, "7007", "600"]);
+    assert_eq!(server.read_line().trim(), "ready", "the echo server did not start");
+    // The same flow each time: the same source port.
+    let echo = || {
+        let out = s.exec(&app1, &["python3", &script, "client", INET_IP, "7007", "100", "5", "40123"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().unwrap_or(0)
+    };
+    assert_eq!(echo(), 5);
+    // Real time: the programs' clock, whatever NETNS_TEST_TIME_SCALE says.
+    std::thread::sleep(Duration::from_secs(31));
+    let (before, tx) = (fast_counters(&s), ni_veth_tx(&s, "ni1"));
+    assert_eq!(echo(), 5, "the resumed flow's datagrams are all echoed");
+    let [from_app, past_ni_veth, to_uplink, ..] = since(before, fast_counters(&s));
+    let tx = ni_veth_tx(&s, "ni1") - tx;
+    println!("resumed after 31 s: fast {from_app}/{past_ni_veth}/{to_uplink} out; NI veth tx {tx}");
+    assert_eq!(from_app, 5, "every datagram of the answered flow went past the NI's routing");
+    assert_eq!(past_ni_veth, 4, "all but the first were translated at the app's port");
+    assert!((1..=3).contains(&tx), "the first went to the NI veth's egress (and perhaps an ARP): it sent {tx}");
+    let flows = s.flows();
+    let mine: Vec<_> = flows.iter().filter(|f| f.src == "10.10.1.2" && f.sport == 40123 && f.dport == 7007).collect();
+    assert_eq!(mine.len(), 1, "one flow, resumed: {mine:#?}");
+    assert_eq!((mine[0].packets_orig, mine[0].packets_reply), (10, 10), "{mine:#?}");
+}
+
 /// A reply handed into the app's netns past its port is counted as the port would
 /// count it: the port's counters move by exactly the datagrams echoed, whole frames,
 /// and the port itself sends none of them.
