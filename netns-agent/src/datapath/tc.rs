@@ -27,7 +27,7 @@ use rtnetlink::{
     packet_utils::nla::DefaultNla,
     sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr},
 };
-use tracing::info;
+use tracing::{info, warn};
 
 /// Where our filter sits in each direction's chain. 49152 and 1 are what the kernel
 /// gives the first filter of an empty chain: where agents before this one (and `tc`
@@ -301,16 +301,31 @@ fn ifindex(ifname: &str) -> Result<Option<u32>> {
 /// empty chain gets the same one) is an error, not something to overwrite. Our programs in other slots
 /// are an earlier agent's (one that let the kernel choose, on a busy chain): they go once
 /// ours is written, and until then the one that runs first decides, whole.
+///
+/// A clsact qdisc this call added goes again, with whatever it put on it, when a later
+/// step fails: a failed attach leaves the interface as it found it.
 pub fn attach(ifname: &str, programs: &[(RawFd, &str, TcAttachType)]) -> Result<()> {
     let index = ifindex(ifname)?.with_context(|| format!("interface {ifname} does not exist"))?;
     let mut rtnl = Rtnl::open()?;
+    let added_qdisc = add_clsact(&mut rtnl, ifname, index)?;
+    let attached = attach_filters(&mut rtnl, ifname, index, programs);
+    if attached.is_err() && added_qdisc {
+        if let Err(r) = rtnl.request(RouteNetlinkMessage::DelQueueDiscipline(clsact_message(index)), 0) {
+            warn!("{ifname}: removing the clsact qdisc of a failed attach: {r}");
+        }
+    }
+    attached
+}
+
+/// Adds the clsact qdisc to interface `index` where it is missing; whether it was.
+fn add_clsact(rtnl: &mut Rtnl, ifname: &str, index: u32) -> Result<bool> {
     match rtnl.request(RouteNetlinkMessage::NewQueueDiscipline(clsact_message(index)), NLM_F_CREATE | NLM_F_EXCL) {
-        Ok(()) => {}
+        Ok(()) => Ok(true),
         Err(r) if r.errno == nix::libc::EEXIST => {
             // An `ingress` qdisc answers for egress too: our egress program would run on
             // the way in.
             match rtnl.ingress_qdisc(index).map_err(|r| anyhow!("listing the qdiscs of {ifname}: {r}"))? {
-                Some(kind) if kind == "clsact" => {}
+                Some(kind) if kind == "clsact" => Ok(false),
                 other => bail!(
                     "{ifname} has {} where the programs need a clsact qdisc (`tc qdisc del dev {ifname} ingress` would free its place)",
                     other.map(|k| format!("an {k} qdisc")).unwrap_or_else(|| "another qdisc".into())
@@ -319,6 +334,10 @@ pub fn attach(ifname: &str, programs: &[(RawFd, &str, TcAttachType)]) -> Result<
         }
         Err(r) => bail!("adding the clsact qdisc to {ifname}: {r}"),
     }
+}
+
+/// `attach`'s filters, on interface `index`'s clsact qdisc.
+fn attach_filters(rtnl: &mut Rtnl, ifname: &str, index: u32, programs: &[(RawFd, &str, TcAttachType)]) -> Result<()> {
     for &(fd, name, direction) in programs {
         let present = rtnl.filters(index, direction).map_err(|r| anyhow!("listing the {direction:?} filters of {ifname}: {r}"))?;
         if let Some(f) = present.iter().find(|f| f.priority == FILTER_PRIORITY && !f.is_group() && !f.is_ours()) {
@@ -386,6 +405,35 @@ pub fn detach(ifname: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A netns of this test's own (`ip netns add`), deleted when dropped.
+    struct ScratchNetns(String);
+
+    impl Drop for ScratchNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    /// A refused filter (no program behind its fd) on an interface (a veth) without a clsact
+    /// qdisc: the error says so, and the qdisc the attach added is gone again. (Root: it
+    /// makes a netns and a veth pair of its own.)
+    #[test]
+    fn a_failed_attach_leaves_no_qdisc_behind() {
+        let ns = ScratchNetns(format!("tc-attach-test-{}", std::process::id()));
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        assert!(ip(&["netns", "add", &ns.0]), "ip netns add {} (root)", ns.0);
+        assert!(ip(&["-n", &ns.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1"]));
+        let netns = crate::netns::Netns::open(&crate::netns::resolve(&ns.0)).unwrap();
+        let not_a_program = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&not_a_program);
+        let err = crate::netns::run_in(&netns, || attach("veth0", &[(fd, "app_port_from_app", TcAttachType::Ingress)]))
+            .expect_err("a filter without a program is refused");
+        assert!(format!("{err:#}").contains("attaching app_port_from_app to veth0"), "{err:#}");
+        let qdiscs = std::process::Command::new("tc").args(["-n", &ns.0, "qdisc", "show", "dev", "veth0"]).output().unwrap();
+        let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
+        assert!(!qdiscs.contains("clsact"), "the failed attach left its qdisc: {qdiscs}");
+    }
 
     #[test]
     fn the_kernels_message_is_read_from_a_capped_ack() {
