@@ -485,14 +485,6 @@ mod pod_hex {
 mod tests {
     use super::*;
 
-    /// Every app netns exists.
-    struct All;
-    impl crate::config::NetnsLookup for All {
-        fn netns_exists(&self, _: &str) -> bool {
-            true
-        }
-    }
-
     #[test]
     fn ni_plans_survive_the_state_record() {
         let text = r#"
@@ -509,7 +501,7 @@ network = "ni1"
 acl = [{ id = 3, match = { ip = "10.10.0.0/16", protocol = "tcp", fport = 80 } },
        { id = 4, match = { host = "github.com" }, action = { limit = { rate = 5, unit = "s", burst = 15 } } }]
 "#;
-        let plan = build(&crate::config::parse("t", text, &All).unwrap());
+        let plan = build(&crate::config::parse("t", text, &crate::config::AnyNetns).unwrap());
         let json = serde_json::to_string(&plan.nis[0]).unwrap();
         let back: NiPlan = serde_json::from_str(&json).unwrap();
         assert_eq!(back, plan.nis[0]);
@@ -556,7 +548,7 @@ netns = "a2"
 network = "ni2"
 ip = "192.168.1.3"
 "#;
-        let config = crate::config::parse("t", text, &All).unwrap();
+        let config = crate::config::parse("t", text, &crate::config::AnyNetns).unwrap();
         let plan = build(&config);
         let ni2 = &plan.nis[1];
         assert_eq!((ni2.index, ni2.agent_veth.as_str(), ni2.ni_veth.as_str()), (5, "veth5", "veth5.1"));

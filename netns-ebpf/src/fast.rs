@@ -126,17 +126,9 @@ pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: NonZeroU32, flow: &
     };
     match applied {
         Some(TC_ACT_OK) => {
-            // What the agent's netns would see after the veth: no mark, and a packet for
-            // this host (the veth's `eth_type_trans` would say so; kernels before the
-            // fix that has `bpf_redirect_peer` scrub it keep the app port's verdict,
-            // "another host", and the kernel's path there would drop the packet).
-            ctx.set_mark(0);
             count(Stat::FastFromApp);
             count(Stat::FastPastNiVeth);
-            unsafe {
-                bpf_skb_change_type(skb, PACKET_HOST);
-                bpf_redirect_peer(ni_veth, 0) as i32
-            }
+            into_peer(&ctx, ni_veth)
         }
         Some(dropped) => dropped,
         None => {
@@ -229,6 +221,8 @@ pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
         return TC_ACT_OK;
     }
     let dir = entry.direction(a_to_b);
+    // (Read here, not passed from the NAT program: held across this function's helper
+    // calls it would take a stack slot, and 6.1 counts this frame with that program's.)
     let now = unsafe { bpf_ktime_get_ns() };
     if !fast::reply_may_skip_port(iface, entry, dir, flow, now) {
         count(Stat::FastToApp);
@@ -236,16 +230,25 @@ pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
     }
     match app_port::to_app_past_port(&ctx, zone, &key, entry, dir, flow, now) {
         TC_ACT_OK => {
-            // What the app's netns would see after the veth (see `past_ni_veth`).
-            ctx.set_mark(0);
             count(Stat::FastToApp);
             count(Stat::FastIntoApp);
-            unsafe {
-                bpf_skb_change_type(skb, PACKET_HOST);
-                bpf_redirect_peer(port, 0) as i32
-            }
+            into_peer(&ctx, port)
         }
         dropped => dropped,
+    }
+}
+
+/// Hands the packet to the other end of veth `ifindex`, in another netns, as that end
+/// would receive it: no mark, and a packet for this host (the veth's `eth_type_trans`
+/// would say so; kernels before the fix that has `bpf_redirect_peer` scrub it keep the
+/// verdict of the interface it came in by, e.g. the app port's "another host", and the
+/// kernel's path there would drop the packet).
+#[inline(always)]
+fn into_peer(ctx: &TcContext, ifindex: u32) -> i32 {
+    ctx.set_mark(0);
+    unsafe {
+        bpf_skb_change_type(ctx.skb.skb, PACKET_HOST);
+        bpf_redirect_peer(ifindex, 0) as i32
     }
 }
 

@@ -351,14 +351,6 @@ mod tests {
 
     use super::remap_host_mask;
 
-    /// Every app netns exists.
-    struct All;
-    impl crate::config::NetnsLookup for All {
-        fn netns_exists(&self, _: &str) -> bool {
-            true
-        }
-    }
-
     #[test]
     fn only_a_veths_port_says_the_app_is_in_a_netns() {
         let text = r#"
@@ -378,7 +370,7 @@ name = "vm2"
 network = "ni1"
 tap = "vmtap2"
 "#;
-        let plan = crate::plan::build(&crate::config::parse("t", text, &All).unwrap());
+        let plan = crate::plan::build(&crate::config::parse("t", text, &crate::config::AnyNetns).unwrap());
         let ni = &plan.nis[0];
         let flags = |app: &str| {
             let p = ni.ports.iter().find(|p| p.app == app).unwrap();
