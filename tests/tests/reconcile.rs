@@ -252,8 +252,14 @@ fn live_edits_touch_only_what_changed() {
     s.echo_server(&s.inet.clone(), INET_IP, 5201);
     let kept = s.background(&app1, &["python3", &py_script("echo_session.py"), INET_IP, "5201", &secs, "0.1", &stop_arg]);
     sleep(Duration::from_secs(1));
+    // When each edit ran (seconds since the epoch, as the bystanders' failures are
+    // stamped): a bystander's failure is matched to the edit it met.
+    let edits = std::cell::RefCell::new(Vec::<(String, f64, f64)>::new());
+    let now = || SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let apply = |s: &Scenario, config: &str, what: &str| {
+        let started = now();
         let out = s.apply(config);
+        edits.borrow_mut().push((what.to_string(), started, now()));
         assert!(out.status.success(), "{what}: {}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
         println!("{what}: {}", String::from_utf8_lossy(&out.stdout).trim().replace('\n', "; "));
     };
@@ -315,8 +321,10 @@ fn live_edits_touch_only_what_changed() {
     s.write_config(&with_ni3);
     let applies = |s: &Scenario| -> u64 { AppliedState::try_read(&s.state_dir).unwrap().expect("the agent's record").applies };
     let before = applies(&s);
+    let started = now();
     Command::new("kill").args(["-HUP", &s.agent_pid().unwrap().to_string()]).status().unwrap();
     wait_until(scaled(Duration::from_secs(10)), || applies(&s) > before).expect("SIGHUP applied");
+    edits.borrow_mut().push(("add NI3 (SIGHUP)".to_string(), started, now()));
     assert!(Path::new("/run/netns").join(s.ni("ni3")).exists(), "NI3 exists");
     apply(&s, &remapped, "remove NI3");
     assert!(!Path::new("/run/netns").join(s.ni("ni3")).exists(), "NI3 is gone");
@@ -329,7 +337,26 @@ fn live_edits_touch_only_what_changed() {
     let _ = std::fs::remove_file(&stop);
     println!("bystanders: app3's session {session}; app1's connections ok {} failed {:?}", traffic["ok"], traffic["failed"]);
     assert!(session["error"].is_null() && session["sent"] == session["echoed"], "app3's session saw an error: {session}");
-    assert_eq!(traffic["failed"].as_array().unwrap().len(), 0, "app1's new connections saw errors");
+    let edits = edits.into_inner();
+    let failed = traffic["failed"].as_array().unwrap();
+    assert!(
+        failed.is_empty(),
+        "app1's new connections saw errors: {}\nthe edits (start, end): {edits:?}\n{}",
+        failed
+            .iter()
+            .map(|f| {
+                let t = f[0].as_f64().unwrap_or(0.0);
+                let met = edits
+                    .iter()
+                    .filter(|(_, a, b)| t <= *b && t + scaled(Duration::from_secs(3)).as_secs_f64() >= *a)
+                    .map(|e| e.0.as_str())
+                    .collect::<Vec<_>>();
+                format!("[{t:.2}: {} (edits while it ran: {met:?})]", f[1])
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        s.agent_log()
+    );
     let dns_failed = traffic["dns"].as_array().unwrap().iter().filter(|d| d[1] == false).count();
     assert_eq!(dns_failed, 0, "app1's DNS queries saw errors");
 }

@@ -87,7 +87,15 @@ const FILLER_PORT: u32 = 20_000;
 const SECONDS: u32 = 5;
 const ROUNDS: usize = 3;
 
-pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
+/// What `cargo xtask bench` runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    All,
+    ScaleOnly,
+    Profile,
+}
+
+pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
     let dir = std::env::temp_dir().join("netns-agent-bench");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("bench.toml");
@@ -101,7 +109,7 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     step("world and agent");
     build_world()?;
     let _ = std::fs::remove_file(AGENT_LOG);
-    if scale_only {
+    if part == Part::ScaleOnly {
         return crate::scale::run(agent_bin, &dir);
     }
     step("the bare twin (the same path again: plain routes, no programs, no NAT) and nginx on both internet hosts");
@@ -111,6 +119,13 @@ pub fn run(agent_bin: &Path, scale_only: bool) -> Result<()> {
     }
     let agent = start_agent(agent_bin, &config).context("the bench config")?;
 
+    if part == Part::Profile {
+        profile(&dir)?;
+        let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+        let mut agent = agent;
+        agent.wait()?;
+        return agent_down(agent_bin, &config);
+    }
     step("program sizes (bpftool prog show)");
     for (name, p) in our_programs() {
         println!("  {name:<20} {:>5} instructions (xlated), {:>6} bytes jited", p.insns, p.jited_bytes);
@@ -520,6 +535,73 @@ fn program_costs(dir: &Path) -> Result<()> {
         total.1,
         cores * 1e6 / (gbit * 1e3 / 8.0)
     );
+    Ok(())
+}
+
+/// `perf record -a` over one wrk round and one iperf3 round, each on the eBPF path and
+/// on the bare twin; per load, the symbols (no children) where the two differ most, as
+/// CPU microseconds per connection (per MB): what our path adds and what it saves.
+fn profile(dir: &Path) -> Result<()> {
+    type Load = fn(Ends, &Path) -> Result<f64>;
+    let loads: [(&str, &str, Load); 2] = [
+        ("new connections (wrk)", "connection", |ends, dir| load::connection_rate(ends, SECONDS, dir)),
+        // Gbit/s -> MB/s.
+        ("throughput (iperf3)", "MB", |ends, _| Ok(load::throughput(ends, SECONDS)? * 1e3 / 8.0)),
+    ];
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for (load_name, unit, run) in loads {
+        let mut sides = Vec::new();
+        for ends in [BENCH, TWIN] {
+            step(&format!("perf record -a during {load_name}: {}", ends.app));
+            let data = dir.join(format!("perf-{}-{unit}.data", ends.app));
+            let mut perf = Command::new("perf")
+                .args(["record", "-a", "-g", "-q", "-o"])
+                .arg(&data)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting perf record")?;
+            std::thread::sleep(Duration::from_millis(500));
+            let rate = run(ends, dir);
+            let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+            perf.wait()?;
+            let rate = rate?;
+            let report = Command::new("perf")
+                .args(["report", "--no-children", "--sort", "sym", "--stdio", "-g", "none", "-i"])
+                .arg(&data)
+                .output()
+                .context("perf report")?;
+            // "  3.16%  [k] lookup_nulls_elem_raw": share of all samples -> us per unit.
+            let mut us = std::collections::BTreeMap::new();
+            for line in String::from_utf8_lossy(&report.stdout).lines().filter(|l| !l.starts_with('#')) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if let [share, _, sym, ..] = words[..] {
+                    if let Ok(share) = share.trim_end_matches('%').parse::<f64>() {
+                        *us.entry(sym.to_string()).or_insert(0.0) += share / 100.0 * cores * 1e6 / rate;
+                    }
+                }
+            }
+            println!("  {}: {rate:.0} {unit}s/s", ends.app);
+            sides.push(us);
+        }
+        let (ours, bare) = (&sides[0], &sides[1]);
+        let busy =
+            |m: &std::collections::BTreeMap<String, f64>| m.iter().filter(|(k, _)| !k.contains("safe_halt")).map(|(_, v)| v).sum::<f64>();
+        println!("  CPU us per {unit} (idle excluded): eBPF path {:.1}, bare twin {:.1}", busy(ours), busy(bare));
+        let symbols: std::collections::BTreeSet<&String> = ours.keys().chain(bare.keys()).collect();
+        let mut diff: Vec<(&String, f64)> = symbols
+            .into_iter()
+            .filter(|k| !k.contains("safe_halt"))
+            .map(|k| (k, ours.get(k).unwrap_or(&0.0) - bare.get(k).unwrap_or(&0.0)))
+            .collect();
+        diff.sort_by(|a, b| b.1.total_cmp(&a.1));
+        println!("  {:>8} {:>8} {:>8}  symbol", "eBPF", "bare", "diff");
+        let show = |(k, d): &(&String, f64)| {
+            println!("  {:>8.2} {:>8.2} {d:>+8.2}  {k}", ours.get(*k).unwrap_or(&0.0), bare.get(*k).unwrap_or(&0.0))
+        };
+        diff.iter().take(30).for_each(show);
+        println!("  ...");
+        diff.iter().rev().take(20).collect::<Vec<_>>().into_iter().rev().for_each(show);
+    }
     Ok(())
 }
 

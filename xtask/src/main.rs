@@ -57,6 +57,12 @@ enum Task {
         /// Only the apply-at-scale part.
         #[arg(long)]
         scale_only: bool,
+        /// Instead of the bench: where the CPU goes (`perf record -a`) while wrk opens
+        /// new connections and while iperf3 streams, through the eBPF path (10 ACEs)
+        /// and through the bare twin: the symbols where the two differ most, in CPU
+        /// microseconds per connection and per MB.
+        #[arg(long, conflicts_with = "scale_only")]
+        profile: bool,
     },
     /// `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`, and
     /// clippy on the eBPF programs for the BPF target (nightly). CI runs it before the
@@ -108,12 +114,20 @@ fn dispatch(task: Task) -> Result<()> {
             demo::run(&workspace_root().join("target/debug/netns-agent"), keep, eve, !no_fast_path)
         }
         Task::Lint => lint(),
-        Task::Bench { scale_only } => {
+        Task::Bench { scale_only, profile } => {
             setup()?;
             // Optimised, as a device runs it: the agent's CPU and apply times are figures.
             step("build: netns-agent (release)");
             run(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "netns-agent"]))?;
-            bench::run(&workspace_root().join("target/release/netns-agent"), scale_only)
+            let part = if profile {
+                apt_install(&["linux-perf"])?;
+                bench::Part::Profile
+            } else if scale_only {
+                bench::Part::ScaleOnly
+            } else {
+                bench::Part::All
+            };
+            bench::run(&workspace_root().join("target/release/netns-agent"), part)
         }
     }
 }
