@@ -351,6 +351,23 @@ impl Scenario {
         Background(Some(child), None)
     }
 
+    /// A TCP session from `ns` to the internet host's `port` in which the server sends
+    /// first (push_session.py): a line now, the second when the test says
+    /// (`PushSession::assert_survived`), after what the test does in between: it comes
+    /// *in*, as a flow whose entries went would lose it.
+    pub fn push_session(&self, ns: &str, port: u16) -> PushSession {
+        let script = py_script("push_session.py");
+        let go = std::env::temp_dir().join(format!("netns-agent-test-{}-push-{port}", self.id));
+        let _ = std::fs::remove_file(&go);
+        let p = port.to_string();
+        let mut server = self.background(&self.inet, &["python3", "-u", &script, "server", INET_IP, &p, "2", go.to_str().unwrap()]);
+        assert_eq!(server.read_line().trim(), "ready", "the push server did not start");
+        // Each read waits for the test's go in between (a wait, not a timed check).
+        let timeout = scaled(Duration::from_secs(120)).as_secs().to_string();
+        let client = self.background(ns, &["python3", "-u", &script, "client", INET_IP, &p, "2", &timeout]);
+        PushSession { server, client, go }
+    }
+
     /// Starts the echo server of `ECHO_SERVER` on ip:port in `ns` and waits until it listens.
     pub fn echo_server(&mut self, ns: &str, ip: &str, port: u16) {
         self.spawn(ns, &["python3", "-c", ECHO_SERVER, ip, &port.to_string()]);
@@ -522,6 +539,27 @@ impl Background {
         rest.extend_from_slice(&out.stdout);
         out.stdout = rest;
         out
+    }
+}
+
+/// A session the internet host's server speaks in (see `Scenario::push_session`).
+pub struct PushSession {
+    server: Background,
+    client: Background,
+    go: PathBuf,
+}
+
+impl PushSession {
+    /// Has the server send its second line; the client must get both, no error.
+    pub fn assert_survived(self, what: &str) {
+        std::fs::write(&self.go, b"").unwrap();
+        let out = self.client.finish();
+        let _ = std::fs::remove_file(&self.go);
+        drop(self.server);
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("session output: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        println!("{what}: {result}");
+        assert_eq!(result["received"], 2, "{what}: the server's second line arrived: {result}");
     }
 }
 

@@ -361,6 +361,42 @@ fn live_edits_touch_only_what_changed() {
     assert_eq!(dns_failed, 0, "app1's DNS queries saw errors");
 }
 
+/// Removing an app takes its flows' translations in the agent's netns with it, and no
+/// other flow's: app1 and app2 (NI1) are each given the one source port there is, at the
+/// NI veth and at the uplink, for flows to two ports of the internet host. Once app2 is
+/// removed, app1's server speaks again: its packet still finds app1's translation at the
+/// uplink. (Picked by the NI veth's port alone, app2's translations at the uplink were
+/// app1's too: they went with app2, and the server's line never reached app1.)
+#[test]
+fn removing_an_app_leaves_the_translations_of_flows_given_the_same_port() {
+    let one_port = format!("nat_port_range = [62000, 62000]\n{BASE}");
+    let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3", "app4"], 1, &one_port);
+    s.start_agent();
+    let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
+    // app1's ACE 3 lets it reach port 7001; app2's ACL the whole /16.
+    let kept = s.push_session(&app1, 7001);
+    let gone = s.push_session(&app2, 7002);
+    let translated = |s: &Scenario| -> Vec<(String, u16)> {
+        bpftool_dump(s, "NAT_V2")
+            .iter()
+            .filter(|e| e["value"]["rewrite"] == 1 && e["value"]["port"] == 62000)
+            .map(|e| (e["key"]["src"].to_string(), e["key"]["dport"].as_u64().unwrap_or(0) as u16))
+            .collect()
+    };
+    let both = wait_until(scaled(Duration::from_secs(5)), || translated(&s).len() >= 4);
+    assert!(both.is_some(), "both flows given port 62000 at the NI veth and at the uplink: {:?}", translated(&s));
+    let without_app2 = BASE.replace(
+        "[[app]]\nname = \"app2\"\nnum = 2\nnetns = \"@app2\"\n[[app.interface]]\nnetwork = \"@ni1\"\nip = \"10.10.1.3\"\nacl = [{ id = 1, match = { ip = \"10.99.0.0/16\" } }]\n",
+        "",
+    );
+    assert_ne!(without_app2, BASE);
+    let out = s.apply(&format!("nat_port_range = [62000, 62000]\n{without_app2}"));
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+    println!("after app2's removal, translated with port 62000: {:?}", translated(&s));
+    drop(gone);
+    kept.assert_survived("app1's flow, its server speaking after app2's removal");
+}
+
 /// One copy of the programs serves every NI: the app ports of NI1 and NI2 run the same
 /// programs (by id), each port has the ifindex the plan chose for it, and IFZONE_V1 gives
 /// each the zone of its NI; traffic flows in both NIs.

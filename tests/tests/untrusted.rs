@@ -353,49 +353,13 @@ fn flood(s: &Scenario, ns: &str, args: &[&str]) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// A TCP session from `ns` to the internet host's `port` in which the server sends first
-/// (push_session.py): a line now, the second when the test says (`assert_survived`),
-/// after the attack: it comes *in*, as a flow whose entry went would lose it.
-struct PushSession {
-    server: Background,
-    client: Background,
-    go: std::path::PathBuf,
-}
-
-fn push_session(s: &Scenario, ns: &str, port: u16) -> PushSession {
-    let script = py_script("push_session.py");
-    let go = std::env::temp_dir().join(format!("netns-agent-test-{}-push-{port}", s.id));
-    let _ = std::fs::remove_file(&go);
-    let p = port.to_string();
-    let mut server = s.background(&s.inet, &["python3", "-u", &script, "server", INET_IP, &p, "2", go.to_str().unwrap()]);
-    assert_eq!(server.read_line().trim(), "ready", "the push server did not start");
-    // Each read waits for the attack in between (a wait, not a timed check).
-    let timeout = scaled(Duration::from_secs(120)).as_secs().to_string();
-    let client = s.background(ns, &["python3", "-u", &script, "client", INET_IP, &p, "2", &timeout]);
-    PushSession { server, client, go }
-}
-
-impl PushSession {
-    /// Has the server send its second line; the client must get both, no error.
-    fn assert_survived(self, what: &str) {
-        std::fs::write(&self.go, b"").unwrap();
-        let out = self.client.finish();
-        let _ = std::fs::remove_file(&self.go);
-        drop(self.server);
-        let result: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("session output: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
-        println!("{what}: {result}");
-        assert_eq!(result["received"], 2, "{what}: the server's line after the attack arrived: {result}");
-    }
-}
-
 /// Denied tuples leave records of their own (bounded), never conntrack entries: 500k of
 /// them from one app evict nothing, and a neighbour's idle allowed flow goes on.
 #[test]
 fn a_flood_of_denied_tuples_evicts_no_live_flow() {
     let s = local();
     let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
-    let session = push_session(&s, &app1, 7000);
+    let session = s.push_session(&app1, 7000);
     std::thread::sleep(scaled(Duration::from_secs(2)));
     let before = (s.counter("drop_acl"), s.counter("ct_new"));
     let n = load_size(500_000).to_string();
@@ -455,7 +419,7 @@ fn a_syn_flood_at_a_port_map_leaves_other_nis_alone() {
     let mut s = Scenario::with_uplinks(&["ni1", "ni2"], &["app1", "app2"], 1, TWO_NIS);
     s.start_agent();
     let (app2, gw) = (s.app("app2").to_string(), s.gw.clone());
-    let session = push_session(&s, &app2, 7000);
+    let session = s.push_session(&app2, 7000);
     std::thread::sleep(scaled(Duration::from_secs(2)));
     let before = (s.counter("portmap_new"), s.counter("drop_zone_full"));
     // Sources in the internet host's /16 (the SYN-ACKs go nowhere else).
@@ -477,7 +441,7 @@ fn an_out_of_window_rst_closes_nothing() {
     let secs = scaled(Duration::from_secs(10)).as_secs().to_string();
     let mut sniff = s.background(&gw, &["python3", "-u", &script, "first-seq", "inet0", INET_IP, "7000", &secs]);
     assert_eq!(sniff.read_line().trim(), "ready");
-    let session = push_session(&s, &app1, 7000);
+    let session = s.push_session(&app1, 7000);
     let end: u64 = sniff.read_line().trim().parse().expect("the server's first segment was seen");
     let flow = s.flows().into_iter().find(|f| f.dport == 7000 && f.verdict == Verdict::Allow).expect("app1's flow is on record");
     let translated = flow.translated.last().expect("translated").clone();
