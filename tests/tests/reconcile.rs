@@ -12,6 +12,7 @@ use std::{
 };
 
 use netns_agent::state::AppliedState;
+use netns_ebpf_common::nat::{NAT_FLAG_ORIG, REWRITE_DST};
 use netns_tests::{py_script, scaled, wait_until, Scenario, INET_IP};
 use serde_json::Value;
 
@@ -395,6 +396,50 @@ fn removing_an_app_leaves_the_translations_of_flows_given_the_same_port() {
     println!("after app2's removal, translated with port 62000: {:?}", translated(&s));
     drop(gone);
     kept.assert_survived("app1's flow, its server speaking after app2's removal");
+}
+
+/// A changed port map takes the flows it translated with it, and no other: app3's own
+/// flow out to the internet host was given the port map's port (8080, the one source
+/// port there is) at the NI veth and at the uplink; once the port map moves to 8081, the
+/// translations of the port map's flow are gone and the server still reaches app3.
+/// (Picked by port alone, that flow's translations went with the port map's.)
+#[test]
+fn a_changed_port_map_leaves_flows_that_were_given_its_port() {
+    let one_port = format!("nat_port_range = [8080, 8080]\n{BASE}");
+    let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3", "app4"], 1, &one_port);
+    s.start_agent();
+    let app3 = s.app("app3").to_string();
+    s.whoami_server(&app3, "10.10.1.2", 80);
+    s.whoami_server(&app3, "10.10.1.2", 81);
+    let gw = s.gw.clone();
+    assert!(s.whoami(&gw, "192.168.0.2", 8080).is_some(), "the port map works before the change");
+    let kept = s.push_session(&app3, 7002);
+    let given_8080 = wait_until(scaled(Duration::from_secs(5)), || {
+        bpftool_dump(&s, "NAT_V2")
+            .iter()
+            .filter(|e| e["value"]["rewrite"] == 1 && e["key"]["dport"] == 7002 && e["value"]["port"] == 8080)
+            .count()
+            == 2
+    });
+    assert!(given_8080.is_some(), "app3's flow given port 8080 at the NI veth and at the uplink: {:?}", bpftool_dump(&s, "NAT_V2"));
+    // The port map's own translations (destination NAT, first half), at the uplink and
+    // at the NI veth: the whoami's flow made them.
+    let mapped = |s: &Scenario| {
+        let orig = |e: &Value| e["value"]["flags"].as_u64().unwrap_or(0) & u64::from(NAT_FLAG_ORIG) != 0;
+        bpftool_dump(s, "NAT_V2")
+            .into_iter()
+            .filter(|e| e["value"]["rewrite"] == REWRITE_DST && e["key"]["dport"] == 8080 && orig(e))
+            .count()
+    };
+    assert_eq!(mapped(&s), 2, "the port map's flow translated at the uplink and at the NI veth: {:?}", bpftool_dump(&s, "NAT_V2"));
+    // To app3's port 81 now: with one port, its flows come from the same agent-side
+    // address and port, and the whoami's closed connection to port 80 waits out its
+    // TIME_WAIT in app3.
+    let out = s.apply(&one_port.replace("lport = 8080 }, action = { portmap = 80 }", "lport = 8081 }, action = { portmap = 81 }"));
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+    assert_eq!(mapped(&s), 0, "the moved port map's flow was flushed: {:?}", bpftool_dump(&s, "NAT_V2"));
+    assert!(s.whoami(&gw, "192.168.0.2", 8081).is_some(), "the moved port map works");
+    kept.assert_survived("app3's own flow, given port 8080, after its port map moved");
 }
 
 /// One copy of the programs serves every NI: the app ports of NI1 and NI2 run the same

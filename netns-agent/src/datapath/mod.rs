@@ -13,7 +13,9 @@
 mod acls;
 mod batch;
 mod tc;
+mod translations;
 use batch::BatchMap;
+pub use translations::translations_met;
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},

@@ -2,11 +2,14 @@
 //! NAT, routing, uplink, tunnel routes) and what it takes down. Ports, pins and map
 //! entries are the same for all kinds (`port.rs`, `remove` and `remove_all` below).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use netns_ebpf_common::{
-    nat::{PortmapKey, PortmapTarget, DOMAIN_AGENT},
+    nat::{NatKey, NatValue, PortmapKey, PortmapTarget, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST},
     IfaceKey, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH,
 };
 use tracing::{debug, info, warn};
@@ -490,13 +493,23 @@ pub fn flush_changed_portmaps(ap: &mut Applier, recorded: &NiPlan, ni: &NiPlan, 
             maps.remove_portmaps(|k, _| k.domain == DOMAIN_AGENT && k.addr == ip && k.port == lport && k.proto == proto);
         }
         let flows = maps.remove_flows(|k, v| k.zone == zone && k.proto == proto && v.mark == pm.mark);
-        let at = |addr: [u8; 4], port: u16| move |a: [u8; 4], p: u16| a == addr && p == port;
-        let ni_end = at(ni_ip, lport);
-        let nat = maps.remove_nat_entries(|k, v| {
-            let touches = |end: &dyn Fn([u8; 4], u16) -> bool| end(k.dst, k.dport) || end(k.src, k.sport) || end(v.addr, v.port);
-            let uplink_end = |a: [u8; 4], p: u16| uplink_ip.is_some_and(|ip| a == ip && p == lport);
-            k.proto == proto && (k.domain == zone || k.domain == DOMAIN_AGENT) && (touches(&ni_end) || touches(&uplink_end))
-        });
+        // Its flows' first translations: the destination NATs it made, at the uplink's
+        // address (the agent's domain) and at the NI veth's (the NI's); then whatever
+        // each flow met after them. Not by the port alone: an app's own flow out may
+        // have been given the same port as a source.
+        let nat: HashMap<NatKey, NatValue> = maps.nat_entries().into_iter().collect();
+        let mapped = nat
+            .iter()
+            .filter(|(k, v)| {
+                let to = |domain: u32, addr: [u8; 4]| k.domain == domain && k.dst == addr && k.dport == lport;
+                k.proto == proto
+                    && v.rewrite == REWRITE_DST
+                    && v.flags & NAT_FLAG_ORIG != 0
+                    && (to(zone, ni_ip) || uplink_ip.is_some_and(|ip| to(DOMAIN_AGENT, ip)))
+            })
+            .map(|(k, _)| *k);
+        let met = datapath::translations_met(&nat, mapped);
+        let nat = maps.remove_nat_entries(|k, _| met.contains(k));
         info!("{}: port map {lport} -> {}:{} removed; {flows} flows and {nat} NAT entries flushed", ni.name, pm.app_ip, pm.target);
         out.report.changes.push(format!("{}: port map {lport}/{} changed or removed", ni.name, proto));
     }

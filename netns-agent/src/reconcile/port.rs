@@ -288,7 +288,7 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
             .iter()
             .filter(|(k, v)| k.domain == zone && k.src == ip && v.rewrite == REWRITE_SRC && v.addr == ni_ip)
             .map(|(k, v)| NatKey { domain: DOMAIN_AGENT, ..k.rewritten(v) });
-        let continued = translations_met(&nat, leaving);
+        let continued = datapath::translations_met(&nat, leaving);
         let nat_agent = maps.remove_nat_entries(|k, _| continued.contains(k));
         let nat_ni = maps.remove_nat_entries(|k, v| k.domain == zone && (k.src == ip || k.dst == ip || v.addr == ip));
         info!("{}: port {}: {flows} flows, {} NAT entries removed", ni.name, p.bridge_port, nat_ni + nat_agent);
@@ -302,29 +302,6 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
         remove_link(ap, &nl, p).await?;
         datapath::remove_earlier_port_pins(&ap.pin_dir, &ni.name, &p.bridge_port)
     }
-}
-
-/// The translations tuples `leaving` meet in their domain, each with its reply half:
-/// the first one keyed by the tuple, then the one keyed by the tuple it made, and so on
-/// (an NI's flow leaving by the uplink: the uplink's source NAT; one reaching another
-/// NI's port map by the uplink's address: the port map's destination NAT, then the
-/// other NI veth's source NAT). By whole tuples: another flow that was given the same
-/// source port for another remote meets none of them.
-fn translations_met(nat: &HashMap<NatKey, NatValue>, leaving: impl IntoIterator<Item = NatKey>) -> HashSet<NatKey> {
-    // No tuple is translated more often than that in one domain; the bound also ends
-    // a walk around a cycle of entries, which the programs never make.
-    const MOST_STEPS: usize = 4;
-    let mut met = HashSet::new();
-    for mut key in leaving {
-        for _ in 0..MOST_STEPS {
-            let Some(v) = nat.get(&key) else { break };
-            let made = key.rewritten(v);
-            met.insert(key);
-            met.insert(made.reversed());
-            key = made;
-        }
-    }
-    met
 }
 
 /// Deletes a port's veth (its app end goes with it), or moves a VM's tap back to the
@@ -364,14 +341,9 @@ pub async fn remove_strays(ap: &mut Applier, ni: &NiPlan, nl: &Netlink) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet};
+    use netns_ebpf_common::{IFACE_FLAG_APP_NETNS, IFACE_FLAG_CHECK_MAC};
 
-    use netns_ebpf_common::{
-        nat::{NatKey, NatValue, DOMAIN_AGENT, REWRITE_DST, REWRITE_SRC},
-        IFACE_FLAG_APP_NETNS, IFACE_FLAG_CHECK_MAC, PROTO_TCP,
-    };
-
-    use super::{remap_host_mask, translations_met};
+    use super::remap_host_mask;
 
     #[test]
     fn only_a_veths_port_says_the_app_is_in_a_netns() {
@@ -413,45 +385,5 @@ tap = "vmtap2"
         assert_eq!(remap_host_mask(1 << 0 | 1 << 1, &old, &new), 1 << 1 | 1);
         // A domain that left the ACL takes its bit with it.
         assert_eq!(remap_host_mask(1 << 1, &old, &new[1..]), 0);
-    }
-
-    /// An agent-domain NAT map as the programs fill it: a translation of tuple `key` and
-    /// its reply half.
-    fn translate(nat: &mut HashMap<NatKey, NatValue>, key: NatKey, rewrite: u8, addr: [u8; 4], port: u16) {
-        let v = NatValue { addr, port, rewrite, ..NatValue::default() };
-        let (back, back_addr, back_port) =
-            if rewrite == REWRITE_SRC { (REWRITE_DST, key.src, key.sport) } else { (REWRITE_SRC, key.dst, key.dport) };
-        nat.insert(key.rewritten(&v).reversed(), NatValue { addr: back_addr, port: back_port, rewrite: back, ..NatValue::default() });
-        nat.insert(key, v);
-    }
-
-    fn tuple(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> NatKey {
-        NatKey { domain: DOMAIN_AGENT, src: src.0, dst: dst.0, sport: src.1, dport: dst.1, proto: PROTO_TCP, _pad: [0; 3] }
-    }
-
-    #[test]
-    fn a_leaving_flows_translations_are_found_by_whole_tuples() {
-        let (ni_veth, uplink, remote) = ([169, 254, 1, 2], [192, 168, 0, 2], [10, 99, 0, 10]);
-        let (ni2_veth, agent2) = ([169, 254, 2, 2], [169, 254, 2, 1]);
-        let mut nat = HashMap::new();
-        // The leaving app's flow out of the uplink, given port 62000 at the NI veth.
-        let leaving = tuple((ni_veth, 62000), (remote, 7002));
-        translate(&mut nat, leaving, REWRITE_SRC, uplink, 62000);
-        // Another app of the NI given the same port, for another remote port.
-        let bystander = tuple((ni_veth, 62000), (remote, 7001));
-        translate(&mut nat, bystander, REWRITE_SRC, uplink, 62000);
-        // The leaving app's flow to a port map on the uplink's address (hairpin): the
-        // port map's destination NAT to NI2, then NI2's agent-side veth's source NAT.
-        let hairpin = tuple((ni_veth, 62001), (uplink, 8080));
-        translate(&mut nat, hairpin, REWRITE_DST, ni2_veth, 8080);
-        let into_ni2 = tuple((ni_veth, 62001), (ni2_veth, 8080));
-        translate(&mut nat, into_ni2, REWRITE_SRC, agent2, 62005);
-        let all: HashSet<NatKey> = nat.keys().copied().collect();
-
-        let met = translations_met(&nat, [leaving, hairpin]);
-        let bystanders: HashSet<NatKey> = [bystander, tuple((remote, 7001), (uplink, 62000))].into();
-        assert_eq!(met, &all - &bystanders, "all of the leaving flows' entries, none of the bystander's");
-        // A tuple with no translation meets none.
-        assert!(translations_met(&nat, [tuple((ni_veth, 9), (remote, 9))]).is_empty());
     }
 }
