@@ -601,8 +601,57 @@ fn profile(dir: &Path) -> Result<()> {
         diff.iter().take(30).for_each(show);
         println!("  ...");
         diff.iter().rev().take(20).collect::<Vec<_>>().into_iter().rev().for_each(show);
+        println!("  by kind (CPU us per {unit}: eBPF path, bare twin, difference):");
+        for kind in CostKind::ALL {
+            let of = |m: &std::collections::BTreeMap<String, f64>| {
+                m.iter().filter(|(k, _)| !k.contains("safe_halt") && CostKind::of(k) == kind).map(|(_, v)| v).sum::<f64>()
+            };
+            // (+ 0.0: an empty f64 sum is -0.0.)
+            let (o, b) = (of(ours) + 0.0, of(bare) + 0.0);
+            println!("  {:>8.2} {:>8.2} {:>+8.2}  {}", o, b, o - b, kind.label());
+        }
     }
     Ok(())
+}
+
+/// What a kernel symbol in a profile is part of: the programs and what they call, or
+/// the kernel's own path (which the fast path skips in part).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CostKind {
+    Programs,
+    MapLookups,
+    Helpers,
+    TcHook,
+    Kernel,
+}
+
+impl CostKind {
+    const ALL: [CostKind; 5] = [CostKind::Programs, CostKind::MapLookups, CostKind::Helpers, CostKind::TcHook, CostKind::Kernel];
+
+    fn of(symbol: &str) -> CostKind {
+        let any = |names: &[&str]| names.iter().any(|n| symbol.starts_with(n));
+        if symbol.starts_with("bpf_prog_") {
+            CostKind::Programs
+        } else if any(&["lookup_nulls_elem_raw", "htab_", "__htab_", "bpf_lru_", "prealloc_lru_", "pcpu_freelist", "bpf_map_"]) {
+            CostKind::MapLookups
+        } else if any(&["bpf_", "skb_do_redirect", "skb_ensure_writable", "inet_proto_csum_replace", "ktime_get_mono_fast_ns"]) {
+            CostKind::Helpers
+        } else if any(&["tc_run", "cls_bpf_classify", "__tcf_classify", "tcf_classify", "tcx_run"]) {
+            CostKind::TcHook
+        } else {
+            CostKind::Kernel
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            CostKind::Programs => "the programs' own code (bpf_prog_*)",
+            CostKind::MapLookups => "their map lookups and updates (htab, LRU)",
+            CostKind::Helpers => "their helpers (FIB, redirect, rewrite, clock)",
+            CostKind::TcHook => "the tc hook that runs them",
+            CostKind::Kernel => "everything else (the stack, the apps, the load)",
+        }
+    }
 }
 
 /// CPU seconds (user + system) that process `pid` has used.
