@@ -20,7 +20,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    demo::{build_world, output, sh, step, ALLOWED_SITE, APPS, GW, INTERNET, STATE_DIR, ZEDBOX},
+    demo::{build_world, output, sh, step, stop_agent, ALLOWED_SITE, APPS, GW, INTERNET, STATE_DIR, ZEDBOX},
     load::{self, Ends, BENCH, TWIN},
 };
 
@@ -121,9 +121,7 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
 
     if part == Part::Profile {
         profile(&dir)?;
-        let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-        let mut agent = agent;
-        agent.wait()?;
+        stop_agent(&mut { agent })?;
         return agent_down(agent_bin, &config);
     }
     step("program sizes (bpftool prog show)");
@@ -153,9 +151,7 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
     let agent = apply_times(agent_bin, &config, agent)?;
 
     // The same with the flow log on: a restart over the applied system with it set.
-    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-    let mut agent = agent;
-    agent.wait()?;
+    stop_agent(&mut { agent })?;
     let flow_log = dir.join("flows.jsonl");
     let _ = std::fs::remove_file(&flow_log);
     let logged_aces = ACL_SIZES[0];
@@ -168,8 +164,7 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
 
     // Stop the agent (its tc filters stay), then take every program off by deleting the
     // clsact qdiscs that hold them, and route the same path without translation.
-    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-    agent.wait()?;
+    stop_agent(&mut agent)?;
     for ns in ["ni1", ZEDBOX] {
         detach_all(ns)?;
     }
@@ -299,8 +294,7 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         agent = a;
         restarts.push((wall, own_last()));
         // What a restart or a change replaces: down, then run from nothing.
-        let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-        agent.wait()?;
+        stop_agent(&mut agent)?;
         let started = Instant::now();
         agent_down(agent_bin, config)?;
         let (a, _) = start_agent()?;
@@ -575,6 +569,10 @@ fn profile(dir: &Path) -> Result<()> {
             for line in String::from_utf8_lossy(&report.stdout).lines().filter(|l| !l.starts_with('#')) {
                 let words: Vec<&str> = line.split_whitespace().collect();
                 if let [share, _, sym, ..] = words[..] {
+                    // An idle CPU halts (`pv_native_safe_halt` in this VM): not a cost.
+                    if sym.contains("safe_halt") {
+                        continue;
+                    }
                     if let Ok(share) = share.trim_end_matches('%').parse::<f64>() {
                         *us.entry(sym.to_string()).or_insert(0.0) += share / 100.0 * cores * 1e6 / rate;
                     }
@@ -584,15 +582,11 @@ fn profile(dir: &Path) -> Result<()> {
             sides.push(us);
         }
         let (ours, bare) = (&sides[0], &sides[1]);
-        let busy =
-            |m: &std::collections::BTreeMap<String, f64>| m.iter().filter(|(k, _)| !k.contains("safe_halt")).map(|(_, v)| v).sum::<f64>();
+        let busy = |m: &std::collections::BTreeMap<String, f64>| m.values().sum::<f64>();
         println!("  CPU us per {unit} (idle excluded): eBPF path {:.1}, bare twin {:.1}", busy(ours), busy(bare));
         let symbols: std::collections::BTreeSet<&String> = ours.keys().chain(bare.keys()).collect();
-        let mut diff: Vec<(&String, f64)> = symbols
-            .into_iter()
-            .filter(|k| !k.contains("safe_halt"))
-            .map(|k| (k, ours.get(k).unwrap_or(&0.0) - bare.get(k).unwrap_or(&0.0)))
-            .collect();
+        let mut diff: Vec<(&String, f64)> =
+            symbols.into_iter().map(|k| (k, ours.get(k).unwrap_or(&0.0) - bare.get(k).unwrap_or(&0.0))).collect();
         diff.sort_by(|a, b| b.1.total_cmp(&a.1));
         println!("  {:>8} {:>8} {:>8}  symbol", "eBPF", "bare", "diff");
         let show = |(k, d): &(&String, f64)| {
@@ -604,7 +598,7 @@ fn profile(dir: &Path) -> Result<()> {
         println!("  by kind (CPU us per {unit}: eBPF path, bare twin, difference):");
         for kind in CostKind::ALL {
             let of = |m: &std::collections::BTreeMap<String, f64>| {
-                m.iter().filter(|(k, _)| !k.contains("safe_halt") && CostKind::of(k) == kind).map(|(_, v)| v).sum::<f64>()
+                m.iter().filter(|(k, _)| CostKind::of(k) == kind).map(|(_, v)| v).sum::<f64>()
             };
             // (+ 0.0: an empty f64 sum is -0.0.)
             let (o, b) = (of(ours) + 0.0, of(bare) + 0.0);

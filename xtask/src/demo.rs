@@ -531,8 +531,7 @@ impl Drop for Demo {
             s.wait().ok();
         }
         if let Some(mut agent) = self.agent.take() {
-            let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-            agent.wait().ok();
+            stop_agent(&mut agent).ok();
         }
         let _ = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ZEDBOX}"))
@@ -607,6 +606,13 @@ fn translated_to(f: &crate::reports::FlowRecord, prefix: &str) -> bool {
 
 pub(crate) fn step(msg: &str) {
     println!("\n=== {msg}");
+}
+
+/// Stops an agent the way a device's service manager would (SIGTERM: its data path
+/// stays) and reaps it.
+pub(crate) fn stop_agent(agent: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    agent.wait()
 }
 
 pub(crate) fn sh(args: &[&str]) -> Result<()> {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     bench::{agent_down, last_apply, start_agent_with},
-    demo::{sh, step, ZEDBOX},
+    demo::{sh, step, stop_agent, ZEDBOX},
 };
 
 pub const NIS: u32 = 60;
@@ -124,9 +124,7 @@ fn measure(agent_bin: &Path, config: &Path, log: &Path) -> Result<Scale> {
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok()))
         .unwrap_or(0);
-    let mut agent = agent;
-    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-    agent.wait()?;
+    stop_agent(&mut { agent })?;
     let started = Instant::now();
     agent_down(agent_bin, config)?;
     let down = started.elapsed().as_secs_f64();

@@ -3,7 +3,7 @@
 //! entries are the same for all kinds (`port.rs`, `remove` and `remove_all` below).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -486,18 +486,25 @@ pub fn flush_changed_portmaps(ap: &mut Applier, recorded: &NiPlan, ni: &NiPlan, 
     let uplink_ip = recorded.routed_uplink().and_then(|u| ap.uplinks.get(u)).map(|a| a.ip.octets());
     let (zone, ni_ip) = (recorded.zone(), recorded.ni_ip.octets());
     let maps = ap.maps()?;
-    for pm in leaving {
+    // No new flow through them first; then theirs go.
+    let mut flows = Vec::new();
+    for pm in &leaving {
         let (lport, proto) = (pm.lport, pm.proto);
         maps.remove_portmaps(|k, _| *k == ni_portmap_key(recorded, pm));
         if let Some(ip) = uplink_ip {
             maps.remove_portmaps(|k, _| k.domain == DOMAIN_AGENT && k.addr == ip && k.port == lport && k.proto == proto);
         }
-        let flows = maps.remove_flows(|k, v| k.zone == zone && k.proto == proto && v.mark == pm.mark);
-        // Its flows' first translations: the destination NATs it made, at the uplink's
-        // address (the agent's domain) and at the NI veth's (the NI's); then whatever
-        // each flow met after them. Not by the port alone: an app's own flow out may
-        // have been given the same port as a source.
-        let nat: HashMap<NatKey, NatValue> = maps.nat_entries().into_iter().collect();
+        flows.push(maps.remove_flows(|k, v| k.zone == zone && k.proto == proto && v.mark == pm.mark));
+    }
+    // Each one's flows' first translations: the destination NATs it made, at the
+    // uplink's address (the agent's domain) and at the NI veth's (the NI's); then
+    // whatever each flow met after them. Not by the port alone: an app's own flow out
+    // may have been given the same port as a source. One read of the NAT map, one pass
+    // removing.
+    let nat: HashMap<NatKey, NatValue> = maps.nat_entries().into_iter().collect();
+    let mut flushed = HashSet::new();
+    for (pm, flows) in leaving.iter().zip(flows) {
+        let (lport, proto) = (pm.lport, pm.proto);
         let mapped = nat
             .iter()
             .filter(|(k, v)| {
@@ -509,9 +516,11 @@ pub fn flush_changed_portmaps(ap: &mut Applier, recorded: &NiPlan, ni: &NiPlan, 
             })
             .map(|(k, _)| *k);
         let met = datapath::translations_met(&nat, mapped);
-        let nat = maps.remove_nat_entries(|k, _| met.contains(k));
-        info!("{}: port map {lport} -> {}:{} removed; {flows} flows and {nat} NAT entries flushed", ni.name, pm.app_ip, pm.target);
+        let entries = met.iter().filter(|k| nat.contains_key(k)).count();
+        info!("{}: port map {lport} -> {}:{} removed; {flows} flows and {entries} NAT entries flushed", ni.name, pm.app_ip, pm.target);
         out.report.changes.push(format!("{}: port map {lport}/{} changed or removed", ni.name, proto));
+        flushed.extend(met);
     }
+    maps.remove_nat_entries(|k, _| flushed.contains(k));
     Ok(())
 }
