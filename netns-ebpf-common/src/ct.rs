@@ -77,7 +77,7 @@ pub const RST_WINDOW: u32 = 1 << 20;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
-    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the first and the latest packet.
+    /// CLOCK_MONOTONIC_COARSE (the programs' clock) of the first and the latest packet.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// [original direction, reply direction].

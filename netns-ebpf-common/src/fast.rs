@@ -23,7 +23,7 @@ use crate::{
     IfaceInfo, IFACE_FLAG_APP_NETNS, IFACE_FLAG_IP_LEARN, PROTO_TCP, VETH_NET, VETH_NET_LEN,
 };
 
-/// FASTZONE_V1's value, indexed by zone: where an NI's fast path leads. An NI whose
+/// FASTZONE_V2's value, indexed by zone: where an NI's fast path leads. An NI whose
 /// `enabled` is 0 takes the kernel's path only: switch NIs (no routing to skip), VPN
 /// NIs (xfrm must see what its policy selects, on the kernel's path), NIs without an
 /// uplink, and every NI when `[agent] fast_path = false`.
@@ -36,7 +36,34 @@ pub struct FastZone {
     /// The NI's end of its veth to the agent, and the agent's end.
     pub ni_veth_ifindex: u32,
     pub agent_veth_ifindex: u32,
+    /// The Ethernet addresses the agent's routing gives a packet into the NI: the NI
+    /// end's MAC (destination), then the agent end's (source), as they stand in the
+    /// header.
+    pub into_ni_macs: [u8; 12],
+    /// The NI bridge's MAC: the source the NI's routing gives a packet to an app.
+    pub bridge_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
+
+/// The zone of the NI whose veth end in the NI has address `addr` (169.254.100.(4N-2)),
+/// or None: any other address, the agent's ends (.(4N-3)) among them, which are the
+/// agent netns' own.
+#[inline(always)]
+pub fn ni_end_zone(addr: crate::Ipv4) -> Option<u32> {
+    if !prefix_contains(VETH_NET, VETH_NET_LEN, addr) || addr[3] % 4 != 2 {
+        return None;
+    }
+    Some(crate::veth_zone(addr))
+}
+
+/// `skb->mark` of a packet the fast path translated at the agent-side veth's ingress as
+/// its uplink's egress program would have (`fast::to_uplink`) and sent to that egress:
+/// the program there only clears it. Only the agent's netns can mark a packet at that
+/// egress (a veth clears marks between namespaces, the fast path into the agent's netns
+/// clears them too), and none of the NI's translations is keyed by a translated packet:
+/// one that kept its mark by mistake, or lost it, would pass that egress untouched
+/// either way. (Cilium's programs tell each other "SNAT done" by a mark alike.)
+pub const SNAT_DONE_MARK: u32 = 0x5a7d_0e00;
 
 /// A packet an app sends on a known, allowed flow may skip the bridge and the NI's
 /// routing when the flow has been answered (so never its first packets: those take the
@@ -104,6 +131,17 @@ mod tests {
 
     fn flow() -> Flow {
         Flow { proto: PROTO_TCP, src: [10, 1, 0, 2], dst: [10, 99, 0, 10], sport: 40000, dport: 80, ..Flow::default() }
+    }
+
+    #[test]
+    fn only_an_ni_end_of_a_veth_names_its_zone() {
+        // NI 1: agent end .1, NI end .2; NI 3: .9 and .10.
+        assert_eq!(ni_end_zone([169, 254, 100, 2]), Some(1));
+        assert_eq!(ni_end_zone([169, 254, 100, 10]), Some(3));
+        assert_eq!(ni_end_zone([169, 254, 100, 1]), None, "the agent's end is the agent's own address");
+        assert_eq!(ni_end_zone([169, 254, 100, 9]), None);
+        assert_eq!(ni_end_zone([169, 254, 100, 3]), None, "the /30's broadcast");
+        assert_eq!(ni_end_zone([10, 254, 100, 2]), None, "outside 169.254.100.0/24");
     }
 
     #[test]

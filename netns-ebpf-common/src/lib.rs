@@ -49,7 +49,7 @@ pub mod map_names {
     pub const ACL_HOSTS: &str = "ACLHOST_V1";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V1";
-    pub const STATS: &str = "STATS_V7";
+    pub const STATS: &str = "STATS_V8";
     pub const NAT: &str = "NAT_V2";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -63,7 +63,7 @@ pub mod map_names {
     pub const EVENTS: &str = "FLOWEV_V2";
     pub const PORT_STATS: &str = "PORTSTAT_V1";
     /// zone -> where the NI's fast path leads (`fast::FastZone`).
-    pub const FAST_ZONES: &str = "FASTZONE_V1";
+    pub const FAST_ZONES: &str = "FASTZONE_V2";
     /// The programs' scratch space for FIB lookups (per CPU).
     pub const FIB_SCRATCH: &str = "FIBSCRATCH_V2";
 }
@@ -328,6 +328,10 @@ stats! {
     /// the app port's egress (a `fast_to_app` packet the port would only have counted;
     /// the others go to the port's egress).
     FastIntoApp = 31 => "fast_into_app",
+    /// Fast path: a packet sent from the agent-side veth out of its uplink translated
+    /// already, as the uplink's egress would translate it (a `fast_to_uplink` packet whose
+    /// translation needs nothing else; the others are translated at that egress).
+    FastSnatDone = 32 => "fast_snat_done",
 }
 
 /// The map types' sizes, checked when either side compiles: a field added or reordered
@@ -358,7 +362,7 @@ const _: () = {
     assert!(size_of::<limit::LimitKey>() == 12);
     assert!(size_of::<limit::Bucket>() == 64);
     assert!(size_of::<ZoneUse>() == 16);
-    assert!(size_of::<fast::FastZone>() == 16);
+    assert!(size_of::<fast::FastZone>() == 36);
     assert!(size_of::<event::FlowEvent>() == 112);
     assert!(size_of::<PortCounters>() == 64);
     assert!(size_of::<frag::FragKey>() == 16);

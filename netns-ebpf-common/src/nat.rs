@@ -198,10 +198,19 @@ pub fn may_reuse_tuple(proto: u8, tcp_flags: u8) -> bool {
 /// that a sweep judging the pair afterwards sees it in use): `may_reuse_tuple`, and the
 /// pair could have been past its time. The sweep only takes pairs past their time, the
 /// original half idle too, so a flow in use pays no extra lookup per packet.
+/// The check starts `CLOCK_SLACK_NS` early: the programs' clock (CLOCK_MONOTONIC_COARSE)
+/// lags the sweep's by up to a tick, so the sweep may find a pair past its time while a
+/// program still sees it a tick short.
 #[inline(always)]
 pub fn may_have_lost_reply_half(proto: u8, tcp_flags: u8, idle_ns: u64) -> bool {
-    may_reuse_tuple(proto, tcp_flags) && idle_ns >= shortest_pair_timeout_ns(proto)
+    may_reuse_tuple(proto, tcp_flags) && idle_ns + CLOCK_SLACK_NS >= shortest_pair_timeout_ns(proto)
 }
+
+/// How far apart the programs' clock and the agent's may be when both read "now": the
+/// programs read CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`, a tick behind at
+/// most; the fine clock cost a TSC read per call, several per packet), the agent
+/// CLOCK_MONOTONIC. A second is many ticks at any HZ.
+pub const CLOCK_SLACK_NS: u64 = 1_000_000_000;
 
 /// The shortest `pair_idle_timeout_ns` of protocol `proto`, whatever its flags.
 #[inline(always)]
@@ -308,10 +317,11 @@ mod tests {
         assert!(may_reuse_tuple(crate::PROTO_UDP, 0));
         // Only a pair that could be past its time is checked: not a flow in use.
         const SEC: u64 = 1_000_000_000;
-        assert!(!may_have_lost_reply_half(crate::PROTO_UDP, 0, 29 * SEC));
-        assert!(may_have_lost_reply_half(crate::PROTO_UDP, 0, 30 * SEC));
-        assert!(!may_have_lost_reply_half(PROTO_TCP, TCP_SYN, 119 * SEC));
-        assert!(may_have_lost_reply_half(PROTO_TCP, TCP_SYN, 120 * SEC));
+        // (From a second early: the programs' clock may lag the sweep's.)
+        assert!(!may_have_lost_reply_half(crate::PROTO_UDP, 0, 28 * SEC));
+        assert!(may_have_lost_reply_half(crate::PROTO_UDP, 0, 29 * SEC));
+        assert!(!may_have_lost_reply_half(PROTO_TCP, TCP_SYN, 118 * SEC));
+        assert!(may_have_lost_reply_half(PROTO_TCP, TCP_SYN, 119 * SEC));
         assert!(!may_have_lost_reply_half(PROTO_TCP, TCP_ACK, 3600 * SEC));
         let f = Flow { src: [10, 10, 1, 2], sport: 40000, ..Flow::default() };
         let half = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, ..NatValue::default() };

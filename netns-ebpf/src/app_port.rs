@@ -10,7 +10,7 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::lpm_trie::Key as LpmKey,
-    helpers::{bpf_ktime_get_ns, bpf_loop},
+    helpers::bpf_loop,
     macros::classifier,
     programs::TcContext,
 };
@@ -28,7 +28,7 @@ use netns_ebpf_common::{
 };
 
 use crate::{
-    budget, events, fast, frag,
+    budget, clock, events, fast, frag,
     maps::{
         zone, ACES, ACL_HOSTS, ACL_IP, ACL_PORT, ACL_PROTO, ACL_SHAPES, ACL_WALK, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT,
         PORTMAPS, PORT_STATS,
@@ -57,15 +57,18 @@ impl Side {
 
 #[classifier]
 pub fn app_port_from_app(ctx: TcContext) -> i32 {
-    let verdict = handle(&ctx, Side::FromApp);
-    count_port(zone(&ctx), ifindex(&ctx), PORT_DIR_FROM_APP, verdict == TC_ACT_SHOT, ctx.len());
+    // (Looked up once per packet: the counters below need it too.)
+    let zone = zone(&ctx);
+    let verdict = handle(&ctx, zone, Side::FromApp);
+    count_port(zone, ifindex(&ctx), PORT_DIR_FROM_APP, verdict == TC_ACT_SHOT, ctx.len());
     verdict
 }
 
 #[classifier]
 pub fn app_port_to_app(ctx: TcContext) -> i32 {
-    let verdict = handle(&ctx, Side::ToApp);
-    count_port(zone(&ctx), ifindex(&ctx), PORT_DIR_TO_APP, verdict == TC_ACT_SHOT, ctx.len());
+    let zone = zone(&ctx);
+    let verdict = handle(&ctx, zone, Side::ToApp);
+    count_port(zone, ifindex(&ctx), PORT_DIR_TO_APP, verdict == TC_ACT_SHOT, ctx.len());
     verdict
 }
 
@@ -80,14 +83,14 @@ fn count_port(zone: u32, ifindex: u32, dir: usize, dropped: bool, len: u32) {
 }
 
 #[inline(always)]
-fn handle(ctx: &TcContext, side: Side) -> i32 {
+fn handle(ctx: &TcContext, zone: u32, side: Side) -> i32 {
     match packet::parse(&Skb(ctx)) {
-        Ok(Parsed::Ipv4(mut flow)) => handle_ipv4(ctx, side, &mut flow),
+        Ok(Parsed::Ipv4(mut flow)) => handle_ipv4(ctx, zone, side, &mut flow),
         Ok(Parsed::Arp(arp)) => {
             // An app's ARP must name the app itself: no claiming a neighbour's address
             // (or the gateway's) to draw its traffic.
             if side == Side::FromApp {
-                let Some(iface) = (unsafe { IFACES.get(&IfaceKey { zone: zone(ctx), ifindex: ifindex(ctx) }) }) else {
+                let Some(iface) = (unsafe { IFACES.get(&IfaceKey { zone, ifindex: ifindex(ctx) }) }) else {
                     count(Stat::NoIfaceConfig);
                     return TC_ACT_SHOT;
                 };
@@ -112,8 +115,7 @@ fn handle(ctx: &TcContext, side: Side) -> i32 {
 }
 
 #[inline(always)]
-fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
-    let zone = zone(ctx);
+fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     let ifindex = ifindex(ctx);
     let ikey = IfaceKey { zone, ifindex };
     // Fail closed: a port we have no config for passes nothing but ARP.
@@ -133,7 +135,7 @@ fn handle_ipv4(ctx: &TcContext, side: Side, flow: &mut Flow) -> i32 {
         count(Stat::DropIcmpMismatch);
         return TC_ACT_SHOT;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now_ns();
     // A later fragment has no ports of its own: its first fragment's, recorded here.
     if flow.frag != FRAG_NONE && frag::follow(zone, flow, now).is_err() {
         return TC_ACT_SHOT;
@@ -484,7 +486,7 @@ fn to_device(iface: &IfaceInfo, flow: &Flow) -> bool {
 #[inline(always)]
 fn remote_facts(ikey: &IfaceKey, iface: &IfaceInfo, remote: netns_ebpf_common::Ipv4) -> RemoteFacts {
     let in_eidset = remote != iface.app_ip && unsafe { EIDSET.get(EidKey { zone: ikey.zone, addr: remote }) }.is_some();
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now_ns();
     let host_mask = match unsafe { HOSTSET.get(HostKey { zone: ikey.zone, ifindex: ikey.ifindex, addr: remote }) } {
         Some(e) if e.expires_ns > now => e.ace_mask,
         _ => 0,

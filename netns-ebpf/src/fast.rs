@@ -10,8 +10,8 @@
 use core::{ffi::c_void, num::NonZeroU32};
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
-    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
+    bindings::{__sk_buff, bpf_check_mtu_flags, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
+    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
     programs::TcContext,
 };
 use netns_ebpf_common::{
@@ -23,8 +23,8 @@ use netns_ebpf_common::{
 };
 
 use crate::{
-    app_port,
-    maps::{CT, DEVICE, FAST_ZONES, FIB_SCRATCH, IFACES, NAT, NAT_IFACES},
+    app_port, clock,
+    maps::{CT, DEVICE, FAST_ZONES, FIB_SCRATCH, IFACES, NAT_IFACES},
     skb::{count, ifindex},
 };
 
@@ -139,12 +139,16 @@ pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: NonZeroU32, flow: &
 }
 
 /// At the agent-side veth's ingress: a packet whose translation at the uplink is known
-/// (`v_addr`: the address it gets there) goes straight out of that uplink, to the next
-/// hop the NI's uplink table gives (the lookup sees the `iif` rule), past the agent's
-/// routing, by `bpf_redirect_neigh` (the neighbour layer writes the MACs, as on the
-/// kernel's path); the uplink's egress program translates it as before.
+/// (`v`: its entry, under `key`, the packet's tuple in the agent's domain) goes straight
+/// out of that uplink, to the next hop the NI's uplink table gives (the lookup sees the
+/// `iif` rule), past the agent's routing, by `bpf_redirect_neigh` (the neighbour layer
+/// writes the MACs, as on the kernel's path). The uplink's translation is applied here,
+/// as its egress program would apply it (`nat::apply_source_in_use`), and the packet
+/// marked so that program has nothing to do (`fast::SNAT_DONE_MARK`): one parse and
+/// three lookups less per packet. A packet whose translation needs more (a new flow on
+/// an old tuple, say) is left for that program.
 #[inline(always)]
-pub fn to_uplink(ctx: &TcContext, flow: &Flow, v_addr: Ipv4) -> i32 {
+pub fn to_uplink(ctx: &TcContext, key: &NatKey, v: *mut NatValue, flow: &Flow) -> i32 {
     let Some(fz) = enabled(veth_zone(flow.src)) else { return TC_ACT_OK };
     if ifindex(ctx) != fz.agent_veth_ifindex {
         return TC_ACT_OK;
@@ -153,11 +157,19 @@ pub fn to_uplink(ctx: &TcContext, flow: &Flow, v_addr: Ipv4) -> i32 {
     let out = unsafe { (*s).fib.ifindex };
     // The uplink whose translation the flow has: not some other way out.
     match unsafe { NAT_IFACES.get(IfaceKey { zone: DOMAIN_AGENT, ifindex: out }) } {
-        Some(nif) if nif.snat == 1 && nif.snat_ip == v_addr => {}
+        Some(nif) if nif.snat == 1 && nif.snat_ip == unsafe { (*v).addr } => {}
         _ => return TC_ACT_OK,
     }
     if hop_ttl(ctx).is_err() {
         return TC_ACT_OK;
+    }
+    match crate::nat::apply_source_in_use(ctx, key, unsafe { &mut *v }, unsafe { &mut (*s).nat_to }, flow) {
+        Some(TC_ACT_OK) => {
+            ctx.set_mark(fast::SNAT_DONE_MARK);
+            count(Stat::FastSnatDone);
+        }
+        Some(dropped) => return dropped,
+        None => {}
     }
     unsafe {
         (*s).nh.family = AF_INET as u32;
@@ -169,18 +181,18 @@ pub fn to_uplink(ctx: &TcContext, flow: &Flow, v_addr: Ipv4) -> i32 {
 
 /// At an uplink's ingress, after the reply's translation back to an NI veth address:
 /// straight into that NI (its veth's ingress, by `bpf_redirect_peer`), past the agent's
-/// routing and the agent-side veth's egress, whose program must then have nothing to
-/// do: no translation in the agent's domain is keyed by the packet as it is now (a
-/// hairpin's reply, say, gets the port map's address back there). The mark is cleared
-/// as the veth would clear it between namespaces.
+/// routing and the agent-side veth's egress, whose program has nothing to do for a
+/// reply from an uplink (no translation in the agent's domain is keyed by such a reply
+/// but one an outside client's port-mapped flow made with the same remote tuple, which
+/// would mistranslate it there). No FIB lookup: the address is the NI end of a veth the agent made, reached
+/// by that veth's connected route in a netns whose routes to those addresses are the
+/// agent's alone (as Cilium sends a packet for a local endpoint by its own maps); the
+/// hop's MACs are the veth ends' (`FastZone::into_ni_macs`), the MTU the agent end's.
+/// The mark is cleared as the veth would clear it between namespaces.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
-    let Some(fz) = enabled(veth_zone(flow.dst)) else { return TC_ACT_OK };
-    if unsafe { NAT.get(&NatKey::of(DOMAIN_AGENT, flow)) }.is_some() {
-        return TC_ACT_OK;
-    }
-    let Some(s) = lookup(ctx, ifindex(ctx), flow) else { return TC_ACT_OK };
-    if unsafe { (*s).fib.ifindex } != fz.agent_veth_ifindex || routing_hop(ctx, s).is_err() {
+    let Some(fz) = fast::ni_end_zone(flow.dst).and_then(enabled) else { return TC_ACT_OK };
+    if !fits_mtu(ctx, fz.agent_veth_ifindex) || hop_ttl(ctx).is_err() || ctx.store(0, &fz.into_ni_macs, 0).is_err() {
         return TC_ACT_OK;
     }
     ctx.set_mark(0);
@@ -190,8 +202,10 @@ pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
 
 /// At the NI veth's ingress, after the reply's translation back to the app's address:
 /// past the NI's routing and the bridge, to the app's port. The port is the one that
-/// judged the flow's first packet (the conntrack says), and the FIB's neighbour for the
-/// address must be that port's app. When the to-app program would only count the packet
+/// judged the flow's first packet (the conntrack says), and the packet must be for that
+/// port's app: its address, on the NI's connected subnet, whose every address is an
+/// app's port's (no FIB lookup, as `from_uplink`); the hop's MACs are the app's and the
+/// bridge's, the MTU the port's. When the to-app program would only count the packet
 /// there (`fast::reply_may_skip_port`), it is counted here as there
 /// (`app_port::to_app_past_port`) and handed on into the app's netns
 /// (`bpf_redirect_peer`), past the port's egress and the veth's queue; else to the
@@ -213,17 +227,18 @@ pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
     }
     let port = entry.judge_ifindex;
     let Some(iface) = (unsafe { IFACES.get(IfaceKey { zone, ifindex: port }) }) else { return TC_ACT_OK };
-    if iface.app_ip != flow.dst {
-        return TC_ACT_OK;
-    }
-    let Some(s) = lookup(&ctx, fz.ni_veth_ifindex, flow) else { return TC_ACT_OK };
-    if unsafe { (*s).fib.ifindex != fz.bridge_ifindex || (*s).fib.dmac != iface.app_mac } || routing_hop(&ctx, s).is_err() {
+    if iface.app_ip != flow.dst
+        || !fits_mtu(&ctx, port)
+        || hop_ttl(&ctx).is_err()
+        || ctx.store(0, &iface.app_mac, 0).is_err()
+        || ctx.store(6, &fz.bridge_mac, 0).is_err()
+    {
         return TC_ACT_OK;
     }
     let dir = entry.direction(a_to_b);
     // (Read here, not passed from the NAT program: held across this function's helper
     // calls it would take a stack slot, and 6.1 counts this frame with that program's.)
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now_ns();
     if !fast::reply_may_skip_port(iface, entry, dir, flow, now) {
         count(Stat::FastToApp);
         return unsafe { bpf_redirect(port, 0) as i32 };
@@ -302,4 +317,13 @@ fn hop_ttl(ctx: &TcContext) -> Result<(), ()> {
     let new = fast::after_hop(old).ok_or(())?;
     ctx.l3_csum_replace(IP_CSUM, u16::from_ne_bytes(old) as u64, u16::from_ne_bytes(new) as u64, 2).map_err(|_| ())?;
     ctx.store(IP_TTL, &new, 0).map_err(|_| ())
+}
+
+/// Whether the packet fits the MTU of interface `ifindex` (in this netns), a GSO packet
+/// by its segments: what the FIB lookup checks, and the kernel's forwarding.
+#[inline(always)]
+fn fits_mtu(ctx: &TcContext, ifindex: u32) -> bool {
+    // In: 0 (the packet's own length); out: the MTU.
+    let mut mtu_len = 0u32;
+    unsafe { bpf_check_mtu(ctx.skb.skb as *mut c_void, ifindex, &mut mtu_len, 0, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS as u64) == 0 }
 }

@@ -24,6 +24,8 @@ mod app_port;
 #[cfg(target_arch = "bpf")]
 mod budget;
 #[cfg(target_arch = "bpf")]
+mod clock;
+#[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
 mod fast;

@@ -98,7 +98,7 @@ pub static ACL_WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
-#[btf_map(name = "STATS_V7")]
+#[btf_map(name = "STATS_V8")]
 pub static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "NAT_V2")]
@@ -131,7 +131,7 @@ pub static LIMITS: HashMap<LimitKey, Bucket, { LIMIT_MAX_ENTRIES as usize }> = H
 
 /// Where each NI's fast path leads (`netns_ebpf_common::fast`), indexed by zone; an
 /// entry the agent did not write (zeros) says the NI takes the kernel's path.
-#[btf_map(name = "FASTZONE_V1")]
+#[btf_map(name = "FASTZONE_V2")]
 pub static FAST_ZONES: Array<FastZone, { MAX_ZONES as usize }> = Array::new();
 
 /// The fast path's scratch, one per CPU (`fast::FibScratch`: the FIB lookup's parameters,

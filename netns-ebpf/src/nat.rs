@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_get_prandom_u32,
     macros::classifier,
     programs::TcContext,
 };
@@ -19,10 +19,10 @@ use netns_ebpf_common::{
 };
 
 use crate::{
-    budget, fast, frag,
+    budget, clock, fast, frag,
     maps::{zone, NAT, NAT_IFACES, PORTMAPS},
     rewrite,
-    skb::{count, ifindex, Skb},
+    skb::{count, ifindex, skb_mark, Skb},
 };
 
 /// Linear probes per new source translation: a whole small range, or enough to find a
@@ -41,6 +41,12 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn handle(ctx: &TcContext, egress: bool) -> i32 {
+    if egress && skb_mark(ctx) == fast_path::SNAT_DONE_MARK {
+        // Translated by the fast path that sent it here (`fast::to_uplink`), as this
+        // program would have translated it: nothing is left to do but drop the mark.
+        ctx.set_mark(0);
+        return TC_ACT_OK;
+    }
     let mut flow = match packet::parse(&Skb(ctx)) {
         Ok(Parsed::Ipv4(f)) if f.related => return icmp_error(ctx, egress, &f),
         Ok(Parsed::Ipv4(f)) => f,
@@ -56,7 +62,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     let Some(nif) = (unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: ifindex(ctx) }) }) else {
         return TC_ACT_OK;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now_ns();
     // Fragments follow their first: a later one whose first was not seen is dropped,
     // never passed untranslated (it would leak the NI's addresses).
     if flow.frag != FRAG_NONE && frag::follow(zone, &mut flow, now).is_err() {
@@ -91,16 +97,22 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         let action = finish(ctx, &mut flow, &v, Stat::NatRewrite);
         if action == TC_ACT_OK && !egress && fast_path::returns_translated(&v, &flow) {
             // A reply, now addressed as its flow's inside end: the fast path may take
-            // it on from here (into the NI, or on to the app).
-            return if zone == DOMAIN_AGENT { fast::from_uplink(ctx, &flow) } else { fast::to_app(ctx.skb.skb, zone, &flow) };
+            // it on from here (into the NI, or on to the app). In the agent's netns only
+            // from an uplink: a reply translated back at an agent-side veth is a
+            // hairpin's, whose port map gives it its address back at the other NI's
+            // agent-side veth's egress, on the kernel's path.
+            return match zone {
+                DOMAIN_AGENT if nif.uplink_ifindex == ifindex(ctx) => fast::from_uplink(ctx, &flow),
+                DOMAIN_AGENT => action,
+                _ => fast::to_app(ctx.skb.skb, zone, &flow),
+            };
         }
         return action;
     }
     if let Some(v) = entry.filter(|_| !egress && zone == DOMAIN_AGENT) {
-        let v = unsafe { &*v };
-        if fast_path::leaves_translated(v, &flow) {
-            // Leaving an NI for the uplink that translates it (at its egress, as before).
-            return fast::to_uplink(ctx, &flow, v.addr);
+        if fast_path::leaves_translated(unsafe { &*v }, &flow) {
+            // Leaving an NI for the uplink that translates it.
+            return fast::to_uplink(ctx, &key, v, &flow);
         }
     }
     if flow.frag == FRAG_LATER {
@@ -141,22 +153,32 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
 
 /// For the fast path that skips the NI veth's egress (`fast::past_ni_veth`): the
 /// packet's source translation there (`key`: the packet's, in the NI's domain), applied
-/// as `handle` would apply it, when it is known and needs nothing else: the original
+/// as `handle` would apply it, when it is known and needs nothing else
+/// (`apply_source_in_use`). Some: translated (or dropped, a malformed packet) as there;
+/// None: not so, and nothing was touched.
+#[inline(always)]
+pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, to: &mut NatValue, flow: &Flow) -> Option<i32> {
+    unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }?;
+    let v = unsafe { &mut *NAT.get_ptr_mut(key)? };
+    apply_source_in_use(ctx, key, v, to, flow)
+}
+
+/// For the fast path that applies an egress's source translation before the packet
+/// reaches that egress: `v` (the entry under `key`, the packet's tuple in that domain),
+/// applied as `handle` would apply it there, when it needs nothing else: the original
 /// half of an app's own TCP or UDP flow, in use (not a packet that may start a new flow
-/// on a pair the sweep may have halved: that one takes the veth's egress, where
+/// on a pair the sweep may have halved: that one takes the egress's program, where
 /// `handle` checks the reply half). Some: translated (or dropped, a malformed packet) as
 /// there; None: not so, and nothing was touched. `to`: where the translation's address
 /// and port are copied before the rewrite reads them (the caller's per-CPU scratch): an
 /// LRU entry the sweep takes may be reused by another CPU at once, and the checksums
 /// and the bytes written must come from one translation.
 #[inline(always)]
-pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, to: &mut NatValue, flow: &Flow) -> Option<i32> {
+pub fn apply_source_in_use(ctx: &TcContext, key: &NatKey, v: &mut NatValue, to: &mut NatValue, flow: &Flow) -> Option<i32> {
     if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
         return None;
     }
-    unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }?;
-    let v = unsafe { &mut *NAT.get_ptr_mut(key)? };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now_ns();
     if v.rewrite != REWRITE_SRC
         || v.flags & NAT_FLAG_ORIG == 0
         || nat::may_have_lost_reply_half(flow.proto, flow.tcp_flags, now.saturating_sub(v.last_seen_ns))

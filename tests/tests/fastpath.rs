@@ -70,13 +70,13 @@ fn scenario_with(agent_keys: &[&str]) -> Scenario {
     s
 }
 
-fn fast_counters(s: &Scenario) -> [u64; 6] {
+fn fast_counters(s: &Scenario) -> [u64; 7] {
     let c = s.flows_report().counters;
     FAST_PATH_COUNTERS.map(|name| *c.get(name).unwrap_or_else(|| panic!("no counter {name}")))
 }
 
-fn since(before: [u64; 6], after: [u64; 6]) -> [u64; 6] {
-    [0, 1, 2, 3, 4, 5].map(|i| after[i] - before[i])
+fn since(before: [u64; 7], after: [u64; 7]) -> [u64; 7] {
+    std::array::from_fn(|i| after[i] - before[i])
 }
 
 /// Packets the NI's bridge passed up to the NI's routing.
@@ -121,10 +121,10 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let mut s = scenario();
     let (before, rx, tx, port_tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"), app1_port_tx(&s));
     let f = echo_to_inet(&s);
-    let [from_app, past_ni_veth, to_uplink, from_uplink, to_app, into_app] = since(before, fast_counters(&s));
+    let [from_app, past_ni_veth, to_uplink, snat_done, from_uplink, to_app, into_app] = since(before, fast_counters(&s));
     let (rx, tx, port_tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx, app1_port_tx(&s) - port_tx);
     println!(
-        "fast path on: flow {}/{} packets, fast {from_app}/{past_ni_veth}/{to_uplink} out, {from_uplink}/{to_app}/{into_app} back; \
+        "fast path on: flow {}/{} packets, fast {from_app}/{past_ni_veth}/{to_uplink}/{snat_done} out, {from_uplink}/{to_app}/{into_app} back; \
          bridge rx {rx}, NI veth tx {tx}, app1's port tx {port_tx}",
         f.packets_orig, f.packets_reply
     );
@@ -134,6 +134,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
         (from_app, f.packets_orig, "from app"),
         (past_ni_veth, f.packets_orig, "past the NI veth"),
         (to_uplink, f.packets_orig, "to uplink"),
+        (snat_done, f.packets_orig, "translated before the uplink's egress"),
         (from_uplink, f.packets_reply, "from uplink"),
         (to_app, f.packets_reply, "to app"),
         (into_app, f.packets_reply, "into app1's netns"),
@@ -160,7 +161,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let (before, rx, tx, port_tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"), app1_port_tx(&s));
     let f = echo_to_inet(&s);
     let (rx, tx, port_tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx, app1_port_tx(&s) - port_tx);
-    assert_eq!(since(before, fast_counters(&s)), [0; 6], "fast_path = false: nothing takes the fast path");
+    assert_eq!(since(before, fast_counters(&s)), [0; 7], "fast_path = false: nothing takes the fast path");
     assert!(rx >= f.packets_orig, "the bridge passed {rx} of the flow's {} packets up", f.packets_orig);
     assert!(tx >= f.packets_orig, "the NI veth sent {tx} of the flow's {} packets", f.packets_orig);
     assert!(port_tx >= f.packets_reply, "app1's port sent {port_tx} of the flow's {} replies", f.packets_reply);
@@ -170,7 +171,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     set_fast_path(&mut s, true);
     let before = fast_counters(&s);
     let f = echo_to_inet(&s);
-    let [from_app, _, _, _, to_app, _] = since(before, fast_counters(&s));
+    let [from_app, _, _, _, _, to_app, _] = since(before, fast_counters(&s));
     assert!(from_app + 4 >= f.packets_orig && to_app + 4 >= f.packets_reply, "fast path back on: {from_app}, {to_app} of {f:#?}");
 }
 
@@ -212,13 +213,15 @@ fn tcp_and_udp_are_translated_at_the_app_port_with_whole_checksums() {
     let (before, tx) = (fast_counters(&s), ni_veth_tx(&s, "ni1"));
     let out = s.exec(s.app("app1"), &["python3", &script, "client", INET_IP, "7007", "1000", "50"]);
     let echoed: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
-    let [from_app, past_ni_veth, to_uplink, ..] = since(before, fast_counters(&s));
+    let [from_app, past_ni_veth, to_uplink, snat_done, ..] = since(before, fast_counters(&s));
     let tx = ni_veth_tx(&s, "ni1") - tx;
-    println!("udp: 50 datagrams, {echoed} echoed; fast {from_app}/{past_ni_veth}/{to_uplink} out; NI veth tx {tx}");
+    println!("udp: 50 datagrams, {echoed} echoed; fast {from_app}/{past_ni_veth}/{to_uplink}/{snat_done} out; NI veth tx {tx}");
     assert_eq!(echoed, 50, "every datagram came back whole: {}", String::from_utf8_lossy(&out.stderr));
+    // Translated at both hops before the egress that would have (the internet host
+    // checks the checksums, and says below which source it saw).
     assert!(
-        from_app >= 48 && past_ni_veth >= 48 && to_uplink >= 48,
-        "the answered flow's datagrams took the fast path: {from_app}, {past_ni_veth}, {to_uplink}"
+        from_app >= 48 && past_ni_veth >= 48 && to_uplink >= 48 && snat_done >= 48,
+        "the answered flow's datagrams took the fast path: {from_app}, {past_ni_veth}, {to_uplink}, {snat_done}"
     );
     assert!(tx <= 4, "the NI veth sent {tx} of the 50 datagrams");
     let seen = String::from_utf8_lossy(&server.finish().stdout).lines().map(str::to_string).collect::<Vec<_>>();
@@ -308,7 +311,7 @@ fn hairpins_and_the_agents_own_flows_take_the_kernels_path() {
     assert_eq!(s.echo(s.app("app1"), "192.168.0.2", 8007, SENT, None), EchoResult::Echoed(SENT));
     let zedbox = s.zedbox.clone();
     assert_eq!(s.echo(&zedbox, "10.10.2.2", 7, 200_000, Some("veth2")), EchoResult::Echoed(200_000), "the agent's netns reaches app2");
-    assert_eq!(since(before, fast_counters(&s)), [0; 6], "hairpin and EVE-initiated flows take no fast path");
+    assert_eq!(since(before, fast_counters(&s)), [0; 7], "hairpin and EVE-initiated flows take no fast path");
     let flows = s.flows();
     let f = flows.iter().find(|f| f.ni == s.ni("ni2") && f.dport == 7 && f.mark == "0x02400001").expect("the port-mapped flow at app2");
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");

@@ -120,6 +120,7 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
     let agent = start_agent(agent_bin, &config).context("the bench config")?;
 
     if part == Part::Profile {
+        program_costs(&dir)?;
         profile(&dir)?;
         stop_agent(&mut { agent })?;
         return agent_down(agent_bin, &config);

@@ -429,9 +429,10 @@ impl Demo {
                 && value("netns_agent_datapath_drops_total{reason=\"acl\"}") > 0.0
                 && metrics.lines().filter(|l| l.starts_with("netns_agent_vpn_tunnel_up{") && l.ends_with(" 1")).count() == 2,
         );
-        let fast = ["fast_from_app", "fast_past_ni_veth", "fast_to_uplink", "fast_from_uplink", "fast_to_app", "fast_into_app"]
-            .map(|c| value(&format!("netns_agent_datapath_decisions_total{{counter=\"{c}\"}}")));
-        println!("  fast path (packets per hop: from app, past the NI veth, to uplink, from uplink, to app, into the app): {fast:?}");
+        let fast =
+            ["fast_from_app", "fast_past_ni_veth", "fast_to_uplink", "fast_snat_done", "fast_from_uplink", "fast_to_app", "fast_into_app"]
+                .map(|c| value(&format!("netns_agent_datapath_decisions_total{{counter=\"{c}\"}}")));
+        println!("  fast path (packets per hop: from app, past the NI veth, to uplink, translated there, from uplink, to app, into the app): {fast:?}");
         match self.fast_path {
             true => self.check("the fast path carried the answered flows, every hop of it", fast.iter().all(|n| *n > 0.0)),
             false => self.check("fast_path = false: no packet took the fast path", fast.iter().all(|n| *n == 0.0)),

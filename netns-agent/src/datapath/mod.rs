@@ -3,7 +3,7 @@
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
 //!   CT_V4, DROP_V2, IFACE_V3, ACE_V2,   maps shared by every NI and the agent's netns
-//!   STATS_V7, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
+//!   STATS_V8, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/..., @agent/...                 TCX links an earlier agent pinned: the agent
 //!                                        unpins them as its tc filters take over (`tc`)
 //!
@@ -832,7 +832,8 @@ impl Maps {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC in ns: the programs' clock is its coarse twin, up to a tick behind
+/// (`nat::CLOCK_SLACK_NS`).
 pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64

@@ -396,15 +396,24 @@ impl Applier {
     }
 
     /// Writes where NI `ni`'s fast path leads, or that it has none (its kind, no uplink,
-    /// `[agent] fast_path = false`).
+    /// `[agent] fast_path = false`). Last in an NI's apply: the bridge's MAC (the lowest
+    /// of its ports', as the agent sets none) follows the ports just added or removed.
     async fn ensure_fast_path<K: NiDriver>(&mut self, kind: &K, plan: &Plan, ni: &NiPlan, nl: &Netlink) -> Result<()> {
         let fast = match plan.fast_path && kind.fast_path() && ni.routed_uplink().is_some() {
-            true => FastZone {
-                enabled: 1,
-                bridge_ifindex: nl.link_index(BRIDGE).await?.with_context(|| format!("{}: no bridge", ni.name))?,
-                ni_veth_ifindex: ni.ni_veth_ifindex(),
-                agent_veth_ifindex: ni.agent_veth_ifindex(),
-            },
+            true => {
+                let mut into_ni_macs = [0u8; 12];
+                into_ni_macs[..6].copy_from_slice(&nl.link_mac(&ni.ni_veth).await?);
+                into_ni_macs[6..].copy_from_slice(&self.agent.link_mac(&ni.agent_veth).await?);
+                FastZone {
+                    enabled: 1,
+                    bridge_ifindex: nl.link_index(BRIDGE).await?.with_context(|| format!("{}: no bridge", ni.name))?,
+                    ni_veth_ifindex: ni.ni_veth_ifindex(),
+                    agent_veth_ifindex: ni.agent_veth_ifindex(),
+                    into_ni_macs,
+                    bridge_mac: nl.link_mac(BRIDGE).await?,
+                    _pad: [0; 2],
+                }
+            }
             false => FastZone::default(),
         };
         debug!("{}: fast path {}", ni.name, if fast.enabled != 0 { "on" } else { "off" });
