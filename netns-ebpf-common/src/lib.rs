@@ -65,7 +65,7 @@ pub mod map_names {
     /// zone -> where the NI's fast path leads (`fast::FastZone`).
     pub const FAST_ZONES: &str = "FASTZONE_V2";
     /// The programs' scratch space for FIB lookups (per CPU).
-    pub const FIB_SCRATCH: &str = "FIBSCRATCH_V2";
+    pub const FIB_SCRATCH: &str = "FIBSCRATCH_V3";
 }
 
 /// The /24 of the NIs' veth pairs (169.254.100.0/24): the agent-side ends are the

@@ -18,14 +18,14 @@ use netns_ebpf_common::{
     ct::{CtKey, FLAG_JUDGED_TO_APP},
     fast::{self, FastZone},
     nat::{NatKey, NatValue, DOMAIN_AGENT},
-    packet::{Flow, ETH_HLEN},
+    packet::{Flow, PacketReader, ETH_HLEN},
     veth_zone, IfaceKey, Ipv4, Stat,
 };
 
 use crate::{
     app_port, clock,
     maps::{CT, DEVICE, FAST_ZONES, FIB_SCRATCH, IFACES, NAT_IFACES},
-    skb::{count, ifindex},
+    skb::{count, ifindex, Skb},
 };
 
 /// `struct bpf_fib_lookup` as the kernel lays it out (64 bytes; the unions by the IPv4
@@ -72,6 +72,9 @@ pub struct FibScratch {
     nat_key: NatKey,
     /// `past_ni_veth`'s copy of the translation it applies (`nat::apply_known_source`).
     nat_to: NatValue,
+    /// `to_app`'s conntrack key, off its frame (which 6.1 counts with the NAT
+    /// program's); written field by field as `nat_key`.
+    ct_key: CtKey,
 }
 
 /// `skb->pkt_type` of a packet addressed to the receiving host (linux/if_packet.h).
@@ -219,8 +222,11 @@ pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
     if ifindex(&ctx) != fz.ni_veth_ifindex || unsafe { DEVICE.get(&flow.src) }.is_some() {
         return TC_ACT_OK;
     }
-    let (key, a_to_b) = CtKey::new(zone, flow);
-    let Some(entry) = CT.get_ptr_mut(&key) else { return TC_ACT_OK };
+    let Some(s) = FIB_SCRATCH.get_ptr_mut(0) else { return TC_ACT_OK };
+    let key = unsafe { &mut (*s).ct_key };
+    let (k, a_to_b) = CtKey::new(zone, flow);
+    (key.zone, key.addr_a, key.addr_b, key.port_a, key.port_b, key.proto) = (k.zone, k.addr_a, k.addr_b, k.port_a, k.port_b, k.proto);
+    let Some(entry) = CT.get_ptr_mut(&*key) else { return TC_ACT_OK };
     let entry = unsafe { &mut *entry };
     if entry.flags & FLAG_JUDGED_TO_APP != 0 {
         return TC_ACT_OK;
@@ -243,7 +249,7 @@ pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
         count(Stat::FastToApp);
         return unsafe { bpf_redirect(port, 0) as i32 };
     }
-    match app_port::to_app_past_port(&ctx, zone, &key, entry, dir, flow, now) {
+    match app_port::to_app_past_port(&ctx, zone, key, entry, dir, flow, now) {
         TC_ACT_OK => {
             count(Stat::FastToApp);
             count(Stat::FastIntoApp);
@@ -313,7 +319,7 @@ fn routing_hop(ctx: &TcContext, s: *mut FibScratch) -> Result<(), ()> {
 
 #[inline(always)]
 fn hop_ttl(ctx: &TcContext) -> Result<(), ()> {
-    let old: [u8; 2] = ctx.load(IP_TTL).map_err(|_| ())?;
+    let old: [u8; 2] = Skb(ctx).read(IP_TTL).ok_or(())?;
     let new = fast::after_hop(old).ok_or(())?;
     ctx.l3_csum_replace(IP_CSUM, u16::from_ne_bytes(old) as u64, u16::from_ne_bytes(new) as u64, 2).map_err(|_| ())?;
     ctx.store(IP_TTL, &new, 0).map_err(|_| ())

@@ -137,5 +137,5 @@ pub static FAST_ZONES: Array<FastZone, { MAX_ZONES as usize }> = Array::new();
 /// The fast path's scratch, one per CPU (`fast::FibScratch`: the FIB lookup's parameters,
 /// the out hop's NAT key and translation): on the from-app program's stack they would
 /// pass the 512 bytes that 6.1's verifier allows.
-#[btf_map(name = "FIBSCRATCH_V2")]
+#[btf_map(name = "FIBSCRATCH_V3")]
 pub static FIB_SCRATCH: PerCpuArray<FibScratch, 1> = PerCpuArray::new();
