@@ -316,3 +316,60 @@ fn hairpins_and_the_agents_own_flows_take_the_kernels_path() {
     let f = flows.iter().find(|f| f.ni == s.ni("ni2") && f.dport == 7 && f.mark == "0x02400001").expect("the port-mapped flow at app2");
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
 }
+
+/// The hops back write the MACs the agent read when it applied the NI, not ones a FIB
+/// lookup gave: a reply from the internet host carries, on the NI veth's NI end, the
+/// agent end's MAC as source and the NI end's as destination (as the agent's routing
+/// would send it), and in app1's netns the bridge's as source and app1's as
+/// destination (as the NI's routing would). Seen by captures on those interfaces.
+#[test]
+fn replies_carry_the_macs_routing_would_give_them() {
+    let s = scenario();
+    let app1 = s.app("app1").to_string();
+    let ni1 = s.ni("ni1").to_string();
+    let zedbox = s.zedbox.clone();
+    let sh = |ns: &str, cmd: &str| String::from_utf8_lossy(&s.exec(ns, &["sh", "-c", cmd]).stdout).trim().to_string();
+    let ni_end = sh(&ni1, "cd /sys/class/net && ls -d veth*.1");
+    let agent_end = ni_end.trim_end_matches(".1").to_string();
+    let mac = |ns: &str, dev: &str| sh(ns, &format!("cat /sys/class/net/{dev}/address"));
+    let (ni_end_mac, agent_end_mac, bridge_mac, app_mac) =
+        (mac(&ni1, &ni_end), mac(&zedbox, &agent_end), mac(&ni1, "br"), mac(&app1, "nbu1x1.1"));
+    // The flow answered, the neighbours settled: the next echo's replies take the fast
+    // path from its first segment.
+    assert_eq!(s.echo(&app1, INET_IP, 7, 1000, None), EchoResult::Echoed(1000));
+    // Each capture prints its `listening` line on stdout once it listens, then the
+    // first 20 replies with their link-level header.
+    let capture = |ns: &str, dev: &str| {
+        let cmd = format!("exec tcpdump -l -e -n -c 20 -i {dev} src host {INET_IP} and tcp src port 7 2>&1");
+        let mut c = s.background(ns, &["sh", "-c", &cmd]);
+        // (After a line that says the verbose output is suppressed.)
+        let started = (0..3).map(|_| c.read_line()).find(|l| l.contains("listening on") || l.is_empty());
+        assert!(started.is_some_and(|l| !l.is_empty()), "tcpdump on {dev} in {ns} did not start");
+        c
+    };
+    let (on_ni_end, in_app) = (capture(&ni1, &ni_end), capture(&app1, "nbu1x1.1"));
+    let before = fast_counters(&s);
+    assert_eq!(s.echo(&app1, INET_IP, 7, SENT, None), EchoResult::Echoed(SENT));
+    let [.., from_uplink, _, into_app] = since(before, fast_counters(&s));
+    assert!(from_uplink >= 20 && into_app >= 20, "the replies took the hops back: {from_uplink} from the uplink, {into_app} into app1");
+    // "<time> <src MAC> > <dst MAC>, ethertype IPv4 ...": the MAC pairs seen.
+    let pairs = |c: netns_tests::Background| -> Vec<(String, String)> {
+        let out = String::from_utf8_lossy(&c.finish().stdout).to_string();
+        let seen: Vec<_> = out
+            .lines()
+            .filter(|l| l.contains("ethertype IPv4"))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((f.get(1)?.to_string(), f.get(3)?.trim_end_matches(',').to_string()))
+            })
+            .collect();
+        assert_eq!(seen.len(), 20, "20 replies captured: {out}");
+        seen
+    };
+    for (src, dst) in pairs(on_ni_end) {
+        assert_eq!((src.as_str(), dst.as_str()), (agent_end_mac.as_str(), ni_end_mac.as_str()), "a reply on {ni_end}");
+    }
+    for (src, dst) in pairs(in_app) {
+        assert_eq!((src.as_str(), dst.as_str()), (bridge_mac.as_str(), app_mac.as_str()), "a reply in app1's netns");
+    }
+}
