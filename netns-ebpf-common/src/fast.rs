@@ -60,9 +60,10 @@ pub fn ni_end_zone(addr: crate::Ipv4) -> Option<u32> {
 /// its uplink's egress program would have (`fast::to_uplink`) and sent to that egress:
 /// the program there only clears it. Only the agent's netns can mark a packet at that
 /// egress (a veth clears marks between namespaces, the fast path into the agent's netns
-/// clears them too), and none of the NI's translations is keyed by a translated packet:
-/// one that kept its mark by mistake, or lost it, would pass that egress untouched
-/// either way. (Cilium's programs tell each other "SNAT done" by a mark alike.)
+/// clears them too), and no translation in the agent's domain is keyed by a packet so
+/// translated (its reply half is keyed the other way round): one that lost its mark
+/// would pass that egress untouched all the same. (Cilium's programs tell each other
+/// "SNAT done" by a mark alike.)
 pub const SNAT_DONE_MARK: u32 = 0x5a7d_0e00;
 
 /// A packet an app sends on a known, allowed flow may skip the bridge and the NI's

@@ -187,11 +187,11 @@ pub fn to_uplink(ctx: &TcContext, key: &NatKey, v: *mut NatValue, flow: &Flow) -
 /// routing and the agent-side veth's egress, whose program has nothing to do for a
 /// reply from an uplink (no translation in the agent's domain is keyed by such a reply
 /// but one an outside client's port-mapped flow made with the same remote tuple, which
-/// would mistranslate it there). No FIB lookup: the address is the NI end of a veth the agent made, reached
-/// by that veth's connected route in a netns whose routes to those addresses are the
-/// agent's alone (as Cilium sends a packet for a local endpoint by its own maps); the
-/// hop's MACs are the veth ends' (`FastZone::into_ni_macs`), the MTU the agent end's.
-/// The mark is cleared as the veth would clear it between namespaces.
+/// would mistranslate it there). No FIB lookup: the address is the NI end of a veth the
+/// agent made, reached by that veth's connected route in a netns whose routes to those
+/// addresses are the agent's alone (as Cilium sends a packet for a local endpoint by
+/// its own maps); the hop's MACs are the veth ends' (`FastZone::into_ni_macs`), the MTU
+/// the agent end's. The mark is cleared as the veth would clear it between namespaces.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
     let Some(fz) = fast::ni_end_zone(flow.dst).and_then(enabled) else { return TC_ACT_OK };

@@ -158,6 +158,10 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
 /// None: not so, and nothing was touched.
 #[inline(always)]
 pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, to: &mut NatValue, flow: &Flow) -> Option<i32> {
+    // (Before the lookups: `apply_source_in_use` would refuse any other protocol.)
+    if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
+        return None;
+    }
     unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }?;
     let v = unsafe { &mut *NAT.get_ptr_mut(key)? };
     apply_source_in_use(ctx, key, v, to, flow)
