@@ -544,6 +544,14 @@ fn profile(dir: &Path) -> Result<()> {
         ("throughput (iperf3)", "MB", |ends, _| Ok(load::throughput(ends, SECONDS)? * 1e3 / 8.0)),
     ];
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // The programs' JIT line info, read while they are loaded, for the profile by line.
+    let lines_script = crate::workspace_root().join("xtask/py/program_lines.py");
+    let lines = dir.join("program-lines.jsonl");
+    let dumped = Command::new("python3").arg(&lines_script).args(["dump", "app_port", "nat_"]).output().context("program_lines.py dump")?;
+    if !dumped.status.success() {
+        bail!("program_lines.py dump: {}", String::from_utf8_lossy(&dumped.stderr));
+    }
+    std::fs::write(&lines, &dumped.stdout)?;
     for (load_name, unit, run) in loads {
         let mut sides = Vec::new();
         for ends in [BENCH, TWIN] {
@@ -580,6 +588,10 @@ fn profile(dir: &Path) -> Result<()> {
                 }
             }
             println!("  {}: {rate:.0} {unit}s/s", ends.app);
+            if ends.app == BENCH.app {
+                crate::run(Command::new("python3").arg(&lines_script).arg("attribute").arg(&lines).arg(&data).arg("25"))
+                    .context("program_lines.py attribute")?;
+            }
             sides.push(us);
         }
         let (ours, bare) = (&sides[0], &sides[1]);
