@@ -1,7 +1,8 @@
 //! The redirect fast path (`netns_ebpf_common::fast` says which packets may take it and
-//! why): a FIB lookup in the packet's netns asks where the kernel would route it; when
-//! that is where the fast path leads, the packet is sent there directly, with the MACs
-//! and the TTL the routing hop would have given it. Anything else (no route, another
+//! why): on the way out, a FIB lookup in the packet's netns asks where the kernel would
+//! route it (on the way back the destinations are the agent's own veth ends and apps,
+//! `from_uplink`, `to_app`); when that is where the fast path leads, the packet is sent
+//! there directly, with the MACs and the TTL the routing hop would have given it. Anything else (no route, another
 //! interface, no neighbour where the kernel resolves it, the MTU, the last TTL) is left
 //! to the kernel's path (TC_ACT_OK; `from_app`: None). A hop's counter counts the
 //! packets it sent on (one the program it stands in for would drop is counted as that
