@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod classify;
+pub mod csum;
 pub mod ct;
 pub mod event;
 pub mod fast;

@@ -16,6 +16,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netns_ebpf_common::{
+    csum,
     ct::{CtKey, FLAG_JUDGED_TO_APP},
     fast::{self, FastZone},
     nat::{NatKey, NatValue, DOMAIN_AGENT},
@@ -26,7 +27,7 @@ use netns_ebpf_common::{
 use crate::{
     app_port, clock,
     maps::{CT, DEVICE, FAST_ZONES, FIB_SCRATCH, IFACES, NAT_IFACES},
-    skb::{count, ifindex, Skb},
+    skb::{count, ifindex, write, Skb},
 };
 
 /// `struct bpf_fib_lookup` as the kernel lays it out (64 bytes; the unions by the IPv4
@@ -83,7 +84,6 @@ const PACKET_HOST: u32 = 0;
 
 const AF_INET: u8 = 2;
 const IP_TTL: usize = ETH_HLEN + 8;
-const IP_CSUM: usize = ETH_HLEN + 10;
 const FIB_PARAMS_LEN: i32 = size_of::<FibParams>() as i32;
 const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
 
@@ -196,7 +196,7 @@ pub fn to_uplink(ctx: &TcContext, key: &NatKey, v: *mut NatValue, flow: &Flow) -
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
     let Some(fz) = fast::ni_end_zone(flow.dst).and_then(enabled) else { return TC_ACT_OK };
-    if !fits_mtu(ctx, fz.agent_veth_ifindex) || hop_ttl(ctx).is_err() || ctx.store(0, &fz.into_ni_macs, 0).is_err() {
+    if !fits_mtu(ctx, fz.agent_veth_ifindex) || hop_ttl(ctx).is_err() || write(ctx, 0, &fz.into_ni_macs).is_err() {
         return TC_ACT_OK;
     }
     ctx.set_mark(0);
@@ -237,8 +237,8 @@ pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
     if iface.app_ip != flow.dst
         || !fits_mtu(&ctx, port)
         || hop_ttl(&ctx).is_err()
-        || ctx.store(0, &iface.app_mac, 0).is_err()
-        || ctx.store(6, &fz.bridge_mac, 0).is_err()
+        || write(&ctx, 0, &iface.app_mac).is_err()
+        || write(&ctx, 6, &fz.bridge_mac).is_err()
     {
         return TC_ACT_OK;
     }
@@ -312,18 +312,20 @@ fn lookup(ctx: &TcContext, iif: u32, flow: &Flow) -> Option<*mut FibScratch> {
 fn routing_hop(ctx: &TcContext, s: *mut FibScratch) -> Result<(), ()> {
     hop_ttl(ctx)?;
     unsafe {
-        ctx.store(0, &(*s).fib.dmac, 0).map_err(|_| ())?;
-        ctx.store(6, &(*s).fib.smac, 0).map_err(|_| ())?;
+        write(ctx, 0, &(*s).fib.dmac)?;
+        write(ctx, 6, &(*s).fib.smac)?;
     }
     Ok(())
 }
 
+/// The TTL and the header's checksum (the four bytes from the TTL on: TTL, protocol,
+/// checksum), rewritten in one write.
 #[inline(always)]
 fn hop_ttl(ctx: &TcContext) -> Result<(), ()> {
-    let old: [u8; 2] = Skb(ctx).read(IP_TTL).ok_or(())?;
-    let new = fast::after_hop(old).ok_or(())?;
-    ctx.l3_csum_replace(IP_CSUM, u16::from_ne_bytes(old) as u64, u16::from_ne_bytes(new) as u64, 2).map_err(|_| ())?;
-    ctx.store(IP_TTL, &new, 0).map_err(|_| ())
+    let [ttl, proto, s0, s1]: [u8; 4] = Skb(ctx).read(IP_TTL).ok_or(())?;
+    let new = fast::after_hop([ttl, proto]).ok_or(())?;
+    let [n0, n1] = csum::replace([s0, s1], &[ttl, proto], &new);
+    write(ctx, IP_TTL, &[new[0], new[1], n0, n1])
 }
 
 /// Whether the packet fits the MTU of interface `ifindex` (in this netns), a GSO packet

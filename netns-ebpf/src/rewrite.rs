@@ -1,14 +1,20 @@
-//! In-place header rewrites with incremental checksum fixes (kernel helpers).
+//! In-place header rewrites with incremental checksum fixes: the TCP, UDP and ICMP sums
+//! by the kernel's helpers (which know how far the kernel has computed them), the IPv4
+//! header's own sum here (`csum`) with the bytes written directly (`skb::write`).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
 use netns_ebpf_common::{
+    csum,
     nat::{NatKey, NatValue, REWRITE_SRC},
+    packet::PacketReader,
     packet::{Flow, ETH_HLEN, FRAG_LATER},
     PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
+
+use crate::skb::{write, Skb};
 
 const IP_CSUM: usize = ETH_HLEN + 10;
 const IP_SRC: usize = ETH_HLEN + 12;
@@ -31,10 +37,9 @@ pub fn apply(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Result<(), ()> {
                 // The echo identifier plays the port; no pseudo header in ICMP's sum.
                 let l4 = flow.l4_off as usize;
                 ctx.l4_csum_replace(l4 + 2, port_raw(old_port), port_raw(v.port), 2).map_err(|_| ())?;
-                ctx.store(l4 + 4, &v.port.to_be_bytes(), 0).map_err(|_| ())?;
+                write(ctx, l4 + 4, &v.port.to_be_bytes())?;
             }
-            ctx.l3_csum_replace(IP_CSUM, ip_raw(&old_ip), ip_raw(&v.addr), 4).map_err(|_| ())?;
-            ctx.store(ip_off, &v.addr, 0).map_err(|_| ())?;
+            ip_address(ctx, ip_off, &old_ip, &v.addr)?;
         }
     }
     if src {
@@ -73,10 +78,18 @@ fn tcp_udp(ctx: &TcContext, proto: u8, l4_off: u16, src: bool, old_ip: &[u8; 4],
     ctx.l4_csum_replace(csum, ip_raw(old_ip), ip_raw(&new.addr), BPF_F_PSEUDO_HDR as u64 | extra | 4).map_err(|_| ())?;
     if *old_port != new.port {
         ctx.l4_csum_replace(csum, port_raw(*old_port), port_raw(new.port), extra | 2).map_err(|_| ())?;
-        ctx.store(port_off, &new.port.to_be_bytes(), 0).map_err(|_| ())?;
+        write(ctx, port_off, &new.port.to_be_bytes())?;
     }
-    ctx.l3_csum_replace(IP_CSUM, ip_raw(old_ip), ip_raw(&new.addr), 4).map_err(|_| ())?;
-    ctx.store(ip_off, &new.addr, 0).map_err(|_| ())
+    ip_address(ctx, ip_off, old_ip, &new.addr)
+}
+
+/// The IPv4 address at `ip_off` (source or destination), from `old` to `new`, and the
+/// header's checksum with it.
+#[inline(always)]
+fn ip_address(ctx: &TcContext, ip_off: usize, old: &[u8; 4], new: &[u8; 4]) -> Result<(), ()> {
+    let sum: [u8; 2] = Skb(ctx).read(IP_CSUM).ok_or(())?;
+    write(ctx, IP_CSUM, &csum::replace(sum, old, new))?;
+    write(ctx, ip_off, new)
 }
 
 /// An address as the checksum helpers take it (the bytes as they are on the wire).

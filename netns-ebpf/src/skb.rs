@@ -1,5 +1,6 @@
 //! What the programs read from the socket buffer (the packet through `PacketReader`,
-//! its interface and mark) and the one thing every one of them writes: a stat counter.
+//! its interface and mark), how they write header bytes (`write`), and the one thing
+//! every one of them writes: a stat counter.
 
 use aya_ebpf::programs::TcContext;
 use netns_ebpf_common::{packet::PacketReader, Stat};
@@ -24,6 +25,28 @@ impl PacketReader for Skb<'_> {
         self.0.load::<[u8; N]>(offset).ok()
     }
 }
+
+/// Writes `bytes` at `offset` of the packet: straight into its linear data when they are
+/// there (direct packet access; the verifier then starts the program by making a cloned
+/// packet's data its own, as `bpf_skb_store_bytes` would for each write), else through
+/// that helper. No checksum follows: the caller fixes the sums the bytes are under
+/// (`netns_ebpf_common::csum`, `bpf_l4_csum_replace`). The helper call was most of the
+/// cost of a hop's MACs and TTL. (The verifier allows a write at a variable offset only
+/// when it knows a small bound for it: the headers we write end well before
+/// `DIRECT_WRITE_END`, and the check tells it so.)
+#[inline(always)]
+pub fn write<const N: usize>(ctx: &TcContext, offset: usize, bytes: &[u8; N]) -> Result<(), ()> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if offset + N <= DIRECT_WRITE_END && start + offset + N <= end {
+        unsafe { core::ptr::write_unaligned((start + offset) as *mut [u8; N], *bytes) };
+        return Ok(());
+    }
+    ctx.store(offset, bytes, 0).map_err(|_| ())
+}
+
+/// Where direct writes end: past the Ethernet header, the longest IPv4 header and the
+/// TCP header's checksum.
+const DIRECT_WRITE_END: usize = 128;
 
 #[inline(always)]
 pub fn count(stat: Stat) {
