@@ -17,6 +17,13 @@ use netns_ebpf_common::{
 use crate::skb::{write, Skb};
 
 const IP_CSUM: usize = ETH_HLEN + 10;
+/// The L4 header's offset, masked before the writes at offsets derived from it: the
+/// parser's offsets end by `ETH_HLEN + 60` (the longest IPv4 header), so the mask changes
+/// none, and it gives the verifier a bound for each offset computed from it (6.1's does
+/// not carry a bound checked on one register over to another derived from it earlier,
+/// as the compiler arranges `skb::write`'s check).
+const L4_OFF_MASK: usize = 0x7f;
+const _: () = assert!(ETH_HLEN + 60 <= L4_OFF_MASK);
 const IP_SRC: usize = ETH_HLEN + 12;
 const IP_DST: usize = ETH_HLEN + 16;
 
@@ -35,7 +42,7 @@ pub fn apply(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Result<(), ()> {
             let old_port = if src { flow.sport } else { flow.dport };
             if l4_proto == PROTO_ICMP && flow.icmp_echo && old_port != v.port {
                 // The echo identifier plays the port; no pseudo header in ICMP's sum.
-                let l4 = flow.l4_off as usize;
+                let l4 = flow.l4_off as usize & L4_OFF_MASK;
                 ctx.l4_csum_replace(l4 + 2, port_raw(old_port), port_raw(v.port), 2).map_err(|_| ())?;
                 write(ctx, l4 + 4, &v.port.to_be_bytes())?;
             }
@@ -71,7 +78,7 @@ pub fn tcp_udp_source(ctx: &TcContext, l4_off: u16, old: &NatKey, new: &NatValue
 /// again needs no stack slot.
 #[inline(always)]
 fn tcp_udp(ctx: &TcContext, proto: u8, l4_off: u16, src: bool, old_ip: &[u8; 4], old_port: &u16, new: &NatValue) -> Result<(), ()> {
-    let l4 = l4_off as usize;
+    let l4 = l4_off as usize & L4_OFF_MASK;
     let (csum, extra) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
     let (ip_off, port_off) = if src { (IP_SRC, l4) } else { (IP_DST, l4 + 2) };
     // The pseudo header holds the addresses: their change goes into the L4 sum.
