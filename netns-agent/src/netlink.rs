@@ -110,18 +110,20 @@ impl Netlink {
         }
     }
 
-    /// The MAC of link `name`.
-    pub async fn link_mac(&self, name: &str) -> Result<[u8; 6]> {
+    /// The index and the MAC of link `name` (one request).
+    pub async fn link_index_and_mac(&self, name: &str) -> Result<(u32, [u8; 6])> {
         let mut links = self.handle.link().get().match_name(name.to_string()).execute();
         let msg = links.try_next().await.with_context(|| self.ctx(format!("looking up link {name}")))?;
         let msg = msg.ok_or_else(|| anyhow!(self.ctx(format!("no interface {name}"))))?;
-        msg.attributes
+        let mac = msg
+            .attributes
             .iter()
             .find_map(|a| match a {
                 LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
                 _ => None,
             })
-            .ok_or_else(|| anyhow!(self.ctx(format!("{name} has no Ethernet address"))))
+            .ok_or_else(|| anyhow!(self.ctx(format!("{name} has no Ethernet address"))))?;
+        Ok((msg.header.index, mac))
     }
 
     async fn index_of(&self, name: &str) -> Result<u32> {

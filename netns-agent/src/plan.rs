@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
-use netns_ebpf_common::{acl, mark};
+use netns_ebpf_common::{acl, chosen_ifindex, mark, SLOT_AGENT_END, SLOT_NI_END};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,17 +83,6 @@ pub struct NiPlan {
     pub vpn: Option<VpnPlan>,
 }
 
-/// The ifindex the agent gives an interface that carries programs: one copy of the
-/// programs serves every NI and learns an interface's NI from its ifindex (IFZONE_V1), so
-/// these are unique across all namespaces. They sit far above the kernel's picks, which
-/// count up from 1 in each netns: `0x4000_0000 | zone << 16 | slot`, where slot 1 is the
-/// NI veth's NI end, 2 its agent end, and `(k + 1) << 8 | app number` the bridge port of
-/// an app's k-th interface (the config bounds zones and app numbers to 255, k to 98).
-fn chosen_ifindex(zone: u32, slot: u32) -> u32 {
-    const BASE: u32 = 0x4000_0000;
-    BASE | zone << 16 | slot
-}
-
 /// The IPsec tunnel of a VPN NI, with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VpnPlan {
@@ -122,7 +111,7 @@ pub struct PortPlan {
     pub tap: Option<String>,
     /// `nbu<k>x<app_num>`: the bridge port, where the programs attach.
     pub bridge_port: String,
-    /// The bridge port's ifindex (`chosen_ifindex`); `None` for a tap, which keeps the one
+    /// The bridge port's ifindex (`netns_ebpf_common::chosen_ifindex`); `None` for a tap, which keeps the one
     /// it had in the agent's netns.
     #[serde(default)]
     pub ifindex: Option<u32>,
@@ -165,14 +154,14 @@ impl NiPlan {
         self.index
     }
 
-    /// The NI veth's NI end's ifindex (see `chosen_ifindex`).
+    /// The NI veth's NI end's ifindex (see `netns_ebpf_common::chosen_ifindex`).
     pub fn ni_veth_ifindex(&self) -> u32 {
-        chosen_ifindex(self.zone(), 1)
+        chosen_ifindex(self.zone(), SLOT_NI_END)
     }
 
-    /// The NI veth's agent end's ifindex (see `chosen_ifindex`).
+    /// The NI veth's agent end's ifindex (see `netns_ebpf_common::chosen_ifindex`).
     pub fn agent_veth_ifindex(&self) -> u32 {
-        chosen_ifindex(self.zone(), 2)
+        chosen_ifindex(self.zone(), SLOT_AGENT_END)
     }
 
     /// The /30 of the NI's veth pair.

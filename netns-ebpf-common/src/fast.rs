@@ -23,7 +23,7 @@ use crate::{
     IfaceInfo, IFACE_FLAG_APP_NETNS, IFACE_FLAG_IP_LEARN, PROTO_TCP, VETH_NET, VETH_NET_LEN,
 };
 
-/// FASTZONE_V2's value, indexed by zone: where an NI's fast path leads. An NI whose
+/// FASTZONE_V3's value, indexed by zone: where an NI's fast path leads. An NI whose
 /// `enabled` is 0 takes the kernel's path only: switch NIs (no routing to skip), VPN
 /// NIs (xfrm must see what its policy selects, on the kernel's path), NIs without an
 /// uplink, and every NI when `[agent] fast_path = false`.
@@ -36,6 +36,10 @@ pub struct FastZone {
     /// The NI's end of its veth to the agent, and the agent's end.
     pub ni_veth_ifindex: u32,
     pub agent_veth_ifindex: u32,
+    /// The NI's uplink table: the hop out asks the FIB straight in it (as the NI's `iif`
+    /// rule would pick it, without walking the rules: `BPF_FIB_LOOKUP_TBID`, Linux
+    /// 6.5+). 0: the lookup goes by the rules (kernels without that flag).
+    pub uplink_table: u32,
     /// The Ethernet addresses the agent's routing gives a packet into the NI: the NI
     /// end's MAC (destination), then the agent end's (source), as they stand in the
     /// header.

@@ -30,6 +30,37 @@ pub const IF_ZONES_MAX_ENTRIES: u32 = MAX_APP_PORTS + nat::NAT_IFACES_MAX_ENTRIE
 /// The zone of an interface the agent did not register (IFZONE_V1): no zone is this.
 pub const NO_ZONE: u32 = u32::MAX;
 
+/// The ifindexes the agent gives the interfaces it makes that carry programs: one copy of
+/// the programs serves every NI and learns an interface's zone from its ifindex, so these
+/// are unique across all namespaces. They sit far above the kernel's picks, which count
+/// up from 1 in each netns: `CHOSEN_IFINDEX_BASE | zone << 16 | slot`, where slot
+/// `SLOT_NI_END` is the NI veth's NI end, `SLOT_AGENT_END` its agent end, and
+/// `(k + 1) << 8 | app number` the bridge port of an app's k-th interface (the config
+/// bounds zones and app numbers to 255, k to 98).
+pub const CHOSEN_IFINDEX_BASE: u32 = 0x4000_0000;
+pub const SLOT_NI_END: u32 = 1;
+pub const SLOT_AGENT_END: u32 = 2;
+
+pub const fn chosen_ifindex(zone: u32, slot: u32) -> u32 {
+    CHOSEN_IFINDEX_BASE | zone << 16 | slot
+}
+
+/// The zone of an interface whose ifindex the agent chose, read from the ifindex itself:
+/// its NI's, or for an NI veth's agent end the agent's domain (whose translations it
+/// applies). None: the kernel chose it (an uplink, a VM's tap): IFZONE_V1 says. The
+/// programs read it so, without a hash lookup per packet; the agent registers no
+/// interface whose ifindex would say another zone.
+#[inline(always)]
+pub fn chosen_ifindex_zone(ifindex: u32) -> Option<u32> {
+    if ifindex & 0xff00_0000 != CHOSEN_IFINDEX_BASE {
+        return None;
+    }
+    match ifindex & 0xffff {
+        SLOT_AGENT_END => Some(nat::DOMAIN_AGENT),
+        _ => Some(ifindex >> 16 & 0xff),
+    }
+}
+
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -64,7 +95,7 @@ pub mod map_names {
     pub const EVENTS: &str = "FLOWEV_V2";
     pub const PORT_STATS: &str = "PORTSTAT_V1";
     /// zone -> where the NI's fast path leads (`fast::FastZone`).
-    pub const FAST_ZONES: &str = "FASTZONE_V2";
+    pub const FAST_ZONES: &str = "FASTZONE_V3";
     /// The programs' scratch space for FIB lookups (per CPU).
     pub const FIB_SCRATCH: &str = "FIBSCRATCH_V3";
 }
@@ -363,7 +394,7 @@ const _: () = {
     assert!(size_of::<limit::LimitKey>() == 12);
     assert!(size_of::<limit::Bucket>() == 64);
     assert!(size_of::<ZoneUse>() == 16);
-    assert!(size_of::<fast::FastZone>() == 36);
+    assert!(size_of::<fast::FastZone>() == 40);
     assert!(size_of::<event::FlowEvent>() == 112);
     assert!(size_of::<PortCounters>() == 64);
     assert!(size_of::<frag::FragKey>() == 16);
@@ -405,6 +436,20 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chosen_ifindex_names_its_zone_and_a_kernel_pick_none() {
+        for zone in [1, 7, 255] {
+            assert_eq!(chosen_ifindex_zone(chosen_ifindex(zone, SLOT_NI_END)), Some(zone));
+            assert_eq!(chosen_ifindex_zone(chosen_ifindex(zone, SLOT_AGENT_END)), Some(nat::DOMAIN_AGENT), "an agent end");
+            for (k, app) in [(0, 1), (3, 200), (98, 255)] {
+                assert_eq!(chosen_ifindex_zone(chosen_ifindex(zone, (k + 1) << 8 | app)), Some(zone), "app port {k}/{app}");
+            }
+        }
+        for kernel in [1, 2, 5, 0x3fff_ffff, 0x4100_0001, 0xc000_0001] {
+            assert_eq!(chosen_ifindex_zone(kernel), None, "{kernel:#x}");
+        }
+    }
 
     #[test]
     fn stats_fill_their_slots_in_order_with_distinct_names() {

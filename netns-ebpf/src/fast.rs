@@ -11,7 +11,10 @@
 use core::{ffi::c_void, num::NonZeroU32};
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_check_mtu_flags, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
+    bindings::{
+        __sk_buff, bpf_check_mtu_flags, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT,
+        BPF_FIB_LOOKUP_TBID, TC_ACT_OK,
+    },
     helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
     programs::TcContext,
 };
@@ -83,6 +86,7 @@ pub struct FibScratch {
 const PACKET_HOST: u32 = 0;
 
 const AF_INET: u8 = 2;
+const LOOKUP_IN_TABLE: u32 = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID;
 const IP_TTL: usize = ETH_HLEN + 8;
 const FIB_PARAMS_LEN: i32 = size_of::<FibParams>() as i32;
 const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
@@ -101,7 +105,7 @@ pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> Op
     if !fast::app_packet_may_skip(ct_flags, flow, to_device) {
         return None;
     }
-    let s = lookup(&ctx, fz.bridge_ifindex, flow)?;
+    let s = lookup(&ctx, fz.bridge_ifindex, flow, 0)?;
     if unsafe { (*s).fib.ifindex } != fz.ni_veth_ifindex || routing_hop(&ctx, s).is_err() {
         return None;
     }
@@ -157,7 +161,7 @@ pub fn to_uplink(ctx: &TcContext, key: &NatKey, v: *mut NatValue, flow: &Flow) -
     if ifindex(ctx) != fz.agent_veth_ifindex {
         return TC_ACT_OK;
     }
-    let Some(s) = lookup(ctx, fz.agent_veth_ifindex, flow) else { return TC_ACT_OK };
+    let Some(s) = lookup(ctx, fz.agent_veth_ifindex, flow, fz.uplink_table) else { return TC_ACT_OK };
     let out = unsafe { (*s).fib.ifindex };
     // The uplink whose translation the flow has: not some other way out.
     match unsafe { NAT_IFACES.get(IfaceKey { zone: DOMAIN_AGENT, ifindex: out }) } {
@@ -282,8 +286,12 @@ fn enabled(zone: u32) -> Option<&'static FastZone> {
 /// Where the kernel would forward `flow`'s packet arriving on `iif`: the scratch holding
 /// the answer (out interface, next hop, MACs). None: not forwarded (local, no route, the
 /// MTU) or no neighbour entry yet (the kernel's path resolves it; later packets find it).
+/// `table`, when not 0, is the one the rules would pick for the packet: asked straight
+/// (`BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID`), the rules' walk skipped (a tenth of
+/// the programs' time per connection went to it); a kernel without the flag refuses it
+/// (the agent writes no table there), and the lookup is asked again by the rules.
 #[inline(always)]
-fn lookup(ctx: &TcContext, iif: u32, flow: &Flow) -> Option<*mut FibScratch> {
+fn lookup(ctx: &TcContext, iif: u32, flow: &Flow, table: u32) -> Option<*mut FibScratch> {
     let s = FIB_SCRATCH.get_ptr_mut(0)?;
     let rc = unsafe {
         let p = &mut (*s).fib;
@@ -295,13 +303,23 @@ fn lookup(ctx: &TcContext, iif: u32, flow: &Flow) -> Option<*mut FibScratch> {
         // segments (its total length would never pass).
         p.tot_len = 0;
         p.ifindex = iif;
-        // (The lookup wrote its metric over `tos` last time.) The IPv6 parts and the
-        // VLAN are never read for IPv4 nor written: they stay zero from the map's
-        // creation, and zeroing them here would call `memset` (see `from_app`).
+        // (The lookup wrote its metric over `tos` last time.) The IPv6 parts are never
+        // read for IPv4 nor written: they stay zero from the map's creation, and zeroing
+        // them here would call `memset` (see `from_app`).
         p.tos = 0;
         p.src = flow.src;
         p.dst = flow.dst;
-        bpf_fib_lookup(ctx.skb.skb as *mut c_void, p as *mut FibParams as *mut bpf_fib_lookup, FIB_PARAMS_LEN, 0)
+        let by_table = if table != 0 {
+            // `tbid` shares its place with the VLAN output, which the kernel zeroes again.
+            p.vlan = table;
+            bpf_fib_lookup(ctx.skb.skb as *mut c_void, p as *mut FibParams as *mut bpf_fib_lookup, FIB_PARAMS_LEN, LOOKUP_IN_TABLE)
+        } else {
+            -1
+        };
+        match by_table {
+            rc if rc >= 0 => rc,
+            _ => bpf_fib_lookup(ctx.skb.skb as *mut c_void, p as *mut FibParams as *mut bpf_fib_lookup, FIB_PARAMS_LEN, 0),
+        }
     };
     (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(s)
 }

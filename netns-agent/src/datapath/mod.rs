@@ -520,8 +520,17 @@ impl Maps {
     /// config is written; the programs are attached after both). Refuses an ifindex that another
     /// zone's interface holds: one copy of the programs serves every netns, so the
     /// interfaces carrying them need ifindexes unique across namespaces (the agent picks
-    /// those of the interfaces it makes; `plan::chosen_ifindex`).
+    /// those of the interfaces it makes; `netns_ebpf_common::chosen_ifindex`), and one in
+    /// the range of those that would name another zone (the programs read the zone of
+    /// such an ifindex from the ifindex itself).
     fn register(&mut self, key: IfaceKey) -> Result<()> {
+        if let Some(zone) = netns_ebpf_common::chosen_ifindex_zone(key.ifindex).filter(|z| *z != key.zone) {
+            bail!(
+                "ifindex {:#x} lies in the range the agent gives its own interfaces, where it names zone {zone}, so zone {} cannot have it",
+                key.ifindex,
+                key.zone
+            );
+        }
         if let Ok(other) = self.if_zones.get(&key.ifindex, 0) {
             if other != key.zone && self.configured(IfaceKey { zone: other, ifindex: key.ifindex }) {
                 bail!(
@@ -837,6 +846,16 @@ impl Maps {
 pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// Whether the programs' FIB lookups may name the table to look in
+/// (`BPF_FIB_LOOKUP_TBID`, Linux 6.5): then the fast path's hop out asks the NI's uplink
+/// table straight, without walking the rules (`FastZone::uplink_table`). A kernel whose
+/// version cannot be read is taken not to have it (the lookup by the rules is right
+/// everywhere, only slower).
+pub fn fib_lookup_by_table() -> bool {
+    static BY_TABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BY_TABLE.get_or_init(|| aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 5, 0)))
 }
 
 #[cfg(test)]

@@ -399,22 +399,25 @@ impl Applier {
     /// `[agent] fast_path = false`). Last in an NI's apply: the bridge's MAC (the lowest
     /// of its ports', as the agent sets none) follows the ports just added or removed.
     async fn ensure_fast_path<K: NiDriver>(&mut self, kind: &K, plan: &Plan, ni: &NiPlan, nl: &Netlink) -> Result<()> {
-        let fast = match plan.fast_path && kind.fast_path() && ni.routed_uplink().is_some() {
-            true => {
+        let fast = match ni.routed_uplink().filter(|_| plan.fast_path && kind.fast_path()) {
+            Some(uplink) => {
                 let mut into_ni_macs = [0u8; 12];
-                into_ni_macs[..6].copy_from_slice(&nl.link_mac(&ni.ni_veth).await?);
-                into_ni_macs[6..].copy_from_slice(&self.agent.link_mac(&ni.agent_veth).await?);
+                into_ni_macs[..6].copy_from_slice(&nl.link_index_and_mac(&ni.ni_veth).await?.1);
+                into_ni_macs[6..].copy_from_slice(&self.agent.link_index_and_mac(&ni.agent_veth).await?.1);
+                let (bridge_ifindex, bridge_mac) =
+                    nl.link_index_and_mac(BRIDGE).await.with_context(|| format!("{}: the bridge", ni.name))?;
                 FastZone {
                     enabled: 1,
-                    bridge_ifindex: nl.link_index(BRIDGE).await?.with_context(|| format!("{}: no bridge", ni.name))?,
+                    bridge_ifindex,
                     ni_veth_ifindex: ni.ni_veth_ifindex(),
                     agent_veth_ifindex: ni.agent_veth_ifindex(),
+                    uplink_table: if datapath::fib_lookup_by_table() { plan.uplink(uplink)?.table } else { 0 },
                     into_ni_macs,
-                    bridge_mac: nl.link_mac(BRIDGE).await?,
+                    bridge_mac,
                     _pad: [0; 2],
                 }
             }
-            false => FastZone::default(),
+            None => FastZone::default(),
         };
         debug!("{}: fast path {}", ni.name, if fast.enabled != 0 { "on" } else { "off" });
         self.maps()?.set_fast_zone(ni.zone(), fast)
