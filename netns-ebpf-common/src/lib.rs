@@ -366,6 +366,21 @@ stats! {
     FastSnatDone = 32 => "fast_snat_done",
 }
 
+impl Stat {
+    /// The fast path's hops, in the order a packet pair meets them: out from the app,
+    /// past the NI veth, to the uplink, translated there; back from the uplink, to the
+    /// app, into the app (the demo and the tests look for packets on each).
+    pub const FAST_HOPS: [Stat; 7] = [
+        Stat::FastFromApp,
+        Stat::FastPastNiVeth,
+        Stat::FastToUplink,
+        Stat::FastSnatDone,
+        Stat::FastFromUplink,
+        Stat::FastToApp,
+        Stat::FastIntoApp,
+    ];
+}
+
 /// The map types' sizes, checked when either side compiles: a field added or reordered
 /// changes the layout the pinned maps were made with, which needs a new `_Vn` pin name
 /// (aya reuses a pin without checking it).

@@ -598,8 +598,9 @@ pub fn load_size(n: u64) -> u64 {
 }
 
 /// The data path's fast path counters, one per hop (README: "The data-path counters").
-pub const FAST_PATH_COUNTERS: [&str; 7] =
-    ["fast_from_app", "fast_past_ni_veth", "fast_to_uplink", "fast_snat_done", "fast_from_uplink", "fast_to_app", "fast_into_app"];
+pub fn fast_path_counters() -> [&'static str; 7] {
+    netns_ebpf_common::Stat::FAST_HOPS.map(netns_ebpf_common::Stat::name)
+}
 
 /// The value of metric `name` with every one of `labels` in Prometheus text `text` (0
 /// when absent).

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use netns_agent::flows::FlowRecord;
-use netns_tests::{metric, scaled, EchoResult, Scenario, FAST_PATH_COUNTERS, INET_IP};
+use netns_tests::{fast_path_counters, metric, scaled, EchoResult, Scenario, INET_IP};
 
 /// ni1 and ni2 on eth0; app2 (ni2) exposes its port 7 as eth0's 8007.
 const TWO_NIS: &str = r#"
@@ -72,7 +72,7 @@ fn scenario_with(agent_keys: &[&str]) -> Scenario {
 
 fn fast_counters(s: &Scenario) -> [u64; 7] {
     let c = s.flows_report().counters;
-    FAST_PATH_COUNTERS.map(|name| *c.get(name).unwrap_or_else(|| panic!("no counter {name}")))
+    fast_path_counters().map(|name| *c.get(name).unwrap_or_else(|| panic!("no counter {name}")))
 }
 
 fn since(before: [u64; 7], after: [u64; 7]) -> [u64; 7] {

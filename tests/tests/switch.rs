@@ -115,7 +115,7 @@ fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
     let limits = s.flows_report().limits;
     assert!(limits[0].dropped >= 40 - expected - 1, "{limits:?}");
     // Nothing is routed in a switch NI: no fast path.
-    for name in netns_tests::FAST_PATH_COUNTERS {
+    for name in netns_tests::fast_path_counters() {
         assert_eq!(s.counter(name), 0, "{name}: switch NIs have no fast path");
     }
 

@@ -146,7 +146,7 @@ fn two_tunnels_with_identical_selectors_carry_each_apps_traffic() {
     assert!(t4.bytes_in > one.len() as u64, "ESP bytes in: {t4:#?}");
     // A VPN NI's packets take the kernel's path (its xfrm policy), fast path or not:
     // the apps' and charon's own (ESP in UDP through the uplink's NAT).
-    for name in netns_tests::FAST_PATH_COUNTERS {
+    for name in netns_tests::fast_path_counters() {
         assert_eq!(s.counter(name), 0, "{name}: VPN NIs have no fast path");
     }
     assert!(t4.packets_out > 0, "{t4:#?}");

@@ -430,8 +430,7 @@ impl Demo {
                 && metrics.lines().filter(|l| l.starts_with("netns_agent_vpn_tunnel_up{") && l.ends_with(" 1")).count() == 2,
         );
         let fast =
-            ["fast_from_app", "fast_past_ni_veth", "fast_to_uplink", "fast_snat_done", "fast_from_uplink", "fast_to_app", "fast_into_app"]
-                .map(|c| value(&format!("netns_agent_datapath_decisions_total{{counter=\"{c}\"}}")));
+            netns_ebpf_common::Stat::FAST_HOPS.map(|c| value(&format!("netns_agent_datapath_decisions_total{{counter=\"{}\"}}", c.name())));
         println!("  fast path (packets per hop: from app, past the NI veth, to uplink, translated there, from uplink, to app, into the app): {fast:?}");
         match self.fast_path {
             true => self.check("the fast path carried the answered flows, every hop of it", fast.iter().all(|n| *n > 0.0)),
