@@ -8,8 +8,9 @@ use crate::ct::{CtKey, CtValue, TCP_CLOSE, TCP_TIME_WAIT};
 
 /// Ring buffer size in bytes (a power of two, a multiple of the page size): ~9k events.
 pub const EVENTS_BYTES: u32 = 1 << 20;
-/// Events wake the agent only once this much waits in the ring buffer (~500 events); the
-/// agent also reads it every [`EVENTS_POLL_MS`]. A wakeup per event is an interrupt
+/// Events wake the agent only as this much comes to wait in the ring buffer (~500
+/// events): the event that takes it over the mark wakes it; the agent also reads it
+/// every [`EVENTS_POLL_MS`]. A wakeup per event is an interrupt
 /// and a context switch each: at 10,000 new flows a second (two events each) they
 /// cost the machine more than the events themselves.
 pub const EVENTS_WAKE_BYTES: u64 = 64 << 10;

@@ -31,10 +31,19 @@ pub fn emit(kind: u8, key: &CtKey, value: &CtValue, reason: Stat) {
         (*e)._pad = [0; 3];
         (*e).reason = reason as u32;
     }
-    // Wake the agent only for a batch (see `EVENTS_WAKE_BYTES`).
+    // Wake the agent only for a batch (see `EVENTS_WAKE_BYTES`): once, by the event
+    // whose record takes the waiting bytes over the mark (the reserve counted it). Every
+    // event past the mark woke it again until it had read them, an interrupt each (a
+    // VM exit in a guest): 2% of the programs' time at 13,000 new flows a second. One
+    // that two CPUs carry over the mark together wakes none: the agent's poll reads it.
     // SAFETY: EVENTS is a ring buffer map (its static's address is the map, as aya's own
     // helpers pass it); the query reads its positions.
     let map = core::ptr::from_ref(&EVENTS).cast_mut().cast();
     let waiting = unsafe { bpf_ringbuf_query(map, BPF_RB_AVAIL_DATA as u64) };
-    slot.submit(if waiting >= EVENTS_WAKE_BYTES { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 });
+    let crossed = (EVENTS_WAKE_BYTES..EVENTS_WAKE_BYTES + EVENT_RECORD_BYTES).contains(&waiting);
+    slot.submit(if crossed { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 });
 }
+
+/// An event's record in the ring buffer: its 8-byte header and the event, rounded up
+/// to 8 bytes.
+const EVENT_RECORD_BYTES: u64 = (8 + size_of::<FlowEvent>() as u64).next_multiple_of(8);

@@ -48,11 +48,17 @@ fn bench_config(aces: u32) -> String {
 
 /// The same, the drop ACEs on ports from `filler_port` + 1 (the apply times' changes).
 fn bench_config_with(aces: u32, filler_port: u32) -> String {
+    bench_config_on(aces, filler_port, |_| format!("{ALLOWED_SITE}/32"))
+}
+
+/// The same, drop ACE `i` for address `ip(i)`.
+fn bench_config_on(aces: u32, filler_port: u32, ip: impl Fn(u32) -> String) -> String {
     let fillers = aces - 1;
     let mut aces: Vec<String> = (1..=fillers)
         .map(|i| {
             format!(
-                "  {{ id = {i}, match = {{ ip = \"{ALLOWED_SITE}/32\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},",
+                "  {{ id = {i}, match = {{ ip = \"{}\", protocol = \"tcp\", fport = {} }}, action = \"drop\" }},",
+                ip(i),
                 filler_port + i
             )
         })
@@ -269,12 +275,25 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         ("one NI added", (base.clone(), ni2)),
     ];
     let swaps = [64, 1000, 10_000].map(|aces| (format!("{aces} ACEs replaced (ACL swap)"), replaced(aces)));
-    for (label, (from, changed)) in changes.into_iter().map(|(l, c)| (l.to_string(), c)).chain(swaps) {
+    // The same largest swap with every drop ACE on an address of its own (an LPM trie
+    // entry each, where the rows above share one address).
+    let host = |i: u32| format!("10.200.{}.{}/32", i / 250, i % 250 + 1);
+    let distinct = (
+        format!("{SWAP_ACES} ACEs on as many addresses replaced (ACL swap)"),
+        (bench_config_on(SWAP_ACES, FILLER_PORT, host), bench_config_on(SWAP_ACES, FILLER_PORT + 20_000, host)),
+    );
+    // Where each swap row's lines start and end in the agent's log.
+    let mut swap_logs: Vec<(String, std::ops::Range<usize>)> = Vec::new();
+    for (label, (from, changed)) in changes.into_iter().map(|(l, c)| (l.to_string(), c)).chain(swaps).chain([distinct]) {
         apply(&from)?;
+        let log_start = agent_log().len();
         let mut times = Vec::new();
         for _ in 0..ROUNDS {
             times.push(apply(&changed)?);
             apply(&from)?;
+        }
+        if label.contains("(ACL swap)") {
+            swap_logs.push((label.clone(), log_start..agent_log().len()));
         }
         rows.push((label, times));
     }
@@ -311,16 +330,21 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         println!("  {label:<50} {:>12.1} {:>12.1}", median(&wall), median(&own));
     }
     println!("  the swap itself, as the agent logs it (median [min-max] ms): written beside and switched; then the old one removed too");
-    for aces in [64, 1000, 10_000] {
+    let log = agent_log();
+    for (label, lines) in swap_logs {
         let range = |ms: &[f64]| {
             let (lo, hi) = (ms.iter().copied().fold(f64::INFINITY, f64::min), ms.iter().copied().fold(0.0, f64::max));
             format!("{:>8.1} [{lo:.1}-{hi:.1}]", median(ms))
         };
-        let (switched, whole) = (logged_swap_ms(aces, "switch_ms"), logged_swap_ms(aces, "ms"));
-        println!("    {aces:>6} ACEs: switched {}, whole {} over {} swaps", range(&switched), range(&whole), whole.len());
+        let lines = &log[lines];
+        let (switched, whole) = (logged_swap_ms(lines, "switch_ms"), logged_swap_ms(lines, "ms"));
+        println!("    {label:<56}: switched {}, whole {} over {} swaps", range(&switched), range(&whole), whole.len());
     }
     Ok(agent)
 }
+
+/// The largest ACL the bench swaps.
+const SWAP_ACES: u32 = 10_000;
 
 /// `netns-agent apply --config CONFIG` in zedbox: the wall time of the command and the
 /// agent's own time for the apply (ms).
@@ -350,17 +374,21 @@ fn start_agent(agent_bin: &Path, config: &Path) -> Result<std::process::Child> {
 
 const AGENT_LOG: &str = "/tmp/netns-agent-bench/agent.log";
 
-/// The agent's own ACL swap times for `aces`-ACE ACLs (ms), from its log lines
-/// "... ACL of ... swapped" with `aces=N ... switch_ms=X ms=Y`: `which` names the field.
-fn logged_swap_ms(aces: usize, which: &str) -> Vec<f64> {
-    let log = std::fs::read_to_string(AGENT_LOG).unwrap_or_default();
+/// The agent's log so far.
+fn agent_log() -> String {
+    std::fs::read_to_string(AGENT_LOG).unwrap_or_default()
+}
+
+/// The agent's own ACL swap times (ms) in `log`, from its lines "... ACL of ...
+/// swapped" with `switch_ms=X ms=Y`: `which` names the field.
+fn logged_swap_ms(log: &str, which: &str) -> Vec<f64> {
     let field = |line: &str, name: &str| -> Option<String> {
         let at = line.find(&format!(" {name}="))? + name.len() + 2;
         Some(line[at..].split(|c: char| c.is_whitespace() || c == '\x1b').next()?.to_string())
     };
     log.lines()
         .map(|l| l.replace("\x1b[3m", "").replace("\x1b[0m", "").replace("\x1b[2m", ""))
-        .filter(|l| l.contains("swapped") && field(l, "aces").as_deref() == Some(&aces.to_string()))
+        .filter(|l| l.contains("swapped"))
         .filter_map(|l| field(&l, which)?.parse().ok())
         .collect()
 }
