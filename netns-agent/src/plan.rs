@@ -111,8 +111,8 @@ pub struct PortPlan {
     pub tap: Option<String>,
     /// `nbu<k>x<app_num>`: the bridge port, where the programs attach.
     pub bridge_port: String,
-    /// The bridge port's ifindex (`netns_ebpf_common::chosen_ifindex`); `None` for a tap, which keeps the one
-    /// it had in the agent's netns.
+    /// The bridge port's ifindex (`netns_ebpf_common::chosen_ifindex`); `None` for a tap,
+    /// which keeps the one it had in the agent's netns.
     #[serde(default)]
     pub ifindex: Option<u32>,
     /// `nbu<k>x<app_num>.1`: the app's end.

@@ -9,8 +9,7 @@ use aya_ebpf::{
 use netns_ebpf_common::{
     csum,
     nat::{NatKey, NatValue, REWRITE_SRC},
-    packet::PacketReader,
-    packet::{Flow, ETH_HLEN, FRAG_LATER},
+    packet::{Flow, PacketReader, ETH_HLEN, FRAG_LATER},
     PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
@@ -79,12 +78,12 @@ pub fn tcp_udp_source(ctx: &TcContext, l4_off: u16, old: &NatKey, new: &NatValue
 #[inline(always)]
 fn tcp_udp(ctx: &TcContext, proto: u8, l4_off: u16, src: bool, old_ip: &[u8; 4], old_port: &u16, new: &NatValue) -> Result<(), ()> {
     let l4 = l4_off as usize & L4_OFF_MASK;
-    let (csum, extra) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
+    let (l4_sum, extra) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
     let (ip_off, port_off) = if src { (IP_SRC, l4) } else { (IP_DST, l4 + 2) };
     // The pseudo header holds the addresses: their change goes into the L4 sum.
-    ctx.l4_csum_replace(csum, ip_raw(old_ip), ip_raw(&new.addr), BPF_F_PSEUDO_HDR as u64 | extra | 4).map_err(|_| ())?;
+    ctx.l4_csum_replace(l4_sum, ip_raw(old_ip), ip_raw(&new.addr), BPF_F_PSEUDO_HDR as u64 | extra | 4).map_err(|_| ())?;
     if *old_port != new.port {
-        ctx.l4_csum_replace(csum, port_raw(*old_port), port_raw(new.port), extra | 2).map_err(|_| ())?;
+        ctx.l4_csum_replace(l4_sum, port_raw(*old_port), port_raw(new.port), extra | 2).map_err(|_| ())?;
         write(ctx, port_off, &new.port.to_be_bytes())?;
     }
     ip_address(ctx, ip_off, old_ip, &new.addr)
