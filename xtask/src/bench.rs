@@ -286,14 +286,14 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
     let mut swap_logs: Vec<(String, std::ops::Range<usize>)> = Vec::new();
     for (label, (from, changed)) in changes.into_iter().map(|(l, c)| (l.to_string(), c)).chain(swaps).chain([distinct]) {
         apply(&from)?;
-        let log_start = agent_log().len();
+        let log_start = agent_log_len();
         let mut times = Vec::new();
         for _ in 0..ROUNDS {
             times.push(apply(&changed)?);
             apply(&from)?;
         }
         if label.contains("(ACL swap)") {
-            swap_logs.push((label.clone(), log_start..agent_log().len()));
+            swap_logs.push((label.clone(), log_start..agent_log_len()));
         }
         rows.push((label, times));
     }
@@ -377,6 +377,11 @@ const AGENT_LOG: &str = "/tmp/netns-agent-bench/agent.log";
 /// The agent's log so far.
 fn agent_log() -> String {
     std::fs::read_to_string(AGENT_LOG).unwrap_or_default()
+}
+
+/// How long the agent's log is (it only grows: a stretch of it is a byte range).
+fn agent_log_len() -> usize {
+    std::fs::metadata(AGENT_LOG).map_or(0, |m| m.len() as usize)
 }
 
 /// The agent's own ACL swap times (ms) in `log`, from its lines "... ACL of ...
