@@ -2,9 +2,9 @@
 //! (bpf-iptables' linear bit-vector search) instead of a walk over the ACEs.
 //!
 //! The agent compiles an ACL ([`compile`]) into bitmaps over its ACEs, in chunks of
-//! [`CHUNK_ACES`]: for the chunk and a value of a field (the remote address, by longest
-//! prefix; the protocol, with whether the remote is in the eidset; the remote port), the
-//! ACEs of the chunk that the value satisfies. A flow's candidates in a chunk are the AND
+//! [`CHUNK_ACES`]: for the chunk and a value of a field (the remote address and the
+//! remote port, by the range that holds them: [`range`]; the protocol, with whether the
+//! remote is in the eidset), the ACEs of the chunk that the value satisfies. A flow's candidates in a chunk are the AND
 //! of its three bitmaps, and the first set bit of the first chunk that has one is the
 //! first deciding ACE: a few lookups per 512 ACEs, the same for an ACE at position 1 or
 //! 10,000. Two kinds of ACE are not in the bitmaps: port maps (they never decide an app's
@@ -19,10 +19,11 @@
 //! [`first_decider`] is the whole search over [`AclMaps`]: the programs implement the
 //! trait with map lookups, the host (and this module's tests) with the compiled vectors.
 
-use crate::{
-    acl::{prefix_contains, Ace, AceQuery, ACTION_PORTMAP, MATCH_EIDSET, MATCH_FPORT, MATCH_HOST, MATCH_IP, MATCH_PROTO},
-    Ipv4,
-};
+pub mod range;
+
+pub use range::{range_bits, RangeKey, RangePage, FIELD_IP, FIELD_PORT};
+
+use crate::acl::{prefix_contains, Ace, AceQuery, ACTION_PORTMAP, MATCH_EIDSET, MATCH_FPORT, MATCH_HOST, MATCH_IP, MATCH_PROTO};
 
 /// ACEs per bitmap chunk: 8 words, one 64-byte map value.
 pub const CHUNK_ACES: usize = 512;
@@ -46,9 +47,17 @@ pub const ACES_PER_GROUP: usize = 16;
 /// ACE_V2's entries: every live ACE and the ACL replacing it, grouped, plus each port's
 /// two ACLs' last, partly used groups.
 pub const ACE_GROUPS_MAX_ENTRIES: u32 = ACES_MAX_ENTRIES / ACES_PER_GROUP as u32 + SHAPES_MAX_ENTRIES;
-/// Bitmap entries: per chunk at most one per ACE and one for the rest (twice for the
-/// protocols, with and without the eidset's ACEs), over twice the live ACEs and chunks.
+/// Protocol bitmap entries: per chunk at most one per ACE and one for the rest, twice
+/// (with and without the eidset's ACEs), over twice the live ACEs and chunks.
 pub const BITS_MAX_ENTRIES: u32 = 2 * ACES_MAX_ENTRIES + 8192;
+/// Range pages (`range`): a table per chunk and field, of at most 2 ranges per ACE
+/// and 1, in one page, or in a root and a leaf per `RANGE_LEAF` ranges.
+pub const RANGES_MAX_ENTRIES: u32 = 32_768;
+/// The tables of the live ACLs and their replacements: per field, their full chunks and
+/// a last one per port (20,235 pages at most: see the assertion).
+const RANGE_TABLES: u32 = 2 * 2 * (MAX_LIVE_ACES / CHUNK_ACES as u32 + crate::MAX_APP_PORTS);
+const _: () =
+    assert!(2 * RANGE_TABLES + (2 * 2 * ACES_MAX_ENTRIES + RANGE_TABLES).div_ceil(range::RANGE_LEAF as u32) <= RANGES_MAX_ENTRIES);
 /// ACL ids with a shape: two per port (the live ACL and the one replacing it).
 pub const SHAPES_MAX_ENTRIES: u32 = 2 * crate::MAX_APP_PORTS;
 
@@ -67,23 +76,6 @@ impl Bits {
     }
 }
 
-/// The data of an LPM trie key: the ACL, the chunk and the remote address. An entry's
-/// prefix length counts the bits of all three, 64 + the ACE prefix's length; a lookup's
-/// is [`LOOKUP_PREFIX_LEN`]. (The padding keeps the 8-byte values aligned in the trie's
-/// nodes.)
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpBitsKey {
-    pub acl: u32,
-    pub chunk: u32,
-    pub addr: Ipv4,
-    pub _pad: [u8; 4],
-}
-
-/// The prefix length of an address lookup in the LPM trie: ACL, chunk and the whole
-/// address.
-pub const LOOKUP_PREFIX_LEN: u32 = 96;
-
 /// The protocol's bitmap (`PROTO_ANY`: for a protocol no ACE of the chunk names), for a
 /// remote in the NI's eidset or not.
 #[repr(C)]
@@ -95,17 +87,6 @@ pub struct ProtoBitsKey {
     /// 1: the remote is in the eidset. A u32, not a u8 and padding: a 3-byte padding
     /// store compiles to a `memset` call, a subprogram whose frame 6.1 counts.
     pub in_eidset: u32,
-}
-
-/// The remote port's bitmap (`any`: for a port no ACE of the chunk names).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortBitsKey {
-    pub acl: u32,
-    pub chunk: u16,
-    pub port: u16,
-    /// 1: the entry for ports no ACE names (u32: see `ProtoBitsKey::in_eidset`).
-    pub any: u32,
 }
 
 /// ACE `index` of ACL `acl` (the decided ACE's id and action; a host ACE's fields).
@@ -142,10 +123,9 @@ impl AceGroup {
 
 /// What the search reads; the programs look up their maps, the host its vectors.
 pub trait AclMaps {
-    /// The longest-prefix entry for the address in `key` (see `LOOKUP_PREFIX_LEN`).
-    fn ip_bits(&self, key: &IpBitsKey) -> Option<&Bits>;
+    /// A page of a field's range table (`range`).
+    fn range_page(&self, key: &RangeKey) -> Option<&RangePage>;
     fn proto_bits(&self, key: &ProtoBitsKey) -> Option<&Bits>;
-    fn port_bits(&self, key: &PortBitsKey) -> Option<&Bits>;
     fn ace(&self, key: &AceKey) -> Option<&Ace>;
     /// The ACE index of host ACE number `key.index` (its ordinal among the host ACEs).
     fn host_ace(&self, key: &AceKey) -> Option<u32>;
@@ -205,12 +185,11 @@ pub fn fields_match(ace: &Ace, q: &AceQuery) -> bool {
 #[inline(always)]
 pub fn chunk_first(maps: &impl AclMaps, acl: u32, chunk: u32, q: &AceQuery) -> Option<u32> {
     let c16 = chunk as u16;
-    let ip = maps.ip_bits(&IpBitsKey { acl, chunk, addr: q.remote, _pad: [0; 4] })?;
+    let ip = range_bits(maps, acl, c16, FIELD_IP, u32::from_be_bytes(q.remote))?;
     let eid = q.facts.in_eidset as u32;
     let proto_key = |proto| ProtoBitsKey { acl, chunk: c16, proto, in_eidset: eid };
     let proto = maps.proto_bits(&proto_key(q.proto as u16)).or_else(|| maps.proto_bits(&proto_key(PROTO_ANY)))?;
-    let port_key = |port, any| PortBitsKey { acl, chunk: c16, port, any };
-    let port = maps.port_bits(&port_key(q.remote_port, 0)).or_else(|| maps.port_bits(&port_key(0, 1)))?;
+    let port = range_bits(maps, acl, c16, FIELD_PORT, q.remote_port as u32)?;
     let mut w = 0;
     while w < CHUNK_WORDS {
         let bits = ip.words[w] & proto.words[w] & port.words[w];
@@ -310,10 +289,7 @@ pub use compile::{compile, CompiledAcl};
 #[cfg(any(test, feature = "user"))]
 mod compile {
     extern crate std;
-    use std::{
-        collections::{BTreeMap, BTreeSet},
-        vec::Vec,
-    };
+    use std::{collections::BTreeSet, vec::Vec};
 
     use super::*;
 
@@ -321,10 +297,9 @@ mod compile {
     #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct CompiledAcl {
         pub shape: AclShape,
-        /// (prefix length, key, bitmap): the LPM trie's entries.
-        pub ip: Vec<(u32, IpBitsKey, Bits)>,
+        /// The pages of the address and port range tables.
+        pub ranges: Vec<(RangeKey, RangePage)>,
         pub proto: Vec<(ProtoBitsKey, Bits)>,
-        pub port: Vec<(PortBitsKey, Bits)>,
         /// The ACEs in groups (`AceGroup`), keyed by group.
         pub aces: Vec<(AceKey, AceGroup)>,
         /// Host ACE ordinal -> ACE index.
@@ -334,7 +309,7 @@ mod compile {
     impl CompiledAcl {
         /// Map entries it takes, its shape's included.
         pub fn entries(&self) -> usize {
-            1 + self.ip.len() + self.proto.len() + self.port.len() + self.aces.len() + self.hosts.len()
+            1 + self.ranges.len() + self.proto.len() + self.aces.len() + self.hosts.len()
         }
     }
 
@@ -361,9 +336,10 @@ mod compile {
             // Only the ACEs the bitmaps decide: no port maps, no host ACEs.
             let covered: Vec<(usize, &Ace)> =
                 part.iter().enumerate().filter(|(_, a)| a.action != ACTION_PORTMAP && a.matches & MATCH_HOST == 0).collect();
-            ip_bits(&mut out, acl, chunk as u32, &covered);
-            proto_bits(&mut out, acl, chunk as u16, &covered);
-            port_bits(&mut out, acl, chunk as u16, &covered);
+            let chunk = chunk as u16;
+            out.ranges.extend(range::pages(acl, chunk, FIELD_IP, &ip_ranges(&covered)));
+            proto_bits(&mut out, acl, chunk, &covered);
+            out.ranges.extend(range::pages(acl, chunk, FIELD_PORT, &port_ranges(&covered)));
         }
         out
     }
@@ -378,35 +354,20 @@ mod compile {
         bits
     }
 
-    /// One entry per prefix an ACE of the chunk names, and /0: the ACEs whose prefix
-    /// contains it, and those with no address match. The longest entry that holds an
-    /// address holds exactly the ACEs whose prefix contains that address.
-    ///
-    /// Built from the ACEs' own prefixes: an entry's ACEs are those of each shorter or
-    /// equal prefix of it, so the chunk is walked once, not once per prefix; and only at
-    /// the lengths the chunk's ACEs use (10,000 host ACEs asked 33 lengths each: most of
-    /// a swap's time).
-    fn ip_bits(out: &mut CompiledAcl, acl: u32, chunk: u32, covered: &[(usize, &Ace)]) {
-        let masked = |a: &Ace| (mask(a.prefix, a.prefix_len), a.prefix_len.min(32));
-        // The ACEs of each exact (masked prefix, length).
-        let mut exact: BTreeMap<(Ipv4, u8), Bits> = BTreeMap::new();
-        for (i, a) in covered.iter().filter(|(_, a)| a.matches & MATCH_IP != 0) {
-            exact.entry(masked(a)).or_default().set(*i);
-        }
-        let lengths: BTreeSet<u8> = exact.keys().map(|(_, len)| *len).collect();
-        let any = bits_of(covered, |a| a.matches & MATCH_IP == 0);
-        let prefixes: BTreeSet<(Ipv4, u8)> = exact.keys().copied().chain([([0; 4], 0)]).collect();
-        for (prefix, len) in prefixes {
-            let mut bits = any;
-            for &shorter in lengths.range(..=len) {
-                if let Some(b) = exact.get(&(mask(prefix, shorter), shorter)) {
-                    for (w, word) in bits.words.iter_mut().enumerate() {
-                        *word |= b.words[w];
-                    }
-                }
-            }
-            out.ip.push((64 + len as u32, IpBitsKey { acl, chunk, addr: prefix, _pad: [0; 4] }, bits));
-        }
+    /// The address ranges the chunk's prefixes cut, each with the ACEs whose prefix
+    /// holds it and those with no address match.
+    fn ip_ranges(covered: &[(usize, &Ace)]) -> range::Ranges {
+        let spans: Vec<(u32, u32, usize)> = covered
+            .iter()
+            .filter(|(_, a)| a.matches & MATCH_IP != 0)
+            .map(|(i, a)| {
+                let len = a.prefix_len.min(32) as u32;
+                let host_bits = u32::MAX.checked_shr(len).unwrap_or(0);
+                let first = u32::from_be_bytes(a.prefix) & !host_bits;
+                (first, first | host_bits, *i)
+            })
+            .collect();
+        range::ranges(&spans, bits_of(covered, |a| a.matches & MATCH_IP == 0))
     }
 
     /// Per protocol an ACE of the chunk names, and for any other: the ACEs whose protocol
@@ -423,25 +384,12 @@ mod compile {
         }
     }
 
-    /// Per remote port an ACE of the chunk names, and for any other. One pass over the
-    /// chunk (a port's entry is the ACEs naming it and those naming none): a 10,000-ACE
-    /// ACL with as many ports compiles in a fraction of a millisecond, not ports x ACEs.
-    fn port_bits(out: &mut CompiledAcl, acl: u32, chunk: u16, covered: &[(usize, &Ace)]) {
-        let any = bits_of(covered, |a| a.matches & MATCH_FPORT == 0);
-        let mut named: BTreeMap<u16, Bits> = BTreeMap::new();
-        for (i, a) in covered.iter().filter(|(_, a)| a.matches & MATCH_FPORT != 0) {
-            named.entry(a.fport).or_insert(any).set(*i);
-        }
-        for (port, bits) in named {
-            out.port.push((PortBitsKey { acl, chunk, port, any: 0 }, bits));
-        }
-        out.port.push((PortBitsKey { acl, chunk, port: 0, any: 1 }, any));
-    }
-
-    fn mask(addr: Ipv4, len: u8) -> Ipv4 {
-        let len = len.min(32) as u32;
-        let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        (u32::from_be_bytes(addr) & m).to_be_bytes()
+    /// The port ranges the chunk's ports cut (a port each), each with the ACEs naming
+    /// it and those naming none.
+    fn port_ranges(covered: &[(usize, &Ace)]) -> range::Ranges {
+        let spans: Vec<(u32, u32, usize)> =
+            covered.iter().filter(|(_, a)| a.matches & MATCH_FPORT != 0).map(|(i, a)| (a.fport as u32, a.fport as u32, *i)).collect();
+        range::ranges(&spans, bits_of(covered, |a| a.matches & MATCH_FPORT == 0))
     }
 }
 

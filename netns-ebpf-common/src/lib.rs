@@ -72,13 +72,14 @@ pub mod map_names {
     pub const IFACES: &str = "IFACE_V3";
     /// ifindex -> zone of every interface that carries the programs.
     pub const IF_ZONES: &str = "IFZONE_V1";
-    /// An ACL's compiled form (`classify`), keyed by ACL id.
-    pub const ACL_SHAPES: &str = "ACLSHAPE_V1";
-    pub const ACL_IP: &str = "ACLIP_V1";
-    pub const ACL_PROTO: &str = "ACLPROTO_V1";
-    pub const ACL_PORT: &str = "ACLPORT_V1";
-    pub const ACES: &str = "ACE_V2";
-    pub const ACL_HOSTS: &str = "ACLHOST_V1";
+    /// An ACL's compiled form (`classify`), keyed by ACL id. All at a new version when
+    /// one changes: an agent that finds the last ones writes every ACL anew, and no id
+    /// of theirs may meet an entry left under the same id.
+    pub const ACL_SHAPES: &str = "ACLSHAPE_V2";
+    pub const ACL_RANGES: &str = "ACLRANGE_V1";
+    pub const ACL_PROTO: &str = "ACLPROTO_V2";
+    pub const ACES: &str = "ACE_V3";
+    pub const ACL_HOSTS: &str = "ACLHOST_V2";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V1";
     pub const STATS: &str = "STATS_V8";
@@ -392,9 +393,10 @@ const _: () = {
     assert!(size_of::<ct::CtValue>() == 80);
     assert!(size_of::<acl::Ace>() == 16);
     assert!(size_of::<classify::Bits>() == 64);
-    assert!(size_of::<classify::IpBitsKey>() == 16);
+    assert!(size_of::<classify::RangeKey>() == 8);
+    // A page and the hash map's own header and key in a 4 KiB allocation.
+    assert!(size_of::<classify::RangePage>() == 3592);
     assert!(size_of::<classify::ProtoBitsKey>() == 12);
-    assert!(size_of::<classify::PortBitsKey>() == 12);
     assert!(size_of::<classify::AceKey>() == 8);
     assert!(size_of::<classify::AceGroup>() == 16 * classify::ACES_PER_GROUP);
     assert!(size_of::<classify::AclShape>() == 16);
@@ -426,9 +428,9 @@ mod pod {
     unsafe impl aya::Pod for super::ct::CtValue {}
     unsafe impl aya::Pod for super::acl::Ace {}
     unsafe impl aya::Pod for super::classify::Bits {}
-    unsafe impl aya::Pod for super::classify::IpBitsKey {}
+    unsafe impl aya::Pod for super::classify::RangeKey {}
+    unsafe impl aya::Pod for super::classify::RangePage {}
     unsafe impl aya::Pod for super::classify::ProtoBitsKey {}
-    unsafe impl aya::Pod for super::classify::PortBitsKey {}
     unsafe impl aya::Pod for super::classify::AceKey {}
     unsafe impl aya::Pod for super::classify::AceGroup {}
     unsafe impl aya::Pod for super::classify::AclShape {}

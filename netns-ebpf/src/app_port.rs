@@ -9,14 +9,13 @@ use core::{
 
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
-    btf_maps::lpm_trie::Key as LpmKey,
     helpers::bpf_loop,
     macros::classifier,
     programs::TcContext,
 };
 use netns_ebpf_common::{
     acl::{self, Ace, AceQuery, AceWalk, Decided, RemoteFacts, Verdict, METADATA_IP},
-    classify::{self, AceGroup, AceKey, AclMaps, Bits, HostStep, IpBitsKey, PortBitsKey, ProtoBitsKey, LOOKUP_PREFIX_LEN, MAX_HOST_ACES},
+    classify::{self, AceGroup, AceKey, AclMaps, Bits, HostStep, ProtoBitsKey, RangeKey, RangePage, MAX_HOST_ACES},
     ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_ENDED, FLAG_JUDGED_TO_APP, FLAG_SEEN_REPLY, VERDICT_DROP},
     event::{self, EVENT_DROPPED, EVENT_END, EVENT_START},
     guard,
@@ -30,7 +29,7 @@ use netns_ebpf_common::{
 use crate::{
     budget, clock, events, fast, frag,
     maps::{
-        zone, ACES, ACL_HOSTS, ACL_IP, ACL_PORT, ACL_PROTO, ACL_SHAPES, ACL_WALK, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT,
+        zone, ACES, ACL_HOSTS, ACL_PROTO, ACL_RANGES, ACL_SHAPES, ACL_WALK, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES, LIMITS, NAT,
         PORTMAPS, PORT_STATS,
     },
     rewrite,
@@ -380,16 +379,12 @@ struct PinnedAcls;
 
 impl AclMaps for PinnedAcls {
     #[inline(always)]
-    fn ip_bits(&self, key: &IpBitsKey) -> Option<&Bits> {
-        ACL_IP.get(&LpmKey::new(LOOKUP_PREFIX_LEN, *key))
+    fn range_page(&self, key: &RangeKey) -> Option<&RangePage> {
+        unsafe { ACL_RANGES.get(key) }
     }
     #[inline(always)]
     fn proto_bits(&self, key: &ProtoBitsKey) -> Option<&Bits> {
         unsafe { ACL_PROTO.get(key) }
-    }
-    #[inline(always)]
-    fn port_bits(&self, key: &PortBitsKey) -> Option<&Bits> {
-        unsafe { ACL_PORT.get(key) }
     }
     #[inline(always)]
     fn ace(&self, key: &AceKey) -> Option<&Ace> {

@@ -12,8 +12,11 @@ use std::{
 };
 
 use netns_agent::state::AppliedState;
-use netns_ebpf_common::nat::{NAT_FLAG_ORIG, REWRITE_DST};
-use netns_tests::{py_script, scaled, wait_until, Scenario, INET_IP};
+use netns_ebpf_common::{
+    map_names,
+    nat::{NAT_FLAG_ORIG, REWRITE_DST},
+};
+use netns_tests::{py_script, scaled, wait_until, EchoResult, Scenario, INET_IP};
 use serde_json::Value;
 
 /// NI1 (app1, app2) and NI2 (app3, the same subnet) on eth0. app1 may reach the internet
@@ -167,6 +170,44 @@ fn restart_under_load_disturbs_no_flow() {
 /// traffic), then replaced whole, again and again, while a UDP stream that its late ACE
 /// allows runs: each swap is one update of the port's entry, and not one packet of the
 /// stream is lost or dropped.
+/// An agent whose ACL maps are at a new version finds the ports' entries naming ACLs it
+/// does not have (the last agent wrote them into the maps of the version before): it
+/// writes every ACL anew under ids above theirs (an id of theirs reused would be taken
+/// for theirs and removed with them), and the ports judge as before. The ACL maps' pins
+/// removed while the agent is down stand for the other version's.
+#[test]
+fn an_agent_with_acl_maps_of_a_new_version_writes_every_acl_anew() {
+    let mut s = base();
+    let app1 = s.app("app1").to_string();
+    let acl_ids = |s: &Scenario| -> Vec<u64> {
+        bpftool_dump(s, map_names::IFACES).iter().map(|e| e["value"]["acl_id"].as_u64().expect("acl_id")).collect()
+    };
+    let before = acl_ids(&s);
+    assert_eq!(before.len(), 3, "three ports: {before:?}");
+    let judged = |s: &Scenario| {
+        let allowed = s.echo(&app1, INET_IP, 7001, 10, None);
+        assert!(matches!(allowed, EchoResult::Echoed(10)), "app1's ACL allows port 7001: {allowed:?}\n{}", s.agent_log());
+        let other = s.echo(&app1, INET_IP, 7002, 10, None);
+        assert!(matches!(other, EchoResult::TimedOut), "app1's ACL has no ACE for port 7002: {other:?}");
+        let app2 = s.echo(s.app("app2"), INET_IP, 7002, 10, None);
+        assert!(matches!(app2, EchoResult::Echoed(10)), "app2's ACL allows 10.99.0.0/16: {app2:?}");
+    };
+    judged(&s);
+
+    s.kill_agent();
+    for map in [map_names::ACL_SHAPES, map_names::ACL_RANGES, map_names::ACL_PROTO, map_names::ACES, map_names::ACL_HOSTS] {
+        std::fs::remove_file(s.pin_dir.join(map)).unwrap_or_else(|e| panic!("unpinning {map}: {e}"));
+    }
+    s.start_agent();
+
+    let after = acl_ids(&s);
+    let highest_before = before.iter().max().unwrap();
+    assert!(after.iter().all(|id| id > highest_before), "every ACL written anew above the old ids: {before:?} -> {after:?}");
+    let shapes = bpftool_dump(&s, map_names::ACL_SHAPES);
+    assert_eq!(shapes.len(), 3, "one ACL per port, nothing else: {shapes:?}");
+    judged(&s);
+}
+
 #[test]
 fn acl_swaps_under_traffic_drop_no_packet() {
     let mut s = base();
@@ -305,7 +346,7 @@ fn live_edits_touch_only_what_changed() {
     assert!(rejudged > rejudged_before, "live flows were judged again: {:#?}\n{}", s.flows_report().counters, s.agent_log());
     wait_until(scaled(Duration::from_secs(5)), || s.counter("rejudge_skipped") > skipped_before)
         .unwrap_or_else(|| panic!("the 5201 session (first ACE, kept) was judged again: {:#?}", s.flows_report().counters));
-    assert!(matches!(s.echo(&app1, INET_IP, 7001, 10, None), netns_tests::EchoResult::TimedOut), "new flows to 7001 are refused");
+    assert!(matches!(s.echo(&app1, INET_IP, 7001, 10, None), EchoResult::TimedOut), "new flows to 7001 are refused");
 
     // 4. Change app3's port map (8080 -> 8081): the old mapping and its flows go.
     let gw = s.gw.clone();
@@ -562,7 +603,7 @@ fn down_after_kill_leaves_nothing() {
     assert!(ours().iter().filter(|l| l.contains("dnsmasq")).count() >= 3, "a dnsmasq per local NI: {:?}", ours());
     s.kill_agent();
     // A map an older agent pinned under a version since replaced (NAT_V1 before NAT_V2).
-    let (stem, _) = netns_ebpf_common::map_names::NAT.rsplit_once("_V").unwrap();
+    let (stem, _) = map_names::NAT.rsplit_once("_V").unwrap();
     let older = s.pin_dir.join(format!("{stem}_V1"));
     let made = Command::new("bpftool")
         .args(["map", "create"])

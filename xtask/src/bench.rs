@@ -98,6 +98,7 @@ const ROUNDS: usize = 3;
 pub enum Part {
     All,
     ScaleOnly,
+    ApplyOnly,
     Profile,
 }
 
@@ -129,6 +130,11 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
         program_costs(&dir)?;
         profile(&dir)?;
         stop_agent(&mut { agent })?;
+        return agent_down(agent_bin, &config);
+    }
+    if part == Part::ApplyOnly {
+        let mut agent = apply_times(agent_bin, &config, agent)?;
+        stop_agent(&mut agent)?;
         return agent_down(agent_bin, &config);
     }
     step("program sizes (bpftool prog show)");

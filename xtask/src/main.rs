@@ -63,6 +63,9 @@ enum Task {
         /// microseconds per connection and per MB.
         #[arg(long, conflicts_with = "scale_only")]
         profile: bool,
+        /// Only the apply times: changes, ACL swaps (as the agent logs them), restarts.
+        #[arg(long, conflicts_with_all = ["scale_only", "profile"])]
+        apply_only: bool,
     },
     /// `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`, and
     /// clippy on the eBPF programs for the BPF target (nightly). CI runs it before the
@@ -114,7 +117,7 @@ fn dispatch(task: Task) -> Result<()> {
             demo::run(&workspace_root().join("target/debug/netns-agent"), keep, eve, !no_fast_path)
         }
         Task::Lint => lint(),
-        Task::Bench { scale_only, profile } => {
+        Task::Bench { scale_only, profile, apply_only } => {
             setup()?;
             // Optimised, as a device runs it: the agent's CPU and apply times are figures.
             step("build: netns-agent (release)");
@@ -124,6 +127,8 @@ fn dispatch(task: Task) -> Result<()> {
                 bench::Part::Profile
             } else if scale_only {
                 bench::Part::ScaleOnly
+            } else if apply_only {
+                bench::Part::ApplyOnly
             } else {
                 bench::Part::All
             };

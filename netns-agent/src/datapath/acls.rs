@@ -6,10 +6,10 @@
 use std::collections::HashSet;
 
 use anyhow::{Context, Result};
-use aya::maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, MapData};
+use aya::maps::{HashMap, MapData};
 use netns_ebpf_common::{
     acl::Ace,
-    classify::{self, AceGroup, AceKey, AclShape, Bits, CompiledAcl, IpBitsKey, PortBitsKey, ProtoBitsKey, ACES_PER_GROUP},
+    classify::{self, AceGroup, AceKey, AclShape, Bits, CompiledAcl, ProtoBitsKey, RangeKey, RangePage, ACES_PER_GROUP},
     map_names,
 };
 
@@ -17,19 +17,13 @@ use super::{batch::BatchMap, open_map, remove_where};
 
 pub struct AclStore {
     shapes: HashMap<MapData, u32, AclShape>,
-    ip: LpmTrie<MapData, IpBitsKey, Bits>,
+    ranges: HashMap<MapData, RangeKey, RangePage>,
     proto: HashMap<MapData, ProtoBitsKey, Bits>,
-    port: HashMap<MapData, PortBitsKey, Bits>,
     aces: HashMap<MapData, AceKey, AceGroup>,
     hosts: HashMap<MapData, AceKey, u32>,
-    /// The four hash maps again, for batched writes and removals: an ACL's thousands of
-    /// entries in one system call per map.
+    /// The four maps again, for batched writes and removals: an ACL's entries in one
+    /// system call per map.
     batched: [BatchMap; 4],
-    /// The LPM trie again, where the kernel batches its commands too (the generic ones:
-    /// one call, the entries written one by one inside); else one call per entry. It
-    /// holds an entry per distinct prefix: 10,000 for an ACL of 10,000 host ACEs, whose
-    /// calls one by one took longer than the whole swap may.
-    ip_batched: Option<BatchMap>,
     /// The next id to hand out: above every id in the maps when they were opened.
     next_id: u32,
 }
@@ -40,20 +34,24 @@ impl AclStore {
         let next_id = shapes.keys().flatten().max().map_or(1, |id| id + 1);
         Ok(AclStore {
             shapes,
-            ip: open_map(pin_dir, map_names::ACL_IP)?.try_into()?,
+            ranges: open_map(pin_dir, map_names::ACL_RANGES)?.try_into()?,
             proto: open_map(pin_dir, map_names::ACL_PROTO)?.try_into()?,
-            port: open_map(pin_dir, map_names::ACL_PORT)?.try_into()?,
             aces: open_map(pin_dir, map_names::ACES)?.try_into()?,
             hosts: open_map(pin_dir, map_names::ACL_HOSTS)?.try_into()?,
             batched: [
+                BatchMap::open(pin_dir, map_names::ACL_RANGES)?,
                 BatchMap::open(pin_dir, map_names::ACL_PROTO)?,
-                BatchMap::open(pin_dir, map_names::ACL_PORT)?,
                 BatchMap::open(pin_dir, map_names::ACES)?,
                 BatchMap::open(pin_dir, map_names::ACL_HOSTS)?,
             ],
-            ip_batched: Some(BatchMap::open(pin_dir, map_names::ACL_IP)?).filter(BatchMap::batches),
             next_id,
         })
+    }
+
+    /// Hands out no id up to `id`: ids the ports' entries name (and the flows decided
+    /// under them) stay theirs, even where an agent of another map version wrote them.
+    pub fn skip_ids_through(&mut self, id: u32) {
+        self.next_id = self.next_id.max(id.saturating_add(1));
     }
 
     /// Writes `aces` under a new id (returned), the shape last: until the port's entry
@@ -70,15 +68,9 @@ impl AclStore {
     }
 
     fn insert(&mut self, id: u32, c: &CompiledAcl) -> Result<()> {
-        let ip: Vec<(LpmKey<IpBitsKey>, Bits)> = c.ip.iter().map(|(len, key, bits)| (LpmKey::new(*len, *key), *bits)).collect();
-        if self.ip_batched.as_ref().is_none_or(|b| b.insert_all(&ip).is_err()) {
-            for (key, bits) in &ip {
-                self.ip.insert(key, bits, 0).context("ACLIP")?;
-            }
-        }
-        let [proto, port, aces, hosts] = &self.batched;
+        let [ranges, proto, aces, hosts] = &self.batched;
+        ranges.insert_all(&c.ranges)?;
         proto.insert_all(&c.proto)?;
-        port.insert_all(&c.port)?;
         aces.insert_all(&c.aces)?;
         hosts.insert_all(&c.hosts)?;
         self.shapes.insert(id, c.shape, 0).context("ACLSHAPE")
@@ -107,11 +99,10 @@ impl AclStore {
         Some(aces)
     }
 
-    /// Whether ACL `id` holds exactly `aces` (by the digest in its shape), its ACEs there
-    /// (an agent before ACE_V2 left shapes whose ACEs are in ACE_V1).
+    /// Whether ACL `id` holds exactly `aces` (by the digest in its shape, written after
+    /// the rest of it).
     pub fn holds(&self, id: u32, aces: &[Ace]) -> bool {
         self.shape(id).is_some_and(|s| s.aces as usize == aces.len() && s.digest == classify::digest(aces))
-            && (aces.is_empty() || self.aces.get(&AceKey { acl: id, index: 0 }, 0).is_ok())
     }
 
     /// Removes ACL `id`: its ACEs read back name its entries (compiled again), so no walk
@@ -137,18 +128,9 @@ impl AclStore {
     fn remove_compiled(&mut self, id: u32, c: &CompiledAcl) {
         // The shape first: a search that finds none stops there.
         self.shapes.remove(&id).ok();
-        let ip: Vec<LpmKey<IpBitsKey>> = c.ip.iter().map(|(len, key, _)| LpmKey::new(*len, *key)).collect();
-        match &self.ip_batched {
-            Some(batched) => batched.remove_all(&ip),
-            None => {
-                for key in &ip {
-                    self.ip.remove(key).ok();
-                }
-            }
-        }
-        let [proto, port, aces, hosts] = &self.batched;
+        let [ranges, proto, aces, hosts] = &self.batched;
+        ranges.remove_all(&keys(&c.ranges));
         proto.remove_all(&keys(&c.proto));
-        port.remove_all(&keys(&c.port));
         aces.remove_all(&keys(&c.aces));
         hosts.remove_all(&keys(&c.hosts));
     }
@@ -156,23 +138,18 @@ impl AclStore {
     /// Removes every ACL that `doomed` selects, walking the maps; returns how many
     /// entries went.
     pub fn remove_where(&mut self, doomed: impl Fn(u32) -> bool) -> usize {
-        let mut n = remove_where(&mut self.shapes, |id, _| doomed(*id));
-        let ip: Vec<LpmKey<IpBitsKey>> = self.ip.keys().flatten().filter(|k| doomed(k.data().acl)).collect();
-        for key in ip {
-            n += usize::from(self.ip.remove(&key).is_ok());
-        }
-        n + remove_where(&mut self.proto, |k, _| doomed(k.acl))
-            + remove_where(&mut self.port, |k, _| doomed(k.acl))
+        remove_where(&mut self.shapes, |id, _| doomed(*id))
+            + remove_where(&mut self.ranges, |k, _| doomed(k.acl))
+            + remove_where(&mut self.proto, |k, _| doomed(k.acl))
             + remove_where(&mut self.aces, |k, _| doomed(k.acl))
             + remove_where(&mut self.hosts, |k, _| doomed(k.acl))
     }
 
-    /// Entries of every ACL, over the six maps.
+    /// Entries of every ACL, over the five maps.
     pub fn entries(&self) -> usize {
         self.shapes.keys().flatten().count()
-            + self.ip.keys().flatten().count()
+            + self.ranges.keys().flatten().count()
             + self.proto.keys().flatten().count()
-            + self.port.keys().flatten().count()
             + self.aces.keys().flatten().count()
             + self.hosts.keys().flatten().count()
     }

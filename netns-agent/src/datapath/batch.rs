@@ -88,14 +88,6 @@ impl BatchMap {
         }
     }
 
-    /// Whether the kernel takes batch commands for this map (hash maps from Linux 5.6;
-    /// other kinds by the generic ones where it has them): a batch of none is refused
-    /// only when it does not.
-    pub fn batches(&self) -> bool {
-        let mut attr = self.attr::<u8>(&[]);
-        self.call(BPF_MAP_DELETE_BATCH, &mut attr).is_ok()
-    }
-
     /// Every entry of the map, read in batches. Entries that programs add or remove
     /// meanwhile may be in it or not, as with any walk.
     pub fn entries<K: Pod, V: Pod>(&self) -> Result<Vec<(K, V)>> {

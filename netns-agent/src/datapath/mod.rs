@@ -2,7 +2,7 @@
 //! attaching programs to app ports and translating interfaces, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
-//!   CT_V4, DROP_V2, IFACE_V3, ACE_V2,   maps shared by every NI and the agent's netns
+//!   CT_V4, DROP_V2, IFACE_V3, ACE_V3,   maps shared by every NI and the agent's netns
 //!   STATS_V8, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/..., @agent/...                 TCX links an earlier agent pinned: the agent
 //!                                        unpins them as its tc filters take over (`tc`)
@@ -47,7 +47,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 25] = [
+const ALL_MAPS: [&str; 24] = [
     map_names::IF_ZONES,
     map_names::EVENTS,
     map_names::PORT_STATS,
@@ -61,9 +61,8 @@ const ALL_MAPS: [&str; 25] = [
     map_names::CONNTRACK,
     map_names::IFACES,
     map_names::ACL_SHAPES,
-    map_names::ACL_IP,
+    map_names::ACL_RANGES,
     map_names::ACL_PROTO,
-    map_names::ACL_PORT,
     map_names::ACES,
     map_names::ACL_HOSTS,
     map_names::ACL_WALK,
@@ -457,7 +456,7 @@ fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
 
 impl Maps {
     pub fn open(pin_dir: &Path) -> Result<Maps> {
-        Ok(Maps {
+        let mut maps = Maps {
             ct: open_map(pin_dir, map_names::CONNTRACK)?.try_into()?,
             drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
             zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
@@ -480,7 +479,10 @@ impl Maps {
             device: open_map(pin_dir, map_names::DEVICE)?.try_into()?,
             hosts: HostSets::open(pin_dir)?,
             removed_flows: Vec::new(),
-        })
+        };
+        let named = maps.ifaces.iter().flatten().flat_map(|(_, info)| [info.acl_id, info.prev_acl_id]).max();
+        maps.acls.skip_ids_through(named.unwrap_or(0));
+        Ok(maps)
     }
 
     /// Marks `addr` as the device's own: apps' new flows to it are dropped unless a port

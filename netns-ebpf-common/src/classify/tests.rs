@@ -4,14 +4,13 @@ use std::{collections::HashMap, vec::Vec};
 use super::*;
 use crate::{
     acl::{RemoteFacts, ACTION_ACCEPT, ACTION_DROP, ACTION_LIMIT},
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    Ipv4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
-/// The compiled ACL looked up as the programs do (the LPM trie: the longest prefix).
+/// The compiled ACL looked up as the programs do.
 struct Lookup {
-    ip: Vec<(u32, IpBitsKey, Bits)>,
+    ranges: HashMap<RangeKey, RangePage>,
     proto: HashMap<ProtoBitsKey, Bits>,
-    port: HashMap<PortBitsKey, Bits>,
     aces: HashMap<AceKey, AceGroup>,
     hosts: HashMap<AceKey, u32>,
 }
@@ -19,9 +18,8 @@ struct Lookup {
 impl Lookup {
     fn new(c: &CompiledAcl) -> Self {
         Lookup {
-            ip: c.ip.clone(),
+            ranges: c.ranges.iter().copied().collect(),
             proto: c.proto.iter().copied().collect(),
-            port: c.port.iter().copied().collect(),
             aces: c.aces.iter().copied().collect(),
             hosts: c.hosts.iter().copied().collect(),
         }
@@ -29,18 +27,11 @@ impl Lookup {
 }
 
 impl AclMaps for Lookup {
-    fn ip_bits(&self, key: &IpBitsKey) -> Option<&Bits> {
-        self.ip
-            .iter()
-            .filter(|(len, k, _)| k.acl == key.acl && k.chunk == key.chunk && prefix_contains(k.addr, (len - 64) as u8, key.addr))
-            .max_by_key(|(len, _, _)| *len)
-            .map(|(_, _, b)| b)
+    fn range_page(&self, key: &RangeKey) -> Option<&RangePage> {
+        self.ranges.get(key)
     }
     fn proto_bits(&self, key: &ProtoBitsKey) -> Option<&Bits> {
         self.proto.get(key)
-    }
-    fn port_bits(&self, key: &PortBitsKey) -> Option<&Bits> {
-        self.port.get(key)
     }
     fn ace(&self, key: &AceKey) -> Option<&Ace> {
         let (group, at) = AceGroup::locate(key);
@@ -187,4 +178,58 @@ fn ten_thousand_aces() {
         let elsewhere = AceQuery { remote: [10, 8, 0, 1], ..q };
         assert_eq!(first_decider(&maps, 3, &compiled.shape, &elsewhere), None);
     }
+}
+
+/// A range table looked up as the programs do gives, for any value, exactly the ACEs
+/// whose span holds it and the `any` ones: random spans over the whole u32 space (their
+/// ends at 0 and u32::MAX too), one page and two levels.
+#[test]
+fn range_tables_give_the_aces_whose_span_holds_the_value() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for round in 0..400 {
+        let n = [1, 5, 23, 24, 47, 48, 49, 200, 512][round % 9];
+        let edge = |rng: &mut Rng| match rng.below(6) {
+            0 => 0,
+            1 => u32::MAX,
+            2 => rng.below(64) as u32,
+            _ => rng.next() as u32,
+        };
+        let mut spans = Vec::new();
+        let mut any = Bits::default();
+        for ace in 0..n {
+            if rng.below(10) == 0 {
+                any.set(ace);
+                continue;
+            }
+            let (a, b) = (edge(&mut rng), edge(&mut rng));
+            spans.push((a.min(b), a.max(b), ace));
+        }
+        let pages = range::pages(9, 3, FIELD_IP, &range::ranges(&spans, any));
+        assert!(pages.len() == 1 || pages[0].1.leaves as usize == pages.len() - 1);
+        let maps = Lookup { ranges: pages.into_iter().collect(), ..Lookup::new(&CompiledAcl::default()) };
+        let mut values: Vec<u32> = spans.iter().flat_map(|&(a, b, _)| [a, b, a.wrapping_sub(1), b.wrapping_add(1)]).collect();
+        values.extend((0..50).map(|_| rng.next() as u32));
+        for v in values {
+            let mut expect = any;
+            for &(a, b, ace) in &spans {
+                if (a..=b).contains(&v) {
+                    expect.set(ace);
+                }
+            }
+            assert_eq!(range_bits(&maps, 9, 3, FIELD_IP, v), Some(&expect), "round {round}, value {v:#x}");
+        }
+        assert_eq!(range_bits(&maps, 9, 4, FIELD_IP, 0), None, "another chunk's table");
+    }
+}
+
+/// A chunk of 512 host ACEs on distinct, scattered addresses makes the most ranges a
+/// chunk can (1,025): two levels hold them, the root's leaves within its keys.
+#[test]
+fn the_fullest_chunk_fits_two_levels() {
+    let spans: Vec<(u32, u32, usize)> = (0..CHUNK_ACES).map(|i| (i as u32 * 7 + 3, i as u32 * 7 + 3, i)).collect();
+    let ranges = range::ranges(&spans, Bits::default());
+    assert_eq!(ranges.len(), 2 * CHUNK_ACES + 1);
+    let pages = range::pages(1, 0, FIELD_PORT, &ranges);
+    assert_eq!(pages[0].1.leaves as usize, ranges.len().div_ceil(range::RANGE_LEAF));
+    assert!((pages[0].1.leaves as usize) < range::RANGE_KEYS);
 }
