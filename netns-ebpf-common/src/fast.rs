@@ -11,13 +11,14 @@
 //! Out (app -> world): app port ingress -> agent-side veth ingress (`bpf_redirect_peer`,
 //! translated; or the NI veth's egress, `bpf_redirect`, when the translation is not there
 //! yet); agent-side veth ingress -> uplink egress (`bpf_redirect_neigh` to the FIB's next hop:
-//! the NI's uplink table, by the `iif` rule). Back: uplink ingress -> NI veth ingress
+//! the NI's uplink table, by the `iif` rule; translated, or, a new flow's, translated by
+//! the uplink's egress program). A flow's first packet takes it too. Back: uplink ingress -> NI veth ingress
 //! (`bpf_redirect_peer`); NI veth ingress -> the app's own end of its veth
 //! (`bpf_redirect_peer`, counted; or the app port's egress, `bpf_redirect`).
 
 use crate::{
     acl::{is_metadata_answer, prefix_contains},
-    ct::{self, CtValue, DIR_REPLY, FLAG_SEEN_REPLY},
+    ct::{self, CtValue, DIR_REPLY},
     nat::{NatValue, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{Flow, FRAG_NONE},
     IfaceInfo, IFACE_FLAG_APP_NETNS, IFACE_FLAG_IP_LEARN, PROTO_TCP, VETH_NET, VETH_NET_LEN,
@@ -70,19 +71,17 @@ pub fn ni_end_zone(addr: crate::Ipv4) -> Option<u32> {
 /// "SNAT done" by a mark alike.)
 pub const SNAT_DONE_MARK: u32 = 0x5a7d_0e00;
 
-/// A packet an app sends on a known, allowed flow may skip the bridge and the NI's
-/// routing when the flow has been answered (so never its first packets: those take the
-/// kernel's path, which resolves neighbours and makes the translations), it is neither
-/// an ICMP error nor a fragment (the kernel relates and reassembles those), and it goes
-/// nowhere on the device itself (the agent's addresses, hairpin port maps on the
-/// uplinks' addresses: `to_device`).
+/// A packet an app sends on an allowed flow may skip the bridge and the NI's routing
+/// when it is neither an ICMP error nor a fragment (the kernel relates and reassembles
+/// those), and it goes nowhere on the device itself (the agent's addresses, hairpin port
+/// maps on the uplinks' addresses: `to_device`). A flow's first packets too: where their
+/// translations are not made yet, the NAT programs make them on the interfaces the fast
+/// path sends them out of (the NI veth's egress, the uplink's egress), as on the
+/// kernel's path; where a neighbour is not resolved yet, the FIB lookup says so and the
+/// packet takes the kernel's path.
 #[inline(always)]
-pub fn app_packet_may_skip(ct_flags: u8, flow: &Flow, to_device: bool) -> bool {
-    ct_flags & FLAG_SEEN_REPLY != 0
-        && !flow.related
-        && flow.frag == FRAG_NONE
-        && !to_device
-        && !prefix_contains(VETH_NET, VETH_NET_LEN, flow.dst)
+pub fn app_packet_may_skip(flow: &Flow, to_device: bool) -> bool {
+    !flow.related && flow.frag == FRAG_NONE && !to_device && !prefix_contains(VETH_NET, VETH_NET_LEN, flow.dst)
 }
 
 /// At the agent-side veth's ingress: the packet's translation for the uplink is known
@@ -91,6 +90,14 @@ pub fn app_packet_may_skip(ct_flags: u8, flow: &Flow, to_device: bool) -> bool {
 #[inline(always)]
 pub fn leaves_translated(v: &NatValue, flow: &Flow) -> bool {
     v.rewrite == REWRITE_SRC && v.flags & NAT_FLAG_ORIG != 0 && !flow.related && flow.frag == FRAG_NONE
+}
+
+/// At the agent-side veth's ingress: a packet with no translation in the agent's domain
+/// yet (a new flow's first packet from the NI) may go to the uplink whose egress program
+/// makes it, past the agent's routing, unless the kernel relates or reassembles it.
+#[inline(always)]
+pub fn leaves_untranslated(flow: &Flow) -> bool {
+    !flow.related && flow.frag == FRAG_NONE
 }
 
 /// At an ingress that just translated the packet back: a reply to a source translation
@@ -150,14 +157,16 @@ mod tests {
     }
 
     #[test]
-    fn only_answered_plain_packets_to_the_world_skip() {
-        assert!(app_packet_may_skip(FLAG_SEEN_REPLY, &flow(), false));
-        assert!(!app_packet_may_skip(0, &flow(), false), "a flow not yet answered takes the kernel's path");
-        assert!(!app_packet_may_skip(FLAG_SEEN_REPLY, &flow(), true), "to the device");
+    fn only_plain_packets_to_the_world_skip() {
+        assert!(app_packet_may_skip(&flow(), false));
+        assert!(!app_packet_may_skip(&flow(), true), "to the device");
         let veth = Flow { dst: [169, 254, 100, 1], ..flow() };
-        assert!(!app_packet_may_skip(FLAG_SEEN_REPLY, &veth, false), "to an agent-side veth address");
-        assert!(!app_packet_may_skip(FLAG_SEEN_REPLY, &Flow { related: true, ..flow() }, false), "ICMP error");
-        assert!(!app_packet_may_skip(FLAG_SEEN_REPLY, &Flow { frag: FRAG_FIRST, ..flow() }, false), "fragment");
+        assert!(!app_packet_may_skip(&veth, false), "to an agent-side veth address");
+        assert!(!app_packet_may_skip(&Flow { related: true, ..flow() }, false), "ICMP error");
+        assert!(!app_packet_may_skip(&Flow { frag: FRAG_FIRST, ..flow() }, false), "fragment");
+        assert!(leaves_untranslated(&flow()));
+        assert!(!leaves_untranslated(&Flow { related: true, ..flow() }), "ICMP error");
+        assert!(!leaves_untranslated(&Flow { frag: FRAG_FIRST, ..flow() }), "fragment");
     }
 
     #[test]

@@ -144,10 +144,6 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
         return TC_ACT_SHOT;
     }
     let (key, a_to_b) = CtKey::new(zone, flow);
-    // The entry's flags once this packet is accounted (a new flow: none), for the fast
-    // path's choice: it need not look the entry up again.
-    let mut ct_flags = 0u8;
-
     let verdict = match CT.get_ptr_mut(&key) {
         Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) && !reopens(unsafe { &*entry }, flow) => {
             let entry = unsafe { &mut *entry };
@@ -232,7 +228,6 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             if counts_here(ctx, side) && !charge(zone, &key, entry, dir, flow, now) {
                 return TC_ACT_SHOT;
             }
-            ct_flags = entry.flags;
             Verdict { mark: entry.mark, drop, limit: entry.limit, by: entry.decided }
         }
         _ => {
@@ -302,7 +297,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     }
     count(Stat::PassCt);
     if side == Side::FromApp {
-        return match fast::from_app(ctx.skb.skb, zone, flow, ct_flags) {
+        return match fast::from_app(ctx.skb.skb, zone, flow) {
             Some(ni_veth) => fast::past_ni_veth(ctx.skb.skb, zone, ni_veth, flow),
             None => TC_ACT_OK,
         };

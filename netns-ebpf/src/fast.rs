@@ -91,18 +91,17 @@ const IP_TTL: usize = ETH_HLEN + 8;
 const FIB_PARAMS_LEN: i32 = size_of::<FibParams>() as i32;
 const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
 
-/// From an app's port (TC ingress): whether a packet of an answered, allowed flow
-/// (`ct_flags`: its conntrack entry's flags, as the program left them) may go past the
+/// From an app's port (TC ingress): whether a packet of an allowed flow may go past the
 /// bridge and the NI's routing, to the NI veth: its ifindex (the routing hop's MACs and
 /// TTL are on the packet then; `past_ni_veth` sends it), or None: the kernel's path.
 /// Its own BPF function: the from-app program's frame is near 6.1's 512 bytes, and this
 /// one's adds to it only here, not to the ACL search's.
 #[inline(never)]
-pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, ct_flags: u8) -> Option<NonZeroU32> {
+pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> Option<NonZeroU32> {
     let ctx = TcContext::new(skb);
     let fz = enabled(zone)?;
     let to_device = unsafe { DEVICE.get(&flow.dst) }.is_some();
-    if !fast::app_packet_may_skip(ct_flags, flow, to_device) {
+    if !fast::app_packet_may_skip(flow, to_device) {
         return None;
     }
     let s = lookup(&ctx, fz.bridge_ifindex, flow, 0)?;
@@ -157,18 +156,9 @@ pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: NonZeroU32, flow: &
 /// an old tuple, say) is left for that program.
 #[inline(always)]
 pub fn to_uplink(ctx: &TcContext, key: &NatKey, v: *mut NatValue, flow: &Flow) -> i32 {
-    let Some(fz) = enabled(veth_zone(flow.src)) else { return TC_ACT_OK };
-    if ifindex(ctx) != fz.agent_veth_ifindex {
-        return TC_ACT_OK;
-    }
-    let Some(s) = lookup(ctx, fz.agent_veth_ifindex, flow, fz.uplink_table) else { return TC_ACT_OK };
-    let out = unsafe { (*s).fib.ifindex };
+    let Some((s, out, snat_ip)) = uplink_hop(ctx, flow) else { return TC_ACT_OK };
     // The uplink whose translation the flow has: not some other way out.
-    match unsafe { NAT_IFACES.get(IfaceKey { zone: DOMAIN_AGENT, ifindex: out }) } {
-        Some(nif) if nif.snat == 1 && nif.snat_ip == unsafe { (*v).addr } => {}
-        _ => return TC_ACT_OK,
-    }
-    if hop_ttl(ctx).is_err() {
+    if snat_ip != unsafe { (*v).addr } || hop_ttl(ctx).is_err() {
         return TC_ACT_OK;
     }
     match crate::nat::apply_source_in_use(ctx, key, unsafe { &mut *v }, unsafe { &mut (*s).nat_to }, flow) {
@@ -179,6 +169,43 @@ pub fn to_uplink(ctx: &TcContext, key: &NatKey, v: *mut NatValue, flow: &Flow) -
         Some(dropped) => return dropped,
         None => {}
     }
+    to_next_hop(s, out)
+}
+
+/// At the agent-side veth's ingress, a packet that has no translation in the agent's
+/// domain yet (a new flow's first, `fast::leaves_untranslated`): straight to the uplink
+/// the NI's uplink table gives, when that uplink translates the NI's packets; its egress
+/// program makes the translation, as on the kernel's path. Some: sent; None: the rest
+/// of the NAT program and the kernel's path (a hairpin's port map, say, on the device's
+/// own address, which the lookup finds local).
+#[inline(always)]
+pub fn new_to_uplink(ctx: &TcContext, flow: &Flow) -> Option<i32> {
+    let (s, out, _) = uplink_hop(ctx, flow)?;
+    hop_ttl(ctx).ok()?;
+    Some(to_next_hop(s, out))
+}
+
+/// The uplink that a packet arriving from an NI at the agent-side veth leaves by, when
+/// the fast path may send it there: the scratch holding the FIB's answer, the uplink's
+/// ifindex and its translation's address. None: the NI has no fast path, the packet came
+/// in by another interface, the FIB sends it elsewhere (or nowhere yet), or that
+/// interface does not translate the NI's packets.
+#[inline(always)]
+fn uplink_hop(ctx: &TcContext, flow: &Flow) -> Option<(*mut FibScratch, u32, Ipv4)> {
+    let fz = enabled(veth_zone(flow.src))?;
+    if ifindex(ctx) != fz.agent_veth_ifindex {
+        return None;
+    }
+    let s = lookup(ctx, fz.agent_veth_ifindex, flow, fz.uplink_table)?;
+    let out = unsafe { (*s).fib.ifindex };
+    let nif = unsafe { NAT_IFACES.get(IfaceKey { zone: DOMAIN_AGENT, ifindex: out }) }.filter(|nif| nif.snat == 1)?;
+    Some((s, out, nif.snat_ip))
+}
+
+/// Out of interface `out` to the FIB's next hop in the scratch (`bpf_redirect_neigh`:
+/// the neighbour layer writes the MACs, resolving the next hop where it must).
+#[inline(always)]
+fn to_next_hop(s: *mut FibScratch, out: u32) -> i32 {
     unsafe {
         (*s).nh.family = AF_INET as u32;
         (*s).nh.addr = (*s).fib.dst;

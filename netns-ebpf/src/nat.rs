@@ -109,10 +109,17 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         }
         return action;
     }
-    if let Some(v) = entry.filter(|_| !egress && zone == DOMAIN_AGENT) {
-        if fast_path::leaves_translated(unsafe { &*v }, &flow) {
+    if !egress && zone == DOMAIN_AGENT {
+        match entry {
             // Leaving an NI for the uplink that translates it.
-            return fast::to_uplink(ctx, &key, v, &flow);
+            Some(v) if fast_path::leaves_translated(unsafe { &*v }, &flow) => return fast::to_uplink(ctx, &key, v, &flow),
+            // A new flow leaving an NI: for the uplink's egress to translate.
+            None if fast_path::leaves_untranslated(&flow) => {
+                if let Some(action) = fast::new_to_uplink(ctx, &flow) {
+                    return action;
+                }
+            }
+            _ => {}
         }
     }
     if flow.frag == FRAG_LATER {

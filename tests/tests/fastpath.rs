@@ -1,9 +1,9 @@
-//! The redirect fast path: the established flows of a local NI skip the NI's bridge and
-//! the routing of the NI's and the agent's netns (the programs redirect them), and
-//! nothing visible changes: the same bytes arrive, the flow records count them. What
-//! must take the kernel's path does: a flow's first packets, hairpin port maps, every
-//! flow once `[agent] fast_path = false` is applied (and again when it is set back);
-//! switch and VPN NIs in their own tests.
+//! The redirect fast path: the allowed flows of a local NI, from their first packet, skip
+//! the NI's bridge and the routing of the NI's and the agent's netns (the programs
+//! redirect them), and nothing visible changes: the same bytes arrive, the flow records
+//! count them. What must take the kernel's path does: hairpin port maps, packets whose
+//! neighbour is not resolved yet, every flow once `[agent] fast_path = false` is applied
+//! (and again when it is set back); switch and VPN NIs in their own tests.
 
 use std::time::Duration;
 
@@ -128,8 +128,9 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
          bridge rx {rx}, NI veth tx {tx}, app1's port tx {port_tx}",
         f.packets_orig, f.packets_reply
     );
-    // Every packet but the first few (before the reply, and the neighbours resolved by
-    // the kernel's path) took the fast path, each hop of it, both ways.
+    // Every packet but the first few (the neighbours resolved by the kernel's path; the
+    // first, before the translations were made, not translated before the egresses)
+    // took the fast path, each hop of it, both ways.
     for (fast, packets, what) in [
         (from_app, f.packets_orig, "from app"),
         (past_ni_veth, f.packets_orig, "past the NI veth"),
@@ -173,6 +174,33 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let f = echo_to_inet(&s);
     let [from_app, _, _, _, _, to_app, _] = since(before, fast_counters(&s));
     assert!(from_app + 4 >= f.packets_orig && to_app + 4 >= f.packets_reply, "fast path back on: {from_app}, {to_app} of {f:#?}");
+}
+
+/// A new flow takes the fast path from its first packet: the SYN too skips the bridge
+/// and both routings; it goes to the NI veth's egress and leaves the agent's netns
+/// untranslated, for the NAT programs there to make the flow's translations (as on the
+/// kernel's path); its later packets are translated before those egresses.
+#[test]
+fn a_new_flow_takes_the_fast_path_from_its_first_packet() {
+    let s = scenario();
+    // One flow first: the neighbours on the way resolved (a lookup that finds one not
+    // resolved leaves the packet to the kernel's path, which resolves it).
+    echo_to_inet(&s);
+    let (before, rx, tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"));
+    let f = echo_to_inet(&s);
+    let [from_app, past_ni_veth, to_uplink, snat_done, ..] = since(before, fast_counters(&s));
+    let (rx, tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx);
+    println!(
+        "a new flow of {} packets out: fast {from_app}/{past_ni_veth}/{to_uplink}/{snat_done}; bridge rx {rx}, NI veth tx {tx}",
+        f.packets_orig
+    );
+    assert_eq!(from_app, f.packets_orig, "every packet of the flow went past the bridge and the NI's routing, the SYN too");
+    assert_eq!(to_uplink, f.packets_orig, "every packet of the flow went past the agent's routing, the SYN too");
+    assert_eq!(past_ni_veth, f.packets_orig - 1, "all but the SYN were translated at the app's port");
+    assert_eq!(snat_done, f.packets_orig - 1, "all but the SYN were translated before the uplink's egress");
+    assert!(rx <= 2, "the bridge passed {rx} packets up to the NI's routing (an ARP at most)");
+    assert!((1..=3).contains(&tx), "the SYN went to the NI veth's egress (and perhaps an ARP): it sent {tx}");
+    assert!(f.translated.len() == 2 && f.translated[1].starts_with("192.168.0.2:"), "both translations made: {f:#?}");
 }
 
 /// Turns off transmit checksum offload on the one interface of netns `ns` (SIOCETHTOOL,
