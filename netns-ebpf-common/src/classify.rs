@@ -4,10 +4,10 @@
 //! The agent compiles an ACL ([`compile`]) into bitmaps over its ACEs, in chunks of
 //! [`CHUNK_ACES`]: for the chunk and a value of a field (the remote address and the
 //! remote port, by the range that holds them: [`range`]; the protocol, with whether the
-//! remote is in the eidset), the ACEs of the chunk that the value satisfies. A flow's candidates in a chunk are the AND
-//! of its three bitmaps, and the first set bit of the first chunk that has one is the
-//! first deciding ACE: a few lookups per 512 ACEs, the same for an ACE at position 1 or
-//! 10,000. Two kinds of ACE are not in the bitmaps: port maps (they never decide an app's
+//! remote is in the eidset), the ACEs of the chunk that the value satisfies. A flow's
+//! candidates in a chunk are the AND of its three bitmaps, and the first set bit of the
+//! first chunk that has one is the first deciding ACE: a few lookups per 512 ACEs, the
+//! same for an ACE at position 1 or 10,000. Two kinds of ACE are not in the bitmaps: port maps (they never decide an app's
 //! own flows) and host ACEs, whose match is a DNS answer for this app: the host set's
 //! mask names those that resolved to the remote (by ordinal, at most [`MAX_HOST_ACES`]),
 //! checked one by one after the bitmaps, and only those before the bitmaps' answer.
@@ -40,11 +40,11 @@ pub const PROTO_ANY: u16 = 256;
 /// ([`MAX_LIVE_ACES`]), so that any ACL can be written beside the one it replaces.
 pub const ACES_MAX_ENTRIES: u32 = 131_072;
 pub const MAX_LIVE_ACES: u32 = ACES_MAX_ENTRIES / 2;
-/// ACEs per entry of ACE_V2 (`AceGroup`): a map entry costs the agent's write and
+/// ACEs per entry of ACE_V3 (`AceGroup`): a map entry costs the agent's write and
 /// removal far more than its bytes do, and a swap of 10,000 ACEs wrote and removed one
 /// per ACE.
 pub const ACES_PER_GROUP: usize = 16;
-/// ACE_V2's entries: every live ACE and the ACL replacing it, grouped, plus each port's
+/// ACE_V3's entries: every live ACE and the ACL replacing it, grouped, plus each port's
 /// two ACLs' last, partly used groups.
 pub const ACE_GROUPS_MAX_ENTRIES: u32 = ACES_MAX_ENTRIES / ACES_PER_GROUP as u32 + SHAPES_MAX_ENTRIES;
 /// Protocol bitmap entries: per chunk at most one per ACE and one for the rest, twice

@@ -73,8 +73,9 @@ pub mod map_names {
     /// ifindex -> zone of every interface that carries the programs.
     pub const IF_ZONES: &str = "IFZONE_V1";
     /// An ACL's compiled form (`classify`), keyed by ACL id. All at a new version when
-    /// one changes: an agent that finds the last ones writes every ACL anew, and no id
-    /// of theirs may meet an entry left under the same id.
+    /// one changes: an agent that finds none of its ACLs there writes every port's ACL
+    /// anew (under ids above those the ports' entries name), and no entry an older
+    /// agent left under an id can mix with a new ACL's.
     pub const ACL_SHAPES: &str = "ACLSHAPE_V2";
     pub const ACL_RANGES: &str = "ACLRANGE_V1";
     pub const ACL_PROTO: &str = "ACLPROTO_V2";

@@ -281,8 +281,8 @@ fn apply_times(agent_bin: &Path, config: &Path, mut agent: std::process::Child) 
         ("one NI added", (base.clone(), ni2)),
     ];
     let swaps = [64, 1000, 10_000].map(|aces| (format!("{aces} ACEs replaced (ACL swap)"), replaced(aces)));
-    // The same largest swap with every drop ACE on an address of its own (an LPM trie
-    // entry each, where the rows above share one address).
+    // The same largest swap with every drop ACE on an address of its own (two ranges of
+    // the address table each, where the rows above share one address).
     let host = |i: u32| format!("10.200.{}.{}/32", i / 250, i % 250 + 1);
     let distinct = (
         format!("{SWAP_ACES} ACEs on as many addresses replaced (ACL swap)"),

@@ -8,8 +8,8 @@
 //! node, a free), which took a swap over 30 ms. As ranges it is a few hundred pages.
 //!
 //! A table is one page when its ranges fit ([`RANGE_LEAF`]); else a root page whose
-//! keys are the first values of its leaf pages, and the leaves (two levels hold 48 x 48
-//! ranges; a chunk of 512 ACEs makes at most 1,025).
+//! keys are the first values of its leaf pages, and the leaves (two levels hold 64 x 48
+//! ranges; a chunk of 512 ACEs makes at most 1,025: 22 leaves).
 
 use super::{AclMaps, Bits};
 
