@@ -24,7 +24,8 @@ pub struct AclStore {
     /// The four maps again, for batched writes and removals: an ACL's entries in one
     /// system call per map.
     batched: [BatchMap; 4],
-    /// The next id to hand out: above every id in the maps when they were opened.
+    /// The next id to hand out: above every id in the maps when they were opened, and
+    /// every id the ports' entries name (`skip_ids_through`).
     next_id: u32,
 }
 
