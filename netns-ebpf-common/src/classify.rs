@@ -74,6 +74,11 @@ impl Bits {
     pub fn set(&mut self, i: usize) {
         self.words[i / 64] |= 1 << (i % 64);
     }
+
+    /// Unmarks ACE `i` of the chunk.
+    pub fn clear(&mut self, i: usize) {
+        self.words[i / 64] &= !(1 << (i % 64));
+    }
 }
 
 /// The protocol's bitmap (`PROTO_ANY`: for a protocol no ACE of the chunk names), for a

@@ -93,11 +93,13 @@ pub fn leaves_translated(v: &NatValue, flow: &Flow) -> bool {
 }
 
 /// At the agent-side veth's ingress: a packet with no translation in the agent's domain
-/// yet (a new flow's first packet from the NI) may go to the uplink whose egress program
-/// makes it, past the agent's routing, unless the kernel relates or reassembles it.
+/// yet may go to the uplink whose egress program makes it, past the agent's routing,
+/// when it comes from an NI (its source the NI's end of its veth: a new flow's first
+/// packet, translated at the NI veth; not an outside one at an uplink's ingress, which
+/// is told so here without a map lookup) and the kernel need not relate or reassemble it.
 #[inline(always)]
 pub fn leaves_untranslated(flow: &Flow) -> bool {
-    !flow.related && flow.frag == FRAG_NONE
+    ni_end_zone(flow.src).is_some() && !flow.related && flow.frag == FRAG_NONE
 }
 
 /// At an ingress that just translated the packet back: a reply to a source translation
@@ -164,9 +166,11 @@ mod tests {
         assert!(!app_packet_may_skip(&veth, false), "to an agent-side veth address");
         assert!(!app_packet_may_skip(&Flow { related: true, ..flow() }, false), "ICMP error");
         assert!(!app_packet_may_skip(&Flow { frag: FRAG_FIRST, ..flow() }, false), "fragment");
-        assert!(leaves_untranslated(&flow()));
-        assert!(!leaves_untranslated(&Flow { related: true, ..flow() }), "ICMP error");
-        assert!(!leaves_untranslated(&Flow { frag: FRAG_FIRST, ..flow() }), "fragment");
+        let from_ni = Flow { src: [169, 254, 100, 2], ..flow() };
+        assert!(leaves_untranslated(&from_ni));
+        assert!(!leaves_untranslated(&flow()), "from outside (an uplink's ingress)");
+        assert!(!leaves_untranslated(&Flow { related: true, ..from_ni }), "ICMP error");
+        assert!(!leaves_untranslated(&Flow { frag: FRAG_FIRST, ..from_ni }), "fragment");
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Loaded {
         let mut maps = Maps::open(&pin_dir).unwrap();
         let key = IfaceKey { zone: ni.zone(), ifindex: LOOPBACK };
         // As the agent publishes a port: its ACL under an id of its own, then the entry.
-        let acl_id = maps.acls.write(&port.acl).unwrap();
+        let acl_id = maps.write_acl(&port.acl).unwrap();
         let info = reconcile::port_iface_info(ni, &port, acl_id);
         maps.set_port(key, info).unwrap();
         maps.ensure_port_counters(key).unwrap();
@@ -222,7 +222,7 @@ fn ten_thousand_aces_decide_by_position_and_swap_whole() {
             Ace { id: at + 1, matches: target, prefix: [10, 9, 0, 0], prefix_len: 16, proto: PROTO_TCP, fport: 443, ..Ace::default() };
         aces[2500] = Ace { id: 2501, matches: acl::MATCH_HOST, action: acl::ACTION_DROP, ..Ace::default() };
         let live = l.maps.port(key).unwrap();
-        let acl_id = l.maps.acls.write(&aces).unwrap();
+        let acl_id = l.maps.write_acl(&aces).unwrap();
         l.maps.set_port(key, IfaceInfo { acl_id, ..live }).unwrap();
         l.maps.acls.remove(live.acl_id);
         assert!(l.maps.acls.shape(live.acl_id).is_none(), "the replaced ACL is gone");

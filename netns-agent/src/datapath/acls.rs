@@ -24,15 +24,15 @@ pub struct AclStore {
     /// The four maps again, for batched writes and removals: an ACL's entries in one
     /// system call per map.
     batched: [BatchMap; 4],
-    /// The next id to hand out: above every id in the maps when they were opened, and
-    /// every id the ports' entries name (`skip_ids_through`).
-    next_id: u32,
+    /// The next id to hand out, found at the first write (the status and the metrics open
+    /// the maps too, and write none): above every id in the maps and every id the ports'
+    /// entries name.
+    next_id: Option<u32>,
 }
 
 impl AclStore {
     pub fn open(pin_dir: &std::path::Path) -> Result<AclStore> {
         let shapes: HashMap<MapData, u32, AclShape> = open_map(pin_dir, map_names::ACL_SHAPES)?.try_into()?;
-        let next_id = shapes.keys().flatten().max().map_or(1, |id| id + 1);
         Ok(AclStore {
             shapes,
             ranges: open_map(pin_dir, map_names::ACL_RANGES)?.try_into()?,
@@ -45,21 +45,21 @@ impl AclStore {
                 BatchMap::open(pin_dir, map_names::ACES)?,
                 BatchMap::open(pin_dir, map_names::ACL_HOSTS)?,
             ],
-            next_id,
+            next_id: None,
         })
     }
 
-    /// Hands out no id up to `id`: ids the ports' entries name (and the flows decided
-    /// under them) stay theirs, even where an agent of another map version wrote them.
-    pub fn skip_ids_through(&mut self, id: u32) {
-        self.next_id = self.next_id.max(id.saturating_add(1));
-    }
-
     /// Writes `aces` under a new id (returned), the shape last: until the port's entry
-    /// names the id, no program reads it. On an error nothing of it stays.
-    pub fn write(&mut self, aces: &[Ace]) -> Result<u32> {
-        let id = self.next_id;
-        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+    /// names the id, no program reads it. On an error nothing of it stays. `named`: the
+    /// highest id the ports' entries name (asked at the first write), which with those
+    /// below stays theirs (and the flows' decided under them), even where an agent of
+    /// another map version wrote them.
+    pub fn write(&mut self, aces: &[Ace], named: impl FnOnce() -> u32) -> Result<u32> {
+        let id = match self.next_id {
+            Some(id) => id,
+            None => self.shapes.keys().flatten().chain([named()]).max().unwrap_or(0).checked_add(1).unwrap_or(1),
+        };
+        self.next_id = Some(id.checked_add(1).unwrap_or(1));
         let compiled = classify::compile(id, aces);
         if let Err(e) = self.insert(id, &compiled) {
             self.remove_compiled(id, &compiled);

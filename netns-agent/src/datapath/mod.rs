@@ -29,6 +29,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netns_ebpf_common::{
+    acl::Ace,
     ct::{CtKey, CtValue, CT_MAX_ENTRIES},
     fast::FastZone,
     limit::{Bucket, LimitKey},
@@ -456,7 +457,7 @@ fn open_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
 
 impl Maps {
     pub fn open(pin_dir: &Path) -> Result<Maps> {
-        let mut maps = Maps {
+        Ok(Maps {
             ct: open_map(pin_dir, map_names::CONNTRACK)?.try_into()?,
             drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
             zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
@@ -479,10 +480,13 @@ impl Maps {
             device: open_map(pin_dir, map_names::DEVICE)?.try_into()?,
             hosts: HostSets::open(pin_dir)?,
             removed_flows: Vec::new(),
-        };
-        let named = maps.ifaces.iter().flatten().flat_map(|(_, info)| [info.acl_id, info.prev_acl_id]).max();
-        maps.acls.skip_ids_through(named.unwrap_or(0));
-        Ok(maps)
+        })
+    }
+
+    /// Writes `aces` as a new ACL (`AclStore::write`) under an id no port's entry names.
+    pub fn write_acl(&mut self, aces: &[Ace]) -> Result<u32> {
+        let ifaces = &self.ifaces;
+        self.acls.write(aces, || ifaces.iter().flatten().flat_map(|(_, info)| [info.acl_id, info.prev_acl_id]).max().unwrap_or(0))
     }
 
     /// Marks `addr` as the device's own: apps' new flows to it are dropped unless a port

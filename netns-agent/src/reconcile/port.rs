@@ -216,7 +216,7 @@ fn port_acl(maps: &mut Maps, p: &PortPlan, published: Option<&IfaceInfo>, before
                 }
                 _ => 0,
             };
-            Ok(PortAcl { id: maps.acls.write(&p.acl)?, written: true, replaces: live.map(|l| l.acl_id), kept_aces })
+            Ok(PortAcl { id: maps.write_acl(&p.acl)?, written: true, replaces: live.map(|l| l.acl_id), kept_aces })
         }
     }
 }

@@ -120,7 +120,7 @@ mod build {
         for (at, (ins, outs)) in edges.range(..=u32::MAX as u64) {
             // An ACE has one span, and is in `any` only if it has none.
             for ace in outs {
-                live.words[ace / 64] &= !(1 << (ace % 64));
+                live.clear(*ace);
             }
             for ace in ins {
                 live.set(*ace);
