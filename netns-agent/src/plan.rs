@@ -154,6 +154,11 @@ impl NiPlan {
         self.index
     }
 
+    /// The bridge's MAC (`config::bridge_mac`): the agent sets it, the ports never move it.
+    pub fn bridge_mac(&self) -> [u8; 6] {
+        crate::config::bridge_mac(self.index)
+    }
+
     /// The NI veth's NI end's ifindex (see `netns_ebpf_common::chosen_ifindex`).
     pub fn ni_veth_ifindex(&self) -> u32 {
         chosen_ifindex(self.zone(), SLOT_NI_END)

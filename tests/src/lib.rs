@@ -413,10 +413,22 @@ impl Scenario {
     /// whose packets a test counts, however slow the machine.
     pub fn pin_neighbour(&self, ns: &str, ip: &str) {
         let out = String::from_utf8(self.exec(ns, &["ip", "neigh", "show", "to", ip]).stdout).unwrap();
-        let words: Vec<&str> = out.split_whitespace().collect();
-        let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
-        let (Some(dev), Some(mac)) = (field("dev"), field("lladdr")) else { panic!("no neighbour entry of {ip} in {ns}: {out}") };
+        let (Some(dev), Some(mac)) = (word_after(&out, "dev"), word_after(&out, "lladdr")) else {
+            panic!("no neighbour entry of {ip} in {ns}: {out}")
+        };
         assert!(self.exec(ns, &["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"]).status.success());
+    }
+
+    /// The MAC `ns`'s neighbour entry of `ip` holds; None without one.
+    pub fn neighbour_mac(&self, ns: &str, ip: &str) -> Option<String> {
+        let out = String::from_utf8(self.exec(ns, &["ip", "neigh", "show", "to", ip]).stdout).unwrap();
+        word_after(&out, "lladdr").map(String::from)
+    }
+
+    /// The MAC of link `dev` in `ns`.
+    pub fn link_mac(&self, ns: &str, dev: &str) -> String {
+        let out = String::from_utf8(self.exec(ns, &["ip", "-o", "link", "show", dev]).stdout).unwrap();
+        word_after(&out, "link/ether").unwrap_or_else(|| panic!("no MAC of {dev} in {ns}: {out}")).to_string()
     }
 
     /// `netns-agent dns-log --json`, parsed.
@@ -577,6 +589,13 @@ pub use netns_world::{CLOUD_LAN_IP, SWITCH_UPLINK};
 
 /// The "internet" host of a scenario with uplinks.
 pub const INET_IP: &str = netns_world::INTERNET_IP;
+
+/// In `ip`'s output: the word after `name` ("lladdr" -> the MAC).
+fn word_after<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let mut words = text.split_whitespace();
+    words.by_ref().find(|w| *w == name)?;
+    words.next()
+}
 
 /// `d` stretched by NETNS_TEST_TIME_SCALE (default 1): the VM run emulates every
 /// instruction (TCG), so its waits need to be longer; never a shortcut for a flaky wait.

@@ -23,8 +23,8 @@ use netns_ebpf_common::{
 };
 
 use super::{
-    default_nat_ports, file, parse_mac, Ace, Action, AgentSettings, App, Config, Interface, Match, NetnsLookup, Network, NetworkKind,
-    Uplink, Vpn, MAX_NI_INDEX,
+    bridge_mac, default_nat_ports, file, parse_mac, Ace, Action, AgentSettings, App, Config, Interface, Match, NetnsLookup, Network,
+    NetworkKind, Uplink, Vpn, MAX_NI_INDEX,
 };
 use crate::pool;
 
@@ -389,6 +389,14 @@ fn interface<'c>(
     }
     // The default MAC says where the port is: 02:16:3e:<NI index>:<app>:<k>.
     let index = network.map(|n| n.index).unwrap_or(0);
+    if let (Some(configured), Some(n)) = (&i.mac, network) {
+        if mac == Some(bridge_mac(n.index)) {
+            err(
+                configured.span(),
+                format!("app.interface.mac {:?} of {name:?} is the MAC of {net_name:?}'s bridge (its gateway's)", configured.get_ref()),
+            );
+        }
+    }
     Interface {
         network: net_name.to_string(),
         // No address only with an error reported (unknown network, empty pool): the

@@ -24,6 +24,14 @@ pub const DEFAULT_STATE_DIR: &str = "/run/netns-agent";
 /// the /24.
 pub const MAX_NI_INDEX: u32 = 63;
 
+/// The MAC of NI `index`'s bridge (its gateway's): 02:16:3e:<index>:00:00, beside its
+/// apps' default MACs 02:16:3e:<index>:<app>:<k> (app numbers start at 1). Set by the
+/// agent: a bridge left to the kernel takes the lowest of its ports' MACs, so adding or
+/// removing an app would move the gateway's MAC under the other apps' ARP caches.
+pub const fn bridge_mac(index: u32) -> [u8; 6] {
+    [0x02, 0x16, 0x3e, index as u8, 0, 0]
+}
+
 /// A config that passed every check, as the rest of the agent sees it: required keys
 /// present, defaults filled in (NI index, app number, addresses, MACs), references
 /// resolved. `plan::build` turns it into kernel objects.
@@ -312,6 +320,11 @@ pub fn parse(file: &str, text: &str, netns: &dyn NetnsLookup) -> Result<Config, 
     }
 }
 
+/// Bytes -> "02:16:3e:00:00:01" (`parse_mac`'s inverse).
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// "02:16:3e:00:00:01" -> bytes.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2)).collect::<Option<_>>()?;
@@ -593,6 +606,9 @@ ip = "10.10.1.2"
         assert_eq!((second.ip, second.ip_configured), (Ipv4Addr::new(10, 10, 1, 3), false));
         assert_eq!((second.mac, second.mac_configured), ([0x02, 0x16, 0x3e, 2, 1, 2], false));
         assert_eq!(c.apps[1].interfaces[0].mac, [2, 0, 0, 0, 0, 9]);
+        // An app may not take its gateway's MAC (the bridge's, set by the agent).
+        let e = parse_err(&text.replace("mac = \"02:00:00:00:00:09\"", "mac = \"02:16:3e:02:00:00\""));
+        assert!(e.contains("app.interface.mac \"02:16:3e:02:00:00\" of \"app2\" is the MAC of \"ni2\"'s bridge"), "{e}");
         assert_eq!(c.apps[0].interfaces[0].acl[1].matches.host.as_deref(), Some("github.com"));
         // A pool with no room left is refused at the network's line.
         let full = text.replace(

@@ -396,16 +396,14 @@ impl Applier {
     }
 
     /// Writes where NI `ni`'s fast path leads, or that it has none (its kind, no uplink,
-    /// `[agent] fast_path = false`). Last in an NI's apply: the bridge's MAC (the lowest
-    /// of its ports', as the agent sets none) follows the ports just added or removed.
+    /// `[agent] fast_path = false`).
     async fn ensure_fast_path<K: NiDriver>(&mut self, kind: &K, plan: &Plan, ni: &NiPlan, nl: &Netlink) -> Result<()> {
         let fast = match ni.routed_uplink().filter(|_| plan.fast_path && kind.fast_path()) {
             Some(uplink) => {
                 let mut into_ni_macs = [0u8; 12];
                 into_ni_macs[..6].copy_from_slice(&nl.link_index_and_mac(&ni.ni_veth).await?.1);
                 into_ni_macs[6..].copy_from_slice(&self.agent.link_index_and_mac(&ni.agent_veth).await?.1);
-                let (bridge_ifindex, bridge_mac) =
-                    nl.link_index_and_mac(BRIDGE).await.with_context(|| format!("{}: the bridge", ni.name))?;
+                let bridge_ifindex = nl.link_index(BRIDGE).await?.with_context(|| format!("{}: no bridge", ni.name))?;
                 FastZone {
                     enabled: 1,
                     bridge_ifindex,
@@ -413,7 +411,7 @@ impl Applier {
                     agent_veth_ifindex: ni.agent_veth_ifindex(),
                     uplink_table: if datapath::fib_lookup_by_table() { plan.uplink(uplink)?.table } else { 0 },
                     into_ni_macs,
-                    bridge_mac,
+                    bridge_mac: ni.bridge_mac(),
                     _pad: [0; 2],
                 }
             }

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::{programs, uplink, Applier, ApplyOutcome};
 use crate::{
+    config::mac_string,
     datapath,
     netlink::{Netlink, Rule},
     netns::{self, Netns},
@@ -70,10 +71,26 @@ async fn ensure_base(ni: &NiPlan) -> Result<(Netns, Netlink)> {
     let ns = if netns::exists(&ni.name) { Netns::open(&netns::resolve(&ni.name))? } else { netns::create_named(&ni.name)? };
     let nl = Netlink::open(&ns)?;
     nl.set_up("lo").await?;
-    match nl.link_index(BRIDGE).await? {
-        // Made without IGMP snooping; one of an earlier agent is set so (`set_snooping_off`).
-        None => drop(nl.create_bridge(BRIDGE).await?),
-        Some(_) => nl.set_snooping_off(BRIDGE).await?,
+    if nl.link_index(BRIDGE).await?.is_none() {
+        // Made without IGMP snooping, and with its MAC set (`NiPlan::bridge_mac`).
+        nl.create_bridge(BRIDGE, ni.bridge_mac()).await?;
+        return Ok((ns, nl));
+    }
+    // One of an earlier agent: IGMP snooping turned off, and the MAC set if the kernel
+    // chose it (the lowest of the ports' then).
+    nl.set_snooping_off(BRIDGE).await?;
+    let (_, mac) = nl.link_index_and_mac(BRIDGE).await?;
+    if mac != ni.bridge_mac() {
+        // The apps' ARP caches hold the old MAC: the kernel announces the new one by a
+        // gratuitous ARP from the gateway's address when it changes.
+        netns::write_sysctl(&ns, &format!("net/ipv4/conf/{BRIDGE}/arp_notify"), "1")?;
+        nl.set_mac(BRIDGE, ni.bridge_mac()).await?;
+        info!(
+            "{}: the bridge's MAC set to {} (was {}, the kernel's pick), announced to the apps",
+            ni.name,
+            mac_string(&ni.bridge_mac()),
+            mac_string(&mac)
+        );
     }
     Ok((ns, nl))
 }

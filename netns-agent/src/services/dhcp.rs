@@ -19,6 +19,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::supervise::{Life, Supervised};
+use crate::config::mac_string;
 use crate::{netns::Netns, state::StateDir};
 
 #[derive(Debug, Clone)]
@@ -37,10 +38,6 @@ pub struct NiDhcpConfig {
     pub range: Option<(Ipv4Addr, Ipv4Addr)>,
     pub leases: Vec<Lease>,
     pub state_dir: PathBuf,
-}
-
-pub fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// The dnsmasq configuration of an NI.
