@@ -536,3 +536,53 @@ fn a_vm_tap_is_bridged_under_its_acl() {
     assert!(flows.iter().any(|f| f.src == "10.10.1.5" && f.dst == "10.10.1.2" && f.mark == "0x03bfffff"), "{flows:#?}");
     assert!(flows.iter().any(|f| f.src == "10.10.1.5" && f.proto == "icmp" && f.mark == "0x03400001"));
 }
+
+/// vm4's tap on NI1 (zone 1) was made by its "hypervisor" with an ifindex from the range
+/// the agent gives its own interfaces, where it names zone 2 (the programs read a zone
+/// from such an ifindex, not from a map). The agent refuses that port with an error that
+/// says so, applies the rest, and the refused port passes nothing: it stays down (a port
+/// is set up only once its programs are attached), the VM side's ARP and ping to the
+/// gateway get no answer and the bridge receives none of its frames.
+#[test]
+fn a_tap_with_an_ifindex_from_the_agents_range_is_refused_and_passes_nothing() {
+    let config = VM.replace("[[app]]\nname = \"vm3\"\nnum = 3", "[[app]]\nname = \"vm4\"\nnum = 4").replace("vmtap3", "vmtap4")
+        + "\n[[network]]\nname = \"@ni2\"\nkind = \"local\"\nindex = 2\nsubnet = \"10.10.2.0/24\"\ngateway = \"10.10.2.1\"\n";
+    let mut s = Scenario::new(&["ni1", "ni2"], &["app1"], &config);
+    let (zedbox, ni1) = (s.zedbox.clone(), s.ni("ni1").to_string());
+    let ifindex = netns_ebpf_common::chosen_ifindex(2, 0x7777);
+    assert_eq!(netns_ebpf_common::chosen_ifindex_zone(ifindex), Some(2));
+    let made = s.exec(&zedbox, &["ip", "link", "add", "vmtap4", "index", &ifindex.to_string(), "type", "veth", "peer", "name", "vmside4"]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(s.exec(&zedbox, &["ip", "link", "set", "vmside4", "up"]).status.success());
+    s.start_agent();
+
+    let ni = s.network_status(&ni1).expect("NI1's status");
+    let port = ni.ports.iter().find(|p| p.app == "vm4").expect("vm4's port");
+    let error = port.error.clone().unwrap_or_default();
+    assert!(error.contains("lies in the range the agent gives its own interfaces, where it names zone 2"), "{port:?}");
+    assert!(ni.ports.iter().filter(|p| p.app != "vm4").all(|p| p.error.is_none()), "the other ports applied: {:?}", ni.ports);
+    assert!(s.dns_a(s.app("app1"), "10.10.1.1", "app1").is_some(), "app1 is served");
+    let tap = String::from_utf8_lossy(&s.exec(&ni1, &["ip", "-o", "link", "show", "vmtap4"]).stdout).into_owned();
+    assert!(tap.contains("master br"), "the tap is on the bridge: {tap}");
+
+    // The VM side: ARP for the gateway and ping it, from the tap's peer.
+    // (Debian's python3: scapy is its package.)
+    let answered = s.exec(
+        &zedbox,
+        &["/usr/bin/python3", "-c", "import sys\nfrom scapy.all import ARP, ICMP, IP, Ether, srp1\n\
+         mac, ip = '02:00:00:00:00:05', '10.10.1.5'\n\
+         a = srp1(Ether(src=mac, dst='ff:ff:ff:ff:ff:ff') / ARP(op=1, hwsrc=mac, psrc=ip, pdst='10.10.1.1'), iface='vmside4', timeout=2, verbose=0)\n\
+         p = srp1(Ether(src=mac, dst='02:16:3e:01:00:00') / IP(src=ip, dst='10.10.1.1') / ICMP(), iface='vmside4', timeout=2, verbose=0)\n\
+         print(int(a is not None), int(p is not None))"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&answered.stdout).trim(),
+        "0 0",
+        "ARP, ping answered: {}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&s.exec(&ni1, &["ip", "-j", "-s", "link", "show", "vmtap4"]).stdout).expect("ip -j");
+    assert_eq!(stats[0]["stats64"]["rx"]["packets"], 0, "the bridge received none of the VM side's frames: {stats}");
+    // (It is down: never set up, as a port is only after its programs are attached.)
+    assert!(!stats[0]["flags"].as_array().expect("flags").iter().any(|f| f == "UP"), "the refused port is down: {stats}");
+}
