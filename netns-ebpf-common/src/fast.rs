@@ -45,7 +45,8 @@ pub struct FastZone {
     /// end's MAC (destination), then the agent end's (source), as they stand in the
     /// header.
     pub into_ni_macs: [u8; 12],
-    /// The NI bridge's MAC: the source the NI's routing gives a packet to an app.
+    /// The NI bridge's MAC (the agent sets it): the source the NI's routing gives a
+    /// packet to an app, and the destination of an app's frames that the NI routes.
     pub bridge_mac: [u8; 6],
     pub _pad: [u8; 2],
 }

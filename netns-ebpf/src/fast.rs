@@ -100,6 +100,9 @@ const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
 pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> Option<NonZeroU32> {
     let ctx = TcContext::new(skb);
     let fz = enabled(zone)?;
+    if !to_bridge(&ctx, &fz.bridge_mac) {
+        return None;
+    }
     let to_device = unsafe { DEVICE.get(&flow.dst) }.is_some();
     if !fast::app_packet_may_skip(flow, to_device) {
         return None;
@@ -109,6 +112,26 @@ pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> Option<NonZeroU3
         return None;
     }
     NonZeroU32::new(fz.ni_veth_ifindex)
+}
+
+/// Whether the frame is addressed to the bridge (the gateway's MAC, which the agent sets):
+/// on the kernel's path only those go up to the NI's routing; a frame for any other MAC
+/// is bridged (or flooded) by it, whatever its IP destination, and so takes that path.
+/// Read in place (direct packet access: no stack, which `from_app`'s caller has little
+/// of on 6.1), byte by byte (an array compare would call `bcmp`).
+#[inline(always)]
+fn to_bridge(ctx: &TcContext, bridge_mac: &[u8; 6]) -> bool {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 6 > end {
+        return false;
+    }
+    let dst = unsafe { core::ptr::read_unaligned(start as *const [u8; 6]) };
+    dst[0] == bridge_mac[0]
+        && dst[1] == bridge_mac[1]
+        && dst[2] == bridge_mac[2]
+        && dst[3] == bridge_mac[3]
+        && dst[4] == bridge_mac[4]
+        && dst[5] == bridge_mac[5]
 }
 
 /// Sends a packet `from_app` let past the NI's routing on: when its translation at the

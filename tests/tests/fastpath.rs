@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use netns_agent::flows::FlowRecord;
-use netns_tests::{fast_path_counters, metric, scaled, EchoResult, Scenario, INET_IP};
+use netns_tests::{fast_path_counters, metric, scaled, EchoResult, Scenario, COUNT_UDP, INET_IP};
 
 /// ni1 and ni2 on eth0; app2 (ni2) exposes its port 7 as eth0's 8007.
 const TWO_NIS: &str = r#"
@@ -201,6 +201,42 @@ fn a_new_flow_takes_the_fast_path_from_its_first_packet() {
     assert!(rx <= 2, "the bridge passed {rx} packets up to the NI's routing (an ARP at most)");
     assert!((1..=3).contains(&tx), "the SYN went to the NI veth's egress (and perhaps an ARP): it sent {tx}");
     assert!(f.translated.len() == 2 && f.translated[1].starts_with("192.168.0.2:"), "both translations made: {f:#?}");
+}
+
+/// On the kernel's path an app's frame goes up to the NI's routing only when it is for
+/// the gateway's MAC; for any other MAC the bridge forwards it (here it floods it: no
+/// port has that MAC), whatever its IP destination. The fast path routes the same frames
+/// only. app1 sends 10 datagrams of its allowed UDP flow to the internet host under the
+/// gateway's MAC and 10 under another MAC: the host gets the first 10 alone.
+#[test]
+fn an_apps_frames_for_another_mac_are_bridged_not_routed() {
+    let s = scenario();
+    let (app1, inet) = (s.app("app1").to_string(), s.inet.clone());
+    let secs = scaled(Duration::from_secs(4)).as_secs().to_string();
+    let mut receiver = std::process::Command::new("ip")
+        .args(["netns", "exec", &inet, "python3", "-c", COUNT_UDP, INET_IP, "7007", &secs])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // "ready\n": bound, counting.
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(receiver.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    // (Debian's python3: scapy is its package.)
+    let sent = s.exec(
+        &app1,
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "from scapy.all import Ether, IP, UDP, get_if_hwaddr, sendp\n\
+             mac = get_if_hwaddr('nbu1x1.1')\n\
+             for dst, sport in (('02:16:3e:01:00:00', 40001), ('02:00:00:00:00:99', 40002)):\n\
+             \x20   frame = Ether(src=mac, dst=dst) / IP(src='10.10.1.2', dst='10.99.0.10') / UDP(sport=sport, dport=7007) / b'x'\n\
+             \x20   sendp([frame] * 10, iface='nbu1x1.1', verbose=0)",
+        ],
+    );
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    let got: u64 = String::from_utf8_lossy(&receiver.wait_with_output().unwrap().stdout).trim().parse().unwrap();
+    assert_eq!(got, 10, "the internet host got the datagrams sent to the gateway's MAC, and none of the others");
 }
 
 /// Turns off transmit checksum offload on the one interface of netns `ns` (SIOCETHTOOL,
