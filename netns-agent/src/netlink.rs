@@ -130,15 +130,18 @@ impl Netlink {
         self.link_index(name).await?.ok_or_else(|| anyhow!(self.ctx(format!("no interface {name}"))))
     }
 
-    /// A bridge with MAC `mac`: set, so the kernel never replaces it by a port's.
-    pub async fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<u32> {
+    /// A bridge, with MAC `mac` when given: set, so the kernel never replaces it by a
+    /// port's (None: the kernel picks the lowest of its ports').
+    pub async fn create_bridge(&self, name: &str, mac: Option<[u8; 6]>) -> Result<u32> {
+        let mut link = LinkBridge::new(name);
+        if let Some(mac) = mac {
+            link = link.address(mac.to_vec());
+        }
         self.handle
             .link()
             // No IGMP snooping from the start (`set_snooping_off`): turning it off later
             // sends the apps a report of leaving the all-snoopers group.
-            .add(
-                LinkBridge::new(name).address(mac.to_vec()).set_info_data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(0)])).build(),
-            )
+            .add(link.set_info_data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(0)])).build())
             .execute()
             .await
             .with_context(|| self.ctx(format!("creating bridge {name}")))?;

@@ -154,7 +154,8 @@ impl NiPlan {
         self.index
     }
 
-    /// The bridge's MAC (`config::bridge_mac`): the agent sets it, the ports never move it.
+    /// The bridge's MAC (`config::bridge_mac`) where it is the apps' gateway (local and
+    /// VPN NIs): the agent sets it, the ports never move it.
     pub fn bridge_mac(&self) -> [u8; 6] {
         crate::config::bridge_mac(self.index)
     }

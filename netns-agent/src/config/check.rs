@@ -390,7 +390,7 @@ fn interface<'c>(
     // The default MAC says where the port is: 02:16:3e:<NI index>:<app>:<k>.
     let index = network.map(|n| n.index).unwrap_or(0);
     if let (Some(configured), Some(n)) = (&i.mac, network) {
-        if mac == Some(bridge_mac(n.index)) {
+        if n.kind != NetworkKind::Switch && mac == Some(bridge_mac(n.index)) {
             err(
                 configured.span(),
                 format!("app.interface.mac {:?} of {name:?} is the MAC of {net_name:?}'s bridge (its gateway's)", configured.get_ref()),

@@ -24,7 +24,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/netns-agent";
 /// the /24.
 pub const MAX_NI_INDEX: u32 = 63;
 
-/// The MAC of NI `index`'s bridge (its gateway's): 02:16:3e:<index>:00:00, beside its
+/// The MAC of NI `index`'s bridge (its gateway's; a switch NI's bridge is no gateway and
+/// keeps the kernel's pick): 02:16:3e:<index>:00:00, beside its
 /// apps' default MACs 02:16:3e:<index>:<app>:<k> (app numbers start at 1). Set by the
 /// agent: a bridge left to the kernel takes the lowest of its ports' MACs, so adding or
 /// removing an app would move the gateway's MAC under the other apps' ARP caches.

@@ -66,31 +66,29 @@ pub struct SwitchNi;
 /// A local NI whose remote selectors go through an IPsec tunnel (charon: `services`).
 pub struct VpnNi;
 
-/// The netns (made when missing), lo up and the bridge: what every kind has.
-async fn ensure_base(ni: &NiPlan) -> Result<(Netns, Netlink)> {
+/// The netns (made when missing), lo up and the bridge: what every kind has. `mac`: the
+/// bridge's MAC, for a bridge that is the apps' gateway (`NiPlan::bridge_mac`); None:
+/// the kernel's pick.
+async fn ensure_base(ni: &NiPlan, mac: Option<[u8; 6]>) -> Result<(Netns, Netlink)> {
     let ns = if netns::exists(&ni.name) { Netns::open(&netns::resolve(&ni.name))? } else { netns::create_named(&ni.name)? };
     let nl = Netlink::open(&ns)?;
     nl.set_up("lo").await?;
     if nl.link_index(BRIDGE).await?.is_none() {
-        // Made without IGMP snooping, and with its MAC set (`NiPlan::bridge_mac`).
-        nl.create_bridge(BRIDGE, ni.bridge_mac()).await?;
+        // Made without IGMP snooping, and with its MAC set when it has one.
+        nl.create_bridge(BRIDGE, mac).await?;
         return Ok((ns, nl));
     }
     // One of an earlier agent: IGMP snooping turned off, and the MAC set if the kernel
     // chose it (the lowest of the ports' then).
     nl.set_snooping_off(BRIDGE).await?;
-    let (_, mac) = nl.link_index_and_mac(BRIDGE).await?;
-    if mac != ni.bridge_mac() {
+    let Some(mac) = mac else { return Ok((ns, nl)) };
+    let (_, had) = nl.link_index_and_mac(BRIDGE).await?;
+    if had != mac {
         // The apps' ARP caches hold the old MAC: the kernel announces the new one by a
         // gratuitous ARP from the gateway's address when it changes.
         netns::write_sysctl(&ns, &format!("net/ipv4/conf/{BRIDGE}/arp_notify"), "1")?;
-        nl.set_mac(BRIDGE, ni.bridge_mac()).await?;
-        info!(
-            "{}: the bridge's MAC set to {} (was {}, the kernel's pick), announced to the apps",
-            ni.name,
-            mac_string(&ni.bridge_mac()),
-            mac_string(&mac)
-        );
+        nl.set_mac(BRIDGE, mac).await?;
+        info!("{}: the bridge's MAC set to {} (was {}), announced to the apps", ni.name, mac_string(&mac), mac_string(&had));
     }
     Ok((ns, nl))
 }
@@ -103,7 +101,7 @@ impl NiDriver for LocalNi {
     }
 
     async fn ensure(&self, ap: &mut Applier, plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)> {
-        let (ns, nl) = ensure_base(ni).await?;
+        let (ns, nl) = ensure_base(ni, Some(ni.bridge_mac())).await?;
         netns::write_sysctl(&ns, "net/ipv4/ip_forward", "1")?;
         // The NI's TCP services know a connection's app by the mark its SYN got at the
         // app port (services/caller.rs), not by the address it claims.
@@ -257,7 +255,9 @@ impl NiDriver for SwitchNi {
     // No fast path (the default): nothing is routed.
 
     async fn ensure(&self, ap: &mut Applier, _plan: &Plan, ni: &NiPlan) -> Result<(Netns, Netlink)> {
-        let (ns, nl) = ensure_base(ni).await?;
+        // The kernel's pick of MAC: the bridge is no gateway, and it joins the uplink's
+        // LAN, where a MAC made from the NI's index would be every device's alike.
+        let (ns, nl) = ensure_base(ni, None).await?;
         let uplink = ni.uplink.as_deref().context("a switch NI needs an uplink")?;
         if nl.link_index(uplink).await?.is_none() {
             ap.agent.move_to_netns(uplink, &ns).await?;
