@@ -220,14 +220,21 @@ impl Netlink {
             .with_context(|| self.ctx(format!("setting {name} up")))
     }
 
-    pub async fn set_mac(&self, name: &str, mac: [u8; 6]) -> Result<()> {
-        let index = self.index_of(name).await?;
+    /// Gives `name` the MAC `mac` unless it has it; returns the MAC it had when it was
+    /// another. (Setting a link's MAC, even to the one it has, empties the neighbour
+    /// cache of its netns for it: the apps' ARP caches, at every apply.)
+    pub async fn ensure_mac(&self, name: &str, mac: [u8; 6]) -> Result<Option<[u8; 6]>> {
+        let (index, had) = self.link_index_and_mac(name).await?;
+        if had == mac {
+            return Ok(None);
+        }
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).address(mac.to_vec()).build())
             .execute()
             .await
-            .with_context(|| self.ctx(format!("setting the MAC of {name}")))
+            .with_context(|| self.ctx(format!("setting the MAC of {name}")))?;
+        Ok(Some(had))
     }
 
     pub async fn set_master(&self, name: &str, bridge: &str) -> Result<()> {

@@ -57,7 +57,7 @@ impl AclStore {
     pub fn write(&mut self, aces: &[Ace], named: impl FnOnce() -> u32) -> Result<u32> {
         let id = match self.next_id {
             Some(id) => id,
-            None => self.shapes.keys().flatten().chain([named()]).max().unwrap_or(0).checked_add(1).unwrap_or(1),
+            None => self.shapes.keys().flatten().fold(named(), u32::max).checked_add(1).unwrap_or(1),
         };
         self.next_id = Some(id.checked_add(1).unwrap_or(1));
         let compiled = classify::compile(id, aces);

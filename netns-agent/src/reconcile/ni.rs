@@ -82,12 +82,10 @@ async fn ensure_base(ni: &NiPlan, mac: Option<[u8; 6]>) -> Result<(Netns, Netlin
     // chose it (the lowest of the ports' then).
     nl.set_snooping_off(BRIDGE).await?;
     let Some(mac) = mac else { return Ok((ns, nl)) };
-    let (_, had) = nl.link_index_and_mac(BRIDGE).await?;
-    if had != mac {
-        // The apps' ARP caches hold the old MAC: the kernel announces the new one by a
-        // gratuitous ARP from the gateway's address when it changes.
-        netns::write_sysctl(&ns, &format!("net/ipv4/conf/{BRIDGE}/arp_notify"), "1")?;
-        nl.set_mac(BRIDGE, mac).await?;
+    // The apps' ARP caches hold the old MAC, if it changes: the kernel announces the new
+    // one by a gratuitous ARP from the gateway's address.
+    netns::write_sysctl(&ns, &format!("net/ipv4/conf/{BRIDGE}/arp_notify"), "1")?;
+    if let Some(had) = nl.ensure_mac(BRIDGE, mac).await? {
         info!("{}: the bridge's MAC set to {} (was {}), announced to the apps", ni.name, mac_string(&mac), mac_string(&had));
     }
     Ok((ns, nl))

@@ -225,11 +225,7 @@ fn port_acl(maps: &mut Maps, p: &PortPlan, published: Option<&IfaceInfo>, before
 /// DHCP), up, and the default route through its first interface.
 async fn configure_app_end(app: &Netlink, ni: &NiPlan, p: &PortPlan) -> Result<()> {
     app.set_up("lo").await?;
-    // Only when it differs: setting a link's MAC, even to the one it has, empties the
-    // app's ARP cache (and a restarted agent ensures every port).
-    if app.link_index_and_mac(&p.app_ifname).await?.1 != p.mac {
-        app.set_mac(&p.app_ifname, p.mac).await?;
-    }
+    app.ensure_mac(&p.app_ifname, p.mac).await?;
     if !p.dhcp {
         app.add_address(&p.app_ifname, p.ip, ni.subnet.prefix_len()).await?;
     }
