@@ -386,6 +386,31 @@ fn every_metadata_path_answers_the_app_that_asks() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "not an app of this network\n 404");
 }
 
+/// The NIs have no IPv6 (the app ports drop the apps'), so their own links send none: no
+/// router solicitations, MLD reports or neighbour solicitations, which a link with IPv6
+/// sends in its first seconds up. The agent's end of ni1's veth hears no IPv6 in the
+/// seconds after the agent made it, and no link of either NI has an IPv6 address.
+#[test]
+fn the_nis_own_links_send_no_ipv6() {
+    let s = scenario();
+    let sh = |ns: &str, cmd: &str| String::from_utf8_lossy(&s.exec(ns, &["sh", "-c", cmd]).stdout).trim().to_string();
+    let agent_end = sh(s.ni("ni1"), "cd /sys/class/net && ls -d veth*.1").trim_end_matches(".1").to_string();
+    let secs = scaled(Duration::from_secs(6)).as_secs().to_string();
+    let cmd = format!("exec timeout {secs} tcpdump -l -n -Q in -i {agent_end} ip6 2>&1");
+    let mut capture = s.background(&s.zedbox, &["sh", "-c", &cmd]);
+    // (After a line that says the verbose output is suppressed.)
+    let started = (0..3).map(|_| capture.read_line()).find(|l| l.contains("listening on") || l.is_empty());
+    assert!(started.is_some_and(|l| !l.is_empty()), "tcpdump on {agent_end} did not start");
+    let heard = String::from_utf8_lossy(&capture.finish().stdout).to_string();
+    let ipv6: Vec<&str> = heard.lines().filter(|l| l.contains("IP6")).collect();
+    assert!(ipv6.is_empty(), "{agent_end} heard IPv6 from ni1: {ipv6:#?}");
+    for ni in ["ni1", "ni2"] {
+        let out = s.exec(s.ni(ni), &["ip", "-6", "-o", "addr", "show"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{ni}'s links have no IPv6 address");
+    }
+}
+
 #[test]
 fn down_removes_netns_links_and_pins() {
     let mut s = scenario();

@@ -71,6 +71,13 @@ pub struct VpnNi;
 /// the kernel's pick.
 async fn ensure_base(ni: &NiPlan, mac: Option<[u8; 6]>) -> Result<(Netns, Netlink)> {
     let ns = if netns::exists(&ni.name) { Netns::open(&netns::resolve(&ni.name))? } else { netns::create_named(&ni.name)? };
+    // No NI has IPv6 (the app ports drop the apps' IPv6): without it the NI's own links
+    // send no router solicitations, MLD reports or neighbour solicitations to the apps,
+    // the agent or a switch NI's uplink. Set before the links are made; "all" also
+    // sets the netns' default and every link an earlier agent made.
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        netns::write_sysctl(&ns, "net/ipv6/conf/all/disable_ipv6", "1")?;
+    }
     let nl = Netlink::open(&ns)?;
     nl.set_up("lo").await?;
     if nl.link_index(BRIDGE).await?.is_none() {
