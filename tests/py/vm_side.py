@@ -6,7 +6,8 @@ from scapy.all import ARP, ICMP, IP, TCP, Ether
 fd = os.open("/dev/net/tun", os.O_RDWR)
 fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"vmtap3", 0x0002 | 0x1000))  # TUNSETIFF: TAP, NO_PI
 print("ready", flush=True)
-deadline = time.time() + 30
+scale = float(os.environ.get("NETNS_TEST_TIME_SCALE", "1"))
+deadline = time.time() + 30 * scale
 while os.path.exists("/sys/class/net/vmtap3") and time.time() < deadline:
     time.sleep(0.1)
 mac, ip = "02:00:00:00:00:05", "10.10.1.5"
@@ -19,9 +20,11 @@ def exchange(frame, want, timeout=3):
             if want(pkt):
                 return pkt
     return None
-time.sleep(0.5)
-arp = exchange(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc=ip, pdst="10.10.1.1"),
-               lambda p: p.haslayer(ARP) and p[ARP].op == 2 and p[ARP].psrc == "10.10.1.1")
+# The agent sets the port up only after its programs are attached: ARP until answered.
+arp, deadline = None, time.time() + 10 * scale
+while arp is None and time.time() < deadline:
+    arp = exchange(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc=ip, pdst="10.10.1.1"),
+                   lambda p: p.haslayer(ARP) and p[ARP].op == 2 and p[ARP].psrc == "10.10.1.1", timeout=1)
 gw = arp[ARP].hwsrc if arp else "ff:ff:ff:ff:ff:ff"
 echo = exchange(Ether(src=mac, dst=gw) / IP(src=ip, dst="10.10.1.1") / ICMP(id=7, seq=1),
                 lambda p: p.haslayer(ICMP) and p[ICMP].type == 0 and p[ICMP].id == 7)

@@ -670,9 +670,46 @@ pub const DNS_QUERY: &str = include_str!("../py/dns_query.py");
 /// rmem_max) keeps it from dropping any (UdpRcvbufErrors) before it reads them.
 pub const UDP_WHOAMI_SERVER: &str = include_str!("../py/udp_whoami_server.py");
 
-/// `ip port seconds`: prints "ready" once bound, then counts the datagrams it receives on
-/// ip:port for that long and prints how many.
-pub const COUNT_UDP: &str = include_str!("../py/count_udp.py");
+/// The datagrams that arrive at ip:port in a netns (`py/count_udp.py`), counted from
+/// `start` (bound when it returns) until the test's sender is done (`count`): no fixed
+/// window that a sender slow to start (Python in the emulated VM) could miss.
+pub struct UdpCounter(Option<Child>);
+
+impl UdpCounter {
+    pub fn start(ns: &str, ip: &str, port: u16) -> UdpCounter {
+        let grace = scaled(Duration::from_secs(1)).as_secs().to_string();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", include_str!("../py/count_udp.py"), ip, &port.to_string(), &grace])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning count_udp.py");
+        // "ready\n": bound, counting.
+        let mut ready = [0u8; 6];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).expect("count_udp.py says it is ready");
+        UdpCounter(Some(child))
+    }
+
+    /// How many arrived, the sender being done (those still in flight get a scaled
+    /// second more).
+    pub fn count(mut self) -> u64 {
+        let mut child = self.0.take().unwrap();
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("waiting for count_udp.py");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().unwrap_or_else(|_| panic!("count_udp.py printed {text:?}"))
+    }
+}
+
+impl Drop for UdpCounter {
+    /// A test that failed before `count`: the counter goes too (killed and reaped).
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum EchoResult {

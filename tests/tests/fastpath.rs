@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use netns_agent::flows::FlowRecord;
-use netns_tests::{fast_path_counters, metric, scaled, EchoResult, Scenario, COUNT_UDP, INET_IP};
+use netns_tests::{fast_path_counters, metric, scaled, EchoResult, Scenario, UdpCounter, INET_IP};
 
 /// ni1 and ni2 on eth0; app2 (ni2) exposes its port 7 as eth0's 8007.
 const TWO_NIS: &str = r#"
@@ -212,15 +212,7 @@ fn a_new_flow_takes_the_fast_path_from_its_first_packet() {
 fn an_apps_frames_for_another_mac_are_bridged_not_routed() {
     let s = scenario();
     let (app1, inet) = (s.app("app1").to_string(), s.inet.clone());
-    let secs = scaled(Duration::from_secs(4)).as_secs().to_string();
-    let mut receiver = std::process::Command::new("ip")
-        .args(["netns", "exec", &inet, "python3", "-c", COUNT_UDP, INET_IP, "7007", &secs])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // "ready\n": bound, counting.
-    let mut ready = [0u8; 6];
-    std::io::Read::read_exact(receiver.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    let receiver = UdpCounter::start(&inet, INET_IP, 7007);
     // (Debian's python3: scapy is its package.)
     let sent = s.exec(
         &app1,
@@ -235,7 +227,7 @@ fn an_apps_frames_for_another_mac_are_bridged_not_routed() {
         ],
     );
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
-    let got: u64 = String::from_utf8_lossy(&receiver.wait_with_output().unwrap().stdout).trim().parse().unwrap();
+    let got = receiver.count();
     assert_eq!(got, 10, "the internet host got the datagrams sent to the gateway's MAC, and none of the others");
 }
 

@@ -147,8 +147,9 @@ print(ok)
 fn long_flows_get_interim_records_and_one_end() {
     let (s, log) = scenario(&["flow_interim_secs = 2"]);
     let script = netns_tests::py_script("echo_session.py");
-    // A line a second for 35 s: the sweep (every 10 s) reports it at least three times.
-    let session = s.background(s.app("app1"), &["python3", &script, INET_IP, "7000", "35", "1"]);
+    // A line a second for 40 s: the sweep (every 10 s, on the next 1 s tick: 11-12 s
+    // apart) reports it at least three times.
+    let session = s.background(s.app("app1"), &["python3", &script, INET_IP, "7000", "40", "1"]);
     let out = session.finish();
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["error"], Value::Null, "{result}");
@@ -156,7 +157,7 @@ fn long_flows_get_interim_records_and_one_end() {
     let all = records(&log);
     let interim: Vec<&FlowLogRecord> = flows(&all).filter(|r| r.kind == RecordKind::Interim && r.dport == 7000).collect();
     let ends: Vec<&FlowLogRecord> = flows(&all).filter(|r| r.kind == RecordKind::End && r.dport == 7000).collect();
-    println!("a 35 s flow: {} interim records, {} end; sent {} lines", interim.len(), ends.len(), result["sent"]);
+    println!("a 40 s flow: {} interim records, {} end; sent {} lines", interim.len(), ends.len(), result["sent"]);
     assert!(interim.len() >= 3, "{interim:?}");
     assert_eq!(ends.len(), 1);
     let mut last = 0;

@@ -268,7 +268,7 @@ fn uplink_address_change_is_followed() {
         let out = s.exec(&z, args);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let followed = netns_tests::wait_until(Duration::from_secs(15), || {
+    let followed = netns_tests::wait_until(scaled(Duration::from_secs(15)), || {
         s.whoami(s.app("app1"), INET_IP, 80).is_some_and(|seen| seen.starts_with("192.168.0.3:"))
     });
     assert!(followed.is_some(), "source NAT follows the new address:\n{}", s.agent_log());

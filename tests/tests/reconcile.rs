@@ -690,7 +690,7 @@ fn down_after_kill_leaves_nothing() {
     let out = s.down();
     assert!(out.status.success(), "down: {}", String::from_utf8_lossy(&out.stderr));
     // SIGKILLed processes are gone once the kernel reaps them; their parent is dead.
-    wait_until(Duration::from_secs(5), || ours().iter().all(|l| l.contains("<defunct>") || l.contains("[")))
+    wait_until(scaled(Duration::from_secs(5)), || ours().iter().all(|l| l.contains("<defunct>") || l.contains("[")))
         .unwrap_or_else(|| panic!("service processes left: {:?}", ours()));
     assert_eq!(s.leftovers(), Vec::<String>::new());
 }

@@ -2,7 +2,7 @@
 //! the DHCP server behind the uplink, its ACL enforced both ways with a rate limit.
 
 use netns_agent::flows::Verdict;
-use netns_tests::{wait_until, Scenario, COUNT_UDP, INET_IP};
+use netns_tests::{scaled, wait_until, Scenario, UdpCounter, INET_IP};
 use std::time::Duration;
 
 const SWITCH: &str = r#"
@@ -98,18 +98,12 @@ fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
     // app6 -> 192.168.0.2:8080 (zedbox's eth0, through gw) at 5/s with bursts of 15. Let
     // the bucket refill from the exchanges above first.
     std::thread::sleep(Duration::from_secs(4));
-    let mut counter = std::process::Command::new("ip")
-        .args(["netns", "exec", &zedbox, "python3", "-c", COUNT_UDP, "192.168.0.2", "8080", "4"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = [0u8; 6];
-    std::io::Read::read_exact(counter.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    let counter = UdpCounter::start(&zedbox, "192.168.0.2", 8080);
     let burst = "import socket,time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nt=time.time()\nfor i in range(40): s.sendto(b'x', ('192.168.0.2', 8080))\nprint(time.time()-t)";
     let out = s.python(&app6, burst, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let took: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let got: u64 = String::from_utf8_lossy(&counter.wait_with_output().unwrap().stdout).trim().parse().unwrap();
+    let got = counter.count();
     let expected = 15 + (5.0 * took).floor() as u64;
     assert!(got >= 15 && got <= expected + 1, "received {got}, expected 15 + 5/s * {took:.3} s = {expected}");
     let limits = s.flows_report().limits;
@@ -122,7 +116,7 @@ fn switch_ni_bridges_the_uplink_under_the_apps_acl() {
     // down gives the uplink back to the agent's netns.
     s.stop_agent();
     assert!(s.down().status.success());
-    wait_until(Duration::from_secs(5), || s.exec(&zedbox, &["ip", "link", "show", "eth3"]).status.success())
+    wait_until(scaled(Duration::from_secs(5)), || s.exec(&zedbox, &["ip", "link", "show", "eth3"]).status.success())
         .expect("eth3 is back in zedbox after down");
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 }

@@ -172,11 +172,11 @@ fn icmp_errors_cannot_carry_data_past_the_acl() {
     let (app1, inet, gw) = (s.app("app1").to_string(), s.inet.clone(), s.gw.clone());
     // app1's allowed UDP flow 40000 -> inet:9001 is live.
     let code = "import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('10.10.1.2', 40000))\ns.sendto(b'hello', (sys.argv[1], 9001))";
-    let c = counter(&s, &inet, &["udp", "3", "hello", INET_IP, "9001"]);
+    let secs = scaled(Duration::from_secs(4)).as_secs().to_string();
+    let c = counter(&s, &inet, &["udp", &secs, "hello", INET_IP, "9001"]);
     assert!(s.python(&app1, code, &[INET_IP]).status.success());
     assert_eq!(arrived(c), 1, "the allowed flow works");
     // Errors quoting it, sent to the router (192.168.0.1), which app1's ACL does not allow.
-    let secs = scaled(Duration::from_secs(4)).as_secs().to_string();
     let c = counter(&s, &gw, &["icmp", &secs, "evil exfil"]);
     let before = s.counter("drop_icmp_mismatch");
     let sent = attack(&s, &app1, &["icmp-exfil", "nbu1x1.1", "192.168.0.1", INET_IP, "40000", "9001", "10"]);

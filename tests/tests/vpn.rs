@@ -128,6 +128,9 @@ fn two_tunnels_with_identical_selectors_carry_each_apps_traffic() {
 
     // Both apps at the same time, same destination address, each its own cloud's data.
     let bodies = fetch_all(&s, &[(&app4, "data"), (&app5, "data")]);
+    // The flows read now (checked below): a closed flow's entry goes 10 s after it
+    // closed, which the checks in between may take in the emulated VM.
+    let flows = s.flows();
     assert!(bodies[0] == one, "app4 got {} bytes, not cloud1's data", bodies[0].len());
     assert!(bodies[1] == two, "app5 got {} bytes, not cloud2's data", bodies[1].len());
     // Encrypted end to end: the cloud sees the app's address, never the NI's SNAT.
@@ -152,7 +155,6 @@ fn two_tunnels_with_identical_selectors_carry_each_apps_traffic() {
     assert!(t4.packets_out > 0, "{t4:#?}");
 
     // The flows show the apps' traffic (in their NIs' zones, by app).
-    let flows = s.flows();
     for (app, len) in [(&app4, one.len()), (&app5, two.len())] {
         let f = flows
             .iter()
