@@ -670,44 +670,67 @@ pub const DNS_QUERY: &str = include_str!("../py/dns_query.py");
 /// rmem_max) keeps it from dropping any (UdpRcvbufErrors) before it reads them.
 pub const UDP_WHOAMI_SERVER: &str = include_str!("../py/udp_whoami_server.py");
 
-/// The datagrams that arrive at ip:port in a netns (`py/count_udp.py`), counted from
-/// `start` (bound when it returns) until the test's sender is done (`count`): no fixed
-/// window that a sender slow to start (Python in the emulated VM) could miss.
-pub struct UdpCounter(Option<Child>);
+/// A Python script in a netns that prints "ready" once set up and then follows its
+/// stdin: a line tells it to go on, the end of it that the test is done. Killed and
+/// reaped if the test ends first.
+pub struct ReadyScript(Option<Child>);
 
-impl UdpCounter {
-    pub fn start(ns: &str, ip: &str, port: u16) -> UdpCounter {
-        let grace = scaled(Duration::from_secs(1)).as_secs().to_string();
+impl ReadyScript {
+    /// Starts `code` (`name` in messages) with `args` in `ns` and waits for its "ready".
+    pub fn start(ns: &str, name: &str, code: &str, args: &[&str]) -> ReadyScript {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", include_str!("../py/count_udp.py"), ip, &port.to_string(), &grace])
+            .args(["netns", "exec", ns, "python3", "-c", code])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
-            .expect("spawning count_udp.py");
-        // "ready\n": bound, counting.
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         let mut ready = [0u8; 6];
-        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).expect("count_udp.py says it is ready");
-        UdpCounter(Some(child))
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap_or_else(|e| panic!("{name} says it is ready: {e}"));
+        ReadyScript(Some(child))
     }
 
-    /// How many arrived, the sender being done (those still in flight get a scaled
-    /// second more).
-    pub fn count(mut self) -> u64 {
+    /// Tells it to go on (a line on its stdin; one that ended already does not hear it).
+    pub fn go(&mut self) {
+        let child = self.0.as_mut().unwrap();
+        let _ = std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n");
+    }
+
+    /// Closes its stdin and waits for it to end: what it printed.
+    pub fn finish(mut self) -> Output {
         let mut child = self.0.take().unwrap();
         drop(child.stdin.take());
-        let out = child.wait_with_output().expect("waiting for count_udp.py");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.trim().parse().unwrap_or_else(|_| panic!("count_udp.py printed {text:?}"))
+        child.wait_with_output().expect("waiting for a script")
     }
 }
 
-impl Drop for UdpCounter {
-    /// A test that failed before `count`: the counter goes too (killed and reaped).
+impl Drop for ReadyScript {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The datagrams that arrive at ip:port in a netns (`py/count_udp.py`), counted from
+/// `start` (bound when it returns) until the test's sender is done (`count`): no fixed
+/// window that a sender slow to start (Python in the emulated VM) could miss.
+pub struct UdpCounter(ReadyScript);
+
+impl UdpCounter {
+    pub fn start(ns: &str, ip: &str, port: u16) -> UdpCounter {
+        let grace = scaled(Duration::from_secs(1)).as_secs().to_string();
+        UdpCounter(ReadyScript::start(ns, "count_udp.py", include_str!("../py/count_udp.py"), &[ip, &port.to_string(), &grace]))
+    }
+
+    /// How many arrived, the sender being done (those still in flight get a scaled
+    /// second more).
+    pub fn count(self) -> u64 {
+        let out = self.0.finish();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().unwrap_or_else(|_| panic!("count_udp.py printed {text:?}: {}", String::from_utf8_lossy(&out.stderr)))
     }
 }
 

@@ -2,9 +2,8 @@
 //! robustness against bad DNS.
 
 use netns_agent::services::dns::Rcode;
-use netns_tests::{EchoResult, Scenario, INET_IP};
+use netns_tests::{EchoResult, ReadyScript, Scenario, INET_IP};
 use serde_json::Value;
-use std::process::{Command, Stdio};
 
 /// app1 may reach github.com and its subdomains, nothing else. Upstream DNS: the mock in
 /// the internet host.
@@ -116,19 +115,11 @@ fn expired_answers_leave_the_host_set_but_established_flows_live_on() {
     let inet = s.inet.clone();
     s.echo_server(&inet, "10.99.0.12", 7);
     let app1 = s.app("app1").to_string();
-    let mut script = Command::new("ip")
-        .args(["netns", "exec", &app1, "python3", "-c", EXPIRY, "10.99.0.12"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning dns_expiry.py");
-    let mut ready = [0u8; 6];
-    std::io::Read::read_exact(script.stdout.as_mut().unwrap(), &mut ready).expect("dns_expiry.py says it is ready");
+    let mut script = ReadyScript::start(&app1, "dns_expiry.py", EXPIRY, &["10.99.0.12"]);
     let answer = s.dns_a(&app1, "10.10.1.1", "ttl1.github.com");
     // Go (or, with no answer, the script fails its first connection and ends).
-    let _ = std::io::Write::write_all(script.stdin.as_mut().unwrap(), b"go\n");
-    let out = script.wait_with_output().expect("waiting for dns_expiry.py");
+    script.go();
+    let out = script.finish();
     assert_eq!(answer.unwrap(), ["10.99.0.12"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -225,12 +216,12 @@ fn dhcp_leases_match_the_agents_allocation() {
     assert!(s.flows().iter().any(|f| f.dport == 67 && f.mark == "0x02000006"), "{:#?}", s.flows());
     // dnsmasq is supervised: killed, it comes back.
     let pid = |s: &Scenario| {
-        let out = Command::new("pgrep").args(["-f", &format!("dnsmasq-{}.conf", s.ni("ni1"))]).output().unwrap();
+        let out = std::process::Command::new("pgrep").args(["-f", &format!("dnsmasq-{}.conf", s.ni("ni1"))]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let first = pid(&s);
     assert!(!first.is_empty(), "dnsmasq runs");
-    Command::new("kill").arg(&first).status().unwrap();
+    std::process::Command::new("kill").arg(&first).status().unwrap();
     let back = netns_tests::wait_until(std::time::Duration::from_secs(10), || {
         let p = pid(&s);
         !p.is_empty() && p != first
