@@ -341,14 +341,7 @@ impl Scenario {
     /// Starts a command in `ns` whose output the test reads when it ends (`finish`); it is
     /// killed and reaped if the test ends first.
     pub fn background(&self, ns: &str, args: &[&str]) -> Background {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning a background command");
-        Background(Some(child), None)
+        Background::start(ns, args)
     }
 
     /// A TCP session from `ns` to the internet host's `port` in which the server sends
@@ -518,6 +511,45 @@ impl Drop for Scenario {
 pub struct Background(Option<Child>, Option<std::io::BufReader<std::process::ChildStdout>>);
 
 impl Background {
+    /// Starts `args` in `ns`, its stdin, stdout and stderr piped.
+    pub fn start(ns: &str, args: &[&str]) -> Background {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
+        Background(Some(child), None)
+    }
+
+    /// Starts a script that prints "ready" once set up (and may wait for `go`), and
+    /// waits for that line.
+    pub fn ready(ns: &str, args: &[&str]) -> Background {
+        let mut script = Background::start(ns, args);
+        let line = script.read_line();
+        assert_eq!(line.trim(), "ready", "{args:?} says it is ready");
+        script
+    }
+
+    /// Starts tcpdump (`tcpdump`: its command line; `timeout ...` in front is fine) in
+    /// `ns`, its stderr with its stdout, and waits until it listens.
+    pub fn tcpdump(ns: &str, tcpdump: &str) -> Background {
+        let cmd = format!("exec {tcpdump} 2>&1");
+        let mut capture = Background::start(ns, &["sh", "-c", &cmd]);
+        // (After a line that says the verbose output is suppressed.)
+        let started = (0..3).map(|_| capture.read_line()).find(|l| l.contains("listening on") || l.is_empty());
+        assert!(started.is_some_and(|l| !l.is_empty()), "{tcpdump} in {ns} did not start");
+        capture
+    }
+
+    /// Tells it to go on: a line on its stdin (one that ended already does not hear it).
+    pub fn go(&mut self) {
+        let child = self.0.as_mut().expect("running");
+        let _ = std::io::Write::write_all(child.stdin.as_mut().expect("piped stdin"), b"go\n");
+    }
+
     /// The next line of the command's output (waits for it; empty at its end).
     pub fn read_line(&mut self) -> String {
         use std::io::BufRead as _;
@@ -540,14 +572,17 @@ impl Background {
         self.0.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
-    /// Waits for the command to end; its output (after the lines already read).
+    /// Closes its stdin and waits for the command to end; its output (after the lines
+    /// already read).
     pub fn finish(mut self) -> Output {
         use std::io::Read as _;
+        let mut child = self.0.take().unwrap();
+        drop(child.stdin.take());
         let mut rest = Vec::new();
         if let Some(mut r) = self.1.take() {
             r.read_to_end(&mut rest).ok();
         }
-        let mut out = self.0.take().unwrap().wait_with_output().expect("waiting for a background command");
+        let mut out = child.wait_with_output().expect("waiting for a background command");
         rest.extend_from_slice(&out.stdout);
         out.stdout = rest;
         out
@@ -670,59 +705,15 @@ pub const DNS_QUERY: &str = include_str!("../py/dns_query.py");
 /// rmem_max) keeps it from dropping any (UdpRcvbufErrors) before it reads them.
 pub const UDP_WHOAMI_SERVER: &str = include_str!("../py/udp_whoami_server.py");
 
-/// A Python script in a netns that prints "ready" once set up and then follows its
-/// stdin: a line tells it to go on, the end of it that the test is done. Killed and
-/// reaped if the test ends first.
-pub struct ReadyScript(Option<Child>);
-
-impl ReadyScript {
-    /// Starts `code` (`name` in messages) with `args` in `ns` and waits for its "ready".
-    pub fn start(ns: &str, name: &str, code: &str, args: &[&str]) -> ReadyScript {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", code])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let mut ready = [0u8; 6];
-        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap_or_else(|e| panic!("{name} says it is ready: {e}"));
-        ReadyScript(Some(child))
-    }
-
-    /// Tells it to go on (a line on its stdin; one that ended already does not hear it).
-    pub fn go(&mut self) {
-        let child = self.0.as_mut().unwrap();
-        let _ = std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n");
-    }
-
-    /// Closes its stdin and waits for it to end: what it printed.
-    pub fn finish(mut self) -> Output {
-        let mut child = self.0.take().unwrap();
-        drop(child.stdin.take());
-        child.wait_with_output().expect("waiting for a script")
-    }
-}
-
-impl Drop for ReadyScript {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// The datagrams that arrive at ip:port in a netns (`py/count_udp.py`), counted from
 /// `start` (bound when it returns) until the test's sender is done (`count`): no fixed
 /// window that a sender slow to start (Python in the emulated VM) could miss.
-pub struct UdpCounter(ReadyScript);
+pub struct UdpCounter(Background);
 
 impl UdpCounter {
     pub fn start(ns: &str, ip: &str, port: u16) -> UdpCounter {
         let grace = scaled(Duration::from_secs(1)).as_secs().to_string();
-        UdpCounter(ReadyScript::start(ns, "count_udp.py", include_str!("../py/count_udp.py"), &[ip, &port.to_string(), &grace]))
+        UdpCounter(Background::ready(ns, &["python3", "-c", include_str!("../py/count_udp.py"), ip, &port.to_string(), &grace]))
     }
 
     /// How many arrived, the sender being done (those still in flight get a scaled

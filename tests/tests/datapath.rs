@@ -4,7 +4,7 @@
 use netns_agent::flows::{FlowRecord, Verdict};
 use std::time::Duration;
 
-use netns_tests::{py_script, scaled, wait_until, EchoResult, Scenario, UdpCounter};
+use netns_tests::{py_script, scaled, wait_until, Background, EchoResult, Scenario, UdpCounter};
 use serde_json::Value;
 
 /// Two apps on one NI (app1 may reach app2's tcp/80 only, and drops UDP outright), and
@@ -398,11 +398,7 @@ fn the_nis_own_links_send_no_ipv6() {
     let sh = |ns: &str, cmd: &str| String::from_utf8_lossy(&s.exec(ns, &["sh", "-c", cmd]).stdout).trim().to_string();
     let agent_end = sh(s.ni("ni1"), "cd /sys/class/net && ls -d veth*.1").trim_end_matches(".1").to_string();
     let secs = scaled(Duration::from_secs(6)).as_secs().to_string();
-    let cmd = format!("exec timeout {secs} tcpdump -l -n -Q in -i {agent_end} ip6 2>&1");
-    let mut capture = s.background(&s.zedbox, &["sh", "-c", &cmd]);
-    // (After a line that says the verbose output is suppressed.)
-    let started = (0..3).map(|_| capture.read_line()).find(|l| l.contains("listening on") || l.is_empty());
-    assert!(started.is_some_and(|l| !l.is_empty()), "tcpdump on {agent_end} did not start");
+    let capture = Background::tcpdump(&s.zedbox, &format!("timeout {secs} tcpdump -l -n -Q in -i {agent_end} ip6"));
     let heard = String::from_utf8_lossy(&capture.finish().stdout).to_string();
     let ipv6: Vec<&str> = heard.lines().filter(|l| l.contains("IP6")).collect();
     assert!(ipv6.is_empty(), "{agent_end} heard IPv6 from ni1: {ipv6:#?}");

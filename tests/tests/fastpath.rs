@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use netns_agent::flows::FlowRecord;
-use netns_tests::{fast_path_counters, metric, scaled, EchoResult, Scenario, UdpCounter, INET_IP};
+use netns_tests::{fast_path_counters, metric, scaled, Background, EchoResult, Scenario, UdpCounter, INET_IP};
 
 /// ni1 and ni2 on eth0; app2 (ni2) exposes its port 7 as eth0's 8007.
 const TWO_NIS: &str = r#"
@@ -395,21 +395,15 @@ fn replies_carry_the_macs_routing_would_give_them() {
     assert_eq!(s.echo(&app1, INET_IP, 7, 1000, None), EchoResult::Echoed(1000));
     // Each capture prints its `listening` line on stdout once it listens, then the
     // first 20 replies with their link-level header.
-    let capture = |ns: &str, dev: &str| {
-        let cmd = format!("exec tcpdump -l -e -n -c 20 -i {dev} src host {INET_IP} and tcp src port 7 2>&1");
-        let mut c = s.background(ns, &["sh", "-c", &cmd]);
-        // (After a line that says the verbose output is suppressed.)
-        let started = (0..3).map(|_| c.read_line()).find(|l| l.contains("listening on") || l.is_empty());
-        assert!(started.is_some_and(|l| !l.is_empty()), "tcpdump on {dev} in {ns} did not start");
-        c
-    };
+    let capture =
+        |ns: &str, dev: &str| Background::tcpdump(ns, &format!("tcpdump -l -e -n -c 20 -i {dev} src host {INET_IP} and tcp src port 7"));
     let (on_ni_end, in_app) = (capture(&ni1, &ni_end), capture(&app1, "nbu1x1.1"));
     let before = fast_counters(&s);
     assert_eq!(s.echo(&app1, INET_IP, 7, SENT, None), EchoResult::Echoed(SENT));
     let [.., from_uplink, _, into_app] = since(before, fast_counters(&s));
     assert!(from_uplink >= 20 && into_app >= 20, "the replies took the hops back: {from_uplink} from the uplink, {into_app} into app1");
     // "<time> <src MAC> > <dst MAC>, ethertype IPv4 ...": the MAC pairs seen.
-    let pairs = |c: netns_tests::Background| -> Vec<(String, String)> {
+    let pairs = |c: Background| -> Vec<(String, String)> {
         let out = String::from_utf8_lossy(&c.finish().stdout).to_string();
         let seen: Vec<_> = out
             .lines()

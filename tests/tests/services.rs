@@ -2,7 +2,7 @@
 //! robustness against bad DNS.
 
 use netns_agent::services::dns::Rcode;
-use netns_tests::{EchoResult, ReadyScript, Scenario, INET_IP};
+use netns_tests::{Background, EchoResult, Scenario, INET_IP};
 use serde_json::Value;
 
 /// app1 may reach github.com and its subdomains, nothing else. Upstream DNS: the mock in
@@ -115,7 +115,7 @@ fn expired_answers_leave_the_host_set_but_established_flows_live_on() {
     let inet = s.inet.clone();
     s.echo_server(&inet, "10.99.0.12", 7);
     let app1 = s.app("app1").to_string();
-    let mut script = ReadyScript::start(&app1, "dns_expiry.py", EXPIRY, &["10.99.0.12"]);
+    let mut script = Background::ready(&app1, &["python3", "-c", EXPIRY, "10.99.0.12"]);
     let answer = s.dns_a(&app1, "10.10.1.1", "ttl1.github.com");
     // Go (or, with no answer, the script fails its first connection and ends).
     script.go();
