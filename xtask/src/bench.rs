@@ -92,6 +92,8 @@ const ACL_SIZES: [u32; 3] = [10, 1000, 10_000];
 const FILLER_PORT: u32 = 20_000;
 const SECONDS: u32 = 5;
 const ROUNDS: usize = 3;
+/// `--connections-only`'s rounds.
+const CONNECTION_ROUNDS: usize = 12;
 
 /// What `cargo xtask bench` runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -100,6 +102,7 @@ pub enum Part {
     ScaleOnly,
     ApplyOnly,
     Profile,
+    ConnectionsOnly,
 }
 
 pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
@@ -129,6 +132,11 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
     if part == Part::Profile {
         program_costs(&dir)?;
         profile(&dir)?;
+        stop_agent(&mut { agent })?;
+        return agent_down(agent_bin, &config);
+    }
+    if part == Part::ConnectionsOnly {
+        connections_only(&dir)?;
         stop_agent(&mut { agent })?;
         return agent_down(agent_bin, &config);
     }
@@ -449,34 +457,12 @@ fn measure(path: &str, agent: Option<u32>, dir: &Path) -> Result<Measured> {
         "{path}: iperf3 TCP app1 -> {ALLOWED_SITE}, {ROUNDS} x {SECONDS} s; wrk (new connections), {ROUNDS} x {SECONDS} s; each beside the twin"
     ));
     let mut m = Measured::default();
-    let pair = |round: usize, f: &mut dyn FnMut(Ends) -> Result<f64>| -> Result<(f64, f64)> {
-        Ok(if round.is_multiple_of(2) {
-            let path = f(BENCH)?;
-            (path, f(TWIN)?)
-        } else {
-            let twin = f(TWIN)?;
-            (f(BENCH)?, twin)
-        })
-    };
     for round in 0..ROUNDS {
-        let (path, twin) = pair(round, &mut |ends| load::throughput(ends, SECONDS))?;
+        let (path, twin) = beside_twin(round, &mut |ends| load::throughput(ends, SECONDS))?;
         m.gbit.push(path);
         m.twin_gbit.push(twin);
     }
-    let mut cpu = (0.0, 0.0);
-    for round in 0..ROUNDS {
-        let (path, twin) = pair(round, &mut |ends| {
-            let before = (agent.filter(|_| ends.app == BENCH.app).and_then(cpu_seconds), Instant::now());
-            let rate = load::connection_rate(ends, SECONDS, dir)?;
-            if let (Some(before_cpu), Some(after)) = (before.0, agent.and_then(cpu_seconds)) {
-                cpu = (cpu.0 + after - before_cpu, cpu.1 + before.1.elapsed().as_secs_f64());
-            }
-            Ok(rate)
-        })?;
-        m.conn.push(path);
-        m.twin_conn.push(twin);
-    }
-    m.agent_cpu = agent.map(|_| cpu.0 / cpu.1);
+    (m.conn, m.twin_conn, m.agent_cpu) = connection_rounds(ROUNDS, agent, dir)?;
     let show = |v: &[f64], d: usize| v.iter().map(|x| format!("{x:.d$}")).collect::<Vec<_>>().join(" ");
     println!(
         "  Gbit/s: {} (twin: {})   connections/s: {} (twin: {})",
@@ -486,6 +472,59 @@ fn measure(path: &str, agent: Option<u32>, dir: &Path) -> Result<Measured> {
         show(&m.twin_conn, 0)
     );
     Ok(m)
+}
+
+/// One round of `load` on the bench's path and one on the twin, the twin first in odd
+/// rounds: (path, twin).
+fn beside_twin(round: usize, load: &mut dyn FnMut(Ends) -> Result<f64>) -> Result<(f64, f64)> {
+    Ok(if round.is_multiple_of(2) {
+        let path = load(BENCH)?;
+        (path, load(TWIN)?)
+    } else {
+        let twin = load(TWIN)?;
+        (load(BENCH)?, twin)
+    })
+}
+
+/// `rounds` wrk rounds on the bench's path, each beside one on the twin: the path's
+/// rates, the twin's, and with `agent` its CPU share over the path's rounds.
+fn connection_rounds(rounds: usize, agent: Option<u32>, dir: &Path) -> Result<(Vec<f64>, Vec<f64>, Option<f64>)> {
+    let (mut path, mut twin) = (Vec::new(), Vec::new());
+    let mut cpu = (0.0, 0.0);
+    for round in 0..rounds {
+        let (p, t) = beside_twin(round, &mut |ends| {
+            let before = (agent.filter(|_| ends.app == BENCH.app).and_then(cpu_seconds), Instant::now());
+            let rate = load::connection_rate(ends, SECONDS, dir)?;
+            if let (Some(before_cpu), Some(after)) = (before.0, agent.and_then(cpu_seconds)) {
+                cpu = (cpu.0 + after - before_cpu, cpu.1 + before.1.elapsed().as_secs_f64());
+            }
+            Ok(rate)
+        })?;
+        path.push(p);
+        twin.push(t);
+    }
+    Ok((path, twin, agent.map(|_| cpu.0 / cpu.1)))
+}
+
+/// `cargo xtask bench --connections-only`: new connections per second through the fast
+/// path (10 ACEs), `CONNECTION_ROUNDS` wrk rounds each beside the twin, every round's
+/// ratio shown: enough rounds to tell a change of a few percent from this machine's
+/// noise, in a few minutes.
+fn connections_only(dir: &Path) -> Result<()> {
+    step(&format!("eBPF path, {} ACEs: wrk (new connections), {CONNECTION_ROUNDS} x {SECONDS} s, each beside the twin", ACL_SIZES[0]));
+    let (path, twin, _) = connection_rounds(CONNECTION_ROUNDS, None, dir)?;
+    let ratios: Vec<f64> = path.iter().zip(&twin).map(|(p, t)| p / t).collect();
+    for (round, ((p, t), r)) in path.iter().zip(&twin).zip(&ratios).enumerate() {
+        println!("  round {:>2}: {p:>6.0} conn/s, twin {t:>6.0}: {r:.3}", round + 1);
+    }
+    println!(
+        "  median ratio {:.3} {}; {} of {} rounds at or above the twin",
+        median(&ratios),
+        spread(&ratios, 3),
+        ratios.iter().filter(|r| **r >= 1.0).count(),
+        ratios.len()
+    );
+    Ok(())
 }
 
 /// One of our programs as `bpftool prog show` reports it (one copy serves every NI).

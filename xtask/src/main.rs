@@ -66,6 +66,11 @@ enum Task {
         /// Only the apply times: changes, ACL swaps (as the agent logs them), restarts.
         #[arg(long, conflicts_with_all = ["scale_only", "profile"])]
         apply_only: bool,
+        /// Only new connections per second through the fast path (10 ACEs), 12 rounds
+        /// each beside the twin, every round's ratio shown: an A/B check of a data-path
+        /// change in a few minutes.
+        #[arg(long, conflicts_with_all = ["scale_only", "profile", "apply_only"])]
+        connections_only: bool,
     },
     /// `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`, and
     /// clippy on the eBPF programs for the BPF target (nightly). CI runs it before the
@@ -117,7 +122,7 @@ fn dispatch(task: Task) -> Result<()> {
             demo::run(&workspace_root().join("target/debug/netns-agent"), keep, eve, !no_fast_path)
         }
         Task::Lint => lint(),
-        Task::Bench { scale_only, profile, apply_only } => {
+        Task::Bench { scale_only, profile, apply_only, connections_only } => {
             setup()?;
             // Optimised, as a device runs it: the agent's CPU and apply times are figures.
             step("build: netns-agent (release)");
@@ -129,6 +134,8 @@ fn dispatch(task: Task) -> Result<()> {
                 bench::Part::ScaleOnly
             } else if apply_only {
                 bench::Part::ApplyOnly
+            } else if connections_only {
+                bench::Part::ConnectionsOnly
             } else {
                 bench::Part::All
             };
