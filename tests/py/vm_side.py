@@ -1,7 +1,7 @@
 # The hypervisor's side of the tap vmtap3 (datapath.rs): create it, wait until the agent
 # took it into the NI, then ARP for the gateway, ping it (allowed), and send a SYN to
 # app1:80 (not allowed); prints what came back as JSON.
-import fcntl, json, os, select, struct, time
+import errno, fcntl, json, os, select, struct, time
 from scapy.all import ARP, ICMP, IP, TCP, Ether
 fd = os.open("/dev/net/tun", os.O_RDWR)
 fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"vmtap3", 0x0002 | 0x1000))  # TUNSETIFF: TAP, NO_PI
@@ -12,8 +12,15 @@ while os.path.exists("/sys/class/net/vmtap3") and time.time() < deadline:
     time.sleep(0.1)
 mac, ip = "02:00:00:00:00:05", "10.10.1.5"
 def exchange(frame, want, timeout=3):
-    os.write(fd, bytes(frame))
     end = time.time() + timeout
+    try:
+        os.write(fd, bytes(frame))
+    except OSError as e:
+        # A tap that is down refuses frames (EIO): the agent has not set its port up yet.
+        if e.errno != errno.EIO:
+            raise
+        time.sleep(min(timeout, 0.2))
+        return None
     while time.time() < end:
         if select.select([fd], [], [], 0.2)[0]:
             pkt = Ether(os.read(fd, 2048))
