@@ -462,7 +462,7 @@ fn measure(path: &str, agent: Option<u32>, dir: &Path) -> Result<Measured> {
         m.gbit.push(path);
         m.twin_gbit.push(twin);
     }
-    (m.conn, m.twin_conn, m.agent_cpu) = connection_rounds(ROUNDS, agent, dir)?;
+    connection_rounds(ROUNDS, agent, dir, &mut m)?;
     let show = |v: &[f64], d: usize| v.iter().map(|x| format!("{x:.d$}")).collect::<Vec<_>>().join(" ");
     println!(
         "  Gbit/s: {} (twin: {})   connections/s: {} (twin: {})",
@@ -486,10 +486,9 @@ fn beside_twin(round: usize, load: &mut dyn FnMut(Ends) -> Result<f64>) -> Resul
     })
 }
 
-/// `rounds` wrk rounds on the bench's path, each beside one on the twin: the path's
-/// rates, the twin's, and with `agent` its CPU share over the path's rounds.
-fn connection_rounds(rounds: usize, agent: Option<u32>, dir: &Path) -> Result<(Vec<f64>, Vec<f64>, Option<f64>)> {
-    let (mut path, mut twin) = (Vec::new(), Vec::new());
+/// `rounds` wrk rounds on the bench's path, each beside one on the twin, into `m`: the
+/// path's rates, the twin's, and with `agent` its CPU share over the path's rounds.
+fn connection_rounds(rounds: usize, agent: Option<u32>, dir: &Path, m: &mut Measured) -> Result<()> {
     let mut cpu = (0.0, 0.0);
     for round in 0..rounds {
         let (p, t) = beside_twin(round, &mut |ends| {
@@ -500,10 +499,11 @@ fn connection_rounds(rounds: usize, agent: Option<u32>, dir: &Path) -> Result<(V
             }
             Ok(rate)
         })?;
-        path.push(p);
-        twin.push(t);
+        m.conn.push(p);
+        m.twin_conn.push(t);
     }
-    Ok((path, twin, agent.map(|_| cpu.0 / cpu.1)))
+    m.agent_cpu = agent.map(|_| cpu.0 / cpu.1);
+    Ok(())
 }
 
 /// `cargo xtask bench --connections-only`: new connections per second through the fast
@@ -513,14 +513,15 @@ fn connection_rounds(rounds: usize, agent: Option<u32>, dir: &Path) -> Result<(V
 /// minutes.
 fn connections_only(dir: &Path) -> Result<()> {
     step(&format!("eBPF path, {} ACEs: wrk (new connections), {CONNECTION_ROUNDS} x {SECONDS} s, each beside the twin", ACL_SIZES[0]));
-    let (path, twin, _) = connection_rounds(CONNECTION_ROUNDS, None, dir)?;
-    let ratios: Vec<f64> = path.iter().zip(&twin).map(|(p, t)| p / t).collect();
-    for (round, ((p, t), r)) in path.iter().zip(&twin).zip(&ratios).enumerate() {
+    let mut m = Measured::default();
+    connection_rounds(CONNECTION_ROUNDS, None, dir, &mut m)?;
+    let ratios: Vec<f64> = m.conn.iter().zip(&m.twin_conn).map(|(p, t)| p / t).collect();
+    for (round, ((p, t), r)) in m.conn.iter().zip(&m.twin_conn).zip(&ratios).enumerate() {
         println!("  round {:>2}: {p:>6.0} conn/s, twin {t:>6.0}: {r:.3}", round + 1);
     }
     println!(
         "  median ratio {:.3} {}; {} of {} rounds at or above the twin",
-        median(&ratios),
+        median_ratio(&m.conn, &m.twin_conn),
         spread(&ratios, 3),
         ratios.iter().filter(|r| **r >= 1.0).count(),
         ratios.len()
