@@ -521,7 +521,7 @@ fn connections_only(dir: &Path) -> Result<()> {
     }
     println!(
         "  median ratio {:.3} {}; {} of {} rounds at or above the twin",
-        median_ratio(&m.conn, &m.twin_conn),
+        median(&ratios),
         spread(&ratios, 3),
         ratios.iter().filter(|r| **r >= 1.0).count(),
         ratios.len()
