@@ -508,8 +508,8 @@ fn connection_rounds(rounds: usize, agent: Option<u32>, dir: &Path, m: &mut Meas
 
 /// `cargo xtask bench --connections-only`: new connections per second through the fast
 /// path (10 ACEs), `CONNECTION_ROUNDS` wrk rounds each beside the twin, every round's
-/// ratio shown: enough rounds to tell a change of about three percent from this
-/// machine's noise (six runs of alike data paths gave medians 0.954-0.983), in a few
+/// ratio shown: enough rounds to tell a change of about five percent from this
+/// machine's noise (seven runs of alike data paths gave medians 0.935-0.983), in a few
 /// minutes.
 fn connections_only(dir: &Path) -> Result<()> {
     step(&format!("eBPF path, {} ACEs: wrk (new connections), {CONNECTION_ROUNDS} x {SECONDS} s, each beside the twin", ACL_SIZES[0]));
