@@ -45,10 +45,18 @@ pub struct FastZone {
     /// end's MAC (destination), then the agent end's (source), as they stand in the
     /// header.
     pub into_ni_macs: [u8; 12],
+    /// The same two the other way round: what the NI's routing gives a packet out to
+    /// the agent (its default route's gateway is the agent's end).
+    pub into_agent_macs: [u8; 12],
     /// The NI bridge's MAC (the agent sets it): the source the NI's routing gives a
     /// packet to an app, and the destination of an app's frames that the NI routes.
     pub bridge_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The NI's subnet (prefix length, then address): the one destination of an app's
+    /// routed packets that its NI's routing does not send to the agent
+    /// (`routed_to_agent`).
+    pub subnet_len: u8,
+    pub _pad: u8,
+    pub subnet: crate::Ipv4,
 }
 
 /// The zone of the NI whose veth end in the NI has address `addr` (169.254.100.(4N-2)),
@@ -83,6 +91,18 @@ pub const SNAT_DONE_MARK: u32 = 0x5a7d_0e00;
 #[inline(always)]
 pub fn app_packet_may_skip(flow: &Flow, to_device: bool) -> bool {
     !flow.related && flow.frag == FRAG_NONE && !to_device && !prefix_contains(VETH_NET, VETH_NET_LEN, flow.dst)
+}
+
+/// Whether an NI's routing (`fz`) sends an app's packet for `dst` out of its veth to
+/// the agent, by its default route: every route in an NI's netns is the agent's (the
+/// connected ones of the NI's subnet and of its veth, the default via the agent's
+/// end), so this needs no FIB lookup. Every address but the NI's subnet (the bridge's
+/// connected route; the gateway's own address is in it) and those the kernel routes
+/// nowhere: 0/8, loopback, multicast, 240/4 and the broadcast. (The veth's /24 is
+/// `app_packet_may_skip`'s to leave to the kernel's path.)
+#[inline(always)]
+pub fn routed_to_agent(fz: &FastZone, dst: crate::Ipv4) -> bool {
+    !prefix_contains(fz.subnet, fz.subnet_len, dst) && !matches!(dst[0], 0 | 127 | 224..=255)
 }
 
 /// At the agent-side veth's ingress: the packet's translation for the uplink is known
@@ -172,6 +192,20 @@ mod tests {
         assert!(!leaves_untranslated(&flow()), "from outside (an uplink's ingress)");
         assert!(!leaves_untranslated(&Flow { related: true, ..from_ni }), "ICMP error");
         assert!(!leaves_untranslated(&Flow { frag: FRAG_FIRST, ..from_ni }), "fragment");
+    }
+
+    #[test]
+    fn everything_outside_the_subnet_that_routes_goes_to_the_agent() {
+        let fz = FastZone { subnet: [10, 1, 0, 0], subnet_len: 24, ..FastZone::default() };
+        for dst in [[10, 99, 0, 10], [10, 1, 1, 2], [192, 168, 0, 1], [169, 254, 169, 254], [223, 255, 255, 254], [1, 0, 0, 0]] {
+            assert!(routed_to_agent(&fz, dst), "{dst:?}");
+        }
+        for dst in [[10, 1, 0, 1], [10, 1, 0, 2], [10, 1, 0, 255], [10, 1, 0, 0]] {
+            assert!(!routed_to_agent(&fz, dst), "{dst:?}: the NI's subnet, on its bridge");
+        }
+        for dst in [[0, 0, 0, 0], [127, 0, 0, 1], [224, 0, 0, 251], [239, 255, 255, 250], [240, 0, 0, 1], [255, 255, 255, 255]] {
+            assert!(!routed_to_agent(&fz, dst), "{dst:?}: routed nowhere");
+        }
     }
 
     #[test]

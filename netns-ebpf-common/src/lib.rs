@@ -97,9 +97,9 @@ pub mod map_names {
     pub const EVENTS: &str = "FLOWEV_V2";
     pub const PORT_STATS: &str = "PORTSTAT_V1";
     /// zone -> where the NI's fast path leads (`fast::FastZone`).
-    pub const FAST_ZONES: &str = "FASTZONE_V3";
+    pub const FAST_ZONES: &str = "FASTZONE_V4";
     /// The programs' scratch space for FIB lookups (per CPU).
-    pub const FIB_SCRATCH: &str = "FIBSCRATCH_V3";
+    pub const FIB_SCRATCH: &str = "FIBSCRATCH_V4";
 }
 
 /// The /24 of the NIs' veth pairs (169.254.100.0/24): the agent-side ends are the
@@ -412,7 +412,7 @@ const _: () = {
     assert!(size_of::<limit::LimitKey>() == 12);
     assert!(size_of::<limit::Bucket>() == 64);
     assert!(size_of::<ZoneUse>() == 16);
-    assert!(size_of::<fast::FastZone>() == 40);
+    assert!(size_of::<fast::FastZone>() == 56);
     assert!(size_of::<event::FlowEvent>() == 112);
     assert!(size_of::<PortCounters>() == 64);
     assert!(size_of::<frag::FragKey>() == 16);

@@ -58,6 +58,14 @@ impl NatKey {
         k
     }
 
+    /// This key written into `out` field by field, its padding left as it is there: the
+    /// programs keep some keys in per-CPU scratch, where a whole-struct store would call
+    /// `memset` for the padding (a BPF function, whose frame 6.1 counts with its caller's).
+    #[inline(always)]
+    pub fn write_to(&self, out: &mut NatKey) {
+        (out.domain, out.src, out.dst, out.sport, out.dport, out.proto) = (self.domain, self.src, self.dst, self.sport, self.dport, self.proto);
+    }
+
     /// The key the reply to this (already rewritten) tuple arrives with.
     #[inline(always)]
     pub fn reversed(&self) -> NatKey {

@@ -298,7 +298,10 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     count(Stat::PassCt);
     if side == Side::FromApp {
         return match fast::from_app(ctx.skb.skb, zone, flow) {
-            Some(ni_veth) => fast::past_ni_veth(ctx.skb.skb, zone, ni_veth, flow),
+            Some(ni_veth) => match fast::past_ni_veth(ctx.skb.skb, zone, ni_veth, flow) {
+                fast::MAKE_SOURCE => fast::new_past_ni_veth(ctx.skb.skb, zone, ni_veth, flow),
+                action => action,
+            },
             None => TC_ACT_OK,
         };
     }

@@ -1,12 +1,13 @@
 //! The redirect fast path (`netns_ebpf_common::fast` says which packets may take it and
-//! why): on the way out, a FIB lookup in the packet's netns asks where the kernel would
-//! route it (on the way back the destinations are the agent's own veth ends and apps,
-//! `from_uplink`, `to_app`); when that is where the fast path leads, the packet is sent
-//! there directly, with the MACs and the TTL the routing hop would have given it. Anything else (no route, another
-//! interface, no neighbour where the kernel resolves it, the MTU, the last TTL) is left
-//! to the kernel's path (TC_ACT_OK; `from_app`: None). A hop's counter counts the
-//! packets it sent on (one the program it stands in for would drop is counted as that
-//! program counts it).
+//! why): where a hop's routes are the agent's alone, the agent's maps say where the
+//! kernel would route a packet (out of an NI, `from_app`; back into it and to its app,
+//! `from_uplink`, `to_app`); at the agent's netns' way out, whose routes are also the
+//! uplinks', a FIB lookup asks (`to_uplink`). When that is where the fast path leads, the
+//! packet is sent there directly, with the MACs and the TTL the routing hop would have
+//! given it. Anything else (no route, another interface, no neighbour where the kernel
+//! resolves it, the MTU, the last TTL) is left to the kernel's path (TC_ACT_OK;
+//! `from_app`: None). A hop's counter counts the packets it sent on (one the program it
+//! stands in for would drop is counted as that program counts it).
 
 use core::{ffi::c_void, num::NonZeroU32};
 
@@ -29,6 +30,7 @@ use netns_ebpf_common::{
 
 use crate::{
     app_port, clock,
+    nat::{AtNiVeth, NewSource},
     maps::{CT, DEVICE, FAST_ZONES, FIB_SCRATCH, IFACES, NAT_IFACES},
     skb::{count, ifindex, write, Skb},
 };
@@ -65,18 +67,19 @@ pub struct NextHop {
     v6_rest: [u32; 3],
 }
 
-/// What the lookups and redirects read and write, in FIBSCRATCH_V2 (per CPU).
+/// What the lookups and redirects read and write, in FIBSCRATCH_V4 (per CPU).
 #[repr(C)]
 pub struct FibScratch {
     fib: FibParams,
     nh: NextHop,
-    /// `past_ni_veth`'s NAT key, off the stack. Written field by field: a whole-struct
-    /// store compiles to a call of `memset` for the padding, a BPF function whose frame
-    /// 6.1 counts too (the pad bytes stay zero: the per-CPU scratch starts zeroed and
-    /// nothing writes them).
+    /// `past_ni_veth`'s NAT key, off the stack. Written field by field
+    /// (`NatKey::write_to`): a whole-struct store compiles to a call of `memset` for the
+    /// padding, a BPF function whose frame 6.1 counts too (the pad bytes stay zero: the
+    /// per-CPU scratch starts zeroed and nothing writes them).
     nat_key: NatKey,
-    /// `past_ni_veth`'s copy of the translation it applies (`nat::apply_known_source`).
-    nat_to: NatValue,
+    /// The translation `past_ni_veth` and `to_uplink` apply (`source.to`: a copy of the
+    /// map's entry), or `past_ni_veth` makes for a new flow (`nat::translate_source`).
+    source: NewSource,
     /// `to_app`'s conntrack key, off its frame (which 6.1 counts with the NAT
     /// program's); written field by field as `nat_key`.
     ct_key: CtKey,
@@ -94,21 +97,25 @@ const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
 /// From an app's port (TC ingress): whether a packet of an allowed flow may go past the
 /// bridge and the NI's routing, to the NI veth: its ifindex (the routing hop's MACs and
 /// TTL are on the packet then; `past_ni_veth` sends it), or None: the kernel's path.
+/// No FIB lookup: the NI's routes are the agent's, and they send the packet to the
+/// agent when `fast::routed_to_agent` says so (as `from_uplink` and `to_app` find their
+/// way by the agent's maps); the hop's MACs are the veth ends' (`into_agent_macs`), the
+/// MTU the NI end's.
 /// Its own BPF function: the from-app program's frame is near 6.1's 512 bytes, and this
 /// one's adds to it only here, not to the ACL search's.
 #[inline(never)]
 pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> Option<NonZeroU32> {
     let ctx = TcContext::new(skb);
     let fz = enabled(zone)?;
-    if !to_bridge(&ctx, &fz.bridge_mac) {
+    if !to_bridge(&ctx, &fz.bridge_mac) || !fast::routed_to_agent(fz, flow.dst) {
         return None;
     }
     let to_device = unsafe { DEVICE.get(&flow.dst) }.is_some();
-    if !fast::app_packet_may_skip(flow, to_device) {
-        return None;
-    }
-    let s = lookup(&ctx, fz.bridge_ifindex, flow, 0)?;
-    if unsafe { (*s).fib.ifindex } != fz.ni_veth_ifindex || routing_hop(&ctx, s).is_err() {
+    if !fast::app_packet_may_skip(flow, to_device)
+        || !fits_mtu(&ctx, fz.ni_veth_ifindex)
+        || hop_ttl(&ctx).is_err()
+        || write(&ctx, 0, &fz.into_agent_macs).is_err()
+    {
         return None;
     }
     NonZeroU32::new(fz.ni_veth_ifindex)
@@ -136,36 +143,68 @@ fn to_bridge(ctx: &TcContext, bridge_mac: &[u8; 6]) -> bool {
 
 /// Sends a packet `from_app` let past the NI's routing on: when its translation at the
 /// NI veth (`ni_veth`) is known and in use, it is translated here as the veth's egress
-/// would translate it (`nat::apply_known_source`) and handed to the agent-side veth's
-/// ingress (`bpf_redirect_peer`), past that egress's program and the veth's queue; else
-/// to the NI veth's egress (`bpf_redirect`), as the routing would have sent it. Apart
-/// from `from_app`: the two frames are never on the stack together.
+/// would translate it (`nat::known_source`) and handed to the agent-side veth's
+/// ingress (`bpf_redirect_peer`), past that egress's program and the veth's queue; when
+/// the flow has none and the egress would make one, `MAKE_SOURCE`: the caller has
+/// `new_past_ni_veth` make it; else to the NI veth's egress (`bpf_redirect`), as the
+/// routing would have sent it. Apart from `from_app`: the two frames are never on the
+/// stack together.
 #[inline(never)]
 pub fn past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: NonZeroU32, flow: &Flow) -> i32 {
     let ctx = TcContext::new(skb);
     let ni_veth = ni_veth.get();
-    let applied = match FIB_SCRATCH.get_ptr_mut(0) {
-        Some(s) => unsafe {
-            // The key in the scratch, field by field (see `FibScratch::nat_key`).
-            let k = NatKey::of(zone, flow);
-            let d = &mut (*s).nat_key;
-            (d.domain, d.src, d.dst, d.sport, d.dport, d.proto) = (k.domain, k.src, k.dst, k.sport, k.dport, k.proto);
-            crate::nat::apply_known_source(&ctx, zone, ni_veth, &(*s).nat_key, &mut (*s).nat_to, flow)
-        },
-        None => None,
+    let Some(s) = FIB_SCRATCH.get_ptr_mut(0) else { return to_ni_veth(ni_veth) };
+    let found = unsafe {
+        NatKey::of(zone, flow).write_to(&mut (*s).nat_key);
+        crate::nat::known_source(&ctx, zone, ni_veth, &(*s).nat_key, &mut (*s).source.to, flow)
     };
-    match applied {
-        Some(TC_ACT_OK) => {
-            count(Stat::FastFromApp);
-            count(Stat::FastPastNiVeth);
-            into_peer(&ctx, ni_veth)
-        }
-        Some(dropped) => dropped,
-        None => {
-            count(Stat::FastFromApp);
-            unsafe { bpf_redirect(ni_veth, 0) as i32 }
-        }
+    match found {
+        AtNiVeth::Applied(action) => sent_past_ni_veth(&ctx, action, ni_veth),
+        AtNiVeth::ToMake => MAKE_SOURCE,
+        AtNiVeth::Left => to_ni_veth(ni_veth),
     }
+}
+
+/// `past_ni_veth`'s answer for a new flow whose translation the NI veth's egress would
+/// make: no TC verdict (those are small, from -1 up).
+pub const MAKE_SOURCE: i32 = i32::MIN;
+
+/// After `past_ni_veth` said `MAKE_SOURCE` (its NAT key in the scratch): the new flow's
+/// source translation at the NI veth made here (`nat::make_source`), as the veth's
+/// egress would make it, and the packet handed to the agent-side veth's ingress, as
+/// `past_ni_veth` hands a translated one: its first packet skips the veth's queue too.
+/// A function of its own: the search for a free port keeps more across its map calls
+/// than `past_ni_veth`'s frame may hold beside the from-app program's under 6.1's 512
+/// bytes.
+#[inline(never)]
+pub fn new_past_ni_veth(skb: *mut __sk_buff, zone: u32, ni_veth: NonZeroU32, flow: &Flow) -> i32 {
+    let ctx = TcContext::new(skb);
+    let ni_veth = ni_veth.get();
+    let Some(s) = FIB_SCRATCH.get_ptr_mut(0) else { return to_ni_veth(ni_veth) };
+    match unsafe { crate::nat::make_source(&ctx, zone, ni_veth, &(*s).nat_key, &mut (*s).source, flow) } {
+        Some(action) => sent_past_ni_veth(&ctx, action, ni_veth),
+        None => to_ni_veth(ni_veth),
+    }
+}
+
+/// A packet translated as the NI veth's egress would (`action`: TC_ACT_OK), handed to
+/// the agent-side veth's ingress; or the drop that translation gave.
+#[inline(always)]
+fn sent_past_ni_veth(ctx: &TcContext, action: i32, ni_veth: u32) -> i32 {
+    if action != TC_ACT_OK {
+        return action;
+    }
+    count(Stat::FastFromApp);
+    count(Stat::FastPastNiVeth);
+    into_peer(ctx, ni_veth)
+}
+
+/// A packet past the NI's routing, untranslated, to the NI veth's egress, as the routing
+/// would have sent it.
+#[inline(always)]
+fn to_ni_veth(ni_veth: u32) -> i32 {
+    count(Stat::FastFromApp);
+    unsafe { bpf_redirect(ni_veth, 0) as i32 }
 }
 
 /// At the agent-side veth's ingress: a packet whose translation at the uplink is known
@@ -184,7 +223,7 @@ pub fn to_uplink(ctx: &TcContext, key: &NatKey, v: *mut NatValue, flow: &Flow) -
     if snat_ip != unsafe { (*v).addr } || hop_ttl(ctx).is_err() {
         return TC_ACT_OK;
     }
-    match crate::nat::apply_source_in_use(ctx, key, unsafe { &mut *v }, unsafe { &mut (*s).nat_to }, flow) {
+    match crate::nat::apply_source_in_use(ctx, key, unsafe { &mut *v }, unsafe { &mut (*s).source.to }, flow) {
         Some(TC_ACT_OK) => {
             ctx.set_mark(fast::SNAT_DONE_MARK);
             count(Stat::FastSnatDone);
@@ -355,7 +394,7 @@ fn lookup(ctx: &TcContext, iif: u32, flow: &Flow, table: u32) -> Option<*mut Fib
         p.ifindex = iif;
         // (The lookup wrote its metric over `tos` last time.) The IPv6 parts are never
         // read for IPv4 nor written: they stay zero from the map's creation, and zeroing
-        // them here would call `memset` (see `from_app`).
+        // them here would call `memset` (see `FibScratch::nat_key`).
         p.tos = 0;
         p.src = flow.src;
         p.dst = flow.dst;
@@ -372,18 +411,6 @@ fn lookup(ctx: &TcContext, iif: u32, flow: &Flow, table: u32) -> Option<*mut Fib
         }
     };
     (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(s)
-}
-
-/// What the routing hop the packet skips would have done: the TTL down by one (not
-/// the last: the kernel's path sends the error), the MACs of the lookup's answer.
-#[inline(always)]
-fn routing_hop(ctx: &TcContext, s: *mut FibScratch) -> Result<(), ()> {
-    hop_ttl(ctx)?;
-    unsafe {
-        write(ctx, 0, &(*s).fib.dmac)?;
-        write(ctx, 6, &(*s).fib.smac)?;
-    }
-    Ok(())
 }
 
 /// The TTL and the header's checksum (the four bytes from the TTL on: TTL, protocol,

@@ -137,11 +137,11 @@ pub static LIMITS: HashMap<LimitKey, Bucket, { LIMIT_MAX_ENTRIES as usize }> = H
 
 /// Where each NI's fast path leads (`netns_ebpf_common::fast`), indexed by zone; an
 /// entry the agent did not write (zeros) says the NI takes the kernel's path.
-#[btf_map(name = "FASTZONE_V3")]
+#[btf_map(name = "FASTZONE_V4")]
 pub static FAST_ZONES: Array<FastZone, { MAX_ZONES as usize }> = Array::new();
 
 /// The fast path's scratch, one per CPU (`fast::FibScratch`: the FIB lookup's parameters,
 /// the out hop's NAT key and translation): on the from-app program's stack they would
 /// pass the 512 bytes that 6.1's verifier allows.
-#[btf_map(name = "FIBSCRATCH_V3")]
+#[btf_map(name = "FIBSCRATCH_V4")]
 pub static FIB_SCRATCH: PerCpuArray<FibScratch, 1> = PerCpuArray::new();

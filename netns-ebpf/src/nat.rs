@@ -127,12 +127,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         return TC_ACT_OK;
     }
     if egress {
-        if nif.snat == 1
-            && flow.src != nif.snat_ip
-            && flow.dst != nif.snat_except_dst
-            && prefix_contains(nif.snat_from, nif.snat_from_len, flow.src)
-            && !is_reply(&key)
-        {
+        if starts_translation(nif, &flow, &key) {
             return new_snat(ctx, &mut flow, &key, nif, now);
         }
     } else if nif.portmaps == 1 {
@@ -158,20 +153,52 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     TC_ACT_OK
 }
 
+/// What the fast path that skips the NI veth's egress (`fast::past_ni_veth`) finds of
+/// a packet's source translation there.
+pub enum AtNiVeth {
+    /// Applied as the egress would apply it (`apply_source_in_use`), or the packet
+    /// dropped as there (malformed): the program's verdict.
+    Applied(i32),
+    /// The flow has none, and the egress would make one: `make_source` makes it.
+    ToMake,
+    /// Neither: the packet takes the egress, nothing was touched.
+    Left,
+}
+
 /// For the fast path that skips the NI veth's egress (`fast::past_ni_veth`): the
-/// packet's source translation there (`key`: the packet's, in the NI's domain), applied
-/// as `handle` would apply it, when it is known and needs nothing else
-/// (`apply_source_in_use`). Some: translated (or dropped, a malformed packet) as there;
-/// None: not so, and nothing was touched.
+/// packet's source translation there (`key`: the packet's, in the NI's domain).
 #[inline(always)]
-pub fn apply_known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, to: &mut NatValue, flow: &Flow) -> Option<i32> {
+pub fn known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, to: &mut NatValue, flow: &Flow) -> AtNiVeth {
     // (Before the lookups: `apply_source_in_use` would refuse any other protocol.)
     if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
-        return None;
+        return AtNiVeth::Left;
     }
-    unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }?;
-    let v = unsafe { &mut *NAT.get_ptr_mut(key)? };
-    apply_source_in_use(ctx, key, v, to, flow)
+    let Some(nif) = (unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }) else { return AtNiVeth::Left };
+    match NAT.get_ptr_mut(key) {
+        Some(v) => match apply_source_in_use(ctx, key, unsafe { &mut *v }, to, flow) {
+            Some(action) => AtNiVeth::Applied(action),
+            None => AtNiVeth::Left,
+        },
+        None if starts_translation(nif, flow, key) => AtNiVeth::ToMake,
+        None => AtNiVeth::Left,
+    }
+}
+
+/// For the fast path that skips the NI veth's egress (`fast::new_past_ni_veth`), after
+/// `known_source` said `ToMake`: the new flow's source translation there, made and
+/// applied as `handle` would (`claim_source`; `t`: the caller's per-CPU scratch). Some:
+/// translated, or dropped as there (no port or no share left, malformed); None: the
+/// interface is no longer one that translates, nothing was touched.
+#[inline(always)]
+pub fn make_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, t: &mut NewSource, flow: &Flow) -> Option<i32> {
+    let nif = unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }?;
+    Some(match claim_source(flow, key, nif, clock::now_ns(), t) {
+        Ok(()) => rewrite_source(ctx, key, &t.to, flow, Stat::NatNew),
+        Err(refused) => {
+            count(refused);
+            TC_ACT_SHOT
+        }
+    })
 }
 
 /// For the fast path that applies an egress's source translation before the packet
@@ -202,13 +229,20 @@ pub fn apply_source_in_use(ctx: &TcContext, key: &NatKey, v: &mut NatValue, to: 
         v.flags = flags;
     }
     (to.addr, to.port) = (v.addr, v.port);
-    // (A source translation carries no mark: `finish` would set none.)
+    Some(rewrite_source(ctx, key, to, flow, Stat::NatRewrite))
+}
+
+/// The fast path's rewrite of a TCP or UDP packet's source (its tuple `key`) to `to`'s,
+/// counted as `stat` (or, malformed, dropped) as `finish` would count it. (A source
+/// translation carries no mark: `finish` would set none.)
+#[inline(always)]
+fn rewrite_source(ctx: &TcContext, key: &NatKey, to: &NatValue, flow: &Flow, stat: Stat) -> i32 {
     if rewrite::tcp_udp_source(ctx, flow.l4_off, key, to).is_err() {
         count(Stat::NatMalformed);
-        return Some(TC_ACT_SHOT);
+        return TC_ACT_SHOT;
     }
-    count(Stat::NatRewrite);
-    Some(TC_ACT_OK)
+    count(stat);
+    TC_ACT_OK
 }
 
 /// An ICMP error quoting a packet of a translated flow goes back the way that flow came.
@@ -237,6 +271,19 @@ fn icmp_error(ctx: &TcContext, egress: bool, quoted: &Flow) -> i32 {
     TC_ACT_OK
 }
 
+/// Whether this egress (`nif`) gives the packet a source translation it has none of: the
+/// interface translates the range the packet comes from, the packet is neither from
+/// the translation's own address nor to the destination left untranslated, and it is
+/// no reply of a flow translated in this domain.
+#[inline(always)]
+fn starts_translation(nif: &NatIface, flow: &Flow, key: &NatKey) -> bool {
+    nif.snat == 1
+        && flow.src != nif.snat_ip
+        && flow.dst != nif.snat_except_dst
+        && prefix_contains(nif.snat_from, nif.snat_from_len, flow.src)
+        && !is_reply(key)
+}
+
 /// A packet whose reverse is the original direction of a translation made in this
 /// domain is that flow's reply (already translated back where it came in): it must not
 /// be translated anew on its way out.
@@ -263,35 +310,63 @@ fn reply_half_whole(key: &NatKey, v: &NatValue, flow: &Flow, now: u64) -> bool {
     }
 }
 
-/// A new source translation: find a free (address, port) for this remote, record both
-/// directions, rewrite. No free port: the flow is dropped and counted.
+/// A new source translation, made and applied; none to be had: the flow is dropped and
+/// counted.
 #[inline(always)]
 fn new_snat(ctx: &TcContext, flow: &mut Flow, key: &NatKey, nif: &NatIface, now: u64) -> i32 {
+    let mut t = NewSource::default();
+    match claim_source(flow, key, nif, now, &mut t) {
+        Ok(()) => finish(ctx, flow, &t.to, Stat::NatNew),
+        Err(refused) => {
+            count(refused);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// A source translation being made (`claim_source`): the original direction's entry
+/// (`to`, what the packet is translated to), its reply half's key and entry. Written
+/// field by field, as the fast path keeps it in its per-CPU scratch, off the from-app
+/// program's stack (`fast::FibScratch`; a whole-struct store would call `memset` for
+/// `NatValue`'s padding, a BPF function whose frame 6.1 counts too).
+#[repr(C)]
+#[derive(Default)]
+pub struct NewSource {
+    pub to: NatValue,
+    reply_key: NatKey,
+    reply: NatValue,
+}
+
+/// Finds a free (address, port) for this remote and records both directions (`t`):
+/// Err says why there is none (the NI's share of the map is used up, or no port is
+/// free).
+#[inline(always)]
+fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut NewSource) -> Result<(), Stat> {
     let has_ports = flow.proto == PROTO_TCP || flow.proto == PROTO_UDP || (flow.proto == PROTO_ICMP && flow.icmp_echo);
     if !budget::take(nat::owner_zone(key.domain, [flow.src, flow.dst, nif.snat_ip]), true, 2) {
-        count(Stat::DropZoneFull);
-        return TC_ACT_SHOT;
+        return Err(Stat::DropZoneFull);
     }
     let random = unsafe { bpf_get_prandom_u32() };
-    let rev_value = NatValue { last_seen_ns: now, mark: 0, addr: flow.src, port: flow.sport, rewrite: REWRITE_DST, flags: 0 };
+    let r = &mut t.reply;
+    (r.last_seen_ns, r.mark, r.addr, r.port, r.rewrite, r.flags) = (now, 0, flow.src, flow.sport, REWRITE_DST, 0);
+    let f = &mut t.to;
+    (f.last_seen_ns, f.mark, f.addr, f.rewrite, f.flags) = (now, 0, nif.snat_ip, REWRITE_SRC, NAT_FLAG_ORIG);
     for attempt in 0..PORT_ATTEMPTS {
-        let port = if has_ports { candidate_port(random, attempt, nif.port_min, nif.port_max) } else { flow.sport };
-        let fwd = NatValue { last_seen_ns: now, mark: 0, addr: nif.snat_ip, port, rewrite: REWRITE_SRC, flags: NAT_FLAG_ORIG };
-        let rev_key = key.rewritten(&fwd).reversed();
+        t.to.port = if has_ports { candidate_port(random, attempt, nif.port_min, nif.port_max) } else { flow.sport };
+        key.rewritten(&t.to).reversed().write_to(&mut t.reply_key);
         // The reply tuple is what must be unique: claim it first.
-        if NAT.insert(&rev_key, &rev_value, BPF_NOEXIST as u64).is_ok() {
-            if NAT.insert(key, &fwd, BPF_ANY as u64).is_err() {
-                let _ = NAT.remove(&rev_key);
+        if NAT.insert(&t.reply_key, &t.reply, BPF_NOEXIST as u64).is_ok() {
+            if NAT.insert(key, &t.to, BPF_ANY as u64).is_err() {
+                let _ = NAT.remove(&t.reply_key);
                 break;
             }
-            return finish(ctx, flow, &fwd, Stat::NatNew);
+            return Ok(());
         }
         if !has_ports {
             break;
         }
     }
-    count(Stat::NatNoPort);
-    TC_ACT_SHOT
+    Err(Stat::NatNoPort)
 }
 
 #[inline(always)]

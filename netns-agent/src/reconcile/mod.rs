@@ -400,9 +400,16 @@ impl Applier {
     async fn ensure_fast_path<K: NiDriver>(&mut self, kind: &K, plan: &Plan, ni: &NiPlan, nl: &Netlink) -> Result<()> {
         let fast = match ni.routed_uplink().filter(|_| plan.fast_path && kind.fast_path()) {
             Some(uplink) => {
-                let mut into_ni_macs = [0u8; 12];
-                into_ni_macs[..6].copy_from_slice(&nl.link_index_and_mac(&ni.ni_veth).await?.1);
-                into_ni_macs[6..].copy_from_slice(&self.agent.link_index_and_mac(&ni.agent_veth).await?.1);
+                let ni_end = nl.link_index_and_mac(&ni.ni_veth).await?.1;
+                let agent_end = self.agent.link_index_and_mac(&ni.agent_veth).await?.1;
+                // (Destination, then source, as they stand in the header.)
+                let macs = |dst: &[u8; 6], src: &[u8; 6]| {
+                    let mut both = [0u8; 12];
+                    both[..6].copy_from_slice(dst);
+                    both[6..].copy_from_slice(src);
+                    both
+                };
+                let (into_ni_macs, into_agent_macs) = (macs(&ni_end, &agent_end), macs(&agent_end, &ni_end));
                 let bridge_ifindex = nl.link_index(BRIDGE).await?.with_context(|| format!("{}: no bridge", ni.name))?;
                 FastZone {
                     enabled: 1,
@@ -411,8 +418,11 @@ impl Applier {
                     agent_veth_ifindex: ni.agent_veth_ifindex(),
                     uplink_table: if datapath::fib_lookup_by_table() { plan.uplink(uplink)?.table } else { 0 },
                     into_ni_macs,
+                    into_agent_macs,
                     bridge_mac: ni.bridge_mac(),
-                    _pad: [0; 2],
+                    subnet_len: ni.subnet.prefix_len(),
+                    _pad: 0,
+                    subnet: ni.subnet.network().octets(),
                 }
             }
             None => FastZone::default(),
