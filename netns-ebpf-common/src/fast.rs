@@ -1,16 +1,18 @@
 //! The redirect fast path: which packets may skip the NI bridge and the routing of the
-//! NI's and the agent's netns (the programs redirect them, after a FIB lookup that
-//! says where the kernel would route them), and the one header change that stands in
-//! for each routing hop they skip (the TTL). Everything else a packet meets on the
-//! kernel's path still runs: the app port's programs judge and count it, the NAT
-//! programs translate it on the same interfaces as before; but for two programs whose
-//! work is done where the packet leaves: the NI veth's egress, whose translation the app
-//! port's program applies, and the app port's egress, whose accounting of a reply the NI
-//! veth's program does (`reply_may_skip_port` says when that is all it would do).
+//! NI's and the agent's netns (the programs redirect them where the kernel would route
+//! them: by the agent's own routes, `routed_to_agent`, or out of the agent's netns by a
+//! FIB lookup), and the one header change that stands in for each routing hop they skip
+//! (the TTL). Everything else a packet meets on the kernel's path still runs: the app
+//! port's programs judge and count it, the NAT programs translate it on the same
+//! interfaces as before; but for three programs whose work is done where the packet
+//! leaves: the NI veth's egress, whose translation the app port's program applies (or
+//! makes, for a new flow), the uplink's egress, whose translation the agent-side veth's
+//! program applies, and the app port's egress, whose accounting of a reply the NI veth's
+//! program does (`reply_may_skip_port` says when that is all it would do).
 //!
 //! Out (app -> world): app port ingress -> agent-side veth ingress (`bpf_redirect_peer`,
-//! translated; or the NI veth's egress, `bpf_redirect`, when the translation is not there
-//! yet); agent-side veth ingress -> uplink egress (`bpf_redirect_neigh` to the FIB's next hop:
+//! translated; or the NI veth's egress, `bpf_redirect`, when the app port does not
+//! translate it); agent-side veth ingress -> uplink egress (`bpf_redirect_neigh` to the FIB's next hop:
 //! the NI's uplink table, by the `iif` rule; translated, or, a new flow's, translated by
 //! the uplink's egress program). A flow's first packet takes it too. Back: uplink ingress -> NI veth ingress
 //! (`bpf_redirect_peer`); NI veth ingress -> the app's own end of its veth
@@ -83,11 +85,11 @@ pub const SNAT_DONE_MARK: u32 = 0x5a7d_0e00;
 /// A packet an app sends on an allowed flow may skip the bridge and the NI's routing
 /// when it is neither an ICMP error nor a fragment (the kernel relates and reassembles
 /// those), and it goes nowhere on the device itself (the agent's addresses, hairpin port
-/// maps on the uplinks' addresses: `to_device`). A flow's first packets too: where their
-/// translations are not made yet, the NAT programs make them on the interfaces the fast
-/// path sends them out of (the NI veth's egress, the uplink's egress), as on the
-/// kernel's path; where a neighbour is not resolved yet, the FIB lookup says so and the
-/// packet takes the kernel's path.
+/// maps on the uplinks' addresses: `to_device`). A flow's first packets too: the app
+/// port's program makes the flow's translation at the NI veth, as that veth's egress
+/// program would; the uplink's egress program makes the one in the agent's netns, as on
+/// the kernel's path; where the uplink's neighbour is not resolved yet, the FIB lookup
+/// says so and the packet takes the kernel's path.
 #[inline(always)]
 pub fn app_packet_may_skip(flow: &Flow, to_device: bool) -> bool {
     !flow.related && flow.frag == FRAG_NONE && !to_device && !prefix_contains(VETH_NET, VETH_NET_LEN, flow.dst)

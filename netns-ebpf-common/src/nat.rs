@@ -63,7 +63,8 @@ impl NatKey {
     /// `memset` for the padding (a BPF function, whose frame 6.1 counts with its caller's).
     #[inline(always)]
     pub fn write_to(&self, out: &mut NatKey) {
-        (out.domain, out.src, out.dst, out.sport, out.dport, out.proto) = (self.domain, self.src, self.dst, self.sport, self.dport, self.proto);
+        (out.domain, out.src, out.dst, out.sport, out.dport, out.proto) =
+            (self.domain, self.src, self.dst, self.sport, self.dport, self.proto);
     }
 
     /// The key the reply to this (already rewritten) tuple arrives with.

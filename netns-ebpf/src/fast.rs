@@ -30,8 +30,8 @@ use netns_ebpf_common::{
 
 use crate::{
     app_port, clock,
-    nat::{AtNiVeth, NewSource},
     maps::{CT, DEVICE, FAST_ZONES, FIB_SCRATCH, IFACES, NAT_IFACES},
+    nat::{AtNiVeth, NewSource},
     skb::{count, ifindex, write, Skb},
 };
 
