@@ -34,8 +34,6 @@ use crate::{
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastZone {
     pub enabled: u32,
-    /// The NI's bridge: the interface the NI's routing sees the apps' packets arrive on.
-    pub bridge_ifindex: u32,
     /// The NI's end of its veth to the agent, and the agent's end.
     pub ni_veth_ifindex: u32,
     pub agent_veth_ifindex: u32,

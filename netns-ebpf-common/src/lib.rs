@@ -412,7 +412,7 @@ const _: () = {
     assert!(size_of::<limit::LimitKey>() == 12);
     assert!(size_of::<limit::Bucket>() == 64);
     assert!(size_of::<ZoneUse>() == 16);
-    assert!(size_of::<fast::FastZone>() == 56);
+    assert!(size_of::<fast::FastZone>() == 52);
     assert!(size_of::<event::FlowEvent>() == 112);
     assert!(size_of::<PortCounters>() == 64);
     assert!(size_of::<frag::FragKey>() == 16);

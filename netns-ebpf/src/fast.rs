@@ -78,7 +78,7 @@ pub struct FibScratch {
     /// per-CPU scratch starts zeroed and nothing writes them).
     nat_key: NatKey,
     /// The translation `past_ni_veth` and `to_uplink` apply (`source.to`: a copy of the
-    /// map's entry), or `past_ni_veth` makes for a new flow (`nat::translate_source`).
+    /// map's entry), or `new_past_ni_veth` makes for a new flow (`nat::make_source`).
     source: NewSource,
     /// `to_app`'s conntrack key, off its frame (which 6.1 counts with the NAT
     /// program's); written field by field as `nat_key`.

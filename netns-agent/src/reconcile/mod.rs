@@ -38,7 +38,7 @@ use crate::{
     datapath::{self, Maps, Programs},
     netlink::{Netlink, Uplinks},
     netns::{self, Netns},
-    plan::{NiPlan, Plan, PortPlan, BRIDGE},
+    plan::{NiPlan, Plan, PortPlan},
     state::{AppliedState, ApplyReport, ItemState, NiRecord},
 };
 
@@ -410,10 +410,8 @@ impl Applier {
                     both
                 };
                 let (into_ni_macs, into_agent_macs) = (macs(&ni_end, &agent_end), macs(&agent_end, &ni_end));
-                let bridge_ifindex = nl.link_index(BRIDGE).await?.with_context(|| format!("{}: no bridge", ni.name))?;
                 FastZone {
                     enabled: 1,
-                    bridge_ifindex,
                     ni_veth_ifindex: ni.ni_veth_ifindex(),
                     agent_veth_ifindex: ni.agent_veth_ifindex(),
                     uplink_table: if datapath::fib_lookup_by_table() { plan.uplink(uplink)?.table } else { 0 },
