@@ -26,7 +26,7 @@ use crate::{
     IfaceInfo, IFACE_FLAG_APP_NETNS, IFACE_FLAG_IP_LEARN, PROTO_TCP, VETH_NET, VETH_NET_LEN,
 };
 
-/// FASTZONE_V3's value, indexed by zone: where an NI's fast path leads. An NI whose
+/// FASTZONE_V4's value, indexed by zone: where an NI's fast path leads. An NI whose
 /// `enabled` is 0 takes the kernel's path only: switch NIs (no routing to skip), VPN
 /// NIs (xfrm must see what its policy selects, on the kernel's path), NIs without an
 /// uplink, and every NI when `[agent] fast_path = false`.
@@ -51,9 +51,9 @@ pub struct FastZone {
     /// The NI bridge's MAC (the agent sets it): the source the NI's routing gives a
     /// packet to an app, and the destination of an app's frames that the NI routes.
     pub bridge_mac: [u8; 6],
-    /// The NI's subnet (prefix length, then address): the one destination of an app's
-    /// routed packets that its NI's routing does not send to the agent
-    /// (`routed_to_agent`).
+    /// The NI's subnet (prefix length, then address): where its apps' packets come
+    /// from, and the one destination of theirs that its routing does not send to the
+    /// agent (`routed_to_agent`).
     pub subnet_len: u8,
     pub _pad: u8,
     pub subnet: crate::Ipv4,
@@ -93,16 +93,21 @@ pub fn app_packet_may_skip(flow: &Flow, to_device: bool) -> bool {
     !flow.related && flow.frag == FRAG_NONE && !to_device && !prefix_contains(VETH_NET, VETH_NET_LEN, flow.dst)
 }
 
-/// Whether an NI's routing (`fz`) sends an app's packet for `dst` out of its veth to
+/// Whether an NI's routing (`fz`) forwards an app's packet (`flow`) out of its veth to
 /// the agent, by its default route: every route in an NI's netns is the agent's (the
 /// connected ones of the NI's subnet and of its veth, the default via the agent's
-/// end), so this needs no FIB lookup. Every address but the NI's subnet (the bridge's
-/// connected route; the gateway's own address is in it) and those the kernel routes
-/// nowhere: 0/8, loopback, multicast, 240/4 and the broadcast. (The veth's /24 is
-/// `app_packet_may_skip`'s to leave to the kernel's path.)
+/// end), so this needs no FIB lookup. From the NI's subnet (an app's own address; the
+/// guard lets an app send from 0.0.0.0 only to ask for one, which routing drops as a
+/// martian), to any address but the NI's subnet (the bridge's connected route; the
+/// gateway's own address is in it) and those left to the kernel's path: 0/8 and
+/// loopback (martians), multicast and the broadcast (not forwarded), and with them the
+/// rest of 240/4. (The veth's /24 is `app_packet_may_skip`'s to leave to the kernel's
+/// path.)
 #[inline(always)]
-pub fn routed_to_agent(fz: &FastZone, dst: crate::Ipv4) -> bool {
-    !prefix_contains(fz.subnet, fz.subnet_len, dst) && !matches!(dst[0], 0 | 127 | 224..=255)
+pub fn routed_to_agent(fz: &FastZone, flow: &Flow) -> bool {
+    prefix_contains(fz.subnet, fz.subnet_len, flow.src)
+        && !prefix_contains(fz.subnet, fz.subnet_len, flow.dst)
+        && !matches!(flow.dst[0], 0 | 127 | 224..=255)
 }
 
 /// At the agent-side veth's ingress: the packet's translation for the uplink is known
@@ -195,16 +200,21 @@ mod tests {
     }
 
     #[test]
-    fn everything_outside_the_subnet_that_routes_goes_to_the_agent() {
+    fn everything_from_the_subnet_to_outside_it_that_routes_goes_to_the_agent() {
         let fz = FastZone { subnet: [10, 1, 0, 0], subnet_len: 24, ..FastZone::default() };
+        let to = |dst| Flow { src: [10, 1, 0, 2], dst, ..flow() };
         for dst in [[10, 99, 0, 10], [10, 1, 1, 2], [192, 168, 0, 1], [169, 254, 169, 254], [223, 255, 255, 254], [1, 0, 0, 0]] {
-            assert!(routed_to_agent(&fz, dst), "{dst:?}");
+            assert!(routed_to_agent(&fz, &to(dst)), "{dst:?}");
         }
-        for dst in [[10, 1, 0, 1], [10, 1, 0, 2], [10, 1, 0, 255], [10, 1, 0, 0]] {
-            assert!(!routed_to_agent(&fz, dst), "{dst:?}: the NI's subnet, on its bridge");
+        for dst in [[10, 1, 0, 1], [10, 1, 0, 3], [10, 1, 0, 255], [10, 1, 0, 0]] {
+            assert!(!routed_to_agent(&fz, &to(dst)), "{dst:?}: the NI's subnet, on its bridge");
         }
         for dst in [[0, 0, 0, 0], [127, 0, 0, 1], [224, 0, 0, 251], [239, 255, 255, 250], [240, 0, 0, 1], [255, 255, 255, 255]] {
-            assert!(!routed_to_agent(&fz, dst), "{dst:?}: routed nowhere");
+            assert!(!routed_to_agent(&fz, &to(dst)), "{dst:?}: left to the kernel's path");
+        }
+        for src in [[0, 0, 0, 0], [10, 1, 1, 2], [192, 168, 0, 1]] {
+            let from = Flow { src, dst: [10, 99, 0, 10], ..flow() };
+            assert!(!routed_to_agent(&fz, &from), "{src:?}: not from the NI's subnet (a martian there)");
         }
     }
 

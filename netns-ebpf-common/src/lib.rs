@@ -356,7 +356,7 @@ stats! {
     FastToApp = 29 => "fast_to_app",
     /// Fast path: an app's packet sent on from its port, translated as the NI veth's
     /// egress would, straight to the agent-side veth (a `fast_from_app` packet whose
-    /// translation is known; the others go to the NI veth).
+    /// translation is known, or made there for a new flow; the others go to the NI veth).
     FastPastNiVeth = 30 => "fast_past_ni_veth",
     /// Fast path: a reply handed from the NI veth straight into its app's netns, past
     /// the app port's egress (a `fast_to_app` packet the port would only have counted;

@@ -31,7 +31,7 @@ use netns_ebpf_common::{
 use crate::{
     app_port, clock,
     maps::{CT, DEVICE, FAST_ZONES, FIB_SCRATCH, IFACES, NAT_IFACES},
-    nat::{AtNiVeth, NewSource},
+    nat::{AtNiVeth, SourceScratch},
     skb::{count, ifindex, write, Skb},
 };
 
@@ -79,7 +79,7 @@ pub struct FibScratch {
     nat_key: NatKey,
     /// The translation `past_ni_veth` and `to_uplink` apply (`source.to`: a copy of the
     /// map's entry), or `new_past_ni_veth` makes for a new flow (`nat::make_source`).
-    source: NewSource,
+    source: SourceScratch,
     /// `to_app`'s conntrack key, off its frame (which 6.1 counts with the NAT
     /// program's); written field by field as `nat_key`.
     ct_key: CtKey,
@@ -107,7 +107,7 @@ const NEXT_HOP_LEN: i32 = size_of::<NextHop>() as i32;
 pub fn from_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> Option<NonZeroU32> {
     let ctx = TcContext::new(skb);
     let fz = enabled(zone)?;
-    if !to_bridge(&ctx, &fz.bridge_mac) || !fast::routed_to_agent(fz, flow.dst) {
+    if !to_bridge(&ctx, &fz.bridge_mac) || !fast::routed_to_agent(fz, flow) {
         return None;
     }
     let to_device = unsafe { DEVICE.get(&flow.dst) }.is_some();

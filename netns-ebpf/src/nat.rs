@@ -190,15 +190,22 @@ pub fn known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey,
 /// translated, or dropped as there (no port or no share left, malformed); None: the
 /// interface is no longer one that translates, nothing was touched.
 #[inline(always)]
-pub fn make_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, t: &mut NewSource, flow: &Flow) -> Option<i32> {
+pub fn make_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, t: &mut SourceScratch, flow: &Flow) -> Option<i32> {
+    // (Looked up again, not passed from `known_source`: the two are apart, see
+    // `fast::new_past_ni_veth`.)
     let nif = unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }?;
     Some(match claim_source(flow, key, nif, clock::now_ns(), t) {
         Ok(()) => rewrite_source(ctx, key, &t.to, flow, Stat::NatNew),
-        Err(refused) => {
-            count(refused);
-            TC_ACT_SHOT
-        }
+        Err(why) => refused(why),
     })
+}
+
+/// A new flow's packet that gets no translation (`why`: no port, no share left): dropped
+/// and counted.
+#[inline(always)]
+fn refused(why: Stat) -> i32 {
+    count(why);
+    TC_ACT_SHOT
 }
 
 /// For the fast path that applies an egress's source translation before the packet
@@ -314,24 +321,22 @@ fn reply_half_whole(key: &NatKey, v: &NatValue, flow: &Flow, now: u64) -> bool {
 /// counted.
 #[inline(always)]
 fn new_snat(ctx: &TcContext, flow: &mut Flow, key: &NatKey, nif: &NatIface, now: u64) -> i32 {
-    let mut t = NewSource::default();
+    let mut t = SourceScratch::default();
     match claim_source(flow, key, nif, now, &mut t) {
         Ok(()) => finish(ctx, flow, &t.to, Stat::NatNew),
-        Err(refused) => {
-            count(refused);
-            TC_ACT_SHOT
-        }
+        Err(why) => refused(why),
     }
 }
 
-/// A source translation being made (`claim_source`): the original direction's entry
-/// (`to`, what the packet is translated to), its reply half's key and entry. Written
-/// field by field, as the fast path keeps it in its per-CPU scratch, off the from-app
-/// program's stack (`fast::FibScratch`; a whole-struct store would call `memset` for
-/// `NatValue`'s padding, a BPF function whose frame 6.1 counts too).
+/// A source translation's entries: the one a packet is translated by (`to`: a copy of
+/// the map's, `apply_source_in_use`, or a new one, `claim_source`), and for a new one
+/// its reply half's key and entry. Written field by field, as the fast path keeps it in
+/// its per-CPU scratch, off the from-app program's stack (`fast::FibScratch`; a
+/// whole-struct store would call `memset` for `NatValue`'s padding, a BPF function
+/// whose frame 6.1 counts too).
 #[repr(C)]
 #[derive(Default)]
-pub struct NewSource {
+pub struct SourceScratch {
     pub to: NatValue,
     reply_key: NatKey,
     reply: NatValue,
@@ -341,7 +346,7 @@ pub struct NewSource {
 /// Err says why there is none (the NI's share of the map is used up, or no port is
 /// free).
 #[inline(always)]
-fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut NewSource) -> Result<(), Stat> {
+fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut SourceScratch) -> Result<(), Stat> {
     let has_ports = flow.proto == PROTO_TCP || flow.proto == PROTO_UDP || (flow.proto == PROTO_ICMP && flow.icmp_echo);
     if !budget::take(nat::owner_zone(key.domain, [flow.src, flow.dst, nif.snat_ip]), true, 2) {
         return Err(Stat::DropZoneFull);

@@ -205,6 +205,26 @@ fn a_new_flow_takes_the_fast_path_from_its_first_packet() {
     assert!(f.translated.len() == 2 && f.translated[1].starts_with("192.168.0.2:"), "both translations made: {f:#?}");
 }
 
+/// The fast path writes the MACs of an NI's veth ends itself, on the way out of the NI
+/// and back into it: the ones the agent read when it applied the NI (no FIB lookup,
+/// no neighbour entry). A veth made anew has new ones: here the NI's veth is deleted
+/// from outside, the next apply makes it again, and the hops write its new MACs.
+#[test]
+fn a_veth_made_anew_gives_the_fast_path_its_new_macs() {
+    let s = scenario();
+    echo_to_inet(&s);
+    let ni1 = s.ni("ni1").to_string();
+    let veth_mac = || String::from_utf8_lossy(&s.exec(&ni1, &["sh", "-c", "cat /sys/class/net/veth*.1/address"]).stdout).trim().to_string();
+    let old_mac = veth_mac();
+    let out = s.exec(&ni1, &["sh", "-c", "ip link del $(basename /sys/class/net/veth*.1)"]);
+    assert!(out.status.success(), "deleting ni1's veth: {}", String::from_utf8_lossy(&out.stderr));
+    let out = s.apply(TWO_NIS);
+    assert!(out.status.success(), "apply after the veth went: {}", String::from_utf8_lossy(&out.stderr));
+    let new_mac = veth_mac();
+    assert!(!new_mac.is_empty() && new_mac != old_mac, "ni1's veth made anew: {old_mac} -> {new_mac}");
+    assert_hops_write_routings_macs(&s);
+}
+
 /// On the kernel's path an app's frame goes up to the NI's routing only when it is for
 /// the gateway's MAC; for any other MAC the bridge forwards it (here it floods it: no
 /// port has that MAC), whatever its IP destination. The fast path routes the same frames
@@ -375,14 +395,22 @@ fn hairpins_and_the_agents_own_flows_take_the_kernels_path() {
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
 }
 
-/// The hops back write the MACs the agent read when it applied the NI, not ones a FIB
-/// lookup gave: a reply from the internet host carries, on the NI veth's NI end, the
-/// agent end's MAC as source and the NI end's as destination (as the agent's routing
-/// would send it), and in app1's netns the bridge's as source and app1's as
-/// destination (as the NI's routing would). Seen by captures on those interfaces.
+/// The fast path's hops write the MACs the agent read when it applied the NI, not ones
+/// a FIB lookup gave: app1's packets to the internet host carry, on the agent's end of
+/// ni1's veth, the NI end's MAC as source and the agent end's as destination (as the
+/// NI's routing would send them); the replies carry, on the NI end, the agent end's MAC
+/// as source and the NI end's as destination (as the agent's routing would), and in
+/// app1's netns the bridge's as source and app1's as destination (as the NI's routing
+/// would). Seen by captures on those interfaces.
 #[test]
-fn replies_carry_the_macs_routing_would_give_them() {
+fn packets_carry_the_macs_routing_would_give_them() {
     let s = scenario();
+    assert_hops_write_routings_macs(&s);
+}
+
+/// An echo from app1 to the internet host, captured where each hop hands it on (see
+/// `packets_carry_the_macs_routing_would_give_them`): the MACs the fast path wrote.
+fn assert_hops_write_routings_macs(s: &Scenario) {
     let app1 = s.app("app1").to_string();
     let ni1 = s.ni("ni1").to_string();
     let zedbox = s.zedbox.clone();
@@ -392,18 +420,22 @@ fn replies_carry_the_macs_routing_would_give_them() {
     let mac = |ns: &str, dev: &str| sh(ns, &format!("cat /sys/class/net/{dev}/address"));
     let (ni_end_mac, agent_end_mac, bridge_mac, app_mac) =
         (mac(&ni1, &ni_end), mac(&zedbox, &agent_end), mac(&ni1, "br"), mac(&app1, "nbu1x1.1"));
-    // The flow answered, the neighbours settled: the next echo's replies take the fast
-    // path from its first segment.
+    // The flow answered, the neighbours settled: the next echo takes the fast path from
+    // its first segment.
     assert_eq!(s.echo(&app1, INET_IP, 7, 1000, None), EchoResult::Echoed(1000));
     // Each capture prints its `listening` line on stdout once it listens, then the
-    // first 20 replies with their link-level header.
-    let capture =
-        |ns: &str, dev: &str| Background::tcpdump(ns, &format!("tcpdump -l -e -n -c 20 -i {dev} src host {INET_IP} and tcp src port 7"));
-    let (on_ni_end, in_app) = (capture(&ni1, &ni_end), capture(&app1, "nbu1x1.1"));
-    let before = fast_counters(&s);
+    // first 20 packets with their link-level header.
+    let capture = |ns: &str, dev: &str, filter: &str| Background::tcpdump(ns, &format!("tcpdump -l -e -n -c 20 -i {dev} {filter}"));
+    let (out_filter, back_filter) = (format!("dst host {INET_IP} and tcp dst port 7"), format!("src host {INET_IP} and tcp src port 7"));
+    let on_agent_end = capture(&zedbox, &agent_end, &out_filter);
+    let (on_ni_end, in_app) = (capture(&ni1, &ni_end, &back_filter), capture(&app1, "nbu1x1.1", &back_filter));
+    let before = fast_counters(s);
     assert_eq!(s.echo(&app1, INET_IP, 7, SENT, None), EchoResult::Echoed(SENT));
-    let [.., from_uplink, _, into_app] = since(before, fast_counters(&s));
-    assert!(from_uplink >= 20 && into_app >= 20, "the replies took the hops back: {from_uplink} from the uplink, {into_app} into app1");
+    let [from_app, past_ni_veth, _, _, from_uplink, _, into_app] = since(before, fast_counters(s));
+    assert!(
+        from_app >= 20 && past_ni_veth >= 20 && from_uplink >= 20 && into_app >= 20,
+        "the packets took the hops: {from_app} from app1, {past_ni_veth} past the NI veth; {from_uplink} from the uplink, {into_app} into app1"
+    );
     // "<time> <src MAC> > <dst MAC>, ethertype IPv4 ...": the MAC pairs seen.
     let pairs = |c: Background| -> Vec<(String, String)> {
         let out = String::from_utf8_lossy(&c.finish().stdout).to_string();
@@ -415,9 +447,12 @@ fn replies_carry_the_macs_routing_would_give_them() {
                 Some((f.get(1)?.to_string(), f.get(3)?.trim_end_matches(',').to_string()))
             })
             .collect();
-        assert_eq!(seen.len(), 20, "20 replies captured: {out}");
+        assert_eq!(seen.len(), 20, "20 packets captured: {out}");
         seen
     };
+    for (src, dst) in pairs(on_agent_end) {
+        assert_eq!((src.as_str(), dst.as_str()), (ni_end_mac.as_str(), agent_end_mac.as_str()), "a packet out on {agent_end}");
+    }
     for (src, dst) in pairs(on_ni_end) {
         assert_eq!((src.as_str(), dst.as_str()), (agent_end_mac.as_str(), ni_end_mac.as_str()), "a reply on {ni_end}");
     }

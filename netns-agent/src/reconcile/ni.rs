@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use netns_ebpf_common::{
+    fast::FastZone,
     nat::{NatKey, NatValue, PortmapKey, PortmapTarget, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST},
     IfaceKey, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH,
 };
@@ -123,7 +124,11 @@ impl NiDriver for LocalNi {
         let ni_end = nl.link_index(&ni.ni_veth).await?;
         let agent_end = ap.agent.link_index(&ni.agent_veth).await?;
         let fresh_veth = ni_end != Some(ni.ni_veth_ifindex()) || agent_end != Some(ni.agent_veth_ifindex());
+        programs(&mut ap.programs, &ap.pin_dir)?;
         if fresh_veth {
+            // The fast path writes the veth ends' MACs (`FastZone`): none until
+            // `ensure_fast_path` has read the new ends' (the ifindexes stay the same).
+            ap.maps()?.set_fast_zone(ni.zone(), FastZone::default())?;
             if ni_end.is_some() {
                 nl.delete_link(&ni.ni_veth).await?;
             }
@@ -142,7 +147,6 @@ impl NiDriver for LocalNi {
             ap.agent.link_index(&ni.agent_veth).await?.with_context(|| format!("{} vanished after creation", ni.agent_veth))?;
         uplink::apply_eve_table(&ap.agent, ni, agent_veth_index).await?;
 
-        programs(&mut ap.programs, &ap.pin_dir)?;
         if let Some(uplink_name) = ni.routed_uplink() {
             let addr = *ap.uplinks.get(uplink_name).with_context(|| format!("uplink {uplink_name} was not read"))?;
             let table = plan.uplink(uplink_name)?.table;
