@@ -39,6 +39,14 @@ impl CtKey {
         let key = CtKey { zone, addr_a: a, addr_b: b, port_a: pa, port_b: pb, proto: flow.proto, _pad: [0; 3] };
         (key, a_to_b)
     }
+
+    /// This key written into `out` field by field, its padding left as it is there (see
+    /// `NatKey::write_to`: the programs keep keys in per-CPU scratch).
+    #[inline(always)]
+    pub fn write_to(&self, out: &mut CtKey) {
+        (out.zone, out.addr_a, out.addr_b, out.port_a, out.port_b, out.proto) =
+            (self.zone, self.addr_a, self.addr_b, self.port_a, self.port_b, self.proto);
+    }
 }
 
 pub const DIR_ORIG: usize = 0;

@@ -81,7 +81,7 @@ pub struct FibScratch {
     /// map's entry), or `new_past_ni_veth` makes for a new flow (`nat::make_source`).
     source: SourceScratch,
     /// `to_app`'s conntrack key, off its frame (which 6.1 counts with the NAT
-    /// program's); written field by field as `nat_key`.
+    /// program's); written field by field as `nat_key` (`CtKey::write_to`).
     ct_key: CtKey,
 }
 
@@ -319,7 +319,7 @@ pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
     let Some(s) = FIB_SCRATCH.get_ptr_mut(0) else { return TC_ACT_OK };
     let key = unsafe { &mut (*s).ct_key };
     let (k, a_to_b) = CtKey::new(zone, flow);
-    (key.zone, key.addr_a, key.addr_b, key.port_a, key.port_b, key.proto) = (k.zone, k.addr_a, k.addr_b, k.port_a, k.port_b, k.proto);
+    k.write_to(key);
     let Some(entry) = CT.get_ptr_mut(&*key) else { return TC_ACT_OK };
     let entry = unsafe { &mut *entry };
     if entry.flags & FLAG_JUDGED_TO_APP != 0 {
