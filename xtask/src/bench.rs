@@ -40,6 +40,23 @@ fn detach_all(ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// Routes that carry the bench's path without translation (the agent's NAT is gone).
+const BARE_ROUTES: [(&str, &[&str]); 2] =
+    [(ZEDBOX, &["10.10.1.0/24", "via", "169.254.100.2", "dev", "veth1"]), (GW, &["10.10.1.0/24", "via", "192.168.0.2"])];
+
+/// The bench's path with the agent stopped (its tc filters stay): every program taken
+/// off by deleting the clsact qdiscs that hold them, and the same path routed without
+/// translation (`BARE_ROUTES`).
+fn without_programs() -> Result<()> {
+    for ns in ["ni1", ZEDBOX] {
+        detach_all(ns)?;
+    }
+    for (ns, route) in BARE_ROUTES {
+        sh(&[&["ip", "-n", ns, "route", "add"], route].concat())?;
+    }
+    Ok(())
+}
+
 /// One NI on eth0; app1's ACL has `aces` ACEs and only its last allows the bench's
 /// traffic: the ACL's worst case, on both paths that have one.
 fn bench_config(aces: u32) -> String {
@@ -136,8 +153,10 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
         return agent_down(agent_bin, &config);
     }
     if part == Part::ConnectionsOnly {
-        connections_only(&dir)?;
+        connections_only(&dir, &format!("eBPF path, {} ACEs", ACL_SIZES[0]))?;
         stop_agent(&mut { agent })?;
+        without_programs()?;
+        connections_only(&dir, "the same namespaces and veths: no programs, no NAT")?;
         return agent_down(agent_bin, &config);
     }
     if part == Part::ApplyOnly {
@@ -183,21 +202,12 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
     let log_text = std::fs::read_to_string(&flow_log).unwrap_or_default();
     println!("  flow log: {} records, {} bytes", log_text.lines().count(), log_text.len());
 
-    // Stop the agent (its tc filters stay), then take every program off by deleting the
-    // clsact qdiscs that hold them, and route the same path without translation.
     stop_agent(&mut agent)?;
-    for ns in ["ni1", ZEDBOX] {
-        detach_all(ns)?;
-    }
-    let bare_routes: [(&str, &[&str]); 2] =
-        [(ZEDBOX, &["10.10.1.0/24", "via", "169.254.100.2", "dev", "veth1"]), (GW, &["10.10.1.0/24", "via", "192.168.0.2"])];
-    for (ns, route) in bare_routes {
-        sh(&[&["ip", "-n", ns, "route", "add"], route].concat())?;
-    }
+    without_programs()?;
     let bare = measure("the same namespaces and veths: no programs, no NAT", None, &dir)?;
 
     // iptables: the routes go again, so that only working MASQUERADE gets the answers back.
-    for (ns, route) in bare_routes {
+    for (ns, route) in BARE_ROUTES {
         sh(&[&["ip", "-n", ns, "route", "del"], route].concat())?;
     }
     let mut ipt = Vec::new();
@@ -506,13 +516,13 @@ fn connection_rounds(rounds: usize, agent: Option<u32>, dir: &Path, m: &mut Meas
     Ok(())
 }
 
-/// `cargo xtask bench --connections-only`: new connections per second through the fast
-/// path (10 ACEs), `CONNECTION_ROUNDS` wrk rounds each beside the twin, every round's
-/// ratio shown: enough rounds to tell a change of about five percent from this
-/// machine's noise (seven runs of alike data paths gave medians 0.935-0.983), in a few
-/// minutes.
-fn connections_only(dir: &Path) -> Result<()> {
-    step(&format!("eBPF path, {} ACEs: wrk (new connections), {CONNECTION_ROUNDS} x {SECONDS} s, each beside the twin", ACL_SIZES[0]));
+/// `cargo xtask bench --connections-only`: new connections per second through `path`
+/// (the fast path with 10 ACEs, then the same namespaces without programs),
+/// `CONNECTION_ROUNDS` wrk rounds each beside the twin, every round's ratio shown:
+/// enough rounds to tell a change of about five percent from this machine's noise
+/// (seven runs of alike data paths gave medians 0.935-0.983), in a few minutes.
+fn connections_only(dir: &Path, path: &str) -> Result<()> {
+    step(&format!("{path}: wrk (new connections), {CONNECTION_ROUNDS} x {SECONDS} s, each beside the twin"));
     let mut m = Measured::default();
     connection_rounds(CONNECTION_ROUNDS, None, dir, &mut m)?;
     let ratios: Vec<f64> = m.conn.iter().zip(&m.twin_conn).map(|(p, t)| p / t).collect();

@@ -67,8 +67,9 @@ enum Task {
         #[arg(long, conflicts_with_all = ["scale_only", "profile"])]
         apply_only: bool,
         /// Only new connections per second through the fast path (10 ACEs), 12 rounds
-        /// each beside the twin, every round's ratio shown: an A/B check of a data-path
-        /// change in a few minutes (it tells about five percent from noise here).
+        /// each beside the twin, every round's ratio shown, then the same on the same
+        /// namespaces with no programs: an A/B check of a data-path change in a few
+        /// minutes (it tells about five percent from noise here).
         #[arg(long, conflicts_with_all = ["scale_only", "profile", "apply_only"])]
         connections_only: bool,
     },
