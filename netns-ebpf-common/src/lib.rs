@@ -83,7 +83,7 @@ pub mod map_names {
     pub const ACL_HOSTS: &str = "ACLHOST_V2";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V1";
-    pub const STATS: &str = "STATS_V8";
+    pub const STATS: &str = "STATS_V9";
     pub const NAT: &str = "NAT_V2";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -366,6 +366,13 @@ stats! {
     /// already, as the uplink's egress would translate it (a `fast_to_uplink` packet whose
     /// translation needs nothing else; the others are translated at that egress).
     FastSnatDone = 32 => "fast_snat_done",
+    /// A new flow's first packets met on two CPUs, each finding no entry: the one whose
+    /// conntrack entry came second joined the other's (counted there, no second start).
+    CtClash = 33 => "ct_clash",
+    /// The same for a new source translation: the packet whose translation came second
+    /// took the other's, and gave back the port it had claimed (the flow leaves by one
+    /// source).
+    NatClash = 34 => "nat_clash",
 }
 
 impl Stat {

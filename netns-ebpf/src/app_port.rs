@@ -8,7 +8,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_loop,
     macros::classifier,
     programs::TcContext,
@@ -144,7 +144,8 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
         return TC_ACT_SHOT;
     }
     let (key, a_to_b) = CtKey::new(zone, flow);
-    let verdict = match CT.get_ptr_mut(&key) {
+    let found = CT.get_ptr_mut(&key);
+    let verdict = match found {
         Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) && !reopens(unsafe { &*entry }, flow) => {
             let entry = unsafe { &mut *entry };
             // The direction this packet travels in the flow (an ICMP error travels against
@@ -267,11 +268,25 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 count(Stat::DropZoneFull);
                 return TC_ACT_SHOT;
             }
-            if CT.insert(&key, &entry, 0).is_err() {
-                count(Stat::CtInsertFailed);
-            } else {
+            // An expired or reopened flow's entry is replaced; where there was none, a
+            // packet of this flow on another CPU may have made one since (both found the
+            // map empty): the first entry stands, and this packet is that flow's.
+            let flags = if found.is_some() { BPF_ANY } else { BPF_NOEXIST };
+            if CT.insert(&key, &entry, flags as u64).is_ok() {
                 count(Stat::CtNew);
                 events::emit(EVENT_START, &key, &entry, Stat::CtNew);
+            } else if let Some(first) = found.is_none().then(|| CT.get_ptr_mut(&key)).flatten() {
+                let first = unsafe { &mut *first };
+                let dir = first.direction(a_to_b);
+                if side == Side::FromApp && !ct::port_may_send(first, dir, ifindex) {
+                    // Another app's packet with this tuple, at the same instant.
+                    count(Stat::DropCtPort);
+                    return TC_ACT_SHOT;
+                }
+                account(first, dir, flow, now);
+                count(Stat::CtClash);
+            } else {
+                count(Stat::CtInsertFailed);
             }
             if limited {
                 count(Stat::DropLimit);

@@ -195,7 +195,7 @@ pub fn make_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey, 
     // `fast::new_past_ni_veth`.)
     let nif = unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }?;
     Some(match claim_source(flow, key, nif, clock::now_ns(), t) {
-        Ok(()) => rewrite_source(ctx, key, &t.to, flow, Stat::NatNew),
+        Ok(stat) => rewrite_source(ctx, key, &t.to, flow, stat),
         Err(why) => refused(why),
     })
 }
@@ -323,7 +323,7 @@ fn reply_half_whole(key: &NatKey, v: &NatValue, flow: &Flow, now: u64) -> bool {
 fn new_snat(ctx: &TcContext, flow: &mut Flow, key: &NatKey, nif: &NatIface, now: u64) -> i32 {
     let mut t = SourceScratch::default();
     match claim_source(flow, key, nif, now, &mut t) {
-        Ok(()) => finish(ctx, flow, &t.to, Stat::NatNew),
+        Ok(stat) => finish(ctx, flow, &t.to, stat),
         Err(why) => refused(why),
     }
 }
@@ -342,11 +342,15 @@ pub struct SourceScratch {
     reply: NatValue,
 }
 
-/// Finds a free (address, port) for this remote and records both directions (`t`):
-/// Err says why there is none (the NI's share of the map is used up, or no port is
-/// free).
+/// Finds a free (address, port) for this remote and records both directions (`t`).
+/// Ok says how the packet's translation counts: `NatNew`, or `NatClash` when the flow's
+/// first packet on another CPU, which met the same empty map, recorded its translation
+/// first: this packet takes that one (in `t.to`) and gives back the port it claimed, so
+/// that a flow never leaves by two sources (the clash the kernel's conntrack resolves
+/// the same way). Err says why there is none (the NI's share of the map is
+/// used up, no port is free, or the tuple is another flow's).
 #[inline(always)]
-fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut SourceScratch) -> Result<(), Stat> {
+fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut SourceScratch) -> Result<Stat, Stat> {
     let has_ports = flow.proto == PROTO_TCP || flow.proto == PROTO_UDP || (flow.proto == PROTO_ICMP && flow.icmp_echo);
     if !budget::take(nat::owner_zone(key.domain, [flow.src, flow.dst, nif.snat_ip]), true, 2) {
         return Err(Stat::DropZoneFull);
@@ -361,11 +365,19 @@ fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut Sou
         key.rewritten(&t.to).reversed().write_to(&mut t.reply_key);
         // The reply tuple is what must be unique: claim it first.
         if NAT.insert(&t.reply_key, &t.reply, BPF_NOEXIST as u64).is_ok() {
-            if NAT.insert(key, &t.to, BPF_ANY as u64).is_err() {
-                let _ = NAT.remove(&t.reply_key);
-                break;
+            if NAT.insert(key, &t.to, BPF_NOEXIST as u64).is_ok() {
+                return Ok(Stat::NatNew);
             }
-            return Ok(());
+            // Another CPU's packet of this flow got there first (or the tuple is another
+            // flow's): the reply tuple claimed here is nobody's.
+            let _ = NAT.remove(&t.reply_key);
+            return match unsafe { NAT.get(key) } {
+                Some(v) if v.rewrite == REWRITE_SRC && v.flags & NAT_FLAG_ORIG != 0 => {
+                    (t.to.addr, t.to.port) = (v.addr, v.port);
+                    Ok(Stat::NatClash)
+                }
+                _ => Err(Stat::NatNoPort),
+            };
         }
         if !has_ports {
             break;
