@@ -359,8 +359,15 @@ fn record_drop(key: &CtKey, fresh: &mut CtValue, a_to_b: bool, flow: &Flow, now:
         None => {
             fresh.verdict = VERDICT_DROP;
             account(fresh, DIR_ORIG, flow, now);
-            let _ = DROPS.insert(key, &*fresh, 0);
-            events::emit(EVENT_DROPPED, key, fresh, Stat::DropAcl);
+            if DROPS.insert(key, &*fresh, BPF_NOEXIST as u64).is_ok() {
+                events::emit(EVENT_DROPPED, key, fresh, Stat::DropAcl);
+            } else if let Some(r) = DROPS.get_ptr_mut(key) {
+                // The same flow's packet on another CPU made the record first (as for the
+                // conntrack's `ct_clash`): one record, counted there.
+                let r = unsafe { &mut *r };
+                let dir = r.direction(a_to_b);
+                account(r, dir, flow, now);
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use netns_agent::flows::{NatRecord, Rewrite};
+use netns_agent::flows::{NatRecord, Rewrite, Verdict};
 use netns_tests::{scaled, EchoResult, Scenario, INET_IP, UDP_WHOAMI_SERVER};
 use serde_json::Value;
 
@@ -231,10 +231,11 @@ fn two_thousand_udp_flows_get_distinct_translations() {
 /// A flow's first datagram sent by two processes on two CPUs at the same instant (one
 /// socket): both packets meet the data path's "no entry yet" together, and both would
 /// make the flow's conntrack entry and claim a port at each translation. The flow must
-/// start once (one `ct_new`, one start record) and leave by one translated source all
-/// the same, with the fast path (the NI veth's translation made at the app port) and
-/// without. (Before the clash was resolved, 80 to 95% of these flows left by two
-/// sources and a third to four fifths started twice.)
+/// start once (one `ct_new`, one start record, both datagrams counted) and leave by one
+/// translated source all the same, with the fast path (the NI veth's translation made
+/// at the app port) and without; a flow the ACL blocks gets one record of both. (Before
+/// the clash was resolved, 80 to 95% of these flows left by two sources, a third to four
+/// fifths started twice, and nearly half the blocked ones counted one datagram.)
 #[test]
 fn a_new_flows_first_packets_on_two_cpus_at_once_start_it_once_with_one_translation() {
     const FLOWS: u64 = 3000;
@@ -258,8 +259,27 @@ fn a_new_flows_first_packets_on_two_cpus_at_once_start_it_once_with_one_translat
         assert_eq!(delta[0], FLOWS, "fast_path = {fast_path}: every flow started once (ct_new; clashes {})", delta[2]);
         assert_eq!(delta[1], 2 * FLOWS, "fast_path = {fast_path}: one translation per flow at each NAT (nat_new)");
         assert_eq!(delta[4..], [0, 0], "fast_path = {fast_path}: nothing failed or refused");
+        // The same for a flow the ACL blocks (app2 may not reach the uplink's address):
+        // one record of it, with both datagrams.
+        let out = s.python(s.app("app2"), UDP_FIRST_PACKET_RACE, &[UPLINK_IP, "5000", &FLOWS.to_string(), "1"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let flows = s.flows_report().flows;
+        let counted = |app: &str, verdict: Verdict| -> Vec<(u64, u64)> {
+            let ours = flows.iter().filter(|f| f.app == app && f.dport == 5000 && f.proto == "udp" && f.verdict == verdict);
+            let mut by_packets = std::collections::BTreeMap::new();
+            for f in ours {
+                *by_packets.entry(f.packets_orig).or_insert(0) += 1;
+            }
+            by_packets.into_iter().collect()
+        };
+        // (flows' datagrams sent, how many flows)
+        assert_eq!(counted("app1", Verdict::Allow), [(2, FLOWS)], "fast_path = {fast_path}: each allowed flow counted both datagrams");
+        assert_eq!(counted("app2", Verdict::Drop), [(2, FLOWS)], "fast_path = {fast_path}: each blocked flow, one record of both");
     }
 }
+
+/// eth0's address in zedbox (app2's ACL does not allow it).
+const UPLINK_IP: &str = "192.168.0.2";
 
 const UDP_FIRST_PACKET_RACE: &str = include_str!("../py/udp_first_packet_race.py");
 
