@@ -347,8 +347,8 @@ pub struct SourceScratch {
 /// first packet on another CPU, which met the same empty map, recorded its translation
 /// first: this packet takes that one (in `t.to`) and gives back the port it claimed, so
 /// that a flow never leaves by two sources (the clash the kernel's conntrack resolves
-/// the same way). Err says why there is none (the NI's share of the map is
-/// used up, no port is free, or the tuple is another flow's).
+/// the same way). Err says why there is none (the NI's share of the map is used up, no
+/// port is free, or the tuple is another flow's).
 #[inline(always)]
 fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut SourceScratch) -> Result<Stat, Stat> {
     let has_ports = flow.proto == PROTO_TCP || flow.proto == PROTO_UDP || (flow.proto == PROTO_ICMP && flow.icmp_echo);
