@@ -225,11 +225,10 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 entry.acl_id = iface.acl_id;
                 count(Stat::Rejudged);
             }
-            let drop = entry.verdict == VERDICT_DROP;
             if counts_here(ctx, side) && !charge(zone, &key, entry, dir, flow, now) {
                 return TC_ACT_SHOT;
             }
-            Verdict { mark: entry.mark, drop, limit: entry.limit, by: entry.decided }
+            verdict_of(entry)
         }
         _ => {
             if flow.related {
@@ -268,23 +267,30 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 count(Stat::DropZoneFull);
                 return TC_ACT_SHOT;
             }
-            // An expired or reopened flow's entry is replaced; where there was none, a
-            // packet of this flow on another CPU may have made one since (both found the
-            // map empty): the first entry stands, and this packet is that flow's.
+            // Where the lookup found no entry, a packet of this flow on another CPU may
+            // have made one since (both found the map empty): the first entry stands, and
+            // this packet is that flow's. An expired or reopened flow's entry is replaced
+            // (two CPUs that find the same expired entry at once both replace it: a map
+            // update cannot say "only if it is still that one").
             let flags = if found.is_some() { BPF_ANY } else { BPF_NOEXIST };
+            let mut v = v;
             if CT.insert(&key, &entry, flags as u64).is_ok() {
                 count(Stat::CtNew);
                 events::emit(EVENT_START, &key, &entry, Stat::CtNew);
-            } else if let Some(first) = found.is_none().then(|| CT.get_ptr_mut(&key)).flatten() {
+            } else if found.is_some() {
+                count(Stat::CtInsertFailed);
+            } else if let Some(first) = CT.get_ptr_mut(&key) {
                 let first = unsafe { &mut *first };
                 let dir = first.direction(a_to_b);
-                if side == Side::FromApp && !ct::port_may_send(first, dir, ifindex) {
-                    // Another app's packet with this tuple, at the same instant.
+                // As on a hit: only the flow's own port sends its packets (every DHCP
+                // client of the NI shares one tuple).
+                if side == Side::FromApp && !ct::port_may_send(first, dir, ifindex) && !guard::is_dhcp_request(flow) {
                     count(Stat::DropCtPort);
                     return TC_ACT_SHOT;
                 }
                 account(first, dir, flow, now);
                 count(Stat::CtClash);
+                v = verdict_of(first);
             } else {
                 count(Stat::CtInsertFailed);
             }
@@ -350,25 +356,22 @@ fn reopens(entry: &CtValue, flow: &Flow) -> bool {
 /// dropped packet would have had).
 #[inline(always)]
 fn record_drop(key: &CtKey, fresh: &mut CtValue, a_to_b: bool, flow: &Flow, now: u64) {
-    match DROPS.get_ptr_mut(key) {
-        Some(r) => {
-            let r = unsafe { &mut *r };
-            let dir = r.direction(a_to_b);
-            account(r, dir, flow, now);
+    let mut record = DROPS.get_ptr_mut(key);
+    if record.is_none() {
+        fresh.verdict = VERDICT_DROP;
+        account(fresh, DIR_ORIG, flow, now);
+        if DROPS.insert(key, &*fresh, BPF_NOEXIST as u64).is_ok() {
+            events::emit(EVENT_DROPPED, key, fresh, Stat::DropAcl);
+            return;
         }
-        None => {
-            fresh.verdict = VERDICT_DROP;
-            account(fresh, DIR_ORIG, flow, now);
-            if DROPS.insert(key, &*fresh, BPF_NOEXIST as u64).is_ok() {
-                events::emit(EVENT_DROPPED, key, fresh, Stat::DropAcl);
-            } else if let Some(r) = DROPS.get_ptr_mut(key) {
-                // The same flow's packet on another CPU made the record first (as for the
-                // conntrack's `ct_clash`): one record, counted there.
-                let r = unsafe { &mut *r };
-                let dir = r.direction(a_to_b);
-                account(r, dir, flow, now);
-            }
-        }
+        // The same flow's packet on another CPU made the record first (as for the
+        // conntrack's `ct_clash`): one record, counted there.
+        record = DROPS.get_ptr_mut(key);
+    }
+    if let Some(r) = record {
+        let r = unsafe { &mut *r };
+        let dir = r.direction(a_to_b);
+        account(r, dir, flow, now);
     }
 }
 
@@ -608,6 +611,12 @@ fn over_limit(zone: u32, entry: &CtValue, now: u64) -> bool {
         Some(b) => !limit::take(unsafe { &mut *b }, now),
         None => false,
     }
+}
+
+/// A flow's verdict as its conntrack entry holds it.
+#[inline(always)]
+fn verdict_of(entry: &CtValue) -> Verdict {
+    Verdict { mark: entry.mark, drop: entry.verdict == VERDICT_DROP, limit: entry.limit, by: entry.decided }
 }
 
 #[inline(always)]

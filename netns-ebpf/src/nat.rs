@@ -312,7 +312,9 @@ fn reply_half_whole(key: &NatKey, v: &NatValue, flow: &Flow, now: u64) -> bool {
         Some(r) => nat::is_reply_half(r, flow),
         None => {
             let rev = NatValue { last_seen_ns: now, mark: 0, addr: flow.src, port: flow.sport, rewrite: REWRITE_DST, flags: 0 };
+            // (Or this flow's packet on another CPU made it again just now.)
             NAT.insert(&rev_key, &rev, BPF_NOEXIST as u64).is_ok()
+                || unsafe { NAT.get(&rev_key) }.is_some_and(|r| nat::is_reply_half(r, flow))
         }
     }
 }
@@ -346,9 +348,8 @@ pub struct SourceScratch {
 /// Ok says how the packet's translation counts: `NatNew`, or `NatClash` when the flow's
 /// first packet on another CPU, which met the same empty map, recorded its translation
 /// first: this packet takes that one (in `t.to`) and gives back the port it claimed, so
-/// that a flow never leaves by two sources (the clash the kernel's conntrack resolves
-/// the same way). Err says why there is none (the NI's share of the map is used up, no
-/// port is free, or the tuple is another flow's).
+/// that a flow never leaves by two sources. Err says why there is none (the NI's share
+/// of the map is used up, no port is free, or the tuple is another flow's).
 #[inline(always)]
 fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut SourceScratch) -> Result<Stat, Stat> {
     let has_ports = flow.proto == PROTO_TCP || flow.proto == PROTO_UDP || (flow.proto == PROTO_ICMP && flow.icmp_echo);
@@ -371,19 +372,21 @@ fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut Sou
             // Another CPU's packet of this flow got there first (or the tuple is another
             // flow's): the reply tuple claimed here is nobody's.
             let _ = NAT.remove(&t.reply_key);
-            return match unsafe { NAT.get(key) } {
-                Some(v) if v.rewrite == REWRITE_SRC && v.flags & NAT_FLAG_ORIG != 0 => {
-                    (t.to.addr, t.to.port) = (v.addr, v.port);
-                    Ok(Stat::NatClash)
-                }
-                _ => Err(Stat::NatNoPort),
-            };
+            break;
         }
         if !has_ports {
+            // Its one reply tuple is taken: by another flow, or by this flow's packet on
+            // another CPU.
             break;
         }
     }
-    Err(Stat::NatNoPort)
+    match unsafe { NAT.get(key) } {
+        Some(v) if v.rewrite == REWRITE_SRC && v.flags & NAT_FLAG_ORIG != 0 => {
+            (t.to.addr, t.to.port) = (v.addr, v.port);
+            Ok(Stat::NatClash)
+        }
+        _ => Err(Stat::NatNoPort),
+    }
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@
 # the data path sees a flow's first packet on two CPUs together. Prints how many flows
 # the server saw from two different translated sources (split), how many answers came
 # back, and how many flows got none.
-import json, mmap, os, resource, select, socket, struct, sys, time
+import json, mmap, os, resource, select, signal, socket, struct, sys, time
 ip, port, n, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 if soft < n + 64:
@@ -15,27 +15,51 @@ for _ in range(n):
     s.setblocking(False)
     socks.append(s)
 cpus = sorted(os.sched_getaffinity(0))
+if len(cpus) < 2:
+    sys.exit("needs two CPUs: one process on each")
 # Shared: the flow both may send now (parent writes), how far the child got (child writes).
 shared = mmap.mmap(-1, 16)
 go = lambda: struct.unpack_from("q", shared, 0)[0]
 done = lambda: struct.unpack_from("q", shared, 8)[0]
+
+
+def spin_until(ready, what, partner_alive=lambda: True):
+    # Never forever: a partner that died must not leave the other spinning. (Checked
+    # once in many turns: the spin must stay tight for the two sends to meet.)
+    deadline, turns = time.monotonic() + 30, 0
+    while not ready():
+        turns += 1
+        if turns % 65536 == 0 and (time.monotonic() > deadline or not partner_alive()):
+            raise SystemExit(f"gave up waiting for {what}")
+
+
+parent = os.getpid()
 child = os.fork()
 if child == 0:
-    os.sched_setaffinity(0, {cpus[-1]})
+    code = 1
+    try:
+        os.sched_setaffinity(0, {cpus[-1]})
+        for i in range(n):
+            spin_until(lambda: go() > i, f"flow {i}'s go", lambda: os.getppid() == parent)
+            socks[i].sendto(b"b", (ip, port))
+            struct.pack_into("q", shared, 8, i + 1)
+        code = 0
+    finally:
+        os._exit(code)
+try:
+    os.sched_setaffinity(0, {cpus[0]})
     for i in range(n):
-        while go() <= i:
-            pass
-        socks[i].sendto(b"b", (ip, port))
-        struct.pack_into("q", shared, 8, i + 1)
-    os._exit(0)
-os.sched_setaffinity(0, {cpus[0]})
-for i in range(n):
-    # The child is spinning on flow i when it has finished flow i - 1.
-    while done() < i:
-        pass
-    struct.pack_into("q", shared, 0, i + 1)
-    socks[i].sendto(b"a", (ip, port))
-os.waitpid(child, 0)
+        # The child is spinning on flow i when it has finished flow i - 1.
+        spin_until(lambda: done() >= i, f"the child's flow {i - 1}")
+        struct.pack_into("q", shared, 0, i + 1)
+        socks[i].sendto(b"a", (ip, port))
+    spin_until(lambda: done() >= n, "the child's last flow")
+finally:
+    if done() < n:
+        os.kill(child, signal.SIGKILL)
+    _, status = os.waitpid(child, 0)
+if status != 0:
+    sys.exit(f"the child failed (wait status {status})")
 poller = select.poll()
 for s in socks:
     poller.register(s, select.POLLIN)

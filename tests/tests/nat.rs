@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use netns_agent::flows::{NatRecord, Rewrite, Verdict};
-use netns_tests::{scaled, EchoResult, Scenario, INET_IP, UDP_WHOAMI_SERVER};
+use netns_tests::{load_size, scaled, EchoResult, Scenario, INET_IP, UDP_WHOAMI_SERVER};
 use serde_json::Value;
 
 /// ni1 and ni2 on eth0, ni3 on eth1. ni3 reuses ni1's subnet; ni2's subnet equals eth1's.
@@ -238,34 +238,42 @@ fn two_thousand_udp_flows_get_distinct_translations() {
 /// fifths started twice, and nearly half the blocked ones counted one datagram.)
 #[test]
 fn a_new_flows_first_packets_on_two_cpus_at_once_start_it_once_with_one_translation() {
-    const FLOWS: u64 = 3000;
+    const FULL: u64 = 3000;
+    let flows = load_size(FULL);
     for fast_path in [true, false] {
         let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3"], 2, SEED);
         s.fast_path = Some(fast_path);
         s.start_agent();
         let inet = s.inet.clone();
         s.spawn(&inet, &["python3", "-c", UDP_WHOAMI_SERVER, INET_IP, "5000"]);
-        std::thread::sleep(Duration::from_millis(500));
+        netns_world::wait_listening(&inet, INET_IP, 5000, netns_world::Proto::Udp, scaled(Duration::from_secs(10)))
+            .expect("the whoami server listens");
         let wait = scaled(Duration::from_secs(5)).as_secs().to_string();
         let counters = ["ct_new", "nat_new", "ct_clash", "nat_clash", "ct_insert_failed", "nat_no_port"];
         let before = counters.map(|c| s.counter(c));
-        let out = s.python(s.app("app1"), UDP_FIRST_PACKET_RACE, &[INET_IP, "5000", &FLOWS.to_string(), &wait]);
+        let out = s.python(s.app("app1"), UDP_FIRST_PACKET_RACE, &[INET_IP, "5000", &flows.to_string(), &wait]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let r: Value = serde_json::from_slice(&out.stdout).unwrap();
         let delta: Vec<u64> = counters.iter().zip(before).map(|(c, b)| s.counter(c) - b).collect();
         eprintln!("fast_path = {fast_path}: {r}; {counters:?} {delta:?}");
         assert_eq!(r["split"], 0, "fast_path = {fast_path}: every flow leaves by one translated source: {r}");
-        assert_eq!(r["answers"], 2 * FLOWS, "fast_path = {fast_path}: both datagrams of every flow answered: {r}");
-        assert_eq!(delta[0], FLOWS, "fast_path = {fast_path}: every flow started once (ct_new; clashes {})", delta[2]);
-        assert_eq!(delta[1], 2 * FLOWS, "fast_path = {fast_path}: one translation per flow at each NAT (nat_new)");
+        assert_eq!(r["answers"], 2 * flows, "fast_path = {fast_path}: both datagrams of every flow answered: {r}");
+        assert_eq!(delta[0], flows, "fast_path = {fast_path}: every flow started once (ct_new; clashes {})", delta[2]);
+        assert_eq!(delta[1], 2 * flows, "fast_path = {fast_path}: one translation per flow at each NAT (nat_new)");
         assert_eq!(delta[4..], [0, 0], "fast_path = {fast_path}: nothing failed or refused");
+        if flows == FULL {
+            // At full size (not the emulated VM's smaller load, which may never meet the
+            // race) the two sends did meet, at both the conntrack and the NATs: else this
+            // test proved nothing.
+            assert!(delta[2] > 0 && delta[3] > 0, "fast_path = {fast_path}: no clash happened: {counters:?} {delta:?}");
+        }
         // The same for a flow the ACL blocks (app2 may not reach the uplink's address):
         // one record of it, with both datagrams.
-        let out = s.python(s.app("app2"), UDP_FIRST_PACKET_RACE, &[UPLINK_IP, "5000", &FLOWS.to_string(), "1"]);
+        let out = s.python(s.app("app2"), UDP_FIRST_PACKET_RACE, &[UPLINK_IP, "5000", &flows.to_string(), "1"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let flows = s.flows_report().flows;
+        let records = s.flows_report().flows;
         let counted = |app: &str, verdict: Verdict| -> Vec<(u64, u64)> {
-            let ours = flows.iter().filter(|f| f.app == app && f.dport == 5000 && f.proto == "udp" && f.verdict == verdict);
+            let ours = records.iter().filter(|f| f.app == app && f.dport == 5000 && f.proto == "udp" && f.verdict == verdict);
             let mut by_packets = std::collections::BTreeMap::new();
             for f in ours {
                 *by_packets.entry(f.packets_orig).or_insert(0) += 1;
@@ -273,8 +281,8 @@ fn a_new_flows_first_packets_on_two_cpus_at_once_start_it_once_with_one_translat
             by_packets.into_iter().collect()
         };
         // (flows' datagrams sent, how many flows)
-        assert_eq!(counted("app1", Verdict::Allow), [(2, FLOWS)], "fast_path = {fast_path}: each allowed flow counted both datagrams");
-        assert_eq!(counted("app2", Verdict::Drop), [(2, FLOWS)], "fast_path = {fast_path}: each blocked flow, one record of both");
+        assert_eq!(counted("app1", Verdict::Allow), [(2, flows)], "fast_path = {fast_path}: each allowed flow counted both datagrams");
+        assert_eq!(counted("app2", Verdict::Drop), [(2, flows)], "fast_path = {fast_path}: each blocked flow, one record of both");
     }
 }
 
@@ -455,5 +463,5 @@ fn short_connections_never_wear_out_the_nis_share() {
     assert_eq!(after, before, "no flow was refused (share, ports)");
     // Near or past what the old share held (16,226 in a run here; in the emulated VM,
     // Python is ~50x slower: what it checks stays the same, at its rate).
-    assert!(ok > netns_tests::load_size(12_000), "the loop ran at its rate: {ok} connections");
+    assert!(ok > load_size(12_000), "the loop ran at its rate: {ok} connections");
 }
