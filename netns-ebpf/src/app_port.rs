@@ -241,7 +241,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 count(Stat::DropFragment);
                 return TC_ACT_SHOT;
             }
-            let v = judge(ctx, side, &ikey, iface, flow);
+            let mut v = judge(ctx, side, &ikey, iface, flow);
             let mut entry = CtValue {
                 first_seen_ns: now,
                 mark: v.mark,
@@ -273,7 +273,6 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             // (two CPUs that find the same expired entry at once both replace it: a map
             // update cannot say "only if it is still that one").
             let flags = if found.is_some() { BPF_ANY } else { BPF_NOEXIST };
-            let mut v = v;
             if CT.insert(&key, &entry, flags as u64).is_ok() {
                 count(Stat::CtNew);
                 events::emit(EVENT_START, &key, &entry, Stat::CtNew);
