@@ -188,6 +188,23 @@ fn from_app_verdicts_marks_and_counters_follow_the_acl() {
     assert_eq!(dropped[PORT_DIR_TO_APP], (1, inbound.len() as u64), "to app: the inbound SYN dropped");
 }
 
+/// The verifier refuses a program once it has processed 1M instructions, and 6.1's
+/// verifier prunes less than 6.18's (from-app: about 840k there, 400k here). Each program
+/// must stay under 90% of the limit on the kernel it runs on, so that a change which
+/// nears it fails here, with the figures, before a device's kernel refuses the program.
+#[test]
+fn every_program_leaves_the_verifier_a_tenth_of_its_limit() {
+    let l = Loaded::new();
+    let verified = l.programs.verified();
+    assert_eq!(verified.len(), 4, "the four programs: {verified:?}");
+    let ceiling = datapath::VERIFIER_INSN_LIMIT / 10 * 9;
+    for program in verified {
+        let instructions = program.instructions.unwrap_or_else(|| panic!("the kernel did not count {}: {verified:?}", program.name));
+        assert!(instructions > 0, "{verified:?}");
+        assert!(instructions < ceiling, "{} took the verifier {instructions} instructions, over {ceiling}: {verified:?}", program.name);
+    }
+}
+
 /// A 10,000-ACE ACL, the deciding ACE at position 1, 5,000 and 10,000, each ACL written
 /// beside the live one and switched in by the port's entry; a host ACE at 2,501 decides
 /// once the host set names the remote for it, and only before the bitmaps' answer.
