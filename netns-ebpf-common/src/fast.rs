@@ -70,6 +70,12 @@ pub fn ni_end_zone(addr: crate::Ipv4) -> Option<u32> {
     Some(crate::veth_zone(addr))
 }
 
+/// FASTPROG_V1's slot of the from-app port's fast path (`prog_names::APP_PORT_FROM_APP_FAST`):
+/// the from-app program continues there by tail call once a packet has passed the port.
+pub const TAIL_FROM_APP: u32 = 0;
+/// FASTPROG_V1's size.
+pub const TAIL_PROGRAMS: u32 = 1;
+
 /// `skb->mark` of a packet the fast path translated at the agent-side veth's ingress as
 /// its uplink's egress program would have (`fast::to_uplink`) and sent to that egress:
 /// the program there only clears it. Only the agent's netns can mark a packet at that

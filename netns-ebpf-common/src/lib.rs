@@ -100,6 +100,8 @@ pub mod map_names {
     pub const FAST_ZONES: &str = "FASTZONE_V4";
     /// The programs' scratch space for FIB lookups (per CPU).
     pub const FIB_SCRATCH: &str = "FIBSCRATCH_V4";
+    /// The programs the others continue in by tail call (`fast::TAIL_FROM_APP`).
+    pub const FAST_PROGRAMS: &str = "FASTPROG_V1";
 }
 
 /// The /24 of the NIs' veth pairs (169.254.100.0/24): the agent-side ends are the
@@ -115,6 +117,9 @@ pub mod prog_names {
     pub const APP_PORT_FROM_APP: &str = "app_port_from_app";
     /// TC egress on an app's bridge port: packets going to the app.
     pub const APP_PORT_TO_APP: &str = "app_port_to_app";
+    /// The from-app program's fast path, which it continues in by tail call (never
+    /// attached itself: FASTPROG_V1 holds it).
+    pub const APP_PORT_FROM_APP_FAST: &str = "app_port_from_app_fast";
     /// TC ingress/egress of a translating interface (NI veth, agent-side veth, uplink).
     pub const NAT_INGRESS: &str = "nat_ingress";
     pub const NAT_EGRESS: &str = "nat_egress";

@@ -63,6 +63,16 @@ pub fn app_port_from_app(ctx: TcContext) -> i32 {
     verdict
 }
 
+/// The from-app program's fast path, which it continues in by tail call
+/// (`fast::continue_from_app`): a program the verifier checks apart.
+#[classifier]
+pub fn app_port_from_app_fast(ctx: TcContext) -> i32 {
+    let zone = zone(&ctx);
+    let verdict = fast::from_app_past_port(&ctx, zone);
+    count_port(zone, ifindex(&ctx), PORT_DIR_FROM_APP, verdict == TC_ACT_SHOT, ctx.len());
+    verdict
+}
+
 #[classifier]
 pub fn app_port_to_app(ctx: TcContext) -> i32 {
     let zone = zone(&ctx);
@@ -317,13 +327,8 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     }
     count(Stat::PassCt);
     if side == Side::FromApp {
-        return match fast::from_app(ctx.skb.skb, zone, flow) {
-            Some(ni_veth) => match fast::past_ni_veth(ctx.skb.skb, zone, ni_veth, flow) {
-                fast::MAKE_SOURCE => fast::new_past_ni_veth(ctx.skb.skb, zone, ni_veth, flow),
-                action => action,
-            },
-            None => TC_ACT_OK,
-        };
+        // On in `app_port_from_app_fast`, which counts the packet at the port.
+        fast::continue_from_app(ctx);
     }
     TC_ACT_OK
 }

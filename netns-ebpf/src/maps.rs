@@ -4,7 +4,7 @@
 use crate::{app_port::WalkState, fast::FibScratch, skb::ifindex};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     macros::btf_map,
     programs::TcContext,
 };
@@ -16,7 +16,7 @@ use netns_ebpf_common::{
     },
     ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
     event::{FlowEvent, EVENTS_BYTES},
-    fast::FastZone,
+    fast::{FastZone, TAIL_PROGRAMS},
     frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
     limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
@@ -145,3 +145,10 @@ pub static FAST_ZONES: Array<FastZone, { MAX_ZONES as usize }> = Array::new();
 /// pass the 512 bytes that 6.1's verifier allows.
 #[btf_map(name = "FIBSCRATCH_V4")]
 pub static FIB_SCRATCH: PerCpuArray<FibScratch, 1> = PerCpuArray::new();
+
+/// The programs the others continue in by tail call: at `fast::TAIL_FROM_APP`, the
+/// from-app port's fast path (`app_port::app_port_from_app_fast`). The agent writes it
+/// as it loads the programs; pinned, as every map: a program array's entries are cleared
+/// once no pin or file descriptor of userspace holds it, and the filters outlive the agent.
+#[btf_map(name = "FASTPROG_V1")]
+pub static FAST_PROGRAMS: ProgramArray<{ TAIL_PROGRAMS as usize }> = ProgramArray::new();

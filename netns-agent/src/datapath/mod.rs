@@ -24,14 +24,14 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray},
     programs::{ProgramError, SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
 use netns_ebpf_common::{
     acl::Ace,
     ct::{CtKey, CtValue, CT_MAX_ENTRIES},
-    fast::FastZone,
+    fast::{FastZone, TAIL_FROM_APP},
     limit::{Bucket, LimitKey},
     map_names,
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
@@ -48,7 +48,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 24] = [
+const ALL_MAPS: [&str; 25] = [
     map_names::IF_ZONES,
     map_names::EVENTS,
     map_names::PORT_STATS,
@@ -73,9 +73,15 @@ const ALL_MAPS: [&str; 24] = [
     map_names::PORTMAPS,
     map_names::FAST_ZONES,
     map_names::FIB_SCRATCH,
+    map_names::FAST_PROGRAMS,
 ];
-const ALL_PROGRAMS: [&str; 4] =
-    [prog_names::APP_PORT_FROM_APP, prog_names::APP_PORT_TO_APP, prog_names::NAT_INGRESS, prog_names::NAT_EGRESS];
+const ALL_PROGRAMS: [&str; 5] = [
+    prog_names::APP_PORT_FROM_APP,
+    prog_names::APP_PORT_FROM_APP_FAST,
+    prog_names::APP_PORT_TO_APP,
+    prog_names::NAT_INGRESS,
+    prog_names::NAT_EGRESS,
+];
 /// Pin subdirectory of the agent netns' own programs ('@' cannot occur in an NI name;
 /// bpffs refuses '.' in names).
 pub const AGENT_PIN_SUBDIR: &str = "@agent";
@@ -134,9 +140,9 @@ impl Programs {
         }
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
         // Each program on a thread of its own: the verifier checks one program on one
-        // CPU, and under 6.1's verifier from-app alone takes most of the time (840k
-        // instructions, 20 s under the VM's emulation; 0.8 s of 1.5 here). Privileged
-        // loads take no lock in the kernel, so a device's cores verify them side by side.
+        // CPU, and privileged loads take no lock in the kernel, so a device's cores
+        // verify them side by side (under the VM's emulation of 6.1, 37 s one after the
+        // other, 20 s so).
         let mut programs = Vec::new();
         for (name, program) in ebpf.programs_mut() {
             if let Some(&name) = ALL_PROGRAMS.iter().find(|&&n| n == name) {
@@ -166,6 +172,18 @@ impl Programs {
         if !errors.is_empty() {
             bail!("{}", errors.join("\n\n"));
         }
+        // The from-app program goes on in its fast path by tail call, through the pinned
+        // FASTPROG_V1: the entry outlives this process. An earlier agent's from-app
+        // programs, still in the filters until `attach` replaces them, are of this
+        // object's version (else FASTPROG's name would differ) and may take it too.
+        let fast_from_app: &SchedClassifier =
+            ebpf.program(prog_names::APP_PORT_FROM_APP_FAST).context("the from-app fast path missing from the object")?.try_into()?;
+        let fast_from_app = fast_from_app.fd()?.try_clone().context("the from-app fast path's fd")?;
+        let tails =
+            ebpf.map_mut(map_names::FAST_PROGRAMS).with_context(|| format!("map {} missing from the object", map_names::FAST_PROGRAMS))?;
+        ProgramArray::try_from(tails)?
+            .set(TAIL_FROM_APP, &fast_from_app, 0)
+            .with_context(|| format!("writing the from-app fast path into {}", map_names::FAST_PROGRAMS))?;
         info!(ms = started.elapsed().as_millis() as u64, "programs loaded");
         Ok(Programs { ebpf, pin_dir: pin_dir.to_path_buf(), verified })
     }
