@@ -173,9 +173,9 @@ impl Programs {
             bail!("{}", errors.join("\n\n"));
         }
         // The from-app program goes on in its fast path by tail call, through the pinned
-        // FASTPROG_V1: the entry outlives this process. An earlier agent's from-app
-        // programs, still in the filters until `attach` replaces them, are of this
-        // object's version (else FASTPROG's name would differ) and may take it too.
+        // FASTPROG_V1: the entry outlives this process. Nothing is handed over but the
+        // packet, so an earlier agent's from-app program, in the filters until `attach`
+        // replaces it, may go on in this one too.
         let fast_from_app: &SchedClassifier =
             ebpf.program(prog_names::APP_PORT_FROM_APP_FAST).context("the from-app fast path missing from the object")?.try_into()?;
         let fast_from_app = fast_from_app.fd()?.try_clone().context("the from-app fast path's fd")?;
