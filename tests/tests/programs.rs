@@ -80,7 +80,7 @@ struct Loaded {
     zone: u32,
     nat_ports: (u16, u16),
     /// Last: removed after the programs and maps are closed.
-    _pins: PinDir,
+    pins: PinDir,
 }
 
 /// A test's pin directory, removed on drop (also when a load or an assert panics).
@@ -118,7 +118,7 @@ impl Loaded {
         let info = reconcile::port_iface_info(ni, &port, acl_id);
         maps.set_port(key, info).unwrap();
         maps.ensure_port_counters(key).unwrap();
-        Loaded { programs, maps, ni: ni.clone(), port, zone: ni.zone(), nat_ports: plan.nat_ports, _pins: pins }
+        Loaded { programs, maps, ni: ni.clone(), port, zone: ni.zone(), nat_ports: plan.nat_ports, pins }
     }
 
     fn run(&self, program: &str, frame: &[u8]) -> Ran {
@@ -195,7 +195,7 @@ fn from_app_verdicts_marks_and_counters_follow_the_acl() {
     // The SYN went on in the fast path's program (FASTPROG_V1, by tail call), which
     // counted it. With no program there, the from-app program passes the packet to the
     // kernel's path and counts it itself.
-    let tails = MapData::from_pin(l._pins.0.join(map_names::FAST_PROGRAMS)).unwrap();
+    let tails = MapData::from_pin(l.pins.0.join(map_names::FAST_PROGRAMS)).unwrap();
     ProgramArray::try_from(Map::ProgramArray(tails)).unwrap().clear_index(&TAIL_FROM_APP).unwrap();
     let ack = frame::ipv4(PROTO_TCP, l.app(40000), web, TCP_ACK, b"");
     let ran = l.run(prog_names::APP_PORT_FROM_APP, &ack);

@@ -17,10 +17,10 @@ use crate::{step, workspace_root};
 pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio", "kmod"];
 
 /// Guest time limit; the VM is emulated (TCG), about ten times slower than the host. The
-/// suite (less `HOST_ONLY`) and the demo took 2885 s on the 2-core dev machine on a day
-/// its emulation ran at half its usual speed (and the host ran tests beside it), where
-/// the suite before this list grew had run out of this hour: this leaves room for a
-/// slower machine, and stops a hung guest well before CI's 90.
+/// suite (less `HOST_ONLY`) and the demo took 2885 s on the 2-core dev machine, on a day
+/// its emulation ran at half its usual speed and the host ran tests beside it (with a
+/// shorter `HOST_ONLY`, the suite had run out of this hour there): this leaves room for
+/// a slower machine, and stops a hung guest well before CI's 90.
 const VM_TIMEOUT_SECS: u32 = 3600;
 
 pub fn run_tests(agent: &Path, args: &[String]) -> Result<()> {
