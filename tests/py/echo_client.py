@@ -1,7 +1,7 @@
 # ip port bytes dev: exit 0 and prints the byte count when the data came back identical,
 # 2 on connect timeout, 3 when refused, 1 otherwise. A non-empty dev binds the socket to
 # that interface.
-import os, socket, sys
+import os, socket, sys, threading
 ip, port, n, dev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 # The emulated VM runs everything ~10x slower (tests/src/lib.rs `scaled`): the transfer's
 # timeout stretches with it (the connect's does not: a refused flow is told by it).
@@ -18,14 +18,23 @@ except socket.timeout:
 except ConnectionRefusedError:
     sys.exit(3)
 s.settimeout(10 * scale)
-s.sendall(payload)
-s.shutdown(socket.SHUT_WR)
+# Read while sending: the server echoes as it receives, so a client that sent all
+# before reading would wait on its own unread echo once the data outgrew the two
+# sides' socket buffers (autotuned, so only sometimes: it deadlocked under the VM).
 got = bytearray()
-while True:
-    d = s.recv(65536)
-    if not d:
-        break
-    got += d
+def read_echo():
+    try:
+        while d := s.recv(65536):
+            got.extend(d)
+    except OSError as e:
+        print(f"reading the echo: {e}", file=sys.stderr)
+reader = threading.Thread(target=read_echo)
+reader.start()
+try:
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+finally:
+    reader.join()
 if bytes(got) != payload:
     print(f"echo mismatch: sent {n} got {len(got)}", file=sys.stderr)
     sys.exit(1)

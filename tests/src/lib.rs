@@ -471,8 +471,36 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// For a failed test, before cleanup: the data path's non-zero counters (where its
+    /// packets went) and the end of the agent's log. Nothing here may panic again (a
+    /// panic while panicking aborts the test binary, skipping the cleanup).
+    fn print_failure_state(&self) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.zedbox))
+            .arg(agent_bin())
+            .args(["flows", "--json", "--config", self.config_path.to_str().unwrap_or_default()])
+            .output();
+        match out.map(|o| serde_json::from_slice::<FlowsReport>(&o.stdout)) {
+            Ok(Ok(report)) => {
+                let counters: Vec<String> = report.counters.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k} {v}")).collect();
+                eprintln!("failed test {}: the data path's counters: {}", self.id, counters.join(", "));
+            }
+            Ok(Err(e)) => eprintln!("failed test {}: no counters (flows --json: {e})", self.id),
+            Err(e) => eprintln!("failed test {}: no counters (flows --json: {e})", self.id),
+        }
+        let log = self.agent_log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(60)..];
+        eprintln!("failed test {}: the agent log's last {} lines:\n{}", self.id, tail.len(), tail.join("\n"));
+    }
+}
+
 impl Drop for Scenario {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_failure_state();
+        }
         for mut c in self.children.drain(..) {
             c.kill().ok();
             c.wait().ok();

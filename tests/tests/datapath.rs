@@ -430,9 +430,11 @@ fn cleanup_holds_when_a_test_fails_midway() {
         pin_dir = s.pin_dir.clone();
         nis = vec![s.ni("ni1").to_string(), s.ni("ni2").to_string()];
         leftovers_check = s.zedbox.clone();
-        // A failing test body: the panic unwinds through the scenario's Drop.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _keep_alive = &s;
+        // A failing test body: the panic unwinds through the scenario's Drop, which
+        // prints the counters and the agent's log first (and must not panic again:
+        // that would abort this binary).
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _dropped_while_unwinding = s;
             panic!("simulated test failure");
         }));
         assert!(r.is_err());
@@ -442,6 +444,21 @@ fn cleanup_holds_when_a_test_fails_midway() {
         assert!(!std::path::Path::new("/run/netns").join(&ni).exists(), "netns {ni} removed");
     }
     assert!(!std::path::Path::new("/run/netns").join(leftovers_check).exists(), "zedbox removed");
+}
+
+/// The harness's echo client reads the echo while it sends: with socket buffers too small
+/// for the whole transfer, a client that sent everything first would wait on its own
+/// unread echo (as one did under the VM, where autotuning left the buffers short).
+#[test]
+fn the_echo_client_reads_while_it_sends() {
+    let mut s = scenario();
+    let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
+    for ns in [&app1, &app2] {
+        let out = s.exec(ns, &["sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 262144", "net.ipv4.tcp_wmem=4096 65536 262144"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    s.echo_server(&app2, "10.10.1.3", 80);
+    assert_eq!(s.echo(&app1, "10.10.1.3", 80, 2_000_000, None), EchoResult::Echoed(2_000_000));
 }
 
 /// app1 may send to app2 at 5 packets/s with bursts of 15 (the seed's app6 limit).

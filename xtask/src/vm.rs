@@ -119,6 +119,7 @@ const HOST_ONLY: &[(&str, &str)] = &[
     ("acl_swaps_under_traffic_drop_no_packet", "10,000-ACE applies under a timed UDP stream; programs.rs swaps 10,000 ACEs on 6.1"),
     ("a_ten_thousand_ace_acl_decides_by_position", "10,000-ACE applies; programs.rs decides and swaps 10,000 ACEs on 6.1"),
     ("cleanup_holds_when_a_test_fails_midway", "the test harness's own cleanup"),
+    ("the_echo_client_reads_while_it_sends", "the test harness's own echo client"),
     (
         "an_edge_dev_config_runs_and_follows_its_versions",
         "EVE's config read and followed, userspace; the demo runs the seed scenario on 6.1",
