@@ -176,9 +176,8 @@ impl Programs {
         // FASTPROG_V1: the entry outlives this process. Nothing is handed over but the
         // packet, so an earlier agent's from-app program, in the filters until `attach`
         // replaces it, may go on in this one too.
-        let fast_from_app: &SchedClassifier =
-            ebpf.program(prog_names::APP_PORT_FROM_APP_FAST).context("the from-app fast path missing from the object")?.try_into()?;
-        let fast_from_app = fast_from_app.fd()?.try_clone().context("the from-app fast path's fd")?;
+        let fast_from_app =
+            classifier(&ebpf, prog_names::APP_PORT_FROM_APP_FAST)?.fd()?.try_clone().context("the from-app fast path's fd")?;
         let tails =
             ebpf.map_mut(map_names::FAST_PROGRAMS).with_context(|| format!("map {} missing from the object", map_names::FAST_PROGRAMS))?;
         ProgramArray::try_from(tails)?
@@ -196,8 +195,7 @@ impl Programs {
     /// One of the loaded programs by name (`prog_names`): the program tests run it on
     /// crafted frames (BPF_PROG_TEST_RUN).
     pub fn program(&self, name: &str) -> Result<&SchedClassifier> {
-        let prog = self.ebpf.program(name).with_context(|| format!("program {name} missing from the object"))?;
-        Ok(prog.try_into()?)
+        classifier(&self.ebpf, name)
     }
 
     /// Attaches the app-port programs to bridge port `port` of NI `ni` (inside `ns`).
@@ -222,9 +220,7 @@ impl Programs {
     fn attach(&mut self, owner: &str, ns: &Netns, ifname: &str, which: [(&str, TcAttachType, &str); 2]) -> Result<()> {
         let mut programs = Vec::new();
         for (name, direction, _) in which {
-            let prog: &SchedClassifier =
-                self.ebpf.program(name).with_context(|| format!("program {name} missing from the object"))?.try_into()?;
-            programs.push((prog.fd()?.as_fd().as_raw_fd(), name, direction));
+            programs.push((classifier(&self.ebpf, name)?.fd()?.as_fd().as_raw_fd(), name, direction));
         }
         netns::run_in(ns, || tc::attach(ifname, &programs))?;
         remove_tcx_pins(&self.pin_dir.join(owner), ifname, which)?;
@@ -284,6 +280,12 @@ fn remove_tcx_pins(dir: &Path, ifname: &str, which: [(&str, TcAttachType, &str);
         }
     }
     Ok(())
+}
+
+/// The object's program `name` (`prog_names`; every one is a tc classifier).
+fn classifier<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier> {
+    let prog = ebpf.program(name).with_context(|| format!("program {name} missing from the object"))?;
+    Ok(prog.try_into()?)
 }
 
 /// Loads one program into the kernel (the verifier runs here).
