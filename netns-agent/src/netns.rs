@@ -149,11 +149,19 @@ fn ensure_shared_mount(dir: &Path) -> Result<()> {
     mount(None::<&str>, dir, None::<&str>, shared, None::<&str>).with_context(|| format!("making {} a shared mount", dir.display()))
 }
 
-/// Writes a sysctl under /proc/sys (e.g. "net/ipv4/ip_forward") as seen from inside `ns`:
-/// net sysctls resolve against the writing thread's namespace.
+/// Sets a sysctl under /proc/sys (e.g. "net/ipv4/ip_forward") as seen from inside `ns`
+/// (net sysctls resolve against the thread's namespace): written only when it differs,
+/// so an apply that changes nothing writes nothing (a write of "all" walks every link).
 pub fn write_sysctl(ns: &Netns, key: &str, value: &str) -> Result<()> {
     let path = Path::new("/proc/sys").join(key);
-    run_in(ns, || std::fs::write(&path, value).with_context(|| format!("writing {} in netns {}", path.display(), ns.path.display())))
+    run_in(ns, || {
+        if std::fs::read_to_string(&path).is_ok_and(|had| had.trim() == value) {
+            return Ok(());
+        }
+        std::fs::write(&path, value).with_context(|| format!("writing {} in netns {}", path.display(), ns.path.display()))?;
+        debug!(key, value, netns = %ns.path.display(), "sysctl set");
+        Ok(())
+    })
 }
 
 /// Makes `cmd` run inside `ns`: the child enters it between fork and exec.
