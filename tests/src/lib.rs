@@ -469,9 +469,7 @@ impl Scenario {
         }
         left
     }
-}
 
-impl Scenario {
     /// For a failed test, before cleanup: the data path's non-zero counters (where its
     /// packets went) and the end of the agent's log. Nothing here may panic again (a
     /// panic while panicking aborts the test binary, skipping the cleanup).
@@ -481,12 +479,13 @@ impl Scenario {
             .arg(agent_bin())
             .args(["flows", "--json", "--config", self.config_path.to_str().unwrap_or_default()])
             .output();
-        match out.map(|o| serde_json::from_slice::<FlowsReport>(&o.stdout)) {
-            Ok(Ok(report)) => {
+        let report =
+            out.map_err(|e| e.to_string()).and_then(|o| serde_json::from_slice::<FlowsReport>(&o.stdout).map_err(|e| e.to_string()));
+        match report {
+            Ok(report) => {
                 let counters: Vec<String> = report.counters.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k} {v}")).collect();
                 eprintln!("failed test {}: the data path's counters: {}", self.id, counters.join(", "));
             }
-            Ok(Err(e)) => eprintln!("failed test {}: no counters (flows --json: {e})", self.id),
             Err(e) => eprintln!("failed test {}: no counters (flows --json: {e})", self.id),
         }
         let log = self.agent_log();
