@@ -219,12 +219,14 @@ impl Scenario {
 
     /// `netns-agent ARGS` inside the zedbox netns.
     pub fn agent_cmd(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.zedbox))
-            .arg(agent_bin())
-            .args(args)
-            .output()
-            .expect("running netns-agent")
+        self.agent_command(args).output().expect("running netns-agent")
+    }
+
+    /// `netns-agent ARGS` in zedbox, to run.
+    fn agent_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.zedbox)).arg(agent_bin()).args(args);
+        cmd
     }
 
     /// Starts `netns-agent run` in zedbox and waits until it has applied the config.
@@ -237,15 +239,8 @@ impl Scenario {
     /// has applied it.
     pub fn start_agent_with(&mut self, args: &[&str]) {
         let log = std::fs::File::create(self.log_path()).expect("agent log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.zedbox))
-            .arg(agent_bin())
-            .arg("run")
-            .args(args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting the agent");
+        let child =
+            self.agent_command(&["run"]).args(args).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("starting the agent");
         let pid = child.id();
         self.agent = Some(child);
         let limit = scaled(Duration::from_secs(30));
@@ -381,9 +376,17 @@ impl Scenario {
 
     /// `netns-agent flows --json`, parsed.
     pub fn flows_report(&self) -> FlowsReport {
-        let out = self.agent_cmd(&["flows", "--json", "--config", self.config_path.to_str().unwrap()]);
-        assert!(out.status.success(), "flows failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("flows --json is a FlowsReport")
+        self.try_flows_report().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `flows_report`, its failure as a message (for code that must not panic).
+    fn try_flows_report(&self) -> Result<FlowsReport, String> {
+        let config = self.config_path.to_str().ok_or("the config's path is not UTF-8")?;
+        let out = self.agent_command(&["flows", "--json", "--config", config]).output().map_err(|e| format!("running netns-agent: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("flows failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("flows --json is not a FlowsReport: {e}"))
     }
 
     pub fn flows(&self) -> Vec<FlowRecord> {
@@ -474,19 +477,12 @@ impl Scenario {
     /// packets went) and the end of the agent's log. Nothing here may panic again (a
     /// panic while panicking aborts the test binary, skipping the cleanup).
     fn print_failure_state(&self) {
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.zedbox))
-            .arg(agent_bin())
-            .args(["flows", "--json", "--config", self.config_path.to_str().unwrap_or_default()])
-            .output();
-        let report =
-            out.map_err(|e| e.to_string()).and_then(|o| serde_json::from_slice::<FlowsReport>(&o.stdout).map_err(|e| e.to_string()));
-        match report {
+        match self.try_flows_report() {
             Ok(report) => {
                 let counters: Vec<String> = report.counters.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k} {v}")).collect();
                 eprintln!("failed test {}: the data path's counters: {}", self.id, counters.join(", "));
             }
-            Err(e) => eprintln!("failed test {}: no counters (flows --json: {e})", self.id),
+            Err(e) => eprintln!("failed test {}: no counters ({e})", self.id),
         }
         let log = self.agent_log();
         let lines: Vec<&str> = log.lines().collect();
