@@ -12,6 +12,11 @@
 //! mask names those that resolved to the remote (by ordinal, at most [`MAX_HOST_ACES`]),
 //! checked one by one after the bitmaps, and only those before the bitmaps' answer.
 //!
+//! An ACL of more than one chunk also has a summary per field ([`summary`]): which
+//! chunks have an ACE that the value satisfies. The search reads only the chunks all
+//! three fields' summaries name, so a flow that the last of 10,000 ACEs decides costs
+//! a few lookups more than one the first decides, not twenty chunks' worth.
+//!
 //! Everything an ACL compiles to is keyed by an ACL id: a changed ACL is written under a
 //! new id beside the live one and switched in by one update of the port's entry, so a
 //! packet sees the old ACL or the new one, never half of one.
@@ -20,8 +25,10 @@
 //! trait with map lookups, the host (and this module's tests) with the compiled vectors.
 
 pub mod range;
+pub mod summary;
 
 pub use range::{range_bits, RangeKey, RangePage, FIELD_IP, FIELD_PORT};
+pub use summary::{candidate_chunks, SummaryKey, SummaryPage, FIELD_PROTO_EIDSET};
 
 use crate::acl::{prefix_contains, Ace, AceQuery, ACTION_PORTMAP, MATCH_EIDSET, MATCH_FPORT, MATCH_HOST, MATCH_IP, MATCH_PROTO};
 
@@ -40,11 +47,11 @@ pub const PROTO_ANY: u16 = 256;
 /// ([`MAX_LIVE_ACES`]), so that any ACL can be written beside the one it replaces.
 pub const ACES_MAX_ENTRIES: u32 = 131_072;
 pub const MAX_LIVE_ACES: u32 = ACES_MAX_ENTRIES / 2;
-/// ACEs per entry of ACE_V3 (`AceGroup`): a map entry costs the agent's write and
+/// ACEs per entry of ACE_V4 (`AceGroup`): a map entry costs the agent's write and
 /// removal far more than its bytes do, and a swap of 10,000 ACEs wrote and removed one
 /// per ACE.
 pub const ACES_PER_GROUP: usize = 16;
-/// ACE_V3's entries: every live ACE and the ACL replacing it, grouped, plus each port's
+/// ACE_V4's entries: every live ACE and the ACL replacing it, grouped, plus each port's
 /// two ACLs' last, partly used groups.
 pub const ACE_GROUPS_MAX_ENTRIES: u32 = ACES_MAX_ENTRIES / ACES_PER_GROUP as u32 + SHAPES_MAX_ENTRIES;
 /// Protocol bitmap entries: per chunk at most one per ACE and one for the rest, twice
@@ -58,6 +65,16 @@ pub const RANGES_MAX_ENTRIES: u32 = 32_768;
 const RANGE_TABLES: u32 = 2 * 2 * (MAX_LIVE_ACES / CHUNK_ACES as u32 + crate::MAX_APP_PORTS);
 const _: () =
     assert!(2 * RANGE_TABLES + (2 * 2 * ACES_MAX_ENTRIES + RANGE_TABLES).div_ceil(range::RANGE_LEAF as u32) <= RANGES_MAX_ENTRIES);
+/// Summary pages (`summary`): only ACLs of more than one chunk (more than `CHUNK_ACES`
+/// ACEs) have one, each at most three tables of a root and leaves, of at most 2 ranges
+/// per ACE and 1 for the address and the port, and 513 for the protocol and eidset.
+pub const SUMMARY_MAX_ENTRIES: u32 = 8192;
+const SUMMARIZED_ACLS: u32 = ACES_MAX_ENTRIES / (CHUNK_ACES as u32 + 1);
+const _: () = assert!(
+    SUMMARIZED_ACLS * (3 + 2 + 513u32.div_ceil(summary::SUMMARY_SLOTS as u32))
+        + (2 * 2 * ACES_MAX_ENTRIES + 2 * SUMMARIZED_ACLS).div_ceil(summary::SUMMARY_SLOTS as u32)
+        <= SUMMARY_MAX_ENTRIES
+);
 /// ACL ids with a shape: two per port (the live ACL and the one replacing it).
 pub const SHAPES_MAX_ENTRIES: u32 = 2 * crate::MAX_APP_PORTS;
 
@@ -131,6 +148,8 @@ pub trait AclMaps {
     /// A page of a field's range table (`range`).
     fn range_page(&self, key: &RangeKey) -> Option<&RangePage>;
     fn proto_bits(&self, key: &ProtoBitsKey) -> Option<&Bits>;
+    /// A page of a field's summary (`summary`).
+    fn summary_page(&self, key: &SummaryKey) -> Option<&SummaryPage>;
     fn ace(&self, key: &AceKey) -> Option<&Ace>;
     /// The ACE index of host ACE number `key.index` (its ordinal among the host ACEs).
     fn host_ace(&self, key: &AceKey) -> Option<u32>;
@@ -174,6 +193,12 @@ impl AclShape {
             chunks as u32
         }
     }
+
+    /// Whether the ACL has a summary (`summary`): where it has chunks to skip.
+    #[inline(always)]
+    pub fn summarized(&self) -> bool {
+        self.chunks() > 1
+    }
 }
 
 /// Do ACE `ace`'s address, protocol, port and eidset matches hold for the flow? (Its host
@@ -191,9 +216,16 @@ pub fn fields_match(ace: &Ace, q: &AceQuery) -> bool {
 pub fn chunk_first(maps: &impl AclMaps, acl: u32, chunk: u32, q: &AceQuery) -> Option<u32> {
     let c16 = chunk as u16;
     let ip = range_bits(maps, acl, c16, FIELD_IP, u32::from_be_bytes(q.remote))?;
-    let eid = q.facts.in_eidset as u32;
-    let proto_key = |proto| ProtoBitsKey { acl, chunk: c16, proto, in_eidset: eid };
-    let proto = maps.proto_bits(&proto_key(q.proto as u16)).or_else(|| maps.proto_bits(&proto_key(PROTO_ANY)))?;
+    // One key, its protocol replaced for the fallback: the step's stack frame is counted
+    // with its callers' (512 bytes in all).
+    let mut proto_key = ProtoBitsKey { acl, chunk: c16, proto: q.proto as u16, in_eidset: q.facts.in_eidset as u32 };
+    let proto = match maps.proto_bits(&proto_key) {
+        Some(bits) => bits,
+        None => {
+            proto_key.proto = PROTO_ANY;
+            maps.proto_bits(&proto_key)?
+        }
+    };
     let port = range_bits(maps, acl, c16, FIELD_PORT, q.remote_port as u32)?;
     let mut w = 0;
     while w < CHUNK_WORDS {
@@ -254,12 +286,15 @@ pub fn host_first(maps: &impl AclMaps, acl: u32, shape: &AclShape, q: &AceQuery,
 /// in order (`reference_first`) finds.
 #[inline(always)]
 pub fn first_decider(maps: &impl AclMaps, acl: u32, shape: &AclShape, q: &AceQuery) -> Option<u32> {
+    let candidates = if shape.summarized() { candidate_chunks(maps, acl, q) } else { u32::MAX };
     let mut found = None;
     let mut chunk = 0;
     while chunk < shape.chunks() {
-        found = chunk_first(maps, acl, chunk, q);
-        if found.is_some() {
-            break;
+        if candidates & 1 << chunk != 0 {
+            found = chunk_first(maps, acl, chunk, q);
+            if found.is_some() {
+                break;
+            }
         }
         chunk += 1;
     }
@@ -309,12 +344,14 @@ mod compile {
         pub aces: Vec<(AceKey, AceGroup)>,
         /// Host ACE ordinal -> ACE index.
         pub hosts: Vec<(AceKey, u32)>,
+        /// The pages of the three fields' summaries, where the shape says `summarized`.
+        pub summary: Vec<(SummaryKey, SummaryPage)>,
     }
 
     impl CompiledAcl {
         /// Map entries it takes, its shape's included.
         pub fn entries(&self) -> usize {
-            1 + self.ranges.len() + self.proto.len() + self.aces.len() + self.hosts.len()
+            1 + self.ranges.len() + self.proto.len() + self.aces.len() + self.hosts.len() + self.summary.len()
         }
     }
 
@@ -337,14 +374,26 @@ mod compile {
                 (AceKey { acl, index: g as u32 }, group)
             })
             .collect();
+        // Per chunk, its three fields' ranges, which the summary merges.
+        let mut fields: [Vec<range::Ranges>; 3] = Default::default();
         for (chunk, part) in aces.chunks(CHUNK_ACES).enumerate() {
             // Only the ACEs the bitmaps decide: no port maps, no host ACEs.
             let covered: Vec<(usize, &Ace)> =
                 part.iter().enumerate().filter(|(_, a)| a.action != ACTION_PORTMAP && a.matches & MATCH_HOST == 0).collect();
             let chunk = chunk as u16;
-            out.ranges.extend(range::pages(acl, chunk, FIELD_IP, &ip_ranges(&covered)));
+            let [ip, port, proto] = &mut fields;
+            ip.push(ip_ranges(&covered));
+            port.push(port_ranges(&covered));
+            proto.push(proto_eidset_ranges(&covered));
+            out.ranges.extend(range::pages(acl, chunk, FIELD_IP, ip.last().unwrap()));
             proto_bits(&mut out, acl, chunk, &covered);
-            out.ranges.extend(range::pages(acl, chunk, FIELD_PORT, &port_ranges(&covered)));
+            out.ranges.extend(range::pages(acl, chunk, FIELD_PORT, port.last().unwrap()));
+        }
+        if out.shape.summarized() {
+            for (field, tables) in [FIELD_IP, FIELD_PORT, FIELD_PROTO_EIDSET].into_iter().zip(&fields) {
+                let tables: Vec<&[(u32, Bits)]> = tables.iter().map(Vec::as_slice).collect();
+                out.summary.extend(summary::pages(acl, field, &summary::merge(&tables)));
+            }
         }
         out
     }
@@ -387,6 +436,28 @@ mod compile {
                 out.proto.push((ProtoBitsKey { acl, chunk, proto, in_eidset }, bits));
             }
         }
+    }
+
+    /// The chunk's ACEs over the values of `summary::proto_value` (the protocol, and
+    /// `IN_EIDSET` more for a remote in the eidset): as ranges, for the summary (the
+    /// chunk's own lookup is `proto_bits`). An ACE's spans never overlap, as
+    /// `range::ranges` needs.
+    fn proto_eidset_ranges(covered: &[(usize, &Ace)]) -> range::Ranges {
+        use summary::IN_EIDSET;
+        let mut spans = Vec::new();
+        for &(i, a) in covered {
+            let eidset_only = a.matches & MATCH_EIDSET != 0;
+            if a.matches & MATCH_PROTO != 0 {
+                let p = a.proto as u32;
+                if !eidset_only {
+                    spans.push((p, p, i));
+                }
+                spans.push((IN_EIDSET + p, IN_EIDSET + p, i));
+            } else if eidset_only {
+                spans.push((IN_EIDSET, IN_EIDSET + 255, i));
+            }
+        }
+        range::ranges(&spans, bits_of(covered, |a| a.matches & (MATCH_PROTO | MATCH_EIDSET) == 0))
     }
 
     /// The port ranges the chunk's ports cut (a port each), each with the ACEs naming

@@ -76,13 +76,14 @@ pub mod map_names {
     /// one changes: an agent that finds none of its ACLs there writes every port's ACL
     /// anew (under ids above those the ports' entries name), and no entry an older
     /// agent left under an id can mix with a new ACL's.
-    pub const ACL_SHAPES: &str = "ACLSHAPE_V2";
-    pub const ACL_RANGES: &str = "ACLRANGE_V1";
-    pub const ACL_PROTO: &str = "ACLPROTO_V2";
-    pub const ACES: &str = "ACE_V3";
-    pub const ACL_HOSTS: &str = "ACLHOST_V2";
+    pub const ACL_SHAPES: &str = "ACLSHAPE_V3";
+    pub const ACL_RANGES: &str = "ACLRANGE_V2";
+    pub const ACL_PROTO: &str = "ACLPROTO_V3";
+    pub const ACES: &str = "ACE_V4";
+    pub const ACL_HOSTS: &str = "ACLHOST_V3";
+    pub const ACL_SUMMARY: &str = "ACLSUM_V1";
     /// The programs' scratch space for the ACL search (per CPU).
-    pub const ACL_WALK: &str = "ACLWALK_V1";
+    pub const ACL_WALK: &str = "ACLWALK_V2";
     pub const STATS: &str = "STATS_V9";
     pub const NAT: &str = "NAT_V2";
     pub const NAT_IFACES: &str = "NATIF_V1";
@@ -410,6 +411,9 @@ const _: () = {
     // A page and the hash map's own header and key in a 4 KiB allocation.
     assert!(size_of::<classify::RangePage>() == 3592);
     assert!(size_of::<classify::ProtoBitsKey>() == 12);
+    assert!(size_of::<classify::SummaryKey>() == 8);
+    // A page and the hash map's own header and key in a 4 KiB allocation.
+    assert!(size_of::<classify::SummaryPage>() == 3080);
     assert!(size_of::<classify::AceKey>() == 8);
     assert!(size_of::<classify::AceGroup>() == 16 * classify::ACES_PER_GROUP);
     assert!(size_of::<classify::AclShape>() == 16);
@@ -444,6 +448,8 @@ mod pod {
     unsafe impl aya::Pod for super::classify::RangeKey {}
     unsafe impl aya::Pod for super::classify::RangePage {}
     unsafe impl aya::Pod for super::classify::ProtoBitsKey {}
+    unsafe impl aya::Pod for super::classify::SummaryKey {}
+    unsafe impl aya::Pod for super::classify::SummaryPage {}
     unsafe impl aya::Pod for super::classify::AceKey {}
     unsafe impl aya::Pod for super::classify::AceGroup {}
     unsafe impl aya::Pod for super::classify::AclShape {}

@@ -11,8 +11,8 @@ use aya_ebpf::{
 use netns_ebpf_common::{
     chosen_ifindex_zone,
     classify::{
-        AceGroup, AceKey, AclShape, Bits, ProtoBitsKey, RangeKey, RangePage, ACES_MAX_ENTRIES, ACE_GROUPS_MAX_ENTRIES, BITS_MAX_ENTRIES,
-        RANGES_MAX_ENTRIES, SHAPES_MAX_ENTRIES,
+        AceGroup, AceKey, AclShape, Bits, ProtoBitsKey, RangeKey, RangePage, SummaryKey, SummaryPage, ACES_MAX_ENTRIES,
+        ACE_GROUPS_MAX_ENTRIES, BITS_MAX_ENTRIES, RANGES_MAX_ENTRIES, SHAPES_MAX_ENTRIES, SUMMARY_MAX_ENTRIES,
     },
     ct::{CtKey, CtValue, CT_MAX_ENTRIES, DROP_MAX_ENTRIES},
     event::{FlowEvent, EVENTS_BYTES},
@@ -79,27 +79,31 @@ pub static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = Ha
 // The ports' ACLs, compiled to bitmaps (`classify`) under their ids. Filled as ACLs come
 // and go: allocated per entry (BPF_F_NO_PREALLOC), not for the whole capacity up front.
 
-#[btf_map(name = "ACLSHAPE_V2")]
+#[btf_map(name = "ACLSHAPE_V3")]
 pub static ACL_SHAPES: HashMap<u32, AclShape, { SHAPES_MAX_ENTRIES as usize }> = HashMap::new();
 
 /// The address and port range tables' pages.
-#[btf_map(name = "ACLRANGE_V1")]
+#[btf_map(name = "ACLRANGE_V2")]
 pub static ACL_RANGES: HashMap<RangeKey, RangePage, { RANGES_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
 
-#[btf_map(name = "ACLPROTO_V2")]
+#[btf_map(name = "ACLPROTO_V3")]
 pub static ACL_PROTO: HashMap<ProtoBitsKey, Bits, { BITS_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
 
-#[btf_map(name = "ACE_V3")]
+#[btf_map(name = "ACE_V4")]
 pub static ACES: HashMap<AceKey, AceGroup, { ACE_GROUPS_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
 
+/// The summaries' pages: which chunks of an ACL can decide a flow.
+#[btf_map(name = "ACLSUM_V1")]
+pub static ACL_SUMMARY: HashMap<SummaryKey, SummaryPage, { SUMMARY_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
+
 /// Host ACE ordinal -> its ACE index.
-#[btf_map(name = "ACLHOST_V2")]
+#[btf_map(name = "ACLHOST_V3")]
 pub static ACL_HOSTS: HashMap<AceKey, u32, { ACES_MAX_ENTRIES as usize }, NO_PREALLOC> = HashMap::new();
 
 /// The ACL search's state, one per CPU: on the from-app program's stack it would push the
 /// program and the search's callbacks over the 512 bytes 6.1's verifier allows them
 /// together.
-#[btf_map(name = "ACLWALK_V1")]
+#[btf_map(name = "ACLWALK_V2")]
 pub static ACL_WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;

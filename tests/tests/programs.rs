@@ -215,6 +215,8 @@ fn every_program_leaves_the_verifier_a_tenth_of_its_limit() {
     let verified = l.programs.verified();
     assert_eq!(verified.len(), 5, "the five programs: {verified:?}");
     let ceiling = datapath::VERIFIER_INSN_LIMIT / 10 * 9;
+    // The figures, for the log of a run that passes too (`--nocapture`).
+    println!("verified instructions: {verified:?}");
     for program in verified {
         let instructions = program.instructions.unwrap_or_else(|| panic!("the kernel did not count {}: {verified:?}", program.name));
         assert!(instructions > 0, "{verified:?}");

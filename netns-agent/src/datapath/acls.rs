@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
 use netns_ebpf_common::{
     acl::Ace,
-    classify::{self, AceGroup, AceKey, AclShape, Bits, CompiledAcl, ProtoBitsKey, RangeKey, RangePage, ACES_PER_GROUP},
+    classify::{
+        self, AceGroup, AceKey, AclShape, Bits, CompiledAcl, ProtoBitsKey, RangeKey, RangePage, SummaryKey, SummaryPage, ACES_PER_GROUP,
+    },
     map_names,
 };
 
@@ -21,9 +23,10 @@ pub struct AclStore {
     proto: HashMap<MapData, ProtoBitsKey, Bits>,
     aces: HashMap<MapData, AceKey, AceGroup>,
     hosts: HashMap<MapData, AceKey, u32>,
-    /// The four maps again, for batched writes and removals: an ACL's entries in one
+    summary: HashMap<MapData, SummaryKey, SummaryPage>,
+    /// The five maps again, for batched writes and removals: an ACL's entries in one
     /// system call per map.
-    batched: [BatchMap; 4],
+    batched: [BatchMap; 5],
     /// The next id to hand out, found at the first write (the status and the metrics open
     /// the maps too, and write none): above every id in the maps and every id the ports'
     /// entries name.
@@ -39,11 +42,13 @@ impl AclStore {
             proto: open_map(pin_dir, map_names::ACL_PROTO)?.try_into()?,
             aces: open_map(pin_dir, map_names::ACES)?.try_into()?,
             hosts: open_map(pin_dir, map_names::ACL_HOSTS)?.try_into()?,
+            summary: open_map(pin_dir, map_names::ACL_SUMMARY)?.try_into()?,
             batched: [
                 BatchMap::open(pin_dir, map_names::ACL_RANGES)?,
                 BatchMap::open(pin_dir, map_names::ACL_PROTO)?,
                 BatchMap::open(pin_dir, map_names::ACES)?,
                 BatchMap::open(pin_dir, map_names::ACL_HOSTS)?,
+                BatchMap::open(pin_dir, map_names::ACL_SUMMARY)?,
             ],
             next_id: None,
         })
@@ -69,11 +74,12 @@ impl AclStore {
     }
 
     fn insert(&mut self, id: u32, c: &CompiledAcl) -> Result<()> {
-        let [ranges, proto, aces, hosts] = &self.batched;
+        let [ranges, proto, aces, hosts, summary] = &self.batched;
         ranges.insert_all(&c.ranges)?;
         proto.insert_all(&c.proto)?;
         aces.insert_all(&c.aces)?;
         hosts.insert_all(&c.hosts)?;
+        summary.insert_all(&c.summary)?;
         self.shapes.insert(id, c.shape, 0).context("ACLSHAPE")
     }
 
@@ -129,11 +135,12 @@ impl AclStore {
     fn remove_compiled(&mut self, id: u32, c: &CompiledAcl) {
         // The shape first: a search that finds none stops there.
         self.shapes.remove(&id).ok();
-        let [ranges, proto, aces, hosts] = &self.batched;
+        let [ranges, proto, aces, hosts, summary] = &self.batched;
         ranges.remove_all(&keys(&c.ranges));
         proto.remove_all(&keys(&c.proto));
         aces.remove_all(&keys(&c.aces));
         hosts.remove_all(&keys(&c.hosts));
+        summary.remove_all(&keys(&c.summary));
     }
 
     /// Removes every ACL that `doomed` selects, walking the maps; returns how many
@@ -144,15 +151,17 @@ impl AclStore {
             + remove_where(&mut self.proto, |k, _| doomed(k.acl))
             + remove_where(&mut self.aces, |k, _| doomed(k.acl))
             + remove_where(&mut self.hosts, |k, _| doomed(k.acl))
+            + remove_where(&mut self.summary, |k, _| doomed(k.acl))
     }
 
-    /// Entries of every ACL, over the five maps.
+    /// Entries of every ACL, over the six maps.
     pub fn entries(&self) -> usize {
         self.shapes.keys().flatten().count()
             + self.ranges.keys().flatten().count()
             + self.proto.keys().flatten().count()
             + self.aces.keys().flatten().count()
             + self.hosts.keys().flatten().count()
+            + self.summary.keys().flatten().count()
     }
 
     /// Removes the ACLs no port names (left by an apply that stopped half way); returns

@@ -48,7 +48,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 25] = [
+const ALL_MAPS: [&str; 26] = [
     map_names::IF_ZONES,
     map_names::EVENTS,
     map_names::PORT_STATS,
@@ -66,6 +66,7 @@ const ALL_MAPS: [&str; 25] = [
     map_names::ACL_PROTO,
     map_names::ACES,
     map_names::ACL_HOSTS,
+    map_names::ACL_SUMMARY,
     map_names::ACL_WALK,
     map_names::STATS,
     map_names::NAT,

@@ -58,24 +58,35 @@ impl Default for RangePage {
 
 impl RangePage {
     /// The last slot whose key is at most `value`.
-    ///
-    /// Without a branch: `(value + 2^33 - key) >> 33` is 1 when the key is at most the
-    /// value (both at most 2^32), else 0. A search that branched would reach its end
-    /// on 64 paths with as many known slots, each of which the verifier would follow
-    /// through the rest of the program (and each later search multiplies them); this
-    /// one is one path, its slot a number the verifier bounds where it is used.
     #[inline(always)]
     pub fn find(&self, value: u32) -> usize {
-        let biased = value as u64 | 1 << 33;
-        let mut slot = 0;
-        let mut step = RANGE_KEYS / 2;
-        while step > 0 {
-            let key = self.keys[(slot + step) & (RANGE_KEYS - 1)];
-            slot += step * (biased.wrapping_sub(key) >> 33) as usize;
-            step /= 2;
-        }
-        slot
+        last_at_most(&self.keys, value)
     }
+}
+
+/// The last slot of `keys` (ascending, `N` a power of two, slot 0's key at most every
+/// value searched) whose key is at most `value`.
+///
+/// Without a branch: `(value + 2^33 - key) >> 33` is 1 when the key is at most the
+/// value (both at most 2^32), else 0. A search that branched would reach its end on `N`
+/// paths with as many known slots, each of which the verifier would follow through the
+/// rest of the program (and each later search multiplies them); this one is one path,
+/// its slot a number the verifier bounds where it is used.
+///
+/// The keys are u64 even where u32 would hold them: a key the compiler knows is below
+/// 2^32 lets it prove the masks below redundant and build the slot with ORs, whose
+/// bounds 6.1's verifier loses ("unbounded min value"); a key it cannot bound keeps them.
+#[inline(always)]
+pub fn last_at_most<const N: usize>(keys: &[u64; N], value: u32) -> usize {
+    let biased = value as u64 | 1 << 33;
+    let mut slot = 0;
+    let mut step = N / 2;
+    while step > 0 {
+        let key = keys[(slot + step) & (N - 1)];
+        slot += step * (biased.wrapping_sub(key) >> 33) as usize;
+        step /= 2;
+    }
+    slot
 }
 
 /// The bitmap of the range that holds `value` in the table of chunk `chunk`'s field

@@ -13,6 +13,7 @@ struct Lookup {
     proto: HashMap<ProtoBitsKey, Bits>,
     aces: HashMap<AceKey, AceGroup>,
     hosts: HashMap<AceKey, u32>,
+    summary: HashMap<SummaryKey, SummaryPage>,
 }
 
 impl Lookup {
@@ -22,6 +23,7 @@ impl Lookup {
             proto: c.proto.iter().copied().collect(),
             aces: c.aces.iter().copied().collect(),
             hosts: c.hosts.iter().copied().collect(),
+            summary: c.summary.iter().copied().collect(),
         }
     }
 }
@@ -32,6 +34,9 @@ impl AclMaps for Lookup {
     }
     fn proto_bits(&self, key: &ProtoBitsKey) -> Option<&Bits> {
         self.proto.get(key)
+    }
+    fn summary_page(&self, key: &SummaryKey) -> Option<&SummaryPage> {
+        self.summary.get(key)
     }
     fn ace(&self, key: &AceKey) -> Option<&Ace> {
         let (group, at) = AceGroup::locate(key);
@@ -232,4 +237,139 @@ fn the_fullest_chunk_fits_two_levels() {
     let pages = range::pages(1, 0, FIELD_PORT, &ranges);
     assert_eq!(pages[0].1.leaves as usize, ranges.len().div_ceil(range::RANGE_LEAF));
     assert!((pages[0].1.leaves as usize) < range::RANGE_KEYS);
+}
+
+/// A summary looked up as the programs do gives, for any value, exactly the chunks whose
+/// table has an ACE there: random tables over the whole u32 space, one page and two
+/// levels, the values at every edge and at 0 and u32::MAX.
+#[test]
+fn summaries_name_the_chunks_whose_bitmap_has_an_ace() {
+    let mut rng = Rng(0x1f83_d9ab_fb41_bd6b);
+    for round in 0..200 {
+        let chunks = 2 + rng.below(MAX_CHUNKS as u64 - 1) as usize;
+        let spans_per_chunk = [1, 3, 20, 200][round % 4];
+        let tables: Vec<range::Ranges> = (0..chunks)
+            .map(|_| {
+                let spans: Vec<(u32, u32, usize)> = (0..spans_per_chunk)
+                    .map(|ace| {
+                        let (a, b) = match rng.below(5) {
+                            0 => (0, rng.next() as u32),
+                            1 => (rng.next() as u32, u32::MAX),
+                            _ => {
+                                let a = rng.next() as u32;
+                                (a, a.saturating_add(rng.below(1000) as u32))
+                            }
+                        };
+                        (a.min(b), a.max(b), ace)
+                    })
+                    .collect();
+                range::ranges(&spans, Bits::default())
+            })
+            .collect();
+        let slices: Vec<&[(u32, Bits)]> = tables.iter().map(Vec::as_slice).collect();
+        let merged = summary::merge(&slices);
+        let pages = summary::pages(5, FIELD_IP, &merged);
+        assert_eq!(pages.len(), 1 + merged.len().div_ceil(summary::SUMMARY_SLOTS), "round {round}");
+        let maps = Lookup { summary: pages.into_iter().collect(), ..Lookup::new(&CompiledAcl::default()) };
+        let mut values: Vec<u32> = tables.iter().flatten().flat_map(|&(first, _)| [first, first.wrapping_sub(1)]).collect();
+        values.extend([0, u32::MAX]);
+        values.extend((0..50).map(|_| rng.next() as u32));
+        for v in values {
+            let expect = tables.iter().enumerate().fold(0u32, |mask, (c, t)| {
+                let (_, bits) = t.iter().rev().find(|&&(first, _)| first <= v).unwrap();
+                if *bits != Bits::default() {
+                    mask | 1 << c
+                } else {
+                    mask
+                }
+            });
+            assert_eq!(summary::field_chunks(&maps, 5, FIELD_IP, v), Some(expect), "round {round}, value {v:#x}");
+        }
+        assert_eq!(summary::field_chunks(&maps, 5, FIELD_PORT, 0), None, "another field's summary");
+    }
+}
+
+/// For a compiled ACL, each field's summary names the chunks whose own lookup of the
+/// field has an ACE, so the chunks the search reads are all that can decide.
+#[test]
+fn the_summary_keeps_every_chunk_that_can_decide() {
+    let mut rng = Rng(0x6a09_e667_f3bc_c908);
+    for round in 0..40 {
+        let n = 513 + rng.below(4000) as u32;
+        let aces: Vec<Ace> = (0..n).map(|i| random_ace(&mut rng, i + 1)).collect();
+        let compiled = compile(4, &aces);
+        assert!(compiled.shape.summarized() && !compiled.summary.is_empty());
+        let maps = Lookup::new(&compiled);
+        for _ in 0..40 {
+            let q = random_query(&mut rng);
+            let candidates = candidate_chunks(&maps, 4, &q);
+            for chunk in 0..compiled.shape.chunks() {
+                let c16 = chunk as u16;
+                let some = |bits: Option<&Bits>| bits.is_some_and(|b| *b != Bits::default());
+                let eid = q.facts.in_eidset as u32;
+                let proto = maps
+                    .proto_bits(&ProtoBitsKey { acl: 4, chunk: c16, proto: q.proto as u16, in_eidset: eid })
+                    .or_else(|| maps.proto_bits(&ProtoBitsKey { acl: 4, chunk: c16, proto: PROTO_ANY, in_eidset: eid }));
+                let expect = some(range_bits(&maps, 4, c16, FIELD_IP, u32::from_be_bytes(q.remote)))
+                    && some(range_bits(&maps, 4, c16, FIELD_PORT, q.remote_port as u32))
+                    && some(proto);
+                assert_eq!(candidates & 1 << chunk != 0, expect, "round {round}, chunk {chunk}, {q:?}");
+                if chunk_first(&maps, 4, chunk, &q).is_some() {
+                    assert!(candidates & 1 << chunk != 0, "round {round}: chunk {chunk} decides but is not a candidate");
+                }
+            }
+        }
+    }
+}
+
+/// The ACL `cargo xtask bench` swaps in: 9,999 drops of one address's ports, then "allow
+/// the rest". A flow the last ACE decides reads the summary and one chunk, not 20.
+#[test]
+fn a_flow_the_last_ace_decides_reads_one_chunk() {
+    let drop = |i: u32| Ace {
+        id: i + 1,
+        action: ACTION_DROP,
+        matches: MATCH_IP | MATCH_PROTO | MATCH_FPORT,
+        prefix: [10, 9, 0, 1],
+        prefix_len: 32,
+        proto: PROTO_TCP,
+        fport: 20_000 + i as u16,
+        ..Ace::default()
+    };
+    let mut aces: Vec<Ace> = (0..9_999).map(drop).collect();
+    aces.push(Ace { id: 10_000, action: ACTION_ACCEPT, ..Ace::default() });
+    let compiled = compile(2, &aces);
+    let maps = Lookup::new(&compiled);
+    let q = AceQuery { proto: PROTO_TCP, remote: [10, 9, 0, 1], remote_port: 80, facts: RemoteFacts::default() };
+    assert_eq!(candidate_chunks(&maps, 2, &q), 1 << 19);
+    assert_eq!(first_decider(&maps, 2, &compiled.shape, &q), Some(9_999));
+    let dropped = AceQuery { remote_port: 20_000 + 7_000, ..q };
+    assert_eq!(candidate_chunks(&maps, 2, &dropped), 1 << 13 | 1 << 19);
+    assert_eq!(first_decider(&maps, 2, &compiled.shape, &dropped), Some(7_000));
+}
+
+/// 10,240 ACEs on distinct, scattered addresses and ports cut the most ranges a field
+/// can have (20,481): two levels of the summary hold them.
+#[test]
+fn the_fullest_summary_fits_two_levels() {
+    let ace = |i: u32| Ace {
+        id: i + 1,
+        matches: MATCH_IP | MATCH_PROTO | MATCH_FPORT,
+        prefix: (i * 7919 + 3).to_be_bytes(),
+        prefix_len: 32,
+        proto: PROTO_UDP,
+        fport: (i * 3 + 1) as u16,
+        ..Ace::default()
+    };
+    let aces: Vec<Ace> = (0..MAX_CLASSIFIED_ACES as u32).map(ace).collect();
+    let compiled = compile(6, &aces);
+    let root = |field| compiled.summary.iter().find(|(k, _)| k.field == field && k.page == 0).unwrap().1;
+    assert_eq!(root(FIELD_IP).leaves as usize, (2 * MAX_CLASSIFIED_ACES + 1).div_ceil(summary::SUMMARY_SLOTS));
+    let maps = Lookup::new(&compiled);
+    for i in [0, 1, 5_000, MAX_CLASSIFIED_ACES as u32 - 1] {
+        let a = ace(i);
+        let q = AceQuery { proto: PROTO_UDP, remote: a.prefix, remote_port: a.fport, facts: RemoteFacts::default() };
+        assert_eq!(candidate_chunks(&maps, 6, &q), 1 << (i as usize / CHUNK_ACES));
+        assert_eq!(first_decider(&maps, 6, &compiled.shape, &q), Some(i));
+    }
 }
