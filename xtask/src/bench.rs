@@ -119,7 +119,10 @@ pub enum Part {
     ScaleOnly,
     ApplyOnly,
     Profile,
-    ConnectionsOnly,
+    /// With an ACL of this many ACEs.
+    ConnectionsOnly {
+        aces: u32,
+    },
 }
 
 pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
@@ -152,8 +155,15 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
         stop_agent(&mut { agent })?;
         return agent_down(agent_bin, &config);
     }
-    if part == Part::ConnectionsOnly {
-        connections_only(&dir, &format!("eBPF path, {} ACEs", ACL_SIZES[0]))?;
+    if let Part::ConnectionsOnly { aces } = part {
+        if aces != ACL_SIZES[0] {
+            std::fs::write(&config, bench_config(aces))?;
+            apply(agent_bin, &config).context("the bench config with more ACEs")?;
+        }
+        // What the programs cost per connection with this ACL: the figure a change of
+        // the ACL search moves, without the twin's noise.
+        program_costs(&dir)?;
+        connections_only(&dir, &format!("eBPF path, {aces} ACEs"))?;
         stop_agent(&mut { agent })?;
         without_programs()?;
         connections_only(&dir, "the same namespaces and veths: no programs, no NAT")?;

@@ -66,12 +66,17 @@ enum Task {
         /// Only the apply times: changes, ACL swaps (as the agent logs them), restarts.
         #[arg(long, conflicts_with_all = ["scale_only", "profile"])]
         apply_only: bool,
-        /// Only new connections per second through the fast path (10 ACEs), 12 rounds
-        /// each beside the twin, every round's ratio shown, then the same on the same
-        /// namespaces with no programs: an A/B check of a data-path change in a few
-        /// minutes (it tells about five percent from noise here).
+        /// Only new connections per second through the fast path (10 ACEs): what the
+        /// programs cost per connection, then 12 rounds each beside the twin, every
+        /// round's ratio shown, then the same on the same namespaces with no programs:
+        /// an A/B check of a data-path change in a few minutes (it tells about five
+        /// percent from noise here).
         #[arg(long, conflicts_with_all = ["scale_only", "profile", "apply_only"])]
         connections_only: bool,
+        /// With --connections-only: the app's ACL has this many ACEs (the last allows,
+        /// as in the whole bench).
+        #[arg(long, requires = "connections_only", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        aces: u32,
     },
     /// `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`, and
     /// clippy on the eBPF programs for the BPF target (nightly). CI runs it before the
@@ -123,7 +128,7 @@ fn dispatch(task: Task) -> Result<()> {
             demo::run(&workspace_root().join("target/debug/netns-agent"), keep, eve, !no_fast_path)
         }
         Task::Lint => lint(),
-        Task::Bench { scale_only, profile, apply_only, connections_only } => {
+        Task::Bench { scale_only, profile, apply_only, connections_only, aces } => {
             setup()?;
             // Optimised, as a device runs it: the agent's CPU and apply times are figures.
             step("build: netns-agent (release)");
@@ -136,7 +141,7 @@ fn dispatch(task: Task) -> Result<()> {
             } else if apply_only {
                 bench::Part::ApplyOnly
             } else if connections_only {
-                bench::Part::ConnectionsOnly
+                bench::Part::ConnectionsOnly { aces }
             } else {
                 bench::Part::All
             };
