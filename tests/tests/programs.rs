@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Map, MapData, ProgramArray},
+    maps::{HashMap, Map, MapData, ProgramArray},
     TestRun, TestRunOptions,
 };
 use netns_agent::{
@@ -24,7 +24,7 @@ use netns_agent::{
 };
 use netns_ebpf_common::{
     acl::{self, Ace},
-    classify,
+    classify::{self, SummaryKey, SummaryPage},
     fast::TAIL_FROM_APP,
     map_names, mark,
     nat::{NatIface, PortmapKey, PortmapTarget},
@@ -272,6 +272,58 @@ fn ten_thousand_aces_decide_by_position_and_swap_whole() {
         // Only the live ACL's entries are left (the replaced ones went, walked or not).
         assert_eq!(l.maps.acls.entries(), classify::compile(acl_id, &aces).entries(), "ACL {acl_id}");
     }
+}
+
+/// The programs read only the chunks an ACL's summary names: with the bench's ACL (9,999
+/// drops of one remote's ports, then "allow the rest"), a flow to another port is
+/// allowed by ACE 10,000 and one to a dropped port by its drop, both through the
+/// summary; once the port summary names no chunk for the first flow's port, its next
+/// flow finds no ACE (default drop): the kernel skipped every chunk the summary left out.
+#[test]
+fn the_search_reads_only_the_chunks_the_summary_names() {
+    let mut l = Loaded::new();
+    let key = IfaceKey { zone: l.zone, ifindex: LOOPBACK };
+    let site = [10, 9, 0, 1];
+    let drop = |i: u32| Ace {
+        id: i + 1,
+        matches: acl::MATCH_IP | acl::MATCH_PROTO | acl::MATCH_FPORT,
+        prefix: site,
+        prefix_len: 32,
+        proto: PROTO_TCP,
+        fport: 20_000 + i as u16,
+        action: acl::ACTION_DROP,
+        ..Ace::default()
+    };
+    let mut aces: Vec<Ace> = (0..9_999).map(drop).collect();
+    aces.push(Ace { id: 10_000, ..Ace::default() });
+    let live = l.maps.port(key).unwrap();
+    let acl_id = l.maps.write_acl(&aces).unwrap();
+    l.maps.set_port(key, IfaceInfo { acl_id, ..live }).unwrap();
+    let mut sport = 42000;
+    let mut syn = |l: &Loaded, port: u16| {
+        sport += 1;
+        let ran = l.run(prog_names::APP_PORT_FROM_APP, &frame::ipv4(PROTO_TCP, l.app(sport), remote(site, port), TCP_SYN, b""));
+        let flows = l.maps.flows();
+        let flow = flows.iter().find(|(k, _)| k.port_a == sport || k.port_b == sport).map(|(_, f)| f.mark);
+        (ran.verdict, flow)
+    };
+    let decided = |id: u32, drop: bool| Some(mark::compose(l.port.app_num, id, true, drop));
+    assert_eq!(syn(&l, 443), (TC_ACT_OK, decided(10_000, false)), "the last ACE allows");
+    assert_eq!(syn(&l, 27_000), (TC_ACT_SHOT, decided(7_001, true)), "ACE 7,001 drops");
+
+    // Every leaf of the port summary: no chunk for any port.
+    let pinned = MapData::from_pin(l.pins.0.join(map_names::ACL_SUMMARY)).unwrap();
+    let mut summary: HashMap<MapData, SummaryKey, SummaryPage> = HashMap::try_from(Map::HashMap(pinned)).unwrap();
+    let leaves: Vec<(SummaryKey, SummaryPage)> =
+        summary.iter().flatten().filter(|(k, _)| k.acl == acl_id && k.field == classify::FIELD_PORT && k.page > 0).collect();
+    assert!(!leaves.is_empty(), "the ACL has a port summary");
+    for (k, mut page) in leaves {
+        page.values = [0; classify::summary::SUMMARY_SLOTS];
+        summary.insert(k, page, 0).unwrap();
+    }
+    let drops = l.counter(Stat::DropAcl);
+    assert_eq!(syn(&l, 443).0, TC_ACT_SHOT, "no chunk read: no ACE decides");
+    assert_eq!(l.counter(Stat::DropAcl), drops + 1, "dropped by the ACL");
 }
 
 /// (packets, bytes) per direction (`PORT_DIR_*`).

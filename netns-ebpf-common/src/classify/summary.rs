@@ -103,7 +103,7 @@ pub use build::{merge, pages};
 #[cfg(any(test, feature = "user"))]
 mod build {
     extern crate std;
-    use std::{collections::BTreeMap, vec::Vec};
+    use std::vec::Vec;
 
     use super::*;
     use crate::classify::{range::RANGE_END, Bits};
@@ -112,24 +112,25 @@ mod build {
     /// each starting at 0): (first value, mask of the chunks whose bitmap there has an
     /// ACE), ascending, neighbours with the same mask merged.
     pub fn merge(tables: &[&[(u32, Bits)]]) -> Vec<(u32, u32)> {
-        // Where a chunk's bitmap turns empty or not: a sweep over the tables' starts.
-        let mut edges: BTreeMap<u32, Vec<(usize, bool)>> = BTreeMap::new();
-        for (chunk, table) in tables.iter().enumerate() {
-            for (first, bits) in table.iter() {
-                edges.entry(*first).or_default().push((chunk, *bits != Bits::default()));
-            }
-        }
+        // Where a chunk's bitmap turns empty or not: a sweep over the tables' starts, in
+        // one sorted vector (a swap of 10,000 ACEs merges ~20,000 of them per field).
+        let mut edges: Vec<(u32, usize, bool)> = tables
+            .iter()
+            .enumerate()
+            .flat_map(|(chunk, table)| table.iter().map(move |(first, bits)| (*first, chunk, *bits != Bits::default())))
+            .collect();
+        edges.sort_unstable_by_key(|&(first, chunk, _)| (first, chunk));
         let mut out: Vec<(u32, u32)> = Vec::new();
         let mut mask = 0u32;
-        for (at, changes) in edges {
-            for (chunk, some) in changes {
-                if some {
-                    mask |= 1 << chunk;
-                } else {
-                    mask &= !(1 << chunk);
-                }
+        for (i, &(at, chunk, some)) in edges.iter().enumerate() {
+            if some {
+                mask |= 1 << chunk;
+            } else {
+                mask &= !(1 << chunk);
             }
-            if out.last().is_none_or(|&(_, m)| m != mask) {
+            // The last change at this value: the range from here has its mask.
+            let last_here = edges.get(i + 1).is_none_or(|&(next, _, _)| next != at);
+            if last_here && out.last().is_none_or(|&(_, m)| m != mask) {
                 out.push((at, mask));
             }
         }
