@@ -4,8 +4,8 @@
 //! Without it, a flow that the ACL's last ACE decides (an ACL of drops, then "allow the
 //! rest") made the search visit all 20 chunks of a 10,000-ACE ACL, each with its three
 //! bitmaps: ~100 map lookups per new flow, against ~5 for a one-chunk ACL. With it, the
-//! search makes two or three lookups per field, ANDs the three masks, and visits only
-//! the chunks left, in order (for that ACL, one).
+//! search makes two lookups per field, ANDs the three masks, and visits only the chunks
+//! left, in order (for that ACL, one).
 //!
 //! A field's summary is a range table like a chunk's ([`super::range`]), with a mask of
 //! chunks per range where a chunk's table has a bitmap: bit c is set where chunk c has
@@ -41,7 +41,7 @@ pub struct SummaryKey {
 ///
 /// A summary is a root and leaves even where one page would hold it: a lookup that took
 /// one page or two would be two paths, each of which the verifier follows on through
-/// the search, at each of the many places in the programs that judge a flow.
+/// the rest of the search.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SummaryPage {
@@ -84,8 +84,8 @@ pub fn field_chunks(maps: &impl AclMaps, acl: u32, field: u8, value: u32) -> Opt
 }
 
 /// The chunks whose bitmaps the search must read for flow `q`: bit c for chunk c. Every
-/// chunk where the ACL has no summary (`AclShape::summarized`) or a page of it is
-/// missing: a summary only narrows the search, its answer never depends on one.
+/// chunk where a page is missing (an ACL without a summary: `AclShape::summarized`): a
+/// summary only narrows the search, its answer never depends on one.
 #[inline(always)]
 pub fn candidate_chunks(maps: &impl AclMaps, acl: u32, q: &AceQuery) -> u32 {
     let ip = field_chunks(maps, acl, super::FIELD_IP, u32::from_be_bytes(q.remote));
