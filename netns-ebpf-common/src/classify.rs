@@ -14,8 +14,9 @@
 //!
 //! An ACL of more than one chunk also has a summary per field ([`summary`]): which
 //! chunks have an ACE that the value satisfies. The search reads only the chunks all
-//! three fields' summaries name, so a flow that the last of 10,000 ACEs decides costs
-//! a few lookups more than one the first decides, not twenty chunks' worth.
+//! three fields' summaries name: where some field tells the chunks apart, a flow that
+//! the last of 10,000 ACEs decides costs a few lookups more than one the first decides,
+//! not twenty chunks' worth.
 //!
 //! Everything an ACL compiles to is keyed by an ACL id: a changed ACL is written under a
 //! new id beside the live one and switched in by one update of the port's entry, so a
@@ -38,6 +39,8 @@ pub const CHUNK_WORDS: usize = CHUNK_ACES / 64;
 /// ACEs per app interface.
 pub const MAX_CLASSIFIED_ACES: usize = 10_240;
 pub const MAX_CHUNKS: usize = MAX_CLASSIFIED_ACES / CHUNK_ACES;
+// A summary's masks (and the search's candidates) have a bit per chunk in a u32.
+const _: () = assert!(MAX_CHUNKS <= 32);
 /// Host ACEs per app interface: the host set's mask has a bit for each.
 pub const MAX_HOST_ACES: usize = 64;
 /// The protocol key of the bitmap for protocols no ACE of the chunk names.

@@ -444,6 +444,9 @@ pub struct WalkState {
     q: AceQuery,
 }
 
+// ACLWALK_V2's value: another size needs another pin version (`map_names`).
+const _: () = assert!(size_of::<WalkState>() == 40);
+
 const NOT_FOUND: u32 = u32::MAX;
 
 impl AceWalk for BitmapWalk {

@@ -195,7 +195,9 @@ fn an_agent_with_acl_maps_of_a_new_version_writes_every_acl_anew() {
     judged(&s);
 
     s.kill_agent();
-    for map in [map_names::ACL_SHAPES, map_names::ACL_RANGES, map_names::ACL_PROTO, map_names::ACES, map_names::ACL_HOSTS] {
+    for map in
+        [map_names::ACL_SHAPES, map_names::ACL_RANGES, map_names::ACL_PROTO, map_names::ACES, map_names::ACL_HOSTS, map_names::ACL_SUMMARY]
+    {
         std::fs::remove_file(s.pin_dir.join(map)).unwrap_or_else(|e| panic!("unpinning {map}: {e}"));
     }
     s.start_agent();

@@ -34,7 +34,7 @@ pub(super) type Span = std::ops::Range<usize>;
 // NATIF_V1 holds every translating interface there can be: per NI with an uplink the two
 // ends of its veth, and its uplink.
 const _: () = assert!(NAT_IFACES_MAX_ENTRIES >= 3 * MAX_NI_INDEX);
-// ACE_V3 holds the live ACLs' groups and as many again (their replacements): at most a
+// ACE_V4 holds the live ACLs' groups and as many again (their replacements): at most a
 // group per 16 ACEs plus a partly used one per port. Checking ACEs and ports is enough.
 const _: () = assert!(2 * (MAX_LIVE_ACES / ACES_PER_GROUP as u32 + MAX_APP_PORTS) <= ACE_GROUPS_MAX_ENTRIES);
 

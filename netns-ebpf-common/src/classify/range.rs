@@ -129,7 +129,8 @@ mod build {
         let mut out: Ranges = Vec::new();
         let mut live = any;
         for (at, (ins, outs)) in edges.range(..=u32::MAX as u64) {
-            // An ACE has one span, and is in `any` only if it has none.
+            // An ACE's spans are disjoint (the protocol's summary gives an ACE two), and
+            // an ACE is in `any` only if it has none.
             for ace in outs {
                 live.clear(*ace);
             }

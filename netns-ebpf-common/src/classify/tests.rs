@@ -66,7 +66,8 @@ impl Rng {
 }
 
 const ADDRS: [Ipv4; 6] = [[10, 0, 0, 1], [10, 0, 1, 7], [10, 1, 2, 3], [192, 168, 1, 9], [8, 8, 8, 8], [10, 0, 0, 200]];
-const PROTOS: [u8; 4] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, 47];
+/// 0 and 255 too: the summary's protocol value puts the eidset bit just above 255.
+const PROTOS: [u8; 6] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, 47, 0, 255];
 const PORTS: [u16; 5] = [80, 443, 53, 8080, 0];
 
 /// An ACE over a few addresses, prefixes, protocols and ports, so that ACEs overlap.
@@ -314,11 +315,44 @@ fn the_summary_keeps_every_chunk_that_can_decide() {
                     && some(range_bits(&maps, 4, c16, FIELD_PORT, q.remote_port as u32))
                     && some(proto);
                 assert_eq!(candidates & 1 << chunk != 0, expect, "round {round}, chunk {chunk}, {q:?}");
-                if chunk_first(&maps, 4, chunk, &q).is_some() {
-                    assert!(candidates & 1 << chunk != 0, "round {round}: chunk {chunk} decides but is not a candidate");
-                }
             }
+            // And the search through the summary finds the ACE the walk finds.
+            assert_eq!(first_decider(&maps, 4, &compiled.shape, &q), reference_first(&aces, &q), "round {round}, {q:?}");
         }
+    }
+}
+
+/// The protocol's summary at its edges: protocol 255 outside the eidset is not the
+/// eidset's first value, and an eidset-only ACE decides only for a remote in the eidset.
+#[test]
+fn the_protocol_summary_keeps_the_eidset_apart_from_protocol_255() {
+    let filler = |i: u32| Ace {
+        id: i + 1,
+        action: ACTION_DROP,
+        matches: MATCH_IP | MATCH_PROTO,
+        prefix: [172, 16, (i >> 8) as u8, i as u8],
+        prefix_len: 32,
+        proto: PROTO_TCP,
+        ..Ace::default()
+    };
+    let mut aces: Vec<Ace> = (0..1000).map(filler).collect();
+    aces[300] = Ace { id: 301, action: ACTION_DROP, matches: MATCH_PROTO, proto: 255, ..Ace::default() };
+    aces[900] = Ace { id: 901, action: ACTION_ACCEPT, matches: MATCH_EIDSET, ..Ace::default() };
+    let compiled = compile(8, &aces);
+    let maps = Lookup::new(&compiled);
+    let q = |proto: u8, in_eidset: bool| AceQuery {
+        proto,
+        remote: [10, 1, 1, 1],
+        remote_port: 0,
+        facts: RemoteFacts { in_eidset, ..RemoteFacts::default() },
+    };
+    for (proto, in_eidset, chunks, decider) in
+        [(255, false, 0b01, Some(300)), (0, true, 0b10, Some(900)), (0, false, 0, None), (255, true, 0b11, Some(300))]
+    {
+        let q = q(proto, in_eidset);
+        assert_eq!(candidate_chunks(&maps, 8, &q), chunks, "{q:?}");
+        assert_eq!(first_decider(&maps, 8, &compiled.shape, &q), decider, "{q:?}");
+        assert_eq!(decider, reference_first(&aces, &q), "{q:?}");
     }
 }
 
