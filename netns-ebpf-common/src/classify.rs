@@ -378,6 +378,7 @@ mod compile {
             })
             .collect();
         // Per chunk, its three fields' ranges, which the summary merges.
+        let summarized = out.shape.summarized();
         let mut fields: [Vec<range::Ranges>; 3] = Default::default();
         for (chunk, part) in aces.chunks(CHUNK_ACES).enumerate() {
             // Only the ACEs the bitmaps decide: no port maps, no host ACEs.
@@ -387,12 +388,15 @@ mod compile {
             let [ip, port, proto] = &mut fields;
             ip.push(ip_ranges(&covered));
             port.push(port_ranges(&covered));
-            proto.push(proto_eidset_ranges(&covered));
+            if summarized {
+                // Only the summary reads these; a chunk's own lookup is `proto_bits`.
+                proto.push(proto_eidset_ranges(&covered));
+            }
             out.ranges.extend(range::pages(acl, chunk, FIELD_IP, ip.last().unwrap()));
             proto_bits(&mut out, acl, chunk, &covered);
             out.ranges.extend(range::pages(acl, chunk, FIELD_PORT, port.last().unwrap()));
         }
-        if out.shape.summarized() {
+        if summarized {
             for (field, tables) in [FIELD_IP, FIELD_PORT, FIELD_PROTO_EIDSET].into_iter().zip(&fields) {
                 let tables: Vec<&[(u32, Bits)]> = tables.iter().map(Vec::as_slice).collect();
                 out.summary.extend(summary::pages(acl, field, &summary::merge(&tables)));

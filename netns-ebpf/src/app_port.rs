@@ -499,7 +499,9 @@ pub extern "C" fn acl_search() -> u32 {
         if shape.summarized() {
             bpf_loop(1, summary_step as *mut c_void, ctx_ptr, 0);
         }
-        bpf_loop(shape.chunks(), chunk_step as *mut c_void, ctx_ptr, 0);
+        // No step past the last chunk the summary names.
+        let through_last_candidate = 32 - (*state).candidates.leading_zeros();
+        bpf_loop(shape.chunks().min(through_last_candidate), chunk_step as *mut c_void, ctx_ptr, 0);
         if shape.host_aces > 0 {
             bpf_loop(shape.host_aces.min(MAX_HOST_ACES as u32), host_step as *mut c_void, ctx_ptr, 0);
         }
