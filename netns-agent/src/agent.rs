@@ -16,7 +16,7 @@ use tokio::{
     sync::mpsc,
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     control::{self, ApplyReply},
@@ -36,6 +36,10 @@ use crate::{
 /// Flow events read from the ring buffer and not yet written (the agent's own backlog;
 /// beyond it events are counted as lost, see `flowlog::spawn_reader`).
 const EVENT_QUEUE: usize = 65536;
+/// Flow events the run loop takes from the queue at once: one turn of the loop and one
+/// lock of the flow table per batch, not per event (at tens of thousands of new flows a
+/// second, a turn per event cost the agent more than the event itself).
+const EVENT_BATCH: usize = 1024;
 /// DNS requests answered and not yet written to the flow log (beyond: counted as lost).
 const DNS_RECORD_QUEUE: usize = 4096;
 /// How often expired conntrack entries are swept (LRU eviction bounds the map anyway)...
@@ -102,6 +106,9 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     );
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    // (Made once: `tokio::signal::ctrl_c()` in the loop registered anew on every turn.)
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut events = Vec::with_capacity(EVENT_BATCH);
     let mut sweep_check = tokio::time::interval(CT_PRESSURE_CHECK);
     let mut last_sweep = tokio::time::Instant::now();
     let mut uplink_poll = tokio::time::interval(UPLINK_POLL_INTERVAL);
@@ -120,11 +127,13 @@ pub async fn run(source: ConfigSource) -> Result<()> {
                 let reply = agent.reload(&request.apply.source(), "apply").await;
                 let _ = request.reply.send(reply);
             }
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            Some(event) = inputs.events.recv() => {
+            // (Never 0: the agent holds a sender, so the queue stays open.)
+            n = inputs.events.recv_many(&mut events, EVENT_BATCH) => {
                 let lookups = Lookups { names: &agent.names, maps: agent.maps.as_ref(), dns: &agent.dns };
-                agent.flow_log.event(&event, lookups);
+                agent.flow_log.events(&events[..n], lookups);
+                events.clear();
             }
             Some(request) = inputs.dns_requests.recv() => agent.flow_log.dns(request),
             _ = sweep_check.tick() => {
@@ -274,10 +283,18 @@ impl Agent {
             self.maps = Maps::open(&self.plan.pin_dir).ok();
         }
         let now = datapath::monotonic_ns();
+        let started = std::time::Instant::now();
         // No maps (nothing applied): no sweep, and nothing to tell the flow log.
         let Some(swept) = self.maps.as_mut().map(|m| m.expire_flows(now)) else { return };
+        let walked = started.elapsed();
         let lookups = Lookups { names: &self.names, maps: self.maps.as_ref(), dns: &self.dns };
         self.flow_log.after_sweep(&swept.expired_flows, &swept.live_flows, lookups, now);
+        debug!(
+            walk_ms = walked.as_secs_f64() * 1e3,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            flows = swept.live_flows.len(),
+            "swept the flow maps"
+        );
         self.figures.lock().unwrap().map_fill = swept.fill;
         if swept.removed > 0 {
             info!("conntrack: expired {} idle entries", swept.removed);

@@ -369,7 +369,7 @@ impl RecordCount {
 pub struct FlowTable {
     /// (foldhash: the sweep hands the table every live flow, every few seconds.)
     live: foldhash::HashMap<CtKey, Tracked>,
-    ended: HashMap<AceKey, AceTotals>,
+    ended: foldhash::HashMap<AceKey, AceTotals>,
     /// When the last sweep started its walk: an allowed flow that began before it and
     /// that it did not see had already ended.
     last_walk_ns: u64,
@@ -525,29 +525,41 @@ impl FlowLog {
         let _ = self.followers.send(r);
     }
 
-    /// A data-path event: the flow table follows it, and its record is written.
-    pub fn event(&mut self, e: &FlowEvent, at: Lookups) {
-        let ended = {
+    /// Data-path events, in the order the programs wrote them: the flow table follows
+    /// them (one lock for the batch), and their records are written.
+    pub fn events(&mut self, events: &[FlowEvent], at: Lookups) {
+        let sink = self.has_sink();
+        let mut ended = Vec::new();
+        {
             let mut table = self.table.lock().unwrap();
-            match e.kind {
-                EVENT_START => {
-                    table.start(&e.key, &e.value);
-                    None
+            for e in events {
+                let followed = match e.kind {
+                    EVENT_START => {
+                        table.start(&e.key, &e.value);
+                        None
+                    }
+                    EVENT_END => table.end(&e.key, Some(&e.value)),
+                    EVENT_DROPPED => {
+                        table.ended.entry(AceKey::of(e.key.zone, &e.value)).or_default().flows += 1;
+                        None
+                    }
+                    _ => None,
+                };
+                if sink {
+                    ended.push(followed.and_then(|t| t.translated));
                 }
-                EVENT_END => table.end(&e.key, Some(&e.value)),
-                EVENT_DROPPED => {
-                    table.ended.entry(AceKey::of(e.key.zone, &e.value)).or_default().flows += 1;
-                    None
-                }
-                _ => None,
             }
-        };
-        if !self.has_sink() {
+        }
+        if !sink {
+            // No record goes anywhere: none is built.
             return;
         }
-        if let Some(mut r) = record_of_event(e, at, Clock::now()) {
-            r.translated = r.translated.or(ended.and_then(|t| t.translated));
-            self.write(LogRecord::Flow(r));
+        let clock = Clock::now();
+        for (e, translated) in events.iter().zip(ended) {
+            if let Some(mut r) = record_of_event(e, at, clock) {
+                r.translated = r.translated.or(translated);
+                self.write(LogRecord::Flow(r));
+            }
         }
     }
 
@@ -575,7 +587,7 @@ impl FlowLog {
                     out.push(r);
                 }
             }
-            let seen: std::collections::HashSet<&CtKey> = live.iter().map(|(k, _)| k).collect();
+            let seen: foldhash::HashSet<&CtKey> = live.iter().map(|(k, _)| k).collect();
             let vanished: Vec<CtKey> = table.live.keys().filter(|k| !seen.contains(k)).copied().collect();
             for k in vanished {
                 let Some(t) = table.end(&k, None) else { continue };
@@ -745,14 +757,17 @@ mod tests {
         let mut records = log.sender().subscribe();
         let (k1, v1) = flow(1000, 1, [1, 0]);
         let (k2, v2) = flow(1001, 2, [1, 0]);
-        log.event(&start(k1, v1), at);
-        log.event(&start(k2, v2), at);
+        log.events(&[start(k1, v1), start(k2, v2)], at);
         // The sweep sees both grown; then k1 closes (its end event), k2 vanishes.
         let grown =
             [(k1, CtValue { packets: [3, 2], bytes: [300, 200], ..v1 }), (k2, CtValue { packets: [4, 4], bytes: [400, 400], ..v2 })];
         log.after_sweep(&[], &grown, at, 10);
-        log.event(
-            &FlowEvent { kind: EVENT_END, value: CtValue { packets: [5, 5], bytes: [500, 500], flags: FLAG_ENDED, ..v1 }, ..start(k1, v1) },
+        log.events(
+            &[FlowEvent {
+                kind: EVENT_END,
+                value: CtValue { packets: [5, 5], bytes: [500, 500], flags: FLAG_ENDED, ..v1 },
+                ..start(k1, v1)
+            }],
             at,
         );
         log.after_sweep(&[], &[], at, 20);
@@ -783,9 +798,34 @@ mod tests {
         let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
         let (k, v) = flow(1000, 1, [2, 2]);
         log.after_sweep(&[], &[(k, v)], at, 10);
-        log.event(&start(k, CtValue { packets: [1, 0], ..v }), at);
+        log.events(&[start(k, CtValue { packets: [1, 0], ..v })], at);
         let totals = log.table().lock().unwrap().ace_totals();
         assert_eq!((totals[0].1.flows, totals[0].1.packets), (1, 4), "one flow, its counters never go back");
+    }
+
+    /// The run loop hands events over in batches: a flow that starts and ends within one
+    /// is followed and ended in order, its records in the programs' order, and the end
+    /// record is the flow's (its counters), next to the other flow's start.
+    #[test]
+    fn a_batch_is_followed_event_by_event_in_order() {
+        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let at = Lookups { names: &names, maps: None, dns: &dns };
+        let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
+        let mut records = log.sender().subscribe();
+        let (k1, v1) = flow(1000, 1, [1, 0]);
+        let (k2, v2) = flow(1001, 2, [1, 0]);
+        let end1 =
+            FlowEvent { kind: EVENT_END, value: CtValue { packets: [3, 2], bytes: [300, 200], flags: FLAG_ENDED, ..v1 }, ..start(k1, v1) };
+        log.events(&[start(k1, v1), end1, start(k2, v2)], at);
+        let mut kinds = Vec::new();
+        while let Ok(LogRecord::Flow(r)) = records.try_recv() {
+            kinds.push((r.sport, r.kind, r.tx_packets + r.rx_packets));
+        }
+        assert_eq!(kinds, [(1000, RecordKind::Start, 1), (1000, RecordKind::End, 5), (1001, RecordKind::Start, 1)]);
+        let table = log.table();
+        let table = table.lock().unwrap();
+        assert_eq!(table.live_flows(), 1, "k2 is followed, k1 ended");
+        assert_eq!(table.ace_totals()[0].1, AceTotals { flows: 2, packets: 6, bytes: 600 }, "k1 as it ended, k2 so far");
     }
 
     /// A start event that comes after a sweep which no longer found its flow (it ended
@@ -797,7 +837,7 @@ mod tests {
         let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
         log.after_sweep(&[], &[], at, 100);
         let (k, v) = flow(1000, 50, [1, 0]);
-        log.event(&start(k, v), at);
+        log.events(&[start(k, v)], at);
         let table = log.table();
         let table = table.lock().unwrap();
         assert_eq!((table.live_flows(), table.ace_totals()[0].1.flows), (0, 1));

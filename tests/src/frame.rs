@@ -9,6 +9,7 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_FIN: u8 = 0x01;
 
 /// One end of a frame: MAC, address, port.
 #[derive(Clone, Copy, Debug)]

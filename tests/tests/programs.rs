@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, ProgramArray},
+    maps::{Array, HashMap, Map, MapData, ProgramArray},
     TestRun, TestRunOptions,
 };
 use netns_agent::{
@@ -28,9 +28,9 @@ use netns_ebpf_common::{
     fast::TAIL_FROM_APP,
     map_names, mark,
     nat::{NatIface, PortmapKey, PortmapTarget},
-    prog_names, HostKey, IfaceInfo, IfaceKey, Stat, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
+    prog_names, HostKey, IfaceInfo, IfaceKey, Stat, ZoneUse, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
 };
-use netns_tests::frame::{self, End, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+use netns_tests::frame::{self, End, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_SYN};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -202,6 +202,39 @@ fn from_app_verdicts_marks_and_counters_follow_the_acl() {
     assert_eq!((ran.verdict, ran.mark), (TC_ACT_OK, flows[0].1.mark), "the flow's packet passes with its mark");
     let (passed, _) = port_counts(&l);
     assert_eq!(passed[PORT_DIR_FROM_APP], (2, (syn.len() + ack.len()) as u64), "from app: the SYN and the ACK passed");
+}
+
+/// How many conntrack entries the programs have counted against app1's NI (ZONEUSE_V1;
+/// the agent's sweep would write the true count back, and none runs here).
+fn ct_counted(l: &Loaded) -> u32 {
+    let data = MapData::from_pin(l.pins.0.join(map_names::ZONE_USE)).unwrap();
+    let zone_use: Array<MapData, ZoneUse> = Array::try_from(Map::Array(data)).unwrap();
+    zone_use.get(&l.zone, 0).unwrap().ct
+}
+
+/// A SYN that reopens a closing flow's entry (a client's port come round again, as wrk's
+/// do at thousands of connections a second) replaces that entry: its NI's share counts
+/// the tuple once. Counted again, a client's reused ports drove the count up to
+/// "pressed" (the agent sweeping every second) and on to refusing flows, while the map
+/// held no more entries than before.
+#[test]
+fn a_reopened_flow_takes_no_more_of_its_nis_share() {
+    let l = Loaded::new();
+    let web = remote([10, 99, 0, 10], 80);
+    let before = ct_counted(&l);
+    let syn = frame::ipv4(PROTO_TCP, l.app(40000), web, TCP_SYN, b"");
+    for round in 0..3 {
+        assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &syn).verdict, TC_ACT_OK, "round {round}: the SYN");
+        let fin = frame::ipv4(PROTO_TCP, l.app(40000), web, TCP_FIN | TCP_ACK, b"");
+        assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &fin).verdict, TC_ACT_OK, "round {round}: the app's FIN");
+        assert_eq!(ct_counted(&l), before + 1, "round {round}: the tuple counts once");
+    }
+    assert_eq!(l.counter(Stat::CtNew), 3, "each SYN made the flow anew");
+    assert_eq!(l.maps.flows().len(), 1, "under one entry");
+    // A flow on a tuple of its own takes its entry from the share.
+    let other = frame::ipv4(PROTO_TCP, l.app(40001), web, TCP_SYN, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &other).verdict, TC_ACT_OK);
+    assert_eq!(ct_counted(&l), before + 2, "a new tuple counts");
 }
 
 /// The verifier refuses a program once it has processed 1M instructions, and 6.1's

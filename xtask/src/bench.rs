@@ -163,10 +163,10 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
         // What the programs cost per connection with this ACL: the figure a change of
         // the ACL search moves, without the twin's noise.
         program_costs(&dir)?;
-        connections_only(&dir, &format!("eBPF path, {aces} ACEs"))?;
+        connections_only(&dir, &format!("eBPF path, {aces} ACEs"), Some(agent.id()))?;
         stop_agent(&mut { agent })?;
         without_programs()?;
-        connections_only(&dir, "the same namespaces and veths: no programs, no NAT")?;
+        connections_only(&dir, "the same namespaces and veths: no programs, no NAT", None)?;
         return agent_down(agent_bin, &config);
     }
     if part == Part::ApplyOnly {
@@ -531,10 +531,10 @@ fn connection_rounds(rounds: usize, agent: Option<u32>, dir: &Path, m: &mut Meas
 /// `CONNECTION_ROUNDS` wrk rounds each beside the twin, every round's ratio shown:
 /// enough rounds to tell a change of about five percent from this machine's noise
 /// (seven runs of alike data paths gave medians 0.935-0.983), in a few minutes.
-fn connections_only(dir: &Path, path: &str) -> Result<()> {
+fn connections_only(dir: &Path, path: &str, agent: Option<u32>) -> Result<()> {
     step(&format!("{path}: wrk (new connections), {CONNECTION_ROUNDS} x {SECONDS} s, each beside the twin"));
     let mut m = Measured::default();
-    connection_rounds(CONNECTION_ROUNDS, None, dir, &mut m)?;
+    connection_rounds(CONNECTION_ROUNDS, agent, dir, &mut m)?;
     let ratios: Vec<f64> = m.conn.iter().zip(&m.twin_conn).map(|(p, t)| p / t).collect();
     for (round, ((p, t), r)) in m.conn.iter().zip(&m.twin_conn).zip(&ratios).enumerate() {
         println!("  round {:>2}: {p:>6.0} conn/s, twin {t:>6.0}: {r:.3}", round + 1);
@@ -546,6 +546,11 @@ fn connections_only(dir: &Path, path: &str) -> Result<()> {
         ratios.iter().filter(|r| **r >= 1.0).count(),
         ratios.len()
     );
+    if let Some(cpu) = m.agent_cpu {
+        // CPU a connection took from the machine in the agent itself (following its
+        // flow's events, sweeping): the programs' figures above leave it out.
+        println!("  the agent: {:.1}% of a core, {:.2} us per connection", cpu * 100.0, cpu * 1e6 / median(&m.conn));
+    }
     Ok(())
 }
 

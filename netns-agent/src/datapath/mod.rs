@@ -884,13 +884,22 @@ impl Maps {
         // A pair goes when both its entries say so as they are now: an entry judged by a
         // stale copy of its partner (the flow's tuple reused since, its first packet
         // through) would leave the partner alone, the translation half gone.
+        // Only an entry idle past its protocol's shortest timeout can be half of an
+        // expired pair (the pair's idle time is its younger half's): only the partners of
+        // those are looked up. (At thousands of new flows a second an NI's share keeps the
+        // sweep going every second, and most entries are seconds old: a map of every
+        // entry, built every second, was most of the sweep's time.)
         let read = read_all(nat_batch, &self.nat);
-        let entries: foldhash::HashMap<NatKey, NatValue> = read.iter().copied().collect();
+        let may_be_expired = |k: &NatKey, v: &NatValue| now_ns.saturating_sub(v.last_seen_ns) > nat::shortest_pair_timeout_ns(k.proto);
+        let wanted: foldhash::HashSet<NatKey> =
+            read.iter().filter(|(k, v)| may_be_expired(k, v)).map(|(k, v)| nat::partner(k, v)).collect();
+        let partners: foldhash::HashMap<NatKey, NatValue> =
+            if wanted.is_empty() { Default::default() } else { read.iter().filter(|(k, _)| wanted.contains(k)).copied().collect() };
         let (translations_left, translations) = sweep_where(
             nat_batch,
             &mut self.nat,
             read,
-            |k, v| nat::pair_expired(k.proto, v, entries.get(&nat::partner(k, v)), now_ns),
+            |k, v| may_be_expired(k, v) && nat::pair_expired(k.proto, v, partners.get(&nat::partner(k, v)), now_ns),
             |map, k, v| nat::pair_expired(k.proto, v, map.get(&nat::partner(k, v), 0).ok().as_ref(), now_ns),
         );
         for (k, v) in &translations_left {
