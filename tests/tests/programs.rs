@@ -24,7 +24,7 @@ use netns_agent::{
 };
 use netns_ebpf_common::{
     acl::{self, Ace},
-    classify::{self, SummaryKey, SummaryPage},
+    classify::{self, Bits, ProtoBitsKey, SummaryKey, SummaryPage, CHUNK_WORDS},
     fast::TAIL_FROM_APP,
     map_names, mark,
     nat::{NatIface, PortmapKey, PortmapTarget},
@@ -235,6 +235,39 @@ fn a_reopened_flow_takes_no_more_of_its_nis_share() {
     let other = frame::ipv4(PROTO_TCP, l.app(40001), web, TCP_SYN, b"");
     assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &other).verdict, TC_ACT_OK);
     assert_eq!(ct_counted(&l), before + 2, "a new tuple counts");
+}
+
+/// An agent killed while it wrote an ACL leaves entries under an id with no shape (the
+/// shape goes in last, so no search reads them). The next agent must not write an ACL
+/// under that id, where the search would read them with it, and its first cleanup takes
+/// them out; the live ACL stays.
+#[test]
+fn entries_a_killed_agent_left_under_an_id_with_no_shape_go_and_their_id_is_not_reused() {
+    let l = Loaded::new();
+    let key = IfaceKey { zone: l.zone, ifindex: LOOPBACK };
+    let live = l.maps.port(key).unwrap().acl_id;
+    // What the killed agent wrote of ACL `live + 1` before it died: a protocol entry
+    // saying every ACE of chunk 0 takes UDP.
+    let orphan = live + 1;
+    let data = MapData::from_pin(l.pins.0.join(map_names::ACL_PROTO)).unwrap();
+    let mut proto: HashMap<MapData, ProtoBitsKey, Bits> = HashMap::try_from(Map::HashMap(data)).unwrap();
+    proto
+        .insert(ProtoBitsKey { acl: orphan, chunk: 0, proto: PROTO_UDP as u16, in_eidset: 0 }, Bits { words: [u64::MAX; CHUNK_WORDS] }, 0)
+        .unwrap();
+
+    // The next agent opens the maps and writes the port's ACL anew, then switches to it.
+    let mut maps = Maps::open(&l.pins.0).unwrap();
+    let id = maps.write_acl(&l.port.acl).unwrap();
+    assert!(id > orphan, "the new ACL's id {id} must not be the orphaned entries' {orphan}");
+    let mut info = maps.port(key).unwrap();
+    info.acl_id = id;
+    maps.set_port(key, info).unwrap();
+    assert_eq!(maps.remove_unnamed_acls(), 2, "the replaced ACL and the orphaned id");
+    assert!(proto.keys().flatten().all(|k| k.acl != orphan), "the orphaned entry went");
+    assert!(maps.acls.shape(id).is_some() && maps.acls.shape(live).is_none(), "the port's ACL stays, the one it replaced went");
+    let web = remote([10, 99, 0, 10], 80);
+    let syn = frame::ipv4(PROTO_TCP, l.app(40000), web, TCP_SYN, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &syn).verdict, TC_ACT_OK, "the new ACL judges: ACE 1 allows");
 }
 
 /// The verifier refuses a program once it has processed 1M instructions, and 6.1's

@@ -31,6 +31,8 @@ pub struct AclStore {
     /// the maps too, and write none): above every id in the maps and every id the ports'
     /// entries name.
     next_id: Option<u32>,
+    /// Whether `remove_unnamed` has looked through every map once (see there).
+    every_map_looked_at: bool,
 }
 
 impl AclStore {
@@ -51,6 +53,7 @@ impl AclStore {
                 BatchMap::open(pin_dir, map_names::ACL_SUMMARY)?,
             ],
             next_id: None,
+            every_map_looked_at: false,
         })
     }
 
@@ -62,7 +65,7 @@ impl AclStore {
     pub fn write(&mut self, aces: &[Ace], named: impl FnOnce() -> u32) -> Result<u32> {
         let id = match self.next_id {
             Some(id) => id,
-            None => self.shapes.keys().flatten().fold(named(), u32::max).checked_add(1).unwrap_or(1),
+            None => self.ids_with_entries().into_iter().fold(named(), u32::max).checked_add(1).unwrap_or(1),
         };
         self.next_id = Some(id.checked_add(1).unwrap_or(1));
         let compiled = classify::compile(id, aces);
@@ -164,10 +167,29 @@ impl AclStore {
             + self.summary.keys().flatten().count()
     }
 
+    /// Every id with an entry in any of the ACL maps. An agent killed while it wrote an
+    /// ACL leaves entries under an id with no shape (written last): no search reads
+    /// them, but a new ACL written under that id would be searched with them.
+    fn ids_with_entries(&self) -> HashSet<u32> {
+        let mut ids: HashSet<u32> = self.shapes.keys().flatten().collect();
+        ids.extend(self.ranges.keys().flatten().map(|k| k.acl));
+        ids.extend(self.proto.keys().flatten().map(|k| k.acl));
+        ids.extend(self.aces.keys().flatten().map(|k| k.acl));
+        ids.extend(self.hosts.keys().flatten().map(|k| k.acl));
+        ids.extend(self.summary.keys().flatten().map(|k| k.acl));
+        ids
+    }
+
     /// Removes the ACLs no port names (left by an apply that stopped half way); returns
-    /// how many there were.
+    /// how many there were. The first call looks through every map, for the entries an
+    /// agent killed while writing an ACL left with no shape; later calls, only at the
+    /// shapes: this agent's own writes that fail take their entries out.
     pub fn remove_unnamed(&mut self, named: &HashSet<u32>) -> usize {
-        let unnamed: HashSet<u32> = self.shapes.keys().flatten().filter(|id| !named.contains(id)).collect();
+        let ids = match std::mem::replace(&mut self.every_map_looked_at, true) {
+            false => self.ids_with_entries(),
+            true => self.shapes.keys().flatten().collect(),
+        };
+        let unnamed: HashSet<u32> = ids.into_iter().filter(|id| !named.contains(id)).collect();
         if !unnamed.is_empty() {
             self.remove_where(|id| unnamed.contains(&id));
         }
