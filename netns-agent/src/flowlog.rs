@@ -447,7 +447,11 @@ struct LogFile {
     path: PathBuf,
     max_bytes: u64,
     file: std::fs::File,
+    /// Bytes in the file.
     size: u64,
+    /// Lines not yet written: a batch of records goes in one write (`flush`), not one
+    /// system call per record.
+    pending: Vec<u8>,
 }
 
 impl LogFile {
@@ -461,20 +465,37 @@ impl LogFile {
             .open(path)
             .with_context(|| format!("opening the flow log {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(LogFile { path: path.to_path_buf(), max_bytes, file, size })
+        Ok(LogFile { path: path.to_path_buf(), max_bytes, file, size, pending: Vec::new() })
     }
 
+    /// Adds a line, written by the next `flush`; a line that would take the file past its
+    /// size first has the lines before it written and the file rotated.
     fn append(&mut self, line: &[u8]) -> Result<()> {
-        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+        let held = self.size + self.pending.len() as u64;
+        if held > 0 && held + line.len() as u64 > self.max_bytes {
+            self.flush()?;
             for i in (1..KEEP_ROTATED).rev() {
                 let _ = std::fs::rename(rotated(&self.path, i), rotated(&self.path, i + 1));
             }
             std::fs::rename(&self.path, rotated(&self.path, 1)).with_context(|| format!("rotating {}", self.path.display()))?;
             *self = LogFile::open(&self.path, self.max_bytes)?;
         }
-        self.file.write_all(line).with_context(|| format!("writing {}", self.path.display()))?;
-        self.size += line.len() as u64;
+        self.pending.extend_from_slice(line);
         Ok(())
+    }
+
+    /// Writes the lines `append` holds.
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // (Cleared even when the write fails: a full disk must not grow the agent.)
+        let result = self.file.write_all(&self.pending).with_context(|| format!("writing {}", self.path.display()));
+        if result.is_ok() {
+            self.size += self.pending.len() as u64;
+        }
+        self.pending.clear();
+        result
     }
 }
 
@@ -507,22 +528,31 @@ impl FlowLog {
         self.file.is_some() || self.followers.receiver_count() > 0
     }
 
-    fn write(&mut self, r: LogRecord) {
-        let count = match &r {
-            LogRecord::Flow(f) => RecordCount::Flow(f.kind, f.end_reason),
-            LogRecord::Dns(_) => RecordCount::Dns,
-        };
-        *self.table.lock().unwrap().records.entry(count).or_default() += 1;
-        if let Some(file) = self.file.as_mut() {
-            if let Ok(mut line) = serde_json::to_vec(&r) {
-                line.push(b'\n');
-                if let Err(e) = file.append(&line) {
-                    warn!("flow log: {e:#}");
+    /// Writes a batch of records: counted, to the file in one write, to the followers.
+    fn write(&mut self, records: impl IntoIterator<Item = LogRecord>) {
+        let mut table = self.table.lock().unwrap();
+        let mut line = Vec::new();
+        for r in records {
+            let count = match &r {
+                LogRecord::Flow(f) => RecordCount::Flow(f.kind, f.end_reason),
+                LogRecord::Dns(_) => RecordCount::Dns,
+            };
+            *table.records.entry(count).or_default() += 1;
+            if let Some(file) = self.file.as_mut() {
+                line.clear();
+                if serde_json::to_writer(&mut line, &r).is_ok() {
+                    line.push(b'\n');
+                    if let Err(e) = file.append(&line) {
+                        warn!("flow log: {e:#}");
+                    }
                 }
             }
+            // No follower: nothing to do.
+            let _ = self.followers.send(r);
         }
-        // No follower: nothing to do.
-        let _ = self.followers.send(r);
+        if let Some(Err(e)) = self.file.as_mut().map(LogFile::flush) {
+            warn!("flow log: {e:#}");
+        }
     }
 
     /// Data-path events, in the order the programs wrote them: the flow table follows
@@ -555,17 +585,17 @@ impl FlowLog {
             return;
         }
         let clock = Clock::now();
-        for (e, translated) in events.iter().zip(ended) {
-            if let Some(mut r) = record_of_event(e, at, clock) {
-                r.translated = r.translated.or(translated);
-                self.write(LogRecord::Flow(r));
-            }
-        }
+        let records = events.iter().zip(ended).filter_map(|(e, translated)| {
+            let mut r = record_of_event(e, at, clock)?;
+            r.translated = r.translated.or(translated);
+            Some(LogRecord::Flow(r))
+        });
+        self.write(records.collect::<Vec<_>>());
     }
 
     /// A DNS request the proxies answered.
     pub fn dns(&mut self, request: DnsLogEntry) {
-        self.write(LogRecord::Dns(DnsRecord { kind: DnsKind::Dns, request }));
+        self.write([LogRecord::Dns(DnsRecord { kind: DnsKind::Dns, request })]);
     }
 
     /// After a sweep whose walk started at `walk_ns`: end records of the entries that
@@ -617,22 +647,26 @@ impl FlowLog {
                 }
             }
         }
-        for r in out {
-            self.write(LogRecord::Flow(r));
-        }
+        self.write(out.into_iter().map(LogRecord::Flow));
     }
 
     /// End records of entries a config change removed.
     pub fn removed(&mut self, entries: &[(CtKey, CtValue)], at: Lookups) {
         let clock = Clock::now();
-        for (k, v) in entries {
-            let followed = self.table.lock().unwrap().end(k, Some(v));
-            if self.has_sink() && v.verdict != VERDICT_DROP && v.flags & FLAG_ENDED == 0 {
-                let mut r = record(RecordKind::End, Some(EndReason::Removed), k, v, at, clock);
-                r.translated = r.translated.or(followed.and_then(|t| t.translated));
-                self.write(LogRecord::Flow(r));
+        let sink = self.has_sink();
+        let mut out = Vec::new();
+        {
+            let mut table = self.table.lock().unwrap();
+            for (k, v) in entries {
+                let followed = table.end(k, Some(v));
+                if sink && v.verdict != VERDICT_DROP && v.flags & FLAG_ENDED == 0 {
+                    let mut r = record(RecordKind::End, Some(EndReason::Removed), k, v, at, clock);
+                    r.translated = r.translated.or(followed.and_then(|t| t.translated));
+                    out.push(LogRecord::Flow(r));
+                }
             }
         }
+        self.write(out);
     }
 }
 
@@ -801,6 +835,26 @@ mod tests {
         log.events(&[start(k, CtValue { packets: [1, 0], ..v })], at);
         let totals = log.table().lock().unwrap().ace_totals();
         assert_eq!((totals[0].1.flows, totals[0].1.packets), (1, 4), "one flow, its counters never go back");
+    }
+
+    /// A batch of lines goes out in one write, but a file never grows past its bound: the
+    /// lines before one that would take it past are written, then the file rotates.
+    #[test]
+    fn a_batch_rotates_where_a_line_would_pass_the_bound() {
+        let dir = std::env::temp_dir().join(format!("flowlog-batch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("flows.jsonl");
+        let mut file = LogFile::open(&path, 100).unwrap();
+        let lines: Vec<String> = (0..7).map(|i| format!("{i:029}\n")).collect();
+        for line in &lines {
+            file.append(line.as_bytes()).unwrap();
+        }
+        file.flush().unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let (now, older, oldest) = (read(&path), read(&rotated(&path, 1)), read(&rotated(&path, 2)));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!([oldest.len(), older.len(), now.len()], [90, 90, 30], "three lines of 30 bytes a file, at most");
+        assert_eq!(format!("{oldest}{older}{now}"), lines.concat(), "every line, in order");
     }
 
     /// The run loop hands events over in batches: a flow that starts and ends within one
