@@ -129,8 +129,9 @@ pub async fn run(source: ConfigSource) -> Result<()> {
             }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            // (Never 0: the agent holds a sender, so the queue stays open.)
-            n = inputs.events.recv_many(&mut events, EVENT_BATCH) => {
+            // (0 only once the queue closed, which the sender the agent holds prevents:
+            // the branch is then off, as `Some(_)` was for a single event.)
+            n @ 1.. = inputs.events.recv_many(&mut events, EVENT_BATCH) => {
                 let lookups = Lookups { names: &agent.names, maps: agent.maps.as_ref(), dns: &agent.dns };
                 agent.flow_log.events(&events[..n], lookups);
                 events.clear();

@@ -38,6 +38,9 @@ use crate::{
 
 /// Old log files kept beside the current one (`<log>.1` .. `<log>.3`).
 const KEEP_ROTATED: u32 = 3;
+/// A batch of records (a sweep's interim records may be tens of thousands) is written in
+/// pieces of about this size, not held whole.
+const FLUSH_BYTES: usize = 256 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -491,9 +494,11 @@ impl LogFile {
         }
         // (Cleared even when the write fails: a full disk must not grow the agent.)
         let result = self.file.write_all(&self.pending).with_context(|| format!("writing {}", self.path.display()));
-        if result.is_ok() {
-            self.size += self.pending.len() as u64;
-        }
+        self.size = match result {
+            Ok(()) => self.size + self.pending.len() as u64,
+            // Part of it may be written: the file says how much.
+            Err(_) => self.file.metadata().map_or(self.size, |m| m.len()),
+        };
         self.pending.clear();
         result
     }
@@ -528,17 +533,23 @@ impl FlowLog {
         self.file.is_some() || self.followers.receiver_count() > 0
     }
 
-    /// Writes a batch of records: counted, to the file in one write, to the followers.
+    /// Writes a batch of records: to the file in one write (or one per `FLUSH_BYTES`),
+    /// to the followers; counted.
     fn write(&mut self, records: impl IntoIterator<Item = LogRecord>) {
-        let mut table = self.table.lock().unwrap();
+        let mut counts: BTreeMap<RecordCount, u64> = BTreeMap::new();
         let mut line = Vec::new();
         for r in records {
             let count = match &r {
                 LogRecord::Flow(f) => RecordCount::Flow(f.kind, f.end_reason),
                 LogRecord::Dns(_) => RecordCount::Dns,
             };
-            *table.records.entry(count).or_default() += 1;
+            *counts.entry(count).or_default() += 1;
             if let Some(file) = self.file.as_mut() {
+                if file.pending.len() >= FLUSH_BYTES {
+                    if let Err(e) = file.flush() {
+                        warn!("flow log: {e:#}");
+                    }
+                }
                 line.clear();
                 if serde_json::to_writer(&mut line, &r).is_ok() {
                     line.push(b'\n');
@@ -552,6 +563,11 @@ impl FlowLog {
         }
         if let Some(Err(e)) = self.file.as_mut().map(LogFile::flush) {
             warn!("flow log: {e:#}");
+        }
+        // (Locked once, after the file: the metrics read the table meanwhile.)
+        let mut table = self.table.lock().unwrap();
+        for (count, n) in counts {
+            *table.records.entry(count).or_default() += n;
         }
     }
 
@@ -855,6 +871,30 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!([oldest.len(), older.len(), now.len()], [90, 90, 30], "three lines of 30 bytes a file, at most");
         assert_eq!(format!("{oldest}{older}{now}"), lines.concat(), "every line, in order");
+    }
+
+    /// Records reach the file when their batch is handed over, not at the next one.
+    #[test]
+    fn a_batch_of_records_is_in_the_file_once_handed_over() {
+        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let at = Lookups { names: &names, maps: None, dns: &dns };
+        let dir = std::env::temp_dir().join(format!("flowlog-written-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("flows.jsonl");
+        let mut log = FlowLog::new(Some(&path), 1 << 20, Duration::from_secs(60)).unwrap();
+        let ((k1, v1), (k2, v2)) = (flow(1000, 1, [1, 0]), flow(1001, 2, [1, 0]));
+        log.events(&[start(k1, v1), start(k2, v2)], at);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        let sports: Vec<u16> = text
+            .lines()
+            .map(|l| match serde_json::from_str::<LogRecord>(l).unwrap() {
+                LogRecord::Flow(f) => f.sport,
+                LogRecord::Dns(_) => 0,
+            })
+            .collect();
+        assert_eq!(sports, [1000, 1001], "{text}");
+        assert_eq!(log.table().lock().unwrap().records_written(), [(RecordCount::Flow(RecordKind::Start, None), 2)]);
     }
 
     /// The run loop hands events over in batches: a flow that starts and ends within one
