@@ -272,11 +272,7 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
     for (label, m) in [("without the flow log", &ebpf[0].1), ("with the flow log", &logged)] {
         if let Some(cpu) = m.agent_cpu {
             let rate = median(&m.conn);
-            println!(
-                "  {label:<22} {:>5.1}% of a core at {rate:.0} new flows/s: {:>5.1}% per 1000 new flows/s",
-                cpu * 100.0,
-                cpu * 100.0 * 1000.0 / rate
-            );
+            println!("  {label:<22} {:>5.1}% of a core at {rate:.0} new flows/s: {:>5.2} us per new flow", cpu * 100.0, cpu * 1e6 / rate);
         }
     }
     // The bench's NI goes first: the scale run has the uplink to itself.
