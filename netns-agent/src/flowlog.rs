@@ -797,6 +797,37 @@ mod tests {
         FlowEvent { key: k, value: v, kind: EVENT_START, ..FlowEvent::default() }
     }
 
+    /// Two flows of one packet each, from ports 1000 and 1001.
+    fn two_flows() -> [(CtKey, CtValue); 2] {
+        [flow(1000, 1, [1, 0]), flow(1001, 2, [1, 0])]
+    }
+
+    /// The flow records sent to followers so far.
+    fn flow_records(rx: &mut broadcast::Receiver<LogRecord>) -> Vec<FlowLogRecord> {
+        std::iter::from_fn(|| match rx.try_recv() {
+            Ok(LogRecord::Flow(r)) => Some(r),
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// A directory of a test's own, removed on drop (a failed assert too).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// A flow that vanishes between sweeps ends as evicted with its last counters; its
     /// ACE keeps what it carried; a closed flow is not reported again.
     #[test]
@@ -805,8 +836,7 @@ mod tests {
         let at = Lookups { names: &names, maps: None, dns: &dns };
         let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
         let mut records = log.sender().subscribe();
-        let (k1, v1) = flow(1000, 1, [1, 0]);
-        let (k2, v2) = flow(1001, 2, [1, 0]);
+        let [(k1, v1), (k2, v2)] = two_flows();
         log.events(&[start(k1, v1), start(k2, v2)], at);
         // The sweep sees both grown; then k1 closes (its end event), k2 vanishes.
         let grown =
@@ -821,10 +851,8 @@ mod tests {
             at,
         );
         log.after_sweep(&[], &[], at, 20);
-        let mut kinds = Vec::new();
-        while let Ok(LogRecord::Flow(r)) = records.try_recv() {
-            kinds.push((r.sport, r.kind, r.end_reason, r.tx_packets + r.rx_packets));
-        }
+        let kinds: Vec<_> =
+            flow_records(&mut records).iter().map(|r| (r.sport, r.kind, r.end_reason, r.tx_packets + r.rx_packets)).collect();
         assert_eq!(
             kinds,
             [
@@ -857,9 +885,8 @@ mod tests {
     /// lines before one that would take it past are written, then the file rotates.
     #[test]
     fn a_batch_rotates_where_a_line_would_pass_the_bound() {
-        let dir = std::env::temp_dir().join(format!("flowlog-batch-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("flows.jsonl");
+        let dir = TempDir::new("flowlog-batch");
+        let path = dir.0.join("flows.jsonl");
         let mut file = LogFile::open(&path, 100).unwrap();
         let lines: Vec<String> = (0..7).map(|i| format!("{i:029}\n")).collect();
         for line in &lines {
@@ -868,7 +895,6 @@ mod tests {
         file.flush().unwrap();
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         let (now, older, oldest) = (read(&path), read(&rotated(&path, 1)), read(&rotated(&path, 2)));
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!([oldest.len(), older.len(), now.len()], [90, 90, 30], "three lines of 30 bytes a file, at most");
         assert_eq!(format!("{oldest}{older}{now}"), lines.concat(), "every line, in order");
     }
@@ -878,14 +904,12 @@ mod tests {
     fn a_batch_of_records_is_in_the_file_once_handed_over() {
         let (names, dns) = (Names::default(), DnsObserver::new(None));
         let at = Lookups { names: &names, maps: None, dns: &dns };
-        let dir = std::env::temp_dir().join(format!("flowlog-written-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("flows.jsonl");
+        let dir = TempDir::new("flowlog-written");
+        let path = dir.0.join("flows.jsonl");
         let mut log = FlowLog::new(Some(&path), 1 << 20, Duration::from_secs(60)).unwrap();
-        let ((k1, v1), (k2, v2)) = (flow(1000, 1, [1, 0]), flow(1001, 2, [1, 0]));
+        let [(k1, v1), (k2, v2)] = two_flows();
         log.events(&[start(k1, v1), start(k2, v2)], at);
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let _ = std::fs::remove_dir_all(&dir);
         let sports: Vec<u16> = text
             .lines()
             .map(|l| match serde_json::from_str::<LogRecord>(l).unwrap() {
@@ -906,15 +930,11 @@ mod tests {
         let at = Lookups { names: &names, maps: None, dns: &dns };
         let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
         let mut records = log.sender().subscribe();
-        let (k1, v1) = flow(1000, 1, [1, 0]);
-        let (k2, v2) = flow(1001, 2, [1, 0]);
+        let [(k1, v1), (k2, v2)] = two_flows();
         let end1 =
             FlowEvent { kind: EVENT_END, value: CtValue { packets: [3, 2], bytes: [300, 200], flags: FLAG_ENDED, ..v1 }, ..start(k1, v1) };
         log.events(&[start(k1, v1), end1, start(k2, v2)], at);
-        let mut kinds = Vec::new();
-        while let Ok(LogRecord::Flow(r)) = records.try_recv() {
-            kinds.push((r.sport, r.kind, r.tx_packets + r.rx_packets));
-        }
+        let kinds: Vec<_> = flow_records(&mut records).iter().map(|r| (r.sport, r.kind, r.tx_packets + r.rx_packets)).collect();
         assert_eq!(kinds, [(1000, RecordKind::Start, 1), (1000, RecordKind::End, 5), (1001, RecordKind::Start, 1)]);
         let table = log.table();
         let table = table.lock().unwrap();
