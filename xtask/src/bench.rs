@@ -109,6 +109,9 @@ const ACL_SIZES: [u32; 3] = [10, 1000, 10_000];
 const FILLER_PORT: u32 = 20_000;
 const SECONDS: u32 = 5;
 const ROUNDS: usize = 3;
+/// The whole bench's wrk rounds per path: more than its iperf3 rounds, as single
+/// rounds of new connections range about ten percent either way on this machine.
+const WRK_ROUNDS: usize = 5;
 /// `--connections-only`'s rounds.
 const CONNECTION_ROUNDS: usize = 12;
 
@@ -151,8 +154,12 @@ pub fn run(agent_bin: &Path, part: Part) -> Result<()> {
 
     if part == Part::Profile {
         program_costs(&dir)?;
-        profile(&dir)?;
+        profile(&dir, "eBPF path", true)?;
+        // The same namespaces with nothing of ours running: what the path costs beside
+        // the twin before any program runs.
         stop_agent(&mut { agent })?;
+        without_programs()?;
+        profile(&dir, "no programs", false)?;
         return agent_down(agent_bin, &config);
     }
     if let Part::ConnectionsOnly { aces } = part {
@@ -466,11 +473,11 @@ struct Measured {
     agent_cpu: Option<f64>,
 }
 
-/// ROUNDS of iperf3 and of wrk on the bench's path, each round next to one on the twin
+/// ROUNDS of iperf3 and WRK_ROUNDS of wrk on the bench's path, each round next to one on the twin
 /// (which goes first alternates); with `agent`, its CPU time over the path's wrk rounds.
 fn measure(path: &str, agent: Option<u32>, dir: &Path) -> Result<Measured> {
     step(&format!(
-        "{path}: iperf3 TCP app1 -> {ALLOWED_SITE}, {ROUNDS} x {SECONDS} s; wrk (new connections), {ROUNDS} x {SECONDS} s; each beside the twin"
+        "{path}: iperf3 TCP app1 -> {ALLOWED_SITE}, {ROUNDS} x {SECONDS} s; wrk (new connections), {WRK_ROUNDS} x {SECONDS} s; each beside the twin"
     ));
     let mut m = Measured::default();
     for round in 0..ROUNDS {
@@ -478,7 +485,7 @@ fn measure(path: &str, agent: Option<u32>, dir: &Path) -> Result<Measured> {
         m.gbit.push(path);
         m.twin_gbit.push(twin);
     }
-    connection_rounds(ROUNDS, agent, dir, &mut m)?;
+    connection_rounds(WRK_ROUNDS, agent, dir, &mut m)?;
     let show = |v: &[f64], d: usize| v.iter().map(|x| format!("{x:.d$}")).collect::<Vec<_>>().join(" ");
     println!(
         "  Gbit/s: {} (twin: {})   connections/s: {} (twin: {})",
@@ -634,10 +641,12 @@ fn program_costs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `perf record -a` over one wrk round and one iperf3 round, each on the eBPF path and
-/// on the bare twin; per load, the symbols (no children) where the two differ most, as
-/// CPU microseconds per connection (per MB): what our path adds and what it saves.
-fn profile(dir: &Path) -> Result<()> {
+/// `perf record -a` over one wrk round and one iperf3 round, each on the bench's path
+/// as it stands (`path`: its label, e.g. "eBPF path") and on the bare twin; per load, the
+/// symbols (no children) where the two differ most, as CPU microseconds per connection
+/// (per MB): what our path adds and what it saves. With `programs`, the samples in our
+/// programs by the line of ours they were at.
+fn profile(dir: &Path, path: &str, programs: bool) -> Result<()> {
     type Load = fn(Ends, &Path) -> Result<f64>;
     let loads: [(&str, &str, Load); 2] = [
         ("new connections (wrk)", "connection", |ends, dir| load::connection_rate(ends, SECONDS, dir)),
@@ -648,16 +657,20 @@ fn profile(dir: &Path) -> Result<()> {
     // The programs' JIT line info, read while they are loaded, for the profile by line.
     let lines_script = crate::workspace_root().join("xtask/py/program_lines.py");
     let lines = dir.join("program-lines.jsonl");
-    let dumped = Command::new("python3").arg(&lines_script).args(["dump", "app_port", "nat_"]).output().context("program_lines.py dump")?;
-    if !dumped.status.success() {
-        bail!("program_lines.py dump: {}", String::from_utf8_lossy(&dumped.stderr));
+    if programs {
+        let dumped =
+            Command::new("python3").arg(&lines_script).args(["dump", "app_port", "nat_"]).output().context("program_lines.py dump")?;
+        if !dumped.status.success() {
+            bail!("program_lines.py dump: {}", String::from_utf8_lossy(&dumped.stderr));
+        }
+        std::fs::write(&lines, &dumped.stdout)?;
     }
-    std::fs::write(&lines, &dumped.stdout)?;
     for (load_name, unit, run) in loads {
         let mut sides = Vec::new();
         for ends in [BENCH, TWIN] {
-            step(&format!("perf record -a during {load_name}: {}", ends.app));
-            let data = dir.join(format!("perf-{}-{unit}.data", ends.app));
+            step(&format!("perf record -a during {load_name}: {} ({})", ends.app, if ends.app == BENCH.app { path } else { "bare twin" }));
+            let side = if ends.app == BENCH.app && !programs { "no-programs-" } else { "" };
+            let data = dir.join(format!("perf-{side}{}-{unit}.data", ends.app));
             let mut perf = Command::new("perf")
                 .args(["record", "-a", "-g", "-q", "-o"])
                 .arg(&data)
@@ -689,7 +702,7 @@ fn profile(dir: &Path) -> Result<()> {
                 }
             }
             println!("  {}: {rate:.0} {unit}s/s", ends.app);
-            if ends.app == BENCH.app {
+            if ends.app == BENCH.app && programs {
                 crate::run(Command::new("python3").arg(&lines_script).arg("attribute").arg(&lines).arg(&data).arg("25"))
                     .context("program_lines.py attribute")?;
             }
@@ -697,19 +710,19 @@ fn profile(dir: &Path) -> Result<()> {
         }
         let (ours, bare) = (&sides[0], &sides[1]);
         let busy = |m: &std::collections::BTreeMap<String, f64>| m.values().sum::<f64>();
-        println!("  CPU us per {unit} (idle excluded): eBPF path {:.1}, bare twin {:.1}", busy(ours), busy(bare));
+        println!("  CPU us per {unit} (idle excluded): {path} {:.1}, bare twin {:.1}", busy(ours), busy(bare));
         let symbols: std::collections::BTreeSet<&String> = ours.keys().chain(bare.keys()).collect();
         let mut diff: Vec<(&String, f64)> =
             symbols.into_iter().map(|k| (k, ours.get(k).unwrap_or(&0.0) - bare.get(k).unwrap_or(&0.0))).collect();
         diff.sort_by(|a, b| b.1.total_cmp(&a.1));
-        println!("  {:>8} {:>8} {:>8}  symbol", "eBPF", "bare", "diff");
+        println!("  {:>8} {:>8} {:>8}  symbol", "ours", "bare", "diff");
         let show = |(k, d): &(&String, f64)| {
             println!("  {:>8.2} {:>8.2} {d:>+8.2}  {k}", ours.get(*k).unwrap_or(&0.0), bare.get(*k).unwrap_or(&0.0))
         };
         diff.iter().take(30).for_each(show);
         println!("  ...");
         diff.iter().rev().take(20).collect::<Vec<_>>().into_iter().rev().for_each(show);
-        println!("  by kind (CPU us per {unit}: eBPF path, bare twin, difference):");
+        println!("  by kind (CPU us per {unit}: {path}, bare twin, difference):");
         for kind in CostKind::ALL {
             let of = |m: &std::collections::BTreeMap<String, f64>| {
                 m.iter().filter(|(k, _)| CostKind::of(k) == kind).map(|(_, v)| v).sum::<f64>()
