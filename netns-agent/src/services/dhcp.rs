@@ -51,12 +51,31 @@ pub fn dnsmasq_conf(cfg: &NiDhcpConfig) -> String {
         None => c.push_str(&format!("dhcp-range={},static,{mask},1h\n", cfg.subnet.network())),
     }
     for l in &cfg.leases {
-        c.push_str(&format!("dhcp-host={},{},{},1h\n", mac_string(&l.mac), l.ip, l.name));
+        match dhcp_host_name(&l.name) {
+            Some(name) => c.push_str(&format!("dhcp-host={},{},{name},1h\n", mac_string(&l.mac), l.ip)),
+            None => c.push_str(&format!("dhcp-host={},{},1h\n", mac_string(&l.mac), l.ip)),
+        }
     }
     c.push_str(&format!("dhcp-option=option:router,{}\n", cfg.gateway));
     c.push_str(&format!("dhcp-option=option:dns-server,{}\n", cfg.gateway));
     c.push_str(&format!("dhcp-leasefile={}\n", StateDir::dnsmasq_leases(&cfg.state_dir, &cfg.ni).display()));
     c
+}
+
+/// The host name a lease gives its app: the app's name, when dnsmasq reads it as one
+/// and as nothing else. An app's name is free text (EVE's `displayname`: "My App"), and
+/// dnsmasq reads a `dhcp-host` line by the shape of each field: a line break would add
+/// a line of its own choosing (`dhcp-script=...`, run as root), "ignore" refuses the
+/// app any lease, "1h" or "45" is a lease time, "set:x" a tag, and a name that is no
+/// host name makes dnsmasq refuse its whole config, so the NI would have no DHCP. A
+/// lowercase label (letters, digits, inner '-'; starting with a letter) that is none of
+/// dnsmasq's words goes in; any other name is left out (the lease is the same without it).
+fn dhcp_host_name(name: &str) -> Option<&str> {
+    let label = name.len() <= 63
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.ends_with('-');
+    (label && !["ignore", "infinite", "deprecated"].contains(&name)).then_some(name)
 }
 
 /// A running, supervised dnsmasq.
@@ -145,5 +164,25 @@ mod tests {
         assert!(c.contains("dhcp-option=option:router,10.10.1.1\n"));
         let c = dnsmasq_conf(&NiDhcpConfig { range: None, ..cfg });
         assert!(c.contains("dhcp-range=10.10.1.0,static,255.255.255.0,1h\n"));
+    }
+
+    #[test]
+    fn an_app_name_dnsmasq_would_read_as_more_than_a_host_name_is_left_out() {
+        let lease = |name: &str| Lease { mac: [2, 0x16, 0x3e, 1, 1, 1], ip: Ipv4Addr::new(10, 10, 1, 2), name: name.into() };
+        let names = ["a\ndhcp-script=/tmp/x\n#", "My App", "ignore", "1h", "45", "set:x", "app_1", "-a", "a-", &"a".repeat(64)];
+        let cfg = NiDhcpConfig {
+            ni: "ni1".into(),
+            subnet: "10.10.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 10, 1, 1),
+            range: None,
+            leases: names.iter().map(|n| lease(n)).chain([lease("web-2")]).collect(),
+            state_dir: PathBuf::from("/run/x"),
+        };
+        let c = dnsmasq_conf(&cfg);
+        let hosts: Vec<&str> = c.lines().filter(|l| l.starts_with("dhcp-host=")).collect();
+        let nameless = "dhcp-host=02:16:3e:01:01:01,10.10.1.2,1h";
+        assert_eq!(hosts[..names.len()], vec![nameless; names.len()][..], "{c}");
+        assert_eq!(hosts[names.len()], "dhcp-host=02:16:3e:01:01:01,10.10.1.2,web-2,1h");
+        assert!(!c.contains("dhcp-script"), "{c}");
     }
 }
