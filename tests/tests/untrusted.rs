@@ -166,6 +166,32 @@ fn a_neighbours_user_data_is_not_served_to_a_spoofer() {
     own_meta_data(&s);
 }
 
+/// A DHCP message names its client inside (`chaddr`), and dnsmasq keys its leases by
+/// that: app1, in frames of its own MAC, declines app2's address in app2's name (which
+/// would cost app2 its lease) and asks for leases under a made-up MAC. None of it reaches
+/// dnsmasq; app1's own DISCOVER, sent after them, does.
+#[test]
+fn dhcp_messages_naming_another_client_are_dropped() {
+    let s = local();
+    let app1 = s.app("app1").to_string();
+    let (app1_mac, app2_mac) = (s.link_mac(&app1, "nbu1x1.1"), s.link_mac(s.app("app2"), "nbu1x2.1"));
+    let made_up = "02:de:ad:be:ef:02";
+    let before = s.counter("drop_spoofed");
+    let sent = attack(&s, &app1, &["dhcp-as", "nbu1x1.1", &app2_mac, "decline", "10.10.1.3", "5"])
+        + attack(&s, &app1, &["dhcp-as", "nbu1x1.1", made_up, "discover", "10.10.1.3", "5"]);
+    let after = s.counter("drop_spoofed");
+    attack(&s, &app1, &["dhcp-as", "nbu1x1.1", &app1_mac, "discover", "10.10.1.2", "1"]);
+    // dnsmasq logs each message it gets (log-dhcp), and the agent passes its log on.
+    let dnsmasq_lines =
+        |mac: &str| s.agent_log().lines().filter(|l| l.contains("dnsmasq") && l.contains("DHCP") && l.contains(mac)).count();
+    let own = netns_tests::wait_until(scaled(Duration::from_secs(10)), || dnsmasq_lines(&app1_mac) > 0);
+    let through = (dnsmasq_lines(&app2_mac) + dnsmasq_lines(made_up)) as u64;
+    report("app1 sends DHCP messages naming app2's and a made-up MAC", sent, through, "drop_spoofed", before, after);
+    assert!(own.is_some(), "app1's own DISCOVER reaches dnsmasq:\n{}", s.agent_log());
+    assert_eq!(through, 0, "{}", s.agent_log());
+    assert!(after >= before + sent);
+}
+
 #[test]
 fn icmp_errors_cannot_carry_data_past_the_acl() {
     let s = local();
