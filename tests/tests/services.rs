@@ -286,18 +286,15 @@ print(tc, udp_answers, struct.unpack("!H", a[:2])[0] == 0x4242, struct.unpack("!
     assert_eq!(line, "True 0 True 60", "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// One app opening 64 TCP connections to the proxy and sending two bytes on each holds
-/// its own share (8), not the NI's; the others are closed at once and the held ones
-/// after the read timeout; app2's TCP queries are answered meanwhile.
-#[test]
-fn a_slow_tcp_dns_client_holds_only_its_own_share() {
-    let s = scenario(&[]);
-    let hold = r#"
+/// 64 TCP connections to argv[1]:argv[2], each sent the bytes argv[3] (hex) and then
+/// nothing; prints "held", then how many the server closed within a second, then how
+/// many it closed within argv[4] seconds.
+const HOLD_SLOW: &str = r#"
 import socket, sys, time
 conns = []
 for _ in range(64):
-    c = socket.create_connection(("10.10.1.1", 53), timeout=5)
-    c.sendall(b"\xff\xff")
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    c.sendall(bytes.fromhex(sys.argv[3]))
     conns.append(c)
 print("held", flush=True)
 def closed(c):
@@ -310,14 +307,35 @@ def closed(c):
         return True
 time.sleep(1)
 print(sum(closed(c) for c in conns), flush=True)
-deadline = time.time() + float(sys.argv[1])
+deadline = time.time() + float(sys.argv[4])
 while time.time() < deadline and not all(closed(c) for c in conns):
     time.sleep(0.5)
 print(sum(closed(c) for c in conns), flush=True)
 "#;
+
+/// `HOLD_SLOW` from app1 to `addr`:`port` (sending `hex`), with the time to wait for
+/// the held connections to close; returns it once it holds them.
+fn hold_slow(s: &Scenario, addr: &str, port: u16, hex: &str) -> Background {
     let wait = netns_tests::scaled(std::time::Duration::from_secs(20)).as_secs().to_string();
-    let mut holder = s.background(s.app("app1"), &["python3", "-u", "-c", hold, &wait]);
+    let mut holder = s.background(s.app("app1"), &["python3", "-u", "-c", HOLD_SLOW, addr, &port.to_string(), hex, &wait]);
     assert_eq!(holder.read_line().trim(), "held");
+    holder
+}
+
+/// How many of `HOLD_SLOW`'s connections the server closed at once, and in the end.
+fn closed_slow(holder: &mut Background) -> (u32, u32) {
+    let at_once = holder.read_line().trim().parse().unwrap_or(0);
+    (at_once, holder.read_line().trim().parse().unwrap_or(0))
+}
+
+/// One app opening 64 TCP connections to the proxy and sending two bytes on each holds
+/// its own share (8), not the NI's; the others are closed at once and the held ones
+/// after the read timeout; app2's TCP queries are answered meanwhile.
+#[test]
+fn a_slow_tcp_dns_client_holds_only_its_own_share() {
+    let s = scenario(&[]);
+    let mut holder = hold_slow(&s, "10.10.1.1", 53, "ffff");
+
     let ask_tcp = r#"
 import socket, struct
 q = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + b"\x04app1\x00" + struct.pack("!HH", 1, 1)
@@ -331,10 +349,88 @@ print(ok)
 "#;
     let out = s.python(s.app("app2"), ask_tcp, &[]);
     let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let closed_at_once: u32 = holder.read_line().trim().parse().unwrap_or(0);
-    let closed_later: u32 = holder.read_line().trim().parse().unwrap_or(0);
+    let (closed_at_once, closed_later) = closed_slow(&mut holder);
     println!("app1 holds 64 slow TCP connections: {closed_at_once} closed at once, {closed_later} after the read timeout; app2's TCP queries answered: {answered}/5");
     assert_eq!(answered, "5", "app2 is served over TCP while app1 dawdles: {}", String::from_utf8_lossy(&out.stderr));
     assert!(closed_at_once >= 56, "app1 holds at most its share (8)");
     assert_eq!(closed_later, 64, "the held ones are closed after the read timeout");
+}
+
+/// The metadata server alike: app1 opens 64 connections and sends each a request's
+/// first line, never its end. It holds its share (8) of the server's connections, the
+/// others are closed at once, the held ones when their request's head is overdue; app2
+/// gets its metadata meanwhile.
+#[test]
+fn a_slow_metadata_client_holds_only_its_own_share() {
+    let s = scenario(&[]);
+    let mut holder = hold_slow(&s, "169.254.169.254", 80, &"GET / HTTP/1.1\r\n".bytes().map(|b| format!("{b:02x}")).collect::<String>());
+    let served = (0..5)
+        .filter(|_| {
+            let out = s.exec(s.app("app2"), &["curl", "-sS", "--max-time", "5", "http://169.254.169.254/eve/v1/hostname"]);
+            String::from_utf8_lossy(&out.stdout) == "app2"
+        })
+        .count();
+    let (closed_at_once, closed_later) = closed_slow(&mut holder);
+    println!("app1 holds 64 slow metadata connections: {closed_at_once} closed at once, {closed_later} later; app2 served {served}/5");
+    assert_eq!(served, 5, "app2 gets its metadata while app1 dawdles");
+    assert!(closed_at_once >= 56, "app1 holds at most its share (8)");
+    assert_eq!(closed_later, 64, "the held ones are closed once their request's head is overdue");
+}
+
+/// A TCP connection to the proxy opened under one ACL and asked on under the next: the
+/// answer's addresses go into the host set by the host ACEs of the moment. (Taken from
+/// the connection's start, github.com's address would go in under the bit that was
+/// github.com's ACE and is now example.org's: allowed by an ACE that names no such host.)
+#[test]
+fn a_held_dns_connection_asks_under_the_acl_of_the_moment() {
+    let s = scenario(&[]);
+    let ask = r#"
+import socket, struct, sys
+t = socket.create_connection(("10.10.1.1", 53), timeout=5)
+print("ready", flush=True)
+sys.stdin.readline()
+q = struct.pack("!HHHHHH", 5, 0x0100, 1, 0, 0, 0) + b"\x06github\x03com\x00" + struct.pack("!HH", 1, 1)
+t.sendall(struct.pack("!H", len(q)) + q)
+n = struct.unpack("!H", t.recv(2))[0]
+a = b""
+while len(a) < n:
+    a += t.recv(n - len(a))
+print(struct.unpack("!H", a[6:8])[0])
+"#;
+    let app1 = s.app("app1").to_string();
+    let mut held = Background::ready(&app1, &["python3", "-c", ask]);
+    // app1's one host ACE now names example.org (the ACE github.com's was, by place).
+    let changed = HOSTS.replacen(r#"match = { host = "github.com" }"#, r#"match = { host = "example.org" }"#, 1);
+    let out = s.apply(&changed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    held.go();
+    let out = held.finish();
+    // (The mock answers every TCP question with big.github.com's 60 addresses.)
+    let answers = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(answers, "60", "github.com answered over the held connection: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.whoami(&app1, "10.99.3.1", 80).is_none(), "github.com is no host of app1's ACL now");
+    assert_eq!(s.dns_a(&app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
+    assert!(s.whoami(&app1, "10.99.0.10", 80).is_none(), "nor over a new question");
+}
+
+/// A DNS UPDATE (or any opcode but QUERY) is answered NOTIMP by the proxy and never
+/// reaches the uplink's resolver, which might take it.
+#[test]
+fn a_dns_update_is_refused_and_never_forwarded() {
+    let s = scenario(&[]);
+    let update = r#"
+import socket, struct
+# UPDATE (opcode 5) of zone github.com: one zone (SOA), one update adding x.github.com A.
+zone = b"\x06github\x03com\x00" + struct.pack("!HH", 6, 1)
+rr = b"\x01x\x06github\x03com\x00" + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([6, 6, 6, 6])
+q = struct.pack("!HHHHHH", 0x7777, 5 << 11, 1, 0, 1, 0) + zone + rr
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+s.sendto(q, ("10.10.1.1", 53))
+r = s.recv(512)
+print(struct.unpack("!H", r[:2])[0] == 0x7777, (r[2] >> 3) & 0x0f, r[3] & 0x0f)
+"#;
+    let out = s.python(s.app("app1"), update, &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True 5 4", "NOTIMP for the UPDATE: {}", String::from_utf8_lossy(&out.stderr));
+    let log = s.dns_log();
+    assert!(log.iter().any(|e| e.name == "github.com" && e.source == "not a query, not forwarded"), "{log:#?}");
 }

@@ -36,7 +36,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::caller;
+use super::{
+    caller,
+    share::{Share, Shares},
+};
 use crate::{datapath::HostSets, netns::Netns};
 
 const LOCAL_TTL: u32 = 60;
@@ -53,6 +56,9 @@ const TCP_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Addresses one answer may put into a host set: an answer with hundreds of records
 /// (from a domain the app controls) cannot flood the shared map.
 const MAX_HOST_ADDRS_PER_ANSWER: usize = 32;
+/// The longest an answer keeps its addresses in a host set (and TTL beyond it is cut):
+/// an answer from a domain the app controls may claim decades.
+const MAX_HOST_TTL_SECS: u32 = 24 * 3600;
 /// The request log's size before it rotates (one older file is kept: `dns.log.1`).
 pub const LOG_MAX_BYTES: u64 = 4 << 20;
 
@@ -225,6 +231,11 @@ pub struct DnsObserver {
     requests: Option<tokio::sync::mpsc::Sender<DnsLogEntry>>,
     /// Requests the flow log had no room for.
     requests_lost: std::sync::atomic::AtomicU64,
+    /// The request log every NI's proxy appends to: one file, one count of its size, so
+    /// that it rotates once when it is full, whichever NI's line fills it (a log per
+    /// proxy on the same file rotated it under the others, whose lines went on into the
+    /// older half, then into a deleted file).
+    log: Mutex<Option<RequestLog>>,
 }
 
 /// A count of requests: NI, answer code, where the answer came from.
@@ -273,7 +284,18 @@ impl DnsObserver {
             queries: Mutex::new(Default::default()),
             requests,
             requests_lost: Default::default(),
+            log: Mutex::new(None),
         }
+    }
+
+    /// Appends one line to the request log at `path` (opened at the first line).
+    fn append_to_log(&self, path: &std::path::Path, line: &[u8]) {
+        let mut log = self.log.lock().unwrap();
+        let log = match &mut *log {
+            Some(open) if open.path == path => open,
+            other => other.insert(RequestLog::open(path.to_path_buf())),
+        };
+        log.append(line);
     }
 
     /// The name app `app` (on zone `zone`) asked for when it was given `addr`.
@@ -286,13 +308,17 @@ impl DnsObserver {
     fn learn(&self, zone: u32, app: Ipv4Addr, qname: &str, answer: &Message) {
         let name = qname.trim_end_matches('.').to_ascii_lowercase();
         let mut names = self.names.lock().unwrap();
-        for r in &answer.answers {
-            if let RData::A(A(ip)) = &r.data {
-                if names.newer.len() >= NAMES_REMEMBERED / 2 {
-                    names.older = std::mem::take(&mut names.newer);
-                }
-                names.newer.insert((zone, app, *ip), name.clone());
+        // As many as a host set takes from one answer: an answer with thousands of
+        // records (from a domain the app controls) cannot push every NI's names out.
+        let addresses = answer.answers.iter().filter_map(|r| match &r.data {
+            RData::A(A(ip)) => Some(ip),
+            _ => None,
+        });
+        for ip in addresses.take(MAX_HOST_ADDRS_PER_ANSWER) {
+            if names.newer.len() >= NAMES_REMEMBERED / 2 {
+                names.older = std::mem::take(&mut names.newer);
             }
+            names.newer.insert((zone, app, *ip), name.clone());
         }
     }
 
@@ -341,12 +367,11 @@ pub struct DnsProxy {
     /// Swapped whole when the NI's apps change (`DnsHandle::update`).
     cfg: std::sync::RwLock<Arc<NiDnsConfig>>,
     hosts: Mutex<HostSets>,
-    log: Mutex<RequestLog>,
     in_flight: Semaphore,
     /// Queries in flight per app number (0: senders that are no app).
-    per_app: Mutex<HashMap<u32, usize>>,
+    per_app: Arc<Shares>,
     /// TCP connections per app number.
-    tcp_per_app: Mutex<HashMap<u32, usize>>,
+    tcp_per_app: Arc<Shares>,
     /// The kernel hands over each datagram's mark (SO_RCVMARK, Linux 5.19+); without it
     /// UDP queries are known by their address alone (logged once at start).
     udp_marks: bool,
@@ -433,10 +458,9 @@ impl DnsProxy {
         info!("{}: DNS proxy on {addr} (upstream {:?})", cfg.ni, cfg.upstreams);
         let proxy = Arc::new(DnsProxy {
             hosts: Mutex::new(HostSets::open(pin_dir)?),
-            log: Mutex::new(RequestLog::open(cfg.log_path.clone())),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
-            per_app: Mutex::new(HashMap::new()),
-            tcp_per_app: Mutex::new(HashMap::new()),
+            per_app: Shares::new(MAX_IN_FLIGHT_PER_APP),
+            tcp_per_app: Shares::new(MAX_TCP_CONNECTIONS_PER_APP),
             udp_marks,
             observer,
             cfg: std::sync::RwLock::new(Arc::new(cfg)),
@@ -496,8 +520,18 @@ impl DnsProxy {
     async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
         let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
         loop {
-            let Ok((stream, SocketAddr::V4(peer))) = listener.accept().await else { continue };
-            let app = self.sender(*peer.ip(), Some(caller::tcp_mark(&stream)));
+            let (stream, peer) = match listener.accept().await {
+                Ok((stream, SocketAddr::V4(peer))) => (stream, peer),
+                Ok(_) => continue,
+                Err(e) => {
+                    // Out of file descriptors, say: retried after a pause, not in a spin.
+                    warn!("{}: DNS TCP accept: {e}", self.cfg().ni);
+                    tokio::time::sleep(super::ACCEPT_RETRY).await;
+                    continue;
+                }
+            };
+            let mark = caller::tcp_mark(&stream);
+            let app = self.sender(*peer.ip(), Some(mark));
             let Some(app_permit) = self.admit_tcp(app.as_ref()) else {
                 debug!("{}: {peer} holds its share of TCP connections", self.cfg().ni);
                 continue;
@@ -506,13 +540,14 @@ impl DnsProxy {
             let proxy = self.clone();
             tokio::spawn(async move {
                 let _permits = (permit, app_permit);
-                proxy.serve_tcp_client(stream, *peer.ip(), app).await;
+                proxy.serve_tcp_client(stream, *peer.ip(), mark).await;
             });
         }
     }
 
-    /// Length-prefixed messages until the client closes, idles or dawdles.
-    async fn serve_tcp_client(self: Arc<Self>, mut stream: TcpStream, src: Ipv4Addr, app: Option<AppView>) {
+    /// Length-prefixed messages until the client closes, idles or dawdles; each asked as
+    /// the app at `src` (its connection's SYN carried `mark`) is at the time.
+    async fn serve_tcp_client(self: Arc<Self>, mut stream: TcpStream, src: Ipv4Addr, mark: u32) {
         loop {
             let read = async {
                 let mut len = [0u8; 2];
@@ -522,11 +557,14 @@ impl DnsProxy {
                 Ok::<_, std::io::Error>(request)
             };
             let Ok(Ok(request)) = tokio::time::timeout(TCP_READ_TIMEOUT, read).await else { break };
+            let app = self.sender(src, Some(mark));
             let Some(_slot) = self.admit(app.as_ref()) else { break };
             let Some(reply) = self.handle(&request, src, app.as_ref(), Transport::Tcp).await else { break };
             let mut out = (reply.len() as u16).to_be_bytes().to_vec();
             out.extend_from_slice(&reply);
-            if stream.write_all(&out).await.is_err() {
+            // A client that stops reading holds its connection no longer than one that
+            // stops writing.
+            if !matches!(tokio::time::timeout(TCP_READ_TIMEOUT, stream.write_all(&out)).await, Ok(Ok(()))) {
                 break;
             }
         }
@@ -534,27 +572,13 @@ impl DnsProxy {
 
     /// A slot for one more query from `app` (None: a sender that is no app, all such
     /// share one budget), or None when it has too many open.
-    fn admit(self: &Arc<Self>, app: Option<&AppView>) -> Option<AppSlot> {
-        let key = app.map(|a| a.app_num).unwrap_or(0);
-        let mut per_app = self.per_app.lock().unwrap();
-        let n = per_app.entry(key).or_insert(0);
-        if *n >= MAX_IN_FLIGHT_PER_APP {
-            return None;
-        }
-        *n += 1;
-        Some(AppSlot { proxy: self.clone(), key, tcp: false })
+    fn admit(&self, app: Option<&AppView>) -> Option<Share> {
+        self.per_app.take(app.map(|a| a.app_num).unwrap_or(0))
     }
 
     /// A slot for one more TCP connection of `app`.
-    fn admit_tcp(self: &Arc<Self>, app: Option<&AppView>) -> Option<AppSlot> {
-        let key = app.map(|a| a.app_num).unwrap_or(0);
-        let mut per_app = self.tcp_per_app.lock().unwrap();
-        let n = per_app.entry(key).or_insert(0);
-        if *n >= MAX_TCP_CONNECTIONS_PER_APP {
-            return None;
-        }
-        *n += 1;
-        Some(AppSlot { proxy: self.clone(), key, tcp: true })
+    fn admit_tcp(&self, app: Option<&AppView>) -> Option<Share> {
+        self.tcp_per_app.take(app.map(|a| a.app_num).unwrap_or(0))
     }
 
     async fn handle(&self, request: &[u8], src: Ipv4Addr, app: Option<&AppView>, transport: Transport) -> Option<Vec<u8>> {
@@ -565,6 +589,14 @@ impl DnsProxy {
         };
         if query.metadata.message_type != MessageType::Query || query.queries.len() != 1 {
             return Message::error_msg(query.metadata.id, query.metadata.op_code, ResponseCode::FormErr).to_vec().ok();
+        }
+        // Only questions go upstream: an UPDATE (or NOTIFY, ...) would reach the uplink's
+        // resolver from the device's own address, and one that takes unsigned updates
+        // would then answer the app with addresses of its choosing, into its host sets.
+        if query.metadata.op_code != OpCode::Query {
+            let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
+            self.log_entry((src, app), (&qname, &qtype), &[], Rcode::NotImp, "not a query, not forwarded");
+            return Message::error_msg(query.metadata.id, query.metadata.op_code, ResponseCode::NotImp).to_vec().ok();
         }
         let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
         let Some(app) = app else {
@@ -600,7 +632,7 @@ impl DnsProxy {
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         }
         // Host sets first, answer second: no connection can beat its own allow entry.
-        self.update_hosts(app, &qname, &parsed);
+        self.update_hosts(src, app, &qname, &parsed);
         self.observer.learn(cfg.zone, src, &qname, &parsed);
         self.log_entry((src, app_ref), (&qname, &qtype), &answers_of(&parsed), Rcode::from(parsed.metadata.response_code), "upstream");
         Some(answer)
@@ -630,7 +662,17 @@ impl DnsProxy {
         None
     }
 
-    fn update_hosts(&self, app: &AppView, qname: &str, answer: &Message) {
+    /// Host set entries for the addresses `answer` gave the app at `src`, by its host
+    /// ACEs as they are now: an ACL change since the question came (it may have come
+    /// on a TCP connection opened long before) renumbers the ACEs a host set's bits
+    /// stand for. `asked`: the app as it was when the question came; another app at
+    /// that address now (or none) gets nothing from it.
+    fn update_hosts(&self, src: Ipv4Addr, asked: &AppView, qname: &str, answer: &Message) {
+        let Some(app) = self.cfg().apps.get(&src).filter(|a| a.app_num == asked.app_num && a.ifindex == asked.ifindex).cloned() else {
+            debug!("{}: {} is no longer {} on its port: its answer for {qname} goes in no host set", self.cfg().ni, src, asked.app);
+            return;
+        };
+        let app = &app;
         let updates = host_updates(app, qname, answer);
         if updates.is_empty() {
             return;
@@ -638,7 +680,8 @@ impl DnsProxy {
         let now = crate::datapath::monotonic_ns();
         let mut hosts = self.hosts.lock().unwrap();
         for (ip, mask, ttl) in updates {
-            let expires = now + Duration::from_secs(ttl as u64).as_nanos() as u64 + self.cfg().host_grace.as_nanos() as u64;
+            let ttl = Duration::from_secs(ttl.min(MAX_HOST_TTL_SECS) as u64);
+            let expires = now + ttl.as_nanos() as u64 + self.cfg().host_grace.as_nanos() as u64;
             let key = HostKey { zone: self.cfg().zone, ifindex: app.ifindex, addr: ip.octets() };
             if let Err(e) = hosts.add(key, mask, expires) {
                 warn!("{}: host set for {}: {e:#}", self.cfg().ni, app.app);
@@ -670,7 +713,7 @@ impl DnsProxy {
         self.observer.observe(&entry, source);
         if let Ok(mut line) = serde_json::to_vec(&entry) {
             line.push(b'\n');
-            self.log.lock().unwrap().append(&line);
+            self.observer.append_to_log(&self.cfg().log_path, &line);
         }
     }
 }
@@ -721,21 +764,6 @@ async fn ask_tcp(request: &[u8], upstream: SocketAddrV4) -> Option<Vec<u8>> {
 }
 
 /// Releases an app's in-flight query (or TCP connection) slot when it is done.
-struct AppSlot {
-    proxy: Arc<DnsProxy>,
-    key: u32,
-    tcp: bool,
-}
-
-impl Drop for AppSlot {
-    fn drop(&mut self) {
-        let map = if self.tcp { &self.proxy.tcp_per_app } else { &self.proxy.per_app };
-        if let Some(n) = map.lock().unwrap().get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-        }
-    }
-}
-
 /// The nameservers of the agent netns' /etc/resolv.conf.
 pub fn system_resolvers() -> Vec<SocketAddrV4> {
     std::fs::read_to_string("/etc/resolv.conf")
@@ -839,5 +867,29 @@ mod tests {
         let mut looped = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
         looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
         assert!(Message::from_vec(&looped).is_err());
+    }
+
+    /// Every NI's proxy appends through the one observer: the log rotates once when it
+    /// is full, and no line goes to the older half or is lost after the rotation.
+    #[test]
+    fn the_request_log_is_one_file_for_every_ni_and_rotates_once() {
+        let dir = std::env::temp_dir().join(format!("netns-agent-dns-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dns.log");
+        let observer = DnsObserver::new(None);
+        let line = |ni: usize, n: usize| format!("{{\"ni\":\"ni{ni}\",\"n\":{n},\"pad\":\"{}\"}}\n", "x".repeat(200));
+        let lines = (LOG_MAX_BYTES as usize / 200) * 3 / 2;
+        for n in 0..lines {
+            observer.append_to_log(&path, line(n % 2 + 1, n).as_bytes());
+        }
+        let (older, newer) = (std::fs::read_to_string(rotated_log(&path)).unwrap(), std::fs::read_to_string(&path).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(older.len() as u64 <= LOG_MAX_BYTES && !newer.is_empty());
+        let numbers: Vec<usize> = older
+            .lines()
+            .chain(newer.lines())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(numbers, (0..lines).collect::<Vec<_>>(), "every line once, in order, across the rotation");
     }
 }

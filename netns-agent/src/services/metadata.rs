@@ -9,21 +9,41 @@ use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use axum::{
-    extract::{connect_info::Connected, ConnectInfo, Path, State},
+    extract::{ConnectInfo, Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
-    serve::IncomingStream,
-    Json, Router,
+    Extension, Json, Router,
+};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
 };
 use serde::Serialize;
-use tracing::info;
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tracing::{debug, info, warn};
 
+use super::share::Shares;
 use crate::{netlink::Uplinks, netns::Netns};
+
+/// Connections the server holds at once, and of those one app (callers that are no app
+/// share one count): a flood of idle connections from one app is shed, and the others'
+/// requests are still served.
+const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS_PER_APP: usize = 8;
+/// A request's head must have arrived this long after the connection opened or the
+/// previous answer went.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection lives, kept alive or not, however its client dawdles.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// The most a connection's read buffer takes (hyper's smallest allowed is 8 KiB): the
+/// request heads this server answers are small.
+const MAX_BUFFER: usize = 16 << 10;
 
 #[derive(Debug, Clone)]
 pub struct AppMeta {
@@ -73,7 +93,7 @@ pub fn spawn(cfg: NiMetaConfig, ns: &Netns) -> Result<MetaHandle> {
         l.set_nonblocking(true)?;
         Ok(l)
     })?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let listener = TcpListener::from_std(listener)?;
     info!("{}: metadata server on {addr}", cfg.ni);
     let shared: Shared = Arc::new(RwLock::new(Arc::new(cfg)));
     let router = Router::new()
@@ -83,12 +103,52 @@ pub fn spawn(cfg: NiMetaConfig, ns: &Netns) -> Result<MetaHandle> {
         .route("/openstack", get(openstack_versions))
         .route("/openstack/{version}/{item}", get(openstack))
         .route("/{item}", get(nocloud))
-        .fallback(|uri: axum::http::Uri| async move { not_found(uri.path()) })
+        .fallback(fallback)
         .with_state(shared.clone());
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router.into_make_service_with_connect_info::<Caller>()).await;
-    });
+    let ni = shared.read().unwrap().ni.clone();
+    let task = tokio::spawn(serve(listener, router, ni));
     Ok(MetaHandle { cfg: shared, task })
+}
+
+/// Accepts connections while the server runs, each served in a task of `connections`
+/// (aborted with the server: `MetaHandle::stop`) within the server's and its app's
+/// share, hyper's header timeout and `CONNECTION_LIFETIME`.
+async fn serve(listener: TcpListener, router: Router, ni: String) {
+    let total = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_app = Shares::new(MAX_CONNECTIONS_PER_APP);
+    let mut connections = JoinSet::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(MAX_BUFFER);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next() => continue,
+        };
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: retried after a pause, not in a spin.
+                warn!("{ni}: metadata server accept: {e}");
+                tokio::time::sleep(super::ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        let caller = Caller { addr, mark: super::caller::tcp_mark(&stream) };
+        let Some(app_share) = per_app.take(super::caller::app_num(caller.mark)) else {
+            debug!("{ni}: {addr} holds its share of metadata connections");
+            continue;
+        };
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            debug!("{ni}: metadata server full, {addr} turned away");
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone().layer(Extension(ConnectInfo(caller))));
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        connections.spawn(async move {
+            let _held = (permit, app_share);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+        });
+    }
 }
 
 /// A connection's peer and the mark its SYN carried.
@@ -96,12 +156,6 @@ pub fn spawn(cfg: NiMetaConfig, ns: &Netns) -> Result<MetaHandle> {
 pub struct Caller {
     addr: SocketAddr,
     mark: u32,
-}
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Caller {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Caller { addr: *stream.remote_addr(), mark: super::caller::tcp_mark(stream.io()) }
-    }
 }
 
 /// The app behind the port the connection came through, if its address is that app's.
@@ -136,6 +190,15 @@ const INDEX: &[&str] = &[
 
 fn not_found(path: &str) -> Response {
     (StatusCode::NOT_FOUND, format!("not found: {path}\n")).into_response()
+}
+
+/// A path this server does not answer: said so to an app, and to anyone else only that
+/// it is no app's.
+async fn fallback(State(shared): State<Shared>, ConnectInfo(caller): ConnectInfo<Caller>, uri: axum::http::Uri) -> Response {
+    match app_of(&shared.read().unwrap(), &caller) {
+        Some(_) => not_found(uri.path()),
+        None => not_an_app(),
+    }
 }
 
 /// A caller that is no app of this NI (or not from its port) gets nothing, not even the index.

@@ -8,6 +8,7 @@ pub mod caller;
 pub mod dhcp;
 pub mod dns;
 pub mod metadata;
+pub mod share;
 pub mod supervise;
 pub mod vpn;
 
@@ -25,6 +26,10 @@ use crate::{
     netns::{self, Netns},
     plan::{NiPlan, Plan, VpnPlan},
 };
+
+/// How long a service's accept loop pauses after a failed accept (out of file
+/// descriptors, say) before it tries again, rather than spin.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Where the DNS proxies append their request log (JSON lines).
 pub fn dns_log_path(state_dir: &Path) -> std::path::PathBuf {
