@@ -48,11 +48,14 @@ pub fn is_dhcp_request(flow: &Flow) -> bool {
     flow.outer_src == UNSPECIFIED && flow.proto == PROTO_UDP && flow.sport == 68 && flow.dport == 67 && !flow.related
 }
 
-/// A DHCP client's message (UDP :68 -> :67), from any source: the first packet of one
-/// the app sends is checked for the client it names (`dhcp_client_is_app`).
+/// What a DHCP server takes for a client's message: UDP to its port 67, from any source
+/// address and any source port (dnsmasq answers a message from any port, and takes one
+/// from :67 with a relay address as relayed). Every one the app sends is checked for
+/// the client it names (`dhcp_client_is_app`), so an app's UDP to port 67 anywhere must
+/// be a BOOTP message naming the app.
 #[inline(always)]
 pub fn is_dhcp_client(flow: &Flow) -> bool {
-    flow.proto == PROTO_UDP && flow.sport == 68 && flow.dport == 67 && !flow.related
+    flow.proto == PROTO_UDP && flow.dport == 67 && !flow.related
 }
 
 /// Where a BOOTP message's client MAC (`chaddr`) starts, from the UDP header's start.
@@ -137,7 +140,9 @@ mod tests {
         assert!(dhcp_client_is_app(&unchecked, FRAG_NONE, Some([2, 0, 0, 0, 0, 9])), "a port without a known MAC");
         let client = Flow { proto: PROTO_UDP, sport: 68, dport: 67, ..Flow::default() };
         assert!(is_dhcp_client(&client) && is_dhcp_client(&Flow { src: APP, outer_src: APP, ..client }));
+        assert!(is_dhcp_client(&Flow { sport: 12345, ..client }) && is_dhcp_client(&Flow { sport: 67, ..client }), "any source port");
         assert!(!is_dhcp_client(&Flow { dport: 68, ..client }) && !is_dhcp_client(&Flow { related: true, ..client }));
+        assert!(!is_dhcp_client(&Flow { proto: PROTO_TCP, ..client }));
     }
 
     fn tcp_from(mac: [u8; 6], src: [u8; 4]) -> Flow {

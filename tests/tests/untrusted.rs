@@ -168,8 +168,9 @@ fn a_neighbours_user_data_is_not_served_to_a_spoofer() {
 
 /// A DHCP message names its client inside (`chaddr`), and dnsmasq keys its leases by
 /// that: app1, in frames of its own MAC, declines app2's address in app2's name (which
-/// would cost app2 its lease) and asks for leases under a made-up MAC. None of it reaches
-/// dnsmasq; app1's own DISCOVER, sent after them, does.
+/// would cost app2 its lease), releases it from its own address and a port that is not
+/// DHCP's (dnsmasq takes a message from any port), and asks for leases under a made-up
+/// MAC. None of it reaches dnsmasq; app1's own DISCOVER, sent after them, does.
 #[test]
 fn dhcp_messages_naming_another_client_are_dropped() {
     let s = local();
@@ -178,6 +179,7 @@ fn dhcp_messages_naming_another_client_are_dropped() {
     let made_up = "02:de:ad:be:ef:02";
     let before = s.counter("drop_spoofed");
     let sent = attack(&s, &app1, &["dhcp-as", "nbu1x1.1", &app2_mac, "decline", "10.10.1.3", "5"])
+        + attack(&s, &app1, &["dhcp-as", "nbu1x1.1", &app2_mac, "release", "10.10.1.3", "5", "10.10.1.2", "12345", "10.10.1.1"])
         + attack(&s, &app1, &["dhcp-as", "nbu1x1.1", made_up, "discover", "10.10.1.3", "5"]);
     let after = s.counter("drop_spoofed");
     attack(&s, &app1, &["dhcp-as", "nbu1x1.1", &app1_mac, "discover", "10.10.1.2", "1"]);
