@@ -98,8 +98,25 @@ impl EventReader {
     }
 }
 
+/// Raises the agent's soft limit of open files to its hard limit, as daemons do: every
+/// NI's services hold sockets for its apps (up to 64 metadata and 64 DNS TCP connections
+/// each, by design), and at the usual soft limit of 1,024 the apps of a few dozen NIs
+/// together could leave the agent unable to open a file, a netlink socket or a pin.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!("open files limit raised from {soft} to {hard}"),
+            Err(e) => warn!("raising the open files limit from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!("reading the open files limit: {e}"),
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM; the data path stays (`down` removes it).
 pub async fn run(source: ConfigSource) -> Result<()> {
+    raise_open_files_limit();
     let (mut agent, mut inputs) = Agent::start(source).await?;
     info!(
         "running; SIGHUP or `netns-agent apply` applies a changed config, SIGINT/SIGTERM stop the agent (the data path stays until `down`)"
@@ -394,4 +411,18 @@ pub async fn down(state_dir: &Path) -> Result<()> {
     reconcile::all_or_nothing(applier.down().await)?;
     info!("down: done");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let low = hard.min(512);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+        super::raise_open_files_limit();
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+    }
 }

@@ -56,8 +56,9 @@ const TCP_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Addresses one answer may put into a host set: an answer with hundreds of records
 /// (from a domain the app controls) cannot flood the shared map.
 const MAX_HOST_ADDRS_PER_ANSWER: usize = 32;
-/// The longest an answer keeps its addresses in a host set (and TTL beyond it is cut):
-/// an answer from a domain the app controls may claim decades.
+/// The longest an answer keeps its addresses in a host set, and the longest TTL the
+/// proxy relays (`with_ttls_capped`): an answer from a domain the app controls may claim
+/// decades.
 const MAX_HOST_TTL_SECS: u32 = 24 * 3600;
 /// The request log's size before it rotates (one older file is kept: `dns.log.1`).
 pub const LOG_MAX_BYTES: u64 = 4 << 20;
@@ -179,18 +180,52 @@ pub fn host_mask(app: &AppView, qname: &str, rname: &str) -> u64 {
 }
 
 /// The (address, mask, TTL) triples an answer to the app's question `qname` gives `app`
-/// (at most `MAX_HOST_ADDRS_PER_ANSWER`).
+/// (at most `MAX_HOST_ADDRS_PER_ANSWER`): of its address records, those named as the
+/// question or as a CNAME leading from it (`names_asked`). A record of any other name
+/// answers nothing the app asked: an upstream that passes one on (from a domain the app
+/// controls, "github.com A 6.6.6.6" in the answer to evil.net) would otherwise put it
+/// into the host set of github.com's ACE.
 pub fn host_updates(app: &AppView, qname: &str, answer: &Message) -> Vec<(Ipv4Addr, u64, u32)> {
+    let asked = names_asked(qname, answer);
     answer
         .answers
         .iter()
         .filter_map(|r| match &r.data {
-            RData::A(A(ip)) => Some((*ip, host_mask(app, qname, &r.name.to_ascii()), r.ttl)),
+            RData::A(A(ip)) if asked.contains(&dns_name(&r.name.to_ascii())) => {
+                Some((*ip, host_mask(app, qname, &r.name.to_ascii()), r.ttl))
+            }
             _ => None,
         })
         .filter(|(_, mask, _)| *mask != 0)
         .take(MAX_HOST_ADDRS_PER_ANSWER)
         .collect()
+}
+
+/// A name as the chain compares it: lowercase, without the root's dot.
+fn dns_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The names an answer to `qname` may answer for: the question's, and each CNAME's
+/// target that the chain from it reaches (in whatever order the answer lists them).
+fn names_asked(qname: &str, answer: &Message) -> Vec<String> {
+    let mut asked = vec![dns_name(qname)];
+    // Each round adds at least one name or ends: at most as many rounds as records.
+    for _ in 0..answer.answers.len() {
+        let before = asked.len();
+        for r in &answer.answers {
+            if let RData::CNAME(target) = &r.data {
+                let (from, to) = (dns_name(&r.name.to_ascii()), dns_name(&target.0.to_ascii()));
+                if asked.contains(&from) && !asked.contains(&to) {
+                    asked.push(to);
+                }
+            }
+        }
+        if asked.len() == before {
+            break;
+        }
+    }
+    asked
 }
 
 /// The answer for an app name of this NI, if the query asks for one.
@@ -623,7 +658,7 @@ impl DnsProxy {
             fail.add_query(query.queries[0].clone());
             return fail.to_vec().ok();
         };
-        let Ok(parsed) = Message::from_vec(&answer) else {
+        let Ok(mut parsed) = Message::from_vec(&answer) else {
             self.log_entry((src, app_ref), (&qname, &qtype), &[], Rcode::ServFail, "malformed upstream answer");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok();
         };
@@ -635,7 +670,7 @@ impl DnsProxy {
         self.update_hosts(src, app, &qname, &parsed);
         self.observer.learn(cfg.zone, src, &qname, &parsed);
         self.log_entry((src, app_ref), (&qname, &qtype), &answers_of(&parsed), Rcode::from(parsed.metadata.response_code), "upstream");
-        Some(answer)
+        Some(with_ttls_capped(answer, &mut parsed))
     }
 
     /// Asks the upstreams in turn, under a fresh random id, over `transport`; the answer
@@ -718,6 +753,20 @@ impl DnsProxy {
     }
 }
 
+/// The upstream's answer as the app gets it: its records' TTLs cut to
+/// `MAX_HOST_TTL_SECS`, so that the app caches an address no longer than its host set
+/// keeps it (`parsed`: the same answer, parsed). An answer within the cap goes byte for
+/// byte, as it came.
+fn with_ttls_capped(answer: Vec<u8>, parsed: &mut Message) -> Vec<u8> {
+    if parsed.answers.iter().all(|r| r.ttl <= MAX_HOST_TTL_SECS) {
+        return answer;
+    }
+    for r in &mut parsed.answers {
+        r.ttl = r.ttl.min(MAX_HOST_TTL_SECS);
+    }
+    parsed.to_vec().unwrap_or(answer)
+}
+
 fn answers_of(m: &Message) -> Vec<String> {
     m.answers
         .iter()
@@ -763,7 +812,6 @@ async fn ask_tcp(request: &[u8], upstream: SocketAddrV4) -> Option<Vec<u8>> {
     tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await.ok()?.ok()
 }
 
-/// Releases an app's in-flight query (or TCP connection) slot when it is done.
 /// The nameservers of the agent netns' /etc/resolv.conf.
 pub fn system_resolvers() -> Vec<SocketAddrV4> {
     std::fs::read_to_string("/etc/resolv.conf")
@@ -824,12 +872,18 @@ mod tests {
     fn answers_feed_the_matching_aces_only() {
         let a = answer("api.github.com.", &[("api.github.com.", Ipv4Addr::new(1, 2, 3, 4), 30)]);
         assert_eq!(host_updates(&app(), "api.github.com.", &a), [(Ipv4Addr::new(1, 2, 3, 4), 1, 30)]);
-        let b = answer("www.example.org.", &[("cdn.provider.net.", Ipv4Addr::new(5, 6, 7, 8), 10)]);
-        assert_eq!(
-            host_updates(&app(), "www.example.org.", &b),
-            [(Ipv4Addr::new(5, 6, 7, 8), 1 << 1, 10)],
-            "the question's name counts (CNAME chains)"
-        );
+        // A CNAME chain, listed backwards: the question's name counts.
+        let mut b = answer("www.example.org.", &[("cdn.provider.net.", Ipv4Addr::new(5, 6, 7, 8), 10)]);
+        for (from, to) in [("edge.example.net.", "cdn.provider.net."), ("www.example.org.", "edge.example.net.")] {
+            let target = hickory_proto::rr::rdata::CNAME(Name::from_str(to).unwrap());
+            b.add_answer(Record::from_rdata(Name::from_str(from).unwrap(), 10, RData::CNAME(target)));
+        }
+        assert_eq!(host_updates(&app(), "www.example.org.", &b), [(Ipv4Addr::new(5, 6, 7, 8), 1 << 1, 10)], "the chain's end");
+        // A record the chain does not reach answers nothing asked.
+        let off_chain = answer("www.example.org.", &[("cdn.provider.net.", Ipv4Addr::new(5, 6, 7, 8), 10)]);
+        assert!(host_updates(&app(), "www.example.org.", &off_chain).is_empty());
+        let planted = answer("evil.net.", &[("github.com.", Ipv4Addr::new(6, 6, 6, 6), 10)]);
+        assert!(host_updates(&app(), "evil.net.", &planted).is_empty(), "github.com's ACE gets nothing from evil.net's answer");
         let c = answer("google.com.", &[("google.com.", Ipv4Addr::new(9, 9, 9, 9), 10)]);
         assert!(host_updates(&app(), "google.com.", &c).is_empty());
         // The app's question decides, not what the answer claims it was asked.
@@ -891,5 +945,23 @@ mod tests {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap() as usize)
             .collect();
         assert_eq!(numbers, (0..lines).collect::<Vec<_>>(), "every line once, in order, across the rotation");
+    }
+
+    #[test]
+    fn ttls_past_a_day_are_cut_and_others_relayed_as_they_came() {
+        let mut m = Message::response(7, OpCode::Query);
+        m.add_query(Query::query(Name::from_str("github.com.").unwrap(), RecordType::A));
+        m.add_answer(Record::from_rdata(Name::from_str("github.com.").unwrap(), 300, RData::A(A(Ipv4Addr::new(10, 99, 0, 10)))));
+        let short = m.to_vec().unwrap();
+        assert_eq!(with_ttls_capped(short.clone(), &mut Message::from_vec(&short).unwrap()), short, "byte for byte");
+        m.add_answer(Record::from_rdata(
+            Name::from_str("github.com.").unwrap(),
+            10 * 365 * 86400,
+            RData::A(A(Ipv4Addr::new(10, 99, 0, 11))),
+        ));
+        let long = m.to_vec().unwrap();
+        let relayed = Message::from_vec(&with_ttls_capped(long.clone(), &mut Message::from_vec(&long).unwrap())).unwrap();
+        assert_eq!(relayed.answers.iter().map(|r| r.ttl).collect::<Vec<_>>(), [300, MAX_HOST_TTL_SECS]);
+        assert_eq!((relayed.metadata.id, relayed.answers.len()), (7, 2));
     }
 }
