@@ -168,32 +168,31 @@ pub fn matches_suffix(name: &str, suffix: &str) -> bool {
             && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
 }
 
-/// The host-ACE mask for an answer to `qname` whose record is named `rname`: bit k for
-/// the k-th host ACE (at most 64: the config's limit).
-pub fn host_mask(app: &AppView, qname: &str, rname: &str) -> u64 {
-    app.hosts
-        .iter()
-        .take(64)
-        .enumerate()
-        .filter(|(_, (_, suffix))| matches_suffix(qname, suffix) || matches_suffix(rname, suffix))
-        .fold(0, |m, (k, _)| m | (1u64 << k))
+/// The host-ACE mask for an answer to the app's question `qname`: bit k for the k-th
+/// host ACE (at most 64: the config's limit) whose domain the question is in. By the
+/// question alone, as dnsmasq's ipsets (EVE's) match: the names further down a CNAME
+/// chain are the answering domain's to choose (evil.net CNAME github.com).
+pub fn host_mask(app: &AppView, qname: &str) -> u64 {
+    app.hosts.iter().take(64).enumerate().filter(|(_, (_, suffix))| matches_suffix(qname, suffix)).fold(0, |m, (k, _)| m | (1u64 << k))
 }
 
 /// The (address, mask, TTL) triples an answer to the app's question `qname` gives `app`
 /// (at most `MAX_HOST_ADDRS_PER_ANSWER`): of its address records, those named as the
 /// question or as a CNAME leading from it (`names_asked`). A record of any other name
-/// answers nothing the app asked: an upstream that passes one on (from a domain the app
-/// controls, "github.com A 6.6.6.6" in the answer to evil.net) would otherwise put it
-/// into the host set of github.com's ACE.
+/// answers nothing the app asked: an upstream that passes one on ("evil.com A 6.6.6.6"
+/// in the answer to github.com, from a server that github.com's chain leads to) would
+/// otherwise put it into the host set of github.com's ACE.
 pub fn host_updates(app: &AppView, qname: &str, answer: &Message) -> Vec<(Ipv4Addr, u64, u32)> {
+    let mask = host_mask(app, qname);
+    if mask == 0 {
+        return Vec::new();
+    }
     let asked = names_asked(qname, answer);
     answer
         .answers
         .iter()
         .filter_map(|r| match &r.data {
-            RData::A(A(ip)) if asked.contains(&dns_name(&r.name.to_ascii())) => {
-                Some((*ip, host_mask(app, qname, &r.name.to_ascii()), r.ttl))
-            }
+            RData::A(A(ip)) if asked.contains(&dns_name(&r.name.to_ascii())) => Some((*ip, mask, r.ttl)),
             _ => None,
         })
         .filter(|(_, mask, _)| *mask != 0)
@@ -206,23 +205,26 @@ fn dns_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// The longest CNAME chain followed (resolvers give up at about as many).
+const MAX_CNAME_CHAIN: usize = 16;
+
 /// The names an answer to `qname` may answer for: the question's, and each CNAME's
-/// target that the chain from it reaches (in whatever order the answer lists them).
+/// target that the chain from it reaches (in whatever order the answer lists them), at
+/// most `MAX_CNAME_CHAIN` links: one pass over the records, then one step per link.
 fn names_asked(qname: &str, answer: &Message) -> Vec<String> {
+    let links: HashMap<String, String> = answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::CNAME(target) => Some((dns_name(&r.name.to_ascii()), dns_name(&target.0.to_ascii()))),
+            _ => None,
+        })
+        .collect();
     let mut asked = vec![dns_name(qname)];
-    // Each round adds at least one name or ends: at most as many rounds as records.
-    for _ in 0..answer.answers.len() {
-        let before = asked.len();
-        for r in &answer.answers {
-            if let RData::CNAME(target) = &r.data {
-                let (from, to) = (dns_name(&r.name.to_ascii()), dns_name(&target.0.to_ascii()));
-                if asked.contains(&from) && !asked.contains(&to) {
-                    asked.push(to);
-                }
-            }
-        }
-        if asked.len() == before {
-            break;
+    while asked.len() <= MAX_CNAME_CHAIN {
+        match links.get(asked.last().expect("the question")) {
+            Some(next) if !asked.contains(next) => asked.push(next.clone()),
+            _ => break,
         }
     }
     asked
@@ -756,7 +758,8 @@ impl DnsProxy {
 /// The upstream's answer as the app gets it: its records' TTLs cut to
 /// `MAX_HOST_TTL_SECS`, so that the app caches an address no longer than its host set
 /// keeps it (`parsed`: the same answer, parsed). An answer within the cap goes byte for
-/// byte, as it came.
+/// byte, as it came, and so does one that encodes longer than it came (it could pass
+/// the size the app asked over UDP; the host set still ends at the cap).
 fn with_ttls_capped(answer: Vec<u8>, parsed: &mut Message) -> Vec<u8> {
     if parsed.answers.iter().all(|r| r.ttl <= MAX_HOST_TTL_SECS) {
         return answer;
@@ -764,7 +767,10 @@ fn with_ttls_capped(answer: Vec<u8>, parsed: &mut Message) -> Vec<u8> {
     for r in &mut parsed.answers {
         r.ttl = r.ttl.min(MAX_HOST_TTL_SECS);
     }
-    parsed.to_vec().unwrap_or(answer)
+    match parsed.to_vec() {
+        Ok(capped) if capped.len() <= answer.len() => capped,
+        _ => answer,
+    }
 }
 
 fn answers_of(m: &Message) -> Vec<String> {
@@ -882,8 +888,26 @@ mod tests {
         // A record the chain does not reach answers nothing asked.
         let off_chain = answer("www.example.org.", &[("cdn.provider.net.", Ipv4Addr::new(5, 6, 7, 8), 10)]);
         assert!(host_updates(&app(), "www.example.org.", &off_chain).is_empty());
-        let planted = answer("evil.net.", &[("github.com.", Ipv4Addr::new(6, 6, 6, 6), 10)]);
-        assert!(host_updates(&app(), "evil.net.", &planted).is_empty(), "github.com's ACE gets nothing from evil.net's answer");
+        let planted =
+            answer("github.com.", &[("github.com.", Ipv4Addr::new(1, 1, 1, 1), 10), ("evil.com.", Ipv4Addr::new(6, 6, 6, 6), 10)]);
+        assert_eq!(
+            host_updates(&app(), "github.com.", &planted),
+            [(Ipv4Addr::new(1, 1, 1, 1), 1, 10)],
+            "an address the chain does not reach"
+        );
+        // A chain from a question no ACE names gives nothing, wherever it leads.
+        let mut led = answer("evil.net.", &[("github.com.", Ipv4Addr::new(6, 6, 6, 6), 10)]);
+        let target = hickory_proto::rr::rdata::CNAME(Name::from_str("github.com.").unwrap());
+        led.add_answer(Record::from_rdata(Name::from_str("evil.net.").unwrap(), 10, RData::CNAME(target)));
+        assert!(host_updates(&app(), "evil.net.", &led).is_empty(), "evil.net CNAME github.com");
+        // A long chain is followed so far, and a loop ends it.
+        let mut long = answer("github.com.", &[("n20.example.com.", Ipv4Addr::new(7, 7, 7, 7), 10)]);
+        for (i, from) in std::iter::once("github.com.".to_string()).chain((1..20).map(|i| format!("n{i}.example.com."))).enumerate() {
+            let target = hickory_proto::rr::rdata::CNAME(Name::from_str(&format!("n{}.example.com.", i + 1)).unwrap());
+            long.add_answer(Record::from_rdata(Name::from_str(&from).unwrap(), 10, RData::CNAME(target)));
+        }
+        assert!(host_updates(&app(), "github.com.", &long).is_empty(), "20 links: past the chain's limit");
+        assert_eq!(names_asked("github.com.", &long).len(), MAX_CNAME_CHAIN + 1);
         let c = answer("google.com.", &[("google.com.", Ipv4Addr::new(9, 9, 9, 9), 10)]);
         assert!(host_updates(&app(), "google.com.", &c).is_empty());
         // The app's question decides, not what the answer claims it was asked.
