@@ -191,7 +191,7 @@ impl Agent {
         services::reap_leftovers(&plan.state_dir, &vpn_nis(record));
         let uplinks = Arc::new(RwLock::new(Uplinks::new()));
         let (dns_tx, dns_requests) = mpsc::channel(DNS_RECORD_QUEUE);
-        let dns = Arc::new(DnsObserver::new(Some(dns_tx)));
+        let dns = Arc::new(DnsObserver::new(Some(dns_tx), Some(services::dns_log_path(&plan.state_dir))));
         let mut services = Services::new(uplinks.clone(), dns.clone());
         adopt_services(&mut services, &plan, record).await;
         let flow_log = FlowLog::new(plan.flow_log.as_deref(), plan.flow_log_max_bytes, plan.flow_interim)?;

@@ -832,7 +832,7 @@ mod tests {
     /// ACE keeps what it carried; a closed flow is not reported again.
     #[test]
     fn vanished_flows_end_as_evicted_and_ace_totals_add_up() {
-        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let (names, dns) = (Names::default(), DnsObserver::new(None, None));
         let at = Lookups { names: &names, maps: None, dns: &dns };
         let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
         let mut records = log.sender().subscribe();
@@ -871,7 +871,7 @@ mod tests {
     /// A flow first seen by the sweep (its start event still queued) is one flow, not two.
     #[test]
     fn a_late_start_event_is_the_same_flow() {
-        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let (names, dns) = (Names::default(), DnsObserver::new(None, None));
         let at = Lookups { names: &names, maps: None, dns: &dns };
         let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
         let (k, v) = flow(1000, 1, [2, 2]);
@@ -902,7 +902,7 @@ mod tests {
     /// Records reach the file when their batch is handed over, not at the next one.
     #[test]
     fn a_batch_of_records_is_in_the_file_once_handed_over() {
-        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let (names, dns) = (Names::default(), DnsObserver::new(None, None));
         let at = Lookups { names: &names, maps: None, dns: &dns };
         let dir = TempDir::new("flowlog-written");
         let path = dir.0.join("flows.jsonl");
@@ -926,7 +926,7 @@ mod tests {
     /// record is the flow's (its counters), next to the other flow's start.
     #[test]
     fn a_batch_is_followed_event_by_event_in_order() {
-        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let (names, dns) = (Names::default(), DnsObserver::new(None, None));
         let at = Lookups { names: &names, maps: None, dns: &dns };
         let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
         let mut records = log.sender().subscribe();
@@ -946,7 +946,7 @@ mod tests {
     /// while the agent was behind): counted, not followed (no second, evicted end).
     #[test]
     fn a_start_after_its_flow_ended_is_not_followed() {
-        let (names, dns) = (Names::default(), DnsObserver::new(None));
+        let (names, dns) = (Names::default(), DnsObserver::new(None, None));
         let at = Lookups { names: &names, maps: None, dns: &dns };
         let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
         log.after_sweep(&[], &[], at, 100);

@@ -86,7 +86,6 @@ pub struct NiDnsConfig {
     pub names: HashMap<String, Ipv4Addr>,
     /// Empty: the NI has no way out; only app names resolve.
     pub upstreams: Vec<SocketAddrV4>,
-    pub log_path: PathBuf,
     /// Host-set entries outlive the record's TTL by this much: an app may connect a
     /// little after its cache says the answer expired.
     pub host_grace: Duration,
@@ -271,8 +270,8 @@ pub struct DnsObserver {
     /// The request log every NI's proxy appends to: one file, one count of its size, so
     /// that it rotates once when it is full, whichever NI's line fills it (a log per
     /// proxy on the same file rotated it under the others, whose lines went on into the
-    /// older half, then into a deleted file).
-    log: Mutex<Option<RequestLog>>,
+    /// older half, then into a deleted file). None: no log (the flow log's tests).
+    log: Option<Mutex<RequestLog>>,
 }
 
 /// A count of requests: NI, answer code, where the answer came from.
@@ -314,25 +313,23 @@ struct NameGenerations {
 }
 
 impl DnsObserver {
-    /// `requests`: where each request goes as a record (the flow log), if anywhere.
-    pub fn new(requests: Option<tokio::sync::mpsc::Sender<DnsLogEntry>>) -> DnsObserver {
+    /// `requests`: where each request goes as a record (the flow log), if anywhere;
+    /// `log_path`: the request log (`services::dns_log_path`), if any.
+    pub fn new(requests: Option<tokio::sync::mpsc::Sender<DnsLogEntry>>, log_path: Option<PathBuf>) -> DnsObserver {
         DnsObserver {
             names: Mutex::new(NameGenerations::default()),
             queries: Mutex::new(Default::default()),
             requests,
             requests_lost: Default::default(),
-            log: Mutex::new(None),
+            log: log_path.map(|path| Mutex::new(RequestLog::open(path))),
         }
     }
 
-    /// Appends one line to the request log at `path` (opened at the first line).
-    fn append_to_log(&self, path: &std::path::Path, line: &[u8]) {
-        let mut log = self.log.lock().unwrap();
-        let log = match &mut *log {
-            Some(open) if open.path == path => open,
-            other => other.insert(RequestLog::open(path.to_path_buf())),
-        };
-        log.append(line);
+    /// Appends one line to the request log.
+    fn append_to_log(&self, line: &[u8]) {
+        if let Some(log) = &self.log {
+            log.lock().unwrap().append(line);
+        }
     }
 
     /// The name app `app` (on zone `zone`) asked for when it was given `addr`.
@@ -430,6 +427,10 @@ impl RequestLog {
     }
 
     fn append(&mut self, line: &[u8]) {
+        // (Opened with the agent, perhaps before its state dir was made: tried again.)
+        if self.file.is_none() {
+            *self = RequestLog::open(self.path.clone());
+        }
         if self.size + line.len() as u64 > LOG_MAX_BYTES {
             let _ = std::fs::rename(&self.path, rotated_log(&self.path));
             *self = RequestLog::open(self.path.clone());
@@ -627,15 +628,14 @@ impl DnsProxy {
         if query.metadata.message_type != MessageType::Query || query.queries.len() != 1 {
             return Message::error_msg(query.metadata.id, query.metadata.op_code, ResponseCode::FormErr).to_vec().ok();
         }
+        let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
         // Only questions go upstream: an UPDATE (or NOTIFY, ...) would reach the uplink's
         // resolver from the device's own address, and one that takes unsigned updates
         // would then answer the app with addresses of its choosing, into its host sets.
         if query.metadata.op_code != OpCode::Query {
-            let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
             self.log_entry((src, app), (&qname, &qtype), &[], Rcode::NotImp, "not a query, not forwarded");
             return Message::error_msg(query.metadata.id, query.metadata.op_code, ResponseCode::NotImp).to_vec().ok();
         }
-        let (qname, qtype) = (query.queries[0].name.to_ascii(), query.queries[0].query_type.to_string());
         let Some(app) = app else {
             self.log_entry((src, None), (&qname, &qtype), &[], Rcode::Refused, "not an app of this network (or not from its port)");
             return Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::Refused).to_vec().ok();
@@ -750,7 +750,7 @@ impl DnsProxy {
         self.observer.observe(&entry, source);
         if let Ok(mut line) = serde_json::to_vec(&entry) {
             line.push(b'\n');
-            self.observer.append_to_log(&self.cfg().log_path, &line);
+            self.observer.append_to_log(&line);
         }
     }
 }
@@ -928,7 +928,6 @@ mod tests {
             apps: HashMap::new(),
             names: [("app2".to_string(), Ipv4Addr::new(10, 10, 1, 3))].into_iter().collect(),
             upstreams: vec![],
-            log_path: PathBuf::from("/dev/null"),
             host_grace: Duration::from_secs(60),
         };
         let mut q = Message::query();
@@ -954,11 +953,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("netns-agent-dns-log-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("dns.log");
-        let observer = DnsObserver::new(None);
+        let observer = DnsObserver::new(None, Some(path.clone()));
         let line = |ni: usize, n: usize| format!("{{\"ni\":\"ni{ni}\",\"n\":{n},\"pad\":\"{}\"}}\n", "x".repeat(200));
         let lines = (LOG_MAX_BYTES as usize / 200) * 3 / 2;
         for n in 0..lines {
-            observer.append_to_log(&path, line(n % 2 + 1, n).as_bytes());
+            observer.append_to_log(line(n % 2 + 1, n).as_bytes());
         }
         let (older, newer) = (std::fs::read_to_string(rotated_log(&path)).unwrap(), std::fs::read_to_string(&path).unwrap());
         let _ = std::fs::remove_dir_all(&dir);

@@ -18,7 +18,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
-    Extension, Json, Router,
+    Json, Router,
 };
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -26,6 +26,7 @@ use hyper_util::{
 };
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use super::share::Shares;
@@ -142,7 +143,12 @@ async fn serve(listener: TcpListener, router: Router, ni: String) {
             debug!("{ni}: metadata server full, {addr} turned away");
             continue;
         };
-        let service = TowerToHyperService::new(router.clone().layer(Extension(ConnectInfo(caller))));
+        // The caller goes into each request as axum's `ConnectInfo` (the router itself is
+        // shared: a layer per connection would wrap its every route anew).
+        let service = TowerToHyperService::new(router.clone().map_request(move |mut request: axum::extract::Request<_>| {
+            request.extensions_mut().insert(ConnectInfo(caller));
+            request
+        }));
         let connection = http.serve_connection(TokioIo::new(stream), service);
         connections.spawn(async move {
             let _held = (permit, app_share);

@@ -196,7 +196,6 @@ async fn dns_config(plan: &Plan, ni: &NiPlan, ns: &Netns) -> Result<dns::NiDnsCo
         apps,
         names,
         upstreams,
-        log_path: dns_log_path(&plan.state_dir),
         host_grace: plan.dns_host_grace,
     })
 }
