@@ -192,7 +192,7 @@ impl Agent {
         let uplinks = Arc::new(RwLock::new(Uplinks::new()));
         let (dns_tx, dns_requests) = mpsc::channel(DNS_RECORD_QUEUE);
         let dns = Arc::new(DnsObserver::new(Some(dns_tx), Some(services::dns_log_path(&plan.state_dir))));
-        let mut services = Services::new(uplinks.clone(), dns.clone());
+        let mut services = Services::new(uplinks.clone(), dns.clone(), applier.host_layouts());
         adopt_services(&mut services, &plan, record).await;
         let flow_log = FlowLog::new(plan.flow_log.as_deref(), plan.flow_log_max_bytes, plan.flow_interim)?;
         // Listening before the first apply: an `apply` that comes while it runs waits its turn.

@@ -211,6 +211,12 @@ impl NiPlan {
 }
 
 impl PortPlan {
+    /// The domains of its host ACEs in ACL order: the layout of its host-set bits
+    /// (`datapath::HostLayouts`).
+    pub fn host_layout(&self) -> Vec<String> {
+        self.hosts.iter().map(|(_, domain)| domain.clone()).collect()
+    }
+
     /// Whether `other` is the same link with the same app end (netns, name, address,
     /// MAC): what only re-creating the port can change. The ACL, host ACEs, limits and
     /// user data are rewritten in place.

@@ -1,7 +1,7 @@
 //! The NI services: the DNS proxy feeding host ACLs (no race, TTL expiry), its log, and its
 //! robustness against bad DNS.
 
-use netns_agent::services::dns::Rcode;
+use netns_agent::services::dns::{Rcode, LOG_BURST_PER_APP, LOG_LINES_PER_SEC_PER_APP};
 use netns_tests::{Background, EchoResult, Scenario, INET_IP};
 use serde_json::Value;
 
@@ -150,6 +150,9 @@ print(answers)
 "#;
     let out = s.python(app1, garbage, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // app2's request, on record before the flood.
+    assert_eq!(s.dns_a(s.app("app2"), "10.10.1.1", "app2").unwrap(), ["10.10.1.3"]);
+    let flood_started = std::time::Instant::now();
     // A flood of 10,000 queries from app1 is answered or shed...
     let flood = r#"
 import socket, struct
@@ -158,12 +161,38 @@ q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x06github\x03com\x00" + s
 for i in range(10000):
     try: s.sendto(q, ("10.10.1.1", 53))
     except BlockingIOError: pass
+# Questions the proxy answers itself (app2's name), one at a time: each is logged or counted.
+s.setblocking(True); s.settimeout(1)
+q = struct.pack("!HHHHHH", 8, 0x0100, 1, 0, 0, 0) + b"\x04app2\x00" + struct.pack("!HH", 1, 1)
+answered = 0
+for i in range(2000):
+    s.sendto(q, ("10.10.1.1", 53))
+    while True:
+        try:
+            if s.recv(512)[:2] == q[:2]:
+                answered += 1
+                break
+        except socket.timeout: break
+print(answered)
 "#;
-    assert!(s.python(app1, flood, &[]).status.success());
+    let out = s.python(app1, flood, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answered: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     // ...while app2 still gets its answers at once.
     assert_eq!(s.dns_a(s.app("app2"), "10.10.1.1", "app1").unwrap(), ["10.10.1.2"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(s.dns_a(app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
     assert_eq!(s.echo(app1, "10.10.1.1", 9, 1, None), EchoResult::TimedOut, "nothing else on the gateway");
+    // The request log holds app1's flood within its rate, its last line counting what
+    // went unlogged, and app2's history as it was.
+    let secs = flood_started.elapsed().as_secs() + 1;
+    let log = s.dns_log();
+    let app1_lines: Vec<_> = log.iter().filter(|e| e.app == "app1" && ["github.com", "app2"].contains(&e.name.as_str())).collect();
+    let unlogged: u64 = app1_lines.iter().map(|e| e.unlogged_before).sum();
+    eprintln!("app1's flood: {} lines logged, {unlogged} requests counted unlogged, in {secs} s", app1_lines.len());
+    assert!(app1_lines.len() as u64 <= LOG_BURST_PER_APP + LOG_LINES_PER_SEC_PER_APP * secs, "{} lines", app1_lines.len());
+    assert!(unlogged + app1_lines.len() as u64 >= answered, "app1's lines count each of the {answered} answers it got");
+    assert!(log.iter().any(|e| e.app == "app2" && e.name == "app2"), "app2's earlier request is on record");
 }
 
 /// app1 gets an allocated address from the pool, app2 a fixed one with its own MAC; both
@@ -411,6 +440,54 @@ print(struct.unpack("!H", a[6:8])[0])
     assert!(s.whoami(&app1, "10.99.3.1", 80).is_none(), "github.com is no host of app1's ACL now");
     assert_eq!(s.dns_a(&app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
     assert!(s.whoami(&app1, "10.99.0.10", 80).is_none(), "nor over a new question");
+}
+
+/// An answer that comes while the app's ACL changes goes into its host set as the ACL
+/// live at that moment numbers its host ACEs. The proxies numbered them by their own copy
+/// of the plan, which follows an apply: an answer for google.com written between the
+/// switch and that copy's update took google.com's old number, which the new ACL gives
+/// github.com, and google.com's address was allowed by github.com's ACE (for the answer's
+/// TTL, up to a day). app1 asks google.com without pause while its ACL drops google.com's
+/// ACE, five times over.
+#[test]
+fn an_answer_racing_an_acl_change_opens_no_address_to_another_ace() {
+    let s = scenario(&[]);
+    let github = r#"{ id = 1, match = { host = "github.com" } }"#;
+    let both = HOSTS.replacen(github, r#"{ id = 2, match = { host = "google.com" } }, { id = 1, match = { host = "github.com" } }"#, 1);
+    let ask = r#"
+import select, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+print("ready", flush=True)
+sent = answered = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    sent += 1
+    s.sendto(struct.pack("!HHHHHH", sent & 0xffff, 0x0100, 1, 0, 0, 0) + b"\x06google\x03com\x00" + struct.pack("!HH", 1, 1), ("10.10.1.1", 53))
+    try:
+        s.recv(512); answered += 1
+    except socket.timeout:
+        pass
+print(sent, answered)
+"#;
+    let app1 = s.app("app1").to_string();
+    for round in 1..=5 {
+        let out = s.apply(&both);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let asking = Background::ready(&app1, &["python3", "-c", ask]);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // github.com's ACE takes google.com's place: the first host ACE.
+        let out = s.apply(HOSTS);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let out = asking.finish();
+        let counts = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprintln!("round {round}: google.com asked, answered: {counts}");
+        assert!(s.whoami(&app1, "10.98.0.10", 80).is_none(), "round {round}: google.com's address is allowed by no ACE now");
+    }
+    // Where an ACE names it, google.com's address is reachable.
+    let out = s.apply(&both);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.dns_a(&app1, "10.10.1.1", "google.com").unwrap(), ["10.98.0.10"]);
+    assert!(s.whoami(&app1, "10.98.0.10", 80).is_some(), "google.com's ACE allows it");
 }
 
 /// A DNS UPDATE (or any opcode but QUERY) is answered NOTIMP by the proxy and never

@@ -12,6 +12,7 @@
 
 mod acls;
 mod batch;
+mod hosts;
 mod tc;
 mod translations;
 use batch::BatchMap;
@@ -35,11 +36,12 @@ use netns_ebpf_common::{
     limit::{Bucket, LimitKey},
     map_names,
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
-    prog_names, EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, MAX_ZONES,
+    prog_names, EidKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, MAX_ZONES,
 };
 use tracing::{debug, info};
 
 pub use self::acls::AclStore;
+pub use self::hosts::{HostLayouts, HostSets};
 use crate::netns::{self, Netns};
 
 /// The eBPF object, built by build.rs (aya-build) and embedded at compile time.
@@ -384,63 +386,6 @@ pub struct Maps {
     removed_flows: Vec<(CtKey, CtValue)>,
 }
 
-/// The host sets (addresses DNS gave each app port, per host ACE), on their own handle so
-/// the DNS proxies can write them.
-pub struct HostSets(HashMap<MapData, HostKey, HostEntry>);
-
-impl HostSets {
-    pub fn open(pin_dir: &Path) -> Result<HostSets> {
-        Ok(HostSets(open_map(pin_dir, map_names::HOSTSET)?.try_into()?))
-    }
-
-    /// Adds `ace_mask` for `key` valid until `expires_ns`, keeping what was there.
-    pub fn add(&mut self, key: HostKey, ace_mask: u64, expires_ns: u64) -> Result<()> {
-        let entry = match self.0.get(&key, 0) {
-            Ok(old) => HostEntry { ace_mask: old.ace_mask | ace_mask, expires_ns: old.expires_ns.max(expires_ns) },
-            Err(_) => HostEntry { ace_mask, expires_ns },
-        };
-        self.0.insert(key, entry, 0).context("writing host set")
-    }
-
-    /// Drops expired entries (the programs ignore them already); returns how many.
-    /// Returns (how many went, how many stay).
-    pub fn expire(&mut self, now_ns: u64) -> (usize, usize) {
-        let mut stay = 0;
-        let gone = remove_where(&mut self.0, |_, e| {
-            let gone = e.expires_ns <= now_ns;
-            stay += usize::from(!gone);
-            gone
-        });
-        (gone, stay)
-    }
-
-    pub fn remove_zone(&mut self, zone: u32) {
-        remove_where(&mut self.0, |k, _| k.zone == zone);
-    }
-
-    pub fn remove_port(&mut self, key: IfaceKey) {
-        remove_where(&mut self.0, |k, _| k.zone == key.zone && k.ifindex == key.ifindex);
-    }
-
-    /// Rewrites the ACE masks of a port's entries (its host ACEs moved in the ACL);
-    /// entries left with no ACE go.
-    pub fn remap_port(&mut self, key: IfaceKey, remap: impl Fn(u64) -> u64) {
-        let entries: Vec<(HostKey, HostEntry)> =
-            self.0.iter().flatten().filter(|(k, _)| k.zone == key.zone && k.ifindex == key.ifindex).collect();
-        for (k, e) in entries {
-            let mask = remap(e.ace_mask);
-            if mask == e.ace_mask {
-                continue;
-            }
-            if mask == 0 {
-                self.0.remove(&k).ok();
-            } else {
-                self.0.insert(k, HostEntry { ace_mask: mask, ..e }, 0).ok();
-            }
-        }
-    }
-}
-
 /// Removes the entries of `map` that `pred` selects; returns how many.
 /// (The programs keep writing while we walk: an entry is looked at again just before it
 /// goes, and stays if it no longer qualifies, e.g. a flow refreshed since.)
@@ -711,7 +656,7 @@ impl Maps {
         let n = n + if acls.is_empty() { 0 } else { self.acls.remove_where(|id| acls.contains(&id)) };
         let n = n
             + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
-            + remove_where(&mut self.hosts.0, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
+            + remove_where(&mut self.hosts.map, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
             + remove_where(&mut self.eidset, |k, _| k.zone == zone && !ips.contains(&k.addr));
         n + self.remove_unregistered()
     }

@@ -26,6 +26,7 @@ mod uplink;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Instant, SystemTime},
 };
 
@@ -35,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::NetworkKind,
-    datapath::{self, Maps, Programs},
+    datapath::{self, HostLayouts, Maps, Programs},
     netlink::{Netlink, Uplinks},
     netns::{self, Netns},
     plan::{NiPlan, Plan, PortPlan},
@@ -77,6 +78,8 @@ pub struct Applier {
     maps: Option<Maps>,
     /// Loaded at the first apply that needs them, for every NI and the agent netns.
     programs: Option<Programs>,
+    /// The ports' live host-set layouts, shared with the DNS proxies.
+    host_layouts: Arc<HostLayouts>,
 }
 
 impl Applier {
@@ -95,11 +98,17 @@ impl Applier {
             uplinks: Uplinks::new(),
             maps: None,
             programs: None,
+            host_layouts: Arc::default(),
         })
     }
 
     pub fn record(&self) -> &AppliedState {
         &self.record
+    }
+
+    /// The ports' live host-set layouts, for the DNS proxies that write the host sets.
+    pub fn host_layouts(&self) -> Arc<HostLayouts> {
+        self.host_layouts.clone()
     }
 
     pub fn uplinks(&self) -> &Uplinks {

@@ -446,6 +446,7 @@ async fn wait_links_gone(agent: &Netlink, names: &[&str], limit: Duration) -> Re
 /// zone, what its kind made, its VM taps sent back. Returns a netlink handle in its
 /// netns, if it has one.
 async fn dismantle<K: NiDriver>(ap: &mut Applier, kind: &K, ni: &NiPlan, errors: &mut Vec<anyhow::Error>) -> Option<Netlink> {
+    ap.host_layouts().forget_zone(ni.zone());
     if let Ok(maps) = ap.maps() {
         let flows = maps.remove_zone(ni.zone());
         info!("{}: removed {flows} conntrack entries", ni.name);

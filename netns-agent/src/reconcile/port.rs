@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{programs, Applier, ApplyOutcome, NiDriver};
 use crate::{
-    datapath::{self, Maps},
+    datapath::{self, HostLayouts, Maps},
     netlink::Netlink,
     netns::{self, Netns},
     plan::{NiPlan, PortPlan, BRIDGE},
@@ -69,7 +69,8 @@ pub async fn ensure<K: NiDriver>(
     nl.set_master(&p.bridge_port, BRIDGE).await?;
     let ifindex = nl.link_index(&p.bridge_port).await?.with_context(|| format!("{} vanished after creation", p.bridge_port))?;
     // Config first, then the programs that read it.
-    write_maps(ap.maps()?, kind, ni, p, IfaceKey { zone: ni.zone(), ifindex }, before, out)?;
+    let layouts = ap.host_layouts();
+    write_maps(ap.maps()?, &layouts, kind, ni, p, IfaceKey { zone: ni.zone(), ifindex }, before, out)?;
     programs(&mut ap.programs, &ap.pin_dir)?.attach_port(ns, &ni.name, &p.bridge_port)?;
     nl.set_up(&p.bridge_port).await?;
 
@@ -106,8 +107,10 @@ async fn ensure_link(ap: &Applier, p: &PortPlan, ns: &Netns, nl: &Netlink, fresh
 
 /// The port's entries in the maps: its ACL (written under a new id when it changed: see
 /// `acl_id`) and config, counters, eidset entry, limit buckets, host sets.
+#[allow(clippy::too_many_arguments)]
 fn write_maps<K: NiDriver>(
     maps: &mut Maps,
+    layouts: &HostLayouts,
     kind: &K,
     ni: &NiPlan,
     p: &PortPlan,
@@ -137,9 +140,12 @@ fn write_maps<K: NiDriver>(
             info.flags |= IFACE_FLAG_IP_KNOWN;
         }
     }
+    // The switch to a new ACL: one update of the port's entry. The host sets follow the
+    // new ACL's host ACEs before any DNS answer is written again (`HostLayouts`).
+    let switch = layouts.begin_switch(key);
     if published != Some(info) {
-        // The switch to a new ACL: one update of the port's entry.
         if let Err(e) = maps.set_port(key, info) {
+            drop(switch);
             if acl.written {
                 maps.acls.remove(acl.id);
             }
@@ -147,6 +153,7 @@ fn write_maps<K: NiDriver>(
         }
         debug!(port = p.bridge_port, acl_id = acl.id, "port config written");
     }
+    switch.finish(&mut maps.hosts, before.map(PortPlan::host_layout).as_deref(), p.host_layout());
     // The new ACL decides from here on; what follows is the old one's removal.
     let switched = swap_started.elapsed();
     match (acl.replaces, before) {
@@ -183,10 +190,6 @@ fn write_maps<K: NiDriver>(
     }
     let limited: HashSet<u32> = p.limits.iter().map(|(i, _)| *i as u32).collect();
     maps.remove_limits(key, |ace| limited.contains(&ace));
-    if let Some(before) = before.filter(|b| b.hosts != p.hosts) {
-        // Host ACEs moved: the addresses DNS gave for a domain follow its ACE.
-        maps.hosts.remap_port(key, |mask| remap_host_mask(mask, &before.hosts, &p.hosts));
-    }
     Ok(())
 }
 
@@ -237,17 +240,6 @@ async fn configure_app_end(app: &Netlink, ni: &NiPlan, p: &PortPlan) -> Result<(
     Ok(())
 }
 
-/// The host-set mask of a port whose host ACEs moved from `old` to `new` (bit k: the
-/// k-th host ACE; matched by domain); ACEs that left drop out.
-pub fn remap_host_mask(mask: u64, old: &[(usize, String)], new: &[(usize, String)]) -> u64 {
-    let bit = |k: usize| if k < 64 { 1u64 << k } else { 0 };
-    old.iter()
-        .enumerate()
-        .filter(|(k, _)| mask & bit(*k) != 0)
-        .flat_map(|(_, (_, domain))| new.iter().enumerate().filter(move |(_, (_, d))| d == domain))
-        .fold(0, |m, (j, _)| m | bit(j))
-}
-
 /// Removes the recorded ports of `recorded` that `ni` drops or whose link changes.
 pub async fn remove_leaving(ap: &mut Applier, recorded: &NiPlan, ni: &NiPlan, out: &mut ApplyOutcome) {
     for old in &recorded.ports {
@@ -276,6 +268,7 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
     if let Some(ifindex) = nl.link_index(&p.bridge_port).await? {
         let key = IfaceKey { zone: ni.zone(), ifindex };
         let (zone, ip, ni_ip) = (ni.zone(), p.ip.octets(), ni.ni_ip.octets());
+        ap.host_layouts().forget(key);
         let maps = ap.maps()?;
         maps.remove_port(key, ip);
         let flows = maps.remove_flows(|k, v| k.zone == zone && (v.judge_ifindex == ifindex || k.addr_a == ip || k.addr_b == ip));
@@ -343,8 +336,6 @@ pub async fn remove_strays(ap: &mut Applier, ni: &NiPlan, nl: &Netlink) -> Resul
 mod tests {
     use netns_ebpf_common::{IFACE_FLAG_APP_NETNS, IFACE_FLAG_CHECK_MAC};
 
-    use super::remap_host_mask;
-
     #[test]
     fn only_a_veths_port_says_the_app_is_in_a_netns() {
         let text = r#"
@@ -374,16 +365,5 @@ tap = "vmtap2"
         assert_eq!(flags("app1") & IFACE_FLAG_APP_NETNS, IFACE_FLAG_APP_NETNS);
         assert_eq!(flags("app1") & IFACE_FLAG_CHECK_MAC, IFACE_FLAG_CHECK_MAC);
         assert_eq!(flags("vm2") & IFACE_FLAG_APP_NETNS, 0);
-    }
-
-    #[test]
-    fn host_masks_follow_their_domains() {
-        // Bits are host ACE ordinals: github.com is the first host ACE, then the second.
-        let old = vec![(1, "github.com".to_string()), (3, "zededa.com".to_string())];
-        let new = vec![(0, "zededa.com".to_string()), (5, "github.com".to_string())];
-        assert_eq!(remap_host_mask(1 << 0, &old, &new), 1 << 1);
-        assert_eq!(remap_host_mask(1 << 0 | 1 << 1, &old, &new), 1 << 1 | 1);
-        // A domain that left the ACL takes its bit with it.
-        assert_eq!(remap_host_mask(1 << 1, &old, &new[1..]), 0);
     }
 }

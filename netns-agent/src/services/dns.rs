@@ -27,7 +27,10 @@ use hickory_proto::{
     op::{Message, MessageType, OpCode, ResponseCode},
     rr::{rdata::A, RData, Record, RecordType},
 };
-use netns_ebpf_common::HostKey;
+use netns_ebpf_common::{
+    limit::{self, Bucket},
+    IfaceKey,
+};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, Interest},
@@ -40,7 +43,10 @@ use super::{
     caller,
     share::{Share, Shares},
 };
-use crate::{datapath::HostSets, netns::Netns};
+use crate::{
+    datapath::{HostLayouts, HostSets},
+    netns::Netns,
+};
 
 const LOCAL_TTL: u32 = 60;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,6 +68,16 @@ const MAX_HOST_ADDRS_PER_ANSWER: usize = 32;
 const MAX_HOST_TTL_SECS: u32 = 24 * 3600;
 /// The request log's size before it rotates (one older file is kept: `dns.log.1`).
 pub const LOG_MAX_BYTES: u64 = 4 << 20;
+/// Lines one app may add to the request log at once, then `LOG_LINES_PER_SEC_PER_APP`
+/// a second: an app that floods the proxy with questions (each answered and counted in
+/// the metrics as any) cannot rotate the other apps' history out of the log (~20,000
+/// lines a file). What it asked past its rate is counted in its next line that is logged
+/// (`DnsLogEntry::unlogged_before`).
+pub const LOG_BURST_PER_APP: u64 = 100;
+pub const LOG_LINES_PER_SEC_PER_APP: u64 = 10;
+/// Apps (and other senders) whose log rate is kept; past it, those with nothing left
+/// unlogged are forgotten (their rate starts full again).
+const LOG_RATES_KEPT: usize = 4096;
 
 /// What the proxy knows about one app port of its NI.
 #[derive(Debug, Clone)]
@@ -70,8 +86,9 @@ pub struct AppView {
     /// The app number its port stamps in the connection mark.
     pub app_num: u32,
     pub ifindex: u32,
-    /// (ACE index, domain suffix) of the port's host ACEs.
-    pub hosts: Vec<(usize, String)>,
+    /// The port's host layout as planned (its host ACEs' domains in ACL order): what its
+    /// host-set bits follow until the applier publishes the live one (`HostLayouts`).
+    pub hosts: Vec<String>,
 }
 
 /// Everything an NI's proxy needs, computed from the plan.
@@ -104,6 +121,14 @@ pub struct DnsLogEntry {
     pub rcode: Rcode,
     /// "local", "upstream", or why there is no answer.
     pub source: String,
+    /// Requests of the same app before this one that the log left out: past its rate
+    /// (`LOG_LINES_PER_SEC_PER_APP`). They were answered, and counted in the metrics.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlogged_before: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A DNS answer's response code: those of RFC 1035 and RFC 2136 by name ("NoError",
@@ -167,34 +192,30 @@ pub fn matches_suffix(name: &str, suffix: &str) -> bool {
             && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
 }
 
-/// The host-ACE mask for an answer to the app's question `qname`: bit k for the k-th
-/// host ACE (at most 64: the config's limit) whose domain the question is in. By the
-/// question alone, as dnsmasq's ipsets (EVE's) match: the names further down a CNAME
-/// chain are the answering domain's to choose (evil.net CNAME github.com).
-pub fn host_mask(app: &AppView, qname: &str) -> u64 {
-    app.hosts.iter().take(64).enumerate().filter(|(_, (_, suffix))| matches_suffix(qname, suffix)).fold(0, |m, (k, _)| m | (1u64 << k))
+/// The host-ACE mask for an answer to the app's question `qname` under a port's host
+/// layout (its host ACEs' domains in ACL order, `HostLayouts`): bit k for the k-th host
+/// ACE (at most 64: the config's limit) whose domain the question is in. By the question
+/// alone, as dnsmasq's ipsets (EVE's) match: the names further down a CNAME chain are the
+/// answering domain's to choose (evil.net CNAME github.com).
+pub fn host_mask(layout: &[String], qname: &str) -> u64 {
+    layout.iter().take(64).enumerate().filter(|(_, suffix)| matches_suffix(qname, suffix)).fold(0, |m, (k, _)| m | (1u64 << k))
 }
 
-/// The (address, mask, TTL) triples an answer to the app's question `qname` gives `app`
-/// (at most `MAX_HOST_ADDRS_PER_ANSWER`): of its address records, those named as the
+/// The (address, TTL) pairs an answer to the app's question `qname` gives for its host
+/// sets (at most `MAX_HOST_ADDRS_PER_ANSWER`): of its address records, those named as the
 /// question or as a CNAME leading from it (`names_asked`). A record of any other name
 /// answers nothing the app asked: an upstream that passes one on ("evil.com A 6.6.6.6"
 /// in the answer to github.com, from a server that github.com's chain leads to) would
 /// otherwise put it into the host set of github.com's ACE.
-pub fn host_updates(app: &AppView, qname: &str, answer: &Message) -> Vec<(Ipv4Addr, u64, u32)> {
-    let mask = host_mask(app, qname);
-    if mask == 0 {
-        return Vec::new();
-    }
+pub fn answered_addresses(qname: &str, answer: &Message) -> Vec<(Ipv4Addr, u32)> {
     let asked = names_asked(qname, answer);
     answer
         .answers
         .iter()
         .filter_map(|r| match &r.data {
-            RData::A(A(ip)) if asked.contains(&dns_name(&r.name.to_ascii())) => Some((*ip, mask, r.ttl)),
+            RData::A(A(ip)) if asked.contains(&dns_name(&r.name.to_ascii())) => Some((*ip, r.ttl)),
             _ => None,
         })
-        .filter(|(_, mask, _)| *mask != 0)
         .take(MAX_HOST_ADDRS_PER_ANSWER)
         .collect()
 }
@@ -325,10 +346,10 @@ impl DnsObserver {
         }
     }
 
-    /// Appends one line to the request log.
-    fn append_to_log(&self, line: &[u8]) {
+    /// Puts one request into the request log, within its app's rate.
+    fn log_request(&self, entry: &DnsLogEntry) {
         if let Some(log) = &self.log {
-            log.lock().unwrap().append(line);
+            log.lock().unwrap().record(entry, crate::datapath::monotonic_ns());
         }
     }
 
@@ -401,6 +422,9 @@ pub struct DnsProxy {
     /// Swapped whole when the NI's apps change (`DnsHandle::update`).
     cfg: std::sync::RwLock<Arc<NiDnsConfig>>,
     hosts: Mutex<HostSets>,
+    /// The live layout of each port's host-set bits, and the lock that orders answers
+    /// against the applier's ACL switches.
+    layouts: Arc<HostLayouts>,
     in_flight: Semaphore,
     /// Queries in flight per app number (0: senders that are no app).
     per_app: Arc<Shares>,
@@ -412,34 +436,65 @@ pub struct DnsProxy {
     observer: Arc<DnsObserver>,
 }
 
-/// The DNS request log: JSON lines, rotated to `<path>.1` past `LOG_MAX_BYTES`.
+/// The DNS request log: JSON lines, rotated to `<path>.1` past `LOG_MAX_BYTES`, each
+/// app's lines within its rate.
 struct RequestLog {
     path: PathBuf,
     file: Option<std::fs::File>,
     size: u64,
+    /// (NI, app) -> its rate, and how many of its requests went unlogged since its last
+    /// line.
+    rates: HashMap<(String, String), (Bucket, u64)>,
 }
 
 impl RequestLog {
     fn open(path: PathBuf) -> RequestLog {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
         let size = file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
-        RequestLog { path, file, size }
+        RequestLog { path, file, size, rates: HashMap::new() }
+    }
+
+    /// Appends `entry` when its app's rate allows (`now_ns`: monotonic); else counts it
+    /// for the app's next line.
+    fn record(&mut self, entry: &DnsLogEntry, now_ns: u64) {
+        if self.rates.len() >= LOG_RATES_KEPT {
+            self.rates.retain(|_, (_, unlogged)| *unlogged > 0);
+        }
+        let (bucket, unlogged) = self
+            .rates
+            .entry((entry.ni.clone(), entry.app.clone()))
+            .or_insert_with(|| (Bucket::new(LOG_LINES_PER_SEC_PER_APP, LOG_BURST_PER_APP, limit::UNIT_SECOND_NS), 0));
+        if !limit::take(bucket, now_ns) {
+            *unlogged += 1;
+            return;
+        }
+        let entry = DnsLogEntry { unlogged_before: std::mem::take(unlogged), ..entry.clone() };
+        if let Ok(mut line) = serde_json::to_vec(&entry) {
+            line.push(b'\n');
+            self.append(&line);
+        }
     }
 
     fn append(&mut self, line: &[u8]) {
         // (Opened with the agent, perhaps before its state dir was made: tried again.)
         if self.file.is_none() {
-            *self = RequestLog::open(self.path.clone());
+            self.reopen();
         }
         if self.size + line.len() as u64 > LOG_MAX_BYTES {
             let _ = std::fs::rename(&self.path, rotated_log(&self.path));
-            *self = RequestLog::open(self.path.clone());
+            self.reopen();
         }
         if let Some(file) = self.file.as_mut() {
             if file.write_all(line).is_ok() {
                 self.size += line.len() as u64;
             }
         }
+    }
+
+    /// The file opened anew (its rates kept).
+    fn reopen(&mut self) {
+        let fresh = RequestLog::open(self.path.clone());
+        (self.file, self.size) = (fresh.file, fresh.size);
     }
 }
 
@@ -465,6 +520,12 @@ pub fn print_log_table(entries: &[DnsLogEntry]) {
             e.source,
             e.answers.join(",")
         );
+        if e.unlogged_before > 0 {
+            println!(
+                "{:<14} {:<8} {:<10} ({} requests before this one not logged: over the app's log rate)",
+                "", "", "", e.unlogged_before
+            );
+        }
     }
     println!("{} requests", entries.len());
 }
@@ -477,7 +538,13 @@ pub fn rotated_log(path: &std::path::Path) -> PathBuf {
 
 impl DnsProxy {
     /// Binds gateway:53 inside `ns` and serves until the handle stops it.
-    pub fn spawn(cfg: NiDnsConfig, ns: &Netns, pin_dir: &std::path::Path, observer: Arc<DnsObserver>) -> Result<DnsHandle> {
+    pub fn spawn(
+        cfg: NiDnsConfig,
+        ns: &Netns,
+        pin_dir: &std::path::Path,
+        layouts: Arc<HostLayouts>,
+        observer: Arc<DnsObserver>,
+    ) -> Result<DnsHandle> {
         let addr = SocketAddr::from((cfg.gateway, 53));
         let (udp, tcp) = crate::netns::run_in(ns, || {
             let udp = std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
@@ -496,6 +563,7 @@ impl DnsProxy {
         info!("{}: DNS proxy on {addr} (upstream {:?})", cfg.ni, cfg.upstreams);
         let proxy = Arc::new(DnsProxy {
             hosts: Mutex::new(HostSets::open(pin_dir)?),
+            layouts,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             per_app: Shares::new(MAX_IN_FLIGHT_PER_APP),
             tcp_per_app: Shares::new(MAX_TCP_CONNECTIONS_PER_APP),
@@ -699,30 +767,29 @@ impl DnsProxy {
         None
     }
 
-    /// Host set entries for the addresses `answer` gave the app at `src`, by its host
-    /// ACEs as they are now: an ACL change since the question came (it may have come
-    /// on a TCP connection opened long before) renumbers the ACEs a host set's bits
-    /// stand for. `asked`: the app as it was when the question came; another app at
-    /// that address now (or none) gets nothing from it.
+    /// Host set entries for the addresses `answer` gave the app at `src`, by its port's
+    /// host layout as it is when they are written (`HostLayouts`): an ACL change since the
+    /// question came (it may have come on a TCP connection opened long before) renumbers
+    /// the ACEs a host set's bits stand for. `asked`: the app as it was when the question
+    /// came; another app at that address now (or none) gets nothing from it.
     fn update_hosts(&self, src: Ipv4Addr, asked: &AppView, qname: &str, answer: &Message) {
-        let Some(app) = self.cfg().apps.get(&src).filter(|a| a.app_num == asked.app_num && a.ifindex == asked.ifindex).cloned() else {
-            debug!("{}: {} is no longer {} on its port: its answer for {qname} goes in no host set", self.cfg().ni, src, asked.app);
+        let cfg = self.cfg();
+        let Some(app) = cfg.apps.get(&src).filter(|a| a.app_num == asked.app_num && a.ifindex == asked.ifindex) else {
+            debug!("{}: {} is no longer {} on its port: its answer for {qname} goes in no host set", cfg.ni, src, asked.app);
             return;
         };
-        let app = &app;
-        let updates = host_updates(app, qname, answer);
-        if updates.is_empty() {
+        let addresses = answered_addresses(qname, answer);
+        if addresses.is_empty() {
             return;
         }
         let now = crate::datapath::monotonic_ns();
+        let expiry =
+            |ttl: u32| now + Duration::from_secs(ttl.min(MAX_HOST_TTL_SECS) as u64).as_nanos() as u64 + cfg.host_grace.as_nanos() as u64;
+        let entries: Vec<(Ipv4Addr, u64)> = addresses.into_iter().map(|(ip, ttl)| (ip, expiry(ttl))).collect();
+        let key = IfaceKey { zone: cfg.zone, ifindex: app.ifindex };
         let mut hosts = self.hosts.lock().unwrap();
-        for (ip, mask, ttl) in updates {
-            let ttl = Duration::from_secs(ttl.min(MAX_HOST_TTL_SECS) as u64);
-            let expires = now + ttl.as_nanos() as u64 + self.cfg().host_grace.as_nanos() as u64;
-            let key = HostKey { zone: self.cfg().zone, ifindex: app.ifindex, addr: ip.octets() };
-            if let Err(e) = hosts.add(key, mask, expires) {
-                warn!("{}: host set for {}: {e:#}", self.cfg().ni, app.app);
-            }
+        if let Err(e) = self.layouts.add_answer(&mut hosts, key, &app.hosts, |layout| host_mask(layout, qname), &entries) {
+            warn!("{}: host set for {}: {e:#}", cfg.ni, app.app);
         }
     }
 
@@ -740,6 +807,7 @@ impl DnsProxy {
             answers: answers.to_vec(),
             rcode,
             source: source.to_string(),
+            unlogged_before: 0,
         };
         debug!(?entry, "dns");
         let source = match source {
@@ -748,10 +816,7 @@ impl DnsProxy {
             _ => AnswerSource::None,
         };
         self.observer.observe(&entry, source);
-        if let Ok(mut line) = serde_json::to_vec(&entry) {
-            line.push(b'\n');
-            self.observer.append_to_log(&line);
-        }
+        self.observer.log_request(&entry);
     }
 }
 
@@ -838,7 +903,13 @@ mod tests {
     use super::*;
 
     fn app() -> AppView {
-        AppView { app: "app1".into(), app_num: 1, ifindex: 7, hosts: vec![(0, "github.com".into()), (3, "example.org".into())] }
+        AppView { app: "app1".into(), app_num: 1, ifindex: 7, hosts: vec!["github.com".into(), "example.org".into()] }
+    }
+
+    /// What an answer to `qname` puts into app1's host sets: (address, mask, TTL).
+    fn host_updates(app: &AppView, qname: &str, answer: &Message) -> Vec<(Ipv4Addr, u64, u32)> {
+        let mask = host_mask(&app.hosts, qname);
+        answered_addresses(qname, answer).into_iter().filter(|_| mask != 0).map(|(ip, ttl)| (ip, mask, ttl)).collect()
     }
 
     #[test]
@@ -948,26 +1019,78 @@ mod tests {
 
     /// Every NI's proxy appends through the one observer: the log rotates once when it
     /// is full, and no line goes to the older half or is lost after the rotation.
+    fn request(ni: &str, app: &str, name: String) -> DnsLogEntry {
+        let (ni, app) = (ni.to_string(), app.to_string());
+        DnsLogEntry {
+            time: 0.0,
+            ni,
+            app,
+            name,
+            qtype: "A".into(),
+            answers: vec![],
+            rcode: Rcode::NoError,
+            source: "local".into(),
+            unlogged_before: 0,
+        }
+    }
+
+    /// The entries in the log at `path` (and its older half).
+    fn logged(path: &std::path::Path) -> Vec<DnsLogEntry> {
+        [rotated_log(path), path.to_path_buf()]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .flat_map(|text| text.lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<DnsLogEntry>>())
+            .collect()
+    }
+
     #[test]
     fn the_request_log_is_one_file_for_every_ni_and_rotates_once() {
         let dir = std::env::temp_dir().join(format!("netns-agent-dns-log-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("dns.log");
         let observer = DnsObserver::new(None, Some(path.clone()));
-        let line = |ni: usize, n: usize| format!("{{\"ni\":\"ni{ni}\",\"n\":{n},\"pad\":\"{}\"}}\n", "x".repeat(200));
-        let lines = (LOG_MAX_BYTES as usize / 200) * 3 / 2;
+        // Two NIs' apps, each within its rate; a file and a half of lines.
+        let entry = |n: usize| request(&format!("ni{}", n % 2 + 1), "app1", format!("{n:06}.{}", "x".repeat(160)));
+        let lines = LOG_MAX_BYTES as usize * 3 / 2 / (serde_json::to_vec(&entry(0)).unwrap().len() + 1);
+        let mut log = observer.log.as_ref().unwrap().lock().unwrap();
         for n in 0..lines {
-            observer.append_to_log(line(n % 2 + 1, n).as_bytes());
+            log.record(&entry(n), 1 + n as u64 * 100_000_000);
         }
-        let (older, newer) = (std::fs::read_to_string(rotated_log(&path)).unwrap(), std::fs::read_to_string(&path).unwrap());
+        let older = std::fs::read_to_string(rotated_log(&path)).unwrap();
+        let entries = logged(&path);
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(older.len() as u64 <= LOG_MAX_BYTES && !newer.is_empty());
-        let numbers: Vec<usize> = older
-            .lines()
-            .chain(newer.lines())
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap() as usize)
-            .collect();
-        assert_eq!(numbers, (0..lines).collect::<Vec<_>>(), "every line once, in order, across the rotation");
+        assert!(older.len() as u64 <= LOG_MAX_BYTES);
+        let numbers: Vec<usize> = entries.iter().map(|e| e.name.split('.').next().unwrap().parse().unwrap()).collect();
+        assert!(numbers == (0..lines).collect::<Vec<_>>(), "every line once, in order, across the rotation: {} of {lines}", numbers.len());
+    }
+
+    #[test]
+    fn one_apps_flood_is_logged_within_its_rate_and_counted() {
+        let dir = std::env::temp_dir().join(format!("netns-agent-dns-rate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dns.log");
+        let mut log = RequestLog::open(path.clone());
+        let second = limit::UNIT_SECOND_NS;
+        for n in 0..1000 {
+            log.record(&request("ni1", "app1", format!("flood{n}.example")), second);
+        }
+        log.record(&request("ni1", "app2", "github.com".into()), second);
+        log.record(&request("ni2", "app1", "github.com".into()), second);
+        // A second later app1 of ni1 has ten lines again; its first says what went unlogged.
+        for n in 0..11 {
+            log.record(&request("ni1", "app1", format!("later{n}.example")), 2 * second);
+        }
+        let entries = logged(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        let of = |ni: &str, app: &str| entries.iter().filter(|e| e.ni == ni && e.app == app).collect::<Vec<_>>();
+        let flood = of("ni1", "app1");
+        assert_eq!(flood.len() as u64, LOG_BURST_PER_APP + LOG_LINES_PER_SEC_PER_APP);
+        assert_eq!(flood[LOG_BURST_PER_APP as usize].name, "later0.example");
+        assert_eq!(flood[LOG_BURST_PER_APP as usize].unlogged_before, 1000 - LOG_BURST_PER_APP);
+        let unlogged: u64 = flood.iter().map(|e| e.unlogged_before).sum();
+        assert_eq!(flood.len() as u64 + unlogged + 1, 1011, "each request logged or counted (the last one waits for the next line)");
+        assert_eq!(of("ni1", "app2").len(), 1, "another app's line is logged");
+        assert_eq!(of("ni2", "app1").len(), 1, "an app of the same name on another NI has its own rate");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use tracing::{info, warn};
 
 use crate::{
+    datapath::HostLayouts,
     netlink::{Netlink, Uplinks},
     netns::{self, Netns},
     plan::{NiPlan, Plan, VpnPlan},
@@ -67,13 +68,15 @@ pub struct Services {
     nis: BTreeMap<String, NiServices>,
     uplinks: Arc<RwLock<Uplinks>>,
     dns: Arc<dns::DnsObserver>,
+    host_layouts: Arc<HostLayouts>,
 }
 
 impl Services {
     /// `uplinks` is kept current by the agent (the metadata server reports the uplink
-    /// address); the DNS proxies report to `dns`.
-    pub fn new(uplinks: Arc<RwLock<Uplinks>>, dns: Arc<dns::DnsObserver>) -> Services {
-        Services { nis: BTreeMap::new(), uplinks, dns }
+    /// address); the DNS proxies report to `dns` and write the host sets under the
+    /// applier's `host_layouts`.
+    pub fn new(uplinks: Arc<RwLock<Uplinks>>, dns: Arc<dns::DnsObserver>, host_layouts: Arc<HostLayouts>) -> Services {
+        Services { nis: BTreeMap::new(), uplinks, dns, host_layouts }
     }
 
     /// Starts, updates and stops services to match `plan`. NIs in `rebuilt` have a new
@@ -114,7 +117,12 @@ impl Services {
         let dns_cfg = dns_config(plan, ni, &ns).await?;
         match &s.dns {
             Some(h) => h.update(dns_cfg),
-            None => s.dns = Some(dns::DnsProxy::spawn(dns_cfg, &ns, &plan.pin_dir, self.dns.clone()).context("starting the DNS proxy")?),
+            None => {
+                s.dns = Some(
+                    dns::DnsProxy::spawn(dns_cfg, &ns, &plan.pin_dir, self.host_layouts.clone(), self.dns.clone())
+                        .context("starting the DNS proxy")?,
+                )
+            }
         }
         let meta = metadata::NiMetaConfig {
             ni: ni.name.clone(),
@@ -175,7 +183,7 @@ async fn dns_config(plan: &Plan, ni: &NiPlan, ns: &Netns) -> Result<dns::NiDnsCo
     for port in &ni.ports {
         // A port that failed to apply has no interface: its app gets no answers.
         let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
-        apps.insert(port.ip, dns::AppView { app: port.app.clone(), app_num: port.app_num, ifindex, hosts: port.hosts.clone() });
+        apps.insert(port.ip, dns::AppView { app: port.app.clone(), app_num: port.app_num, ifindex, hosts: port.host_layout() });
         names.insert(port.app.to_ascii_lowercase(), port.ip);
     }
     let upstreams = match &ni.uplink {
