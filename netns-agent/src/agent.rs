@@ -183,6 +183,7 @@ impl Agent {
         let loaded = source.load()?;
         let plan = plan::build(&loaded.config);
         let mut applier = Applier::open(&plan.pin_dir, &plan.state_dir)?;
+        applier.publish_recorded_host_layouts();
         let record = applier.record();
         if status::agent_alive(record.agent_pid) && record.agent_pid != std::process::id() {
             bail!("an agent (pid {}) already runs over {}", record.agent_pid, plan.state_dir.display());

@@ -154,7 +154,7 @@ pub trait AclMaps {
     /// A page of a field's summary (`summary`).
     fn summary_page(&self, key: &SummaryKey) -> Option<&SummaryPage>;
     fn ace(&self, key: &AceKey) -> Option<&Ace>;
-    /// The ACE index of host ACE number `key.index` (its ordinal among the host ACEs).
+    /// The ACE index of the host ACE whose bit in the host set's mask is `key.index`.
     fn host_ace(&self, key: &AceKey) -> Option<u32>;
 }
 
@@ -165,6 +165,10 @@ pub trait AclMaps {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AclShape {
     pub aces: u32,
+    /// One past the last host ACE's bit (0: no host ACEs). An ACL's host ACEs take the
+    /// bits from a base up, in ACE order (`compile`): the agent gives a changed ACL bits
+    /// the live one does not use, so that host sets can hold both ACLs' bits while it
+    /// switches (`datapath::HostLayouts`).
     pub host_aces: u32,
     pub digest: u64,
 }
@@ -188,6 +192,11 @@ pub fn digest(aces: &[Ace]) -> u64 {
 }
 
 impl AclShape {
+    /// The first host ACE's bit, the ACL's host ACEs (`host_count`) given.
+    pub fn host_base(&self, host_count: u32) -> u32 {
+        self.host_aces.saturating_sub(host_count)
+    }
+
     pub fn chunks(&self) -> u32 {
         let chunks = (self.aces as usize).div_ceil(CHUNK_ACES);
         if chunks > MAX_CHUNKS {
@@ -248,18 +257,19 @@ pub enum HostStep {
     Decides(u32),
     /// Its domain did not resolve to the remote, or its other fields do not match.
     Next,
-    /// It comes at or after `before` (or the ACL lacks it): no later ordinal can decide.
+    /// It comes at or after `before`: no later ordinal can decide.
     Stop,
 }
 
-/// One step of the host pass: host ACE number `ordinal`, which decides only before
-/// `before` (the bitmaps' answer).
+/// One step of the host pass: the host ACE of bit `ordinal`, which decides only before
+/// `before` (the bitmaps' answer). A bit below the ACL's base names no host ACE of it
+/// (another ACL's, whose bits the host set may hold while the port switches): next.
 #[inline(always)]
 pub fn host_step(maps: &impl AclMaps, acl: u32, ordinal: u32, q: &AceQuery, before: u32) -> HostStep {
     if ordinal as usize >= MAX_HOST_ACES || q.facts.host_mask & (1u64 << ordinal) == 0 {
         return HostStep::Next;
     }
-    let Some(index) = maps.host_ace(&AceKey { acl, index: ordinal }) else { return HostStep::Stop };
+    let Some(index) = maps.host_ace(&AceKey { acl, index: ordinal }) else { return HostStep::Next };
     if index >= before {
         return HostStep::Stop;
     }
@@ -310,7 +320,12 @@ pub fn first_decider(maps: &impl AclMaps, acl: u32, shape: &AclShape, q: &AceQue
 /// The walk the bitmaps stand for: ACEs in order, first that decides. A host ACE's bit in
 /// the host set's mask is its ordinal among the host ACEs.
 pub fn reference_first(aces: &[Ace], q: &AceQuery) -> Option<u32> {
-    let mut ordinal = 0;
+    reference_first_at(aces, 0, q)
+}
+
+/// `reference_first` for an ACL whose host ACEs' bits start at `host_base`.
+pub fn reference_first_at(aces: &[Ace], host_base: u32, q: &AceQuery) -> Option<u32> {
+    let mut ordinal = host_base as usize;
     for (i, ace) in aces.iter().enumerate() {
         let host_ok = if ace.matches & MATCH_HOST != 0 {
             let ok = ordinal < MAX_HOST_ACES && q.facts.host_mask & (1 << ordinal) != 0;
@@ -327,7 +342,7 @@ pub fn reference_first(aces: &[Ace], q: &AceQuery) -> Option<u32> {
 }
 
 #[cfg(any(test, feature = "user"))]
-pub use compile::{compile, CompiledAcl};
+pub use compile::{compile, host_count, CompiledAcl};
 
 #[cfg(any(test, feature = "user"))]
 mod compile {
@@ -358,16 +373,24 @@ mod compile {
         }
     }
 
+    /// How many host ACEs of `aces` have a bit (at most `MAX_HOST_ACES`).
+    pub fn host_count(aces: &[Ace]) -> u32 {
+        aces.iter().take(MAX_CLASSIFIED_ACES).filter(|a| a.matches & MATCH_HOST != 0).take(MAX_HOST_ACES).count() as u32
+    }
+
     /// Compiles `aces` (at most `MAX_CLASSIFIED_ACES`, at most `MAX_HOST_ACES` of them
-    /// host ACEs: the config checks both; more are left out) under id `acl`.
-    pub fn compile(acl: u32, aces: &[Ace]) -> CompiledAcl {
+    /// host ACEs: the config checks both; more are left out) under id `acl`, its host
+    /// ACEs on the host set's bits from `host_base` up (those past the last bit left out:
+    /// the agent picks a base that leaves them room).
+    pub fn compile(acl: u32, aces: &[Ace], host_base: u32) -> CompiledAcl {
         let aces = &aces[..aces.len().min(MAX_CLASSIFIED_ACES)];
         let mut out = CompiledAcl::default();
         let host_indexes = aces.iter().enumerate().filter(|(_, a)| a.matches & MATCH_HOST != 0).map(|(i, _)| i as u32);
-        for (ordinal, index) in host_indexes.take(MAX_HOST_ACES).enumerate() {
+        for (ordinal, index) in (host_base as usize..MAX_HOST_ACES).zip(host_indexes) {
             out.hosts.push((AceKey { acl, index: ordinal as u32 }, index));
         }
-        out.shape = AclShape { aces: aces.len() as u32, host_aces: out.hosts.len() as u32, digest: digest(aces) };
+        let host_aces = out.hosts.last().map_or(0, |(k, _)| k.index + 1);
+        out.shape = AclShape { aces: aces.len() as u32, host_aces, digest: digest(aces) };
         out.aces = aces
             .chunks(ACES_PER_GROUP)
             .enumerate()

@@ -114,7 +114,7 @@ impl Loaded {
         let mut maps = Maps::open(&pin_dir).unwrap();
         let key = IfaceKey { zone: ni.zone(), ifindex: LOOPBACK };
         // As the agent publishes a port: its ACL under an id of its own, then the entry.
-        let acl_id = maps.write_acl(&port.acl).unwrap();
+        let acl_id = maps.write_acl(&port.acl, 0).unwrap();
         let info = reconcile::port_iface_info(ni, &port, acl_id);
         maps.set_port(key, info).unwrap();
         maps.ensure_port_counters(key).unwrap();
@@ -257,7 +257,7 @@ fn entries_a_killed_agent_left_under_an_id_with_no_shape_go_and_their_id_is_not_
 
     // The next agent opens the maps and writes the port's ACL anew, then switches to it.
     let mut maps = Maps::open(&l.pins.0).unwrap();
-    let id = maps.write_acl(&l.port.acl).unwrap();
+    let id = maps.write_acl(&l.port.acl, 0).unwrap();
     assert!(id > orphan, "the new ACL's id {id} must not be the orphaned entries' {orphan}");
     let mut info = maps.port(key).unwrap();
     info.acl_id = id;
@@ -324,7 +324,7 @@ fn ten_thousand_aces_decide_by_position_and_swap_whole() {
             Ace { id: at + 1, matches: target, prefix: [10, 9, 0, 0], prefix_len: 16, proto: PROTO_TCP, fport: 443, ..Ace::default() };
         aces[2500] = Ace { id: 2501, matches: acl::MATCH_HOST, action: acl::ACTION_DROP, ..Ace::default() };
         let live = l.maps.port(key).unwrap();
-        let acl_id = l.maps.write_acl(&aces).unwrap();
+        let acl_id = l.maps.write_acl(&aces, 0).unwrap();
         l.maps.set_port(key, IfaceInfo { acl_id, ..live }).unwrap();
         l.maps.acls.remove(live.acl_id);
         assert!(l.maps.acls.shape(live.acl_id).is_none(), "the replaced ACL is gone");
@@ -336,7 +336,7 @@ fn ten_thousand_aces_decide_by_position_and_swap_whole() {
         let (verdict, id, drop) = if at < 2500 { (TC_ACT_OK, at + 1, false) } else { (TC_ACT_SHOT, 2501, true) };
         assert_eq!(syn(&l), (verdict, mark::compose(l.port.app_num, id, true, drop)), "host ACE vs ACE {}", at + 1);
         // Only the live ACL's entries are left (the replaced ones went, walked or not).
-        assert_eq!(l.maps.acls.entries(), classify::compile(acl_id, &aces).entries(), "ACL {acl_id}");
+        assert_eq!(l.maps.acls.entries(), classify::compile(acl_id, &aces, 0).entries(), "ACL {acl_id}");
     }
 }
 
@@ -363,7 +363,7 @@ fn the_search_reads_only_the_chunks_the_summary_names() {
     let mut aces: Vec<Ace> = (0..9_999).map(drop).collect();
     aces.push(Ace { id: 10_000, ..Ace::default() });
     let live = l.maps.port(key).unwrap();
-    let acl_id = l.maps.write_acl(&aces).unwrap();
+    let acl_id = l.maps.write_acl(&aces, 0).unwrap();
     l.maps.set_port(key, IfaceInfo { acl_id, ..live }).unwrap();
     let mut sport = 42000;
     let mut syn = |l: &Loaded, port: u16| {

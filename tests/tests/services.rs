@@ -490,6 +490,93 @@ print(sent, answered)
     assert!(s.whoami(&app1, "10.98.0.10", 80).is_some(), "google.com's ACE allows it");
 }
 
+/// `HOSTS` with app1's ACL a host ACE that drops google.com, then its github.com one: an
+/// address of github.com under the first host ACE's bit is dropped.
+fn google_dropped_then_github() -> String {
+    HOSTS.replacen(
+        r#"{ id = 1, match = { host = "github.com" } }"#,
+        r#"{ id = 2, match = { host = "google.com" }, action = "drop" }, { id = 1, match = { host = "github.com" } }"#,
+        1,
+    )
+}
+
+/// A flow that a host ACE allowed lives through ACL changes that move the ACE (github.com's
+/// becomes the first host ACE when google.com's goes, and the second again when it comes
+/// back, before it), and so after the agent restarted: its packets are judged again under each new
+/// ACL, by host sets that must say github.com under whichever ACL the port names at that
+/// moment. (They were rewritten to the new ACL's bits only after the port had switched:
+/// a packet judged in between was dropped, and the flow with it.)
+#[test]
+fn a_flow_of_a_host_ace_lives_through_changes_that_move_the_ace() {
+    let mut s = scenario(&[]);
+    let inet = s.inet.clone();
+    s.echo_server(&inet, "0.0.0.0", 7007);
+    let both = google_dropped_then_github();
+    let out = s.apply(&both);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let app1 = s.app("app1").to_string();
+    assert_eq!(s.dns_a(&app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
+    // A session to github.com while github.com's ACE moves.
+    let moved = |s: &Scenario, round: usize, config: &str| {
+        let stop = std::env::temp_dir().join(format!("netns-agent-test-{}-moved-{round}", s.id));
+        let _ = std::fs::remove_file(&stop);
+        let script = netns_tests::py_script("echo_session.py");
+        let session = s.background(&app1, &["python3", &script, "10.99.0.10", "7007", "60", "0", stop.to_str().unwrap()]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = s.apply(config);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // Long enough for a session whose packets the port drops to time out (3 s).
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::write(&stop, "").unwrap();
+        let out = session.finish();
+        let _ = std::fs::remove_file(&stop);
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        eprintln!("round {round}: {r}; rejudged {}", s.counter("rejudged"));
+        assert!(r["error"].is_null() && r["sent"] == r["echoed"] && r["sent"].as_u64() > Some(0), "round {round}: the session lived: {r}");
+    };
+    for round in 1..=5 {
+        moved(&s, round, if round % 2 == 1 { HOSTS } else { &both });
+    }
+    // The agent restarted over the data path learns where github.com's bits are.
+    s.stop_agent();
+    s.start_agent();
+    moved(&s, 6, &both);
+}
+
+/// An agent that starts over a running data path answers DNS before its first apply has
+/// gone through the ports: those answers go into the host sets under the live ACL's bits,
+/// as the record and the maps tell them (here not the first ACL's: github.com's host ACE
+/// is on bit 2), not under none, which would leave the app's next connection blocked.
+#[test]
+fn answers_while_the_agent_starts_go_in_under_the_live_acl() {
+    let mut s = scenario(&[]);
+    let both = google_dropped_then_github();
+    let out = s.apply(&both);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.kill_agent();
+    // Asks until the first answer, then no more.
+    let ask = r#"
+import socket, struct, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.02)
+q = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + b"\x06github\x03com\x00" + struct.pack("!HH", 1, 1)
+print("ready", flush=True)
+for i in range(1500):
+    s.sendto(q, ("10.10.1.1", 53))
+    try:
+        print(len(s.recv(512)), i)
+        break
+    except socket.timeout:
+        pass
+"#;
+    let app1 = s.app("app1").to_string();
+    let asking = Background::ready(&app1, &["python3", "-c", ask]);
+    s.start_agent();
+    let out = asking.finish();
+    eprintln!("answer (bytes, attempt): {}", String::from_utf8_lossy(&out.stdout).trim());
+    assert!(!out.stdout.is_empty(), "answered: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.whoami(&app1, "10.99.0.10", 80).is_some(), "github.com's ACE allows the address the answer gave");
+}
+
 /// A DNS UPDATE (or any opcode but QUERY) is answered NOTIMP by the proxy and never
 /// reaches the uplink's resolver, which might take it.
 #[test]

@@ -76,18 +76,19 @@ impl AclStore {
         })
     }
 
-    /// Writes `aces` under a new id (returned), the shape last: until the port's entry
-    /// names the id, no program reads it. On an error nothing of it stays. `named`: the
-    /// highest id the ports' entries name (asked at the first write), which with those
-    /// below stays theirs (and the flows' decided under them), even where an agent of
-    /// another map version wrote them.
-    pub fn write(&mut self, aces: &[Ace], named: impl FnOnce() -> u32) -> Result<u32> {
+    /// Writes `aces` under a new id (returned), its host ACEs on the host sets' bits from
+    /// `host_base` up, the shape last: until the port's entry names the id, no program
+    /// reads it. On an error nothing of it stays. `named`: the highest id the ports'
+    /// entries name (asked at the first write), which with those below stays theirs (and
+    /// the flows' decided under them), even where an agent of another map version wrote
+    /// them.
+    pub fn write(&mut self, aces: &[Ace], host_base: u32, named: impl FnOnce() -> u32) -> Result<u32> {
         let id = match self.next_id {
             Some(id) => id,
             None => self.ids_with_entries().into_iter().fold(named(), u32::max).checked_add(1).unwrap_or(1),
         };
         self.next_id = Some(id.checked_add(1).unwrap_or(1));
-        let compiled = classify::compile(id, aces);
+        let compiled = classify::compile(id, aces, host_base);
         let keys = AclKeys::of(&compiled);
         if let Err(e) = self.insert(id, &compiled) {
             self.remove_keys(id, &keys);
@@ -130,6 +131,16 @@ impl AclStore {
         Some(aces)
     }
 
+    /// The first host-set bit of ACL `id`, which holds `aces` (0: no such ACL).
+    pub fn host_base(&self, id: u32, aces: &[Ace]) -> u32 {
+        self.shape(id).map_or(0, |s| s.host_base(classify::host_count(aces)))
+    }
+
+    /// ACL `id`, which holds `aces`, compiled again as it was written: for its keys.
+    fn compiled_again(&self, id: u32, aces: &[Ace]) -> CompiledAcl {
+        classify::compile(id, aces, self.host_base(id, aces))
+    }
+
     /// Whether ACL `id` holds exactly `aces` (by the digest in its shape, written after
     /// the rest of it).
     pub fn holds(&self, id: u32, aces: &[Ace]) -> bool {
@@ -144,7 +155,7 @@ impl AclStore {
             return self.remove_keys(id, &keys);
         }
         match self.aces(id) {
-            Some(aces) => self.remove_keys(id, &AclKeys::of(&classify::compile(id, &aces))),
+            Some(aces) => self.remove_keys(id, &AclKeys::of(&self.compiled_again(id, &aces))),
             None => {
                 self.remove_where(|acl| acl == id);
             }
@@ -155,7 +166,7 @@ impl AclStore {
     /// reading back); else as `remove`. (An ACL this agent wrote goes by its keys.)
     pub fn remove_holding(&mut self, id: u32, aces: &[Ace]) {
         match !self.written.contains_key(&id) && self.holds(id, aces) {
-            true => self.remove_keys(id, &AclKeys::of(&classify::compile(id, aces))),
+            true => self.remove_keys(id, &AclKeys::of(&self.compiled_again(id, aces))),
             false => self.remove(id),
         }
     }

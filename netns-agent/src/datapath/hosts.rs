@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
-use netns_ebpf_common::{map_names, HostEntry, HostKey, IfaceKey};
+use netns_ebpf_common::{classify::MAX_HOST_ACES, map_names, HostEntry, HostKey, IfaceKey};
 
 use super::{open_map, remove_where};
 
@@ -54,14 +54,12 @@ impl HostSets {
         remove_where(&mut self.map, |k, _| k.zone == key.zone && k.ifindex == key.ifindex);
     }
 
-    /// Rewrites the ACE masks of a port's entries from layout `old` to `new` (its host
-    /// ACEs moved in the ACL): a domain's addresses follow its ACE; entries left with no
-    /// ACE go.
-    fn relayout_port(&mut self, key: IfaceKey, old: &[String], new: &[String]) {
+    /// Rewrites the masks of a port's entries by `rewrite`; entries left with no bit go.
+    fn rewrite_port(&mut self, key: IfaceKey, rewrite: impl Fn(u64) -> u64) {
         let entries: Vec<(HostKey, HostEntry)> =
             self.map.iter().flatten().filter(|(k, _)| k.zone == key.zone && k.ifindex == key.ifindex).collect();
         for (k, e) in entries {
-            let mask = relayout_mask(e.ace_mask, old, new);
+            let mask = rewrite(e.ace_mask);
             if mask == e.ace_mask {
                 continue;
             }
@@ -74,15 +72,61 @@ impl HostSets {
     }
 }
 
-/// The domains of an app port's host ACEs, in ACL order: bit k of its host-set masks
-/// stands for the k-th.
-pub type HostLayout = Vec<String>;
+/// Which host-set bits stand for which of an app port's host ACEs: the k-th host ACE of
+/// its ACL (whose domain is `domains[k]`) has bit `base + k`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostLayout {
+    pub base: u32,
+    pub domains: Vec<String>,
+}
+
+impl HostLayout {
+    /// The bits it uses.
+    fn bits(&self) -> u64 {
+        (0..self.domains.len()).map(|k| bit(self.base as usize + k)).fold(0, |m, b| m | b)
+    }
+
+    /// Where an ACL of `count` host ACEs that replaces this layout's puts them: on bits
+    /// this one does not use, below it or above it, so that a host set can hold both while
+    /// the port switches; None: there is no room beside it (more than 64 host ACEs
+    /// between the two).
+    pub fn base_beside(&self, count: usize) -> Option<u32> {
+        let (base, len) = (self.base as usize, self.domains.len());
+        if count <= base {
+            Some(0)
+        } else if base + len + count <= MAX_HOST_ACES {
+            Some((base + len) as u32)
+        } else {
+            None
+        }
+    }
+
+    /// A mask under this layout, carried to `new`: each of its host ACEs' bits to the
+    /// bits of the new ACL's host ACEs of the same domain; those of domains that left drop
+    /// out, and so do bits this layout does not use.
+    fn carried_to(&self, mask: u64, new: &HostLayout) -> u64 {
+        self.domains
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| mask & bit(self.base as usize + k) != 0)
+            .flat_map(|(_, domain)| new.domains.iter().enumerate().filter(move |(_, d)| *d == domain))
+            .fold(0, |m, (j, _)| m | bit(new.base as usize + j))
+    }
+}
+
+fn bit(k: usize) -> u64 {
+    if k < 64 {
+        1u64 << k
+    } else {
+        0
+    }
+}
 
 /// Each app port's live host layout (that of the ACL its IFACE entry names), and the lock
 /// that orders the DNS proxies' answers against the applier's ACL switches: an answer
 /// goes into a host set under the layout live as it is written, and a switch to an ACL
-/// whose host ACEs moved rewrites the port's masks to the new layout before any later
-/// answer is written. (Proxies that numbered the bits by their own copy of the plan, which
+/// whose host ACEs moved rewrites the port's masks to the new layout (`LayoutSwitch`)
+/// before any later answer is written. (Proxies that numbered the bits by their own copy of the plan, which
 /// follows an apply, wrote an answer that came between a switch and that copy's update
 /// under the old numbering: the address was then allowed by whichever ACE took that
 /// number, until the entry expired, up to a day later.) One per agent, shared by the
@@ -92,20 +136,17 @@ pub struct HostLayouts(Mutex<StdHashMap<IfaceKey, HostLayout>>);
 
 impl HostLayouts {
     /// Adds an answer's addresses (`addrs`: address, expiry) to port `key`'s host set,
-    /// with the bits `mask_of` gives under the port's live layout, or under `recorded`
-    /// while the applier has published none (an agent's start, before its first apply
-    /// reaches the port: the record's layout, which the maps hold). Returns the mask
-    /// written (0: none).
+    /// with the bits `mask_of` gives under the port's live layout (none published: no
+    /// ACL of the port is live yet, nothing to match). Returns the mask written (0: none).
     pub fn add_answer(
         &self,
         hosts: &mut HostSets,
         key: IfaceKey,
-        recorded: &[String],
-        mask_of: impl Fn(&[String]) -> u64,
+        mask_of: impl Fn(&HostLayout) -> u64,
         addrs: &[(Ipv4Addr, u64)],
     ) -> Result<u64> {
         let live = self.0.lock().unwrap();
-        let mask = mask_of(live.get(&key).map_or(recorded, Vec::as_slice));
+        let mask = live.get(&key).map_or(0, mask_of);
         if mask != 0 {
             for (ip, expires) in addrs {
                 hosts.add(HostKey { zone: key.zone, ifindex: key.ifindex, addr: ip.octets() }, mask, *expires)?;
@@ -114,9 +155,22 @@ impl HostLayouts {
         Ok(mask)
     }
 
+    /// Port `key`'s live layout.
+    pub fn live(&self, key: IfaceKey) -> Option<HostLayout> {
+        self.0.lock().unwrap().get(&key).cloned()
+    }
+
+    /// Port `key`'s layout, as an agent's record and maps tell it at start (the first
+    /// apply publishes each port's anew).
+    pub fn publish(&self, key: IfaceKey, layout: HostLayout) {
+        self.0.lock().unwrap().insert(key, layout);
+    }
+
     /// Starts switching port `key` to another ACL: until `LayoutSwitch::finish`, no
-    /// answer is written. The caller points the port's entry at the new ACL, then
-    /// finishes; dropped unfinished (the entry could not be written), nothing changes.
+    /// answer is written. The caller writes the new ACL (on bits beside the live
+    /// layout's where there is room: `HostLayout::base_beside`), has the host sets
+    /// `prepare`d, points the port's entry at the ACL, then finishes; dropped unfinished
+    /// (the entry could not be written), the live layout stays.
     pub fn begin_switch(&self, key: IfaceKey) -> LayoutSwitch<'_> {
         LayoutSwitch { live: self.0.lock().unwrap(), key }
     }
@@ -139,41 +193,63 @@ pub struct LayoutSwitch<'a> {
 }
 
 impl LayoutSwitch<'_> {
-    /// The port's entry names the ACL of `layout` now: its masks are rewritten from the
-    /// layout live so far (`recorded`, where none was published) to `layout`, which is
-    /// then the live one.
-    pub fn finish(mut self, hosts: &mut HostSets, recorded: Option<&[String]>, layout: HostLayout) {
-        if let Some(old) = self.live.get(&self.key).map(Vec::as_slice).or(recorded).filter(|old| *old != layout.as_slice()) {
-            hosts.relayout_port(self.key, old, &layout);
+    /// The port's live layout (None: no ACL of it is live, or the agent does not know it).
+    fn live(&self) -> Option<&HostLayout> {
+        self.live.get(&self.key)
+    }
+
+    /// Before the port's entry names the ACL of layout `new`: where `new` uses other bits
+    /// than the live layout, each entry gets the new ACL's bits beside the live ones, so
+    /// that the entry says the same under either ACL while the programs may read either.
+    /// (With the bits rewritten only after the switch, a flow a moved host ACE allowed
+    /// was judged again under the new ACL by the old bits in between, and dropped for
+    /// good.)
+    pub fn prepare(&self, hosts: &mut HostSets, new: &HostLayout) {
+        if let Some(old) = self.live().filter(|old| *old != new && old.bits() & new.bits() == 0) {
+            hosts.rewrite_port(self.key, |mask| mask | old.carried_to(mask, new));
+        }
+    }
+
+    /// The port's entry names the ACL of `layout` now: its masks keep only that
+    /// layout's bits (carried from the live layout's where `prepare` could not put them
+    /// beside), and `layout` is the live one.
+    pub fn finish(mut self, hosts: &mut HostSets, layout: HostLayout) {
+        if let Some(old) = self.live().filter(|old| **old != layout) {
+            hosts.rewrite_port(self.key, |mask| old.carried_to(mask, &layout));
         }
         self.live.insert(self.key, layout);
     }
 }
 
-/// A host-set mask under layout `old`, carried to layout `new`: each bit to the ACEs of
-/// the same domain; ACEs that left drop out.
-fn relayout_mask(mask: u64, old: &[String], new: &[String]) -> u64 {
-    let bit = |k: usize| if k < 64 { 1u64 << k } else { 0 };
-    old.iter()
-        .enumerate()
-        .filter(|(k, _)| mask & bit(*k) != 0)
-        .flat_map(|(_, domain)| new.iter().enumerate().filter(move |(_, d)| *d == domain))
-        .fold(0, |m, (j, _)| m | bit(j))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::relayout_mask;
+    use super::HostLayout;
+
+    fn layout(base: u32, domains: &[&str]) -> HostLayout {
+        HostLayout { base, domains: domains.iter().map(|d| d.to_string()).collect() }
+    }
 
     #[test]
     fn host_masks_follow_their_domains() {
-        let domains = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        // Bits are host ACE ordinals: github.com is the first host ACE, then the second.
-        let old = domains(&["github.com", "zededa.com"]);
-        let new = domains(&["zededa.com", "github.com"]);
-        assert_eq!(relayout_mask(1 << 0, &old, &new), 1 << 1);
-        assert_eq!(relayout_mask(1 << 0 | 1 << 1, &old, &new), 1 << 1 | 1);
+        let old = layout(0, &["github.com", "zededa.com"]);
+        let new = layout(0, &["zededa.com", "github.com"]);
+        assert_eq!(old.carried_to(1 << 0, &new), 1 << 1);
+        assert_eq!(old.carried_to(1 << 0 | 1 << 1, &new), 1 << 1 | 1);
         // A domain that left the ACL takes its bit with it.
-        assert_eq!(relayout_mask(1 << 1, &old, &new[1..]), 0);
+        assert_eq!(old.carried_to(1 << 1, &layout(0, &["github.com"])), 0);
+        // On bits beside the old ones; bits the old layout does not use drop out.
+        let beside = layout(old.base_beside(2).unwrap(), &["zededa.com", "github.com"]);
+        assert_eq!(beside.base, 2);
+        assert_eq!(old.carried_to(1 << 0 | 1 << 40, &beside), 1 << 3);
+        assert_eq!(beside.carried_to(1 << 3 | 1 << 0, &layout(beside.base_beside(1).unwrap(), &["github.com"])), 1 << 0);
+    }
+
+    #[test]
+    fn a_new_layout_goes_beside_the_live_one_where_there_is_room() {
+        assert_eq!(layout(0, &["a"; 3]).base_beside(5), Some(3));
+        assert_eq!(layout(3, &["a"; 5]).base_beside(3), Some(0));
+        assert_eq!(layout(3, &["a"; 5]).base_beside(4), Some(8));
+        assert_eq!(layout(0, &["a"; 40]).base_beside(24), Some(40));
+        assert_eq!(layout(0, &["a"; 40]).base_beside(25), None, "64 bits between the two");
     }
 }

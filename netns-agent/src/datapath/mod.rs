@@ -41,7 +41,7 @@ use netns_ebpf_common::{
 use tracing::{debug, info};
 
 pub use self::acls::AclStore;
-pub use self::hosts::{HostLayouts, HostSets};
+pub use self::hosts::{HostLayout, HostLayouts, HostSets};
 use crate::netns::{self, Netns};
 
 /// The eBPF object, built by build.rs (aya-build) and embedded at compile time.
@@ -503,9 +503,10 @@ impl Maps {
     }
 
     /// Writes `aces` as a new ACL (`AclStore::write`) under an id no port's entry names.
-    pub fn write_acl(&mut self, aces: &[Ace]) -> Result<u32> {
+    pub fn write_acl(&mut self, aces: &[Ace], host_base: u32) -> Result<u32> {
         let ifaces = &self.ifaces;
-        self.acls.write(aces, || ifaces.iter().flatten().flat_map(|(_, info)| [info.acl_id, info.prev_acl_id]).max().unwrap_or(0))
+        self.acls
+            .write(aces, host_base, || ifaces.iter().flatten().flat_map(|(_, info)| [info.acl_id, info.prev_acl_id]).max().unwrap_or(0))
     }
 
     /// Marks `addr` as the device's own: apps' new flows to it are dropped unless a port

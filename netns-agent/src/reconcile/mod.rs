@@ -106,6 +106,21 @@ impl Applier {
         &self.record
     }
 
+    /// Tells the DNS proxies each live port's host layout as the record and the maps say
+    /// (a data path left by an earlier agent), before the first apply publishes each
+    /// port's anew: an answer that comes while the agent starts goes in under it.
+    pub fn publish_recorded_host_layouts(&mut self) {
+        let record: Vec<NiPlan> = self.record.nis.values().map(|r| r.plan.clone()).collect();
+        let layouts = self.host_layouts();
+        let Ok(maps) = self.maps() else { return };
+        for (key, info) in maps.ports() {
+            let port = record.iter().filter(|ni| ni.zone() == key.zone).flat_map(|ni| &ni.ports).find(|p| p.mac == info.app_mac);
+            if let Some(layout) = port.and_then(|p| port::recorded_host_layout(maps, &info, p)) {
+                layouts.publish(key, layout);
+            }
+        }
+    }
+
     /// The ports' live host-set layouts, for the DNS proxies that write the host sets.
     pub fn host_layouts(&self) -> Arc<HostLayouts> {
         self.host_layouts.clone()

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{programs, Applier, ApplyOutcome, NiDriver};
 use crate::{
-    datapath::{self, HostLayouts, Maps},
+    datapath::{self, HostLayout, HostLayouts, Maps},
     netlink::Netlink,
     netns::{self, Netns},
     plan::{NiPlan, PortPlan, BRIDGE},
@@ -120,7 +120,7 @@ fn write_maps<K: NiDriver>(
 ) -> Result<()> {
     let published = maps.port(key);
     let swap_started = std::time::Instant::now();
-    let acl = port_acl(maps, p, published.as_ref(), before)?;
+    let acl = port_acl(maps, p, published.as_ref(), before, layouts.live(key).as_ref())?;
     if acl.replaces.is_some() {
         out.report.changes.push(format!("{}: ACL of {} ({}) changed", ni.name, p.bridge_port, p.app));
     }
@@ -140,9 +140,12 @@ fn write_maps<K: NiDriver>(
             info.flags |= IFACE_FLAG_IP_KNOWN;
         }
     }
-    // The switch to a new ACL: one update of the port's entry. The host sets follow the
-    // new ACL's host ACEs before any DNS answer is written again (`HostLayouts`).
+    // The switch to a new ACL: one update of the port's entry. Meanwhile no DNS answer is
+    // written, and the host sets say the same under the old ACL and the new one: the new
+    // one's bits beside the old ones' first, the old ones' dropped after (`HostLayouts`).
+    let layout = HostLayout { base: acl.host_base, domains: p.host_layout() };
     let switch = layouts.begin_switch(key);
+    switch.prepare(&mut maps.hosts, &layout);
     if published != Some(info) {
         if let Err(e) = maps.set_port(key, info) {
             drop(switch);
@@ -153,7 +156,7 @@ fn write_maps<K: NiDriver>(
         }
         debug!(port = p.bridge_port, acl_id = acl.id, "port config written");
     }
-    switch.finish(&mut maps.hosts, before.map(PortPlan::host_layout).as_deref(), p.host_layout());
+    switch.finish(&mut maps.hosts, layout);
     // The new ACL decides from here on; what follows is the old one's removal.
     let switched = swap_started.elapsed();
     match (acl.replaces, before) {
@@ -196,6 +199,8 @@ fn write_maps<K: NiDriver>(
 /// The ACL a port's entry is to name.
 struct PortAcl {
     id: u32,
+    /// Its host ACEs' first bit in the host sets.
+    host_base: u32,
     /// `id` is new: the ACL was written under it now.
     written: bool,
     /// The published ACL it replaces.
@@ -208,20 +213,51 @@ struct PortAcl {
 /// The ACL the port's entry names: the published one while it holds the plan's ACEs, or
 /// a new id with the ACL written under it. A new id also makes the programs judge again
 /// the port's live flows that the change may decide otherwise. `before`: the port as
-/// recorded, whose ACEs the published ACL holds when its digest says so.
-fn port_acl(maps: &mut Maps, p: &PortPlan, published: Option<&IfaceInfo>, before: Option<&PortPlan>) -> Result<PortAcl> {
+/// recorded, whose ACEs the published ACL holds when its digest says so. `live_hosts`:
+/// the published ACL's host layout, beside which a new ACL puts its host ACEs' bits (the
+/// same bits when its host ACEs are the same).
+fn port_acl(
+    maps: &mut Maps,
+    p: &PortPlan,
+    published: Option<&IfaceInfo>,
+    before: Option<&PortPlan>,
+    live_hosts: Option<&HostLayout>,
+) -> Result<PortAcl> {
     match published {
-        Some(live) if maps.acls.holds(live.acl_id, &p.acl) => Ok(PortAcl { id: live.acl_id, written: false, replaces: None, kept_aces: 0 }),
+        Some(live) if maps.acls.holds(live.acl_id, &p.acl) => {
+            let host_base = maps.acls.host_base(live.acl_id, &p.acl);
+            Ok(PortAcl { id: live.acl_id, host_base, written: false, replaces: None, kept_aces: 0 })
+        }
         live => {
+            let domains = p.host_layout();
+            let host_base = match live_hosts {
+                Some(l) if l.domains == domains => l.base,
+                Some(l) => l.base_beside(domains.len()).unwrap_or_else(|| {
+                    info!(
+                        port = p.bridge_port,
+                        "more than 64 host ACEs between the live ACL and the new one: their host-set bits overlap, and a flow \
+                         that a moved host ACE allowed may be judged without it while the port switches"
+                    );
+                    0
+                }),
+                None => 0,
+            };
             let kept_aces = match (live, before) {
                 (Some(live), Some(before)) if maps.acls.holds(live.acl_id, &before.acl) => {
                     before.acl.iter().zip(&p.acl).take_while(|(a, b)| a == b).count() as u32
                 }
                 _ => 0,
             };
-            Ok(PortAcl { id: maps.write_acl(&p.acl)?, written: true, replaces: live.map(|l| l.acl_id), kept_aces })
+            Ok(PortAcl { id: maps.write_acl(&p.acl, host_base)?, host_base, written: true, replaces: live.map(|l| l.acl_id), kept_aces })
         }
     }
+}
+
+/// The host layout of the ACL that port entry `info` names, when the port's record `p`
+/// says which ACEs it holds: what an agent starting over a running data path tells its
+/// DNS proxies (`Applier::publish_recorded_host_layouts`).
+pub fn recorded_host_layout(maps: &Maps, info: &IfaceInfo, p: &PortPlan) -> Option<HostLayout> {
+    maps.acls.holds(info.acl_id, &p.acl).then(|| HostLayout { base: maps.acls.host_base(info.acl_id, &p.acl), domains: p.host_layout() })
 }
 
 /// The app's end of a veth port, in the app's netns: MAC, address (unless the app asks

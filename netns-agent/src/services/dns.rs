@@ -44,7 +44,7 @@ use super::{
     share::{Share, Shares},
 };
 use crate::{
-    datapath::{HostLayouts, HostSets},
+    datapath::{HostLayout, HostLayouts, HostSets},
     netns::Netns,
 };
 
@@ -86,9 +86,6 @@ pub struct AppView {
     /// The app number its port stamps in the connection mark.
     pub app_num: u32,
     pub ifindex: u32,
-    /// The port's host layout as planned (its host ACEs' domains in ACL order): what its
-    /// host-set bits follow until the applier publishes the live one (`HostLayouts`).
-    pub hosts: Vec<String>,
 }
 
 /// Everything an NI's proxy needs, computed from the plan.
@@ -192,13 +189,13 @@ pub fn matches_suffix(name: &str, suffix: &str) -> bool {
             && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
 }
 
-/// The host-ACE mask for an answer to the app's question `qname` under a port's host
-/// layout (its host ACEs' domains in ACL order, `HostLayouts`): bit k for the k-th host
-/// ACE (at most 64: the config's limit) whose domain the question is in. By the question
-/// alone, as dnsmasq's ipsets (EVE's) match: the names further down a CNAME chain are the
-/// answering domain's to choose (evil.net CNAME github.com).
-pub fn host_mask(layout: &[String], qname: &str) -> u64 {
-    layout.iter().take(64).enumerate().filter(|(_, suffix)| matches_suffix(qname, suffix)).fold(0, |m, (k, _)| m | (1u64 << k))
+/// The host-ACE mask for an answer to the app's question `qname` under its port's host
+/// layout (`HostLayout`): the bit of each host ACE whose domain the question is in. By
+/// the question alone, as dnsmasq's ipsets (EVE's) match: the names further down a CNAME
+/// chain are the answering domain's to choose (evil.net CNAME github.com).
+pub fn host_mask(layout: &HostLayout, qname: &str) -> u64 {
+    let bit = |k: usize| 1u64.checked_shl(layout.base + k as u32).unwrap_or(0);
+    layout.domains.iter().enumerate().filter(|(_, suffix)| matches_suffix(qname, suffix)).fold(0, |m, (k, _)| m | bit(k))
 }
 
 /// The (address, TTL) pairs an answer to the app's question `qname` gives for its host
@@ -788,7 +785,7 @@ impl DnsProxy {
         let entries: Vec<(Ipv4Addr, u64)> = addresses.into_iter().map(|(ip, ttl)| (ip, expiry(ttl))).collect();
         let key = IfaceKey { zone: cfg.zone, ifindex: app.ifindex };
         let mut hosts = self.hosts.lock().unwrap();
-        if let Err(e) = self.layouts.add_answer(&mut hosts, key, &app.hosts, |layout| host_mask(layout, qname), &entries) {
+        if let Err(e) = self.layouts.add_answer(&mut hosts, key, |layout| host_mask(layout, qname), &entries) {
             warn!("{}: host set for {}: {e:#}", cfg.ni, app.app);
         }
     }
@@ -903,12 +900,14 @@ mod tests {
     use super::*;
 
     fn app() -> AppView {
-        AppView { app: "app1".into(), app_num: 1, ifindex: 7, hosts: vec!["github.com".into(), "example.org".into()] }
+        AppView { app: "app1".into(), app_num: 1, ifindex: 7 }
     }
 
-    /// What an answer to `qname` puts into app1's host sets: (address, mask, TTL).
-    fn host_updates(app: &AppView, qname: &str, answer: &Message) -> Vec<(Ipv4Addr, u64, u32)> {
-        let mask = host_mask(&app.hosts, qname);
+    /// What an answer to `qname` puts into app1's host sets (host ACEs for github.com,
+    /// then example.org): (address, mask, TTL).
+    fn host_updates(_: &AppView, qname: &str, answer: &Message) -> Vec<(Ipv4Addr, u64, u32)> {
+        let layout = HostLayout { base: 0, domains: vec!["github.com".into(), "example.org".into()] };
+        let mask = host_mask(&layout, qname);
         answered_addresses(qname, answer).into_iter().filter(|_| mask != 0).map(|(ip, ttl)| (ip, mask, ttl)).collect()
     }
 

@@ -183,7 +183,7 @@ async fn dns_config(plan: &Plan, ni: &NiPlan, ns: &Netns) -> Result<dns::NiDnsCo
     for port in &ni.ports {
         // A port that failed to apply has no interface: its app gets no answers.
         let Some(ifindex) = nl.link_index(&port.bridge_port).await? else { continue };
-        apps.insert(port.ip, dns::AppView { app: port.app.clone(), app_num: port.app_num, ifindex, hosts: port.host_layout() });
+        apps.insert(port.ip, dns::AppView { app: port.app.clone(), app_num: port.app_num, ifindex });
         names.insert(port.app.to_ascii_lowercase(), port.ip);
     }
     let upstreams = match &ni.uplink {
