@@ -138,6 +138,14 @@ const HOST_ONLY: &[(&str, &str)] = &[
     ("no_race_between_the_answer_and_the_first_connection", "the DNS proxy's ordering, userspace"),
     ("malformed_upstream_answers_get_servfail_and_insert_nothing", "the DNS proxy's parsing, userspace"),
     ("tcp_queries_are_forwarded_over_tcp", "the DNS proxy over TCP, userspace"),
+    ("a_dns_update_is_refused_and_never_forwarded", "the DNS proxy's parsing, userspace"),
+    ("a_held_dns_connection_asks_under_the_acl_of_the_moment", "the DNS proxy's view of an app, userspace"),
+    ("a_slow_metadata_client_holds_only_its_own_share", "the metadata server's limits, userspace"),
+    ("an_answer_racing_an_acl_change_opens_no_address_to_another_ace", "the DNS proxy against the applier, userspace"),
+    (
+        "answers_while_the_agent_starts_go_in_under_the_live_acl",
+        "the agent's start, userspace; a_flow_of_a_host_ace_lives_through_changes_that_move_the_ace runs host ACEs' bits on 6.1",
+    ),
 ];
 
 /// The guest script's part for one test binary: each test run on its own (`--exact`) and
