@@ -138,7 +138,7 @@ pub struct PortPlan {
     #[serde(with = "pod_hex::vec")]
     pub acl: Vec<acl::Ace>,
     /// Host ACEs in ACL order: (index in the ACL, domain suffix, lower case, no trailing
-    /// dot). The k-th is bit k of the host sets' masks.
+    /// dot). The k-th has bit base+k of the host sets' masks (`datapath::HostLayout`).
     pub hosts: Vec<(usize, String)>,
     pub user_data: Option<String>,
     /// ACE id -> the ACE's `name` (the flow log's `acl_name`; ACEs without one are absent).

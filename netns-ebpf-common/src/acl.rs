@@ -107,7 +107,8 @@ pub fn prefix_contains(prefix: Ipv4, len: u8, addr: Ipv4) -> bool {
 pub struct RemoteFacts {
     /// The remote is another app of this NI.
     pub in_eidset: bool,
-    /// Bit k: the k-th host ACE's suffix resolved (for this app) to the remote address.
+    /// Bit base+k: the ACL's k-th host ACE's suffix resolved (for this app) to the remote
+    /// address (`classify::compile`: an ACL's host ACEs from a base bit up).
     pub host_mask: u64,
     /// The remote is the device itself (the agent's netns: a veth or uplink address) and
     /// no port map listens at the flow's port there: EVE's rule, no ACE opens it.

@@ -280,7 +280,7 @@ pub fn host_step(maps: &impl AclMaps, acl: u32, ordinal: u32, q: &AceQuery, befo
 }
 
 /// The first host ACE before `before` whose domain resolved to the remote (the host set's
-/// mask, by ordinal) and whose other fields match. Ordinals follow the ACEs' order: the
+/// mask, by bit) and whose other fields match. An ACL's bits follow its ACEs' order: the
 /// first that decides is the first host ACE that does.
 #[inline(always)]
 pub fn host_first(maps: &impl AclMaps, acl: u32, shape: &AclShape, q: &AceQuery, before: u32) -> Option<u32> {
@@ -318,7 +318,8 @@ pub fn first_decider(maps: &impl AclMaps, acl: u32, shape: &AclShape, q: &AceQue
 }
 
 /// The walk the bitmaps stand for: ACEs in order, first that decides. A host ACE's bit in
-/// the host set's mask is its ordinal among the host ACEs.
+/// the host set's mask is its ordinal among the host ACEs (from `reference_first_at`'s
+/// base).
 pub fn reference_first(aces: &[Ace], q: &AceQuery) -> Option<u32> {
     reference_first_at(aces, 0, q)
 }

@@ -453,7 +453,8 @@ pub struct WalkState {
     found: u32,
     /// The chunks to read (`classify::candidate_chunks`): bit c for chunk c.
     candidates: u32,
-    _pad: u32,
+    /// The host pass's first bit: the host set mask's lowest.
+    host_from: u32,
     q: AceQuery,
 }
 
@@ -515,8 +516,14 @@ pub extern "C" fn acl_search() -> u32 {
         // No step past the last chunk the summary names.
         let through_last_candidate = 32 - (*state).candidates.leading_zeros();
         bpf_loop(shape.chunks().min(through_last_candidate), chunk_step as *mut c_void, ctx_ptr, 0);
-        if shape.host_aces > 0 {
-            bpf_loop(shape.host_aces.min(MAX_HOST_ACES as u32), host_step as *mut c_void, ctx_ptr, 0);
+        // Only the bits from the host set mask's lowest to its highest can name a host ACE
+        // that resolved to the remote (an ACL's host ACEs may sit on the top bits, beside
+        // another ACL's: `classify::compile`), and none for most flows.
+        let mask = (*state).q.facts.host_mask;
+        let (from, to) = (mask.trailing_zeros(), (64 - mask.leading_zeros()).min(shape.host_aces).min(MAX_HOST_ACES as u32));
+        if from < to {
+            (*state).host_from = from;
+            bpf_loop(to - from, host_step as *mut c_void, ctx_ptr, 0);
         }
         (*state).found
     }
@@ -545,10 +552,11 @@ extern "C" fn chunk_step(chunk: u64, state: *mut c_void) -> i64 {
     }
 }
 
-/// One host ACE, by ordinal: it decides if it comes before the bitmaps' answer.
+/// One host ACE, by its bit (`host_from` on): it decides if it comes before the bitmaps'
+/// answer.
 extern "C" fn host_step(ordinal: u64, state: *mut c_void) -> i64 {
     let state = unsafe { &mut **(state as *mut *mut WalkState) };
-    match classify::host_step(&PinnedAcls, state.acl, ordinal as u32, &state.q, state.found) {
+    match classify::host_step(&PinnedAcls, state.acl, state.host_from + ordinal as u32, &state.q, state.found) {
         HostStep::Decides(index) => {
             state.found = index;
             1

@@ -534,13 +534,43 @@ fn a_flow_of_a_host_ace_lives_through_changes_that_move_the_ace() {
         eprintln!("round {round}: {r}; rejudged {}", s.counter("rejudged"));
         assert!(r["error"].is_null() && r["sent"] == r["echoed"] && r["sent"].as_u64() > Some(0), "round {round}: the session lived: {r}");
     };
-    for round in 1..=5 {
+    for round in 1..=6 {
         moved(&s, round, if round % 2 == 1 { HOSTS } else { &both });
     }
-    // The agent restarted over the data path learns where github.com's bits are.
+    // The agent restarted over the data path learns where github.com's bits are (not on
+    // the first host ACE's).
     s.stop_agent();
     s.start_agent();
-    moved(&s, 6, &both);
+    moved(&s, 7, HOSTS);
+}
+
+/// A host ACE that comes to name another domain in its place is another ACE: the flows it
+/// allowed are judged again. (The ACL's digest left out the domains: the changed ACL
+/// looked like the live one, and a session to github.com lived on under an ACE that names
+/// example.org.)
+#[test]
+fn a_host_ace_that_names_another_domain_judges_its_flows_again() {
+    let mut s = scenario(&[]);
+    let inet = s.inet.clone();
+    s.echo_server(&inet, "0.0.0.0", 7007);
+    let app1 = s.app("app1").to_string();
+    assert_eq!(s.dns_a(&app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
+    let stop = std::env::temp_dir().join(format!("netns-agent-test-{}-renamed", s.id));
+    let _ = std::fs::remove_file(&stop);
+    let script = netns_tests::py_script("echo_session.py");
+    let session = s.background(&app1, &["python3", &script, "10.99.0.10", "7007", "60", "0.01", stop.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let rejudged = s.counter("rejudged");
+    let renamed = HOSTS.replacen(r#"match = { host = "github.com" }"#, r#"match = { host = "example.org" }"#, 1);
+    let out = s.apply(&renamed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(&stop, "").unwrap();
+    let out = session.finish();
+    let _ = std::fs::remove_file(&stop);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(!r["error"].is_null(), "the session to github.com ended: {r}");
+    assert!(s.counter("rejudged") > rejudged, "judged again");
 }
 
 /// An agent that starts over a running data path answers DNS before its first apply has

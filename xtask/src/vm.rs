@@ -142,6 +142,7 @@ const HOST_ONLY: &[(&str, &str)] = &[
     ("a_held_dns_connection_asks_under_the_acl_of_the_moment", "the DNS proxy's view of an app, userspace"),
     ("a_slow_metadata_client_holds_only_its_own_share", "the metadata server's limits, userspace"),
     ("an_answer_racing_an_acl_change_opens_no_address_to_another_ace", "the DNS proxy against the applier, userspace"),
+    ("a_host_ace_that_names_another_domain_judges_its_flows_again", "the applier's ACL comparison, userspace"),
     (
         "answers_while_the_agent_starts_go_in_under_the_live_acl",
         "the agent's start, userspace; a_flow_of_a_host_ace_lives_through_changes_that_move_the_ace runs host ACEs' bits on 6.1",

@@ -1,6 +1,7 @@
 //! The host sets: the addresses DNS answers gave each app port, each with a mask of the
-//! port's host ACEs whose domain the question was in (bit k: the k-th host ACE of the ACL
-//! the port's IFACE entry names), and the layouts those bits follow.
+//! port's host ACEs whose domain the question was in (a bit per host ACE of the ACL the
+//! port's IFACE entry names, from the ACL's base bit up), and the layouts those bits
+//! follow.
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -87,15 +88,16 @@ impl HostLayout {
     }
 
     /// Where an ACL of `count` host ACEs that replaces this layout's puts them: on bits
-    /// this one does not use, below it or above it, so that a host set can hold both while
-    /// the port switches; None: there is no room beside it (more than 64 host ACEs
-    /// between the two).
+    /// this one does not use, so that a host set can hold both while the port switches.
+    /// At one end of the 64 bits, the end this layout leaves free (a layout placed so
+    /// always touches bit 0 or bit 63): there is room whenever the two ACLs have at most
+    /// 64 host ACEs between them; None: they have more.
     pub fn base_beside(&self, count: usize) -> Option<u32> {
         let (base, len) = (self.base as usize, self.domains.len());
         if count <= base {
             Some(0)
         } else if base + len + count <= MAX_HOST_ACES {
-            Some((base + len) as u32)
+            Some((MAX_HOST_ACES - count) as u32)
         } else {
             None
         }
@@ -203,10 +205,24 @@ impl LayoutSwitch<'_> {
     /// that the entry says the same under either ACL while the programs may read either.
     /// (With the bits rewritten only after the switch, a flow a moved host ACE allowed
     /// was judged again under the new ACL by the old bits in between, and dropped for
-    /// good.)
-    pub fn prepare(&self, hosts: &mut HostSets, new: &HostLayout) {
+    /// good.) Bits the live layout does not use go (a switch that failed, or an agent killed
+    /// between `prepare` and `finish`, may have left the new bits of an ACL that never
+    /// went live). Returns whether the new bits went beside the old ones (else `finish`
+    /// carries them over after the switch: more than 64 host ACEs between the two ACLs).
+    pub fn prepare(&self, hosts: &mut HostSets, new: &HostLayout) -> bool {
+        match self.live().filter(|old| *old != new) {
+            Some(old) if old.bits() & new.bits() == 0 => {
+                hosts.rewrite_port(self.key, |mask| (mask & old.bits()) | old.carried_to(mask, new));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The switch failed: the new bits `prepare` wrote go, the live layout stays.
+    pub fn abort(self, hosts: &mut HostSets, new: &HostLayout) {
         if let Some(old) = self.live().filter(|old| *old != new && old.bits() & new.bits() == 0) {
-            hosts.rewrite_port(self.key, |mask| mask | old.carried_to(mask, new));
+            hosts.rewrite_port(self.key, |mask| mask & old.bits());
         }
     }
 
@@ -239,17 +255,27 @@ mod tests {
         assert_eq!(old.carried_to(1 << 1, &layout(0, &["github.com"])), 0);
         // On bits beside the old ones; bits the old layout does not use drop out.
         let beside = layout(old.base_beside(2).unwrap(), &["zededa.com", "github.com"]);
-        assert_eq!(beside.base, 2);
-        assert_eq!(old.carried_to(1 << 0 | 1 << 40, &beside), 1 << 3);
-        assert_eq!(beside.carried_to(1 << 3 | 1 << 0, &layout(beside.base_beside(1).unwrap(), &["github.com"])), 1 << 0);
+        assert_eq!(beside.base, 62);
+        assert_eq!(old.carried_to(1 << 0 | 1 << 40, &beside), 1 << 63);
+        assert_eq!(beside.carried_to(1 << 63 | 1 << 0, &layout(beside.base_beside(1).unwrap(), &["github.com"])), 1 << 0);
     }
 
     #[test]
-    fn a_new_layout_goes_beside_the_live_one_where_there_is_room() {
-        assert_eq!(layout(0, &["a"; 3]).base_beside(5), Some(3));
-        assert_eq!(layout(3, &["a"; 5]).base_beside(3), Some(0));
-        assert_eq!(layout(3, &["a"; 5]).base_beside(4), Some(8));
+    fn a_new_layout_goes_beside_the_live_one_whenever_the_two_fit_in_64_bits() {
+        assert_eq!(layout(0, &["a"; 3]).base_beside(5), Some(59));
+        assert_eq!(layout(59, &["a"; 5]).base_beside(3), Some(0));
         assert_eq!(layout(0, &["a"; 40]).base_beside(24), Some(40));
-        assert_eq!(layout(0, &["a"; 40]).base_beside(25), None, "64 bits between the two");
+        assert_eq!(layout(0, &["a"; 40]).base_beside(25), None, "65 host ACEs between the two");
+        // Any sequence of ACLs: each placed beside the one before whenever the two fit.
+        let mut live = layout(0, &["a"; 20]);
+        for count in [24usize, 21, 40, 3, 61, 2, 64, 0, 1] {
+            let placed = live.base_beside(count);
+            assert_eq!(placed.is_some(), live.domains.len() + count <= 64, "{} then {count}", live.domains.len());
+            let next = layout(placed.unwrap_or(0), &vec!["b"; count]);
+            if placed.is_some() {
+                assert_eq!(live.bits() & next.bits(), 0, "{live:?} then {count}");
+            }
+            live = next;
+        }
     }
 }

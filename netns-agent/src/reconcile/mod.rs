@@ -114,8 +114,15 @@ impl Applier {
         let layouts = self.host_layouts();
         let Ok(maps) = self.maps() else { return };
         for (key, info) in maps.ports() {
-            let port = record.iter().filter(|ni| ni.zone() == key.zone).flat_map(|ni| &ni.ports).find(|p| p.mac == info.app_mac);
-            if let Some(layout) = port.and_then(|p| port::recorded_host_layout(maps, &info, p)) {
+            // A veth port by the ifindex the agent gave it, a VM's tap by its MAC (when no
+            // other port of the NI has it).
+            let mut ports = record
+                .iter()
+                .filter(|ni| ni.zone() == key.zone)
+                .flat_map(|ni| &ni.ports)
+                .filter(|p| p.ifindex.map_or(p.mac == info.app_mac, |ifindex| ifindex == key.ifindex));
+            let (Some(port), None) = (ports.next(), ports.next()) else { continue };
+            if let Some(layout) = port::recorded_host_layout(maps, &info, port) {
                 layouts.publish(key, layout);
             }
         }

@@ -120,7 +120,8 @@ fn write_maps<K: NiDriver>(
 ) -> Result<()> {
     let published = maps.port(key);
     let swap_started = std::time::Instant::now();
-    let acl = port_acl(maps, p, published.as_ref(), before, layouts.live(key).as_ref())?;
+    let live_hosts = live_host_layout(maps, layouts, key, published.as_ref(), before);
+    let acl = port_acl(maps, p, published.as_ref(), before, live_hosts.as_ref())?;
     if acl.replaces.is_some() {
         out.report.changes.push(format!("{}: ACL of {} ({}) changed", ni.name, p.bridge_port, p.app));
     }
@@ -145,10 +146,12 @@ fn write_maps<K: NiDriver>(
     // one's bits beside the old ones' first, the old ones' dropped after (`HostLayouts`).
     let layout = HostLayout { base: acl.host_base, domains: p.host_layout() };
     let switch = layouts.begin_switch(key);
-    switch.prepare(&mut maps.hosts, &layout);
+    if !switch.prepare(&mut maps.hosts, &layout) && acl.written {
+        debug!(port = p.bridge_port, "host-set bits carried over after the switch");
+    }
     if published != Some(info) {
         if let Err(e) = maps.set_port(key, info) {
-            drop(switch);
+            switch.abort(&mut maps.hosts, &layout);
             if acl.written {
                 maps.acls.remove(acl.id);
             }
@@ -224,7 +227,10 @@ fn port_acl(
     live_hosts: Option<&HostLayout>,
 ) -> Result<PortAcl> {
     match published {
-        Some(live) if maps.acls.holds(live.acl_id, &p.acl) => {
+        // The ACEs as the programs read them (and the digest) leave out host ACEs' domains:
+        // an ACL whose host ACE names another domain than the record's is another ACL, and
+        // the flows that ACE decided are judged again.
+        Some(live) if maps.acls.holds(live.acl_id, &p.acl) && before.is_none_or(|b| b.hosts == p.hosts) => {
             let host_base = maps.acls.host_base(live.acl_id, &p.acl);
             Ok(PortAcl { id: live.acl_id, host_base, written: false, replaces: None, kept_aces: 0 })
         }
@@ -233,10 +239,10 @@ fn port_acl(
             let host_base = match live_hosts {
                 Some(l) if l.domains == domains => l.base,
                 Some(l) => l.base_beside(domains.len()).unwrap_or_else(|| {
-                    info!(
+                    warn!(
                         port = p.bridge_port,
                         "more than 64 host ACEs between the live ACL and the new one: their host-set bits overlap, and a flow \
-                         that a moved host ACE allowed may be judged without it while the port switches"
+                         judged again while the port switches may meet the other ACL's bits"
                     );
                     0
                 }),
@@ -244,11 +250,43 @@ fn port_acl(
             };
             let kept_aces = match (live, before) {
                 (Some(live), Some(before)) if maps.acls.holds(live.acl_id, &before.acl) => {
-                    before.acl.iter().zip(&p.acl).take_while(|(a, b)| a == b).count() as u32
+                    // A host ACE is the same where it names the same domain too.
+                    let domain = |port: &PortPlan, i: usize| port.hosts.iter().find(|(index, _)| *index == i).map(|(_, d)| d.clone());
+                    let same = |i: usize| before.acl[i] == p.acl[i] && domain(before, i) == domain(p, i);
+                    (0..before.acl.len().min(p.acl.len())).take_while(|i| same(*i)).count() as u32
                 }
                 _ => 0,
             };
-            Ok(PortAcl { id: maps.write_acl(&p.acl, host_base)?, host_base, written: true, replaces: live.map(|l| l.acl_id), kept_aces })
+            let id = maps.write_acl(&p.acl, host_base)?;
+            Ok(PortAcl { id, host_base, written: true, replaces: live.map(|l| l.acl_id), kept_aces })
+        }
+    }
+}
+
+/// The live host layout of port `key`: as published, else (an agent that has not seen the
+/// port yet) as the record and the maps say. A port whose live ACL's layout is not known
+/// loses its host sets (fail closed: the app's next answers fill them again), rather than
+/// have its bits read under another ACL.
+fn live_host_layout(
+    maps: &mut Maps,
+    layouts: &HostLayouts,
+    key: IfaceKey,
+    published: Option<&IfaceInfo>,
+    before: Option<&PortPlan>,
+) -> Option<HostLayout> {
+    if let Some(live) = layouts.live(key) {
+        return Some(live);
+    }
+    let published = published?;
+    match before.and_then(|b| recorded_host_layout(maps, published, b)) {
+        Some(recorded) => {
+            layouts.publish(key, recorded.clone());
+            Some(recorded)
+        }
+        None => {
+            warn!(ifindex = key.ifindex, "the live ACL's host ACEs are not known: the port's host sets are emptied");
+            maps.hosts.remove_port(key);
+            None
         }
     }
 }

@@ -456,6 +456,11 @@ impl RequestLog {
     fn record(&mut self, entry: &DnsLogEntry, now_ns: u64) {
         if self.rates.len() >= LOG_RATES_KEPT {
             self.rates.retain(|_, (_, unlogged)| *unlogged > 0);
+            if self.rates.len() >= LOG_RATES_KEPT {
+                // (Senders are apps and the addresses their ports let through: not reached
+                // but by a config of thousands of apps.)
+                self.rates.clear();
+            }
         }
         let (bucket, unlogged) = self
             .rates
