@@ -356,6 +356,19 @@ impl Scenario {
         PushSession { server, client, go }
     }
 
+    /// One TCP connection from `ns` to an echo server at ip:port (echo_session.py), a
+    /// line every `interval` seconds, each read back, until `EchoSession::stop`.
+    pub fn echo_session(&self, ns: &str, ip: &str, port: u16, interval: &str) -> EchoSession {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let stop = std::env::temp_dir().join(format!("netns-agent-test-{}-echo-{n}", self.id));
+        let _ = std::fs::remove_file(&stop);
+        let secs = scaled(Duration::from_secs(60)).as_secs().to_string();
+        let script = py_script("echo_session.py");
+        let session = self.background(ns, &["python3", &script, ip, &port.to_string(), &secs, interval, stop.to_str().unwrap()]);
+        EchoSession { session, stop }
+    }
+
     /// Starts the echo server of `ECHO_SERVER` on ip:port in `ns` and waits until it listens.
     pub fn echo_server(&mut self, ns: &str, ip: &str, port: u16) {
         self.spawn(ns, &["python3", "-c", ECHO_SERVER, ip, &port.to_string()]);
@@ -609,6 +622,23 @@ impl Background {
         rest.extend_from_slice(&out.stdout);
         out.stdout = rest;
         out
+    }
+}
+
+/// A session of lines echoed back (see `Scenario::echo_session`).
+pub struct EchoSession {
+    session: Background,
+    stop: PathBuf,
+}
+
+impl EchoSession {
+    /// Ends the session: what it reports (lines `sent`, `echoed`, and the `error` that
+    /// ended it early, if one did; Null if it printed nothing).
+    pub fn stop(self) -> serde_json::Value {
+        std::fs::write(&self.stop, b"").unwrap();
+        let out = self.session.finish();
+        let _ = std::fs::remove_file(&self.stop);
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 }
 

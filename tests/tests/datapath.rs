@@ -4,7 +4,7 @@
 use netns_agent::flows::{FlowRecord, Verdict};
 use std::time::Duration;
 
-use netns_tests::{py_script, scaled, wait_until, Background, EchoResult, Scenario, UdpCounter};
+use netns_tests::{scaled, wait_until, Background, EchoResult, Scenario, UdpCounter};
 use serde_json::Value;
 
 /// Two apps on one NI (app1 may reach app2's tcp/80 only, and drops UDP outright), and
@@ -137,16 +137,9 @@ fn a_ten_thousand_ace_acl_decides_by_position() {
     // gets to look.
     let mark = |port| flow(&s.flows(), "10.10.1.2", "10.10.1.3", port).map(|f| f.mark.clone());
     let held_mark = |port: u16| {
-        let stop = std::env::temp_dir().join(format!("netns-agent-test-{}-hold-{port}", s.id));
-        let _ = std::fs::remove_file(&stop);
-        let secs = scaled(Duration::from_secs(60)).as_secs().to_string();
-        let session = s.background(
-            &app1,
-            &["python3", &py_script("echo_session.py"), "10.10.1.3", &port.to_string(), &secs, "0.2", stop.to_str().unwrap()],
-        );
+        let session = s.echo_session(&app1, "10.10.1.3", port, "0.2");
         let seen = wait_until(scaled(Duration::from_secs(10)), || mark(port).is_some()).and_then(|()| mark(port));
-        std::fs::write(&stop, "").unwrap();
-        let out: Value = serde_json::from_slice(&session.finish().stdout).unwrap_or(Value::Null);
+        let out = session.stop();
         assert!(out["error"].is_null() && out["sent"] == out["echoed"], "the session on {port} ran: {out}");
         seen
     };

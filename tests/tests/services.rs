@@ -518,19 +518,13 @@ fn a_flow_of_a_host_ace_lives_through_changes_that_move_the_ace() {
     assert_eq!(s.dns_a(&app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
     // A session to github.com while github.com's ACE moves.
     let moved = |s: &Scenario, round: usize, config: &str| {
-        let stop = std::env::temp_dir().join(format!("netns-agent-test-{}-moved-{round}", s.id));
-        let _ = std::fs::remove_file(&stop);
-        let script = netns_tests::py_script("echo_session.py");
-        let session = s.background(&app1, &["python3", &script, "10.99.0.10", "7007", "60", "0", stop.to_str().unwrap()]);
+        let session = s.echo_session(&app1, "10.99.0.10", 7007, "0");
         std::thread::sleep(std::time::Duration::from_millis(300));
         let out = s.apply(config);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         // Long enough for a session whose packets the port drops to time out (3 s).
         std::thread::sleep(std::time::Duration::from_millis(500));
-        std::fs::write(&stop, "").unwrap();
-        let out = session.finish();
-        let _ = std::fs::remove_file(&stop);
-        let r: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let r = session.stop();
         eprintln!("round {round}: {r}; rejudged {}", s.counter("rejudged"));
         assert!(r["error"].is_null() && r["sent"] == r["echoed"] && r["sent"].as_u64() > Some(0), "round {round}: the session lived: {r}");
     };
@@ -555,20 +549,14 @@ fn a_host_ace_that_names_another_domain_judges_its_flows_again() {
     s.echo_server(&inet, "0.0.0.0", 7007);
     let app1 = s.app("app1").to_string();
     assert_eq!(s.dns_a(&app1, "10.10.1.1", "github.com").unwrap(), ["10.99.0.10"]);
-    let stop = std::env::temp_dir().join(format!("netns-agent-test-{}-renamed", s.id));
-    let _ = std::fs::remove_file(&stop);
-    let script = netns_tests::py_script("echo_session.py");
-    let session = s.background(&app1, &["python3", &script, "10.99.0.10", "7007", "60", "0.01", stop.to_str().unwrap()]);
+    let session = s.echo_session(&app1, "10.99.0.10", 7007, "0.01");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let rejudged = s.counter("rejudged");
     let renamed = HOSTS.replacen(r#"match = { host = "github.com" }"#, r#"match = { host = "example.org" }"#, 1);
     let out = s.apply(&renamed);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    std::fs::write(&stop, "").unwrap();
-    let out = session.finish();
-    let _ = std::fs::remove_file(&stop);
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let r = session.stop();
     assert!(!r["error"].is_null(), "the session to github.com ended: {r}");
     assert!(s.counter("rejudged") > rejudged, "judged again");
 }

@@ -55,17 +55,22 @@ impl HostSets {
         remove_where(&mut self.map, |k, _| k.zone == key.zone && k.ifindex == key.ifindex);
     }
 
-    /// Rewrites the masks of a port's entries by `rewrite`; entries left with no bit go.
-    fn rewrite_port(&mut self, key: IfaceKey, rewrite: impl Fn(u64) -> u64) {
-        let entries: Vec<(HostKey, HostEntry)> =
-            self.map.iter().flatten().filter(|(k, _)| k.zone == key.zone && k.ifindex == key.ifindex).collect();
-        for (k, e) in entries {
+    /// The keys of a port's entries: one walk over the map.
+    fn port_keys(&self, key: IfaceKey) -> Vec<HostKey> {
+        self.map.keys().flatten().filter(|k| k.zone == key.zone && k.ifindex == key.ifindex).collect()
+    }
+
+    /// Rewrites the masks of entries `keys` by `rewrite` (read by key: no walk); entries
+    /// left with no bit go, entries gone meanwhile stay gone.
+    fn rewrite(&mut self, keys: &[HostKey], rewrite: impl Fn(u64) -> u64) {
+        for k in keys {
+            let Ok(e) = self.map.get(k, 0) else { continue };
             let mask = rewrite(e.ace_mask);
             if mask == e.ace_mask {
                 continue;
             }
             if mask == 0 {
-                self.map.remove(&k).ok();
+                self.map.remove(k).ok();
             } else {
                 self.map.insert(k, HostEntry { ace_mask: mask, ..e }, 0).ok();
             }
@@ -82,9 +87,14 @@ pub struct HostLayout {
 }
 
 impl HostLayout {
+    /// The bits of its host ACEs whose domain `pred` selects.
+    pub fn mask_where(&self, pred: impl Fn(&str) -> bool) -> u64 {
+        self.domains.iter().enumerate().filter(|(_, d)| pred(d)).fold(0, |m, (k, _)| m | bit(self.base as usize + k))
+    }
+
     /// The bits it uses.
     fn bits(&self) -> u64 {
-        (0..self.domains.len()).map(|k| bit(self.base as usize + k)).fold(0, |m, b| m | b)
+        self.mask_where(|_| true)
     }
 
     /// Where an ACL of `count` host ACEs that replaces this layout's puts them: on bits
@@ -174,7 +184,7 @@ impl HostLayouts {
     /// `prepare`d, points the port's entry at the ACL, then finishes; dropped unfinished
     /// (the entry could not be written), the live layout stays.
     pub fn begin_switch(&self, key: IfaceKey) -> LayoutSwitch<'_> {
-        LayoutSwitch { live: self.0.lock().unwrap(), key }
+        LayoutSwitch { live: self.0.lock().unwrap(), key, entries: None }
     }
 
     /// A port that went.
@@ -192,6 +202,9 @@ impl HostLayouts {
 pub struct LayoutSwitch<'a> {
     live: MutexGuard<'a, StdHashMap<IfaceKey, HostLayout>>,
     key: IfaceKey,
+    /// The port's entries, once a step has walked the map for them (no answer adds one
+    /// while the switch holds the lock, and the programs only read the map).
+    entries: Option<Vec<HostKey>>,
 }
 
 impl LayoutSwitch<'_> {
@@ -209,10 +222,11 @@ impl LayoutSwitch<'_> {
     /// between `prepare` and `finish`, may have left the new bits of an ACL that never
     /// went live). Returns whether the new bits went beside the old ones (else `finish`
     /// carries them over after the switch: more than 64 host ACEs between the two ACLs).
-    pub fn prepare(&self, hosts: &mut HostSets, new: &HostLayout) -> bool {
+    pub fn prepare(&mut self, hosts: &mut HostSets, new: &HostLayout) -> bool {
         match self.live().filter(|old| *old != new) {
             Some(old) if old.bits() & new.bits() == 0 => {
-                hosts.rewrite_port(self.key, |mask| (mask & old.bits()) | old.carried_to(mask, new));
+                let old = old.clone();
+                self.rewrite(hosts, |mask| (mask & old.bits()) | old.carried_to(mask, new));
                 true
             }
             _ => false,
@@ -220,9 +234,9 @@ impl LayoutSwitch<'_> {
     }
 
     /// The switch failed: the new bits `prepare` wrote go, the live layout stays.
-    pub fn abort(self, hosts: &mut HostSets, new: &HostLayout) {
-        if let Some(old) = self.live().filter(|old| *old != new && old.bits() & new.bits() == 0) {
-            hosts.rewrite_port(self.key, |mask| mask & old.bits());
+    pub fn abort(mut self, hosts: &mut HostSets, new: &HostLayout) {
+        if let Some(old) = self.live().filter(|old| *old != new && old.bits() & new.bits() == 0).cloned() {
+            self.rewrite(hosts, |mask| mask & old.bits());
         }
     }
 
@@ -230,10 +244,16 @@ impl LayoutSwitch<'_> {
     /// layout's bits (carried from the live layout's where `prepare` could not put them
     /// beside), and `layout` is the live one.
     pub fn finish(mut self, hosts: &mut HostSets, layout: HostLayout) {
-        if let Some(old) = self.live().filter(|old| **old != layout) {
-            hosts.rewrite_port(self.key, |mask| old.carried_to(mask, &layout));
+        if let Some(old) = self.live().filter(|old| **old != layout).cloned() {
+            self.rewrite(hosts, |mask| old.carried_to(mask, &layout));
         }
         self.live.insert(self.key, layout);
+    }
+
+    /// Rewrites the port's entries, walking the map for them at the first step only.
+    fn rewrite(&mut self, hosts: &mut HostSets, rewrite: impl Fn(u64) -> u64) {
+        let entries = self.entries.get_or_insert_with(|| hosts.port_keys(self.key));
+        hosts.rewrite(entries, rewrite);
     }
 }
 

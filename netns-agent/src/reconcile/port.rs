@@ -145,7 +145,7 @@ fn write_maps<K: NiDriver>(
     // written, and the host sets say the same under the old ACL and the new one: the new
     // one's bits beside the old ones' first, the old ones' dropped after (`HostLayouts`).
     let layout = HostLayout { base: acl.host_base, domains: p.host_layout() };
-    let switch = layouts.begin_switch(key);
+    let mut switch = layouts.begin_switch(key);
     if !switch.prepare(&mut maps.hosts, &layout) && acl.written {
         debug!(port = p.bridge_port, "host-set bits carried over after the switch");
     }

@@ -194,8 +194,7 @@ pub fn matches_suffix(name: &str, suffix: &str) -> bool {
 /// the question alone, as dnsmasq's ipsets (EVE's) match: the names further down a CNAME
 /// chain are the answering domain's to choose (evil.net CNAME github.com).
 pub fn host_mask(layout: &HostLayout, qname: &str) -> u64 {
-    let bit = |k: usize| 1u64.checked_shl(layout.base + k as u32).unwrap_or(0);
-    layout.domains.iter().enumerate().filter(|(_, suffix)| matches_suffix(qname, suffix)).fold(0, |m, (k, _)| m | bit(k))
+    layout.mask_where(|suffix| matches_suffix(qname, suffix))
 }
 
 /// The (address, TTL) pairs an answer to the app's question `qname` gives for its host
