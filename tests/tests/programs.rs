@@ -25,6 +25,7 @@ use netns_agent::{
 use netns_ebpf_common::{
     acl::{self, Ace},
     classify::{self, Bits, ProtoBitsKey, SummaryKey, SummaryPage, CHUNK_WORDS},
+    ct,
     fast::TAIL_FROM_APP,
     map_names, mark,
     nat::{NatIface, PortmapKey, PortmapTarget},
@@ -225,6 +226,12 @@ fn a_reopened_flow_takes_no_more_of_its_nis_share() {
     let syn = frame::ipv4(PROTO_TCP, l.app(40000), web, TCP_SYN, b"");
     for round in 0..3 {
         assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &syn).verdict, TC_ACT_OK, "round {round}: the SYN");
+        // The entry is the new flow's (rewritten in place when the tuple closed): its
+        // counts start again, and its state is the SYN's, not the closing one's.
+        let flows = l.maps.flows();
+        assert_eq!(flows.len(), 1, "round {round}: one entry");
+        let (packets, state) = (flows[0].1.packets, flows[0].1.tcp_state);
+        assert_eq!((packets, ct::tcp_state_name(state)), ([1, 0], "SYN_SENT"), "round {round}: the flow made anew");
         let fin = frame::ipv4(PROTO_TCP, l.app(40000), web, TCP_FIN | TCP_ACK, b"");
         assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &fin).verdict, TC_ACT_OK, "round {round}: the app's FIN");
         assert_eq!(ct_counted(&l), before + 1, "round {round}: the tuple counts once");
