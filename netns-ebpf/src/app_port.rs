@@ -22,7 +22,7 @@ use netns_ebpf_common::{
     event::{self, EVENT_DROPPED, EVENT_END, EVENT_START},
     guard,
     limit::{self, LimitKey},
-    nat::{NatKey, NatValue, PortmapKey, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    nat::{NatKey, NatValue, PortmapKey, CLOCK_SLACK_NS, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, Parsed, FRAG_LATER, FRAG_NONE, TCP_RST},
     EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH, PORT_DIR_FROM_APP,
     PORT_DIR_TO_APP, PROTO_TCP, VETH_NET, VETH_NET_LEN,
@@ -297,12 +297,14 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             // this packet is that flow's. An expired or reopened flow's entry is replaced
             // (two CPUs that find the same expired entry at once both replace it: a map
             // update cannot say "only if it is still that one").
-            if let Some(old) = found.filter(|old| !ct::is_expired(unsafe { &**old }, flow.proto, now)) {
+            if let Some(old) = found.filter(|old| !ct::is_expired(unsafe { &**old }, flow.proto, now + CLOCK_SLACK_NS)) {
                 // A closing flow's tuple reopened by a SYN (a client's ports come round):
                 // rewritten in place. A map update would take a new element off the LRU's
                 // free lists and push the old one back, under their locks: a tenth of the
                 // programs' time per connection where every tuple is reused, as a busy
-                // client's are. The sweep takes only expired entries: this one is not.
+                // client's are. The sweep takes only entries expired by its clock, which
+                // runs up to CLOCK_SLACK_NS ahead of ours: never one written here (a write
+                // into an entry it took would be lost, where an update makes it again).
                 unsafe { *old = entry };
                 count(Stat::CtNew);
                 events::emit(EVENT_START, &key, &entry, Stat::CtNew);
