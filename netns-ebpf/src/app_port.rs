@@ -297,18 +297,22 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             // this packet is that flow's. An expired or reopened flow's entry is replaced
             // (two CPUs that find the same expired entry at once both replace it: a map
             // update cannot say "only if it is still that one").
-            if let Some(old) = found.filter(|old| !ct::is_expired(unsafe { &**old }, flow.proto, now + CLOCK_SLACK_NS)) {
-                // A closing flow's tuple reopened by a SYN (a client's ports come round):
-                // rewritten in place. A map update would take a new element off the LRU's
-                // free lists and push the old one back, under their locks: a tenth of the
-                // programs' time per connection where every tuple is reused, as a busy
-                // client's are. The sweep takes only entries expired by its clock, which
-                // runs up to CLOCK_SLACK_NS ahead of ours: never one written here (a write
-                // into an entry it took would be lost, where an update makes it again).
-                unsafe { *old = entry };
-                count(Stat::CtNew);
-                events::emit(EVENT_START, &key, &entry, Stat::CtNew);
-            } else if CT.insert(&key, &entry, if found.is_some() { BPF_ANY } else { BPF_NOEXIST } as u64).is_ok() {
+            let made = match found {
+                Some(old) if !ct::is_expired(unsafe { &*old }, flow.proto, now + CLOCK_SLACK_NS) => {
+                    // A closing flow's tuple reopened by a SYN (a client's ports come
+                    // round): rewritten in place. A map update would take a new element
+                    // off the LRU's free lists and push the old one back, under their
+                    // locks: a tenth of the programs' time per connection where every
+                    // tuple is reused, as a busy client's are. The sweep takes only
+                    // entries expired by its clock, which runs up to CLOCK_SLACK_NS ahead
+                    // of ours: never one written here (a write into an entry it took
+                    // would be lost, where an update makes it again).
+                    unsafe { *old = entry };
+                    true
+                }
+                _ => CT.insert(&key, &entry, if found.is_some() { BPF_ANY } else { BPF_NOEXIST } as u64).is_ok(),
+            };
+            if made {
                 count(Stat::CtNew);
                 events::emit(EVENT_START, &key, &entry, Stat::CtNew);
             } else if found.is_some() {
