@@ -305,8 +305,10 @@ impl Agent {
         self.maps.as_ref().is_some_and(|m| m.some_zone_pressed())
     }
 
-    /// Expired conntrack entries out; the flow log and the map fill figures follow.
+    /// Expired conntrack entries out; the flow log and the map fill figures follow. The
+    /// DNS request log takes the requests its rates held back from apps gone quiet.
     fn sweep(&mut self) {
+        self.dns.flush_request_log();
         if self.maps.is_none() {
             self.maps = Maps::open(&self.plan.pin_dir).ok();
         }

@@ -72,7 +72,9 @@ pub const LOG_MAX_BYTES: u64 = 4 << 20;
 /// a second: an app that floods the proxy with questions (each answered and counted in
 /// the metrics as any) cannot rotate the other apps' history out of the log (~20,000
 /// lines a file). What it asked past its rate is counted in its next line that is logged
-/// (`DnsLogEntry::unlogged_before`).
+/// (`DnsLogEntry::unlogged_before`); an app that goes quiet has its last request held
+/// back logged at the agent's next sweep (`DnsObserver::flush_request_log`), with the
+/// count of those before it.
 pub const LOG_BURST_PER_APP: u64 = 100;
 pub const LOG_LINES_PER_SEC_PER_APP: u64 = 10;
 /// Apps (and other senders) whose log rate is kept; past it, those with nothing left
@@ -349,6 +351,15 @@ impl DnsObserver {
         }
     }
 
+    /// Logs each app's last request that its rate held back, as its rate allows now,
+    /// with the count of those before it: an app that floods, then goes quiet, has its
+    /// flood on record without asking again. The agent calls it at each sweep.
+    pub fn flush_request_log(&self) {
+        if let Some(log) = &self.log {
+            log.lock().unwrap().flush_held(crate::datapath::monotonic_ns());
+        }
+    }
+
     /// The name app `app` (on zone `zone`) asked for when it was given `addr`.
     pub fn name_of(&self, zone: u32, app: Ipv4Addr, addr: Ipv4Addr) -> Option<String> {
         let names = self.names.lock().unwrap();
@@ -438,9 +449,17 @@ struct RequestLog {
     path: PathBuf,
     file: Option<std::fs::File>,
     size: u64,
-    /// (NI, app) -> its rate, and how many of its requests went unlogged since its last
-    /// line.
-    rates: HashMap<(String, String), (Bucket, u64)>,
+    /// (NI, app) -> its rate, and what it asked past it since its last line.
+    rates: HashMap<(String, String), AppLogRate>,
+}
+
+/// One app's share of the request log.
+struct AppLogRate {
+    bucket: Bucket,
+    /// Requests past the rate since the app's last line, and the last of them (logged
+    /// by `RequestLog::flush_held` when the app asks nothing more).
+    unlogged: u64,
+    held: Option<DnsLogEntry>,
 }
 
 impl RequestLog {
@@ -454,23 +473,48 @@ impl RequestLog {
     /// for the app's next line.
     fn record(&mut self, entry: &DnsLogEntry, now_ns: u64) {
         if self.rates.len() >= LOG_RATES_KEPT {
-            self.rates.retain(|_, (_, unlogged)| *unlogged > 0);
+            self.rates.retain(|_, rate| rate.unlogged > 0);
             if self.rates.len() >= LOG_RATES_KEPT {
                 // (Senders are apps and the addresses their ports let through: not reached
                 // but by a config of thousands of apps.)
                 self.rates.clear();
             }
         }
-        let (bucket, unlogged) = self
-            .rates
-            .entry((entry.ni.clone(), entry.app.clone()))
-            .or_insert_with(|| (Bucket::new(LOG_LINES_PER_SEC_PER_APP, LOG_BURST_PER_APP, limit::UNIT_SECOND_NS), 0));
-        if !limit::take(bucket, now_ns) {
-            *unlogged += 1;
+        let rate = self.rates.entry((entry.ni.clone(), entry.app.clone())).or_insert_with(|| AppLogRate {
+            bucket: Bucket::new(LOG_LINES_PER_SEC_PER_APP, LOG_BURST_PER_APP, limit::UNIT_SECOND_NS),
+            unlogged: 0,
+            held: None,
+        });
+        if !limit::take(&mut rate.bucket, now_ns) {
+            rate.unlogged += 1;
+            rate.held = Some(entry.clone());
             return;
         }
-        let entry = DnsLogEntry { unlogged_before: std::mem::take(unlogged), ..entry.clone() };
-        if let Ok(mut line) = serde_json::to_vec(&entry) {
+        let entry = DnsLogEntry { unlogged_before: std::mem::take(&mut rate.unlogged), ..entry.clone() };
+        rate.held = None;
+        self.append_entry(&entry);
+    }
+
+    /// Each app's held request (`AppLogRate::held`) logged, where its rate allows a line
+    /// now, with the count of the unlogged ones before it.
+    fn flush_held(&mut self, now_ns: u64) {
+        let mut due = Vec::new();
+        for rate in self.rates.values_mut() {
+            if rate.held.is_none() || !limit::take(&mut rate.bucket, now_ns) {
+                continue;
+            }
+            if let Some(held) = rate.held.take() {
+                // (The held one is the last of the unlogged: the rest came before it.)
+                due.push(DnsLogEntry { unlogged_before: std::mem::take(&mut rate.unlogged).saturating_sub(1), ..held });
+            }
+        }
+        for entry in due {
+            self.append_entry(&entry);
+        }
+    }
+
+    fn append_entry(&mut self, entry: &DnsLogEntry) {
+        if let Ok(mut line) = serde_json::to_vec(entry) {
             line.push(b'\n');
             self.append(&line);
         }
@@ -1080,20 +1124,31 @@ mod tests {
         log.record(&request("ni1", "app2", "github.com".into()), second);
         log.record(&request("ni2", "app1", "github.com".into()), second);
         // A second later app1 of ni1 has ten lines again; its first says what went unlogged.
-        for n in 0..11 {
+        for n in 0..15 {
             log.record(&request("ni1", "app1", format!("later{n}.example")), 2 * second);
         }
+        let before_quiet = logged(&path);
+        // Then it asks nothing more: the sweeps log the last request it held back, once.
+        log.flush_held(3 * second);
+        log.flush_held(4 * second);
         let entries = logged(&path);
         let _ = std::fs::remove_dir_all(&dir);
-        let of = |ni: &str, app: &str| entries.iter().filter(|e| e.ni == ni && e.app == app).collect::<Vec<_>>();
-        let flood = of("ni1", "app1");
+        let of = |entries: &[DnsLogEntry], ni: &str, app: &str| {
+            entries.iter().filter(|e| e.ni == ni && e.app == app).cloned().collect::<Vec<_>>()
+        };
+        let flood = of(&before_quiet, "ni1", "app1");
         assert_eq!(flood.len() as u64, LOG_BURST_PER_APP + LOG_LINES_PER_SEC_PER_APP);
         assert_eq!(flood[LOG_BURST_PER_APP as usize].name, "later0.example");
         assert_eq!(flood[LOG_BURST_PER_APP as usize].unlogged_before, 1000 - LOG_BURST_PER_APP);
         let unlogged: u64 = flood.iter().map(|e| e.unlogged_before).sum();
-        assert_eq!(flood.len() as u64 + unlogged + 1, 1011, "each request logged or counted (the last one waits for the next line)");
-        assert_eq!(of("ni1", "app2").len(), 1, "another app's line is logged");
-        assert_eq!(of("ni2", "app1").len(), 1, "an app of the same name on another NI has its own rate");
+        assert_eq!(flood.len() as u64 + unlogged + 5, 1015, "each request logged or counted, but the five held for the next line");
+        let flood = of(&entries, "ni1", "app1");
+        let last = flood.last().unwrap();
+        assert_eq!((last.name.as_str(), last.unlogged_before), ("later14.example", 4), "the held request, after the four before it");
+        let unlogged: u64 = flood.iter().map(|e| e.unlogged_before).sum();
+        assert_eq!(flood.len() as u64 + unlogged, 1015, "each request logged or counted once");
+        assert_eq!(of(&entries, "ni1", "app2").len(), 1, "another app's line is logged");
+        assert_eq!(of(&entries, "ni2", "app1").len(), 1, "an app of the same name on another NI has its own rate");
     }
 
     #[test]
