@@ -76,7 +76,18 @@ pub async fn ensure<K: NiDriver>(
 
     // A VM configures its own side.
     let Some(app) = app else {
-        info!("  {} -> app {} (tap of a VM), {} ACEs", p.bridge_port, p.app, p.acl.len());
+        if p.check_mac {
+            info!("  {} -> app {} (tap of a VM), {} ACEs", p.bridge_port, p.app, p.acl.len());
+        } else {
+            // The port knows no MAC of the VM's to hold it to: say so where it is set up.
+            warn!(
+                "  {} -> app {} (tap of a VM), {} ACEs; no MAC configured: the port checks neither the VM's source MAC, nor \
+                 its ARP sender, nor the client its DHCP messages name (set app.interface.mac)",
+                p.bridge_port,
+                p.app,
+                p.acl.len()
+            );
+        }
         return Ok(());
     };
     configure_app_end(&app, ni, p).await?;
