@@ -176,15 +176,18 @@ pub fn candidate_port(random: u32, attempt: u32, min: u16, max: u16) -> u16 {
 pub fn flags_after(flags: u8, proto: u8, tcp_flags: u8) -> u8 {
     let mut f = flags | NAT_FLAG_USED;
     if proto == crate::PROTO_TCP {
-        use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+        use crate::packet::{TCP_FIN, TCP_RST, TCP_SYN};
         if tcp_flags & TCP_RST != 0 {
             f |= NAT_FLAG_RST;
         } else {
             f &= !NAT_FLAG_RST;
         }
+        // A SYN opens the tuple again: the client's on the original half, the server's
+        // SYN-ACK on the reply half (which never sees a bare SYN: keeping the old flow's
+        // FIN there held the new flow's translation to the closing 2 minutes).
         if tcp_flags & TCP_FIN != 0 {
             f |= NAT_FLAG_CLOSING;
-        } else if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        } else if tcp_flags & TCP_SYN != 0 {
             f &= !NAT_FLAG_CLOSING;
         }
     }
@@ -370,6 +373,8 @@ mod tests {
         assert!(!pair_expired(PROTO_TCP, &NatValue { flags: closing, ..rev }, Some(&fwd), 169 * SEC), "half closed");
         assert!(pair_expired(PROTO_TCP, &NatValue { flags: closing, ..rev }, Some(&fwd), 171 * SEC));
         assert_eq!(flags_after(closing, PROTO_TCP, crate::packet::TCP_SYN) & NAT_FLAG_CLOSING, 0);
+        let syn_ack = crate::packet::TCP_SYN | crate::packet::TCP_ACK;
+        assert_eq!(flags_after(closing, PROTO_TCP, syn_ack) & NAT_FLAG_CLOSING, 0, "the reply half reopens on the SYN-ACK");
         // A FIN each way: still 2 minutes (the far end's TIME_WAIT), not the conntrack's 10 s.
         let fwd_closed = NatValue { flags: flags_after(fwd.flags, PROTO_TCP, crate::packet::TCP_FIN), ..fwd };
         let rev_closed = NatValue { flags: closing, ..rev };

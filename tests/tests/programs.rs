@@ -505,6 +505,44 @@ fn source_nat_rewrites_both_ways_with_right_checksums() {
     assert_eq!((ran.verdict, &ran.frame), (TC_ACT_OK, &to_agent));
 }
 
+/// A TCP translation lives as long as its flow: 5 days once answered, 2 minutes once
+/// closing. A flow on a closed flow's tuple takes that translation again and must get
+/// the 5 days back: its reply half sees the server's SYN-ACK, never a bare SYN, and kept
+/// the old flow's FIN, so an idle connection on a reused tuple lost its translation
+/// after 2 minutes (its next packet left by another port, which the server refuses).
+#[test]
+fn a_reused_tuples_translation_lives_as_long_as_its_new_flow() {
+    let mut l = Loaded::new();
+    translating(&mut l);
+    let web = remote([10, 99, 0, 10], 80);
+    let out = |l: &Loaded, flags: u8| {
+        let ran = l.run(prog_names::NAT_EGRESS, &frame::ipv4(PROTO_TCP, l.app(40000), web, flags, b""));
+        assert_eq!(ran.verdict, TC_ACT_OK);
+        frame::ends(&ran.frame).0
+    };
+    let (ni_ip, port) = out(&l, TCP_SYN);
+    assert_eq!(ni_ip, l.ni.ni_ip, "translated");
+    let back = |l: &Loaded, flags: u8| {
+        let ran = l.run(prog_names::NAT_INGRESS, &frame::ipv4(PROTO_TCP, web, End { mac: GATEWAY_MAC, ip: ni_ip, port }, flags, b""));
+        assert_eq!(ran.verdict, TC_ACT_OK);
+        frame::ends(&ran.frame).1
+    };
+    let app = (l.port.ip, 40000);
+    // The first flow: answered, then closed each way.
+    assert_eq!(back(&l, TCP_SYN | TCP_ACK), app);
+    out(&l, TCP_ACK);
+    out(&l, TCP_FIN | TCP_ACK);
+    back(&l, TCP_FIN | TCP_ACK);
+    out(&l, TCP_ACK);
+    // The same tuple again: the same translation, answered, then idle.
+    assert_eq!(out(&l, TCP_SYN), (ni_ip, port), "the closed flow's translation, taken again");
+    assert_eq!(back(&l, TCP_SYN | TCP_ACK), app);
+    out(&l, TCP_ACK);
+    let sweep = l.maps.expire_flows(datapath::monotonic_ns() + 180 * 1_000_000_000);
+    assert_eq!(sweep.removed, 0, "idle 3 minutes, past a closing flow's 2: the open flow's translation stays");
+    assert_eq!(back(&l, TCP_ACK), app, "the server's next segment still reaches the app");
+}
+
 #[test]
 fn a_port_map_rewrites_the_destination_and_its_replies_the_source() {
     let mut l = Loaded::new();
