@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use netns_ebpf_common::{
     ct::{CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_ENDED, FLAG_JUDGED_TO_APP, VERDICT_DROP},
-    event::{FlowEvent, EVENT_DROPPED, EVENT_END, EVENT_START},
+    event::{FlowEvent, EVENT_DROPPED, EVENT_END, EVENT_REPLACED, EVENT_START},
     map_names,
     mark::{self, implicit, DEFAULT_DROP_ACE_ID},
     Stat,
@@ -67,6 +67,9 @@ pub enum EndReason {
     /// Its entry vanished between two sweeps without a close (the conntrack map, full,
     /// evicted it): the counters are those of the last sweep.
     Evicted,
+    /// A new flow on its tuple took its entry (a SYN after a half close, a packet after
+    /// it expired, before the sweep): its final counters.
+    Replaced,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +292,7 @@ pub fn record_of_event(e: &FlowEvent, at: Lookups, clock: Clock) -> Option<FlowL
     let (kind, end) = match e.kind {
         EVENT_START => (RecordKind::Start, None),
         EVENT_END => (RecordKind::End, Some(EndReason::Closed)),
+        EVENT_REPLACED => (RecordKind::End, Some(EndReason::Replaced)),
         EVENT_DROPPED => (RecordKind::Dropped, None),
         _ => return None,
     };
@@ -361,6 +365,7 @@ impl RecordCount {
             RecordCount::Flow(RecordKind::End, Some(EndReason::Expired)) => "end_expired",
             RecordCount::Flow(RecordKind::End, Some(EndReason::Removed)) => "end_removed",
             RecordCount::Flow(RecordKind::End, Some(EndReason::Evicted)) => "end_evicted",
+            RecordCount::Flow(RecordKind::End, Some(EndReason::Replaced)) => "end_replaced",
             RecordCount::Flow(RecordKind::End, _) => "end_closed",
             RecordCount::Dns => "dns",
         }
@@ -584,7 +589,7 @@ impl FlowLog {
                         table.start(&e.key, &e.value);
                         None
                     }
-                    EVENT_END => table.end(&e.key, Some(&e.value)),
+                    EVENT_END | EVENT_REPLACED => table.end(&e.key, Some(&e.value)),
                     EVENT_DROPPED => {
                         table.ended.entry(AceKey::of(e.key.zone, &e.value)).or_default().flows += 1;
                         None

@@ -24,6 +24,10 @@ pub const EVENT_START: u8 = 1;
 pub const EVENT_END: u8 = 2;
 /// A dropped flow's first packet (its record in DROP_V2 was made).
 pub const EVENT_DROPPED: u8 = 3;
+/// A flow whose entry a new flow on its tuple took (a SYN after a half close, a packet
+/// after it expired) before its end was sent: the entry's final counters. (The agent's
+/// sweep would never see it end.)
+pub const EVENT_REPLACED: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

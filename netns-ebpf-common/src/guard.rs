@@ -86,6 +86,25 @@ pub fn from_app_arp(iface: &IfaceInfo, arp: &Arp) -> Result<(), Stat> {
     Ok(())
 }
 
+/// Whether a frame the bridge hands this port on its way to the app is addressed to
+/// another port's app: a copy the bridge flooded (a unicast frame for a MAC whose port it
+/// no longer knows, or a broadcast frame carrying a packet for one address). It is not
+/// this app's to judge: judged here, it would make the flow's entry this port's (the
+/// app it is for could then not answer, `ct::port_may_send`) or let it through under
+/// this app's ACL (the entry serves the packet at the right port too). Its app would
+/// not take it either, but for sniffing. `dst_mac`: the frame's destination;
+/// `other_app`: whether `dst` is the address of another app of the NI (EIDSET, asked
+/// only for a group frame). A broadcast or multicast packet (to the subnet, to all) is
+/// every app's; a frame to a MAC the port does not know (a VM's tap without a configured
+/// MAC) is judged as before.
+#[inline(always)]
+pub fn for_another_port(iface: &IfaceInfo, dst_mac: &[u8; 6], dst: Ipv4, other_app: impl FnOnce() -> bool) -> bool {
+    if dst_mac[0] & 1 == 0 {
+        return !mac_ok(iface, dst_mac);
+    }
+    ip_known(iface) && dst != iface.app_ip && other_app()
+}
+
 /// BOOTP's fixed header up to the client's MAC: op, htype, hlen, hops, xid, secs, flags,
 /// ciaddr, yiaddr (16), siaddr, giaddr, chaddr (28).
 pub const BOOTP_PREFIX: usize = 34;
@@ -127,6 +146,23 @@ mod tests {
 
     fn iface(flags: u32) -> IfaceInfo {
         IfaceInfo { app_ip: APP, app_mac: MAC, flags: flags | IFACE_FLAG_CHECK_MAC, ..IfaceInfo::default() }
+    }
+
+    #[test]
+    fn a_frame_for_another_port_is_told_by_its_mac_or_its_address() {
+        let port = iface(0);
+        let never = || -> bool { panic!("EIDSET asked for a unicast frame") };
+        assert!(!for_another_port(&port, &MAC, APP, never), "the app's own frame");
+        assert!(for_another_port(&port, &[2, 0x16, 0x3e, 1, 2, 1], OTHER, never), "flooded: another app's MAC");
+        let unknown_mac = IfaceInfo { flags: 0, ..port };
+        assert!(!for_another_port(&unknown_mac, &[2, 0, 0, 0, 0, 9], APP, never), "a VM's tap whose MAC is not configured");
+        const BROADCAST: [u8; 6] = [0xff; 6];
+        assert!(for_another_port(&port, &BROADCAST, OTHER, || true), "broadcast frame, another app's address");
+        assert!(!for_another_port(&port, &BROADCAST, APP, || true), "broadcast frame, the app's own address");
+        assert!(!for_another_port(&port, &BROADCAST, [10, 10, 1, 255], || false), "the subnet's broadcast");
+        assert!(!for_another_port(&port, &[0x01, 0, 0x5e, 0, 0, 0xfb], [224, 0, 0, 251], || false), "multicast");
+        let learning = iface(IFACE_FLAG_SWITCH);
+        assert!(!for_another_port(&learning, &BROADCAST, OTHER, || true), "a switch port that has not learned its app's address");
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub mod map_names {
     pub const ACL_SUMMARY: &str = "ACLSUM_V1";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V2";
-    pub const STATS: &str = "STATS_V9";
+    pub const STATS: &str = "STATS_V10";
     pub const NAT: &str = "NAT_V2";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -379,6 +379,9 @@ stats! {
     /// took the other's, and gave back the port it had claimed (the flow leaves by one
     /// source).
     NatClash = 34 => "nat_clash",
+    /// Toward an app: a copy of a frame for another port's app, which the bridge flooded
+    /// (`guard::for_another_port`); that port judges it.
+    DropNotForApp = 35 => "drop_not_for_app",
 }
 
 impl Stat {

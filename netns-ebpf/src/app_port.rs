@@ -19,11 +19,11 @@ use netns_ebpf_common::{
         self, AceGroup, AceKey, AclMaps, Bits, HostStep, ProtoBitsKey, RangeKey, RangePage, SummaryKey, SummaryPage, MAX_HOST_ACES,
     },
     ct::{self, CtKey, CtValue, DIR_ORIG, DIR_REPLY, FLAG_ENDED, FLAG_JUDGED_TO_APP, FLAG_SEEN_REPLY, VERDICT_DROP},
-    event::{self, EVENT_DROPPED, EVENT_END, EVENT_START},
+    event::{self, EVENT_DROPPED, EVENT_END, EVENT_REPLACED, EVENT_START},
     guard,
     limit::{self, LimitKey},
     nat::{NatKey, NatValue, PortmapKey, CLOCK_SLACK_NS, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
-    packet::{self, Flow, Parsed, FRAG_LATER, FRAG_NONE, TCP_RST},
+    packet::{self, Flow, PacketReader, Parsed, FRAG_LATER, FRAG_NONE, TCP_RST},
     EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH, PORT_DIR_FROM_APP,
     PORT_DIR_TO_APP, PROTO_TCP, VETH_NET, VETH_NET_LEN,
 };
@@ -134,6 +134,16 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
         count(Stat::NoIfaceConfig);
         return TC_ACT_SHOT;
     };
+    // A flooded copy of another port's frame is that port's to judge, not this one's
+    // (before conntrack sees it: here it would make or use that flow's entry).
+    if side == Side::ToApp {
+        let dst_mac = Skb(ctx).read::<6>(0).unwrap_or_default();
+        let other_app = || unsafe { EIDSET.get(EidKey { zone, addr: flow.dst }) }.is_some();
+        if guard::for_another_port(iface, &dst_mac, flow.dst, other_app) {
+            count(Stat::DropNotForApp);
+            return TC_ACT_SHOT;
+        }
+    }
     // Before conntrack sees it: the app sends as itself, and an ICMP error fits the flow
     // it quotes (else it would take that flow's verdict and NAT to any address).
     if side == Side::FromApp {
@@ -297,6 +307,12 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             // this packet is that flow's. An expired or reopened flow's entry is replaced
             // (two CPUs that find the same expired entry at once both replace it: a map
             // update cannot say "only if it is still that one").
+            if let Some(old) = found.map(|old| unsafe { &*old }) {
+                // The flow it replaces ends here, on record, unless its end went out.
+                if old.flags & FLAG_ENDED == 0 && old.verdict != VERDICT_DROP {
+                    events::emit(EVENT_REPLACED, &key, old, Stat::CtNew);
+                }
+            }
             let made = match found {
                 Some(old) if !ct::is_expired(unsafe { &*old }, flow.proto, now + CLOCK_SLACK_NS) => {
                     // A closing flow's tuple reopened by a SYN (a client's ports come
@@ -351,7 +367,9 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             return TC_ACT_SHOT;
         }
     }
-    if side == Side::ToApp && iface.flags & IFACE_FLAG_IP_LEARN != 0 && guard::is_dhcp_reply(flow) {
+    if side == Side::ToApp && iface.flags & IFACE_FLAG_IP_LEARN != 0 && guard::is_dhcp_reply(flow) && !came_from_app_port(ctx) {
+        // (From the DHCP server outside: another app's "reply" would give this one any
+        // address it names, a neighbour's too.)
         learn_address(ctx, &ikey, iface, flow);
     }
     count(Stat::PassCt);

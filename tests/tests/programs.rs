@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, ProgramArray},
+    maps::{Array, HashMap, Map, MapData, ProgramArray, RingBuf},
     TestRun, TestRunOptions,
 };
 use netns_agent::{
@@ -26,10 +26,12 @@ use netns_ebpf_common::{
     acl::{self, Ace},
     classify::{self, Bits, ProtoBitsKey, SummaryKey, SummaryPage, CHUNK_WORDS},
     ct,
+    event::{FlowEvent, EVENT_REPLACED, EVENT_START},
     fast::TAIL_FROM_APP,
     map_names, mark,
     nat::{NatIface, PortmapKey, PortmapTarget},
-    prog_names, HostKey, IfaceInfo, IfaceKey, Stat, ZoneUse, PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
+    prog_names, HostKey, IfaceInfo, IfaceKey, Stat, ZoneUse, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH,
+    PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
 };
 use netns_tests::frame::{self, End, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_SYN};
 
@@ -41,6 +43,8 @@ const LOOPBACK: u32 = 1;
 const SKB_CTX: usize = 256;
 /// `__sk_buff.mark`.
 const SKB_MARK_OFF: usize = 8;
+/// `__sk_buff.ingress_ifindex`.
+const SKB_INGRESS_IFINDEX_OFF: usize = 36;
 
 /// app1 on ni1 may reach 10.99.0.0/24 on tcp/80; its UDP to port 53 is dropped by ACE 2;
 /// ACE 3 exposes its tcp/80 at the uplink's port 8080 (a port map).
@@ -123,9 +127,15 @@ impl Loaded {
     }
 
     fn run(&self, program: &str, frame: &[u8]) -> Ran {
+        self.run_from(program, frame, 0)
+    }
+
+    /// `run`, the packet having come in by interface `ingress_ifindex` (0: none).
+    fn run_from(&self, program: &str, frame: &[u8], ingress_ifindex: u32) -> Ran {
         let prog = self.programs.program(program).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
-        let ctx_in = [0u8; SKB_CTX];
+        let mut ctx_in = [0u8; SKB_CTX];
+        ctx_in[SKB_INGRESS_IFINDEX_OFF..SKB_INGRESS_IFINDEX_OFF + 4].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         let mut ctx_out = [0u8; SKB_CTX];
         let r = prog
             .test_run(TestRunOptions {
@@ -139,6 +149,19 @@ impl Loaded {
         out.truncate(r.data_size_out as usize);
         let mark = u32::from_ne_bytes(ctx_out[SKB_MARK_OFF..SKB_MARK_OFF + 4].try_into().unwrap());
         Ran { verdict: r.return_value, frame: out, mark }
+    }
+
+    /// The flow events the programs wrote since the last call (FLOWEV_V2: no agent reads it here).
+    fn events(&self) -> Vec<FlowEvent> {
+        let ring = MapData::from_pin(self.pins.0.join(map_names::EVENTS)).unwrap();
+        let mut ring = RingBuf::try_from(Map::RingBuf(ring)).unwrap();
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            assert!(item.len() >= size_of::<FlowEvent>(), "a short event: {} bytes", item.len());
+            // SAFETY: the programs write whole `FlowEvent`s (repr(C), any bit pattern valid).
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) });
+        }
+        events
     }
 
     fn counter(&self, stat: Stat) -> u64 {
@@ -205,6 +228,65 @@ fn from_app_verdicts_marks_and_counters_follow_the_acl() {
     assert_eq!(passed[PORT_DIR_FROM_APP], (2, (syn.len() + ack.len()) as u64), "from app: the SYN and the ACK passed");
 }
 
+/// The bridge floods a unicast frame whose MAC it no longer knows (an app silent for 5
+/// minutes), and a broadcast frame, to every port. Only the port of the app the packet is
+/// for may judge it: judged at app1's port, the gateway's flow to app2 became app1's
+/// (app2's answers then met an entry of another port's), and a broadcast frame carrying
+/// a packet for app2 went through under app1's ACL (the entry serves app2's port too).
+#[test]
+fn copies_of_another_apps_frames_are_left_to_its_port() {
+    let mut l = Loaded::new();
+    let app2 = End { mac: [0x02, 0x16, 0x3e, 0, 0, 2], ip: Ipv4Addr::new(10, 10, 1, 3), port: 22 };
+    l.maps.set_eid(l.zone, app2.ip.octets(), 2).unwrap();
+    let gateway = End { mac: GATEWAY_MAC, ip: l.ni.gateway, port: 40000 };
+    let before = l.counter(Stat::DropNotForApp);
+    let flooded = frame::ipv4(PROTO_TCP, gateway, app2, TCP_SYN, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_TO_APP, &flooded).verdict, TC_ACT_SHOT, "a unicast frame for app2's MAC");
+    let broadcast = frame::ipv4(PROTO_TCP, gateway, End { mac: [0xff; 6], ..app2 }, TCP_SYN, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_TO_APP, &broadcast).verdict, TC_ACT_SHOT, "a broadcast frame for app2's address");
+    assert_eq!(l.counter(Stat::DropNotForApp), before + 2);
+    assert!(l.maps.flows().is_empty(), "no entry made at app1's port for app2's flow: {:?}", l.maps.flows());
+    // What is app1's is judged as before: its own frame, a broadcast to the subnet.
+    let own = frame::ipv4(PROTO_TCP, gateway, l.app(22), TCP_SYN, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_TO_APP, &own).verdict, TC_ACT_OK, "the gateway reaches app1");
+    let subnet = End { mac: [0xff; 6], ip: Ipv4Addr::new(10, 10, 1, 255), port: 9 };
+    l.run(prog_names::APP_PORT_TO_APP, &frame::ipv4(PROTO_UDP, gateway, subnet, 0, b"all"));
+    assert_eq!(l.counter(Stat::DropNotForApp), before + 2, "app1's frames are not another port's");
+}
+
+/// A switch NI's port learns its app's address from the DHCP server outside; a "reply"
+/// that another app of the NI sends (from its port) would give the app any address, a
+/// neighbour's too, and the port would then drop the app's own packets or let it speak
+/// as that neighbour.
+#[test]
+fn a_switch_port_learns_its_apps_address_only_from_outside() {
+    let l = Loaded::new();
+    let key = IfaceKey { zone: l.zone, ifindex: LOOPBACK };
+    let mut info = l.maps.port(key).unwrap();
+    info.flags = (info.flags | IFACE_FLAG_SWITCH | IFACE_FLAG_IP_LEARN) & !IFACE_FLAG_IP_KNOWN;
+    info.app_ip = [0; 4];
+    let mut maps = Maps::open(&l.pins.0).unwrap();
+    maps.set_port(key, info).unwrap();
+    let offer = |yiaddr: [u8; 4]| {
+        let mut bootp = vec![0u8; 240];
+        bootp[0] = 2;
+        bootp[16..20].copy_from_slice(&yiaddr);
+        bootp[28..34].copy_from_slice(&l.port.mac);
+        let server = End { mac: GATEWAY_MAC, ip: Ipv4Addr::new(192, 168, 3, 1), port: 67 };
+        frame::ipv4(PROTO_UDP, server, End { mac: [0xff; 6], ip: Ipv4Addr::BROADCAST, port: 68 }, 0, &bootp)
+    };
+    let learned = |l: &Loaded| {
+        let info = l.maps.port(key).unwrap();
+        (info.flags & IFACE_FLAG_IP_KNOWN != 0).then_some(info.app_ip)
+    };
+    // From another app's port (app1's own here: any registered port).
+    l.run_from(prog_names::APP_PORT_TO_APP, &offer([192, 168, 3, 66]), LOOPBACK);
+    assert_eq!(learned(&l), None, "an app's reply teaches the port nothing");
+    // From outside (the uplink: a port of no app).
+    l.run_from(prog_names::APP_PORT_TO_APP, &offer([192, 168, 3, 21]), 77);
+    assert_eq!(learned(&l), Some([192, 168, 3, 21]), "the server's reply gives the app its address");
+}
+
 /// How many conntrack entries the programs have counted against app1's NI (ZONEUSE_V1;
 /// the agent's sweep would write the true count back, and none runs here).
 fn ct_counted(l: &Loaded) -> u32 {
@@ -242,6 +324,27 @@ fn a_reopened_flow_takes_no_more_of_its_nis_share() {
     let other = frame::ipv4(PROTO_TCP, l.app(40001), web, TCP_SYN, b"");
     assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &other).verdict, TC_ACT_OK);
     assert_eq!(ct_counted(&l), before + 2, "a new tuple counts");
+}
+
+/// A flow whose entry a new flow on its tuple takes before the flow's end went out (a SYN
+/// after the app's FIN, a packet after the entry expired) ends on record then, with its
+/// final counters: the sweep, which ends the others, never sees it go.
+#[test]
+fn a_flow_whose_entry_a_new_flow_takes_ends_on_record() {
+    let l = Loaded::new();
+    let web = remote([10, 99, 0, 10], 80);
+    for flags in [TCP_SYN, TCP_ACK, TCP_FIN | TCP_ACK, TCP_SYN] {
+        let packet = frame::ipv4(PROTO_TCP, l.app(40000), web, flags, b"data");
+        assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &packet).verdict, TC_ACT_OK);
+    }
+    let events = l.events();
+    let seen: Vec<(u8, [u64; 2])> = events.iter().map(|e| (e.kind, e.value.packets)).collect();
+    assert_eq!(
+        seen,
+        [(EVENT_START, [1, 0]), (EVENT_REPLACED, [3, 0]), (EVENT_START, [1, 0])],
+        "the first flow starts, ends with its three packets when the SYN takes its tuple, and the second starts"
+    );
+    assert_eq!(events[1].value.first_seen_ns, events[0].value.first_seen_ns, "the end is the first flow's");
 }
 
 /// An agent killed while it wrote an ACL leaves entries under an id with no shape (the
