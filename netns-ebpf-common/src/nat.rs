@@ -271,12 +271,15 @@ pub fn pair_idle_timeout_ns(proto: u8, flags: u8, answered: bool) -> u64 {
     }
 }
 
-/// Whether a translation is past its time: `entry` and its partner (if any) together.
+/// Whether a translation is past its time: `entry` and its partner together. An entry
+/// without its partner (a half an older agent's sweep left, one LRU eviction took) serves
+/// no flow both ways: it lives as an unanswered one would (a lone reply half that once
+/// saw replies lived 5 days, and held its NI's share).
 pub fn pair_expired(proto: u8, entry: &NatValue, partner: Option<&NatValue>, now_ns: u64) -> bool {
     let reply_used = |v: &NatValue| v.flags & NAT_FLAG_ORIG == 0 && v.flags & NAT_FLAG_USED != 0;
     let (last, flags, answered) = match partner {
         Some(p) => (entry.last_seen_ns.max(p.last_seen_ns), entry.flags | p.flags, reply_used(entry) || reply_used(p)),
-        None => (entry.last_seen_ns, entry.flags, reply_used(entry)),
+        None => (entry.last_seen_ns, entry.flags, false),
     };
     now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered)
 }
@@ -368,6 +371,7 @@ mod tests {
         let rev = NatValue { flags: flags_after(0, PROTO_TCP, crate::packet::TCP_ACK), last_seen_ns: 50 * SEC, ..rev };
         assert!(!pair_expired(PROTO_TCP, &fwd, Some(&rev), 3 * 24 * 3600 * SEC));
         assert!(!pair_expired(PROTO_TCP, &rev, Some(&fwd), 3 * 24 * 3600 * SEC), "both entries agree");
+        assert!(pair_expired(PROTO_TCP, &rev, None, 171 * SEC), "a reply half without its partner: as unanswered");
         // A FIN: 2 minutes; a SYN reusing the tuple reopens it.
         let closing = flags_after(rev.flags, PROTO_TCP, crate::packet::TCP_FIN);
         assert!(!pair_expired(PROTO_TCP, &NatValue { flags: closing, ..rev }, Some(&fwd), 169 * SEC), "half closed");

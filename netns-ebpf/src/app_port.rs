@@ -22,7 +22,7 @@ use netns_ebpf_common::{
     event::{self, EVENT_DROPPED, EVENT_END, EVENT_REPLACED, EVENT_START},
     guard,
     limit::{self, LimitKey},
-    nat::{NatKey, NatValue, PortmapKey, CLOCK_SLACK_NS, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    nat::{self, NatKey, NatValue, PortmapKey, CLOCK_SLACK_NS, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, PacketReader, Parsed, FRAG_LATER, FRAG_NONE, TCP_RST},
     EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH, PORT_DIR_FROM_APP,
     PORT_DIR_TO_APP, PROTO_TCP, VETH_NET, VETH_NET_LEN,
@@ -170,7 +170,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     if flow.frag != FRAG_NONE && frag::follow(zone, flow, now).is_err() {
         return TC_ACT_SHOT;
     }
-    if side == Side::ToApp && acl::is_metadata_answer(iface, flow) && undo_metadata_nat(ctx, zone, flow).is_err() {
+    if side == Side::ToApp && acl::is_metadata_answer(iface, flow) && undo_metadata_nat(ctx, zone, flow, now).is_err() {
         count(Stat::NatMalformed);
         return TC_ACT_SHOT;
     }
@@ -750,6 +750,7 @@ fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, 
     let fwd = match NAT.get_ptr_mut(&key) {
         Some(v) => unsafe {
             (*v).last_seen_ns = now;
+            (*v).flags = nat::flags_after((*v).flags, flow.proto, flow.tcp_flags);
             *v
         },
         None => {
@@ -763,12 +764,20 @@ fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, 
     rewrite::apply(ctx, flow, &fwd)
 }
 
-/// The gateway's answer goes back to the app as from 169.254.169.254:80.
+/// The gateway's answer goes back to the app as from 169.254.169.254:80. Its entry is
+/// used, as any reply half: the pair counts as answered, and lives while either way
+/// talks (read only, the pair went 2 minutes after the app's last packet: an answer
+/// slower than that, or the server's close of an idle connection, reached the app from
+/// the gateway's own address).
 #[inline(always)]
-fn undo_metadata_nat(ctx: &TcContext, zone: u32, flow: &mut Flow) -> Result<(), ()> {
-    match NAT.get_ptr(&NatKey::of(zone, flow)) {
+fn undo_metadata_nat(ctx: &TcContext, zone: u32, flow: &mut Flow, now: u64) -> Result<(), ()> {
+    match NAT.get_ptr_mut(&NatKey::of(zone, flow)) {
         Some(v) => {
-            let v = unsafe { *v };
+            let v = unsafe {
+                (*v).last_seen_ns = now;
+                (*v).flags = nat::flags_after((*v).flags, flow.proto, flow.tcp_flags);
+                *v
+            };
             rewrite::apply(ctx, flow, &v)
         }
         None => Ok(()),

@@ -123,7 +123,13 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         }
     }
     if flow.frag == FRAG_LATER {
-        // Its datagram was not translated here: neither is it.
+        // Its datagram was not translated here: neither is it. But where this egress
+        // translates its source, its first fragment was refused a translation (no port,
+        // no share left) and dropped: this one must not leave with the address it hides.
+        if egress && starts_translation(nif, &flow, &key) {
+            count(Stat::DropFragment);
+            return TC_ACT_SHOT;
+        }
         return TC_ACT_OK;
     }
     if egress {

@@ -10,6 +10,7 @@ pub const PROTO_UDP: u8 = 17;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
 
 /// One end of a frame: MAC, address, port.
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +99,19 @@ fn ones_complement(bytes: &[u8], start: u32) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// A fragment of the datagram in frame `f` (as `ipv4` built it): the same bytes, with
+/// its offset (`offset_units` of 8 bytes) and more-fragments flag, and the header's
+/// checksum written again.
+pub fn fragment(f: &[u8], offset_units: u16, more: bool) -> Vec<u8> {
+    let mut f = f.to_vec();
+    let field = offset_units | if more { 0x2000 } else { 0 };
+    f[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&field.to_be_bytes());
+    f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+    let ip = ones_complement(&f[ETH_LEN..ETH_LEN + IP_LEN], 0);
+    f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ip.to_be_bytes());
+    f
 }
 
 /// Source and destination (address, port) of a frame `ipv4` built.

@@ -33,7 +33,7 @@ use netns_ebpf_common::{
     prog_names, HostKey, IfaceInfo, IfaceKey, Stat, ZoneUse, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH,
     PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
 };
-use netns_tests::frame::{self, End, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_SYN};
+use netns_tests::frame::{self, End, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -557,6 +557,16 @@ fn metadata_requests_go_to_the_gateway_and_answers_come_back_from_the_metadata_a
     assert_eq!(ran.verdict, TC_ACT_OK);
     assert_eq!(frame::ends(&ran.frame), ((Ipv4Addr::new(169, 254, 169, 254), 80), (l.port.ip, 41000)), "as from the metadata address");
     assert!(frame::checksums_ok(&ran.frame), "checksums after the rewrite back");
+
+    // An answered connection, idle past an unanswered one's 2 minutes: its translation
+    // stays, and the server's next segment still comes from the metadata address.
+    let ack = frame::ipv4(PROTO_TCP, l.app(41000), metadata, TCP_ACK, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &ack).verdict, TC_ACT_OK);
+    let mut maps = Maps::open(&l.pins.0).unwrap();
+    maps.expire_flows(datapath::monotonic_ns() + 130 * 1_000_000_000);
+    let later = frame::ipv4(PROTO_TCP, remote([10, 10, 1, 1], 80), l.app(41000), TCP_FIN | TCP_ACK, b"");
+    let ran = l.run(prog_names::APP_PORT_TO_APP, &later);
+    assert_eq!(frame::ends(&ran.frame).0, (Ipv4Addr::new(169, 254, 169, 254), 80), "the server's close, 130 s on");
 }
 
 /// The NI side of the NI veth as the agent writes it (`reconcile::uplink::ni_side_nat` and
@@ -644,6 +654,56 @@ fn a_reused_tuples_translation_lives_as_long_as_its_new_flow() {
     let sweep = l.maps.expire_flows(datapath::monotonic_ns() + 180 * 1_000_000_000);
     assert_eq!(sweep.removed, 0, "idle 3 minutes, past a closing flow's 2: the open flow's translation stays");
     assert_eq!(back(&l, TCP_ACK), app, "the server's next segment still reaches the app");
+}
+
+/// A translation's two entries go together: the sweep takes them one by one, and judged
+/// an entry whose partner it had taken alone, by its own flags. A reply half whose flow
+/// only the app aborted (its RST on the original half) then counted as answered and open:
+/// 5 days, not 2 minutes, and the next sweeps judged it alone again, while it held the
+/// NI's share (port-mapped health checks, SYN in and RST out, filled it in days).
+#[test]
+fn an_aborted_flows_translation_goes_whole() {
+    let mut l = Loaded::new();
+    translating(&mut l);
+    let web = remote([10, 99, 0, 10], 80);
+    for sport in 41000..41016 {
+        let out = |l: &Loaded, flags: u8| {
+            let ran = l.run(prog_names::NAT_EGRESS, &frame::ipv4(PROTO_TCP, l.app(sport), web, flags, b""));
+            assert_eq!(ran.verdict, TC_ACT_OK);
+            frame::ends(&ran.frame).0
+        };
+        let (ni_ip, port) = out(&l, TCP_SYN);
+        let answer = frame::ipv4(PROTO_TCP, web, End { mac: GATEWAY_MAC, ip: ni_ip, port }, TCP_SYN | TCP_ACK, b"");
+        assert_eq!(l.run(prog_names::NAT_INGRESS, &answer).verdict, TC_ACT_OK);
+        out(&l, TCP_ACK);
+        out(&l, TCP_RST | TCP_ACK);
+    }
+    let sweep = l.maps.expire_flows(datapath::monotonic_ns() + 180 * 1_000_000_000);
+    let nat = sweep.fill.iter().find(|f| f.map == map_names::NAT).unwrap();
+    assert_eq!((sweep.removed, nat.entries), (32, 0), "idle 3 minutes after an RST: all 16 translations go, both halves each");
+}
+
+/// A later fragment whose first fragment was refused a translation (no port left, or no
+/// share) is dropped at the egress that would have translated it: passed as it came, it
+/// left with the address the translation hides (at the uplink, the NI veth's).
+#[test]
+fn a_later_fragment_of_a_datagram_refused_a_translation_is_dropped() {
+    let l = Loaded::new();
+    let ni = &l.ni;
+    let subnet = (ni.subnet.network().octets(), ni.subnet.prefix_len());
+    let one_port = NatIface::new(ni.ni_ip.octets(), subnet, ni.agent_ip.octets(), 0, (50000, 50000));
+    let mut maps = Maps::open(&l.pins.0).unwrap();
+    maps.set_nat_iface(IfaceKey { zone: l.zone, ifindex: LOOPBACK }, one_port).unwrap();
+    let dns = remote([10, 99, 0, 53], 53);
+    let takes_the_port = frame::ipv4(PROTO_UDP, l.app(5000), dns, 0, b"query");
+    assert_eq!(l.run(prog_names::NAT_EGRESS, &takes_the_port).verdict, TC_ACT_OK);
+    let datagram = frame::ipv4(PROTO_UDP, l.app(5001), dns, 0, &[7; 64]);
+    let refused = l.counter(Stat::NatNoPort);
+    assert_eq!(l.run(prog_names::NAT_EGRESS, &frame::fragment(&datagram, 0, true)).verdict, TC_ACT_SHOT, "no port for it");
+    assert_eq!(l.counter(Stat::NatNoPort), refused + 1);
+    let later = frame::fragment(&datagram, 1, false);
+    let ran = l.run(prog_names::NAT_EGRESS, &later);
+    assert_eq!((ran.verdict, frame::ends(&ran.frame).0 .0), (TC_ACT_SHOT, l.port.ip), "the later fragment, untranslated, stays");
 }
 
 #[test]

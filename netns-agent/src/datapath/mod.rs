@@ -846,7 +846,15 @@ impl Maps {
             &mut self.nat,
             read,
             |k, v| may_be_expired(k, v) && nat::pair_expired(k.proto, v, partners.get(&nat::partner(k, v)), now_ns),
-            |map, k, v| nat::pair_expired(k.proto, v, map.get(&nat::partner(k, v), 0).ok().as_ref(), now_ns),
+            // The partner as the map holds it now; one this sweep took already (its pair
+            // judged expired with this entry) as it was read: judged alone, a reply half
+            // whose RST or FIN only its partner saw lived on 5 days, and the sweep after
+            // judged it alone too.
+            |map, k, v| {
+                let partner = nat::partner(k, v);
+                let partner = map.get(&partner, 0).ok().or_else(|| partners.get(&partner).copied());
+                nat::pair_expired(k.proto, v, partner.as_ref(), now_ns)
+            },
         );
         for (k, v) in &translations_left {
             nat_use[(nat::owner_zone(k.domain, [k.src, k.dst, v.addr]) % MAX_ZONES) as usize] += 1;
