@@ -726,9 +726,7 @@ async fn read_events(pin_dir: PathBuf, mut sink: impl FnMut(&FlowEvent)) -> Resu
         .map_err(|e| anyhow::anyhow!("polling the flow event ring buffer: {e}"))?;
     let mut drain = |ring: &mut RingBuf<MapData>| {
         while let Some(item) = ring.next() {
-            if item.len() >= size_of::<FlowEvent>() {
-                // SAFETY: the programs write whole `FlowEvent`s (repr(C), any bit pattern valid).
-                let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) };
+            if let Some(e) = FlowEvent::from_record(&item) {
                 sink(&e);
             }
         }

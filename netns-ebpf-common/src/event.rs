@@ -41,6 +41,15 @@ pub struct FlowEvent {
     pub reason: u32,
 }
 
+impl FlowEvent {
+    /// The event in a ring buffer record (None: the record is too short for one).
+    pub fn from_record(record: &[u8]) -> Option<FlowEvent> {
+        // SAFETY: the programs write whole `FlowEvent`s (repr(C), any bit pattern valid),
+        // and the length is checked.
+        (record.len() >= size_of::<FlowEvent>()).then(|| unsafe { core::ptr::read_unaligned(record.as_ptr() as *const FlowEvent) })
+    }
+}
+
 /// Whether a TCP state change closes the flow (its end event goes out then).
 #[inline(always)]
 pub fn closes(old_state: u8, new_state: u8) -> bool {

@@ -22,7 +22,7 @@ use netns_ebpf_common::{
     event::{self, EVENT_DROPPED, EVENT_END, EVENT_REPLACED, EVENT_START},
     guard,
     limit::{self, LimitKey},
-    nat::{self, NatKey, NatValue, PortmapKey, CLOCK_SLACK_NS, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    nat::{NatKey, NatValue, PortmapKey, CLOCK_SLACK_NS, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{self, Flow, PacketReader, Parsed, FRAG_LATER, FRAG_NONE, TCP_RST},
     EidKey, HostKey, IfaceInfo, IfaceKey, Stat, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH, PORT_DIR_FROM_APP,
     PORT_DIR_TO_APP, PROTO_TCP, VETH_NET, VETH_NET_LEN,
@@ -749,8 +749,7 @@ fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, 
     let key = NatKey::of(zone, flow);
     let fwd = match NAT.get_ptr_mut(&key) {
         Some(v) => unsafe {
-            (*v).last_seen_ns = now;
-            (*v).flags = nat::flags_after((*v).flags, flow.proto, flow.tcp_flags);
+            crate::nat::used_by(&mut *v, flow, now);
             *v
         },
         None => {
@@ -774,8 +773,7 @@ fn undo_metadata_nat(ctx: &TcContext, zone: u32, flow: &mut Flow, now: u64) -> R
     match NAT.get_ptr_mut(&NatKey::of(zone, flow)) {
         Some(v) => {
             let v = unsafe {
-                (*v).last_seen_ns = now;
-                (*v).flags = nat::flags_after((*v).flags, flow.proto, flow.tcp_flags);
+                crate::nat::used_by(&mut *v, flow, now);
                 *v
             };
             rewrite::apply(ctx, flow, &v)

@@ -89,10 +89,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             let _ = NAT.remove(&key);
             return new_snat(ctx, &mut flow, &key, nif, now);
         }
-        let flags = nat::flags_after(v.flags, flow.proto, flow.tcp_flags);
-        if flags != v.flags {
-            v.flags = flags;
-        }
+        note_flags(v, &flow);
         let v = *v;
         let action = finish(ctx, &mut flow, &v, Stat::NatRewrite);
         if action == TC_ACT_OK && !egress && fast_path::returns_translated(&v, &flow) {
@@ -236,13 +233,26 @@ pub fn apply_source_in_use(ctx: &TcContext, key: &NatKey, v: &mut NatValue, to: 
     {
         return None;
     }
+    used_by(v, flow, now);
+    (to.addr, to.port) = (v.addr, v.port);
+    Some(rewrite_source(ctx, key, to, flow, Stat::NatRewrite))
+}
+
+/// An entry a packet of its flow uses (at `now`): in use from then, and its flags as
+/// the packet's TCP flags leave them (`note_flags`).
+#[inline(always)]
+pub fn used_by(v: &mut NatValue, flow: &Flow, now: u64) {
     v.last_seen_ns = now;
+    note_flags(v, flow);
+}
+
+/// An entry's flags after a packet of its flow (written only when they change).
+#[inline(always)]
+fn note_flags(v: &mut NatValue, flow: &Flow) {
     let flags = nat::flags_after(v.flags, flow.proto, flow.tcp_flags);
     if flags != v.flags {
         v.flags = flags;
     }
-    (to.addr, to.port) = (v.addr, v.port);
-    Some(rewrite_source(ctx, key, to, flow, Stat::NatRewrite))
 }
 
 /// The fast path's rewrite of a TCP or UDP packet's source (its tuple `key`) to `to`'s,

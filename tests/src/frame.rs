@@ -55,9 +55,7 @@ fn l4_checksum_offset(proto: u8) -> usize {
 
 /// Writes the IPv4 header and TCP/UDP checksums of `f` from scratch.
 pub fn set_checksums(f: &mut [u8]) {
-    f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
-    let ip = ones_complement(&f[ETH_LEN..ETH_LEN + IP_LEN], 0);
-    f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ip.to_be_bytes());
+    set_ip_checksum(f);
     let at = l4_checksum_offset(f[ETH_LEN + 9]);
     f[at..at + 2].fill(0);
     let l4 = l4_checksum(f);
@@ -108,10 +106,15 @@ pub fn fragment(f: &[u8], offset_units: u16, more: bool) -> Vec<u8> {
     let mut f = f.to_vec();
     let field = offset_units | if more { 0x2000 } else { 0 };
     f[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&field.to_be_bytes());
+    set_ip_checksum(&mut f);
+    f
+}
+
+/// Writes the IPv4 header's checksum of `f` from scratch.
+fn set_ip_checksum(f: &mut [u8]) {
     f[ETH_LEN + 10..ETH_LEN + 12].fill(0);
     let ip = ones_complement(&f[ETH_LEN..ETH_LEN + IP_LEN], 0);
     f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ip.to_be_bytes());
-    f
 }
 
 /// Source and destination (address, port) of a frame `ipv4` built.

@@ -157,9 +157,7 @@ impl Loaded {
         let mut ring = RingBuf::try_from(Map::RingBuf(ring)).unwrap();
         let mut events = Vec::new();
         while let Some(item) = ring.next() {
-            assert!(item.len() >= size_of::<FlowEvent>(), "a short event: {} bytes", item.len());
-            // SAFETY: the programs write whole `FlowEvent`s (repr(C), any bit pattern valid).
-            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) });
+            events.push(FlowEvent::from_record(&item).unwrap_or_else(|| panic!("a short event: {} bytes", item.len())));
         }
         events
     }

@@ -345,7 +345,7 @@ impl DnsObserver {
     }
 
     /// Puts one request into the request log, within its app's rate.
-    fn log_request(&self, entry: &DnsLogEntry) {
+    fn log_request(&self, entry: DnsLogEntry) {
         if let Some(log) = &self.log {
             log.lock().unwrap().record(entry, crate::datapath::monotonic_ns());
         }
@@ -471,7 +471,7 @@ impl RequestLog {
 
     /// Appends `entry` when its app's rate allows (`now_ns`: monotonic); else counts it
     /// for the app's next line.
-    fn record(&mut self, entry: &DnsLogEntry, now_ns: u64) {
+    fn record(&mut self, entry: DnsLogEntry, now_ns: u64) {
         if self.rates.len() >= LOG_RATES_KEPT {
             self.rates.retain(|_, rate| rate.unlogged > 0);
             if self.rates.len() >= LOG_RATES_KEPT {
@@ -487,10 +487,10 @@ impl RequestLog {
         });
         if !limit::take(&mut rate.bucket, now_ns) {
             rate.unlogged += 1;
-            rate.held = Some(entry.clone());
+            rate.held = Some(entry);
             return;
         }
-        let entry = DnsLogEntry { unlogged_before: std::mem::take(&mut rate.unlogged), ..entry.clone() };
+        let entry = DnsLogEntry { unlogged_before: std::mem::take(&mut rate.unlogged), ..entry };
         rate.held = None;
         self.append_entry(&entry);
     }
@@ -861,7 +861,7 @@ impl DnsProxy {
             _ => AnswerSource::None,
         };
         self.observer.observe(&entry, source);
-        self.observer.log_request(&entry);
+        self.observer.log_request(entry);
     }
 }
 
@@ -1101,7 +1101,7 @@ mod tests {
         let lines = LOG_MAX_BYTES as usize * 3 / 2 / (serde_json::to_vec(&entry(0)).unwrap().len() + 1);
         let mut log = observer.log.as_ref().unwrap().lock().unwrap();
         for n in 0..lines {
-            log.record(&entry(n), 1 + n as u64 * 100_000_000);
+            log.record(entry(n), 1 + n as u64 * 100_000_000);
         }
         let older = std::fs::read_to_string(rotated_log(&path)).unwrap();
         let entries = logged(&path);
@@ -1119,13 +1119,13 @@ mod tests {
         let mut log = RequestLog::open(path.clone());
         let second = limit::UNIT_SECOND_NS;
         for n in 0..1000 {
-            log.record(&request("ni1", "app1", format!("flood{n}.example")), second);
+            log.record(request("ni1", "app1", format!("flood{n}.example")), second);
         }
-        log.record(&request("ni1", "app2", "github.com".into()), second);
-        log.record(&request("ni2", "app1", "github.com".into()), second);
+        log.record(request("ni1", "app2", "github.com".into()), second);
+        log.record(request("ni2", "app1", "github.com".into()), second);
         // A second later app1 of ni1 has ten lines again; its first says what went unlogged.
         for n in 0..15 {
-            log.record(&request("ni1", "app1", format!("later{n}.example")), 2 * second);
+            log.record(request("ni1", "app1", format!("later{n}.example")), 2 * second);
         }
         let before_quiet = logged(&path);
         // Then it asks nothing more: the sweeps log the last request it held back, once.
