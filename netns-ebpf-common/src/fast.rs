@@ -15,13 +15,15 @@
 //! translate it); agent-side veth ingress -> uplink egress (`bpf_redirect_neigh` to the FIB's next hop:
 //! the NI's uplink table, by the `iif` rule; translated, or, a new flow's, translated by
 //! the uplink's egress program). A flow's first packet takes it too. Back: uplink ingress -> NI veth ingress
-//! (`bpf_redirect_peer`); NI veth ingress -> the app's own end of its veth
+//! (`bpf_redirect_peer`; translated back through both the uplink's translation and the
+//! NI's when the uplink's carries the NI's, `inner_destination`, marked `NI_NAT_DONE_MARK`
+//! for the NI veth's program, which then skips its lookup); NI veth ingress -> the app's own end of its veth
 //! (`bpf_redirect_peer`, counted; or the app port's egress, `bpf_redirect`).
 
 use crate::{
     acl::{is_metadata_answer, prefix_contains},
     ct::{self, CtValue, DIR_REPLY},
-    nat::{NatValue, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    nat::{NatValue, NAT_FLAG_INNER, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
     packet::{Flow, FRAG_NONE},
     IfaceInfo, IFACE_FLAG_APP_NETNS, IFACE_FLAG_IP_LEARN, PROTO_TCP, VETH_NET, VETH_NET_LEN,
 };
@@ -86,6 +88,14 @@ pub const TAIL_PROGRAMS: u32 = 1;
 /// "SNAT done" by a mark alike.)
 pub const SNAT_DONE_MARK: u32 = 0x5a7d_0e00;
 
+/// `skb->mark` of a reply the fast path translated at its uplink's ingress back to the
+/// app's address, through the NI's translation too (`inner_destination`), and handed into
+/// the NI: the NI veth's ingress program, which would have looked that translation up,
+/// only clears the mark and sends it on to the app. As `SNAT_DONE_MARK`, only the agent's
+/// netns can mark a packet there (a veth clears marks between namespaces); one that lost
+/// its mark would be looked up there and, its tuple no translation's, go on as it is.
+pub const NI_NAT_DONE_MARK: u32 = 0x5a7d_0e01;
+
 /// A packet an app sends on an allowed flow may skip the bridge and the NI's routing
 /// when it is neither an ICMP error nor a fragment (the kernel relates and reassembles
 /// those), and it goes nowhere on the device itself (the agent's addresses, hairpin port
@@ -142,6 +152,19 @@ pub fn returns_translated(v: &NatValue, flow: &Flow) -> bool {
     v.rewrite == REWRITE_DST && v.flags & NAT_FLAG_ORIG == 0 && !flow.related && flow.frag == FRAG_NONE
 }
 
+/// At an uplink's ingress, where a reply's translation back (`v`) carries its NI's
+/// (`NAT_FLAG_INNER`): the app's address and port the NI's would give it, in NI `fz`.
+/// None: it carries none, or one that is not an address of the NI's subnet (whose
+/// first two bytes it does not carry: a subnet of /16 or longer).
+#[inline(always)]
+pub fn inner_destination(v: &NatValue, fz: &FastZone) -> Option<(crate::Ipv4, u16)> {
+    if v.flags & NAT_FLAG_INNER == 0 || fz.subnet_len < 16 {
+        return None;
+    }
+    let app = [fz.subnet[0], fz.subnet[1], v.inner_host[0], v.inner_host[1]];
+    prefix_contains(fz.subnet, fz.subnet_len, app).then_some((app, v.inner_port))
+}
+
 /// At the NI veth, a reply the fast path sends to its app's port (`entry`: its flow's,
 /// judged there; `dir`: the packet's direction in it) may skip the port's egress too,
 /// handed into the app's netns, when all the to-app program would do is account it (which
@@ -177,6 +200,18 @@ mod tests {
 
     fn flow() -> Flow {
         Flow { proto: PROTO_TCP, src: [10, 1, 0, 2], dst: [10, 99, 0, 10], sport: 40000, dport: 80, ..Flow::default() }
+    }
+
+    #[test]
+    fn a_translation_carries_its_nis_as_an_address_of_the_nis_subnet() {
+        let fz = |subnet: crate::Ipv4, subnet_len: u8| FastZone { enabled: 1, subnet, subnet_len, ..FastZone::default() };
+        let mut v = NatValue::new(0, 0, [169, 254, 100, 2], 2000, REWRITE_DST, NAT_FLAG_INNER);
+        (v.inner_port, v.inner_host) = (40000, [1, 2]);
+        assert_eq!(inner_destination(&v, &fz([10, 10, 1, 0], 24)), Some(([10, 10, 1, 2], 40000)));
+        assert_eq!(inner_destination(&v, &fz([10, 10, 0, 0], 16)), Some(([10, 10, 1, 2], 40000)));
+        assert_eq!(inner_destination(&v, &fz([10, 10, 2, 0], 24)), None, "not in the NI's subnet");
+        assert_eq!(inner_destination(&v, &fz([10, 0, 0, 0], 8)), None, "a subnet shorter than /16: two bytes do not say the address");
+        assert_eq!(inner_destination(&NatValue { flags: 0, ..v }, &fz([10, 10, 1, 0], 24)), None, "none carried");
     }
 
     #[test]

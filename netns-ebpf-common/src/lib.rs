@@ -84,7 +84,7 @@ pub mod map_names {
     pub const ACL_SUMMARY: &str = "ACLSUM_V1";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V2";
-    pub const STATS: &str = "STATS_V10";
+    pub const STATS: &str = "STATS_V11";
     pub const NAT: &str = "NAT_V2";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -382,18 +382,25 @@ stats! {
     /// Toward an app: a copy of a frame for another port's app, which the bridge flooded
     /// (`guard::for_another_port`); that port judges it.
     DropNotForApp = 35 => "drop_not_for_app",
+    /// Fast path: a reply sent from the uplink into its NI translated back to its app's
+    /// address already, as the NI veth's ingress would translate it (a `fast_from_uplink`
+    /// packet whose translation at the uplink carries the NI's; the others are translated
+    /// at that ingress).
+    FastNiNatDone = 36 => "fast_ni_nat_done",
 }
 
 impl Stat {
     /// The fast path's hops, in the order a packet pair meets them: out from the app,
-    /// past the NI veth, to the uplink, translated there; back from the uplink, to the
-    /// app, into the app (the demo and the tests look for packets on each).
-    pub const FAST_HOPS: [Stat; 7] = [
+    /// past the NI veth, to the uplink, translated there; back from the uplink,
+    /// translated there through the NI's translation too, to the app, into the app (the
+    /// demo and the tests look for packets on each).
+    pub const FAST_HOPS: [Stat; 8] = [
         Stat::FastFromApp,
         Stat::FastPastNiVeth,
         Stat::FastToUplink,
         Stat::FastSnatDone,
         Stat::FastFromUplink,
+        Stat::FastNiNatDone,
         Stat::FastToApp,
         Stat::FastIntoApp,
     ];

@@ -84,6 +84,8 @@ pub const NAT_FLAG_USED: u8 = 1 << 2;
 /// TCP: the latest packet was an RST (any later packet clears it: an RST the endpoints
 /// ignore, e.g. a blind attacker's, must not shorten the flow's life for long).
 pub const NAT_FLAG_RST: u8 = 1 << 3;
+/// `NatValue::inner_port` and `inner_host` hold the NI's reply translation of the flow.
+pub const NAT_FLAG_INNER: u8 = 1 << 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,6 +97,21 @@ pub struct NatValue {
     pub port: u16,
     pub rewrite: u8,
     pub flags: u8,
+    /// With `NAT_FLAG_INNER`, on the reply half of a translation at an uplink: the same
+    /// flow's reply translation in its NI (`inner_of`), the app's port and the last two
+    /// bytes of its address (the first two are its NI subnet's, a /16 or longer), so a
+    /// reply is translated back through both at the uplink (`fast::from_uplink`). (This
+    /// was padding: the flag, not these bytes, says whether they hold anything.)
+    pub inner_port: u16,
+    pub inner_host: [u8; 2],
+}
+
+impl NatValue {
+    /// An entry that carries no inner translation.
+    #[inline(always)]
+    pub fn new(last_seen_ns: u64, mark: u32, addr: Ipv4, port: u16, rewrite: u8, flags: u8) -> NatValue {
+        NatValue { last_seen_ns, mark, addr, port, rewrite, flags, inner_port: 0, inner_host: [0; 2] }
+    }
 }
 
 /// What a NAT program does on one interface; keyed by (domain, ifindex).
@@ -242,6 +259,15 @@ pub fn is_reply_half(reply: &NatValue, flow: &Flow) -> bool {
     reply.rewrite == REWRITE_DST && reply.flags & NAT_FLAG_ORIG == 0 && reply.addr == flow.src && reply.port == flow.sport
 }
 
+/// What the uplink's reply half of a flow carries of the flow's reply half in its NI
+/// (`ni_reply`), for `NatValue::inner_port` and `inner_host`: a plain source
+/// translation's (no mark to stamp) app port and the last two bytes of the app's
+/// address. None: not such a half.
+#[inline(always)]
+pub fn inner_of(ni_reply: &NatValue) -> Option<(u16, [u8; 2])> {
+    (is_reply_source(ni_reply) && ni_reply.mark == 0).then_some((ni_reply.port, [ni_reply.addr[2], ni_reply.addr[3]]))
+}
+
 /// The other entry of a translation: each entry, rewritten by its own value and turned
 /// around, is its partner's key.
 #[inline(always)]
@@ -284,6 +310,114 @@ pub fn pair_expired(proto: u8, entry: &NatValue, partner: Option<&NatValue>, now
     now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered)
 }
 
+/// A flow translated twice, in its NI (at the NI veth, to its address there) and again
+/// at its uplink: its four entries, the order a round trip meets them. The fast path
+/// carries a packet past the inner ones (the uplink's original half, the NI's reply half;
+/// `NatValue::inner_port`), so only the outer ones see every packet; the sweep judges the
+/// four as one (`chain_expired`), and both pairs go together.
+#[derive(Clone, Copy, Debug)]
+pub struct Chain {
+    pub ni_out: NatValue,
+    pub uplink_out: NatValue,
+    pub uplink_reply: NatValue,
+    pub ni_reply: NatValue,
+}
+
+/// A source translation's original half.
+#[inline(always)]
+fn is_original_source(v: &NatValue) -> bool {
+    v.rewrite == REWRITE_SRC && v.flags & NAT_FLAG_ORIG != 0
+}
+
+/// A source translation's reply half.
+#[inline(always)]
+fn is_reply_source(v: &NatValue) -> bool {
+    v.rewrite == REWRITE_DST && v.flags & NAT_FLAG_ORIG == 0
+}
+
+/// The key that links the two pairs of a chain: the NI's reply half's key turned round
+/// (the tuple the flow leaves the NI by, from its veth's address) is the uplink's
+/// original half's key in the agent's domain, and back (`domain`: the other side's).
+#[inline(always)]
+pub fn across(key: &NatKey, domain: u32) -> NatKey {
+    NatKey { domain, ..key.reversed() }
+}
+
+/// The keys an entry leads to: its partner, and the other pair's entry it links to
+/// (`across`: an NI's reply half, the agent's domain's original half of a flow from an
+/// NI veth address).
+pub fn links(key: &NatKey, v: &NatValue) -> [Option<NatKey>; 2] {
+    let other = if key.domain != DOMAIN_AGENT && is_reply_source(v) {
+        Some(across(key, DOMAIN_AGENT))
+    } else if key.domain == DOMAIN_AGENT && is_original_source(v) {
+        crate::fast::ni_end_zone(key.src).map(|zone| across(key, zone))
+    } else {
+        None
+    };
+    [Some(partner(key, v)), other]
+}
+
+/// The chain (`Chain`) entry `v` under `key` is part of, its other entries by `get`;
+/// None: the entry is not a source translation's, or the flow's other pair (or an entry
+/// of either) is not there.
+pub fn chain_of(key: &NatKey, v: &NatValue, get: impl Fn(&NatKey) -> Option<NatValue>) -> Option<Chain> {
+    let get = |k: &NatKey| if k == key { Some(*v) } else { get(k) };
+    // The NI's reply half, where the pairs link.
+    let ni_reply_key = if key.domain != DOMAIN_AGENT {
+        if is_reply_source(v) {
+            *key
+        } else if is_original_source(v) {
+            partner(key, v)
+        } else {
+            return None;
+        }
+    } else {
+        let uplink_out_key = if is_original_source(v) {
+            *key
+        } else if is_reply_source(v) {
+            partner(key, v)
+        } else {
+            return None;
+        };
+        across(&uplink_out_key, crate::fast::ni_end_zone(uplink_out_key.src)?)
+    };
+    let ni_reply = get(&ni_reply_key)?;
+    let ni_out_key = partner(&ni_reply_key, &ni_reply);
+    let uplink_out_key = across(&ni_reply_key, DOMAIN_AGENT);
+    let (ni_out, uplink_out) = (get(&ni_out_key)?, get(&uplink_out_key)?);
+    let uplink_reply_key = partner(&uplink_out_key, &uplink_out);
+    let uplink_reply = get(&uplink_reply_key)?;
+    let whole = is_original_source(&ni_out)
+        && is_reply_source(&ni_reply)
+        && is_original_source(&uplink_out)
+        && is_reply_source(&uplink_reply)
+        && crate::fast::ni_end_zone(uplink_out_key.src) == Some(ni_reply_key.domain)
+        && partner(&ni_out_key, &ni_out) == ni_reply_key
+        && partner(&uplink_reply_key, &uplink_reply) == uplink_out_key;
+    whole.then_some(Chain { ni_out, uplink_out, uplink_reply, ni_reply })
+}
+
+/// Whether a chain is past its time, judged as one translation: idle since the latest
+/// packet any of its entries saw, answered when either reply half was used, and its TCP
+/// state (closing, reset) the outer entries' (each sees every packet of its direction;
+/// an inner one keeps an older flow's FIN on a reused tuple, which would hold the open
+/// flow to the closing 2 minutes).
+pub fn chain_expired(proto: u8, c: &Chain, now_ns: u64) -> bool {
+    let last = c.ni_out.last_seen_ns.max(c.uplink_out.last_seen_ns).max(c.uplink_reply.last_seen_ns).max(c.ni_reply.last_seen_ns);
+    let answered = (c.uplink_reply.flags | c.ni_reply.flags) & NAT_FLAG_USED != 0;
+    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, c.ni_out.flags | c.uplink_reply.flags, answered)
+}
+
+/// Whether the translation entry `v` (under `key`) is part of is past its time: its
+/// chain (`chain_of`, `chain_expired`) when the flow was translated twice, else its pair
+/// (`pair_expired`); the other entries by `get`.
+pub fn translation_expired(key: &NatKey, v: &NatValue, get: impl Fn(&NatKey) -> Option<NatValue>, now_ns: u64) -> bool {
+    match chain_of(key, v, &get) {
+        Some(c) => chain_expired(key.proto, &c, now_ns),
+        None => pair_expired(key.proto, v, get(&partner(key, v)).as_ref(), now_ns),
+    }
+}
+
 /// The NI a translation counts against (see `ZoneUse`): its domain, or in the agent's
 /// netns the NI whose veth address it involves (`addrs`: the tuple's and the
 /// translation's addresses).
@@ -321,6 +455,55 @@ mod tests {
         let rev = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, ..NatValue::default() };
         let back = reply.rewritten(&rev);
         assert_eq!(back, NatKey::of(3, &f).reversed());
+    }
+
+    /// A flow translated in NI 3 (veth address 169.254.100.10) and at its uplink: every
+    /// entry leads to the same chain, which lives by its outer entries' state: answered at
+    /// the uplink, its NI reply half (which the fast path passes) left with an older
+    /// flow's FIN on the reused tuple, it is an open flow's, where the NI's pair judged
+    /// alone would be a closing one's.
+    #[test]
+    fn a_flow_translated_twice_is_judged_as_one_chain() {
+        const SEC: u64 = 1_000_000_000;
+        let f = Flow { proto: PROTO_TCP, src: [10, 10, 1, 2], dst: [8, 8, 8, 8], sport: 40000, dport: 80, ..Flow::default() };
+        let ni_out_key = NatKey::of(3, &f);
+        let ni_out = NatValue::new(10 * SEC, 0, [169, 254, 100, 10], 1025, REWRITE_SRC, NAT_FLAG_ORIG | NAT_FLAG_USED);
+        let ni_reply_key = partner(&ni_out_key, &ni_out);
+        let ni_reply = NatValue::new(0, 0, f.src, f.sport, REWRITE_DST, NAT_FLAG_USED | NAT_FLAG_CLOSING);
+        let uplink_out_key = across(&ni_reply_key, DOMAIN_AGENT);
+        assert_eq!(links(&ni_reply_key, &ni_reply), [Some(ni_out_key), Some(uplink_out_key)]);
+        let uplink_out = NatValue::new(10 * SEC, 0, [192, 168, 0, 2], 2000, REWRITE_SRC, NAT_FLAG_ORIG | NAT_FLAG_USED);
+        assert_eq!(links(&uplink_out_key, &uplink_out)[1], Some(ni_reply_key));
+        let uplink_reply_key = partner(&uplink_out_key, &uplink_out);
+        let mut uplink_reply = NatValue::new(10 * SEC, 0, [169, 254, 100, 10], 1025, REWRITE_DST, NAT_FLAG_USED);
+        (uplink_reply.inner_port, uplink_reply.inner_host) = inner_of(&ni_reply).unwrap();
+        uplink_reply.flags |= NAT_FLAG_INNER;
+        assert_eq!((uplink_reply.inner_port, uplink_reply.inner_host), (40000, [1, 2]));
+        let entries = [(ni_out_key, ni_out), (uplink_out_key, uplink_out), (uplink_reply_key, uplink_reply), (ni_reply_key, ni_reply)];
+        let get = |k: &NatKey| entries.iter().find(|(e, _)| e == k).map(|(_, v)| *v);
+        for (k, v) in &entries {
+            let c = chain_of(k, v, get).expect("every entry finds the chain");
+            assert_eq!([c.ni_out, c.uplink_out, c.uplink_reply, c.ni_reply], entries.map(|(_, v)| v));
+            assert!(!translation_expired(k, v, get, 190 * SEC), "an open flow's, idle 3 minutes");
+            assert!(translation_expired(k, v, get, 6 * 24 * 3600 * SEC), "idle 6 days");
+        }
+        assert!(pair_expired(PROTO_TCP, &ni_out, Some(&ni_reply), 190 * SEC), "the NI's pair alone: a closing flow's");
+        // The uplink's FIN closes the chain.
+        let closed = |k: &NatKey| {
+            if *k == uplink_reply_key {
+                Some(NatValue { flags: NAT_FLAG_USED | NAT_FLAG_CLOSING, ..uplink_reply })
+            } else {
+                get(k)
+            }
+        };
+        assert!(translation_expired(&ni_out_key, &ni_out, closed, 190 * SEC));
+        // An entry of either pair missing: each pair is judged as a pair.
+        let halved = |k: &NatKey| if *k == uplink_reply_key { None } else { get(k) };
+        assert!(chain_of(&ni_out_key, &ni_out, halved).is_none());
+        assert!(translation_expired(&ni_out_key, &ni_out, halved, 190 * SEC));
+        // A port map's pair is no chain.
+        let pm = NatValue::new(0, 5, [10, 10, 1, 2], 80, REWRITE_DST, NAT_FLAG_ORIG);
+        assert!(chain_of(&NatKey { domain: 3, ..ni_reply_key }, &pm, get).is_none());
     }
 
     #[test]

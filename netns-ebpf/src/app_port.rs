@@ -753,8 +753,8 @@ fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, 
             *v
         },
         None => {
-            let fwd = NatValue { last_seen_ns: now, mark: 0, addr: iface.gateway, port: 80, rewrite: REWRITE_DST, flags: NAT_FLAG_ORIG };
-            let rev = NatValue { last_seen_ns: now, mark: 0, addr: METADATA_IP, port: 80, rewrite: REWRITE_SRC, flags: 0 };
+            let fwd = NatValue::new(now, 0, iface.gateway, 80, REWRITE_DST, NAT_FLAG_ORIG);
+            let rev = NatValue::new(now, 0, METADATA_IP, 80, REWRITE_SRC, 0);
             NAT.insert(&key.rewritten(&fwd).reversed(), &rev, BPF_ANY as u64).map_err(|_| ())?;
             NAT.insert(&key, &fwd, BPF_ANY as u64).map_err(|_| ())?;
             fwd

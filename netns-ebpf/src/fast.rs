@@ -14,7 +14,7 @@ use core::{ffi::c_void, num::NonZeroU32};
 use aya_ebpf::{
     bindings::{
         __sk_buff, bpf_check_mtu_flags, bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT,
-        BPF_FIB_LOOKUP_TBID, TC_ACT_OK,
+        BPF_FIB_LOOKUP_TBID, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type},
     programs::TcContext,
@@ -23,15 +23,16 @@ use netns_ebpf_common::{
     csum,
     ct::{CtKey, FLAG_JUDGED_TO_APP},
     fast::{self, FastZone, TAIL_FROM_APP},
-    nat::{NatKey, NatValue, DOMAIN_AGENT},
+    nat::{NatKey, NatValue, DOMAIN_AGENT, REWRITE_DST},
     packet::{self, Flow, PacketReader, Parsed, ETH_HLEN},
-    veth_zone, IfaceKey, Ipv4, Stat,
+    veth_zone, IfaceKey, Ipv4, Stat, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     app_port, clock,
     maps::{CT, DEVICE, FAST_PROGRAMS, FAST_ZONES, FIB_SCRATCH, IFACES, NAT_IFACES},
     nat::{AtNiVeth, SourceScratch},
+    rewrite,
     skb::{count, ifindex, write, Skb},
 };
 
@@ -325,6 +326,48 @@ pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
     ctx.set_mark(0);
     count(Stat::FastFromUplink);
     unsafe { bpf_redirect_peer(fz.agent_veth_ifindex, 0) as i32 }
+}
+
+/// At an uplink's ingress, a reply whose translation there (`v`, in use) carries its
+/// NI's (`fast::inner_destination`): translated back to the app's address and port in one
+/// rewrite, as this program and the NI veth's ingress program would translate it one
+/// after the other (each counted), then into the NI as `from_uplink` hands a reply,
+/// marked `NI_NAT_DONE_MARK`: the NI veth's program, which would have looked up the NI's
+/// translation, sends it on to the app (`ni_nat_done`). TCP and UDP only (whose
+/// translations carry it). None: the NI has no fast path, the hop is not to be taken
+/// (the MTU, the last TTL), and nothing was touched.
+#[inline(always)]
+pub fn from_uplink_through_ni(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Option<i32> {
+    if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
+        return None;
+    }
+    let fz = fast::ni_end_zone(v.addr).and_then(enabled)?;
+    let (app, port) = fast::inner_destination(v, fz)?;
+    if !fits_mtu(ctx, fz.agent_veth_ifindex) || hop_ttl(ctx).is_err() {
+        return None;
+    }
+    let to = NatValue::new(0, 0, app, port, REWRITE_DST, 0);
+    if rewrite::apply(ctx, flow, &to).is_err() || write(ctx, 0, &fz.into_ni_macs).is_err() {
+        count(Stat::NatMalformed);
+        return Some(TC_ACT_SHOT);
+    }
+    // Both translations applied: the uplink's and the NI's.
+    count(Stat::NatRewrite);
+    count(Stat::NatRewrite);
+    ctx.set_mark(fast::NI_NAT_DONE_MARK);
+    count(Stat::FastFromUplink);
+    count(Stat::FastNiNatDone);
+    Some(unsafe { bpf_redirect_peer(fz.agent_veth_ifindex, 0) as i32 })
+}
+
+/// At the NI veth's ingress, a reply `from_uplink_through_ni` translated (its mark
+/// cleared): on to its app (`to_app`), as after this program's translation.
+#[inline(always)]
+pub fn ni_nat_done(ctx: &TcContext) -> i32 {
+    match packet::parse(&Skb(ctx)) {
+        Ok(Parsed::Ipv4(flow)) if !flow.related => to_app(ctx.skb.skb, crate::maps::zone(ctx), &flow),
+        _ => TC_ACT_OK,
+    }
 }
 
 /// At the NI veth's ingress, after the reply's translation back to the app's address:

@@ -13,7 +13,9 @@ use aya_ebpf::{
 use netns_ebpf_common::{
     acl::prefix_contains,
     fast as fast_path, guard,
-    nat::{self, candidate_port, NatIface, NatKey, NatValue, PortmapKey, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+    nat::{
+        self, candidate_port, NatIface, NatKey, NatValue, PortmapKey, DOMAIN_AGENT, NAT_FLAG_INNER, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC,
+    },
     packet::{self, Flow, Parsed, FRAG_LATER, FRAG_NONE},
     IfaceKey, Stat, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
@@ -41,11 +43,18 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn handle(ctx: &TcContext, egress: bool) -> i32 {
-    if egress && skb_mark(ctx) == fast_path::SNAT_DONE_MARK {
+    let mark = skb_mark(ctx);
+    if egress && mark == fast_path::SNAT_DONE_MARK {
         // Translated by the fast path that sent it here (`fast::to_uplink`), as this
         // program would have translated it: nothing is left to do but drop the mark.
         ctx.set_mark(0);
         return TC_ACT_OK;
+    }
+    if !egress && mark == fast_path::NI_NAT_DONE_MARK {
+        // Translated back to its app's address at the uplink, as this program would have
+        // translated it (`fast::from_uplink_through_ni`): on to the app.
+        ctx.set_mark(0);
+        return fast::ni_nat_done(ctx);
     }
     let mut flow = match packet::parse(&Skb(ctx)) {
         Ok(Parsed::Ipv4(f)) if f.related => return icmp_error(ctx, egress, &f),
@@ -91,6 +100,17 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         }
         note_flags(v, &flow);
         let v = *v;
+        if !egress
+            && zone == DOMAIN_AGENT
+            && v.flags & NAT_FLAG_INNER != 0
+            && nif.uplink_ifindex == ifindex(ctx)
+            && fast_path::returns_translated(&v, &flow)
+        {
+            // A reply whose translation here carries its NI's: translated back through both.
+            if let Some(action) = fast::from_uplink_through_ni(ctx, &mut flow, &v) {
+                return action;
+            }
+        }
         let action = finish(ctx, &mut flow, &v, Stat::NatRewrite);
         if action == TC_ACT_OK && !egress && fast_path::returns_translated(&v, &flow) {
             // A reply, now addressed as its flow's inside end: the fast path may take
@@ -141,10 +161,9 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
                     count(Stat::DropZoneFull);
                     return TC_ACT_SHOT;
                 }
-                let fwd =
-                    NatValue { last_seen_ns: now, mark: t.mark, addr: t.addr, port: t.port, rewrite: REWRITE_DST, flags: NAT_FLAG_ORIG };
+                let fwd = NatValue::new(now, t.mark, t.addr, t.port, REWRITE_DST, NAT_FLAG_ORIG);
                 let rev_key = key.rewritten(&fwd).reversed();
-                let rev = NatValue { last_seen_ns: now, mark: 0, addr: flow.dst, port: flow.dport, rewrite: REWRITE_SRC, flags: 0 };
+                let rev = NatValue::new(now, 0, flow.dst, flow.dport, REWRITE_SRC, 0);
                 if NAT.insert(&rev_key, &rev, BPF_ANY as u64).is_err() || NAT.insert(&key, &fwd, BPF_ANY as u64).is_err() {
                     count(Stat::NatNoPort);
                     return TC_ACT_SHOT;
@@ -327,7 +346,7 @@ fn reply_half_whole(key: &NatKey, v: &NatValue, flow: &Flow, now: u64) -> bool {
     match unsafe { NAT.get(&rev_key) } {
         Some(r) => nat::is_reply_half(r, flow),
         None => {
-            let rev = NatValue { last_seen_ns: now, mark: 0, addr: flow.src, port: flow.sport, rewrite: REWRITE_DST, flags: 0 };
+            let rev = NatValue::new(now, 0, flow.src, flow.sport, REWRITE_DST, 0);
             // (Or this flow's packet on another CPU made it again just now.)
             NAT.insert(&rev_key, &rev, BPF_NOEXIST as u64).is_ok()
                 || unsafe { NAT.get(&rev_key) }.is_some_and(|r| nat::is_reply_half(r, flow))
@@ -341,8 +360,31 @@ fn reply_half_whole(key: &NatKey, v: &NatValue, flow: &Flow, now: u64) -> bool {
 fn new_snat(ctx: &TcContext, flow: &mut Flow, key: &NatKey, nif: &NatIface, now: u64) -> i32 {
     let mut t = SourceScratch::default();
     match claim_source(flow, key, nif, now, &mut t) {
-        Ok(stat) => finish(ctx, flow, &t.to, stat),
+        Ok(stat) => {
+            if stat == Stat::NatNew && key.domain == DOMAIN_AGENT {
+                carry_inner(&t.reply_key, flow);
+            }
+            finish(ctx, flow, &t.to, stat)
+        }
         Err(why) => refused(why),
+    }
+}
+
+/// A new translation in the agent's domain of a flow from an NI (its packet `flow`, from
+/// the NI veth's address, before it leaves): its reply half (under `reply_key`) carries
+/// the flow's reply translation in the NI (`nat::inner_of`; the NI's reply half, its key
+/// the packet's tuple turned round in the NI's domain), so the fast path translates a
+/// reply back through both at the uplink (`fast::from_uplink_through_ni`). Written before
+/// the packet leaves: no reply can use the entry yet.
+#[inline(always)]
+fn carry_inner(reply_key: &NatKey, flow: &Flow) {
+    let Some(zone) = fast_path::ni_end_zone(flow.src) else { return };
+    let ni_reply_key = nat::across(&NatKey::of(DOMAIN_AGENT, flow), zone);
+    let Some((port, host)) = (unsafe { NAT.get(&ni_reply_key) }).and_then(nat::inner_of) else { return };
+    if let Some(r) = NAT.get_ptr_mut(reply_key) {
+        let r = unsafe { &mut *r };
+        (r.inner_port, r.inner_host) = (port, host);
+        r.flags |= NAT_FLAG_INNER;
     }
 }
 
@@ -374,9 +416,11 @@ fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut Sou
     }
     let random = unsafe { bpf_get_prandom_u32() };
     let r = &mut t.reply;
-    (r.last_seen_ns, r.mark, r.addr, r.port, r.rewrite, r.flags) = (now, 0, flow.src, flow.sport, REWRITE_DST, 0);
+    (r.last_seen_ns, r.mark, r.addr, r.port, r.rewrite, r.flags, r.inner_port, r.inner_host) =
+        (now, 0, flow.src, flow.sport, REWRITE_DST, 0, 0, [0; 2]);
     let f = &mut t.to;
-    (f.last_seen_ns, f.mark, f.addr, f.rewrite, f.flags) = (now, 0, nif.snat_ip, REWRITE_SRC, NAT_FLAG_ORIG);
+    (f.last_seen_ns, f.mark, f.addr, f.rewrite, f.flags, f.inner_port, f.inner_host) =
+        (now, 0, nif.snat_ip, REWRITE_SRC, NAT_FLAG_ORIG, 0, [0; 2]);
     for attempt in 0..PORT_ATTEMPTS {
         t.to.port = if has_ports { candidate_port(random, attempt, nif.port_min, nif.port_max) } else { flow.sport };
         key.rewritten(&t.to).reversed().write_to(&mut t.reply_key);

@@ -705,7 +705,7 @@ pub fn load_size(n: u64) -> u64 {
 }
 
 /// The data path's fast path counters, one per hop (README: "The data-path counters").
-pub fn fast_path_counters() -> [&'static str; 7] {
+pub fn fast_path_counters() -> [&'static str; 8] {
     netns_ebpf_common::Stat::FAST_HOPS.map(netns_ebpf_common::Stat::name)
 }
 

@@ -70,12 +70,12 @@ fn scenario_with(agent_keys: &[&str]) -> Scenario {
     s
 }
 
-fn fast_counters(s: &Scenario) -> [u64; 7] {
+fn fast_counters(s: &Scenario) -> [u64; 8] {
     let c = s.flows_report().counters;
     fast_path_counters().map(|name| *c.get(name).unwrap_or_else(|| panic!("no counter {name}")))
 }
 
-fn since(before: [u64; 7], after: [u64; 7]) -> [u64; 7] {
+fn since(before: [u64; 8], after: [u64; 8]) -> [u64; 8] {
     std::array::from_fn(|i| after[i] - before[i])
 }
 
@@ -121,10 +121,10 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let mut s = scenario();
     let (before, rx, tx, port_tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"), app1_port_tx(&s));
     let f = echo_to_inet(&s);
-    let [from_app, past_ni_veth, to_uplink, snat_done, from_uplink, to_app, into_app] = since(before, fast_counters(&s));
+    let [from_app, past_ni_veth, to_uplink, snat_done, from_uplink, ni_nat_done, to_app, into_app] = since(before, fast_counters(&s));
     let (rx, tx, port_tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx, app1_port_tx(&s) - port_tx);
     println!(
-        "fast path on: flow {}/{} packets, fast {from_app}/{past_ni_veth}/{to_uplink}/{snat_done} out, {from_uplink}/{to_app}/{into_app} back; \
+        "fast path on: flow {}/{} packets, fast {from_app}/{past_ni_veth}/{to_uplink}/{snat_done} out, {from_uplink}/{ni_nat_done}/{to_app}/{into_app} back; \
          bridge rx {rx}, NI veth tx {tx}, app1's port tx {port_tx}",
         f.packets_orig, f.packets_reply
     );
@@ -137,6 +137,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
         (to_uplink, f.packets_orig, "to uplink"),
         (snat_done, f.packets_orig, "translated before the uplink's egress"),
         (from_uplink, f.packets_reply, "from uplink"),
+        (ni_nat_done, f.packets_reply, "translated back to the app at the uplink"),
         (to_app, f.packets_reply, "to app"),
         (into_app, f.packets_reply, "into app1's netns"),
     ] {
@@ -162,7 +163,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     let (before, rx, tx, port_tx) = (fast_counters(&s), bridge_rx(&s, "ni1"), ni_veth_tx(&s, "ni1"), app1_port_tx(&s));
     let f = echo_to_inet(&s);
     let (rx, tx, port_tx) = (bridge_rx(&s, "ni1") - rx, ni_veth_tx(&s, "ni1") - tx, app1_port_tx(&s) - port_tx);
-    assert_eq!(since(before, fast_counters(&s)), [0; 7], "fast_path = false: nothing takes the fast path");
+    assert_eq!(since(before, fast_counters(&s)), [0; 8], "fast_path = false: nothing takes the fast path");
     assert!(rx >= f.packets_orig, "the bridge passed {rx} of the flow's {} packets up", f.packets_orig);
     assert!(tx >= f.packets_orig, "the NI veth sent {tx} of the flow's {} packets", f.packets_orig);
     assert!(port_tx >= f.packets_reply, "app1's port sent {port_tx} of the flow's {} replies", f.packets_reply);
@@ -172,7 +173,7 @@ fn established_flows_skip_the_bridge_and_both_routings_and_count_the_same() {
     set_fast_path(&mut s, true);
     let before = fast_counters(&s);
     let f = echo_to_inet(&s);
-    let [from_app, _, _, _, _, to_app, _] = since(before, fast_counters(&s));
+    let [from_app, _, _, _, _, _, to_app, _] = since(before, fast_counters(&s));
     assert!(from_app + 4 >= f.packets_orig && to_app + 4 >= f.packets_reply, "fast path back on: {from_app}, {to_app} of {f:#?}");
 }
 
@@ -389,7 +390,7 @@ fn hairpins_and_the_agents_own_flows_take_the_kernels_path() {
     assert_eq!(s.echo(s.app("app1"), "192.168.0.2", 8007, SENT, None), EchoResult::Echoed(SENT));
     let zedbox = s.zedbox.clone();
     assert_eq!(s.echo(&zedbox, "10.10.2.2", 7, 200_000, Some("veth2")), EchoResult::Echoed(200_000), "the agent's netns reaches app2");
-    assert_eq!(since(before, fast_counters(&s)), [0; 7], "hairpin and EVE-initiated flows take no fast path");
+    assert_eq!(since(before, fast_counters(&s)), [0; 8], "hairpin and EVE-initiated flows take no fast path");
     let flows = s.flows();
     let f = flows.iter().find(|f| f.ni == s.ni("ni2") && f.dport == 7 && f.mark == "0x02400001").expect("the port-mapped flow at app2");
     assert!(f.bytes_orig >= SENT as u64 && f.bytes_reply >= SENT as u64, "{f:#?}");
@@ -431,7 +432,7 @@ fn assert_hops_write_routings_macs(s: &Scenario) {
     let (on_ni_end, in_app) = (capture(&ni1, &ni_end, &back_filter), capture(&app1, "nbu1x1.1", &back_filter));
     let before = fast_counters(s);
     assert_eq!(s.echo(&app1, INET_IP, 7, SENT, None), EchoResult::Echoed(SENT));
-    let [from_app, past_ni_veth, _, _, from_uplink, _, into_app] = since(before, fast_counters(s));
+    let [from_app, past_ni_veth, _, _, from_uplink, _, _, into_app] = since(before, fast_counters(s));
     assert!(
         from_app >= 20 && past_ni_veth >= 20 && from_uplink >= 20 && into_app >= 20,
         "the packets took the hops: {from_app} from app1, {past_ni_veth} past the NI veth; {from_uplink} from the uplink, {into_app} into app1"

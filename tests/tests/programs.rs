@@ -27,16 +27,17 @@ use netns_ebpf_common::{
     classify::{self, Bits, ProtoBitsKey, SummaryKey, SummaryPage, CHUNK_WORDS},
     ct,
     event::{FlowEvent, EVENT_REPLACED, EVENT_START},
-    fast::TAIL_FROM_APP,
+    fast::{FastZone, NI_NAT_DONE_MARK, TAIL_FROM_APP},
     map_names, mark,
-    nat::{NatIface, PortmapKey, PortmapTarget},
+    nat::{NatIface, PortmapKey, PortmapTarget, DOMAIN_AGENT},
     prog_names, HostKey, IfaceInfo, IfaceKey, Stat, ZoneUse, IFACE_FLAG_IP_KNOWN, IFACE_FLAG_IP_LEARN, IFACE_FLAG_SWITCH,
-    PORT_DIR_FROM_APP, PORT_DIR_TO_APP,
+    PORT_DIR_FROM_APP, PORT_DIR_TO_APP, VETH_NET,
 };
 use netns_tests::frame::{self, End, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 /// The kernel runs test packets on its loopback device.
 const LOOPBACK: u32 = 1;
 /// `struct __sk_buff` is 192 bytes today; room to spare, zeros are accepted.
@@ -652,6 +653,70 @@ fn a_reused_tuples_translation_lives_as_long_as_its_new_flow() {
     let sweep = l.maps.expire_flows(datapath::monotonic_ns() + 180 * 1_000_000_000);
     assert_eq!(sweep.removed, 0, "idle 3 minutes, past a closing flow's 2: the open flow's translation stays");
     assert_eq!(back(&l, TCP_ACK), app, "the server's next segment still reaches the app");
+}
+
+/// A reply at the uplink whose translation there carries its NI's is translated back to
+/// the app's address and port in one go (the fast path hands it into the NI marked, and
+/// the NI veth's program skips its lookup): the NI's reply half then sees none of the
+/// flow's replies, and the sweep judges the flow's two pairs as one. Judged alone, the
+/// NI's pair was an unanswered translation, and went 2 minutes after the flow began; the
+/// app's next packet got another translation and another port, which the server refuses.
+#[test]
+fn a_reply_translated_at_the_uplink_through_both_keeps_the_flows_translations() {
+    let mut l = Loaded::new();
+    translating(&mut l);
+    let web = remote([10, 99, 0, 10], 80);
+    let uplink_ip = [192, 168, 0, 2];
+    // Loopback as the NI's veth (zone l.zone), then as the uplink (the agent's domain).
+    let if_zones = MapData::from_pin(l.pins.0.join(map_names::IF_ZONES)).unwrap();
+    let mut if_zones: HashMap<MapData, u32, u32> = HashMap::try_from(Map::HashMap(if_zones)).unwrap();
+    let mut in_zone = |zone: u32| if_zones.insert(LOOPBACK, zone, 0).unwrap();
+    // (Written past `Maps`, which refuses one ifindex in two zones, as it must.)
+    let nat_ifaces = MapData::from_pin(l.pins.0.join(map_names::NAT_IFACES)).unwrap();
+    let mut nat_ifaces: HashMap<MapData, IfaceKey, NatIface> = HashMap::try_from(Map::HashMap(nat_ifaces)).unwrap();
+    let uplink = NatIface::new(uplink_ip, (VETH_NET, 24), [0; 4], LOOPBACK, l.nat_ports);
+    nat_ifaces.insert(IfaceKey { zone: DOMAIN_AGENT, ifindex: LOOPBACK }, uplink, 0).unwrap();
+    let subnet = l.ni.subnet;
+    let fz = FastZone {
+        enabled: 1,
+        ni_veth_ifindex: LOOPBACK,
+        agent_veth_ifindex: LOOPBACK,
+        subnet_len: subnet.prefix_len(),
+        subnet: subnet.network().octets(),
+        ..FastZone::default()
+    };
+    l.maps.set_fast_zone(l.zone, fz).unwrap();
+
+    let out = |l: &Loaded, from: End, flags: u8| {
+        let ran = l.run(prog_names::NAT_EGRESS, &frame::ipv4(PROTO_TCP, from, web, flags, b""));
+        assert_eq!(ran.verdict, TC_ACT_OK);
+        frame::ends(&ran.frame).0
+    };
+    in_zone(l.zone);
+    let (ni_ip, ni_port) = out(&l, l.app(40000), TCP_SYN);
+    in_zone(DOMAIN_AGENT);
+    let (up_ip, up_port) = out(&l, End { mac: GATEWAY_MAC, ip: ni_ip, port: ni_port }, TCP_SYN);
+    assert_eq!(up_ip, Ipv4Addr::from(uplink_ip), "translated at the uplink too");
+    let to_uplink = End { mac: GATEWAY_MAC, ip: up_ip, port: up_port };
+    let (done, rewrites) = (l.counter(Stat::FastNiNatDone), l.counter(Stat::NatRewrite));
+    let ran = l.run(prog_names::NAT_INGRESS, &frame::ipv4(PROTO_TCP, web, to_uplink, TCP_SYN | TCP_ACK, b""));
+    assert_eq!(ran.verdict, TC_ACT_REDIRECT, "into the NI");
+    assert_eq!(frame::ends(&ran.frame).1, (l.port.ip, 40000), "translated back to the app at the uplink");
+    assert_eq!(ran.mark, NI_NAT_DONE_MARK, "marked for the NI veth's program");
+    assert_eq!((l.counter(Stat::FastNiNatDone), l.counter(Stat::NatRewrite)), (done + 1, rewrites + 2), "both translations counted");
+    assert!(frame::checksums_ok(&ran.frame), "checksums whole after both rewrites");
+    in_zone(l.zone);
+    out(&l, l.app(40000), TCP_ACK);
+    in_zone(DOMAIN_AGENT);
+    out(&l, End { mac: GATEWAY_MAC, ip: ni_ip, port: ni_port }, TCP_ACK);
+
+    let nat = |sweep: &datapath::Sweep| sweep.fill.iter().find(|f| f.map == map_names::NAT).unwrap().entries;
+    let sweep = l.maps.expire_flows(datapath::monotonic_ns() + 180 * 1_000_000_000);
+    assert_eq!((sweep.removed, nat(&sweep)), (0, 4), "idle 3 minutes, answered: both pairs stay");
+    let ran = l.run(prog_names::NAT_INGRESS, &frame::ipv4(PROTO_TCP, web, to_uplink, TCP_ACK, b""));
+    assert_eq!(frame::ends(&ran.frame).1, (l.port.ip, 40000), "the server's next segment still reaches the app");
+    let sweep = l.maps.expire_flows(datapath::monotonic_ns() + 6 * 24 * 3600 * 1_000_000_000);
+    assert_eq!((sweep.removed, nat(&sweep)), (4, 0), "idle 6 days: both pairs go, together");
 }
 
 /// A translation's two entries go together: the sweep takes them one by one, and judged

@@ -431,7 +431,7 @@ impl Demo {
         );
         let fast =
             netns_ebpf_common::Stat::FAST_HOPS.map(|c| value(&format!("netns_agent_datapath_decisions_total{{counter=\"{}\"}}", c.name())));
-        println!("  fast path (packets per hop: from app, past the NI veth, to uplink, translated there, from uplink, to app, into the app): {fast:?}");
+        println!("  fast path (packets per hop: from app, past the NI veth, to uplink, translated there, from uplink, translated back to the app there, to app, into the app): {fast:?}");
         match self.fast_path {
             true => self.check("the fast path carried the answered flows, every hop of it", fast.iter().all(|n| *n > 0.0)),
             false => self.check("fast_path = false: no packet took the fast path", fast.iter().all(|n| *n == 0.0)),

@@ -3,7 +3,7 @@
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
 //!   CT_V4, DROP_V2, IFACE_V3, ACE_V4,   maps shared by every NI and the agent's netns
-//!   STATS_V10, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
+//!   STATS_V11, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/..., @agent/...                 TCX links an earlier agent pinned: the agent
 //!                                        unpins them as its tc filters take over (`tc`)
 //!
@@ -417,6 +417,26 @@ fn read_all<K: aya::Pod, V: aya::Pod>(batched: &BatchMap, map: &HashMap<MapData,
 /// A map's entries, as read.
 type Entries<K, V> = Vec<(K, V)>;
 
+/// The translation entries (of `read`) that those `may_be_expired` says may be expired
+/// lead to (`nat::links`: their partners, the other pair of a flow translated twice, and
+/// on, three links at most: a chain's four entries), with those entries themselves: what
+/// judging them needs.
+fn linked_entries(read: &[(NatKey, NatValue)], may_be_expired: impl Fn(&NatKey, &NatValue) -> bool) -> foldhash::HashMap<NatKey, NatValue> {
+    let mut known: foldhash::HashMap<NatKey, NatValue> = read.iter().filter(|(k, v)| may_be_expired(k, v)).copied().collect();
+    let mut wanted: foldhash::HashSet<NatKey> = Default::default();
+    let mut newly: Vec<(NatKey, NatValue)> = known.iter().map(|(k, v)| (*k, *v)).collect();
+    for _ in 0..3 {
+        wanted.clear();
+        wanted.extend(newly.iter().flat_map(|(k, v)| netns_ebpf_common::nat::links(k, v)).flatten().filter(|k| !known.contains_key(k)));
+        if wanted.is_empty() {
+            break;
+        }
+        newly = read.iter().filter(|(k, _)| wanted.contains(k)).copied().collect();
+        known.extend(newly.iter().copied());
+    }
+    known
+}
+
 /// Splits `entries` (read from `map`) into those `doomed` spares (returned first) and
 /// those it dooms, which go (returned second, as they were when they went): one call
 /// each through `batched`, the same map. A doomed entry is judged again as taken out,
@@ -827,34 +847,29 @@ impl Maps {
         let (drops_left, drops_gone) = sweep_where(drops, &mut self.drops, read, expired, |_, k, v| expired(k, v));
         let (drops_left, drops_gone) = (drops_left.len() as u64, drops_gone.len());
         let expired = expired_flows.len() + drops_gone;
-        // A pair goes when both its entries say so as they are now: an entry judged by a
-        // stale copy of its partner (the flow's tuple reused since, its first packet
-        // through) would leave the partner alone, the translation half gone.
-        // Only an entry idle past its protocol's shortest timeout can be half of an
-        // expired pair (the pair's idle time is its younger half's): only the partners of
-        // those are looked up. (At thousands of new flows a second an NI's share keeps the
-        // sweep going every second, and most entries are seconds old: a map of every
-        // entry, built every second, was most of the sweep's time.)
+        // A translation goes when all its entries say so as they are now (its pair, or
+        // the chain of both pairs of a flow translated in its NI and at its uplink,
+        // `nat::translation_expired`): an entry judged by a stale copy of another (the
+        // flow's tuple reused since, its first packet through) would leave that one
+        // alone, the translation half gone.
+        // Only an entry idle past its protocol's shortest timeout can be part of an
+        // expired translation (whose idle time is its youngest entry's): only the entries
+        // those lead to are looked up. (At thousands of new flows a second an NI's share
+        // keeps the sweep going every second, and most entries are seconds old: a map of
+        // every entry, built every second, was most of the sweep's time.)
         let read = read_all(nat_batch, &self.nat);
         let may_be_expired = |k: &NatKey, v: &NatValue| now_ns.saturating_sub(v.last_seen_ns) > nat::shortest_pair_timeout_ns(k.proto);
-        let wanted: foldhash::HashSet<NatKey> =
-            read.iter().filter(|(k, v)| may_be_expired(k, v)).map(|(k, v)| nat::partner(k, v)).collect();
-        let partners: foldhash::HashMap<NatKey, NatValue> =
-            if wanted.is_empty() { Default::default() } else { read.iter().filter(|(k, _)| wanted.contains(k)).copied().collect() };
+        let linked = linked_entries(&read, may_be_expired);
         let (translations_left, translations) = sweep_where(
             nat_batch,
             &mut self.nat,
             read,
-            |k, v| may_be_expired(k, v) && nat::pair_expired(k.proto, v, partners.get(&nat::partner(k, v)), now_ns),
-            // The partner as the map holds it now; one this sweep took already (its pair
-            // judged expired with this entry) as it was read: judged alone, a reply half
-            // whose RST or FIN only its partner saw lived on 5 days, and the sweep after
-            // judged it alone too.
-            |map, k, v| {
-                let partner = nat::partner(k, v);
-                let partner = map.get(&partner, 0).ok().or_else(|| partners.get(&partner).copied());
-                nat::pair_expired(k.proto, v, partner.as_ref(), now_ns)
-            },
+            |k, v| may_be_expired(k, v) && nat::translation_expired(k, v, |k| linked.get(k).copied(), now_ns),
+            // The other entries as the map holds them now; one this sweep took already
+            // (judged expired with this entry) as it was read: judged without it, a reply
+            // half whose RST or FIN only its partner saw lived on 5 days, and the sweep
+            // after judged it alone too.
+            |map, k, v| nat::translation_expired(k, v, |k| map.get(k, 0).ok().or_else(|| linked.get(k).copied()), now_ns),
         );
         for (k, v) in &translations_left {
             nat_use[(nat::owner_zone(k.domain, [k.src, k.dst, v.addr]) % MAX_ZONES) as usize] += 1;
