@@ -23,7 +23,7 @@ use netns_ebpf_common::{
     csum,
     ct::{CtKey, FLAG_JUDGED_TO_APP},
     fast::{self, FastZone, TAIL_FROM_APP},
-    nat::{NatKey, NatValue, DOMAIN_AGENT, REWRITE_DST},
+    nat::{NatKey, NatValue, DOMAIN_AGENT},
     packet::{self, Flow, PacketReader, Parsed, ETH_HLEN},
     veth_zone, IfaceKey, Ipv4, Stat, PROTO_TCP, PROTO_UDP,
 };
@@ -328,16 +328,16 @@ pub fn from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
     unsafe { bpf_redirect_peer(fz.agent_veth_ifindex, 0) as i32 }
 }
 
-/// At an uplink's ingress, a reply whose translation there (`v`, in use) carries its
-/// NI's (`fast::inner_destination`): translated back to the app's address and port in one
-/// rewrite, as this program and the NI veth's ingress program would translate it one
-/// after the other (each counted), then into the NI as `from_uplink` hands a reply,
-/// marked `NI_NAT_DONE_MARK`: the NI veth's program, which would have looked up the NI's
-/// translation, sends it on to the app (`ni_nat_done`). TCP and UDP only (whose
-/// translations carry it). None: the NI has no fast path, the hop is not to be taken
-/// (the MTU, the last TTL), and nothing was touched.
+/// At an uplink's ingress, a reply whose translation there (`v`, a copy of the entry in
+/// use) carries its NI's (`fast::inner_destination`): translated back to the app's address
+/// and port in one rewrite (`v` made that translation), as this program and the NI veth's
+/// ingress program would translate it one after the other (each counted), then into the
+/// NI as `from_uplink` hands a reply, marked `NI_NAT_DONE_MARK`: the NI veth's program,
+/// which would have looked up the NI's translation, sends it on to the app (`to_app`).
+/// TCP and UDP only (whose translations carry it). None: the NI has no fast path, the hop
+/// is not to be taken (the MTU, the last TTL), and nothing was touched.
 #[inline(always)]
-pub fn from_uplink_through_ni(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Option<i32> {
+pub fn from_uplink_through_ni(ctx: &TcContext, flow: &mut Flow, v: &mut NatValue) -> Option<i32> {
     if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
         return None;
     }
@@ -346,8 +346,8 @@ pub fn from_uplink_through_ni(ctx: &TcContext, flow: &mut Flow, v: &NatValue) ->
     if !fits_mtu(ctx, fz.agent_veth_ifindex) || hop_ttl(ctx).is_err() {
         return None;
     }
-    let to = NatValue::new(0, 0, app, port, REWRITE_DST, 0);
-    if rewrite::apply(ctx, flow, &to).is_err() || write(ctx, 0, &fz.into_ni_macs).is_err() {
+    (v.addr, v.port) = (app, port);
+    if rewrite::apply(ctx, flow, v).is_err() || write(ctx, 0, &fz.into_ni_macs).is_err() {
         count(Stat::NatMalformed);
         return Some(TC_ACT_SHOT);
     }
@@ -358,16 +358,6 @@ pub fn from_uplink_through_ni(ctx: &TcContext, flow: &mut Flow, v: &NatValue) ->
     count(Stat::FastFromUplink);
     count(Stat::FastNiNatDone);
     Some(unsafe { bpf_redirect_peer(fz.agent_veth_ifindex, 0) as i32 })
-}
-
-/// At the NI veth's ingress, a reply `from_uplink_through_ni` translated (its mark
-/// cleared): on to its app (`to_app`), as after this program's translation.
-#[inline(always)]
-pub fn ni_nat_done(ctx: &TcContext) -> i32 {
-    match packet::parse(&Skb(ctx)) {
-        Ok(Parsed::Ipv4(flow)) if !flow.related => to_app(ctx.skb.skb, crate::maps::zone(ctx), &flow),
-        _ => TC_ACT_OK,
-    }
 }
 
 /// At the NI veth's ingress, after the reply's translation back to the app's address:

@@ -50,14 +50,16 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         ctx.set_mark(0);
         return TC_ACT_OK;
     }
-    if !egress && mark == fast_path::NI_NAT_DONE_MARK {
-        // Translated back to its app's address at the uplink, as this program would have
-        // translated it (`fast::from_uplink_through_ni`): on to the app.
-        ctx.set_mark(0);
-        return fast::ni_nat_done(ctx);
-    }
     let mut flow = match packet::parse(&Skb(ctx)) {
         Ok(Parsed::Ipv4(f)) if f.related => return icmp_error(ctx, egress, &f),
+        Ok(Parsed::Ipv4(f)) if !egress && mark == fast_path::NI_NAT_DONE_MARK => {
+            // Translated back to its app's address at the uplink, as this program would
+            // have translated it (`fast::from_uplink_through_ni`): on to the app. (Its
+            // parse is this one: another `Flow` in this frame was one too many for 6.1's
+            // 512 bytes of stack across calls.)
+            ctx.set_mark(0);
+            return fast::to_app(ctx.skb.skb, zone(ctx), &f);
+        }
         Ok(Parsed::Ipv4(f)) => f,
         // ARP, IPv6 and what does not parse are not ours to translate; the stack (or the
         // app ports) deal with them.
@@ -99,7 +101,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             return new_snat(ctx, &mut flow, &key, nif, now);
         }
         note_flags(v, &flow);
-        let v = *v;
+        let mut v = *v;
         if !egress
             && zone == DOMAIN_AGENT
             && v.flags & NAT_FLAG_INNER != 0
@@ -107,7 +109,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             && fast_path::returns_translated(&v, &flow)
         {
             // A reply whose translation here carries its NI's: translated back through both.
-            if let Some(action) = fast::from_uplink_through_ni(ctx, &mut flow, &v) {
+            if let Some(action) = fast::from_uplink_through_ni(ctx, &mut flow, &mut v) {
                 return action;
             }
         }
