@@ -94,7 +94,9 @@ pub const SNAT_DONE_MARK: u32 = 0x5a7d_0e00;
 /// only clears the mark and sends it on to the app. As `SNAT_DONE_MARK`, only the agent's
 /// netns can mark a packet there (a veth clears marks between namespaces); one that lost
 /// its mark would be looked up there and, its tuple no translation's, go on as it is.
-pub const NI_NAT_DONE_MARK: u32 = 0x5a7d_0e01;
+/// Read as EVE's connection mark it is a drop's (`mark::DROP_BIT`), which no program
+/// takes as leave to let a flow in.
+pub const NI_NAT_DONE_MARK: u32 = 0x5afd_0e01;
 
 /// A packet an app sends on an allowed flow may skip the bridge and the NI's routing
 /// when it is neither an ICMP error nor a fragment (the kernel relates and reassembles
@@ -212,6 +214,8 @@ mod tests {
         assert_eq!(inner_destination(&v, &fz([10, 10, 2, 0], 24)), None, "not in the NI's subnet");
         assert_eq!(inner_destination(&v, &fz([10, 0, 0, 0], 8)), None, "a subnet shorter than /16: two bytes do not say the address");
         assert_eq!(inner_destination(&NatValue { flags: 0, ..v }, &fz([10, 10, 1, 0], 24)), None, "none carried");
+        // The mark that says so, read as EVE's: a drop's, which lets no flow in.
+        assert!(crate::mark::decode(NI_NAT_DONE_MARK).drop);
     }
 
     #[test]

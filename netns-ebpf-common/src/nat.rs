@@ -387,7 +387,10 @@ pub fn chain_of(key: &NatKey, v: &NatValue, get: impl Fn(&NatKey) -> Option<NatV
     let (ni_out, uplink_out) = (get(&ni_out_key)?, get(&uplink_out_key)?);
     let uplink_reply_key = partner(&uplink_out_key, &uplink_out);
     let uplink_reply = get(&uplink_reply_key)?;
-    let whole = is_original_source(&ni_out)
+    // The entry judged must be one of the four: a key of another flow's (an entry the
+    // LRU took, made again by another flow) leads to that flow's chain.
+    let whole = [ni_out_key, uplink_out_key, uplink_reply_key, ni_reply_key].contains(key)
+        && is_original_source(&ni_out)
         && is_reply_source(&ni_reply)
         && is_original_source(&uplink_out)
         && is_reply_source(&uplink_reply)
@@ -501,6 +504,10 @@ mod tests {
         let halved = |k: &NatKey| if *k == uplink_reply_key { None } else { get(k) };
         assert!(chain_of(&ni_out_key, &ni_out, halved).is_none());
         assert!(translation_expired(&ni_out_key, &ni_out, halved, 190 * SEC));
+        // An entry whose partner's key another flow's entry holds now (the LRU took its
+        // own, and another flow made it again) is no part of that flow's chain.
+        let stranger = NatKey { sport: 40001, ..ni_out_key };
+        assert!(chain_of(&stranger, &NatValue { port: 1025, ..ni_out }, get).is_none());
         // A port map's pair is no chain.
         let pm = NatValue::new(0, 5, [10, 10, 1, 2], 80, REWRITE_DST, NAT_FLAG_ORIG);
         assert!(chain_of(&NatKey { domain: 3, ..ni_reply_key }, &pm, get).is_none());

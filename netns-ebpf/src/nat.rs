@@ -52,7 +52,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
     }
     let mut flow = match packet::parse(&Skb(ctx)) {
         Ok(Parsed::Ipv4(f)) if f.related => return icmp_error(ctx, egress, &f),
-        Ok(Parsed::Ipv4(f)) if !egress && mark == fast_path::NI_NAT_DONE_MARK => {
+        Ok(Parsed::Ipv4(f)) if !egress && mark == fast_path::NI_NAT_DONE_MARK && zone(ctx) != DOMAIN_AGENT => {
             // Translated back to its app's address at the uplink, as this program would
             // have translated it (`fast::from_uplink_through_ni`): on to the app. (Its
             // parse is this one: another `Flow` in this frame was one too many for 6.1's
@@ -429,6 +429,9 @@ fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut Sou
         // The reply tuple is what must be unique: claim it first.
         if NAT.insert(&t.reply_key, &t.reply, BPF_NOEXIST as u64).is_ok() {
             if NAT.insert(key, &t.to, BPF_NOEXIST as u64).is_ok() {
+                if key.domain != DOMAIN_AGENT {
+                    forget_stale_uplink(&mut t.reply_key);
+                }
                 return Ok(Stat::NatNew);
             }
             // Another CPU's packet of this flow got there first (or the tuple is another
@@ -449,6 +452,27 @@ fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut Sou
         }
         _ => Err(Stat::NatNoPort),
     }
+}
+
+/// After a new translation in an NI: where its reply tuple (`k`, the new reply half's
+/// key, used up here: the callers keep it in scratch, off the stack) leads to a
+/// translation in the agent's domain (`nat::across`: the same flow leaving the NI), that
+/// translation is an older flow's, whose NI reply half is gone (an LRU eviction, or a
+/// sweep that judged the two pairs apart), and its uplink reply half carries that flow's
+/// app (`carry_inner`): both its halves are removed, so that the new flow gets a
+/// translation of its own at the uplink and none of its replies reaches that app.
+#[inline(always)]
+fn forget_stale_uplink(k: &mut NatKey) {
+    (k.domain, k.src, k.dst, k.sport, k.dport) = (DOMAIN_AGENT, k.dst, k.src, k.dport, k.sport);
+    let Some(v) = (unsafe { NAT.get(&*k) }) else { return };
+    if v.rewrite != REWRITE_SRC || v.flags & NAT_FLAG_ORIG == 0 {
+        return;
+    }
+    let (addr, port) = (v.addr, v.port);
+    let _ = NAT.remove(&*k);
+    // Its reply half: its key rewritten by it, turned round.
+    (k.src, k.dst, k.sport, k.dport) = (k.dst, addr, k.dport, port);
+    let _ = NAT.remove(&*k);
 }
 
 #[inline(always)]

@@ -655,6 +655,64 @@ fn a_reused_tuples_translation_lives_as_long_as_its_new_flow() {
     assert_eq!(back(&l, TCP_ACK), app, "the server's next segment still reaches the app");
 }
 
+/// Loopback as both interfaces that translate a flow leaving an NI: the NI veth (zone
+/// `l.zone`, as `translating` makes it) and the uplink (the agent's domain, `UPLINK_IP`),
+/// which the NI's fast path leads to; `in_zone` says which it is for the next run.
+struct TwoNats {
+    if_zones: HashMap<MapData, u32, u32>,
+}
+
+const UPLINK_IP: [u8; 4] = [192, 168, 0, 2];
+
+impl TwoNats {
+    fn new(l: &mut Loaded) -> TwoNats {
+        let if_zones = MapData::from_pin(l.pins.0.join(map_names::IF_ZONES)).unwrap();
+        let if_zones = HashMap::try_from(Map::HashMap(if_zones)).unwrap();
+        // (Written past `Maps`, which refuses one ifindex in two zones, as it must.)
+        let nat_ifaces = MapData::from_pin(l.pins.0.join(map_names::NAT_IFACES)).unwrap();
+        let mut nat_ifaces: HashMap<MapData, IfaceKey, NatIface> = HashMap::try_from(Map::HashMap(nat_ifaces)).unwrap();
+        let uplink = NatIface::new(UPLINK_IP, (VETH_NET, 24), [0; 4], LOOPBACK, l.nat_ports);
+        nat_ifaces.insert(IfaceKey { zone: DOMAIN_AGENT, ifindex: LOOPBACK }, uplink, 0).unwrap();
+        let subnet = l.ni.subnet;
+        let fz = FastZone {
+            enabled: 1,
+            ni_veth_ifindex: LOOPBACK,
+            agent_veth_ifindex: LOOPBACK,
+            subnet_len: subnet.prefix_len(),
+            subnet: subnet.network().octets(),
+            ..FastZone::default()
+        };
+        l.maps.set_fast_zone(l.zone, fz).unwrap();
+        TwoNats { if_zones }
+    }
+
+    fn in_zone(&mut self, zone: u32) {
+        self.if_zones.insert(LOOPBACK, zone, 0).unwrap();
+    }
+
+    /// A TCP packet (`flags`) from `from` in the NI to `to`, through the NI veth's egress
+    /// and the uplink's: where it leaves each from.
+    fn leave(&mut self, l: &Loaded, from: End, to: End, flags: u8) -> (End, End) {
+        let mut hop = |zone: u32, from: End| {
+            self.in_zone(zone);
+            let ran = l.run(prog_names::NAT_EGRESS, &frame::ipv4(PROTO_TCP, from, to, flags, b""));
+            assert_eq!(ran.verdict, TC_ACT_OK);
+            let (ip, port) = frame::ends(&ran.frame).0;
+            End { mac: GATEWAY_MAC, ip, port }
+        };
+        let ni_end = hop(l.zone, from);
+        (ni_end, hop(DOMAIN_AGENT, ni_end))
+    }
+
+    /// A TCP packet (`flags`) from `from` to `to` at the uplink's ingress: the verdict and
+    /// the destination it is given.
+    fn back(&mut self, l: &Loaded, from: End, to: End, flags: u8) -> (u32, (Ipv4Addr, u16), Ran) {
+        self.in_zone(DOMAIN_AGENT);
+        let ran = l.run(prog_names::NAT_INGRESS, &frame::ipv4(PROTO_TCP, from, to, flags, b""));
+        (ran.verdict, frame::ends(&ran.frame).1, ran)
+    }
+}
+
 /// A reply at the uplink whose translation there carries its NI's is translated back to
 /// the app's address and port in one go (the fast path hands it into the NI marked, and
 /// the NI veth's program skips its lookup): the NI's reply half then sees none of the
@@ -665,58 +723,52 @@ fn a_reused_tuples_translation_lives_as_long_as_its_new_flow() {
 fn a_reply_translated_at_the_uplink_through_both_keeps_the_flows_translations() {
     let mut l = Loaded::new();
     translating(&mut l);
+    let mut two = TwoNats::new(&mut l);
     let web = remote([10, 99, 0, 10], 80);
-    let uplink_ip = [192, 168, 0, 2];
-    // Loopback as the NI's veth (zone l.zone), then as the uplink (the agent's domain).
-    let if_zones = MapData::from_pin(l.pins.0.join(map_names::IF_ZONES)).unwrap();
-    let mut if_zones: HashMap<MapData, u32, u32> = HashMap::try_from(Map::HashMap(if_zones)).unwrap();
-    let mut in_zone = |zone: u32| if_zones.insert(LOOPBACK, zone, 0).unwrap();
-    // (Written past `Maps`, which refuses one ifindex in two zones, as it must.)
-    let nat_ifaces = MapData::from_pin(l.pins.0.join(map_names::NAT_IFACES)).unwrap();
-    let mut nat_ifaces: HashMap<MapData, IfaceKey, NatIface> = HashMap::try_from(Map::HashMap(nat_ifaces)).unwrap();
-    let uplink = NatIface::new(uplink_ip, (VETH_NET, 24), [0; 4], LOOPBACK, l.nat_ports);
-    nat_ifaces.insert(IfaceKey { zone: DOMAIN_AGENT, ifindex: LOOPBACK }, uplink, 0).unwrap();
-    let subnet = l.ni.subnet;
-    let fz = FastZone {
-        enabled: 1,
-        ni_veth_ifindex: LOOPBACK,
-        agent_veth_ifindex: LOOPBACK,
-        subnet_len: subnet.prefix_len(),
-        subnet: subnet.network().octets(),
-        ..FastZone::default()
-    };
-    l.maps.set_fast_zone(l.zone, fz).unwrap();
-
-    let out = |l: &Loaded, from: End, flags: u8| {
-        let ran = l.run(prog_names::NAT_EGRESS, &frame::ipv4(PROTO_TCP, from, web, flags, b""));
-        assert_eq!(ran.verdict, TC_ACT_OK);
-        frame::ends(&ran.frame).0
-    };
-    in_zone(l.zone);
-    let (ni_ip, ni_port) = out(&l, l.app(40000), TCP_SYN);
-    in_zone(DOMAIN_AGENT);
-    let (up_ip, up_port) = out(&l, End { mac: GATEWAY_MAC, ip: ni_ip, port: ni_port }, TCP_SYN);
-    assert_eq!(up_ip, Ipv4Addr::from(uplink_ip), "translated at the uplink too");
-    let to_uplink = End { mac: GATEWAY_MAC, ip: up_ip, port: up_port };
+    let (_, to_uplink) = two.leave(&l, l.app(40000), web, TCP_SYN);
+    assert_eq!(to_uplink.ip, Ipv4Addr::from(UPLINK_IP), "translated at the uplink too");
     let (done, rewrites) = (l.counter(Stat::FastNiNatDone), l.counter(Stat::NatRewrite));
-    let ran = l.run(prog_names::NAT_INGRESS, &frame::ipv4(PROTO_TCP, web, to_uplink, TCP_SYN | TCP_ACK, b""));
-    assert_eq!(ran.verdict, TC_ACT_REDIRECT, "into the NI");
-    assert_eq!(frame::ends(&ran.frame).1, (l.port.ip, 40000), "translated back to the app at the uplink");
+    let (verdict, to, ran) = two.back(&l, web, to_uplink, TCP_SYN | TCP_ACK);
+    assert_eq!((verdict, to), (TC_ACT_REDIRECT, (l.port.ip, 40000)), "translated back to the app at the uplink, into the NI");
     assert_eq!(ran.mark, NI_NAT_DONE_MARK, "marked for the NI veth's program");
     assert_eq!((l.counter(Stat::FastNiNatDone), l.counter(Stat::NatRewrite)), (done + 1, rewrites + 2), "both translations counted");
     assert!(frame::checksums_ok(&ran.frame), "checksums whole after both rewrites");
-    in_zone(l.zone);
-    out(&l, l.app(40000), TCP_ACK);
-    in_zone(DOMAIN_AGENT);
-    out(&l, End { mac: GATEWAY_MAC, ip: ni_ip, port: ni_port }, TCP_ACK);
+    two.leave(&l, l.app(40000), web, TCP_ACK);
 
     let nat = |sweep: &datapath::Sweep| sweep.fill.iter().find(|f| f.map == map_names::NAT).unwrap().entries;
     let sweep = l.maps.expire_flows(datapath::monotonic_ns() + 180 * 1_000_000_000);
     assert_eq!((sweep.removed, nat(&sweep)), (0, 4), "idle 3 minutes, answered: both pairs stay");
-    let ran = l.run(prog_names::NAT_INGRESS, &frame::ipv4(PROTO_TCP, web, to_uplink, TCP_ACK, b""));
-    assert_eq!(frame::ends(&ran.frame).1, (l.port.ip, 40000), "the server's next segment still reaches the app");
+    assert_eq!(two.back(&l, web, to_uplink, TCP_ACK).1, (l.port.ip, 40000), "the server's next segment still reaches the app");
     let sweep = l.maps.expire_flows(datapath::monotonic_ns() + 6 * 24 * 3600 * 1_000_000_000);
     assert_eq!((sweep.removed, nat(&sweep)), (4, 0), "idle 6 days: both pairs go, together");
+}
+
+/// A flow whose translation in its NI is gone while the uplink's stays (an LRU eviction,
+/// or a sweep that judged the two pairs apart): a new flow given the same NI port gets a
+/// translation of its own at the uplink. It took the gone flow's, whose reply half
+/// carries that flow's app, and its replies were translated back to that app.
+#[test]
+fn a_new_flow_on_a_gone_flows_ni_port_gets_its_own_uplink_translation() {
+    let mut l = Loaded::new();
+    translating(&mut l);
+    // One port at the NI veth: the new flow gets the gone flow's.
+    let ni = &l.ni;
+    let subnet = (ni.subnet.network().octets(), ni.subnet.prefix_len());
+    let one_port = NatIface::new(ni.ni_ip.octets(), subnet, ni.agent_ip.octets(), 0, (50000, 50000));
+    l.maps.set_nat_iface(IfaceKey { zone: l.zone, ifindex: LOOPBACK }, one_port).unwrap();
+    let mut two = TwoNats::new(&mut l);
+    let web = remote([10, 99, 0, 10], 80);
+    let (ni_end, old) = two.leave(&l, l.app(40000), web, TCP_SYN);
+    assert_eq!(two.back(&l, web, old, TCP_SYN | TCP_ACK).1, (l.port.ip, 40000));
+    let zone = l.zone;
+    assert_eq!(l.maps.remove_nat_entries(|k, _| k.domain == zone), 2, "the NI's pair gone");
+
+    let (same, new) = two.leave(&l, l.app(40001), web, TCP_SYN);
+    assert_eq!((same.ip, same.port), (ni_end.ip, ni_end.port), "the same NI port");
+    assert_ne!(new.port, old.port, "a translation of its own at the uplink");
+    assert_eq!(two.back(&l, web, new, TCP_SYN | TCP_ACK).1, (l.port.ip, 40001), "its replies reach it");
+    let (verdict, to, _) = two.back(&l, web, old, TCP_ACK);
+    assert_eq!((verdict, to), (TC_ACT_OK, (old.ip, old.port)), "nothing reaches the gone flow's app by its uplink port");
 }
 
 /// A translation's two entries go together: the sweep takes them one by one, and judged

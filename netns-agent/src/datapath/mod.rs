@@ -417,17 +417,25 @@ fn read_all<K: aya::Pod, V: aya::Pod>(batched: &BatchMap, map: &HashMap<MapData,
 /// A map's entries, as read.
 type Entries<K, V> = Vec<(K, V)>;
 
-/// The translation entries (of `read`) that those `may_be_expired` says may be expired
-/// lead to (`nat::links`: their partners, the other pair of a flow translated twice, and
-/// on, three links at most: a chain's four entries), with those entries themselves: what
-/// judging them needs.
+/// What judging the translation entries of `read` that `may_be_expired` says may be
+/// expired needs (`nat::translation_expired`): those entries, their partners, and where
+/// neither of a pair is in use, the entries those lead on to (`nat::links`: the other
+/// pair of a flow translated twice; three links at most reach a chain's four entries).
+/// An entry whose partner is in use is part of no expired translation, and leads no
+/// further: the NI reply halves of long flows the fast path carries past them are idle
+/// for good, and with their chains every sweep read most of the map again.
 fn linked_entries(read: &[(NatKey, NatValue)], may_be_expired: impl Fn(&NatKey, &NatValue) -> bool) -> foldhash::HashMap<NatKey, NatValue> {
+    use netns_ebpf_common::nat;
     let mut known: foldhash::HashMap<NatKey, NatValue> = read.iter().filter(|(k, v)| may_be_expired(k, v)).copied().collect();
-    let mut wanted: foldhash::HashSet<NatKey> = Default::default();
-    let mut newly: Vec<(NatKey, NatValue)> = known.iter().map(|(k, v)| (*k, *v)).collect();
+    let mut wanted: foldhash::HashSet<NatKey> = known.iter().map(|(k, v)| nat::partner(k, v)).filter(|k| !known.contains_key(k)).collect();
+    // Partners that none of those is: in use.
+    let in_use: foldhash::HashMap<NatKey, NatValue> = read.iter().filter(|(k, _)| wanted.contains(k)).copied().collect();
+    let mut newly: Vec<(NatKey, NatValue)> =
+        known.iter().filter(|(k, v)| !in_use.contains_key(&nat::partner(k, v))).map(|(k, v)| (*k, *v)).collect();
+    known.extend(in_use);
     for _ in 0..3 {
         wanted.clear();
-        wanted.extend(newly.iter().flat_map(|(k, v)| netns_ebpf_common::nat::links(k, v)).flatten().filter(|k| !known.contains_key(k)));
+        wanted.extend(newly.iter().flat_map(|(k, v)| nat::links(k, v)).flatten().filter(|k| !known.contains_key(k)));
         if wanted.is_empty() {
             break;
         }
@@ -929,5 +937,47 @@ mod tests {
         for other in ["NAT", "NAT_V", "NAT_Vx", "OTHER_V1", "ni1", "@agent"] {
             assert!(!is_other_map_version(other), "{other}");
         }
+    }
+
+    /// A flow translated in NI 3 and at its uplink, each entry last used at the time
+    /// given (the NI's original half, the uplink's, its reply half, the NI's).
+    fn chain(at: [u64; 4]) -> Vec<(NatKey, NatValue)> {
+        use netns_ebpf_common::nat::{across, partner, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC};
+        let ni_out_key = NatKey { domain: 3, src: [10, 10, 1, 2], dst: [8, 8, 8, 8], sport: 40000, dport: 80, proto: 6, _pad: [0; 3] };
+        let ni_out = NatValue::new(at[0], 0, [169, 254, 100, 10], 1025, REWRITE_SRC, NAT_FLAG_ORIG);
+        let ni_reply_key = partner(&ni_out_key, &ni_out);
+        let uplink_out_key = across(&ni_reply_key, DOMAIN_AGENT);
+        let uplink_out = NatValue::new(at[1], 0, [192, 168, 0, 2], 2000, REWRITE_SRC, NAT_FLAG_ORIG);
+        vec![
+            (ni_out_key, ni_out),
+            (uplink_out_key, uplink_out),
+            (partner(&uplink_out_key, &uplink_out), NatValue::new(at[2], 0, [169, 254, 100, 10], 1025, REWRITE_DST, 0)),
+            (ni_reply_key, NatValue::new(at[3], 0, [10, 10, 1, 2], 40000, REWRITE_DST, 0)),
+        ]
+    }
+
+    #[test]
+    fn the_sweep_follows_a_chain_only_from_a_pair_wholly_idle() {
+        const SEC: u64 = 1_000_000_000;
+        let (now, fresh) = (1000 * SEC, 990 * SEC);
+        let idle = |k: &NatKey, v: &NatValue| now - v.last_seen_ns > netns_ebpf_common::nat::shortest_pair_timeout_ns(k.proto);
+        // Long in use, its replies carried past the NI's reply half: that half and its
+        // partner are all that is read, not the chain.
+        let read = chain([fresh, fresh, fresh, 0]);
+        let linked = linked_entries(&read, idle);
+        assert_eq!(linked.len(), 2);
+        assert!(linked.contains_key(&read[0].0) && linked.contains_key(&read[3].0));
+        // Idle but for the uplink's reply half (a stream that only comes back): the whole
+        // chain, which that half keeps.
+        let read = chain([0, 0, fresh, 0]);
+        let linked = linked_entries(&read, idle);
+        assert_eq!(linked.len(), 4);
+        let (k, v) = read[3];
+        assert!(!netns_ebpf_common::nat::translation_expired(&k, &v, |k| linked.get(k).copied(), now));
+        // Wholly idle: the whole chain.
+        let read = chain([0, 0, 0, 0]);
+        let linked = linked_entries(&read, idle);
+        assert_eq!(linked.len(), 4);
+        assert!(netns_ebpf_common::nat::translation_expired(&k, &v, |k| linked.get(k).copied(), now));
     }
 }
