@@ -456,11 +456,12 @@ fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut Sou
 
 /// After a new translation in an NI: where its reply tuple (`k`, the new reply half's
 /// key, used up here: the callers keep it in scratch, off the stack) leads to a
-/// translation in the agent's domain (`nat::across`: the same flow leaving the NI), that
-/// translation is an older flow's, whose NI reply half is gone (an LRU eviction, or a
-/// sweep that judged the two pairs apart), and its uplink reply half carries that flow's
-/// app (`carry_inner`): both its halves are removed, so that the new flow gets a
-/// translation of its own at the uplink and none of its replies reaches that app.
+/// translation in the agent's domain (`nat::across`: the same flow leaving the NI) whose
+/// reply half carries an app (`carry_inner`), that translation is an older flow's whose
+/// NI reply half is gone (an LRU eviction, or a sweep that judged the two pairs apart):
+/// both its halves are removed, so that the new flow gets a translation of its own at
+/// the uplink and none of its replies reaches the older flow's app. (One that carries
+/// none is not the NI's apps': the NI's own, e.g. charon's from the veth's address.)
 #[inline(always)]
 fn forget_stale_uplink(k: &mut NatKey) {
     (k.domain, k.src, k.dst, k.sport, k.dport) = (DOMAIN_AGENT, k.dst, k.src, k.dport, k.sport);
@@ -468,10 +469,16 @@ fn forget_stale_uplink(k: &mut NatKey) {
     if v.rewrite != REWRITE_SRC || v.flags & NAT_FLAG_ORIG == 0 {
         return;
     }
-    let (addr, port) = (v.addr, v.port);
+    // Its reply half (`nat::partner`, in place): its key rewritten by it, turned round
+    // (an ICMP echo's identifier is both its ports).
+    let (ni_end, ni_port, remote, remote_port) = (k.src, k.sport, k.dst, k.dport);
+    let reply_sport = if k.proto == PROTO_ICMP { v.port } else { remote_port };
+    (k.src, k.dst, k.sport, k.dport) = (remote, v.addr, reply_sport, v.port);
+    if !unsafe { NAT.get(&*k) }.is_some_and(|r| r.flags & NAT_FLAG_INNER != 0) {
+        return;
+    }
     let _ = NAT.remove(&*k);
-    // Its reply half: its key rewritten by it, turned round.
-    (k.src, k.dst, k.sport, k.dport) = (k.dst, addr, k.dport, port);
+    (k.src, k.dst, k.sport, k.dport) = (ni_end, remote, ni_port, remote_port);
     let _ = NAT.remove(&*k);
 }
 

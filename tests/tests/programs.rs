@@ -584,6 +584,14 @@ fn translating(l: &mut Loaded) {
     }
 }
 
+/// The NI veth's translation as `translating` makes it, but with one port (`port`): a
+/// second flow to the same remote gets none, a flow to another gets the same.
+fn translating_with_one_port(maps: &mut Maps, ni: &NiPlan, zone: u32, port: u16) {
+    let subnet = (ni.subnet.network().octets(), ni.subnet.prefix_len());
+    let one_port = NatIface::new(ni.ni_ip.octets(), subnet, ni.agent_ip.octets(), 0, (port, port));
+    maps.set_nat_iface(IfaceKey { zone, ifindex: LOOPBACK }, one_port).unwrap();
+}
+
 #[test]
 fn source_nat_rewrites_both_ways_with_right_checksums() {
     let mut l = Loaded::new();
@@ -752,10 +760,7 @@ fn a_new_flow_on_a_gone_flows_ni_port_gets_its_own_uplink_translation() {
     let mut l = Loaded::new();
     translating(&mut l);
     // One port at the NI veth: the new flow gets the gone flow's.
-    let ni = &l.ni;
-    let subnet = (ni.subnet.network().octets(), ni.subnet.prefix_len());
-    let one_port = NatIface::new(ni.ni_ip.octets(), subnet, ni.agent_ip.octets(), 0, (50000, 50000));
-    l.maps.set_nat_iface(IfaceKey { zone: l.zone, ifindex: LOOPBACK }, one_port).unwrap();
+    translating_with_one_port(&mut l.maps, &l.ni, l.zone, 50000);
     let mut two = TwoNats::new(&mut l);
     let web = remote([10, 99, 0, 10], 80);
     let (ni_end, old) = two.leave(&l, l.app(40000), web, TCP_SYN);
@@ -769,6 +774,26 @@ fn a_new_flow_on_a_gone_flows_ni_port_gets_its_own_uplink_translation() {
     assert_eq!(two.back(&l, web, new, TCP_SYN | TCP_ACK).1, (l.port.ip, 40001), "its replies reach it");
     let (verdict, to, _) = two.back(&l, web, old, TCP_ACK);
     assert_eq!((verdict, to), (TC_ACT_OK, (old.ip, old.port)), "nothing reaches the gone flow's app by its uplink port");
+}
+
+/// A translation at the uplink of a flow the NI's netns itself sends from its veth's
+/// address (its own services) carries no app: a new app flow given the same NI port
+/// leaves it alone (it is no gone flow's).
+#[test]
+fn the_nis_own_flow_keeps_its_uplink_translation() {
+    let mut l = Loaded::new();
+    translating(&mut l);
+    translating_with_one_port(&mut l.maps, &l.ni, l.zone, 4500);
+    let mut two = TwoNats::new(&mut l);
+    let peer = remote([10, 99, 0, 20], 4500);
+    let service = End { mac: GATEWAY_MAC, ip: l.ni.ni_ip, port: 4500 };
+    two.in_zone(DOMAIN_AGENT);
+    let ran = l.run(prog_names::NAT_EGRESS, &frame::ipv4(PROTO_TCP, service, peer, TCP_SYN, b""));
+    let (up_ip, up_port) = frame::ends(&ran.frame).0;
+    let (ni_end, _) = two.leave(&l, l.app(40000), peer, TCP_SYN);
+    assert_eq!((ni_end.ip, ni_end.port), (service.ip, service.port), "the app's flow takes the NI port the service sends from");
+    let (_, to, _) = two.back(&l, peer, End { mac: GATEWAY_MAC, ip: up_ip, port: up_port }, TCP_ACK);
+    assert_eq!(to, (service.ip, service.port), "the service's answers still reach it");
 }
 
 /// A translation's two entries go together: the sweep takes them one by one, and judged
@@ -804,11 +829,8 @@ fn an_aborted_flows_translation_goes_whole() {
 #[test]
 fn a_later_fragment_of_a_datagram_refused_a_translation_is_dropped() {
     let l = Loaded::new();
-    let ni = &l.ni;
-    let subnet = (ni.subnet.network().octets(), ni.subnet.prefix_len());
-    let one_port = NatIface::new(ni.ni_ip.octets(), subnet, ni.agent_ip.octets(), 0, (50000, 50000));
     let mut maps = Maps::open(&l.pins.0).unwrap();
-    maps.set_nat_iface(IfaceKey { zone: l.zone, ifindex: LOOPBACK }, one_port).unwrap();
+    translating_with_one_port(&mut maps, &l.ni, l.zone, 50000);
     let dns = remote([10, 99, 0, 53], 53);
     let takes_the_port = frame::ipv4(PROTO_UDP, l.app(5000), dns, 0, b"query");
     assert_eq!(l.run(prog_names::NAT_EGRESS, &takes_the_port).verdict, TC_ACT_OK);
