@@ -100,8 +100,9 @@ pub struct NatValue {
     /// With `NAT_FLAG_INNER`, on the reply half of a translation at an uplink: the same
     /// flow's reply translation in its NI (`inner_of`), the app's port and the last two
     /// bytes of its address (the first two are its NI subnet's, a /16 or longer), so a
-    /// reply is translated back through both at the uplink (`fast::from_uplink`). (This
-    /// was padding: the flag, not these bytes, says whether they hold anything.)
+    /// reply is translated back through both at the uplink (the fast path's
+    /// `from_uplink_through_ni`). (This was padding: the flag, not these bytes, says
+    /// whether they hold anything.)
     pub inner_port: u16,
     pub inner_host: [u8; 2],
 }
@@ -312,9 +313,10 @@ pub fn pair_expired(proto: u8, entry: &NatValue, partner: Option<&NatValue>, now
 
 /// A flow translated twice, in its NI (at the NI veth, to its address there) and again
 /// at its uplink: its four entries, the order a round trip meets them. The fast path
-/// carries a packet past the inner ones (the uplink's original half, the NI's reply half;
-/// `NatValue::inner_port`), so only the outer ones see every packet; the sweep judges the
-/// four as one (`chain_expired`), and both pairs go together.
+/// carries replies past the inner reply half, the NI's (`NatValue::inner_port`), so only
+/// the outer ones (the NI's original half, the uplink's reply half) see every packet of
+/// their direction; the sweep judges the four as one (`chain_expired`), and both pairs
+/// go together.
 #[derive(Clone, Copy, Debug)]
 pub struct Chain {
     pub ni_out: NatValue,
