@@ -694,6 +694,16 @@ impl TwoNats {
         TwoNats { if_zones }
     }
 
+    /// `Loaded`, `translating` with one NI port (`port`: a second flow to the same remote
+    /// gets none, a flow to another the same), and `TwoNats`.
+    fn with_one_ni_port(port: u16) -> (Loaded, TwoNats) {
+        let mut l = Loaded::new();
+        translating(&mut l);
+        translating_with_one_port(&mut l.maps, &l.ni, l.zone, port);
+        let two = TwoNats::new(&mut l);
+        (l, two)
+    }
+
     fn in_zone(&mut self, zone: u32) {
         self.if_zones.insert(LOOPBACK, zone, 0).unwrap();
     }
@@ -757,11 +767,8 @@ fn a_reply_translated_at_the_uplink_through_both_keeps_the_flows_translations() 
 /// carries that flow's app, and its replies were translated back to that app.
 #[test]
 fn a_new_flow_on_a_gone_flows_ni_port_gets_its_own_uplink_translation() {
-    let mut l = Loaded::new();
-    translating(&mut l);
     // One port at the NI veth: the new flow gets the gone flow's.
-    translating_with_one_port(&mut l.maps, &l.ni, l.zone, 50000);
-    let mut two = TwoNats::new(&mut l);
+    let (mut l, mut two) = TwoNats::with_one_ni_port(50000);
     let web = remote([10, 99, 0, 10], 80);
     let (ni_end, old) = two.leave(&l, l.app(40000), web, TCP_SYN);
     assert_eq!(two.back(&l, web, old, TCP_SYN | TCP_ACK).1, (l.port.ip, 40000));
@@ -781,10 +788,7 @@ fn a_new_flow_on_a_gone_flows_ni_port_gets_its_own_uplink_translation() {
 /// leaves it alone (it is no gone flow's).
 #[test]
 fn the_nis_own_flow_keeps_its_uplink_translation() {
-    let mut l = Loaded::new();
-    translating(&mut l);
-    translating_with_one_port(&mut l.maps, &l.ni, l.zone, 4500);
-    let mut two = TwoNats::new(&mut l);
+    let (l, mut two) = TwoNats::with_one_ni_port(4500);
     let peer = remote([10, 99, 0, 20], 4500);
     let service = End { mac: GATEWAY_MAC, ip: l.ni.ni_ip, port: 4500 };
     two.in_zone(DOMAIN_AGENT);
