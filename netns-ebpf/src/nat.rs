@@ -428,10 +428,13 @@ fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut Sou
         key.rewritten(&t.to).reversed().write_to(&mut t.reply_key);
         // The reply tuple is what must be unique: claim it first.
         if NAT.insert(&t.reply_key, &t.reply, BPF_NOEXIST as u64).is_ok() {
+            // Before the flow's entry is there: once it is, a packet of the flow on
+            // another CPU may take it (`NatClash`) and make the flow's own translation at
+            // the uplink, which this would then remove.
+            if key.domain != DOMAIN_AGENT {
+                forget_stale_uplink(&mut t.reply_key);
+            }
             if NAT.insert(key, &t.to, BPF_NOEXIST as u64).is_ok() {
-                if key.domain != DOMAIN_AGENT {
-                    forget_stale_uplink(&mut t.reply_key);
-                }
                 return Ok(Stat::NatNew);
             }
             // Another CPU's packet of this flow got there first (or the tuple is another
@@ -454,32 +457,34 @@ fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut Sou
     }
 }
 
-/// After a new translation in an NI: where its reply tuple (`k`, the new reply half's
-/// key, used up here: the callers keep it in scratch, off the stack) leads to a
-/// translation in the agent's domain (`nat::across`: the same flow leaving the NI) whose
-/// reply half carries an app (`carry_inner`), that translation is an older flow's whose
-/// NI reply half is gone (an LRU eviction, or a sweep that judged the two pairs apart):
-/// both its halves are removed, so that the new flow gets a translation of its own at
-/// the uplink and none of its replies reaches the older flow's app. (One that carries
-/// none is not the NI's apps': the NI's own, e.g. charon's from the veth's address.)
+/// For a new translation in an NI, whose reply half (under `k`, in the callers' scratch,
+/// off the stack; given back as it came) it has just claimed: where that reply tuple
+/// leads to a translation in the agent's domain (`nat::across`: the same flow leaving the
+/// NI) whose reply half carries an app (`carry_inner`), that translation is an older
+/// flow's whose NI reply half is gone (an LRU eviction, or a sweep that judged the two
+/// pairs apart): both its halves are removed, so that the new flow gets a translation of
+/// its own at the uplink and none of its replies reaches the older flow's app. (One that
+/// carries none is not the NI's apps': the NI's own, e.g. charon's from the veth's
+/// address.) The keys are worked out in place (`across`, `partner`: an ICMP echo's
+/// identifier is both its ports), to keep a second `NatKey` off the stack.
 #[inline(always)]
 fn forget_stale_uplink(k: &mut NatKey) {
+    let zone = k.domain;
     (k.domain, k.src, k.dst, k.sport, k.dport) = (DOMAIN_AGENT, k.dst, k.src, k.dport, k.sport);
-    let Some(v) = (unsafe { NAT.get(&*k) }) else { return };
-    if v.rewrite != REWRITE_SRC || v.flags & NAT_FLAG_ORIG == 0 {
-        return;
+    if let Some(v) = (unsafe { NAT.get(&*k) }).filter(|v| v.rewrite == REWRITE_SRC && v.flags & NAT_FLAG_ORIG != 0) {
+        let (ni_end, ni_port, remote, remote_port) = (k.src, k.sport, k.dst, k.dport);
+        let reply_sport = if k.proto == PROTO_ICMP { v.port } else { remote_port };
+        (k.src, k.dst, k.sport, k.dport) = (remote, v.addr, reply_sport, v.port);
+        let stale = unsafe { NAT.get(&*k) }.is_some_and(|r| r.flags & NAT_FLAG_INNER != 0);
+        if stale {
+            let _ = NAT.remove(&*k);
+        }
+        (k.src, k.dst, k.sport, k.dport) = (ni_end, remote, ni_port, remote_port);
+        if stale {
+            let _ = NAT.remove(&*k);
+        }
     }
-    // Its reply half (`nat::partner`, in place): its key rewritten by it, turned round
-    // (an ICMP echo's identifier is both its ports).
-    let (ni_end, ni_port, remote, remote_port) = (k.src, k.sport, k.dst, k.dport);
-    let reply_sport = if k.proto == PROTO_ICMP { v.port } else { remote_port };
-    (k.src, k.dst, k.sport, k.dport) = (remote, v.addr, reply_sport, v.port);
-    if !unsafe { NAT.get(&*k) }.is_some_and(|r| r.flags & NAT_FLAG_INNER != 0) {
-        return;
-    }
-    let _ = NAT.remove(&*k);
-    (k.src, k.dst, k.sport, k.dport) = (ni_end, remote, ni_port, remote_port);
-    let _ = NAT.remove(&*k);
+    (k.domain, k.src, k.dst, k.sport, k.dport) = (zone, k.dst, k.src, k.dport, k.sport);
 }
 
 #[inline(always)]
