@@ -33,7 +33,7 @@ use crate::{
     maps::{CT, DEVICE, FAST_PROGRAMS, FAST_ZONES, FIB_SCRATCH, IFACES, NAT_IFACES},
     nat::{AtNiVeth, SourceScratch},
     rewrite,
-    skb::{count, ifindex, write, Skb},
+    skb::{count, count_n, ifindex, write, Skb},
 };
 
 /// `struct bpf_fib_lookup` as the kernel lays it out (64 bytes; the unions by the IPv4
@@ -352,8 +352,7 @@ pub fn from_uplink_through_ni(ctx: &TcContext, flow: &mut Flow, v: &mut NatValue
         return Some(TC_ACT_SHOT);
     }
     // Both translations applied: the uplink's and the NI's.
-    count(Stat::NatRewrite);
-    count(Stat::NatRewrite);
+    count_n(Stat::NatRewrite, 2);
     ctx.set_mark(fast::NI_NAT_DONE_MARK);
     count(Stat::FastFromUplink);
     count(Stat::FastNiNatDone);
@@ -371,12 +370,15 @@ pub fn from_uplink_through_ni(ctx: &TcContext, flow: &mut Flow, v: &mut NatValue
 /// (`bpf_redirect_peer`), past the port's egress and the veth's queue; else to the
 /// port's egress (`bpf_redirect`), whose program judges and counts it. Replies from the
 /// device's own addresses (hairpin port maps) come back the kernel's way, as their flows
-/// went out. Its own BPF function: its frame adds to the NAT program's only here.
+/// went out. `via_uplink`: translated back at an uplink's ingress
+/// (`from_uplink_through_ni`), by an uplink translation its flow's packets made leaving
+/// by that uplink, which no flow to the device's own addresses does (the agent's netns
+/// takes those in): its source is no device address, and that lookup is spared. Its own BPF function: its frame adds to the NAT program's only here.
 #[inline(never)]
-pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow) -> i32 {
+pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, via_uplink: bool) -> i32 {
     let ctx = TcContext::new(skb);
     let Some(fz) = enabled(zone) else { return TC_ACT_OK };
-    if ifindex(&ctx) != fz.ni_veth_ifindex || unsafe { DEVICE.get(&flow.src) }.is_some() {
+    if ifindex(&ctx) != fz.ni_veth_ifindex || (!via_uplink && unsafe { DEVICE.get(&flow.src) }.is_some()) {
         return TC_ACT_OK;
     }
     let Some(s) = FIB_SCRATCH.get_ptr_mut(0) else { return TC_ACT_OK };

@@ -58,7 +58,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             // parse is this one: another `Flow` in this frame was one too many for 6.1's
             // 512 bytes of stack across calls.)
             ctx.set_mark(0);
-            return fast::to_app(ctx.skb.skb, zone(ctx), &f);
+            return fast::to_app(ctx.skb.skb, zone(ctx), &f, true);
         }
         Ok(Parsed::Ipv4(f)) => f,
         // ARP, IPv6 and what does not parse are not ours to translate; the stack (or the
@@ -70,21 +70,45 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         }
     };
     let zone = zone(ctx);
+    let now = clock::now_ns();
+    // Fragments follow their first, on an interface that translates: a later one whose
+    // first was not seen is dropped, never passed untranslated (it would leak the NI's
+    // addresses).
+    if flow.frag != FRAG_NONE {
+        if unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: ifindex(ctx) }) }.is_none() {
+            return TC_ACT_OK;
+        }
+        if frag::follow(zone, &mut flow, now).is_err() {
+            return TC_ACT_SHOT;
+        }
+    }
+    let key = NatKey::of(zone, &flow);
+    let entry = NAT.get_ptr_mut(&key);
+    if !egress && zone == DOMAIN_AGENT {
+        // At an agent-side veth's ingress, from an NI: the fast path out of the uplink.
+        // Before this interface's own config is read: what the packet gets is the
+        // uplink's translation, which that uplink's config decides (`fast::uplink_hop`
+        // reads it), and the hop is taken only at the NI's own agent-side veth. (One
+        // lookup less per packet out.)
+        match entry {
+            // Leaving an NI for the uplink that translates it.
+            Some(v) if fast_path::leaves_translated(unsafe { &*v }, &flow) => return fast::to_uplink(ctx, &key, v, &flow),
+            // A new flow leaving an NI: for the uplink's egress to translate.
+            None if fast_path::leaves_untranslated(&flow) => {
+                if let Some(action) = fast::new_to_uplink(ctx, &flow) {
+                    return action;
+                }
+            }
+            _ => {}
+        }
+    }
     let Some(nif) = (unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: ifindex(ctx) }) }) else {
         return TC_ACT_OK;
     };
-    let now = clock::now_ns();
-    // Fragments follow their first: a later one whose first was not seen is dropped,
-    // never passed untranslated (it would leak the NI's addresses).
-    if flow.frag != FRAG_NONE && frag::follow(zone, &mut flow, now).is_err() {
-        return TC_ACT_SHOT;
-    }
-    let key = NatKey::of(zone, &flow);
     // As the kernel's NAT hooks: source rewrites on the way out (POSTROUTING),
     // destination rewrites on the way in (PREROUTING). A flow's entries are visible on
     // every interface of the domain, and applying one at the wrong side would, e.g., give
     // a packet entering from an NI the uplink's own (local) address as source.
-    let entry = NAT.get_ptr_mut(&key);
     if let Some(v) = entry.filter(|v| (unsafe { (**v).rewrite } == REWRITE_SRC) == egress) {
         let v = unsafe { &mut *v };
         // In use from now on, before its reply half is looked at (see
@@ -123,23 +147,10 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             return match zone {
                 DOMAIN_AGENT if nif.uplink_ifindex == ifindex(ctx) => fast::from_uplink(ctx, &flow),
                 DOMAIN_AGENT => action,
-                _ => fast::to_app(ctx.skb.skb, zone, &flow),
+                _ => fast::to_app(ctx.skb.skb, zone, &flow, false),
             };
         }
         return action;
-    }
-    if !egress && zone == DOMAIN_AGENT {
-        match entry {
-            // Leaving an NI for the uplink that translates it.
-            Some(v) if fast_path::leaves_translated(unsafe { &*v }, &flow) => return fast::to_uplink(ctx, &key, v, &flow),
-            // A new flow leaving an NI: for the uplink's egress to translate.
-            None if fast_path::leaves_untranslated(&flow) => {
-                if let Some(action) = fast::new_to_uplink(ctx, &flow) {
-                    return action;
-                }
-            }
-            _ => {}
-        }
     }
     if flow.frag == FRAG_LATER {
         // Its datagram was not translated here: neither is it. But where this egress
@@ -197,14 +208,20 @@ pub fn known_source(ctx: &TcContext, zone: u32, veth_ifindex: u32, key: &NatKey,
     if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
         return AtNiVeth::Left;
     }
-    let Some(nif) = (unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) }) else { return AtNiVeth::Left };
     match NAT.get_ptr_mut(key) {
+        // The veth's config is not read for a translation in use (one lookup less per
+        // packet out): a source translation in the NI's domain is made only where the
+        // config says the veth translates (its egress, `make_source`), and the agent
+        // turns the NI's fast path off before it removes that config
+        // (`Maps::remove_zone`).
         Some(v) => match apply_source_in_use(ctx, key, unsafe { &mut *v }, to, flow) {
             Some(action) => AtNiVeth::Applied(action),
             None => AtNiVeth::Left,
         },
-        None if starts_translation(nif, flow, key) => AtNiVeth::ToMake,
-        None => AtNiVeth::Left,
+        None => match unsafe { NAT_IFACES.get(IfaceKey { zone, ifindex: veth_ifindex }) } {
+            Some(nif) if starts_translation(nif, flow, key) => AtNiVeth::ToMake,
+            _ => AtNiVeth::Left,
+        },
     }
 }
 

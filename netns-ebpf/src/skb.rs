@@ -50,9 +50,16 @@ const DIRECT_WRITE_END: usize = 128;
 
 #[inline(always)]
 pub fn count(stat: Stat) {
+    count_n(stat, 1);
+}
+
+/// Counts `n` at once: one lookup where a packet counts for `n` (a reply translated
+/// back through two translations in one rewrite).
+#[inline(always)]
+pub fn count_n(stat: Stat, n: u64) {
     if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
         // Per-CPU slot: no other writer.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 
