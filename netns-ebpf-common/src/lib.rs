@@ -61,6 +61,28 @@ pub fn chosen_ifindex_zone(ifindex: u32) -> Option<u32> {
     }
 }
 
+/// How many of an app's interfaces (the first ones, k < this) have their port's config
+/// and counters in arrays indexed by the port's slot (PORTCFG_V1, PORTCNT_V1), which the
+/// programs read with no hash lookup; the rest, and VM taps (whose ifindexes the kernel
+/// picks), in hash maps keyed by zone and ifindex (IFACE_V3, PORTSTAT_V1).
+pub const SLOTTED_INTERFACES: u32 = 4;
+/// The port arrays' size: slots `(k + 1) << 8 | app` for k < `SLOTTED_INTERFACES` (the
+/// first 256 entries are never used: an app port's slot is 256 or more).
+pub const PORT_SLOTS: u32 = (SLOTTED_INTERFACES + 1) << 8;
+
+/// The slot of an app port whose ifindex the agent chose, when its config lives in the
+/// port arrays (`SLOTTED_INTERFACES`); None: in the hash maps. An app's k-th interface is
+/// in one NI only, so a slot is unique across zones; its entry says whose it is
+/// (`PortSlot::zone`).
+#[inline(always)]
+pub fn chosen_port_slot(ifindex: u32) -> Option<u32> {
+    if ifindex & 0xff00_0000 != CHOSEN_IFINDEX_BASE {
+        return None;
+    }
+    let slot = ifindex & 0xffff;
+    (1 << 8..PORT_SLOTS).contains(&slot).then_some(slot)
+}
+
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -97,6 +119,9 @@ pub mod map_names {
     pub const ZONE_USE: &str = "ZONEUSE_V1";
     pub const EVENTS: &str = "FLOWEV_V2";
     pub const PORT_STATS: &str = "PORTSTAT_V1";
+    /// The slotted app ports' configs and counters (`chosen_port_slot`).
+    pub const PORT_CONFIGS: &str = "PORTCFG_V1";
+    pub const PORT_COUNTS: &str = "PORTCNT_V1";
     /// zone -> where the NI's fast path leads (`fast::FastZone`).
     pub const FAST_ZONES: &str = "FASTZONE_V4";
     /// The programs' scratch space for FIB lookups (per CPU).
@@ -162,6 +187,16 @@ pub struct IfaceInfo {
     /// (when `IFACE_FLAG_CHECK_MAC`).
     pub app_mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// A slotted app port's entry in PORTCFG_V1 (`chosen_port_slot`): its config, and the
+/// zone whose port it is; 0 (the agent's domain, never an NI's): the slot is empty. The
+/// programs take an entry for a port only when its zone is the port's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSlot {
+    pub zone: u32,
+    pub info: IfaceInfo,
 }
 
 /// The port is on a switch NI: no gateway of ours, DHCP and DNS are the outside's, and
@@ -413,6 +448,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<IfaceKey>() == 8);
     assert!(size_of::<IfaceInfo>() == 40);
+    assert!(size_of::<PortSlot>() == 44);
     assert!(size_of::<ct::CtKey>() == 20);
     assert!(size_of::<ct::CtValue>() == 80);
     assert!(size_of::<acl::Ace>() == 16);
@@ -477,6 +513,7 @@ mod pod {
     unsafe impl aya::Pod for super::fast::FastZone {}
     unsafe impl aya::Pod for super::event::FlowEvent {}
     unsafe impl aya::Pod for super::PortCounters {}
+    unsafe impl aya::Pod for super::PortSlot {}
 }
 
 #[cfg(test)]
@@ -494,6 +531,25 @@ mod tests {
         }
         for kernel in [1, 2, 5, 0x3fff_ffff, 0x4100_0001, 0xc000_0001] {
             assert_eq!(chosen_ifindex_zone(kernel), None, "{kernel:#x}");
+        }
+    }
+
+    #[test]
+    fn an_apps_first_interfaces_have_slots_unique_across_zones_and_the_rest_none() {
+        extern crate std;
+        let mut seen = std::collections::HashSet::new();
+        for app in [1, 200, 255] {
+            for k in 0..SLOTTED_INTERFACES {
+                let slots = [1, 7, 255].map(|zone| chosen_port_slot(chosen_ifindex(zone, (k + 1) << 8 | app)));
+                let slot = slots[0].expect("slotted");
+                assert!(slots.iter().all(|s| *s == Some(slot)), "the zone is not in the slot");
+                assert!((1 << 8..PORT_SLOTS).contains(&slot));
+                assert!(seen.insert(slot), "app {app}'s interface {k}: slot {slot} taken twice");
+            }
+            assert_eq!(chosen_port_slot(chosen_ifindex(1, (SLOTTED_INTERFACES + 1) << 8 | app)), None, "past the slotted");
+        }
+        for other in [chosen_ifindex(3, SLOT_NI_END), chosen_ifindex(3, SLOT_AGENT_END), 5, 0x4100_0101] {
+            assert_eq!(chosen_port_slot(other), None, "{other:#x}");
         }
     }
 

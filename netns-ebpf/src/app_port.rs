@@ -31,8 +31,8 @@ use netns_ebpf_common::{
 use crate::{
     budget, clock, events, fast, frag,
     maps::{
-        zone, ACES, ACL_HOSTS, ACL_PROTO, ACL_RANGES, ACL_SHAPES, ACL_SUMMARY, ACL_WALK, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES,
-        LIMITS, NAT, PORTMAPS, PORT_STATS,
+        port_config, port_config_mut, port_counters, zone, ACES, ACL_HOSTS, ACL_PROTO, ACL_RANGES, ACL_SHAPES, ACL_SUMMARY, ACL_WALK, CT,
+        DEVICE, DROPS, EIDSET, HOSTSET, LIMITS, NAT, PORTMAPS,
     },
     rewrite,
     skb::{count, ifindex, skb_mark, Skb},
@@ -87,7 +87,7 @@ pub fn app_port_to_app(ctx: TcContext) -> i32 {
 /// lives in its own frame, not in the from-app frame that 6.1's stack limit binds.
 #[inline(never)]
 fn count_port(zone: u32, ifindex: u32, dir: usize, dropped: bool, len: u32) {
-    if let Some(c) = PORT_STATS.get_ptr_mut(IfaceKey { zone, ifindex }) {
+    if let Some(c) = port_counters(&IfaceKey { zone, ifindex }) {
         // Per-CPU entry: no other writer.
         unsafe { (*c).count(dir, dropped, len as u64) };
     }
@@ -101,7 +101,7 @@ fn handle(ctx: &TcContext, zone: u32, side: Side) -> i32 {
             // An app's ARP must name the app itself: no claiming a neighbour's address
             // (or the gateway's) to draw its traffic.
             if side == Side::FromApp {
-                let Some(iface) = (unsafe { IFACES.get(&IfaceKey { zone, ifindex: ifindex(ctx) }) }) else {
+                let Some(iface) = port_config(&IfaceKey { zone, ifindex: ifindex(ctx) }) else {
                     count(Stat::NoIfaceConfig);
                     return TC_ACT_SHOT;
                 };
@@ -130,7 +130,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     let ifindex = ifindex(ctx);
     let ikey = IfaceKey { zone, ifindex };
     // Fail closed: a port we have no config for passes nothing but ARP.
-    let Some(iface) = (unsafe { IFACES.get(&ikey) }) else {
+    let Some(iface) = port_config(&ikey) else {
         count(Stat::NoIfaceConfig);
         return TC_ACT_SHOT;
     };
@@ -389,7 +389,7 @@ fn learn_address(ctx: &TcContext, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flo
     if iface.flags & IFACE_FLAG_IP_KNOWN != 0 && iface.app_ip == ip {
         return;
     }
-    if let Some(entry) = IFACES.get_ptr_mut(ikey) {
+    if let Some(entry) = port_config_mut(ikey) {
         unsafe {
             (*entry).app_ip = ip;
             (*entry).flags |= IFACE_FLAG_IP_KNOWN;
@@ -687,7 +687,7 @@ fn counts_here(ctx: &TcContext, side: Side) -> bool {
 #[inline(always)]
 fn came_from_app_port(ctx: &TcContext) -> bool {
     let in_if = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    unsafe { IFACES.get(IfaceKey { zone: zone(ctx), ifindex: in_if }) }.is_some()
+    port_config(&IfaceKey { zone: zone(ctx), ifindex: in_if }).is_some()
 }
 
 #[inline(always)]

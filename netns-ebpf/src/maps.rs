@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netns_ebpf_common::{
-    chosen_ifindex_zone,
+    chosen_ifindex_zone, chosen_port_slot,
     classify::{
         AceGroup, AceKey, AclShape, Bits, ProtoBitsKey, RangeKey, RangePage, SummaryKey, SummaryPage, ACES_MAX_ENTRIES,
         ACE_GROUPS_MAX_ENTRIES, BITS_MAX_ENTRIES, RANGES_MAX_ENTRIES, SHAPES_MAX_ENTRIES, SUMMARY_MAX_ENTRIES,
@@ -20,8 +20,8 @@ use netns_ebpf_common::{
     frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
     limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
-    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, IF_ZONES_MAX_ENTRIES, MAX_APP_PORTS,
-    MAX_DEVICE_ADDRS, MAX_ZONES, NO_ZONE,
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, PortSlot, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, IF_ZONES_MAX_ENTRIES,
+    MAX_APP_PORTS, MAX_DEVICE_ADDRS, MAX_ZONES, NO_ZONE, PORT_SLOTS,
 };
 
 /// The zone (NI; for the agent netns' interfaces the agent's translation domain) of each
@@ -61,9 +61,53 @@ pub static DROPS: LruHashMap<CtKey, CtValue, { DROP_MAX_ENTRIES as usize }> = Lr
 #[btf_map(name = "FRAG_V1")]
 pub static FRAGS: LruHashMap<FragKey, FragValue, { FRAG_MAX_ENTRIES as usize }> = LruHashMap::new();
 
-/// Per app port: packets and bytes passed and dropped each way (the agent's metrics).
+/// Per app port: packets and bytes passed and dropped each way (the agent's metrics),
+/// for the ports that have no slot (`port_counters`).
 #[btf_map(name = "PORTSTAT_V1")]
 pub static PORT_STATS: PerCpuHashMap<IfaceKey, PortCounters, { MAX_APP_PORTS as usize }> = PerCpuHashMap::new();
+
+/// The slotted app ports' configs (`chosen_port_slot`), and their counters: read at an
+/// offset, where the hash maps' lookups were a tenth of the programs' time on the fast
+/// path (two per packet).
+#[btf_map(name = "PORTCFG_V1")]
+pub static PORT_CONFIGS: Array<PortSlot, { PORT_SLOTS as usize }> = Array::new();
+#[btf_map(name = "PORTCNT_V1")]
+pub static PORT_COUNTS: PerCpuArray<PortCounters, { PORT_SLOTS as usize }> = PerCpuArray::new();
+
+/// App port `key`'s config: at its slot when it has one (the entry is the port's only
+/// when its zone is), else in IFACE_V3. None: the agent configured no such port.
+#[inline(always)]
+pub fn port_config(key: &IfaceKey) -> Option<&'static IfaceInfo> {
+    port_config_mut(key).map(|info| unsafe { &*info })
+}
+
+/// `port_config`, to write (a switch port learning its app's address).
+#[inline(always)]
+pub fn port_config_mut(key: &IfaceKey) -> Option<*mut IfaceInfo> {
+    match chosen_port_slot(key.ifindex) {
+        Some(slot) => {
+            let entry = PORT_CONFIGS.get_ptr_mut(slot)?;
+            (unsafe { (*entry).zone } == key.zone).then(|| unsafe { &mut (*entry).info as *mut IfaceInfo })
+        }
+        None => IFACES.get_ptr_mut(key),
+    }
+}
+
+/// App port `key`'s counters on this CPU: at its slot when it has one (a port the agent
+/// configured: its slot's counters are zero until then), else in PORTSTAT_V1.
+#[inline(always)]
+pub fn port_counters(key: &IfaceKey) -> Option<*mut PortCounters> {
+    match chosen_port_slot(key.ifindex) {
+        Some(slot) => {
+            let entry = PORT_CONFIGS.get(slot)?;
+            if entry.zone != key.zone {
+                return None;
+            }
+            PORT_COUNTS.get_ptr_mut(slot)
+        }
+        None => PORT_STATS.get_ptr_mut(key),
+    }
+}
 
 /// Flow events for the agent's flow log.
 #[btf_map(name = "FLOWEV_V2")]

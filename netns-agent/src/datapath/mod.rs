@@ -13,6 +13,7 @@
 mod acls;
 mod batch;
 mod hosts;
+mod ports;
 mod tc;
 mod translations;
 use batch::BatchMap;
@@ -25,7 +26,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray},
     programs::{ProgramError, SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
@@ -50,10 +51,12 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 26] = [
+const ALL_MAPS: [&str; 28] = [
     map_names::IF_ZONES,
     map_names::EVENTS,
     map_names::PORT_STATS,
+    map_names::PORT_CONFIGS,
+    map_names::PORT_COUNTS,
     map_names::DROPS,
     map_names::FRAGS,
     map_names::ZONE_USE,
@@ -364,14 +367,14 @@ pub struct Maps {
     drops: HashMap<MapData, CtKey, CtValue>,
     zone_use: Array<MapData, ZoneUse>,
     fast_zones: Array<MapData, FastZone>,
-    ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
+    /// The app ports' configs and counters.
+    ports: ports::Ports,
     /// ifindex -> zone of the interfaces that carry programs: kept to what IFACES and
     /// NATIF hold (`register`).
     if_zones: HashMap<MapData, u32, u32>,
     /// The ports' ACLs, compiled, by ACL id.
     pub acls: AclStore,
     stats: PerCpuArray<MapData, u64>,
-    port_stats: PerCpuHashMap<MapData, IfaceKey, PortCounters>,
     nat: HashMap<MapData, NatKey, NatValue>,
     /// The conntrack, drop and NAT maps again, for the sweep's batched reads.
     swept: [BatchMap; 3],
@@ -509,11 +512,10 @@ impl Maps {
             drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
             zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
             fast_zones: open_map(pin_dir, map_names::FAST_ZONES)?.try_into()?,
-            ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
+            ports: ports::Ports::open(pin_dir)?,
             if_zones: open_map(pin_dir, map_names::IF_ZONES)?.try_into()?,
             acls: AclStore::open(pin_dir)?,
             stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
-            port_stats: open_map(pin_dir, map_names::PORT_STATS)?.try_into()?,
             nat: open_map(pin_dir, map_names::NAT)?.try_into()?,
             swept: [
                 BatchMap::open(pin_dir, map_names::CONNTRACK)?,
@@ -532,9 +534,8 @@ impl Maps {
 
     /// Writes `aces` as a new ACL (`AclStore::write`) under an id no port's entry names.
     pub fn write_acl(&mut self, aces: &[Ace], host_base: u32) -> Result<u32> {
-        let ifaces = &self.ifaces;
-        self.acls
-            .write(aces, host_base, || ifaces.iter().flatten().flat_map(|(_, info)| [info.acl_id, info.prev_acl_id]).max().unwrap_or(0))
+        let ports = &self.ports;
+        self.acls.write(aces, host_base, || ports.all().iter().flat_map(|(_, info)| [info.acl_id, info.prev_acl_id]).max().unwrap_or(0))
     }
 
     /// Marks `addr` as the device's own: apps' new flows to it are dropped unless a port
@@ -599,7 +600,7 @@ impl Maps {
 
     /// Whether zone `key.zone` has config for interface `key.ifindex` (as app port or NAT).
     fn configured(&self, key: IfaceKey) -> bool {
-        self.ifaces.get(&key, 0).is_ok() || self.nat_ifaces.get(&key, 0).is_ok()
+        self.ports.get(key).is_some() || self.nat_ifaces.get(&key, 0).is_ok()
     }
 
     /// Forgets interface `key.ifindex` as zone `key.zone`'s.
@@ -654,12 +655,18 @@ impl Maps {
 
     /// An app port's published config (its ACL: `acls`, under its `acl_id`).
     pub fn port(&self, key: IfaceKey) -> Option<IfaceInfo> {
-        self.ifaces.get(&key, 0).ok()
+        self.ports.get(key)
+    }
+
+    /// Whether the programs read `info` as port `key`'s config now (`port` may find an
+    /// earlier agent's entry they no longer read: `ports::Ports::get`).
+    pub fn port_holds(&self, key: IfaceKey, info: &IfaceInfo) -> bool {
+        self.ports.holds(key, info)
     }
 
     /// The ACL ids that ports select `pred` name.
     fn acl_ids(&self, pred: impl Fn(&IfaceKey) -> bool) -> std::collections::HashSet<u32> {
-        self.ifaces.iter().flatten().filter(|(k, _)| pred(k)).map(|(_, info)| info.acl_id).collect()
+        self.ports.all().into_iter().filter(|(k, _)| pred(k)).map(|(_, info)| info.acl_id).collect()
     }
 
     /// Removes the ACLs no port names (an apply that stopped between writing an ACL and
@@ -679,9 +686,8 @@ impl Maps {
         ips: &std::collections::HashSet<[u8; 4]>,
     ) -> usize {
         let stray = |k: &IfaceKey| k.zone == zone && !ports.contains(&k.ifindex);
-        self.remove_port_counters(|k| stray(k));
         let acls = self.acl_ids(stray);
-        let n = remove_where(&mut self.ifaces, |k, _| stray(k));
+        let n = self.ports.remove_where(stray).len();
         let n = n + if acls.is_empty() { 0 } else { self.acls.remove_where(|id| acls.contains(&id)) };
         let n = n
             + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
@@ -690,12 +696,16 @@ impl Maps {
         n + self.remove_unregistered()
     }
 
+    /// Moves what an earlier agent left of zone `zone`'s slotted ports in the hash maps
+    /// to their slots (`ports::Ports::adopt_hashed`); returns how many ports moved.
+    pub fn adopt_hashed_ports(&mut self, zone: u32) -> usize {
+        self.ports.adopt_hashed(zone)
+    }
+
     /// Forgets an app port: its config and ACL, host set, buckets; its NI's eidset entry
     /// `ip`.
     pub fn remove_port(&mut self, key: IfaceKey, ip: [u8; 4]) {
-        self.port_stats.remove(&key).ok();
-        if let Ok(info) = self.ifaces.get(&key, 0) {
-            self.ifaces.remove(&key).ok();
+        if let Some(info) = self.ports.remove(key) {
             self.acls.remove(info.acl_id);
         }
         self.unregister(key);
@@ -735,44 +745,24 @@ impl Maps {
     /// (`acls.write`), so the port never judges a flow against a missing ACL.
     pub fn set_port(&mut self, key: IfaceKey, info: IfaceInfo) -> Result<()> {
         self.register(key)?;
-        self.ifaces.insert(key, info, 0).context("writing interface map")
+        self.ports.set(key, info)
     }
 
     /// Gives an app port its packet and byte counters, unless it has them (BPF_NOEXIST:
     /// every apply may ask, nothing is reset; a data path from an agent before the
     /// counters gets them at its first apply).
     pub fn ensure_port_counters(&mut self, key: IfaceKey) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
-        let zero = PerCpuValues::try_from(vec![PortCounters::default(); cpus])?;
-        match self.port_stats.insert(key, zero, BPF_NOEXIST) {
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(nix::libc::EEXIST) => Ok(()),
-            other => other.context("writing the port's counters"),
-        }
-    }
-
-    fn remove_port_counters(&mut self, pred: impl Fn(&IfaceKey) -> bool) {
-        let doomed: Vec<IfaceKey> = self.port_stats.keys().flatten().filter(|k| pred(k)).collect();
-        for k in doomed {
-            self.port_stats.remove(&k).ok();
-        }
+        self.ports.ensure_counters(key)
     }
 
     /// Every app port's config (key and info), for naming its counters.
     pub fn ports(&self) -> Vec<(IfaceKey, IfaceInfo)> {
-        self.ifaces.iter().flatten().collect()
+        self.ports.all()
     }
 
     /// Every app port's counters, summed over CPUs.
     pub fn port_counters(&self) -> Vec<(IfaceKey, PortCounters)> {
-        self.port_stats
-            .iter()
-            .flatten()
-            .map(|(k, per_cpu)| {
-                let mut sum = PortCounters::default();
-                per_cpu.iter().for_each(|c| sum.add(c));
-                (k, sum)
-            })
-            .collect()
+        self.ports.counters()
     }
 
     /// Where zone `zone`'s fast path leads (`enabled` 0: it has none).
@@ -788,9 +778,8 @@ impl Maps {
         if let Err(e) = self.set_fast_zone(zone, FastZone::default()) {
             tracing::warn!("{e:#}");
         }
-        self.remove_port_counters(|k| k.zone == zone);
         let acls = self.acl_ids(|k| k.zone == zone);
-        remove_where(&mut self.ifaces, |k, _| k.zone == zone);
+        self.ports.remove_where(|k| k.zone == zone);
         if !acls.is_empty() {
             self.acls.remove_where(|id| acls.contains(&id));
         }

@@ -422,6 +422,11 @@ impl Applier {
             }
         }
         port::remove_strays(self, ni, &nl).await?;
+        // Every port carries this agent's programs now, which read the ports' slots.
+        let moved = self.maps()?.adopt_hashed_ports(ni.zone());
+        if moved > 0 {
+            info!(ni = ni.name, moved, "ports' configs and counters moved from an earlier agent's hash maps to their slots");
+        }
         self.ensure_fast_path(kind, plan, ni, &nl).await?;
         Ok(port_errors)
     }

@@ -160,7 +160,7 @@ fn write_maps<K: NiDriver>(
     if !switch.prepare(&mut maps.hosts, &layout) && acl.written {
         debug!(port = p.bridge_port, "host-set bits carried over after the switch");
     }
-    if published != Some(info) {
+    if !maps.port_holds(key, &info) {
         if let Err(e) = maps.set_port(key, info) {
             switch.abort(&mut maps.hosts, &layout);
             if acl.written {
