@@ -61,19 +61,24 @@ pub fn chosen_ifindex_zone(ifindex: u32) -> Option<u32> {
     }
 }
 
-/// How many of an app's interfaces (the first ones, k < this) have their port's config
-/// and counters in arrays indexed by the port's slot (PORTCFG_V1, PORTCNT_V1), which the
-/// programs read with no hash lookup; the rest, and VM taps (whose ifindexes the kernel
-/// picks), in hash maps keyed by zone and ifindex (IFACE_V3, PORTSTAT_V1).
+/// Every app port's config and counters are in arrays (PORTCFG_V1, PORTCNT_V1) at the
+/// port's index, which the programs read at an offset. An app's first interfaces (k
+/// below this) have their index in their ifindex, which the agent chose (a slot,
+/// `chosen_port_slot`); the others (VM taps, whose ifindexes the kernel picks, and an
+/// app's further interfaces) one the agent gives them from the spare indices, found
+/// in the hash map IFACE_V4 by zone and ifindex.
 pub const SLOTTED_INTERFACES: u32 = 4;
-/// The port arrays' size: slots `(k + 1) << 8 | app` for k < `SLOTTED_INTERFACES` (the
-/// first 256 entries are never used: an app port's slot is 256 or more).
+/// The end of the slots: `(k + 1) << 8 | app` for k < `SLOTTED_INTERFACES` (the first
+/// 256 indices are never used: an app port's slot is 256 or more).
 pub const PORT_SLOTS: u32 = (SLOTTED_INTERFACES + 1) << 8;
+/// The port arrays' size: the slots, then a spare index for each port the data path
+/// may hold (`MAX_APP_PORTS`).
+pub const PORT_INDEXES: u32 = PORT_SLOTS + MAX_APP_PORTS;
 
-/// The slot of an app port whose ifindex the agent chose, when its config lives in the
-/// port arrays (`SLOTTED_INTERFACES`); None: in the hash maps. An app's k-th interface is
-/// in one NI only, so a slot is unique across zones; its entry says whose it is
-/// (`PortSlot::zone`).
+/// The slot of an app port whose ifindex the agent chose, when the ifindex names its
+/// index in the port arrays (`SLOTTED_INTERFACES`); None: IFACE_V4 holds its index. An
+/// app's k-th interface is in one NI only, so a slot is unique across zones; its entry
+/// says whose it is (`PortSlot::zone`).
 #[inline(always)]
 pub fn chosen_port_slot(ifindex: u32) -> Option<u32> {
     if ifindex & 0xff00_0000 != CHOSEN_IFINDEX_BASE {
@@ -91,7 +96,8 @@ pub const PROTO_UDP: u8 = 17;
 /// layout, so any layout change must bump the suffix.
 pub mod map_names {
     pub const CONNTRACK: &str = "CT_V4";
-    pub const IFACES: &str = "IFACE_V3";
+    /// A port's index in the port arrays, for the ports without a slot.
+    pub const PORT_INDEX: &str = "IFACE_V4";
     /// ifindex -> zone of every interface that carries the programs.
     pub const IF_ZONES: &str = "IFZONE_V1";
     /// An ACL's compiled form (`classify`), keyed by ACL id. All at a new version when
@@ -118,8 +124,7 @@ pub mod map_names {
     pub const FRAGS: &str = "FRAG_V1";
     pub const ZONE_USE: &str = "ZONEUSE_V1";
     pub const EVENTS: &str = "FLOWEV_V2";
-    pub const PORT_STATS: &str = "PORTSTAT_V1";
-    /// The slotted app ports' configs and counters (`chosen_port_slot`).
+    /// The app ports' configs and counters, at their indexes (`PORT_INDEXES`).
     pub const PORT_CONFIGS: &str = "PORTCFG_V1";
     pub const PORT_COUNTS: &str = "PORTCNT_V1";
     /// zone -> where the NI's fast path leads (`fast::FastZone`).
@@ -189,9 +194,9 @@ pub struct IfaceInfo {
     pub _pad: [u8; 2],
 }
 
-/// A slotted app port's entry in PORTCFG_V1 (`chosen_port_slot`): its config, and the
-/// zone whose port it is; 0 (the agent's domain, never an NI's): the slot is empty. The
-/// programs take an entry for a port only when its zone is the port's.
+/// An app port's entry in PORTCFG_V1, at its index: its config, and the zone whose port
+/// it is; 0 (the agent's domain, never an NI's): the index is free. The programs take
+/// an entry for a port only when its zone is the port's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortSlot {
@@ -214,9 +219,9 @@ pub const IFACE_FLAG_IP_LEARN: u32 = 8;
 /// tap): the fast path may hand a packet to that end directly (`bpf_redirect_peer`).
 pub const IFACE_FLAG_APP_NETNS: u32 = 16;
 
-/// What an app port passed and dropped, per direction (`PORT_DIR_*`): a per-CPU hash
-/// entry per port (key as IFACE_V3's), made by the agent with the port, so the programs
-/// only look it up (no insert on the packet path).
+/// What an app port passed and dropped, per direction (`PORT_DIR_*`): per CPU, at the
+/// port's index in PORTCNT_V1 (counted while the index is the port's; zeroed by the
+/// agent when the port goes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortCounters {

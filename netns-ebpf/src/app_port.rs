@@ -191,12 +191,13 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 }
                 // Every unconfigured DHCP client of the NI shares this tuple: the entry
                 // becomes this port's (DHCP is implicitly allowed for every app).
-                let v = judge(ctx, side, &ikey, iface, flow);
+                let acl_id = iface.acl_id;
+                let v = judge(ctx, side, &ikey, iface, acl_id, flow);
                 *entry = CtValue {
                     first_seen_ns: now,
                     mark: v.mark,
                     judge_ifindex: ifindex,
-                    acl_id: iface.acl_id,
+                    acl_id,
                     verdict: v.drop as u8,
                     orig_is_a: a_to_b as u8,
                     decided: v.by,
@@ -237,11 +238,12 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 // (Turned in place, not copied: the program's stack is 512 bytes with the
                 // ACE walk's frame, and 6.1's verifier counts every byte.)
                 let first_side = if dir == DIR_ORIG { side } else { side.other() };
+                let acl_id = iface.acl_id;
                 if first_side == Side::FromApp || iface.flags & IFACE_FLAG_SWITCH != 0 {
                     if dir != DIR_ORIG {
                         flow.reverse();
                     }
-                    let v = judge(ctx, first_side, &ikey, iface, flow);
+                    let v = judge(ctx, first_side, &ikey, iface, acl_id, flow);
                     if dir != DIR_ORIG {
                         flow.reverse();
                     }
@@ -253,7 +255,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 // Else a flow let into a local NI by a port map or from the agent's netns:
                 // no ACE judged it (the agent flushes the flows of a changed port map),
                 // its verdict stands.
-                entry.acl_id = iface.acl_id;
+                entry.acl_id = acl_id;
                 count(Stat::Rejudged);
             }
             if counts_here(ctx, side) && !charge(zone, &key, entry, dir, flow, now) {
@@ -272,12 +274,13 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 count(Stat::DropFragment);
                 return TC_ACT_SHOT;
             }
-            let mut v = judge(ctx, side, &ikey, iface, flow);
+            let acl_id = iface.acl_id;
+            let mut v = judge(ctx, side, &ikey, iface, acl_id, flow);
             let mut entry = CtValue {
                 first_seen_ns: now,
                 mark: v.mark,
                 judge_ifindex: ifindex,
-                acl_id: iface.acl_id,
+                acl_id,
                 verdict: v.drop as u8,
                 orig_is_a: a_to_b as u8,
                 limit: v.limit,
@@ -426,9 +429,13 @@ fn record_drop(key: &CtKey, fresh: &mut CtValue, a_to_b: bool, flow: &Flow, now:
     }
 }
 
+/// Judges `flow` under ACL `acl_id`, the port's as its caller read it once, to record
+/// with the verdict: the port's entry is an array element the agent rewrites in place,
+/// and a second read could give the ACL that replaced it, under which the flow would
+/// then never be judged.
 #[inline(always)]
-fn judge(ctx: &TcContext, side: Side, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) -> Verdict {
-    let walk = BitmapWalk { acl: iface.acl_id };
+fn judge(ctx: &TcContext, side: Side, ikey: &IfaceKey, iface: &IfaceInfo, acl_id: u32, flow: &Flow) -> Verdict {
+    let walk = BitmapWalk { acl: acl_id };
     match side {
         Side::FromApp => {
             let facts = RemoteFacts { device: to_device(iface, flow), ..remote_facts(ikey, iface, flow.dst) };

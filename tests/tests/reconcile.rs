@@ -16,7 +16,7 @@ use netns_agent::state::AppliedState;
 use netns_ebpf_common::{
     chosen_ifindex, map_names,
     nat::{NAT_FLAG_ORIG, REWRITE_DST},
-    IfaceInfo, IfaceKey, PortCounters, PortSlot, PORT_SLOTS,
+    IfaceInfo, IfaceKey, PortCounters, PortSlot, PORT_INDEXES, PORT_SLOTS,
 };
 use netns_tests::{metric, py_script, scaled, wait_until, EchoResult, Scenario, INET_IP};
 use serde_json::Value;
@@ -940,13 +940,14 @@ fn observe(s: &Scenario) -> BTreeSet<String> {
     lines
 }
 
-/// An agent before the port slots kept every port's config and counters in the hash maps
-/// (IFACE_V3, PORTSTAT_V1), and its programs read them there. An agent with slots,
-/// started over such a data path, writes each port's config into its slot, and once the
-/// port carries its programs moves the counters there and removes the hash entries: the
-/// ports judge as before, and their counters go on from where they were.
+/// An agent before the port arrays kept every port's config and counters in hash maps
+/// (IFACE_V3, PORTSTAT_V1), and its programs read them there. An agent with the arrays,
+/// started over such a data path, takes each port's config over (its ACL id too),
+/// writes it at the port's index, and once the port carries its programs moves the
+/// counters there and empties the hash maps: the ports judge as before, and their
+/// counters go on from where they were.
 #[test]
-fn an_earlier_agents_hashed_ports_move_to_their_slots_with_their_counters() {
+fn an_earlier_agents_hashed_ports_move_to_the_port_arrays_with_their_counters() {
     let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3", "app4"], 1, BASE);
     s.echo_server(&s.inet.clone(), INET_IP, 7001);
     s.set_agent_key("metrics = \"127.0.0.1:9464\"");
@@ -960,62 +961,82 @@ fn an_earlier_agents_hashed_ports_move_to_their_slots_with_their_counters() {
     assert!(matches!(echoed, EchoResult::Echoed(10)), "app1's ACL allows port 7001: {echoed:?}");
     let before = passed(&s);
     assert!(before > 0.0, "app1's port counted its packets");
-    let slotted = port_configs(&s);
+    let placed = port_configs(&s);
     s.stop_agent();
-    let moved = to_hash_maps(&s.pin_dir);
-    assert_eq!(moved, slotted.len(), "every port has a slot: {slotted:?}");
+    let moved = to_earlier_maps(&s.pin_dir);
+    assert_eq!(moved, placed.len(), "every port: {placed:?}");
+    assert!(port_configs(&s).is_empty(), "the arrays hold no port now");
 
     s.start_agent();
-    assert_eq!(port_configs(&s), slotted, "each port's config is in its slot again, and only there");
-    assert!(bpftool_dump(&s, map_names::IFACES).is_empty(), "the hash map holds no port's config");
-    assert!(bpftool_dump(&s, map_names::PORT_STATS).is_empty(), "nor its counters");
+    assert_eq!(port_configs(&s), placed, "each port's config is in place again, its ACL id kept");
+    assert!(bpftool_dump(&s, "IFACE_V3").is_empty(), "the earlier agent's hash map holds no port's config");
+    assert!(bpftool_dump(&s, "PORTSTAT_V1").is_empty(), "nor its counters");
     let after = passed(&s);
     assert!(after >= before, "app1's port counts on from {before}: {after}");
     let echoed = s.echo(&app1, INET_IP, 7001, 10, None);
     assert!(matches!(echoed, EchoResult::Echoed(10)), "app1's port judges as before: {echoed:?}\n{}", s.agent_log());
-    assert!(passed(&s) > after, "and counts in its slot");
+    assert!(passed(&s) > after, "and counts in the array");
+    s.stop_agent();
+    let down = s.down();
+    assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
+    assert!(!s.pin_dir.exists(), "down removes the earlier agent's maps with ours");
 }
 
-/// Puts every slotted port's config and counters where an agent before the slots kept
-/// them (IFACE_V3, PORTSTAT_V1) and empties its slot; returns how many ports moved.
-fn to_hash_maps(pin_dir: &Path) -> usize {
+/// Makes the data path an earlier agent's: the hash maps it kept every port's config and
+/// counters in (IFACE_V3, PORTSTAT_V1), pinned and filled from the port arrays, which
+/// are emptied; returns how many ports moved.
+fn to_earlier_maps(pin_dir: &Path) -> usize {
+    for (name, kind, value) in [("IFACE_V3", "hash", size_of::<IfaceInfo>()), ("PORTSTAT_V1", "percpu_hash", size_of::<PortCounters>())] {
+        let path = pin_dir.join(name);
+        let (key, value) = (size_of::<IfaceKey>().to_string(), value.to_string());
+        let args = ["map", "create"].map(String::from).into_iter().chain([path.display().to_string()]);
+        let args = args.chain(["type", kind, "key", &key, "value", &value, "entries", "1024", "name", name].map(String::from));
+        netns_tests::run_ok(Command::new("bpftool").args(args.collect::<Vec<_>>()));
+    }
     let open = |name: &str| MapData::from_pin(pin_dir.join(name)).unwrap();
-    let mut slots: Array<MapData, PortSlot> = Array::try_from(Map::Array(open(map_names::PORT_CONFIGS))).unwrap();
+    let mut configs: Array<MapData, PortSlot> = Array::try_from(Map::Array(open(map_names::PORT_CONFIGS))).unwrap();
     let mut counts: PerCpuArray<MapData, PortCounters> = PerCpuArray::try_from(Map::PerCpuArray(open(map_names::PORT_COUNTS))).unwrap();
-    let mut hashed: HashMap<MapData, IfaceKey, IfaceInfo> = HashMap::try_from(Map::HashMap(open(map_names::IFACES))).unwrap();
-    let mut hashed_counts: PerCpuHashMap<MapData, IfaceKey, PortCounters> =
-        PerCpuHashMap::try_from(Map::PerCpuHashMap(open(map_names::PORT_STATS))).unwrap();
+    let spare: HashMap<MapData, IfaceKey, u32> = HashMap::try_from(Map::HashMap(open(map_names::PORT_INDEX))).unwrap();
+    let mut earlier: HashMap<MapData, IfaceKey, IfaceInfo> = HashMap::try_from(Map::HashMap(open("IFACE_V3"))).unwrap();
+    let mut earlier_counts: PerCpuHashMap<MapData, IfaceKey, PortCounters> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(open("PORTSTAT_V1"))).unwrap();
+    let spare: Vec<(IfaceKey, u32)> = spare.iter().flatten().collect();
     let mut moved = 0;
-    for slot in 0..PORT_SLOTS {
-        let entry = slots.get(&slot, 0).unwrap();
+    for index in 0..PORT_INDEXES {
+        let entry = configs.get(&index, 0).unwrap();
         if entry.zone == 0 {
             continue;
         }
-        let key = IfaceKey { zone: entry.zone, ifindex: chosen_ifindex(entry.zone, slot) };
-        let counted = counts.get(&slot, 0).unwrap();
-        hashed.insert(key, entry.info, 0).unwrap();
-        hashed_counts.insert(key, counted, 0).unwrap();
-        slots.set(slot, PortSlot::default(), 0).unwrap();
+        let key = match index < PORT_SLOTS {
+            true => IfaceKey { zone: entry.zone, ifindex: chosen_ifindex(entry.zone, index) },
+            false => spare.iter().find(|(_, i)| *i == index).expect("a spare index's port").0,
+        };
+        earlier.insert(key, entry.info, 0).unwrap();
+        earlier_counts.insert(key, counts.get(&index, 0).unwrap(), 0).unwrap();
+        configs.set(index, PortSlot::default(), 0).unwrap();
         let zero = vec![PortCounters::default(); aya::util::nr_cpus().unwrap()];
-        counts.set(slot, PerCpuValues::try_from(zero).unwrap(), 0).unwrap();
+        counts.set(index, PerCpuValues::try_from(zero).unwrap(), 0).unwrap();
         moved += 1;
     }
     moved
 }
 
 /// Every app port's config as bpftool prints it: (key {zone, ifindex}, config), from the
-/// slots a port holds (PORTCFG_V1) and the hash map (IFACE_V3).
+/// port arrays (PORTCFG_V1: a slot's key from its index, a spare index's from IFACE_V4).
 fn port_configs(s: &Scenario) -> Vec<(Value, Value)> {
-    let mut all: Vec<(Value, Value)> = bpftool_dump(s, map_names::PORT_CONFIGS)
+    let spare = bpftool_dump(s, map_names::PORT_INDEX);
+    bpftool_dump(s, map_names::PORT_CONFIGS)
         .into_iter()
         .filter_map(|e| {
             let zone = e["value"]["zone"].as_u64().filter(|z| *z != 0)?;
-            let ifindex = chosen_ifindex(zone as u32, e["key"].as_u64()? as u32);
-            Some((serde_json::json!({ "zone": zone, "ifindex": ifindex }), e["value"]["info"].clone()))
+            let index = e["key"].as_u64()?;
+            let key = match index < PORT_SLOTS as u64 {
+                true => serde_json::json!({ "zone": zone, "ifindex": chosen_ifindex(zone as u32, index as u32) }),
+                false => spare.iter().find(|p| p["value"].as_u64() == Some(index))?["key"].clone(),
+            };
+            Some((key, e["value"]["info"].clone()))
         })
-        .collect();
-    all.extend(bpftool_dump(s, map_names::IFACES).into_iter().map(|e| (e["key"].clone(), e["value"].clone())));
-    all
+        .collect()
 }
 
 /// A pinned map's entries as bpftool prints them with BTF: [{key, value}] by field.

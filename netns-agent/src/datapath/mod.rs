@@ -2,7 +2,7 @@
 //! attaching programs to app ports and translating interfaces, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
-//!   CT_V4, DROP_V2, IFACE_V3, ACE_V4,   maps shared by every NI and the agent's netns
+//!   CT_V4, DROP_V2, PORTCFG_V1, ACE_V4, maps shared by every NI and the agent's netns
 //!   STATS_V11, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/..., @agent/...                 TCX links an earlier agent pinned: the agent
 //!                                        unpins them as its tc filters take over (`tc`)
@@ -49,12 +49,12 @@ use crate::netns::{self, Netns};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-/// BPF_NOEXIST: insert only where no entry is.
-const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 28] = [
+/// Maps of earlier agents that no version of ours has now (`down` removes their pins
+/// with ours; a changed map's older versions go by `is_other_map_version`).
+const RETIRED_MAPS: [&str; 1] = [ports::EARLIER_COUNTERS];
+const ALL_MAPS: [&str; 27] = [
     map_names::IF_ZONES,
     map_names::EVENTS,
-    map_names::PORT_STATS,
     map_names::PORT_CONFIGS,
     map_names::PORT_COUNTS,
     map_names::DROPS,
@@ -65,7 +65,7 @@ const ALL_MAPS: [&str; 28] = [
     map_names::EIDSET,
     map_names::HOSTSET,
     map_names::CONNTRACK,
-    map_names::IFACES,
+    map_names::PORT_INDEX,
     map_names::ACL_SHAPES,
     map_names::ACL_RANGES,
     map_names::ACL_PROTO,
@@ -331,7 +331,7 @@ pub fn remove_shared_pins_if_unused(pin_dir: &Path) -> Result<bool> {
     if in_use {
         return Ok(false);
     }
-    for name in ALL_MAPS {
+    for name in ALL_MAPS.into_iter().chain(RETIRED_MAPS) {
         let p = pin_dir.join(name);
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -369,7 +369,7 @@ pub struct Maps {
     fast_zones: Array<MapData, FastZone>,
     /// The app ports' configs and counters.
     ports: ports::Ports,
-    /// ifindex -> zone of the interfaces that carry programs: kept to what IFACES and
+    /// ifindex -> zone of the interfaces that carry programs: kept to what the port configs and
     /// NATIF hold (`register`).
     if_zones: HashMap<MapData, u32, u32>,
     /// The ports' ACLs, compiled, by ACL id.
@@ -696,10 +696,18 @@ impl Maps {
         n + self.remove_unregistered()
     }
 
-    /// Moves what an earlier agent left of zone `zone`'s slotted ports in the hash maps
-    /// to their slots (`ports::Ports::adopt_hashed`); returns how many ports moved.
-    pub fn adopt_hashed_ports(&mut self, zone: u32) -> usize {
-        self.ports.adopt_hashed(zone)
+    /// Writes the port configs an agent before the port arrays left in its hash map into
+    /// the arrays, before any of this agent's programs is attached
+    /// (`ports::Ports::place_earlier`); returns how many.
+    pub fn place_earlier_ports(&mut self) -> usize {
+        self.ports.place_earlier()
+    }
+
+    /// Moves what an agent before the port arrays left of port `key` in its hash maps
+    /// into the arrays, once the port carries this agent's programs
+    /// (`ports::Ports::adopt_earlier`); returns whether there was any.
+    pub fn adopt_earlier_port(&mut self, key: IfaceKey) -> bool {
+        self.ports.adopt_earlier(key)
     }
 
     /// Forgets an app port: its config and ACL, host set, buckets; its NI's eidset entry
@@ -746,13 +754,6 @@ impl Maps {
     pub fn set_port(&mut self, key: IfaceKey, info: IfaceInfo) -> Result<()> {
         self.register(key)?;
         self.ports.set(key, info)
-    }
-
-    /// Gives an app port its packet and byte counters, unless it has them (BPF_NOEXIST:
-    /// every apply may ask, nothing is reset; a data path from an agent before the
-    /// counters gets them at its first apply).
-    pub fn ensure_port_counters(&mut self, key: IfaceKey) -> Result<()> {
-        self.ports.ensure_counters(key)
     }
 
     /// Every app port's config (key and info), for naming its counters.
