@@ -284,7 +284,7 @@ fn datapath_families(maps: &Maps, names: &Names) -> Vec<Family> {
         Family::new("netns_agent_nat_port_exhausted_total", Kind::Counter, "New flows that source NAT found no free port for (dropped).");
     exhausted.add_u64(&[], stats.iter().find(|(s, _)| *s == Stat::NatNoPort).map(|(_, n)| *n).unwrap_or(0));
 
-    // Ports by their key: the app (the port config) and the bridge port (the plan).
+    // Ports by their key: the app (IFACE_V3) and the bridge port (the plan).
     let ports: HashMap<_, _> = maps.ports().into_iter().collect();
     let port_labels = |zone: u32, ifindex: u32| -> Option<(String, String, String)> {
         let info = ports.get(&netns_ebpf_common::IfaceKey { zone, ifindex })?;

@@ -61,33 +61,6 @@ pub fn chosen_ifindex_zone(ifindex: u32) -> Option<u32> {
     }
 }
 
-/// Every app port's config and counters are in arrays (PORTCFG_V1, PORTCNT_V1) at the
-/// port's index, which the programs read at an offset. An app's first interfaces (k
-/// below this) have their index in their ifindex, which the agent chose (a slot,
-/// `chosen_port_slot`); the others (VM taps, whose ifindexes the kernel picks, and an
-/// app's further interfaces) one the agent gives them from the spare indices, found
-/// in the hash map IFACE_V4 by zone and ifindex.
-pub const SLOTTED_INTERFACES: u32 = 4;
-/// The end of the slots: `(k + 1) << 8 | app` for k < `SLOTTED_INTERFACES` (the first
-/// 256 indices are never used: an app port's slot is 256 or more).
-pub const PORT_SLOTS: u32 = (SLOTTED_INTERFACES + 1) << 8;
-/// The port arrays' size: the slots, then a spare index for each port the data path
-/// may hold (`MAX_APP_PORTS`).
-pub const PORT_INDEXES: u32 = PORT_SLOTS + MAX_APP_PORTS;
-
-/// The slot of an app port whose ifindex the agent chose, when the ifindex names its
-/// index in the port arrays (`SLOTTED_INTERFACES`); None: IFACE_V4 holds its index. An
-/// app's k-th interface is in one NI only, so a slot is unique across zones; its entry
-/// says whose it is (`PortSlot::zone`).
-#[inline(always)]
-pub fn chosen_port_slot(ifindex: u32) -> Option<u32> {
-    if ifindex & 0xff00_0000 != CHOSEN_IFINDEX_BASE {
-        return None;
-    }
-    let slot = ifindex & 0xffff;
-    (1 << 8..PORT_SLOTS).contains(&slot).then_some(slot)
-}
-
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -96,8 +69,7 @@ pub const PROTO_UDP: u8 = 17;
 /// layout, so any layout change must bump the suffix.
 pub mod map_names {
     pub const CONNTRACK: &str = "CT_V4";
-    /// A port's index in the port arrays, for the ports without a slot.
-    pub const PORT_INDEX: &str = "IFACE_V4";
+    pub const IFACES: &str = "IFACE_V3";
     /// ifindex -> zone of every interface that carries the programs.
     pub const IF_ZONES: &str = "IFZONE_V1";
     /// An ACL's compiled form (`classify`), keyed by ACL id. All at a new version when
@@ -124,9 +96,7 @@ pub mod map_names {
     pub const FRAGS: &str = "FRAG_V1";
     pub const ZONE_USE: &str = "ZONEUSE_V1";
     pub const EVENTS: &str = "FLOWEV_V2";
-    /// The app ports' configs and counters, at their indexes (`PORT_INDEXES`).
-    pub const PORT_CONFIGS: &str = "PORTCFG_V1";
-    pub const PORT_COUNTS: &str = "PORTCNT_V1";
+    pub const PORT_STATS: &str = "PORTSTAT_V1";
     /// zone -> where the NI's fast path leads (`fast::FastZone`).
     pub const FAST_ZONES: &str = "FASTZONE_V4";
     /// The programs' scratch space for FIB lookups (per CPU).
@@ -194,16 +164,6 @@ pub struct IfaceInfo {
     pub _pad: [u8; 2],
 }
 
-/// An app port's entry in PORTCFG_V1, at its index: its config, and the zone whose port
-/// it is; 0 (the agent's domain, never an NI's): the index is free. The programs take
-/// an entry for a port only when its zone is the port's.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PortSlot {
-    pub zone: u32,
-    pub info: IfaceInfo,
-}
-
 /// The port is on a switch NI: no gateway of ours, DHCP and DNS are the outside's, and
 /// flows from outside are judged by the app's ACEs with the remote as source.
 pub const IFACE_FLAG_SWITCH: u32 = 1;
@@ -219,9 +179,9 @@ pub const IFACE_FLAG_IP_LEARN: u32 = 8;
 /// tap): the fast path may hand a packet to that end directly (`bpf_redirect_peer`).
 pub const IFACE_FLAG_APP_NETNS: u32 = 16;
 
-/// What an app port passed and dropped, per direction (`PORT_DIR_*`): per CPU, at the
-/// port's index in PORTCNT_V1 (counted while the index is the port's; zeroed by the
-/// agent when the port goes).
+/// What an app port passed and dropped, per direction (`PORT_DIR_*`): a per-CPU hash
+/// entry per port (key as IFACE_V3's), made by the agent with the port, so the programs
+/// only look it up (no insert on the packet path).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortCounters {
@@ -453,7 +413,6 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<IfaceKey>() == 8);
     assert!(size_of::<IfaceInfo>() == 40);
-    assert!(size_of::<PortSlot>() == 44);
     assert!(size_of::<ct::CtKey>() == 20);
     assert!(size_of::<ct::CtValue>() == 80);
     assert!(size_of::<acl::Ace>() == 16);
@@ -518,7 +477,6 @@ mod pod {
     unsafe impl aya::Pod for super::fast::FastZone {}
     unsafe impl aya::Pod for super::event::FlowEvent {}
     unsafe impl aya::Pod for super::PortCounters {}
-    unsafe impl aya::Pod for super::PortSlot {}
 }
 
 #[cfg(test)]
@@ -536,25 +494,6 @@ mod tests {
         }
         for kernel in [1, 2, 5, 0x3fff_ffff, 0x4100_0001, 0xc000_0001] {
             assert_eq!(chosen_ifindex_zone(kernel), None, "{kernel:#x}");
-        }
-    }
-
-    #[test]
-    fn an_apps_first_interfaces_have_slots_unique_across_zones_and_the_rest_none() {
-        extern crate std;
-        let mut seen = std::collections::HashSet::new();
-        for app in [1, 200, 255] {
-            for k in 0..SLOTTED_INTERFACES {
-                let slots = [1, 7, 255].map(|zone| chosen_port_slot(chosen_ifindex(zone, (k + 1) << 8 | app)));
-                let slot = slots[0].expect("slotted");
-                assert!(slots.iter().all(|s| *s == Some(slot)), "the zone is not in the slot");
-                assert!((1 << 8..PORT_SLOTS).contains(&slot));
-                assert!(seen.insert(slot), "app {app}'s interface {k}: slot {slot} taken twice");
-            }
-            assert_eq!(chosen_port_slot(chosen_ifindex(1, (SLOTTED_INTERFACES + 1) << 8 | app)), None, "past the slotted");
-        }
-        for other in [chosen_ifindex(3, SLOT_NI_END), chosen_ifindex(3, SLOT_AGENT_END), 5, 0x4100_0101] {
-            assert_eq!(chosen_port_slot(other), None, "{other:#x}");
         }
     }
 

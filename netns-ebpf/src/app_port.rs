@@ -31,8 +31,8 @@ use netns_ebpf_common::{
 use crate::{
     budget, clock, events, fast, frag,
     maps::{
-        port_config, port_config_mut, port_counters, zone, ACES, ACL_HOSTS, ACL_PROTO, ACL_RANGES, ACL_SHAPES, ACL_SUMMARY, ACL_WALK, CT,
-        DEVICE, DROPS, EIDSET, HOSTSET, LIMITS, NAT, PORTMAPS,
+        zone, ACES, ACL_HOSTS, ACL_PROTO, ACL_RANGES, ACL_SHAPES, ACL_SUMMARY, ACL_WALK, CT, DEVICE, DROPS, EIDSET, HOSTSET, IFACES,
+        LIMITS, NAT, PORTMAPS, PORT_STATS,
     },
     rewrite,
     skb::{count, ifindex, skb_mark, Skb},
@@ -87,7 +87,7 @@ pub fn app_port_to_app(ctx: TcContext) -> i32 {
 /// lives in its own frame, not in the from-app frame that 6.1's stack limit binds.
 #[inline(never)]
 fn count_port(zone: u32, ifindex: u32, dir: usize, dropped: bool, len: u32) {
-    if let Some(c) = port_counters(&IfaceKey { zone, ifindex }) {
+    if let Some(c) = PORT_STATS.get_ptr_mut(IfaceKey { zone, ifindex }) {
         // Per-CPU entry: no other writer.
         unsafe { (*c).count(dir, dropped, len as u64) };
     }
@@ -101,7 +101,7 @@ fn handle(ctx: &TcContext, zone: u32, side: Side) -> i32 {
             // An app's ARP must name the app itself: no claiming a neighbour's address
             // (or the gateway's) to draw its traffic.
             if side == Side::FromApp {
-                let Some(iface) = port_config(&IfaceKey { zone, ifindex: ifindex(ctx) }) else {
+                let Some(iface) = (unsafe { IFACES.get(&IfaceKey { zone, ifindex: ifindex(ctx) }) }) else {
                     count(Stat::NoIfaceConfig);
                     return TC_ACT_SHOT;
                 };
@@ -130,7 +130,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     let ifindex = ifindex(ctx);
     let ikey = IfaceKey { zone, ifindex };
     // Fail closed: a port we have no config for passes nothing but ARP.
-    let Some(iface) = port_config(&ikey) else {
+    let Some(iface) = (unsafe { IFACES.get(&ikey) }) else {
         count(Stat::NoIfaceConfig);
         return TC_ACT_SHOT;
     };
@@ -191,13 +191,12 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 }
                 // Every unconfigured DHCP client of the NI shares this tuple: the entry
                 // becomes this port's (DHCP is implicitly allowed for every app).
-                let acl_id = iface.acl_id;
-                let v = judge(ctx, side, &ikey, iface, acl_id, flow);
+                let v = judge(ctx, side, &ikey, iface, flow);
                 *entry = CtValue {
                     first_seen_ns: now,
                     mark: v.mark,
                     judge_ifindex: ifindex,
-                    acl_id,
+                    acl_id: iface.acl_id,
                     verdict: v.drop as u8,
                     orig_is_a: a_to_b as u8,
                     decided: v.by,
@@ -238,12 +237,11 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 // (Turned in place, not copied: the program's stack is 512 bytes with the
                 // ACE walk's frame, and 6.1's verifier counts every byte.)
                 let first_side = if dir == DIR_ORIG { side } else { side.other() };
-                let acl_id = iface.acl_id;
                 if first_side == Side::FromApp || iface.flags & IFACE_FLAG_SWITCH != 0 {
                     if dir != DIR_ORIG {
                         flow.reverse();
                     }
-                    let v = judge(ctx, first_side, &ikey, iface, acl_id, flow);
+                    let v = judge(ctx, first_side, &ikey, iface, flow);
                     if dir != DIR_ORIG {
                         flow.reverse();
                     }
@@ -255,7 +253,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 // Else a flow let into a local NI by a port map or from the agent's netns:
                 // no ACE judged it (the agent flushes the flows of a changed port map),
                 // its verdict stands.
-                entry.acl_id = acl_id;
+                entry.acl_id = iface.acl_id;
                 count(Stat::Rejudged);
             }
             if counts_here(ctx, side) && !charge(zone, &key, entry, dir, flow, now) {
@@ -274,13 +272,12 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 count(Stat::DropFragment);
                 return TC_ACT_SHOT;
             }
-            let acl_id = iface.acl_id;
-            let mut v = judge(ctx, side, &ikey, iface, acl_id, flow);
+            let mut v = judge(ctx, side, &ikey, iface, flow);
             let mut entry = CtValue {
                 first_seen_ns: now,
                 mark: v.mark,
                 judge_ifindex: ifindex,
-                acl_id,
+                acl_id: iface.acl_id,
                 verdict: v.drop as u8,
                 orig_is_a: a_to_b as u8,
                 limit: v.limit,
@@ -392,7 +389,7 @@ fn learn_address(ctx: &TcContext, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flo
     if iface.flags & IFACE_FLAG_IP_KNOWN != 0 && iface.app_ip == ip {
         return;
     }
-    if let Some(entry) = port_config_mut(ikey) {
+    if let Some(entry) = IFACES.get_ptr_mut(ikey) {
         unsafe {
             (*entry).app_ip = ip;
             (*entry).flags |= IFACE_FLAG_IP_KNOWN;
@@ -429,13 +426,9 @@ fn record_drop(key: &CtKey, fresh: &mut CtValue, a_to_b: bool, flow: &Flow, now:
     }
 }
 
-/// Judges `flow` under ACL `acl_id`, the port's as its caller read it once, to record
-/// with the verdict: the port's entry is an array element the agent rewrites in place,
-/// and a second read could give the ACL that replaced it, under which the flow would
-/// then never be judged.
 #[inline(always)]
-fn judge(ctx: &TcContext, side: Side, ikey: &IfaceKey, iface: &IfaceInfo, acl_id: u32, flow: &Flow) -> Verdict {
-    let walk = BitmapWalk { acl: acl_id };
+fn judge(ctx: &TcContext, side: Side, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flow) -> Verdict {
+    let walk = BitmapWalk { acl: iface.acl_id };
     match side {
         Side::FromApp => {
             let facts = RemoteFacts { device: to_device(iface, flow), ..remote_facts(ikey, iface, flow.dst) };
@@ -694,7 +687,7 @@ fn counts_here(ctx: &TcContext, side: Side) -> bool {
 #[inline(always)]
 fn came_from_app_port(ctx: &TcContext) -> bool {
     let in_if = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    port_config(&IfaceKey { zone: zone(ctx), ifindex: in_if }).is_some()
+    unsafe { IFACES.get(IfaceKey { zone: zone(ctx), ifindex: in_if }) }.is_some()
 }
 
 #[inline(always)]

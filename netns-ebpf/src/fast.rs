@@ -30,7 +30,7 @@ use netns_ebpf_common::{
 
 use crate::{
     app_port, clock,
-    maps::{port_config, CT, DEVICE, FAST_PROGRAMS, FAST_ZONES, FIB_SCRATCH, NAT_IFACES},
+    maps::{CT, DEVICE, FAST_PROGRAMS, FAST_ZONES, FIB_SCRATCH, IFACES, NAT_IFACES},
     nat::{AtNiVeth, SourceScratch},
     rewrite,
     skb::{count, count_n, ifindex, write, Skb},
@@ -391,7 +391,7 @@ pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, via_uplink: bool) -> 
         return TC_ACT_OK;
     }
     let port = entry.judge_ifindex;
-    let Some(iface) = port_config(&IfaceKey { zone, ifindex: port }) else { return TC_ACT_OK };
+    let Some(iface) = (unsafe { IFACES.get(IfaceKey { zone, ifindex: port }) }) else { return TC_ACT_OK };
     if iface.app_ip != flow.dst
         || !fits_mtu(&ctx, port)
         || hop_ttl(&ctx).is_err()

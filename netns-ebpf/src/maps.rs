@@ -4,12 +4,12 @@
 use crate::{app_port::WalkState, fast::FibScratch, skb::ifindex};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     macros::btf_map,
     programs::TcContext,
 };
 use netns_ebpf_common::{
-    chosen_ifindex_zone, chosen_port_slot,
+    chosen_ifindex_zone,
     classify::{
         AceGroup, AceKey, AclShape, Bits, ProtoBitsKey, RangeKey, RangePage, SummaryKey, SummaryPage, ACES_MAX_ENTRIES,
         ACE_GROUPS_MAX_ENTRIES, BITS_MAX_ENTRIES, RANGES_MAX_ENTRIES, SHAPES_MAX_ENTRIES, SUMMARY_MAX_ENTRIES,
@@ -20,8 +20,8 @@ use netns_ebpf_common::{
     frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
     limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
-    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, PortSlot, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, IF_ZONES_MAX_ENTRIES,
-    MAX_APP_PORTS, MAX_DEVICE_ADDRS, MAX_ZONES, NO_ZONE, PORT_INDEXES,
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, IF_ZONES_MAX_ENTRIES, MAX_APP_PORTS,
+    MAX_DEVICE_ADDRS, MAX_ZONES, NO_ZONE,
 };
 
 /// The zone (NI; for the agent netns' interfaces the agent's translation domain) of each
@@ -61,67 +61,9 @@ pub static DROPS: LruHashMap<CtKey, CtValue, { DROP_MAX_ENTRIES as usize }> = Lr
 #[btf_map(name = "FRAG_V1")]
 pub static FRAGS: LruHashMap<FragKey, FragValue, { FRAG_MAX_ENTRIES as usize }> = LruHashMap::new();
 
-/// The app ports' configs and counters, at each port's index (`port_index`): read at an
-/// offset, where hash lookups keyed by zone and ifindex were a tenth of the programs'
-/// time on the fast path (two per packet).
-#[btf_map(name = "PORTCFG_V1")]
-pub static PORT_CONFIGS: Array<PortSlot, { PORT_INDEXES as usize }> = Array::new();
-#[btf_map(name = "PORTCNT_V1")]
-pub static PORT_COUNTS: PerCpuArray<PortCounters, { PORT_INDEXES as usize }> = PerCpuArray::new();
-
-/// The index of each app port without a slot (a VM's tap, an app's further interfaces).
-#[btf_map(name = "IFACE_V4")]
-pub static PORT_INDEX: HashMap<IfaceKey, u32, { MAX_APP_PORTS as usize }> = HashMap::new();
-
-/// App port `key`'s index in the port arrays: its slot, read from its ifindex, or the
-/// one the agent gave it. A scalar, whichever way: the config's pointer then comes from
-/// one map on every path, which the verifier prunes as one (a pointer from either of
-/// two maps took 6.1's verifier past its limit in the to-app program).
-#[inline(always)]
-fn port_index(key: &IfaceKey) -> Option<u32> {
-    match chosen_port_slot(key.ifindex) {
-        Some(slot) => Some(slot),
-        None => unsafe { PORT_INDEX.get(key) }.copied(),
-    }
-}
-
-/// App port `key`'s config (the entry at its index is the port's only when its zone is).
-/// None: the agent configured no such port.
-#[inline(always)]
-pub fn port_config(key: &IfaceKey) -> Option<&'static IfaceInfo> {
-    port_config_mut(key).map(|info| unsafe { &*info })
-}
-
-/// `port_config`, to write (a switch port learning its app's address).
-#[inline(always)]
-pub fn port_config_mut(key: &IfaceKey) -> Option<*mut IfaceInfo> {
-    let info = port_config_at(key.zone, key.ifindex);
-    (!info.is_null()).then_some(info)
-}
-
-/// `port_config_mut`'s lookups, null for none. Its own BPF function, its key in its own
-/// frame: inlined, they took the from-app program's frame, with the ACL search's, past
-/// the 512 bytes of stack 6.1 allows.
-#[inline(never)]
-fn port_config_at(zone: u32, ifindex: u32) -> *mut IfaceInfo {
-    let Some(index) = port_index(&IfaceKey { zone, ifindex }) else { return core::ptr::null_mut() };
-    match PORT_CONFIGS.get_ptr_mut(index) {
-        // (Zone 0 is a free entry's, never a port's.)
-        Some(entry) if zone != 0 && unsafe { (*entry).zone } == zone => unsafe { &mut (*entry).info as *mut IfaceInfo },
-        _ => core::ptr::null_mut(),
-    }
-}
-
-/// App port `key`'s counters on this CPU (a port the agent configured: the counters at
-/// an index are zero until then).
-#[inline(always)]
-pub fn port_counters(key: &IfaceKey) -> Option<*mut PortCounters> {
-    let index = port_index(key)?;
-    if key.zone == 0 || PORT_CONFIGS.get(index)?.zone != key.zone {
-        return None;
-    }
-    PORT_COUNTS.get_ptr_mut(index)
-}
+/// Per app port: packets and bytes passed and dropped each way (the agent's metrics).
+#[btf_map(name = "PORTSTAT_V1")]
+pub static PORT_STATS: PerCpuHashMap<IfaceKey, PortCounters, { MAX_APP_PORTS as usize }> = PerCpuHashMap::new();
 
 /// Flow events for the agent's flow log.
 #[btf_map(name = "FLOWEV_V2")]
@@ -130,6 +72,9 @@ pub static EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new(
 /// Each NI's use of CT and NAT against its share.
 #[btf_map(name = "ZONEUSE_V1")]
 pub static ZONE_USE: Array<ZoneUse, { MAX_ZONES as usize }> = Array::new();
+
+#[btf_map(name = "IFACE_V3")]
+pub static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = HashMap::new();
 
 // The ports' ACLs, compiled to bitmaps (`classify`) under their ids. Filled as ACLs come
 // and go: allocated per entry (BPF_F_NO_PREALLOC), not for the whole capacity up front.

@@ -123,6 +123,7 @@ impl Loaded {
         let acl_id = maps.write_acl(&port.acl, 0).unwrap();
         let info = reconcile::port_iface_info(ni, &port, acl_id);
         maps.set_port(key, info).unwrap();
+        maps.ensure_port_counters(key).unwrap();
         Loaded { programs, maps, ni: ni.clone(), port, zone: ni.zone(), nat_ports: plan.nat_ports, pins }
     }
 

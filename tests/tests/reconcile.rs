@@ -11,14 +11,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use netns_agent::state::AppliedState;
 use netns_ebpf_common::{
-    chosen_ifindex, map_names,
+    map_names,
     nat::{NAT_FLAG_ORIG, REWRITE_DST},
-    IfaceInfo, IfaceKey, PortCounters, PortSlot, PORT_INDEXES, PORT_SLOTS,
 };
-use netns_tests::{metric, py_script, scaled, wait_until, EchoResult, Scenario, INET_IP};
+use netns_tests::{py_script, scaled, wait_until, EchoResult, Scenario, INET_IP};
 use serde_json::Value;
 
 /// NI1 (app1, app2) and NI2 (app3, the same subnet) on eth0. app1 may reach the internet
@@ -181,7 +179,9 @@ fn restart_under_load_disturbs_no_flow() {
 fn an_agent_with_acl_maps_of_a_new_version_writes_every_acl_anew() {
     let mut s = base();
     let app1 = s.app("app1").to_string();
-    let acl_ids = |s: &Scenario| -> Vec<u64> { port_configs(s).iter().map(|(_, info)| info["acl_id"].as_u64().expect("acl_id")).collect() };
+    let acl_ids = |s: &Scenario| -> Vec<u64> {
+        bpftool_dump(s, map_names::IFACES).iter().map(|e| e["value"]["acl_id"].as_u64().expect("acl_id")).collect()
+    };
     let before = acl_ids(&s);
     assert_eq!(before.len(), 3, "three ports: {before:?}");
     let judged = |s: &Scenario| {
@@ -382,8 +382,8 @@ fn live_edits_touch_only_what_changed() {
     assert!(!s.flows().iter().any(|f| f.src == "10.10.1.3" || f.dst == "10.10.1.3"), "app2's flows are gone");
     let leases = std::fs::read_to_string(s.state_dir.join(format!("dnsmasq-{}.conf", s.ni("ni1")))).unwrap();
     assert!(!leases.contains("10.10.1.3"), "app2's static lease is gone: {leases}");
-    let ports = port_configs(&s);
-    assert!(!ports.iter().any(|(_, info)| info["app_num"] == 2), "app2's port config is gone: {ports:?}");
+    let ifaces = bpftool_dump(&s, "IFACE_V3");
+    assert!(!ifaces.iter().any(|e| e["value"]["app_num"] == 2), "app2's port config is gone: {ifaces:?}");
 
     // 3. Change one ACE of app1 (7001 no longer allowed): its 7001 session stops, its
     //    other flows go on; those the first two ACEs (kept) or a rule decided are not
@@ -910,14 +910,8 @@ fn observe(s: &Scenario) -> BTreeSet<String> {
         }
     }
     let by_name = |zone: u64, ifindex: u64| names.get(&(zone as u32, ifindex as u32)).cloned().unwrap_or(format!("?{ifindex}"));
-    for (key, mut info) in port_configs(s) {
-        if let Some(v) = info.as_object_mut() {
-            v.remove("acl_id");
-        }
-        let port = by_name(key["zone"].as_u64().unwrap_or(0), key["ifindex"].as_u64().unwrap_or(0));
-        lines.insert(format!("port {} {port} = {info}", key["zone"]));
-    }
     for (map, drop_fields) in [
+        ("IFACE_V3", &["acl_id"][..]),
         ("IFZONE_V1", &[][..]),
         ("EIDSET_V1", &[][..]),
         ("PORTMAP_V1", &["uplink_ifindex"][..]),
@@ -938,105 +932,6 @@ fn observe(s: &Scenario) -> BTreeSet<String> {
         }
     }
     lines
-}
-
-/// An agent before the port arrays kept every port's config and counters in hash maps
-/// (IFACE_V3, PORTSTAT_V1), and its programs read them there. An agent with the arrays,
-/// started over such a data path, takes each port's config over (its ACL id too),
-/// writes it at the port's index, and once the port carries its programs moves the
-/// counters there and empties the hash maps: the ports judge as before, and their
-/// counters go on from where they were.
-#[test]
-fn an_earlier_agents_hashed_ports_move_to_the_port_arrays_with_their_counters() {
-    let mut s = Scenario::with_uplinks(&["ni1", "ni2", "ni3"], &["app1", "app2", "app3", "app4"], 1, BASE);
-    s.echo_server(&s.inet.clone(), INET_IP, 7001);
-    s.set_agent_key("metrics = \"127.0.0.1:9464\"");
-    s.start_agent();
-    let app1 = s.app("app1").to_string();
-    let passed = |s: &Scenario| {
-        let from_app1 = [("app", "app1"), ("verdict", "pass"), ("direction", "from_app")];
-        metric(&s.scrape_metrics(), "netns_agent_port_packets_total", &from_app1)
-    };
-    let echoed = s.echo(&app1, INET_IP, 7001, 10, None);
-    assert!(matches!(echoed, EchoResult::Echoed(10)), "app1's ACL allows port 7001: {echoed:?}");
-    let before = passed(&s);
-    assert!(before > 0.0, "app1's port counted its packets");
-    let placed = port_configs(&s);
-    s.stop_agent();
-    let moved = to_earlier_maps(&s.pin_dir);
-    assert_eq!(moved, placed.len(), "every port: {placed:?}");
-    assert!(port_configs(&s).is_empty(), "the arrays hold no port now");
-
-    s.start_agent();
-    assert_eq!(port_configs(&s), placed, "each port's config is in place again, its ACL id kept");
-    assert!(bpftool_dump(&s, "IFACE_V3").is_empty(), "the earlier agent's hash map holds no port's config");
-    assert!(bpftool_dump(&s, "PORTSTAT_V1").is_empty(), "nor its counters");
-    let after = passed(&s);
-    assert!(after >= before, "app1's port counts on from {before}: {after}");
-    let echoed = s.echo(&app1, INET_IP, 7001, 10, None);
-    assert!(matches!(echoed, EchoResult::Echoed(10)), "app1's port judges as before: {echoed:?}\n{}", s.agent_log());
-    assert!(passed(&s) > after, "and counts in the array");
-    s.stop_agent();
-    let down = s.down();
-    assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
-    assert!(!s.pin_dir.exists(), "down removes the earlier agent's maps with ours");
-}
-
-/// Makes the data path an earlier agent's: the hash maps it kept every port's config and
-/// counters in (IFACE_V3, PORTSTAT_V1), pinned and filled from the port arrays, which
-/// are emptied; returns how many ports moved.
-fn to_earlier_maps(pin_dir: &Path) -> usize {
-    for (name, kind, value) in [("IFACE_V3", "hash", size_of::<IfaceInfo>()), ("PORTSTAT_V1", "percpu_hash", size_of::<PortCounters>())] {
-        let path = pin_dir.join(name);
-        let (key, value) = (size_of::<IfaceKey>().to_string(), value.to_string());
-        let args = ["map", "create"].map(String::from).into_iter().chain([path.display().to_string()]);
-        let args = args.chain(["type", kind, "key", &key, "value", &value, "entries", "1024", "name", name].map(String::from));
-        netns_tests::run_ok(Command::new("bpftool").args(args.collect::<Vec<_>>()));
-    }
-    let open = |name: &str| MapData::from_pin(pin_dir.join(name)).unwrap();
-    let mut configs: Array<MapData, PortSlot> = Array::try_from(Map::Array(open(map_names::PORT_CONFIGS))).unwrap();
-    let mut counts: PerCpuArray<MapData, PortCounters> = PerCpuArray::try_from(Map::PerCpuArray(open(map_names::PORT_COUNTS))).unwrap();
-    let spare: HashMap<MapData, IfaceKey, u32> = HashMap::try_from(Map::HashMap(open(map_names::PORT_INDEX))).unwrap();
-    let mut earlier: HashMap<MapData, IfaceKey, IfaceInfo> = HashMap::try_from(Map::HashMap(open("IFACE_V3"))).unwrap();
-    let mut earlier_counts: PerCpuHashMap<MapData, IfaceKey, PortCounters> =
-        PerCpuHashMap::try_from(Map::PerCpuHashMap(open("PORTSTAT_V1"))).unwrap();
-    let spare: Vec<(IfaceKey, u32)> = spare.iter().flatten().collect();
-    let mut moved = 0;
-    for index in 0..PORT_INDEXES {
-        let entry = configs.get(&index, 0).unwrap();
-        if entry.zone == 0 {
-            continue;
-        }
-        let key = match index < PORT_SLOTS {
-            true => IfaceKey { zone: entry.zone, ifindex: chosen_ifindex(entry.zone, index) },
-            false => spare.iter().find(|(_, i)| *i == index).expect("a spare index's port").0,
-        };
-        earlier.insert(key, entry.info, 0).unwrap();
-        earlier_counts.insert(key, counts.get(&index, 0).unwrap(), 0).unwrap();
-        configs.set(index, PortSlot::default(), 0).unwrap();
-        let zero = vec![PortCounters::default(); aya::util::nr_cpus().unwrap()];
-        counts.set(index, PerCpuValues::try_from(zero).unwrap(), 0).unwrap();
-        moved += 1;
-    }
-    moved
-}
-
-/// Every app port's config as bpftool prints it: (key {zone, ifindex}, config), from the
-/// port arrays (PORTCFG_V1: a slot's key from its index, a spare index's from IFACE_V4).
-fn port_configs(s: &Scenario) -> Vec<(Value, Value)> {
-    let spare = bpftool_dump(s, map_names::PORT_INDEX);
-    bpftool_dump(s, map_names::PORT_CONFIGS)
-        .into_iter()
-        .filter_map(|e| {
-            let zone = e["value"]["zone"].as_u64().filter(|z| *z != 0)?;
-            let index = e["key"].as_u64()?;
-            let key = match index < PORT_SLOTS as u64 {
-                true => serde_json::json!({ "zone": zone, "ifindex": chosen_ifindex(zone as u32, index as u32) }),
-                false => spare.iter().find(|p| p["value"].as_u64() == Some(index))?["key"].clone(),
-            };
-            Some((key, e["value"]["info"].clone()))
-        })
-        .collect()
 }
 
 /// A pinned map's entries as bpftool prints them with BTF: [{key, value}] by field.

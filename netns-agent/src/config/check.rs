@@ -586,7 +586,7 @@ fn capacity(raw: &file::Config, err: &mut impl FnMut(Span, String)) {
     let ports: Vec<&file::Interface> = raw.apps.iter().flat_map(|a| &a.interfaces).collect();
     if let Some(over) = ports.get(MAX_APP_PORTS as usize) {
         let n = ports.len();
-        err(over.network.span(), format!("{n} app interfaces: the data path holds at most {MAX_APP_PORTS} (its port arrays)"));
+        err(over.network.span(), format!("{n} app interfaces: the data path holds at most {MAX_APP_PORTS} (IFACE_V3)"));
     }
     let aces = || ports.iter().flat_map(|i| &i.acl);
     let all: Vec<&file::Ace> = aces().collect();

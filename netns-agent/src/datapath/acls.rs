@@ -1,6 +1,6 @@
 //! The ports' ACLs in the classify maps: each compiled (`classify::compile`) under an
 //! ACL id of its own. A changed ACL is written under a new id beside the live one, then
-//! the port's config entry switches to it in one map update (the programs see the old ACL
+//! the port's IFACE entry switches to it in one map update (the programs see the old ACL
 //! or the new one, whole), then the old id's entries go.
 
 use std::collections::HashSet;

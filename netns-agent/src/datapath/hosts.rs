@@ -1,6 +1,6 @@
 //! The host sets: the addresses DNS answers gave each app port, each with a mask of the
 //! port's host ACEs whose domain the question was in (a bit per host ACE of the ACL the
-//! port's config entry names, from the ACL's base bit up), and the layouts those bits
+//! port's IFACE entry names, from the ACL's base bit up), and the layouts those bits
 //! follow.
 
 use std::{
@@ -134,7 +134,7 @@ fn bit(k: usize) -> u64 {
     }
 }
 
-/// Each app port's live host layout (that of the ACL its config entry names), and the lock
+/// Each app port's live host layout (that of the ACL its IFACE entry names), and the lock
 /// that orders the DNS proxies' answers against the applier's ACL switches: an answer
 /// goes into a host set under the layout live as it is written, and a switch to an ACL
 /// whose host ACEs moved rewrites the port's masks to the new layout (`LayoutSwitch`)

@@ -2,7 +2,7 @@
 //! attaching programs to app ports and translating interfaces, and reading/writing the maps.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
-//!   CT_V4, DROP_V2, PORTCFG_V1, ACE_V4, maps shared by every NI and the agent's netns
+//!   CT_V4, DROP_V2, IFACE_V3, ACE_V4,   maps shared by every NI and the agent's netns
 //!   STATS_V11, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/..., @agent/...                 TCX links an earlier agent pinned: the agent
 //!                                        unpins them as its tc filters take over (`tc`)
@@ -13,7 +13,6 @@
 mod acls;
 mod batch;
 mod hosts;
-mod ports;
 mod tc;
 mod translations;
 use batch::BatchMap;
@@ -26,7 +25,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray},
     programs::{ProgramError, SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
@@ -49,14 +48,12 @@ use crate::netns::{self, Netns};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns-ebpf"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-/// Maps of earlier agents that no version of ours has now (`down` removes their pins
-/// with ours; a changed map's older versions go by `is_other_map_version`).
-const RETIRED_MAPS: [&str; 1] = [ports::EARLIER_COUNTERS];
-const ALL_MAPS: [&str; 27] = [
+/// BPF_NOEXIST: insert only where no entry is.
+const BPF_NOEXIST: u64 = 1;
+const ALL_MAPS: [&str; 26] = [
     map_names::IF_ZONES,
     map_names::EVENTS,
-    map_names::PORT_CONFIGS,
-    map_names::PORT_COUNTS,
+    map_names::PORT_STATS,
     map_names::DROPS,
     map_names::FRAGS,
     map_names::ZONE_USE,
@@ -65,7 +62,7 @@ const ALL_MAPS: [&str; 27] = [
     map_names::EIDSET,
     map_names::HOSTSET,
     map_names::CONNTRACK,
-    map_names::PORT_INDEX,
+    map_names::IFACES,
     map_names::ACL_SHAPES,
     map_names::ACL_RANGES,
     map_names::ACL_PROTO,
@@ -331,7 +328,7 @@ pub fn remove_shared_pins_if_unused(pin_dir: &Path) -> Result<bool> {
     if in_use {
         return Ok(false);
     }
-    for name in ALL_MAPS.into_iter().chain(RETIRED_MAPS) {
+    for name in ALL_MAPS {
         let p = pin_dir.join(name);
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -367,14 +364,14 @@ pub struct Maps {
     drops: HashMap<MapData, CtKey, CtValue>,
     zone_use: Array<MapData, ZoneUse>,
     fast_zones: Array<MapData, FastZone>,
-    /// The app ports' configs and counters.
-    ports: ports::Ports,
-    /// ifindex -> zone of the interfaces that carry programs: kept to what the port configs and
+    ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
+    /// ifindex -> zone of the interfaces that carry programs: kept to what IFACES and
     /// NATIF hold (`register`).
     if_zones: HashMap<MapData, u32, u32>,
     /// The ports' ACLs, compiled, by ACL id.
     pub acls: AclStore,
     stats: PerCpuArray<MapData, u64>,
+    port_stats: PerCpuHashMap<MapData, IfaceKey, PortCounters>,
     nat: HashMap<MapData, NatKey, NatValue>,
     /// The conntrack, drop and NAT maps again, for the sweep's batched reads.
     swept: [BatchMap; 3],
@@ -512,10 +509,11 @@ impl Maps {
             drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
             zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
             fast_zones: open_map(pin_dir, map_names::FAST_ZONES)?.try_into()?,
-            ports: ports::Ports::open(pin_dir)?,
+            ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
             if_zones: open_map(pin_dir, map_names::IF_ZONES)?.try_into()?,
             acls: AclStore::open(pin_dir)?,
             stats: open_map(pin_dir, map_names::STATS)?.try_into()?,
+            port_stats: open_map(pin_dir, map_names::PORT_STATS)?.try_into()?,
             nat: open_map(pin_dir, map_names::NAT)?.try_into()?,
             swept: [
                 BatchMap::open(pin_dir, map_names::CONNTRACK)?,
@@ -534,8 +532,9 @@ impl Maps {
 
     /// Writes `aces` as a new ACL (`AclStore::write`) under an id no port's entry names.
     pub fn write_acl(&mut self, aces: &[Ace], host_base: u32) -> Result<u32> {
-        let ports = &self.ports;
-        self.acls.write(aces, host_base, || ports.all().iter().flat_map(|(_, info)| [info.acl_id, info.prev_acl_id]).max().unwrap_or(0))
+        let ifaces = &self.ifaces;
+        self.acls
+            .write(aces, host_base, || ifaces.iter().flatten().flat_map(|(_, info)| [info.acl_id, info.prev_acl_id]).max().unwrap_or(0))
     }
 
     /// Marks `addr` as the device's own: apps' new flows to it are dropped unless a port
@@ -600,7 +599,7 @@ impl Maps {
 
     /// Whether zone `key.zone` has config for interface `key.ifindex` (as app port or NAT).
     fn configured(&self, key: IfaceKey) -> bool {
-        self.ports.get(key).is_some() || self.nat_ifaces.get(&key, 0).is_ok()
+        self.ifaces.get(&key, 0).is_ok() || self.nat_ifaces.get(&key, 0).is_ok()
     }
 
     /// Forgets interface `key.ifindex` as zone `key.zone`'s.
@@ -655,18 +654,12 @@ impl Maps {
 
     /// An app port's published config (its ACL: `acls`, under its `acl_id`).
     pub fn port(&self, key: IfaceKey) -> Option<IfaceInfo> {
-        self.ports.get(key)
-    }
-
-    /// Whether the programs read `info` as port `key`'s config now (`port` may find an
-    /// earlier agent's entry they no longer read: `ports::Ports::get`).
-    pub fn port_holds(&self, key: IfaceKey, info: &IfaceInfo) -> bool {
-        self.ports.holds(key, info)
+        self.ifaces.get(&key, 0).ok()
     }
 
     /// The ACL ids that ports select `pred` name.
     fn acl_ids(&self, pred: impl Fn(&IfaceKey) -> bool) -> std::collections::HashSet<u32> {
-        self.ports.all().into_iter().filter(|(k, _)| pred(k)).map(|(_, info)| info.acl_id).collect()
+        self.ifaces.iter().flatten().filter(|(k, _)| pred(k)).map(|(_, info)| info.acl_id).collect()
     }
 
     /// Removes the ACLs no port names (an apply that stopped between writing an ACL and
@@ -686,8 +679,9 @@ impl Maps {
         ips: &std::collections::HashSet<[u8; 4]>,
     ) -> usize {
         let stray = |k: &IfaceKey| k.zone == zone && !ports.contains(&k.ifindex);
+        self.remove_port_counters(|k| stray(k));
         let acls = self.acl_ids(stray);
-        let n = self.ports.remove_where(stray).len();
+        let n = remove_where(&mut self.ifaces, |k, _| stray(k));
         let n = n + if acls.is_empty() { 0 } else { self.acls.remove_where(|id| acls.contains(&id)) };
         let n = n
             + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
@@ -696,24 +690,12 @@ impl Maps {
         n + self.remove_unregistered()
     }
 
-    /// Writes the port configs an agent before the port arrays left in its hash map into
-    /// the arrays, before any of this agent's programs is attached
-    /// (`ports::Ports::place_earlier`); returns how many.
-    pub fn place_earlier_ports(&mut self) -> usize {
-        self.ports.place_earlier()
-    }
-
-    /// Moves what an agent before the port arrays left of port `key` in its hash maps
-    /// into the arrays, once the port carries this agent's programs
-    /// (`ports::Ports::adopt_earlier`); returns whether there was any.
-    pub fn adopt_earlier_port(&mut self, key: IfaceKey) -> bool {
-        self.ports.adopt_earlier(key)
-    }
-
     /// Forgets an app port: its config and ACL, host set, buckets; its NI's eidset entry
     /// `ip`.
     pub fn remove_port(&mut self, key: IfaceKey, ip: [u8; 4]) {
-        if let Some(info) = self.ports.remove(key) {
+        self.port_stats.remove(&key).ok();
+        if let Ok(info) = self.ifaces.get(&key, 0) {
+            self.ifaces.remove(&key).ok();
             self.acls.remove(info.acl_id);
         }
         self.unregister(key);
@@ -753,17 +735,44 @@ impl Maps {
     /// (`acls.write`), so the port never judges a flow against a missing ACL.
     pub fn set_port(&mut self, key: IfaceKey, info: IfaceInfo) -> Result<()> {
         self.register(key)?;
-        self.ports.set(key, info)
+        self.ifaces.insert(key, info, 0).context("writing interface map")
+    }
+
+    /// Gives an app port its packet and byte counters, unless it has them (BPF_NOEXIST:
+    /// every apply may ask, nothing is reset; a data path from an agent before the
+    /// counters gets them at its first apply).
+    pub fn ensure_port_counters(&mut self, key: IfaceKey) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+        let zero = PerCpuValues::try_from(vec![PortCounters::default(); cpus])?;
+        match self.port_stats.insert(key, zero, BPF_NOEXIST) {
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(nix::libc::EEXIST) => Ok(()),
+            other => other.context("writing the port's counters"),
+        }
+    }
+
+    fn remove_port_counters(&mut self, pred: impl Fn(&IfaceKey) -> bool) {
+        let doomed: Vec<IfaceKey> = self.port_stats.keys().flatten().filter(|k| pred(k)).collect();
+        for k in doomed {
+            self.port_stats.remove(&k).ok();
+        }
     }
 
     /// Every app port's config (key and info), for naming its counters.
     pub fn ports(&self) -> Vec<(IfaceKey, IfaceInfo)> {
-        self.ports.all()
+        self.ifaces.iter().flatten().collect()
     }
 
     /// Every app port's counters, summed over CPUs.
     pub fn port_counters(&self) -> Vec<(IfaceKey, PortCounters)> {
-        self.ports.counters()
+        self.port_stats
+            .iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let mut sum = PortCounters::default();
+                per_cpu.iter().for_each(|c| sum.add(c));
+                (k, sum)
+            })
+            .collect()
     }
 
     /// Where zone `zone`'s fast path leads (`enabled` 0: it has none).
@@ -779,8 +788,9 @@ impl Maps {
         if let Err(e) = self.set_fast_zone(zone, FastZone::default()) {
             tracing::warn!("{e:#}");
         }
+        self.remove_port_counters(|k| k.zone == zone);
         let acls = self.acl_ids(|k| k.zone == zone);
-        self.ports.remove_where(|k| k.zone == zone);
+        remove_where(&mut self.ifaces, |k, _| k.zone == zone);
         if !acls.is_empty() {
             self.acls.remove_where(|id| acls.contains(&id));
         }

@@ -175,18 +175,10 @@ impl Applier {
         self.maps.as_mut().map(|m| m.take_removed_flows()).unwrap_or_default()
     }
 
-    /// The pinned maps (opened once; they exist after the first programs are loaded,
-    /// and are opened before any of them is attached).
+    /// The pinned maps (opened once; they exist after the first programs are loaded).
     fn maps(&mut self) -> Result<&mut Maps> {
         if self.maps.is_none() {
-            let mut maps = Maps::open(&self.pin_dir)?;
-            // Before this agent's programs read them: the ports an agent before the port
-            // arrays configured (its programs keep their hash map until replaced).
-            let placed = maps.place_earlier_ports();
-            if placed > 0 {
-                info!(placed, "an earlier agent's port configs written into the port arrays");
-            }
-            self.maps = Some(maps);
+            self.maps = Some(Maps::open(&self.pin_dir)?);
         }
         Ok(self.maps.as_mut().expect("opened above"))
     }
@@ -520,7 +512,7 @@ fn programs<'a>(slot: &'a mut Option<Programs>, pin_dir: &Path) -> Result<&'a mu
     }
 }
 
-/// App port `p` of `ni` as its port config entry (what `apply` writes for a new port), for
+/// App port `p` of `ni` as its IFACE_V3 entry (what `apply` writes for a new port), for
 /// whoever fills the maps without the applier (the program tests).
 pub fn port_iface_info(ni: &NiPlan, p: &PortPlan, acl_id: u32) -> netns_ebpf_common::IfaceInfo {
     ni::with_driver!(ni.kind, kind => port::iface_info(kind, ni, p, acl_id))

@@ -20,7 +20,7 @@ use crate::{
     plan::{NiPlan, PortPlan, BRIDGE},
 };
 
-/// The port's config entry (PORTCFG_V1) as the programs read it, with its ACL under `acl_id`.
+/// The port's entry in IFACE_V3 as the programs read it, with its ACL under `acl_id`.
 pub(super) fn iface_info<K: NiDriver>(kind: &K, ni: &NiPlan, p: &PortPlan, acl_id: u32) -> IfaceInfo {
     IfaceInfo {
         app_num: p.app_num,
@@ -70,13 +70,8 @@ pub async fn ensure<K: NiDriver>(
     let ifindex = nl.link_index(&p.bridge_port).await?.with_context(|| format!("{} vanished after creation", p.bridge_port))?;
     // Config first, then the programs that read it.
     let layouts = ap.host_layouts();
-    let key = IfaceKey { zone: ni.zone(), ifindex };
-    write_maps(ap.maps()?, &layouts, kind, ni, p, key, before, out)?;
+    write_maps(ap.maps()?, &layouts, kind, ni, p, IfaceKey { zone: ni.zone(), ifindex }, before, out)?;
     programs(&mut ap.programs, &ap.pin_dir)?.attach_port(ns, &ni.name, &p.bridge_port)?;
-    // The port reads and counts where this agent's programs do from here on.
-    if ap.maps()?.adopt_earlier_port(key) {
-        info!(port = p.bridge_port, "the port's config and counters moved from an earlier agent's hash maps");
-    }
     nl.set_up(&p.bridge_port).await?;
 
     // A VM configures its own side.
@@ -165,7 +160,7 @@ fn write_maps<K: NiDriver>(
     if !switch.prepare(&mut maps.hosts, &layout) && acl.written {
         debug!(port = p.bridge_port, "host-set bits carried over after the switch");
     }
-    if !maps.port_holds(key, &info) {
+    if published != Some(info) {
         if let Err(e) = maps.set_port(key, info) {
             switch.abort(&mut maps.hosts, &layout);
             if acl.written {
@@ -196,6 +191,10 @@ fn write_maps<K: NiDriver>(
             ni.name,
             p.app
         );
+    }
+    // Counters are for the metrics: a port without them still enforces (warned).
+    if let Err(e) = maps.ensure_port_counters(key) {
+        warn!("{}: port {} has no packet counters: {e:#}", ni.name, p.bridge_port);
     }
     maps.set_eid(ni.zone(), p.ip.octets(), p.app_num)?;
     // A bucket keeps its tokens and counters unless its ACE's rate changed.
