@@ -373,7 +373,8 @@ pub fn from_uplink_through_ni(ctx: &TcContext, flow: &mut Flow, v: &mut NatValue
 /// went out. `via_uplink`: translated back at an uplink's ingress
 /// (`from_uplink_through_ni`), by an uplink translation its flow's packets made leaving
 /// by that uplink, which no flow to the device's own addresses does (the agent's netns
-/// takes those in): its source is no device address, and that lookup is spared. Its own BPF function: its frame adds to the NAT program's only here.
+/// takes those in): its source is no device address, and that lookup is spared. Its own
+/// BPF function: its frame adds to the NAT program's only here.
 #[inline(never)]
 pub fn to_app(skb: *mut __sk_buff, zone: u32, flow: &Flow, via_uplink: bool) -> i32 {
     let ctx = TcContext::new(skb);
