@@ -210,6 +210,44 @@ fn an_agent_with_acl_maps_of_a_new_version_writes_every_acl_anew() {
     judged(&s);
 }
 
+/// An agent whose programs bring a map the running data path has no pin of (a new
+/// version's, here STATS's pin removed while the agent is down) takes a config that
+/// removes an app and moves a port map on its first apply: the removals find the maps
+/// (the programs, which pin the new map, are loaded before anything is removed), so
+/// app2's port and map entries go and the port map moves, with no error. (Loaded only
+/// when a port was made, the programs came after the removals: the maps could not be
+/// opened, app2's removal failed and left its veth.)
+#[test]
+fn an_agent_with_a_new_map_removes_what_leaves_on_its_first_apply() {
+    let mut s = base();
+    let (app2, app3) = (s.app("app2").to_string(), s.app("app3").to_string());
+    s.whoami_server(&app3, "10.10.1.2", 80);
+    let gw = s.gw.clone();
+    assert!(s.whoami(&gw, "192.168.0.2", 8080).is_some(), "the port map works before the change");
+    assert_eq!(bpftool_dump(&s, map_names::IFACES).len(), 3, "three ports");
+
+    s.kill_agent();
+    std::fs::remove_file(s.pin_dir.join(map_names::STATS)).expect("unpinning STATS");
+    let changed = BASE
+        .replace(
+            "[[app]]\nname = \"app2\"\nnum = 2\nnetns = \"@app2\"\n[[app.interface]]\nnetwork = \"@ni1\"\nip = \"10.10.1.3\"\nacl = [{ id = 1, match = { ip = \"10.99.0.0/16\" } }]\n",
+            "",
+        )
+        .replace("lport = 8080 }, action = { portmap = 80 }", "lport = 8081 }, action = { portmap = 80 }");
+    assert!(!changed.contains("app2") && changed.contains("8081"));
+    s.write_config(&changed);
+    s.start_agent();
+
+    let report = s.status().last_apply.expect("the start's apply is on record");
+    assert!(report.errors.is_empty(), "the first apply's errors: {:?}\n{}", report.errors, s.agent_log());
+    assert!(s.pin_dir.join(map_names::STATS).exists(), "STATS pinned anew");
+    assert_eq!(bpftool_dump(&s, map_names::IFACES).len(), 2, "app2's port entry removed");
+    let links = String::from_utf8_lossy(&s.exec(&app2, &["ip", "-o", "link", "show"]).stdout).into_owned();
+    assert!(links.lines().all(|l| l.contains(": lo:")), "app2's interface removed: {links}");
+    assert!(s.whoami(&gw, "192.168.0.2", 8081).is_some(), "the moved port map works\n{}", s.agent_log());
+    assert!(s.whoami(&gw, "192.168.0.2", 8080).is_none(), "the old port map is gone");
+}
+
 #[test]
 fn acl_swaps_under_traffic_drop_no_packet() {
     let mut s = base();

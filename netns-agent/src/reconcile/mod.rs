@@ -267,6 +267,13 @@ impl Applier {
         let mut out = ApplyOutcome::default();
         let mut errors = Vec::new();
 
+        // The removals below open the pinned maps, which this agent's programs name: an
+        // earlier agent's data path lacks the pins of any map new in this version until
+        // the programs are loaded (loading pins them). Nothing on record: nothing to
+        // remove, and no pins made for a config that may have no NI.
+        if !self.record.nis.is_empty() {
+            programs(&mut self.programs, &self.pin_dir)?;
+        }
         self.remove_reshaped_nis(plan, &mut out, &mut errors).await?;
         self.remove_leaving_parts(plan, &mut out, &mut errors).await?;
         let agent_level = uplink::ensure_agent_level(self, plan).await;
@@ -335,7 +342,7 @@ impl Applier {
     async fn remove_leaving_parts(&mut self, plan: &Plan, out: &mut ApplyOutcome, errors: &mut Vec<String>) -> Result<()> {
         for ni in &plan.nis {
             let Some(rec) = self.record.nis.get(&ni.name).map(|r| r.plan.clone()) else { continue };
-            port::remove_leaving(self, &rec, ni, out).await;
+            port::remove_leaving(self, &rec, ni, out, errors).await;
             if let Err(e) = ni::flush_changed_portmaps(self, &rec, ni, out) {
                 errors.push(format!("{}: port maps: {e:#}", ni.name));
             }

@@ -325,8 +325,9 @@ async fn configure_app_end(app: &Netlink, ni: &NiPlan, p: &PortPlan) -> Result<(
     Ok(())
 }
 
-/// Removes the recorded ports of `recorded` that `ni` drops or whose link changes.
-pub async fn remove_leaving(ap: &mut Applier, recorded: &NiPlan, ni: &NiPlan, out: &mut ApplyOutcome) {
+/// Removes the recorded ports of `recorded` that `ni` drops or whose link changes; a
+/// removal that fails goes on and is reported in `errors`.
+pub async fn remove_leaving(ap: &mut Applier, recorded: &NiPlan, ni: &NiPlan, out: &mut ApplyOutcome, errors: &mut Vec<String>) {
     for old in &recorded.ports {
         if ni.port(&old.bridge_port).is_some_and(|p| p.same_link(old)) {
             continue;
@@ -334,7 +335,7 @@ pub async fn remove_leaving(ap: &mut Applier, recorded: &NiPlan, ni: &NiPlan, ou
         info!("{}: removing port {} of app {}", ni.name, old.bridge_port, old.app);
         out.report.changes.push(format!("{}: port {} of app {} removed", ni.name, old.bridge_port, old.app));
         if let Err(e) = remove(ap, recorded, old).await {
-            out.report.errors.push(format!("{}: removing port {}: {e:#}", ni.name, old.bridge_port));
+            errors.push(format!("{}: removing port {}: {e:#}", ni.name, old.bridge_port));
         }
         if let Some(rec) = ap.record.nis.get_mut(&recorded.name) {
             rec.plan.ports.retain(|p| p.bridge_port != old.bridge_port);
