@@ -43,19 +43,25 @@ impl NatKey {
     #[inline(always)]
     pub fn rewritten(&self, v: &NatValue) -> NatKey {
         let mut k = *self;
+        k.rewrite(v);
+        k
+    }
+
+    /// `rewritten`, in place.
+    #[inline(always)]
+    pub fn rewrite(&mut self, v: &NatValue) {
         if v.rewrite == REWRITE_SRC {
-            k.src = v.addr;
-            k.sport = v.port;
+            self.src = v.addr;
+            self.sport = v.port;
         } else {
-            k.dst = v.addr;
-            k.dport = v.port;
+            self.dst = v.addr;
+            self.dport = v.port;
         }
         if self.proto == crate::PROTO_ICMP {
             // ICMP echo: the identifier is both "ports".
-            k.sport = v.port;
-            k.dport = v.port;
+            self.sport = v.port;
+            self.dport = v.port;
         }
-        k
     }
 
     /// This key written into `out` field by field, its padding left as it is there: the
@@ -71,6 +77,27 @@ impl NatKey {
     #[inline(always)]
     pub fn reversed(&self) -> NatKey {
         NatKey { domain: self.domain, src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto, _pad: [0; 3] }
+    }
+
+    /// `reversed`, in place.
+    #[inline(always)]
+    pub fn reverse(&mut self) {
+        (self.src, self.dst, self.sport, self.dport) = (self.dst, self.src, self.dport, self.sport);
+    }
+
+    /// `partner(self, v)`, in place (the programs keep keys in per-CPU scratch: a second
+    /// key on the stack is one too many for 6.1's 512 bytes across calls).
+    #[inline(always)]
+    pub fn turn_to_partner(&mut self, v: &NatValue) {
+        self.rewrite(v);
+        self.reverse();
+    }
+
+    /// `across(self, domain)`, in place.
+    #[inline(always)]
+    pub fn turn_across(&mut self, domain: u32) {
+        self.reverse();
+        self.domain = domain;
     }
 }
 
@@ -273,7 +300,9 @@ pub fn inner_of(ni_reply: &NatValue) -> Option<(u16, [u8; 2])> {
 /// around, is its partner's key.
 #[inline(always)]
 pub fn partner(key: &NatKey, v: &NatValue) -> NatKey {
-    key.rewritten(v).reversed()
+    let mut k = *key;
+    k.turn_to_partner(v);
+    k
 }
 
 /// Idle time after which a translation (both entries at once, idle = since the later of
@@ -342,7 +371,9 @@ fn is_reply_source(v: &NatValue) -> bool {
 /// original half's key in the agent's domain, and back (`domain`: the other side's).
 #[inline(always)]
 pub fn across(key: &NatKey, domain: u32) -> NatKey {
-    NatKey { domain, ..key.reversed() }
+    let mut k = *key;
+    k.turn_across(domain);
+    k
 }
 
 /// The keys an entry leads to: its partner, and the other pair's entry it links to
@@ -596,6 +627,17 @@ mod tests {
         let rk = partner(&k, &fwd);
         let rev = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, ..NatValue::default() };
         assert_eq!(partner(&rk, &rev), k);
+        assert_eq!(rk, NatKey { src: f.dst, dst: fwd.addr, sport: f.dport, dport: fwd.port, ..k });
+        // An ICMP echo: the identifier is both "ports", on either side of the rewrite.
+        let echo = NatKey { proto: crate::PROTO_ICMP, sport: 7, dport: 7, ..k };
+        let echo_rk = partner(&echo, &fwd);
+        assert_eq!(echo_rk, NatKey { src: f.dst, dst: fwd.addr, sport: fwd.port, dport: fwd.port, ..echo });
+        let echo_rev = NatValue { port: 7, ..rev };
+        assert_eq!(partner(&echo_rk, &echo_rev), echo);
+        // `across`: the same tuple turned round, in another domain, and back.
+        let out = across(&rk, DOMAIN_AGENT);
+        assert_eq!(out, NatKey { domain: DOMAIN_AGENT, src: fwd.addr, dst: f.dst, sport: fwd.port, dport: f.dport, ..k });
+        assert_eq!(across(&out, 3), rk);
     }
 
     #[test]

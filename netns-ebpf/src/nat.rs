@@ -482,16 +482,16 @@ fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut Sou
 /// pairs apart): both its halves are removed, so that the new flow gets a translation of
 /// its own at the uplink and none of its replies reaches the older flow's app. (One that
 /// carries none is not the NI's apps': the NI's own, e.g. charon's from the veth's
-/// address.) The keys are worked out in place (`across`, `partner`: an ICMP echo's
-/// identifier is both its ports), to keep a second `NatKey` off the stack.
+/// address.) The keys are worked out in place (`NatKey::turn_across`,
+/// `turn_to_partner`), to keep a second `NatKey` off the stack.
 #[inline(always)]
 fn forget_stale_uplink(k: &mut NatKey) {
     let zone = k.domain;
-    (k.domain, k.src, k.dst, k.sport, k.dport) = (DOMAIN_AGENT, k.dst, k.src, k.dport, k.sport);
+    k.turn_across(DOMAIN_AGENT);
     if let Some(v) = (unsafe { NAT.get(&*k) }).filter(|v| v.rewrite == REWRITE_SRC && v.flags & NAT_FLAG_ORIG != 0) {
+        // The original half's tuple, which its partner's key overwrites.
         let (ni_end, ni_port, remote, remote_port) = (k.src, k.sport, k.dst, k.dport);
-        let reply_sport = if k.proto == PROTO_ICMP { v.port } else { remote_port };
-        (k.src, k.dst, k.sport, k.dport) = (remote, v.addr, reply_sport, v.port);
+        k.turn_to_partner(v);
         let stale = unsafe { NAT.get(&*k) }.is_some_and(|r| r.flags & NAT_FLAG_INNER != 0);
         if stale {
             let _ = NAT.remove(&*k);
@@ -501,7 +501,7 @@ fn forget_stale_uplink(k: &mut NatKey) {
             let _ = NAT.remove(&*k);
         }
     }
-    (k.domain, k.src, k.dst, k.sport, k.dport) = (zone, k.dst, k.src, k.dport, k.sport);
+    k.turn_across(zone);
 }
 
 #[inline(always)]
