@@ -75,6 +75,14 @@ pub const FLAG_END_ORIG: u8 = 1 << 4;
 pub const FLAG_END_REPLY: u8 = 1 << 5;
 /// The flow's end event went out (TCP close): expiry later adds no second one.
 pub const FLAG_ENDED: u8 = 1 << 6;
+/// TCP: a SYN without ACK from the original side of an established flow, not answered
+/// yet. Its old connection died silently and the client connects again from the same
+/// port; the entry is out of step with the ends, as the kernel's conntrack then is (it
+/// "ignores" that SYN and notes it). The reply side's answer settles it: an RST refusing
+/// the SYN is let through (`rst_acceptable`), a SYN-ACK taking it resynchronises the
+/// entry with the new connection (`tcp_next`), anything else (the old connection lives
+/// on there: a challenge ACK) clears the flag.
+pub const FLAG_SYN_AGAIN: u8 = 1 << 7;
 
 /// How far (in sequence space) an RST may sit from the furthest segment end its sender
 /// was seen sending. The kernel checks against the receiver's window; a fixed 1 MiB
@@ -165,6 +173,13 @@ pub fn rst_acceptable(entry: &CtValue, dir: usize, seq: u32) -> bool {
     if entry.flags & END_FLAGS[dir] == 0 {
         return true;
     }
+    // The refusal of a SYN sent again on the flow's tuple (`FLAG_SYN_AGAIN`): an answer
+    // to a segment without ACK has sequence number 0 (RFC 793), nowhere near the dead
+    // connection's. Only while that SYN waits for its answer: a blind attacker would have
+    // to hit that moment and the flow's exact tuple.
+    if dir == DIR_REPLY && entry.flags & FLAG_SYN_AGAIN != 0 && seq == 0 {
+        return true;
+    }
     let distance = seq.wrapping_sub(entry.tcp_end[dir]) as i32;
     distance.unsigned_abs() <= RST_WINDOW
 }
@@ -191,6 +206,18 @@ pub fn tcp_next(state: u8, conn_flags: u8, tcp_flags: u8, dir: usize) -> (u8, u8
     }
     let syn = tcp_flags & TCP_SYN != 0;
     let ack = tcp_flags & TCP_ACK != 0;
+    if cf & FLAG_SYN_AGAIN != 0 && dir == DIR_REPLY {
+        // The answer to a SYN sent again on an established flow (`FLAG_SYN_AGAIN`).
+        cf &= !FLAG_SYN_AGAIN;
+        if syn && ack {
+            // The far end took the new connection: the entry follows it, both ends'
+            // segments learned anew (this one's at once, by the caller).
+            return (TCP_SYN_RECV, cf & !(FLAG_END_ORIG | FLAG_END_REPLY));
+        }
+    }
+    if state == TCP_ESTABLISHED && syn && !ack && dir == DIR_ORIG {
+        cf |= FLAG_SYN_AGAIN;
+    }
     let next = match state {
         TCP_NONE | TCP_CLOSE if syn && !ack && dir == DIR_ORIG => TCP_SYN_SENT,
         TCP_SYN_SENT if syn && ack && dir == DIR_REPLY => TCP_SYN_RECV,
@@ -316,6 +343,36 @@ mod tests {
         assert_eq!(tcp_next(TCP_ESTABLISHED, 0, TCP_RST, DIR_REPLY).0, TCP_CLOSE);
         // A reused port after close starts over.
         assert_eq!(tcp_next(TCP_CLOSE, 0, TCP_SYN, DIR_ORIG).0, TCP_SYN_SENT);
+    }
+
+    #[test]
+    fn a_syn_again_on_an_established_flow_waits_for_the_far_ends_answer() {
+        let live = CtValue {
+            tcp_state: TCP_ESTABLISHED,
+            flags: FLAG_END_ORIG | FLAG_END_REPLY,
+            tcp_end: [5_000, 9_000_000],
+            ..CtValue::default()
+        };
+        let (s, cf) = tcp_next(TCP_ESTABLISHED, live.flags, TCP_SYN, DIR_ORIG);
+        assert_eq!((s, cf & FLAG_SYN_AGAIN), (TCP_ESTABLISHED, FLAG_SYN_AGAIN));
+        // A SYN from the reply side, or one with ACK, is no new connection of the client.
+        assert_eq!(tcp_next(TCP_ESTABLISHED, 0, TCP_SYN, DIR_REPLY).1 & FLAG_SYN_AGAIN, 0);
+        assert_eq!(tcp_next(TCP_ESTABLISHED, 0, TCP_SYN | TCP_ACK, DIR_ORIG).1 & FLAG_SYN_AGAIN, 0);
+        // Refused: the RST (sequence number 0) is let through, and closes the flow.
+        let waiting = CtValue { flags: cf, ..live };
+        assert!(rst_acceptable(&waiting, DIR_REPLY, 0));
+        assert!(!rst_acceptable(&live, DIR_REPLY, 0), "no SYN waiting: the window holds");
+        assert!(!rst_acceptable(&waiting, DIR_REPLY, 1), "only an answer to a segment without ACK");
+        assert!(!rst_acceptable(&waiting, DIR_ORIG, 0x8000_0000), "the client's side is checked as before");
+        assert_eq!(tcp_next(TCP_ESTABLISHED, cf, TCP_RST | TCP_ACK, DIR_REPLY).0, TCP_CLOSE);
+        // Taken: the entry follows the new connection, its ends learned anew.
+        let (s, taken) = tcp_next(TCP_ESTABLISHED, cf, TCP_SYN | TCP_ACK, DIR_REPLY);
+        assert_eq!(s, TCP_SYN_RECV);
+        assert_eq!(taken & (FLAG_SYN_AGAIN | FLAG_END_ORIG | FLAG_END_REPLY), 0);
+        assert_eq!(tcp_next(s, taken, TCP_ACK, DIR_ORIG).0, TCP_ESTABLISHED);
+        // The old connection lives on at the far end (a challenge ACK): nothing waits.
+        let (s, acked) = tcp_next(TCP_ESTABLISHED, cf, TCP_ACK, DIR_REPLY);
+        assert_eq!((s, acked & FLAG_SYN_AGAIN), (TCP_ESTABLISHED, 0));
     }
 
     #[test]

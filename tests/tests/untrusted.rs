@@ -488,6 +488,44 @@ fn an_out_of_window_rst_closes_nothing() {
     session.assert_survived("the flow, the server speaking 15 s after the RSTs");
 }
 
+/// A connection that died silently at both ends (no FIN, no RST) leaves its entry
+/// established; the app connects again from the same port to a port where nothing
+/// listens now. The server's RST that refuses the new SYN (sequence number 0: it answers
+/// a segment without ACK) is far from the dead connection's sequence numbers, yet
+/// reaches the app at once, as the kernel's conntrack lets it through; the blind RSTs of
+/// `an_out_of_window_rst_closes_nothing` still do not. (Dropped, the app's connect hung
+/// until its SYNs gave up, about 2 minutes.)
+#[test]
+fn the_rst_refusing_a_reconnect_over_a_silently_dead_flow_reaches_the_app() {
+    let s = local();
+    let app1 = s.app("app1").to_string();
+    let script = py_script("reconnect.py");
+    let go = std::env::temp_dir().join(format!("netns-agent-test-{}-reconnect-go", s.id));
+    let again = std::env::temp_dir().join(format!("netns-agent-test-{}-reconnect-again", s.id));
+    for f in [&go, &again] {
+        let _ = std::fs::remove_file(f);
+    }
+    let mut server = s.background(&s.inet, &["python3", "-u", &script, "server", INET_IP, "7000", go.to_str().unwrap()]);
+    assert_eq!(server.read_line().trim(), "ready", "the server did not start");
+    // Long enough for the SYN's retries to outlast it when the RST is dropped (1, 2, 4 s).
+    let timeout = scaled(Duration::from_secs(10)).as_secs().to_string();
+    let mut client =
+        s.background(&app1, &["python3", "-u", &script, "client", INET_IP, "7000", "40123", again.to_str().unwrap(), &timeout]);
+    assert_eq!(client.read_line().trim(), "forgot", "the client's first connection");
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(server.read_line().trim(), "forgot", "the server dropped the connection");
+    let before = s.counter("drop_tcp_rst");
+    std::fs::write(&again, "").unwrap();
+    let outcome = client.read_line();
+    let after = s.counter("drop_tcp_rst");
+    for f in [&go, &again] {
+        let _ = std::fs::remove_file(f);
+    }
+    println!("reconnect from port 40123: {}; drop_tcp_rst {before} -> {after}", outcome.trim());
+    assert_eq!(outcome.trim(), "refused", "the app heard the refusal (drop_tcp_rst {before} -> {after})\n{}", s.agent_log());
+    assert_eq!(after, before, "no RST dropped");
+}
+
 /// The NI's services know an app by the port its request came through, not by the address
 /// it claims: a request that carries app2's address but did not come through app2's port
 /// (sent from inside the NI's netns, past every app port) gets no user data and no DNS.
