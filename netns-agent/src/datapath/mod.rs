@@ -868,7 +868,7 @@ impl Maps {
         let read = read_all(nat_batch, &self.nat);
         let may_be_expired = |k: &NatKey, v: &NatValue| now_ns.saturating_sub(v.last_seen_ns) > nat::shortest_pair_timeout_ns(k.proto);
         let linked = linked_entries(&read, may_be_expired);
-        let (translations_left, translations) = sweep_where(
+        let (mut translations_left, mut translations) = sweep_where(
             nat_batch,
             &mut self.nat,
             read,
@@ -879,6 +879,16 @@ impl Maps {
             // after judged it alone too.
             |map, k, v| nat::translation_expired(k, v, |k| map.get(k, 0).ok().or_else(|| linked.get(k).copied()), now_ns),
         );
+        let restored = translations::taken_to_restore(&translations, |k| self.nat.get(k, 0).ok());
+        if !restored.is_empty() {
+            for (k, v) in &restored {
+                // BPF_NOEXIST: a program's new entry for the key wins.
+                self.nat.insert(k, v, 1).ok();
+            }
+            info!("{} translation entries put back: their translations were used while the sweep took them", restored.len());
+            translations.retain(|e| !restored.contains(e));
+            translations_left.extend(restored);
+        }
         for (k, v) in &translations_left {
             nat_use[(nat::owner_zone(k.domain, [k.src, k.dst, v.addr]) % MAX_ZONES) as usize] += 1;
         }

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use netns_ebpf_common::nat::{NatKey, NatValue};
+use netns_ebpf_common::nat::{links, NatKey, NatValue};
 
 /// The translations tuples `leaving` meet in their domain, each with its reply half:
 /// the first one keyed by the tuple, then the one keyed by the tuple it made, and so on.
@@ -30,16 +30,56 @@ pub fn translations_met(nat: &HashMap<NatKey, NatValue>, leaving: impl IntoItera
     met
 }
 
+/// Of the entries a sweep took (`removed`), those that must come back: one whose partner
+/// or other pair of its chain (`nat::links`) the map still holds (`present`, asked only
+/// for entries the sweep did not take) and which leads back to it, and so on from those.
+/// The sweep takes a translation's entries one by one, each judged again as taken; a
+/// packet that uses the translation in between keeps the entries judged after it, and
+/// the flow would be left with a half: a port-mapped flow whose reply half went, say,
+/// has its app's answers leave untranslated. In a sweep that took every translation
+/// whole, nothing is asked.
+pub fn taken_to_restore(removed: &[(NatKey, NatValue)], present: impl Fn(&NatKey) -> Option<NatValue>) -> Vec<(NatKey, NatValue)> {
+    let taken: HashSet<NatKey> = removed.iter().map(|(k, _)| *k).collect();
+    let mut kept: HashMap<NatKey, Option<NatValue>> = HashMap::new();
+    let mut restored: HashMap<NatKey, NatValue> = HashMap::new();
+    loop {
+        let before = restored.len();
+        for (k, v) in removed {
+            if restored.contains_key(k) {
+                continue;
+            }
+            let held = links(k, v).into_iter().flatten().any(|l| {
+                let lv = match restored.get(&l) {
+                    Some(lv) => Some(*lv),
+                    None if taken.contains(&l) => None,
+                    None => *kept.entry(l).or_insert_with(|| present(&l)),
+                };
+                lv.is_some_and(|lv| links(&l, &lv).into_iter().flatten().any(|back| back == *k))
+            });
+            if held {
+                restored.insert(*k, *v);
+            }
+        }
+        if restored.len() == before {
+            break;
+        }
+    }
+    removed.iter().filter(|(k, _)| restored.contains_key(k)).copied().collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet};
+    use std::{
+        cell::Cell,
+        collections::{HashMap, HashSet},
+    };
 
     use netns_ebpf_common::{
-        nat::{NatKey, NatValue, DOMAIN_AGENT, REWRITE_DST, REWRITE_SRC},
+        nat::{across, partner, NatKey, NatValue, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
         PROTO_TCP,
     };
 
-    use super::translations_met;
+    use super::{taken_to_restore, translations_met};
 
     /// An agent-domain NAT map as the programs fill it: a translation of tuple `key` and
     /// its reply half.
@@ -94,5 +134,60 @@ mod tests {
         let outbound = tuple((ni_veth, 40000), (remote, 7002));
         translate(&mut nat, outbound, REWRITE_SRC, uplink, 8080);
         assert_eq!(translations_met(&nat, [inbound]), all, "the port map's flow, both translations, and not the other");
+    }
+
+    /// A flow's source translation as the programs make it: the original half (under
+    /// `key`) and its reply half.
+    fn source_pair(key: NatKey, addr: [u8; 4], port: u16) -> [(NatKey, NatValue); 2] {
+        let orig = NatValue { addr, port, rewrite: REWRITE_SRC, flags: NAT_FLAG_ORIG, ..NatValue::default() };
+        let reply = NatValue { addr: key.src, port: key.sport, rewrite: REWRITE_DST, ..NatValue::default() };
+        [(key, orig), (partner(&key, &orig), reply)]
+    }
+
+    #[test]
+    fn a_half_taken_while_its_translation_was_used_comes_back() {
+        let (uplink, remote) = ([192, 168, 0, 2], [192, 168, 0, 1]);
+        let [orig, reply] = source_pair(tuple((uplink, 40000), (remote, 80)), uplink, 62000);
+        let asked = Cell::new(0);
+        let map = |held: Vec<(NatKey, NatValue)>| {
+            let held: HashMap<NatKey, NatValue> = held.into_iter().collect();
+            move |k: &NatKey| held.get(k).copied()
+        };
+        let counted = |present: &dyn Fn(&NatKey) -> Option<NatValue>, k: &NatKey| {
+            asked.set(asked.get() + 1);
+            present(k)
+        };
+        // Both halves taken: the translation went whole, and the map is not asked.
+        let none = map(vec![]);
+        assert!(taken_to_restore(&[orig, reply], |k| counted(&none, k)).is_empty());
+        assert_eq!(asked.get(), 0);
+        // The reply half taken, the original half kept (a packet used it meanwhile).
+        let kept = map(vec![orig]);
+        assert_eq!(taken_to_restore(&[reply], |k| counted(&kept, k)), vec![reply]);
+        // The original half now another translation's (the tuple given another port):
+        // that one's reply half is another key, and the old one stays gone.
+        let [other, _] = source_pair(orig.0, uplink, 62001);
+        assert!(taken_to_restore(&[reply], map(vec![other])).is_empty());
+        // Nothing left of the pair: nothing back.
+        assert!(taken_to_restore(&[reply], map(vec![])).is_empty());
+    }
+
+    #[test]
+    fn a_chain_whose_uplink_pair_was_kept_gets_its_ni_pair_back() {
+        // App 10.10.1.2 of NI 1 (veth 169.254.100.2) out of the uplink: translated at the
+        // NI veth, then at the uplink, the uplink's original half keyed by the NI's reply
+        // half turned round.
+        let (app, ni_veth, uplink, remote) = ([10, 10, 1, 2], [169, 254, 100, 2], [192, 168, 0, 2], [10, 99, 0, 10]);
+        let ni_out = NatKey { domain: 1, ..tuple((app, 40000), (remote, 80)) };
+        let ni = source_pair(ni_out, ni_veth, 62000);
+        let uplink_pair = source_pair(across(&ni[1].0, DOMAIN_AGENT), uplink, 62000);
+        // The sweep took the NI's pair; the uplink's was used meanwhile and kept.
+        let held: HashMap<NatKey, NatValue> = uplink_pair.into_iter().collect();
+        let mut back = taken_to_restore(&ni, |k| held.get(k).copied());
+        back.sort_by_key(|(k, _)| k.domain);
+        assert_eq!(back.len(), 2, "both halves of the NI's pair: {back:?}");
+        // Taken whole, the chain stays gone.
+        let all: Vec<(NatKey, NatValue)> = ni.into_iter().chain(uplink_pair).collect();
+        assert!(taken_to_restore(&all, |_| None).is_empty());
     }
 }
