@@ -78,10 +78,14 @@ pub const FLAG_ENDED: u8 = 1 << 6;
 /// TCP: a SYN without ACK from the original side of an established flow, not answered
 /// yet. Its old connection died silently and the client connects again from the same
 /// port; the entry is out of step with the ends, as the kernel's conntrack then is (it
-/// "ignores" that SYN and notes it). The reply side's answer settles it: an RST refusing
-/// the SYN is let through (`rst_acceptable`), a SYN-ACK taking it resynchronises the
-/// entry with the new connection (`tcp_next`), anything else (the old connection lives
-/// on there: a challenge ACK) clears the flag.
+/// "ignores" that SYN and notes it). The SYN's own sequence number is not taken for the
+/// flow's (`track_tcp`): the client's RST at the old connection's number must still fit.
+/// The reply side's next packet settles it: an RST refusing the SYN is let through
+/// (`rst_acceptable`; the flag stays on the closed entry, whose RST an app-to-app flow's
+/// second port judges again), a SYN-ACK taking it carries the entry over to the new
+/// connection (`tcp_next`), anything else (the old connection lives on there: a
+/// challenge ACK, a FIN) clears it. Unanswered, it stays until the entry ends: the client
+/// no longer has the old connection, and a refusal closes what is dead.
 pub const FLAG_SYN_AGAIN: u8 = 1 << 7;
 
 /// How far (in sequence space) an RST may sit from the furthest segment end its sender
@@ -168,16 +172,16 @@ pub fn note_tcp_end(entry: &mut CtValue, dir: usize, end: u32) {
 /// answer to a SYN). An RST from anywhere else (a blind attacker, a neighbour posing as
 /// an end) is dropped, as the kernel's conntrack marks it invalid.
 #[inline(always)]
-pub fn rst_acceptable(entry: &CtValue, dir: usize, seq: u32) -> bool {
+pub fn rst_acceptable(entry: &CtValue, dir: usize, seq: u32, tcp_flags: u8) -> bool {
     let dir = if dir == DIR_ORIG { DIR_ORIG } else { DIR_REPLY };
     if entry.flags & END_FLAGS[dir] == 0 {
         return true;
     }
-    // The refusal of a SYN sent again on the flow's tuple (`FLAG_SYN_AGAIN`): an answer
-    // to a segment without ACK has sequence number 0 (RFC 793), nowhere near the dead
-    // connection's. Only while that SYN waits for its answer: a blind attacker would have
-    // to hit that moment and the flow's exact tuple.
-    if dir == DIR_REPLY && entry.flags & FLAG_SYN_AGAIN != 0 && seq == 0 {
+    // The refusal of a SYN sent again on the flow's tuple (`FLAG_SYN_AGAIN`): the answer
+    // to a segment without ACK is <SEQ=0><CTL=RST,ACK> (RFC 793), nowhere near the dead
+    // connection's numbers. Only while that SYN waits for its answer: a blind attacker
+    // would have to hit that moment and the flow's exact tuple.
+    if dir == DIR_REPLY && entry.flags & FLAG_SYN_AGAIN != 0 && seq == 0 && tcp_flags & TCP_ACK != 0 {
         return true;
     }
     let distance = seq.wrapping_sub(entry.tcp_end[dir]) as i32;
@@ -192,28 +196,43 @@ pub fn reopened_by(entry: &CtValue, tcp_flags: u8) -> bool {
     tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN && matches!(entry.tcp_state, TCP_FIN_WAIT | TCP_TIME_WAIT | TCP_CLOSE)
 }
 
+/// A TCP packet with `tcp_flags`, whose segment ends at `end`, seen in direction `dir`
+/// of the flow: its state and flags (`tcp_next`) and its sender's furthest segment end
+/// (`note_tcp_end`), but for a SYN sent again on the established flow
+/// (`FLAG_SYN_AGAIN`), a new connection's, which the flow's RSTs are not measured by.
+#[inline(always)]
+pub fn track_tcp(entry: &mut CtValue, dir: usize, tcp_flags: u8, end: u32) {
+    let (state, flags) = tcp_next(entry.tcp_state, entry.flags, tcp_flags, dir);
+    (entry.tcp_state, entry.flags) = (state, flags);
+    let syn_again = flags & FLAG_SYN_AGAIN != 0 && dir == DIR_ORIG && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if !syn_again {
+        note_tcp_end(entry, dir, end);
+    }
+}
+
 /// Next TCP state after a packet with `flags` in direction `dir`.
 #[inline(always)]
 pub fn tcp_next(state: u8, conn_flags: u8, tcp_flags: u8, dir: usize) -> (u8, u8) {
     let mut cf = conn_flags;
     if tcp_flags & TCP_RST != 0 {
+        // (`FLAG_SYN_AGAIN` stays: see there.)
         return (TCP_CLOSE, cf);
-    }
-    if tcp_flags & TCP_FIN != 0 {
-        cf |= if dir == DIR_ORIG { FLAG_FIN_ORIG } else { FLAG_FIN_REPLY };
-        let both = cf & (FLAG_FIN_ORIG | FLAG_FIN_REPLY) == FLAG_FIN_ORIG | FLAG_FIN_REPLY;
-        return (if both { TCP_TIME_WAIT } else { TCP_FIN_WAIT }, cf);
     }
     let syn = tcp_flags & TCP_SYN != 0;
     let ack = tcp_flags & TCP_ACK != 0;
     if cf & FLAG_SYN_AGAIN != 0 && dir == DIR_REPLY {
         // The answer to a SYN sent again on an established flow (`FLAG_SYN_AGAIN`).
         cf &= !FLAG_SYN_AGAIN;
-        if syn && ack {
+        if syn && ack && state == TCP_ESTABLISHED {
             // The far end took the new connection: the entry follows it, both ends'
-            // segments learned anew (this one's at once, by the caller).
+            // segments learned anew (this one's at once, by `track_tcp`).
             return (TCP_SYN_RECV, cf & !(FLAG_END_ORIG | FLAG_END_REPLY));
         }
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        cf |= if dir == DIR_ORIG { FLAG_FIN_ORIG } else { FLAG_FIN_REPLY };
+        let both = cf & (FLAG_FIN_ORIG | FLAG_FIN_REPLY) == FLAG_FIN_ORIG | FLAG_FIN_REPLY;
+        return (if both { TCP_TIME_WAIT } else { TCP_FIN_WAIT }, cf);
     }
     if state == TCP_ESTABLISHED && syn && !ack && dir == DIR_ORIG {
         cf |= FLAG_SYN_AGAIN;
@@ -347,51 +366,68 @@ mod tests {
 
     #[test]
     fn a_syn_again_on_an_established_flow_waits_for_the_far_ends_answer() {
+        const REFUSAL: u8 = TCP_RST | TCP_ACK;
         let live = CtValue {
             tcp_state: TCP_ESTABLISHED,
             flags: FLAG_END_ORIG | FLAG_END_REPLY,
             tcp_end: [5_000, 9_000_000],
             ..CtValue::default()
         };
-        let (s, cf) = tcp_next(TCP_ESTABLISHED, live.flags, TCP_SYN, DIR_ORIG);
-        assert_eq!((s, cf & FLAG_SYN_AGAIN), (TCP_ESTABLISHED, FLAG_SYN_AGAIN));
+        // The client's SYN, its number far ahead of the old connection's (Linux numbers a
+        // tuple's connections by the clock): noted, its number not taken for the flow's.
+        let mut waiting = live;
+        track_tcp(&mut waiting, DIR_ORIG, TCP_SYN, 5_000 + (8 << 20));
+        assert_eq!((waiting.tcp_state, waiting.flags & FLAG_SYN_AGAIN), (TCP_ESTABLISHED, FLAG_SYN_AGAIN));
+        assert_eq!(waiting.tcp_end, live.tcp_end);
         // A SYN from the reply side, or one with ACK, is no new connection of the client.
         assert_eq!(tcp_next(TCP_ESTABLISHED, 0, TCP_SYN, DIR_REPLY).1 & FLAG_SYN_AGAIN, 0);
         assert_eq!(tcp_next(TCP_ESTABLISHED, 0, TCP_SYN | TCP_ACK, DIR_ORIG).1 & FLAG_SYN_AGAIN, 0);
-        // Refused: the RST (sequence number 0) is let through, and closes the flow.
-        let waiting = CtValue { flags: cf, ..live };
-        assert!(rst_acceptable(&waiting, DIR_REPLY, 0));
-        assert!(!rst_acceptable(&live, DIR_REPLY, 0), "no SYN waiting: the window holds");
-        assert!(!rst_acceptable(&waiting, DIR_REPLY, 1), "only an answer to a segment without ACK");
-        assert!(!rst_acceptable(&waiting, DIR_ORIG, 0x8000_0000), "the client's side is checked as before");
-        assert_eq!(tcp_next(TCP_ESTABLISHED, cf, TCP_RST | TCP_ACK, DIR_REPLY).0, TCP_CLOSE);
+        // Refused: the RST (<SEQ=0><CTL=RST,ACK>) is let through, and closes the flow.
+        assert!(rst_acceptable(&waiting, DIR_REPLY, 0, REFUSAL));
+        assert!(!rst_acceptable(&live, DIR_REPLY, 0, REFUSAL), "no SYN waiting: the window holds");
+        assert!(!rst_acceptable(&waiting, DIR_REPLY, 1, REFUSAL), "only an answer to a segment without ACK");
+        assert!(!rst_acceptable(&waiting, DIR_REPLY, 0, TCP_RST), "an RST without ACK answers no SYN");
+        assert!(!rst_acceptable(&waiting, DIR_ORIG, 0x8000_0000, TCP_RST), "the client's side is checked as before");
+        let mut refused = waiting;
+        track_tcp(&mut refused, DIR_REPLY, REFUSAL, 0);
+        assert_eq!(refused.tcp_state, TCP_CLOSE);
+        // A closed entry is not brought back by a SYN-ACK after it (a spoofed RST first).
+        assert_eq!(tcp_next(TCP_CLOSE, refused.flags, TCP_SYN | TCP_ACK, DIR_REPLY).0, TCP_CLOSE);
         // Taken: the entry follows the new connection, its ends learned anew.
-        let (s, taken) = tcp_next(TCP_ESTABLISHED, cf, TCP_SYN | TCP_ACK, DIR_REPLY);
-        assert_eq!(s, TCP_SYN_RECV);
-        assert_eq!(taken & (FLAG_SYN_AGAIN | FLAG_END_ORIG | FLAG_END_REPLY), 0);
-        assert_eq!(tcp_next(s, taken, TCP_ACK, DIR_ORIG).0, TCP_ESTABLISHED);
-        // The old connection lives on at the far end (a challenge ACK): nothing waits.
-        let (s, acked) = tcp_next(TCP_ESTABLISHED, cf, TCP_ACK, DIR_REPLY);
-        assert_eq!((s, acked & FLAG_SYN_AGAIN), (TCP_ESTABLISHED, 0));
+        let mut taken = waiting;
+        track_tcp(&mut taken, DIR_REPLY, TCP_SYN | TCP_ACK, 77);
+        assert_eq!(taken.tcp_state, TCP_SYN_RECV);
+        assert_eq!(taken.flags & (FLAG_SYN_AGAIN | FLAG_END_ORIG), 0);
+        assert_eq!((taken.flags & FLAG_END_REPLY, taken.tcp_end[DIR_REPLY]), (FLAG_END_REPLY, 77));
+        track_tcp(&mut taken, DIR_ORIG, TCP_ACK, 5_000 + (8 << 20));
+        assert_eq!((taken.tcp_state, taken.tcp_end[DIR_ORIG]), (TCP_ESTABLISHED, 5_000 + (8 << 20)));
+        // The old connection lives on at the far end: its challenge ACK clears the note,
+        // and the client's RST at the old connection's number fits.
+        let mut challenged = waiting;
+        track_tcp(&mut challenged, DIR_REPLY, TCP_ACK, 9_000_000);
+        assert_eq!((challenged.tcp_state, challenged.flags & FLAG_SYN_AGAIN), (TCP_ESTABLISHED, 0));
+        assert!(rst_acceptable(&challenged, DIR_ORIG, 5_000, TCP_RST));
+        // So does a FIN from there.
+        assert_eq!(tcp_next(TCP_ESTABLISHED, waiting.flags, TCP_FIN | TCP_ACK, DIR_REPLY).1 & FLAG_SYN_AGAIN, 0);
     }
 
     #[test]
     fn rst_must_fit_its_senders_sequence() {
         let mut e = CtValue::default();
         // Nothing seen from the reply side yet (a SYN refused): its RST closes.
-        assert!(rst_acceptable(&e, DIR_REPLY, 12345));
+        assert!(rst_acceptable(&e, DIR_REPLY, 12345, TCP_RST));
         note_tcp_end(&mut e, DIR_REPLY, 1_000_000);
         note_tcp_end(&mut e, DIR_REPLY, 900_000); // a retransmission does not move it back
         assert_eq!(e.tcp_end[DIR_REPLY], 1_000_000);
-        assert!(rst_acceptable(&e, DIR_REPLY, 1_000_000));
-        assert!(rst_acceptable(&e, DIR_REPLY, 1_000_000 + RST_WINDOW));
-        assert!(!rst_acceptable(&e, DIR_REPLY, 1_000_000 + RST_WINDOW + 1));
-        assert!(!rst_acceptable(&e, DIR_REPLY, 0x8000_0000));
+        assert!(rst_acceptable(&e, DIR_REPLY, 1_000_000, TCP_RST));
+        assert!(rst_acceptable(&e, DIR_REPLY, 1_000_000 + RST_WINDOW, TCP_RST));
+        assert!(!rst_acceptable(&e, DIR_REPLY, 1_000_000 + RST_WINDOW + 1, TCP_RST));
+        assert!(!rst_acceptable(&e, DIR_REPLY, 0x8000_0000, TCP_RST));
         // The other direction is tracked on its own, and across the wrap.
         note_tcp_end(&mut e, DIR_ORIG, 0xffff_fff0);
         note_tcp_end(&mut e, DIR_ORIG, 0x10);
         assert_eq!(e.tcp_end[DIR_ORIG], 0x10);
-        assert!(rst_acceptable(&e, DIR_ORIG, 0xffff_ff00));
+        assert!(rst_acceptable(&e, DIR_ORIG, 0xffff_ff00, TCP_RST));
     }
 
     #[test]

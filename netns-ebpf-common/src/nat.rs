@@ -300,7 +300,7 @@ pub fn inner_of(ni_reply: &NatValue) -> Option<(u16, [u8; 2])> {
 /// around, is its partner's key.
 #[inline(always)]
 pub fn partner(key: &NatKey, v: &NatValue) -> NatKey {
-    let mut k = *key;
+    let mut k = NatKey { _pad: [0; 3], ..*key };
     k.turn_to_partner(v);
     k
 }
@@ -371,7 +371,7 @@ fn is_reply_source(v: &NatValue) -> bool {
 /// original half's key in the agent's domain, and back (`domain`: the other side's).
 #[inline(always)]
 pub fn across(key: &NatKey, domain: u32) -> NatKey {
-    let mut k = *key;
+    let mut k = NatKey { _pad: [0; 3], ..*key };
     k.turn_across(domain);
     k
 }

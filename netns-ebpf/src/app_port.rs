@@ -628,7 +628,7 @@ fn remote_facts(ikey: &IfaceKey, iface: &IfaceInfo, remote: netns_ebpf_common::I
 /// would close the entry under a live flow): counted, to be dropped.
 #[inline(always)]
 fn rst_refused(entry: &CtValue, dir: usize, flow: &Flow) -> bool {
-    let refused = flow.proto == PROTO_TCP && flow.tcp_flags & TCP_RST != 0 && !ct::rst_acceptable(entry, dir, flow.tcp_seq);
+    let refused = flow.proto == PROTO_TCP && flow.tcp_flags & TCP_RST != 0 && !ct::rst_acceptable(entry, dir, flow.tcp_seq, flow.tcp_flags);
     if refused {
         count(Stat::DropTcpRst);
     }
@@ -703,10 +703,7 @@ fn account(entry: &mut CtValue, dir: usize, flow: &Flow, now: u64) {
         entry.flags |= FLAG_SEEN_REPLY;
     }
     if flow.proto == PROTO_TCP && flow.frag != FRAG_LATER {
-        let (state, flags) = ct::tcp_next(entry.tcp_state, entry.flags, flow.tcp_flags, dir);
-        entry.tcp_state = state;
-        entry.flags = flags;
-        ct::note_tcp_end(entry, dir, flow.tcp_end);
+        ct::track_tcp(entry, dir, flow.tcp_flags, flow.tcp_end);
     }
 }
 

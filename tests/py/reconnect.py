@@ -23,6 +23,8 @@ import os, socket, struct, sys, time
 
 # linux/tcp.h: a socket in repair mode closes without a word to its peer.
 TCP_REPAIR = 19
+# A wait that never ends (an accept, a read) fails the script instead of hanging the test.
+socket.setdefaulttimeout(60)
 
 
 def forget(s):
@@ -37,6 +39,17 @@ def wait_for(path):
 
 def echo_line(c):
     c.sendall(c.recv(100))
+
+
+def read_exactly(s, n):
+    """n bytes from s (a read may return less, or, unbounded, run into the bulk)."""
+    data = b""
+    while len(data) < n:
+        part = s.recv(min(n - len(data), 1 << 20))
+        if not part:
+            raise EOFError(f"closed after {len(data)} of {n} bytes")
+        data += part
+    return data
 
 
 mode, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -77,16 +90,20 @@ else:
 
     s = connect()
     s.sendall(b"hello\n")
-    assert s.recv(100) == b"hello\n"
+    assert read_exactly(s, 6) == b"hello\n"
     while bulk > 0:
-        bulk -= len(s.recv(min(bulk, 1 << 20)))
+        bulk -= len(read_exactly(s, min(bulk, 1 << 20)))
     forget(s)
     print("forgot", flush=True)
     wait_for(again)
+    # Half a second on: Linux numbers a tuple's connections by the clock (a step per
+    # 64 ns), so the new SYN's number lies some 8M past the old connection's end, far out
+    # of the RST window the data path measures the old connection's RSTs by.
+    time.sleep(0.5)
     try:
         s = connect()
         s.sendall(b"again\n")
-        assert s.recv(100) == b"again\n"
+        assert read_exactly(s, 6) == b"again\n"
         s.sendall(b"bye\n")
         try:
             end = "closed" if s.recv(100) == b"" else "more data"

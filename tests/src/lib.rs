@@ -134,15 +134,23 @@ impl Scenario {
         self.extra_ns.push(ns.clone());
         netns_world::add_netns(&ns).unwrap_or_else(|e| panic!("{e:#}"));
         self.world().add_cloud(&ns, &format!("cl{k}"), wan_ip).unwrap_or_else(|e| panic!("cloud {ns}: {e:#}"));
-        let www = std::env::temp_dir().join(format!("netns-agent-test-{}-www{k}", self.id));
-        std::fs::create_dir_all(&www).unwrap();
-        self.extra_dirs.push(www.clone());
+        let www = self.scratch_dir(&format!("www{k}"));
         for (name, content) in files {
             std::fs::write(www.join(name), content).unwrap();
         }
         self.spawn(&ns, &["python3", "-m", "http.server", "80", "--bind", CLOUD_LAN_IP, "--directory", www.to_str().unwrap()]);
         self.wait_listening(&ns, CLOUD_LAN_IP, 80);
         ns
+    }
+
+    /// A directory of this scenario's own under the temp dir (made, and empty when new),
+    /// removed with the scenario, whatever fails.
+    pub fn scratch_dir(&mut self, name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("netns-agent-test-{}-{name}", self.id));
+        self.extra_dirs.push(dir.clone());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        dir
     }
 
     /// A strongSwan responder in `ns` (a cloud): IKEv2 with PSK `psk` from anyone, tunnel

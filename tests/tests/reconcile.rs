@@ -248,6 +248,29 @@ fn an_agent_with_a_new_map_removes_what_leaves_on_its_first_apply() {
     assert!(s.whoami(&gw, "192.168.0.2", 8080).is_none(), "the old port map is gone");
 }
 
+/// A config with no NI left, applied to the running agent, removes the shared maps'
+/// pins too (as `down` does); the NIs applied again after it work. (The agent kept the
+/// programs it had loaded, whose maps were no longer pinned: the NIs applied after
+/// could not open them and failed.)
+#[test]
+fn every_ni_removed_then_applied_again_works() {
+    let s = base();
+    let app1 = s.app("app1").to_string();
+    assert!(s.whoami(&app1, INET_IP, 7000).is_some(), "app1 reaches the internet host");
+    let uplink_only = &BASE[..BASE.find("[[network]]").expect("BASE has networks")];
+    let out = s.apply(uplink_only);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+    let pins: Vec<String> = std::fs::read_dir(&s.pin_dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(pins.is_empty(), "no pin left with no NI: {pins:?}");
+    let out = s.apply(BASE);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+    let report = s.status().last_apply.expect("the apply is on record");
+    assert!(report.errors.is_empty(), "the apply's errors: {:?}\n{}", report.errors, s.agent_log());
+    assert!(s.whoami(&app1, INET_IP, 7000).is_some(), "app1 reaches the internet host again\n{}", s.agent_log());
+}
+
 #[test]
 fn acl_swaps_under_traffic_drop_no_packet() {
     let mut s = base();

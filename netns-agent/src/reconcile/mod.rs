@@ -270,9 +270,12 @@ impl Applier {
         // The removals below open the pinned maps, which this agent's programs name: an
         // earlier agent's data path lacks the pins of any map new in this version until
         // the programs are loaded (loading pins them). Nothing on record: nothing to
-        // remove, and no pins made for a config that may have no NI.
+        // remove. A load that fails leaves the removals to fail on their own, one by one.
         if !self.record.nis.is_empty() {
-            programs(&mut self.programs, &self.pin_dir)?;
+            if let Err(e) = programs(&mut self.programs, &self.pin_dir) {
+                warn!("{e:#}");
+                errors.push(format!("{e:#}"));
+            }
         }
         self.remove_reshaped_nis(plan, &mut out, &mut errors).await?;
         self.remove_leaving_parts(plan, &mut out, &mut errors).await?;
@@ -298,6 +301,12 @@ impl Applier {
             if let Err(e) = uplink::remove_unused(self, plan).await {
                 warn!("removing unused uplinks: {e:#}");
                 errors.push(format!("removing unused uplinks: {e:#}"));
+            }
+        }
+        // No NI left (and no uplink, whose removal did this): the shared maps go too.
+        if self.record.nis.is_empty() {
+            if let Err(e) = self.release_shared_maps() {
+                errors.push(format!("{e:#}"));
             }
         }
         out.report.started_unix = started_unix;
@@ -465,6 +474,18 @@ impl Applier {
         };
         debug!("{}: fast path {}", ni.name, if fast.enabled != 0 { "on" } else { "off" });
         self.maps()?.set_fast_zone(ni.zone(), fast)
+    }
+
+    /// Once no NI is left: the shared maps' pins removed (when no pin directory of an NI
+    /// or the agent's netns is left either), and the programs and maps this applier holds
+    /// let go, so that the next NI loads them anew (and pins them again).
+    fn release_shared_maps(&mut self) -> Result<()> {
+        self.maps = None;
+        self.programs = None;
+        if datapath::remove_shared_pins_if_unused(&self.pin_dir)? {
+            info!("removed shared maps under {}", self.pin_dir.display());
+        }
+        Ok(())
     }
 
     /// Removes one NI as recorded: its kind's objects, its ports, its pins and map

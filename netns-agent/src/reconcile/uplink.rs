@@ -153,11 +153,8 @@ pub async fn remove_agent_level(ap: &mut Applier) -> Vec<anyhow::Error> {
         Err(e) => errors.push(e),
     }
     if ap.record.nis.is_empty() {
-        ap.maps = None;
-        match datapath::remove_shared_pins_if_unused(&ap.pin_dir) {
-            Ok(true) => info!("removed shared maps under {}", ap.pin_dir.display()),
-            Ok(false) => {}
-            Err(e) => errors.push(e),
+        if let Err(e) = ap.release_shared_maps() {
+            errors.push(e);
         }
     }
     errors
