@@ -143,6 +143,13 @@ impl Scenario {
         ns
     }
 
+    /// The names under the agent's pin directory (none when it is gone).
+    pub fn pins(&self) -> Vec<String> {
+        std::fs::read_dir(&self.pin_dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
     /// A directory of this scenario's own under the temp dir (made, and empty when new),
     /// removed with the scenario, whatever fails.
     pub fn scratch_dir(&mut self, name: &str) -> PathBuf {

@@ -86,6 +86,26 @@ fn allowed_tcp_carries_data_both_ways_and_counts_it() {
     assert!(after >= before + 50_000, "bytes grew from {before} to {after}");
 }
 
+/// NIs with no uplink, every one removed by an apply of an empty config: nothing of
+/// them is left, the shared maps' pins included (as after `down`); applied again, they
+/// carry traffic. (The agent kept the programs it had loaded, whose maps were no longer
+/// pinned: nothing released them, as no uplink went.)
+#[test]
+fn nis_without_an_uplink_removed_by_an_apply_then_applied_again_work() {
+    let mut s = scenario();
+    let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
+    s.echo_server(&app2, "10.10.1.3", 80);
+    assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1_000, None), EchoResult::Echoed(1_000));
+    let out = s.apply("");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+    let pins = s.pins();
+    assert!(pins.is_empty(), "no pin left with no NI: {pins:?}");
+    let out = s.apply(TWO_NIS);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+    s.echo_server(&app2, "10.10.1.3", 80);
+    assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1_000, None), EchoResult::Echoed(1_000), "{}", s.agent_log());
+}
+
 #[test]
 fn blocked_port_times_out_and_leaves_a_drop_flow() {
     let mut s = scenario();

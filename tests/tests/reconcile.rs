@@ -260,9 +260,7 @@ fn every_ni_removed_then_applied_again_works() {
     let uplink_only = &BASE[..BASE.find("[[network]]").expect("BASE has networks")];
     let out = s.apply(uplink_only);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
-    let pins: Vec<String> = std::fs::read_dir(&s.pin_dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+    let pins = s.pins();
     assert!(pins.is_empty(), "no pin left with no NI: {pins:?}");
     let out = s.apply(BASE);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());

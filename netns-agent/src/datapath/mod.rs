@@ -321,17 +321,20 @@ pub fn remove_ni_pins(pin_dir: &Path, ni: &str) -> Result<()> {
     Ok(())
 }
 
-/// Removes the shared map pins and the pin directory once no NI uses them.
+/// Removes the shared map pins and the pin directory once no NI uses them; true when
+/// there were pins of ours to remove.
 pub fn remove_shared_pins_if_unused(pin_dir: &Path) -> Result<bool> {
     let Ok(entries) = std::fs::read_dir(pin_dir) else { return Ok(false) };
     let in_use = entries.flatten().any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false));
     if in_use {
         return Ok(false);
     }
+    let mut removed = false;
     for name in ALL_MAPS {
         let p = pin_dir.join(name);
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed = true;
         }
     }
     // Our maps at another version (NAT_V1 once NAT_V2 came): another agent made them,
@@ -344,7 +347,7 @@ pub fn remove_shared_pins_if_unused(pin_dir: &Path) -> Result<bool> {
         }
     }
     std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
-    Ok(true)
+    Ok(removed)
 }
 
 /// Whether pin `name` is one of our maps at another version than `ALL_MAPS` has
@@ -879,13 +882,14 @@ impl Maps {
             // after judged it alone too.
             |map, k, v| nat::translation_expired(k, v, |k| map.get(k, 0).ok().or_else(|| linked.get(k).copied()), now_ns),
         );
-        let restored = translations::taken_to_restore(&translations, |k| self.nat.get(k, 0).ok());
+        // (Only entries the read saw may have been kept by a packet meanwhile: the map is
+        // asked for no other.)
+        let restored =
+            translations::taken_to_restore(&translations, now_ns, |k| linked.contains_key(k).then(|| self.nat.get(k, 0).ok()).flatten());
         if !restored.is_empty() {
-            for (k, v) in &restored {
-                // BPF_NOEXIST: a program's new entry for the key wins.
-                self.nat.insert(k, v, 1).ok();
-            }
-            info!("{} translation entries put back: their translations were used while the sweep took them", restored.len());
+            // BPF_NOEXIST: a program's new entry for the key wins.
+            let put_back = restored.iter().filter(|(k, v)| self.nat.insert(k, v, 1).is_ok()).count();
+            info!("{put_back} translation entries put back: their translations were used while the sweep took them");
             translations.retain(|e| !restored.contains(e));
             translations_left.extend(restored);
         }

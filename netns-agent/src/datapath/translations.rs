@@ -2,9 +2,12 @@
 //! map: what the agent removes when the flows of an app or a port map go, and nothing of
 //! another flow's, even one given the same port.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    cell::RefCell,
+    collections::{HashMap, HashSet},
+};
 
-use netns_ebpf_common::nat::{links, NatKey, NatValue};
+use netns_ebpf_common::nat::{links, translation_expired, NatKey, NatValue};
 
 /// The translations tuples `leaving` meet in their domain, each with its reply half:
 /// the first one keyed by the tuple, then the one keyed by the tuple it made, and so on.
@@ -30,41 +33,48 @@ pub fn translations_met(nat: &HashMap<NatKey, NatValue>, leaving: impl IntoItera
     met
 }
 
-/// Of the entries a sweep took (`removed`), those that must come back: one whose partner
-/// or other pair of its chain (`nat::links`) the map still holds (`present`, asked only
-/// for entries the sweep did not take) and which leads back to it, and so on from those.
-/// The sweep takes a translation's entries one by one, each judged again as taken; a
-/// packet that uses the translation in between keeps the entries judged after it, and
-/// the flow would be left with a half: a port-mapped flow whose reply half went, say,
-/// has its app's answers leave untranslated. In a sweep that took every translation
-/// whole, nothing is asked.
-pub fn taken_to_restore(removed: &[(NatKey, NatValue)], present: impl Fn(&NatKey) -> Option<NatValue>) -> Vec<(NatKey, NatValue)> {
-    let taken: HashSet<NatKey> = removed.iter().map(|(k, _)| *k).collect();
-    let mut kept: HashMap<NatKey, Option<NatValue>> = HashMap::new();
-    let mut restored: HashMap<NatKey, NatValue> = HashMap::new();
+/// Of the entries a sweep took (`removed`, as taken), those that must come back: one whose
+/// partner or other pair of its chain (`nat::links`) the map still holds (`present`, asked
+/// only for entries the sweep did not take; the caller answers only for those its read
+/// saw) and leads back to it, and whose translation, judged again as it stands now (the
+/// map's entries, the taken ones as they were taken), is not past its time; and so on
+/// from those. The sweep takes a translation's entries one by one, each judged again as
+/// taken; a packet that uses the translation in between keeps the entries judged after
+/// it, and the flow would be left with a half: a port-mapped flow whose reply half went,
+/// say, has its app's answers leave untranslated. A half whose translation is gone (its
+/// partner evicted, a pair judged apart from its chain) stays gone.
+pub fn taken_to_restore(
+    removed: &[(NatKey, NatValue)],
+    now_ns: u64,
+    present: impl Fn(&NatKey) -> Option<NatValue>,
+) -> Vec<(NatKey, NatValue)> {
+    let taken: HashMap<NatKey, NatValue> = removed.iter().copied().collect();
+    let asked: RefCell<HashMap<NatKey, Option<NatValue>>> = RefCell::default();
+    let mut restored: HashSet<NatKey> = HashSet::new();
     loop {
         let before = restored.len();
         for (k, v) in removed {
-            if restored.contains_key(k) {
+            if restored.contains(k) {
                 continue;
             }
-            let held = links(k, v).into_iter().flatten().any(|l| {
-                let lv = match restored.get(&l) {
-                    Some(lv) => Some(*lv),
-                    None if taken.contains(&l) => None,
-                    None => *kept.entry(l).or_insert_with(|| present(&l)),
-                };
-                lv.is_some_and(|lv| links(&l, &lv).into_iter().flatten().any(|back| back == *k))
-            });
-            if held {
-                restored.insert(*k, *v);
+            // An entry as the map holds it now (or will, put back).
+            let held_now = |l: &NatKey| match taken.get(l) {
+                Some(lv) => restored.contains(l).then_some(*lv),
+                None => *asked.borrow_mut().entry(*l).or_insert_with(|| present(l)),
+            };
+            let linked_back = links(k, v)
+                .into_iter()
+                .flatten()
+                .any(|l| held_now(&l).is_some_and(|lv| links(&l, &lv).into_iter().flatten().any(|b| b == *k)));
+            if linked_back && !translation_expired(k, v, |l| taken.get(l).copied().or_else(|| held_now(l)), now_ns) {
+                restored.insert(*k);
             }
         }
         if restored.len() == before {
             break;
         }
     }
-    removed.iter().filter(|(k, _)| restored.contains_key(k)).copied().collect()
+    removed.iter().filter(|(k, _)| restored.contains(k)).copied().collect()
 }
 
 #[cfg(test)]
@@ -75,7 +85,7 @@ mod tests {
     };
 
     use netns_ebpf_common::{
-        nat::{across, partner, NatKey, NatValue, DOMAIN_AGENT, NAT_FLAG_ORIG, REWRITE_DST, REWRITE_SRC},
+        nat::{across, partner, NatKey, NatValue, DOMAIN_AGENT, NAT_FLAG_ORIG, NAT_FLAG_USED, REWRITE_DST, REWRITE_SRC},
         PROTO_TCP,
     };
 
@@ -136,58 +146,83 @@ mod tests {
         assert_eq!(translations_met(&nat, [inbound]), all, "the port map's flow, both translations, and not the other");
     }
 
+    const SEC: u64 = 1_000_000_000;
+    /// The sweep's time: entries last seen at 0 are idle past any translation's time (an
+    /// answered TCP one's is 5 days), those seen at NOW fresh.
+    const NOW: u64 = 6 * 24 * 3600 * SEC;
+
     /// A flow's source translation as the programs make it: the original half (under
-    /// `key`) and its reply half.
-    fn source_pair(key: NatKey, addr: [u8; 4], port: u16) -> [(NatKey, NatValue); 2] {
-        let orig = NatValue { addr, port, rewrite: REWRITE_SRC, flags: NAT_FLAG_ORIG, ..NatValue::default() };
-        let reply = NatValue { addr: key.src, port: key.sport, rewrite: REWRITE_DST, ..NatValue::default() };
+    /// `key`) and its reply half, answered, last seen at `seen`.
+    fn source_pair(key: NatKey, addr: [u8; 4], port: u16, seen: u64) -> [(NatKey, NatValue); 2] {
+        let orig =
+            NatValue { addr, port, rewrite: REWRITE_SRC, flags: NAT_FLAG_ORIG | NAT_FLAG_USED, last_seen_ns: seen, ..NatValue::default() };
+        let reply = NatValue {
+            addr: key.src,
+            port: key.sport,
+            rewrite: REWRITE_DST,
+            flags: NAT_FLAG_USED,
+            last_seen_ns: seen,
+            ..NatValue::default()
+        };
         [(key, orig), (partner(&key, &orig), reply)]
+    }
+
+    fn map(held: Vec<(NatKey, NatValue)>) -> impl Fn(&NatKey) -> Option<NatValue> {
+        let held: HashMap<NatKey, NatValue> = held.into_iter().collect();
+        move |k: &NatKey| held.get(k).copied()
     }
 
     #[test]
     fn a_half_taken_while_its_translation_was_used_comes_back() {
         let (uplink, remote) = ([192, 168, 0, 2], [192, 168, 0, 1]);
-        let [orig, reply] = source_pair(tuple((uplink, 40000), (remote, 80)), uplink, 62000);
-        let asked = Cell::new(0);
-        let map = |held: Vec<(NatKey, NatValue)>| {
-            let held: HashMap<NatKey, NatValue> = held.into_iter().collect();
-            move |k: &NatKey| held.get(k).copied()
-        };
-        let counted = |present: &dyn Fn(&NatKey) -> Option<NatValue>, k: &NatKey| {
-            asked.set(asked.get() + 1);
-            present(k)
-        };
+        let key = tuple((uplink, 40000), (remote, 80));
+        let [old_orig, old_reply] = source_pair(key, uplink, 62000, 0);
+        let [fresh_orig, _] = source_pair(key, uplink, 62000, NOW);
         // Both halves taken: the translation went whole, and the map is not asked.
+        let asked = Cell::new(0);
         let none = map(vec![]);
-        assert!(taken_to_restore(&[orig, reply], |k| counted(&none, k)).is_empty());
+        let counted = |k: &NatKey| {
+            asked.set(asked.get() + 1);
+            none(k)
+        };
+        assert!(taken_to_restore(&[old_orig, old_reply], NOW, counted).is_empty());
         assert_eq!(asked.get(), 0);
-        // The reply half taken, the original half kept (a packet used it meanwhile).
-        let kept = map(vec![orig]);
-        assert_eq!(taken_to_restore(&[reply], |k| counted(&kept, k)), vec![reply]);
+        // The reply half taken, the original half kept: a packet used it meanwhile.
+        assert_eq!(taken_to_restore(&[old_reply], NOW, map(vec![fresh_orig])), vec![old_reply]);
+        // Kept, but idle as long: the pair is past its time, judged again; it stays gone.
+        assert!(taken_to_restore(&[old_reply], NOW, map(vec![old_orig])).is_empty());
         // The original half now another translation's (the tuple given another port):
         // that one's reply half is another key, and the old one stays gone.
-        let [other, _] = source_pair(orig.0, uplink, 62001);
-        assert!(taken_to_restore(&[reply], map(vec![other])).is_empty());
+        let [other, _] = source_pair(key, uplink, 62001, NOW);
+        assert!(taken_to_restore(&[old_reply], NOW, map(vec![other])).is_empty());
         // Nothing left of the pair: nothing back.
-        assert!(taken_to_restore(&[reply], map(vec![])).is_empty());
+        assert!(taken_to_restore(&[old_reply], NOW, map(vec![])).is_empty());
     }
 
     #[test]
-    fn a_chain_whose_uplink_pair_was_kept_gets_its_ni_pair_back() {
+    fn a_chain_comes_back_whole_only_while_it_lives() {
         // App 10.10.1.2 of NI 1 (veth 169.254.100.2) out of the uplink: translated at the
         // NI veth, then at the uplink, the uplink's original half keyed by the NI's reply
         // half turned round.
         let (app, ni_veth, uplink, remote) = ([10, 10, 1, 2], [169, 254, 100, 2], [192, 168, 0, 2], [10, 99, 0, 10]);
         let ni_out = NatKey { domain: 1, ..tuple((app, 40000), (remote, 80)) };
-        let ni = source_pair(ni_out, ni_veth, 62000);
-        let uplink_pair = source_pair(across(&ni[1].0, DOMAIN_AGENT), uplink, 62000);
+        let ni = source_pair(ni_out, ni_veth, 62000, 0);
+        let uplink_key = across(&ni[1].0, DOMAIN_AGENT);
+        let (old_uplink, fresh_uplink) = (source_pair(uplink_key, uplink, 62000, 0), source_pair(uplink_key, uplink, 62000, NOW));
         // The sweep took the NI's pair; the uplink's was used meanwhile and kept.
-        let held: HashMap<NatKey, NatValue> = uplink_pair.into_iter().collect();
-        let mut back = taken_to_restore(&ni, |k| held.get(k).copied());
-        back.sort_by_key(|(k, _)| k.domain);
-        assert_eq!(back.len(), 2, "both halves of the NI's pair: {back:?}");
+        let mut back = taken_to_restore(&ni, NOW, map(fresh_uplink.to_vec()));
+        back.sort_by_key(|(k, _)| *k != ni_out);
+        assert_eq!(back, ni.to_vec(), "both halves of the NI's pair");
         // Taken whole, the chain stays gone.
-        let all: Vec<(NatKey, NatValue)> = ni.into_iter().chain(uplink_pair).collect();
-        assert!(taken_to_restore(&all, |_| None).is_empty());
+        let all: Vec<(NatKey, NatValue)> = ni.into_iter().chain(old_uplink).collect();
+        assert!(taken_to_restore(&all, NOW, map(vec![])).is_empty());
+        // The NI's original half gone (an LRU eviction): its reply half, idle (the fast
+        // path carries replies past it), is judged alone and stays gone, though the
+        // uplink's pair lives on and leads to it.
+        assert!(taken_to_restore(&ni[1..], NOW, map(fresh_uplink.to_vec())).is_empty());
+        // As the uplink's original half alone, its reply half evicted: the NI's pair
+        // living on brings it no life.
+        let fresh_ni = source_pair(ni_out, ni_veth, 62000, NOW);
+        assert!(taken_to_restore(&old_uplink[..1], NOW, map(fresh_ni.to_vec())).is_empty());
     }
 }
