@@ -450,7 +450,13 @@ pub fn chain_expired(proto: u8, c: &Chain, now_ns: u64) -> bool {
 pub fn translation_expired(key: &NatKey, v: &NatValue, get: impl Fn(&NatKey) -> Option<NatValue>, now_ns: u64) -> bool {
     match chain_of(key, v, &get) {
         Some(c) => chain_expired(key.proto, &c, now_ns),
-        None => pair_expired(key.proto, v, get(&partner(key, v)).as_ref(), now_ns),
+        None => {
+            // The entry under the partner's key, when it is this one's partner: not a
+            // newer translation's that the tuple was given since (another port: its own
+            // partner is another key).
+            let pk = partner(key, v);
+            pair_expired(key.proto, v, get(&pk).filter(|pv| partner(&pk, pv) == *key).as_ref(), now_ns)
+        }
     }
 }
 
@@ -638,6 +644,25 @@ mod tests {
         let out = across(&rk, DOMAIN_AGENT);
         assert_eq!(out, NatKey { domain: DOMAIN_AGENT, src: fwd.addr, dst: f.dst, sport: fwd.port, dport: f.dport, ..k });
         assert_eq!(across(&out, 3), rk);
+    }
+
+    /// A half judged alone: the entry under its partner's key is another translation's,
+    /// made since for the same tuple with another port (its partner is another key), and
+    /// lends it no life.
+    #[test]
+    fn a_newer_translation_under_the_partners_key_is_no_partner() {
+        const SEC: u64 = 1_000_000_000;
+        let f = Flow { proto: PROTO_TCP, src: [10, 10, 1, 2], dst: [8, 8, 8, 8], sport: 40000, dport: 80, ..Flow::default() };
+        let out_key = NatKey::of(3, &f);
+        let out = NatValue { addr: [169, 254, 100, 10], port: 1025, rewrite: REWRITE_SRC, flags: NAT_FLAG_ORIG, ..NatValue::default() };
+        // The old translation's reply half, idle 3 minutes, unanswered: past its 120 s.
+        let reply_key = partner(&out_key, &out);
+        let reply = NatValue { addr: f.src, port: f.sport, rewrite: REWRITE_DST, last_seen_ns: 10 * SEC, ..NatValue::default() };
+        let now = 190 * SEC;
+        let theirs = NatValue { last_seen_ns: now, ..out };
+        assert!(!translation_expired(&reply_key, &reply, |k| (*k == out_key).then_some(theirs), now), "its own partner, fresh");
+        let newer = NatValue { port: 1026, ..theirs };
+        assert!(translation_expired(&reply_key, &reply, |k| (*k == out_key).then_some(newer), now), "another translation's entry");
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn nis_without_an_uplink_removed_by_an_apply_then_applied_again_work() {
     assert!(pins.is_empty(), "no pin left with no NI: {pins:?}");
     let out = s.apply(TWO_NIS);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
-    s.echo_server(&app2, "10.10.1.3", 80);
+    // (app2's echo server, in app2's netns, which the NIs' removal left, listens still.)
     assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1_000, None), EchoResult::Echoed(1_000), "{}", s.agent_log());
 }
 

@@ -889,7 +889,9 @@ impl Maps {
         if !restored.is_empty() {
             // BPF_NOEXIST: a program's new entry for the key wins.
             let put_back = restored.iter().filter(|(k, v)| self.nat.insert(k, v, 1).is_ok()).count();
-            info!("{put_back} translation entries put back: their translations were used while the sweep took them");
+            if put_back > 0 {
+                info!("{put_back} translation entries put back: their translations were used while the sweep took them");
+            }
             translations.retain(|e| !restored.contains(e));
             translations_left.extend(restored);
         }
