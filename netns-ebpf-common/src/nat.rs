@@ -76,7 +76,9 @@ impl NatKey {
     /// The key the reply to this (already rewritten) tuple arrives with.
     #[inline(always)]
     pub fn reversed(&self) -> NatKey {
-        NatKey { domain: self.domain, src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto, _pad: [0; 3] }
+        let mut k = NatKey { _pad: [0; 3], ..*self };
+        k.reverse();
+        k
     }
 
     /// `reversed`, in place.
@@ -300,9 +302,7 @@ pub fn inner_of(ni_reply: &NatValue) -> Option<(u16, [u8; 2])> {
 /// around, is its partner's key.
 #[inline(always)]
 pub fn partner(key: &NatKey, v: &NatValue) -> NatKey {
-    let mut k = NatKey { _pad: [0; 3], ..*key };
-    k.turn_to_partner(v);
-    k
+    key.rewritten(v).reversed()
 }
 
 /// Idle time after which a translation (both entries at once, idle = since the later of
@@ -371,9 +371,7 @@ fn is_reply_source(v: &NatValue) -> bool {
 /// original half's key in the agent's domain, and back (`domain`: the other side's).
 #[inline(always)]
 pub fn across(key: &NatKey, domain: u32) -> NatKey {
-    let mut k = NatKey { _pad: [0; 3], ..*key };
-    k.turn_across(domain);
-    k
+    NatKey { domain, ..key.reversed() }
 }
 
 /// The keys an entry leads to: its partner, and the other pair's entry it links to

@@ -303,7 +303,7 @@ impl Applier {
                 errors.push(format!("removing unused uplinks: {e:#}"));
             }
         }
-        // No NI left (and no uplink, whose removal did this): the shared maps go too.
+        // No NI left: the shared maps go too.
         if self.record.nis.is_empty() {
             if let Err(e) = self.release_shared_maps() {
                 errors.push(format!("{e:#}"));
@@ -505,6 +505,9 @@ impl Applier {
         self.maps = None;
         self.programs = None;
         errors.extend(uplink::remove_agent_level(self).await);
+        if let Err(e) = self.release_shared_maps() {
+            errors.push(e);
+        }
         if errors.is_empty() {
             if let Err(e) = crate::state::StateDir::remove(&self.state_dir) {
                 errors.push(e);

@@ -128,8 +128,9 @@ async fn remove_uplink(ap: &mut Applier, u: &UplinkPlan) -> Result<()> {
     Ok(())
 }
 
-/// Removes the agent netns' NAT and routing state (once no NI uses an uplink), and the
-/// shared maps once no NI is left at all.
+/// Removes the agent netns' NAT and routing state (once no NI uses an uplink). (The
+/// shared maps go with the last NI: `Applier::release_shared_maps`, from `apply` and
+/// `down`.)
 pub async fn remove_agent_level(ap: &mut Applier) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     for u in ap.record.uplinks.clone() {
@@ -151,11 +152,6 @@ pub async fn remove_agent_level(ap: &mut Applier) -> Vec<anyhow::Error> {
         Ok(true) => info!("restored the `local` rule to priority 0"),
         Ok(false) => {}
         Err(e) => errors.push(e),
-    }
-    if ap.record.nis.is_empty() {
-        if let Err(e) = ap.release_shared_maps() {
-            errors.push(e);
-        }
     }
     errors
 }
