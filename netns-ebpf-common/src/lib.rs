@@ -64,6 +64,11 @@ pub fn chosen_ifindex_zone(ifindex: u32) -> Option<u32> {
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+/// DCCP and UDP-Lite: no ports read (their flows are told apart by their addresses, as
+/// any other protocol's), but a checksum over the pseudo header, at the same place as
+/// UDP's, which an address translation must follow (`rewrite`).
+pub const PROTO_DCCP: u8 = 33;
+pub const PROTO_UDPLITE: u8 = 136;
 
 /// Versioned names of the pinned maps. aya reuses an existing pin without checking its
 /// layout, so any layout change must bump the suffix.

@@ -1,4 +1,5 @@
 //! In-place header rewrites with incremental checksum fixes: the TCP, UDP and ICMP sums
+//! (and the address part of DCCP's and UDP-Lite's)
 //! by the kernel's helpers (which know how far the kernel has computed them), the IPv4
 //! header's own sum here (`csum`) with the bytes written directly (`skb::write`).
 
@@ -10,7 +11,7 @@ use netns_ebpf_common::{
     csum,
     nat::{NatKey, NatValue, REWRITE_SRC},
     packet::{Flow, PacketReader, ETH_HLEN, FRAG_LATER},
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    PROTO_DCCP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE,
 };
 
 use crate::skb::{write, Skb};
@@ -44,6 +45,12 @@ pub fn apply(ctx: &TcContext, flow: &mut Flow, v: &NatValue) -> Result<(), ()> {
                 let l4 = flow.l4_off as usize & L4_OFF_MASK;
                 ctx.l4_csum_replace(l4 + 2, port_raw(old_port), port_raw(v.port), 2).map_err(|_| ())?;
                 write(ctx, l4 + 4, &v.port.to_be_bytes())?;
+            }
+            if let Some(flags) = pseudo_header_sum_flags(l4_proto) {
+                // The address is in their sum (a receiver drops the datagram unless it
+                // follows); a packet too short to hold the sum fails here: malformed.
+                let l4 = flow.l4_off as usize & L4_OFF_MASK;
+                ctx.l4_csum_replace(l4 + PSEUDO_SUM_OFF, ip_raw(&old_ip), ip_raw(&v.addr), flags | 4).map_err(|_| ())?;
             }
             ip_address(ctx, ip_off, &old_ip, &v.addr)?;
         }
@@ -87,6 +94,22 @@ fn tcp_udp(ctx: &TcContext, proto: u8, l4_off: u16, src: bool, old_ip: &[u8; 4],
         write(ctx, port_off, &new.port.to_be_bytes())?;
     }
     ip_address(ctx, ip_off, old_ip, &new.addr)
+}
+
+/// Where DCCP's and UDP-Lite's checksum sits in their header (as UDP's).
+const PSEUDO_SUM_OFF: usize = 6;
+
+/// For a protocol without ports of ours whose checksum covers the pseudo header (DCCP,
+/// UDP-Lite): the checksum helper's flags for an address change; None: no such sum.
+/// UDP-Lite sends a sum that comes to 0 as all ones, as UDP does (RFC 3828); DCCP sends
+/// it as it is.
+#[inline(always)]
+fn pseudo_header_sum_flags(proto: u8) -> Option<u64> {
+    match proto {
+        PROTO_UDPLITE => Some(BPF_F_PSEUDO_HDR as u64 | BPF_F_MARK_MANGLED_0 as u64),
+        PROTO_DCCP => Some(BPF_F_PSEUDO_HDR as u64),
+        _ => None,
+    }
 }
 
 /// The IPv4 address at `ip_off` (source or destination), from `old` to `new`, and the

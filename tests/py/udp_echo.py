@@ -1,16 +1,23 @@
 """UDP echo of large datagrams (the kernel fragments them at the link's MTU).
 
-server IP PORT SECONDS    echoes every datagram until none came for SECONDS; prints
+[--lite] server IP PORT SECONDS    echoes every datagram until none came for SECONDS; prints
                           "ready" once bound, then the sources it saw, one per line
 client IP PORT SIZE N [SPORT]
                           sends N datagrams of SIZE bytes, one at a time (from source port
                           SPORT if given: the same flow again); prints how many came back
                           whole and unchanged
+--lite                    UDP-Lite instead (the kernel's sockets; their checksum covers
+                          the whole datagram and the pseudo header, and the kernel drops
+                          a datagram whose sum is wrong)
 """
 import socket, sys, time
 
+IPPROTO_UDPLITE = 136
+lite = sys.argv[1] == "--lite"
+if lite:
+    del sys.argv[1]
 mode, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, IPPROTO_UDPLITE if lite else 0)
 if mode == "server":
     s.bind((ip, port))
     print("ready", flush=True)
