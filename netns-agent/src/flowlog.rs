@@ -382,6 +382,13 @@ pub struct FlowTable {
     /// that it did not see had already ended.
     last_walk_ns: u64,
     records: BTreeMap<RecordCount, u64>,
+    /// Flows (key, start) that ended unclosed, by the sweep's expiry or by a replaced
+    /// event, since the sweep before last ([0]: since the last one). An expired entry
+    /// that a packet replaces just as the sweep takes it is reported by both (the
+    /// program's update cannot say "only if it is still there"): the second report is
+    /// the same end, and writes no record. Only ends that can race are kept (a closed
+    /// flow's entry is never replaced with an event): few, where every flow closes.
+    unclosed_ends: [foldhash::HashSet<(CtKey, u64)>; 2],
 }
 
 impl FlowTable {
@@ -425,6 +432,23 @@ impl FlowTable {
         a.packets += t.value.packets[0] + t.value.packets[1];
         a.bytes += t.value.bytes[0] + t.value.bytes[1];
         Some(t)
+    }
+
+    /// Whether the unclosed end of flow `k` that started at `first_seen_ns` is reported
+    /// for the first time: false when the sweep's expiry or a replaced event reported it
+    /// already (see `unclosed_ends`).
+    fn first_unclosed_end(&mut self, k: &CtKey, first_seen_ns: u64) -> bool {
+        let id = (*k, first_seen_ns);
+        if self.unclosed_ends[1].contains(&id) {
+            return false;
+        }
+        self.unclosed_ends[0].insert(id)
+    }
+
+    /// A sweep begins: the ends of the sweep before last can race no more.
+    fn next_sweep(&mut self) {
+        self.unclosed_ends.swap(0, 1);
+        self.unclosed_ends[0].clear();
     }
 
     /// Per ACE: flows judged; packets and bytes of ended flows plus live ones so far.
@@ -580,7 +604,9 @@ impl FlowLog {
     /// them (one lock for the batch), and their records are written.
     pub fn events(&mut self, events: &[FlowEvent], at: Lookups) {
         let sink = self.has_sink();
-        let mut ended = Vec::new();
+        // Per event: None, no record (its end is on record already); else the
+        // translation the table knew of its flow.
+        let mut to_write = Vec::new();
         {
             let mut table = self.table.lock().unwrap();
             for e in events {
@@ -588,6 +614,13 @@ impl FlowLog {
                     EVENT_START => {
                         table.start(&e.key, &e.value);
                         None
+                    }
+                    // The sweep took the entry as expired, and wrote its end.
+                    EVENT_REPLACED if !table.first_unclosed_end(&e.key, e.value.first_seen_ns) => {
+                        if sink {
+                            to_write.push(None);
+                        }
+                        continue;
                     }
                     EVENT_END | EVENT_REPLACED => table.end(&e.key, Some(&e.value)),
                     EVENT_DROPPED => {
@@ -597,7 +630,7 @@ impl FlowLog {
                     _ => None,
                 };
                 if sink {
-                    ended.push(followed.and_then(|t| t.translated));
+                    to_write.push(Some(followed.and_then(|t| t.translated)));
                 }
             }
         }
@@ -606,7 +639,8 @@ impl FlowLog {
             return;
         }
         let clock = Clock::now();
-        let records = events.iter().zip(ended).filter_map(|(e, translated)| {
+        let records = events.iter().zip(to_write).filter_map(|(e, translated)| {
+            let translated = translated?;
             let mut r = record_of_event(e, at, clock)?;
             r.translated = r.translated.or(translated);
             Some(LogRecord::Flow(r))
@@ -630,9 +664,12 @@ impl FlowLog {
         {
             let mut table = self.table.lock().unwrap();
             table.last_walk_ns = walk_ns;
+            table.next_sweep();
             for (k, v) in expired {
                 let followed = table.end(k, Some(v));
-                if sink && v.verdict != VERDICT_DROP && v.flags & FLAG_ENDED == 0 {
+                // (A replaced event may have reported it: a packet replaced the entry as
+                // the sweep took it.)
+                if v.verdict != VERDICT_DROP && v.flags & FLAG_ENDED == 0 && table.first_unclosed_end(k, v.first_seen_ns) && sink {
                     let mut r = record(RecordKind::End, Some(EndReason::Expired), k, v, at, clock);
                     r.translated = r.translated.or(followed.and_then(|t| t.translated));
                     out.push(r);
@@ -943,6 +980,42 @@ mod tests {
         let table = table.lock().unwrap();
         assert_eq!(table.live_flows(), 1, "k2 is followed, k1 ended");
         assert_eq!(table.ace_totals()[0].1, AceTotals { flows: 2, packets: 6, bytes: 600 }, "k1 as it ended, k2 so far");
+    }
+
+    /// An expired entry that a packet replaced just as the sweep took it is reported by
+    /// both, the sweep (expired) and the program (replaced), in either order and up to a
+    /// sweep apart: one end record, the flow counted once. The next flow on the tuple
+    /// (another start) ends on record of its own.
+    #[test]
+    fn an_end_both_the_sweep_and_a_replaced_event_report_is_written_once() {
+        let (names, dns) = (Names::default(), DnsObserver::new(None, None));
+        let at = Lookups { names: &names, maps: None, dns: &dns };
+        for event_first in [true, false] {
+            let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
+            let mut records = log.sender().subscribe();
+            let (k, v) = flow(1000, 1, [2, 1]);
+            log.events(&[start(k, v)], at);
+            let replaced = |v: CtValue| FlowEvent { kind: EVENT_REPLACED, ..start(k, v) };
+            if event_first {
+                log.events(&[replaced(v)], at);
+                log.after_sweep(&[(k, v)], &[], at, 10);
+            } else {
+                log.after_sweep(&[(k, v)], &[], at, 10);
+                log.after_sweep(&[], &[], at, 20);
+                log.events(&[replaced(v)], at);
+            }
+            let next = CtValue { first_seen_ns: 30, last_seen_ns: 30, ..v };
+            log.events(&[start(k, next), replaced(next)], at);
+            let ends: Vec<_> = flow_records(&mut records)
+                .iter()
+                .filter(|r| r.kind == RecordKind::End)
+                .map(|r| (r.end_reason, r.tx_packets + r.rx_packets))
+                .collect();
+            let first = if event_first { EndReason::Replaced } else { EndReason::Expired };
+            assert_eq!(ends, [(Some(first), 3), (Some(EndReason::Replaced), 3)], "event first: {event_first}");
+            let totals = log.table().lock().unwrap().ace_totals();
+            assert_eq!(totals[0].1, AceTotals { flows: 2, packets: 6, bytes: 600 }, "event first: {event_first}");
+        }
     }
 
     /// A start event that comes after a sweep which no longer found its flow (it ended
