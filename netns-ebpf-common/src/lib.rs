@@ -71,7 +71,8 @@ pub const PROTO_DCCP: u8 = 33;
 pub const PROTO_UDPLITE: u8 = 136;
 
 /// Versioned names of the pinned maps. aya reuses an existing pin without checking its
-/// layout, so any layout change must bump the suffix.
+/// layout, so any layout change must bump the suffix (the agent refuses a pin whose
+/// layout is not the object's: a change that kept the name fails every load).
 pub mod map_names {
     pub const CONNTRACK: &str = "CT_V4";
     pub const IFACES: &str = "IFACE_V3";
@@ -413,7 +414,7 @@ impl Stat {
 
 /// The map types' sizes, checked when either side compiles: a field added or reordered
 /// changes the layout the pinned maps were made with, which needs a new `_Vn` pin name
-/// (aya reuses a pin without checking it).
+/// (aya reuses a pin without checking it; the agent's check would refuse it).
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<IfaceKey>() == 8);

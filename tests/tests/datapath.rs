@@ -106,6 +106,44 @@ fn nis_without_an_uplink_removed_by_an_apply_then_applied_again_work() {
     assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1_000, None), EchoResult::Echoed(1_000), "{}", s.agent_log());
 }
 
+/// Programs that cannot load (here: the conntrack map's pin taken by a map of another
+/// layout, as a stray pin or one of an agent version that changed the map without a new
+/// pin name would be) fail the apply once, and say why: the pin, its layout and the one
+/// the programs need (before: a verifier log about offsets). The NI after the first is
+/// told so without a load tried again (before: each NI loaded them anew, a verifier run
+/// of seconds each, and the apply's errors held the log once per NI). The next apply,
+/// the pin gone, loads them, and the NIs carry traffic.
+#[test]
+fn programs_that_cannot_load_fail_an_apply_once_and_load_in_the_next() {
+    let mut s = Scenario::new(&["ni1", "ni2"], &["app1", "app2", "app3"], TWO_NIS);
+    std::fs::create_dir_all(&s.pin_dir).unwrap();
+    let stray = s.pin_dir.join("CT_V4");
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create", stray.to_str().unwrap(), "type", "lru_hash", "key", "4", "value", "4", "entries", "16", "name", "CT_V4"])
+        .output()
+        .expect("running bpftool");
+    assert!(created.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&created.stderr));
+    s.start_agent();
+    let errors = s.status().last_apply.expect("an apply on record").errors;
+    let why = format!(
+        "{} is a map of another layout than this agent's programs read (type 9, key 4 bytes, value 4 bytes, 16 entries",
+        stray.display()
+    );
+    let refused = errors.iter().filter(|e| e.contains(&why)).count();
+    let told = errors.iter().filter(|e| e.contains("the programs did not load earlier in this apply")).count();
+    assert_eq!((refused, told, errors.len()), (1, 1, 2), "the pin named once, the second NI told so: {errors:#?}");
+    assert!(!errors.iter().any(|e| e.contains("verifier log")), "no program went to the verifier: {errors:#?}");
+
+    std::fs::remove_file(&stray).unwrap();
+    let out = s.apply(TWO_NIS);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+    let errors = s.status().last_apply.expect("an apply on record").errors;
+    assert!(errors.is_empty(), "the next apply loads the programs: {errors:#?}");
+    let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
+    s.echo_server(&app2, "10.10.1.3", 80);
+    assert_eq!(s.echo(&app1, "10.10.1.3", 80, 1_000, None), EchoResult::Echoed(1_000), "{}", s.agent_log());
+}
+
 #[test]
 fn blocked_port_times_out_and_leaves_a_drop_flow() {
     let mut s = scenario();

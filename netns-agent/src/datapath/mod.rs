@@ -137,6 +137,7 @@ impl Programs {
     /// verifier rejection comes back with the verifier's log.
     pub fn load(pin_dir: &Path) -> Result<Programs> {
         let started = std::time::Instant::now();
+        check_pins(pin_dir)?;
         let mut loader = EbpfLoader::new();
         for name in ALL_MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
@@ -280,6 +281,41 @@ fn remove_tcx_pins(dir: &Path, ifname: &str, which: [(&str, TcAttachType, &str);
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             info!("{}: an earlier agent's TCX link unpinned", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// Checks each map pin already under `pin_dir` against the object's definition of the
+/// map: aya takes a pinned map as it finds it, so a pin of another layout (a map of an
+/// agent version that changed it without a new pin name, or of another program) would
+/// give the programs a map they misread, or a verifier log about offsets.
+fn check_pins(pin_dir: &Path) -> Result<()> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT).context("reading the eBPF object's maps")?;
+    for name in ALL_MAPS {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let def = object.maps.get(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+        let want = (def.map_type(), def.key_size(), def.value_size(), def.max_entries());
+        let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("{} is not a map", path.display()))?;
+        let have = (info.map_type().map(|t| t as u32).unwrap_or(u32::MAX), info.key_size(), info.value_size(), info.max_entries());
+        if have != want {
+            bail!(
+                "{} is a map of another layout than this agent's programs read (type {}, key {} bytes, value {} bytes, {} \
+                 entries; they need type {}, key {} bytes, value {} bytes, {} entries): a pin of another version or \
+                 program under the name; remove it (`netns-agent down` removes every pin of ours)",
+                path.display(),
+                have.0,
+                have.1,
+                have.2,
+                have.3,
+                want.0,
+                want.1,
+                want.2,
+                want.3
+            );
         }
     }
     Ok(())

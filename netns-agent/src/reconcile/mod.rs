@@ -30,7 +30,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use netns_ebpf_common::fast::FastZone;
 use tracing::{debug, info, warn};
 
@@ -77,7 +77,7 @@ pub struct Applier {
     uplinks: Uplinks,
     maps: Option<Maps>,
     /// Loaded at the first apply that needs them, for every NI and the agent netns.
-    programs: Option<Programs>,
+    programs: ProgramSlot,
     /// The ports' live host-set layouts, shared with the DNS proxies.
     host_layouts: Arc<HostLayouts>,
 }
@@ -97,7 +97,7 @@ impl Applier {
             record,
             uplinks: Uplinks::new(),
             maps: None,
-            programs: None,
+            programs: ProgramSlot::default(),
             host_layouts: Arc::default(),
         })
     }
@@ -266,13 +266,14 @@ impl Applier {
         self.record.expedite_rcu = plan.expedite_rcu;
         let mut out = ApplyOutcome::default();
         let mut errors = Vec::new();
+        self.programs.new_apply();
 
         // The removals below open the pinned maps, which this agent's programs name: an
         // earlier agent's data path lacks the pins of any map new in this version until
         // the programs are loaded (loading pins them). Nothing on record: nothing to
         // remove. A load that fails leaves the removals to fail on their own, one by one.
         if !self.record.nis.is_empty() {
-            if let Err(e) = programs(&mut self.programs, &self.pin_dir) {
+            if let Err(e) = self.programs.get(&self.pin_dir) {
                 warn!("{e:#}");
                 errors.push(format!("{e:#}"));
             }
@@ -481,7 +482,7 @@ impl Applier {
     /// let go, so that the next NI loads them anew (and pins them again).
     fn release_shared_maps(&mut self) -> Result<()> {
         self.maps = None;
-        self.programs = None;
+        self.programs.release();
         if datapath::remove_shared_pins_if_unused(&self.pin_dir)? {
             info!("removed shared maps under {}", self.pin_dir.display());
         }
@@ -503,7 +504,7 @@ impl Applier {
         errors.extend(ni::remove_all(self, &nis).await);
         self.record.nis.clear();
         self.maps = None;
-        self.programs = None;
+        self.programs.release();
         errors.extend(uplink::remove_agent_level(self).await);
         if let Err(e) = self.release_shared_maps() {
             errors.push(e);
@@ -534,12 +535,35 @@ pub fn all_or_nothing(errors: Vec<anyhow::Error>) -> Result<()> {
 }
 
 /// The programs (app ports' and NAT), loaded once per agent and kept; loading them
-/// creates the pinned maps.
-/// (Takes the applier's fields, so that its other fields stay free to borrow.)
-fn programs<'a>(slot: &'a mut Option<Programs>, pin_dir: &Path) -> Result<&'a mut Programs> {
-    match slot {
-        Some(p) => Ok(p),
-        none => Ok(none.insert(Programs::load(pin_dir).context("loading the programs")?)),
+/// creates the pinned maps. A load that failed is not tried again in the same apply:
+/// every NI after the first would run the verifier again (seconds each on a small
+/// device) and report the same log; the next apply tries again.
+#[derive(Default)]
+struct ProgramSlot {
+    loaded: Option<Programs>,
+    /// A load failed in this apply (its error is the first one reported).
+    refused: bool,
+}
+
+impl ProgramSlot {
+    /// The programs, loaded now if they are not yet.
+    fn get(&mut self, pin_dir: &Path) -> Result<&mut Programs> {
+        let programs = match self.loaded.take() {
+            Some(p) => p,
+            None if self.refused => bail!("the programs did not load earlier in this apply (that error says why)"),
+            None => Programs::load(pin_dir).context("loading the programs").inspect_err(|_| self.refused = true)?,
+        };
+        Ok(self.loaded.insert(programs))
+    }
+
+    /// An apply begins: a load that failed in the last one is tried again.
+    fn new_apply(&mut self) {
+        self.refused = false;
+    }
+
+    /// Lets the programs go (the next NI loads them anew).
+    fn release(&mut self) {
+        self.loaded = None;
     }
 }
 

@@ -15,7 +15,7 @@ use netns_ebpf_common::{
 };
 use tracing::{debug, info, warn};
 
-use super::{programs, uplink, Applier, ApplyOutcome};
+use super::{uplink, Applier, ApplyOutcome};
 use crate::{
     config::mac_string,
     datapath,
@@ -124,7 +124,7 @@ impl NiDriver for LocalNi {
         let ni_end = nl.link_index(&ni.ni_veth).await?;
         let agent_end = ap.agent.link_index(&ni.agent_veth).await?;
         let fresh_veth = ni_end != Some(ni.ni_veth_ifindex()) || agent_end != Some(ni.agent_veth_ifindex());
-        programs(&mut ap.programs, &ap.pin_dir)?;
+        ap.programs.get(&ap.pin_dir)?;
         if fresh_veth {
             // The fast path writes the veth ends' MACs (`FastZone`): none until
             // `ensure_fast_path` has read the new ends' (the ifindexes stay the same).
@@ -154,12 +154,12 @@ impl NiDriver for LocalNi {
             let ni_veth_index = nl.link_index(&ni.ni_veth).await?.context("NI veth vanished")?;
             let nat_ports = plan.nat_ports;
             ap.maps()?.set_nat_iface(IfaceKey { zone: ni.zone(), ifindex: ni_veth_index }, uplink::ni_side_nat(nat_ports, ni))?;
-            programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ns, &ni.name, &ni.ni_veth)?;
+            ap.programs.get(&ap.pin_dir)?.attach_nat(&ns, &ni.name, &ni.ni_veth)?;
             // Agent side: port-mapped flows entering the NI get the agent-side address
             // as source (no collision with the NI subnet); hairpin port maps.
             ap.maps()?
                 .set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: agent_veth_index }, uplink::agent_side_nat(nat_ports, ni, &addr))?;
-            programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &ni.agent_veth)?;
+            ap.programs.get(&ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &ni.agent_veth)?;
             let maps = ap.maps()?;
             uplink::set_uplink_portmaps(maps, ni, &addr)?;
             for pm in &ni.portmaps {
@@ -275,7 +275,7 @@ impl NiDriver for SwitchNi {
         nl.set_master(uplink, BRIDGE).await?;
         nl.set_up(uplink).await?;
         nl.set_up(BRIDGE).await?;
-        programs(&mut ap.programs, &ap.pin_dir)?;
+        ap.programs.get(&ap.pin_dir)?;
         Ok((ns, nl))
     }
 

@@ -12,7 +12,7 @@ use netns_ebpf_common::{
 };
 use tracing::{debug, info, warn};
 
-use super::{programs, Applier, ApplyOutcome, NiDriver};
+use super::{Applier, ApplyOutcome, NiDriver};
 use crate::{
     datapath::{self, HostLayout, HostLayouts, Maps},
     netlink::Netlink,
@@ -71,7 +71,7 @@ pub async fn ensure<K: NiDriver>(
     // Config first, then the programs that read it.
     let layouts = ap.host_layouts();
     write_maps(ap.maps()?, &layouts, kind, ni, p, IfaceKey { zone: ni.zone(), ifindex }, before, out)?;
-    programs(&mut ap.programs, &ap.pin_dir)?.attach_port(ns, &ni.name, &p.bridge_port)?;
+    ap.programs.get(&ap.pin_dir)?.attach_port(ns, &ni.name, &p.bridge_port)?;
     nl.set_up(&p.bridge_port).await?;
 
     // A VM configures its own side.

@@ -69,14 +69,14 @@ pub async fn ensure_agent_level(ap: &mut Applier, plan: &Plan) -> Result<()> {
     }
     // NI traffic is routed through the agent's netns to the uplinks.
     netns::write_sysctl(&ap.agent_ns, "net/ipv4/ip_forward", "1")?;
-    super::programs(&mut ap.programs, &ap.pin_dir)?;
+    ap.programs.get(&ap.pin_dir)?;
     for u in &routed {
         let addr = ap.uplinks[&u.name];
         let maps = ap.maps()?;
         maps.set_nat_iface(IfaceKey { zone: DOMAIN_AGENT, ifindex: addr.ifindex }, uplink_nat(plan.nat_ports, &addr))?;
         maps.add_device_addr(addr.ip.octets())?;
         let fresh = !ap.record.uplinks.iter().any(|r| r.name == u.name);
-        super::programs(&mut ap.programs, &ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &u.name)?;
+        ap.programs.get(&ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &u.name)?;
         apply_uplink_table(&ap.agent, u.table, &addr).await?;
         if fresh {
             ap.record.uplinks.push(u.clone());
