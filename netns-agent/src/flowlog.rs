@@ -422,8 +422,15 @@ impl FlowTable {
     }
 
     /// Stops following `k`; its traffic (`last`, or as last seen) joins its ACE's totals.
-    /// Returns the flow as followed.
+    /// Returns the flow as followed. An end reported of a flow that began before the one
+    /// followed under `k` ends nothing: a sweep saw the flow that replaced it (and `see`
+    /// ended it) before its end event came.
     fn end(&mut self, k: &CtKey, last: Option<&CtValue>) -> Option<Tracked> {
+        if let (Some(v), Some(t)) = (last, self.live.get(k)) {
+            if v.first_seen_ns < t.value.first_seen_ns {
+                return None;
+            }
+        }
         let mut t = self.live.remove(k)?;
         if let Some(v) = last.filter(|v| v.first_seen_ns == t.value.first_seen_ns) {
             t.value = *v;
@@ -1016,6 +1023,27 @@ mod tests {
             let totals = log.table().lock().unwrap().ace_totals();
             assert_eq!(totals[0].1, AceTotals { flows: 2, packets: 6, bytes: 600 }, "event first: {event_first}");
         }
+    }
+
+    /// The end event of a flow whose tuple a new flow reopened, read after a sweep that
+    /// saw the new flow (and ended the old one as last seen): the new flow is followed on,
+    /// counted once (the end ended it, its start was then taken for a flow already over,
+    /// and the next sweep followed it a third time).
+    #[test]
+    fn an_end_event_of_a_replaced_flow_leaves_the_flow_that_replaced_it() {
+        let (names, dns) = (Names::default(), DnsObserver::new(None, None));
+        let at = Lookups { names: &names, maps: None, dns: &dns };
+        let mut log = FlowLog::new(None, 1 << 20, Duration::from_secs(60)).unwrap();
+        let (k, old) = flow(1000, 1, [2, 1]);
+        let new = CtValue { first_seen_ns: 5, last_seen_ns: 5, packets: [1, 0], bytes: [100, 0], ..old };
+        log.events(&[start(k, old)], at);
+        log.after_sweep(&[], &[(k, new)], at, 10);
+        log.events(&[FlowEvent { kind: EVENT_REPLACED, ..start(k, old) }, start(k, new)], at);
+        log.after_sweep(&[], &[(k, new)], at, 20);
+        let table = log.table();
+        let table = table.lock().unwrap();
+        assert_eq!(table.live_flows(), 1, "the new flow is followed");
+        assert_eq!(table.ace_totals()[0].1, AceTotals { flows: 2, packets: 4, bytes: 400 }, "each flow counted once");
     }
 
     /// A start event that comes after a sweep which no longer found its flow (it ended

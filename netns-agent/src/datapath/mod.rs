@@ -347,6 +347,20 @@ fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
+impl translations::NatEntries for HashMap<MapData, NatKey, NatValue> {
+    fn entry(&self, k: &NatKey) -> Option<NatValue> {
+        self.get(k, 0).ok()
+    }
+
+    fn insert_new(&mut self, k: &NatKey, v: &NatValue) -> bool {
+        self.insert(k, v, BPF_NOEXIST).is_ok()
+    }
+
+    fn remove(&mut self, k: &NatKey) {
+        let _ = HashMap::remove(self, k);
+    }
+}
+
 /// Removes NI `ni`'s pin directory: an earlier agent's TCX links of the NI (unpinning
 /// one detaches its program, or nothing once its interface is gone).
 pub fn remove_ni_pins(pin_dir: &Path, ni: &str) -> Result<()> {
@@ -923,13 +937,12 @@ impl Maps {
         let restored =
             translations::taken_to_restore(&translations, now_ns, |k| linked.contains_key(k).then(|| self.nat.get(k, 0).ok()).flatten());
         if !restored.is_empty() {
-            // BPF_NOEXIST: a program's new entry for the key wins.
-            let put_back = restored.iter().filter(|(k, v)| self.nat.insert(k, v, 1).is_ok()).count();
-            if put_back > 0 {
-                info!("{put_back} translation entries put back: their translations were used while the sweep took them");
+            let back = translations::put_back(&restored, &mut self.nat);
+            if !back.is_empty() {
+                info!("{} translation entries put back: their translations were used while the sweep took them", back.len());
             }
-            translations.retain(|e| !restored.contains(e));
-            translations_left.extend(restored);
+            translations.retain(|e| !back.contains(e));
+            translations_left.extend(back);
         }
         for (k, v) in &translations_left {
             nat_use[(nat::owner_zone(k.domain, [k.src, k.dst, v.addr]) % MAX_ZONES) as usize] += 1;

@@ -7,7 +7,7 @@ use std::{
     collections::{HashMap, HashSet},
 };
 
-use netns_ebpf_common::nat::{links, translation_expired, NatKey, NatValue};
+use netns_ebpf_common::nat::{links, partner, translation_expired, NatKey, NatValue, NAT_FLAG_ORIG};
 
 /// The translations tuples `leaving` meet in their domain, each with its reply half:
 /// the first one keyed by the tuple, then the one keyed by the tuple it made, and so on.
@@ -77,6 +77,64 @@ pub fn taken_to_restore(
     removed.iter().filter(|(k, _)| restored.contains(k)).copied().collect()
 }
 
+/// The NAT map as `put_back` writes it.
+pub trait NatEntries {
+    fn entry(&self, k: &NatKey) -> Option<NatValue>;
+    /// Inserts `v` under `k` unless the key holds an entry (BPF_NOEXIST); false: it did.
+    fn insert_new(&mut self, k: &NatKey, v: &NatValue) -> bool;
+    fn remove(&mut self, k: &NatKey);
+}
+
+/// Puts back the entries `taken_to_restore` chose, as the programs make a translation:
+/// the reply halves first (BPF_NOEXIST: a key the programs gave an entry since keeps
+/// it), then each original half whose reply half the map now holds (its own, or the same
+/// flow's made anew); last, a reply half put back whose original half the map does not
+/// hold goes again. A reply key can have gone to another flow while the sweep ran (its
+/// port given to another app's flow to the same remote): a flow whose original half is
+/// in the map (put back, or kept by the sweep as a packet used it) without its own reply
+/// half would leave by a translation whose answers that flow's entry takes to its app;
+/// such an original half is taken out too (the flow's next packet gets a translation
+/// anew). Returns the entries back in the map.
+pub fn put_back(restored: &[(NatKey, NatValue)], map: &mut impl NatEntries) -> Vec<(NatKey, NatValue)> {
+    let is_original = |v: &NatValue| v.flags & NAT_FLAG_ORIG != 0;
+    let (originals, replies): (Vec<(NatKey, NatValue)>, Vec<_>) = restored.iter().partition(|(_, v)| is_original(v));
+    let mut back: Vec<(NatKey, NatValue)> = replies.iter().filter(|(k, v)| map.insert_new(k, v)).copied().collect();
+    for (k, v) in originals {
+        if partnered(map, &k, &v) && map.insert_new(&k, &v) {
+            back.push((k, v));
+        }
+    }
+    back.retain(|(k, v)| is_original(v) || partnered(map, k, v) || !remove_if_held(map, k, v));
+    // A reply half that did not go back, under a key the map gave another entry: the
+    // original half in the map whose reply half it was has none now.
+    for (k, v) in replies.iter().filter(|e| !back.contains(e)) {
+        let ok = partner(k, v);
+        if let Some(ov) = map.entry(&ok).filter(|ov| is_original(ov) && partner(&ok, ov) == *k) {
+            if !partnered(map, &ok, &ov) {
+                remove_if_held(map, &ok, &ov);
+            }
+        }
+    }
+    back
+}
+
+/// Removes the entry under `k` when it is `v` still (a program may have made another
+/// there since); true when it went.
+fn remove_if_held(map: &mut impl NatEntries, k: &NatKey, v: &NatValue) -> bool {
+    let held = map.entry(k) == Some(*v);
+    if held {
+        map.remove(k);
+    }
+    held
+}
+
+/// Whether the map holds, under the partner key of `k`'s entry `v`, an entry whose
+/// partner is `k`.
+fn partnered(map: &impl NatEntries, k: &NatKey, v: &NatValue) -> bool {
+    let pk = partner(k, v);
+    map.entry(&pk).is_some_and(|pv| partner(&pk, &pv) == *k)
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -89,7 +147,7 @@ mod tests {
         PROTO_TCP,
     };
 
-    use super::{taken_to_restore, translations_met};
+    use super::{put_back, taken_to_restore, translations_met, NatEntries};
 
     /// An agent-domain NAT map as the programs fill it: a translation of tuple `key` and
     /// its reply half.
@@ -224,5 +282,67 @@ mod tests {
         // living on brings it no life.
         let fresh_ni = source_pair(ni_out, ni_veth, 62000, NOW);
         assert!(taken_to_restore(&old_uplink[..1], NOW, map(fresh_ni.to_vec())).is_empty());
+    }
+
+    impl NatEntries for HashMap<NatKey, NatValue> {
+        fn entry(&self, k: &NatKey) -> Option<NatValue> {
+            self.get(k).copied()
+        }
+
+        fn insert_new(&mut self, k: &NatKey, v: &NatValue) -> bool {
+            if self.contains_key(k) {
+                return false;
+            }
+            self.insert(*k, *v);
+            true
+        }
+
+        fn remove(&mut self, k: &NatKey) {
+            HashMap::remove(self, k);
+        }
+    }
+
+    /// Entries put back go in as the programs make them, and no flow is left leaving by
+    /// a translation whose reply key another flow's entry holds (that flow's app would
+    /// get its answers).
+    #[test]
+    fn a_translation_goes_back_only_with_its_own_reply_half() {
+        let (veth_a, veth_c, uplink, remote) = ([169, 254, 100, 2], [169, 254, 100, 6], [192, 168, 0, 2], [10, 99, 0, 10]);
+        let a = tuple((veth_a, 40000), (remote, 80));
+        let [a_orig, a_reply] = source_pair(a, uplink, 62000, NOW);
+        // Another NI's flow to the same remote, given the same port meanwhile: its reply
+        // half under A's reply key.
+        let [_, c_reply] = source_pair(tuple((veth_c, 41000), (remote, 80)), uplink, 62000, NOW);
+        assert_eq!(c_reply.0, a_reply.0);
+        let held = |entries: &[(NatKey, NatValue)]| -> HashMap<NatKey, NatValue> { entries.iter().copied().collect() };
+
+        // Both keys free: both halves back.
+        let mut nat = held(&[]);
+        let mut back = put_back(&[a_orig, a_reply], &mut nat);
+        back.sort_by_key(|(k, _)| *k != a);
+        assert_eq!((back, nat.len()), (vec![a_orig, a_reply], 2));
+        // The reply key another flow's: neither half back, C's entry untouched.
+        let mut nat = held(&[c_reply]);
+        assert!(put_back(&[a_orig, a_reply], &mut nat).is_empty());
+        assert_eq!(nat, held(&[c_reply]));
+        // The reply key holds the same flow's reply half made anew: the original half back.
+        let mut nat = held(&[a_reply]);
+        assert_eq!(put_back(&[a_orig, a_reply], &mut nat), vec![a_orig]);
+        assert_eq!(nat, held(&[a_orig, a_reply]));
+        // A's tuple given another port since (a newer translation under the original key):
+        // the old reply half does not stay, alone, holding its port.
+        let [newer_orig, newer_reply] = source_pair(a, uplink, 62001, NOW);
+        let mut nat = held(&[newer_orig, newer_reply]);
+        assert!(put_back(&[a_orig, a_reply], &mut nat).is_empty());
+        assert_eq!(nat, held(&[newer_orig, newer_reply]));
+        // The original half kept in the map (a packet used it as the sweep took its reply
+        // half), the reply key another flow's since: the original half goes too.
+        let mut nat = held(&[a_orig, c_reply]);
+        assert!(put_back(&[a_reply], &mut nat).is_empty());
+        assert_eq!(nat, held(&[c_reply]));
+        // Kept, its reply key free: the reply half back beside it.
+        let mut nat = held(&[a_orig]);
+        assert_eq!(put_back(&[a_reply], &mut nat), vec![a_reply]);
+        assert_eq!(nat, held(&[a_orig, a_reply]));
     }
 }
