@@ -75,10 +75,10 @@ pub const FLAG_END_ORIG: u8 = 1 << 4;
 pub const FLAG_END_REPLY: u8 = 1 << 5;
 /// The flow's end event went out (TCP close): expiry later adds no second one.
 pub const FLAG_ENDED: u8 = 1 << 6;
-/// TCP: a SYN without ACK from the original side of an established flow, not answered
-/// yet. Its old connection died silently and the client connects again from the same
-/// port; the entry is out of step with the ends, as the kernel's conntrack then is (it
-/// "ignores" that SYN and notes it). The SYN's own sequence number is not taken for the
+/// TCP: a SYN without ACK from the original side of an established (or half-closed)
+/// flow, not answered yet. Its old connection died silently and the client connects
+/// again from the same port; the entry is out of step with the ends, as the kernel's
+/// conntrack then is (it "ignores" that SYN and notes it). The SYN's own sequence number is not taken for the
 /// flow's (`track_tcp`): the client's RST at the old connection's number must still fit.
 /// The reply side's next packet settles it: an RST refusing the SYN is let through
 /// (`rst_acceptable`; the flag stays on the closed entry, whose RST an app-to-app flow's
@@ -188,12 +188,23 @@ pub fn rst_acceptable(entry: &CtValue, dir: usize, seq: u32, tcp_flags: u8) -> b
     distance.unsigned_abs() <= RST_WINDOW
 }
 
-/// A new connection on the tuple of one that is closing or closed (a client reusing its
-/// port within TIME_WAIT): a SYN without ACK starts a new flow, judged anew, as the
-/// kernel reopens it.
+/// A new connection on the tuple of one that is closed (a client reusing its port
+/// within TIME_WAIT): a SYN without ACK starts a new flow, judged anew, as the kernel
+/// reopens it. Not a half-closed one (FIN_WAIT), which the far end may still hold: there,
+/// as on an established flow, the SYN waits for the far end's answer (`FLAG_SYN_AGAIN`),
+/// as the kernel's conntrack ignores it; made the start of a new flow, its number would
+/// put the client's RST to the old connection (drawn by the far end's challenge ACK) out
+/// of the window, and the connect would hang.
 #[inline(always)]
 pub fn reopened_by(entry: &CtValue, tcp_flags: u8) -> bool {
-    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN && matches!(entry.tcp_state, TCP_FIN_WAIT | TCP_TIME_WAIT | TCP_CLOSE)
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN && matches!(entry.tcp_state, TCP_TIME_WAIT | TCP_CLOSE)
+}
+
+/// The states in which the far end may still hold the flow's connection: a SYN the client
+/// sends again on the tuple waits for its answer (`FLAG_SYN_AGAIN`).
+#[inline(always)]
+fn far_end_may_hold(state: u8) -> bool {
+    matches!(state, TCP_ESTABLISHED | TCP_FIN_WAIT)
 }
 
 /// A TCP packet with `tcp_flags`, whose segment ends at `end`, seen in direction `dir`
@@ -221,12 +232,13 @@ pub fn tcp_next(state: u8, conn_flags: u8, tcp_flags: u8, dir: usize) -> (u8, u8
     let syn = tcp_flags & TCP_SYN != 0;
     let ack = tcp_flags & TCP_ACK != 0;
     if cf & FLAG_SYN_AGAIN != 0 && dir == DIR_REPLY {
-        // The answer to a SYN sent again on an established flow (`FLAG_SYN_AGAIN`).
+        // The answer to a SYN sent again on the flow (`FLAG_SYN_AGAIN`).
         cf &= !FLAG_SYN_AGAIN;
-        if syn && ack && state == TCP_ESTABLISHED {
+        if syn && ack && far_end_may_hold(state) {
             // The far end took the new connection: the entry follows it, both ends'
-            // segments learned anew (this one's at once, by `track_tcp`).
-            return (TCP_SYN_RECV, cf & !(FLAG_END_ORIG | FLAG_END_REPLY));
+            // segments learned anew (this one's at once, by `track_tcp`), the old
+            // connection's FINs forgotten.
+            return (TCP_SYN_RECV, cf & !(FLAG_END_ORIG | FLAG_END_REPLY | FLAG_FIN_ORIG | FLAG_FIN_REPLY));
         }
     }
     if tcp_flags & TCP_FIN != 0 {
@@ -234,7 +246,7 @@ pub fn tcp_next(state: u8, conn_flags: u8, tcp_flags: u8, dir: usize) -> (u8, u8
         let both = cf & (FLAG_FIN_ORIG | FLAG_FIN_REPLY) == FLAG_FIN_ORIG | FLAG_FIN_REPLY;
         return (if both { TCP_TIME_WAIT } else { TCP_FIN_WAIT }, cf);
     }
-    if state == TCP_ESTABLISHED && syn && !ack && dir == DIR_ORIG {
+    if far_end_may_hold(state) && syn && !ack && dir == DIR_ORIG {
         cf |= FLAG_SYN_AGAIN;
     }
     let next = match state {
@@ -431,15 +443,45 @@ mod tests {
     }
 
     #[test]
-    fn a_syn_reopens_a_closing_flow() {
-        for state in [TCP_FIN_WAIT, TCP_TIME_WAIT, TCP_CLOSE] {
+    fn a_syn_reopens_a_closed_flow() {
+        for state in [TCP_TIME_WAIT, TCP_CLOSE] {
             let e = CtValue { tcp_state: state, ..CtValue::default() };
             assert!(reopened_by(&e, TCP_SYN));
             assert!(!reopened_by(&e, TCP_SYN | TCP_ACK));
             assert!(!reopened_by(&e, TCP_ACK));
         }
-        let e = CtValue { tcp_state: TCP_ESTABLISHED, ..CtValue::default() };
-        assert!(!reopened_by(&e, TCP_SYN), "a SYN inside a live flow changes nothing");
+        for state in [TCP_ESTABLISHED, TCP_FIN_WAIT] {
+            let e = CtValue { tcp_state: state, ..CtValue::default() };
+            assert!(!reopened_by(&e, TCP_SYN), "a SYN inside a live or half-closed flow waits for the far end");
+        }
+    }
+
+    /// Half closed by the client (its FIN seen and acknowledged), then dropped silently:
+    /// its SYN from the same port waits as on an established flow; taken, the entry
+    /// follows the new connection without the old one's FIN (one FIN of the new one
+    /// does not close it); the far end's challenge ACK lets the client's RST through.
+    #[test]
+    fn a_syn_again_on_a_half_closed_flow_waits_for_the_far_ends_answer() {
+        let half = CtValue {
+            tcp_state: TCP_FIN_WAIT,
+            flags: FLAG_END_ORIG | FLAG_END_REPLY | FLAG_FIN_ORIG,
+            tcp_end: [5_001, 9_000_000],
+            ..CtValue::default()
+        };
+        let mut waiting = half;
+        track_tcp(&mut waiting, DIR_ORIG, TCP_SYN, 5_000 + (8 << 20));
+        assert_eq!((waiting.tcp_state, waiting.flags & FLAG_SYN_AGAIN, waiting.tcp_end), (TCP_FIN_WAIT, FLAG_SYN_AGAIN, half.tcp_end));
+        let mut taken = waiting;
+        track_tcp(&mut taken, DIR_REPLY, TCP_SYN | TCP_ACK, 77);
+        assert_eq!((taken.tcp_state, taken.flags & (FLAG_SYN_AGAIN | FLAG_FIN_ORIG | FLAG_END_ORIG)), (TCP_SYN_RECV, 0));
+        track_tcp(&mut taken, DIR_ORIG, TCP_ACK, 5_000 + (8 << 20));
+        track_tcp(&mut taken, DIR_REPLY, TCP_FIN | TCP_ACK, 78);
+        assert_eq!(taken.tcp_state, TCP_FIN_WAIT, "one FIN of the new connection");
+        let mut challenged = waiting;
+        track_tcp(&mut challenged, DIR_REPLY, TCP_ACK, 9_000_000);
+        assert_eq!(challenged.flags & FLAG_SYN_AGAIN, 0);
+        assert!(rst_acceptable(&challenged, DIR_ORIG, 5_001, TCP_RST));
+        assert!(rst_acceptable(&waiting, DIR_REPLY, 0, TCP_RST | TCP_ACK), "the refusal");
     }
 
     #[test]

@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn only_replies_the_port_would_just_count_skip_it() {
-        use crate::ct::{DIR_ORIG, TCP_ESTABLISHED, TCP_FIN_WAIT};
+        use crate::ct::{DIR_ORIG, TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_TIME_WAIT};
         let iface = IfaceInfo { acl_id: 7, gateway: [10, 1, 0, 1], flags: IFACE_FLAG_APP_NETNS, ..IfaceInfo::default() };
         let entry = CtValue { acl_id: 7, tcp_state: TCP_ESTABLISHED, last_seen_ns: 1_000, ..CtValue::default() };
         let reply = Flow { src: [10, 99, 0, 10], dst: [10, 1, 0, 2], sport: 80, dport: 40000, tcp_flags: 0x10, ..flow() };
@@ -292,10 +292,12 @@ mod tests {
         assert!(!reply_may_skip_port(&changed, &entry, DIR_REPLY, &reply, now), "judged under another ACL");
         assert!(!reply_may_skip_port(&iface, &entry, DIR_ORIG, &reply, now), "the flow's original direction");
         assert!(!reply_may_skip_port(&iface, &entry, DIR_REPLY, &reply, u64::MAX), "expired");
-        let closing = CtValue { tcp_state: TCP_FIN_WAIT, ..entry };
+        let closed = CtValue { tcp_state: TCP_TIME_WAIT, ..entry };
         let syn = Flow { tcp_flags: 0x02, ..reply };
-        assert!(reply_may_skip_port(&iface, &closing, DIR_REPLY, &reply, now));
-        assert!(!reply_may_skip_port(&iface, &closing, DIR_REPLY, &syn, now), "a SYN reopening a closing flow");
+        assert!(reply_may_skip_port(&iface, &closed, DIR_REPLY, &reply, now));
+        assert!(!reply_may_skip_port(&iface, &closed, DIR_REPLY, &syn, now), "a SYN reopening a closed flow");
+        let half_closed = CtValue { tcp_state: TCP_FIN_WAIT, ..entry };
+        assert!(reply_may_skip_port(&iface, &half_closed, DIR_REPLY, &syn, now), "a half-closed flow reopens on no SYN");
         let metadata = Flow { src: iface.gateway, sport: 80, ..reply };
         assert!(!reply_may_skip_port(&iface, &entry, DIR_REPLY, &metadata, now), "the metadata server's answer");
     }

@@ -315,7 +315,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             }
             let made = match found {
                 Some(old) if !ct::is_expired(unsafe { &*old }, flow.proto, now + CLOCK_SLACK_NS) => {
-                    // A closing flow's tuple reopened by a SYN (a client's ports come
+                    // A closed flow's tuple reopened by a SYN (a client's ports come
                     // round): rewritten in place. A map update would take a new element
                     // off the LRU's free lists and push the old one back, under their
                     // locks: a tenth of the programs' time per connection where every
@@ -397,7 +397,7 @@ fn learn_address(ctx: &TcContext, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flo
     }
 }
 
-/// A SYN on the tuple of a closing TCP flow starts a new one (judged anew).
+/// A SYN on the tuple of a closed TCP flow starts a new one (judged anew).
 #[inline(always)]
 fn reopens(entry: &CtValue, flow: &Flow) -> bool {
     flow.proto == PROTO_TCP && ct::reopened_by(entry, flow.tcp_flags)

@@ -12,8 +12,9 @@ server IP PORT GO MODE BULK
               and accepts the new connection, echoes one line and, after the
               client's next, closes it
     prints "done"
-client IP PORT SPORT AGAIN TIMEOUT BULK
-    connects from port SPORT, has one line echoed, reads BULK bytes more, drops the
+client IP PORT SPORT AGAIN TIMEOUT BULK [half|whole]
+    connects from port SPORT, has one line echoed, reads BULK bytes more (with "half":
+    closes its sending side, a FIN the server acknowledges), drops the
     connection silently and
     prints "forgot"; once the file AGAIN exists connects again from SPORT (TIMEOUT
     seconds at most) and prints "refused", "timeout" or the error, or once connected
@@ -79,6 +80,7 @@ if mode == "server":
     print("done", flush=True)
 else:
     sport, again, timeout, bulk = int(sys.argv[4]), sys.argv[5], float(sys.argv[6]), int(sys.argv[7])
+    half = sys.argv[8:] == ["half"]
 
     def connect():
         s = socket.socket()
@@ -93,6 +95,10 @@ else:
     assert read_exactly(s, 6) == b"hello\n"
     while bulk > 0:
         bulk -= len(read_exactly(s, min(bulk, 1 << 20)))
+    if half:
+        s.shutdown(socket.SHUT_WR)
+        # (The server's ACK of the FIN: a round trip, here or in an emulated VM.)
+        time.sleep(0.3 * float(os.environ.get("NETNS_TEST_TIME_SCALE", "1")))
     forget(s)
     print("forgot", flush=True)
     wait_for(again)

@@ -508,7 +508,13 @@ fn an_out_of_window_rst_closes_nothing() {
 ///   SYN half a second on, its number 8M past the old one's: taken for the flow's, it
 ///   put that RST out of the window, and it was dropped.
 ///
-/// Not one RST dropped in all three; the blind RSTs of
+/// The three again, the client's connection half closed before it was dropped (its FIN
+/// seen and acknowledged: the entry in FIN_WAIT, the server's end in CLOSE_WAIT). In
+/// **keep**, that SYN started a new flow (as a SYN reopens a closed one), whose number
+/// put the client's RST to the old connection out of the window: dropped, and the
+/// connect hung. It now waits for the far end's answer as on an established flow.
+///
+/// Not one RST dropped in all six; the blind RSTs of
 /// `an_out_of_window_rst_closes_nothing` still are.
 #[test]
 fn a_reconnect_over_a_silently_dead_flow_is_settled_by_the_far_end() {
@@ -518,13 +524,20 @@ fn a_reconnect_over_a_silently_dead_flow_is_settled_by_the_far_end() {
     let files = s.scratch_dir("reconnect");
     // Long enough for the SYN's retries to outlast it when an RST is dropped (1, 2, 4 s).
     let timeout = scaled(Duration::from_secs(10)).as_secs().to_string();
-    let cases =
-        [("refuse", "40123", "0", "refused"), ("take", "40124", "67108864", "echoed reset"), ("keep", "40125", "0", "echoed closed")];
-    for (how, sport, bulk, expected) in cases {
-        let (go, again) = (files.join(format!("{how}-go")), files.join(format!("{how}-again")));
+    let cases = [
+        ("refuse", "40123", "0", "refused"),
+        ("take", "40124", "67108864", "echoed reset"),
+        ("keep", "40125", "0", "echoed closed"),
+        ("refuse", "40126", "0", "refused"),
+        ("take", "40127", "67108864", "echoed reset"),
+        ("keep", "40128", "0", "echoed closed"),
+    ];
+    for (i, (how, sport, bulk, expected)) in cases.into_iter().enumerate() {
+        let half = if i >= 3 { "half" } else { "whole" };
+        let (go, again) = (files.join(format!("{how}-{half}-go")), files.join(format!("{how}-{half}-again")));
         let mut server = s.background(&s.inet, &["python3", "-u", &script, "server", INET_IP, "7000", go.to_str().unwrap(), how, bulk]);
         assert_eq!(server.read_line().trim(), "ready", "{how}: the server did not start");
-        let client_args = ["python3", "-u", &script, "client", INET_IP, "7000", sport, again.to_str().unwrap(), &timeout, bulk];
+        let client_args = ["python3", "-u", &script, "client", INET_IP, "7000", sport, again.to_str().unwrap(), &timeout, bulk, half];
         let mut client = s.background(&app1, &client_args);
         assert_eq!(client.read_line().trim(), "forgot", "{how}: the client's first connection");
         std::fs::write(&go, "").unwrap();
@@ -533,10 +546,15 @@ fn a_reconnect_over_a_silently_dead_flow_is_settled_by_the_far_end() {
         let outcome = client.read_line();
         let server_said = server.read_line();
         let after = s.counter("drop_tcp_rst");
-        println!("{how}: reconnect from port {sport}: {}; drop_tcp_rst {before} -> {after}", outcome.trim());
-        assert_eq!(outcome.trim(), expected, "{how}: the app's new connection (drop_tcp_rst {before} -> {after})\n{}", s.agent_log());
-        assert_eq!(server_said.trim(), "done", "{how}: the server");
-        assert_eq!(after, before, "{how}: no RST dropped");
+        println!("{how} ({half} connection): reconnect from port {sport}: {}; drop_tcp_rst {before} -> {after}", outcome.trim());
+        assert_eq!(
+            outcome.trim(),
+            expected,
+            "{how} ({half}): the app's new connection (drop_tcp_rst {before} -> {after})\n{}",
+            s.agent_log()
+        );
+        assert_eq!(server_said.trim(), "done", "{how} ({half}): the server");
+        assert_eq!(after, before, "{how} ({half}): no RST dropped");
     }
 }
 
