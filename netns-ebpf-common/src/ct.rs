@@ -189,15 +189,21 @@ pub fn rst_acceptable(entry: &CtValue, dir: usize, seq: u32, tcp_flags: u8) -> b
 }
 
 /// A new connection on the tuple of one that is closed (a client reusing its port
-/// within TIME_WAIT): a SYN without ACK starts a new flow, judged anew, as the kernel
-/// reopens it. Not a half-closed one (FIN_WAIT), which the far end may still hold: there,
-/// as on an established flow, the SYN waits for the far end's answer (`FLAG_SYN_AGAIN`),
-/// as the kernel's conntrack ignores it; made the start of a new flow, its number would
-/// put the client's RST to the old connection (drawn by the far end's challenge ACK) out
-/// of the window, and the connect would hang.
+/// within TIME_WAIT): a SYN without ACK (travelling in `dir` of the flow) starts a new
+/// flow, judged anew, as the kernel reopens it. On a half-closed one (FIN_WAIT), which
+/// the far end may still hold, only the far end's SYN does (judged anew, as before; the
+/// kernel's conntrack calls it invalid): the client's waits for the far end's answer as
+/// on an established flow (`FLAG_SYN_AGAIN`), as the kernel's conntrack ignores it; made
+/// the start of a new flow, its number would put the client's RST to the old connection
+/// (drawn by the far end's challenge ACK) out of the window, and the connect would hang.
 #[inline(always)]
-pub fn reopened_by(entry: &CtValue, tcp_flags: u8) -> bool {
-    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN && matches!(entry.tcp_state, TCP_TIME_WAIT | TCP_CLOSE)
+pub fn reopened_by(entry: &CtValue, tcp_flags: u8, dir: usize) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+        && match entry.tcp_state {
+            TCP_TIME_WAIT | TCP_CLOSE => true,
+            TCP_FIN_WAIT => dir == DIR_REPLY,
+            _ => false,
+        }
 }
 
 /// The states in which the far end may still hold the flow's connection: a SYN the client
@@ -446,14 +452,18 @@ mod tests {
     fn a_syn_reopens_a_closed_flow() {
         for state in [TCP_TIME_WAIT, TCP_CLOSE] {
             let e = CtValue { tcp_state: state, ..CtValue::default() };
-            assert!(reopened_by(&e, TCP_SYN));
-            assert!(!reopened_by(&e, TCP_SYN | TCP_ACK));
-            assert!(!reopened_by(&e, TCP_ACK));
+            for dir in [DIR_ORIG, DIR_REPLY] {
+                assert!(reopened_by(&e, TCP_SYN, dir));
+                assert!(!reopened_by(&e, TCP_SYN | TCP_ACK, dir));
+                assert!(!reopened_by(&e, TCP_ACK, dir));
+            }
         }
         for state in [TCP_ESTABLISHED, TCP_FIN_WAIT] {
             let e = CtValue { tcp_state: state, ..CtValue::default() };
-            assert!(!reopened_by(&e, TCP_SYN), "a SYN inside a live or half-closed flow waits for the far end");
+            assert!(!reopened_by(&e, TCP_SYN, DIR_ORIG), "the client's SYN inside a live or half-closed flow waits for the far end");
         }
+        let half = CtValue { tcp_state: TCP_FIN_WAIT, ..CtValue::default() };
+        assert!(reopened_by(&half, TCP_SYN, DIR_REPLY), "the far end's SYN on a half-closed flow is judged anew");
     }
 
     /// Half closed by the client (its FIN seen and acknowledged), then dropped silently:

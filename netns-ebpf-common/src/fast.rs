@@ -181,7 +181,7 @@ pub fn reply_may_skip_port(iface: &IfaceInfo, entry: &CtValue, dir: usize, flow:
         && entry.acl_id == iface.acl_id
         && dir == DIR_REPLY
         && !ct::is_expired(entry, flow.proto, now_ns)
-        && !(flow.proto == PROTO_TCP && ct::reopened_by(entry, flow.tcp_flags))
+        && !(flow.proto == PROTO_TCP && ct::reopened_by(entry, flow.tcp_flags, dir))
         && !is_metadata_answer(iface, flow)
 }
 
@@ -297,7 +297,8 @@ mod tests {
         assert!(reply_may_skip_port(&iface, &closed, DIR_REPLY, &reply, now));
         assert!(!reply_may_skip_port(&iface, &closed, DIR_REPLY, &syn, now), "a SYN reopening a closed flow");
         let half_closed = CtValue { tcp_state: TCP_FIN_WAIT, ..entry };
-        assert!(reply_may_skip_port(&iface, &half_closed, DIR_REPLY, &syn, now), "a half-closed flow reopens on no SYN");
+        assert!(reply_may_skip_port(&iface, &half_closed, DIR_REPLY, &reply, now));
+        assert!(!reply_may_skip_port(&iface, &half_closed, DIR_REPLY, &syn, now), "the far end's SYN reopening a half-closed flow");
         let metadata = Flow { src: iface.gateway, sport: 80, ..reply };
         assert!(!reply_may_skip_port(&iface, &entry, DIR_REPLY, &metadata, now), "the metadata server's answer");
     }

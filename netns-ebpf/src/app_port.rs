@@ -177,7 +177,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     let (key, a_to_b) = CtKey::new(zone, flow);
     let found = CT.get_ptr_mut(&key);
     let verdict = match found {
-        Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) && !reopens(unsafe { &*entry }, flow) => {
+        Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) && !reopens(unsafe { &*entry }, flow, a_to_b) => {
             let entry = unsafe { &mut *entry };
             // The direction this packet travels in the flow (an ICMP error travels against
             // the packet it quotes).
@@ -397,10 +397,11 @@ fn learn_address(ctx: &TcContext, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flo
     }
 }
 
-/// A SYN on the tuple of a closed TCP flow starts a new one (judged anew).
+/// A SYN on the tuple of a closed TCP flow starts a new one (judged anew; `ct::reopened_by`
+/// says which). `a_to_b`: the packet's way along the key.
 #[inline(always)]
-fn reopens(entry: &CtValue, flow: &Flow) -> bool {
-    flow.proto == PROTO_TCP && ct::reopened_by(entry, flow.tcp_flags)
+fn reopens(entry: &CtValue, flow: &Flow, a_to_b: bool) -> bool {
+    flow.proto == PROTO_TCP && ct::reopened_by(entry, flow.tcp_flags, entry.direction(a_to_b != flow.related))
 }
 
 /// Counts a dropped flow's packet in its record (made from `fresh`, the entry its first

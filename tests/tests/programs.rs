@@ -294,7 +294,7 @@ fn ct_counted(l: &Loaded) -> u32 {
     zone_use.get(&l.zone, 0).unwrap().ct
 }
 
-/// A SYN that reopens a closing flow's entry (a client's port come round again, as wrk's
+/// A SYN that reopens a closed flow's entry (a client's port come round again, as wrk's
 /// do at thousands of connections a second) replaces that entry: its NI's share counts
 /// the tuple once. Counted again, a client's reused ports drove the count up to
 /// "pressed" (the agent sweeping every second) and on to refusing flows, while the map
@@ -315,6 +315,8 @@ fn a_reopened_flow_takes_no_more_of_its_nis_share() {
         assert_eq!((packets, ct::tcp_state_name(state)), ([1, 0], "SYN_SENT"), "round {round}: the flow made anew");
         let fin = frame::ipv4(PROTO_TCP, l.app(40000), web, TCP_FIN | TCP_ACK, b"");
         assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &fin).verdict, TC_ACT_OK, "round {round}: the app's FIN");
+        let server_fin = frame::ipv4(PROTO_TCP, web, l.app(40000), TCP_FIN | TCP_ACK, b"");
+        assert_eq!(l.run(prog_names::APP_PORT_TO_APP, &server_fin).verdict, TC_ACT_OK, "round {round}: the server's FIN");
         assert_eq!(ct_counted(&l), before + 1, "round {round}: the tuple counts once");
     }
     assert_eq!(l.counter(Stat::CtNew), 3, "each SYN made the flow anew");
@@ -325,23 +327,30 @@ fn a_reopened_flow_takes_no_more_of_its_nis_share() {
     assert_eq!(ct_counted(&l), before + 2, "a new tuple counts");
 }
 
-/// A flow whose entry a new flow on its tuple takes before the flow's end went out (a SYN
-/// after the app's FIN, a packet after the entry expired) ends on record then, with its
-/// final counters: the sweep, which ends the others, never sees it go.
+/// A flow whose entry a new flow on its tuple takes before the flow's end went out (the
+/// far end's SYN after the app's FIN, a packet after the entry expired) ends on record
+/// then, with its final counters: the sweep, which ends the others, never sees it go.
+/// (The app's own SYN there waits for the far end's answer on the flow's entry: see
+/// `ct::reopened_by`.) The far end is the NI's gateway, which may start a flow to an app.
 #[test]
 fn a_flow_whose_entry_a_new_flow_takes_ends_on_record() {
     let l = Loaded::new();
-    let web = remote([10, 99, 0, 10], 80);
-    for flags in [TCP_SYN, TCP_ACK, TCP_FIN | TCP_ACK, TCP_SYN] {
-        let packet = frame::ipv4(PROTO_TCP, l.app(40000), web, flags, b"data");
+    let gateway = remote([10, 10, 1, 1], 53);
+    for flags in [TCP_SYN, TCP_ACK, TCP_FIN | TCP_ACK] {
+        let packet = frame::ipv4(PROTO_TCP, l.app(40000), gateway, flags, b"data");
         assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &packet).verdict, TC_ACT_OK);
     }
+    let own_syn = frame::ipv4(PROTO_TCP, l.app(40000), gateway, TCP_SYN, b"");
+    assert_eq!(l.run(prog_names::APP_PORT_FROM_APP, &own_syn).verdict, TC_ACT_OK);
+    assert_eq!(l.maps.flows()[0].1.packets, [4, 0], "the app's SYN on its half-closed flow: that flow's packet");
+    let far_syn = frame::ipv4(PROTO_TCP, gateway, l.app(40000), TCP_SYN, b"data");
+    assert_eq!(l.run(prog_names::APP_PORT_TO_APP, &far_syn).verdict, TC_ACT_OK);
     let events = l.events();
     let seen: Vec<(u8, [u64; 2])> = events.iter().map(|e| (e.kind, e.value.packets)).collect();
     assert_eq!(
         seen,
-        [(EVENT_START, [1, 0]), (EVENT_REPLACED, [3, 0]), (EVENT_START, [1, 0])],
-        "the first flow starts, ends with its three packets when the SYN takes its tuple, and the second starts"
+        [(EVENT_START, [1, 0]), (EVENT_REPLACED, [4, 0]), (EVENT_START, [1, 0])],
+        "the first flow starts, ends with its four packets when the far end's SYN takes its tuple, and the second starts"
     );
     assert_eq!(events[1].value.first_seen_ns, events[0].value.first_seen_ns, "the end is the first flow's");
 }

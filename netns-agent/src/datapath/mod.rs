@@ -347,17 +347,23 @@ fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
-impl translations::NatEntries for HashMap<MapData, NatKey, NatValue> {
+/// The NAT map as the sweep's put-back writes it (`translations::put_back`).
+struct SweptNat<'a> {
+    map: &'a mut HashMap<MapData, NatKey, NatValue>,
+    batch: &'a BatchMap,
+}
+
+impl translations::NatEntries for SweptNat<'_> {
     fn entry(&self, k: &NatKey) -> Option<NatValue> {
-        self.get(k, 0).ok()
+        self.map.get(k, 0).ok()
     }
 
     fn insert_new(&mut self, k: &NatKey, v: &NatValue) -> bool {
-        self.insert(k, v, BPF_NOEXIST).is_ok()
+        self.map.insert(k, v, BPF_NOEXIST).is_ok()
     }
 
-    fn remove(&mut self, k: &NatKey) {
-        let _ = HashMap::remove(self, k);
+    fn take(&mut self, k: &NatKey) -> Option<NatValue> {
+        self.batch.take(k)
     }
 }
 
@@ -937,12 +943,17 @@ impl Maps {
         let restored =
             translations::taken_to_restore(&translations, now_ns, |k| linked.contains_key(k).then(|| self.nat.get(k, 0).ok()).flatten());
         if !restored.is_empty() {
-            let back = translations::put_back(&restored, &mut self.nat);
-            if !back.is_empty() {
-                info!("{} translation entries put back: their translations were used while the sweep took them", back.len());
+            let out = translations::put_back(&restored, &mut SweptNat { map: &mut self.nat, batch: nat_batch });
+            if !out.back.is_empty() {
+                info!("{} translation entries put back: their translations were used while the sweep took them", out.back.len());
             }
-            translations.retain(|e| !back.contains(e));
-            translations_left.extend(back);
+            if !out.taken_out.is_empty() {
+                info!("{} translation entries taken out: their tuples went to other flows while the sweep held them", out.taken_out.len());
+            }
+            translations.retain(|e| !out.back.contains(e));
+            translations_left.retain(|e| !out.taken_out.contains(e));
+            translations_left.extend(out.back);
+            translations.extend(out.taken_out);
         }
         for (k, v) in &translations_left {
             nat_use[(nat::owner_zone(k.domain, [k.src, k.dst, v.addr]) % MAX_ZONES) as usize] += 1;

@@ -7,7 +7,10 @@ use std::{
     collections::{HashMap, HashSet},
 };
 
-use netns_ebpf_common::nat::{links, partner, translation_expired, NatKey, NatValue, NAT_FLAG_ORIG};
+use netns_ebpf_common::{
+    fast::ni_end_zone,
+    nat::{across, inner_of, links, partner, translation_expired, NatKey, NatValue, DOMAIN_AGENT, NAT_FLAG_INNER, NAT_FLAG_ORIG},
+};
 
 /// The translations tuples `leaving` meet in their domain, each with its reply half:
 /// the first one keyed by the tuple, then the one keyed by the tuple it made, and so on.
@@ -82,50 +85,79 @@ pub trait NatEntries {
     fn entry(&self, k: &NatKey) -> Option<NatValue>;
     /// Inserts `v` under `k` unless the key holds an entry (BPF_NOEXIST); false: it did.
     fn insert_new(&mut self, k: &NatKey, v: &NatValue) -> bool;
-    fn remove(&mut self, k: &NatKey);
+    /// Removes the entry under `k` and returns it, in one step (a program may write the
+    /// key at any time).
+    fn take(&mut self, k: &NatKey) -> Option<NatValue>;
+}
+
+/// What `put_back` did: the entries back in the map, and those it took out of it (the
+/// sweep had left them: halves of translations it could not make whole again).
+#[derive(Debug, Default, PartialEq)]
+pub struct PutBack {
+    pub back: Vec<(NatKey, NatValue)>,
+    pub taken_out: Vec<(NatKey, NatValue)>,
 }
 
 /// Puts back the entries `taken_to_restore` chose, as the programs make a translation:
 /// the reply halves first (BPF_NOEXIST: a key the programs gave an entry since keeps
 /// it), then each original half whose reply half the map now holds (its own, or the same
 /// flow's made anew); last, a reply half put back whose original half the map does not
-/// hold goes again. A reply key can have gone to another flow while the sweep ran (its
-/// port given to another app's flow to the same remote): a flow whose original half is
-/// in the map (put back, or kept by the sweep as a packet used it) without its own reply
-/// half would leave by a translation whose answers that flow's entry takes to its app;
-/// such an original half is taken out too (the flow's next packet gets a translation
-/// anew). Returns the entries back in the map.
-pub fn put_back(restored: &[(NatKey, NatValue)], map: &mut impl NatEntries) -> Vec<(NatKey, NatValue)> {
-    let is_original = |v: &NatValue| v.flags & NAT_FLAG_ORIG != 0;
+/// hold goes again. A key can have gone to another flow while the sweep ran (its port
+/// given to another app's flow to the same remote), and the programs' own check of it
+/// (`forget_stale_uplink`) found nothing then, as the sweep held the entries. So that no
+/// flow's answers reach another flow's app:
+/// - an original half in the map (put back, or kept as a packet used it) whose reply key
+///   went to another flow goes (the flow's next packet gets a translation anew);
+/// - a flow's translation at the uplink whose reply half carries its app
+///   (`NAT_FLAG_INNER`) goes where the NI's reply tuple it leads to went to another app's
+///   flow (which would leave by it, its answers carried to that app), as
+///   `forget_stale_uplink` would have removed it.
+pub fn put_back(restored: &[(NatKey, NatValue)], map: &mut impl NatEntries) -> PutBack {
+    let mut out = PutBack::default();
     let (originals, replies): (Vec<(NatKey, NatValue)>, Vec<_>) = restored.iter().partition(|(_, v)| is_original(v));
-    let mut back: Vec<(NatKey, NatValue)> = replies.iter().filter(|(k, v)| map.insert_new(k, v)).copied().collect();
+    out.back = replies.iter().filter(|(k, v)| map.insert_new(k, v)).copied().collect();
     for (k, v) in originals {
         if partnered(map, &k, &v) && map.insert_new(&k, &v) {
-            back.push((k, v));
+            out.back.push((k, v));
         }
     }
-    back.retain(|(k, v)| is_original(v) || partnered(map, k, v) || !remove_if_held(map, k, v));
+    out.back.retain(|(k, v)| is_original(v) || partnered(map, k, v) || !take_if_held(map, k, v));
     // A reply half that did not go back, under a key the map gave another entry: the
     // original half in the map whose reply half it was has none now.
-    for (k, v) in replies.iter().filter(|e| !back.contains(e)) {
+    for (k, v) in replies.iter().filter(|e| !out.back.contains(e)) {
         let ok = partner(k, v);
-        if let Some(ov) = map.entry(&ok).filter(|ov| is_original(ov) && partner(&ok, ov) == *k) {
-            if !partnered(map, &ok, &ov) {
-                remove_if_held(map, &ok, &ov);
+        if let Some(ov) = map.entry(&ok).filter(|ov| is_original(ov) && partner(&ok, ov) == *k && !partnered(map, &ok, ov)) {
+            if take_if_held(map, &ok, &ov) {
+                out.taken_out.push((ok, ov));
             }
         }
     }
-    back
+    // Uplink pairs (reply halves carrying an app) that now lead to another app's NI
+    // reply tuple: each pair once, whichever of its halves came back.
+    let mut stale: Vec<(NatKey, NatValue)> = Vec::new();
+    for (k, v) in &out.back {
+        let reply = if is_original(v) { map.entry(&partner(k, v)).map(|rv| (partner(k, v), rv)) } else { Some((*k, *v)) };
+        if let Some((rk, rv)) = reply.filter(|(rk, rv)| leads_to_another_app(map, rk, rv) && !stale.contains(&(*rk, *rv))) {
+            stale.push((rk, rv));
+        }
+    }
+    for (rk, rv) in stale {
+        let ok = partner(&rk, &rv);
+        for (k, v) in [(rk, Some(rv)), (ok, map.entry(&ok))] {
+            let Some(v) = v.filter(|v| take_if_held(map, &k, v)) else { continue };
+            match out.back.iter().position(|e| *e == (k, v)) {
+                Some(i) => {
+                    out.back.remove(i);
+                }
+                None => out.taken_out.push((k, v)),
+            }
+        }
+    }
+    out
 }
 
-/// Removes the entry under `k` when it is `v` still (a program may have made another
-/// there since); true when it went.
-fn remove_if_held(map: &mut impl NatEntries, k: &NatKey, v: &NatValue) -> bool {
-    let held = map.entry(k) == Some(*v);
-    if held {
-        map.remove(k);
-    }
-    held
+fn is_original(v: &NatValue) -> bool {
+    v.flags & NAT_FLAG_ORIG != 0
 }
 
 /// Whether the map holds, under the partner key of `k`'s entry `v`, an entry whose
@@ -133,6 +165,31 @@ fn remove_if_held(map: &mut impl NatEntries, k: &NatKey, v: &NatValue) -> bool {
 fn partnered(map: &impl NatEntries, k: &NatKey, v: &NatValue) -> bool {
     let pk = partner(k, v);
     map.entry(&pk).is_some_and(|pv| partner(&pk, &pv) == *k)
+}
+
+/// Whether `rv` (under `rk`), a reply half at an uplink that carries its flow's app
+/// (`NAT_FLAG_INNER`), leads to an NI reply tuple that another app's translation holds
+/// (`forget_stale_uplink`'s test).
+fn leads_to_another_app(map: &impl NatEntries, rk: &NatKey, rv: &NatValue) -> bool {
+    if rk.domain != DOMAIN_AGENT || rv.flags & NAT_FLAG_INNER == 0 {
+        return false;
+    }
+    let out_key = partner(rk, rv);
+    let Some(zone) = ni_end_zone(out_key.src) else { return false };
+    map.entry(&across(&out_key, zone)).is_some_and(|ni_reply| inner_of(&ni_reply) != Some((rv.inner_port, rv.inner_host)))
+}
+
+/// Takes the entry under `k` out when it is `v` still; another one (a program wrote the
+/// key since) goes back. True when `v` went.
+fn take_if_held(map: &mut impl NatEntries, k: &NatKey, v: &NatValue) -> bool {
+    match map.take(k) {
+        Some(held) if held == *v => true,
+        Some(other) => {
+            map.insert_new(k, &other);
+            false
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -143,11 +200,11 @@ mod tests {
     };
 
     use netns_ebpf_common::{
-        nat::{across, partner, NatKey, NatValue, DOMAIN_AGENT, NAT_FLAG_ORIG, NAT_FLAG_USED, REWRITE_DST, REWRITE_SRC},
+        nat::{across, partner, NatKey, NatValue, DOMAIN_AGENT, NAT_FLAG_INNER, NAT_FLAG_ORIG, NAT_FLAG_USED, REWRITE_DST, REWRITE_SRC},
         PROTO_TCP,
     };
 
-    use super::{put_back, taken_to_restore, translations_met, NatEntries};
+    use super::{put_back, taken_to_restore, translations_met, NatEntries, PutBack};
 
     /// An agent-domain NAT map as the programs fill it: a translation of tuple `key` and
     /// its reply half.
@@ -297,8 +354,8 @@ mod tests {
             true
         }
 
-        fn remove(&mut self, k: &NatKey) {
-            HashMap::remove(self, k);
+        fn take(&mut self, k: &NatKey) -> Option<NatValue> {
+            HashMap::remove(self, k)
         }
     }
 
@@ -318,31 +375,63 @@ mod tests {
 
         // Both keys free: both halves back.
         let mut nat = held(&[]);
-        let mut back = put_back(&[a_orig, a_reply], &mut nat);
+        let mut back = put_back(&[a_orig, a_reply], &mut nat).back;
         back.sort_by_key(|(k, _)| *k != a);
         assert_eq!((back, nat.len()), (vec![a_orig, a_reply], 2));
         // The reply key another flow's: neither half back, C's entry untouched.
         let mut nat = held(&[c_reply]);
-        assert!(put_back(&[a_orig, a_reply], &mut nat).is_empty());
+        assert_eq!(put_back(&[a_orig, a_reply], &mut nat), PutBack::default());
         assert_eq!(nat, held(&[c_reply]));
         // The reply key holds the same flow's reply half made anew: the original half back.
         let mut nat = held(&[a_reply]);
-        assert_eq!(put_back(&[a_orig, a_reply], &mut nat), vec![a_orig]);
+        assert_eq!(put_back(&[a_orig, a_reply], &mut nat).back, vec![a_orig]);
         assert_eq!(nat, held(&[a_orig, a_reply]));
         // A's tuple given another port since (a newer translation under the original key):
         // the old reply half does not stay, alone, holding its port.
         let [newer_orig, newer_reply] = source_pair(a, uplink, 62001, NOW);
         let mut nat = held(&[newer_orig, newer_reply]);
-        assert!(put_back(&[a_orig, a_reply], &mut nat).is_empty());
+        assert_eq!(put_back(&[a_orig, a_reply], &mut nat), PutBack::default());
         assert_eq!(nat, held(&[newer_orig, newer_reply]));
         // The original half kept in the map (a packet used it as the sweep took its reply
         // half), the reply key another flow's since: the original half goes too.
         let mut nat = held(&[a_orig, c_reply]);
-        assert!(put_back(&[a_reply], &mut nat).is_empty());
+        assert_eq!(put_back(&[a_reply], &mut nat), PutBack { back: vec![], taken_out: vec![a_orig] });
         assert_eq!(nat, held(&[c_reply]));
         // Kept, its reply key free: the reply half back beside it.
         let mut nat = held(&[a_orig]);
-        assert_eq!(put_back(&[a_reply], &mut nat), vec![a_reply]);
+        assert_eq!(put_back(&[a_reply], &mut nat).back, vec![a_reply]);
         assert_eq!(nat, held(&[a_orig, a_reply]));
+    }
+
+    /// A flow translated in its NI and at the uplink, the uplink's reply half carrying its
+    /// app (`NAT_FLAG_INNER`), app1's. While the sweep held the NI's reply half and the
+    /// uplink's, app2 of the same NI was given the same NI port to the same remote: its
+    /// NI reply half under app1's old key, whose uplink translation the programs found
+    /// nothing of to forget. Put back, the uplink pair would take app2's packets out and
+    /// carry their answers to app1: it goes, and app1's NI original half with it.
+    #[test]
+    fn an_uplink_pair_whose_ni_tuple_went_to_another_app_does_not_come_back() {
+        let (app1, app2, ni_veth, uplink, remote) = ([10, 10, 1, 2], [10, 10, 1, 3], [169, 254, 100, 2], [192, 168, 0, 2], [10, 99, 0, 10]);
+        let ni_out1 = NatKey { domain: 1, ..tuple((app1, 40000), (remote, 80)) };
+        let [ni1_orig, ni1_reply] = source_pair(ni_out1, ni_veth, 62000, NOW);
+        let ni_out2 = NatKey { domain: 1, ..tuple((app2, 41000), (remote, 80)) };
+        let [ni2_orig, ni2_reply] = source_pair(ni_out2, ni_veth, 62000, NOW);
+        assert_eq!(ni2_reply.0, ni1_reply.0, "the same NI reply tuple");
+        let [up_orig, mut up_reply] = source_pair(across(&ni1_reply.0, DOMAIN_AGENT), uplink, 62000, NOW);
+        up_reply.1.flags |= NAT_FLAG_INNER;
+        (up_reply.1.inner_port, up_reply.1.inner_host) = (40000, [1, 2]);
+        let held = |entries: &[(NatKey, NatValue)]| -> HashMap<NatKey, NatValue> { entries.iter().copied().collect() };
+
+        let mut nat = held(&[ni1_orig, up_orig, ni2_orig, ni2_reply]);
+        let out = put_back(&[ni1_reply, up_reply], &mut nat);
+        assert_eq!(out.back, vec![], "neither app1's NI reply half (app2's key now) nor its uplink reply half");
+        let mut taken_out = out.taken_out;
+        taken_out.sort_by_key(|(k, _)| k.domain != 1);
+        assert_eq!(taken_out, vec![ni1_orig, up_orig]);
+        assert_eq!(nat, held(&[ni2_orig, ni2_reply]), "app2's translation alone: its packets get one of their own at the uplink");
+        // The NI reply key still app1's: the chain comes back whole.
+        let mut nat = held(&[ni1_orig, up_orig]);
+        let out = put_back(&[ni1_reply, up_reply], &mut nat);
+        assert_eq!((out.back.len(), out.taken_out.len(), nat.len()), (2, 0, 4));
     }
 }
