@@ -950,8 +950,9 @@ impl Maps {
             if !out.taken_out.is_empty() {
                 info!("{} translation entries taken out: their tuples went to other flows while the sweep held them", out.taken_out.len());
             }
-            translations.retain(|e| !out.back.contains(e));
-            translations_left.retain(|e| !out.taken_out.contains(e));
+            // (By key: a packet may have refreshed an entry since the sweep read it.)
+            translations.retain(|(k, _)| !out.back.iter().any(|(bk, _)| bk == k));
+            translations_left.retain(|(k, _)| !out.taken_out.iter().any(|(tk, _)| tk == k));
             translations_left.extend(out.back);
             translations.extend(out.taken_out);
         }

@@ -145,7 +145,7 @@ pub fn put_back(restored: &[(NatKey, NatValue)], map: &mut impl NatEntries) -> P
         let ok = partner(&rk, &rv);
         for (k, v) in [(rk, Some(rv)), (ok, map.entry(&ok))] {
             let Some(v) = v.filter(|v| take_if_held(map, &k, v)) else { continue };
-            match out.back.iter().position(|e| *e == (k, v)) {
+            match out.back.iter().position(|(bk, _)| *bk == k) {
                 Some(i) => {
                     out.back.remove(i);
                 }
@@ -179,17 +179,30 @@ fn leads_to_another_app(map: &impl NatEntries, rk: &NatKey, rv: &NatValue) -> bo
     map.entry(&across(&out_key, zone)).is_some_and(|ni_reply| inner_of(&ni_reply) != Some((rv.inner_port, rv.inner_host)))
 }
 
-/// Takes the entry under `k` out when it is `v` still; another one (a program wrote the
-/// key since) goes back. True when `v` went.
+/// Takes the entry under `k` out when it is still `v`'s translation (`same_translation`:
+/// its packets rewrite its time and flags meanwhile); one a program wrote the key with
+/// since stays (looked at first; taken in between, it goes back). True when it went.
 fn take_if_held(map: &mut impl NatEntries, k: &NatKey, v: &NatValue) -> bool {
+    if !map.entry(k).is_some_and(|held| same_translation(&held, v)) {
+        return false;
+    }
     match map.take(k) {
-        Some(held) if held == *v => true,
+        Some(held) if same_translation(&held, v) => true,
         Some(other) => {
             map.insert_new(k, &other);
             false
         }
         None => false,
     }
+}
+
+/// Whether two entries are the same translation, whatever packets did to them since
+/// (their time, their TCP flags and use): what it rewrites to, which half it is, its mark
+/// and the app it carries.
+fn same_translation(a: &NatValue, b: &NatValue) -> bool {
+    const IDENTITY: u8 = NAT_FLAG_ORIG | NAT_FLAG_INNER;
+    (a.addr, a.port, a.rewrite, a.flags & IDENTITY, a.mark, a.inner_port, a.inner_host)
+        == (b.addr, b.port, b.rewrite, b.flags & IDENTITY, b.mark, b.inner_port, b.inner_host)
 }
 
 #[cfg(test)]
@@ -396,6 +409,12 @@ mod tests {
         // half), the reply key another flow's since: the original half goes too.
         let mut nat = held(&[a_orig, c_reply]);
         assert_eq!(put_back(&[a_reply], &mut nat), PutBack { back: vec![], taken_out: vec![a_orig] });
+        assert_eq!(nat, held(&[c_reply]));
+        // The same, the kept original half refreshed by a packet since the sweep read it:
+        // still the translation that goes.
+        let refreshed = (a_orig.0, NatValue { last_seen_ns: NOW + SEC, ..a_orig.1 });
+        let mut nat = held(&[refreshed, c_reply]);
+        assert_eq!(put_back(&[a_reply], &mut nat), PutBack { back: vec![], taken_out: vec![refreshed] });
         assert_eq!(nat, held(&[c_reply]));
         // Kept, its reply key free: the reply half back beside it.
         let mut nat = held(&[a_orig]);
