@@ -115,6 +115,13 @@ pub const NAT_FLAG_USED: u8 = 1 << 2;
 pub const NAT_FLAG_RST: u8 = 1 << 3;
 /// `NatValue::inner_port` and `inner_host` hold the NI's reply translation of the flow.
 pub const NAT_FLAG_INNER: u8 = 1 << 4;
+/// TCP: the latest packet was a SYN without ACK: a connection opens on the tuple, and
+/// its sender has not acknowledged an answer yet (its next packet clears it). The
+/// translation lives as an unanswered one meanwhile: a client that opens a connection
+/// again on a tuple whose far end is gone (after a half close, or on an established
+/// flow that died silently) would otherwise keep the old connection's answer, and the
+/// pair its 5 days, long after the conntrack entry.
+pub const NAT_FLAG_SYN_SENT: u8 = 1 << 5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -237,6 +244,11 @@ pub fn flags_after(flags: u8, proto: u8, tcp_flags: u8) -> u8 {
         } else if tcp_flags & TCP_SYN != 0 {
             f &= !NAT_FLAG_CLOSING;
         }
+        if tcp_flags & (TCP_SYN | crate::packet::TCP_ACK) == TCP_SYN {
+            f |= NAT_FLAG_SYN_SENT;
+        } else {
+            f &= !NAT_FLAG_SYN_SENT;
+        }
     }
     f
 }
@@ -337,7 +349,7 @@ pub fn pair_expired(proto: u8, entry: &NatValue, partner: Option<&NatValue>, now
         Some(p) => (entry.last_seen_ns.max(p.last_seen_ns), entry.flags | p.flags, reply_used(entry) || reply_used(p)),
         None => (entry.last_seen_ns, entry.flags, false),
     };
-    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered)
+    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered && flags & NAT_FLAG_SYN_SENT == 0)
 }
 
 /// A flow translated twice, in its NI (at the NI veth, to its address there) and again
@@ -438,7 +450,8 @@ pub fn chain_of(key: &NatKey, v: &NatValue, get: impl Fn(&NatKey) -> Option<NatV
 /// flow to the closing 2 minutes).
 pub fn chain_expired(proto: u8, c: &Chain, now_ns: u64) -> bool {
     let last = c.ni_out.last_seen_ns.max(c.uplink_out.last_seen_ns).max(c.uplink_reply.last_seen_ns).max(c.ni_reply.last_seen_ns);
-    let answered = (c.uplink_reply.flags | c.ni_reply.flags) & NAT_FLAG_USED != 0;
+    // (A connection opening again on the tuple: the NI's original half sees every packet out.)
+    let answered = (c.uplink_reply.flags | c.ni_reply.flags) & NAT_FLAG_USED != 0 && c.ni_out.flags & NAT_FLAG_SYN_SENT == 0;
     now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, c.ni_out.flags | c.uplink_reply.flags, answered)
 }
 
@@ -537,6 +550,15 @@ mod tests {
             }
         };
         assert!(translation_expired(&ni_out_key, &ni_out, closed, 190 * SEC));
+        // The app's SYN again on the tuple, unanswered: the chain lives as unanswered.
+        let reopening = |k: &NatKey| {
+            if *k == ni_out_key {
+                Some(NatValue { flags: flags_after(ni_out.flags, PROTO_TCP, crate::packet::TCP_SYN), ..ni_out })
+            } else {
+                get(k)
+            }
+        };
+        assert!(translation_expired(&uplink_reply_key, &uplink_reply, reopening, 190 * SEC));
         // An entry of either pair missing: each pair is judged as a pair.
         let halved = |k: &NatKey| if *k == uplink_reply_key { None } else { get(k) };
         assert!(chain_of(&ni_out_key, &ni_out, halved).is_none());
@@ -606,6 +628,12 @@ mod tests {
         assert_eq!(flags_after(closing, PROTO_TCP, crate::packet::TCP_SYN) & NAT_FLAG_CLOSING, 0);
         let syn_ack = crate::packet::TCP_SYN | crate::packet::TCP_ACK;
         assert_eq!(flags_after(closing, PROTO_TCP, syn_ack) & NAT_FLAG_CLOSING, 0, "the reply half reopens on the SYN-ACK");
+        // A client's SYN again on the answered tuple (its old connection gone): unanswered
+        // until its sender acknowledges an answer, not the old connection's 5 days.
+        let reopening = NatValue { flags: flags_after(fwd.flags, PROTO_TCP, crate::packet::TCP_SYN), last_seen_ns: 50 * SEC, ..fwd };
+        assert!(pair_expired(PROTO_TCP, &reopening, Some(&rev), 171 * SEC), "a SYN again, unanswered");
+        let acked = NatValue { flags: flags_after(reopening.flags, PROTO_TCP, crate::packet::TCP_ACK), ..reopening };
+        assert!(!pair_expired(PROTO_TCP, &acked, Some(&rev), 3 * 24 * 3600 * SEC), "answered again");
         // A FIN each way: still 2 minutes (the far end's TIME_WAIT), not the conntrack's 10 s.
         let fwd_closed = NatValue { flags: flags_after(fwd.flags, PROTO_TCP, crate::packet::TCP_FIN), ..fwd };
         let rev_closed = NatValue { flags: closing, ..rev };
