@@ -78,8 +78,9 @@ pub const FLAG_ENDED: u8 = 1 << 6;
 /// TCP: a SYN without ACK from the original side of an established (or half-closed)
 /// flow, not answered yet. Its old connection died silently and the client connects
 /// again from the same port; the entry is out of step with the ends, as the kernel's
-/// conntrack then is (it "ignores" that SYN and notes it). The SYN's own sequence number is not taken for the
-/// flow's (`track_tcp`): the client's RST at the old connection's number must still fit.
+/// conntrack then is (it "ignores" that SYN and notes it). The SYN's own sequence number
+/// is not taken for the flow's (`track_tcp`): the client's RST at the old connection's
+/// number must still fit.
 /// The reply side's next packet settles it: an RST refusing the SYN is let through
 /// (`rst_acceptable`; the flag stays on the closed entry, whose RST an app-to-app flow's
 /// second port judges again), a SYN-ACK taking it carries the entry over to the new

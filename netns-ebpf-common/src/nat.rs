@@ -115,12 +115,12 @@ pub const NAT_FLAG_USED: u8 = 1 << 2;
 pub const NAT_FLAG_RST: u8 = 1 << 3;
 /// `NatValue::inner_port` and `inner_host` hold the NI's reply translation of the flow.
 pub const NAT_FLAG_INNER: u8 = 1 << 4;
-/// TCP: the latest packet was a SYN without ACK: a connection opens on the tuple, and
-/// its sender has not acknowledged an answer yet (its next packet clears it). The
-/// translation lives as an unanswered one meanwhile: a client that opens a connection
-/// again on a tuple whose far end is gone (after a half close, or on an established
-/// flow that died silently) would otherwise keep the old connection's answer, and the
-/// pair its 5 days, long after the conntrack entry.
+/// TCP: the latest packet was a SYN without ACK: a connection opens on the tuple (its
+/// sender's next packet clears it). Until the other half sees a packet after it, the
+/// translation lives as an unanswered one (`syn_unanswered`): a client that opens a
+/// connection again on a tuple whose far end is gone (after a half close, or on an
+/// established flow that died silently) would otherwise keep the old connection's
+/// answer, and the pair its 5 days, long after the conntrack entry.
 pub const NAT_FLAG_SYN_SENT: u8 = 1 << 5;
 
 #[repr(C)]
@@ -349,7 +349,17 @@ pub fn pair_expired(proto: u8, entry: &NatValue, partner: Option<&NatValue>, now
         Some(p) => (entry.last_seen_ns.max(p.last_seen_ns), entry.flags | p.flags, reply_used(entry) || reply_used(p)),
         None => (entry.last_seen_ns, entry.flags, false),
     };
-    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered && flags & NAT_FLAG_SYN_SENT == 0)
+    let answered = answered && !partner.is_some_and(|p| syn_unanswered(entry, p) || syn_unanswered(p, entry));
+    now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, flags, answered)
+}
+
+/// Whether `half`'s latest packet was a SYN without ACK (`NAT_FLAG_SYN_SENT`) that
+/// `other`, the half its answers use, has seen nothing after: an answer (a SYN-ACK, the
+/// challenge ACK to a late duplicate SYN) in a later clock tick says the far end is
+/// there, even before the SYN's sender sends its next packet.
+#[inline(always)]
+pub fn syn_unanswered(half: &NatValue, other: &NatValue) -> bool {
+    half.flags & NAT_FLAG_SYN_SENT != 0 && half.last_seen_ns > other.last_seen_ns
 }
 
 /// A flow translated twice, in its NI (at the NI veth, to its address there) and again
@@ -450,8 +460,9 @@ pub fn chain_of(key: &NatKey, v: &NatValue, get: impl Fn(&NatKey) -> Option<NatV
 /// flow to the closing 2 minutes).
 pub fn chain_expired(proto: u8, c: &Chain, now_ns: u64) -> bool {
     let last = c.ni_out.last_seen_ns.max(c.uplink_out.last_seen_ns).max(c.uplink_reply.last_seen_ns).max(c.ni_reply.last_seen_ns);
-    // (A connection opening again on the tuple: the NI's original half sees every packet out.)
-    let answered = (c.uplink_reply.flags | c.ni_reply.flags) & NAT_FLAG_USED != 0 && c.ni_out.flags & NAT_FLAG_SYN_SENT == 0;
+    // (A connection opening again on the tuple: the NI's original half sees every packet
+    // out, the uplink's reply half every one back.)
+    let answered = (c.uplink_reply.flags | c.ni_reply.flags) & NAT_FLAG_USED != 0 && !syn_unanswered(&c.ni_out, &c.uplink_reply);
     now_ns.saturating_sub(last) > pair_idle_timeout_ns(proto, c.ni_out.flags | c.uplink_reply.flags, answered)
 }
 
@@ -553,12 +564,21 @@ mod tests {
         // The app's SYN again on the tuple, unanswered: the chain lives as unanswered.
         let reopening = |k: &NatKey| {
             if *k == ni_out_key {
-                Some(NatValue { flags: flags_after(ni_out.flags, PROTO_TCP, crate::packet::TCP_SYN), ..ni_out })
+                Some(NatValue { flags: flags_after(ni_out.flags, PROTO_TCP, crate::packet::TCP_SYN), last_seen_ns: 20 * SEC, ..ni_out })
             } else {
                 get(k)
             }
         };
         assert!(translation_expired(&uplink_reply_key, &uplink_reply, reopening, 190 * SEC));
+        // Answered at the uplink after that SYN: the chain lives on.
+        let answered_again = |k: &NatKey| {
+            if *k == uplink_reply_key {
+                Some(NatValue { last_seen_ns: 21 * SEC, ..uplink_reply })
+            } else {
+                reopening(k)
+            }
+        };
+        assert!(!translation_expired(&ni_out_key, &ni_out, answered_again, 190 * SEC));
         // An entry of either pair missing: each pair is judged as a pair.
         let halved = |k: &NatKey| if *k == uplink_reply_key { None } else { get(k) };
         assert!(chain_of(&ni_out_key, &ni_out, halved).is_none());
@@ -630,10 +650,15 @@ mod tests {
         assert_eq!(flags_after(closing, PROTO_TCP, syn_ack) & NAT_FLAG_CLOSING, 0, "the reply half reopens on the SYN-ACK");
         // A client's SYN again on the answered tuple (its old connection gone): unanswered
         // until its sender acknowledges an answer, not the old connection's 5 days.
-        let reopening = NatValue { flags: flags_after(fwd.flags, PROTO_TCP, crate::packet::TCP_SYN), last_seen_ns: 50 * SEC, ..fwd };
-        assert!(pair_expired(PROTO_TCP, &reopening, Some(&rev), 171 * SEC), "a SYN again, unanswered");
+        let reopening = NatValue { flags: flags_after(fwd.flags, PROTO_TCP, crate::packet::TCP_SYN), last_seen_ns: 60 * SEC, ..fwd };
+        assert!(pair_expired(PROTO_TCP, &reopening, Some(&rev), 181 * SEC), "a SYN again, unanswered");
         let acked = NatValue { flags: flags_after(reopening.flags, PROTO_TCP, crate::packet::TCP_ACK), ..reopening };
         assert!(!pair_expired(PROTO_TCP, &acked, Some(&rev), 3 * 24 * 3600 * SEC), "answered again");
+        // A late duplicate SYN after the answer: the reply half's packet after it (the
+        // challenge ACK) says the far end is there.
+        let challenged = NatValue { last_seen_ns: 61 * SEC, ..rev };
+        assert!(!pair_expired(PROTO_TCP, &reopening, Some(&challenged), 3 * 24 * 3600 * SEC), "answered after the SYN");
+        assert!(!pair_expired(PROTO_TCP, &challenged, Some(&reopening), 3 * 24 * 3600 * SEC), "both entries agree");
         // A FIN each way: still 2 minutes (the far end's TIME_WAIT), not the conntrack's 10 s.
         let fwd_closed = NatValue { flags: flags_after(fwd.flags, PROTO_TCP, crate::packet::TCP_FIN), ..fwd };
         let rev_closed = NatValue { flags: closing, ..rev };

@@ -1,7 +1,7 @@
 //! In-place header rewrites with incremental checksum fixes: the TCP, UDP and ICMP sums
-//! (and the address part of DCCP's and UDP-Lite's)
-//! by the kernel's helpers (which know how far the kernel has computed them), the IPv4
-//! header's own sum here (`csum`) with the bytes written directly (`skb::write`).
+//! (and DCCP's and UDP-Lite's, for an address) by the kernel's helpers (which know how
+//! far the kernel has computed them), the IPv4 header's own sum here (`csum`) with the
+//! bytes written directly (`skb::write`).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
