@@ -298,27 +298,38 @@ fn check_pins(pin_dir: &Path) -> Result<()> {
             continue;
         }
         let def = object.maps.get(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
-        let want = (def.map_type(), def.key_size(), def.value_size(), def.max_entries());
+        let want = MapLayout { map_type: def.map_type(), key: def.key_size(), value: def.value_size(), entries: def.max_entries() };
         let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("{} is not a map", path.display()))?;
-        let have = (info.map_type().map(|t| t as u32).unwrap_or(u32::MAX), info.key_size(), info.value_size(), info.max_entries());
+        let have = MapLayout {
+            map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            key: info.key_size(),
+            value: info.value_size(),
+            entries: info.max_entries(),
+        };
         if have != want {
             bail!(
-                "{} is a map of another layout than this agent's programs read (type {}, key {} bytes, value {} bytes, {} \
-                 entries; they need type {}, key {} bytes, value {} bytes, {} entries): a pin of another version or \
-                 program under the name; remove it (`netns-agent down` removes every pin of ours)",
-                path.display(),
-                have.0,
-                have.1,
-                have.2,
-                have.3,
-                want.0,
-                want.1,
-                want.2,
-                want.3
+                "{} is a map of another layout than this agent's programs read ({have}; they need {want}): a pin of \
+                 another version or program under the name; remove it (`netns-agent down` removes every pin of ours)",
+                path.display()
             );
         }
     }
     Ok(())
+}
+
+/// What `check_pins` compares of a map: its type, key and value sizes, and entries.
+#[derive(PartialEq)]
+struct MapLayout {
+    map_type: u32,
+    key: u32,
+    value: u32,
+    entries: u32,
+}
+
+impl std::fmt::Display for MapLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "type {}, key {} bytes, value {} bytes, {} entries", self.map_type, self.key, self.value, self.entries)
+    }
 }
 
 /// The object's program `name` (`prog_names`; every one is a tc classifier).

@@ -136,7 +136,12 @@ pub fn put_back(restored: &[(NatKey, NatValue)], map: &mut impl NatEntries) -> P
     // reply tuple: each pair once, whichever of its halves came back.
     let mut stale: Vec<(NatKey, NatValue)> = Vec::new();
     for (k, v) in &out.back {
-        let reply = if is_original(v) { map.entry(&partner(k, v)).map(|rv| (partner(k, v), rv)) } else { Some((*k, *v)) };
+        let reply = if is_original(v) {
+            let rk = partner(k, v);
+            map.entry(&rk).map(|rv| (rk, rv))
+        } else {
+            Some((*k, *v))
+        };
         if let Some((rk, rv)) = reply.filter(|(rk, rv)| leads_to_another_app(map, rk, rv) && !stale.contains(&(*rk, *rv))) {
             stale.push((rk, rv));
         }
