@@ -343,6 +343,39 @@ fn uplink_address_change_is_followed() {
 }
 
 #[test]
+fn an_uplink_made_anew_under_its_name_gets_its_programs_again() {
+    let mut s = seed();
+    let (inet, app2) = (s.inet.clone(), s.app("app2").to_string());
+    s.whoami_server(&inet, INET_IP, 80);
+    s.whoami_server(&app2, "192.168.1.10", 80);
+    assert!(s.whoami(s.app("app1"), INET_IP, 80).unwrap().starts_with("192.168.0.2:"));
+    // eth0 goes and comes back under its name, with the same address and gateway (a
+    // modem plugged in again, a bridge rebuilt): another interface, without programs.
+    let z = s.zedbox.clone();
+    for args in [
+        ["ip", "link", "del", "eth0"].as_slice(),
+        &["ip", "link", "add", "eth0", "type", "bridge"],
+        &["ip", "link", "set", "keth0", "master", "eth0"],
+        &["ip", "addr", "add", "192.168.0.2/24", "dev", "eth0"],
+        &["ip", "link", "set", "eth0", "up"],
+        &["ip", "route", "add", "default", "via", "192.168.0.1", "dev", "eth0", "metric", "100"],
+    ] {
+        let out = s.exec(&z, args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Source NAT on the new interface: the internet host sees the uplink's address
+    // (without the programs it is sent the NI veth's, 169.254.100.x, and cannot answer).
+    let translated = netns_tests::wait_until(scaled(Duration::from_secs(15)), || {
+        s.whoami(s.app("app1"), INET_IP, 80).is_some_and(|seen| seen.starts_with("192.168.0.2:"))
+    });
+    assert!(translated.is_some(), "app1 through the new eth0:\n{}", s.agent_log());
+    assert!(s.agent_log().contains("uplink eth0 is a new interface"), "{}", s.agent_log());
+    // The port map works on it too.
+    let gw = s.gw.clone();
+    assert!(s.whoami(&gw, "192.168.0.2", 8080).is_some(), "port map on the new interface");
+}
+
+#[test]
 fn icmp_echo_and_errors_cross_both_translations() {
     let s = seed();
     // Echo: the identifier is translated like a port, both ways.

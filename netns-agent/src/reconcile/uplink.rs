@@ -156,9 +156,9 @@ pub async fn remove_agent_level(ap: &mut Applier) -> Vec<anyhow::Error> {
     errors
 }
 
-/// Follows uplink changes: an uplink whose address or gateway changed gets its NAT
-/// config, its port maps and its routing table rewritten. Flows translated to the old
-/// address end, as with the kernel's masquerade.
+/// Follows uplink changes: an uplink whose address, gateway or interface changed gets its
+/// NAT config, its port maps and its routing table rewritten, and a new interface its
+/// programs. Flows translated to the old address end, as with the kernel's masquerade.
 pub async fn refresh(ap: &mut Applier, plan: &Plan) -> Result<()> {
     let names: Vec<String> = ap.uplinks.keys().cloned().collect();
     for name in names {
@@ -188,6 +188,12 @@ pub async fn refresh(ap: &mut Applier, plan: &Plan) -> Result<()> {
         maps.remove_portmaps(|k, _| k.domain == DOMAIN_AGENT && k.addr == old_ip);
         maps.remove_device_addr(old_ip);
         maps.add_device_addr(new.ip.octets())?;
+        // An uplink made anew under its name (a modem plugged in again, a bond or VLAN
+        // rebuilt) is another interface: the programs went with the old one.
+        if new.ifindex != old.ifindex && ap.record.uplinks.iter().any(|r| r.name == name) {
+            ap.programs.get(&ap.pin_dir)?.attach_nat(&ap.agent_ns, datapath::AGENT_PIN_SUBDIR, &name)?;
+            info!("uplink {name} is a new interface (ifindex {} -> {}): NAT programs attached", old.ifindex, new.ifindex);
+        }
         let table = plan.uplink(&name)?.table;
         ap.agent.flush_table(table).await?;
         apply_uplink_table(&ap.agent, table, &new).await?;
