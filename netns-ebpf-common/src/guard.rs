@@ -88,19 +88,23 @@ pub fn from_app_arp(iface: &IfaceInfo, arp: &Arp) -> Result<(), Stat> {
 
 /// Whether a frame the bridge hands this port on its way to the app is addressed to
 /// another port's app: a copy the bridge flooded (a unicast frame for a MAC whose port it
-/// no longer knows, or a broadcast frame carrying a packet for one address). It is not
+/// no longer knows, or a broadcast frame carrying a packet for one address), or a frame
+/// for this app's MAC carrying a packet for another address (another app's covert
+/// channel: its own ACL judged the packet, for a remote it may reach). It is not
 /// this app's to judge: judged here, it would make the flow's entry this port's (the
 /// app it is for could then not answer, `ct::port_may_send`) or let it through under
 /// this app's ACL (the entry serves the packet at the right port too). Its app would
-/// not take it either, but for sniffing. `dst_mac`: the frame's destination;
-/// `other_app`: whether `dst` is the address of another app of the NI (EIDSET, asked
-/// only for a group frame). A broadcast or multicast packet (to the subnet, to all) is
+/// not take it either, but for sniffing. `dst_mac`: the frame's destination; `dst`: the
+/// packet's own destination (an ICMP error's, not the quoted packet's); `other_app`:
+/// whether `dst` is the address of another app of the NI (EIDSET, asked only for a group
+/// frame). (A DHCP server's reply may go to the address it offers: the caller lets those
+/// through, `is_dhcp_reply`.) A broadcast or multicast packet (to the subnet, to all) is
 /// every app's; a frame to a MAC the port does not know (a VM's tap without a configured
 /// MAC) is judged as before.
 #[inline(always)]
 pub fn for_another_port(iface: &IfaceInfo, dst_mac: &[u8; 6], dst: Ipv4, other_app: impl FnOnce() -> bool) -> bool {
     if dst_mac[0] & 1 == 0 {
-        return !mac_ok(iface, dst_mac);
+        return !mac_ok(iface, dst_mac) || ip_known(iface) && dst != iface.app_ip;
     }
     ip_known(iface) && dst != iface.app_ip && other_app()
 }
@@ -163,6 +167,11 @@ mod tests {
         assert!(!for_another_port(&port, &[0x01, 0, 0x5e, 0, 0, 0xfb], [224, 0, 0, 251], || false), "multicast");
         let learning = iface(IFACE_FLAG_SWITCH);
         assert!(!for_another_port(&learning, &BROADCAST, OTHER, || true), "a switch port that has not learned its app's address");
+        // The app's MAC, someone else's packet: a neighbour that may reach that remote
+        // would have a channel to this app past both ACLs.
+        assert!(for_another_port(&port, &MAC, [10, 99, 0, 10], never), "the app's MAC, a remote's address");
+        assert!(for_another_port(&port, &MAC, [10, 10, 1, 255], never), "the app's MAC, the subnet's broadcast");
+        assert!(!for_another_port(&learning, &MAC, [10, 10, 1, 7], never), "a switch port that has not learned its app's address");
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub mod map_names {
     pub const ACL_SUMMARY: &str = "ACLSUM_V1";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V2";
-    pub const STATS: &str = "STATS_V11";
+    pub const STATS: &str = "STATS_V12";
     pub const NAT: &str = "NAT_V2";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -393,6 +393,9 @@ stats! {
     /// packet whose translation at the uplink carries the NI's; the others are translated
     /// at that ingress).
     FastNiNatDone = 36 => "fast_ni_nat_done",
+    /// From outside, at an uplink's ingress: a packet from or to the NI veths' network
+    /// (`nat::outside_claims_inside`).
+    DropUplinkSpoof = 37 => "drop_uplink_spoof",
 }
 
 impl Stat {

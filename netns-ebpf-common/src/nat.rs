@@ -3,10 +3,24 @@
 //! each keyed by the tuple as it arrives and saying what to rewrite; every NAT program of
 //! the domain consults the same map, so a reply is translated whichever interface it takes.
 
-use crate::{packet::Flow, Ipv4};
+use crate::{acl::prefix_contains, chosen_ifindex_zone, packet::Flow, Ipv4, VETH_NET, VETH_NET_LEN};
 
 /// The agent's own netns.
 pub const DOMAIN_AGENT: u32 = 0;
+/// Whether a packet arriving at interface `ifindex` of the agent's netns comes from
+/// outside (an uplink: the NAT programs sit on uplinks, whose ifindex the kernel chose,
+/// and on NI veths, whose ifindex the agent chose) and names an address of the NI veths'
+/// network (169.254.100.0/24) as its source or destination. Those live only inside the
+/// device: from one of them, the agent's routing (the rule `from` an agent-side address)
+/// would send the packet into an NI, whose ports take the agent's addresses for the
+/// device's own (EVE-initiated flows pass); to one, it would reach the NI's netns and
+/// what listens there.
+#[inline(always)]
+pub fn outside_claims_inside(ifindex: u32, flow: &Flow) -> bool {
+    chosen_ifindex_zone(ifindex).is_none()
+        && (prefix_contains(VETH_NET, VETH_NET_LEN, flow.outer_src) || prefix_contains(VETH_NET, VETH_NET_LEN, flow.outer_dst))
+}
+
 /// NAT_V2's size: four entries per flow that crosses both stages (a pair in the NI, a
 /// pair in the agent's netns), so it holds as many such flows as the conntrack map
 /// (`ct::CT_MAX_ENTRIES`). At half this, one app's ephemeral ports (28,232, each a flow
@@ -505,6 +519,18 @@ pub fn owner_zone(domain: u32, addrs: [Ipv4; 3]) -> u32 {
 mod tests {
     use super::*;
     use crate::PROTO_TCP;
+
+    #[test]
+    fn only_packets_from_outside_that_name_a_veth_address_claim_to_be_inside() {
+        const UPLINK: u32 = 7;
+        let agent_end = crate::chosen_ifindex(DOMAIN_AGENT, crate::SLOT_AGENT_END);
+        let flow = |src, dst| Flow { proto: PROTO_TCP, src, dst, outer_src: src, outer_dst: dst, ..Flow::default() };
+        let (app, remote) = ([10, 10, 1, 2], [10, 99, 0, 10]);
+        assert!(outside_claims_inside(UPLINK, &flow([169, 254, 100, 1], app)), "as the agent's end, to an app");
+        assert!(outside_claims_inside(UPLINK, &flow(remote, [169, 254, 100, 2])), "to an NI's end");
+        assert!(!outside_claims_inside(UPLINK, &flow(remote, [192, 168, 0, 2])), "to the uplink's address");
+        assert!(!outside_claims_inside(agent_end, &flow([169, 254, 100, 2], remote)), "an NI's traffic, at its veth");
+    }
 
     #[test]
     fn snat_entries_pair_up() {

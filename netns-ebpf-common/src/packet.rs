@@ -21,6 +21,8 @@ const ICMP_PARAM_PROBLEM: u8 = 12;
 /// Reads fixed-size chunks of a packet; `None` when the packet is too short.
 pub trait PacketReader {
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+    /// The whole frame's length, from its Ethernet header on.
+    fn frame_len(&self) -> usize;
 }
 
 impl PacketReader for [u8] {
@@ -29,6 +31,10 @@ impl PacketReader for [u8] {
         let mut out = [0u8; N];
         out.copy_from_slice(bytes);
         Some(out)
+    }
+
+    fn frame_len(&self) -> usize {
+        self.len()
     }
 }
 
@@ -145,6 +151,13 @@ fn parse_arp<R: PacketReader + ?Sized>(pkt: &R, eth_src: [u8; 6]) -> Result<Arp,
 fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, ParseError> {
     let ip: [u8; 20] = pkt.read(off).ok_or(ParseError::Truncated)?;
     let (ihl, proto, src, dst, total_len, frag) = ipv4_fields(&ip)?;
+    // A packet longer than its frame is malformed (the kernel's `ip_rcv` drops it; the
+    // fast path skips that): it would count bytes it does not have. Padding after the
+    // packet is the frame's, not the packet's: no header field is read from it.
+    let end = off + total_len as usize;
+    if end > pkt.frame_len() {
+        return Err(ParseError::Truncated);
+    }
     let l4 = off + ihl;
     let ip_id = u16::from_be_bytes([ip[4], ip[5]]);
     let mut flow = Flow { proto, src, dst, ip_len: total_len, l4_off: l4 as u16, outer_src: src, outer_dst: dst, ip_id, ..Flow::default() };
@@ -158,7 +171,7 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
     }
     match proto {
         PROTO_TCP => {
-            let tcp: [u8; 14] = pkt.read(l4).ok_or(ParseError::Truncated)?;
+            let tcp: [u8; 14] = read_within(pkt, l4, end)?;
             flow.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
             flow.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
             flow.tcp_flags = tcp[13];
@@ -170,12 +183,12 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
             flow.tcp_end = flow.tcp_seq.wrapping_add(payload).wrapping_add(syn_fin);
         }
         PROTO_UDP => {
-            let udp: [u8; 4] = pkt.read(l4).ok_or(ParseError::Truncated)?;
+            let udp: [u8; 4] = read_within(pkt, l4, end)?;
             flow.sport = u16::from_be_bytes([udp[0], udp[1]]);
             flow.dport = u16::from_be_bytes([udp[2], udp[3]]);
         }
         PROTO_ICMP => {
-            let icmp: [u8; 8] = pkt.read(l4).ok_or(ParseError::Truncated)?;
+            let icmp: [u8; 8] = read_within(pkt, l4, end)?;
             match icmp[0] {
                 ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => {
                     let id = u16::from_be_bytes([icmp[4], icmp[5]]);
@@ -184,7 +197,7 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
                     flow.icmp_echo = true;
                 }
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
-                    let inner = parse_icmp_error_inner(pkt, l4 + 8, total_len)?;
+                    let inner = parse_icmp_error_inner(pkt, l4 + 8, total_len, end)?;
                     return Ok(Flow { l4_off: l4 as u16, outer_src: src, outer_dst: dst, ..inner });
                 }
                 _ => {}
@@ -195,12 +208,22 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
     Ok(flow)
 }
 
-/// The packet quoted in an ICMP error: its IPv4 header and the first 8 bytes of L4.
+/// `N` bytes at `off`, all of them before `end` (the packet's end).
 #[inline(always)]
-fn parse_icmp_error_inner<R: PacketReader + ?Sized>(pkt: &R, off: usize, outer_len: u16) -> Result<Flow, ParseError> {
-    let ip: [u8; 20] = pkt.read(off).ok_or(ParseError::Truncated)?;
+fn read_within<R: PacketReader + ?Sized, const N: usize>(pkt: &R, off: usize, end: usize) -> Result<[u8; N], ParseError> {
+    if off + N > end {
+        return Err(ParseError::Truncated);
+    }
+    pkt.read(off).ok_or(ParseError::Truncated)
+}
+
+/// The packet quoted in an ICMP error (before `end`, the error's end): its IPv4 header
+/// and the first 8 bytes of L4.
+#[inline(always)]
+fn parse_icmp_error_inner<R: PacketReader + ?Sized>(pkt: &R, off: usize, outer_len: u16, end: usize) -> Result<Flow, ParseError> {
+    let ip: [u8; 20] = read_within(pkt, off, end)?;
     let (ihl, proto, src, dst, _, _) = ipv4_fields(&ip)?;
-    let l4: [u8; 8] = pkt.read(off + ihl).ok_or(ParseError::Truncated)?;
+    let l4: [u8; 8] = read_within(pkt, off + ihl, end)?;
     let mut icmp_echo = false;
     let (sport, dport) = match proto {
         PROTO_TCP | PROTO_UDP => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
@@ -271,6 +294,28 @@ pub(crate) mod tests {
 
     const A: Ipv4 = [10, 10, 1, 2];
     const B: Ipv4 = [10, 10, 1, 3];
+
+    #[test]
+    fn a_packet_longer_than_its_frame_or_headers_past_its_end_are_truncated() {
+        let mut f = frame(PROTO_UDP, A, B, &[0x9c, 0x40, 0x23, 0x29, 0, 8, 0, 0]);
+        assert!(matches!(parse(&f[..42]), Ok(Parsed::Ipv4(_))), "whole");
+        assert!(matches!(parse(&f[..60]), Ok(Parsed::Ipv4(_))), "padded to the Ethernet minimum");
+        // Claims 65,535 bytes in a 42-byte frame: it would count what it does not carry.
+        f[16..18].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert_eq!(parse(&f[..42]), Err(ParseError::Truncated));
+        // A TCP first fragment of 4 bytes (its ports) in a padded frame: its flags would be
+        // read from the padding.
+        let mut t = frame(PROTO_TCP, A, B, &tcp(40000, 80, TCP_SYN));
+        t[16..18].copy_from_slice(&24u16.to_be_bytes());
+        t[20] = 0x20;
+        assert_eq!(parse(&t[..60]), Err(ParseError::Truncated));
+        // An ICMP error whose quote runs past the error's end.
+        let mut e = frame(PROTO_ICMP, A, B, &[3, 3, 0, 0, 0, 0, 0, 0]);
+        e[16..18].copy_from_slice(&(20u16 + 8 + 20).to_be_bytes());
+        e[42] = 0x45;
+        e[44..46].copy_from_slice(&28u16.to_be_bytes());
+        assert_eq!(parse(&e[..90]), Err(ParseError::Truncated), "20 bytes of the quote's header, none of its ports");
+    }
 
     #[test]
     fn tcp_syn() {

@@ -35,7 +35,7 @@ use crate::{
         LIMITS, NAT, PORTMAPS, PORT_STATS,
     },
     rewrite,
-    skb::{count, ifindex, skb_mark, Skb},
+    skb::{count, ifindex, skb_mark, vlan_tagged, Skb},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -95,6 +95,13 @@ fn count_port(zone: u32, ifindex: u32, dir: usize, dropped: bool, len: u32) {
 
 #[inline(always)]
 fn handle(ctx: &TcContext, zone: u32, side: Side) -> i32 {
+    // No VLANs on app ports: a tagged frame from an app would leave tagged past the
+    // bridge (the fast path and a switch NI carry the tag along), into a VLAN of the
+    // uplink's network; one toward an app came from such a VLAN.
+    if vlan_tagged(ctx) {
+        count(Stat::DropNonIpv4);
+        return TC_ACT_SHOT;
+    }
     match packet::parse(&Skb(ctx)) {
         Ok(Parsed::Ipv4(mut flow)) => handle_ipv4(ctx, zone, side, &mut flow),
         Ok(Parsed::Arp(arp)) => {
@@ -136,10 +143,10 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     };
     // A flooded copy of another port's frame is that port's to judge, not this one's
     // (before conntrack sees it: here it would make or use that flow's entry).
-    if side == Side::ToApp {
+    if side == Side::ToApp && !guard::is_dhcp_reply(flow) {
         let dst_mac = Skb(ctx).read::<6>(0).unwrap_or_default();
-        let other_app = || unsafe { EIDSET.get(EidKey { zone, addr: flow.dst }) }.is_some();
-        if guard::for_another_port(iface, &dst_mac, flow.dst, other_app) {
+        let other_app = || unsafe { EIDSET.get(EidKey { zone, addr: flow.outer_dst }) }.is_some();
+        if guard::for_another_port(iface, &dst_mac, flow.outer_dst, other_app) {
             count(Stat::DropNotForApp);
             return TC_ACT_SHOT;
         }
@@ -362,9 +369,11 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     if side == Side::FromApp {
         // EVE's CONNMARK --restore-mark: the packet carries its connection's mark.
         ctx.set_mark(verdict.mark);
-        if flow.dst == METADATA_IP && flow.dport == 80 && flow.proto == PROTO_TCP && metadata_nat(ctx, zone, iface, flow, now).is_err() {
-            count(Stat::NatMalformed);
-            return TC_ACT_SHOT;
+        if flow.dst == METADATA_IP && flow.dport == 80 && flow.proto == PROTO_TCP {
+            if let Err(stat) = metadata_nat(ctx, zone, iface, flow, now) {
+                count(stat);
+                return TC_ACT_SHOT;
+            }
         }
     }
     if side == Side::ToApp && iface.flags & IFACE_FLAG_IP_LEARN != 0 && guard::is_dhcp_reply(flow) && !came_from_app_port(ctx) {
@@ -741,9 +750,11 @@ fn verdict_action(drop: bool, pass: Stat, dropped: Stat) -> i32 {
 }
 
 /// The app's request to 169.254.169.254:80 goes to the gateway's port 80 instead (the
-/// metadata server of the NI). Both directions are recorded in the NI's NAT domain.
+/// metadata server of the NI). Both directions are recorded in the NI's NAT domain, and
+/// taken from the NI's share of the map like any translation of its flows (else SYNs
+/// from every source port would fill the map for every NI). Err: what to count.
 #[inline(always)]
-fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, now: u64) -> Result<(), ()> {
+fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, now: u64) -> Result<(), Stat> {
     let key = NatKey::of(zone, flow);
     let fwd = match NAT.get_ptr_mut(&key) {
         Some(v) => unsafe {
@@ -751,14 +762,17 @@ fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, 
             *v
         },
         None => {
+            if !budget::take(zone, true, 2) {
+                return Err(Stat::DropZoneFull);
+            }
             let fwd = NatValue::new(now, 0, iface.gateway, 80, REWRITE_DST, NAT_FLAG_ORIG);
             let rev = NatValue::new(now, 0, METADATA_IP, 80, REWRITE_SRC, 0);
-            NAT.insert(&key.rewritten(&fwd).reversed(), &rev, BPF_ANY as u64).map_err(|_| ())?;
-            NAT.insert(&key, &fwd, BPF_ANY as u64).map_err(|_| ())?;
+            NAT.insert(&key.rewritten(&fwd).reversed(), &rev, BPF_ANY as u64).map_err(|_| Stat::NatMalformed)?;
+            NAT.insert(&key, &fwd, BPF_ANY as u64).map_err(|_| Stat::NatMalformed)?;
             fwd
         }
     };
-    rewrite::apply(ctx, flow, &fwd)
+    rewrite::apply(ctx, flow, &fwd).map_err(|()| Stat::NatMalformed)
 }
 
 /// The gateway's answer goes back to the app as from 169.254.169.254:80. Its entry is

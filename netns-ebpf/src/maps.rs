@@ -108,7 +108,7 @@ pub static ACL_WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
-#[btf_map(name = "STATS_V11")]
+#[btf_map(name = "STATS_V12")]
 pub static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "NAT_V2")]

@@ -24,7 +24,7 @@ use crate::{
     budget, clock, fast, frag,
     maps::{zone, NAT, NAT_IFACES, PORTMAPS},
     rewrite,
-    skb::{count, ifindex, skb_mark, Skb},
+    skb::{count, ifindex, skb_mark, vlan_tagged, Skb},
 };
 
 /// Linear probes per new source translation: a whole small range, or enough to find a
@@ -50,7 +50,16 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         ctx.set_mark(0);
         return TC_ACT_OK;
     }
+    // A tagged frame on an uplink is another VLAN's: not ours to translate (the kernel
+    // hands it to that VLAN's interface, or drops it).
+    if vlan_tagged(ctx) {
+        return TC_ACT_OK;
+    }
     let mut flow = match packet::parse(&Skb(ctx)) {
+        Ok(Parsed::Ipv4(f)) if !egress && nat::outside_claims_inside(ifindex(ctx), &f) => {
+            count(Stat::DropUplinkSpoof);
+            return TC_ACT_SHOT;
+        }
         Ok(Parsed::Ipv4(f)) if f.related => return icmp_error(ctx, egress, &f),
         Ok(Parsed::Ipv4(f)) if !egress && mark == fast_path::NI_NAT_DONE_MARK && zone(ctx) != DOMAIN_AGENT => {
             // Translated back to its app's address at the uplink, as this program would

@@ -24,6 +24,18 @@ impl PacketReader for Skb<'_> {
         }
         self.0.load::<[u8; N]>(offset).ok()
     }
+
+    fn frame_len(&self) -> usize {
+        self.0.len() as usize
+    }
+}
+
+/// Whether the frame carries an 802.1Q tag. The kernel takes a tag out of the frame's
+/// bytes (into the socket buffer, as a NIC's VLAN offload would) before tc sees it: the
+/// bytes then read as a plain IPv4 packet, so the tag is asked for here.
+#[inline(always)]
+pub fn vlan_tagged(ctx: &TcContext) -> bool {
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
 }
 
 /// Writes `bytes` at `offset` of the packet: straight into its linear data when they are

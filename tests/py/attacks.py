@@ -15,9 +15,12 @@ dhcp-as IFACE CHADDR TYPE IP N [SRC SPORT DST]
                                      naming CHADDR as its client and IP as the address
                                      (declined, released); from 0.0.0.0:68 to the
                                      broadcast, or from SRC:SPORT to DST
+vlan IFACE VID DST PORT N            UDP to DST:PORT in an 802.1Q frame of VLAN VID
+long IFACE DST PORT N                UDP to DST:PORT whose IP header claims 65,535 bytes
+to-mac IFACE MAC SRC DST PORT N      UDP SRC -> DST:PORT in a frame to Ethernet MAC
 """
 import sys
-from scapy.all import ARP, BOOTP, DHCP, ICMP, IP, UDP, Ether, Raw, conf, get_if_addr, get_if_hwaddr, getmacbyip, sendp
+from scapy.all import ARP, BOOTP, DHCP, ICMP, IP, UDP, Dot1Q, Ether, Raw, conf, get_if_addr, get_if_hwaddr, getmacbyip, sendp
 
 conf.verb = 0
 mode, iface = sys.argv[1], sys.argv[2]
@@ -55,6 +58,15 @@ elif mode == "dhcp-as":
     bootp = BOOTP(op=1, chaddr=bytes.fromhex(chaddr.replace(":", "")) + b"\0" * 10, xid=0x5EED, ciaddr=ciaddr)
     eth_dst = bcast if dst == "255.255.255.255" else gw_mac(dst)
     frame = Ether(src=mac, dst=eth_dst) / IP(src=src, dst=dst) / UDP(sport=sport, dport=67) / bootp / DHCP(options=options)
+elif mode == "vlan":
+    vid, dst, port, n = int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+    frame = Ether(src=mac, dst=gw_mac(dst)) / Dot1Q(vlan=vid) / IP(src=me, dst=dst) / UDP(sport=41002, dport=port) / Raw(b"evil vlan")
+elif mode == "long":
+    dst, port, n = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    frame = Ether(src=mac, dst=gw_mac(dst)) / IP(src=me, dst=dst, len=65535) / UDP(sport=41003, dport=port) / Raw(b"evil long")
+elif mode == "to-mac":
+    eth_dst, src, dst, port, n = sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
+    frame = Ether(src=mac, dst=eth_dst) / IP(src=src, dst=dst) / UDP(sport=41004, dport=port) / Raw(b"evil to mac")
 else:
     sys.exit(f"unknown mode {mode}")
 sendp(frame, iface=iface, count=n, inter=0.01)

@@ -601,3 +601,83 @@ print(r[3] & 0x0f)
     assert!(String::from_utf8_lossy(&out.stdout).contains("app2-secret"), "app2's own user data");
     assert_eq!(s.dns_a(s.app("app2"), "10.10.1.1", "app1").unwrap(), ["10.10.1.2"]);
 }
+
+/// The MAC of `iface` in netns `ns`.
+fn mac_of(s: &Scenario, ns: &str, iface: &str) -> String {
+    let out = s.exec(ns, &["cat", &format!("/sys/class/net/{iface}/address")]);
+    assert!(out.status.success(), "no {iface} in {ns}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// No VLANs on app ports: an 802.1Q frame from an app (the kernel takes the tag out of the
+/// frame's bytes before the programs see it) is dropped, not carried tagged out of the
+/// uplink into a VLAN of its network.
+#[test]
+fn vlan_tagged_frames_from_an_app_go_nowhere() {
+    let s = local();
+    let (app1, gw) = (s.app("app1").to_string(), s.gw.clone());
+    let secs = scaled(Duration::from_secs(4)).as_secs().to_string();
+    // To a destination app1 may reach (UDP 9001), tagged: counted on gw's side of eth0.
+    let c = counter(&s, &gw, &["frames", &secs, "evil vlan", "up0"]);
+    let before = s.counter("drop_non_ipv4");
+    let sent = attack(&s, &app1, &["vlan", "nbu1x1.1", "100", INET_IP, "9001", "20"]);
+    let through = arrived(c);
+    let after = s.counter("drop_non_ipv4");
+    report("app1 sends in VLAN 100", sent, through, "drop_non_ipv4", before, after);
+    assert_eq!(through, 0);
+    assert!(after >= before + sent);
+}
+
+/// A packet whose IP header claims more bytes than its frame holds is malformed: dropped
+/// and counted, never judged (it would add bytes it does not carry to its flow's count).
+#[test]
+fn a_packet_longer_than_its_frame_is_dropped_as_malformed() {
+    let s = local();
+    let app1 = s.app("app1").to_string();
+    let before = (s.counter("drop_malformed"), s.counter("ct_new"));
+    let sent = attack(&s, &app1, &["long", "nbu1x1.1", INET_IP, "9001", "10"]);
+    let after = (s.counter("drop_malformed"), s.counter("ct_new"));
+    report("app1 sends 60-byte frames claiming 65,535 bytes", sent, 0, "drop_malformed", before.0, after.0);
+    assert!(after.0 >= before.0 + sent, "{before:?} -> {after:?}");
+    assert_eq!(after.1, before.1, "no flow made of them");
+}
+
+/// A frame for a neighbour's MAC carrying a packet for a remote (one the sender's ACL
+/// allows) is not handed to the neighbour: else two apps whose ACLs keep them apart would
+/// have a channel (the neighbour reads it with a packet socket, and answers the same way).
+#[test]
+fn a_frame_to_a_neighbours_mac_for_another_address_is_not_delivered() {
+    let s = local();
+    let (app1, app2) = (s.app("app1").to_string(), s.app("app2").to_string());
+    let secs = scaled(Duration::from_secs(4)).as_secs().to_string();
+    let app2_mac = mac_of(&s, &app2, "nbu1x2.1");
+    let c = counter(&s, &app2, &["frames", &secs, "evil to mac", "nbu1x2.1"]);
+    let before = s.counter("drop_not_for_app");
+    let sent = attack(&s, &app1, &["to-mac", "nbu1x1.1", &app2_mac, "10.10.1.2", INET_IP, "9001", "20"]);
+    let through = arrived(c);
+    let after = s.counter("drop_not_for_app");
+    report("app1 -> app2's MAC, a packet for the internet host", sent, through, "drop_not_for_app", before, after);
+    assert_eq!(through, 0);
+    assert!(after >= before + sent);
+}
+
+/// A host on the uplink's network cannot pose as the device: a packet from an address of
+/// the NI veths' network (169.254.100.0/24, the agent's own end of NI1's veth here, which
+/// the app ports take for EVE) is dropped at the uplink, never routed into the NI.
+#[test]
+fn packets_from_outside_claiming_an_inside_address_are_dropped_at_the_uplink() {
+    let s = local();
+    let (app1, gw, zedbox) = (s.app("app1").to_string(), s.gw.clone(), s.zedbox.clone());
+    let secs = scaled(Duration::from_secs(4)).as_secs().to_string();
+    let eth0_mac = mac_of(&s, &zedbox, "eth0");
+    let c = counter(&s, &app1, &["udp", &secs, "evil to mac", "10.10.1.2", "6000"]);
+    let before = s.counter("drop_uplink_spoof");
+    let sent = attack(&s, &gw, &["to-mac", "up0", &eth0_mac, "169.254.100.1", "10.10.1.2", "6000", "20"]);
+    // And to the NI's end of the veth (what listens in the NI's netns).
+    let to_ni_end = attack(&s, &gw, &["to-mac", "up0", &eth0_mac, "192.168.0.1", "169.254.100.2", "6000", "20"]);
+    let through = arrived(c);
+    let after = s.counter("drop_uplink_spoof");
+    report("gw -> app1 as 169.254.100.1, and to 169.254.100.2", sent + to_ni_end, through, "drop_uplink_spoof", before, after);
+    assert_eq!(through, 0);
+    assert!(after >= before + sent + to_ni_end);
+}

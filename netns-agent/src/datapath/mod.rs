@@ -3,7 +3,7 @@
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
 //!   CT_V4, DROP_V2, IFACE_V3, ACE_V4,   maps shared by every NI and the agent's netns
-//!   STATS_V11, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
+//!   STATS_V12, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/..., @agent/...                 TCX links an earlier agent pinned: the agent
 //!                                        unpins them as its tc filters take over (`tc`)
 //!
