@@ -153,9 +153,11 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
     let (ihl, proto, src, dst, total_len, frag) = ipv4_fields(&ip)?;
     // A packet longer than its frame is malformed (the kernel's `ip_rcv` drops it; the
     // fast path skips that): it would count bytes it does not have. Padding after the
-    // packet is the frame's, not the packet's: no header field is read from it.
-    let end = off + total_len as usize;
-    if end > pkt.frame_len() {
+    // packet is the frame's, not the packet's: no header field is read from it
+    // (`read_within`). (No `end` kept beside `total_len`: 6.1's verifier allows 512
+    // bytes of stack across a program's calls, and the from-app program is within a few
+    // of it.)
+    if off + total_len as usize > pkt.frame_len() {
         return Err(ParseError::Truncated);
     }
     let l4 = off + ihl;
@@ -171,7 +173,7 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
     }
     match proto {
         PROTO_TCP => {
-            let tcp: [u8; 14] = read_within(pkt, l4, end)?;
+            let tcp: [u8; 14] = read_within(pkt, l4, ihl, total_len)?;
             flow.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
             flow.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
             flow.tcp_flags = tcp[13];
@@ -183,12 +185,12 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
             flow.tcp_end = flow.tcp_seq.wrapping_add(payload).wrapping_add(syn_fin);
         }
         PROTO_UDP => {
-            let udp: [u8; 4] = read_within(pkt, l4, end)?;
+            let udp: [u8; 4] = read_within(pkt, l4, ihl, total_len)?;
             flow.sport = u16::from_be_bytes([udp[0], udp[1]]);
             flow.dport = u16::from_be_bytes([udp[2], udp[3]]);
         }
         PROTO_ICMP => {
-            let icmp: [u8; 8] = read_within(pkt, l4, end)?;
+            let icmp: [u8; 8] = read_within(pkt, l4, ihl, total_len)?;
             match icmp[0] {
                 ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => {
                     let id = u16::from_be_bytes([icmp[4], icmp[5]]);
@@ -197,7 +199,7 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
                     flow.icmp_echo = true;
                 }
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
-                    let inner = parse_icmp_error_inner(pkt, l4 + 8, total_len, end)?;
+                    let inner = parse_icmp_error_inner(pkt, l4 + 8, ihl + 8, total_len)?;
                     return Ok(Flow { l4_off: l4 as u16, outer_src: src, outer_dst: dst, ..inner });
                 }
                 _ => {}
@@ -208,22 +210,23 @@ fn parse_ipv4<R: PacketReader + ?Sized>(pkt: &R, off: usize) -> Result<Flow, Par
     Ok(flow)
 }
 
-/// `N` bytes at `off`, all of them before `end` (the packet's end).
+/// `N` bytes at `off`, which lies `into` bytes into an IPv4 packet of `total_len`: all of
+/// them inside the packet.
 #[inline(always)]
-fn read_within<R: PacketReader + ?Sized, const N: usize>(pkt: &R, off: usize, end: usize) -> Result<[u8; N], ParseError> {
-    if off + N > end {
+fn read_within<R: PacketReader + ?Sized, const N: usize>(pkt: &R, off: usize, into: usize, total_len: u16) -> Result<[u8; N], ParseError> {
+    if into + N > total_len as usize {
         return Err(ParseError::Truncated);
     }
     pkt.read(off).ok_or(ParseError::Truncated)
 }
 
-/// The packet quoted in an ICMP error (before `end`, the error's end): its IPv4 header
-/// and the first 8 bytes of L4.
+/// The packet quoted in an ICMP error (at `off`, `into` bytes into the error's IPv4
+/// packet of `outer_len`): its IPv4 header and the first 8 bytes of L4.
 #[inline(always)]
-fn parse_icmp_error_inner<R: PacketReader + ?Sized>(pkt: &R, off: usize, outer_len: u16, end: usize) -> Result<Flow, ParseError> {
-    let ip: [u8; 20] = read_within(pkt, off, end)?;
+fn parse_icmp_error_inner<R: PacketReader + ?Sized>(pkt: &R, off: usize, into: usize, outer_len: u16) -> Result<Flow, ParseError> {
+    let ip: [u8; 20] = read_within(pkt, off, into, outer_len)?;
     let (ihl, proto, src, dst, _, _) = ipv4_fields(&ip)?;
-    let l4: [u8; 8] = read_within(pkt, off + ihl, end)?;
+    let l4: [u8; 8] = read_within(pkt, off + ihl, into + ihl, outer_len)?;
     let mut icmp_echo = false;
     let (sport, dport) = match proto {
         PROTO_TCP | PROTO_UDP => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),

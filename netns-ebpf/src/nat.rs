@@ -56,10 +56,6 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         return TC_ACT_OK;
     }
     let mut flow = match packet::parse(&Skb(ctx)) {
-        Ok(Parsed::Ipv4(f)) if !egress && nat::outside_claims_inside(ifindex(ctx), &f) => {
-            count(Stat::DropUplinkSpoof);
-            return TC_ACT_SHOT;
-        }
         Ok(Parsed::Ipv4(f)) if f.related => return icmp_error(ctx, egress, &f),
         Ok(Parsed::Ipv4(f)) if !egress && mark == fast_path::NI_NAT_DONE_MARK && zone(ctx) != DOMAIN_AGENT => {
             // Translated back to its app's address at the uplink, as this program would
@@ -78,6 +74,10 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             return TC_ACT_OK;
         }
     };
+    if !egress && nat::outside_claims_inside(ifindex(ctx), &flow) {
+        count(Stat::DropUplinkSpoof);
+        return TC_ACT_SHOT;
+    }
     let zone = zone(ctx);
     let now = clock::now_ns();
     // Fragments follow their first, on an interface that translates: a later one whose
