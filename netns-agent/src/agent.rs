@@ -181,8 +181,9 @@ impl Agent {
     async fn start(source: ConfigSource) -> Result<(Agent, Inputs)> {
         let source = source.canonical();
         let loaded = source.load()?;
-        let plan = plan::build(&loaded.config);
+        let mut plan = plan::build(&loaded.config);
         let mut applier = Applier::open(&plan.pin_dir, &plan.state_dir)?;
+        plan.keep_tables(&applier.record().uplinks);
         applier.publish_recorded_host_layouts();
         let record = applier.record();
         if status::agent_alive(record.agent_pid) && record.agent_pid != std::process::id() {
@@ -276,7 +277,8 @@ impl Agent {
                 return refused(e);
             }
         };
-        let new_plan = plan::build(&loaded.config);
+        let mut new_plan = plan::build(&loaded.config);
+        new_plan.keep_tables(&self.applier.record().uplinks);
         let outcome = match self.applier.apply(&new_plan, trigger).await {
             Ok(o) => o,
             Err(e) => {

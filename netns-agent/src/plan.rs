@@ -234,6 +234,26 @@ impl PortPlan {
 }
 
 impl Plan {
+    /// Gives each uplink on record (`recorded`, the applied state's) the routing table it
+    /// has, and each other one the lowest table number no uplink on record or of this plan
+    /// holds. `build` numbers them by their place in the config: an uplink added before
+    /// another would take the other's table, whose routes its own would replace while the
+    /// other's NIs kept their rule to it.
+    pub fn keep_tables(&mut self, recorded: &[UplinkPlan]) {
+        let kept = |name: &str| recorded.iter().find(|r| r.name == name).map(|r| r.table);
+        let mut taken: Vec<u32> = recorded.iter().map(|r| r.table).collect();
+        for u in &mut self.uplinks {
+            if let Some(table) = kept(&u.name) {
+                u.table = table;
+            }
+        }
+        taken.extend(self.uplinks.iter().filter(|u| kept(&u.name).is_some()).map(|u| u.table));
+        for u in self.uplinks.iter_mut().filter(|u| kept(&u.name).is_none()) {
+            u.table = (UPLINK_TABLE_BASE..).find(|t| !taken.contains(t)).expect("a free table number");
+            taken.push(u.table);
+        }
+    }
+
     /// The uplink `name` (an NI's `uplink` always names one: the config checked it).
     pub fn uplink(&self, name: &str) -> anyhow::Result<&UplinkPlan> {
         self.uplinks.iter().find(|u| u.name == name).ok_or_else(|| anyhow::anyhow!("the plan has no uplink {name:?}"))
@@ -561,5 +581,28 @@ ip = "192.168.1.3"
         assert_eq!(t[0].matches, acl::MATCH_IP | acl::MATCH_PROTO | acl::MATCH_FPORT);
         assert_eq!((t[0].prefix, t[0].prefix_len, t[0].fport), ([10, 10, 1, 0], 24, 80));
         assert_eq!((t[1].id, t[1].matches, t[1].action), (4, 0, acl::ACTION_DROP));
+    }
+
+    #[test]
+    fn an_uplink_keeps_its_table_when_others_come_and_go() {
+        let uplinks = |names: &[&str]| {
+            let text: String = names.iter().map(|n| format!("[[uplink]]\nname = \"{n}\"\n")).collect();
+            build(&crate::config::parse("t", &text, &crate::config::AnyNetns).unwrap())
+        };
+        let tables = |p: &Plan| p.uplinks.iter().map(|u| (u.name.clone(), u.table)).collect::<Vec<_>>();
+        let first = uplinks(&["eth1"]);
+        assert_eq!(tables(&first), [("eth1".to_string(), 500)]);
+        // eth0 comes before eth1 in the config: by place it would take 500.
+        let mut second = uplinks(&["eth0", "eth1"]);
+        second.keep_tables(&first.uplinks);
+        assert_eq!(tables(&second), [("eth0".to_string(), 501), ("eth1".to_string(), 500)]);
+        // eth1 leaves (its table still on record until it is removed); eth2 comes.
+        let mut third = uplinks(&["eth0", "eth2"]);
+        third.keep_tables(&second.uplinks);
+        assert_eq!(tables(&third), [("eth0".to_string(), 501), ("eth2".to_string(), 502)]);
+        // Nothing on record: by place.
+        let mut fresh = uplinks(&["eth0", "eth2"]);
+        fresh.keep_tables(&[]);
+        assert_eq!(tables(&fresh), [("eth0".to_string(), 500), ("eth2".to_string(), 501)]);
     }
 }

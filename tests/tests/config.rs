@@ -58,6 +58,20 @@ fn duplicate_ace_ids() {
 }
 
 #[test]
+fn a_subnet_over_the_devices_own_addresses() {
+    let config = GOOD
+        .replace("10.10.1.0/24\"\ngateway = \"10.10.1.1\"", "169.254.0.0/16\"\ngateway = \"169.254.0.1\"")
+        .replace("10.10.1.2", "169.254.0.2");
+    assert_ne!(config, GOOD);
+    run_bad(&config, &[":9:", "overlaps the device's own addresses"]);
+}
+
+#[test]
+fn an_app_in_a_networks_netns() {
+    run_bad(&GOOD.replace("netns = \"@app1\"", "netns = \"@ni1\""), &[":14:", "is the netns of network"]);
+}
+
+#[test]
 fn good_config_validates() {
     let s = Scenario::new(&["ni1"], &["app1"], GOOD);
     let out = s.agent_cmd(&["validate", "--config", s.config_path.to_str().unwrap()]);

@@ -1034,3 +1034,74 @@ fn expedited_grace_periods_end_with_each_apply() {
     assert_eq!(knob(), "0", "after down");
     assert_eq!(s.leftovers(), Vec::<String>::new());
 }
+
+/// An uplink added to the config before one in use takes a routing table of its own: the
+/// one in use keeps its table, its NIs their one rule to it, and `down` removes both
+/// tables (numbered by their place in the config, the new uplink took the other's table,
+/// replaced its routes, and the other's NIs kept their rule to it).
+#[test]
+fn an_uplink_added_before_another_leaves_the_others_table_alone() {
+    const APP3_ON_ETH1: &str = r#"
+[[network]]
+name = "@ni2"
+kind = "local"
+index = 2
+subnet = "10.10.2.0/24"
+gateway = "10.10.2.1"
+uplink = "eth1"
+
+[[app]]
+name = "app3"
+num = 3
+netns = "@app3"
+[[app.interface]]
+network = "@ni2"
+ip = "10.10.2.2"
+acl = [{ id = 1, match = { ip = "10.99.0.0/16" } }]
+"#;
+    const APP1_ON_ETH0: &str = r#"
+[[network]]
+name = "@ni1"
+kind = "local"
+index = 1
+subnet = "10.10.1.0/24"
+gateway = "10.10.1.1"
+uplink = "eth0"
+
+[[app]]
+name = "app1"
+num = 1
+netns = "@app1"
+[[app.interface]]
+network = "@ni1"
+ip = "10.10.1.2"
+acl = [{ id = 1, match = { ip = "10.99.0.0/16" } }]
+"#;
+    let first = format!("[[uplink]]\nname = \"eth1\"\n{APP3_ON_ETH1}");
+    let mut s = Scenario::with_uplinks(&["ni1", "ni2"], &["app1", "app3"], 2, &first);
+    s.whoami_server(&s.inet.clone(), INET_IP, 7000);
+    s.start_agent();
+    let (app1, app3, z) = (s.app("app1").to_string(), s.app("app3").to_string(), s.zedbox.clone());
+    assert!(s.whoami(&app3, INET_IP, 7000).is_some_and(|a| a.starts_with("192.168.1.2:")), "{}", s.agent_log());
+    let second = format!("[[uplink]]\nname = \"eth0\"\n[[uplink]]\nname = \"eth1\"\n{APP3_ON_ETH1}{APP1_ON_ETH0}");
+    let out = s.apply(&second);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+    let rules = String::from_utf8_lossy(&s.exec(&z, &["ip", "rule"]).stdout).to_string();
+    let ni2_rules: Vec<&str> = rules.lines().filter(|l| l.contains("iif veth2")).collect();
+    assert_eq!(ni2_rules.len(), 1, "one rule for NI2's traffic:\n{rules}");
+    assert!(ni2_rules[0].ends_with("lookup 500"), "NI2 keeps eth1's table:\n{rules}");
+    // Each NI leaves by its own uplink, with its address.
+    for _ in 0..3 {
+        assert!(s.whoami(&app3, INET_IP, 7000).is_some_and(|a| a.starts_with("192.168.1.2:")), "app3 by eth1\n{}", s.agent_log());
+        assert!(s.whoami(&app1, INET_IP, 7000).is_some_and(|a| a.starts_with("192.168.0.2:")), "app1 by eth0\n{}", s.agent_log());
+    }
+    s.stop_agent();
+    let out = s.down();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rules = String::from_utf8_lossy(&s.exec(&z, &["ip", "rule"]).stdout).to_string();
+    assert!(!rules.contains("lookup 50"), "no rule to an uplink table after down:\n{rules}");
+    for table in ["500", "501"] {
+        let routes = String::from_utf8_lossy(&s.exec(&z, &["ip", "route", "show", "table", table]).stdout).to_string();
+        assert!(routes.trim().is_empty(), "table {table} after down:\n{routes}");
+    }
+}

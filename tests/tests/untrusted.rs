@@ -681,3 +681,36 @@ fn packets_from_outside_claiming_an_inside_address_are_dropped_at_the_uplink() {
     assert_eq!(through, 0);
     assert!(after >= before + sent + to_ni_end);
 }
+
+/// An app with two interfaces on one NI is known by each: the metadata server serves its
+/// user data to both of its addresses (it kept one per app, and told the other "not an
+/// app of this network").
+#[test]
+fn an_app_with_two_interfaces_on_one_ni_gets_its_data_on_both() {
+    let second = "[[app.interface]]\nnetwork = \"@ni1\"\nip = \"10.10.1.4\"\n";
+    let config = format!("{LOCAL}{second}");
+    let mut s = Scenario::with_uplinks(&["ni1"], &["app1", "app2"], 1, &config);
+    s.start_agent();
+    let app2 = s.app("app2").to_string();
+    // Each address leaves by its own interface (else the port of the other drops it as
+    // spoofed), and answers ARP only there.
+    for args in [
+        ["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"].as_slice(),
+        &["ip", "rule", "add", "from", "10.10.1.4", "table", "100"],
+        &["ip", "route", "add", "default", "via", "10.10.1.1", "dev", "nbu2x2.1", "table", "100"],
+        &["ip", "route", "add", "10.10.1.0/24", "dev", "nbu2x2.1", "src", "10.10.1.4", "table", "100"],
+    ] {
+        let out = s.exec(&app2, args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for ip in ["10.10.1.3", "10.10.1.4"] {
+        let out = s.exec(&app2, &["curl", "-sS", "--max-time", "5", "--interface", ip, "http://169.254.169.254/user-data"]);
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            body.contains("app2-secret"),
+            "app2's user data from {ip}: {body}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            s.agent_log()
+        );
+    }
+}

@@ -26,7 +26,7 @@ use super::{
     bridge_mac, default_nat_ports, file, parse_mac, Ace, Action, AgentSettings, App, Config, Interface, Match, NetnsLookup, Network,
     NetworkKind, Uplink, Vpn, MAX_NI_INDEX,
 };
-use crate::pool;
+use crate::{plan::VETH_NET, pool};
 
 /// Where an error points: a byte range of the file.
 pub(super) type Span = std::ops::Range<usize>;
@@ -141,6 +141,15 @@ fn networks(raw: &file::Config, uplinks: &[Uplink], err: &mut impl FnMut(Span, S
         }
         if !is_host_of(gateway, &subnet) {
             err(n.gateway.span(), format!("network.gateway {gateway} is not a host address of subnet {subnet}"));
+        }
+        // The device's own addresses: the NI veths' network, the metadata server's.
+        let veths = Ipv4Net::new(VETH_NET, netns_ebpf_common::VETH_NET_LEN).expect("a valid prefix");
+        let metadata = Ipv4Addr::from(netns_ebpf_common::acl::METADATA_IP);
+        if subnet.contains(&veths.network()) || veths.contains(&subnet.network()) || subnet.contains(&metadata) {
+            err(
+                n.subnet.span(),
+                format!("network.subnet {subnet} of {name:?} overlaps the device's own addresses ({veths}, the NI veths; {metadata}, the metadata server)"),
+            );
         }
         let dhcp_range = n.dhcp_range.as_ref().map(|range| {
             let [first, last] = *range.get_ref();
@@ -326,6 +335,10 @@ fn app<'c>(
         err(num_span, format!("app.num {num} of {name:?} is already used by {other:?}"));
     }
     match &a.netns {
+        Some(ns) if networks.iter().any(|n| n.name == *ns.get_ref()) => err(
+            ns.span(),
+            format!("app.netns {:?} of {name:?} is the netns of network {0:?}, which the agent makes and owns", ns.get_ref()),
+        ),
         Some(ns) if !netns.netns_exists(ns.get_ref()) => err(
             ns.span(),
             format!("app.netns {:?} of {name:?} does not exist (the app's netns must exist before the agent attaches it)", ns.get_ref()),

@@ -61,8 +61,9 @@ pub struct NiMetaConfig {
     pub ni: String,
     pub subnet: ipnet::Ipv4Net,
     pub gateway: Ipv4Addr,
-    /// By app number (the top byte of the connection mark).
-    pub apps: HashMap<u32, AppMeta>,
+    /// By app number (the top byte of the connection mark) and address: an app may have
+    /// two interfaces on one NI.
+    pub apps: HashMap<(u32, Ipv4Addr), AppMeta>,
     /// The NI's uplink, looked up in `uplinks` (kept current by the agent) per request.
     pub uplink: Option<String>,
     pub uplinks: Arc<RwLock<Uplinks>>,
@@ -166,9 +167,8 @@ pub struct Caller {
 
 /// The app behind the port the connection came through, if its address is that app's.
 fn app_of(cfg: &NiMetaConfig, caller: &Caller) -> Option<AppMeta> {
-    let app = cfg.apps.get(&super::caller::app_num(caller.mark))?;
     match caller.addr {
-        SocketAddr::V4(a) if *a.ip() == app.ip => Some(app.clone()),
+        SocketAddr::V4(a) => cfg.apps.get(&(super::caller::app_num(caller.mark), *a.ip())).cloned(),
         _ => None,
     }
 }

@@ -133,7 +133,7 @@ impl Services {
                 .iter()
                 .map(|p| {
                     (
-                        p.app_num,
+                        (p.app_num, p.ip),
                         metadata::AppMeta { app: p.app.clone(), app_num: p.app_num, ip: p.ip, mac: p.mac, user_data: p.user_data.clone() },
                     )
                 })
