@@ -1105,3 +1105,42 @@ acl = [{ id = 1, match = { ip = "10.99.0.0/16" } }]
         assert!(routes.trim().is_empty(), "table {table} after down:\n{routes}");
     }
 }
+
+/// An app removed after its netns (and with it the port's veth) went already leaves no
+/// flow behind: its conntrack entries and translations go all the same (they stayed,
+/// kept alive by the remote's answers, which the next app given the address must not
+/// get: its port drops another port's flow, and with the entries gone the answers are
+/// unsolicited).
+#[test]
+fn an_app_whose_netns_went_first_leaves_no_flow_to_the_next_app_at_its_address() {
+    let mut s = base();
+    let (app2, app4, inet) = (s.app("app2").to_string(), s.app("app4").to_string(), s.inet.clone());
+    let secs = scaled(Duration::from_secs(20)).as_secs().to_string();
+    // The internet host answers app2's datagram again and again.
+    let answers = "import socket,sys,time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 9999))\nprint('ready', flush=True)\ndata, peer = s.recvfrom(100)\nend = time.time() + float(sys.argv[2])\nwhile time.time() < end:\n  s.sendto(b'late answer', peer); time.sleep(0.1)";
+    let mut remote = s.background(&inet, &["python3", "-u", "-c", answers, INET_IP, &secs]);
+    assert_eq!(remote.read_line().trim(), "ready");
+    let hello = "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('10.10.1.3', 5555)); s.sendto(b'hi', ('10.99.0.10', 9999)); s.settimeout(3); s.recv(100)";
+    let out = s.python(&app2, hello, &[]);
+    assert!(out.status.success(), "app2 hears the answers: {}", String::from_utf8_lossy(&out.stderr));
+    // app2's netns goes (the port's veth with it), then the config gives app4 its address.
+    assert!(Command::new("ip").args(["netns", "del", &app2]).status().unwrap().success());
+    let app4_at_app2s_address =
+        BASE.replacen("name = \"app2\"\nnum = 2\nnetns = \"@app2\"", "name = \"app4\"\nnum = 4\nnetns = \"@app4\"", 1);
+    assert_ne!(app4_at_app2s_address, BASE);
+    let out = s.apply(&app4_at_app2s_address);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), s.agent_log());
+    let count = scaled(Duration::from_secs(3)).as_secs().to_string();
+    let mut counter =
+        s.background(&app4, &["python3", "-u", &py_script("count_arrivals.py"), "udp", &count, "late answer", "10.10.1.3", "5555"]);
+    assert_eq!(counter.read_line().trim(), "ready");
+    let out = counter.finish();
+    let through: u64 = String::from_utf8_lossy(&out.stdout).lines().last().and_then(|l| l.trim().parse().ok()).expect("a count");
+    println!("late answers to app2's flow that reached app4: {through}");
+    assert_eq!(through, 0, "{}", s.agent_log());
+    let report = s.flows_report();
+    let left: Vec<_> = report.flows.iter().filter(|f| f.src == "10.10.1.3" && f.sport == 5555).collect();
+    assert!(left.is_empty(), "app2's flow is gone: {left:?}\n{}", s.agent_log());
+    let translated = report.nat.iter().filter(|n| (n.src == "10.10.1.3" && n.sport == 5555) || n.to == "10.10.1.3:5555").count();
+    assert_eq!(translated, 0, "app2's translations are gone: {:?}", report.nat);
+}

@@ -351,27 +351,32 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
     }
     let ns = Netns::open(&netns::resolve(&ni.name))?;
     let nl = Netlink::open(&ns)?;
-    if let Some(ifindex) = nl.link_index(&p.bridge_port).await? {
-        let key = IfaceKey { zone: ni.zone(), ifindex };
-        let (zone, ip, ni_ip) = (ni.zone(), p.ip.octets(), ni.ni_ip.octets());
+    // A port whose link went already (its app's netns deleted, a VM's tap gone) has its
+    // flows and translations all the same: left, they would serve the next app given the
+    // address, unjudged. A veth's ifindex is the plan's; a tap's only its link knows (its
+    // flows go by the app's address, its map entries with the NI's strays).
+    let ifindex = nl.link_index(&p.bridge_port).await?.or(p.ifindex);
+    let (zone, ip, ni_ip) = (ni.zone(), p.ip.octets(), ni.ni_ip.octets());
+    if let Some(ifindex) = ifindex {
+        let key = IfaceKey { zone, ifindex };
         ap.host_layouts().forget(key);
-        let maps = ap.maps()?;
-        maps.remove_port(key, ip);
-        let flows = maps.remove_flows(|k, v| k.zone == zone && (v.judge_ifindex == ifindex || k.addr_a == ip || k.addr_b == ip));
-        // The app's source-NATed flows continue in the agent's domain as they left the
-        // NI veth: from its address and the port each was given there. Those
-        // translations go first: while the app's entries in the NI hold its ports, no
-        // new flow is given one of them for the same remote.
-        let nat: HashMap<NatKey, NatValue> = maps.nat_entries().into_iter().collect();
-        let leaving = nat
-            .iter()
-            .filter(|(k, v)| k.domain == zone && k.src == ip && v.rewrite == REWRITE_SRC && v.addr == ni_ip)
-            .map(|(k, v)| NatKey { domain: DOMAIN_AGENT, ..k.rewritten(v) });
-        let continued = datapath::translations_met(&nat, leaving);
-        let nat_agent = maps.remove_nat_entries(|k, _| continued.contains(k));
-        let nat_ni = maps.remove_nat_entries(|k, v| k.domain == zone && (k.src == ip || k.dst == ip || v.addr == ip));
-        info!("{}: port {}: {flows} flows, {} NAT entries removed", ni.name, p.bridge_port, nat_ni + nat_agent);
+        ap.maps()?.remove_port(key, ip);
     }
+    let maps = ap.maps()?;
+    let flows = maps.remove_flows(|k, v| k.zone == zone && (Some(v.judge_ifindex) == ifindex || k.addr_a == ip || k.addr_b == ip));
+    // The app's source-NATed flows continue in the agent's domain as they left the NI
+    // veth: from its address and the port each was given there. Those translations go
+    // first: while the app's entries in the NI hold its ports, no new flow is given one of
+    // them for the same remote.
+    let nat: HashMap<NatKey, NatValue> = maps.nat_entries().into_iter().collect();
+    let leaving = nat
+        .iter()
+        .filter(|(k, v)| k.domain == zone && k.src == ip && v.rewrite == REWRITE_SRC && v.addr == ni_ip)
+        .map(|(k, v)| NatKey { domain: DOMAIN_AGENT, ..k.rewritten(v) });
+    let continued = datapath::translations_met(&nat, leaving);
+    let nat_agent = maps.remove_nat_entries(|k, _| continued.contains(k));
+    let nat_ni = maps.remove_nat_entries(|k, v| k.domain == zone && (k.src == ip || k.dst == ip || v.addr == ip));
+    info!("{}: port {}: {flows} flows, {} NAT entries removed", ni.name, p.bridge_port, nat_ni + nat_agent);
     // A tap goes back to the agent's netns without our programs. A veth goes with them,
     // deleted first: detached first, it would pass the app's packets unjudged meanwhile.
     if p.tap.is_some() {
