@@ -97,14 +97,14 @@ pub fn from_app_arp(iface: &IfaceInfo, arp: &Arp) -> Result<(), Stat> {
 /// not take it either, but for sniffing. `dst_mac`: the frame's destination; `dst`: the
 /// packet's own destination (an ICMP error's, not the quoted packet's); `other_app`:
 /// whether `dst` is the address of another app of the NI (EIDSET, asked only for a group
-/// frame). (A DHCP server's reply may go to the address it offers: the caller lets those
-/// through, `is_dhcp_reply`.) A broadcast or multicast packet (to the subnet, to all) is
-/// every app's; a frame to a MAC the port does not know (a VM's tap without a configured
-/// MAC) is judged as before.
+/// frame); `dhcp_reply`: a DHCP server's reply (`is_dhcp_reply`), which may go to the
+/// app's MAC at the address it offers (a new one, on a switch NI). A broadcast or
+/// multicast packet (to the subnet, to all) is every app's; a frame to a MAC the port
+/// does not know (a VM's tap without a configured MAC) is judged as before.
 #[inline(always)]
-pub fn for_another_port(iface: &IfaceInfo, dst_mac: &[u8; 6], dst: Ipv4, other_app: impl FnOnce() -> bool) -> bool {
+pub fn for_another_port(iface: &IfaceInfo, dst_mac: &[u8; 6], dst: Ipv4, dhcp_reply: bool, other_app: impl FnOnce() -> bool) -> bool {
     if dst_mac[0] & 1 == 0 {
-        return !mac_ok(iface, dst_mac) || ip_known(iface) && dst != iface.app_ip;
+        return !mac_ok(iface, dst_mac) || ip_known(iface) && dst != iface.app_ip && !dhcp_reply;
     }
     ip_known(iface) && dst != iface.app_ip && other_app()
 }
@@ -156,22 +156,26 @@ mod tests {
     fn a_frame_for_another_port_is_told_by_its_mac_or_its_address() {
         let port = iface(0);
         let never = || -> bool { panic!("EIDSET asked for a unicast frame") };
-        assert!(!for_another_port(&port, &MAC, APP, never), "the app's own frame");
-        assert!(for_another_port(&port, &[2, 0x16, 0x3e, 1, 2, 1], OTHER, never), "flooded: another app's MAC");
+        assert!(!for_another_port(&port, &MAC, APP, false, never), "the app's own frame");
+        assert!(for_another_port(&port, &[2, 0x16, 0x3e, 1, 2, 1], OTHER, false, never), "flooded: another app's MAC");
         let unknown_mac = IfaceInfo { flags: 0, ..port };
-        assert!(!for_another_port(&unknown_mac, &[2, 0, 0, 0, 0, 9], APP, never), "a VM's tap whose MAC is not configured");
+        assert!(!for_another_port(&unknown_mac, &[2, 0, 0, 0, 0, 9], APP, false, never), "a VM's tap whose MAC is not configured");
         const BROADCAST: [u8; 6] = [0xff; 6];
-        assert!(for_another_port(&port, &BROADCAST, OTHER, || true), "broadcast frame, another app's address");
-        assert!(!for_another_port(&port, &BROADCAST, APP, || true), "broadcast frame, the app's own address");
-        assert!(!for_another_port(&port, &BROADCAST, [10, 10, 1, 255], || false), "the subnet's broadcast");
-        assert!(!for_another_port(&port, &[0x01, 0, 0x5e, 0, 0, 0xfb], [224, 0, 0, 251], || false), "multicast");
+        assert!(for_another_port(&port, &BROADCAST, OTHER, false, || true), "broadcast frame, another app's address");
+        assert!(!for_another_port(&port, &BROADCAST, APP, false, || true), "broadcast frame, the app's own address");
+        assert!(!for_another_port(&port, &BROADCAST, [10, 10, 1, 255], false, || false), "the subnet's broadcast");
+        assert!(!for_another_port(&port, &[0x01, 0, 0x5e, 0, 0, 0xfb], [224, 0, 0, 251], false, || false), "multicast");
         let learning = iface(IFACE_FLAG_SWITCH);
-        assert!(!for_another_port(&learning, &BROADCAST, OTHER, || true), "a switch port that has not learned its app's address");
+        assert!(!for_another_port(&learning, &BROADCAST, OTHER, false, || true), "a switch port that has not learned its app's address");
         // The app's MAC, someone else's packet: a neighbour that may reach that remote
         // would have a channel to this app past both ACLs.
-        assert!(for_another_port(&port, &MAC, [10, 99, 0, 10], never), "the app's MAC, a remote's address");
-        assert!(for_another_port(&port, &MAC, [10, 10, 1, 255], never), "the app's MAC, the subnet's broadcast");
-        assert!(!for_another_port(&learning, &MAC, [10, 10, 1, 7], never), "a switch port that has not learned its app's address");
+        assert!(for_another_port(&port, &MAC, [10, 99, 0, 10], false, never), "the app's MAC, a remote's address");
+        assert!(for_another_port(&port, &MAC, [10, 10, 1, 255], false, never), "the app's MAC, the subnet's broadcast");
+        assert!(!for_another_port(&learning, &MAC, [10, 10, 1, 7], false, never), "a switch port that has not learned its app's address");
+        // A DHCP server's reply to the app's MAC may name a new address; one to another
+        // MAC is still another port's.
+        assert!(!for_another_port(&port, &MAC, [10, 10, 1, 7], true, never), "a DHCP reply at the address it offers");
+        assert!(for_another_port(&port, &[2, 0x16, 0x3e, 1, 2, 1], OTHER, true, never), "a flooded DHCP reply for another app");
     }
 
     #[test]

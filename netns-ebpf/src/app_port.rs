@@ -143,10 +143,10 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     };
     // A flooded copy of another port's frame is that port's to judge, not this one's
     // (before conntrack sees it: here it would make or use that flow's entry).
-    if side == Side::ToApp && !guard::is_dhcp_reply(flow) {
+    if side == Side::ToApp {
         let dst_mac = Skb(ctx).read::<6>(0).unwrap_or_default();
         let other_app = || unsafe { EIDSET.get(EidKey { zone, addr: flow.outer_dst }) }.is_some();
-        if guard::for_another_port(iface, &dst_mac, flow.outer_dst, other_app) {
+        if guard::for_another_port(iface, &dst_mac, flow.outer_dst, guard::is_dhcp_reply(flow), other_app) {
             count(Stat::DropNotForApp);
             return TC_ACT_SHOT;
         }

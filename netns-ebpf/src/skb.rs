@@ -30,13 +30,19 @@ impl PacketReader for Skb<'_> {
     }
 }
 
-/// Whether the frame carries an 802.1Q tag. The kernel takes a tag out of the frame's
-/// bytes (into the socket buffer, as a NIC's VLAN offload would) before tc sees it: the
-/// bytes then read as a plain IPv4 packet, so the tag is asked for here.
+/// Whether the frame belongs to a VLAN: an 802.1Q tag with a VLAN id. The kernel takes a
+/// tag out of the frame's bytes (into the socket buffer, as a NIC's VLAN offload would)
+/// before tc sees it: the bytes then read as a plain IPv4 packet, so the tag is asked for
+/// here. A priority tag (802.1p, VLAN id 0) is the untagged network's: the kernel drops
+/// it after tc, and LANs that tag priorities are common.
 #[inline(always)]
 pub fn vlan_tagged(ctx: &TcContext) -> bool {
-    unsafe { (*ctx.skb.skb).vlan_present != 0 }
+    let skb = unsafe { &*ctx.skb.skb };
+    skb.vlan_present != 0 && skb.vlan_tci & VLAN_VID_MASK != 0
 }
+
+/// The VLAN id's bits of a tag's TCI.
+const VLAN_VID_MASK: u32 = 0x0fff;
 
 /// Writes `bytes` at `offset` of the packet: straight into its linear data when they are
 /// there (direct packet access; the verifier then starts the program by making a cloned

@@ -1113,7 +1113,7 @@ acl = [{ id = 1, match = { ip = "10.99.0.0/16" } }]
 /// unsolicited).
 #[test]
 fn an_app_whose_netns_went_first_leaves_no_flow_to_the_next_app_at_its_address() {
-    let mut s = base();
+    let s = base();
     let (app2, app4, inet) = (s.app("app2").to_string(), s.app("app4").to_string(), s.inet.clone());
     let secs = scaled(Duration::from_secs(20)).as_secs().to_string();
     // The internet host answers app2's datagram again and again.

@@ -611,7 +611,7 @@ fn mac_of(s: &Scenario, ns: &str, iface: &str) -> String {
 
 /// No VLANs on app ports: an 802.1Q frame from an app (the kernel takes the tag out of the
 /// frame's bytes before the programs see it) is dropped, not carried tagged out of the
-/// uplink into a VLAN of its network.
+/// uplink into a VLAN of its network; a priority tag alone (VLAN id 0) is no VLAN.
 #[test]
 fn vlan_tagged_frames_from_an_app_go_nowhere() {
     let s = local();
@@ -626,6 +626,13 @@ fn vlan_tagged_frames_from_an_app_go_nowhere() {
     report("app1 sends in VLAN 100", sent, through, "drop_non_ipv4", before, after);
     assert_eq!(through, 0);
     assert!(after >= before + sent);
+    // A priority tag (802.1p: VLAN id 0) is the untagged network's: those frames arrive.
+    let inet = s.inet.clone();
+    let c = counter(&s, &inet, &["udp", &secs, "evil vlan", INET_IP, "9001"]);
+    let sent = attack(&s, &app1, &["vlan", "nbu1x1.1", "0", INET_IP, "9001", "20"]);
+    let arrived = arrived(c);
+    report("app1 sends priority-tagged frames (VLAN id 0)", sent, arrived, "drop_non_ipv4", after, s.counter("drop_non_ipv4"));
+    assert_eq!(arrived, sent);
 }
 
 /// A packet whose IP header claims more bytes than its frame holds is malformed: dropped

@@ -142,10 +142,12 @@ fn networks(raw: &file::Config, uplinks: &[Uplink], err: &mut impl FnMut(Span, S
         if !is_host_of(gateway, &subnet) {
             err(n.gateway.span(), format!("network.gateway {gateway} is not a host address of subnet {subnet}"));
         }
-        // The device's own addresses: the NI veths' network, the metadata server's.
+        // The device's own addresses: the NI veths' network, the metadata server's. (A
+        // switch NI has neither: its subnet is its LAN's, link-local ones too.)
         let veths = Ipv4Net::new(VETH_NET, netns_ebpf_common::VETH_NET_LEN).expect("a valid prefix");
         let metadata = Ipv4Addr::from(netns_ebpf_common::acl::METADATA_IP);
-        if subnet.contains(&veths.network()) || veths.contains(&subnet.network()) || subnet.contains(&metadata) {
+        let own = subnet.contains(&veths.network()) || veths.contains(&subnet.network()) || subnet.contains(&metadata);
+        if own && *n.kind.get_ref() != NetworkKind::Switch {
             err(
                 n.subnet.span(),
                 format!("network.subnet {subnet} of {name:?} overlaps the device's own addresses ({veths}, the NI veths; {metadata}, the metadata server)"),

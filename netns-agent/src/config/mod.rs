@@ -627,4 +627,16 @@ ip = "10.10.1.2"
         assert_eq!(default_nat_ports((40000, 65535)), Some((1024, 39999)));
         assert_eq!(default_nat_ports((1024, 65535)), None);
     }
+
+    #[test]
+    fn only_a_switch_nis_subnet_may_lie_over_the_devices_own_addresses() {
+        let link_local = |kind: &str| {
+            format!(
+                "[[uplink]]\nname = \"eth3\"\n[[network]]\nname = \"ni1\"\nkind = \"{kind}\"\nsubnet = \"169.254.0.0/16\"\ngateway = \"169.254.0.1\"\nuplink = \"eth3\"\n"
+            )
+        };
+        assert!(parse_err(&link_local("local")).contains("overlaps the device's own addresses"));
+        let switch = parse_ok(&link_local("switch"));
+        assert_eq!(switch.networks[0].subnet.to_string(), "169.254.0.0/16", "a switch NI's LAN may be link-local");
+    }
 }

@@ -352,18 +352,27 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
     let ns = Netns::open(&netns::resolve(&ni.name))?;
     let nl = Netlink::open(&ns)?;
     // A port whose link went already (its app's netns deleted, a VM's tap gone) has its
-    // flows and translations all the same: left, they would serve the next app given the
-    // address, unjudged. A veth's ifindex is the plan's; a tap's only its link knows (its
-    // flows go by the app's address, its map entries with the NI's strays).
+    // flows and translations all the same: left, they kept the address's flows alive past
+    // their app. A veth's ifindex is the plan's; a tap's only its link knows (its flows go
+    // by the app's address, its map entries with the NI's strays). The app's address is
+    // the plan's, or on a switch NI without one configured the one the port learned (the
+    // plan's is only the lease the agent expected): no other host's flows go for it.
     let ifindex = nl.link_index(&p.bridge_port).await?.or(p.ifindex);
-    let (zone, ip, ni_ip) = (ni.zone(), p.ip.octets(), ni.ni_ip.octets());
+    let (zone, ni_ip) = (ni.zone(), ni.ni_ip.octets());
+    let published = ifindex.and_then(|ifindex| ap.maps().ok()?.port(IfaceKey { zone, ifindex }));
+    let addr = if ni.is_switch() && !p.ip_configured {
+        published.filter(|info| info.flags & IFACE_FLAG_IP_KNOWN != 0).map(|info| info.app_ip)
+    } else {
+        Some(p.ip.octets())
+    };
     if let Some(ifindex) = ifindex {
         let key = IfaceKey { zone, ifindex };
         ap.host_layouts().forget(key);
-        ap.maps()?.remove_port(key, ip);
+        ap.maps()?.remove_port(key, p.ip.octets());
     }
     let maps = ap.maps()?;
-    let flows = maps.remove_flows(|k, v| k.zone == zone && (Some(v.judge_ifindex) == ifindex || k.addr_a == ip || k.addr_b == ip));
+    let is_app = |a: [u8; 4]| addr == Some(a);
+    let flows = maps.remove_flows(|k, v| k.zone == zone && (Some(v.judge_ifindex) == ifindex || is_app(k.addr_a) || is_app(k.addr_b)));
     // The app's source-NATed flows continue in the agent's domain as they left the NI
     // veth: from its address and the port each was given there. Those translations go
     // first: while the app's entries in the NI hold its ports, no new flow is given one of
@@ -371,11 +380,11 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
     let nat: HashMap<NatKey, NatValue> = maps.nat_entries().into_iter().collect();
     let leaving = nat
         .iter()
-        .filter(|(k, v)| k.domain == zone && k.src == ip && v.rewrite == REWRITE_SRC && v.addr == ni_ip)
+        .filter(|(k, v)| k.domain == zone && is_app(k.src) && v.rewrite == REWRITE_SRC && v.addr == ni_ip)
         .map(|(k, v)| NatKey { domain: DOMAIN_AGENT, ..k.rewritten(v) });
     let continued = datapath::translations_met(&nat, leaving);
     let nat_agent = maps.remove_nat_entries(|k, _| continued.contains(k));
-    let nat_ni = maps.remove_nat_entries(|k, v| k.domain == zone && (k.src == ip || k.dst == ip || v.addr == ip));
+    let nat_ni = maps.remove_nat_entries(|k, v| k.domain == zone && (is_app(k.src) || is_app(k.dst) || is_app(v.addr)));
     info!("{}: port {}: {flows} flows, {} NAT entries removed", ni.name, p.bridge_port, nat_ni + nat_agent);
     // A tap goes back to the agent's netns without our programs. A veth goes with them,
     // deleted first: detached first, it would pass the app's packets unjudged meanwhile.
