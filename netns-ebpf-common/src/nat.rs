@@ -7,17 +7,18 @@ use crate::{acl::prefix_contains, chosen_ifindex_zone, packet::Flow, Ipv4, VETH_
 
 /// The agent's own netns.
 pub const DOMAIN_AGENT: u32 = 0;
-/// Whether a packet arriving at interface `ifindex` of the agent's netns comes from
-/// outside (an uplink: the NAT programs sit on uplinks, whose ifindex the kernel chose,
-/// and on NI veths, whose ifindex the agent chose) and names an address of the NI veths'
+/// Whether a packet arriving at interface `ifindex` of zone `zone` comes from outside (an
+/// uplink: in the agent's netns, the NAT programs sit on uplinks, whose ifindex the kernel
+/// chose, and on NI veths, whose ifindex the agent chose) and names an address of the NI veths'
 /// network (169.254.100.0/24) as its source or destination. Those live only inside the
 /// device: from one of them, the agent's routing (the rule `from` an agent-side address)
 /// would send the packet into an NI, whose ports take the agent's addresses for the
 /// device's own (EVE-initiated flows pass); to one, it would reach the NI's netns and
 /// what listens there.
 #[inline(always)]
-pub fn outside_claims_inside(ifindex: u32, flow: &Flow) -> bool {
-    chosen_ifindex_zone(ifindex).is_none()
+pub fn outside_claims_inside(zone: u32, ifindex: u32, flow: &Flow) -> bool {
+    zone == DOMAIN_AGENT
+        && chosen_ifindex_zone(ifindex).is_none()
         && (prefix_contains(VETH_NET, VETH_NET_LEN, flow.outer_src) || prefix_contains(VETH_NET, VETH_NET_LEN, flow.outer_dst))
 }
 
@@ -526,10 +527,12 @@ mod tests {
         let agent_end = crate::chosen_ifindex(DOMAIN_AGENT, crate::SLOT_AGENT_END);
         let flow = |src, dst| Flow { proto: PROTO_TCP, src, dst, outer_src: src, outer_dst: dst, ..Flow::default() };
         let (app, remote) = ([10, 10, 1, 2], [10, 99, 0, 10]);
-        assert!(outside_claims_inside(UPLINK, &flow([169, 254, 100, 1], app)), "as the agent's end, to an app");
-        assert!(outside_claims_inside(UPLINK, &flow(remote, [169, 254, 100, 2])), "to an NI's end");
-        assert!(!outside_claims_inside(UPLINK, &flow(remote, [192, 168, 0, 2])), "to the uplink's address");
-        assert!(!outside_claims_inside(agent_end, &flow([169, 254, 100, 2], remote)), "an NI's traffic, at its veth");
+        assert!(outside_claims_inside(DOMAIN_AGENT, UPLINK, &flow([169, 254, 100, 1], app)), "as the agent's end, to an app");
+        assert!(outside_claims_inside(DOMAIN_AGENT, UPLINK, &flow(remote, [169, 254, 100, 2])), "to an NI's end");
+        assert!(!outside_claims_inside(DOMAIN_AGENT, UPLINK, &flow(remote, [192, 168, 0, 2])), "to the uplink's address");
+        assert!(!outside_claims_inside(DOMAIN_AGENT, agent_end, &flow([169, 254, 100, 2], remote)), "an NI's traffic, at its veth");
+        // An interface the kernel numbered that carries an NI's NAT (the tests' loopback).
+        assert!(!outside_claims_inside(3, UPLINK, &flow(remote, [169, 254, 100, 2])), "an NI's own interface");
     }
 
     #[test]

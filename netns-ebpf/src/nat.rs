@@ -74,11 +74,11 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
             return TC_ACT_OK;
         }
     };
-    if !egress && nat::outside_claims_inside(ifindex(ctx), &flow) {
+    let zone = zone(ctx);
+    if !egress && nat::outside_claims_inside(zone, ifindex(ctx), &flow) {
         count(Stat::DropUplinkSpoof);
         return TC_ACT_SHOT;
     }
-    let zone = zone(ctx);
     let now = clock::now_ns();
     // Fragments follow their first, on an interface that translates: a later one whose
     // first was not seen is dropped, never passed untranslated (it would leak the NI's
