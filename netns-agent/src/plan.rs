@@ -38,7 +38,8 @@ pub struct Plan {
     pub nis: Vec<NiPlan>,
 }
 
-/// An uplink and the routing table the local NIs on it share (as the seed's PoC: 500+u).
+/// An uplink and the routing table the local NIs on it share (500 up; `Plan::keep_tables`
+/// keeps an uplink's number while it is on record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UplinkPlan {
     pub name: String,

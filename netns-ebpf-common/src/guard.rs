@@ -100,7 +100,7 @@ pub fn from_app_arp(iface: &IfaceInfo, arp: &Arp) -> Result<(), Stat> {
 /// frame); `dhcp_reply`: a DHCP server's reply (`is_dhcp_reply`), which may go to the
 /// app's MAC at the address it offers (a new one, on a switch NI). A broadcast or
 /// multicast packet (to the subnet, to all) is every app's; a frame to a MAC the port
-/// does not know (a VM's tap without a configured MAC) is judged as before.
+/// does not know (a VM's tap without a configured MAC) is told by its address alone.
 #[inline(always)]
 pub fn for_another_port(iface: &IfaceInfo, dst_mac: &[u8; 6], dst: Ipv4, dhcp_reply: bool, other_app: impl FnOnce() -> bool) -> bool {
     if dst_mac[0] & 1 == 0 {

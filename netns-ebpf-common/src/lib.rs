@@ -385,7 +385,8 @@ stats! {
     /// took the other's, and gave back the port it had claimed (the flow leaves by one
     /// source).
     NatClash = 34 => "nat_clash",
-    /// Toward an app: a copy of a frame for another port's app, which the bridge flooded
+    /// Toward an app: a copy of a frame for another port's app, which the bridge flooded,
+    /// or a frame for this app's MAC carrying a packet for another address
     /// (`guard::for_another_port`); that port judges it.
     DropNotForApp = 35 => "drop_not_for_app",
     /// Fast path: a reply sent from the uplink into its NI translated back to its app's
@@ -394,7 +395,7 @@ stats! {
     /// at that ingress).
     FastNiNatDone = 36 => "fast_ni_nat_done",
     /// From outside, at an uplink's ingress: a packet from or to the NI veths' network
-    /// (`nat::outside_claims_inside`).
+    /// (`nat::outside_claims_inside`; ICMP errors go by whether they fit a flow).
     DropUplinkSpoof = 37 => "drop_uplink_spoof",
 }
 

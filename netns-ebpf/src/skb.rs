@@ -33,7 +33,7 @@ impl PacketReader for Skb<'_> {
 /// Whether the frame belongs to a VLAN: an 802.1Q tag with a VLAN id. The kernel takes a
 /// tag out of the frame's bytes (into the socket buffer, as a NIC's VLAN offload would)
 /// before tc sees it: the bytes then read as a plain IPv4 packet, so the tag is asked for
-/// here. A priority tag (802.1p, VLAN id 0) is the untagged network's: the kernel drops
+/// here. A priority tag (802.1p, VLAN id 0) is the untagged network's: the kernel strips
 /// it after tc, and LANs that tag priorities are common.
 #[inline(always)]
 pub fn vlan_tagged(ctx: &TcContext) -> bool {
