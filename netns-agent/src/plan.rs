@@ -241,17 +241,16 @@ impl Plan {
     /// another would take the other's table, whose routes its own would replace while the
     /// other's NIs kept their rule to it.
     pub fn keep_tables(&mut self, recorded: &[UplinkPlan]) {
-        let kept = |name: &str| recorded.iter().find(|r| r.name == name).map(|r| r.table);
         let mut taken: Vec<u32> = recorded.iter().map(|r| r.table).collect();
         for u in &mut self.uplinks {
-            if let Some(table) = kept(&u.name) {
-                u.table = table;
-            }
-        }
-        taken.extend(self.uplinks.iter().filter(|u| kept(&u.name).is_some()).map(|u| u.table));
-        for u in self.uplinks.iter_mut().filter(|u| kept(&u.name).is_none()) {
-            u.table = (UPLINK_TABLE_BASE..).find(|t| !taken.contains(t)).expect("a free table number");
-            taken.push(u.table);
+            u.table = match recorded.iter().find(|r| r.name == u.name) {
+                Some(r) => r.table,
+                None => {
+                    let free = (UPLINK_TABLE_BASE..).find(|t| !taken.contains(t)).expect("a free table number");
+                    taken.push(free);
+                    free
+                }
+            };
         }
     }
 

@@ -359,7 +359,10 @@ async fn remove(ap: &mut Applier, ni: &NiPlan, p: &PortPlan) -> Result<()> {
     // plan's is only the lease the agent expected): no other host's flows go for it.
     let ifindex = nl.link_index(&p.bridge_port).await?.or(p.ifindex);
     let (zone, ni_ip) = (ni.zone(), ni.ni_ip.octets());
-    let published = ifindex.and_then(|ifindex| ap.maps().ok()?.port(IfaceKey { zone, ifindex }));
+    let published = match ifindex {
+        Some(ifindex) => ap.maps()?.port(IfaceKey { zone, ifindex }),
+        None => None,
+    };
     let addr = if ni.is_switch() && !p.ip_configured {
         published.filter(|info| info.flags & IFACE_FLAG_IP_KNOWN != 0).map(|info| info.app_ip)
     } else {
