@@ -270,7 +270,7 @@ fn datapath_families(maps: &Maps, names: &Names) -> Vec<Family> {
     let mut decisions = Family::new(
         "netns_agent_datapath_decisions_total",
         Kind::Counter,
-        "Every counter of the programs (STATS_V12), by name; README says what each counts.",
+        "Every counter of the programs (STATS_V13), by name; README says what each counts.",
     );
     let mut drops =
         Family::new("netns_agent_datapath_drops_total", Kind::Counter, "Packets the programs dropped, by reason (the drop_* counters).");

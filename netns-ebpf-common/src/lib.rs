@@ -90,7 +90,7 @@ pub mod map_names {
     pub const ACL_SUMMARY: &str = "ACLSUM_V1";
     /// The programs' scratch space for the ACL search (per CPU).
     pub const ACL_WALK: &str = "ACLWALK_V2";
-    pub const STATS: &str = "STATS_V12";
+    pub const STATS: &str = "STATS_V13";
     pub const NAT: &str = "NAT_V2";
     pub const NAT_IFACES: &str = "NATIF_V1";
     pub const PORTMAPS: &str = "PORTMAP_V1";
@@ -101,6 +101,7 @@ pub mod map_names {
     pub const DROPS: &str = "DROP_V2";
     pub const FRAGS: &str = "FRAG_V1";
     pub const ZONE_USE: &str = "ZONEUSE_V1";
+    pub const PORT_USE: &str = "PORTUSE_V1";
     pub const EVENTS: &str = "FLOWEV_V2";
     pub const PORT_STATS: &str = "PORTSTAT_V1";
     /// zone -> where the NI's fast path leads (`fast::FastZone`).
@@ -281,6 +282,38 @@ impl ZoneUse {
     }
 }
 
+/// An app port's use of its NI's conntrack share, keyed by the port (`IfaceKey`): the
+/// flows judged there (the ones the app starts and the ones let in to it) against the
+/// port's part of the share (`PortUse::share_of`), so that one app's flood fills its own
+/// part and is refused there (`drop_port_full`) instead of refusing every other app of
+/// its NI a new flow. Counted as `ZoneUse` is: the programs add every entry they create,
+/// the sweep writes the true count back. No part for translations: an app's go with its
+/// flows (four entries at most per flow), though a closed flow's outlives its entry here.
+/// A port with no entry here (between its config's write and the end of the apply
+/// that wrote it) is bound by its NI's share only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortUse {
+    pub ct: u32,
+    /// 0: no bound of its own.
+    pub ct_share: u32,
+}
+
+impl PortUse {
+    /// A port's part of its NI's conntrack share (`zone_share`, 0: no bound) when the NI
+    /// has `ports` app ports: an equal part, so that each app keeps room for its flows
+    /// whatever its neighbours do (a lone app holds the whole share).
+    pub fn share_of(zone_share: u32, ports: u32) -> u32 {
+        zone_share / ports.max(1)
+    }
+
+    /// Whether one more flow fits the port's part.
+    #[inline(always)]
+    pub fn has_room(&self) -> bool {
+        self.ct_share == 0 || self.ct < self.ct_share
+    }
+}
+
 /// The NI that a translation in the agent's netns belongs to: the NI whose veth address
 /// (169.254.100.4N-3 agent side, 4N-2 NI side) it involves; 0 when none.
 #[inline(always)]
@@ -397,6 +430,8 @@ stats! {
     /// From outside, at an uplink's ingress: a packet from or to the NI veths' network
     /// (`nat::outside_claims_inside`; ICMP errors go by whether they fit a flow).
     DropUplinkSpoof = 37 => "drop_uplink_spoof",
+    /// A new flow past its app port's part of the NI's conntrack share (`PortUse`).
+    DropPortFull = 38 => "drop_port_full",
 }
 
 impl Stat {
@@ -448,6 +483,7 @@ const _: () = {
     assert!(size_of::<limit::LimitKey>() == 12);
     assert!(size_of::<limit::Bucket>() == 64);
     assert!(size_of::<ZoneUse>() == 16);
+    assert!(size_of::<PortUse>() == 8);
     assert!(size_of::<fast::FastZone>() == 52);
     assert!(size_of::<event::FlowEvent>() == 112);
     assert!(size_of::<PortCounters>() == 64);
@@ -484,6 +520,7 @@ mod pod {
     unsafe impl aya::Pod for super::limit::LimitKey {}
     unsafe impl aya::Pod for super::limit::Bucket {}
     unsafe impl aya::Pod for super::ZoneUse {}
+    unsafe impl aya::Pod for super::PortUse {}
     unsafe impl aya::Pod for super::fast::FastZone {}
     unsafe impl aya::Pod for super::event::FlowEvent {}
     unsafe impl aya::Pod for super::PortCounters {}
@@ -492,6 +529,18 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_app_port_keeps_an_equal_part_of_its_nis_share() {
+        assert_eq!(PortUse::share_of(57_344, 1), 57_344, "a lone app holds the whole share");
+        assert_eq!(PortUse::share_of(57_344, 2), 28_672);
+        assert_eq!(PortUse::share_of(57_344, 0), 57_344, "no port yet: no division by zero");
+        assert_eq!(PortUse::share_of(0, 4), 0, "an NI without a bound: its ports have none");
+        let full = PortUse { ct: 28_672, ct_share: 28_672 };
+        assert!(!full.has_room());
+        assert!(PortUse { ct: 28_671, ..full }.has_room());
+        assert!(PortUse { ct: 100_000, ct_share: 0 }.has_room(), "0: no bound of its own");
+    }
 
     #[test]
     fn a_chosen_ifindex_names_its_zone_and_a_kernel_pick_none() {

@@ -301,13 +301,15 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             }
             account(&mut entry, DIR_ORIG, flow, now);
             let limited = over_limit(zone, &entry, now);
-            // Only a new entry takes from the NI's share: one that replaces an expired or
+            // Only a new entry takes from the NI's share and its port's part: one that replaces an expired or
             // reopened entry adds nothing to the map. (Counted, the reuse of a tuple, as
             // a client's ports go round, drove the count up between sweeps, to "pressed"
             // and on to refusing flows while the map held no more than before.)
-            if found.is_none() && !budget::take(zone, false, 1) {
-                count(Stat::DropZoneFull);
-                return TC_ACT_SHOT;
+            if found.is_none() {
+                if let Err(full) = budget::take_flow(&ikey) {
+                    count(full);
+                    return TC_ACT_SHOT;
+                }
             }
             // Where the lookup found no entry, a packet of this flow on another CPU may
             // have made one since (both found the map empty): the first entry stands, and

@@ -20,8 +20,8 @@ use netns_ebpf_common::{
     frag::{FragKey, FragValue, FRAG_MAX_ENTRIES},
     limit::{Bucket, LimitKey, LIMIT_MAX_ENTRIES},
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_IFACES_MAX_ENTRIES, NAT_MAX_ENTRIES, PORTMAP_MAX_ENTRIES},
-    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, IF_ZONES_MAX_ENTRIES, MAX_APP_PORTS,
-    MAX_DEVICE_ADDRS, MAX_ZONES, NO_ZONE,
+    EidKey, HostEntry, HostKey, IfaceInfo, IfaceKey, PortCounters, PortUse, Stat, ZoneUse, HOSTSET_MAX_ENTRIES, IF_ZONES_MAX_ENTRIES,
+    MAX_APP_PORTS, MAX_DEVICE_ADDRS, MAX_ZONES, NO_ZONE,
 };
 
 /// The zone (NI; for the agent netns' interfaces the agent's translation domain) of each
@@ -72,6 +72,9 @@ pub static EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new(
 /// Each NI's use of CT and NAT against its share.
 #[btf_map(name = "ZONEUSE_V1")]
 pub static ZONE_USE: Array<ZoneUse, { MAX_ZONES as usize }> = Array::new();
+/// Each app port's use of its NI's conntrack share against its part of it.
+#[btf_map(name = "PORTUSE_V1")]
+pub static PORT_USE: HashMap<IfaceKey, PortUse, { MAX_APP_PORTS as usize }> = HashMap::new();
 
 #[btf_map(name = "IFACE_V3")]
 pub static IFACES: HashMap<IfaceKey, IfaceInfo, { MAX_APP_PORTS as usize }> = HashMap::new();
@@ -108,7 +111,7 @@ pub static ACL_WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
-#[btf_map(name = "STATS_V12")]
+#[btf_map(name = "STATS_V13")]
 pub static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "NAT_V2")]

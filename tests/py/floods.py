@@ -1,8 +1,9 @@
 """Floods and blind TCP attacks, at the rate a raw socket allows (no scapy in the loop).
 Prints the number of packets sent.
 
-udp-tuples SRC DST N           N UDP datagrams SRC:* -> DST:*, each a new tuple (source
-                               ports 1024-65535, then the next destination port)
+udp-tuples SRC DST N [DPORT]   N UDP datagrams SRC:* -> DST:*, each a new tuple (source
+                               ports 1024-65535, then the next destination port; from
+                               10000, or DPORT alone: at most 64512 datagrams)
 syn-flood SRCNET DST DPORT N   N TCP SYNs to DST:DPORT from random sources in SRCNET (a
                                /16, e.g. 10.99.0.0) and random ports
 rst SRC SPORT DST DPORT SEQ N  N RSTs SRC:SPORT -> DST:DPORT with sequence number SEQ
@@ -45,7 +46,9 @@ if mode == "udp-tuples":
     src, dst, n = socket.inet_aton(sys.argv[2]), socket.inet_aton(sys.argv[3]), int(sys.argv[4])
     s, sent = raw(), 0
     head = ip_header(src, dst, 17, 8)
-    dport = 10000
+    dport = int(sys.argv[5]) if len(sys.argv) > 5 else 10000
+    if len(sys.argv) > 5 and n > 64512:
+        sys.exit("one destination port takes at most 64512 tuples")
     while sent < n:
         for sport in range(1024, 65536):
             if sent == n:

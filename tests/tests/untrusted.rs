@@ -404,6 +404,36 @@ fn a_flood_of_denied_tuples_evicts_no_live_flow() {
     session.assert_survived("app1's idle flow, the server speaking after the flood");
 }
 
+/// One app's flood of new flows (UDP to its gateway's DNS port, which every app may
+/// reach, from every source port) fills its own part of its NI's conntrack share (half:
+/// the NI has two apps) and is refused there (`drop_port_full`); its neighbour still
+/// opens connections. (Before each port had a part, the flood took the NI's whole share
+/// and the neighbour's connections were refused, `drop_zone_full`.)
+#[test]
+fn one_apps_flood_of_new_flows_leaves_its_neighbour_room() {
+    let mut s = local();
+    let (app1, app2, inet) = (s.app("app1").to_string(), s.app("app2").to_string(), s.inet.clone());
+    s.whoami_server(&inet, INET_IP, 7000);
+    let counters = ["drop_port_full", "drop_zone_full"];
+    let before = counters.map(|c| s.counter(c));
+    let n = load_size(64_000);
+    let sent = flood(&s, &app2, &["udp-tuples", "10.10.1.3", "10.10.1.1", &n.to_string(), "53"]);
+    let reached = (0..3).filter(|_| s.whoami(&app1, INET_IP, 7000).is_some()).count();
+    let after = counters.map(|c| s.counter(c));
+    println!(
+        "app2 opens {sent} flows to 10.10.1.1:53, then app1 connects 3 times: {reached} reached; drop_port_full {} -> {}, drop_zone_full {} -> {}",
+        before[0], after[0], before[1], after[1]
+    );
+    assert_eq!(reached, 3, "app1 still opens connections");
+    assert_eq!(after[1], before[1], "no flow was refused for the NI's share");
+    if n == 64_000 {
+        // 57,344 flows for the NI, 28,672 for each of its two apps; a burst on both CPUs
+        // may overshoot a little.
+        let refused = after[0] - before[0];
+        assert!(refused > sent - 28_672 - 500, "app2's flows past its part were refused: {refused}");
+    }
+}
+
 /// Two NIs on eth0: app1's port map (tcp 8080 -> 80) and app2's flows to the internet.
 const TWO_NIS: &str = r##"
 [[uplink]]

@@ -3,7 +3,7 @@
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/netns-agent):
 //!   CT_V4, DROP_V2, IFACE_V3, ACE_V4,   maps shared by every NI and the agent's netns
-//!   STATS_V12, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
+//!   STATS_V13, NAT_V2, NATIF_V1, ...     (the list: `ALL_MAPS`)
 //!   <ni>/..., @agent/...                 TCX links an earlier agent pinned: the agent
 //!                                        unpins them as its tc filters take over (`tc`)
 //!
@@ -36,7 +36,7 @@ use netns_ebpf_common::{
     limit::{Bucket, LimitKey},
     map_names,
     nat::{NatIface, NatKey, NatValue, PortmapKey, PortmapTarget, NAT_MAX_ENTRIES},
-    prog_names, EidKey, IfaceInfo, IfaceKey, PortCounters, Stat, ZoneUse, MAX_ZONES,
+    prog_names, EidKey, IfaceInfo, IfaceKey, PortCounters, PortUse, Stat, ZoneUse, MAX_ZONES,
 };
 use tracing::{debug, info};
 
@@ -50,13 +50,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// BPF_NOEXIST: insert only where no entry is.
 const BPF_NOEXIST: u64 = 1;
-const ALL_MAPS: [&str; 26] = [
+const ALL_MAPS: [&str; 27] = [
     map_names::IF_ZONES,
     map_names::EVENTS,
     map_names::PORT_STATS,
     map_names::DROPS,
     map_names::FRAGS,
     map_names::ZONE_USE,
+    map_names::PORT_USE,
     map_names::DEVICE,
     map_names::LIMITS,
     map_names::EIDSET,
@@ -433,6 +434,7 @@ pub struct Maps {
     ct: HashMap<MapData, CtKey, CtValue>,
     drops: HashMap<MapData, CtKey, CtValue>,
     zone_use: Array<MapData, ZoneUse>,
+    port_use: HashMap<MapData, IfaceKey, PortUse>,
     fast_zones: Array<MapData, FastZone>,
     ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
     /// ifindex -> zone of the interfaces that carry programs: kept to what IFACES and
@@ -578,6 +580,7 @@ impl Maps {
             ct: open_map(pin_dir, map_names::CONNTRACK)?.try_into()?,
             drops: open_map(pin_dir, map_names::DROPS)?.try_into()?,
             zone_use: open_map(pin_dir, map_names::ZONE_USE)?.try_into()?,
+            port_use: open_map(pin_dir, map_names::PORT_USE)?.try_into()?,
             fast_zones: open_map(pin_dir, map_names::FAST_ZONES)?.try_into()?,
             ifaces: open_map(pin_dir, map_names::IFACES)?.try_into()?,
             if_zones: open_map(pin_dir, map_names::IF_ZONES)?.try_into()?,
@@ -755,6 +758,7 @@ impl Maps {
         let n = n + if acls.is_empty() { 0 } else { self.acls.remove_where(|id| acls.contains(&id)) };
         let n = n
             + remove_where(&mut self.limits, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
+            + remove_where(&mut self.port_use, |k, _| stray(k))
             + remove_where(&mut self.hosts.map, |k, _| k.zone == zone && !ports.contains(&k.ifindex))
             + remove_where(&mut self.eidset, |k, _| k.zone == zone && !ips.contains(&k.addr));
         n + self.remove_unregistered()
@@ -764,6 +768,7 @@ impl Maps {
     /// `ip`.
     pub fn remove_port(&mut self, key: IfaceKey, ip: [u8; 4]) {
         self.port_stats.remove(&key).ok();
+        self.port_use.remove(&key).ok();
         if let Ok(info) = self.ifaces.get(&key, 0) {
             self.ifaces.remove(&key).ok();
             self.acls.remove(info.acl_id);
@@ -861,6 +866,7 @@ impl Maps {
         self.remove_port_counters(|k| k.zone == zone);
         let acls = self.acl_ids(|k| k.zone == zone);
         remove_where(&mut self.ifaces, |k, _| k.zone == zone);
+        remove_where(&mut self.port_use, |k, _| k.zone == zone);
         if !acls.is_empty() {
             self.acls.remove_where(|id| acls.contains(&id));
         }
@@ -884,8 +890,10 @@ impl Maps {
 
     /// Gives each of `zones` (the NIs) an equal share of the conntrack and NAT maps, 7/8
     /// of them in all (the LRU starts evicting a little before it is full: each CPU keeps
-    /// free entries of its own). Zones of no NI are cleared.
-    pub fn set_zone_shares(&mut self, zones: &[u32]) -> Result<()> {
+    /// free entries of its own), and each app port its part of its NI's conntrack share
+    /// (`PortUse::share_of`), by the ports the interface map holds. Zones of no NI are
+    /// cleared, and the parts of ports it no longer holds removed.
+    pub fn set_flow_shares(&mut self, zones: &[u32]) -> Result<()> {
         let n = zones.len().max(1) as u32;
         let (ct_share, nat_share) = (CT_MAX_ENTRIES / 8 * 7 / n, NAT_MAX_ENTRIES / 8 * 7 / n);
         for zone in 1..MAX_ZONES {
@@ -898,6 +906,22 @@ impl Maps {
                 self.zone_use.set(zone, new, 0).with_context(|| format!("writing zone {zone}'s share of the flow maps"))?;
             }
         }
+        let ports: Vec<IfaceKey> = self.ifaces.keys().flatten().collect();
+        let mut per_zone = foldhash::HashMap::<u32, u32>::default();
+        for p in &ports {
+            *per_zone.entry(p.zone).or_default() += 1;
+        }
+        for p in &ports {
+            let zone_share = if zones.contains(&p.zone) { ct_share } else { 0 };
+            let old = self.port_use.get(p, 0).ok();
+            let new = PortUse { ct_share: PortUse::share_of(zone_share, per_zone[&p.zone]), ..old.unwrap_or_default() };
+            if old != Some(new) {
+                self.port_use
+                    .insert(p, new, 0)
+                    .with_context(|| format!("writing the part of NI {}'s flow share of port {}", p.zone, p.ifindex))?;
+            }
+        }
+        remove_where(&mut self.port_use, |k, _| !ports.contains(k));
         Ok(())
     }
 
@@ -918,8 +942,10 @@ impl Maps {
         let read = read_all(ct, &self.ct);
         let expired = |k: &CtKey, v: &CtValue| is_expired(v, k.proto, now_ns);
         let (live_flows, expired_flows) = sweep_where(ct, &mut self.ct, read, expired, |_, k, v| expired(k, v));
-        for (k, _) in &live_flows {
+        let mut port_use = foldhash::HashMap::<IfaceKey, u32>::default();
+        for (k, v) in &live_flows {
             ct_use[(k.zone % MAX_ZONES) as usize] += 1;
+            *port_use.entry(IfaceKey { zone: k.zone, ifindex: v.judge_ifindex }).or_default() += 1;
         }
         let read = read_all(drops, &self.drops);
         let (drops_left, drops_gone) = sweep_where(drops, &mut self.drops, read, expired, |_, k, v| expired(k, v));
@@ -976,6 +1002,13 @@ impl Maps {
             let (ct, nat) = (ct_use[zone as usize], nat_use[zone as usize]);
             if (old.ct, old.nat) != (ct, nat) {
                 self.zone_use.set(zone, ZoneUse { ct, nat, ..old }, 0).ok();
+            }
+        }
+        let parts: Vec<(IfaceKey, PortUse)> = self.port_use.iter().flatten().collect();
+        for (port, old) in parts {
+            let ct = port_use.get(&port).copied().unwrap_or(0);
+            if old.ct != ct {
+                self.port_use.insert(port, PortUse { ct, ..old }, 0).ok();
             }
         }
         let (hosts_gone, hosts_left) = self.hosts.expire(now_ns);

@@ -286,10 +286,11 @@ impl Applier {
             errors.push(format!("the agent netns' NAT and routing: {e:#}"));
         }
         self.ensure_nis(plan, agent_level.is_ok(), &mut out, &mut errors).await?;
-        // Each NI's share of the flow maps follows the number of NIs.
+        // Each NI's share of the flow maps follows the number of NIs; each port's part of
+        // it, the number of its NI's ports.
         if let Some(maps) = self.maps.as_mut() {
             let zones: Vec<u32> = plan.nis.iter().map(|n| n.zone()).collect();
-            if let Err(e) = maps.set_zone_shares(&zones) {
+            if let Err(e) = maps.set_flow_shares(&zones) {
                 warn!("{e:#}");
                 errors.push(format!("{e:#}"));
             }
