@@ -184,32 +184,18 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
     let (key, a_to_b) = CtKey::new(zone, flow);
     let found = CT.get_ptr_mut(&key);
     let verdict = match found {
-        Some(entry) if !ct::is_expired(unsafe { &*entry }, flow.proto, now) && !reopens(unsafe { &*entry }, flow, a_to_b) => {
+        Some(entry)
+            if !ct::is_expired(unsafe { &*entry }, flow.proto, now) && !starts_anew(unsafe { &*entry }, flow, a_to_b, side, ifindex) =>
+        {
             let entry = unsafe { &mut *entry };
             // The direction this packet travels in the flow (an ICMP error travels against
             // the packet it quotes).
-            let mut dir = entry.direction(a_to_b != flow.related);
+            let dir = entry.direction(a_to_b != flow.related);
             // An entry belongs to the ports of its flow: another app's packet matching its
-            // tuple gets nothing from it.
+            // tuple gets nothing from it (a DHCP request starts anew: `starts_anew`).
             if side == Side::FromApp && !ct::port_may_send(entry, dir, ifindex) {
-                if !guard::is_dhcp_request(flow) {
-                    count(Stat::DropCtPort);
-                    return TC_ACT_SHOT;
-                }
-                // Every unconfigured DHCP client of the NI shares this tuple: the entry
-                // becomes this port's (DHCP is implicitly allowed for every app).
-                let v = judge(ctx, side, &ikey, iface, flow);
-                *entry = CtValue {
-                    first_seen_ns: now,
-                    mark: v.mark,
-                    judge_ifindex: ifindex,
-                    acl_id: iface.acl_id,
-                    verdict: v.drop as u8,
-                    orig_is_a: a_to_b as u8,
-                    decided: v.by,
-                    ..CtValue::default()
-                };
-                dir = DIR_ORIG;
+                count(Stat::DropCtPort);
+                return TC_ACT_SHOT;
             }
             if flow.related {
                 // An ICMP error about a known flow follows that flow's verdict; it does not
@@ -325,7 +311,8 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             let made = match found {
                 Some(old) if !ct::is_expired(unsafe { &*old }, flow.proto, now + CLOCK_SLACK_NS) => {
                     // A closed flow's tuple reopened by a SYN (a client's ports come
-                    // round): rewritten in place. A map update would take a new element
+                    // round), or an NI's DHCP tuple taken by another port
+                    // (`starts_anew`): rewritten in place. A map update would take a new element
                     // off the LRU's free lists and push the old one back, under their
                     // locks: a tenth of the programs' time per connection where every
                     // tuple is reused, as a busy client's are. The sweep takes only
@@ -413,6 +400,19 @@ fn learn_address(ctx: &TcContext, ikey: &IfaceKey, iface: &IfaceInfo, flow: &Flo
 #[inline(always)]
 fn reopens(entry: &CtValue, flow: &Flow, a_to_b: bool) -> bool {
     flow.proto == PROTO_TCP && ct::reopened_by(entry, flow.tcp_flags, entry.direction(a_to_b != flow.related))
+}
+
+/// Whether the packet starts a new flow on a live entry's tuple, the old flow ending on
+/// record (`EVENT_REPLACED`): a SYN on a closed TCP flow (`reopens`: a client's ports
+/// come round), or a DHCP request from a port the entry is not for. Every unconfigured
+/// DHCP client of an NI sends from 0.0.0.0:68 to the broadcast, one tuple, and the entry
+/// passes to the port that asks last (DHCP is implicitly allowed for every app); taken
+/// over in place, the last asker's flow went on record as the first one's, with both
+/// ports' packets.
+#[inline(always)]
+fn starts_anew(entry: &CtValue, flow: &Flow, a_to_b: bool, side: Side, ifindex: u32) -> bool {
+    reopens(entry, flow, a_to_b)
+        || (side == Side::FromApp && guard::is_dhcp_request(flow) && !ct::port_may_send(entry, entry.direction(a_to_b), ifindex))
 }
 
 /// Counts a dropped flow's packet in its record (made from `fresh`, the entry its first

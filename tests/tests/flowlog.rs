@@ -141,6 +141,39 @@ print(ok)
     assert_eq!(s.counter("event_lost"), 0);
 }
 
+/// Every unconfigured DHCP client of an NI asks on one tuple (0.0.0.0:68 to the
+/// broadcast's port 67): when app2 asks after app1, app1's flow ends on record
+/// (replaced, with its one packet) and app2's starts, under its own app. (Before, app2
+/// took app1's entry over in place: no end for app1, no start for app2, and app2's
+/// packets went on record as app1's.)
+#[test]
+fn two_apps_asking_for_a_lease_on_the_one_dhcp_tuple_are_two_flows_on_record() {
+    let (s, log) = scenario(&[]);
+    let script = netns_tests::py_script("attacks.py");
+    for (app, port, ip) in [("app1", "nbu1x1.1", "10.10.1.2"), ("app2", "nbu1x2.1", "10.10.1.3")] {
+        let ns = s.app(app).to_string();
+        let mac = s.link_mac(&ns, port);
+        // scapy is Debian's (python3-scapy), for Debian's python.
+        let out = s.exec(&ns, &["/usr/bin/python3", &script, "dhcp-as", port, &mac, "discover", ip, "1"]);
+        assert!(out.status.success(), "{app}'s DISCOVER: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dhcp = |kind: RecordKind, app: &str| {
+        flows(&records(&log))
+            .filter(|r| r.dport == 67 && r.kind == kind && r.app == app)
+            .map(|r| (r.end_reason, r.tx_packets))
+            .collect::<Vec<_>>()
+    };
+    wait_until(scaled(Duration::from_secs(30)), || {
+        !dhcp(RecordKind::Start, "app2").is_empty() && !dhcp(RecordKind::End, "app1").is_empty()
+    });
+    let (app1_start, app1_end, app2_start) =
+        (dhcp(RecordKind::Start, "app1"), dhcp(RecordKind::End, "app1"), dhcp(RecordKind::Start, "app2"));
+    println!("DHCP records: app1 starts {app1_start:?}, ends {app1_end:?}; app2 starts {app2_start:?}");
+    assert_eq!(app1_start.len(), 1, "app1's flow started on record");
+    assert_eq!(app1_end, [(Some(EndReason::Replaced), 1)], "app1's flow ended when app2 took the tuple, with its one packet");
+    assert_eq!(app2_start.len(), 1, "app2's flow started on record, as app2's");
+}
+
 /// A flow alive for three interim intervals gets interim records, then one end record;
 /// the counters only grow and the end has what the client sent.
 #[test]
