@@ -207,6 +207,18 @@ pub fn reopened_by(entry: &CtValue, tcp_flags: u8, dir: usize) -> bool {
         }
 }
 
+/// Whether a packet with `tcp_flags`, in direction `dir` of the flow `entry`, is the far
+/// end taking the connection its client opened again on the tuple (`FLAG_SYN_AGAIN`: a
+/// SYN-ACK, the far end having dropped the old connection): the entry then follows the
+/// new connection (`tcp_next`), a new flow on record.
+#[inline(always)]
+pub fn takes_new_connection(entry: &CtValue, tcp_flags: u8, dir: usize) -> bool {
+    entry.flags & FLAG_SYN_AGAIN != 0
+        && dir == DIR_REPLY
+        && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK
+        && far_end_may_hold(entry.tcp_state)
+}
+
 /// The states in which the far end may still hold the flow's connection: a SYN the client
 /// sends again on the tuple waits for its answer (`FLAG_SYN_AGAIN`).
 #[inline(always)]
@@ -412,7 +424,15 @@ mod tests {
         assert_eq!(refused.tcp_state, TCP_CLOSE);
         // A closed entry is not brought back by a SYN-ACK after it (a spoofed RST first).
         assert_eq!(tcp_next(TCP_CLOSE, refused.flags, TCP_SYN | TCP_ACK, DIR_REPLY).0, TCP_CLOSE);
-        // Taken: the entry follows the new connection, its ends learned anew.
+        // Taken: the entry follows the new connection, its ends learned anew: a new flow
+        // (`takes_new_connection`), which no other answer, and no SYN-ACK without a SYN
+        // waiting, is.
+        assert!(takes_new_connection(&waiting, TCP_SYN | TCP_ACK, DIR_REPLY));
+        assert!(!takes_new_connection(&waiting, TCP_SYN | TCP_ACK | TCP_RST, DIR_REPLY));
+        assert!(!takes_new_connection(&waiting, TCP_ACK, DIR_REPLY));
+        assert!(!takes_new_connection(&waiting, TCP_SYN | TCP_ACK, DIR_ORIG));
+        assert!(!takes_new_connection(&live, TCP_SYN | TCP_ACK, DIR_REPLY));
+        assert!(!takes_new_connection(&refused, TCP_SYN | TCP_ACK, DIR_REPLY), "closed: no connection to take");
         let mut taken = waiting;
         track_tcp(&mut taken, DIR_REPLY, TCP_SYN | TCP_ACK, 77);
         assert_eq!(taken.tcp_state, TCP_SYN_RECV);

@@ -173,7 +173,8 @@ pub fn inner_destination(v: &NatValue, fz: &FastZone) -> Option<(crate::Ipv4, u1
 /// the fast path then does as it would): the port is a veth to the app's netns (a VM's
 /// tap has no other end to hand to), whose app's address is not learned from DHCP
 /// replies; the flow was judged under the port's current ACL (else that program judges
-/// it again), lives (neither expired nor reopened by a SYN: a new flow there), and the
+/// it again), lives (neither expired nor reopened by a SYN, nor taken over by the far
+/// end's answer to a connection opened again on its tuple: a new flow there), and the
 /// packet is its reply, not the metadata server's answer (translated there).
 #[inline(always)]
 pub fn reply_may_skip_port(iface: &IfaceInfo, entry: &CtValue, dir: usize, flow: &Flow, now_ns: u64) -> bool {
@@ -181,7 +182,8 @@ pub fn reply_may_skip_port(iface: &IfaceInfo, entry: &CtValue, dir: usize, flow:
         && entry.acl_id == iface.acl_id
         && dir == DIR_REPLY
         && !ct::is_expired(entry, flow.proto, now_ns)
-        && !(flow.proto == PROTO_TCP && ct::reopened_by(entry, flow.tcp_flags, dir))
+        && !(flow.proto == PROTO_TCP
+            && (ct::reopened_by(entry, flow.tcp_flags, dir) || ct::takes_new_connection(entry, flow.tcp_flags, dir)))
         && !is_metadata_answer(iface, flow)
 }
 

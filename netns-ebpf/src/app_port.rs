@@ -249,8 +249,13 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 entry.acl_id = iface.acl_id;
                 count(Stat::Rejudged);
             }
-            if counts_here(ctx, side) && !charge(zone, &key, entry, dir, flow, now) {
-                return TC_ACT_SHOT;
+            if counts_here(ctx, side) {
+                if flow.proto == PROTO_TCP && entry.verdict != VERDICT_DROP && ct::takes_new_connection(entry, flow.tcp_flags, dir) {
+                    renew(&key, entry, now);
+                }
+                if !charge(zone, &key, entry, dir, flow, now) {
+                    return TC_ACT_SHOT;
+                }
             }
             verdict_of(entry)
         }
@@ -413,6 +418,23 @@ fn reopens(entry: &CtValue, flow: &Flow, a_to_b: bool) -> bool {
 fn starts_anew(entry: &CtValue, flow: &Flow, a_to_b: bool, side: Side, ifindex: u32) -> bool {
     reopens(entry, flow, a_to_b)
         || (side == Side::FromApp && guard::is_dhcp_request(flow) && !ct::port_may_send(entry, entry.direction(a_to_b), ifindex))
+}
+
+/// The far end took the connection the client opened again on the flow's tuple
+/// (`ct::takes_new_connection`): the entry follows the new connection (`ct::tcp_next`),
+/// so on record the old flow ends (replaced, with what it carried) and a new one starts,
+/// its counters from this answer on (the client's SYN went on the old flow's). Its
+/// verdict and mark stay: the tuple's, judged by the same ACL.
+#[inline(always)]
+fn renew(key: &CtKey, entry: &mut CtValue, now: u64) {
+    if entry.flags & FLAG_ENDED == 0 {
+        events::emit(EVENT_REPLACED, key, entry, Stat::CtNew);
+    }
+    entry.first_seen_ns = now;
+    entry.packets = [0; 2];
+    entry.bytes = [0; 2];
+    entry.flags &= !FLAG_ENDED;
+    events::emit(EVENT_START, key, entry, Stat::CtNew);
 }
 
 /// Counts a dropped flow's packet in its record (made from `fresh`, the entry its first

@@ -174,6 +174,50 @@ fn two_apps_asking_for_a_lease_on_the_one_dhcp_tuple_are_two_flows_on_record() {
     assert_eq!(app2_start.len(), 1, "app2's flow started on record, as app2's");
 }
 
+/// A client drops its connection silently and connects again from the same port; the
+/// server, which dropped its end too, takes the new connection (reconnect.py's `take`):
+/// on record that is two flows on one tuple, the first ending (replaced, with the
+/// megabyte it carried) when the server's SYN-ACK takes the entry over, the second
+/// starting there and ending on the server's RST. (Before, the new connection went on
+/// record as the old flow, with the old one's bytes.)
+#[test]
+fn a_connection_opened_again_on_its_tuple_is_a_new_flow_on_record() {
+    let mut s = Scenario::with_uplinks(&["ni1"], &["app1", "app2"], 1, LOCAL);
+    let log = s.state_dir.join("flows.jsonl");
+    s.set_agent_key(&format!("flow_log = {:?}", log.display().to_string()));
+    s.start_agent();
+    let app1 = s.app("app1").to_string();
+    let script = netns_tests::py_script("reconnect.py");
+    let files = s.scratch_dir("reconnect");
+    let (go, again) = (files.join("go"), files.join("again"));
+    let (sport, bulk) = ("40124", "1048576");
+    let timeout = scaled(Duration::from_secs(10)).as_secs().to_string();
+    let mut server = s.background(&s.inet, &["python3", "-u", &script, "server", INET_IP, "7000", go.to_str().unwrap(), "take", bulk]);
+    assert_eq!(server.read_line().trim(), "ready", "the server did not start");
+    let mut client = s
+        .background(&app1, &["python3", "-u", &script, "client", INET_IP, "7000", sport, again.to_str().unwrap(), &timeout, bulk, "whole"]);
+    assert_eq!(client.read_line().trim(), "forgot", "the client's first connection");
+    std::fs::write(&go, "").unwrap();
+    std::fs::write(&again, "").unwrap();
+    assert_eq!(client.read_line().trim(), "echoed reset", "the client's new connection");
+    assert_eq!(server.read_line().trim(), "done");
+    let on_tuple = |kind: RecordKind| {
+        flows(&records(&log))
+            .filter(|r| r.kind == kind && r.dport == 7000 && r.sport == 40124)
+            .map(|r| (r.end_reason, r.rx_bytes))
+            .collect::<Vec<_>>()
+    };
+    wait_until(scaled(Duration::from_secs(30)), || on_tuple(RecordKind::End).len() >= 2);
+    let (starts, ends) = (on_tuple(RecordKind::Start), on_tuple(RecordKind::End));
+    println!("records on the tuple: starts {starts:?}, ends (reason, bytes received) {ends:?}");
+    assert_eq!(starts.len(), 2, "two flows started on record");
+    assert_eq!(ends.len(), 2, "two flows ended on record: {ends:?}");
+    assert_eq!(ends[0].0, Some(EndReason::Replaced), "the first, when the new connection took the tuple");
+    assert!(ends[0].1 >= 1 << 20, "the first carried the megabyte: {ends:?}");
+    assert_eq!(ends[1].0, Some(EndReason::Closed), "the second, on the server's RST");
+    assert!(ends[1].1 < 1 << 16, "the second carried one echoed line, not the first one's bytes: {ends:?}");
+}
+
 /// A flow alive for three interim intervals gets interim records, then one end record;
 /// the counters only grow and the end has what the client sent.
 #[test]
