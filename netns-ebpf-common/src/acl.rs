@@ -4,7 +4,7 @@
 use crate::{
     mark::{self, implicit},
     packet::Flow,
-    IfaceInfo, Ipv4, IFACE_FLAG_SWITCH, PROTO_TCP, PROTO_UDP,
+    IfaceInfo, Ipv4, IFACE_FLAG_SWITCH, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 pub const ACTION_ACCEPT: u8 = 0;
@@ -167,9 +167,12 @@ pub fn judge_from_app(walk: &impl AceWalk, iface: &IfaceInfo, flow: &Flow, facts
     if !switch && flow.proto == PROTO_TCP && flow.dport == 80 && (flow.dst == METADATA_IP || flow.dst == iface.gateway) {
         return Verdict::implicit_allow(app, implicit::APP_METADATA_HTTP);
     }
-    // The device is no remote an ACE can open (`0.0.0.0/0` means the world outside);
-    // its port maps are reached by hairpin.
-    if facts.device {
+    // The device is no remote an ACE can open (`0.0.0.0/0` means the world outside): the
+    // agent's netns (`facts.device`; its port maps are reached by hairpin) and, on a
+    // routed NI, the gateway itself beyond the services above (charon's IKE ports on a
+    // VPN NI, anything else listening in the NI's netns), but for a ping, which the ACEs
+    // decide as before (an app's check that its gateway answers).
+    if facts.device || (!switch && flow.dst == iface.gateway && !(flow.proto == PROTO_ICMP && flow.icmp_echo)) {
         return Verdict::device_drop(app);
     }
     let q = AceQuery { proto: flow.proto, remote: flow.dst, remote_port: flow.dport, facts: *facts };
@@ -222,7 +225,6 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::PROTO_ICMP;
 
     const APP: Ipv4 = [10, 10, 1, 2];
     const NONE: RemoteFacts = RemoteFacts { in_eidset: false, host_mask: 0, device: false };
@@ -257,6 +259,19 @@ mod tests {
         assert!(!judge_from_app(&LoopWalk(&all), &iface(), &to([1, 2, 3, 4], 22), &NONE).drop);
         // The implicit services at the gateway stay.
         assert!(!judge_from_app(&LoopWalk(&all), &iface(), &to([10, 10, 1, 1], 53), &device).drop);
+        // The gateway is the device too: nothing else there (IKE, say), but a ping.
+        for port in [500, 4500, 22] {
+            let udp = Flow { proto: PROTO_UDP, ..to([10, 10, 1, 1], port) };
+            let v = judge_from_app(&LoopWalk(&all), &iface(), &udp, &NONE);
+            assert!(v.drop && v.by == BY_RULE, "udp {port} to the gateway: {v:?}");
+        }
+        assert!(judge_from_app(&LoopWalk(&all), &iface(), &to([10, 10, 1, 1], 22), &NONE).drop);
+        let ping = Flow { proto: PROTO_ICMP, icmp_echo: true, sport: 7, dport: 7, ..to([10, 10, 1, 1], 0) };
+        assert!(!judge_from_app(&LoopWalk(&all), &iface(), &ping, &NONE).drop, "a ping the ACEs allow");
+        assert!(judge_from_app(&LoopWalk(&[]), &iface(), &ping, &NONE).drop, "and one they do not");
+        // On a switch NI the gateway is a router outside: the ACEs decide.
+        let switch = IfaceInfo { flags: IFACE_FLAG_SWITCH, ..iface() };
+        assert!(!judge_from_app(&LoopWalk(&all), &switch, &to([10, 10, 1, 1], 22), &NONE).drop);
     }
 
     #[test]

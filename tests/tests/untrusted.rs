@@ -340,8 +340,11 @@ fn a_switch_ni_learns_the_apps_address_from_dhcp() {
 }
 
 /// An app whose ACL allows `0.0.0.0/0` reaches the world, not the device: listeners on
-/// the uplink's address and on the NI's agent-side veth address (in the agent's netns)
-/// get nothing from it. The device's port maps stay reachable by hairpin (nat tests).
+/// the uplink's address and on the NI's agent-side veth address (in the agent's netns),
+/// and on its NI's gateway (in the NI's netns, where a VPN NI's charon listens; before,
+/// the ACEs decided there), get nothing from it. The NI's own services on the gateway
+/// (DNS here) and a ping of it stay. The device's port maps stay reachable by hairpin
+/// (nat tests).
 #[test]
 fn apps_cannot_reach_the_device_itself() {
     let config = LOCAL.replacen(
@@ -352,12 +355,13 @@ fn apps_cannot_reach_the_device_itself() {
     assert_ne!(config, LOCAL);
     let mut s = Scenario::with_uplinks(&["ni1"], &["app1", "app2"], 1, &config);
     s.start_agent();
-    let (app1, zedbox, inet) = (s.app("app1").to_string(), s.zedbox.clone(), s.inet.clone());
+    let (app1, zedbox, inet, ni) = (s.app("app1").to_string(), s.zedbox.clone(), s.inet.clone(), s.ni("ni1").to_string());
     s.whoami_server(&inet, INET_IP, 7000);
-    let targets = ["192.168.0.2", "169.254.100.1"];
-    for ip in targets {
+    let targets = ["192.168.0.2", "169.254.100.1", "10.10.1.1"];
+    for ip in &targets[..2] {
         s.whoami_server(&zedbox, ip, 7777);
     }
+    s.whoami_server(&ni, "10.10.1.1", 7777);
     assert!(s.whoami(&app1, INET_IP, 7000).is_some(), "0.0.0.0/0 reaches the world");
     let before = s.counter("drop_acl");
     let mut through = 0;
@@ -367,9 +371,11 @@ fn apps_cannot_reach_the_device_itself() {
         }
     }
     let after = s.counter("drop_acl");
-    report("app1 (ACE 0.0.0.0/0) -> listeners on the uplink and veth addresses", 6, through, "drop_acl", before, after);
+    report("app1 (ACE 0.0.0.0/0) -> listeners on the uplink, veth and gateway addresses", 9, through, "drop_acl", before, after);
     assert_eq!(through, 0);
-    assert!(after >= before + 6);
+    assert!(after >= before + 9);
+    assert!(s.exec(&app1, &["ping", "-c1", "-W2", "10.10.1.1"]).status.success(), "a ping of the gateway, which the ACE allows");
+    assert_eq!(s.dns_a(&app1, "10.10.1.1", "app2"), Some(vec!["10.10.1.3".to_string()]), "the NI's DNS on the gateway");
 }
 
 fn flood(s: &Scenario, ns: &str, args: &[&str]) -> u64 {
