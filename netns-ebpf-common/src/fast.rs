@@ -301,6 +301,10 @@ mod tests {
         let half_closed = CtValue { tcp_state: TCP_FIN_WAIT, ..entry };
         assert!(reply_may_skip_port(&iface, &half_closed, DIR_REPLY, &reply, now));
         assert!(!reply_may_skip_port(&iface, &half_closed, DIR_REPLY, &syn, now), "the far end's SYN reopening a half-closed flow");
+        let syn_again = CtValue { flags: ct::FLAG_SYN_AGAIN, ..entry };
+        let syn_ack = Flow { tcp_flags: 0x12, ..reply };
+        assert!(reply_may_skip_port(&iface, &syn_again, DIR_REPLY, &reply, now), "the old connection's ACK");
+        assert!(!reply_may_skip_port(&iface, &syn_again, DIR_REPLY, &syn_ack, now), "the far end taking the new connection");
         let metadata = Flow { src: iface.gateway, sport: 80, ..reply };
         assert!(!reply_may_skip_port(&iface, &entry, DIR_REPLY, &metadata, now), "the metadata server's answer");
     }

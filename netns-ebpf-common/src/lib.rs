@@ -284,10 +284,13 @@ impl ZoneUse {
 
 /// An app port's use of its NI's conntrack share, keyed by the port (`IfaceKey`): the
 /// flows judged there (the ones the app starts and the ones let in to it) against the
-/// port's part of the share (`PortUse::share_of`), so that one app's flood fills its own
-/// part and is refused there (`drop_port_full`) instead of refusing every other app of
-/// its NI a new flow. Counted as `ZoneUse` is: the programs add every entry they create,
-/// the sweep writes the true count back. No part for translations: an app's go with its
+/// port's part of the share (`PortUse::share_of`). A port past its part is refused new
+/// flows while its NI holds over half its share (`PortUse::refuses`, `drop_port_full`):
+/// an app may use what its neighbours leave, but one app's flood (or several apps'
+/// together) takes half the share at most, and every app within its part still opens
+/// flows. Counted as `ZoneUse` is: the programs add every entry they create, the sweep
+/// (every second while the NI holds over half its share: `ZoneUse::pressed`) writes the
+/// true count back. No part for translations: an app's go with its
 /// flows (four entries at most per flow), though a closed flow's outlives its entry here.
 /// A port with no entry here (between its config's write and the end of the apply
 /// that wrote it) is bound by its NI's share only.
@@ -307,10 +310,11 @@ impl PortUse {
         zone_share / ports.max(1)
     }
 
-    /// Whether one more flow fits the port's part.
+    /// Whether a new flow of this port is refused (its NI's share not full: `zone`): the
+    /// port is past its part while the NI holds over half its share.
     #[inline(always)]
-    pub fn has_room(&self) -> bool {
-        self.ct_share == 0 || self.ct < self.ct_share
+    pub fn refuses(&self, zone: &ZoneUse) -> bool {
+        self.ct_share != 0 && self.ct >= self.ct_share && zone.ct_share != 0 && zone.ct >= zone.ct_share / 2
     }
 }
 
@@ -536,10 +540,14 @@ mod tests {
         assert_eq!(PortUse::share_of(57_344, 2), 28_672);
         assert_eq!(PortUse::share_of(57_344, 0), 57_344, "no port yet: no division by zero");
         assert_eq!(PortUse::share_of(0, 4), 0, "an NI without a bound: its ports have none");
-        let full = PortUse { ct: 28_672, ct_share: 28_672 };
-        assert!(!full.has_room());
-        assert!(PortUse { ct: 28_671, ..full }.has_room());
-        assert!(PortUse { ct: 100_000, ct_share: 0 }.has_room(), "0: no bound of its own");
+        // Two apps: each holds 28,672 of the NI's 57,344 when the NI is pressed.
+        let zone = |ct| ZoneUse { ct, ct_share: 57_344, ..ZoneUse::default() };
+        let past = PortUse { ct: 28_672, ct_share: 28_672 };
+        assert!(past.refuses(&zone(28_672)), "past its part, the NI at half its share");
+        assert!(!past.refuses(&zone(28_671)), "the NI has room to spare: the neighbours' too");
+        assert!(!PortUse { ct: 28_671, ..past }.refuses(&zone(57_000)), "within its part: never refused for the port");
+        assert!(!PortUse { ct: 100_000, ct_share: 0 }.refuses(&zone(57_000)), "0: no bound of its own");
+        assert!(!past.refuses(&ZoneUse { ct: 90_000, ..ZoneUse::default() }), "an NI without a bound");
     }
 
     #[test]

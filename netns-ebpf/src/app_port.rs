@@ -312,6 +312,10 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 if old.flags & FLAG_ENDED == 0 && old.verdict != VERDICT_DROP {
                     events::emit(EVENT_REPLACED, &key, old, Stat::CtNew);
                 }
+                // The new flow starts after the one it replaces, also within one tick of
+                // the coarse clock (two DHCP clients asking at once): the flow log tells
+                // a tuple's flows apart by their start.
+                entry.first_seen_ns = entry.first_seen_ns.max(old.first_seen_ns + 1);
             }
             let made = match found {
                 Some(old) if !ct::is_expired(unsafe { &*old }, flow.proto, now + CLOCK_SLACK_NS) => {
@@ -430,10 +434,13 @@ fn renew(key: &CtKey, entry: &mut CtValue, now: u64) {
     if entry.flags & FLAG_ENDED == 0 {
         events::emit(EVENT_REPLACED, key, entry, Stat::CtNew);
     }
-    entry.first_seen_ns = now;
+    // (After the old flow's start, also within one tick of the coarse clock: the flow
+    // log tells a tuple's flows apart by their start.)
+    entry.first_seen_ns = now.max(entry.first_seen_ns + 1);
     entry.packets = [0; 2];
     entry.bytes = [0; 2];
     entry.flags &= !FLAG_ENDED;
+    count(Stat::CtNew);
     events::emit(EVENT_START, key, entry, Stat::CtNew);
 }
 
@@ -786,7 +793,7 @@ fn metadata_nat(ctx: &TcContext, zone: u32, iface: &IfaceInfo, flow: &mut Flow, 
             *v
         },
         None => {
-            if !budget::take(zone, true, 2) {
+            if !budget::take_translation(zone, 2) {
                 return Err(Stat::DropZoneFull);
             }
             let fwd = NatValue::new(now, 0, iface.gateway, 80, REWRITE_DST, NAT_FLAG_ORIG);

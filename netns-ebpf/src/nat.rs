@@ -179,7 +179,7 @@ fn handle(ctx: &TcContext, egress: bool) -> i32 {
         let pk = PortmapKey { domain: zone, addr: flow.dst, port: flow.dport, proto: flow.proto, _pad: 0 };
         if let Some(t) = unsafe { PORTMAPS.get(pk) } {
             if t.uplink_ifindex == nif.uplink_ifindex {
-                if !budget::take(nat::owner_zone(zone, [flow.src, flow.dst, t.addr]), true, 2) {
+                if !budget::take_translation(nat::owner_zone(zone, [flow.src, flow.dst, t.addr]), 2) {
                     count(Stat::DropZoneFull);
                     return TC_ACT_SHOT;
                 }
@@ -439,7 +439,7 @@ pub struct SourceScratch {
 #[inline(always)]
 fn claim_source(flow: &Flow, key: &NatKey, nif: &NatIface, now: u64, t: &mut SourceScratch) -> Result<Stat, Stat> {
     let has_ports = flow.proto == PROTO_TCP || flow.proto == PROTO_UDP || (flow.proto == PROTO_ICMP && flow.icmp_echo);
-    if !budget::take(nat::owner_zone(key.domain, [flow.src, flow.dst, nif.snat_ip]), true, 2) {
+    if !budget::take_translation(nat::owner_zone(key.domain, [flow.src, flow.dst, nif.snat_ip]), 2) {
         return Err(Stat::DropZoneFull);
     }
     let random = unsafe { bpf_get_prandom_u32() };

@@ -412,8 +412,8 @@ fn a_flood_of_denied_tuples_evicts_no_live_flow() {
 
 /// One app's flood of new flows (UDP to its gateway's DNS port, which every app may
 /// reach, from every source port) fills its own part of its NI's conntrack share (half:
-/// the NI has two apps) and is refused there (`drop_port_full`); its neighbour still
-/// opens connections. (Before each port had a part, the flood took the NI's whole share
+/// the NI has two apps) and, the NI now holding half its share, is refused there
+/// (`drop_port_full`); its neighbour still opens connections. (Before each port had a part, the flood took the NI's whole share
 /// and the neighbour's connections were refused, `drop_zone_full`.)
 #[test]
 fn one_apps_flood_of_new_flows_leaves_its_neighbour_room() {
