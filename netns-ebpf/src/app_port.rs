@@ -292,10 +292,11 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
             }
             account(&mut entry, DIR_ORIG, flow, now);
             let limited = over_limit(zone, &entry, now);
-            // Only a new entry takes from the NI's share and its port's part: one that replaces an expired or
-            // reopened entry adds nothing to the map. (Counted, the reuse of a tuple, as
-            // a client's ports go round, drove the count up between sweeps, to "pressed"
-            // and on to refusing flows while the map held no more than before.)
+            // Only a new entry takes from the NI's share and its port's part: one that
+            // replaces an expired or reopened entry adds nothing to the map. (Counted,
+            // the reuse of a tuple, as a client's ports go round, drove the count up
+            // between sweeps, to "pressed" and on to refusing flows while the map held
+            // no more than before.)
             if found.is_none() {
                 if let Err(full) = budget::take_flow(&ikey) {
                     count(full);
@@ -321,8 +322,8 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 Some(old) if !ct::is_expired(unsafe { &*old }, flow.proto, now + CLOCK_SLACK_NS) => {
                     // A closed flow's tuple reopened by a SYN (a client's ports come
                     // round), or an NI's DHCP tuple taken by another port
-                    // (`starts_anew`): rewritten in place. A map update would take a new element
-                    // off the LRU's free lists and push the old one back, under their
+                    // (`starts_anew`): rewritten in place. A map update would take a new
+                    // element off the LRU's free lists and push the old one back, under their
                     // locks: a tenth of the programs' time per connection where every
                     // tuple is reused, as a busy client's are. The sweep takes only
                     // entries expired by its clock, which runs up to CLOCK_SLACK_NS ahead
