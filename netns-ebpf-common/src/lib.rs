@@ -263,8 +263,9 @@ pub const MAX_ZONES: u32 = 256;
 /// An NI's use of the shared conntrack and NAT maps against its share, indexed by zone.
 /// The programs add every entry they create; the agent's sweep writes the true counts
 /// back (entries expire or are evicted without telling anyone). Between sweeps a count
-/// errs high (expired entries still count: a zone is refused early, not late), by a few
-/// entries low at most (those made while the sweep counted). 0 as a share: no bound.
+/// errs high (expired entries still count: a zone is refused early, not late), low only
+/// by those made between the sweep's read of the map and its write of the count (the
+/// next sweep counts them). 0 as a share: no bound.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ZoneUse {
@@ -275,22 +276,31 @@ pub struct ZoneUse {
 }
 
 impl ZoneUse {
-    /// Over half of either share used: the agent sweeps every second, so that expired
-    /// entries (closed TCP flows after 10 s) give their room back promptly.
+    /// Half of either share used or more: the agent sweeps every second, so that expired
+    /// entries (closed TCP flows after 10 s) give their room back promptly, also to a
+    /// port refused past its part (`PortUse::refuses`, from the same mark).
     pub fn pressed(&self) -> bool {
-        (self.ct_share != 0 && self.ct > self.ct_share / 2) || (self.nat_share != 0 && self.nat > self.nat_share / 2)
+        self.ct_half_held() || (self.nat_share != 0 && self.nat >= self.nat_share / 2)
+    }
+
+    /// Whether the NI holds half its conntrack share or more (a bound share).
+    #[inline(always)]
+    pub fn ct_half_held(&self) -> bool {
+        self.ct_share != 0 && self.ct >= self.ct_share / 2
     }
 }
 
 /// An app port's use of its NI's conntrack share, keyed by the port (`IfaceKey`): the
 /// flows judged there (the ones the app starts and the ones let in to it) against the
 /// port's part of the share (`PortUse::share_of`). A port past its part is refused new
-/// flows while its NI holds over half its share (`PortUse::refuses`, `drop_port_full`):
-/// an app may use what its neighbours leave, but one app's flood (or several apps'
-/// together) takes half the share at most, and every app within its part still opens
-/// flows. Counted as `ZoneUse` is: the programs add every entry they create, the sweep
-/// (every second while the NI holds over half its share: `ZoneUse::pressed`) writes the
-/// true count back. No part for translations: an app's go with its
+/// flows while its NI holds half its share or more (`PortUse::refuses`,
+/// `drop_port_full`): an app may use what its neighbours leave, but one port's flood
+/// takes its part, or half the share if that is more, and the other ports keep the rest
+/// (with two ports, each its whole part; with more, a port within its part may still
+/// find the share full once a neighbour took half of it before the NI got there).
+/// Counted as `ZoneUse` is: the programs add every entry they create, the sweep (every
+/// second while the NI holds half its share or more: `ZoneUse::pressed`) writes the true
+/// count back. No part for translations: an app's go with its
 /// flows (four entries at most per flow), though a closed flow's outlives its entry here.
 /// A port with no entry here (between its config's write and the end of the apply
 /// that wrote it) is bound by its NI's share only.
@@ -304,17 +314,20 @@ pub struct PortUse {
 
 impl PortUse {
     /// A port's part of its NI's conntrack share (`zone_share`, 0: no bound) when the NI
-    /// has `ports` app ports: an equal part, so that each app keeps room for its flows
-    /// whatever its neighbours do (a lone app holds the whole share).
+    /// has `ports` app ports: an equal part (a lone app's is the whole share; what a part
+    /// keeps for its app: `PortUse`), at least 1 of a bound share (0 means no bound).
     pub fn share_of(zone_share: u32, ports: u32) -> u32 {
-        zone_share / ports.max(1)
+        match zone_share {
+            0 => 0,
+            share => (share / ports.max(1)).max(1),
+        }
     }
 
     /// Whether a new flow of this port is refused (its NI's share not full: `zone`): the
-    /// port is past its part while the NI holds over half its share.
+    /// port is past its part while the NI holds half its share or more.
     #[inline(always)]
     pub fn refuses(&self, zone: &ZoneUse) -> bool {
-        self.ct_share != 0 && self.ct >= self.ct_share && zone.ct_share != 0 && zone.ct >= zone.ct_share / 2
+        self.ct_share != 0 && self.ct >= self.ct_share && zone.ct_half_held()
     }
 }
 
@@ -540,6 +553,7 @@ mod tests {
         assert_eq!(PortUse::share_of(57_344, 2), 28_672);
         assert_eq!(PortUse::share_of(57_344, 0), 57_344, "no port yet: no division by zero");
         assert_eq!(PortUse::share_of(0, 4), 0, "an NI without a bound: its ports have none");
+        assert_eq!(PortUse::share_of(224, 300), 1, "a tiny share still bounds each port");
         // Two apps: each holds 28,672 of the NI's 57,344 when the NI is pressed.
         let zone = |ct| ZoneUse { ct, ct_share: 57_344, ..ZoneUse::default() };
         let past = PortUse { ct: 28_672, ct_share: 28_672 };
@@ -548,6 +562,9 @@ mod tests {
         assert!(!PortUse { ct: 28_671, ..past }.refuses(&zone(57_000)), "within its part: never refused for the port");
         assert!(!PortUse { ct: 100_000, ct_share: 0 }.refuses(&zone(57_000)), "0: no bound of its own");
         assert!(!past.refuses(&ZoneUse { ct: 90_000, ..ZoneUse::default() }), "an NI without a bound");
+        // From the same mark on, the sweep runs every second: the refused port's expired
+        // entries give their room back promptly.
+        assert!(zone(28_672).pressed() && !zone(28_671).pressed());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Each NI's share of the shared conntrack and NAT maps (see `ZoneUse`), and each app
 //! port's part of its NI's conntrack share (see `PortUse`): a flood from one NI's apps,
 //! or from outside through its port maps, fills its own share and is refused there
-//! instead of evicting other NIs' flows; one app's flood of new flows takes half its
-//! NI's conntrack share at most, and its neighbours still open flows.
+//! instead of evicting other NIs' flows; one port's flood of new flows takes its part of
+//! its NI's conntrack share, or half the share if that is more, and leaves the rest to
+//! the other ports.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
