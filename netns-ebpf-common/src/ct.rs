@@ -213,10 +213,26 @@ pub fn reopened_by(entry: &CtValue, tcp_flags: u8, dir: usize) -> bool {
 /// new connection (`tcp_next`), a new flow on record.
 #[inline(always)]
 pub fn takes_new_connection(entry: &CtValue, tcp_flags: u8, dir: usize) -> bool {
-    entry.flags & FLAG_SYN_AGAIN != 0
+    taken_over(entry.tcp_state, entry.flags, tcp_flags, dir)
+}
+
+/// `takes_new_connection` by the flow's state and flags: the one test, which `tcp_next`
+/// makes too.
+#[inline(always)]
+fn taken_over(state: u8, conn_flags: u8, tcp_flags: u8, dir: usize) -> bool {
+    conn_flags & FLAG_SYN_AGAIN != 0
         && dir == DIR_REPLY
         && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK
-        && far_end_may_hold(entry.tcp_state)
+        && far_end_may_hold(state)
+}
+
+/// When a flow that replaces another on its tuple (which started at `previous_ns`)
+/// starts: now, but after the other also within one tick of the programs' coarse clock
+/// (two DHCP clients asking at once): the flow log tells a tuple's flows apart by their
+/// start.
+#[inline(always)]
+pub fn start_after(now_ns: u64, previous_ns: u64) -> u64 {
+    now_ns.max(previous_ns.saturating_add(1))
 }
 
 /// The states in which the far end may still hold the flow's connection: a SYN the client
@@ -252,8 +268,9 @@ pub fn tcp_next(state: u8, conn_flags: u8, tcp_flags: u8, dir: usize) -> (u8, u8
     let ack = tcp_flags & TCP_ACK != 0;
     if cf & FLAG_SYN_AGAIN != 0 && dir == DIR_REPLY {
         // The answer to a SYN sent again on the flow (`FLAG_SYN_AGAIN`).
+        let taken = taken_over(state, cf, tcp_flags, dir);
         cf &= !FLAG_SYN_AGAIN;
-        if syn && ack && far_end_may_hold(state) {
+        if taken {
             // The far end took the new connection: the entry follows it, both ends'
             // segments learned anew (this one's at once, by `track_tcp`), the old
             // connection's FINs forgotten.
@@ -433,6 +450,7 @@ mod tests {
         assert!(!takes_new_connection(&waiting, TCP_SYN | TCP_ACK, DIR_ORIG));
         assert!(!takes_new_connection(&live, TCP_SYN | TCP_ACK, DIR_REPLY));
         assert!(!takes_new_connection(&refused, TCP_SYN | TCP_ACK, DIR_REPLY), "closed: no connection to take");
+        assert_eq!((start_after(900, 500), start_after(500, 500)), (900, 501), "a new flow starts after the old one");
         let mut taken = waiting;
         track_tcp(&mut taken, DIR_REPLY, TCP_SYN | TCP_ACK, 77);
         assert_eq!(taken.tcp_state, TCP_SYN_RECV);

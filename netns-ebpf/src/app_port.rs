@@ -313,10 +313,7 @@ fn handle_ipv4(ctx: &TcContext, zone: u32, side: Side, flow: &mut Flow) -> i32 {
                 if old.flags & FLAG_ENDED == 0 && old.verdict != VERDICT_DROP {
                     events::emit(EVENT_REPLACED, &key, old, Stat::CtNew);
                 }
-                // The new flow starts after the one it replaces, also within one tick of
-                // the coarse clock (two DHCP clients asking at once): the flow log tells
-                // a tuple's flows apart by their start.
-                entry.first_seen_ns = entry.first_seen_ns.max(old.first_seen_ns + 1);
+                entry.first_seen_ns = ct::start_after(now, old.first_seen_ns);
             }
             let made = match found {
                 Some(old) if !ct::is_expired(unsafe { &*old }, flow.proto, now + CLOCK_SLACK_NS) => {
@@ -435,9 +432,7 @@ fn renew(key: &CtKey, entry: &mut CtValue, now: u64) {
     if entry.flags & FLAG_ENDED == 0 {
         events::emit(EVENT_REPLACED, key, entry, Stat::CtNew);
     }
-    // (After the old flow's start, also within one tick of the coarse clock: the flow
-    // log tells a tuple's flows apart by their start.)
-    entry.first_seen_ns = now.max(entry.first_seen_ns + 1);
+    entry.first_seen_ns = ct::start_after(now, entry.first_seen_ns);
     entry.packets = [0; 2];
     entry.bytes = [0; 2];
     entry.flags &= !FLAG_ENDED;

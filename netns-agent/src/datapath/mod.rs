@@ -906,7 +906,7 @@ impl Maps {
                 self.zone_use.set(zone, new, 0).with_context(|| format!("writing zone {zone}'s share of the flow maps"))?;
             }
         }
-        let ports: Vec<IfaceKey> = self.ifaces.keys().flatten().collect();
+        let ports: foldhash::HashSet<IfaceKey> = self.ifaces.keys().flatten().collect();
         let mut per_zone = foldhash::HashMap::<u32, u32>::default();
         for p in &ports {
             *per_zone.entry(p.zone).or_default() += 1;
